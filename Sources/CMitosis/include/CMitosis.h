@@ -1,0 +1,8 @@
+// Umbrella header: one header per kernel area, each owned by the part of Mitosis that uses it.
+#ifndef CMITOSIS_H
+#define CMITOSIS_H
+#include "mitosis_ptrace.h"
+#include "mitosis_process.h"
+#include "mitosis_netlink.h"
+#include "mitosis_memory.h"
+#endif

@@ -1,0 +1,40 @@
+import SystemPackage
+
+/// Why Mitosis refused or failed an operation on a target. Each case reads as one clear line
+/// (`description`) so that the CLI can print it as is.
+public enum MitosisError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// The text given as a pid is not a positive process id.
+    case invalidPID(String)
+    /// No process has this id (or it exited while Mitosis was looking at it).
+    case noSuchProcess(Int32)
+    /// The process has exited and waits for its parent to reap it: nothing is left to inspect.
+    case zombie(Int32)
+    /// A kernel thread has no user address space or descriptors to copy.
+    case kernelThread(Int32)
+    /// Mitosis cannot trace itself.
+    case isSelf(Int32)
+    /// Another tracer (`tracer` is its thread id) holds the process; Mitosis leaves it alone.
+    case alreadyTraced(Int32, tracer: Int32)
+    /// The kernel refused access: Mitosis needs root or CAP_SYS_PTRACE (and a permissive Yama scope).
+    case permissionDenied(Int32, operation: String)
+    /// The kernel lacks a feature this operation needs.
+    case unsupported(feature: String, detail: String)
+    /// A system call failed in a way none of the cases above explains.
+    case system(operation: String, errno: Errno)
+
+    public var description: String {
+        switch self {
+        case .invalidPID(let text): return "'\(text)' is not a valid process id"
+        case .noSuchProcess(let pid): return "no process with pid \(pid)"
+        case .zombie(let pid): return "process \(pid) is a zombie (exited, not yet reaped): nothing to inspect"
+        case .kernelThread(let pid): return "process \(pid) is a kernel thread: it has no user space to inspect"
+        case .isSelf(let pid): return "process \(pid) is mitosis itself"
+        case .alreadyTraced(let pid, let tracer):
+            return "process \(pid) is already traced by \(tracer); detach that tracer first"
+        case .permissionDenied(let pid, let operation):
+            return "permission denied to \(operation) process \(pid): run as root or with CAP_SYS_PTRACE"
+        case .unsupported(let feature, let detail): return "this kernel does not support \(feature): \(detail)"
+        case .system(let operation, let errno): return "\(operation) failed: \(errno)"
+        }
+    }
+}

@@ -1,0 +1,183 @@
+import CMitosis
+import Glibc
+import Logging
+import SystemPackage
+
+/// A frozen process (or process tree): every thread seized with `PTRACE_SEIZE` and held in a
+/// ptrace-stop until `thaw()`.
+///
+/// Freezing is a scope. Prefer `withFrozenProcess`, which thaws on every path — success, error,
+/// task cancellation. All of the actor's work runs on one dedicated OS thread, as ptrace
+/// requires; when that thread ends, the kernel detaches whatever is still attached, so even a
+/// crash of Mitosis leaves the target running.
+///
+/// Thawing restores the target exactly: signals that arrived while it was frozen are delivered
+/// afterwards (none is consumed), and a process that was stopped by job control stays stopped.
+public actor Tracer {
+    /// One seized thread.
+    public struct SeizedThread: Equatable, Sendable {
+        public let pid: Int32
+        public let tid: Int32
+        /// Non-nil when the thread was (or became) stopped by job control; it stays so after thaw.
+        public internal(set) var groupStopSignal: Int32?
+    }
+
+    /// The process the freeze was asked for.
+    public nonisolated let pid: Int32
+    /// Every seized thread, grouped by process, in ascending tid order.
+    public private(set) var threads: [SeizedThread] = []
+    /// The pids held: `pid` alone, or its whole tree.
+    public var pids: [Int32] { Array(Set(threads.map(\.pid))).sorted() }
+
+    private let executor: DedicatedThreadExecutor
+    private var thawed = false
+    private let logger = Logger(label: "mitosis.tracer")
+
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
+
+    private init(pid: Int32) {
+        self.pid = pid
+        self.executor = DedicatedThreadExecutor(name: "mitosis-tracer-\(pid)")
+    }
+
+    /// Seizes and stops every thread of `pid` (and, with `includeDescendants`, of every process
+    /// below it), race-free against threads and children created meanwhile.
+    public static func freeze(pid: Int32, includeDescendants: Bool = false) async throws(MitosisError) -> Tracer {
+        try TargetCheck.validate(pid, forTracing: true)
+        let tracer = Tracer(pid: pid)
+        do {
+            try await tracer.seizeAll(includeDescendants: includeDescendants)
+        } catch {
+            await tracer.thaw()
+            throw error
+        }
+        return tracer
+    }
+
+    /// Detaches every thread and ends the tracer thread. Safe to call more than once.
+    public func thaw() {
+        guard !thawed else { return }
+        thawed = true
+        for thread in threads {
+            do {
+                try Ptrace.detach(thread.tid)
+            } catch {
+                // ESRCH: the thread died while frozen (only SIGKILL can do that); nothing to undo.
+                logger.debug("detach \(thread.tid): \(error)")
+            }
+        }
+        threads.removeAll()
+        executor.shutdown()
+    }
+
+    /// Threads of one process, ascending.
+    public func threads(of pid: Int32) -> [Int32] {
+        threads.filter { $0.pid == pid }.map(\.tid)
+    }
+
+    /// Throws unless `tid` is held by this tracer, so callers never issue ptrace requests for
+    /// threads it does not own.
+    func requireSeized(_ tid: Int32) throws(MitosisError) {
+        guard !thawed, threads.contains(where: { $0.tid == tid }) else {
+            throw .system(operation: "ptrace on thread \(tid) (not frozen by this tracer)", errno: .noSuchProcess)
+        }
+    }
+
+    // MARK: Seizing
+
+    private func seizeAll(includeDescendants: Bool) throws(MitosisError) {
+        var seized: Set<Int32> = []
+        // Repeat until a pass finds nothing new: once every thread is stopped none can create
+        // another, so the second quiet pass proves the set complete.
+        while true {
+            let processes = includeDescendants ? Self.processTree(root: pid) : [pid]
+            var found = false
+            for process in processes {
+                let tids: [Int32]
+                do {
+                    tids = try Kernel.listDirectory("/proc/\(process)/task").compactMap { Int32($0) }.sorted()
+                } catch {
+                    if process == pid { throw .noSuchProcess(pid) }
+                    continue  // a descendant exited before we reached it
+                }
+                for tid in tids where !seized.contains(tid) {
+                    found = true
+                    seized.insert(tid)
+                    if let thread = try seizeAndStop(pid: process, tid: tid) { threads.append(thread) }
+                }
+            }
+            if !found { break }
+        }
+        guard threads.contains(where: { $0.pid == pid }) else { throw .noSuchProcess(pid) }
+        threads.sort { ($0.pid, $0.tid) < ($1.pid, $1.tid) }
+    }
+
+    /// Seizes one thread and waits until it is in a ptrace-stop. Returns nil if it exited first.
+    private func seizeAndStop(pid process: Int32, tid: Int32) throws(MitosisError) -> SeizedThread? {
+        do {
+            try Ptrace.seize(tid)
+        } catch .noSuchProcess {
+            return nil
+        } catch .notPermitted, .permissionDenied {
+            throw .permissionDenied(process, operation: "trace")
+        } catch {
+            throw .system(operation: "PTRACE_SEIZE \(tid)", errno: error)
+        }
+        var thread = SeizedThread(pid: process, tid: tid, groupStopSignal: nil)
+        do {
+            try Ptrace.interrupt(tid)
+            while true {
+                guard let event = try Ptrace.wait(tid) else { continue }
+                switch event {
+                case .eventStop(event: MITOSIS_PTRACE_EVENT_STOP, let signal):
+                    if signal != SIGTRAP { thread.groupStopSignal = signal }
+                    return thread
+                case .eventStop:
+                    return thread
+                case .signalStop(let signal):
+                    // A signal was about to be delivered: deliver it now, as it would have been
+                    // without us, and keep waiting for the interrupt stop that is still pending.
+                    try Ptrace.resume(tid, signal: signal)
+                case .exited, .killed:
+                    return nil
+                }
+            }
+        } catch .noSuchProcess {
+            return nil
+        } catch {
+            try? Ptrace.detach(tid)
+            throw .system(operation: "stopping thread \(tid)", errno: error)
+        }
+    }
+
+    /// `root` and every process below it, found through `/proc/PID/task/TID/children`.
+    static func processTree(root: Int32) -> [Int32] {
+        var result: [Int32] = []
+        var queue = [root]
+        while let next = queue.popLast() {
+            result.append(next)
+            let tids = (try? Kernel.listDirectory("/proc/\(next)/task")) ?? []
+            for tid in tids {
+                guard let text = try? Kernel.readFile("/proc/\(next)/task/\(tid)/children") else { continue }
+                queue += String(decoding: text, as: UTF8.self).split(separator: " ").compactMap { Int32($0) }
+            }
+        }
+        return result
+    }
+}
+
+/// Freezes `pid` (or its tree), runs `body`, and thaws on every path, cancellation included.
+public func withFrozenProcess<T: Sendable>(
+    _ pid: Int32, includeDescendants: Bool = false,
+    _ body: (Tracer) async throws -> T
+) async throws -> T {
+    let tracer = try await Tracer.freeze(pid: pid, includeDescendants: includeDescendants)
+    do {
+        let result = try await body(tracer)
+        await tracer.thaw()
+        return result
+    } catch {
+        await tracer.thaw()
+        throw error
+    }
+}

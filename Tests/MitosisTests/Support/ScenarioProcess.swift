@@ -1,0 +1,132 @@
+import Foundation
+import Glibc
+import CMitosis
+
+/// A running `mitosis-scenario` child: a real process in a known state.
+///
+/// It is killed and reaped when the value is released (use `defer { child.stop() }` too), and it
+/// exits by itself when its stdin closes, so no child outlives a failing or crashing test.
+final class ScenarioProcess: @unchecked Sendable {
+    let pid: Int32
+    /// The facts the scenario reported on its last READY line (`key=value`).
+    private(set) var facts: [String: String] = [:]
+    private let commandFD: Int32
+    private let reportFD: Int32
+    private var buffered: [UInt8] = []
+    private var reaped = false
+
+    /// The directory holding the test bundle and the executables it depends on.
+    static let buildDirectory: String = {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? ""
+        var url = URL(fileURLWithPath: exe).deletingLastPathComponent()
+        // Test bundles live inside `X.xctest/` on some layouts.
+        while url.path.contains(".xctest") { url.deleteLastPathComponent() }
+        return url.path
+    }()
+
+    static func executable(_ name: String) -> String { buildDirectory + "/" + name }
+
+    /// Starts `mitosis-scenario NAME ARGS…` and waits for its READY line.
+    init(_ name: String, _ arguments: [String] = [], executable: String = ScenarioProcess.executable("mitosis-scenario")) throws {
+        var toChild: [Int32] = [0, 0], fromChild: [Int32] = [0, 0]
+        // O_CLOEXEC: other tests spawn concurrently; a leaked pipe end would keep EOF from arriving.
+        guard mitosis_pipe_cloexec(&toChild) == 0, mitosis_pipe_cloexec(&fromChild) == 0 else {
+            throw ScenarioError.spawn("pipe2: \(errno)")
+        }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, toChild[0], 0)
+        posix_spawn_file_actions_adddup2(&actions, fromChild[1], 1)
+        let argv = ([executable, name] + arguments).map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var child: pid_t = 0
+        let rc = posix_spawn(&child, executable, &actions, nil, argv, environ)
+        close(toChild[0])
+        close(fromChild[1])
+        guard rc == 0 else {
+            close(toChild[1]); close(fromChild[0])
+            throw ScenarioError.spawn("posix_spawn \(executable): \(rc)")
+        }
+        pid = child
+        commandFD = toChild[1]
+        reportFD = fromChild[0]
+        do { try awaitReady() } catch { stop(); throw error }
+    }
+
+    /// Sends one command line and waits for the scenario's next READY line.
+    func send(_ command: String) throws {
+        let line = Array((command + "\n").utf8)
+        guard write(commandFD, line, line.count) == line.count else { throw ScenarioError.protocolError("write failed") }
+        try awaitReady()
+    }
+
+    func fact(_ key: String) throws -> String {
+        guard let value = facts[key] else { throw ScenarioError.protocolError("scenario did not report \(key)") }
+        return value
+    }
+
+    func intFact(_ key: String) throws -> Int {
+        guard let value = Int(try fact(key)) else { throw ScenarioError.protocolError("\(key) is not a number") }
+        return value
+    }
+
+    private func awaitReady(timeoutSeconds: Int = 20) throws {
+        let deadline = Date().addingTimeInterval(Double(timeoutSeconds))
+        while true {
+            if let newline = buffered.firstIndex(of: UInt8(ascii: "\n")) {
+                let line = String(decoding: buffered[..<newline], as: UTF8.self)
+                buffered.removeSubrange(...newline)
+                if line.hasPrefix("READY") {
+                    facts = [:]
+                    for pair in line.dropFirst(5).split(separator: " ") {
+                        let parts = pair.split(separator: "=", maxSplits: 1)
+                        if parts.count == 2 { facts[String(parts[0])] = String(parts[1]) }
+                    }
+                    return
+                }
+                if line.hasPrefix("FAIL") { throw ScenarioError.protocolError(line) }
+                continue
+            }
+            let remaining = Int(deadline.timeIntervalSinceNow * 1000)
+            guard remaining > 0 else { throw ScenarioError.protocolError("timed out waiting for READY") }
+            var poller = pollfd(fd: reportFD, events: Int16(POLLIN), revents: 0)
+            if poll(&poller, 1, Int32(remaining)) <= 0 { continue }
+            var chunk = [UInt8](repeating: 0, count: 4096)
+            let n = read(reportFD, &chunk, chunk.count)
+            if n <= 0 { throw ScenarioError.protocolError("scenario exited before READY") }
+            buffered += chunk[0..<n]
+        }
+    }
+
+    /// Whether the child is still alive (not exited, not a zombie we have not reaped).
+    var isAlive: Bool {
+        guard !reaped else { return false }
+        var status: Int32 = 0
+        return waitpid(pid, &status, WNOHANG) == 0
+    }
+
+    /// Kills and reaps the child. Idempotent.
+    func stop() {
+        guard !reaped else { return }
+        reaped = true
+        kill(pid, SIGKILL)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
+        close(commandFD)
+        close(reportFD)
+    }
+
+    deinit { stop() }
+}
+
+enum ScenarioError: Error, CustomStringConvertible {
+    case spawn(String)
+    case protocolError(String)
+    var description: String {
+        switch self {
+        case .spawn(let s): return "spawn failed: \(s)"
+        case .protocolError(let s): return "scenario: \(s)"
+        }
+    }
+}

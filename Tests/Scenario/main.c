@@ -1,0 +1,69 @@
+#define _GNU_SOURCE
+#include "scenario.h"
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <signal.h>
+#include <unistd.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+
+static scenario *scenarios;
+static char report_line[65536];
+static size_t report_length;
+
+void scenario_register(scenario *s) {
+    s->next = scenarios;
+    scenarios = s;
+}
+
+void scenario_report(const char *key, const char *format, ...) {
+    va_list args;
+    va_start(args, format);
+    report_length += snprintf(report_line + report_length, sizeof report_line - report_length, " %s=", key);
+    report_length += vsnprintf(report_line + report_length, sizeof report_line - report_length, format, args);
+    va_end(args);
+    if (report_length >= sizeof report_line) scenario_fail("report too long");
+}
+
+void scenario_fail(const char *format, ...) {
+    va_list args;
+    va_start(args, format);
+    fputs("FAIL ", stdout);
+    vfprintf(stdout, format, args);
+    fputc('\n', stdout);
+    fflush(stdout);
+    va_end(args);
+    _exit(1);
+}
+
+static void ready(void) {
+    printf("READY%s\n", report_line);
+    fflush(stdout);
+    report_length = 0;
+    report_line[0] = 0;
+}
+
+int main(int argc, char **argv) {
+    // Only the harness's pipes (0, 1, 2) survive from the test process, so fd numbers are known.
+    syscall(SYS_close_range, 3, ~0U, 0);
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (argc < 2) { fprintf(stderr, "usage: mitosis-scenario NAME [ARGS…]\n"); return 2; }
+    scenario *s = scenarios;
+    while (s && strcmp(s->name, argv[1]) != 0) s = s->next;
+    if (!s) { fprintf(stderr, "unknown scenario %s\n", argv[1]); return 2; }
+    scenario_report("pid", "%d", getpid());
+    if (s->setup(argc - 2, argv + 2) != 0) scenario_fail("setup of %s failed", s->name);
+    ready();
+    char *line = NULL;
+    size_t capacity = 0;
+    ssize_t length;
+    while ((length = getline(&line, &capacity, stdin)) > 0) {
+        if (line[length - 1] == '\n') line[length - 1] = 0;
+        if (strcmp(line, "ping") == 0) { ready(); continue; }
+        if (!s->step || s->step(line) != 0) scenario_fail("step '%s' failed", line);
+        ready();
+    }
+    return 0;  // stdin closed: the test is over
+}

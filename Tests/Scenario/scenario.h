@@ -1,0 +1,31 @@
+// The scenario harness: each scenario file builds one known process state and reports the
+// facts a test will assert (fd numbers, inodes, addresses) as key=value pairs.
+//
+// Protocol on stdin/stdout: after setup the harness prints `READY k=v k=v…`. Each line then
+// read from stdin is passed to the scenario's `step` (which may report new facts) and answered
+// with another `READY …` line. EOF on stdin — the test ended or died — exits the process, so
+// no scenario outlives its test.
+#ifndef MITOSIS_SCENARIO_H
+#define MITOSIS_SCENARIO_H
+#include <stdint.h>
+
+typedef struct scenario {
+    const char *name;
+    /// Builds the state; argc/argv are the arguments after the scenario name. Returns 0 on success.
+    int (*setup)(int argc, char **argv);
+    /// Handles one command line (without newline); may be NULL. Returns 0 on success.
+    int (*step)(const char *command);
+    struct scenario *next;
+} scenario;
+
+void scenario_register(scenario *s);
+/// Adds `key=value` to the next READY line. Values must not contain spaces.
+void scenario_report(const char *key, const char *format, ...) __attribute__((format(printf, 2, 3)));
+/// Fails the scenario: prints `FAIL message` and exits 1.
+void scenario_fail(const char *format, ...) __attribute__((format(printf, 1, 2)));
+
+#define SCENARIO(NAME, SETUP, STEP)                                                   \
+    static scenario scenario_##NAME = { #NAME, SETUP, STEP, 0 };                     \
+    __attribute__((constructor)) static void register_##NAME(void) { scenario_register(&scenario_##NAME); }
+
+#endif

@@ -1,0 +1,27 @@
+// The smallest scenarios: an idle process, and one with N idle threads.
+#include "scenario.h"
+#include <pthread.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+
+static int idle_setup(int argc, char **argv) { (void)argc; (void)argv; return 0; }
+SCENARIO(idle, idle_setup, NULL)
+
+static void *sleeper(void *arg) {
+    (void)arg;
+    for (;;) pause();
+    return NULL;
+}
+
+/// `threads N`: N extra threads blocked in pause(); reports their tids as `tids=a,b,…`.
+static int threads_setup(int argc, char **argv) {
+    int count = argc > 0 ? atoi(argv[0]) : 3;
+    for (int i = 0; i < count; i++) {
+        pthread_t thread;
+        if (pthread_create(&thread, NULL, sleeper, NULL) != 0) return -1;
+    }
+    scenario_report("threads", "%d", count + 1);
+    return 0;
+}
+SCENARIO(threads, threads_setup, NULL)
