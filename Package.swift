@@ -50,6 +50,12 @@ let package = Package(
         .executableTarget(name: "mitosis-demo-target", path: "Examples/DemoTarget"),
         // Builds one known scenario per test (threads, fds, sockets, memory…) and reports it ready.
         .executableTarget(name: "mitosis-scenario", path: "Tests/Scenario"),
+        // Benchmarks stay out of the test suite: `swift run -c release mitosis-bench --help`.
+        .executableTarget(
+            name: "mitosis-bench",
+            dependencies: ["Mitosis", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Benchmarks"
+        ),
         .testTarget(
             name: "MitosisTests",
             dependencies: ["Mitosis", "mitosis-scenario", "mitosis", "mitosis-demo-target"]
