@@ -8,6 +8,7 @@ public struct ProcFdinfo: Equatable, Sendable {
     /// `ino:` (kernels since 5.14); nil when absent.
     public var inode: UInt64?
     public var eventfd: EventfdState?
+    /// The epoll watches, ascending by watched fd.
     public var epoll: [EpollWatch] = []
     public var signalfd: SignalfdState?
     public var timerfd: TimerfdState?
@@ -44,6 +45,8 @@ public struct ProcFdinfo: Equatable, Sendable {
         self.flags = flags
         self.mountId = mountId
         self.fanotify = fanotify
+        // The kernel walks its red-black tree of watches (ordered by file address): sort by fd.
+        epoll.sort { ($0.fd, $0.data) < ($1.fd, $1.data) }
         if let counter = simple["eventfd-count"].flatMap({ UInt64($0, radix: 16) }) {
             eventfd = EventfdState(counter: counter, id: simple["eventfd-id"].flatMap { Int($0) },
                                    semaphore: simple["eventfd-semaphore"].flatMap { Int($0) }.map { $0 != 0 })
