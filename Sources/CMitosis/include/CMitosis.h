@@ -7,4 +7,5 @@
 #include "mitosis_memory.h"
 #include "mitosis_procfs.h"
 #include "mitosis_injection.h"
+#include "mitosis_threads.h"
 #endif
