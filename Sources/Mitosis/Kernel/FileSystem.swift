@@ -1,0 +1,16 @@
+import CMitosis
+import SystemPackage
+
+extension Kernel {
+    /// The magic number of the filesystem holding `path` (`statfs.f_type`), following symbolic
+    /// links — through `/proc/PID/fd/N` it names the filesystem of an open file.
+    /// The corresponding system call is `statfs`.
+    public static func fileSystemType(_ path: String) throws(Errno) -> Int {
+        var type = 0
+        try check { mitosis_statfs_type(path, &type) }
+        return type
+    }
+
+    /// `MQUEUE_MAGIC`: the filesystem of POSIX message queues.
+    public static let messageQueueFileSystem = 0x1980_0202
+}
