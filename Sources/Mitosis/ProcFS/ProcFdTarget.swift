@@ -71,7 +71,7 @@ public enum ProcFdTarget {
     }
 
     /// `prefix[N]` → N.
-    private static func bracketed(_ target: String, prefix: String) -> UInt64? {
+    static func bracketed(_ target: String, prefix: String) -> UInt64? {
         guard target.hasPrefix(prefix) else { return nil }
         let rest = target.dropFirst(prefix.count)
         guard rest.hasPrefix("["), rest.hasSuffix("]") else { return nil }

@@ -14,3 +14,11 @@ extension Kernel {
     /// `MQUEUE_MAGIC`: the filesystem of POSIX message queues.
     public static let messageQueueFileSystem = 0x1980_0202
 }
+
+extension Kernel {
+    /// The pid of the last process that operated on semaphore `index` of SysV set `semid`
+    /// (0 when none has). The corresponding system call is `semctl` with `GETPID`.
+    public static func semaphoreLastPid(semid: Int32, index: Int32) throws(Errno) -> Int32 {
+        try check { mitosis_semctl_getpid(semid, index) }
+    }
+}
