@@ -10,6 +10,7 @@ struct MitosisCommand: AsyncParsableCommand {
         subcommands: [
             FreezeCommand.self,
             InspectCommand.self,
+            GraphCommand.self,
         ]
     )
 }

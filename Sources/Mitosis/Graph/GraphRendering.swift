@@ -8,11 +8,14 @@ extension ResourceGraph {
         switch node.kind {
         case .process: return "process \(value("pid")) (\(value("comm")))"
         case .thread: return "thread \(value("tid"))"
-        case .addressSpace: return "address space (\(value("mappings")) mappings)"
+        case .addressSpace: return "address space" + (has("mappings") ? " (\(value("mappings")) mappings)" : "")
         case .mapping:
             return "\(value("start"))-\(value("end")) \(value("perms"))" + (has("path") ? " \(value("path"))" : "")
         case .file: return (has("path") ? value("path") : "inode \(value("inode"))") + (has("type") ? " [\(value("type"))]" : "")
-        case .description: return "\(value("access")) pos \(value("position"))"
+        case .description:
+            // description:PID:FD names its first holder.
+            let holder = node.id.split(separator: ":").dropFirst()
+            return "fd \(holder.last ?? "?") of \(holder.first ?? "?"): \(value("access")) pos \(value("position"))"
         case .pipe: return "pipe:[\(value("inode"))]"
         case .socket:
             switch value("protocol") {
@@ -113,7 +116,8 @@ extension ResourceGraph {
                 }
                 let object = targets(description.id, .refersTo).first.flatMap { node($0.to) }
                 let objectText = object.map { "\(label(of: $0))\(mark($0.id))" } ?? ""
-                lines.append("  fd \(edge.attributes["fd"]?.description ?? "?"): \(label(of: description)) → \(objectText)\(mark(description.id))")
+                let access = "\(description["access"]?.description ?? "?") pos \(description["position"]?.description ?? "?")"
+                lines.append("  fd \(edge.attributes["fd"]?.description ?? "?"): \(access) → \(objectText)\(mark(description.id))")
             }
             let namespaces = targets(process.id, .memberOf).compactMap { node($0.to) }.map { label(of: $0) }
             if !namespaces.isEmpty { lines.append("  namespaces: \(namespaces.joined(separator: " "))") }
