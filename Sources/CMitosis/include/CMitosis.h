@@ -5,4 +5,5 @@
 #include "mitosis_process.h"
 #include "mitosis_netlink.h"
 #include "mitosis_memory.h"
+#include "mitosis_injection.h"
 #endif
