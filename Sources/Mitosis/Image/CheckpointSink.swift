@@ -28,7 +28,7 @@ extension CheckpointSink {
     }
 }
 
-/// Checks a run handed to a sink: page-aligned, whole pages, no address overflow.
+/// Checks a run handed to a sink (see `PageRunBuilder`): page-aligned, whole pages, no address overflow.
 func validateRun(address: UInt64, count: Int, pageSize: Int) throws(ImageError) {
     let size = UInt64(pageSize)
     guard count > 0, count % pageSize == 0 else {

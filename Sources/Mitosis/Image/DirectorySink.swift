@@ -67,7 +67,7 @@ public final class DirectorySink: CheckpointSink, @unchecked Sendable {
     public func writePages(at address: UInt64, _ bytes: UnsafeRawBufferPointer) throws {
         try lock.withLock {
             let writer = try openWriter()
-            try failing(writer) { () throws(ImageError) in
+            try failing(writer, recoverable: true) { () throws(ImageError) in
                 try validateRun(address: address, count: bytes.count, pageSize: writer.header.pageSize)
                 try writer.append(address: address, bytes)
             }
@@ -78,7 +78,7 @@ public final class DirectorySink: CheckpointSink, @unchecked Sendable {
     public func finish(_ manifest: CheckpointManifest) throws -> CheckpointManifest {
         try lock.withLock {
             let writer = try openWriter()
-            let stored = try failing(writer) { () throws(ImageError) in try writer.commit(manifest) }
+            let stored = try failing(writer, recoverable: false) { () throws(ImageError) in try writer.commit(manifest) }
             state = .closed("finished")
             return stored
         }
@@ -100,12 +100,13 @@ public final class DirectorySink: CheckpointSink, @unchecked Sendable {
         }
     }
 
-    /// Runs `body`; on failure aborts the checkpoint with the error as reason and rethrows.
-    private func failing<T>(_ writer: Writer, _ body: () throws(ImageError) -> T) throws(ImageError) -> T {
+    /// Runs `body`; on failure aborts the checkpoint with the error as reason and rethrows —
+    /// except, when `recoverable`, for pages refused before anything was written.
+    private func failing<T>(_ writer: Writer, recoverable: Bool, _ body: () throws(ImageError) -> T) throws(ImageError) -> T {
         do {
             return try body()
         } catch {
-            if case .sinkState = error {} else if case .invalidPages = error {} else {
+            if recoverable, case .invalidPages = error {} else {
                 writer.abort(reason: error.description)
                 state = .closed("aborted")
             }
@@ -141,10 +142,7 @@ private final class Writer {
     private let data: FileDescriptor
     private var buffer: [UInt8] = []
     private let bufferLimit = 1 << 20
-    private var dataHasher = Checksum()
-    private var dataSize: UInt64 = 0
-    private var runs: [PageRun] = []
-    private var current: (run: PageRun, hasher: Checksum)?
+    private var builder: PageRunBuilder
     private var closed = false
 
     init(header: CheckpointHeader, parentPath: String, name: String, path: String) throws(ImageError) {
@@ -152,6 +150,7 @@ private final class Writer {
         self.path = path
         self.name = name
         partialName = ImageFormat.partialName(for: name, id: header.id)
+        builder = PageRunBuilder(pageSize: header.pageSize)
         let parent = try Self.io(path, "open parent directory") { () throws(Errno) in
             try Kernel.openAt(nil, parentPath, flags: O_RDONLY | O_DIRECTORY)
         }
@@ -215,28 +214,7 @@ private final class Writer {
     // MARK: Pages
 
     func append(address: UInt64, _ bytes: UnsafeRawBufferPointer) throws(ImageError) {
-        let maxRun = UInt64(ImageFormat.maxRunPages * header.pageSize)
-        var offset = 0
-        while offset < bytes.count {
-            let at = address + UInt64(offset)
-            if let open = current, open.run.end != at || open.run.length == maxRun { closeRun() }
-            if current == nil { current = (PageRun(address: at, length: 0, dataOffset: dataSize, checksum: 0), Checksum()) }
-            let count = Int(min(UInt64(bytes.count - offset), maxRun - current!.run.length))
-            let piece = UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + count)])
-            current!.hasher.update(piece)
-            current!.run.length += UInt64(count)
-            dataHasher.update(piece)
-            dataSize += UInt64(count)
-            try store(piece)
-            offset += count
-        }
-    }
-
-    private func closeRun() {
-        guard var open = current else { return }
-        open.run.checksum = open.hasher.finalize()
-        runs.append(open.run)
-        current = nil
+        try builder.add(address: address, bytes) { piece throws(ImageError) in try store(piece) }
     }
 
     private func store(_ piece: UnsafeRawBufferPointer) throws(ImageError) {
@@ -263,21 +241,11 @@ private final class Writer {
         guard draft.header == header else {
             throw .sinkState("the manifest's identity (id, kind, parent, sequence, pid, created, page size) differs from the header's")
         }
-        closeRun()
+        let (index, runs, dataDigest) = try builder.finish()
         try flush()
-        runs.sort { $0.address < $1.address }
-        for (a, b) in zip(runs, runs.dropFirst()) where a.end > b.address {
-            throw .invalidPages("runs at 0x\(String(a.address, radix: 16)) and 0x\(String(b.address, radix: 16)) overlap")
-        }
         try Self.io(path, "fsync \(ImageFormat.dataName)") { () throws(Errno) in try Kernel.sync(data) }
-        let dataDigest = FileDigest(size: dataSize, xxh64: dataHasher.finalize())
-        let index = ImageFormat.encodeIndex(pageSize: header.pageSize, runs: runs)
         let indexDigest = try writeFile(ImageFormat.indexName, index)
-
-        var manifest = draft
-        manifest.formatVersion = CheckpointManifest.currentFormatVersion
-        manifest.pageIndex = PageIndexSummary(runs: runs.count, pages: Int(dataSize / UInt64(header.pageSize)), bytes: dataSize)
-        manifest.files = [ImageFormat.indexName: indexDigest, ImageFormat.dataName: dataDigest]
+        let manifest = builder.complete(draft, runs: runs, index: indexDigest, data: dataDigest)
         let json: [UInt8]
         do {
             json = Array(try JSONOutput.encoder().encode(manifest)) + [0x0A]
@@ -297,7 +265,6 @@ private final class Writer {
         do {
             try Kernel.renameNoReplace(parent, partialName, name)
         } catch {
-            // Put the marker back: the directory stays a partial one that readers see as such.
             throw error == .fileExists || error == .directoryNotEmpty ? .alreadyExists(path) : Self.imageError(path, "rename", error)
         }
         try Self.io(path, "fsync parent directory") { () throws(Errno) in try Kernel.sync(parent) }

@@ -102,6 +102,17 @@ extension Kernel {
         return done
     }
 
+    /// Reads up to `count` bytes from file offset `offset`; fewer only where the file ends.
+    /// The corresponding system call is `pread`.
+    public static func readAt(_ fd: FileDescriptor, offset: UInt64, count: Int) throws(Errno) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        let result: Result<Int, Errno> = bytes.withUnsafeMutableBytes { buffer in
+            Result { () throws(Errno) in try readAt(fd, offset: offset, into: buffer) }
+        }
+        bytes.removeLast(count - (try result.get()))
+        return bytes
+    }
+
     /// Reads into `buffer` until it is full or the stream ends; returns the bytes read.
     /// The corresponding system call is `read`.
     public static func readFully(_ fd: FileDescriptor, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
