@@ -10,6 +10,8 @@ struct MitosisCommand: AsyncParsableCommand {
         subcommands: [
             FreezeCommand.self,
             InspectCommand.self,
+            StacksCommand.self,
+            GraphCommand.self,
         ]
     )
 }
