@@ -65,9 +65,11 @@ public enum Kernel {
         let fd = try check { open(path, O_RDONLY | O_CLOEXEC) }
         defer { close(fd) }
         var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
+        // Not zero-filled: /proc files are read thousands of times per inspection.
+        let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 1)
+        defer { chunk.deallocate() }
         while bytes.count < limit {
-            let n = try check { chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) } }
+            let n = try check { read(fd, chunk.baseAddress, min(chunk.count, limit - bytes.count)) }
             if n == 0 { break }
             bytes.append(contentsOf: chunk[0..<n])
         }
@@ -77,9 +79,10 @@ public enum Kernel {
     /// The target of a symbolic link such as `/proc/PID/fd/N`, as raw bytes decoded leniently.
     /// The corresponding C function is `readlink`.
     public static func readLink(_ path: String) throws(Errno) -> String {
-        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let n = try check { readlink(path, &buffer, buffer.count - 1) }
-        return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(PATH_MAX) + 1, alignment: 1)
+        defer { buffer.deallocate() }
+        let n = try check { readlink(path, buffer.baseAddress!.assumingMemoryBound(to: CChar.self), buffer.count - 1) }
+        return String(decoding: buffer[0..<n], as: UTF8.self)
     }
 
     /// Names in a directory, without `.` and `..`. The corresponding C function is `readdir`.

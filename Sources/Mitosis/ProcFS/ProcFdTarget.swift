@@ -36,11 +36,19 @@ public enum ProcFdTarget {
         if target.hasPrefix("anon_inode:") {
             var name = target.dropFirst("anon_inode:".count)
             if name.hasPrefix("["), name.hasSuffix("]") { name = name.dropFirst().dropLast() }
-            let kinds: [Substring: OpenDescriptor.Kind] = [
-                "eventfd": .eventfd, "eventpoll": .epoll, "signalfd": .signalfd, "timerfd": .timerfd,
-                "inotify": .inotify, "fanotify": .fanotify, "pidfd": .pidfd, "io_uring": .ioUring,
-            ]
-            return Classification(kind: kinds[name] ?? .anonInode, anonInodeName: String(name), deleted: false)
+            let kind: OpenDescriptor.Kind
+            switch name {
+            case "eventfd": kind = .eventfd
+            case "eventpoll": kind = .epoll
+            case "signalfd": kind = .signalfd
+            case "timerfd": kind = .timerfd
+            case "inotify": kind = .inotify
+            case "fanotify": kind = .fanotify
+            case "pidfd": kind = .pidfd
+            case "io_uring": kind = .ioUring
+            default: kind = .anonInode
+            }
+            return Classification(kind: kind, anonInodeName: String(name), deleted: false)
         }
         guard target.hasPrefix("/") else {
             // `net:[4026531833]`, `mnt:[…]` and other pseudo files.

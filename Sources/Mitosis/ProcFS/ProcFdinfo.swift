@@ -20,8 +20,11 @@ public struct ProcFdinfo: Equatable, Sendable {
     /// read, or not fdinfo at all). Malformed kind-specific lines are skipped.
     public init?(parsing text: String) {
         var position: UInt64?, flags: UInt32?, mountId = 0
-        var simple: [Substring: Substring] = [:]
         var fanotify: FanotifyState?
+        // Kind-specific single-value lines, combined once every line is read.
+        var counter: UInt64?, eventfdId: Int?, semaphore: Bool?, sigmask: UInt64?
+        var clock: Int32?, ticks: UInt64?, settime: UInt32?, value: TimeSpec?, interval: TimeSpec?
+        var pid: Int32?, namespacePids: [Int32] = []
         for line in text.split(separator: "\n") {
             if line.hasPrefix("tfd:") {
                 if let watch = Self.epollWatch(ProcFields(line)) { epoll.append(watch) }
@@ -30,13 +33,24 @@ public struct ProcFdinfo: Equatable, Sendable {
             } else if line.hasPrefix("fanotify ") {
                 Self.addFanotify(ProcFields(line), to: &fanotify)
             } else if let colon = line.firstIndex(of: ":") {
-                let key = line[..<colon], value = line[line.index(after: colon)...].trimmingSpaces
-                switch key {
-                case "pos": position = UInt64(value)
-                case "flags": flags = UInt32(value, radix: 8)
-                case "mnt_id": mountId = Int(value) ?? 0
-                case "ino": inode = UInt64(value)
-                default: simple[key] = value
+                let field = line[line.index(after: colon)...].trimmingSpaces
+                switch line[..<colon] {
+                case "pos": position = UInt64(field)
+                case "flags": flags = UInt32(field, radix: 8)
+                case "mnt_id": mountId = Int(field) ?? 0
+                case "ino": inode = UInt64(field)
+                case "eventfd-count": counter = UInt64(field, radix: 16)
+                case "eventfd-id": eventfdId = Int(field)
+                case "eventfd-semaphore": semaphore = Int(field).map { $0 != 0 }
+                case "sigmask": sigmask = UInt64(field, radix: 16)
+                case "clockid": clock = Int32(field)
+                case "ticks": ticks = UInt64(field)
+                case "settime flags": settime = UInt32(field, radix: 8)
+                case "it_value": value = Self.timeSpec(field)
+                case "it_interval": interval = Self.timeSpec(field)
+                case "Pid": pid = Int32(field)
+                case "NSpid": namespacePids = field.split(whereSeparator: { $0 == " " || $0 == "\t" }).compactMap { Int32($0) }
+                default: break
                 }
             }
         }
@@ -47,20 +61,12 @@ public struct ProcFdinfo: Equatable, Sendable {
         self.fanotify = fanotify
         // The kernel walks its red-black tree of watches (ordered by file address): sort by fd.
         epoll.sort { ($0.fd, $0.data) < ($1.fd, $1.data) }
-        if let counter = simple["eventfd-count"].flatMap({ UInt64($0, radix: 16) }) {
-            eventfd = EventfdState(counter: counter, id: simple["eventfd-id"].flatMap { Int($0) },
-                                   semaphore: simple["eventfd-semaphore"].flatMap { Int($0) }.map { $0 != 0 })
-        }
-        if let mask = simple["sigmask"].flatMap({ UInt64($0, radix: 16) }) { signalfd = SignalfdState(mask: mask) }
-        if let clock = simple["clockid"].flatMap({ Int32($0) }), let ticks = simple["ticks"].flatMap({ UInt64($0) }),
-           let settime = simple["settime flags"].flatMap({ UInt32($0, radix: 8) }),
-           let value = simple["it_value"].flatMap(Self.timeSpec), let interval = simple["it_interval"].flatMap(Self.timeSpec) {
+        if let counter { eventfd = EventfdState(counter: counter, id: eventfdId, semaphore: semaphore) }
+        if let sigmask { signalfd = SignalfdState(mask: sigmask) }
+        if let clock, let ticks, let settime, let value, let interval {
             timerfd = TimerfdState(clockId: clock, ticks: ticks, settimeFlags: settime, value: value, interval: interval)
         }
-        if let pid = simple["Pid"].flatMap({ Int32($0) }) {
-            let nested = simple["NSpid"].map { $0.split(whereSeparator: { $0 == " " || $0 == "\t" }).compactMap { Int32($0) } }
-            pidfd = PidfdState(pid: pid, namespacePids: nested ?? [])
-        }
+        if let pid { pidfd = PidfdState(pid: pid, namespacePids: namespacePids) }
     }
 
     /// `(9, 999989724)` → 9 s 999989724 ns.

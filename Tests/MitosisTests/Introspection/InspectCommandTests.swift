@@ -103,11 +103,10 @@ struct InspectCommandTests {
     func badInput(_ argument: String) throws {
         let child = try ScenarioProcess("zombie")
         defer { child.stop() }
-        let pidMax = Int(String(decoding: try Kernel.readFile("/proc/sys/kernel/pid_max"), as: UTF8.self)
-            .trimmingCharacters(in: "\n")) ?? 4_194_304
+        let missing = try ProcessReaderTests.unusedPID()
         let (pid, message): (String, String)
         switch argument {
-        case "nonexistent": (pid, message) = (String(pidMax + 1), "no process with pid \(pidMax + 1)")
+        case "nonexistent": (pid, message) = (String(missing), "no process with pid \(missing)")
         case "zombie":
             let zombie = try child.fact("zombie")
             (pid, message) = (zombie, "process \(zombie) is a zombie")

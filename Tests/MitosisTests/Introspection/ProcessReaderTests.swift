@@ -47,9 +47,12 @@ struct ProcessReaderTests {
 
     @Test("a process that does not exist is .noSuchProcess")
     func missing() throws {
-        // pid_max bounds pids; one above it never exists.
-        let pidMax = Int32(String(decoding: try Kernel.readFile("/proc/sys/kernel/pid_max"), as: UTF8.self)
-            .trimmingCharacters(in: "\n")) ?? 4_194_304
-        #expect(throws: MitosisError.noSuchProcess(pidMax + 1)) { try ProcessReader.mappings(pid: pidMax + 1) }
+        let missing = try Self.unusedPID()
+        #expect(throws: MitosisError.noSuchProcess(missing)) { try ProcessReader.mappings(pid: missing) }
+    }
+
+    /// A pid no process can have: pid_max bounds pids, and one above it never exists.
+    static func unusedPID() throws -> Int32 {
+        Int32(String(decoding: try Kernel.readFile("/proc/sys/kernel/pid_max"), as: UTF8.self).trimmingCharacters(in: "\n"))! + 1
     }
 }
