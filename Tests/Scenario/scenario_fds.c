@@ -19,6 +19,7 @@
 #include <unistd.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/fanotify.h>
 #include <sys/inotify.h>
 #include <sys/mman.h>
 #include <sys/msg.h>
@@ -205,6 +206,14 @@ static int fds_setup(int argc, char **argv) {
     if (queue < 0) scenario_fail("mq_open");
     mq_unlink(queue_name);  // the descriptor keeps it alive; nothing to clean up
     report_fd("mqueue", queue);
+
+    // fanotify needs CAP_SYS_ADMIN and io_uring may be disabled by sysctl: -1 when unavailable.
+    int fan = fanotify_init(FAN_CLASS_NOTIF | FAN_CLOEXEC, O_RDONLY);
+    if (fan >= 0 && fanotify_mark(fan, FAN_MARK_ADD, FAN_OPEN, AT_FDCWD, directory) != 0) scenario_fail("fanotify_mark");
+    if (fan >= 0) report_fd("fanotify", fan); else scenario_report("fanotify", "-1");
+    struct { uint32_t words[30]; } ring_parameters = {{0}};  // struct io_uring_params is 120 bytes
+    int ring = (int)syscall(SYS_io_uring_setup, 4, &ring_parameters);
+    if (ring >= 0) report_fd("io_uring", ring); else scenario_report("io_uring", "-1");
 
     report_fd("ptmx", posix_openpt(O_RDWR | O_NOCTTY));
     report_fd("null", open("/dev/null", O_WRONLY));

@@ -25,15 +25,17 @@ public struct ProcFdinfo: Equatable, Sendable {
         var counter: UInt64?, eventfdId: Int?, semaphore: Bool?, sigmask: UInt64?
         var clock: Int32?, ticks: UInt64?, settime: UInt32?, value: TimeSpec?, interval: TimeSpec?
         var pid: Int32?, namespacePids: [Int32] = []
-        for line in text.split(separator: "\n") {
+        // Split on UTF-8 bytes: this runs once per descriptor, and Character-level scanning dominated.
+        for bytes in text.utf8.split(separator: UInt8(ascii: "\n")) {
+            let line = Substring(bytes)
             if line.hasPrefix("tfd:") {
                 if let watch = Self.epollWatch(ProcFields(line)) { epoll.append(watch) }
             } else if line.hasPrefix("inotify ") {
                 if let watch = Self.inotifyWatch(ProcFields(line)) { inotify.append(watch) }
             } else if line.hasPrefix("fanotify ") {
                 Self.addFanotify(ProcFields(line), to: &fanotify)
-            } else if let colon = line.firstIndex(of: ":") {
-                let field = line[line.index(after: colon)...].trimmingSpaces
+            } else if let colon = line.utf8.firstIndex(of: UInt8(ascii: ":")) {
+                let field = line[line.utf8.index(after: colon)...].trimmingSpaces
                 switch line[..<colon] {
                 case "pos": position = UInt64(field)
                 case "flags": flags = UInt32(field, radix: 8)
@@ -146,9 +148,9 @@ struct ProcFields {
 extension Substring {
     /// Without leading and trailing spaces and tabs.
     var trimmingSpaces: Substring {
-        var slice = self
-        while let first = slice.first, first == " " || first == "\t" { slice.removeFirst() }
-        while let last = slice.last, last == " " || last == "\t" { slice.removeLast() }
-        return slice
+        let isBlank = { (byte: UInt8) in byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") }
+        guard let first = utf8.firstIndex(where: { !isBlank($0) }), let last = utf8.lastIndex(where: { !isBlank($0) })
+        else { return self[endIndex...] }
+        return self[first...last]  // ASCII blanks: these are character boundaries
     }
 }

@@ -89,6 +89,15 @@ struct FdsScenarioFacts {
                                          device: DeviceNumber(encoded: UInt64(dirDevice)), mask: 0x300, ignoredMask: 0)
         #expect(watches == [expectedWatch])
 
+        if try child.intFact("fanotify") >= 0 {
+            let group = try #require(try descriptor("fanotify").fanotify)
+            #expect(group.marks == [FanotifyMark(target: .inode, inode: try inode("dir_fd"), device: DeviceNumber(encoded: UInt64(dirDevice)),
+                                                 mountId: nil, markFlags: 0, mask: 0x20 /* FAN_OPEN */, ignoredMask: 0)])
+        }
+        if try child.intFact("io_uring") >= 0 {
+            #expect(try descriptor("io_uring").kind == .ioUring && (try descriptor("io_uring")).anonInodeName == "io_uring")
+        }
+
         let memfd = try descriptor("memfd")
         #expect(try memfd.kind == .memfd && memfd.path == "/memfd:mitosis scratch" && memfd.deleted && memfd.inode == (try inode("memfd")))
         #expect(try descriptor("pidfd").kind == .pidfd && (try descriptor("pidfd")).pidfd?.pid == pid)
