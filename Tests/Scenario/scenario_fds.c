@@ -56,7 +56,7 @@ static int open_in_directory(const char *name, int flags) {
     return open(path, flags, 0600);
 }
 
-static const char *const file_names[] = {"data.bin", "with space.txt", "gone.txt", "mapped.bin", "fifo", "many.bin"};
+static const char *const file_names[] = {"data.bin", "with space.txt", "gone.txt", "mapped.bin", "fifo", "many.bin", "line\nbreak"};
 
 /// Forks a process that waits for this one to die, then removes the directory and SysV objects.
 static void spawn_cleaner(void) {
@@ -186,6 +186,22 @@ static int fds_setup(int argc, char **argv) {
     scenario_report("map_addr", "%lu", (unsigned long)address_mapped);
     scenario_report("map_ino", "%lu", inode_of(mapped));
     close(mapped);
+
+    // A file whose name holds a newline, open and mapped: /proc/PID/maps escapes it as \012.
+    int newline = open_in_directory("line\nbreak", O_RDWR | O_CREAT);
+    if (ftruncate(newline, 4096) != 0) scenario_fail("ftruncate newline");
+    void *newline_map = mmap(NULL, 4096, PROT_READ, MAP_PRIVATE, newline, 0);
+    if (newline_map == MAP_FAILED) scenario_fail("mmap newline");
+    report_fd("newline", newline);
+    scenario_report("newline_addr", "%lu", (unsigned long)newline_map);
+
+    // The memfd mapped, and shared anonymous memory.
+    void *memfd_map = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, memory, 0);
+    void *shared_map = mmap(NULL, 12288, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (memfd_map == MAP_FAILED || shared_map == MAP_FAILED) scenario_fail("mmap memfd/shared");
+    ((char *)shared_map)[0] = 1;
+    scenario_report("memfd_addr", "%lu", (unsigned long)memfd_map);
+    scenario_report("shared_addr", "%lu", (unsigned long)shared_map);
 
     int gone = open_in_directory("gone.txt", O_RDWR | O_CREAT);
     char path[256];

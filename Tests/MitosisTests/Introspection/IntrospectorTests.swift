@@ -126,6 +126,21 @@ struct FdsScenarioFacts {
         #expect(segmentMapping.kind == .sysvSharedMemory && segmentMapping.inode == UInt64(shmid))
         #expect(segmentMapping.length == 16384 && segmentMapping.isShared && segmentMapping.deleted)
         #expect(model.maps.map(\.start) == model.maps.map(\.start).sorted())
+        let newlinePath = dir + "/line\nbreak"
+        let newlineFile = try descriptor("newline"), newlineInode = try inode("newline"), memfdInode = try inode("memfd")
+        #expect(newlineFile.path == newlinePath && newlineFile.kind == .file && newlineFile.inode == newlineInode)
+        func mapping(at key: String) throws -> MemoryMapping {
+            let start = UInt64(try child.intFact(key))
+            return try #require(model.maps.first { $0.start == start })
+        }
+        let newlineMapping = try mapping(at: "newline_addr")
+        #expect(newlineMapping.path == newlinePath && newlineMapping.inode == newlineInode && newlineMapping.kind == .file)
+        let memfdMapping = try mapping(at: "memfd_addr")
+        #expect(memfdMapping.path == "/memfd:mitosis scratch" && memfdMapping.deleted && memfdMapping.kind == .file)
+        #expect(memfdMapping.inode == memfdInode && memfdMapping.perms == "rw-s" && memfdMapping.length == 8192)
+        let sharedMapping = try mapping(at: "shared_addr")
+        #expect(sharedMapping.kind == .sharedAnonymous && sharedMapping.length == 12288 && sharedMapping.perms == "rw-s")
+        #expect(sharedMapping.sizes?.rss == 4096)  // one page touched
 
         // IPC.
         #expect(model.ipc.sysvVisible)
