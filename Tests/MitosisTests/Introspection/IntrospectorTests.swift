@@ -159,10 +159,10 @@ struct FdsScenarioFacts {
 }
 
 extension ScenarioProcess {
-    /// Waits until the scenario's main thread sleeps in its read of the next command, so that
-    /// its state letter is a known `S`.
+    /// Waits until every thread of the scenario sleeps (the main one in its read of the next
+    /// command), so that their state letters are a known `S`.
     func waitUntilBlocked() throws {
-        for _ in 0..<200 where try TargetHealth.threadStates(of: pid)[pid] != "S" { usleep(5_000) }
+        for _ in 0..<200 where try !TargetHealth.threadStates(of: pid).values.allSatisfy({ $0 == "S" }) { usleep(5_000) }
     }
 }
 
@@ -181,6 +181,20 @@ struct IntrospectorTests {
         #expect(try TargetHealth.runsFreely(child.pid))
         #expect(try TargetHealth(pid: child.pid) == before)
         try child.send("ping")
+    }
+
+    @Test("lists every thread with its tid, name and state")
+    func threads() throws {
+        let child = try ScenarioProcess("threads", ["4"])
+        defer { child.stop() }
+        try child.waitUntilBlocked()
+        let states = try TargetHealth.threadStates(of: child.pid)
+        let model = try Introspector.inspect(pid: child.pid, detailedMemory: false)
+        #expect(model.threads.map(\.tid) == states.keys.sorted())
+        #expect(model.threads.count == 5 && model.threads.first?.tid == child.pid)
+        #expect(model.threads.allSatisfy { $0.name == "mitosis-scenari" && $0.state == "S" })
+        #expect(model.maps.allSatisfy { $0.sizes == nil && $0.vmFlags == nil })
+        #expect(model.identity.cmdline.suffix(2) == ["threads", "4"])
     }
 
     @Test("the model survives a JSON round trip")
