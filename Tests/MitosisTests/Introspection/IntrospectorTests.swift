@@ -197,6 +197,19 @@ struct IntrospectorTests {
         #expect(model.identity.cmdline.suffix(2) == ["threads", "4"])
     }
 
+    @Test("a process in another IPC namespace: SysV objects are reported as not visible",
+          .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/unshare"), "needs util-linux unshare"))
+    func otherIPCNamespace() throws {
+        // unshare execs the scenario in place: same pid, new IPC namespace.
+        let child = try ScenarioProcess("--ipc", [ScenarioProcess.executable("mitosis-scenario"), "idle"],
+                                        executable: "/usr/bin/unshare")
+        defer { child.stop() }
+        let model = try Introspector.inspect(pid: child.pid)
+        let own = try Kernel.readLink("/proc/self/ns/ipc")
+        #expect(model.namespaces.first { $0.type == "ipc" }.map { "ipc:[\($0.inode)]" } != own)
+        #expect(!model.ipc.sysvVisible && model.ipc.sharedMemory.isEmpty && model.ipc.semaphores.isEmpty)
+    }
+
     @Test("the model survives a JSON round trip")
     func codable() throws {
         let child = try ScenarioProcess("fds")
