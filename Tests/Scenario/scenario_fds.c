@@ -6,11 +6,13 @@
 // dies (it is killed with SIGKILL, so it cannot clean up itself).
 // `zombie`: a child that exited and is never reaped (reports `zombie=PID`).
 // `manyfds N`: N descriptors of mixed kinds (files, pipes, eventfds, socketpairs, /dev/null).
+// `fdchurn`: fd 100 replaced over and over, to race readers.
 #define _GNU_SOURCE
 #include "scenario.h"
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <mqueue.h>
+#include <pthread.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -56,7 +58,7 @@ static int open_in_directory(const char *name, int flags) {
     return open(path, flags, 0600);
 }
 
-static const char *const file_names[] = {"data.bin", "with space.txt", "gone.txt", "mapped.bin", "fifo", "many.bin", "line\nbreak"};
+static const char *const file_names[] = {"data.bin", "with space.txt", "gone.txt", "mapped.bin", "fifo", "many.bin", "line\nbreak", "a", "b"};
 
 /// Forks a process that waits for this one to die, then removes the directory and SysV objects.
 static void spawn_cleaner(void) {
@@ -292,3 +294,32 @@ static int manyfds_setup(int argc, char **argv) {
     return 0;
 }
 SCENARIO(manyfds, manyfds_setup, NULL)
+
+/// `fdchurn`: a thread keeps replacing fd 100 (dup2) with a fresh open of file `a` at offset 111
+/// or of file `b` at offset 222, so a reader races the fd number being reused.
+static void *churner(void *arg) {
+    (void)arg;
+    for (long i = 0;; i++) {
+        int fd = open_in_directory(i % 2 ? "b" : "a", O_RDONLY);
+        if (fd < 0 || lseek(fd, i % 2 ? 222 : 111, SEEK_SET) < 0 || dup2(fd, 100) != 100) scenario_fail("churn");
+        close(fd);
+    }
+    return NULL;
+}
+
+static int fdchurn_setup(int argc, char **argv) {
+    (void)argc; (void)argv;
+    strcpy(directory, "/tmp/mitosis-fdchurn-XXXXXX");
+    if (!mkdtemp(directory)) scenario_fail("mkdtemp");
+    spawn_cleaner();
+    char block[256] = {0};
+    int a = open_in_directory("a", O_RDWR | O_CREAT), b = open_in_directory("b", O_RDWR | O_CREAT);
+    if (write(a, block, sizeof block) != sizeof block || write(b, block, sizeof block) != sizeof block) scenario_fail("write");
+    report_fd("a", a);
+    report_fd("b", b);
+    scenario_report("dir", "%s", directory);
+    pthread_t thread;
+    if (pthread_create(&thread, NULL, churner, NULL) != 0) scenario_fail("pthread_create");
+    return 0;
+}
+SCENARIO(fdchurn, fdchurn_setup, NULL)

@@ -99,21 +99,7 @@ public enum ProcessReader {
     /// One open descriptor of `pid`; nil when `fd` is not open (or closes while it is read).
     public static func descriptor(pid: Int32, fd: Int32) throws(MitosisError) -> OpenDescriptor? {
         let link = "/proc/\(pid)/fd/\(fd)"
-        let target: String
-        let info: ProcFdinfo
-        do {
-            target = try Kernel.readLink(link)
-            guard let parsed = ProcFdinfo(parsing: String(decoding: try Kernel.readFile("/proc/\(pid)/fdinfo/\(fd)"), as: UTF8.self))
-            else { return nil }
-            info = parsed
-        } catch .noSuchFileOrDirectory {
-            try requireAlive(pid)
-            return nil
-        } catch {
-            throw failure(error, pid: pid, reading: link)
-        }
-        // stat follows the magic link to the open file; it may be refused (a file on a FUSE mount).
-        let status = try? Kernel.status(link)
+        guard let (target, info, status) = try snapshot(pid: pid, fd: fd, link: link) else { return nil }
         let device = status.map { DeviceNumber(encoded: UInt64($0.st_dev)) }
         let mode = status.map { UInt32($0.st_mode) }
         let special = status.flatMap { ($0.st_mode & S_IFMT) == S_IFCHR || ($0.st_mode & S_IFMT) == S_IFBLK
@@ -146,6 +132,38 @@ public enum ProcessReader {
     static func stat(_ pid: Int32) throws(MitosisError) -> ProcStat {
         guard let stat = ProcStat(parsing: try text(pid, "stat")) else { throw .noSuchProcess(pid) }
         return stat
+    }
+
+    /// The link target, fdinfo and `stat` of one descriptor, read so that they describe the same
+    /// open file. The fd may be closed and its number reused between the reads, so they are read
+    /// again until the link is the same before and after, and fdinfo's `ino:` matches stat's.
+    /// Limits: a descriptor replaced twice between the two link reads (A, B, A) gives fdinfo and
+    /// stat of B with the link of A; one replaced faster than that on every attempt comes without
+    /// its `stat`. nil when the fd is not open.
+    private static func snapshot(pid: Int32, fd: Int32, link: String) throws(MitosisError) -> (String, ProcFdinfo, stat?)? {
+        var attempt = 0
+        while true {
+            attempt += 1
+            let target: String
+            let info: ProcFdinfo
+            do {
+                target = try Kernel.readLink(link)
+                guard let parsed = ProcFdinfo(parsing: String(decoding: try Kernel.readFile("/proc/\(pid)/fdinfo/\(fd)"), as: UTF8.self))
+                else { return nil }
+                info = parsed
+            } catch .noSuchFileOrDirectory {
+                try requireAlive(pid)
+                return nil
+            } catch {
+                throw failure(error, pid: pid, reading: link)
+            }
+            // stat follows the magic link to the open file; it may be refused (a file on a FUSE mount).
+            let status = try? Kernel.status(link)
+            let sameFile = status.map { info.inode == nil || UInt64($0.st_ino) == info.inode } ?? true
+            let sameLink = (try? Kernel.readLink(link)) == target
+            if sameFile && sameLink { return (target, info, status) }
+            if attempt == 8 { return (target, info, nil) }
+        }
     }
 
     /// Throws `.noSuchProcess` unless `pid` still exists and has not exited.

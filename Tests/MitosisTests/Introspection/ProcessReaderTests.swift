@@ -45,6 +45,24 @@ struct ProcessReaderTests {
         #expect(try TargetHealth(pid: child.pid) == before)
     }
 
+    @Test("a descriptor replaced while it is read is never a mix of two open files")
+    func churn() throws {
+        let child = try ScenarioProcess("fdchurn")
+        defer { child.stop() }
+        let inodeA = UInt64(try child.intFact("a_ino")), inodeB = UInt64(try child.intFact("b_ino"))
+        var seen: [UInt64: Int] = [:]
+        for _ in 0..<2000 {
+            guard let descriptor = try ProcessReader.descriptor(pid: child.pid, fd: 100) else { continue }
+            // fdinfo (position) and stat (inode) must describe the same open file. (The link target
+            // can still name the other file after two replacements between its two reads: A-B-A.)
+            let isA = descriptor.inode == inodeA
+            #expect(isA || descriptor.inode == inodeB)
+            #expect(descriptor.position == (isA ? 111 : 222), "inode \(descriptor.inode) at \(descriptor.position)")
+            seen[descriptor.inode, default: 0] += 1
+        }
+        #expect(seen.count == 2)  // the race really ran
+    }
+
     @Test("a process that does not exist is .noSuchProcess")
     func missing() throws {
         let missing = try Self.unusedPID()
