@@ -88,18 +88,58 @@ public enum ProcessReader {
     /// read are left out; if the process itself is gone, `.noSuchProcess`.
     public static func descriptors(pid: Int32) throws(MitosisError) -> [OpenDescriptor] {
         let numbers = try list(pid, "fd").compactMap { Int32($0) }.sorted()
+        let directories = try DescriptorDirectories(pid: pid)
+        defer { directories.close() }
         var result: [OpenDescriptor] = []
         result.reserveCapacity(numbers.count)
         for fd in numbers {
-            if let descriptor = try descriptor(pid: pid, fd: fd) { result.append(descriptor) }
+            if let descriptor = try descriptor(pid: pid, fd: fd, in: directories) { result.append(descriptor) }
         }
         return result
     }
 
     /// One open descriptor of `pid`; nil when `fd` is not open (or closes while it is read).
     public static func descriptor(pid: Int32, fd: Int32) throws(MitosisError) -> OpenDescriptor? {
-        let link = "/proc/\(pid)/fd/\(fd)"
-        guard let (target, info, status) = try snapshot(pid: pid, fd: fd, link: link) else { return nil }
+        let directories = try DescriptorDirectories(pid: pid)
+        defer { directories.close() }
+        return try descriptor(pid: pid, fd: fd, in: directories)
+    }
+
+    /// `/proc/PID/fd` and `/proc/PID/fdinfo`, opened once so that reading thousands of
+    /// descriptors resolves names relative to them rather than walking `/proc/PID/…` each time.
+    struct DescriptorDirectories {
+        let links: FileDescriptor
+        let infos: FileDescriptor
+
+        init(pid: Int32) throws(MitosisError) {
+            let links = try Self.open(pid, "fd")
+            do {
+                infos = try Self.open(pid, "fdinfo")
+            } catch {
+                try? links.close()
+                throw error
+            }
+            self.links = links
+        }
+
+        private static func open(_ pid: Int32, _ name: String) throws(MitosisError) -> FileDescriptor {
+            let path = "/proc/\(pid)/\(name)"
+            do {
+                return try Kernel.openAt(nil, path, flags: O_RDONLY | O_DIRECTORY)
+            } catch {
+                throw failure(error, pid: pid, reading: path)
+            }
+        }
+
+        func close() {
+            try? links.close()
+            try? infos.close()
+        }
+    }
+
+    private static func descriptor(pid: Int32, fd: Int32, in directories: DescriptorDirectories) throws(MitosisError) -> OpenDescriptor? {
+        let name = String(fd)
+        guard let (target, info, status) = try snapshot(pid: pid, name: name, in: directories) else { return nil }
         let device = status.map { DeviceNumber(encoded: UInt64($0.st_dev)) }
         let mode = status.map { UInt32($0.st_mode) }
         let special = status.flatMap { ($0.st_mode & S_IFMT) == S_IFCHR || ($0.st_mode & S_IFMT) == S_IFBLK
@@ -107,7 +147,7 @@ public enum ProcessReader {
         var kind = ProcFdTarget.classify(target, mode: mode, specialDevice: special)
         // A regular file on an anonymous-device filesystem may be a POSIX message queue.
         if kind.kind == .file, device?.major == 0,
-           (try? Kernel.fileSystemType(link)) == Kernel.messageQueueFileSystem {
+           (try? Kernel.fileSystemType("/proc/\(pid)/fd/\(fd)")) == Kernel.messageQueueFileSystem {
             kind.kind = .messageQueue
         }
         var descriptor = OpenDescriptor(
@@ -140,27 +180,27 @@ public enum ProcessReader {
     /// Limits: a descriptor replaced twice between the two link reads (A, B, A) gives fdinfo and
     /// stat of B with the link of A; one replaced faster than that on every attempt comes without
     /// its `stat`. nil when the fd is not open.
-    private static func snapshot(pid: Int32, fd: Int32, link: String) throws(MitosisError) -> (String, ProcFdinfo, stat?)? {
+    private static func snapshot(pid: Int32, name: String, in directories: DescriptorDirectories) throws(MitosisError) -> (String, ProcFdinfo, stat?)? {
         var attempt = 0
         while true {
             attempt += 1
             let target: String
             let info: ProcFdinfo
             do {
-                target = try Kernel.readLink(link)
-                guard let parsed = ProcFdinfo(parsing: String(decoding: try Kernel.readFile("/proc/\(pid)/fdinfo/\(fd)"), as: UTF8.self))
+                target = try Kernel.readLinkAt(directories.links, name)
+                guard let parsed = ProcFdinfo(parsing: String(decoding: try Kernel.readFileAt(directories.infos, name), as: UTF8.self))
                 else { return nil }
                 info = parsed
             } catch .noSuchFileOrDirectory {
                 try requireAlive(pid)
                 return nil
             } catch {
-                throw failure(error, pid: pid, reading: link)
+                throw failure(error, pid: pid, reading: "/proc/\(pid)/fd/\(name)")
             }
             // stat follows the magic link to the open file; it may be refused (a file on a FUSE mount).
-            let status = try? Kernel.status(link)
+            let status = try? Kernel.statusAt(directories.links, name)
             let sameFile = status.map { info.inode == nil || UInt64($0.st_ino) == info.inode } ?? true
-            let sameLink = (try? Kernel.readLink(link)) == target
+            let sameLink = (try? Kernel.readLinkAt(directories.links, name)) == target
             if sameFile && sameLink { return (target, info, status) }
             if attempt == 8 { return (target, info, nil) }
         }

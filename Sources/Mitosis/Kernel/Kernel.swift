@@ -62,7 +62,13 @@ public enum Kernel {
 
     /// Reads a whole file, however /proc sizes it (procfs files report size 0), up to `limit` bytes.
     public static func readFile(_ path: String, limit: Int = 64 << 20) throws(Errno) -> [UInt8] {
-        let fd = try check { open(path, O_RDONLY | O_CLOEXEC) }
+        try readFileAt(nil, path, limit: limit)
+    }
+
+    /// Reads the whole file `name` relative to `directory` (the current directory when nil), up
+    /// to `limit` bytes. The corresponding system calls are `openat` and `read`.
+    public static func readFileAt(_ directory: FileDescriptor?, _ name: String, limit: Int = 64 << 20) throws(Errno) -> [UInt8] {
+        let fd = try check { openat(directory?.rawValue ?? AT_FDCWD, name, O_RDONLY | O_CLOEXEC) }
         defer { close(fd) }
         var bytes: [UInt8] = []
         // Not zero-filled: /proc files are read thousands of times per inspection.
@@ -79,9 +85,17 @@ public enum Kernel {
     /// The target of a symbolic link such as `/proc/PID/fd/N`, as raw bytes decoded leniently.
     /// The corresponding C function is `readlink`.
     public static func readLink(_ path: String) throws(Errno) -> String {
+        try readLinkAt(nil, path)
+    }
+
+    /// The target of symbolic link `name` relative to `directory` (the current directory when nil).
+    /// The corresponding system call is `readlinkat`.
+    public static func readLinkAt(_ directory: FileDescriptor?, _ name: String) throws(Errno) -> String {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(PATH_MAX) + 1, alignment: 1)
         defer { buffer.deallocate() }
-        let n = try check { readlink(path, buffer.baseAddress!.assumingMemoryBound(to: CChar.self), buffer.count - 1) }
+        let n = try check {
+            readlinkat(directory?.rawValue ?? AT_FDCWD, name, buffer.baseAddress!.assumingMemoryBound(to: CChar.self), buffer.count - 1)
+        }
         return String(decoding: buffer[0..<n], as: UTF8.self)
     }
 
@@ -101,8 +115,14 @@ public enum Kernel {
 
     /// `stat` of a path. The corresponding C function is `stat`.
     public static func status(_ path: String) throws(Errno) -> stat {
+        try statusAt(nil, path)
+    }
+
+    /// `stat` of `name` relative to `directory`, following symbolic links (through
+    /// `/proc/PID/fd/N`, the open file itself). The corresponding system call is `fstatat`.
+    public static func statusAt(_ directory: FileDescriptor?, _ name: String) throws(Errno) -> stat {
         var st = stat()
-        try check { stat(path, &st) }
+        try check { fstatat(directory?.rawValue ?? AT_FDCWD, name, &st, 0) }
         return st
     }
 }
