@@ -127,6 +127,14 @@ extension Kernel {
 }
 
 extension Kernel {
+    /// The canonical absolute form of an existing path: no `.`, `..` or symbolic links.
+    /// The corresponding C function is `realpath`.
+    public static func canonicalPath(_ path: String) throws(Errno) -> String {
+        guard let resolved = realpath(path, nil) else { throw Errno(rawValue: errno) }
+        defer { free(resolved) }
+        return String(cString: resolved)
+    }
+
     /// Whether `fd` is a socket. The corresponding system call is `fstat`.
     public static func isSocket(_ fd: FileDescriptor) -> Bool {
         guard let st = try? status(of: fd) else { return false }
