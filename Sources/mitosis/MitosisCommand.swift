@@ -12,6 +12,7 @@ struct MitosisCommand: AsyncParsableCommand {
             InspectCommand.self,
             StacksCommand.self,
             GraphCommand.self,
+            DemoCommand.self,
             ImagesCommand.self,
         ]
     )
