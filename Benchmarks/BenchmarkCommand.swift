@@ -10,6 +10,7 @@ struct BenchmarkCommand: AsyncParsableCommand {
         subcommands: [
             FreezeBenchmark.self,
             InspectBenchmark.self,
+            ImageBenchmark.self,
         ]
     )
 }

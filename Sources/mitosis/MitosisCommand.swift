@@ -13,6 +13,7 @@ struct MitosisCommand: AsyncParsableCommand {
             StacksCommand.self,
             GraphCommand.self,
             DemoCommand.self,
+            ImagesCommand.self,
         ]
     )
 }

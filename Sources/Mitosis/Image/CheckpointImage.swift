@@ -110,7 +110,9 @@ public final class CheckpointImage: Sendable {
     /// The parent image, checked against the recorded id; nil for a full checkpoint.
     public func parent() throws(ImageError) -> CheckpointImage? {
         guard let link = manifest.parent else { return nil }
-        let parentPath = link.path.hasPrefix("/") ? link.path : path + "/" + link.path
+        let joined = link.path.hasPrefix("/") ? link.path : path + "/" + link.path
+        // Shown in messages, so made readable (`/x/0`, not `/x/2/../1/../0`) the way the kernel resolves it.
+        let parentPath = (try? Kernel.canonicalPath(joined)) ?? joined
         let parent: CheckpointImage
         do {
             parent = try CheckpointImage.open(parentPath)

@@ -166,6 +166,11 @@ public struct CheckpointManifest: Codable, Sendable, Equatable {
     public var pageSize: Int
     /// The dirty-tracking strategy that chose the pages (e.g. `uffd-wp`, `soft-dirty`, `content-hash`, `full`).
     public var tracking: String
+    /// Everything introspection read about the process (identity, threads, namespaces, limits,
+    /// maps, descriptors, IPC); nil when the checkpoint was taken without it.
+    public var process: ProcessModel?
+    /// The registers and signal state of every thread, read while the process was frozen.
+    public var threads: [ThreadState]
     public var mappings: [CheckpointMapping]
     public var stats: CheckpointStats
     /// Filled in by the sink: what `pages.index` holds.
@@ -174,7 +179,8 @@ public struct CheckpointManifest: Codable, Sendable, Equatable {
     public var files: [String: FileDigest]
 
     /// A manifest for the checkpoint `header` began; the sink fills `pageIndex` and `files`.
-    public init(header: CheckpointHeader, tracking: String, mappings: [CheckpointMapping], stats: CheckpointStats = CheckpointStats()) {
+    public init(header: CheckpointHeader, tracking: String, mappings: [CheckpointMapping], stats: CheckpointStats = CheckpointStats(),
+                process: ProcessModel? = nil, threads: [ThreadState] = []) {
         formatVersion = Self.currentFormatVersion
         id = header.id
         kind = header.kind
@@ -184,6 +190,8 @@ public struct CheckpointManifest: Codable, Sendable, Equatable {
         created = header.created
         pageSize = header.pageSize
         self.tracking = tracking
+        self.process = process
+        self.threads = threads
         self.mappings = mappings
         self.stats = stats
         pageIndex = PageIndexSummary()

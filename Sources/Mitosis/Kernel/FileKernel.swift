@@ -125,3 +125,28 @@ extension Kernel {
         return done
     }
 }
+
+extension Kernel {
+    /// The canonical absolute form of an existing path: no `.`, `..` or symbolic links.
+    /// The corresponding C function is `realpath`.
+    public static func canonicalPath(_ path: String) throws(Errno) -> String {
+        guard let resolved = realpath(path, nil) else { throw Errno(rawValue: errno) }
+        defer { free(resolved) }
+        return String(cString: resolved)
+    }
+
+    /// Whether `fd` is a socket. The corresponding system call is `fstat`.
+    public static func isSocket(_ fd: FileDescriptor) -> Bool {
+        guard let st = try? status(of: fd) else { return false }
+        return st.st_mode & S_IFMT == S_IFSOCK
+    }
+
+    /// Sends all of `buffer` on a socket without raising SIGPIPE when the peer has gone (EPIPE
+    /// is returned instead). The corresponding system call is `send` with `MSG_NOSIGNAL`.
+    public static func sendAll(_ fd: FileDescriptor, _ buffer: UnsafeRawBufferPointer) throws(Errno) {
+        var offset = 0
+        while offset < buffer.count {
+            offset += try check { send(fd.rawValue, buffer.baseAddress! + offset, buffer.count - offset, Int32(MSG_NOSIGNAL)) }
+        }
+    }
+}

@@ -93,10 +93,17 @@ enum Synthetic {
             return FileDigest(size: UInt64(bytes.count), xxh64: Checksum.xxh64(bytes))
         }
         let manifestURL = URL(fileURLWithPath: directory + "/manifest.json")
-        var manifest = try JSONOutput.decoder().decode(CheckpointManifest.self, from: Data(contentsOf: manifestURL))
-        manifest.files = ["pages.index": try digest("pages.index"), "pages.data": try digest("pages.data")]
-        try JSONOutput.encoder().encode(manifest).write(to: manifestURL)
-        let commit = ImageFormat.encodeCommit(id: manifest.id, files: try ["manifest.json", "pages.index", "pages.data"].map { ($0, try digest($0)) })
+        let id: String
+        if var manifest = try? JSONOutput.decoder().decode(CheckpointManifest.self, from: Data(contentsOf: manifestURL)) {
+            manifest.files = ["pages.index": try digest("pages.index"), "pages.data": try digest("pages.data")]
+            try JSONOutput.encoder().encode(manifest).write(to: manifestURL)
+            id = manifest.id
+        } else {
+            // An undecodable manifest keeps its bytes; the commit record keeps its id.
+            let commit = String(decoding: try bytes(directory + "/COMMIT"), as: UTF8.self)
+            id = String(commit.split(separator: "\n")[1].dropFirst(3))
+        }
+        let commit = ImageFormat.encodeCommit(id: id, files: try ["manifest.json", "pages.index", "pages.data"].map { ($0, try digest($0)) })
         try Data(commit).write(to: URL(fileURLWithPath: directory + "/COMMIT"))
     }
 
