@@ -6,4 +6,5 @@
 #include "mitosis_netlink.h"
 #include "mitosis_memory.h"
 #include "mitosis_injection.h"
+#include "mitosis_check.h"
 #endif
