@@ -6,14 +6,8 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
-#include <linux/inet_diag.h>
-#include <linux/netlink.h>
-#include <linux/sock_diag.h>
-#include <linux/unix_diag.h>
-#include <netinet/in.h>
 
 static const char probe_marker[] = "mitosis kernel probe marker";
 static char probe_page[4096] __attribute__((aligned(4096)));
@@ -53,54 +47,4 @@ void mitosis_probe_child_end(const mitosis_probe_child *child) {
     kill(child->pid, SIGKILL);
     while (waitpid(child->pid, NULL, 0) == -1 && errno == EINTR) {}
     close(child->shared_fd);
-}
-
-int mitosis_probe_sock_diag(int family, int protocol) {
-    int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
-    if (fd < 0) return -errno;
-    struct {
-        struct nlmsghdr header;
-        union {
-            struct inet_diag_req_v2 inet;
-            struct unix_diag_req unix_request;
-        };
-    } request;
-    memset(&request, 0, sizeof request);
-    request.header.nlmsg_type = SOCK_DIAG_BY_FAMILY;
-    request.header.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
-    if (family == AF_UNIX) {
-        request.header.nlmsg_len = NLMSG_LENGTH(sizeof request.unix_request);
-        request.unix_request.sdiag_family = AF_UNIX;
-        request.unix_request.udiag_states = ~0U;
-    } else {
-        request.header.nlmsg_len = NLMSG_LENGTH(sizeof request.inet);
-        request.inet.sdiag_family = (uint8_t)family;
-        request.inet.sdiag_protocol = (uint8_t)protocol;
-        request.inet.idiag_states = ~0U;
-    }
-    int result = 0;
-    if (send(fd, &request, request.header.nlmsg_len, 0) < 0) { result = -errno; goto done; }
-    for (;;) {
-        static __thread char buffer[32768];
-        ssize_t length = recv(fd, buffer, sizeof buffer, 0);
-        if (length < 0) {
-            if (errno == EINTR) continue;
-            result = -errno;
-            goto done;
-        }
-        if (length == 0) { result = -EPROTO; goto done; }
-        for (struct nlmsghdr *message = (struct nlmsghdr *)buffer; NLMSG_OK(message, (size_t)length);
-             message = NLMSG_NEXT(message, length)) {
-            if (message->nlmsg_type == NLMSG_DONE) goto done;
-            if (message->nlmsg_type == NLMSG_ERROR) {
-                struct nlmsgerr *error = NLMSG_DATA(message);
-                result = error->error < 0 ? error->error : -EPROTO;
-                goto done;
-            }
-            result++;
-        }
-    }
-done:
-    close(fd);
-    return result;
 }

@@ -10,6 +10,9 @@ struct MitosisCommand: AsyncParsableCommand {
         subcommands: [
             FreezeCommand.self,
             CheckCommand.self,
+            InspectCommand.self,
+            StacksCommand.self,
+            GraphCommand.self,
         ]
     )
 }

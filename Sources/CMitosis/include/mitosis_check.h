@@ -1,5 +1,4 @@
-// Kernel feature probes (`mitosis check`): a short-lived child to try features on, and a minimal
-// sock_diag dump whose request struct layout must be built in C.
+// Kernel feature probes (`mitosis check`): a short-lived child to try features on.
 #ifndef MITOSIS_CHECK_H
 #define MITOSIS_CHECK_H
 #include <stdint.h>
@@ -20,8 +19,5 @@ typedef struct mitosis_probe_child {
 int mitosis_probe_child_spawn(mitosis_probe_child *child);
 /// Kills and reaps the probe child and closes the prober's end of the pipe.
 void mitosis_probe_child_end(const mitosis_probe_child *child);
-/// Dumps every socket of `family` (AF_INET with IPPROTO_TCP, or AF_UNIX) through
-/// NETLINK_SOCK_DIAG in the caller's network namespace; returns how many the kernel listed, or -errno.
-int mitosis_probe_sock_diag(int family, int protocol);
 
 #endif

@@ -53,14 +53,21 @@ extension KernelProbe {
 
     /// Listing TCP sockets with their inodes and addresses.
     public static let sockDiagInet = KernelProbe("sock-diag-inet") { _ in
-        let count = try Kernel.sockDiagCount(family: AF_INET, protocol: Int32(IPPROTO_TCP))
+        let table = try SockDiag().table()
+        guard !table.unavailable.contains("tcp/ipv4") else {
+            throw ProbeFailure("NETLINK_SOCK_DIAG has no handler for TCP over IPv4 (inet_diag and tcp_diag not loaded)")
+        }
+        let count = table.inet.filter { $0.protocol == "tcp" && $0.family == "ipv4" }.count
         return "NETLINK_SOCK_DIAG dump of IPv4 TCP sockets listed \(count)"
     }
 
     /// Listing UNIX sockets with their inodes, names and peers.
     public static let sockDiagUnix = KernelProbe("sock-diag-unix") { _ in
-        let count = try Kernel.sockDiagCount(family: AF_UNIX)
-        return "NETLINK_SOCK_DIAG dump of UNIX sockets listed \(count)"
+        let table = try SockDiag().table()
+        guard !table.unavailable.contains("unix") else {
+            throw ProbeFailure("NETLINK_SOCK_DIAG has no handler for UNIX sockets (unix_diag not loaded)")
+        }
+        return "NETLINK_SOCK_DIAG dump of UNIX sockets listed \(table.unix.count)"
     }
 
     /// Dirty-page tracking through soft-dirty bits (`clear_refs` 4, pagemap bit 55).

@@ -33,20 +33,3 @@ public final class ProbeChild: @unchecked Sendable {
 
     deinit { end() }
 }
-
-extension Kernel {
-    /// Creates a userfaultfd for this process's own address space.
-    /// The corresponding system call is `userfaultfd`.
-    public static func userfaultfd(flags: Int32) throws(Errno) -> FileDescriptor {
-        FileDescriptor(rawValue: Int32(try check { mitosis_syscall6(MITOSIS_SYS_userfaultfd, Int(flags), 0, 0, 0, 0, 0) }))
-    }
-
-    /// How many sockets of `family` (`AF_INET` with `IPPROTO_TCP`, or `AF_UNIX`) a
-    /// `NETLINK_SOCK_DIAG` dump lists in this network namespace. The corresponding system calls
-    /// are `socket(AF_NETLINK)`, `send` and `recv`.
-    public static func sockDiagCount(family: Int32, protocol: Int32 = 0) throws(Errno) -> Int {
-        let result = mitosis_probe_sock_diag(family, `protocol`)
-        if result < 0 { throw Errno(rawValue: -result) }
-        return Int(result)
-    }
-}
