@@ -5,11 +5,12 @@ import Testing
 
 @Suite("Tracer hardening")
 struct TracerHardeningTests {
-    /// Waits until `condition` holds (up to about two seconds).
-    private func eventually(_ condition: () throws -> Bool) rethrows -> Bool {
-        for _ in 0..<200 {
+    /// Waits until `condition` holds (up to about five seconds), sleeping without holding one of
+    /// the few threads that run the tests.
+    private func eventually(_ condition: () throws -> Bool) async throws -> Bool {
+        for _ in 0..<500 {
             if try condition() { return true }
-            usleep(10_000)
+            try await Task.sleep(for: .milliseconds(10))
         }
         return false
     }
@@ -47,7 +48,7 @@ struct TracerHardeningTests {
         defer { child.stop() }
         let second = Int32(try child.intFact("second"))
         kill(second, SIGKILL)  // the scenario does not reap it: it stays a zombie
-        #expect(try eventually { try TargetHealth.threadStates(of: second)[second] == "Z" })
+        #expect(try await eventually { try TargetHealth.threadStates(of: second)[second] == "Z" })
         let pids = try await withFrozenProcess(child.pid, includeDescendants: true) { await $0.pids }
         #expect(pids.count == 3)
         #expect(!pids.contains(second))
@@ -113,7 +114,7 @@ struct TracerHardeningTests {
         let task = Task {
             try await withFrozenProcess(child.pid) { _ in try await Task.sleep(for: .seconds(30)) }
         }
-        #expect(try eventually { try TargetHealth.tracer(of: child.pid) != 0 })
+        #expect(try await eventually { try TargetHealth.tracer(of: child.pid) != 0 })
         task.cancel()
         await #expect(throws: CancellationError.self) { try await task.value }
         #expect(try TargetHealth.runsFreely(child.pid))
@@ -131,12 +132,32 @@ struct TracerHardeningTests {
         #expect(try TargetHealth.runsFreely(child.pid))
     }
 
+    @Test("a thread that cannot stop (waiting for a vfork child) fails the freeze in time, untraced after")
+    func stopTimeout() async throws {
+        let child = try ScenarioProcess("vfork-wait", ["3000"])
+        defer { child.stop() }
+        let tid = Int32(try child.intFact("vforker_tid"))
+        let clock = ContinuousClock()
+        let start = clock.now
+        await #expect(throws: MitosisError.stopTimedOut(child.pid, tid: tid, after: .milliseconds(300))) {
+            try await Tracer.freeze(pid: child.pid, stopTimeout: .milliseconds(300))
+        }
+        #expect(clock.now - start < .milliseconds(2500), "gave up without waiting for the vfork child")
+        // Released at once: nothing traced, the other threads running; the vforker resumes when its child exits.
+        #expect(try await eventually { try TargetHealth.tracer(of: child.pid) == 0 && TargetHealth.tracer(of: tid) == 0 })
+        #expect(try TargetHealth.runsFreely(child.pid))
+        try child.send("ping")
+        #expect(try await eventually { try TargetHealth.threadStates(of: child.pid)[tid] == "S" })
+        let frozen = try await withFrozenProcess(child.pid) { await $0.threads(of: child.pid) }
+        #expect(frozen.contains(tid))
+    }
+
     @Test("the tool killed while it holds a target: the target runs on, untraced")
     func toolKilled() async throws {
         let child = try ScenarioProcess("threads", ["3"])
         defer { child.stop() }
         let tool = try ToolRun.start(ToolRun.mitosis, ["freeze", String(child.pid), "--milliseconds", "5000"])
-        #expect(try eventually {
+        #expect(try await eventually {
             try TargetHealth.tracer(of: child.pid) != 0 && TargetHealth.threadStates(of: child.pid).values.allSatisfy { $0 == "t" }
         })
         kill(tool.processIdentifier, SIGKILL)
@@ -192,7 +213,7 @@ struct TracerHardeningTests {
         let argv: [UnsafeMutablePointer<CChar>?] = [strdup("/bin/true"), nil]
         defer { free(argv[0]) }
         #expect(posix_spawn(&pid, "/bin/true", nil, nil, argv, environ) == 0)
-        #expect(try eventually { try TargetHealth.threadStates(of: pid)[pid] == "Z" })
+        #expect(try await eventually { try TargetHealth.threadStates(of: pid)[pid] == "Z" })
         await #expect(throws: MitosisError.zombie(pid)) { try await Tracer.freeze(pid: pid) }
         var status: Int32 = 0
         waitpid(pid, &status, 0)
