@@ -15,6 +15,22 @@ struct TracerHardeningTests {
         return false
     }
 
+    /// A child that has exited and is not reaped yet (until `reap`). Spawned directly:
+    /// Foundation's Process reaps its children at once.
+    private func spawnZombie() async throws -> pid_t {
+        var pid: pid_t = 0
+        let argv: [UnsafeMutablePointer<CChar>?] = [strdup("/bin/true"), nil]
+        defer { free(argv[0]) }
+        guard posix_spawn(&pid, "/bin/true", nil, nil, argv, environ) == 0 else { throw ScenarioError.spawn("/bin/true") }
+        #expect(try await eventually { try TargetHealth.threadStates(of: pid)[pid] == "Z" })
+        return pid
+    }
+
+    private func reap(_ pid: pid_t) {
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+    }
+
     @Test("includeDescendants freezes the whole process tree; thaw releases all of it")
     func processTree() async throws {
         let child = try ScenarioProcess("tree")
@@ -208,15 +224,9 @@ struct TracerHardeningTests {
         let tid = Int32(try child.intFact("reader_tid"))
         await #expect(throws: MitosisError.noSuchProcess(tid)) { try await Tracer.freeze(pid: tid) }
 
-        // Foundation's Process reaps its children at once: spawn the zombie-to-be directly.
-        var pid: pid_t = 0
-        let argv: [UnsafeMutablePointer<CChar>?] = [strdup("/bin/true"), nil]
-        defer { free(argv[0]) }
-        #expect(posix_spawn(&pid, "/bin/true", nil, nil, argv, environ) == 0)
-        #expect(try await eventually { try TargetHealth.threadStates(of: pid)[pid] == "Z" })
+        let pid = try await spawnZombie()
+        defer { reap(pid) }
         await #expect(throws: MitosisError.zombie(pid)) { try await Tracer.freeze(pid: pid) }
-        var status: Int32 = 0
-        waitpid(pid, &status, 0)
     }
 
     @Test("bad pids through the CLI: one line on stderr, exit 1", arguments: [
@@ -230,6 +240,21 @@ struct TracerHardeningTests {
         #expect(run.status == 1)
         #expect(run.standardError == message)
         #expect(run.standardOutput == "")
+    }
+
+    @Test("its own pid and a zombie through the CLI: one line on stderr, exit 1")
+    func cliSelfAndZombie() async throws {
+        // `exec` keeps the shell's pid, so `$$` is the pid of mitosis itself.
+        let own = try ToolRun("/bin/sh", ["-c", "exec \(ToolRun.mitosis) freeze $$"])
+        #expect(own.status == 1)
+        #expect(own.standardError.hasSuffix(" is mitosis itself\n"))
+        #expect(own.standardError.split(separator: "\n").count == 1)
+
+        let pid = try await spawnZombie()
+        defer { reap(pid) }
+        let zombie = try ToolRun(ToolRun.mitosis, ["freeze", String(pid)])
+        #expect(zombie.status == 1)
+        #expect(zombie.standardError == "mitosis: process \(pid) is a zombie (exited, not yet reaped): nothing to inspect\n")
     }
 
     @Test("without privilege: one line 'permission denied…', exit 1",
