@@ -46,7 +46,7 @@ extension KernelProbe {
 
     /// Running system calls inside a frozen target (userfaultfd creation, parasite calls).
     public static let syscallInjection = KernelProbe("syscall-injection") { child in
-        let result = try await withFrozenProcess(child.pid) { try await $0.injectSyscall(MITOSIS_SYS_getpid) }
+        let result = try await withFrozenProcess(child.pid) { try await $0.injectSyscall(SyscallNumber.getpid) }
         guard result == Int64(child.pid) else { throw ProbeFailure("an injected getpid returned \(result), not \(child.pid)") }
         return "getpid single-stepped at a vDSO syscall instruction of a frozen child returned its pid"
     }
