@@ -13,6 +13,11 @@ import SystemPackage
 ///
 /// Thawing restores the target exactly: signals that arrived while it was frozen are delivered
 /// afterwards (none is consumed), and a process that was stopped by job control stays stopped.
+///
+/// A child of this process can be frozen only if nothing else here waits for it: ptrace-stops are
+/// reported to the parent's `waitpid` too, and Foundation's `Process` reaps (and then believes
+/// exited) the children it launched — start such targets with `posix_spawn`.
+/// The freeze then fails with `.stopCollectedElsewhere` instead of hanging.
 public actor Tracer {
     /// One seized thread.
     public struct SeizedThread: Equatable, Sendable {
@@ -196,7 +201,7 @@ public actor Tracer {
         var thread = SeizedThread(pid: process, tid: tid, groupStopSignal: nil)
         do {
             while true {
-                guard let event = try Self.awaitStop(tid, deadline: deadline) else {
+                guard let event = try Self.awaitStop(pid: process, tid: tid, deadline: deadline) else {
                     // It cannot be detached while it runs; ending the tracer thread (when this
                     // tracer is released) makes the kernel drop it, and the pending stop with it.
                     throw MitosisError.stopTimedOut(process, tid: tid, after: stopTimeout)
@@ -227,14 +232,33 @@ public actor Tracer {
 
     /// The next event of `tid`, or nil once `deadline` passes without one. Polls with a short,
     /// growing pause: a blocking `waitpid` could not give up on a thread that never stops.
-    private static func awaitStop(_ tid: Int32, deadline: ContinuousClock.Instant) throws(Errno) -> Ptrace.Event? {
+    /// Throws `.stopCollectedElsewhere` when the thread sits in a tracing stop that this wait
+    /// never saw: another `waitpid` in this process took it.
+    private static func awaitStop(pid process: Int32, tid: Int32, deadline: ContinuousClock.Instant) throws -> Ptrace.Event? {
         var pause: UInt32 = 2
+        var stoppedUnseenSince: ContinuousClock.Instant?
         while true {
             if let event = try Ptrace.wait(tid, nonBlocking: true) { return event }
-            if ContinuousClock.now >= deadline { return nil }
+            let now = ContinuousClock.now
+            if now >= deadline { return nil }
+            if pause == 1000 {  // after about 2 ms of polling, look at the thread itself
+                if Self.isInTracingStop(tid) {
+                    let since = stoppedUnseenSince ?? now
+                    stoppedUnseenSince = since
+                    if now - since > .milliseconds(50) { throw MitosisError.stopCollectedElsewhere(process, tid: tid) }
+                } else {
+                    stoppedUnseenSince = nil
+                }
+            }
             usleep(pause)
             pause = min(pause * 2, 1000)
         }
+    }
+
+    /// Whether `/proc` shows `tid` in a ptrace-stop (state `t`).
+    private static func isInTracingStop(_ tid: Int32) -> Bool {
+        guard let text = try? Kernel.readFile("/proc/\(tid)/stat") else { return false }
+        return ProcStat(parsing: String(decoding: text, as: UTF8.self))?.state == "t"
     }
 
     /// `root` and every process below it, found through `/proc/PID/task/TID/children`.

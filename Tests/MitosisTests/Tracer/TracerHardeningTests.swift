@@ -168,6 +168,27 @@ struct TracerHardeningTests {
         #expect(frozen.contains(tid))
     }
 
+    @Test("a child that Foundation's Process reaps: the freeze says so at once and leaves it running")
+    func foundationChild() async throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: ScenarioProcess.executable("mitosis-scenario"))
+        process.arguments = ["threads", "2"]
+        let input = Pipe(), output = Pipe()
+        process.standardInput = input
+        process.standardOutput = output
+        try process.run()
+        let pid = process.processIdentifier
+        defer { kill(pid, SIGKILL) }
+        #expect(String(decoding: output.fileHandleForReading.availableData, as: UTF8.self).hasPrefix("READY"))
+        let clock = ContinuousClock()
+        let start = clock.now
+        await #expect(throws: MitosisError.stopCollectedElsewhere(pid, tid: pid)) {
+            try await Tracer.freeze(pid: pid)
+        }
+        #expect(clock.now - start < .seconds(2))
+        #expect(try TargetHealth.runsFreely(pid))
+    }
+
     @Test("the tool killed while it holds a target: the target runs on, untraced")
     func toolKilled() async throws {
         let child = try ScenarioProcess("threads", ["3"])
