@@ -134,13 +134,15 @@ static int stacks_setup(int argc, char **argv) {
 SCENARIO(stacks, stacks_setup, NULL)
 
 /// Points the saved frame pointer and return address of its own frame back at itself, then
-/// blocks: a frame-pointer or CFA walk from here finds the same frame again and again.
+/// blocks: a walk from here finds the same frame, at the same address, again and again.
 CHAIN void cycle_forever(void) {
     void **frame = __builtin_frame_address(0);
     announce(0);
-    frame[0] = frame;                       // saved rbp → this frame
-    frame[1] = (void *)cycle_forever + 4;   // return address → inside this function
-    for (;;) syscall(SYS_pause);
+    frame[0] = frame;     // saved rbp → this frame
+    frame[1] = &&again;   // return address → the loop below, where the CFA is rbp + 16 again
+again:
+    syscall(SYS_pause);
+    goto again;
 }
 static void *run_cycle(void *arg) { (void)arg; pthread_setname_np(pthread_self(), "cycle"); cycle_forever(); return NULL; }
 
