@@ -1,0 +1,55 @@
+import Glibc
+import Testing
+@testable import Mitosis
+
+@Suite("ProcessReader")
+struct ProcessReaderTests {
+    @Test("reads every mapping of a live child, with smaps detail, and leaves it untouched")
+    func mappingsOfChild() throws {
+        let child = try ScenarioProcess("idle")
+        defer { child.stop() }
+        let before = try TargetHealth(pid: child.pid)
+        let mappings = try ProcessReader.mappings(pid: child.pid)
+        let plain = try ProcessReader.mappings(pid: child.pid, detailed: false)
+        #expect(mappings.count == before.maps.split(separator: "\n").count)
+        #expect(plain.map(\.start) == mappings.map(\.start))
+        #expect(mappings.allSatisfy { $0.sizes != nil && $0.vmFlags != nil })
+        #expect(plain.allSatisfy { $0.sizes == nil && $0.vmFlags == nil })
+        let exe = try Kernel.readLink("/proc/\(child.pid)/exe")
+        #expect(exe == ScenarioProcess.executable("mitosis-scenario"))
+        #expect(mappings.contains { $0.path == exe && $0.kind == .file && $0.isExecutable })
+        #expect(mappings.filter { $0.kind == .stack }.count == 1)
+        #expect(mappings.filter { $0.kind == .vdso }.count == 1)
+        // The main stack is resident and dirty: smaps must say so.
+        let stack = try #require(mappings.first { $0.kind == .stack })
+        #expect((stack.sizes?.rss ?? 0) > 0 && stack.vmFlags?.contains("gd") == true)
+        #expect(try TargetHealth(pid: child.pid) == before)
+    }
+
+    @Test("reads the descriptors of a live child: its stdin and stdout are the harness's pipes")
+    func descriptorsOfChild() throws {
+        let child = try ScenarioProcess("idle")
+        defer { child.stop() }
+        let before = try TargetHealth(pid: child.pid)
+        let descriptors = try ProcessReader.descriptors(pid: child.pid)
+        #expect(descriptors.map(\.fd) == before.descriptors.keys.sorted())
+        for descriptor in descriptors {
+            #expect(descriptor.target == before.descriptors[descriptor.fd])
+        }
+        let stdin = try #require(descriptors.first)
+        #expect(stdin.fd == 0 && stdin.kind == .pipe && stdin.path == nil)
+        #expect("pipe:[\(stdin.inode)]" == stdin.target)
+        #expect(stdin.flagNames.first == "O_RDONLY")
+        #expect(descriptors[1].kind == .pipe && descriptors[1].flagNames.first == "O_WRONLY")
+        #expect(try ProcessReader.descriptor(pid: child.pid, fd: 999) == nil)
+        #expect(try TargetHealth(pid: child.pid) == before)
+    }
+
+    @Test("a process that does not exist is .noSuchProcess")
+    func missing() throws {
+        // pid_max bounds pids; one above it never exists.
+        let pidMax = Int32(String(decoding: try Kernel.readFile("/proc/sys/kernel/pid_max"), as: UTF8.self)
+            .trimmingCharacters(in: "\n")) ?? 4_194_304
+        #expect(throws: MitosisError.noSuchProcess(pidMax + 1)) { try ProcessReader.mappings(pid: pidMax + 1) }
+    }
+}
