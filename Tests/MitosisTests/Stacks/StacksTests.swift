@@ -192,6 +192,28 @@ struct StacksTests {
         try child.send("ping")
     }
 
+    @Test("mitosis stacks: the listing, --json, and --sample … --folded")
+    func command() async throws {
+        let child = try ScenarioProcess("stacks")
+        defer { child.stop() }
+        let alpha = try child.intFact("alpha")
+        let listing = try ToolRun(ToolRun.mitosis, ["stacks", "\(child.pid)"])
+        #expect(listing.status == 0)
+        #expect(listing.standardOutput.contains("TID \(alpha) (alpha):\n#0   0x"))
+        #expect(listing.standardOutput.contains(" alpha_three+0x"))
+        let json = try ToolRun(ToolRun.mitosis, ["stacks", "\(child.pid)", "--json"])
+        let stacks = try JSONOutput.decoder().decode(ProcessStacks.self, from: Data(json.standardOutput.utf8))
+        #expect(stacks.threads.first { $0.tid == Int32(alpha) }?.frames[1].function == "alpha_three")
+        let folded = try ToolRun(ToolRun.mitosis, ["stacks", "\(child.pid)", "--sample", "50", "--duration", "0.1", "--folded"])
+        #expect(folded.status == 0)
+        #expect(folded.standardOutput.split(separator: "\n").contains { $0.hasPrefix("beta;") && $0.hasSuffix(";beta_one;beta_two;beta_three;read 5") })
+        #expect(folded.standardError.contains("5 samples"))
+        let refused = try ToolRun(ToolRun.mitosis, ["stacks", "999999999"])
+        #expect(refused.status == 1 && refused.standardError.hasPrefix("mitosis: "))
+        #expect(try TargetHealth.runsFreely(child.pid))
+        try child.send("ping")
+    }
+
     // MARK: Helpers
 
     static func temporaryDirectory() throws -> String {
@@ -203,16 +225,9 @@ struct StacksTests {
     /// Runs a tool and returns its standard output; throws when it fails.
     @discardableResult
     static func run(_ tool: String, _ arguments: [String]) throws -> String {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: tool)
-        process.arguments = arguments
-        let output = Pipe()
-        process.standardOutput = output
-        try process.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else { throw ScenarioError.spawn("\(tool) exited with \(process.terminationStatus)") }
-        return String(decoding: data, as: UTF8.self)
+        let run = try ToolRun(tool, arguments)
+        guard run.status == 0 else { throw ScenarioError.spawn("\(tool) exited with \(run.status): \(run.standardError)") }
+        return run.standardOutput
     }
 
     /// Function symbols by name, from `nm` (binutils), an independent reader of the ELF file.
