@@ -108,6 +108,21 @@ struct StacksTests {
         #expect(alpha.truncated == nil)
     }
 
+    @Test("a deleted executable is still symbolized, through /proc/PID/map_files")
+    func deletedExecutable() async throws {
+        let directory = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let copy = directory + "/scenario-deleted"
+        try FileManager.default.copyItem(atPath: ScenarioProcess.executable("mitosis-scenario"), toPath: copy)
+        let child = try ScenarioProcess("stacks", executable: copy)
+        defer { child.stop() }
+        try FileManager.default.removeItem(atPath: copy)
+        let stacks = try await ProcessStacks.capture(pid: child.pid)
+        let gamma = try #require(stacks.threads.first { $0.tid == Int32(try child.intFact("gamma")) })
+        #expect(gamma.frames.dropFirst(2).prefix(4).map(\.function) == Self.chains["gamma"]!)
+        #expect(gamma.frames[2].module == copy)
+    }
+
     @Test("a stripped non-PIE executable falls back to .dynsym")
     func strippedNonPIE() async throws {
         let directory = try Self.temporaryDirectory()
@@ -190,6 +205,20 @@ struct StacksTests {
         #expect(alpha.hasSuffix(";run_alpha;alpha_one;alpha_two;alpha_three;pause 10"))
         #expect(try TargetHealth.runsFreely(child.pid))
         try child.send("ping")
+    }
+
+    @Test("sampling a process that exits keeps the samples taken so far")
+    func samplingOutlivesTarget() async throws {
+        let child = try ScenarioProcess("stacks")
+        defer { child.stop() }
+        let killer = Task {
+            try await Task.sleep(for: .milliseconds(300))
+            child.stop()
+        }
+        let profile = try await StackSampler.run(pid: child.pid, hertz: 50, duration: .seconds(3))
+        try await killer.value
+        #expect(profile.samples >= 1 && profile.samples < 150)
+        #expect(profile.counts.keys.contains { $0.hasPrefix("alpha;") })
     }
 
     @Test("mitosis stacks: the listing, --json, and --sample … --folded")
