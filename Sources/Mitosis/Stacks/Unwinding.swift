@@ -24,10 +24,13 @@ final class UnwindSession {
     private var pcs: [UInt64]
     private var signalFrames: [UInt8]
 
-    init(pid: Int32, maxFrames: Int) throws(MitosisError) {
+    /// - Parameter vdso: where the vDSO is mapped, if anywhere: its frames unwind through the
+    ///   unwind table in its image, which libunwind-ptrace would not find on its own.
+    init(pid: Int32, maxFrames: Int, vdso: MemoryMapping?) throws(MitosisError) {
         guard let unwinder = mitosis_unwinder_create(pid) else {
             throw .unsupported(feature: "libunwind-ptrace", detail: "could not create an address space for process \(pid)")
         }
+        if let vdso { _ = mitosis_unwinder_add_vdso(unwinder, vdso.start, vdso.end) }
         self.unwinder = unwinder
         self.pid = pid
         self.maxFrames = max(1, maxFrames)
@@ -59,21 +62,14 @@ extension Tracer {
     /// The largest number of frames a walk records by default.
     public static let defaultMaxFrames = 256
 
-    /// Walks the stack of every frozen thread of `pid` (default: the frozen process).
-    func unwindThreads(of pid: Int32? = nil, maxFrames: Int = Tracer.defaultMaxFrames) throws(MitosisError) -> [RawStack] {
-        let process = pid ?? self.pid
-        let session = try UnwindSession(pid: process, maxFrames: maxFrames)
-        return threads(of: process).map(session.unwind)
-    }
-
     /// The symbolized call stack of every frozen thread of `pid` (default: the frozen process),
     /// for recording next to `threadState(_:)`. Symbolization reads ELF files while the process
     /// stays frozen; to stop the target for less time use `ProcessStacks.capture(pid:)`, which
     /// symbolizes after the thaw.
     public func stacks(of pid: Int32? = nil, maxFrames: Int = Tracer.defaultMaxFrames) throws(MitosisError) -> [ThreadStack] {
         let process = pid ?? self.pid
-        let raw = try unwindThreads(of: process, maxFrames: maxFrames)
-        let symbolizer = try Symbolizer(pid: process)
+        let (raw, maps) = try unwindWithMaps(of: process, maxFrames: maxFrames)
+        let symbolizer = Symbolizer(pid: process, maps: maps)
         return raw.map(symbolizer.symbolize)
     }
 }
@@ -92,10 +88,13 @@ extension ProcessStacks {
 }
 
 extension Tracer {
-    /// The walk of every thread, and the memory map of the same instant.
-    func unwindWithMaps(maxFrames: Int) throws(MitosisError) -> ([RawStack], [UInt8]) {
-        let stacks = try unwindThreads(maxFrames: maxFrames)
-        guard let maps = try? Kernel.readFile("/proc/\(pid)/maps") else { throw .noSuchProcess(pid) }
-        return (stacks, maps)
+    /// Walks the stack of every frozen thread of `pid` (default: the frozen process); returns
+    /// the walks and the memory map they were made against.
+    func unwindWithMaps(of pid: Int32? = nil, maxFrames: Int) throws(MitosisError) -> ([RawStack], [UInt8]) {
+        let process = pid ?? self.pid
+        guard let maps = try? Kernel.readFile("/proc/\(process)/maps") else { throw .noSuchProcess(process) }
+        let vdso = ProcMaps.parse(String(decoding: maps, as: UTF8.self)).first { $0.kind == .vdso }
+        let session = try UnwindSession(pid: process, maxFrames: maxFrames, vdso: vdso)
+        return (threads(of: process).map(session.unwind), maps)
     }
 }

@@ -170,6 +170,30 @@ struct StacksTests {
         try child.send("ping")
     }
 
+    @Test("a thread running in the vDSO unwinds through the vDSO's own unwind table")
+    func vdsoFrames() async throws {
+        let child = try ScenarioProcess("stacks_busy")
+        defer { child.stop() }
+        let spin = Int32(try child.intFact("spin"))
+        var insideVDSO = 0
+        for _ in 0..<20 {
+            let stacks = try await ProcessStacks.capture(pid: child.pid)
+            let thread = try #require(stacks.threads.first { $0.tid == spin })
+            // Wherever the thread was caught, the walk reaches its start through spin_loop.
+            #expect(thread.truncated == nil)
+            let names = thread.frames.compactMap(\.function)
+            #expect(names.firstIndex(of: "spin_loop").map { names[$0 + 1] == "run_spin" } == true)
+            if thread.frames[0].module == "[vdso]" {
+                insideVDSO += 1
+                #expect(thread.frames[0].function?.hasSuffix("clock_gettime") == true)
+                #expect(thread.frames[1].function?.hasPrefix("clock_gettime") == true)
+                #expect(thread.frames[2].function == "spin_loop")
+            }
+        }
+        #expect(insideVDSO > 0)
+        #expect(try TargetHealth.runsFreely(child.pid))
+    }
+
     @Test("the frame limit bounds every walk")
     func frameLimit() async throws {
         let child = try ScenarioProcess("stacks")
