@@ -3,7 +3,7 @@ import Foundation
 
 /// Turns program counters of one process into function, offset, module and build-id, from the
 /// ELF files (and the vDSO) it has mapped. Each module's symbol table is read once — `.symtab`,
-/// or `.dynsym` when the file is stripped — and kept sorted for binary search. Addresses are
+/// else that of a debug file found by build-id, else `.dynsym` — and kept sorted for binary search. Addresses are
 /// translated through the module's PT_LOAD segments, so PIE and non-PIE code resolve alike.
 public final class Symbolizer: @unchecked Sendable {
     public let pid: Int32
