@@ -9,7 +9,7 @@
 
 // MARK: Unwinding
 
-enum { PAGE = 4096, CACHE_PAGES = 64 };
+enum { PAGE = 4096, CACHE_PAGES = 256, MAX_IMAGES = 512 };
 
 typedef struct cached_page {
     uint64_t base;  ///< page address + 1 (0: empty slot)
@@ -20,9 +20,12 @@ typedef struct cached_page {
 struct mitosis_unwinder {
     pid_t pid;
     unw_addr_space_t space;
-    /// The vDSO's unwind table, found in target memory (libunwind-ptrace looks for unwind
-    /// tables in files only, and the vDSO has none); format 0 when there is none.
-    unw_dyn_info_t vdso;
+    /// Unwind tables found in target memory, ascending by start_ip: the vDSO's (which has no
+    /// file for libunwind-ptrace to read) and every mapped ELF file's, so that a lookup costs a
+    /// binary search instead of libunwind-ptrace re-reading maps and re-mapping the file for
+    /// every thread.
+    unw_dyn_info_t images[MAX_IMAGES];
+    int image_count;
     cached_page cache[CACHE_PAGES];
 };
 
@@ -73,8 +76,13 @@ static int access_fpreg(unw_addr_space_t space, unw_regnum_t reg, unw_fpreg_t *v
 }
 
 static int find_proc_info(unw_addr_space_t space, unw_word_t ip, unw_proc_info_t *proc, int need_unwind_info, void *arg) {
-    if (current->vdso.format && ip >= current->vdso.start_ip && ip < current->vdso.end_ip) {
-        return _Ux86_64_dwarf_search_unwind_table(space, ip, &current->vdso, proc, need_unwind_info, arg);
+    int low = 0, high = current->image_count;
+    while (low < high) {
+        int middle = low + (high - low) / 2;
+        if (current->images[middle].start_ip <= ip) low = middle + 1; else high = middle;
+    }
+    if (low > 0 && ip < current->images[low - 1].end_ip) {
+        return _Ux86_64_dwarf_search_unwind_table(space, ip, &current->images[low - 1], proc, need_unwind_info, arg);
     }
     return _UPT_find_proc_info(space, ip, proc, need_unwind_info, arg);
 }
@@ -117,9 +125,11 @@ static int read_bytes(mitosis_unwinder *unwinder, uint64_t address, void *out, s
     return 0;
 }
 
-int mitosis_unwinder_add_vdso(mitosis_unwinder *unwinder, uint64_t start, uint64_t end) {
-    // The vDSO is a small ELF image mapped whole at `start`: its program headers lead to
-    // PT_GNU_EH_FRAME, the `.eh_frame_hdr` whose binary-search table libunwind can use.
+int mitosis_unwinder_add_image(mitosis_unwinder *unwinder, uint64_t start, uint64_t text_start, uint64_t text_end) {
+    // The ELF header is mapped at `start`; its program headers lead to PT_GNU_EH_FRAME, the
+    // `.eh_frame_hdr` whose binary-search table libunwind can use, loaded with the image.
+    if (unwinder->image_count == MAX_IMAGES
+        || (unwinder->image_count > 0 && unwinder->images[unwinder->image_count - 1].end_ip > text_start)) return -1;
     Elf64_Ehdr header;
     if (read_bytes(unwinder, start, &header, sizeof header) < 0 || memcmp(header.e_ident, ELFMAG, SELFMAG) != 0
         || header.e_phentsize != sizeof(Elf64_Phdr) || header.e_phnum > 64) return -1;
@@ -133,13 +143,13 @@ int mitosis_unwinder_add_vdso(mitosis_unwinder *unwinder, uint64_t start, uint64
     if (base == UINT64_MAX || frame_header == 0) return -1;
     frame_header = frame_header - base + start;
     // version 1; eh_frame_ptr pcrel|sdata4; fde_count udata4; table datarel|sdata4 — the layout
-    // every linker writes. Anything else is left to the frame-pointer fallback.
+    // every linker writes. Anything else is left to libunwind-ptrace's own lookup.
     uint8_t prefix[4];
     uint32_t fde_count;
     if (read_bytes(unwinder, frame_header, prefix, 4) < 0 || prefix[0] != 1 || prefix[1] != 0x1b
         || prefix[2] != 0x03 || prefix[3] != 0x3b || read_bytes(unwinder, frame_header + 8, &fde_count, 4) < 0) return -1;
-    unwinder->vdso = (unw_dyn_info_t){
-        .start_ip = start, .end_ip = end, .format = UNW_INFO_FORMAT_REMOTE_TABLE,
+    unwinder->images[unwinder->image_count++] = (unw_dyn_info_t){
+        .start_ip = text_start, .end_ip = text_end, .format = UNW_INFO_FORMAT_REMOTE_TABLE,
         .u.rti = { .segbase = frame_header, .table_len = fde_count * 8 / sizeof(unw_word_t), .table_data = frame_header + 12 },
     };
     return 0;

@@ -25,9 +25,11 @@ enum {
 /// Creates a session for process `pid`; NULL when libunwind cannot.
 mitosis_unwinder *mitosis_unwinder_create(pid_t pid);
 void mitosis_unwinder_destroy(mitosis_unwinder *unwinder);
-/// Tells the session where the vDSO is mapped, so that frames in it unwind through its own
-/// unwind table (read from target memory). Returns 0, or -1 when the image has no usable table.
-int mitosis_unwinder_add_vdso(mitosis_unwinder *unwinder, uint64_t start, uint64_t end);
+/// Tells the session about an ELF image whose header is mapped at `start` and whose code is
+/// [text_start, text_end): frames there unwind through the image's `.eh_frame_hdr` table, read
+/// from target memory. Add images in ascending text order. Returns 0, or -1 when the image has
+/// no usable table (its frames then go through libunwind-ptrace's own file lookup).
+int mitosis_unwinder_add_image(mitosis_unwinder *unwinder, uint64_t start, uint64_t text_start, uint64_t text_end);
 
 /// Unwinds thread `tid`, which the calling thread must hold in a ptrace-stop. Stores up to
 /// `max` program counters; `signal_frame[i]` is 1 when frame i is a signal trampoline (so frame

@@ -24,13 +24,17 @@ final class UnwindSession {
     private var pcs: [UInt64]
     private var signalFrames: [UInt8]
 
-    /// - Parameter vdso: where the vDSO is mapped, if anywhere: its frames unwind through the
-    ///   unwind table in its image, which libunwind-ptrace would not find on its own.
-    init(pid: Int32, maxFrames: Int, vdso: MemoryMapping?) throws(MitosisError) {
+    /// - Parameter mappings: the process's memory map. Code of the vDSO and of every mapped ELF
+    ///   file unwinds through the `.eh_frame_hdr` table loaded with it, read from memory: the
+    ///   vDSO has no file for libunwind-ptrace to find, and reading tables from memory once per
+    ///   session beats libunwind-ptrace re-mapping each file for every thread.
+    init(pid: Int32, maxFrames: Int, mappings: [MemoryMapping]) throws(MitosisError) {
         guard let unwinder = mitosis_unwinder_create(pid) else {
             throw .unsupported(feature: "libunwind-ptrace", detail: "could not create an address space for process \(pid)")
         }
-        if let vdso { _ = mitosis_unwinder_add_vdso(unwinder, vdso.start, vdso.end) }
+        for image in Self.codeImages(mappings) {
+            _ = mitosis_unwinder_add_image(unwinder, image.header, image.text.start, image.text.end)
+        }
         self.unwinder = unwinder
         self.pid = pid
         self.maxFrames = max(1, maxFrames)
@@ -39,6 +43,20 @@ final class UnwindSession {
     }
 
     deinit { mitosis_unwinder_destroy(unwinder) }
+
+    /// Each executable mapping of an ELF image, with the address its ELF header is mapped at
+    /// (the image's mapping of file offset 0), ascending.
+    static func codeImages(_ mappings: [MemoryMapping]) -> [(header: UInt64, text: MemoryMapping)] {
+        var headers: [String: UInt64] = [:]
+        for mapping in mappings where (mapping.kind == .file || mapping.kind == .vdso) && mapping.offset == 0 {
+            headers[mapping.moduleIdentity] = headers[mapping.moduleIdentity] ?? mapping.start
+        }
+        return mappings.compactMap { mapping in
+            guard mapping.isExecutable, mapping.kind == .file || mapping.kind == .vdso,
+                  let header = headers[mapping.moduleIdentity] else { return nil }
+            return (header, mapping)
+        }.sorted { $0.text.start < $1.text.start }
+    }
 
     /// Walks one thread's stack. The thread must be in a ptrace-stop held by the calling thread.
     /// Never fails: a stack that cannot be walked (corrupt, unreadable) yields the frames found.
@@ -93,8 +111,8 @@ extension Tracer {
     func unwindWithMaps(of pid: Int32? = nil, maxFrames: Int) throws(MitosisError) -> ([RawStack], [UInt8]) {
         let process = pid ?? self.pid
         guard let maps = try? Kernel.readFile("/proc/\(process)/maps") else { throw .noSuchProcess(process) }
-        let vdso = ProcMaps.parse(String(decoding: maps, as: UTF8.self)).first { $0.kind == .vdso }
-        let session = try UnwindSession(pid: process, maxFrames: maxFrames, vdso: vdso)
+        let mappings = ProcMaps.parse(String(decoding: maps, as: UTF8.self))
+        let session = try UnwindSession(pid: process, maxFrames: maxFrames, mappings: mappings)
         return (threads(of: process).map(session.unwind), maps)
     }
 }
