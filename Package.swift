@@ -51,6 +51,9 @@ let package = Package(
         .executableTarget(name: "mitosis-demo-target", path: "Examples/DemoTarget"),
         // Builds one known scenario per test (threads, fds, sockets, memory…) and reports it ready.
         .executableTarget(name: "mitosis-scenario", path: "Tests/Scenario"),
+        // C++ and Swift targets with known call chains, for the stacks tests' demangling.
+        .executableTarget(name: "mitosis-scenario-cpp", path: "Tests/ScenarioCpp"),
+        .executableTarget(name: "mitosis-scenario-swift", path: "Tests/ScenarioSwift"),
         // Benchmarks stay out of the test suite: `swift run -c release mitosis-bench --help`.
         .executableTarget(
             name: "mitosis-bench",
@@ -59,7 +62,7 @@ let package = Package(
         ),
         .testTarget(
             name: "MitosisTests",
-            dependencies: ["Mitosis", "mitosis-scenario", "mitosis", "mitosis-demo-target"]
+            dependencies: ["Mitosis", "mitosis-scenario", "mitosis", "mitosis-demo-target", "mitosis-scenario-cpp", "mitosis-scenario-swift"]
         ),
     ]
 )

@@ -11,6 +11,7 @@ struct BenchmarkCommand: AsyncParsableCommand {
             FreezeBenchmark.self,
             InspectBenchmark.self,
             ImageBenchmark.self,
+            StacksBenchmark.self,
         ]
     )
 }

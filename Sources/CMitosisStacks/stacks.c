@@ -9,7 +9,7 @@
 
 // MARK: Unwinding
 
-enum { PAGE = 4096, CACHE_PAGES = 64 };
+enum { PAGE = 4096, CACHE_PAGES = 256, MAX_IMAGES = 512 };
 
 typedef struct cached_page {
     uint64_t base;  ///< page address + 1 (0: empty slot)
@@ -20,8 +20,19 @@ typedef struct cached_page {
 struct mitosis_unwinder {
     pid_t pid;
     unw_addr_space_t space;
+    /// Unwind tables found in target memory, ascending by start_ip: the vDSO's (which has no
+    /// file for libunwind-ptrace to read) and every mapped ELF file's, so that a lookup costs a
+    /// binary search instead of libunwind-ptrace re-reading maps and re-mapping the file for
+    /// every thread.
+    unw_dyn_info_t images[MAX_IMAGES];
+    int image_count;
     cached_page cache[CACHE_PAGES];
 };
+
+/// libunwind's binary search of an `.eh_frame_hdr` table: exported (libunwind-ptrace calls it)
+/// but not declared in the public headers.
+extern int _Ux86_64_dwarf_search_unwind_table(unw_addr_space_t space, unw_word_t ip, unw_dyn_info_t *info,
+                                               unw_proc_info_t *proc, int need_unwind_info, void *arg);
 
 /// The session of the unwind running on this thread. libunwind passes every accessor the _UPT
 /// state of the thread being walked — and the _UPT functions pass that same pointer on to
@@ -32,7 +43,7 @@ static __thread mitosis_unwinder *current;
 /// call per stack page instead of one PTRACE_PEEKDATA per word. The process is frozen, so the
 /// pages cannot change during the session.
 static int read_word(mitosis_unwinder *unwinder, unw_word_t address, unw_word_t *value) {
-    if (address & 7) {
+    if (!unwinder || address & 7) {
         // libunwind asks for aligned words; anything else comes from a corrupt frame.
         return -UNW_EINVAL;
     }
@@ -64,6 +75,18 @@ static int access_fpreg(unw_addr_space_t space, unw_regnum_t reg, unw_fpreg_t *v
     return _UPT_access_fpreg(space, reg, value, 0, arg);
 }
 
+static int find_proc_info(unw_addr_space_t space, unw_word_t ip, unw_proc_info_t *proc, int need_unwind_info, void *arg) {
+    int low = 0, high = current->image_count;
+    while (low < high) {
+        int middle = low + (high - low) / 2;
+        if (current->images[middle].start_ip <= ip) low = middle + 1; else high = middle;
+    }
+    if (low > 0 && ip < current->images[low - 1].end_ip) {
+        return _Ux86_64_dwarf_search_unwind_table(space, ip, &current->images[low - 1], proc, need_unwind_info, arg);
+    }
+    return _UPT_find_proc_info(space, ip, proc, need_unwind_info, arg);
+}
+
 static int resume(unw_addr_space_t space, unw_cursor_t *cursor, void *arg) {
     (void)space; (void)cursor; (void)arg;
     return -UNW_EINVAL;  // never resume the target from here
@@ -73,7 +96,7 @@ mitosis_unwinder *mitosis_unwinder_create(pid_t pid) {
     mitosis_unwinder *unwinder = calloc(1, sizeof *unwinder);
     if (!unwinder) return NULL;
     unw_accessors_t accessors = {
-        .find_proc_info = _UPT_find_proc_info,
+        .find_proc_info = find_proc_info,
         .put_unwind_info = _UPT_put_unwind_info,
         .get_dyn_info_list_addr = _UPT_get_dyn_info_list_addr,
         .access_mem = access_mem,
@@ -86,6 +109,50 @@ mitosis_unwinder *mitosis_unwinder_create(pid_t pid) {
     if (!unwinder->space) { free(unwinder); return NULL; }
     unw_set_caching_policy(unwinder->space, UNW_CACHE_GLOBAL);
     return unwinder;
+}
+
+/// Reads `length` bytes of target memory word by word through the page cache.
+static int read_bytes(mitosis_unwinder *unwinder, uint64_t address, void *out, size_t length) {
+    uint8_t *bytes = out;
+    for (size_t done = 0; done < length;) {
+        uint64_t at = address + done, aligned = at & ~(uint64_t)7;
+        unw_word_t word;
+        if (read_word(unwinder, aligned, &word) < 0) return -1;
+        size_t skip = at - aligned, take = 8 - skip < length - done ? 8 - skip : length - done;
+        memcpy(bytes + done, (uint8_t *)&word + skip, take);
+        done += take;
+    }
+    return 0;
+}
+
+int mitosis_unwinder_add_image(mitosis_unwinder *unwinder, uint64_t start, uint64_t text_start, uint64_t text_end) {
+    // The ELF header is mapped at `start`; its program headers lead to PT_GNU_EH_FRAME, the
+    // `.eh_frame_hdr` whose binary-search table libunwind can use, loaded with the image.
+    if (unwinder->image_count == MAX_IMAGES
+        || (unwinder->image_count > 0 && unwinder->images[unwinder->image_count - 1].end_ip > text_start)) return -1;
+    Elf64_Ehdr header;
+    if (read_bytes(unwinder, start, &header, sizeof header) < 0 || memcmp(header.e_ident, ELFMAG, SELFMAG) != 0
+        || header.e_phentsize != sizeof(Elf64_Phdr) || header.e_phnum > 64) return -1;
+    uint64_t base = UINT64_MAX, frame_header = 0;
+    for (int i = 0; i < header.e_phnum; i++) {
+        Elf64_Phdr segment;
+        if (read_bytes(unwinder, start + header.e_phoff + (uint64_t)i * sizeof segment, &segment, sizeof segment) < 0) return -1;
+        if (segment.p_type == PT_LOAD && segment.p_vaddr < base) base = segment.p_vaddr & ~(uint64_t)(PAGE - 1);
+        if (segment.p_type == PT_GNU_EH_FRAME) frame_header = segment.p_vaddr;
+    }
+    if (base == UINT64_MAX || frame_header == 0) return -1;
+    frame_header = frame_header - base + start;
+    // version 1; eh_frame_ptr pcrel|sdata4; fde_count udata4; table datarel|sdata4 — the layout
+    // every linker writes. Anything else is left to libunwind-ptrace's own lookup.
+    uint8_t prefix[4];
+    uint32_t fde_count;
+    if (read_bytes(unwinder, frame_header, prefix, 4) < 0 || prefix[0] != 1 || prefix[1] != 0x1b
+        || prefix[2] != 0x03 || prefix[3] != 0x3b || read_bytes(unwinder, frame_header + 8, &fde_count, 4) < 0) return -1;
+    unwinder->images[unwinder->image_count++] = (unw_dyn_info_t){
+        .start_ip = text_start, .end_ip = text_end, .format = UNW_INFO_FORMAT_REMOTE_TABLE,
+        .u.rti = { .segbase = frame_header, .table_len = fde_count * 8 / sizeof(unw_word_t), .table_data = frame_header + 12 },
+    };
+    return 0;
 }
 
 void mitosis_unwinder_destroy(mitosis_unwinder *unwinder) {
@@ -163,7 +230,7 @@ static int collect_symbols(Elf *elf, Elf_Scn *section, GElf_Shdr *header, mitosi
         if ((type != STT_FUNC && type != STT_GNU_IFUNC) || symbol.st_shndx == SHN_UNDEF || symbol.st_value == 0) continue;
         const char *name = elf_strptr(elf, header->sh_link, symbol.st_name);
         if (!name || !*name) continue;
-        symbols[kept] = (mitosis_elf_symbol){ symbol.st_value, symbol.st_size, name, (uint8_t)GELF_ST_BIND(symbol.st_info) };
+        symbols[kept] = (mitosis_elf_symbol){ symbol.st_value, symbol.st_size, name, (uint8_t)GELF_ST_BIND(symbol.st_info), symbol.st_shndx };
         names_size += strlen(name) + 1;
         kept++;
     }
@@ -214,8 +281,15 @@ static mitosis_elf_module *load(Elf *elf, const char **error) {
     }
     Elf_Scn *symtab = NULL, *dynsym = NULL, *section = NULL;
     GElf_Shdr symtab_header, dynsym_header, header;
+    size_t sections = 0;
+    if (elf_getshdrnum(elf, &sections) != 0) goto fail;
+    module->sections = calloc(sections ? sections : 1, sizeof *module->sections);
+    if (!module->sections) goto fail;
+    module->section_count = (int)sections;
     while ((section = elf_nextscn(elf, section))) {
         if (!gelf_getshdr(section, &header)) continue;
+        size_t index = elf_ndxscn(section);
+        if (index < sections && (header.sh_flags & SHF_ALLOC)) module->sections[index] = (mitosis_elf_section){ header.sh_addr, header.sh_size };
         if (header.sh_type == SHT_SYMTAB) { symtab = section; symtab_header = header; }
         if (header.sh_type == SHT_DYNSYM) { dynsym = section; dynsym_header = header; }
     }
@@ -250,6 +324,7 @@ void mitosis_elf_free(mitosis_elf_module *module) {
     if (!module) return;
     free(module->symbols);
     free(module->segments);
+    free(module->sections);
     free(module->strings);
     free(module);
 }
@@ -271,7 +346,10 @@ const mitosis_elf_symbol *mitosis_elf_lookup(const mitosis_elf_module *module, u
         const mitosis_elf_symbol *symbol = &module->symbols[i];
         if (symbol->size > 0 && address < symbol->address + symbol->size) return symbol;
     }
-    return module->symbols[index].size == 0 ? &module->symbols[index] : NULL;
+    const mitosis_elf_symbol *nearest = &module->symbols[index];
+    if (nearest->size != 0 || nearest->section >= module->section_count) return NULL;
+    const mitosis_elf_section *home = &module->sections[nearest->section];
+    return address >= home->address && address < home->address + home->size ? nearest : NULL;
 }
 
 // MARK: Demangling

@@ -8,6 +8,9 @@
 // Reports `alpha=TID beta=TID gamma=TID altstack=ADDR altstack_size=N rseq_alpha=ADDR
 // rseq_size=N tp_alpha=ADDR`, once every thread is inside its call.
 //
+// `stacks_busy`: a thread `spin` running spin_loop → clock_gettime() without pause, so that most
+// of the time it is inside the vDSO. Reports `spin=TID`.
+//
 // `stacks_corrupt`: two threads whose stacks no unwinder can walk to the end — `cycle`, whose
 // saved frame pointer and return address point back into itself, and `wild`, blocked in pause()
 // with its stack pointer aimed at unmapped memory. Reports `cycle=TID wild=TID`.
@@ -134,13 +137,15 @@ static int stacks_setup(int argc, char **argv) {
 SCENARIO(stacks, stacks_setup, NULL)
 
 /// Points the saved frame pointer and return address of its own frame back at itself, then
-/// blocks: a frame-pointer or CFA walk from here finds the same frame again and again.
+/// blocks: a walk from here finds the same frame, at the same address, again and again.
 CHAIN void cycle_forever(void) {
     void **frame = __builtin_frame_address(0);
     announce(0);
-    frame[0] = frame;                       // saved rbp → this frame
-    frame[1] = (void *)cycle_forever + 4;   // return address → inside this function
-    for (;;) syscall(SYS_pause);
+    frame[0] = frame;     // saved rbp → this frame
+    frame[1] = &&again;   // return address → the loop below, where the CFA is rbp + 16 again
+again:
+    syscall(SYS_pause);
+    goto again;
 }
 static void *run_cycle(void *arg) { (void)arg; pthread_setname_np(pthread_self(), "cycle"); cycle_forever(); return NULL; }
 
@@ -172,3 +177,19 @@ static int stacks_corrupt_setup(int argc, char **argv) {
     return 0;
 }
 SCENARIO(stacks_corrupt, stacks_corrupt_setup, NULL)
+
+CHAIN void spin_loop(void) {
+    announce(0);
+    struct timespec now;
+    for (;;) clock_gettime(CLOCK_MONOTONIC, &now);
+}
+static void *run_spin(void *arg) { (void)arg; pthread_setname_np(pthread_self(), "spin"); spin_loop(); return NULL; }
+
+static int stacks_busy_setup(int argc, char **argv) {
+    (void)argc; (void)argv;
+    void *(*runners[])(void *) = { run_spin };
+    if (start_threads(runners, 1) != 0) return -1;
+    scenario_report("spin", "%d", facts[0].tid);
+    return 0;
+}
+SCENARIO(stacks_busy, stacks_busy_setup, NULL)

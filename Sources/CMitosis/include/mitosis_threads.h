@@ -1,9 +1,14 @@
 // Per-thread kernel state that Debian 12's 6.1 headers or glibc 2.36 do not cover:
-// PTRACE_GET_RSEQ_CONFIGURATION (Linux 5.13) and sched_getattr(2), which glibc does not wrap.
+// PTRACE_GET_RSEQ_CONFIGURATION (Linux 5.13) and sched_getattr(2), which glibc does not wrap,
+// and the number of sigaltstack(2), which is injected.
 #ifndef MITOSIS_THREADS_H
 #define MITOSIS_THREADS_H
 #include <stdint.h>
 #include <sys/types.h>
+#include <sys/syscall.h>
+
+/// sigaltstack(2), which only the thread itself can ask: Mitosis injects it.
+static const long MITOSIS_SYS_sigaltstack = SYS_sigaltstack;
 
 /// The kernel's `struct ptrace_rseq_configuration`.
 typedef struct mitosis_rseq_configuration {

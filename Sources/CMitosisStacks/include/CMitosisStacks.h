@@ -25,6 +25,11 @@ enum {
 /// Creates a session for process `pid`; NULL when libunwind cannot.
 mitosis_unwinder *mitosis_unwinder_create(pid_t pid);
 void mitosis_unwinder_destroy(mitosis_unwinder *unwinder);
+/// Tells the session about an ELF image whose header is mapped at `start` and whose code is
+/// [text_start, text_end): frames there unwind through the image's `.eh_frame_hdr` table, read
+/// from target memory. Add images in ascending text order. Returns 0, or -1 when the image has
+/// no usable table (its frames then go through libunwind-ptrace's own file lookup).
+int mitosis_unwinder_add_image(mitosis_unwinder *unwinder, uint64_t start, uint64_t text_start, uint64_t text_end);
 
 /// Unwinds thread `tid`, which the calling thread must hold in a ptrace-stop. Stores up to
 /// `max` program counters; `signal_frame[i]` is 1 when frame i is a signal trampoline (so frame
@@ -44,7 +49,14 @@ typedef struct mitosis_elf_symbol {
     uint64_t size;
     const char *name;
     uint8_t binding;  ///< STB_LOCAL 0, STB_GLOBAL 1, STB_WEAK 2
+    uint16_t section; ///< the index of the section it is defined in
 } mitosis_elf_symbol;
+
+/// A section's address range, by section index.
+typedef struct mitosis_elf_section {
+    uint64_t address;
+    uint64_t size;
+} mitosis_elf_section;
 
 /// A PT_LOAD segment: file bytes [offset, offset + file_size) load at vaddr.
 typedef struct mitosis_elf_segment {
@@ -60,6 +72,8 @@ typedef struct mitosis_elf_module {
     int from_dynsym;              ///< 1 when the file has no .symtab and .dynsym was used
     int segment_count;
     mitosis_elf_segment *segments;
+    int section_count;
+    mitosis_elf_section *sections; ///< of the file the symbols came from
     int build_id_size;
     uint8_t build_id[64];
     char *strings;                ///< the names' storage
@@ -72,7 +86,8 @@ mitosis_elf_module *mitosis_elf_load(int fd, const char **error);
 mitosis_elf_module *mitosis_elf_load_memory(const void *image, size_t size, const char **error);
 void mitosis_elf_free(mitosis_elf_module *module);
 /// The symbol containing `address`, or NULL. Of several at one address it prefers a global
-/// symbol over a weak one over a local one.
+/// symbol over a weak one over a local one. A symbol without a size (`_init` of crti.o) counts
+/// only within its own section, so PLT stubs after `.init` are not blamed on it.
 const mitosis_elf_symbol *mitosis_elf_lookup(const mitosis_elf_module *module, uint64_t address);
 
 // MARK: Demangling

@@ -36,7 +36,8 @@ public struct StackFrame: Equatable, Hashable, Sendable, Codable {
     /// The function, demangled (C++ and Swift); nil when no symbol covers `pc`.
     public var function: String?
     /// `pc - function start` when `function` is known; otherwise `pc`'s address in the module's
-    /// own ELF address space (what `addr2line -e module` takes), or `pc` itself with no module.
+    /// own ELF address space (what `addr2line -e module` takes) — its file offset if the file
+    /// could not be read — or `pc` itself with no module.
     public var offset: UInt64
     /// The mapped file (`/usr/lib/x86_64-linux-gnu/libc.so.6`, `[vdso]`); nil for anonymous memory.
     public var module: String?

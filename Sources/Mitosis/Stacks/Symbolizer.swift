@@ -3,13 +3,13 @@ import Foundation
 
 /// Turns program counters of one process into function, offset, module and build-id, from the
 /// ELF files (and the vDSO) it has mapped. Each module's symbol table is read once — `.symtab`,
-/// or `.dynsym` when the file is stripped — and kept sorted for binary search. Addresses are
+/// else that of a debug file found by build-id, else `.dynsym` — and kept sorted for binary search. Addresses are
 /// translated through the module's PT_LOAD segments, so PIE and non-PIE code resolve alike.
 public final class Symbolizer: @unchecked Sendable {
     public let pid: Int32
     private let lock = NSLock()
     /// File-backed and vDSO mappings, ascending.
-    private var regions: [CodeRegion] = []
+    private var regions: [MemoryMapping] = []
     /// By file identity (device:inode, or the pseudo name): nil when the file could not be read.
     private var modules: [String: ELFModule?] = [:]
     private var demangled: [String: String] = [:]
@@ -40,7 +40,9 @@ public final class Symbolizer: @unchecked Sendable {
 
     /// Resolves frames against this `/proc/PID/maps` text from now on.
     func update(maps text: [UInt8]) {
-        let parsed = CodeRegion.parse(String(decoding: text, as: UTF8.self))
+        let parsed = ProcMaps.parse(String(decoding: text, as: UTF8.self)).filter {
+            ($0.kind == .file && $0.path != nil) || $0.kind == .vdso
+        }
         lock.withLock { regions = parsed }
     }
 
@@ -53,17 +55,17 @@ public final class Symbolizer: @unchecked Sendable {
                 return StackFrame(pc: pc, function: nil, offset: pc, module: nil, buildId: nil)
             }
             guard let module = module(for: region) else {
-                return StackFrame(pc: pc, function: nil, offset: pc - region.start + region.offset, module: region.name, buildId: nil)
+                return StackFrame(pc: pc, function: nil, offset: pc - region.start + region.offset, module: region.moduleName, buildId: nil)
             }
             let fileOffset = lookup - region.start + region.offset
             let vaddr = module.virtualAddress(ofFileOffset: fileOffset) ?? fileOffset
             let delta = pc &- lookup
             guard let symbol = module.symbol(at: vaddr) else {
-                return StackFrame(pc: pc, function: nil, offset: vaddr + delta, module: region.name, buildId: module.buildID)
+                return StackFrame(pc: pc, function: nil, offset: vaddr + delta, module: region.moduleName, buildId: module.buildID)
             }
             let name = demangle(String(cString: symbol.name))
             return StackFrame(pc: pc, function: name, offset: vaddr - symbol.address + delta,
-                              module: region.name, buildId: module.buildID)
+                              module: region.moduleName, buildId: module.buildID)
         }
     }
 
@@ -73,7 +75,7 @@ public final class Symbolizer: @unchecked Sendable {
                     truncated: raw.truncated)
     }
 
-    private func region(containing address: UInt64) -> CodeRegion? {
+    private func region(containing address: UInt64) -> MemoryMapping? {
         var low = 0, high = regions.count
         while low < high {
             let middle = (low + high) / 2
@@ -83,10 +85,10 @@ public final class Symbolizer: @unchecked Sendable {
         return regions[low - 1]
     }
 
-    private func module(for region: CodeRegion) -> ELFModule? {
-        if let cached = modules[region.identity] { return cached }
-        let module = region.isVDSO ? ELFModule(memoryOf: pid, region: region) : ELFModule(fileOf: pid, region: region)
-        modules[region.identity] = module
+    private func module(for region: MemoryMapping) -> ELFModule? {
+        if let cached = modules[region.moduleIdentity] { return cached }
+        let module = region.kind == .vdso ? ELFModule(memoryOf: pid, region: region) : ELFModule(fileOf: pid, region: region)
+        modules[region.moduleIdentity] = module
         return module
     }
 
@@ -141,17 +143,17 @@ final class ELFModule {
 
     /// Opens the mapped file through `/proc/PID/map_files` (which works for deleted files and
     /// across mount namespaces), else by its path as the process sees it.
-    convenience init?(fileOf pid: Int32, region: CodeRegion) {
+    convenience init?(fileOf pid: Int32, region: MemoryMapping) {
         let candidates = [
             "/proc/\(pid)/map_files/\(String(region.start, radix: 16))-\(String(region.end, radix: 16))",
-            "/proc/\(pid)/root\(region.name)",
+            "/proc/\(pid)/root\(region.moduleName)",
         ]
         guard let image = candidates.lazy.compactMap(Self.load).first else { return nil }
         self.init(image, debugRoot: "/usr/lib/debug")
     }
 
     /// Copies the vDSO out of the process: the kernel's image has no file.
-    convenience init?(memoryOf pid: Int32, region: CodeRegion) {
+    convenience init?(memoryOf pid: Int32, region: MemoryMapping) {
         var image = [UInt8](repeating: 0, count: Int(region.end - region.start))
         let count = (try? image.withUnsafeMutableBytes { try Kernel.readMemory(pid: pid, address: region.start, into: $0) }) ?? 0
         guard count == image.count else { return nil }
@@ -188,30 +190,9 @@ final class ELFModule {
     }
 }
 
-/// A mapping of code (or data) from a file or the vDSO, from `/proc/PID/maps`.
-struct CodeRegion: Sendable {
-    var start: UInt64
-    var end: UInt64
-    var offset: UInt64
-    /// The path (without ` (deleted)`) or `[vdso]`.
-    var name: String
-    /// What identifies the file across mappings: `device:inode`, or the name for the vDSO.
-    var identity: String
-    var isVDSO: Bool { name == "[vdso]" }
-
-    /// The file-backed and vDSO mappings of maps text, ascending.
-    static func parse(_ text: String) -> [CodeRegion] {
-        text.split(separator: "\n").compactMap { line in
-            let fields = line.split(separator: " ", maxSplits: 5, omittingEmptySubsequences: true)
-            guard fields.count == 6, let dash = fields[0].firstIndex(of: "-"),
-                  let start = UInt64(fields[0][..<dash], radix: 16),
-                  let end = UInt64(fields[0][fields[0].index(after: dash)...], radix: 16),
-                  let offset = UInt64(fields[2], radix: 16) else { return nil }
-            var name = fields[5].trimmingCharacters(in: " ")
-            if name.hasSuffix(" (deleted)") { name.removeLast(" (deleted)".count) }
-            if name == "[vdso]" { return CodeRegion(start: start, end: end, offset: offset, name: name, identity: name) }
-            guard name.hasPrefix("/"), fields[4] != "0" else { return nil }
-            return CodeRegion(start: start, end: end, offset: offset, name: name, identity: "\(fields[3]):\(fields[4])")
-        }
-    }
+extension MemoryMapping {
+    /// What identifies the mapped file across its mappings: `device:inode`, or `[vdso]`.
+    var moduleIdentity: String { kind == .vdso ? "[vdso]" : "\(device):\(inode)" }
+    /// The module name frames show: the file's path, or `[vdso]`.
+    var moduleName: String { path ?? "[vdso]" }
 }

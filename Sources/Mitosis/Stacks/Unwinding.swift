@@ -24,9 +24,16 @@ final class UnwindSession {
     private var pcs: [UInt64]
     private var signalFrames: [UInt8]
 
-    init(pid: Int32, maxFrames: Int) throws(MitosisError) {
+    /// - Parameter mappings: the process's memory map. Code of the vDSO and of every mapped ELF
+    ///   file unwinds through the `.eh_frame_hdr` table loaded with it, read from memory: the
+    ///   vDSO has no file for libunwind-ptrace to find, and reading tables from memory once per
+    ///   session beats libunwind-ptrace re-mapping each file for every thread.
+    init(pid: Int32, maxFrames: Int, mappings: [MemoryMapping]) throws(MitosisError) {
         guard let unwinder = mitosis_unwinder_create(pid) else {
             throw .unsupported(feature: "libunwind-ptrace", detail: "could not create an address space for process \(pid)")
+        }
+        for image in Self.codeImages(mappings) {
+            _ = mitosis_unwinder_add_image(unwinder, image.header, image.text.start, image.text.end)
         }
         self.unwinder = unwinder
         self.pid = pid
@@ -36,6 +43,20 @@ final class UnwindSession {
     }
 
     deinit { mitosis_unwinder_destroy(unwinder) }
+
+    /// Each executable mapping of an ELF image, with the address its ELF header is mapped at
+    /// (the image's mapping of file offset 0), ascending.
+    static func codeImages(_ mappings: [MemoryMapping]) -> [(header: UInt64, text: MemoryMapping)] {
+        var headers: [String: UInt64] = [:]
+        for mapping in mappings where (mapping.kind == .file || mapping.kind == .vdso) && mapping.offset == 0 {
+            headers[mapping.moduleIdentity] = headers[mapping.moduleIdentity] ?? mapping.start
+        }
+        return mappings.compactMap { mapping in
+            guard mapping.isExecutable, mapping.kind == .file || mapping.kind == .vdso,
+                  let header = headers[mapping.moduleIdentity] else { return nil }
+            return (header, mapping)
+        }.sorted { $0.text.start < $1.text.start }
+    }
 
     /// Walks one thread's stack. The thread must be in a ptrace-stop held by the calling thread.
     /// Never fails: a stack that cannot be walked (corrupt, unreadable) yields the frames found.
@@ -59,21 +80,14 @@ extension Tracer {
     /// The largest number of frames a walk records by default.
     public static let defaultMaxFrames = 256
 
-    /// Walks the stack of every frozen thread of `pid` (default: the frozen process).
-    func unwindThreads(of pid: Int32? = nil, maxFrames: Int = Tracer.defaultMaxFrames) throws(MitosisError) -> [RawStack] {
-        let process = pid ?? self.pid
-        let session = try UnwindSession(pid: process, maxFrames: maxFrames)
-        return threads(of: process).map(session.unwind)
-    }
-
     /// The symbolized call stack of every frozen thread of `pid` (default: the frozen process),
     /// for recording next to `threadState(_:)`. Symbolization reads ELF files while the process
     /// stays frozen; to stop the target for less time use `ProcessStacks.capture(pid:)`, which
     /// symbolizes after the thaw.
     public func stacks(of pid: Int32? = nil, maxFrames: Int = Tracer.defaultMaxFrames) throws(MitosisError) -> [ThreadStack] {
         let process = pid ?? self.pid
-        let raw = try unwindThreads(of: process, maxFrames: maxFrames)
-        let symbolizer = try Symbolizer(pid: process)
+        let (raw, maps) = try unwindWithMaps(of: process, maxFrames: maxFrames)
+        let symbolizer = Symbolizer(pid: process, maps: maps)
         return raw.map(symbolizer.symbolize)
     }
 }
@@ -92,10 +106,13 @@ extension ProcessStacks {
 }
 
 extension Tracer {
-    /// The walk of every thread, and the memory map of the same instant.
-    func unwindWithMaps(maxFrames: Int) throws(MitosisError) -> ([RawStack], [UInt8]) {
-        let stacks = try unwindThreads(maxFrames: maxFrames)
-        guard let maps = try? Kernel.readFile("/proc/\(pid)/maps") else { throw .noSuchProcess(pid) }
-        return (stacks, maps)
+    /// Walks the stack of every frozen thread of `pid` (default: the frozen process); returns
+    /// the walks and the memory map they were made against.
+    func unwindWithMaps(of pid: Int32? = nil, maxFrames: Int) throws(MitosisError) -> ([RawStack], [UInt8]) {
+        let process = pid ?? self.pid
+        guard let maps = try? Kernel.readFile("/proc/\(process)/maps") else { throw .noSuchProcess(process) }
+        let mappings = ProcMaps.parse(String(decoding: maps, as: UTF8.self))
+        let session = try UnwindSession(pid: process, maxFrames: maxFrames, mappings: mappings)
+        return (threads(of: process).map(session.unwind), maps)
     }
 }

@@ -5,10 +5,24 @@ import SystemPackage
 
 extension Tracer {
     /// Reads the full kernel state of one frozen thread (see `ThreadState`). Only reads: the
-    /// thread is not resumed, and nothing in it changes.
-    public func threadState(_ tid: Int32) throws(MitosisError) -> ThreadState {
+    /// thread is not resumed, and nothing in it changes — unless `includingSignalStack`, which
+    /// runs `sigaltstack(2)` inside the thread (see `alternateSignalStack(_:)`).
+    public func threadState(_ tid: Int32, includingSignalStack: Bool = false) throws -> ThreadState {
+        var state = try readThreadState(tid)
+        if includingSignalStack { state.alternateSignalStack = try alternateSignalStack(tid) }
+        return state
+    }
+
+    /// `threadState(_:includingSignalStack:)` of every frozen thread of `pid` (default: the
+    /// frozen process), ascending tid.
+    public func threadStates(of pid: Int32? = nil, includingSignalStacks: Bool = false) throws -> [ThreadState] {
+        try threads(of: pid ?? self.pid).map { try threadState($0, includingSignalStack: includingSignalStacks) }
+    }
+
+    /// Everything of `ThreadState` that can be read without running anything in the thread.
+    private func readThreadState(_ tid: Int32) throws(MitosisError) -> ThreadState {
         try requireSeized(tid)
-        guard let pid = threads.first(where: { $0.tid == tid })?.pid else { throw .noSuchProcess(tid) }
+        let pid = pid(of: tid)
         let directory = "/proc/\(pid)/task/\(tid)"
         var step = "PTRACE_GETREGS"
         let registers: GeneralRegisters, xsave: Data, mask: UInt64, status: ProcStatus, comm: String
@@ -68,12 +82,30 @@ extension Tracer {
                                 signature: configuration.signature, flags: configuration.flags)
     }
 
-    /// `threadState(_:)` of every frozen thread of `pid` (default: the frozen process), ascending tid.
-    public func threadStates(of pid: Int32? = nil) throws(MitosisError) -> [ThreadState] {
-        var states: [ThreadState] = []
-        for tid in threads(of: pid ?? self.pid) { states.append(try threadState(tid)) }
-        return states
+    /// The alternate signal stack of a frozen thread. No ptrace request or /proc file exposes it,
+    /// so the thread itself is made to run `sigaltstack(NULL, &old)` into a page mapped in the
+    /// target for the purpose and unmapped again: the thread's registers, memory and mappings
+    /// end as they were. The corresponding system call is `sigaltstack`.
+    public func alternateSignalStack(_ tid: Int32) throws -> SignalStack {
+        try requireSeized(tid)
+        let page = Int(CheckpointHeader.systemPageSize)
+        let scratch = try injectMmap(length: page, in: tid)
+        let result = Result { () throws -> SignalStack in
+            _ = try performSyscall(MITOSIS_SYS_sigaltstack, [0, scratch], in: tid)
+            var stack = stack_t()
+            let count = try withUnsafeMutableBytes(of: &stack) { buffer in
+                try Kernel.readMemory(pid: pid(of: tid), address: scratch, into: buffer)
+            }
+            guard count == MemoryLayout<stack_t>.size else {
+                throw MitosisError.system(operation: "reading the sigaltstack result of thread \(tid)", errno: .ioError)
+            }
+            return SignalStack(address: UInt64(UInt(bitPattern: stack.ss_sp)), size: UInt64(stack.ss_size), flags: stack.ss_flags)
+        }
+        try injectMunmap(address: scratch, length: page, in: tid)
+        return try result.get()
     }
+
+    private func pid(of tid: Int32) -> Int32 { threads.first { $0.tid == tid }?.pid ?? pid }
 }
 
 extension GeneralRegisters {

@@ -50,6 +50,29 @@ struct ThreadStateTests {
         try child.send("ping")
     }
 
+    @Test("reads the alternate signal stack by running sigaltstack in the thread, leaving no trace")
+    func alternateSignalStack() async throws {
+        let child = try ScenarioProcess("stacks")
+        defer { child.stop() }
+        let before = try TargetHealth(pid: child.pid)
+        let alpha = Int32(try child.intFact("alpha")), beta = Int32(try child.intFact("beta"))
+        let (a, b, plain) = try await withFrozenProcess(child.pid) { tracer in
+            (try await tracer.threadState(alpha, includingSignalStack: true),
+             try await tracer.threadState(beta, includingSignalStack: true),
+             try await tracer.threadState(alpha))
+        }
+        #expect(a.alternateSignalStack == SignalStack(address: UInt64(try child.intFact("altstack")),
+                                                      size: UInt64(try child.intFact("altstack_size")), flags: 0))
+        #expect(b.alternateSignalStack == SignalStack(address: 0, size: 0, flags: 2))  // SS_DISABLE
+        // Everything else is what the read without injection sees: registers restored exactly.
+        var withoutStack = a
+        withoutStack.alternateSignalStack = nil
+        #expect(withoutStack == plain)
+        #expect(try TargetHealth.runsFreely(child.pid))
+        #expect(try TargetHealth(pid: child.pid) == before)
+        try child.send("ping")
+    }
+
     @Test("threads not frozen by the tracer are refused")
     func refusesUnfrozen() async throws {
         let child = try ScenarioProcess("idle")
