@@ -11,6 +11,7 @@ struct MitosisCommand: AsyncParsableCommand {
             FreezeCommand.self,
             InspectCommand.self,
             GraphCommand.self,
+            WatchCommand.self,
         ]
     )
 }
