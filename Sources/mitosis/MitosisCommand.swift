@@ -10,8 +10,10 @@ struct MitosisCommand: AsyncParsableCommand {
         subcommands: [
             FreezeCommand.self,
             InspectCommand.self,
+            StacksCommand.self,
             GraphCommand.self,
             WatchCommand.self,
+            DemoCommand.self,
         ]
     )
 }

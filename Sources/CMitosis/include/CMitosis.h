@@ -6,4 +6,6 @@
 #include "mitosis_netlink.h"
 #include "mitosis_memory.h"
 #include "mitosis_procfs.h"
+#include "mitosis_injection.h"
+#include "mitosis_threads.h"
 #endif

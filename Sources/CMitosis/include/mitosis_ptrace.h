@@ -32,6 +32,7 @@ static const int MITOSIS_PTRACE_EVENT_STOP = 128;
 static const int MITOSIS_PTRACE_GETSIGMASK = 0x420a;
 static const int MITOSIS_PTRACE_GETREGSET = 0x4204;
 static const int MITOSIS_PTRACE_GETSIGINFO = 0x4202;
+static const int MITOSIS_PTRACE_SETSIGINFO = 0x4203;
 static const int MITOSIS_NT_PRSTATUS = NT_PRSTATUS;
 static const int MITOSIS_NT_PRFPREG = NT_PRFPREG;
 static const int MITOSIS_NT_X86_XSTATE = 0x202;

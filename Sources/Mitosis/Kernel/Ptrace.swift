@@ -33,9 +33,25 @@ public enum Ptrace {
         try Kernel.check { mitosis_ptrace(MITOSIS_PTRACE_LISTEN, tid, nil, nil) }
     }
 
-    /// Executes one instruction. The corresponding request is `PTRACE_SINGLESTEP`.
-    public static func singleStep(_ tid: Int32) throws(Errno) {
-        try Kernel.check { mitosis_ptrace(Int32(PTRACE_SINGLESTEP.rawValue), tid, nil, nil) }
+    /// Executes one instruction, delivering `signal` (0 for none) first.
+    /// The corresponding request is `PTRACE_SINGLESTEP`.
+    public static func singleStep(_ tid: Int32, signal: Int32 = 0) throws(Errno) {
+        try Kernel.check { mitosis_ptrace(Int32(PTRACE_SINGLESTEP.rawValue), tid, nil, UnsafeMutableRawPointer(bitPattern: Int(signal))) }
+    }
+
+    /// The siginfo of the signal that caused the current stop.
+    /// The corresponding request is `PTRACE_GETSIGINFO`.
+    public static func signalInfo(_ tid: Int32) throws(Errno) -> siginfo_t {
+        var info = siginfo_t()
+        try Kernel.check { mitosis_ptrace(MITOSIS_PTRACE_GETSIGINFO, tid, nil, &info) }
+        return info
+    }
+
+    /// Replaces the siginfo of the signal that caused the current signal-delivery-stop, so that
+    /// resuming with that signal delivers it as it was sent. The corresponding request is `PTRACE_SETSIGINFO`.
+    public static func setSignalInfo(_ tid: Int32, _ info: siginfo_t) throws(Errno) {
+        var copy = info
+        try Kernel.check { mitosis_ptrace(MITOSIS_PTRACE_SETSIGINFO, tid, nil, &copy) }
     }
 
     /// Reads a register set (`NT_PRSTATUS`, `NT_PRFPREG`, `NT_X86_XSTATE`…) into `buffer`;

@@ -25,9 +25,18 @@ public actor Tracer {
     /// The process the freeze was asked for.
     public nonisolated let pid: Int32
     /// Every seized thread, grouped by process, in ascending tid order.
-    public private(set) var threads: [SeizedThread] = []
+    public internal(set) var threads: [SeizedThread] = []
     /// The pids held: `pid` alone, or its whole tree.
     public var pids: [Int32] { Array(Set(threads.map(\.pid))).sorted() }
+
+    /// Signals that a thread dequeued while Mitosis ran code in it (see `Injection/`): held back
+    /// so that no handler runs on borrowed registers, and delivered at thaw, in order.
+    var deferredSignals: [Int32: [siginfo_t]] = [:]
+    /// Threads whose current stop is a signal-delivery-stop: detaching them can deliver a signal
+    /// with its original siginfo.
+    var inSignalDeliveryStop: Set<Int32> = []
+    /// The address of a `syscall` instruction in each process, found once (see `Injection/`).
+    var syscallInstructions: [Int32: UInt64] = [:]
 
     private let executor: DedicatedThreadExecutor
     private var thawed = false
@@ -59,14 +68,34 @@ public actor Tracer {
         guard !thawed else { return }
         thawed = true
         for thread in threads {
+            var pending = deferredSignals[thread.tid] ?? []
+            var signal: Int32 = 0
+            // The first held-back signal rides on the detach with its own siginfo; the kernel can
+            // do that only from a signal-delivery-stop. Any others are sent again afterwards.
+            if inSignalDeliveryStop.contains(thread.tid), let first = pending.first,
+               (try? Ptrace.setSignalInfo(thread.tid, first)) != nil {
+                signal = first.si_signo
+                pending.removeFirst()
+            }
             do {
-                try Ptrace.detach(thread.tid)
+                try Ptrace.detach(thread.tid, signal: signal)
             } catch {
                 // ESRCH: the thread died while frozen (only SIGKILL can do that); nothing to undo.
                 logger.debug("detach \(thread.tid): \(error)")
             }
+            for info in pending {
+                try? Kernel.threadKill(pid: thread.pid, tid: thread.tid, signal: info.si_signo)
+            }
         }
         threads.removeAll()
+        deferredSignals.removeAll()
+        inSignalDeliveryStop.removeAll()
+    }
+
+    /// Ends the tracer's thread. The thread outlives `thaw()` so that calls made on a thawed
+    /// tracer still run (and find no threads) instead of waiting forever; and a tracer dropped
+    /// without `thaw()` still lets go: when its thread ends, the kernel detaches every tracee.
+    deinit {
         executor.shutdown()
     }
 
@@ -119,6 +148,13 @@ public actor Tracer {
         } catch .noSuchProcess {
             return nil
         } catch .notPermitted, .permissionDenied {
+            // EPERM has three causes: the thread is already exiting (a zombie thread-group leader
+            // whose other threads still run), another tracer holds it, or we lack the privilege.
+            let status = (try? Kernel.readFile("/proc/\(process)/task/\(tid)/status"))
+                .map { ProcStatus(parsing: String(decoding: $0, as: UTF8.self)) }
+            guard let status, let state = status["State"]?.first else { return nil }
+            if state == "Z" || state == "X" { return nil }
+            if status.tracerPID != 0 { throw .alreadyTraced(process, tracer: status.tracerPID) }
             throw .permissionDenied(process, operation: "trace")
         } catch {
             throw .system(operation: "PTRACE_SEIZE \(tid)", errno: error)

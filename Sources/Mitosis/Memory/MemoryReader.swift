@@ -1,0 +1,38 @@
+import SystemPackage
+
+/// Copies pages out of a running or frozen target: `process_vm_readv` (one system call per run,
+/// no page faults in the target), falling back to `/proc/PID/mem` for pages the target itself may
+/// not read (`PROT_NONE`).
+struct MemoryReader: Sendable {
+    let pid: Int32
+    private let memory: ProcessMemoryFile
+
+    init(pid: Int32) throws(MitosisError) {
+        self.pid = pid
+        do {
+            memory = try ProcessMemoryFile(pid: pid)
+        } catch {
+            throw ProcessReader.failure(error, pid: pid, reading: "/proc/\(pid)/mem")
+        }
+    }
+
+    func close() { memory.close() }
+
+    /// Fills `buffer` with the target's bytes at `address`, or throws: a page that vanished
+    /// (unmapped meanwhile) or a target that exited.
+    func read(at address: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(MitosisError) {
+        var done = (try? Kernel.readMemory(pid: pid, address: address, into: buffer)) ?? 0
+        if done < buffer.count {
+            do {
+                done += try memory.read(at: address + UInt64(done), into: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]))
+            } catch {
+                throw ProcessReader.failure(error, pid: pid, reading: "/proc/\(pid)/mem")
+            }
+        }
+        guard done == buffer.count else {
+            do { try TargetCheck.validate(pid, forTracing: false) } catch { throw error }
+            throw .system(operation: "reading memory of process \(pid) at 0x\(String(address + UInt64(done), radix: 16))",
+                          errno: .badAddress)
+        }
+    }
+}

@@ -1,0 +1,74 @@
+import Foundation
+import Testing
+@testable import Mitosis
+
+/// Page map reading on a child holding known memory (`mitosis-scenario memory`).
+@Suite struct PageMapTests {
+    static let scanAvailable = ((try? PagemapFile(pid: getpid()))?.supportsScan()) ?? false
+
+    func pageMap(_ child: ScenarioProcess, _ method: PageMapReader.Method) throws -> ProcessPageMap {
+        let reader = try PageMapReader(pid: child.pid, method: method)
+        defer { reader.close() }
+        return try reader.read(ProcessReader.mappings(pid: child.pid, detailed: false))
+    }
+
+    func check(_ method: PageMapReader.Method) throws {
+        let child = try ScenarioProcess("memory")
+        defer { child.stop() }
+        let page = UInt64(try child.intFact("page_size"))
+        let anon = UInt64(try child.fact("anon").dropFirst(2), radix: 16)!
+        let shared = UInt64(try child.fact("shared").dropFirst(2), radix: 16)!
+        let file = UInt64(try child.fact("file").dropFirst(2), radix: 16)!
+        let heap = UInt64(try child.fact("heap").dropFirst(2), radix: 16)!
+        let before = try TargetHealth(pid: child.pid)
+        let map = try pageMap(child, method)
+
+        // Private anonymous: the 48 written pages, not the 16 never touched.
+        #expect(map.data.clamped(start: anon, end: anon + 64 * page) == PageSet([.init(start: anon, end: anon + 48 * page)]))
+        // Shared anonymous: every page.
+        #expect(map.data.clamped(start: shared, end: shared + 16 * page) == PageSet([.init(start: shared, end: shared + 16 * page)]))
+        // Private file mapping: the 4 copied-on-write pages; the 12 read pages are clean file pages.
+        #expect(map.data.clamped(start: file, end: file + 16 * page) == PageSet([.init(start: file, end: file + 4 * page)]))
+        let fileMapping = try #require(map.mappings.first { $0.mapping.start == file })
+        #expect(fileMapping.otherPagesAreFile)
+        #expect(!fileMapping.mapping.isShared)
+        let sharedMapping = try #require(map.mappings.first { $0.mapping.start == shared })
+        #expect(sharedMapping.mapping.kind == .sharedAnonymous)
+        // Heap: the 8 written pages are data.
+        #expect(map.data.clamped(start: heap, end: heap + 8 * page) == PageSet([.init(start: heap, end: heap + 8 * page)]))
+        // The kernel's own mappings are left out.
+        #expect(!map.mappings.contains { $0.mapping.kind == .vdso || $0.mapping.kind == .vvar })
+        #expect(map.pagesScanned == map.mappings.reduce(0) { $0 + Int($1.mapping.length / page) })
+        #expect(try TargetHealth(pid: child.pid) == before)
+    }
+
+    @Test func entriesClassifyEveryKindOfMemory() throws { try check(.entries) }
+
+    @Test(.enabled(if: scanAvailable, "this kernel has no PAGEMAP_SCAN (Linux 6.7+)"))
+    func scanClassifiesEveryKindOfMemory() throws { try check(.scan) }
+
+    @Test(.enabled(if: scanAvailable, "this kernel has no PAGEMAP_SCAN (Linux 6.7+)"))
+    func scanAndEntriesAgree() throws {
+        let child = try ScenarioProcess("memory")
+        defer { child.stop() }
+        let scan = try pageMap(child, .scan)
+        let entries = try pageMap(child, .entries)
+        #expect(scan.mappings.map(\.mapping) == entries.mappings.map(\.mapping))
+        #expect(scan.data == entries.data)
+    }
+
+    @Test func pageSetOperations() {
+        let a = PageSet([.init(start: 0x1000, end: 0x5000), .init(start: 0x8000, end: 0x9000)])
+        let b = PageSet([.init(start: 0x3000, end: 0x8800)])
+        #expect(a.union(b) == PageSet([.init(start: 0x1000, end: 0x9000)]))
+        #expect(a.intersection(b) == PageSet([.init(start: 0x3000, end: 0x5000), .init(start: 0x8000, end: 0x8800)]))
+        #expect(a.subtracting(b) == PageSet([.init(start: 0x1000, end: 0x3000), .init(start: 0x8800, end: 0x9000)]))
+        #expect(a.contains(0x4fff) && !a.contains(0x5000) && a.contains(0x8000))
+        #expect(a.byteCount == 0x5000)
+        var c = PageSet()
+        c.insert(start: 0x2000, end: 0x3000)
+        c.insert(start: 0x3000, end: 0x4000)
+        c.insert(start: 0x1000, end: 0x2000)
+        #expect(c.ranges == [.init(start: 0x1000, end: 0x4000)])
+    }
+}

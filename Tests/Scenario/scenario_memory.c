@@ -1,0 +1,149 @@
+// Memory scenarios for checkpoint tests and benchmarks.
+//
+// `memory`: known bytes in four kinds of memory — a private anonymous mapping (`anon`, 64 pages,
+// the last 16 never touched), a shared anonymous mapping (`shared`, 16 pages), a private mapping
+// of a file (`file`, 16 pages read, the first 4 written, i.e. copied on write) and the heap
+// (`heap`, 8 pages from malloc). Byte i of page p of a region holds pattern(region, p, gen, i).
+// Commands: `write REGION GEN P,P,…` rewrites pages with generation GEN; `map N` maps and fills
+// a new anonymous mapping of N pages (reported as `new`); `discard P` madvise(DONTNEED)s anon page P.
+//
+// `churn MIB PERCENT INTERVAL_MS`: a MIB-sized anonymous area, all written, then a thread
+// rewrites PERCENT % of its pages (spread, a different set each time) every INTERVAL_MS.
+// Reports `churn=addr pages=N` and `rewrites=…` (pages written so far) on `ping`.
+#define _GNU_SOURCE
+#include "scenario.h"
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/mman.h>
+
+#define PAGE 4096
+
+static unsigned char pattern(int region, int page, int gen, int i) {
+    return (unsigned char)(region * 31 + page * 7 + gen * 13 + i);
+}
+
+static void fill(unsigned char *base, int region, int page, int gen) {
+    for (int i = 0; i < PAGE; i++) base[(size_t)page * PAGE + i] = pattern(region, page, gen, i);
+}
+
+enum { ANON, SHARED, FILE_PRIVATE, HEAP, REGIONS };
+static const char *region_names[REGIONS] = { "anon", "shared", "file", "heap" };
+static unsigned char *regions[REGIONS];
+static const int region_pages[REGIONS] = { 64, 16, 16, 8 };
+
+static int memory_setup(int argc, char **argv) {
+    (void)argc; (void)argv;
+    regions[ANON] = mmap(NULL, 64 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    regions[SHARED] = mmap(NULL, 16 * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    char path[] = "/tmp/mitosis-memory-XXXXXX";
+    int fd = mkstemp(path);
+    if (fd < 0) return -1;
+    unsigned char page[PAGE];
+    for (int p = 0; p < 16; p++) {
+        for (int i = 0; i < PAGE; i++) page[i] = pattern(FILE_PRIVATE, p, 0, i) ^ 0xff;
+        if (write(fd, page, PAGE) != PAGE) return -1;
+    }
+    regions[FILE_PRIVATE] = mmap(NULL, 16 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+    close(fd);
+    unlink(path);
+    regions[HEAP] = malloc(9 * PAGE);
+    if (regions[ANON] == MAP_FAILED || regions[SHARED] == MAP_FAILED || regions[FILE_PRIVATE] == MAP_FAILED || !regions[HEAP]) return -1;
+    regions[HEAP] = (unsigned char *)(((uintptr_t)regions[HEAP] + PAGE - 1) & ~(uintptr_t)(PAGE - 1));
+    for (int p = 0; p < 48; p++) fill(regions[ANON], ANON, p, 1);
+    for (int p = 0; p < 16; p++) fill(regions[SHARED], SHARED, p, 1);
+    volatile unsigned char sink = 0;
+    for (int p = 0; p < 16; p++) sink ^= regions[FILE_PRIVATE][(size_t)p * PAGE];  // populate: clean file pages
+    (void)sink;
+    for (int p = 0; p < 4; p++) fill(regions[FILE_PRIVATE], FILE_PRIVATE, p, 1);
+    for (int p = 0; p < 8; p++) fill(regions[HEAP], HEAP, p, 1);
+    for (int r = 0; r < REGIONS; r++) scenario_report(region_names[r], "0x%lx", (unsigned long)regions[r]);
+    scenario_report("page_size", "%d", PAGE);
+    return 0;
+}
+
+static int memory_step(const char *command) {
+    char name[16];
+    int gen;
+    char list[4096];
+    if (sscanf(command, "write %15s %d %4095s", name, &gen, list) == 3) {
+        int region = -1;
+        for (int r = 0; r < REGIONS; r++) if (strcmp(name, region_names[r]) == 0) region = r;
+        if (region < 0) return -1;
+        for (char *item = strtok(list, ","); item; item = strtok(NULL, ",")) {
+            int page = atoi(item);
+            if (page < 0 || page >= region_pages[region]) return -1;
+            fill(regions[region], region, page, gen);
+        }
+        return 0;
+    }
+    int count;
+    if (sscanf(command, "map %d", &count) == 1) {
+        unsigned char *fresh = mmap(NULL, (size_t)count * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (fresh == MAP_FAILED) return -1;
+        for (int p = 0; p < count; p++) memset(fresh + (size_t)p * PAGE, 0x40 + p, PAGE);
+        scenario_report("new", "0x%lx", (unsigned long)fresh);
+        return 0;
+    }
+    int page;
+    if (sscanf(command, "discard %d", &page) == 1) {
+        return madvise(regions[ANON] + (size_t)page * PAGE, PAGE, MADV_DONTNEED);
+    }
+    return -1;
+}
+SCENARIO(memory, memory_setup, memory_step)
+
+static unsigned char *churn_area;
+static size_t churn_pages;
+static int churn_percent, churn_interval_ms;
+static atomic_ulong churn_rewrites;
+
+static void *churner(void *arg) {
+    (void)arg;
+    size_t per_round = churn_pages * (size_t)churn_percent / 100;
+    if (per_round == 0) per_round = 1;
+    size_t stride = churn_pages / per_round;
+    unsigned long round = 0;
+    for (;;) {
+        struct timespec pause = { churn_interval_ms / 1000, (long)(churn_interval_ms % 1000) * 1000000L };
+        nanosleep(&pause, NULL);
+        round++;
+        for (size_t k = 0; k < per_round; k++) {
+            size_t page = (k * stride + round) % churn_pages;
+            memset(churn_area + page * PAGE, (int)(round & 0xff), 64);
+        }
+        atomic_fetch_add(&churn_rewrites, per_round);
+    }
+    return NULL;
+}
+
+static int churn_setup(int argc, char **argv) {
+    size_t mib = argc > 0 ? (size_t)atol(argv[0]) : 1024;
+    churn_percent = argc > 1 ? atoi(argv[1]) : 1;
+    churn_interval_ms = argc > 2 ? atoi(argv[2]) : 100;
+    churn_pages = mib * 1024 * 1024 / PAGE;
+    churn_area = mmap(NULL, churn_pages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (churn_area == MAP_FAILED) return -1;
+    for (size_t p = 0; p < churn_pages; p++) memset(churn_area + p * PAGE, (int)(p & 0xff), PAGE);
+    scenario_report("churn", "0x%lx", (unsigned long)churn_area);
+    scenario_report("pages", "%zu", churn_pages);
+    if (churn_percent > 0) {
+        pthread_t thread;
+        if (pthread_create(&thread, NULL, churner, NULL) != 0) return -1;
+    }
+    return 0;
+}
+
+static int churn_step(const char *command) {
+    if (strcmp(command, "count") == 0) {
+        scenario_report("rewrites", "%lu", (unsigned long)atomic_load(&churn_rewrites));
+        return 0;
+    }
+    return -1;
+}
+SCENARIO(churn, churn_setup, churn_step)

@@ -1,0 +1,242 @@
+// Scenarios for the tracer and syscall injection: threads blocked in system calls, signal
+// counters, threads that come and go, and a process that traces another.
+#define _GNU_SOURCE
+#include "scenario.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/prctl.h>
+#include <sys/ptrace.h>
+#include <sys/syscall.h>
+
+static void sleep_ms(long ms) {
+    struct timespec t = { ms / 1000, (ms % 1000) * 1000000L };
+    while (nanosleep(&t, &t) == -1 && errno == EINTR) {}
+}
+
+// MARK: inject — a thread blocked in read(), a thread in nanosleep(), a pipe to write into.
+
+static int inject_pipe[2];   // the test injects write(2) into inject_pipe[1]; `drain` reads it
+static int reader_pipe[2];   // the reader thread blocks in read(reader_pipe[0]); `feed` wakes it
+static volatile int reader_bytes;
+static volatile long sleeper_rounds;
+static volatile pid_t reader_tid, sleeper_tid;
+
+static void *reader_main(void *arg) {
+    (void)arg;
+    reader_tid = (pid_t)syscall(SYS_gettid);
+    char byte;
+    for (;;) {
+        ssize_t n = read(reader_pipe[0], &byte, 1);
+        if (n == 1) __atomic_add_fetch(&reader_bytes, 1, __ATOMIC_SEQ_CST);
+        else if (n == 0 || errno != EINTR) scenario_fail("reader: read returned %zd errno %d", n, errno);
+    }
+    return NULL;
+}
+
+static void *sleeper_main(void *arg) {
+    (void)arg;
+    sleeper_tid = (pid_t)syscall(SYS_gettid);
+    for (;;) {
+        struct timespec t = { 0, 2000000 };
+        // No EINTR retry: a restarted or interrupted nanosleep both count as progress.
+        nanosleep(&t, NULL);
+        __atomic_add_fetch(&sleeper_rounds, 1, __ATOMIC_SEQ_CST);
+    }
+    return NULL;
+}
+
+static int inject_setup(int argc, char **argv) {
+    (void)argc; (void)argv;
+    if (pipe(inject_pipe) != 0 || pipe(reader_pipe) != 0) return -1;
+    fcntl(inject_pipe[0], F_SETFL, O_NONBLOCK);
+    pthread_t thread;
+    if (pthread_create(&thread, NULL, reader_main, NULL) != 0) return -1;
+    if (pthread_create(&thread, NULL, sleeper_main, NULL) != 0) return -1;
+    while (!reader_tid || !sleeper_tid) sleep_ms(1);
+    sleep_ms(10);  // let both threads reach their blocking calls
+    scenario_report("pipe_read", "%d", inject_pipe[0]);
+    scenario_report("pipe_write", "%d", inject_pipe[1]);
+    scenario_report("reader_tid", "%d", reader_tid);
+    scenario_report("sleeper_tid", "%d", sleeper_tid);
+    return 0;
+}
+
+static int inject_step(const char *command) {
+    if (strcmp(command, "drain") == 0) {
+        // Reports the bytes waiting in the pipe as hex (`data=none` when empty).
+        unsigned char bytes[256];
+        ssize_t n = read(inject_pipe[0], bytes, sizeof bytes);
+        char hex[sizeof bytes * 2 + 1] = "none";
+        for (ssize_t i = 0; i < n; i++) sprintf(hex + 2 * i, "%02x", bytes[i]);
+        scenario_report("data", "%s", hex);
+        return 0;
+    }
+    if (strcmp(command, "feed") == 0) {
+        // Wakes the reader with one byte and waits until it has counted it.
+        int before = reader_bytes;
+        if (write(reader_pipe[1], "x", 1) != 1) return -1;
+        for (int i = 0; i < 2000 && reader_bytes == before; i++) sleep_ms(1);
+        scenario_report("reader_bytes", "%d", reader_bytes);
+        return 0;
+    }
+    if (strcmp(command, "rounds") == 0) {
+        scenario_report("sleeper_rounds", "%ld", sleeper_rounds);
+        return 0;
+    }
+    return -1;
+}
+SCENARIO(inject, inject_setup, inject_step)
+
+// MARK: signals — counts SIGUSR1 and SIGUSR2 deliveries to its handler.
+
+static volatile sig_atomic_t usr1_count, usr2_count;
+
+static void count_signal(int signal) {
+    if (signal == SIGUSR1) usr1_count++;
+    else usr2_count++;
+}
+
+static int signals_setup(int argc, char **argv) {
+    (void)argc; (void)argv;
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = count_signal;
+    action.sa_flags = SA_RESTART;
+    if (sigaction(SIGUSR1, &action, NULL) != 0 || sigaction(SIGUSR2, &action, NULL) != 0) return -1;
+    return 0;
+}
+
+/// `count` reports `usr1=N usr2=M`; `block`/`unblock` mask SIGUSR1 (the process has one thread).
+static int signals_step(const char *command) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGUSR1);
+    if (strcmp(command, "block") == 0) return sigprocmask(SIG_BLOCK, &set, NULL);
+    if (strcmp(command, "unblock") == 0) {
+        if (sigprocmask(SIG_UNBLOCK, &set, NULL) != 0) return -1;
+    } else if (strcmp(command, "count") != 0) {
+        return -1;
+    }
+    scenario_report("usr1", "%d", (int)usr1_count);
+    scenario_report("usr2", "%d", (int)usr2_count);
+    return 0;
+}
+SCENARIO(signals, signals_setup, signals_step)
+
+// MARK: spawner — a thread that keeps creating short-lived threads.
+
+static volatile long spawned;
+
+static void *short_lived(void *arg) {
+    (void)arg;
+    struct timespec t = { 0, 100000 };
+    nanosleep(&t, NULL);
+    return NULL;
+}
+
+static void *spawner_main(void *arg) {
+    (void)arg;
+    for (;;) {
+        pthread_t threads[4];
+        int started = 0;
+        for (int i = 0; i < 4; i++) started += pthread_create(&threads[started], NULL, short_lived, NULL) == 0;
+        for (int i = 0; i < started; i++) pthread_join(threads[i], NULL);
+        __atomic_add_fetch(&spawned, started, __ATOMIC_SEQ_CST);
+    }
+    return NULL;
+}
+
+static int spawner_setup(int argc, char **argv) {
+    (void)argc; (void)argv;
+    pthread_t thread;
+    if (pthread_create(&thread, NULL, spawner_main, NULL) != 0) return -1;
+    while (spawned < 8) sleep_ms(1);
+    return 0;
+}
+
+/// `spawned` reports how many short-lived threads have run so far.
+static int spawner_step(const char *command) {
+    if (strcmp(command, "spawned") != 0) return -1;
+    scenario_report("spawned", "%ld", spawned);
+    return 0;
+}
+SCENARIO(spawner, spawner_setup, spawner_step)
+
+// MARK: tracer-of PID — holds another process with PTRACE_SEIZE.
+
+static int tracer_of_setup(int argc, char **argv) {
+    if (argc < 1) return -1;
+    pid_t tracee = (pid_t)atoi(argv[0]);
+    if (ptrace(PTRACE_SEIZE, tracee, NULL, NULL) != 0) scenario_fail("PTRACE_SEIZE %d: errno %d", tracee, errno);
+    scenario_report("tracee", "%d", tracee);
+    return 0;
+}
+// Registered by hand: the SCENARIO macro cannot spell a name with a hyphen.
+static scenario scenario_tracer_of = { "tracer-of", tracer_of_setup, NULL, 0 };
+__attribute__((constructor)) static void register_tracer_of(void) { scenario_register(&scenario_tracer_of); }
+
+// MARK: tree — two child processes (the first with an extra thread and a child of its own).
+
+static void *pause_forever(void *arg) {
+    (void)arg;
+    for (;;) pause();
+    return NULL;
+}
+
+/// Turns the calling fresh child into a quiet descendant: no harness pipes, dies with its parent.
+static void become_descendant(pid_t parent, int ready_fd, int extra_thread) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(0);
+    int null_fd = open("/dev/null", O_RDWR);
+    dup2(null_fd, 0);
+    dup2(null_fd, 1);
+    close(null_fd);
+    if (extra_thread) {
+        pthread_t thread;
+        pthread_create(&thread, NULL, pause_forever, NULL);
+    }
+    pid_t self = getpid();
+    if (write(ready_fd, &self, sizeof self) != sizeof self) _exit(1);
+}
+
+static int tree_setup(int argc, char **argv) {
+    (void)argc; (void)argv;
+    int ready[2];
+    if (pipe(ready) != 0) return -1;
+    pid_t root = getpid();
+    pid_t first = fork();
+    if (first == 0) {
+        become_descendant(root, ready[1], 1);
+        pid_t me = getpid();
+        if (fork() == 0) {
+            become_descendant(me, ready[1], 0);
+            for (;;) pause();
+        }
+        for (;;) pause();
+    }
+    pid_t second = fork();
+    if (second == 0) {
+        become_descendant(root, ready[1], 0);
+        for (;;) pause();
+    }
+    pid_t grandchild = 0;
+    for (int i = 0; i < 3; i++) {
+        pid_t pid;
+        if (read(ready[0], &pid, sizeof pid) != sizeof pid) return -1;
+        if (pid != first && pid != second) grandchild = pid;
+    }
+    close(ready[0]);
+    close(ready[1]);
+    scenario_report("first", "%d", first);
+    scenario_report("second", "%d", second);
+    scenario_report("grandchild", "%d", grandchild);
+    return 0;
+}
+SCENARIO(tree, tree_setup, NULL)
