@@ -64,14 +64,17 @@ public enum Kernel {
     public static func readFile(_ path: String, limit: Int = 64 << 20) throws(Errno) -> [UInt8] {
         let fd = try check { open(path, O_RDONLY | O_CLOEXEC) }
         defer { close(fd) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while bytes.count < limit {
-            let n = try check { chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) } }
-            if n == 0 { break }
-            bytes.append(contentsOf: chunk[0..<n])
+        // An uninitialized chunk: most /proc files are a few hundred bytes, and zeroing 64 KiB for
+        // each of thousands of fdinfo reads would cost more than the reads.
+        return try withUnsafeTemporaryAllocation(byteCount: 65536, alignment: 16) { (chunk) throws(Errno) -> [UInt8] in
+            var bytes: [UInt8] = []
+            while bytes.count < limit {
+                let n = try check { read(fd, chunk.baseAddress, chunk.count) }
+                if n == 0 { break }
+                bytes.append(contentsOf: UnsafeRawBufferPointer(rebasing: chunk[0..<n]))
+            }
+            return bytes
         }
-        return bytes
     }
 
     /// The target of a symbolic link such as `/proc/PID/fd/N`, as raw bytes decoded leniently.
