@@ -20,7 +20,6 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -260,13 +259,7 @@ SCENARIO(netns, netns_setup, NULL)
 // again), pipes, eventfds, socketpairs and TCP connections to its own listener (fd 3).
 static int graphload_setup(int argc, char **argv) {
     int count = argc > 0 ? atoi(argv[0]) : 1000;
-    struct rlimit limit;
-    getrlimit(RLIMIT_NOFILE, &limit);
-    if (limit.rlim_cur < (rlim_t)count + 64) {
-        limit.rlim_cur = (rlim_t)count + 64;
-        if (limit.rlim_max < limit.rlim_cur) limit.rlim_max = limit.rlim_cur;
-        if (setrlimit(RLIMIT_NOFILE, &limit) != 0) scenario_fail("setrlimit: %d", errno);
-    }
+    scenario_raise_fd_limit(count);
     int listener = tcp_listener(AF_INET, "127.0.0.1", 0);
     listen(listener, 4096);
     int port = local_port(listener);
