@@ -12,6 +12,7 @@ struct BenchmarkCommand: AsyncParsableCommand {
             InspectBenchmark.self,
             ImageBenchmark.self,
             StacksBenchmark.self,
+            GraphBenchmark.self,
         ]
     )
 }

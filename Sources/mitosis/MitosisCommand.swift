@@ -13,6 +13,7 @@ struct MitosisCommand: AsyncParsableCommand {
             InspectCommand.self,
             StacksCommand.self,
             GraphCommand.self,
+            WatchCommand.self,
             DemoCommand.self,
             ImagesCommand.self,
         ]

@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <unistd.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 
 static scenario *scenarios;
@@ -36,6 +37,15 @@ void scenario_fail(const char *format, ...) {
     fflush(stdout);
     va_end(args);
     _exit(1);
+}
+
+void scenario_raise_fd_limit(int count) {
+    struct rlimit limit;
+    getrlimit(RLIMIT_NOFILE, &limit);
+    if (limit.rlim_cur >= (rlim_t)count + 64) return;
+    limit.rlim_cur = (rlim_t)count + 64;
+    if (limit.rlim_max < limit.rlim_cur) limit.rlim_max = limit.rlim_cur;
+    if (setrlimit(RLIMIT_NOFILE, &limit) != 0) scenario_fail("setrlimit");
 }
 
 static void ready(void) {

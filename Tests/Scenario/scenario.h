@@ -21,6 +21,8 @@ typedef struct scenario {
 void scenario_register(scenario *s);
 /// Adds `key=value` to the next READY line. Values must not contain spaces.
 void scenario_report(const char *key, const char *format, ...) __attribute__((format(printf, 2, 3)));
+/// Raises RLIMIT_NOFILE (soft, and hard if needed) so that `count` more descriptors fit.
+void scenario_raise_fd_limit(int count);
 /// Fails the scenario: prints `FAIL message` and exits 1.
 void scenario_fail(const char *format, ...) __attribute__((format(printf, 1, 2)));
 

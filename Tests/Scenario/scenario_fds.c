@@ -255,13 +255,7 @@ SCENARIO(zombie, zombie_setup, NULL)
 /// `manyfds N`: N descriptors cycling through five kinds.
 static int manyfds_setup(int argc, char **argv) {
     int count = argc > 0 ? atoi(argv[0]) : 1000;
-    struct rlimit limit;
-    getrlimit(RLIMIT_NOFILE, &limit);
-    if (limit.rlim_cur < (rlim_t)count + 64) {
-        limit.rlim_cur = (rlim_t)count + 64;
-        if (limit.rlim_max < limit.rlim_cur) limit.rlim_max = limit.rlim_cur;
-        if (setrlimit(RLIMIT_NOFILE, &limit) != 0) scenario_fail("setrlimit");
-    }
+    scenario_raise_fd_limit(count);
     strcpy(directory, "/tmp/mitosis-manyfds-XXXXXX");
     if (!mkdtemp(directory)) scenario_fail("mkdtemp");
     spawn_cleaner();

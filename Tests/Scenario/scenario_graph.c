@@ -254,3 +254,45 @@ static int netns_setup(int argc, char **argv) {
     return 0;
 }
 SCENARIO(netns, netns_setup, NULL)
+
+// `graphload N`: about N descriptors cycling through files (one unlinked file opened again and
+// again), pipes, eventfds, socketpairs and TCP connections to its own listener (fd 3).
+static int graphload_setup(int argc, char **argv) {
+    int count = argc > 0 ? atoi(argv[0]) : 1000;
+    scenario_raise_fd_limit(count);
+    int listener = tcp_listener(AF_INET, "127.0.0.1", 0);
+    listen(listener, 4096);
+    int port = local_port(listener);
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/mitosis-graphload-%d", getpid());
+    int opened = 1;
+    for (int i = 0; opened < count; i++) {
+        int pair[2];
+        switch (i % 5) {
+        case 0:
+            if (open(path, O_RDWR | O_CREAT, 0600) < 0) scenario_fail("open: %d", errno);
+            opened += 1;
+            break;
+        case 1:
+            if (pipe(pair) != 0) scenario_fail("pipe: %d", errno);
+            opened += 2;
+            break;
+        case 2:
+            if (eventfd(0, 0) < 0) scenario_fail("eventfd: %d", errno);
+            opened += 1;
+            break;
+        case 3:
+            if (socketpair(AF_UNIX, SOCK_STREAM, 0, pair) != 0) scenario_fail("socketpair: %d", errno);
+            opened += 2;
+            break;
+        default:
+            tcp_connect("127.0.0.1", port);
+            if (accept(listener, NULL, NULL) < 0) scenario_fail("accept: %d", errno);
+            opened += 2;
+        }
+    }
+    unlink(path);
+    scenario_report("descriptors", "%d", opened);
+    return 0;
+}
+SCENARIO(graphload, graphload_setup, NULL)

@@ -78,7 +78,8 @@ struct GraphAssembly {
     let mounts: [DeviceNumber: MountInfo]
     let options: GraphOptions
     private(set) var nodes: [String: GraphNode] = [:]
-    private(set) var edges: Set<GraphEdge> = []
+    /// Appended freely; sorted and deduplicated once, when the graph is made.
+    private(set) var edges: [GraphEdge] = []
     /// (pid, fd) → description id.
     private var descriptionOf: [FDKey: String] = [:]
     /// description id → the descriptor it was first seen as, and its holders.
@@ -97,7 +98,7 @@ struct GraphAssembly {
         self.options = options
     }
 
-    var graph: ResourceGraph { ResourceGraph(nodes: Array(nodes.values), edges: Array(edges)) }
+    var graph: ResourceGraph { ResourceGraph(nodes: Array(nodes.values), edges: edges) }
 
     mutating func build() {
         addProcesses()
@@ -117,7 +118,7 @@ struct GraphAssembly {
     }
 
     private mutating func link(_ from: String, _ to: String, _ kind: EdgeKind, _ attributes: GraphAttributes = [:]) {
-        edges.insert(GraphEdge(from: from, to: to, kind: kind, attributes: attributes))
+        edges.append(GraphEdge(from: from, to: to, kind: kind, attributes: attributes))
     }
 
     private mutating func markExternal(_ id: String, _ reason: String) {

@@ -83,7 +83,14 @@ extension ResourceGraph {
             var label = edge.kind.rawValue
             if let fd = edge.attributes["fd"] { label += " fd \(fd)" }
             if let what = edge.attributes["what"] { label += " \(what)" }
-            let style = edge.kind == .connectedTo ? ", dir=both, color=blue, fontcolor=blue" : edge.kind == .shares ? ", style=dashed" : ""
+            let style: String
+            switch edge.kind {
+            case .connectedTo: style = ", dir=both, color=blue, fontcolor=blue"
+            case .shares: style = ", style=dashed"
+            // Every process is in every namespace type: drawn faint so the picture stays readable.
+            case .memberOf: style = ", style=dotted, color=gray, fontcolor=gray"
+            default: style = ""
+            }
             lines.append("  \"\(escape(edge.from))\" -> \"\(escape(edge.to))\" [label=\"\(escape(label))\"\(style)];")
         }
         lines.append("}")

@@ -8,9 +8,17 @@ public struct ResourceGraph: Equatable, Sendable, Codable {
     /// Sorted by (from, to, kind), then attributes.
     public var edges: [GraphEdge]
 
+    /// Sorts the nodes and edges; duplicate edges are kept once.
     public init(nodes: [GraphNode], edges: [GraphEdge]) {
         self.nodes = nodes.sorted { $0.id < $1.id }
-        self.edges = edges.sorted()
+        var sorted = edges.sorted()
+        var kept = 0
+        for index in sorted.indices where kept == 0 || sorted[index] != sorted[kept - 1] {
+            sorted.swapAt(kept, index)
+            kept += 1
+        }
+        sorted.removeLast(sorted.count - kept)
+        self.edges = sorted
     }
 
     /// The node with `id`, if present.
@@ -163,9 +171,9 @@ public struct GraphEdge: Hashable, Sendable, Codable, Comparable {
     }
 
     public static func < (lhs: GraphEdge, rhs: GraphEdge) -> Bool {
-        if (lhs.from, lhs.to, lhs.kind) != (rhs.from, rhs.to, rhs.kind) {
-            return (lhs.from, lhs.to, lhs.kind) < (rhs.from, rhs.to, rhs.kind)
-        }
+        if lhs.from != rhs.from { return lhs.from < rhs.from }
+        if lhs.to != rhs.to { return lhs.to < rhs.to }
+        if lhs.kind != rhs.kind { return lhs.kind < rhs.kind }
         return lhs.attributes.sorted { $0.key < $1.key }.lexicographicallyPrecedes(rhs.attributes.sorted { $0.key < $1.key }) {
             ($0.key, $0.value) < ($1.key, $1.value)
         }

@@ -1,0 +1,48 @@
+import Testing
+@testable import Mitosis
+
+@Suite("GraphWatch")
+struct GraphWatchTests {
+    @Test("streams the whole graph first, then exactly what a new connection adds")
+    func streamsChanges() async throws {
+        let server = try ScenarioProcess("tcp")
+        defer { server.stop() }
+        let p = server.pid
+        let listener = try server.intFact("listen_inode")
+        let outside = try ScenarioProcess("tcpclient", [try server.fact("port")])
+        defer { outside.stop() }
+        let options = GraphOptions(includeDescendants: true, includeMappings: false)
+        var changes = ResourceGraph.changes(of: p, options: options, interval: .milliseconds(20)).makeAsyncIterator()
+        let first = try #require(try await changes.next())
+        let snapshot = try GraphBuilder.graph(of: p, options: options)
+        #expect(first.removedNodes.isEmpty && first.addedNodes.map(\.id) == snapshot.nodes.map(\.id))
+        try server.send("accept")
+        let fd = try server.intFact("fd"), inode = try server.intFact("inode")
+        // Skip snapshots in which nothing but queue counters moved.
+        var added: [String] = []
+        while !added.contains("socket:\(inode)") {
+            let diff = try #require(try await changes.next())
+            added += diff.addedNodes.map(\.id)
+            if diff.addedNodes.isEmpty { continue }
+            #expect(Set(diff.addedNodes.map(\.id)) == ["description:\(p):\(fd)", "socket:\(inode)"])
+            #expect(diff.addedEdges.contains(GraphEdge(from: "process:\(p)", to: "description:\(p):\(fd)", kind: .holds,
+                                                       attributes: ["fd": .int(Int64(fd)), "cloexec": false])))
+            #expect(diff.removedNodes.isEmpty)
+            // The listener's accept queue shrinks, in this snapshot or an earlier one.
+            #expect(Set(diff.changedNodes.map(\.after.id)).isSubset(of: ["socket:\(listener)"]))
+        }
+    }
+
+    @Test("a frozen snapshot equals the live one and leaves the target running")
+    func frozenSnapshot() async throws {
+        let child = try ScenarioProcess("pairs")
+        defer { child.stop() }
+        let before = try TargetHealth(pid: child.pid)
+        let options = GraphOptions(includeDescendants: true, includeMappings: false)
+        let frozen = try await ResourceGraph.snapshot(of: child.pid, options: options, freeze: true)
+        let live = try await ResourceGraph.snapshot(of: child.pid, options: options)
+        #expect(frozen == live)
+        #expect(try TargetHealth.runsFreely(child.pid))
+        #expect(try TargetHealth(pid: child.pid) == before)
+    }
+}
