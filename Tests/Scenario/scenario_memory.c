@@ -37,8 +37,28 @@ static const char *region_names[REGIONS] = { "anon", "shared", "file", "heap" };
 static unsigned char *regions[REGIONS];
 static const int region_pages[REGIONS] = { 64, 16, 16, 8 };
 
+/// The kernel rewrites a thread's rseq area (its CPU number) whenever it resumes on another CPU,
+/// e.g. after a thaw: memory read after a checkpoint would then differ from memory at the
+/// checkpoint. Re-executes this scenario with glibc's rseq registration off, once.
+static void without_rseq(void) {
+    if (getenv("MITOSIS_SCENARIO_NO_RSEQ")) return;
+    static char cmdline[4096];
+    int fd = open("/proc/self/cmdline", O_RDONLY);
+    ssize_t length = fd < 0 ? -1 : read(fd, cmdline, sizeof cmdline - 1);
+    if (fd >= 0) close(fd);
+    if (length <= 0) return;
+    char *args[64];
+    int count = 0;
+    for (char *p = cmdline; p < cmdline + length && count < 63; p += strlen(p) + 1) args[count++] = p;
+    args[count] = NULL;
+    setenv("MITOSIS_SCENARIO_NO_RSEQ", "1", 1);
+    setenv("GLIBC_TUNABLES", "glibc.pthread.rseq=0", 1);
+    execv("/proc/self/exe", args);
+}
+
 static int memory_setup(int argc, char **argv) {
     (void)argc; (void)argv;
+    without_rseq();
     regions[ANON] = mmap(NULL, 64 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     regions[SHARED] = mmap(NULL, 16 * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     char path[] = "/tmp/mitosis-memory-XXXXXX";
@@ -123,6 +143,7 @@ static void *churner(void *arg) {
 }
 
 static int churn_setup(int argc, char **argv) {
+    without_rseq();
     size_t mib = argc > 0 ? (size_t)atol(argv[0]) : 1024;
     churn_percent = argc > 1 ? atoi(argv[1]) : 1;
     churn_interval_ms = argc > 2 ? atoi(argv[2]) : 100;

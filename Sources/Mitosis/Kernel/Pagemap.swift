@@ -19,6 +19,10 @@ public struct PagemapEntry: RawRepresentable, Hashable, Sendable {
     public var isExclusive: Bool { rawValue & (1 << 56) != 0 }
     /// Bit 55: the PTE is soft-dirty (written since the last `clear_refs` 4).
     public var isSoftDirty: Bool { rawValue & (1 << 55) != 0 }
+    /// A PTE marker (userfaultfd write-protection of a page that holds nothing), which the kernel
+    /// reports as swapped with swap type 31 (`SWP_PTE_MARKER`, the last type). The type is shown
+    /// to CAP_SYS_ADMIN only; without it a marker reads as a swapped page.
+    public var isMarker: Bool { isSwapped && rawValue & 0x1f == 0x1f }
 }
 
 /// Page categories of `PAGEMAP_SCAN` (`PAGE_IS_*`).

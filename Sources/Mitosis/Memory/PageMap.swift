@@ -102,7 +102,14 @@ public struct PageMapReader: Sendable {
             request.returned = [.present, .swapped, .file, .pfnZero]
             var data = PageSet()
             for region in try pagemap.scan(request) where Self.isData(region.categories, fileIsData: fileIsData) {
-                data.insert(start: region.start, end: region.end)
+                if region.categories.contains(.swapped) {
+                    // Swapped or a PTE marker: only the entries tell.
+                    data = data.union(try Self.dataPages(start: region.start, end: region.end, fileIsData: fileIsData) { address, count throws(Errno) in
+                        try pagemap.entries(at: address, count: count)
+                    })
+                } else {
+                    data.insert(start: region.start, end: region.end)
+                }
             }
             return data
         case .entries:
@@ -121,7 +128,7 @@ public struct PageMapReader: Sendable {
 
     /// Whether a pagemap entry is data.
     static func isData(_ entry: PagemapEntry, fileIsData: Bool) -> Bool {
-        guard entry.isPresent || entry.isSwapped else { return false }
+        guard entry.isPresent || (entry.isSwapped && !entry.isMarker) else { return false }
         return fileIsData || !entry.isFileOrSharedAnonymous
     }
 

@@ -1,0 +1,334 @@
+import Foundation
+import Logging
+
+/// How a `CheckpointSession` works.
+public struct CheckpointOptions: Sendable {
+    /// The dirty-tracking strategy; nil picks the best the kernel offers (`TrackingStrategy.automatic`).
+    public var strategy: TrackingStrategy?
+    /// How page maps are read; nil uses `PAGEMAP_SCAN` where the kernel has it.
+    public var pageMapMethod: PageMapReader.Method?
+    /// At most this many copy rounds while the target runs, before the freeze.
+    public var maxPrecopyRounds = 8
+    /// Pre-copy ends once no more than this many pages are left to copy.
+    public var freezeThresholdPages = 64
+
+    public init(strategy: TrackingStrategy? = nil, pageMapMethod: PageMapReader.Method? = nil) {
+        self.strategy = strategy
+        self.pageMapMethod = pageMapMethod
+    }
+}
+
+/// What an incremental checkpoint builds on.
+public enum CheckpointParent: Sendable {
+    /// The previous checkpoint of this session, whose image is at `path` relative to the new
+    /// image's directory (e.g. `../1`). Dirty tracking since that checkpoint decides what is stored.
+    case previous(path: String)
+    /// An image taken earlier (by another run, with no tracking since): pages whose bytes equal
+    /// what that image's chain holds are inherited, the others stored.
+    case image(CheckpointImage, path: String)
+}
+
+/// A checkpoint taken, with what it cost.
+public struct CheckpointResult: Sendable {
+    /// The manifest as the sink stored it.
+    public var manifest: CheckpointManifest
+    /// Copy rounds run while the target ran, before the freeze.
+    public var precopyRounds: Int
+    /// Pages copied in all, re-copies of pages written meanwhile included.
+    public var pagesCopied: Int
+    /// Pages copied while the target was frozen.
+    public var pagesCopiedFrozen: Int
+    public var stats: CheckpointStats { manifest.stats }
+}
+
+/// Tracks a process's writes and takes consistent checkpoints of its memory with a short freeze.
+///
+/// A session starts dirty tracking (`start`), takes any number of full or incremental
+/// checkpoints into sinks of the caller's choosing (`checkpoint`), and stops tracking (`stop`),
+/// leaving nothing in the target. Each checkpoint copies memory while the target runs, round after
+/// round while the set of pages written meanwhile shrinks, then freezes the target only to copy
+/// the pages written since the last round; the result is the memory of that instant.
+public actor CheckpointSession {
+    public nonisolated let pid: Int32
+    public nonisolated let strategy: TrackingStrategy
+    public nonisolated let options: CheckpointOptions
+    private let tracker: DirtyTracker
+    private let pageMaps: PageMapReader
+    private let memory: MemoryReader
+    /// Pages whose bytes in the previous checkpoint of this session are still current.
+    private var previousValid = PageSet()
+    private var previous: (id: String, sequence: Int)?
+    private var stopped = false
+    private let logger = Logger(label: "mitosis.checkpoint")
+
+    /// Starts tracking the writes of `pid`.
+    public init(pid: Int32, options: CheckpointOptions = CheckpointOptions()) async throws {
+        try TargetCheck.validate(pid, forTracing: true)
+        self.pid = pid
+        self.options = options
+        let strategy = options.strategy ?? TrackingStrategy.automatic()
+        self.strategy = strategy
+        pageMaps = try PageMapReader(pid: pid, method: options.pageMapMethod)
+        memory = try MemoryReader(pid: pid)
+        tracker = try strategy.makeTracker(pid: pid)
+        do {
+            let map = try pageMaps.read(ProcessReader.mappings(pid: pid, detailed: false))
+            try await tracker.start(map)
+        } catch {
+            tracker.stop()
+            pageMaps.close()
+            memory.close()
+            throw Self.translate(error, pid: pid)
+        }
+    }
+
+    /// Stops tracking and releases everything the session holds in Mitosis and in the target.
+    public func stop() {
+        guard !stopped else { return }
+        stopped = true
+        tracker.stop()
+        pageMaps.close()
+        memory.close()
+    }
+
+    /// Takes a checkpoint into `sink`: full when `parent` is nil, else incremental over it.
+    /// On failure the sink is aborted (its image marked incomplete) and the target is left as it was.
+    public func checkpoint(to sink: CheckpointSink, parent: CheckpointParent? = nil) async throws -> CheckpointResult {
+        guard !stopped else { throw CheckpointError.sessionStopped }
+        let clock = ContinuousClock()
+        let started = clock.now
+        var header: CheckpointHeader
+        var parentStored = PageSet()
+        var parentImage: CheckpointImage?
+        switch parent {
+        case nil:
+            header = CheckpointHeader(kind: .full, sequence: 0, pid: pid)
+        case .previous(let path):
+            guard let previous else { throw CheckpointError.noPreviousCheckpoint }
+            header = CheckpointHeader(kind: .incremental, parent: ParentLink(path: path, id: previous.id),
+                                      sequence: previous.sequence + 1, pid: pid)
+        case .image(let image, let path):
+            guard image.manifest.pid == pid else {
+                throw CheckpointError.parentOfOtherProcess(parent: image.manifest.pid, target: pid)
+            }
+            header = CheckpointHeader(kind: .incremental, parent: ParentLink(path: path, id: image.manifest.id),
+                                      sequence: image.manifest.sequence + 1, pid: pid)
+            parentImage = image
+            parentStored = Self.heldPages(of: image.manifest)
+        }
+        try sink.begin(header)
+        do {
+            let run = Run()
+            if case .previous = parent { run.inheritable = previousValid }
+            // Copy while the target runs, as long as the set left to copy shrinks.
+            var left = Int.max
+            while run.rounds < options.maxPrecopyRounds {
+                let (map, dirty) = try await observe(run)
+                run.invalidate(dirty)
+                var toCopy = map.data.subtracting(run.inheritable).subtracting(run.staged)
+                if let parentImage, run.rounds == 0 {
+                    toCopy = try adoptUnchanged(toCopy, from: parentImage, held: parentStored, run)
+                }
+                let count = toCopy.pageCount()
+                run.staged = run.staged.union(try copy(toCopy, run, tolerant: true))
+                run.rounds += 1
+                if count <= options.freezeThresholdPages || count >= left { break }
+                left = count
+            }
+            // Freeze, copy what was written since, thaw.
+            let tracer = try await Tracer.freeze(pid: pid)
+            let frozenAt = clock.now
+            let final: ProcessPageMap
+            do {
+                let map = try readPageMap(run)
+                run.invalidate(try tracker.collect(map))
+                let toCopy = map.data.subtracting(run.inheritable).subtracting(run.staged)
+                let copied = try copy(toCopy, run, tolerant: false)
+                run.copiedFrozen = copied.pageCount()
+                run.staged = run.staged.union(copied)
+                final = map
+            } catch {
+                await tracer.thaw()
+                run.frozen += clock.now - frozenAt
+                throw error
+            }
+            await tracer.thaw()
+            run.frozen += clock.now - frozenAt
+
+            // Store what the checkpoint holds, describe the rest.
+            let stored = run.staged.intersection(final.data)
+            let inherited = run.inheritable.intersection(final.data).subtracting(stored)
+            for range in stored.ranges {
+                for piece in run.staging.pieces(of: range) { try sink.writePages(at: piece.address, UnsafeRawBufferPointer(piece.buffer)) }
+            }
+            var stats = CheckpointStats()
+            stats.frozenNanoseconds = Self.nanoseconds(run.frozen)
+            stats.pagesScanned = run.pagesScanned
+            stats.pagesWritten = stored.pageCount()
+            stats.bytesWritten = stored.byteCount
+            stats.durationNanoseconds = Self.nanoseconds(clock.now - started)
+            let manifest = CheckpointManifest(header: header, tracking: strategy.rawValue,
+                                              mappings: Self.describe(final, stored: stored, inherited: inherited), stats: stats)
+            let committed = try sink.finish(manifest)
+            previousValid = stored.union(inherited)
+            previous = (committed.id, committed.sequence)
+            return CheckpointResult(manifest: committed, precopyRounds: run.rounds, pagesCopied: run.copied,
+                                    pagesCopiedFrozen: run.copiedFrozen)
+        } catch {
+            let failure = Self.translate(error, pid: pid)
+            sink.abort(reason: "\(failure)")
+            throw failure
+        }
+    }
+
+    /// The state of one checkpoint in progress.
+    private final class Run {
+        let staging = StagingArea()
+        /// Data pages whose bytes in the parent are current.
+        var inheritable = PageSet()
+        /// Pages copied into `staging` and not written since.
+        var staged = PageSet()
+        var rounds = 0
+        var copied = 0
+        var copiedFrozen = 0
+        var pagesScanned = 0
+        var frozen = Duration.zero
+
+        func invalidate(_ dirty: PageSet) {
+            inheritable = inheritable.subtracting(dirty)
+            staged = staged.subtracting(dirty)
+        }
+    }
+
+    private func readPageMap(_ run: Run) throws -> ProcessPageMap {
+        let map = try pageMaps.read(ProcessReader.mappings(pid: pid, detailed: false))
+        run.pagesScanned += map.pagesScanned
+        return map
+    }
+
+    /// The page map and the pages written since the last look, with the target frozen for the
+    /// moment it takes when the tracker needs it.
+    private func observe(_ run: Run) async throws -> (ProcessPageMap, PageSet) {
+        guard tracker.collectRequiresFreeze else {
+            let map = try readPageMap(run)
+            return (map, try tracker.collect(map))
+        }
+        let clock = ContinuousClock()
+        let tracer = try await Tracer.freeze(pid: pid)
+        let frozenAt = clock.now
+        let result: Result<(ProcessPageMap, PageSet), any Error>
+        do {
+            let map = try readPageMap(run)
+            result = .success((map, try tracker.collect(map)))
+        } catch {
+            result = .failure(error)
+        }
+        await tracer.thaw()
+        run.frozen += clock.now - frozenAt
+        return try result.get()
+    }
+
+    /// Copies `pages` into the staging area and returns what was copied. `tolerant` (the target
+    /// runs) skips pieces unmapped meanwhile: a later round or the freeze takes them.
+    private func copy(_ pages: PageSet, _ run: Run, tolerant: Bool) throws -> PageSet {
+        var copied = PageSet()
+        for range in pages.ranges {
+            for piece in run.staging.pieces(of: range) {
+                if let failure = readFailure(piece.address, piece.buffer) {
+                    if case .noSuchProcess = failure { throw CheckpointError.targetExited(pid) }
+                    if tolerant { continue }
+                    throw failure
+                }
+                tracker.recordCopied(at: piece.address, UnsafeRawBufferPointer(piece.buffer))
+                copied.insert(start: piece.address, end: piece.address + UInt64(piece.buffer.count))
+            }
+        }
+        run.copied += copied.pageCount()
+        return copied
+    }
+
+    /// The error reading a piece failed with, or nil when it was read whole.
+    private func readFailure(_ address: UInt64, _ buffer: UnsafeMutableRawBufferPointer) -> MitosisError? {
+        do {
+            try memory.read(at: address, into: buffer)
+            return nil
+        } catch {
+            return error
+        }
+    }
+
+    /// First round over an image from elsewhere: copies `pages`, then keeps as inheritable (and
+    /// drops from the copy) every page whose bytes equal the parent chain's. Returns what is left
+    /// to copy, which is nothing: the pages that differ are staged here.
+    private func adoptUnchanged(_ pages: PageSet, from image: CheckpointImage, held: PageSet, _ run: Run) throws -> PageSet {
+        let chain = try image.chain()
+        let copied = try copy(pages, run, tolerant: true)
+        let pageSize = Int(PagemapFile.pageSize)
+        var same = PageSet()
+        for range in copied.intersection(held).ranges {
+            for piece in run.staging.pieces(of: range) {
+                let old = try chain.read(address: piece.address, length: piece.buffer.count)
+                old.withUnsafeBytes { old in
+                    for offset in stride(from: 0, to: piece.buffer.count, by: pageSize)
+                    where memcmp(piece.buffer.baseAddress! + offset, old.baseAddress! + offset, pageSize) == 0 {
+                        same.insert(start: piece.address + UInt64(offset), end: piece.address + UInt64(offset + pageSize))
+                    }
+                }
+            }
+        }
+        run.inheritable = same
+        run.staged = copied.subtracting(same)
+        return PageSet()
+    }
+
+    /// Pages an image holds bytes for (stored in it or inherited from its parents).
+    static func heldPages(of manifest: CheckpointManifest) -> PageSet {
+        PageSet(manifest.mappings.flatMap { mapping in
+            mapping.pages.filter { $0.state == .stored || $0.state == .inherited }.map { PageSet.Range(start: $0.start, end: $0.end) }
+        })
+    }
+
+    /// The manifest's view of each mapping: where every page is kept.
+    static func describe(_ map: ProcessPageMap, stored: PageSet, inherited: PageSet) -> [CheckpointMapping] {
+        map.mappings.map { entry in
+            let mapping = entry.mapping
+            let other: PageState = entry.otherPagesAreFile ? .cleanFile : .neverTouched
+            var pieces: [(PageSet.Range, PageState)] = []
+            pieces += stored.clamped(start: mapping.start, end: mapping.end).ranges.map { ($0, .stored) }
+            pieces += inherited.clamped(start: mapping.start, end: mapping.end).ranges.map { ($0, .inherited) }
+            pieces.sort { $0.0.start < $1.0.start }
+            var ranges: [PageRange] = []
+            var cursor = mapping.start
+            for (range, state) in pieces {
+                if range.start > cursor { ranges.append(PageRange(start: cursor, end: range.start, state: other)) }
+                ranges.append(PageRange(start: range.start, end: range.end, state: state))
+                cursor = range.end
+            }
+            if cursor < mapping.end { ranges.append(PageRange(start: cursor, end: mapping.end, state: other)) }
+            return CheckpointMapping(start: mapping.start, end: mapping.end, perms: mapping.perms, offset: mapping.offset,
+                                     path: mapping.path, kind: mapping.kind.rawValue, pages: ranges)
+        }
+    }
+
+    /// A vanished target is reported as such, whichever layer noticed.
+    static func translate(_ error: any Error, pid: Int32) -> any Error {
+        switch error as? MitosisError {
+        case .noSuchProcess(pid), .zombie(pid): return CheckpointError.targetExited(pid)
+        default: return error
+        }
+    }
+
+    static func nanoseconds(_ duration: Duration) -> UInt64 {
+        let (seconds, attoseconds) = duration.components
+        return UInt64(max(0, seconds)) * 1_000_000_000 + UInt64(max(0, attoseconds)) / 1_000_000_000
+    }
+}
+
+extension CheckpointSession {
+    /// The pages a manifest records in `state`.
+    public static func pages(of manifest: CheckpointManifest, in state: PageState) -> PageSet {
+        PageSet(manifest.mappings.flatMap { mapping in
+            mapping.pages.filter { $0.state == state }.map { PageSet.Range(start: $0.start, end: $0.end) }
+        })
+    }
+}
