@@ -28,6 +28,7 @@ let package = Package(
                 .linkedLibrary("unwind"),
                 .linkedLibrary("lzma"),
                 .linkedLibrary("elf"),
+                .linkedLibrary("stdc++"),
             ]
         ),
         .target(

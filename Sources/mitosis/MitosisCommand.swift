@@ -9,6 +9,10 @@ struct MitosisCommand: AsyncParsableCommand {
         abstract: "Attach to a running Linux process, see everything it holds, and copy it.",
         subcommands: [
             FreezeCommand.self,
+            InspectCommand.self,
+            StacksCommand.self,
+            GraphCommand.self,
+            DemoCommand.self,
         ]
     )
 }

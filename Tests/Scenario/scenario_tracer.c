@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
 
@@ -180,3 +181,62 @@ static int tracer_of_setup(int argc, char **argv) {
 // Registered by hand: the SCENARIO macro cannot spell a name with a hyphen.
 static scenario scenario_tracer_of = { "tracer-of", tracer_of_setup, NULL, 0 };
 __attribute__((constructor)) static void register_tracer_of(void) { scenario_register(&scenario_tracer_of); }
+
+// MARK: tree — two child processes (the first with an extra thread and a child of its own).
+
+static void *pause_forever(void *arg) {
+    (void)arg;
+    for (;;) pause();
+    return NULL;
+}
+
+/// Turns the calling fresh child into a quiet descendant: no harness pipes, dies with its parent.
+static void become_descendant(pid_t parent, int ready_fd, int extra_thread) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(0);
+    int null_fd = open("/dev/null", O_RDWR);
+    dup2(null_fd, 0);
+    dup2(null_fd, 1);
+    close(null_fd);
+    if (extra_thread) {
+        pthread_t thread;
+        pthread_create(&thread, NULL, pause_forever, NULL);
+    }
+    pid_t self = getpid();
+    if (write(ready_fd, &self, sizeof self) != sizeof self) _exit(1);
+}
+
+static int tree_setup(int argc, char **argv) {
+    (void)argc; (void)argv;
+    int ready[2];
+    if (pipe(ready) != 0) return -1;
+    pid_t root = getpid();
+    pid_t first = fork();
+    if (first == 0) {
+        become_descendant(root, ready[1], 1);
+        pid_t me = getpid();
+        if (fork() == 0) {
+            become_descendant(me, ready[1], 0);
+            for (;;) pause();
+        }
+        for (;;) pause();
+    }
+    pid_t second = fork();
+    if (second == 0) {
+        become_descendant(root, ready[1], 0);
+        for (;;) pause();
+    }
+    pid_t grandchild = 0;
+    for (int i = 0; i < 3; i++) {
+        pid_t pid;
+        if (read(ready[0], &pid, sizeof pid) != sizeof pid) return -1;
+        if (pid != first && pid != second) grandchild = pid;
+    }
+    close(ready[0]);
+    close(ready[1]);
+    scenario_report("first", "%d", first);
+    scenario_report("second", "%d", second);
+    scenario_report("grandchild", "%d", grandchild);
+    return 0;
+}
+SCENARIO(tree, tree_setup, NULL)

@@ -5,5 +5,7 @@
 #include "mitosis_process.h"
 #include "mitosis_netlink.h"
 #include "mitosis_memory.h"
+#include "mitosis_procfs.h"
 #include "mitosis_injection.h"
+#include "mitosis_threads.h"
 #endif

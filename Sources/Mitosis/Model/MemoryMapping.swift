@@ -83,6 +83,13 @@ public struct DeviceNumber: Equatable, Hashable, Sendable, Codable, CustomString
         minor = UInt32(truncatingIfNeeded: (dev & 0xff) | ((dev >> 12) & ~UInt64(0xff)))
     }
 
+    /// Splits a device number as the kernel encodes it internally and prints it in fdinfo
+    /// (`sdev:fe00000` → 254:0): 12 bits of major above 20 bits of minor.
+    public init(kernel dev: UInt64) {
+        major = UInt32(truncatingIfNeeded: dev >> 20)
+        minor = UInt32(truncatingIfNeeded: dev & 0xfffff)
+    }
+
     public var description: String { "\(major):\(minor)" }
 }
 
@@ -112,8 +119,8 @@ public struct MappingSizes: Equatable, Hashable, Sendable, Codable {
     public var swap: UInt64 = 0
     public var swapPss: UInt64 = 0
     public var locked: UInt64 = 0
-    /// Lines in `kB` this version does not name, by their key (future kernels add some).
-    public var other: [String: UInt64] = [:]
+    /// Lines in `kB` this version does not name (future kernels add some), in file order.
+    public var other: [NamedSize] = []
 
     public init() {}
 
@@ -142,7 +149,18 @@ public struct MappingSizes: Equatable, Hashable, Sendable, Codable {
         case "Swap": swap = bytes
         case "SwapPss": swapPss = bytes
         case "Locked": locked = bytes
-        default: other[String(key)] = bytes
+        default: other.append(NamedSize(name: String(key), bytes: bytes))
         }
+    }
+}
+
+/// One smaps size line that `MappingSizes` has no field for, under the kernel's own key.
+public struct NamedSize: Equatable, Hashable, Sendable, Codable {
+    public var name: String
+    public var bytes: UInt64
+
+    public init(name: String, bytes: UInt64) {
+        self.name = name
+        self.bytes = bytes
     }
 }

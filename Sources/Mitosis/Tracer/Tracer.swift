@@ -90,13 +90,13 @@ public actor Tracer {
         threads.removeAll()
         deferredSignals.removeAll()
         inSignalDeliveryStop.removeAll()
-        executor.shutdown()
     }
 
-    /// A tracer dropped without `thaw()` still lets go: ending its thread makes the kernel detach
-    /// every tracee it holds.
+    /// Ends the tracer's thread. The thread outlives `thaw()` so that calls made on a thawed
+    /// tracer still run (and find no threads) instead of waiting forever; and a tracer dropped
+    /// without `thaw()` still lets go: when its thread ends, the kernel detaches every tracee.
     deinit {
-        if !thawed { executor.shutdown() }
+        executor.shutdown()
     }
 
     /// Threads of one process, ascending.
@@ -148,6 +148,13 @@ public actor Tracer {
         } catch .noSuchProcess {
             return nil
         } catch .notPermitted, .permissionDenied {
+            // EPERM has three causes: the thread is already exiting (a zombie thread-group leader
+            // whose other threads still run), another tracer holds it, or we lack the privilege.
+            let status = (try? Kernel.readFile("/proc/\(process)/task/\(tid)/status"))
+                .map { ProcStatus(parsing: String(decoding: $0, as: UTF8.self)) }
+            guard let status, let state = status["State"]?.first else { return nil }
+            if state == "Z" || state == "X" { return nil }
+            if status.tracerPID != 0 { throw .alreadyTraced(process, tracer: status.tracerPID) }
             throw .permissionDenied(process, operation: "trace")
         } catch {
             throw .system(operation: "PTRACE_SEIZE \(tid)", errno: error)

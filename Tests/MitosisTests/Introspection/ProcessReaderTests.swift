@@ -26,6 +26,25 @@ struct ProcessReaderTests {
         #expect(try TargetHealth(pid: child.pid) == before)
     }
 
+    @Test("reads the descriptors of a live child: its stdin and stdout are the harness's pipes")
+    func descriptorsOfChild() throws {
+        let child = try ScenarioProcess("idle")
+        defer { child.stop() }
+        let before = try TargetHealth(pid: child.pid)
+        let descriptors = try ProcessReader.descriptors(pid: child.pid)
+        #expect(descriptors.map(\.fd) == before.descriptors.keys.sorted())
+        for descriptor in descriptors {
+            #expect(descriptor.target == before.descriptors[descriptor.fd])
+        }
+        let stdin = try #require(descriptors.first)
+        #expect(stdin.fd == 0 && stdin.kind == .pipe && stdin.path == nil)
+        #expect("pipe:[\(stdin.inode)]" == stdin.target)
+        #expect(stdin.flagNames.first == "O_RDONLY")
+        #expect(descriptors[1].kind == .pipe && descriptors[1].flagNames.first == "O_WRONLY")
+        #expect(try ProcessReader.descriptor(pid: child.pid, fd: 999) == nil)
+        #expect(try TargetHealth(pid: child.pid) == before)
+    }
+
     @Test("a process that does not exist is .noSuchProcess")
     func missing() throws {
         // pid_max bounds pids; one above it never exists.

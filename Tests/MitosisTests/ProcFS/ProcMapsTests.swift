@@ -101,7 +101,7 @@ struct ProcMapsTests {
         let sizes = try #require(mappings[0].sizes)
         #expect(sizes.size == 8192 && sizes.kernelPageSize == 4096 && sizes.rss == 8192 && sizes.pss == 6144)
         #expect(sizes.sharedClean == 4096 && sizes.privateClean == 4096 && sizes.swap == 12288)
-        #expect(sizes.other == ["FutureThing": 3072])
+        #expect(sizes.other == [NamedSize(name: "FutureThing", bytes: 3072)])
         #expect(mappings[0].vmFlags == ["rd", "mr", "mw", "me"])
         #expect(mappings[1].sizes?.size == 132 * 1024 && mappings[1].sizes?.anonymous == 16 * 1024)
         #expect(mappings[1].vmFlags == ["rd", "wr", "mr", "mw", "me", "gd", "ac"])

@@ -24,11 +24,13 @@ struct TargetHealth: Equatable {
         ProcStatus(parsing: String(decoding: try Kernel.readFile("/proc/\(pid)/status"), as: UTF8.self)).tracerPID
     }
 
-    /// The scheduler state letter of every thread of `pid`.
+    /// The scheduler state letter of every thread of `pid` (a thread that exits while this reads
+    /// is left out).
     static func threadStates(of pid: Int32) throws -> [Int32: Character] {
         var states: [Int32: Character] = [:]
         for name in try Kernel.listDirectory("/proc/\(pid)/task") {
-            let text = String(decoding: try Kernel.readFile("/proc/\(pid)/task/\(name)/stat"), as: UTF8.self)
+            guard let bytes = try? Kernel.readFile("/proc/\(pid)/task/\(name)/stat") else { continue }
+            let text = String(decoding: bytes, as: UTF8.self)
             if let tid = Int32(name), let stat = ProcStat(parsing: text) { states[tid] = stat.state }
         }
         return states

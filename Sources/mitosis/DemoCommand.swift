@@ -1,0 +1,91 @@
+import ArgumentParser
+import Foundation
+import Mitosis
+
+/// Starts the bundled example target (`Examples/DemoTarget`), shows what Mitosis sees in it,
+/// and stops it: the quickest way to see every part of Mitosis on a real process.
+struct DemoCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "demo",
+        abstract: "Run Mitosis on the bundled demo target: inspect, graph, stacks, checkpoints.")
+
+    @Option(help: "The demo target executable (default: mitosis-demo-target next to mitosis).")
+    var target: String?
+
+    func run() async throws {
+        let executable = target ?? URL(fileURLWithPath: Bundle.main.executablePath ?? CommandLine.arguments[0])
+            .deletingLastPathComponent().appendingPathComponent("mitosis-demo-target").path
+        let demo: DemoTarget
+        do { demo = try DemoTarget(executable: executable) } catch { fail(error) }
+        defer { demo.stop() }
+        do {
+            try await show(pid: demo.pid)
+        } catch {
+            fail(error)
+        }
+    }
+
+    private func show(pid: Int32) async throws {
+        heading("inspect \(pid): what /proc tells, without stopping it")
+        print(InspectReport(try Introspector.inspect(pid: pid)).text)
+
+        heading("graph \(pid): resources and how they depend on each other")
+        let graph = try await ResourceGraph.snapshot(of: pid, options: GraphOptions(includeMappings: false), freeze: false)
+        print(graph.text())
+        let closure = graph.closure(of: pid)
+        print("dependency closure: \(closure.processes.count) process(es), \(closure.resources.count) resources to capture, \(closure.external.count) external:")
+        for resource in closure.external { print("  \(resource.id): \(resource.reason)") }
+        print()
+
+        heading("stacks \(pid): every thread, frozen for a moment")
+        let clock = ContinuousClock()
+        let start = clock.now
+        let stacks = try await ProcessStacks.capture(pid: pid)
+        let elapsed = clock.now - start
+        print(stacks.text())
+        print("(\(stacks.threads.count) threads unwound in \(elapsed.formatted(.units(allowed: [.milliseconds], fractionalPart: .show(length: 1)))), target thawed)\n")
+
+        heading("after: the target runs on, untraced")
+        let after = try Introspector.inspect(pid: pid, detailedMemory: false)
+        print("process \(pid): state \(after.identity.state), \(after.threads.count) threads, \(after.fds.count) descriptors")
+    }
+
+    private func heading(_ text: String) {
+        print("== \(text)")
+    }
+}
+
+/// The demo target process: started with a pipe on its stdin, it prints `READY pid=…` once its
+/// state is built and exits when that pipe closes.
+final class DemoTarget {
+    let pid: Int32
+    private let process = Process()
+    private let input = Pipe()
+
+    init(executable: String) throws {
+        guard FileManager.default.isExecutableFile(atPath: executable) else {
+            throw ValidationError("demo target not found at \(executable) (build it with `swift build`)")
+        }
+        let output = Pipe()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.standardInput = input
+        process.standardOutput = output
+        try process.run()
+        pid = process.processIdentifier
+        var line = Data()
+        while !line.contains(UInt8(ascii: "\n")) {
+            let chunk = output.fileHandleForReading.availableData
+            if chunk.isEmpty { throw ValidationError("demo target exited before it was ready") }
+            line += chunk
+        }
+        guard String(decoding: line, as: UTF8.self).hasPrefix("READY") else {
+            throw ValidationError("demo target did not start: \(String(decoding: line, as: UTF8.self))")
+        }
+    }
+
+    /// Closes the target's stdin (its signal to exit) and waits for it.
+    func stop() {
+        try? input.fileHandleForWriting.close()
+        process.waitUntilExit()
+    }
+}

@@ -1,0 +1,226 @@
+import Foundation
+import Glibc
+import Testing
+@testable import Mitosis
+
+@Suite("Tracer hardening")
+struct TracerHardeningTests {
+    /// Waits until `condition` holds (up to about two seconds).
+    private func eventually(_ condition: () throws -> Bool) rethrows -> Bool {
+        for _ in 0..<200 {
+            if try condition() { return true }
+            usleep(10_000)
+        }
+        return false
+    }
+
+    @Test("includeDescendants freezes the whole process tree; thaw releases all of it")
+    func processTree() async throws {
+        let child = try ScenarioProcess("tree")
+        defer { child.stop() }
+        let first = Int32(try child.intFact("first"))
+        let second = Int32(try child.intFact("second"))
+        let grandchild = Int32(try child.intFact("grandchild"))
+        let all = [child.pid, first, second, grandchild]
+        let (pids, counts) = try await withFrozenProcess(child.pid, includeDescendants: true) { tracer async throws in
+            for pid in all {
+                #expect(try TargetHealth.threadStates(of: pid).values.allSatisfy { $0 == "t" }, "process \(pid) frozen")
+            }
+            var counts: [Int32: Int] = [:]
+            for pid in all { counts[pid] = await tracer.threads(of: pid).count }
+            return (await tracer.pids, counts)
+        }
+        #expect(pids == all.sorted())
+        #expect(counts == [child.pid: 1, first: 2, second: 1, grandchild: 1])
+        for pid in all { #expect(try TargetHealth.runsFreely(pid), "process \(pid) runs") }
+        // Without the flag only the root is held.
+        let rootOnly = try await withFrozenProcess(child.pid) { tracer async throws in
+            #expect(try TargetHealth.threadStates(of: first).values.allSatisfy { $0 != "t" })
+            return await tracer.pids
+        }
+        #expect(rootOnly == [child.pid])
+    }
+
+    @Test("a zombie child in the tree is skipped, not an error")
+    func zombieInTree() async throws {
+        let child = try ScenarioProcess("tree")
+        defer { child.stop() }
+        let second = Int32(try child.intFact("second"))
+        kill(second, SIGKILL)  // the scenario does not reap it: it stays a zombie
+        #expect(try eventually { try TargetHealth.threadStates(of: second)[second] == "Z" })
+        let pids = try await withFrozenProcess(child.pid, includeDescendants: true) { await $0.pids }
+        #expect(pids.count == 3)
+        #expect(!pids.contains(second))
+        #expect(try TargetHealth.runsFreely(child.pid))
+    }
+
+    @Test("threads created and exiting while attaching: every live thread is held, none left stopped")
+    func threadsComingAndGoing() async throws {
+        let child = try ScenarioProcess("spawner")
+        defer { child.stop() }
+        for _ in 0..<20 {
+            try await withFrozenProcess(child.pid) { tracer async throws in
+                let held = Set(await tracer.threads(of: child.pid))
+                // A thread caught exiting is a zombie until released: listed, but not held.
+                let live = try TargetHealth.threadStates(of: child.pid).filter { $0.value != "Z" && $0.value != "X" }
+                #expect(Set(live.keys) == held)
+                #expect(live.values.allSatisfy { $0 == "t" })
+            }
+            #expect(try TargetHealth.runsFreely(child.pid))
+        }
+        try child.send("spawned")
+        let spawned = try child.intFact("spawned")
+        usleep(20_000)
+        try child.send("spawned")
+        #expect(try child.intFact("spawned") > spawned)
+    }
+
+    @Test("signals sent while frozen are delivered after thaw")
+    func signalsWhileFrozen() async throws {
+        let child = try ScenarioProcess("signals")
+        defer { child.stop() }
+        try await withFrozenProcess(child.pid) { _ in
+            kill(child.pid, SIGUSR1)
+            kill(child.pid, SIGUSR2)
+            usleep(10_000)
+        }
+        try child.send("count")
+        #expect(try child.fact("usr1") == "1")
+        #expect(try child.fact("usr2") == "1")
+    }
+
+    @Test("a signal pending at attach time stays pending, or is delivered, never eaten")
+    func signalPendingAtAttach() async throws {
+        let child = try ScenarioProcess("signals")
+        defer { child.stop() }
+        try child.send("block")
+        kill(child.pid, SIGUSR1)
+        try await withFrozenProcess(child.pid) { _ in }
+        try child.send("unblock")
+        #expect(try child.fact("usr1") == "1")
+        // Sent just before attaching, unblocked: it may reach the tracer as a signal-delivery-stop.
+        kill(child.pid, SIGUSR1)
+        try await withFrozenProcess(child.pid) { _ in }
+        #expect(try TargetHealth.runsFreely(child.pid))
+        try child.send("count")
+        #expect(try child.fact("usr1") == "2")
+    }
+
+    @Test("task cancellation inside withFrozenProcess detaches")
+    func cancellationDetaches() async throws {
+        let child = try ScenarioProcess("threads", ["2"])
+        defer { child.stop() }
+        let task = Task {
+            try await withFrozenProcess(child.pid) { _ in try await Task.sleep(for: .seconds(30)) }
+        }
+        #expect(try eventually { try TargetHealth.tracer(of: child.pid) != 0 })
+        task.cancel()
+        await #expect(throws: CancellationError.self) { try await task.value }
+        #expect(try TargetHealth.runsFreely(child.pid))
+        try child.send("ping")
+    }
+
+    @Test("a thawed tracer still answers (no threads) instead of hanging")
+    func thawedTracerAnswers() async throws {
+        let child = try ScenarioProcess("idle")
+        defer { child.stop() }
+        let tracer = try await Tracer.freeze(pid: child.pid)
+        await tracer.thaw()
+        #expect(await tracer.threads.isEmpty)
+        await #expect(throws: MitosisError.self) { try await tracer.requireSeized(child.pid) }
+        #expect(try TargetHealth.runsFreely(child.pid))
+    }
+
+    @Test("the tool killed while it holds a target: the target runs on, untraced")
+    func toolKilled() async throws {
+        let child = try ScenarioProcess("threads", ["3"])
+        defer { child.stop() }
+        let tool = try ToolRun.start(ToolRun.mitosis, ["freeze", String(child.pid), "--milliseconds", "5000"])
+        #expect(try eventually {
+            try TargetHealth.tracer(of: child.pid) != 0 && TargetHealth.threadStates(of: child.pid).values.allSatisfy { $0 == "t" }
+        })
+        kill(tool.processIdentifier, SIGKILL)
+        tool.waitUntilExit()
+        #expect(try TargetHealth.runsFreely(child.pid))
+        try child.send("ping")
+    }
+
+    @Test("an already-traced target is refused and its tracer keeps it")
+    func alreadyTraced() async throws {
+        let target = try ScenarioProcess("idle")
+        defer { target.stop() }
+        let other = try ScenarioProcess("tracer-of", [String(target.pid)])
+        defer { other.stop() }
+        await #expect(throws: MitosisError.alreadyTraced(target.pid, tracer: other.pid)) {
+            try await Tracer.freeze(pid: target.pid)
+        }
+        #expect(try TargetHealth.tracer(of: target.pid) == other.pid)
+        let run = try ToolRun(ToolRun.mitosis, ["freeze", String(target.pid)])
+        #expect(run.status == 1)
+        #expect(run.standardError == "mitosis: process \(target.pid) is already traced by \(other.pid); detach that tracer first\n")
+        #expect(try TargetHealth.tracer(of: target.pid) == other.pid)
+    }
+
+    @Test("a traced descendant fails the tree freeze cleanly: everything seized so far is released")
+    func tracedDescendant() async throws {
+        let child = try ScenarioProcess("tree")
+        defer { child.stop() }
+        let grandchild = Int32(try child.intFact("grandchild"))
+        let other = try ScenarioProcess("tracer-of", [String(grandchild)])
+        defer { other.stop() }
+        await #expect(throws: MitosisError.alreadyTraced(grandchild, tracer: other.pid)) {
+            try await Tracer.freeze(pid: child.pid, includeDescendants: true)
+        }
+        #expect(try TargetHealth.runsFreely(child.pid))
+        #expect(try TargetHealth.runsFreely(Int32(try child.intFact("first"))))
+        #expect(try TargetHealth.tracer(of: grandchild) == other.pid)
+    }
+
+    @Test("refuses itself, a zombie, a kernel thread, a missing process")
+    func refusals() async throws {
+        await #expect(throws: MitosisError.isSelf(getpid())) { try await Tracer.freeze(pid: getpid()) }
+        await #expect(throws: MitosisError.kernelThread(2)) { try await Tracer.freeze(pid: 2) }
+        await #expect(throws: MitosisError.noSuchProcess(Int32.max)) { try await Tracer.freeze(pid: Int32.max) }
+        // A thread id that is not a thread-group leader is not a process.
+        let child = try ScenarioProcess("inject")
+        defer { child.stop() }
+        let tid = Int32(try child.intFact("reader_tid"))
+        await #expect(throws: MitosisError.noSuchProcess(tid)) { try await Tracer.freeze(pid: tid) }
+
+        // Foundation's Process reaps its children at once: spawn the zombie-to-be directly.
+        var pid: pid_t = 0
+        let argv: [UnsafeMutablePointer<CChar>?] = [strdup("/bin/true"), nil]
+        defer { free(argv[0]) }
+        #expect(posix_spawn(&pid, "/bin/true", nil, nil, argv, environ) == 0)
+        #expect(try eventually { try TargetHealth.threadStates(of: pid)[pid] == "Z" })
+        await #expect(throws: MitosisError.zombie(pid)) { try await Tracer.freeze(pid: pid) }
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+    }
+
+    @Test("bad pids through the CLI: one line on stderr, exit 1", arguments: [
+        ("abc", "mitosis: 'abc' is not a valid process id\n"),
+        ("0", "mitosis: '0' is not a valid process id\n"),
+        ("2", "mitosis: process 2 is a kernel thread: it has no user space to inspect\n"),
+        ("2147483647", "mitosis: no process with pid 2147483647\n"),
+    ])
+    func cliBadInput(pid: String, message: String) throws {
+        let run = try ToolRun(ToolRun.mitosis, ["freeze", pid])
+        #expect(run.status == 1)
+        #expect(run.standardError == message)
+        #expect(run.standardOutput == "")
+    }
+
+    @Test("without privilege: one line 'permission denied…', exit 1",
+          .enabled(if: getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv"),
+                   "needs root (to drop to nobody) and util-linux setpriv"))
+    func permissionDenied() throws {
+        let child = try ScenarioProcess("idle")
+        defer { child.stop() }
+        let run = try ToolRun(ToolRun.mitosis, ["freeze", String(child.pid)],
+                              prefix: ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+        #expect(run.status == 1)
+        #expect(run.standardError == "mitosis: permission denied to trace process \(child.pid): run as root or with CAP_SYS_PTRACE\n")
+        #expect(try TargetHealth.tracer(of: child.pid) == 0)
+    }
+}

@@ -1,0 +1,256 @@
+// Scenarios for sockets and the resource graph. Each reports the inodes, fds and ports a test
+// asserts. Forked children die with their parent (PR_SET_PDEATHSIG) and hold only the
+// descriptors named in the facts.
+#define _GNU_SOURCE
+#include "scenario.h"
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/if_ether.h>
+#include <linux/netlink.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+static unsigned long inode_of(int fd) {
+    struct stat st;
+    if (fstat(fd, &st) != 0) scenario_fail("fstat %d: %d", fd, errno);
+    return (unsigned long)st.st_ino;
+}
+
+/// Forks a child that dies with this process, keeps only `keep` (count fds), and pauses.
+static pid_t fork_holder(const int *keep, int count) {
+    pid_t parent = getpid();
+    pid_t child = fork();
+    if (child < 0) scenario_fail("fork: %d", errno);
+    if (child > 0) return child;
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(0);
+    for (int fd = 0; fd < 1024; fd++) {
+        int kept = 0;
+        for (int i = 0; i < count; i++) kept |= keep[i] == fd;
+        if (!kept) close(fd);
+    }
+    for (;;) pause();
+}
+
+static int tcp_listener(int family, const char *address, int port) {
+    int fd = socket(family, SOCK_STREAM, 0);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_storage storage;
+    memset(&storage, 0, sizeof storage);
+    socklen_t length;
+    if (family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)&storage;
+        in->sin_family = AF_INET;
+        in->sin_port = htons(port);
+        inet_pton(AF_INET, address, &in->sin_addr);
+        length = sizeof *in;
+    } else {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&storage;
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons(port);
+        inet_pton(AF_INET6, address, &in6->sin6_addr);
+        length = sizeof *in6;
+    }
+    if (bind(fd, (struct sockaddr *)&storage, length) != 0) scenario_fail("bind %s:%d: %d", address, port, errno);
+    if (listen(fd, 16) != 0) scenario_fail("listen: %d", errno);
+    return fd;
+}
+
+static int local_port(int fd) {
+    struct sockaddr_storage storage;
+    socklen_t length = sizeof storage;
+    getsockname(fd, (struct sockaddr *)&storage, &length);
+    return storage.ss_family == AF_INET ? ntohs(((struct sockaddr_in *)&storage)->sin_port)
+                                        : ntohs(((struct sockaddr_in6 *)&storage)->sin6_port);
+}
+
+static int tcp_connect(const char *address, int port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in in = { .sin_family = AF_INET, .sin_port = htons(port) };
+    inet_pton(AF_INET, address, &in.sin_addr);
+    if (connect(fd, (struct sockaddr *)&in, sizeof in) != 0) scenario_fail("connect %s:%d: %d", address, port, errno);
+    return fd;
+}
+
+// `sockets`: one of each kind sock_diag reports. fds: 3 TCP listener 127.0.0.1, 4 TCP listener
+// [::1], 5 UDP 127.0.0.1 (unconnected), 6 UNIX listener on an abstract name, 7 a client
+// connected to it and never accepted, 8/9 a UNIX stream pair with 8 shut down for writing,
+// 10 UNIX dgram bound to a path (the test removes it), 11 netlink route, 12 packet (raw, ETH_P_ALL).
+static int sockets_setup(int argc, char **argv) {
+    (void)argc; (void)argv;
+    int tcp4 = tcp_listener(AF_INET, "127.0.0.1", 0);
+    int tcp6 = tcp_listener(AF_INET6, "::1", 0);
+    int udp = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in in = { .sin_family = AF_INET };
+    inet_pton(AF_INET, "127.0.0.1", &in.sin_addr);
+    if (bind(udp, (struct sockaddr *)&in, sizeof in) != 0) return -1;
+    int listener = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un un = { .sun_family = AF_UNIX };
+    int name_length = snprintf(un.sun_path + 1, sizeof un.sun_path - 1, "mitosis-%d", getpid());
+    socklen_t un_length = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + name_length);
+    if (bind(listener, (struct sockaddr *)&un, un_length) != 0 || listen(listener, 4) != 0) return -1;
+    int client = socket(AF_UNIX, SOCK_STREAM, 0);
+    if (connect(client, (struct sockaddr *)&un, un_length) != 0) return -1;
+    int pair[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, pair) != 0) return -1;
+    shutdown(pair[0], SHUT_WR);
+    if (write(pair[1], "hello", 5) != 5) return -1;  // 5 bytes waiting in 8's receive queue
+    int dgram = socket(AF_UNIX, SOCK_DGRAM, 0);
+    struct sockaddr_un path = { .sun_family = AF_UNIX };
+    snprintf(path.sun_path, sizeof path.sun_path, "/tmp/mitosis-dgram-%d", getpid());
+    unlink(path.sun_path);
+    if (bind(dgram, (struct sockaddr *)&path, sizeof path) != 0) return -1;
+    int netlink = socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
+    struct sockaddr_nl nl = { .nl_family = AF_NETLINK };
+    if (bind(netlink, (struct sockaddr *)&nl, sizeof nl) != 0) return -1;
+    int packet = socket(AF_PACKET, SOCK_RAW, htons(ETH_P_ALL));
+    if (packet < 0) return -1;
+    int fds[] = { tcp4, tcp6, udp, listener, client, pair[0], pair[1], dgram, netlink, packet };
+    for (int i = 0; i < 10; i++) if (fds[i] != 3 + i) scenario_fail("fd %d is %d", 3 + i, fds[i]);
+    scenario_report("tcp4_port", "%d", local_port(tcp4));
+    scenario_report("tcp6_port", "%d", local_port(tcp6));
+    scenario_report("udp_port", "%d", local_port(udp));
+    scenario_report("abstract", "mitosis-%d", getpid());
+    scenario_report("dgram_path", "%s", path.sun_path);
+    for (int fd = 3; fd <= 12; fd++) {
+        char key[16];
+        snprintf(key, sizeof key, "inode%d", fd);
+        scenario_report(key, "%lu", inode_of(fd));
+    }
+    return 0;
+}
+
+SCENARIO(sockets, sockets_setup, NULL)
+
+// `pairs`: the parent holds a pipe's read end (fd 3), one socket of a socketpair (fd 5) and an
+// eventfd (fd 7); a forked child holds the write end (4), the other socket (6) and the same
+// eventfd description (7).
+static int pairs_setup(int argc, char **argv) {
+    (void)argc; (void)argv;
+    int pipes[2], pair[2];
+    if (pipe(pipes) != 0 || socketpair(AF_UNIX, SOCK_STREAM, 0, pair) != 0) return -1;
+    int event = eventfd(0, 0);
+    if (pipes[0] != 3 || pair[0] != 5 || event != 7) scenario_fail("unexpected fds");
+    unsigned long child_socket = inode_of(pair[1]);
+    int keep[] = { 4, 6, 7 };
+    pid_t child = fork_holder(keep, 3);
+    close(4);
+    close(6);
+    scenario_report("child", "%d", child);
+    scenario_report("pipe_inode", "%lu", inode_of(3));
+    scenario_report("parent_socket", "%lu", inode_of(5));
+    scenario_report("child_socket", "%lu", child_socket);
+    return 0;
+}
+SCENARIO(pairs, pairs_setup, NULL)
+
+// `tcp`: a server listening on 127.0.0.1 (fd 3) with a forked child connected to it (child fd 4)
+// and that connection accepted (fd 4). `accept` accepts one more connection (an outside client's)
+// as fd 5.
+static int tcp_listen_fd = -1;
+
+static int tcp_setup(int argc, char **argv) {
+    (void)argc; (void)argv;
+    tcp_listen_fd = tcp_listener(AF_INET, "127.0.0.1", 0);
+    int port = local_port(tcp_listen_fd);
+    int client = tcp_connect("127.0.0.1", port);
+    int keep[] = { client };
+    pid_t child = fork_holder(keep, 1);
+    close(client);
+    int accepted = accept(tcp_listen_fd, NULL, NULL);
+    if (tcp_listen_fd != 3 || client != 4 || accepted != 4) scenario_fail("unexpected fds");
+    struct sockaddr_in peer;
+    socklen_t length = sizeof peer;
+    getpeername(accepted, (struct sockaddr *)&peer, &length);
+    scenario_report("child", "%d", child);
+    scenario_report("port", "%d", port);
+    scenario_report("client_port", "%d", ntohs(peer.sin_port));
+    scenario_report("listen_inode", "%lu", inode_of(3));
+    scenario_report("server_inode", "%lu", inode_of(accepted));
+    return 0;
+}
+
+static int tcp_step(const char *command) {
+    if (strcmp(command, "accept") != 0) return -1;
+    int fd = accept(tcp_listen_fd, NULL, NULL);
+    if (fd < 0) return -1;
+    struct sockaddr_in peer;
+    socklen_t length = sizeof peer;
+    getpeername(fd, (struct sockaddr *)&peer, &length);
+    scenario_report("fd", "%d", fd);
+    scenario_report("inode", "%lu", inode_of(fd));
+    scenario_report("peer_port", "%d", ntohs(peer.sin_port));
+    return 0;
+}
+SCENARIO(tcp, tcp_setup, tcp_step)
+
+// `tcpclient PORT`: connects to 127.0.0.1:PORT as fd 3.
+static int tcpclient_setup(int argc, char **argv) {
+    if (argc < 1) return -1;
+    int fd = tcp_connect("127.0.0.1", atoi(argv[0]));
+    scenario_report("fd", "%d", fd);
+    scenario_report("inode", "%lu", inode_of(fd));
+    scenario_report("local_port", "%d", local_port(fd));
+    return 0;
+}
+SCENARIO(tcpclient, tcpclient_setup, NULL)
+
+// `epoll`: an epoll (fd 3) watching one end of a socketpair (fd 4, the other end is 5) and an
+// eventfd (fd 6).
+static int epoll_setup(int argc, char **argv) {
+    (void)argc; (void)argv;
+    int epoll = epoll_create1(0);
+    int pair[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, pair) != 0) return -1;
+    int event = eventfd(0, 0);
+    struct epoll_event interest = { .events = EPOLLIN };
+    interest.data.fd = pair[0];
+    if (epoll_ctl(epoll, EPOLL_CTL_ADD, pair[0], &interest) != 0) return -1;
+    interest.data.fd = event;
+    if (epoll_ctl(epoll, EPOLL_CTL_ADD, event, &interest) != 0) return -1;
+    if (epoll != 3 || pair[0] != 4 || pair[1] != 5 || event != 6) scenario_fail("unexpected fds");
+    scenario_report("socket", "%lu", inode_of(4));
+    scenario_report("peer", "%lu", inode_of(5));
+    return 0;
+}
+SCENARIO(epoll, epoll_setup, NULL)
+
+// `netns PORT`: moves into a new network namespace, brings up lo, listens on 127.0.0.1:PORT
+// (fd 3), connects to itself (fd 4) and accepts (fd 5).
+static int netns_setup(int argc, char **argv) {
+    int port = argc > 0 ? atoi(argv[0]) : 7777;
+    if (unshare(CLONE_NEWNET) != 0) scenario_fail("unshare(CLONE_NEWNET): %d", errno);
+    int control = socket(AF_INET, SOCK_DGRAM, 0);
+    struct ifreq request;
+    memset(&request, 0, sizeof request);
+    strcpy(request.ifr_name, "lo");
+    request.ifr_flags = IFF_UP | IFF_RUNNING;
+    if (ioctl(control, SIOCSIFFLAGS, &request) != 0) scenario_fail("lo up: %d", errno);
+    close(control);
+    int listener = tcp_listener(AF_INET, "127.0.0.1", port);
+    int client = tcp_connect("127.0.0.1", port);
+    int accepted = accept(listener, NULL, NULL);
+    if (listener != 3 || client != 4 || accepted != 5) scenario_fail("unexpected fds");
+    scenario_report("listen_inode", "%lu", inode_of(3));
+    scenario_report("client_inode", "%lu", inode_of(4));
+    scenario_report("server_inode", "%lu", inode_of(5));
+    scenario_report("client_port", "%d", local_port(4));
+    return 0;
+}
+SCENARIO(netns, netns_setup, NULL)
