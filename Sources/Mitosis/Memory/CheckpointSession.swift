@@ -139,6 +139,8 @@ public actor CheckpointSession {
             let tracer = try await Tracer.freeze(pid: pid)
             let frozenAt = clock.now
             let final: ProcessPageMap
+            let threads: [ThreadState]
+            let descriptors: [OpenDescriptor]
             do {
                 let map = try readPageMap(run)
                 run.invalidate(try tracker.collect(map))
@@ -147,6 +149,8 @@ public actor CheckpointSession {
                 run.copiedFrozen = copied.pageCount()
                 run.staged = run.staged.union(copied)
                 final = map
+                threads = try await tracer.threadStates()
+                descriptors = try ProcessReader.descriptors(pid: pid)
             } catch {
                 await tracer.thaw()
                 run.frozen += clock.now - frozenAt
@@ -167,8 +171,10 @@ public actor CheckpointSession {
             stats.pagesWritten = stored.pageCount()
             stats.bytesWritten = stored.byteCount
             stats.durationNanoseconds = Self.nanoseconds(clock.now - started)
-            let manifest = CheckpointManifest(header: header, tracking: strategy.rawValue,
+            var manifest = CheckpointManifest(header: header, tracking: strategy.rawValue,
                                               mappings: Self.describe(final, stored: stored, inherited: inherited), stats: stats)
+            manifest.threads = threads
+            manifest.descriptors = descriptors
             let committed = try sink.finish(manifest)
             previousValid = stored.union(inherited)
             previous = (committed.id, committed.sequence)

@@ -74,6 +74,10 @@ enum ChainScenario {
         #expect(full.manifest.kind == .full)
         #expect(full.manifest.tracking == (strategy ?? TrackingStrategy.automatic()).rawValue)
         let snapshot1 = try MemorySnapshot.take(pid: child.pid, manifest: full.manifest)
+        // Registers and descriptors were read while frozen: the one thread, the fds it holds.
+        #expect(full.manifest.threads?.map(\.tid) == [child.pid])
+        #expect(full.manifest.descriptors?.map(\.fd) == before.descriptors.keys.sorted())
+        #expect(full.manifest.descriptors?.map(\.target) == before.descriptors.keys.sorted().map { before.descriptors[$0]! })
         // Every data page of the child's regions is stored; the untouched and clean ones are not.
         let stored1 = CheckpointSession.pages(of: full.manifest, in: .stored)
         #expect(stored1.clamped(start: anon, end: anon + 64 * page) == PageSet([.init(start: anon, end: anon + 48 * page)]))
