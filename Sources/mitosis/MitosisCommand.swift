@@ -13,6 +13,8 @@ struct MitosisCommand: AsyncParsableCommand {
             StacksCommand.self,
             GraphCommand.self,
             DemoCommand.self,
+            DumpCommand.self,
+            TrackCommand.self,
         ]
     )
 }

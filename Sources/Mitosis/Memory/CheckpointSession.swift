@@ -1,5 +1,7 @@
 import Foundation
+import Glibc
 import Logging
+import SystemPackage
 
 /// How a `CheckpointSession` works.
 public struct CheckpointOptions: Sendable {
@@ -55,6 +57,8 @@ public actor CheckpointSession {
     private let tracker: DirtyTracker
     private let pageMaps: PageMapReader
     private let memory: MemoryReader
+    /// Pins the target's identity: signals go to it, never to a process that reused its pid.
+    private let pidfd: FileDescriptor
     /// Pages whose bytes in the previous checkpoint of this session are still current.
     private var previousValid = PageSet()
     private var previous: (id: String, sequence: Int)?
@@ -68,6 +72,13 @@ public actor CheckpointSession {
         self.options = options
         let strategy = options.strategy ?? TrackingStrategy.automatic()
         self.strategy = strategy
+        do {
+            pidfd = try Kernel.pidfdOpen(pid)
+        } catch .noSuchProcess {
+            throw MitosisError.noSuchProcess(pid)
+        } catch {
+            throw MitosisError.system(operation: "pidfd_open \(pid)", errno: error)
+        }
         pageMaps = try PageMapReader(pid: pid, method: options.pageMapMethod)
         memory = try MemoryReader(pid: pid)
         tracker = try strategy.makeTracker(pid: pid)
@@ -78,6 +89,7 @@ public actor CheckpointSession {
             tracker.stop()
             pageMaps.close()
             memory.close()
+            try? pidfd.close()
             throw Self.translate(error, pid: pid)
         }
     }
@@ -89,6 +101,19 @@ public actor CheckpointSession {
         tracker.stop()
         pageMaps.close()
         memory.close()
+        try? pidfd.close()
+    }
+
+    /// Kills the target (SIGKILL), for a checkpoint that moves a process rather than copies it:
+    /// call it only once the checkpoint is committed. Stops the session.
+    public func killTarget() throws {
+        guard !stopped else { throw CheckpointError.sessionStopped }
+        defer { stop() }
+        do {
+            try Kernel.pidfdSendSignal(pidfd, SIGKILL)
+        } catch .noSuchProcess {
+            throw CheckpointError.targetExited(pid)
+        }
     }
 
     /// Takes a checkpoint into `sink`: full when `parent` is nil, else incremental over it.
