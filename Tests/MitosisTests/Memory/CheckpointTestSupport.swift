@@ -113,10 +113,29 @@ enum ChainScenario {
         try MemorySnapshot.expectChain(at: scratch.path + "/2", equals: snapshot2)
         #expect(try CheckpointImage.open(scratch.path + "/2").verify().isEmpty)
 
+        // A mapping created since, and a page discarded (MADV_DONTNEED): all of the one stored,
+        // the other recorded as never touched (it reads as zeros again).
+        try child.send("map 5")
+        let fresh = try region("new")
+        try child.send("discard 10")
+        let third = try await session.checkpoint(to: DirectorySink(directory: scratch.path + "/3"),
+                                                 parent: .previous(path: "../2"))
+        let snapshot3 = try MemorySnapshot.take(pid: child.pid, manifest: third.manifest)
+        let stored3 = CheckpointSession.pages(of: third.manifest, in: .stored)
+        #expect(stored3.clamped(start: fresh, end: fresh + 5 * page) == PageSet([.init(start: fresh, end: fresh + 5 * page)]))
+        #expect(stored3.clamped(start: anon, end: anon + 64 * page).isEmpty)
+        #expect(CheckpointSession.pages(of: third.manifest, in: .neverTouched).contains(anon + 10 * page))
+        #expect(CheckpointSession.pages(of: third.manifest, in: .inherited).contains(anon + 3 * page))
+        try MemorySnapshot.expectChain(at: scratch.path + "/3", equals: snapshot3)
+        // The older images still read as the memory of their own instants.
+        try MemorySnapshot.expectChain(at: scratch.path + "/2", equals: snapshot2)
+
+        let afterMap = try TargetHealth(pid: child.pid)
         await session.stop()
         #expect(try TargetHealth.runsFreely(child.pid))
-        #expect(try TargetHealth(pid: child.pid) == before)
-        #expect(try writeProtectedPages(pid: child.pid, manifest: incremental.manifest) == 0)
+        #expect(try TargetHealth(pid: child.pid).descriptors == before.descriptors)
+        #expect(try TargetHealth(pid: child.pid) == afterMap)
+        #expect(try writeProtectedPages(pid: child.pid, manifest: third.manifest) == 0)
     }
 
     /// How many pages of the process still carry a userfaultfd write-protect bit.
