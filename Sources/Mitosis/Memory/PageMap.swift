@@ -128,7 +128,7 @@ public struct PageMapReader: Sendable {
 
     /// Whether a pagemap entry is data.
     static func isData(_ entry: PagemapEntry, fileIsData: Bool) -> Bool {
-        guard entry.isPresent || (entry.isSwapped && !entry.isMarker) else { return false }
+        guard (entry.isPresent && !entry.isZeroPage) || (entry.isSwapped && !entry.isMarker) else { return false }
         return fileIsData || !entry.isFileOrSharedAnonymous
     }
 
