@@ -1,0 +1,243 @@
+import ArgumentParser
+import Foundation
+import Mitosis
+
+/// Checkpoints of a large process, each figure beside its baseline from the same run:
+/// full-checkpoint throughput beside a raw `process_vm_readv` copy; the frozen time of a
+/// consistent checkpoint of a process rewriting 1 % of its pages every 100 ms beside a tool that
+/// copies everything while frozen; incremental bytes beside the bytes the target wrote; and the
+/// target's slowdown while tracking is on.
+///
+/// Needs the scenario program: `swift build -c release --product mitosis-scenario` first.
+struct CheckpointBenchmark: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "checkpoint",
+                                                    abstract: "Checkpoint throughput, freeze time, incremental size and tracking overhead.")
+
+    @Option(help: "Size of the target's memory, in MiB.") var mib = 1024
+    @Option(help: "Percent of pages the target rewrites each interval.") var percent = 1
+    @Option(help: "The target's rewrite interval, in milliseconds.") var intervalMs = 100
+    @Option(help: "Incremental checkpoints to take of the rewriting target.") var checkpoints = 10
+    @Option(help: "Dirty tracking: soft-dirty, uffd-wp or hash (default: the best available).") var track: String?
+    @Option(help: "Where images are written (removed afterwards).") var scratch = NSTemporaryDirectory()
+
+    func run() async throws {
+        let strategy = try track.map { name in
+            guard let strategy = TrackingStrategy(rawValue: name) else { throw ValidationError("unknown strategy \(name)") }
+            return strategy
+        } ?? TrackingStrategy.automatic()
+        let directory = scratch + "/mitosis-bench-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        print("target: \(mib) MiB; tracking: \(strategy.rawValue)")
+        try await throughput(strategy, directory)
+        try await freezeAndIncrements(strategy, directory)
+        try await slowdown(strategy)
+    }
+
+    // MARK: 1. Full checkpoint throughput
+
+    func throughput(_ strategy: TrackingStrategy, _ directory: String) async throws {
+        let target = try ScenarioTarget(["churn", "\(mib)", "0", "0"])
+        defer { target.stop() }
+        let start = try target.address("churn")
+        let length = mib << 20
+        let clock = ContinuousClock()
+        let raw = try clock.measure { try RawCopy.read(pid: target.pid, address: start, length: length) }
+        let session = try await CheckpointSession(pid: target.pid, options: CheckpointOptions(strategy: strategy))
+        let counted = try await session.checkpoint(to: CountingSink())
+        let disk = try await session.checkpoint(to: DirectorySink(directory: directory + "/full"))
+        await session.stop()
+        let gib = Double(length) / Double(1 << 30)
+        func rate(_ d: Duration) -> String { String(format: "%.2f GiB/s", gib / Self.seconds(d)) }
+        let engine = Duration.nanoseconds(Int64(counted.stats.durationNanoseconds))
+        let onDisk = Duration.nanoseconds(Int64(disk.stats.durationNanoseconds))
+        print("""
+            1. full checkpoint of \(mib) MiB (target idle)
+               raw process_vm_readv copy:        \(Self.ms(raw)) (\(rate(raw)))
+               mitosis, pages to a counting sink: \(Self.ms(engine)) (\(rate(engine))), \(String(format: "%.2f", Self.seconds(engine) / Self.seconds(raw)))× raw
+               mitosis, image on disk:           \(Self.ms(onDisk)) (\(rate(onDisk))), \(String(format: "%.2f", Self.seconds(onDisk) / Self.seconds(raw)))× raw
+               frozen: \(Self.ms(counted.stats.frozenNanoseconds)) (counting sink), \(Self.ms(disk.stats.frozenNanoseconds)) (disk)
+            """)
+    }
+
+    // MARK: 2 and 3. Frozen time and incremental size under writes
+
+    func freezeAndIncrements(_ strategy: TrackingStrategy, _ directory: String) async throws {
+        let target = try ScenarioTarget(["churn", "\(mib)", "\(percent)", "\(intervalMs)"])
+        defer { target.stop() }
+        let start = try target.address("churn")
+        let length = mib << 20
+        let clock = ContinuousClock()
+        // A tool that copies everything while the target is frozen.
+        var naive: [Duration] = []
+        for _ in 0..<3 {
+            let tracer = try await Tracer.freeze(pid: target.pid)
+            let frozenAt = clock.now
+            _ = try RawCopy.read(pid: target.pid, address: start, length: length)
+            await tracer.thaw()
+            naive.append(clock.now - frozenAt)
+        }
+        let session = try await CheckpointSession(pid: target.pid, options: CheckpointOptions(strategy: strategy))
+        let full = try await session.checkpoint(to: DirectorySink(directory: directory + "/chain/1"))
+        var frozen: [UInt64] = [], stored: [UInt64] = [], written: [Int] = [], durations: [UInt64] = []
+        var rewrites = try target.counter("rewrites")
+        for number in 2...(checkpoints + 1) {
+            try await Task.sleep(for: .milliseconds(1000))
+            let result = try await session.checkpoint(to: DirectorySink(directory: directory + "/chain/\(number)"),
+                                                      parent: .previous(path: "../\(number - 1)"))
+            let now = try target.counter("rewrites")
+            frozen.append(result.stats.frozenNanoseconds)
+            stored.append(result.stats.bytesWritten)
+            durations.append(result.stats.durationNanoseconds)
+            written.append(now - rewrites)
+            rewrites = now
+        }
+        await session.stop()
+        let page = Int(PagemapFile.pageSize)
+        let storedTotal = stored.reduce(0, +), writtenPages = written.reduce(0, +)
+        print("""
+            2. consistent checkpoint of \(mib) MiB rewriting \(percent) % of its pages every \(intervalMs) ms
+               copy-everything-while-frozen tool: frozen \(Self.ms(Self.median(naive))) (median of \(naive.count))
+               mitosis full checkpoint:           frozen \(Self.ms(full.stats.frozenNanoseconds)), \(full.precopyRounds) pre-copy rounds, \
+            \(full.pagesCopiedFrozen) pages copied frozen, duration \(Self.ms(full.stats.durationNanoseconds))
+               mitosis incremental (1 s apart):   frozen median \(Self.ms(Self.median(frozen))), max \(Self.ms(frozen.max() ?? 0)), \
+            duration median \(Self.ms(Self.median(durations)))
+               ratio frozen (naive / mitosis incremental median): \(String(format: "%.0f", Self.seconds(Self.median(naive)) / (Double(Self.median(frozen)) / 1e9)))×
+            3. incremental size over \(checkpoints) checkpoints
+               pages the target wrote (distinct per interval): \(writtenPages) = \(writtenPages * page >> 20) MiB at page granularity, \
+            \(writtenPages * 64 >> 10) KiB of bytes actually stored by its 64-byte writes
+               mitosis stored: \(storedTotal >> 20) MiB (\(String(format: "%.2f", Double(storedTotal) / Double(max(1, writtenPages * page))))× the pages written)
+            """)
+    }
+
+    // MARK: 4. Target slowdown while tracking
+
+    func slowdown(_ strategy: TrackingStrategy) async throws {
+        // A target rewriting pages as fast as it can (1 % of its pages per round, no pause).
+        let target = try ScenarioTarget(["churn", "\(mib)", "\(percent)", "0"])
+        defer { target.stop() }
+        func rate(for seconds: Double, _ during: () async throws -> Void = {}) async throws -> Double {
+            let before = try target.counter("rewrites")
+            let clock = ContinuousClock()
+            let start = clock.now
+            try await during()
+            while Self.seconds(clock.now - start) < seconds { try await Task.sleep(for: .milliseconds(20)) }
+            return Double(try target.counter("rewrites") - before) / Self.seconds(clock.now - start)
+        }
+        let untracked = try await rate(for: 2)
+        let session = try await CheckpointSession(pid: target.pid, options: CheckpointOptions(strategy: strategy))
+        // Tracking on, and a checkpoint every 500 ms re-arming it (to a counting sink).
+        let clock = ContinuousClock()
+        let start = clock.now
+        let before = try target.counter("rewrites")
+        var taken = 0
+        while Self.seconds(clock.now - start) < 3 {
+            _ = try await session.checkpoint(to: CountingSink(), parent: taken == 0 ? nil : .previous(path: "../x"))
+            taken += 1
+            try await Task.sleep(for: .milliseconds(500))
+        }
+        let tracked = Double(try target.counter("rewrites") - before) / Self.seconds(clock.now - start)
+        await session.stop()
+        let after = try await rate(for: 2)
+        print("""
+            4. target slowdown (page rewrites per second, \(percent) % of \(mib) MiB per round, no pause)
+               untracked: \(Int(untracked))/s; tracked with \(taken) checkpoints: \(Int(tracked))/s; after stop: \(Int(after))/s
+               slowdown while tracking: \(String(format: "%.2f", untracked / max(tracked, 1)))×
+            """)
+    }
+
+    // MARK: Helpers
+
+    static func seconds(_ duration: Duration) -> Double {
+        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+    }
+    static func ms(_ duration: Duration) -> String { String(format: "%.1f ms", seconds(duration) * 1000) }
+    static func ms(_ nanoseconds: UInt64) -> String { String(format: "%.1f ms", Double(nanoseconds) / 1e6) }
+    static func median<T: Comparable>(_ values: [T]) -> T { values.sorted()[values.count / 2] }
+}
+
+/// A sink that keeps nothing: it measures the engine without the disk.
+final class CountingSink: CheckpointSink, @unchecked Sendable {
+    private(set) var bytes = 0
+    func begin(_ header: CheckpointHeader) throws {}
+    func writePages(at address: UInt64, _ pages: UnsafeRawBufferPointer) throws { bytes += pages.count }
+    func finish(_ manifest: CheckpointManifest) throws -> CheckpointManifest { manifest }
+    func abort(reason: String) {}
+}
+
+/// The baseline: one process_vm_readv per 64 MiB into a fresh buffer.
+enum RawCopy {
+    static func read(pid: Int32, address: UInt64, length: Int) throws {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: length, alignment: 4096)
+        defer { buffer.deallocate() }
+        var done = 0
+        while done < length {
+            let count = min(64 << 20, length - done)
+            let n = try Kernel.readMemory(pid: pid, address: address + UInt64(done),
+                                          into: UnsafeMutableRawBufferPointer(rebasing: buffer[done..<done + count]))
+            guard n == count else { throw ValidationError("short read at \(done)") }
+            done += count
+        }
+    }
+}
+
+/// A `mitosis-scenario` process started for a benchmark; it dies when its stdin closes.
+final class ScenarioTarget {
+    let process = Process()
+    private let input = Pipe(), output = Pipe()
+    private var buffered = Data()
+    private(set) var facts: [String: String] = [:]
+    var pid: Int32 { process.processIdentifier }
+
+    init(_ arguments: [String]) throws {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? ""
+        let path = URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent("mitosis-scenario").path
+        guard FileManager.default.isExecutableFile(atPath: path) else {
+            throw ValidationError("\(path) is missing: swift build -c release --product mitosis-scenario")
+        }
+        process.executableURL = URL(fileURLWithPath: path)
+        process.arguments = arguments
+        process.standardInput = input
+        process.standardOutput = output
+        try process.run()
+        try awaitReady()
+    }
+
+    func address(_ key: String) throws -> UInt64 {
+        guard let text = facts[key], let value = UInt64(text.dropFirst(2), radix: 16) else { throw ValidationError("no \(key)") }
+        return value
+    }
+
+    /// Sends `count` and returns the counter the scenario reports as `key`.
+    func counter(_ key: String) throws -> Int {
+        input.fileHandleForWriting.write(Data("count\n".utf8))
+        try awaitReady()
+        guard let value = facts[key].flatMap(Int.init) else { throw ValidationError("no \(key)") }
+        return value
+    }
+
+    private func awaitReady() throws {
+        while true {
+            if let newline = buffered.firstIndex(of: UInt8(ascii: "\n")) {
+                let line = String(decoding: buffered[buffered.startIndex..<newline], as: UTF8.self)
+                buffered.removeSubrange(buffered.startIndex...newline)
+                guard line.hasPrefix("READY") else { throw ValidationError("scenario: \(line)") }
+                facts = [:]
+                for pair in line.dropFirst(5).split(separator: " ") {
+                    let parts = pair.split(separator: "=", maxSplits: 1)
+                    if parts.count == 2 { facts[String(parts[0])] = String(parts[1]) }
+                }
+                return
+            }
+            let chunk = output.fileHandleForReading.availableData
+            if chunk.isEmpty { throw ValidationError("scenario exited") }
+            buffered += chunk
+        }
+    }
+
+    func stop() {
+        try? input.fileHandleForWriting.close()
+        process.terminate()
+        process.waitUntilExit()
+    }
+}
