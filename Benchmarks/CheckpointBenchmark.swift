@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Glibc
 import Mitosis
 
 /// Checkpoints of a large process, each figure beside its baseline from the same run:
@@ -41,8 +42,7 @@ struct CheckpointBenchmark: AsyncParsableCommand {
         defer { target.stop() }
         let start = try target.address("churn")
         let length = mib << 20
-        let clock = ContinuousClock()
-        let raw = try clock.measure { try RawCopy.read(pid: target.pid, address: start, length: length) }
+        let raw = try (0..<2).map { _ in try RawCopy.time(pid: target.pid, address: start, length: length) }.min()!
         let session = try await CheckpointSession(pid: target.pid, options: CheckpointOptions(strategy: strategy))
         let counted = try await session.checkpoint(to: CountingSink())
         let disk = try await session.checkpoint(to: DirectorySink(directory: directory + "/full"))
@@ -73,11 +73,12 @@ struct CheckpointBenchmark: AsyncParsableCommand {
         for _ in 0..<3 {
             let tracer = try await Tracer.freeze(pid: target.pid)
             let frozenAt = clock.now
-            _ = try RawCopy.read(pid: target.pid, address: start, length: length)
+            try RawCopy.read(pid: target.pid, address: start, length: length)
             await tracer.thaw()
             naive.append(clock.now - frozenAt)
         }
         let session = try await CheckpointSession(pid: target.pid, options: CheckpointOptions(strategy: strategy))
+        try FileManager.default.createDirectory(atPath: directory + "/chain", withIntermediateDirectories: true)
         let full = try await session.checkpoint(to: DirectorySink(directory: directory + "/chain/1"))
         var frozen: [UInt64] = [], stored: [UInt64] = [], written: [Int] = [], durations: [UInt64] = []
         var rewrites = try target.counter("rewrites")
@@ -104,8 +105,8 @@ struct CheckpointBenchmark: AsyncParsableCommand {
             duration median \(Self.ms(Self.median(durations)))
                ratio frozen (naive / mitosis incremental median): \(String(format: "%.0f", Self.seconds(Self.median(naive)) / (Double(Self.median(frozen)) / 1e9)))×
             3. incremental size over \(checkpoints) checkpoints
-               pages the target wrote (distinct per interval): \(writtenPages) = \(writtenPages * page >> 20) MiB at page granularity, \
-            \(writtenPages * 64 >> 10) KiB of bytes actually stored by its 64-byte writes
+               pages the target wrote (distinct per interval): \(writtenPages) = \((writtenPages * page) >> 20) MiB at page granularity, \
+            \((writtenPages * 64) >> 10) KiB of bytes actually stored by its 64-byte writes
                mitosis stored: \(storedTotal >> 20) MiB (\(String(format: "%.2f", Double(storedTotal) / Double(max(1, writtenPages * page))))× the pages written)
             """)
     }
@@ -165,11 +166,25 @@ final class CountingSink: CheckpointSink, @unchecked Sendable {
     func abort(reason: String) {}
 }
 
-/// The baseline: one process_vm_readv per 64 MiB into a fresh buffer.
+/// The baseline: one process_vm_readv per 64 MiB.
 enum RawCopy {
+    /// The time to copy into a buffer already touched (the best case for the baseline).
+    static func time(pid: Int32, address: UInt64, length: Int) throws -> Duration {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: length, alignment: 4096)
+        defer { buffer.deallocate() }
+        memset(buffer.baseAddress!, 1, length)
+        let clock = ContinuousClock()
+        return try clock.measure { try read(pid: pid, address: address, length: length, into: buffer) }
+    }
+
+    /// Copies into a fresh buffer, as a tool that copies while frozen would.
     static func read(pid: Int32, address: UInt64, length: Int) throws {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: length, alignment: 4096)
         defer { buffer.deallocate() }
+        try read(pid: pid, address: address, length: length, into: buffer)
+    }
+
+    static func read(pid: Int32, address: UInt64, length: Int, into buffer: UnsafeMutableRawBufferPointer) throws {
         var done = 0
         while done < length {
             let count = min(64 << 20, length - done)
@@ -187,7 +202,8 @@ final class ScenarioTarget {
     private let input = Pipe(), output = Pipe()
     private var buffered = Data()
     private(set) var facts: [String: String] = [:]
-    var pid: Int32 { process.processIdentifier }
+    /// The scenario's own pid, as it reported it.
+    private(set) var pid: Int32 = 0
 
     init(_ arguments: [String]) throws {
         let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? ""
@@ -195,12 +211,16 @@ final class ScenarioTarget {
         guard FileManager.default.isExecutableFile(atPath: path) else {
             throw ValidationError("\(path) is missing: swift build -c release --product mitosis-scenario")
         }
-        process.executableURL = URL(fileURLWithPath: path)
-        process.arguments = arguments
+        // Through a shell: the scenario dies with the thread that spawned it (PR_SET_PDEATHSIG),
+        // and the async runtime's threads come and go. The shell outlives none of it.
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        process.arguments = ["-c", "\"$0\" \"$@\"; exit $?", path] + arguments
         process.standardInput = input
         process.standardOutput = output
         try process.run()
         try awaitReady()
+        guard let reported = facts["pid"].flatMap(Int32.init) else { throw ValidationError("the scenario reported no pid") }
+        pid = reported
     }
 
     func address(_ key: String) throws -> UInt64 {
@@ -235,9 +255,9 @@ final class ScenarioTarget {
         }
     }
 
+    /// Closes the scenario's stdin, which ends it.
     func stop() {
         try? input.fileHandleForWriting.close()
-        process.terminate()
         process.waitUntilExit()
     }
 }

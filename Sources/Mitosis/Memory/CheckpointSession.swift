@@ -188,7 +188,7 @@ public actor CheckpointSession {
             let stored = run.staged.intersection(final.data)
             let inherited = run.inheritable.intersection(final.data).subtracting(stored)
             for range in stored.ranges {
-                for piece in run.staging.pieces(of: range) { try sink.writePages(at: piece.address, UnsafeRawBufferPointer(piece.buffer)) }
+                for piece in try run.staging.pieces(of: range) { try sink.writePages(at: piece.address, UnsafeRawBufferPointer(piece.buffer)) }
             }
             var stats = CheckpointStats()
             stats.frozenNanoseconds = Self.nanoseconds(run.frozen)
@@ -262,30 +262,22 @@ public actor CheckpointSession {
     /// Copies `pages` into the staging area and returns what was copied. `tolerant` (the target
     /// runs) skips pieces unmapped meanwhile: a later round or the freeze takes them.
     private func copy(_ pages: PageSet, _ run: Run, tolerant: Bool) throws -> PageSet {
+        var pieces: [(address: UInt64, buffer: UnsafeMutableRawBufferPointer)] = []
+        for range in pages.ranges { pieces += try run.staging.pieces(of: range) }
+        let failures: [Int: MitosisError]
+        do {
+            failures = try memory.read(pieces)
+        } catch {
+            throw CheckpointError.targetExited(pid)
+        }
+        if !tolerant, let failure = failures.values.first { throw failure }
         var copied = PageSet()
-        for range in pages.ranges {
-            for piece in run.staging.pieces(of: range) {
-                if let failure = readFailure(piece.address, piece.buffer) {
-                    if case .noSuchProcess = failure { throw CheckpointError.targetExited(pid) }
-                    if tolerant { continue }
-                    throw failure
-                }
-                tracker.recordCopied(at: piece.address, UnsafeRawBufferPointer(piece.buffer))
-                copied.insert(start: piece.address, end: piece.address + UInt64(piece.buffer.count))
-            }
+        for (index, piece) in pieces.enumerated() where failures[index] == nil {
+            tracker.recordCopied(at: piece.address, UnsafeRawBufferPointer(piece.buffer))
+            copied.insert(start: piece.address, end: piece.address + UInt64(piece.buffer.count))
         }
         run.copied += copied.pageCount()
         return copied
-    }
-
-    /// The error reading a piece failed with, or nil when it was read whole.
-    private func readFailure(_ address: UInt64, _ buffer: UnsafeMutableRawBufferPointer) -> MitosisError? {
-        do {
-            try memory.read(at: address, into: buffer)
-            return nil
-        } catch {
-            return error
-        }
     }
 
     /// First round over an image from elsewhere: copies `pages`, then keeps as inheritable (and
@@ -297,7 +289,7 @@ public actor CheckpointSession {
         let pageSize = Int(PagemapFile.pageSize)
         var same = PageSet()
         for range in copied.intersection(held).ranges {
-            for piece in run.staging.pieces(of: range) {
+            for piece in try run.staging.pieces(of: range) {
                 let old = try chain.read(address: piece.address, length: piece.buffer.count)
                 old.withUnsafeBytes { old in
                     for offset in stride(from: 0, to: piece.buffer.count, by: pageSize)
