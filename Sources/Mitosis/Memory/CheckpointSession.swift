@@ -30,6 +30,28 @@ public enum CheckpointParent: Sendable {
     case image(CheckpointImage, path: String)
 }
 
+/// A page map updated from an older one: `stable` covers the mappings carried over.
+struct RefreshedPageMap {
+    var map: ProcessPageMap
+    var stable: PageSet
+
+    /// The map once `dirty` is known: a page written in a carried-over mapping is data (or, if it
+    /// was discarded after, reads as zeros — which copying it records just as well).
+    func adding(_ dirty: PageSet) -> ProcessPageMap {
+        var result = map
+        let written = dirty.intersection(stable)
+        guard !written.isEmpty else { return result }
+        result.mappings = result.mappings.map { entry in
+            guard stable.contains(entry.mapping.start) else { return entry }
+            var updated = entry
+            updated.data = entry.data.union(written.clamped(start: entry.mapping.start, end: entry.mapping.end))
+            return updated
+        }
+        result.data = result.data.union(written)
+        return result
+    }
+}
+
 /// A checkpoint taken, with what it cost.
 public struct CheckpointResult: Sendable {
     /// The manifest as the sink stored it.
@@ -147,8 +169,10 @@ public actor CheckpointSession {
             if case .previous = parent { run.inheritable = previousValid }
             // Copy while the target runs, as long as the set left to copy shrinks.
             var left = Int.max
+            var lastMap: ProcessPageMap?
             while run.rounds < options.maxPrecopyRounds {
                 let (map, dirty) = try await observe(run)
+                lastMap = map
                 run.invalidate(dirty)
                 var toCopy = map.data.subtracting(run.inheritable).subtracting(run.staged)
                 if let parentImage, run.rounds == 0 {
@@ -167,8 +191,18 @@ public actor CheckpointSession {
             let threads: [ThreadState]
             let descriptors: [OpenDescriptor]
             do {
-                let map = try readPageMap(run)
-                run.invalidate(try tracker.collect(map))
+                let map: ProcessPageMap
+                if tracker.collectReportsDiscards, let lastMap {
+                    // Reading the page map of a large process takes milliseconds: update the last
+                    // one instead, with the pages written (or discarded) since.
+                    let provisional = try refreshPageMap(lastMap, run)
+                    let dirty = try collectWrites(provisional.map)
+                    run.invalidate(dirty)
+                    map = provisional.adding(dirty)
+                } else {
+                    map = try readPageMap(run)
+                    run.invalidate(try collectWrites(map))
+                }
                 let toCopy = map.data.subtracting(run.inheritable).subtracting(run.staged)
                 let copied = try copy(toCopy, run, tolerant: false)
                 run.copiedFrozen = copied.pageCount()
@@ -237,12 +271,42 @@ public actor CheckpointSession {
         return map
     }
 
+    /// The pages written since the last look. Shared memory counts as written in full unless its
+    /// content is compared (`hash`): other processes write it out of sight of this one's page tables.
+    private func collectWrites(_ map: ProcessPageMap) throws -> PageSet {
+        let dirty = try tracker.collect(map)
+        return tracker.strategy == .hash ? dirty : dirty.union(map.sharedData)
+    }
+
+    /// The page map of now, from `previous` read while the target ran: mappings unchanged since
+    /// keep their data pages (to which `adding` adds the pages collected since), the others are
+    /// classified afresh.
+    private func refreshPageMap(_ previous: ProcessPageMap, _ run: Run) throws -> RefreshedPageMap {
+        let known = Dictionary(previous.mappings.map { ($0.mapping.start, $0) }, uniquingKeysWith: { first, _ in first })
+        var unchanged: [MemoryMapping] = [], changed: [MemoryMapping] = []
+        for mapping in try ProcessReader.mappings(pid: pid, detailed: false) where ProcessPageMap.isCheckpointed(mapping) {
+            if known[mapping.start]?.mapping == mapping { unchanged.append(mapping) } else { changed.append(mapping) }
+        }
+        let fresh = try pageMaps.read(changed)
+        run.pagesScanned += fresh.pagesScanned
+        var map = ProcessPageMap(mappings: [], data: PageSet(), pagesScanned: fresh.pagesScanned)
+        var stable = PageSet()
+        for mapping in unchanged {
+            map.mappings.append(known[mapping.start]!)
+            stable.insert(start: mapping.start, end: mapping.end)
+        }
+        map.mappings += fresh.mappings
+        map.mappings.sort { $0.mapping.start < $1.mapping.start }
+        map.data = PageSet(map.mappings.flatMap(\.data.ranges))
+        return RefreshedPageMap(map: map, stable: stable)
+    }
+
     /// The page map and the pages written since the last look, with the target frozen for the
     /// moment it takes when the tracker needs it.
     private func observe(_ run: Run) async throws -> (ProcessPageMap, PageSet) {
         guard tracker.collectRequiresFreeze else {
             let map = try readPageMap(run)
-            return (map, try tracker.collect(map))
+            return (map, try collectWrites(map))
         }
         let clock = ContinuousClock()
         let tracer = try await Tracer.freeze(pid: pid)
@@ -250,7 +314,7 @@ public actor CheckpointSession {
         let result: Result<(ProcessPageMap, PageSet), any Error>
         do {
             let map = try readPageMap(run)
-            result = .success((map, try tracker.collect(map)))
+            result = .success((map, try collectWrites(map)))
         } catch {
             result = .failure(error)
         }

@@ -25,6 +25,12 @@ public struct ProcessPageMap: Sendable {
     /// Pages examined (the size of every checkpointed mapping).
     public var pagesScanned: Int
 
+    /// Data pages of memory other processes may write too (shared anonymous and SysV memory):
+    /// tracking this process's page tables cannot see their writes.
+    public var sharedData: PageSet {
+        PageSet(mappings.filter { Self.filePagesAreData($0.mapping) }.flatMap(\.data.ranges))
+    }
+
     /// Whether Mitosis keeps a mapping's pages at all: the kernel's own mappings are recreated
     /// by the kernel, not restored.
     public static func isCheckpointed(_ mapping: MemoryMapping) -> Bool {

@@ -102,11 +102,14 @@ enum ChainScenario {
             PageSet(indices.map { PageSet.Range(start: base + $0 * page, end: base + ($0 + 1) * page) })
         }
         #expect(stored2.clamped(start: anon, end: anon + 64 * page) == pages(anon, [3, 7, 8, 50]))
-        #expect(stored2.clamped(start: shared, end: shared + 16 * page) == pages(shared, [1]))
+        // Shared memory may be written by other processes, out of sight of page-table tracking:
+        // only content hashes tell which of its pages changed; the others copy it whole.
+        let sharedWritten = (strategy ?? TrackingStrategy.automatic()) == .hash ? pages(shared, [1]) : pages(shared, Array(0..<16))
+        #expect(stored2.clamped(start: shared, end: shared + 16 * page) == sharedWritten)
         #expect(stored2.clamped(start: file, end: file + 16 * page) == pages(file, [2, 9]))
         #expect(stored2.clamped(start: heap, end: heap + 8 * page) == pages(heap, [5]))
         // Few others: the child's stack, stdio buffers and libc data it touched to read the commands.
-        #expect(incremental.stats.pagesWritten <= 9 + 24, "incremental stored \(incremental.stats.pagesWritten) pages")
+        #expect(incremental.stats.pagesWritten <= sharedWritten.pageCount() + 8 + 24, "incremental stored \(incremental.stats.pagesWritten) pages")
         #expect(incremental.stats.pagesWritten < full.stats.pagesWritten)
 
         try MemorySnapshot.expectChain(at: scratch.path + "/1", equals: snapshot1)
