@@ -32,6 +32,7 @@ struct CheckpointBenchmark: AsyncParsableCommand {
         print("target: \(mib) MiB; tracking: \(strategy.rawValue)")
         try await throughput(strategy, directory)
         try await freezeAndIncrements(strategy, directory)
+        try await incrementSize(strategy)
         try await slowdown(strategy)
     }
 
@@ -80,22 +81,15 @@ struct CheckpointBenchmark: AsyncParsableCommand {
         let session = try await CheckpointSession(pid: target.pid, options: CheckpointOptions(strategy: strategy))
         try FileManager.default.createDirectory(atPath: directory + "/chain", withIntermediateDirectories: true)
         let full = try await session.checkpoint(to: DirectorySink(directory: directory + "/chain/1"))
-        var frozen: [UInt64] = [], stored: [UInt64] = [], written: [Int] = [], durations: [UInt64] = []
-        var rewrites = try target.counter("rewrites")
+        var frozen: [UInt64] = [], durations: [UInt64] = []
         for number in 2...(checkpoints + 1) {
             try await Task.sleep(for: .milliseconds(1000))
             let result = try await session.checkpoint(to: DirectorySink(directory: directory + "/chain/\(number)"),
                                                       parent: .previous(path: "../\(number - 1)"))
-            let now = try target.counter("rewrites")
             frozen.append(result.stats.frozenNanoseconds)
-            stored.append(result.stats.bytesWritten)
             durations.append(result.stats.durationNanoseconds)
-            written.append(now - rewrites)
-            rewrites = now
         }
         await session.stop()
-        let page = Int(PagemapFile.pageSize)
-        let storedTotal = stored.reduce(0, +), writtenPages = written.reduce(0, +)
         print("""
             2. consistent checkpoint of \(mib) MiB rewriting \(percent) % of its pages every \(intervalMs) ms
                copy-everything-while-frozen tool: frozen \(Self.ms(Self.median(naive))) (median of \(naive.count))
@@ -104,10 +98,29 @@ struct CheckpointBenchmark: AsyncParsableCommand {
                mitosis incremental (1 s apart):   frozen median \(Self.ms(Self.median(frozen))), max \(Self.ms(frozen.max() ?? 0)), \
             duration median \(Self.ms(Self.median(durations)))
                ratio frozen (naive / mitosis incremental median): \(String(format: "%.0f", Self.seconds(Self.median(naive)) / (Double(Self.median(frozen)) / 1e9)))×
-            3. incremental size over \(checkpoints) checkpoints
-               pages the target wrote (distinct per interval): \(writtenPages) = \((writtenPages * page) >> 20) MiB at page granularity, \
-            \((writtenPages * 64) >> 10) KiB of bytes actually stored by its 64-byte writes
-               mitosis stored: \(storedTotal >> 20) MiB (\(String(format: "%.2f", Double(storedTotal) / Double(max(1, writtenPages * page))))× the pages written)
+            """)
+    }
+
+    // MARK: 3. Incremental size beside what was written
+
+    func incrementSize(_ strategy: TrackingStrategy) async throws {
+        let target = try ScenarioTarget(["churn", "\(mib)", "0", "0"])
+        defer { target.stop() }
+        let pages = (mib << 20) / Int(PagemapFile.pageSize) * max(percent, 1) / 100 * 10
+        let session = try await CheckpointSession(pid: target.pid, options: CheckpointOptions(strategy: strategy))
+        _ = try await session.checkpoint(to: CountingSink())
+        var stored: [Int] = []
+        for _ in 0..<checkpoints {
+            try target.send("burst \(pages)")
+            stored.append(try await session.checkpoint(to: CountingSink(), parent: .previous(path: "../x")).stats.pagesWritten)
+        }
+        await session.stop()
+        let page = Int(PagemapFile.pageSize)
+        print("""
+            3. incremental size: \(checkpoints) incremental checkpoints, each after the target rewrote \(pages) distinct pages (64 bytes each)
+               pages stored per checkpoint: median \(Self.median(stored)) (\((Self.median(stored) * page) >> 20) MiB), \
+            \(String(format: "%.3f", Double(Self.median(stored)) / Double(pages)))× the pages written; \
+            bytes the target wrote: \((pages * 64) >> 10) KiB
             """)
     }
 
@@ -127,22 +140,23 @@ struct CheckpointBenchmark: AsyncParsableCommand {
         }
         let untracked = try await rate(for: 2)
         let session = try await CheckpointSession(pid: target.pid, options: CheckpointOptions(strategy: strategy))
-        // Tracking on, and a checkpoint every 500 ms re-arming it (to a counting sink).
+        // Tracking on: a full checkpoint, then an incremental one every 200 ms re-arming it.
+        _ = try await session.checkpoint(to: CountingSink())
         let clock = ContinuousClock()
         let start = clock.now
         let before = try target.counter("rewrites")
         var taken = 0
         while Self.seconds(clock.now - start) < 3 {
-            _ = try await session.checkpoint(to: CountingSink(), parent: taken == 0 ? nil : .previous(path: "../x"))
+            try await Task.sleep(for: .milliseconds(200))
+            _ = try await session.checkpoint(to: CountingSink(), parent: .previous(path: "../x"))
             taken += 1
-            try await Task.sleep(for: .milliseconds(500))
         }
         let tracked = Double(try target.counter("rewrites") - before) / Self.seconds(clock.now - start)
         await session.stop()
         let after = try await rate(for: 2)
         print("""
             4. target slowdown (page rewrites per second, \(percent) % of \(mib) MiB per round, no pause)
-               untracked: \(Int(untracked))/s; tracked with \(taken) checkpoints: \(Int(tracked))/s; after stop: \(Int(after))/s
+               untracked: \(Int(untracked))/s; tracked, \(taken) incremental checkpoints in 3 s: \(Int(tracked))/s; after stop: \(Int(after))/s
                slowdown while tracking: \(String(format: "%.2f", untracked / max(tracked, 1)))×
             """)
     }
@@ -228,10 +242,15 @@ final class ScenarioTarget {
         return value
     }
 
+    /// Sends one command and waits for the scenario's answer.
+    func send(_ command: String) throws {
+        input.fileHandleForWriting.write(Data((command + "\n").utf8))
+        try awaitReady()
+    }
+
     /// Sends `count` and returns the counter the scenario reports as `key`.
     func counter(_ key: String) throws -> Int {
-        input.fileHandleForWriting.write(Data("count\n".utf8))
-        try awaitReady()
+        try send("count")
         guard let value = facts[key].flatMap(Int.init) else { throw ValidationError("no \(key)") }
         return value
     }

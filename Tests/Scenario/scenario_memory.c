@@ -9,7 +9,8 @@
 //
 // `churn MIB PERCENT INTERVAL_MS`: a MIB-sized anonymous area, all written, then a thread
 // rewrites PERCENT % of its pages (spread, a different set each time) every INTERVAL_MS.
-// Reports `churn=addr pages=N` and `rewrites=…` (pages written so far) on `ping`.
+// Reports `churn=addr pages=N`; `count` reports `rewrites=…` (pages written so far); `burst N`
+// rewrites the next N pages at once.
 #define _GNU_SOURCE
 #include "scenario.h"
 #include <fcntl.h>
@@ -160,7 +161,18 @@ static int churn_setup(int argc, char **argv) {
     return 0;
 }
 
+static size_t burst_cursor;
+
 static int churn_step(const char *command) {
+    unsigned long burst;
+    if (sscanf(command, "burst %lu", &burst) == 1) {
+        // `burst N`: rewrites the next N pages (64 bytes each), all distinct while N <= pages.
+        for (unsigned long k = 0; k < burst; k++) {
+            memset(churn_area + burst_cursor * PAGE, (int)(k & 0xff), 64);
+            burst_cursor = (burst_cursor + 1) % churn_pages;
+        }
+        return 0;
+    }
     if (strcmp(command, "count") == 0) {
         scenario_report("rewrites", "%lu", (unsigned long)atomic_load(&churn_rewrites));
         return 0;
