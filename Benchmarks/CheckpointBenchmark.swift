@@ -127,37 +127,39 @@ struct CheckpointBenchmark: AsyncParsableCommand {
     // MARK: 4. Target slowdown while tracking
 
     func slowdown(_ strategy: TrackingStrategy) async throws {
-        // A target rewriting pages as fast as it can (1 % of its pages per round, no pause).
-        let target = try ScenarioTarget(["churn", "\(mib)", "\(percent)", "0"])
+        // The rewriting target of part 2: how long each of its rounds of writes takes (pauses
+        // excluded), untracked, with tracking on (incremental checkpoints every second re-arm it,
+        // so each first write to a page after a checkpoint faults), and after tracking stopped.
+        let target = try ScenarioTarget(["churn", "\(mib)", "\(percent)", "\(intervalMs)"])
         defer { target.stop() }
-        func rate(for seconds: Double, _ during: () async throws -> Void = {}) async throws -> Double {
-            let before = try target.counter("rewrites")
-            let clock = ContinuousClock()
-            let start = clock.now
+        func perRound(_ during: () async throws -> Void) async throws -> Double {
+            try target.send("count")
+            let rounds = Int(target.facts["rounds"] ?? "") ?? 0, busy = Int(target.facts["busy_ns"] ?? "") ?? 0
             try await during()
-            while Self.seconds(clock.now - start) < seconds { try await Task.sleep(for: .milliseconds(20)) }
-            return Double(try target.counter("rewrites") - before) / Self.seconds(clock.now - start)
+            try target.send("count")
+            let doneRounds = (Int(target.facts["rounds"] ?? "") ?? 0) - rounds
+            return Double((Int(target.facts["busy_ns"] ?? "") ?? 0) - busy) / Double(max(doneRounds, 1))
         }
-        let untracked = try await rate(for: 2)
+        let untracked = try await perRound { try await Task.sleep(for: .seconds(3)) }
         let session = try await CheckpointSession(pid: target.pid, options: CheckpointOptions(strategy: strategy))
-        // Tracking on: a full checkpoint, then an incremental one every 200 ms re-arming it.
         _ = try await session.checkpoint(to: CountingSink())
-        let clock = ContinuousClock()
-        let start = clock.now
-        let before = try target.counter("rewrites")
         var taken = 0
-        while Self.seconds(clock.now - start) < 3 {
-            try await Task.sleep(for: .milliseconds(200))
-            _ = try await session.checkpoint(to: CountingSink(), parent: .previous(path: "../x"))
-            taken += 1
+        let tracked = try await perRound {
+            for _ in 0..<3 {
+                try await Task.sleep(for: .seconds(1))
+                _ = try await session.checkpoint(to: CountingSink(), parent: .previous(path: "../x"))
+                taken += 1
+            }
         }
-        let tracked = Double(try target.counter("rewrites") - before) / Self.seconds(clock.now - start)
         await session.stop()
-        let after = try await rate(for: 2)
+        let after = try await perRound { try await Task.sleep(for: .seconds(3)) }
+        let pages = (mib << 20) / Int(PagemapFile.pageSize) * percent / 100
         print("""
-            4. target slowdown (page rewrites per second, \(percent) % of \(mib) MiB per round, no pause)
-               untracked: \(Int(untracked))/s; tracked, \(taken) incremental checkpoints in 3 s: \(Int(tracked))/s; after stop: \(Int(after))/s
-               slowdown while tracking: \(String(format: "%.2f", untracked / max(tracked, 1)))×
+            4. target slowdown: time the target of part 2 spends per round of \(pages) page writes
+               untracked \(Self.ms(UInt64(untracked))); tracking on (\(taken) incremental checkpoints) \(Self.ms(UInt64(tracked))); \
+            after stop \(Self.ms(UInt64(after)))
+               slowdown while tracking: \(String(format: "%.2f", tracked / max(untracked, 1)))× per round of writes, \
+            \(String(format: "%.1f", (tracked - untracked) / 1e6 / Double(intervalMs) * 100)) % of the target's time
             """)
     }
 

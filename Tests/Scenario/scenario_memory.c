@@ -9,7 +9,8 @@
 //
 // `churn MIB PERCENT INTERVAL_MS`: a MIB-sized anonymous area, all written, then a thread
 // rewrites PERCENT % of its pages (spread, a different set each time) every INTERVAL_MS.
-// Reports `churn=addr pages=N`; `count` reports `rewrites=…` (pages written so far); `burst N`
+// Reports `churn=addr pages=N`; `count` reports `rewrites=…` (pages written so far), `rounds=…`
+// and `busy_ns=…` (time spent writing, pauses excluded); `burst N`
 // rewrites the next N pages at once.
 #define _GNU_SOURCE
 #include "scenario.h"
@@ -122,7 +123,13 @@ SCENARIO(memory, memory_setup, memory_step)
 static unsigned char *churn_area;
 static size_t churn_pages;
 static int churn_percent, churn_interval_ms;
-static atomic_ulong churn_rewrites;
+static atomic_ulong churn_rewrites, churn_rounds, churn_busy_ns;
+
+static unsigned long monotonic_ns(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (unsigned long)now.tv_sec * 1000000000UL + (unsigned long)now.tv_nsec;
+}
 
 static void *churner(void *arg) {
     (void)arg;
@@ -134,10 +141,13 @@ static void *churner(void *arg) {
         struct timespec pause = { churn_interval_ms / 1000, (long)(churn_interval_ms % 1000) * 1000000L };
         nanosleep(&pause, NULL);
         round++;
+        unsigned long started = monotonic_ns();
         for (size_t k = 0; k < per_round; k++) {
             size_t page = (k * stride + round) % churn_pages;
             memset(churn_area + page * PAGE, (int)(round & 0xff), 64);
         }
+        atomic_fetch_add(&churn_busy_ns, monotonic_ns() - started);
+        atomic_fetch_add(&churn_rounds, 1);
         atomic_fetch_add(&churn_rewrites, per_round);
     }
     return NULL;
@@ -175,6 +185,8 @@ static int churn_step(const char *command) {
     }
     if (strcmp(command, "count") == 0) {
         scenario_report("rewrites", "%lu", (unsigned long)atomic_load(&churn_rewrites));
+        scenario_report("rounds", "%lu", (unsigned long)atomic_load(&churn_rounds));
+        scenario_report("busy_ns", "%lu", (unsigned long)atomic_load(&churn_busy_ns));
         return 0;
     }
     return -1;
