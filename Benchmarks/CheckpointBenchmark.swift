@@ -22,10 +22,12 @@ struct CheckpointBenchmark: AsyncParsableCommand {
     @Option(help: "Where images are written (removed afterwards).") var scratch = NSTemporaryDirectory()
 
     func run() async throws {
-        let strategy = try track.map { name in
+        var chosen = try track.map { name in
             guard let strategy = TrackingStrategy(rawValue: name) else { throw ValidationError("unknown strategy \(name)") }
             return strategy
-        } ?? TrackingStrategy.automatic()
+        }
+        if chosen == nil { chosen = await TrackingStrategy.automatic() }
+        let strategy = chosen!
         let directory = scratch + "/mitosis-bench-" + UUID().uuidString
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }

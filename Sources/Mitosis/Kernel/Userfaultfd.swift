@@ -10,13 +10,6 @@ public struct Userfaultfd: Sendable {
 
     public init(descriptor: FileDescriptor) { self.descriptor = descriptor }
 
-    /// A userfaultfd of this process's own address space (to probe what the kernel offers).
-    /// The corresponding system call is `userfaultfd`.
-    public static func create(flags: Int32) throws(Errno) -> Userfaultfd {
-        let fd = try Kernel.check { mitosis_syscall6(MITOSIS_SYS_userfaultfd, Int(flags), 0, 0, 0, 0, 0) }
-        return Userfaultfd(descriptor: FileDescriptor(rawValue: Int32(fd)))
-    }
-
     /// `UFFD_FEATURE_*` bits.
     public struct Features: OptionSet, Hashable, Sendable {
         public let rawValue: UInt64

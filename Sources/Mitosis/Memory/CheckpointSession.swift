@@ -92,7 +92,9 @@ public actor CheckpointSession {
         try TargetCheck.validate(pid, forTracing: true)
         self.pid = pid
         self.options = options
-        let strategy = options.strategy ?? TrackingStrategy.automatic()
+        var chosen = options.strategy
+        if chosen == nil { chosen = await TrackingStrategy.automatic() }
+        let strategy = chosen!
         self.strategy = strategy
         do {
             pidfd = try Kernel.pidfdOpen(pid)
@@ -114,6 +116,15 @@ public actor CheckpointSession {
             try? pidfd.close()
             throw Self.translate(error, pid: pid)
         }
+    }
+
+    /// A session released without `stop` stops then.
+    deinit {
+        guard !stopped else { return }
+        tracker.stop()
+        pageMaps.close()
+        memory.close()
+        try? pidfd.close()
     }
 
     /// Stops tracking and releases everything the session holds in Mitosis and in the target.

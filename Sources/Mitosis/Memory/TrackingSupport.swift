@@ -10,12 +10,24 @@ extension TrackingStrategy {
         return .hash
     }
 
-    /// The best strategy this kernel offers, found by trying each.
-    public static func automatic() -> TrackingStrategy {
-        best(softDirty: softDirtyWorks, userfaultfdWriteProtect: userfaultfdWriteProtectWorks)
+    /// The strategy `auto` picks from what `mitosis check` found (`soft-dirty`, `pagemap-scan` and
+    /// `uffd-wp-async` probes).
+    public static func best(from report: KernelFeatureReport) -> TrackingStrategy {
+        best(softDirty: report["soft-dirty"]?.supported ?? false,
+             userfaultfdWriteProtect: (report["pagemap-scan"]?.supported ?? false) && (report["uffd-wp-async"]?.supported ?? false))
     }
 
-    /// Whether this kernel offers the strategy (probed once, on Mitosis's own memory).
+    /// The best strategy this kernel offers, as `KernelFeatures` probes it (or, should the probe
+    /// child fail to start, as probed on Mitosis itself).
+    public static func automatic() async -> TrackingStrategy {
+        guard let report = try? await KernelFeatures.check([.softDirty, .pagemapScan, .uffdWriteProtectAsync]) else {
+            return best(softDirty: softDirtyWorks, userfaultfdWriteProtect: userfaultfdWriteProtectWorks)
+        }
+        return best(from: report)
+    }
+
+    /// Whether this kernel offers the strategy (probed once, on Mitosis's own memory: cheap enough
+    /// to decide whether a test runs; `automatic` asks `KernelFeatures`).
     public var isSupported: Bool {
         switch self {
         case .softDirty: return Self.softDirtyWorks
@@ -66,7 +78,8 @@ extension TrackingStrategy {
         guard let pagemap = try? PagemapFile(pid: getpid()) else { return false }
         defer { pagemap.close() }
         guard pagemap.supportsScan() else { return false }
-        guard let uffd = try? Userfaultfd.create(flags: O_CLOEXEC | O_NONBLOCK | MITOSIS_UFFD_USER_MODE_ONLY) else { return false }
+        guard let descriptor = try? Kernel.userfaultfd(flags: O_CLOEXEC | O_NONBLOCK | MITOSIS_UFFD_USER_MODE_ONLY) else { return false }
+        let uffd = Userfaultfd(descriptor: descriptor)
         defer { uffd.close() }
         let wanted: Userfaultfd.Features = [.writeProtectAsync, .writeProtectUnpopulated]
         return (try? uffd.enable(wanted))?.isSuperset(of: wanted) ?? false

@@ -30,6 +30,7 @@ public final class WriteProtectTracker: DirtyTracker, @unchecked Sendable {
     /// refuses the kind): reported written at every look.
     private var untrackable = PageSet()
     private let logger = Logger(label: "mitosis.uffd-wp")
+    private var stopped = false
 
     public init(pid: Int32) throws(MitosisError) {
         self.pid = pid
@@ -112,6 +113,8 @@ public final class WriteProtectTracker: DirtyTracker, @unchecked Sendable {
     }
 
     public func stop() {
+        guard !stopped else { return }
+        stopped = true
         if let userfaultfd {
             for range in registered.ranges {
                 do { try userfaultfd.unregister(start: range.start, end: range.end) } catch {

@@ -80,12 +80,16 @@ extension SoftDirtyTrackingTests {
 
     /// On this kernel: soft-dirty if its bit sets, else uffd-wp if PAGEMAP_SCAN and async
     /// write-protection work, else hash — checked against the kernel independently.
-    @Test func picksTheBestThisKernelOffers() throws {
+    @Test func picksTheBestThisKernelOffers() async throws {
         let pagemap = try PagemapFile(pid: getpid())
         defer { pagemap.close() }
         let expected: TrackingStrategy = TrackingStrategy.softDirty.isSupported ? .softDirty
             : (pagemap.supportsScan() && TrackingStrategy.userfaultfdWriteProtect.isSupported) ? .userfaultfdWriteProtect : .hash
-        #expect(TrackingStrategy.automatic() == expected)
+        #expect(await TrackingStrategy.automatic() == expected)
+        // `mitosis check`'s report and the in-process probes agree.
+        let report = try await KernelFeatures.check([.softDirty, .pagemapScan, .uffdWriteProtectAsync])
+        #expect(TrackingStrategy.best(from: report) == expected)
+        #expect(report["soft-dirty"]?.supported == TrackingStrategy.softDirty.isSupported)
         #expect(TrackingStrategy.hash.isSupported)
         // No strategy the kernel lacks is offered: asking for one fails with the reason.
         for strategy in TrackingStrategy.allCases where !strategy.isSupported {
