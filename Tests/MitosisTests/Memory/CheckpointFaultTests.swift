@@ -32,6 +32,7 @@ final class InterferingSink: CheckpointSink, @unchecked Sendable {
     @Test func targetExitingMidDumpMarksTheImageIncomplete() async throws {
         let child = try ScenarioProcess("memory")
         defer { child.stop() }
+        try child.settle()
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
         let pid = child.pid
@@ -55,6 +56,7 @@ final class InterferingSink: CheckpointSink, @unchecked Sendable {
     func fullDiskFailsCleanlyAndLeavesTheTargetAsItWas() async throws {
         let child = try ScenarioProcess("memory")
         defer { child.stop() }
+        try child.settle()
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
         let small = scratch.path + "/small"
@@ -82,6 +84,7 @@ final class InterferingSink: CheckpointSink, @unchecked Sendable {
     @Test func corruptedImageFailsVerification() async throws {
         let child = try ScenarioProcess("memory")
         defer { child.stop() }
+        try child.settle()
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
         let before = try TargetHealth(pid: child.pid)
@@ -123,6 +126,7 @@ final class InterferingSink: CheckpointSink, @unchecked Sendable {
     @Test func dumpOfAStoppedTargetLeavesItStopped() throws {
         let child = try ScenarioProcess("memory")
         defer { child.stop() }
+        try child.settle()
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
         let before = try TargetHealth(pid: child.pid)
@@ -148,8 +152,9 @@ final class InterferingSink: CheckpointSink, @unchecked Sendable {
         defer { child.stop() }
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
-        let before = try TargetHealth(pid: child.pid)
         let anon = UInt64(try child.fact("anon").dropFirst(2), radix: 16)!
+        try child.settle()
+        let before = try TargetHealth(pid: child.pid)
         let first = try ToolRun(ToolRun.mitosis, ["dump", "\(child.pid)", "--images", scratch.path + "/full"])
         #expect(first.status == 0, "\(first.standardError)")
         #expect(first.standardOutput.hasPrefix("full checkpoint 0 of process \(child.pid)"))
@@ -171,6 +176,7 @@ final class InterferingSink: CheckpointSink, @unchecked Sendable {
     @Test func dumpWithKillKillsOnlyAfterTheImageIsCommitted() throws {
         let child = try ScenarioProcess("memory")
         defer { child.stop() }
+        try child.settle()
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
         let run = try ToolRun(ToolRun.mitosis, ["dump", "\(child.pid)", "--images", scratch.path + "/1", "--kill"])
@@ -184,6 +190,7 @@ final class InterferingSink: CheckpointSink, @unchecked Sendable {
     @Test func trackKeepsAChainOfIncrementalCheckpoints() throws {
         let child = try ScenarioProcess("memory")
         defer { child.stop() }
+        try child.settle()
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
         let before = try TargetHealth(pid: child.pid)
@@ -214,6 +221,7 @@ extension UffdWriteProtectTrackingTests {
     func toolDeathLeavesNoTrace() throws {
         let child = try ScenarioProcess("memory")
         defer { child.stop() }
+        try child.settle()
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
         let before = try TargetHealth(pid: child.pid)

@@ -67,6 +67,7 @@ enum ChainScenario {
         let page = UInt64(try child.intFact("page_size"))
         func region(_ name: String) throws -> UInt64 { UInt64(try child.fact(name).dropFirst(2), radix: 16)! }
         let anon = try region("anon"), shared = try region("shared"), file = try region("file"), heap = try region("heap")
+        try child.settle()
         let before = try TargetHealth(pid: child.pid)
 
         let session = try await CheckpointSession(pid: child.pid, options: CheckpointOptions(strategy: strategy))
@@ -154,5 +155,14 @@ enum ChainScenario {
             count += entries.filter(\.isUffdWriteProtected).count
         }
         return count
+    }
+}
+
+extension ScenarioProcess {
+    /// Waits until the child has read one command: its first read allocates stdio buffers on its
+    /// heap, which would otherwise race with a page map or a snapshot taken right after READY.
+    /// (It resets `facts`: read them first.)
+    func settle() throws {
+        try send("ping")
     }
 }
