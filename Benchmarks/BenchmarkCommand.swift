@@ -13,6 +13,7 @@ struct BenchmarkCommand: AsyncParsableCommand {
             ImageBenchmark.self,
             StacksBenchmark.self,
             GraphBenchmark.self,
+            CheckpointBenchmark.self,
         ]
     )
 }

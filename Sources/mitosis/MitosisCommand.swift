@@ -16,6 +16,8 @@ struct MitosisCommand: AsyncParsableCommand {
             WatchCommand.self,
             DemoCommand.self,
             ImagesCommand.self,
+            DumpCommand.self,
+            TrackCommand.self,
         ]
     )
 }
