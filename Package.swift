@@ -49,6 +49,8 @@ let package = Package(
         ),
         // The bundled demo target that `mitosis demo` starts and inspects.
         .executableTarget(name: "mitosis-demo-target", path: "Examples/DemoTarget"),
+        // Keeps a chain of incremental checkpoints of a pid, through the public API only.
+        .executableTarget(name: "mitosis-incremental-chain", dependencies: ["Mitosis"], path: "Examples/IncrementalChain"),
         // Builds one known scenario per test (threads, fds, sockets, memory…) and reports it ready.
         .executableTarget(name: "mitosis-scenario", path: "Tests/Scenario"),
         // Benchmarks stay out of the test suite: `swift run -c release mitosis-bench --help`.

@@ -9,6 +9,7 @@ struct BenchmarkCommand: AsyncParsableCommand {
         abstract: "Measure Mitosis beside the tools people compare it with.",
         subcommands: [
             FreezeBenchmark.self,
+            CheckpointBenchmark.self,
         ]
     )
 }

@@ -1,5 +1,7 @@
+#define _GNU_SOURCE
 #include "mitosis_memory.h"
 #include <sys/ioctl.h>
+#include <sys/uio.h>
 
 int mitosis_uffdio_api(int fd, uint64_t features, uint64_t *offered_features, uint64_t *ioctls) {
     struct uffdio_api api = { .api = UFFD_API, .features = features };
@@ -28,4 +30,9 @@ int mitosis_uffdio_writeprotect(int fd, uint64_t start, uint64_t length, uint64_
 
 long mitosis_pagemap_scan(int fd, struct pm_scan_arg *arg) {
     return ioctl(fd, PAGEMAP_SCAN, arg);
+}
+
+ssize_t mitosis_process_vm_readv(pid_t pid, const struct iovec *local, unsigned long local_count,
+                                 const struct iovec *remote, unsigned long remote_count) {
+    return process_vm_readv(pid, local, local_count, remote, remote_count, 0);
 }

@@ -17,6 +17,12 @@ public enum MitosisError: Error, Equatable, Sendable, CustomStringConvertible {
     case alreadyTraced(Int32, tracer: Int32)
     /// The kernel refused access: Mitosis needs root or CAP_SYS_PTRACE (and a permissive Yama scope).
     case permissionDenied(Int32, operation: String)
+    /// A thread did not reach a ptrace-stop in time (uninterruptible sleep, or waiting for a
+    /// `vfork` child); the freeze was abandoned and the process left running.
+    case stopTimedOut(Int32, tid: Int32, after: Duration)
+    /// Another `waitpid` in this process collected the ptrace-stop of a thread, so Mitosis cannot
+    /// follow it — typically Foundation's `Process`, which reaps the children it launched.
+    case stopCollectedElsewhere(Int32, tid: Int32)
     /// The kernel lacks a feature this operation needs.
     case unsupported(feature: String, detail: String)
     /// A system call failed in a way none of the cases above explains.
@@ -33,6 +39,10 @@ public enum MitosisError: Error, Equatable, Sendable, CustomStringConvertible {
             return "process \(pid) is already traced by \(tracer); detach that tracer first"
         case .permissionDenied(let pid, let operation):
             return "permission denied to \(operation) process \(pid): run as root or with CAP_SYS_PTRACE"
+        case .stopTimedOut(let pid, let tid, let after):
+            return "thread \(tid) of process \(pid) did not stop within \(after) (uninterruptible sleep, or waiting for a vfork child); it was left running"
+        case .stopCollectedElsewhere(let pid, let tid):
+            return "the stop of thread \(tid) of process \(pid) was collected by another waitpid in this process (Foundation's Process reaps the children it launched): start the target with posix_spawn to freeze it"
         case .unsupported(let feature, let detail): return "this kernel does not support \(feature): \(detail)"
         case .system(let operation, let errno): return "\(operation) failed: \(errno)"
         }

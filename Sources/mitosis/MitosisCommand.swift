@@ -9,10 +9,13 @@ struct MitosisCommand: AsyncParsableCommand {
         abstract: "Attach to a running Linux process, see everything it holds, and copy it.",
         subcommands: [
             FreezeCommand.self,
+            CheckCommand.self,
             InspectCommand.self,
             StacksCommand.self,
             GraphCommand.self,
             DemoCommand.self,
+            DumpCommand.self,
+            TrackCommand.self,
         ]
     )
 }

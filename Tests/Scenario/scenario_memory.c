@@ -9,7 +9,9 @@
 //
 // `churn MIB PERCENT INTERVAL_MS`: a MIB-sized anonymous area, all written, then a thread
 // rewrites PERCENT % of its pages (spread, a different set each time) every INTERVAL_MS.
-// Reports `churn=addr pages=N` and `rewrites=…` (pages written so far) on `ping`.
+// Reports `churn=addr pages=N`; `count` reports `rewrites=…` (pages written so far), `rounds=…`
+// and `busy_ns=…` (time spent writing, pauses excluded); `burst N`
+// rewrites the next N pages at once.
 #define _GNU_SOURCE
 #include "scenario.h"
 #include <fcntl.h>
@@ -37,8 +39,28 @@ static const char *region_names[REGIONS] = { "anon", "shared", "file", "heap" };
 static unsigned char *regions[REGIONS];
 static const int region_pages[REGIONS] = { 64, 16, 16, 8 };
 
+/// The kernel rewrites a thread's rseq area (its CPU number) whenever it resumes on another CPU,
+/// e.g. after a thaw: memory read after a checkpoint would then differ from memory at the
+/// checkpoint. Re-executes this scenario with glibc's rseq registration off, once.
+static void without_rseq(void) {
+    if (getenv("MITOSIS_SCENARIO_NO_RSEQ")) return;
+    static char cmdline[4096];
+    int fd = open("/proc/self/cmdline", O_RDONLY);
+    ssize_t length = fd < 0 ? -1 : read(fd, cmdline, sizeof cmdline - 1);
+    if (fd >= 0) close(fd);
+    if (length <= 0) return;
+    char *args[64];
+    int count = 0;
+    for (char *p = cmdline; p < cmdline + length && count < 63; p += strlen(p) + 1) args[count++] = p;
+    args[count] = NULL;
+    setenv("MITOSIS_SCENARIO_NO_RSEQ", "1", 1);
+    setenv("GLIBC_TUNABLES", "glibc.pthread.rseq=0", 1);
+    execv("/proc/self/exe", args);
+}
+
 static int memory_setup(int argc, char **argv) {
     (void)argc; (void)argv;
+    without_rseq();
     regions[ANON] = mmap(NULL, 64 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     regions[SHARED] = mmap(NULL, 16 * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     char path[] = "/tmp/mitosis-memory-XXXXXX";
@@ -101,7 +123,13 @@ SCENARIO(memory, memory_setup, memory_step)
 static unsigned char *churn_area;
 static size_t churn_pages;
 static int churn_percent, churn_interval_ms;
-static atomic_ulong churn_rewrites;
+static atomic_ulong churn_rewrites, churn_rounds, churn_busy_ns;
+
+static unsigned long monotonic_ns(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (unsigned long)now.tv_sec * 1000000000UL + (unsigned long)now.tv_nsec;
+}
 
 static void *churner(void *arg) {
     (void)arg;
@@ -113,16 +141,20 @@ static void *churner(void *arg) {
         struct timespec pause = { churn_interval_ms / 1000, (long)(churn_interval_ms % 1000) * 1000000L };
         nanosleep(&pause, NULL);
         round++;
+        unsigned long started = monotonic_ns();
         for (size_t k = 0; k < per_round; k++) {
             size_t page = (k * stride + round) % churn_pages;
             memset(churn_area + page * PAGE, (int)(round & 0xff), 64);
         }
+        atomic_fetch_add(&churn_busy_ns, monotonic_ns() - started);
+        atomic_fetch_add(&churn_rounds, 1);
         atomic_fetch_add(&churn_rewrites, per_round);
     }
     return NULL;
 }
 
 static int churn_setup(int argc, char **argv) {
+    without_rseq();
     size_t mib = argc > 0 ? (size_t)atol(argv[0]) : 1024;
     churn_percent = argc > 1 ? atoi(argv[1]) : 1;
     churn_interval_ms = argc > 2 ? atoi(argv[2]) : 100;
@@ -139,9 +171,22 @@ static int churn_setup(int argc, char **argv) {
     return 0;
 }
 
+static size_t burst_cursor;
+
 static int churn_step(const char *command) {
+    unsigned long burst;
+    if (sscanf(command, "burst %lu", &burst) == 1) {
+        // `burst N`: rewrites the next N pages (64 bytes each), all distinct while N <= pages.
+        for (unsigned long k = 0; k < burst; k++) {
+            memset(churn_area + burst_cursor * PAGE, (int)(k & 0xff), 64);
+            burst_cursor = (burst_cursor + 1) % churn_pages;
+        }
+        return 0;
+    }
     if (strcmp(command, "count") == 0) {
         scenario_report("rewrites", "%lu", (unsigned long)atomic_load(&churn_rewrites));
+        scenario_report("rounds", "%lu", (unsigned long)atomic_load(&churn_rounds));
+        scenario_report("busy_ns", "%lu", (unsigned long)atomic_load(&churn_busy_ns));
         return 0;
     }
     return -1;

@@ -14,6 +14,7 @@
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 
 static void sleep_ms(long ms) {
     struct timespec t = { ms / 1000, (ms % 1000) * 1000000L };
@@ -240,3 +241,36 @@ static int tree_setup(int argc, char **argv) {
     return 0;
 }
 SCENARIO(tree, tree_setup, NULL)
+
+// MARK: vfork-wait MS — a thread stuck waiting for a vfork child that sleeps MS milliseconds.
+
+static long vfork_child_ms;
+static volatile pid_t vforker_tid;
+
+static void *vforker_main(void *arg) {
+    (void)arg;
+    vforker_tid = (pid_t)syscall(SYS_gettid);
+    pid_t child = vfork();
+    if (child == 0) {
+        // Shares the parent's memory: only raw system calls until _exit.
+        struct timespec t = { vfork_child_ms / 1000, (vfork_child_ms % 1000) * 1000000L };
+        syscall(SYS_nanosleep, &t, NULL);
+        _exit(0);
+    }
+    if (child > 0) waitpid(child, NULL, 0);
+    for (;;) pause();
+    return NULL;
+}
+
+static int vfork_wait_setup(int argc, char **argv) {
+    vfork_child_ms = argc > 0 ? atol(argv[0]) : 1000;
+    pthread_t thread;
+    if (pthread_create(&thread, NULL, vforker_main, NULL) != 0) return -1;
+    while (!vforker_tid) sleep_ms(1);
+    sleep_ms(20);  // let it reach the vfork wait
+    scenario_report("vforker_tid", "%d", vforker_tid);
+    return 0;
+}
+// Registered by hand: the SCENARIO macro cannot spell a name with a hyphen.
+static scenario scenario_vfork_wait = { "vfork-wait", vfork_wait_setup, NULL, 0 };
+__attribute__((constructor)) static void register_vfork_wait(void) { scenario_register(&scenario_vfork_wait); }

@@ -7,5 +7,6 @@
 #include "mitosis_memory.h"
 #include "mitosis_procfs.h"
 #include "mitosis_injection.h"
+#include "mitosis_check.h"
 #include "mitosis_threads.h"
 #endif

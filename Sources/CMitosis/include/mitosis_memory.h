@@ -6,6 +6,8 @@
 #include <linux/types.h>
 #include <linux/ioctl.h>
 #include <linux/userfaultfd.h>
+#include <sys/types.h>
+#include <sys/uio.h>
 
 // --- PAGEMAP_SCAN (Linux 6.7+, <linux/fs.h>) ---
 #ifndef PAGEMAP_SCAN
@@ -70,6 +72,9 @@ int mitosis_uffdio_register(int fd, uint64_t start, uint64_t length, uint64_t mo
 int mitosis_uffdio_unregister(int fd, uint64_t start, uint64_t length);
 /// UFFDIO_WRITEPROTECT of [start, start+length); `mode` is UFFDIO_WRITEPROTECT_MODE_WP or 0.
 int mitosis_uffdio_writeprotect(int fd, uint64_t start, uint64_t length, uint64_t mode);
+/// process_vm_readv with many ranges at once (up to IOV_MAX each side); returns bytes read or -1.
+ssize_t mitosis_process_vm_readv(pid_t pid, const struct iovec *local, unsigned long local_count,
+                                 const struct iovec *remote, unsigned long remote_count);
 /// PAGEMAP_SCAN on an open /proc/PID/pagemap; returns the number of regions filled or -1.
 long mitosis_pagemap_scan(int fd, struct pm_scan_arg *arg);
 

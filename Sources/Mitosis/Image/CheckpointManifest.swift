@@ -172,6 +172,11 @@ public struct CheckpointManifest: Codable, Sendable, Equatable {
     public var pageIndex: PageIndexSummary
     /// Filled in by the sink: size and checksum of `pages.index` and `pages.data`.
     public var files: [String: FileDigest]
+    /// Registers, extended state and signal state of every thread, read while the process was
+    /// frozen (absent from images written without them).
+    public var threads: [ThreadState]?
+    /// The open descriptors at the freeze (absent from images written without them).
+    public var descriptors: [OpenDescriptor]?
 
     /// A manifest for the checkpoint `header` began; the sink fills `pageIndex` and `files`.
     public init(header: CheckpointHeader, tracking: String, mappings: [CheckpointMapping], stats: CheckpointStats = CheckpointStats()) {

@@ -62,13 +62,13 @@ extension Tracer {
     public func injectMmap(length: Int, protection: Int32 = PROT_READ | PROT_WRITE,
                            flags: Int32 = MAP_PRIVATE | MAP_ANONYMOUS, fd: Int32 = -1, offset: Int = 0,
                            address: UInt64 = 0, in tid: Int32? = nil) throws -> UInt64 {
-        try performSyscall(MITOSIS_SYS_mmap, [address, UInt64(length), UInt64(protection), UInt64(flags),
+        try performSyscall(SyscallNumber.mmap, [address, UInt64(length), UInt64(protection), UInt64(flags),
                                                UInt64(bitPattern: Int64(fd)), UInt64(offset)], in: tid)
     }
 
     /// Unmaps memory in the target. The corresponding system call is `munmap`.
     public func injectMunmap(address: UInt64, length: Int, in tid: Int32? = nil) throws {
-        _ = try performSyscall(MITOSIS_SYS_munmap, [address, UInt64(length)], in: tid)
+        _ = try performSyscall(SyscallNumber.munmap, [address, UInt64(length)], in: tid)
     }
 
     /// Runs a system call that returns a new file descriptor in the target, brings that open file
@@ -83,11 +83,11 @@ extension Tracer {
             defer { try? pidfd.close() }
             local = try Kernel.pidfdGetfd(pidfd, Int32(truncatingIfNeeded: targetFD))
         } catch {
-            _ = try? injectSyscall(MITOSIS_SYS_close, [targetFD], in: thread.tid)
+            _ = try? injectSyscall(SyscallNumber.close, [targetFD], in: thread.tid)
             throw error
         }
         do {
-            _ = try performSyscall(MITOSIS_SYS_close, [targetFD], in: thread.tid)
+            _ = try performSyscall(SyscallNumber.close, [targetFD], in: thread.tid)
         } catch {
             try? local.close()
             throw error
@@ -101,7 +101,7 @@ extension Tracer {
     /// without CAP_SYS_PTRACE when `vm.unprivileged_userfaultfd` is 0).
     /// The corresponding system call is `userfaultfd`.
     public func createTargetUserfaultfd(flags: Int32 = O_CLOEXEC | O_NONBLOCK, in tid: Int32? = nil) throws -> FileDescriptor {
-        try openInTarget(MITOSIS_SYS_userfaultfd, [UInt64(UInt32(bitPattern: flags))], in: tid)
+        try openInTarget(SyscallNumber.userfaultfd, [UInt64(UInt32(bitPattern: flags))], in: tid)
     }
 
     // MARK: Mechanics

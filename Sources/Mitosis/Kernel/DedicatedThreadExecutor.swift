@@ -10,7 +10,8 @@ import Foundation
 public final class DedicatedThreadExecutor: SerialExecutor, @unchecked Sendable {
     private let condition = NSCondition()
     private var jobs: [UnownedJob] = []
-    private var closures: [() -> Void] = []
+    /// Work from `sync`, with the semaphore its caller waits on.
+    private var closures: [(run: () -> Void, done: DispatchSemaphore)] = []
     private var stopping = false
     private var thread: Thread!
     /// The kernel thread id of the executor's thread, known once it has started.
@@ -37,10 +38,16 @@ public final class DedicatedThreadExecutor: SerialExecutor, @unchecked Sendable 
                 return
             }
             let job = jobs.isEmpty ? nil : jobs.removeFirst()
-            let closure = job == nil ? closures.removeFirst() : nil
+            var closure = job == nil ? closures.removeFirst() : nil
             condition.unlock()
             if let job { job.runSynchronously(on: asUnownedSerialExecutor()) }
-            closure?()
+            if let done = closure?.done {
+                closure?.run()
+                // Release the closure before waking its caller: `sync` hands over a non-escaping
+                // closure, which must be gone when the caller returns.
+                closure = nil
+                done.signal()
+            }
         }
     }
 
@@ -64,10 +71,7 @@ public final class DedicatedThreadExecutor: SerialExecutor, @unchecked Sendable 
             let done = DispatchSemaphore(value: 0)
             let box = UnsafeSendableBox(escapable)
             condition.lock()
-            closures.append {
-                result = Result { try box.value() }
-                done.signal()
-            }
+            closures.append((run: { result = Result { try box.value() } }, done: done))
             condition.signal()
             condition.unlock()
             done.wait()

@@ -19,6 +19,14 @@ public struct PagemapEntry: RawRepresentable, Hashable, Sendable {
     public var isExclusive: Bool { rawValue & (1 << 56) != 0 }
     /// Bit 55: the PTE is soft-dirty (written since the last `clear_refs` 4).
     public var isSoftDirty: Bool { rawValue & (1 << 55) != 0 }
+    /// A PTE marker (userfaultfd write-protection of a page that holds nothing), which the kernel
+    /// reports as swapped with swap type 31 (`SWP_PTE_MARKER`, the last type). The type is shown
+    /// to CAP_SYS_ADMIN only; without it a marker reads as a swapped page.
+    public var isMarker: Bool { isSwapped && rawValue & 0x1f == 0x1f }
+    /// Bits 0–54 of a present page: its page frame number (0 unless the reader has CAP_SYS_ADMIN).
+    public var frame: UInt64 { rawValue & ((1 << 55) - 1) }
+    /// Whether the page is the shared zero page (read, never written), when frames are shown.
+    public var isZeroPage: Bool { isPresent && PagemapFile.zeroPageFrame.map { $0 != 0 && frame == $0 } ?? false }
 }
 
 /// Page categories of `PAGEMAP_SCAN` (`PAGE_IS_*`).
@@ -141,6 +149,20 @@ public struct PagemapFile: Sendable {
         }
         return regions
     }
+
+    /// The frame number of the shared zero page, learned by reading a fresh anonymous page of
+    /// Mitosis itself; nil when frames are hidden. The corresponding system calls are `mmap`/`munmap`.
+    static let zeroPageFrame: UInt64? = {
+        let size = Int(pageSize)
+        guard let page = mmap(nil, size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), page != MAP_FAILED else { return nil }
+        defer { munmap(page, size) }
+        _ = page.load(as: UInt8.self)
+        guard let file = try? PagemapFile(pid: getpid()) else { return nil }
+        defer { file.close() }
+        let entry = try? file.entries(at: UInt64(UInt(bitPattern: page)), count: 1).first
+        guard let entry, entry.isPresent, entry.frame != 0 else { return nil }
+        return entry.frame
+    }()
 
     /// Whether this kernel has `PAGEMAP_SCAN` (6.7+): an empty scan of page 0 succeeds.
     public func supportsScan() -> Bool {

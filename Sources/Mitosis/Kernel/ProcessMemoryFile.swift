@@ -1,3 +1,4 @@
+import CMitosis
 import Glibc
 import SystemPackage
 
@@ -27,4 +28,20 @@ public struct ProcessMemoryFile: Sendable {
     }
 
     public func close() { try? descriptor.close() }
+}
+
+extension Kernel {
+    /// The most ranges one `readMemory(pid:pieces:)` call takes (`IOV_MAX`).
+    public static let maxMemoryPieces = 1024
+
+    /// Reads many ranges of `pid`'s memory in one call: `pieces[i].buffer.count` bytes at
+    /// `pieces[i].address` into each buffer, in order, at most `maxMemoryPieces` of them. Returns
+    /// the bytes read, which stop short at the first range that cannot be read.
+    /// The corresponding system call is `process_vm_readv`.
+    public static func readMemory(pid: Int32, pieces: ArraySlice<(address: UInt64, buffer: UnsafeMutableRawBufferPointer)>) throws(Errno) -> Int {
+        precondition(pieces.count <= maxMemoryPieces)
+        var local = pieces.map { iovec(iov_base: $0.buffer.baseAddress, iov_len: $0.buffer.count) }
+        var remote = pieces.map { iovec(iov_base: UnsafeMutableRawPointer(bitPattern: UInt($0.address)), iov_len: $0.buffer.count) }
+        return try check { mitosis_process_vm_readv(pid, &local, UInt(local.count), &remote, UInt(remote.count)) }
+    }
 }

@@ -64,5 +64,12 @@ public final class HashTracker: DirtyTracker, @unchecked Sendable {
         }
     }
 
-    public func stop() { reader.close() }
+    private var stopped = false
+
+    public func stop() {
+        guard !stopped else { return }
+        stopped = true
+        hashes = [:]
+        reader.close()
+    }
 }

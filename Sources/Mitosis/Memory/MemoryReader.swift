@@ -18,6 +18,35 @@ struct MemoryReader: Sendable {
 
     func close() { memory.close() }
 
+    /// Reads many pieces, up to `Kernel.maxMemoryPieces` per system call; returns the indices of
+    /// the pieces that could not be read whole, with why. Throws only when the target is gone.
+    func read(_ pieces: [(address: UInt64, buffer: UnsafeMutableRawBufferPointer)]) throws(MitosisError) -> [Int: MitosisError] {
+        var failures: [Int: MitosisError] = [:]
+        var start = 0
+        while start < pieces.count {
+            let batch = pieces[start..<min(start + Kernel.maxMemoryPieces, pieces.count)]
+            var done = (try? Kernel.readMemory(pid: pid, pieces: batch)) ?? 0
+            var index = start
+            // Pieces wholly read; from the first short one on, piece by piece (with the fallback).
+            while index < batch.endIndex, done >= pieces[index].buffer.count {
+                done -= pieces[index].buffer.count
+                index += 1
+            }
+            while index < batch.endIndex {
+                do {
+                    try read(at: pieces[index].address, into: pieces[index].buffer)
+                } catch .noSuchProcess(let pid) {
+                    throw .noSuchProcess(pid)
+                } catch {
+                    failures[index] = error
+                }
+                index += 1
+            }
+            start = batch.endIndex
+        }
+        return failures
+    }
+
     /// Fills `buffer` with the target's bytes at `address`, or throws: a page that vanished
     /// (unmapped meanwhile) or a target that exited.
     func read(at address: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(MitosisError) {

@@ -25,6 +25,12 @@ public struct ProcessPageMap: Sendable {
     /// Pages examined (the size of every checkpointed mapping).
     public var pagesScanned: Int
 
+    /// Data pages of memory other processes may write too (shared anonymous and SysV memory):
+    /// tracking this process's page tables cannot see their writes.
+    public var sharedData: PageSet {
+        PageSet(mappings.filter { Self.filePagesAreData($0.mapping) }.flatMap(\.data.ranges))
+    }
+
     /// Whether Mitosis keeps a mapping's pages at all: the kernel's own mappings are recreated
     /// by the kernel, not restored.
     public static func isCheckpointed(_ mapping: MemoryMapping) -> Bool {
@@ -102,7 +108,14 @@ public struct PageMapReader: Sendable {
             request.returned = [.present, .swapped, .file, .pfnZero]
             var data = PageSet()
             for region in try pagemap.scan(request) where Self.isData(region.categories, fileIsData: fileIsData) {
-                data.insert(start: region.start, end: region.end)
+                if region.categories.contains(.swapped) {
+                    // Swapped or a PTE marker: only the entries tell.
+                    data = data.union(try Self.dataPages(start: region.start, end: region.end, fileIsData: fileIsData) { address, count throws(Errno) in
+                        try pagemap.entries(at: address, count: count)
+                    })
+                } else {
+                    data.insert(start: region.start, end: region.end)
+                }
             }
             return data
         case .entries:
@@ -121,7 +134,7 @@ public struct PageMapReader: Sendable {
 
     /// Whether a pagemap entry is data.
     static func isData(_ entry: PagemapEntry, fileIsData: Bool) -> Bool {
-        guard entry.isPresent || entry.isSwapped else { return false }
+        guard (entry.isPresent && !entry.isZeroPage) || (entry.isSwapped && !entry.isMarker) else { return false }
         return fileIsData || !entry.isFileOrSharedAnonymous
     }
 

@@ -49,7 +49,11 @@ public final class SoftDirtyTracker: DirtyTracker, @unchecked Sendable {
         return dirty
     }
 
+    private var stopped = false
+
     public func stop() {
+        guard !stopped else { return }
+        stopped = true
         if let live = source as? LiveSource { live.pagemap.close() }
     }
 }

@@ -13,6 +13,11 @@ import SystemPackage
 ///
 /// Thawing restores the target exactly: signals that arrived while it was frozen are delivered
 /// afterwards (none is consumed), and a process that was stopped by job control stays stopped.
+///
+/// A child of this process can be frozen only if nothing else here waits for it: ptrace-stops are
+/// reported to the parent's `waitpid` too, and Foundation's `Process` reaps (and then believes
+/// exited) the children it launched — start such targets with `posix_spawn`.
+/// The freeze then fails with `.stopCollectedElsewhere` instead of hanging.
 public actor Tracer {
     /// One seized thread.
     public struct SeizedThread: Equatable, Sendable {
@@ -38,22 +43,29 @@ public actor Tracer {
     /// The address of a `syscall` instruction in each process, found once (see `Injection/`).
     var syscallInstructions: [Int32: UInt64] = [:]
 
+    /// How long one thread may take to reach its stop while seizing.
+    private let stopTimeout: Duration
     private let executor: DedicatedThreadExecutor
     private var thawed = false
     private let logger = Logger(label: "mitosis.tracer")
 
     public nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
 
-    private init(pid: Int32) {
+    private init(pid: Int32, stopTimeout: Duration) {
         self.pid = pid
+        self.stopTimeout = stopTimeout
         self.executor = DedicatedThreadExecutor(name: "mitosis-tracer-\(pid)")
     }
 
     /// Seizes and stops every thread of `pid` (and, with `includeDescendants`, of every process
     /// below it), race-free against threads and children created meanwhile.
-    public static func freeze(pid: Int32, includeDescendants: Bool = false) async throws(MitosisError) -> Tracer {
+    ///
+    /// A thread that cannot stop — in uninterruptible sleep, or waiting for a `vfork` child — fails
+    /// the freeze after `stopTimeout` with `.stopTimedOut`; everything seized is released.
+    public static func freeze(pid: Int32, includeDescendants: Bool = false,
+                              stopTimeout: Duration = .seconds(5)) async throws(MitosisError) -> Tracer {
         try TargetCheck.validate(pid, forTracing: true)
-        let tracer = Tracer(pid: pid)
+        let tracer = Tracer(pid: pid, stopTimeout: stopTimeout)
         do {
             try await tracer.seizeAll(includeDescendants: includeDescendants)
         } catch {
@@ -129,11 +141,31 @@ public actor Tracer {
                     if process == pid { throw .noSuchProcess(pid) }
                     continue  // a descendant exited before we reached it
                 }
+                // Interrupt every new thread first, then collect the stops: the threads stop
+                // side by side instead of one after another.
+                var interrupted: [Int32] = []
+                var failure: MitosisError?
                 for tid in tids where !seized.contains(tid) {
                     found = true
                     seized.insert(tid)
-                    if let thread = try seizeAndStop(pid: process, tid: tid) { threads.append(thread) }
+                    do {
+                        if try seizeAndInterrupt(pid: process, tid: tid) { interrupted.append(tid) }
+                    } catch {
+                        failure = error
+                        break
+                    }
                 }
+                // Even after a failure, wait for the threads already interrupted, so that thaw
+                // can release them.
+                let deadline = ContinuousClock.now + stopTimeout
+                for tid in interrupted {
+                    do {
+                        if let thread = try awaitInterruptStop(pid: process, tid: tid, deadline: deadline) { threads.append(thread) }
+                    } catch {
+                        failure = failure ?? error
+                    }
+                }
+                if let failure { throw failure }
             }
             if !found { break }
         }
@@ -141,29 +173,39 @@ public actor Tracer {
         threads.sort { ($0.pid, $0.tid) < ($1.pid, $1.tid) }
     }
 
-    /// Seizes one thread and waits until it is in a ptrace-stop. Returns nil if it exited first.
-    private func seizeAndStop(pid process: Int32, tid: Int32) throws(MitosisError) -> SeizedThread? {
+    /// Seizes one thread and asks it to stop. Returns false if it exited first.
+    private func seizeAndInterrupt(pid process: Int32, tid: Int32) throws(MitosisError) -> Bool {
         do {
             try Ptrace.seize(tid)
+            try Ptrace.interrupt(tid)
+            return true
         } catch .noSuchProcess {
-            return nil
+            return false
         } catch .notPermitted, .permissionDenied {
             // EPERM has three causes: the thread is already exiting (a zombie thread-group leader
             // whose other threads still run), another tracer holds it, or we lack the privilege.
             let status = (try? Kernel.readFile("/proc/\(process)/task/\(tid)/status"))
                 .map { ProcStatus(parsing: String(decoding: $0, as: UTF8.self)) }
-            guard let status, let state = status["State"]?.first else { return nil }
-            if state == "Z" || state == "X" { return nil }
+            guard let status, let state = status["State"]?.first else { return false }
+            if state == "Z" || state == "X" { return false }
             if status.tracerPID != 0 { throw .alreadyTraced(process, tracer: status.tracerPID) }
             throw .permissionDenied(process, operation: "trace")
         } catch {
             throw .system(operation: "PTRACE_SEIZE \(tid)", errno: error)
         }
+    }
+
+    /// Waits until an interrupted thread is in a ptrace-stop. Returns nil if it exited first.
+    private func awaitInterruptStop(pid process: Int32, tid: Int32,
+                                    deadline: ContinuousClock.Instant) throws(MitosisError) -> SeizedThread? {
         var thread = SeizedThread(pid: process, tid: tid, groupStopSignal: nil)
         do {
-            try Ptrace.interrupt(tid)
             while true {
-                guard let event = try Ptrace.wait(tid) else { continue }
+                guard let event = try Self.awaitStop(pid: process, tid: tid, deadline: deadline) else {
+                    // It cannot be detached while it runs; ending the tracer thread (when this
+                    // tracer is released) makes the kernel drop it, and the pending stop with it.
+                    throw MitosisError.stopTimedOut(process, tid: tid, after: stopTimeout)
+                }
                 switch event {
                 case .eventStop(event: MITOSIS_PTRACE_EVENT_STOP, let signal):
                     if signal != SIGTRAP { thread.groupStopSignal = signal }
@@ -178,12 +220,45 @@ public actor Tracer {
                     return nil
                 }
             }
-        } catch .noSuchProcess {
+        } catch let error as MitosisError {
+            throw error
+        } catch Errno.noSuchProcess {
             return nil
         } catch {
             try? Ptrace.detach(tid)
-            throw .system(operation: "stopping thread \(tid)", errno: error)
+            throw .system(operation: "stopping thread \(tid)", errno: error as? Errno ?? .ioError)
         }
+    }
+
+    /// The next event of `tid`, or nil once `deadline` passes without one. Polls with a short,
+    /// growing pause: a blocking `waitpid` could not give up on a thread that never stops.
+    /// Throws `.stopCollectedElsewhere` when the thread sits in a tracing stop that this wait
+    /// never saw: another `waitpid` in this process took it.
+    private static func awaitStop(pid process: Int32, tid: Int32, deadline: ContinuousClock.Instant) throws -> Ptrace.Event? {
+        var pause: UInt32 = 2
+        var stoppedUnseenSince: ContinuousClock.Instant?
+        while true {
+            if let event = try Ptrace.wait(tid, nonBlocking: true) { return event }
+            let now = ContinuousClock.now
+            if now >= deadline { return nil }
+            if pause == 1000 {  // after about 2 ms of polling, look at the thread itself
+                if Self.isInTracingStop(tid) {
+                    let since = stoppedUnseenSince ?? now
+                    stoppedUnseenSince = since
+                    if now - since > .milliseconds(50) { throw MitosisError.stopCollectedElsewhere(process, tid: tid) }
+                } else {
+                    stoppedUnseenSince = nil
+                }
+            }
+            usleep(pause)
+            pause = min(pause * 2, 1000)
+        }
+    }
+
+    /// Whether `/proc` shows `tid` in a ptrace-stop (state `t`).
+    private static func isInTracingStop(_ tid: Int32) -> Bool {
+        guard let text = try? Kernel.readFile("/proc/\(tid)/stat") else { return false }
+        return ProcStat(parsing: String(decoding: text, as: UTF8.self))?.state == "t"
     }
 
     /// `root` and every process below it, found through `/proc/PID/task/TID/children`.

@@ -43,12 +43,12 @@ struct InjectionTests {
     @Test("getpid and gettid run in the chosen thread")
     func getpidAndGettid() async throws {
         try await withInjectTarget { tracer, child in
-            #expect(try await tracer.injectSyscall(MITOSIS_SYS_getpid, []) == Int64(child.pid))
+            #expect(try await tracer.injectSyscall(SyscallNumber.getpid, []) == Int64(child.pid))
             let reader = Int32(try child.intFact("reader_tid"))
             let sleeper = Int32(try child.intFact("sleeper_tid"))
-            #expect(try await tracer.injectSyscall(MITOSIS_SYS_gettid, [], in: reader) == Int64(reader))
-            #expect(try await tracer.injectSyscall(MITOSIS_SYS_gettid, [], in: sleeper) == Int64(sleeper))
-            #expect(try await tracer.injectSyscall(MITOSIS_SYS_gettid, []) == Int64(child.pid))
+            #expect(try await tracer.injectSyscall(SyscallNumber.gettid, [], in: reader) == Int64(reader))
+            #expect(try await tracer.injectSyscall(SyscallNumber.gettid, [], in: sleeper) == Int64(sleeper))
+            #expect(try await tracer.injectSyscall(SyscallNumber.gettid, []) == Int64(child.pid))
         }
     }
 
@@ -75,7 +75,7 @@ struct InjectionTests {
             let bytes = Array("mitosis\n".utf8)
             let buffer = try await tracer.injectMmap(length: 4096)
             _ = try bytes.withUnsafeBytes { try Kernel.writeMemory(pid: child.pid, address: buffer, from: $0) }
-            #expect(try await tracer.injectSyscall(MITOSIS_SYS_write, [fd, buffer, UInt64(bytes.count)]) == 8)
+            #expect(try await tracer.injectSyscall(SyscallNumber.write, [fd, buffer, UInt64(bytes.count)]) == 8)
             try await tracer.injectMunmap(address: buffer, length: 4096)
         }
         #expect(pipeRead == 3)
@@ -85,7 +85,7 @@ struct InjectionTests {
         try await withFrozenProcess(child.pid) { tracer async throws in
             let buffer = try await tracer.injectMmap(length: 4096)
             _ = try Array("mitosis\n".utf8).withUnsafeBytes { try Kernel.writeMemory(pid: child.pid, address: buffer, from: $0) }
-            _ = try await tracer.performSyscall(MITOSIS_SYS_write, [UInt64(try child.intFact("pipe_write")), buffer, 8])
+            _ = try await tracer.performSyscall(SyscallNumber.write, [UInt64(try child.intFact("pipe_write")), buffer, 8])
             try await tracer.injectMunmap(address: buffer, length: 4096)
         }
         try child.send("drain")
@@ -95,9 +95,9 @@ struct InjectionTests {
     @Test("a failing call returns -errno, and performSyscall throws that Errno")
     func errorsMapped() async throws {
         try await withInjectTarget { tracer, _ async throws in
-            #expect(try await tracer.injectSyscall(MITOSIS_SYS_close, [999]) == -Int64(EBADF))
+            #expect(try await tracer.injectSyscall(SyscallNumber.close, [999]) == -Int64(EBADF))
             await #expect(throws: Errno.badFileDescriptor) {
-                try await tracer.performSyscall(MITOSIS_SYS_close, [999])
+                try await tracer.performSyscall(SyscallNumber.close, [999])
             }
             await #expect(throws: Errno.invalidArgument) {
                 try await tracer.injectMunmap(address: 1, length: 4096)  // unaligned
@@ -118,7 +118,7 @@ struct InjectionTests {
     func refusesForeignThread() async throws {
         try await withInjectTarget { tracer, _ async throws in
             await #expect(throws: MitosisError.self) {
-                try await tracer.injectSyscall(MITOSIS_SYS_getpid, [], in: getpid())
+                try await tracer.injectSyscall(SyscallNumber.getpid, [], in: getpid())
             }
         }
     }
@@ -130,8 +130,8 @@ struct InjectionTests {
         try await withFrozenProcess(child.pid) { tracer async throws in
             kill(child.pid, SIGUSR1)
             kill(child.pid, SIGUSR2)
-            #expect(try await tracer.injectSyscall(MITOSIS_SYS_getpid, []) == Int64(child.pid))
-            #expect(try await tracer.injectSyscall(MITOSIS_SYS_getpid, []) == Int64(child.pid))
+            #expect(try await tracer.injectSyscall(SyscallNumber.getpid, []) == Int64(child.pid))
+            #expect(try await tracer.injectSyscall(SyscallNumber.getpid, []) == Int64(child.pid))
         }
         #expect(try TargetHealth.runsFreely(child.pid))
         try child.send("count")
@@ -146,7 +146,7 @@ struct InjectionTests {
         kill(child.pid, SIGSTOP)
         for _ in 0..<100 where try TargetHealth.threadStates(of: child.pid)[child.pid] != "T" { usleep(5_000) }
         try await withFrozenProcess(child.pid) { tracer async throws in
-            #expect(try await tracer.injectSyscall(MITOSIS_SYS_getpid, []) == Int64(child.pid))
+            #expect(try await tracer.injectSyscall(SyscallNumber.getpid, []) == Int64(child.pid))
         }
         usleep(20_000)
         #expect(try TargetHealth.threadStates(of: child.pid).values.allSatisfy { $0 == "T" })

@@ -20,6 +20,7 @@ import Testing
         let shared = UInt64(try child.fact("shared").dropFirst(2), radix: 16)!
         let file = UInt64(try child.fact("file").dropFirst(2), radix: 16)!
         let heap = UInt64(try child.fact("heap").dropFirst(2), radix: 16)!
+        try child.settle()
         let before = try TargetHealth(pid: child.pid)
         let map = try pageMap(child, method)
 
@@ -51,10 +52,22 @@ import Testing
     func scanAndEntriesAgree() throws {
         let child = try ScenarioProcess("memory")
         defer { child.stop() }
+        try child.settle()
         let scan = try pageMap(child, .scan)
         let entries = try pageMap(child, .entries)
         #expect(scan.mappings.map(\.mapping) == entries.mappings.map(\.mapping))
-        #expect(scan.data == entries.data)
+        let differing = entries.data.subtracting(scan.data).union(scan.data.subtracting(entries.data))
+        let pagemap = try PagemapFile(pid: child.pid)
+        defer { pagemap.close() }
+        let detail = try differing.ranges.prefix(4).map { range -> String in
+            let entry = try pagemap.entries(at: range.start, count: 1).first?.rawValue ?? 0
+            var request = PagemapFile.ScanRequest(start: range.start, end: range.start + PagemapFile.pageSize)
+            request.returned = [.present, .swapped, .file, .pfnZero, .written, .huge]
+            request.anyOf = [.present, .swapped]
+            let categories = try pagemap.scan(request).first?.categories.rawValue ?? 0
+            return "0x\(String(range.start, radix: 16)): entry 0x\(String(entry, radix: 16)) categories 0x\(String(categories, radix: 16)) zero \(String(PagemapFile.zeroPageFrame ?? 0, radix: 16))"
+        }
+        #expect(scan.data == entries.data, "\(detail)")
     }
 
     @Test func pageSetOperations() {

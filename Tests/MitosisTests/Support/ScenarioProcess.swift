@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import CMitosis
+@testable import Mitosis
 
 /// A running `mitosis-scenario` child: a real process in a known state.
 ///
@@ -25,6 +26,9 @@ final class ScenarioProcess: @unchecked Sendable {
     }()
 
     static func executable(_ name: String) -> String { buildDirectory + "/" + name }
+
+    /// The thread every scenario is spawned from; it lives as long as the test process.
+    private static let spawner = DedicatedThreadExecutor(name: "scenario-spawner")
 
     /// Starts `mitosis-scenario NAME ARGS…` and waits for its READY line.
     init(_ name: String, _ arguments: [String] = [], executable: String = ScenarioProcess.executable("mitosis-scenario")) throws {
@@ -52,7 +56,9 @@ final class ScenarioProcess: @unchecked Sendable {
         let argv = ([executable, name] + arguments).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var child: pid_t = 0
-        let rc = posix_spawn(&child, executable, &actions, &attributes, argv, environ)
+        // The child dies with the thread that spawned it (PR_SET_PDEATHSIG follows the forking
+        // thread), and the thread pool retires idle threads: spawn from one thread that lives on.
+        let rc = try ScenarioProcess.spawner.sync { posix_spawn(&child, executable, &actions, &attributes, argv, environ) }
         close(toChild[0])
         close(fromChild[1])
         guard rc == 0 else {

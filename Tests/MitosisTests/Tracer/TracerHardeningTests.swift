@@ -5,13 +5,30 @@ import Testing
 
 @Suite("Tracer hardening")
 struct TracerHardeningTests {
-    /// Waits until `condition` holds (up to about two seconds).
-    private func eventually(_ condition: () throws -> Bool) rethrows -> Bool {
-        for _ in 0..<200 {
+    /// Waits until `condition` holds (up to about five seconds), sleeping without holding one of
+    /// the few threads that run the tests.
+    private func eventually(_ condition: () throws -> Bool) async throws -> Bool {
+        for _ in 0..<500 {
             if try condition() { return true }
-            usleep(10_000)
+            try await Task.sleep(for: .milliseconds(10))
         }
         return false
+    }
+
+    /// A child that has exited and is not reaped yet (until `reap`). Spawned directly:
+    /// Foundation's Process reaps its children at once.
+    private func spawnZombie() async throws -> pid_t {
+        var pid: pid_t = 0
+        let argv: [UnsafeMutablePointer<CChar>?] = [strdup("/bin/true"), nil]
+        defer { free(argv[0]) }
+        guard posix_spawn(&pid, "/bin/true", nil, nil, argv, environ) == 0 else { throw ScenarioError.spawn("/bin/true") }
+        #expect(try await eventually { try TargetHealth.threadStates(of: pid)[pid] == "Z" })
+        return pid
+    }
+
+    private func reap(_ pid: pid_t) {
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
     }
 
     @Test("includeDescendants freezes the whole process tree; thaw releases all of it")
@@ -47,7 +64,7 @@ struct TracerHardeningTests {
         defer { child.stop() }
         let second = Int32(try child.intFact("second"))
         kill(second, SIGKILL)  // the scenario does not reap it: it stays a zombie
-        #expect(try eventually { try TargetHealth.threadStates(of: second)[second] == "Z" })
+        #expect(try await eventually { try TargetHealth.threadStates(of: second)[second] == "Z" })
         let pids = try await withFrozenProcess(child.pid, includeDescendants: true) { await $0.pids }
         #expect(pids.count == 3)
         #expect(!pids.contains(second))
@@ -113,7 +130,7 @@ struct TracerHardeningTests {
         let task = Task {
             try await withFrozenProcess(child.pid) { _ in try await Task.sleep(for: .seconds(30)) }
         }
-        #expect(try eventually { try TargetHealth.tracer(of: child.pid) != 0 })
+        #expect(try await eventually { try TargetHealth.tracer(of: child.pid) != 0 })
         task.cancel()
         await #expect(throws: CancellationError.self) { try await task.value }
         #expect(try TargetHealth.runsFreely(child.pid))
@@ -131,12 +148,53 @@ struct TracerHardeningTests {
         #expect(try TargetHealth.runsFreely(child.pid))
     }
 
+    @Test("a thread that cannot stop (waiting for a vfork child) fails the freeze in time, untraced after")
+    func stopTimeout() async throws {
+        let child = try ScenarioProcess("vfork-wait", ["3000"])
+        defer { child.stop() }
+        let tid = Int32(try child.intFact("vforker_tid"))
+        let clock = ContinuousClock()
+        let start = clock.now
+        await #expect(throws: MitosisError.stopTimedOut(child.pid, tid: tid, after: .milliseconds(300))) {
+            try await Tracer.freeze(pid: child.pid, stopTimeout: .milliseconds(300))
+        }
+        #expect(clock.now - start < .milliseconds(2500), "gave up without waiting for the vfork child")
+        // Released at once: nothing traced, the other threads running; the vforker resumes when its child exits.
+        #expect(try await eventually { try TargetHealth.tracer(of: child.pid) == 0 && TargetHealth.tracer(of: tid) == 0 })
+        #expect(try TargetHealth.runsFreely(child.pid))
+        try child.send("ping")
+        #expect(try await eventually { try TargetHealth.threadStates(of: child.pid)[tid] == "S" })
+        let frozen = try await withFrozenProcess(child.pid) { await $0.threads(of: child.pid) }
+        #expect(frozen.contains(tid))
+    }
+
+    @Test("a child that Foundation's Process reaps: the freeze says so at once and leaves it running")
+    func foundationChild() async throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: ScenarioProcess.executable("mitosis-scenario"))
+        process.arguments = ["threads", "2"]
+        let input = Pipe(), output = Pipe()
+        process.standardInput = input
+        process.standardOutput = output
+        try process.run()
+        let pid = process.processIdentifier
+        defer { kill(pid, SIGKILL) }
+        #expect(String(decoding: output.fileHandleForReading.availableData, as: UTF8.self).hasPrefix("READY"))
+        let clock = ContinuousClock()
+        let start = clock.now
+        await #expect(throws: MitosisError.stopCollectedElsewhere(pid, tid: pid)) {
+            try await Tracer.freeze(pid: pid)
+        }
+        #expect(clock.now - start < .seconds(2))
+        #expect(try TargetHealth.runsFreely(pid))
+    }
+
     @Test("the tool killed while it holds a target: the target runs on, untraced")
     func toolKilled() async throws {
         let child = try ScenarioProcess("threads", ["3"])
         defer { child.stop() }
         let tool = try ToolRun.start(ToolRun.mitosis, ["freeze", String(child.pid), "--milliseconds", "5000"])
-        #expect(try eventually {
+        #expect(try await eventually {
             try TargetHealth.tracer(of: child.pid) != 0 && TargetHealth.threadStates(of: child.pid).values.allSatisfy { $0 == "t" }
         })
         kill(tool.processIdentifier, SIGKILL)
@@ -187,15 +245,9 @@ struct TracerHardeningTests {
         let tid = Int32(try child.intFact("reader_tid"))
         await #expect(throws: MitosisError.noSuchProcess(tid)) { try await Tracer.freeze(pid: tid) }
 
-        // Foundation's Process reaps its children at once: spawn the zombie-to-be directly.
-        var pid: pid_t = 0
-        let argv: [UnsafeMutablePointer<CChar>?] = [strdup("/bin/true"), nil]
-        defer { free(argv[0]) }
-        #expect(posix_spawn(&pid, "/bin/true", nil, nil, argv, environ) == 0)
-        #expect(try eventually { try TargetHealth.threadStates(of: pid)[pid] == "Z" })
+        let pid = try await spawnZombie()
+        defer { reap(pid) }
         await #expect(throws: MitosisError.zombie(pid)) { try await Tracer.freeze(pid: pid) }
-        var status: Int32 = 0
-        waitpid(pid, &status, 0)
     }
 
     @Test("bad pids through the CLI: one line on stderr, exit 1", arguments: [
@@ -209,6 +261,21 @@ struct TracerHardeningTests {
         #expect(run.status == 1)
         #expect(run.standardError == message)
         #expect(run.standardOutput == "")
+    }
+
+    @Test("its own pid and a zombie through the CLI: one line on stderr, exit 1")
+    func cliSelfAndZombie() async throws {
+        // `exec` keeps the shell's pid, so `$$` is the pid of mitosis itself.
+        let own = try ToolRun("/bin/sh", ["-c", "exec \(ToolRun.mitosis) freeze $$"])
+        #expect(own.status == 1)
+        #expect(own.standardError.hasSuffix(" is mitosis itself\n"))
+        #expect(own.standardError.split(separator: "\n").count == 1)
+
+        let pid = try await spawnZombie()
+        defer { reap(pid) }
+        let zombie = try ToolRun(ToolRun.mitosis, ["freeze", String(pid)])
+        #expect(zombie.status == 1)
+        #expect(zombie.standardError == "mitosis: process \(pid) is a zombie (exited, not yet reaped): nothing to inspect\n")
     }
 
     @Test("without privilege: one line 'permission denied…', exit 1",

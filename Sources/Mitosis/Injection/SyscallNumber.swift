@@ -1,0 +1,15 @@
+import CMitosis
+
+/// System call numbers of this architecture for `Tracer.injectSyscall`, so that clients need
+/// not import the C layer. Any other number works too.
+public enum SyscallNumber {
+    public static let read = MITOSIS_SYS_read
+    public static let write = MITOSIS_SYS_write
+    public static let close = MITOSIS_SYS_close
+    public static let mmap = MITOSIS_SYS_mmap
+    public static let munmap = MITOSIS_SYS_munmap
+    public static let getpid = MITOSIS_SYS_getpid
+    public static let gettid = MITOSIS_SYS_gettid
+    public static let fcntl = MITOSIS_SYS_fcntl
+    public static let userfaultfd = MITOSIS_SYS_userfaultfd
+}

@@ -1,0 +1,71 @@
+import ArgumentParser
+import Foundation
+import Mitosis
+
+/// Which dirty-tracking strategy a command uses (`auto`: the best the kernel offers).
+enum TrackOption: String, ExpressibleByArgument, CaseIterable {
+    case auto
+    case softDirty = "soft-dirty"
+    case uffdWP = "uffd-wp"
+    case hash
+
+    var strategy: TrackingStrategy? { TrackingStrategy(rawValue: rawValue) }
+}
+
+/// A consistent checkpoint of a running process, with a freeze of milliseconds.
+struct DumpCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "dump",
+        abstract: "Checkpoint a process's memory, registers and descriptors into an image directory.",
+        discussion: """
+            Memory is copied while the process runs, with dirty tracking on; the process is then \
+            frozen only to copy the pages written meanwhile, its registers and its descriptors. \
+            It keeps running afterwards (a job-control-stopped process stays stopped) unless --kill \
+            is given, which kills it once the image is committed. With --parent, pages whose bytes \
+            equal that image's are recorded as inherited instead of stored.
+            """)
+
+    @Argument(help: "The process id.") var pid: String
+    @Option(help: "The image directory to create (must not exist; its parent is created if missing).") var images: String
+    @Option(help: "An earlier image of the same process to build an incremental checkpoint on.") var parent: String?
+    @Option(help: "Dirty tracking: \(TrackOption.allCases.map(\.rawValue).joined(separator: ", ")).") var track: TrackOption = .auto
+    @Flag(help: "Kill the process once the image is committed.") var kill = false
+    @Flag(help: "Print the result as JSON.") var json = false
+
+    func run() async throws {
+        let pid = targetPID(pid, forTracing: true)
+        do {
+            let base: CheckpointParent? = try parent.map { path in
+                .image(try CheckpointImage.open(path), path: relativePath(from: images, to: path))
+            }
+            let container = URL(fileURLWithPath: images).deletingLastPathComponent().path
+            try FileManager.default.createDirectory(atPath: container, withIntermediateDirectories: true)
+            let session = try await CheckpointSession(pid: pid, options: CheckpointOptions(strategy: track.strategy))
+            let result: CheckpointResult
+            do {
+                result = try await session.checkpoint(to: DirectorySink(directory: images), parent: base)
+            } catch {
+                await session.stop()
+                throw error
+            }
+            if kill { try await session.killTarget() } else { await session.stop() }
+            let summary = CheckpointSummary(result, path: images)
+            print(json ? try JSONOutput.string(summary) : summary.text)
+        } catch {
+            fail(error)
+        }
+    }
+}
+
+/// `target` as seen from inside the directory `image` (both may be relative to the current directory).
+func relativePath(from image: String, to target: String) -> String {
+    let cwd = FileManager.default.currentDirectoryPath
+    func components(_ path: String) -> [String] {
+        URL(fileURLWithPath: path, relativeTo: URL(fileURLWithPath: cwd, isDirectory: true)).standardizedFileURL.pathComponents
+    }
+    let from = components(image), to = components(target)
+    var common = 0
+    while common < from.count, common < to.count, from[common] == to[common] { common += 1 }
+    let path = Array(repeating: "..", count: from.count - common) + to[common...]
+    return path.isEmpty ? "." : path.joined(separator: "/")
+}

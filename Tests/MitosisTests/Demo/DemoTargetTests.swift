@@ -1,0 +1,99 @@
+import Foundation
+import Glibc
+import Testing
+@testable import Mitosis
+
+@Suite("Demo target")
+struct DemoTargetTests {
+    private func start() throws -> ScenarioProcess {
+        // The demo ignores its arguments; ScenarioProcess passes a name first.
+        try ScenarioProcess("demo", executable: ScenarioProcess.executable("mitosis-demo-target"))
+    }
+
+    @Test("holds the descriptors, threads and memory it reports")
+    func holdsWhatItReports() throws {
+        let demo = try start()
+        defer { demo.stop() }
+        let pid = demo.pid
+        let path = try demo.fact("file")
+        #expect(path == "/tmp/mitosis-demo-\(pid).data" || path.hasSuffix("/mitosis-demo-\(pid).data"))
+        #expect(try demo.fact("file_fd") == "3")
+        #expect(try Kernel.readLink("/proc/\(pid)/fd/3") == path)
+        let fdinfo = String(decoding: try Kernel.readFile("/proc/\(pid)/fdinfo/3"), as: UTF8.self)
+        #expect(fdinfo.hasPrefix("pos:\t1000\n"))
+        #expect(try demo.fact("pipe") == "4,5")
+        #expect(try demo.fact("socketpair") == "6,7")
+        #expect(try demo.fact("listener") == "8")
+        #expect(try demo.fact("client") == "9")
+        #expect(try demo.fact("server") == "10")
+        #expect(try demo.fact("eventfd") == "11")
+        #expect(try Kernel.readLink("/proc/\(pid)/fd/4").hasPrefix("pipe:["))
+        #expect(try Kernel.readLink("/proc/\(pid)/fd/4") == Kernel.readLink("/proc/\(pid)/fd/5"))
+        for fd in 6...10 { #expect(try Kernel.readLink("/proc/\(pid)/fd/\(fd)").hasPrefix("socket:[")) }
+        #expect(try Kernel.readLink("/proc/\(pid)/fd/11") == "anon_inode:[eventfd]")
+        #expect(try Kernel.listDirectory("/proc/\(pid)/fd").count == 12)
+        #expect(try Int(demo.fact("port"))! > 0)
+
+        var names: [String] = []
+        for tid in try Kernel.listDirectory("/proc/\(pid)/task") {
+            names.append(String(decoding: try Kernel.readFile("/proc/\(pid)/task/\(tid)/comm"), as: UTF8.self)
+                .trimmingCharacters(in: "\n"))
+        }
+        #expect(names.sorted() == ["demo-events", "demo-net", "demo-pipe", "demo-stdin", "demo-ticker", "mitosis-demo-ta"])
+
+        let maps = String(decoding: try Kernel.readFile("/proc/\(pid)/maps"), as: UTF8.self)
+        let fileMap = String(try demo.fact("file_map").dropFirst(2))
+        #expect(maps.split(separator: "\n").contains { $0.hasPrefix(fileMap + "-") && $0.hasSuffix(path) })
+
+        // The ticker rewrites the mapped file's first word every 100 ms.
+        let address = UInt64(try demo.fact("file_map").dropFirst(2), radix: 16)!
+        func counter() throws -> UInt64 {
+            var value: UInt64 = 0
+            _ = try withUnsafeMutableBytes(of: &value) { try Kernel.readMemory(pid: pid, address: address, into: $0) }
+            return value
+        }
+        let first = try counter()
+        var second = first
+        for _ in 0..<300 where second == first {
+            usleep(10_000)
+            second = try counter()
+        }
+        #expect(second > first, "counter \(first) then \(second)")
+    }
+
+    @Test("freezes and thaws like any target")
+    func freezes() async throws {
+        let demo = try start()
+        defer { demo.stop() }
+        let before = try TargetHealth(pid: demo.pid)
+        let count = try await withFrozenProcess(demo.pid) { await $0.threads.count }
+        #expect(count == 6)
+        #expect(try TargetHealth.runsFreely(demo.pid))
+        #expect(try TargetHealth(pid: demo.pid) == before)
+    }
+
+    @Test("exits cleanly when stdin closes and on SIGTERM, removing its data file", arguments: [false, true])
+    func exits(bySignal: Bool) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: ScenarioProcess.executable("mitosis-demo-target"))
+        let input = Pipe(), output = Pipe()
+        process.standardInput = input
+        process.standardOutput = output
+        try process.run()
+        var line = Data()
+        while !line.contains(UInt8(ascii: "\n")) {
+            let chunk = output.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            line.append(chunk)
+        }
+        let text = String(decoding: line, as: UTF8.self)
+        #expect(text.hasPrefix("READY pid=\(process.processIdentifier) "))
+        let path = "/tmp/mitosis-demo-\(process.processIdentifier).data"
+        #expect(FileManager.default.fileExists(atPath: path) || ProcessInfo.processInfo.environment["TMPDIR"] != nil)
+        if bySignal { kill(process.processIdentifier, SIGTERM) } else { try input.fileHandleForWriting.close() }
+        process.waitUntilExit()
+        #expect(process.terminationReason == .exit)
+        #expect(process.terminationStatus == 0)
+        #expect(!FileManager.default.fileExists(atPath: path))
+    }
+}
