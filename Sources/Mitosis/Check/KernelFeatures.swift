@@ -51,6 +51,7 @@ public enum KernelFeatures {
         .softDirty,
         .pagemapScan,
         .uffdWriteProtectAsync,
+        .dirtyTracking,
     ]
 
     /// Runs `probes` (all by default) against one probe child and reports each.

@@ -7,7 +7,8 @@ import Testing
 @Suite("Kernel features")
 struct KernelFeaturesTests {
     static let ids = ["ptrace-seize", "process-vm-readv", "pidfd-getfd", "kcmp", "syscall-injection",
-                      "sock-diag-inet", "sock-diag-unix", "soft-dirty", "pagemap-scan", "uffd-wp-async"]
+                      "sock-diag-inet", "sock-diag-unix", "soft-dirty", "pagemap-scan", "uffd-wp-async",
+                      "dirty-tracking"]
 
     @Test("every probe answers, as this machine's kernel (6.18, no soft-dirty) really is")
     func thisMachine() async throws {
@@ -21,6 +22,7 @@ struct KernelFeaturesTests {
             detail: "/proc/PID/clear_refs accepted 4, but a page written afterwards never shows pagemap bit 55 (kernel without CONFIG_MEM_SOFT_DIRTY)"))
         #expect(report["ptrace-seize"]?.detail == "PTRACE_SEIZE and PTRACE_INTERRUPT stopped 1 thread(s) of a child; PTRACE_DETACH released them")
         #expect(report["process-vm-readv"]?.detail == "process_vm_readv read 27 known bytes of a child's memory")
+        #expect(report["dirty-tracking"]?.detail == "uffd-wp (auto picks it; this kernel offers uffd-wp, hash)")
     }
 
     @Test("a probe that throws reports the feature unsupported with the error as detail")
