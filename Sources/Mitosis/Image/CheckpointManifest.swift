@@ -177,9 +177,6 @@ public struct CheckpointManifest: Codable, Sendable, Equatable {
     public var pageIndex: PageIndexSummary
     /// Filled in by the sink: size and checksum of `pages.index` and `pages.data`.
     public var files: [String: FileDigest]
-    /// Registers, extended state and signal state of every thread, read while the process was
-    /// frozen (absent from images written without them).
-    public var threads: [ThreadState]?
     /// The open descriptors at the freeze (absent from images written without them).
     public var descriptors: [OpenDescriptor]?
 

@@ -31,7 +31,7 @@ public struct CheckpointSummary: Codable, Sendable, Equatable {
         precopyRounds = result.precopyRounds
         pagesCopied = result.pagesCopied
         pagesCopiedFrozen = result.pagesCopiedFrozen
-        threads = manifest.threads?.count ?? 0
+        threads = manifest.threads.count
         descriptors = manifest.descriptors?.count ?? 0
     }
 

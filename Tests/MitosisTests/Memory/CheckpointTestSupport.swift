@@ -79,7 +79,7 @@ enum ChainScenario {
         #expect(full.manifest.tracking == used.rawValue)
         let snapshot1 = try MemorySnapshot.take(pid: child.pid, manifest: full.manifest)
         // Registers and descriptors were read while frozen: the one thread, the fds it holds.
-        #expect(full.manifest.threads?.map(\.tid) == [child.pid])
+        #expect(full.manifest.threads.map(\.tid) == [child.pid])
         #expect(full.manifest.descriptors?.map(\.fd) == before.descriptors.keys.sorted())
         #expect(full.manifest.descriptors?.map(\.target) == before.descriptors.keys.sorted().map { before.descriptors[$0]! })
         // Every data page of the child's regions is stored; the untouched and clean ones are not.
