@@ -45,6 +45,25 @@ struct DemoCommand: AsyncParsableCommand {
         print(stacks.text())
         print("(\(stacks.threads.count) threads unwound in \(elapsed.formatted(.units(allowed: [.milliseconds], fractionalPart: .show(length: 1)))), target thawed)\n")
 
+        heading("checkpoints \(pid): a full one, then only the pages written since")
+        let images = FileManager.default.temporaryDirectory.appendingPathComponent("mitosis-demo-\(pid)").path
+        defer { try? FileManager.default.removeItem(atPath: images) }
+        try FileManager.default.createDirectory(atPath: images, withIntermediateDirectories: true)
+        let session = try await CheckpointSession(pid: pid)
+        do {
+            for number in 1...2 {
+                if number > 1 { try await Task.sleep(for: .milliseconds(300)) }
+                let sink = DirectorySink(directory: "\(images)/\(number)")
+                let result = try await session.checkpoint(to: sink, parent: number == 1 ? nil : .previous(path: "../1"))
+                print(CheckpointSummary(result, path: sink.path).text)
+            }
+        } catch {
+            await session.stop()
+            throw error
+        }
+        await session.stop()
+        print()
+
         heading("after: the target runs on, untraced")
         let after = try Introspector.inspect(pid: pid, detailedMemory: false)
         print("process \(pid): state \(after.identity.state), \(after.threads.count) threads, \(after.fds.count) descriptors")
@@ -56,36 +75,56 @@ struct DemoCommand: AsyncParsableCommand {
 }
 
 /// The demo target process: started with a pipe on its stdin, it prints `READY pid=…` once its
-/// state is built and exits when that pipe closes.
+/// state is built and exits when that pipe closes. Spawned with `posix_spawn`, not Foundation's
+/// `Process`, whose reaper would collect the ptrace stops Mitosis waits for.
 final class DemoTarget {
     let pid: Int32
-    private let process = Process()
-    private let input = Pipe()
+    private let input: Int32
+    private let output: Int32
 
     init(executable: String) throws {
         guard FileManager.default.isExecutableFile(atPath: executable) else {
             throw ValidationError("demo target not found at \(executable) (build it with `swift build`)")
         }
-        let output = Pipe()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.standardInput = input
-        process.standardOutput = output
-        try process.run()
-        pid = process.processIdentifier
-        var line = Data()
-        while !line.contains(UInt8(ascii: "\n")) {
-            let chunk = output.fileHandleForReading.availableData
-            if chunk.isEmpty { throw ValidationError("demo target exited before it was ready") }
-            line += chunk
+        var toChild: [Int32] = [0, 0], fromChild: [Int32] = [0, 0]
+        guard pipe(&toChild) == 0, pipe(&fromChild) == 0 else { throw ValidationError("pipe failed") }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, toChild[0], 0)
+        posix_spawn_file_actions_adddup2(&actions, fromChild[1], 1)
+        posix_spawn_file_actions_addclose(&actions, toChild[1])
+        posix_spawn_file_actions_addclose(&actions, fromChild[0])
+        let argv = [strdup(executable), nil]
+        defer { free(argv[0]) }
+        var child: pid_t = 0
+        let rc = posix_spawn(&child, executable, &actions, nil, argv, environ)
+        close(toChild[0])
+        close(fromChild[1])
+        guard rc == 0 else { throw ValidationError("cannot start \(executable): \(String(cString: strerror(rc)))") }
+        pid = child
+        input = toChild[1]
+        output = fromChild[0]
+        var line: [UInt8] = []
+        var byte: UInt8 = 0
+        while byte != UInt8(ascii: "\n") {
+            guard read(output, &byte, 1) == 1 else {
+                stop()
+                throw ValidationError("demo target exited before it was ready")
+            }
+            line.append(byte)
         }
         guard String(decoding: line, as: UTF8.self).hasPrefix("READY") else {
+            stop()
             throw ValidationError("demo target did not start: \(String(decoding: line, as: UTF8.self))")
         }
     }
 
-    /// Closes the target's stdin (its signal to exit) and waits for it.
+    /// Closes the target's stdin (its signal to exit) and reaps it.
     func stop() {
-        try? input.fileHandleForWriting.close()
-        process.waitUntilExit()
+        close(input)
+        close(output)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
     }
 }
