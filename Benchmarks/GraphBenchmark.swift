@@ -64,15 +64,7 @@ struct GraphBenchmark: AsyncParsableCommand {
 
     /// Runs a tool with its output captured, returning its line count.
     static func lines(of tool: String, _ arguments: [String]) throws -> Int {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: tool)
-        process.arguments = arguments
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
+        let data = try ToolOutput.capture(tool, arguments)
         return data.reduce(0) { $0 + ($1 == UInt8(ascii: "\n") ? 1 : 0) }
     }
 }

@@ -83,15 +83,7 @@ struct StacksBenchmark: AsyncParsableCommand {
 
     /// Runs a tool to completion and returns its standard output.
     static func run(_ tool: String, _ arguments: [String]) throws -> String {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: tool)
-        process.arguments = arguments
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
+        let data = try ToolOutput.capture(tool, arguments)
         return String(decoding: data, as: UTF8.self)
     }
 
