@@ -27,6 +27,8 @@ public enum MitosisError: Error, Equatable, Sendable, CustomStringConvertible {
     case unsupported(feature: String, detail: String)
     /// A system call failed in a way none of the cases above explains.
     case system(operation: String, errno: Errno)
+    /// A `LaunchedTarget` exited, or printed something else, before its READY line.
+    case targetNotReady(executable: String, output: String)
 
     public var description: String {
         switch self {
@@ -45,6 +47,9 @@ public enum MitosisError: Error, Equatable, Sendable, CustomStringConvertible {
             return "the stop of thread \(tid) of process \(pid) was collected by another waitpid in this process (Foundation's Process reaps the children it launched): start the target with posix_spawn to freeze it"
         case .unsupported(let feature, let detail): return "this kernel does not support \(feature): \(detail)"
         case .system(let operation, let errno): return "\(operation) failed: \(errno)"
+        case .targetNotReady(let executable, let output):
+            return output.isEmpty ? "\(executable) exited before it was ready"
+                : "\(executable) did not start: it printed '\(output)' instead of READY"
         }
     }
 }

@@ -15,8 +15,11 @@ struct DemoCommand: AsyncParsableCommand {
     func run() async throws {
         let executable = target ?? URL(fileURLWithPath: Bundle.main.executablePath ?? CommandLine.arguments[0])
             .deletingLastPathComponent().appendingPathComponent("mitosis-demo-target").path
-        let demo: DemoTarget
-        do { demo = try DemoTarget(executable: executable) } catch { fail(error) }
+        guard FileManager.default.isExecutableFile(atPath: executable) else {
+            fail(ValidationError("demo target not found at \(executable) (build it with `swift build`)"))
+        }
+        let demo: LaunchedTarget
+        do { demo = try LaunchedTarget(executable: executable) } catch { fail(error) }
         defer { demo.stop() }
         do {
             try await show(pid: demo.pid)
@@ -71,60 +74,5 @@ struct DemoCommand: AsyncParsableCommand {
 
     private func heading(_ text: String) {
         print("== \(text)")
-    }
-}
-
-/// The demo target process: started with a pipe on its stdin, it prints `READY pid=…` once its
-/// state is built and exits when that pipe closes. Spawned with `posix_spawn`, not Foundation's
-/// `Process`, whose reaper would collect the ptrace stops Mitosis waits for.
-final class DemoTarget {
-    let pid: Int32
-    private let input: Int32
-    private let output: Int32
-
-    init(executable: String) throws {
-        guard FileManager.default.isExecutableFile(atPath: executable) else {
-            throw ValidationError("demo target not found at \(executable) (build it with `swift build`)")
-        }
-        var toChild: [Int32] = [0, 0], fromChild: [Int32] = [0, 0]
-        guard pipe(&toChild) == 0, pipe(&fromChild) == 0 else { throw ValidationError("pipe failed") }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, toChild[0], 0)
-        posix_spawn_file_actions_adddup2(&actions, fromChild[1], 1)
-        posix_spawn_file_actions_addclose(&actions, toChild[1])
-        posix_spawn_file_actions_addclose(&actions, fromChild[0])
-        let argv = [strdup(executable), nil]
-        defer { free(argv[0]) }
-        var child: pid_t = 0
-        let rc = posix_spawn(&child, executable, &actions, nil, argv, environ)
-        close(toChild[0])
-        close(fromChild[1])
-        guard rc == 0 else { throw ValidationError("cannot start \(executable): \(String(cString: strerror(rc)))") }
-        pid = child
-        input = toChild[1]
-        output = fromChild[0]
-        var line: [UInt8] = []
-        var byte: UInt8 = 0
-        while byte != UInt8(ascii: "\n") {
-            guard read(output, &byte, 1) == 1 else {
-                stop()
-                throw ValidationError("demo target exited before it was ready")
-            }
-            line.append(byte)
-        }
-        guard String(decoding: line, as: UTF8.self).hasPrefix("READY") else {
-            stop()
-            throw ValidationError("demo target did not start: \(String(decoding: line, as: UTF8.self))")
-        }
-    }
-
-    /// Closes the target's stdin (its signal to exit) and reaps it.
-    func stop() {
-        close(input)
-        close(output)
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
     }
 }
