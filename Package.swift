@@ -6,6 +6,7 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .library(name: "Mitosis", targets: ["Mitosis"]),
+        .library(name: "MitosisStacks", targets: ["MitosisStacks"]),
         .executable(name: "mitosis", targets: ["mitosis"]),
     ],
     dependencies: [
@@ -31,19 +32,48 @@ let package = Package(
                 .linkedLibrary("stdc++"),
             ]
         ),
+        // Layer 1 — the only Swift that speaks to the kernel: typed wrappers over system calls,
+        // ptrace, netlink, pagemap, userfaultfd. Everything above calls these, never libc.
         .target(
-            name: "Mitosis",
+            name: "MitosisKernel",
+            dependencies: ["CMitosis", .product(name: "SystemPackage", package: "swift-system")]
+        ),
+        // Layer 1 — plain values (process, thread, mapping, descriptor, socket, graph), the pure
+        // /proc parsers that build them, and the error family. No system calls.
+        .target(
+            name: "MitosisModel",
+            dependencies: [.product(name: "SystemPackage", package: "swift-system")]
+        ),
+        // Layer 2 — freezing a process as a scope (Tracer), syscall injection, thread state.
+        .target(
+            name: "MitosisTrace",
+            dependencies: ["MitosisKernel", "MitosisModel", .product(name: "Logging", package: "swift-log")]
+        ),
+        // Layer 3 — what a process holds: /proc introspection, sock_diag, the resource graph.
+        .target(name: "MitosisInspect", dependencies: ["MitosisKernel", "MitosisModel", "MitosisTrace"]),
+        // Layer 3 — call stacks; the only target that links libunwind, libelf and libstdc++.
+        .target(name: "MitosisStacks", dependencies: ["MitosisKernel", "MitosisModel", "MitosisTrace", "CMitosisStacks"]),
+        // Layer 3 — the checkpoint image: format, writers (directory, stream), hostile-input reader.
+        .target(name: "MitosisImage", dependencies: ["MitosisKernel", "MitosisModel"]),
+        // Layer 4 — dirty-page tracking, checkpoint sessions, and the kernel feature probes.
+        .target(
+            name: "MitosisCheckpoint",
             dependencies: [
-                "CMitosis",
-                "CMitosisStacks",
-                .product(name: "SystemPackage", package: "swift-system"),
+                "MitosisKernel", "MitosisModel", "MitosisTrace", "MitosisInspect", "MitosisImage",
                 .product(name: "Logging", package: "swift-log"),
             ]
+        ),
+        // The public API in one import. Stacks stay out so that a client that only inspects or
+        // checkpoints does not link libunwind: import MitosisStacks for call stacks.
+        .target(
+            name: "Mitosis",
+            dependencies: ["MitosisModel", "MitosisTrace", "MitosisInspect", "MitosisImage", "MitosisCheckpoint"]
         ),
         .executableTarget(
             name: "mitosis",
             dependencies: [
                 "Mitosis",
+                "MitosisStacks",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -59,12 +89,12 @@ let package = Package(
         // Benchmarks stay out of the test suite: `swift run -c release mitosis-bench --help`.
         .executableTarget(
             name: "mitosis-bench",
-            dependencies: ["Mitosis", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["Mitosis", "MitosisStacks", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Benchmarks"
         ),
         .testTarget(
             name: "MitosisTests",
-            dependencies: ["Mitosis", "mitosis-scenario", "mitosis", "mitosis-demo-target", "mitosis-scenario-cpp", "mitosis-scenario-swift"]
+            dependencies: ["Mitosis", "MitosisKernel", "MitosisStacks", "mitosis-scenario", "mitosis", "mitosis-demo-target", "mitosis-scenario-cpp", "mitosis-scenario-swift"]
         ),
     ]
 )

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Glibc
 import Mitosis
+import MitosisKernel
 
 /// Checkpoints of a large process, each figure beside its baseline from the same run:
 /// full-checkpoint throughput beside a raw `process_vm_readv` copy; the frozen time of a

@@ -2,7 +2,9 @@ import Foundation
 import Glibc
 import SystemPackage
 import Testing
-@testable import Mitosis
+@testable import MitosisCheckpoint
+@testable import MitosisKernel
+@testable import MitosisModel
 
 @Suite("Kernel features")
 struct KernelFeaturesTests {

@@ -1,7 +1,8 @@
 import Foundation
 import Glibc
 import Testing
-@testable import Mitosis
+@testable import MitosisKernel
+@testable import MitosisTrace
 
 @Suite("Demo target")
 struct DemoTargetTests {

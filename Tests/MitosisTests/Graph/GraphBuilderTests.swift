@@ -1,6 +1,8 @@
 import Glibc
 import Testing
-@testable import Mitosis
+@testable import MitosisInspect
+@testable import MitosisKernel
+@testable import MitosisModel
 
 /// The graph of real scenario processes, asserted node by node and edge by edge. Descriptors 0–2
 /// (the harness's pipes) are left out of the exact comparisons: they lead to the test process.

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
-@testable import Mitosis
+@testable import MitosisImage
+@testable import MitosisModel
 
 @Suite("images CLI")
 struct ImagesCommandTests {

@@ -1,7 +1,7 @@
 import Foundation
 import Glibc
 import Testing
-@testable import Mitosis
+@testable import MitosisModel
 
 /// `mitosis inspect` run as users run it: the built binary, its stdout, stderr and exit code.
 @Suite("mitosis inspect CLI")

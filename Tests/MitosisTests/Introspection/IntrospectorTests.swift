@@ -1,7 +1,9 @@
 import Foundation
 import Glibc
 import Testing
-@testable import Mitosis
+@testable import MitosisInspect
+@testable import MitosisKernel
+@testable import MitosisModel
 
 /// Exact facts of the `fds` scenario, checked the same way on the model from `Introspector` and
 /// on the model decoded from `mitosis inspect --json`.

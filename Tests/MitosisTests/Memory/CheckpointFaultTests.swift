@@ -1,7 +1,9 @@
 import Foundation
 import Glibc
 import Testing
-@testable import Mitosis
+@testable import MitosisCheckpoint
+@testable import MitosisImage
+@testable import MitosisModel
 
 /// A sink that does something to the world when the checkpoint begins, then writes as `inner`.
 final class InterferingSink: CheckpointSink, @unchecked Sendable {

@@ -1,7 +1,10 @@
 import Foundation
 import Glibc
 import Testing
-@testable import Mitosis
+@testable import MitosisKernel
+@testable import MitosisModel
+@testable import MitosisStacks
+@testable import MitosisTrace
 
 @Suite("Stacks")
 struct StacksTests {

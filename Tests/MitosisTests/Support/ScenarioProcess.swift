@@ -1,7 +1,7 @@
 import Foundation
 import Glibc
 import CMitosis
-@testable import Mitosis
+@testable import MitosisKernel
 
 /// A running `mitosis-scenario` child: a real process in a known state.
 ///
