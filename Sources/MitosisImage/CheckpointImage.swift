@@ -314,7 +314,7 @@ public final class CheckpointImage: Sendable {
         let decoder = JSONOutput.decoder()
         let probe = try? decoder.decode(VersionProbe.self, from: Data(bytes))
         guard let version = probe?.formatVersion else { throw .malformed(image, file: file, detail: "no format_version") }
-        guard version == CheckpointManifest.currentFormatVersion else { throw .unsupportedVersion(image, file: file, version: version) }
+        guard CheckpointManifest.readableFormatVersions.contains(Int(version)) else { throw .unsupportedVersion(image, file: file, version: version) }
         do {
             return try decoder.decode(CheckpointManifest.self, from: Data(bytes))
         } catch let DecodingError.keyNotFound(key, _) {

@@ -156,7 +156,10 @@ public struct CheckpointStats: Codable, Sendable, Equatable {
 /// `manifest.json`: everything known about the process at checkpoint time, and how this image's
 /// pages relate to its parent's. See Docs/image-format.md.
 public struct CheckpointManifest: Codable, Sendable, Equatable {
-    public static let currentFormatVersion = 1
+    /// 2 added `restore`, which a restore requires.
+    public static let currentFormatVersion = 2
+    /// Versions this Mitosis reads (version 1 images read, but cannot be restored).
+    public static let readableFormatVersions = 1...2
 
     public var formatVersion: Int
     public var id: String
@@ -181,6 +184,9 @@ public struct CheckpointManifest: Codable, Sendable, Equatable {
     public var files: [String: FileDigest]
     /// The open descriptors at the freeze (absent from images written without them).
     public var descriptors: [OpenDescriptor]?
+    /// What a restore needs beyond memory, threads and descriptors (format version 2 and later;
+    /// nil when it could not be captured).
+    public var restore: RestoreRecord?
 
     /// A manifest for the checkpoint `header` began; the sink fills `pageIndex` and `files`.
     public init(header: CheckpointHeader, tracking: String, mappings: [CheckpointMapping], stats: CheckpointStats = CheckpointStats(),

@@ -64,7 +64,7 @@ package enum ImageFormat {
         }
         guard Array(bytes[0..<8]) == indexMagic else { throw .malformed(image, file: file, detail: "bad magic") }
         let version = bytes.littleEndianUInt32(at: 8)
-        guard version == CheckpointManifest.currentFormatVersion else {
+        guard CheckpointManifest.readableFormatVersions.contains(Int(version)) else {
             throw .unsupportedVersion(image, file: file, version: Int(version))
         }
         let body = bytes.count - indexTrailerSize
@@ -128,7 +128,7 @@ package enum ImageFormat {
         let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
         guard let first = lines.first, first.hasPrefix(commitMagic + " ") else { throw .malformed(image, file: file, detail: "bad magic") }
         guard let version = Int(first.dropFirst(commitMagic.count + 1)) else { throw .malformed(image, file: file, detail: "bad version line") }
-        guard version == CheckpointManifest.currentFormatVersion else { throw .unsupportedVersion(image, file: file, version: version) }
+        guard CheckpointManifest.readableFormatVersions.contains(Int(version)) else { throw .unsupportedVersion(image, file: file, version: version) }
         guard text.hasSuffix("\n"), lines.count >= 3, lines[lines.count - 2].hasPrefix("end ") else {
             throw .truncated(image, file: file, detail: "no end line")
         }

@@ -146,7 +146,7 @@ public enum CheckpointStream {
             let head = try readExactly(fd, 16, what: "stream header")
             guard Array(head[0..<8]) == magic else { throw ImageError.stream("not a checkpoint stream (bad magic)") }
             let version = head.littleEndianUInt32(at: 8)
-            guard version == CheckpointManifest.currentFormatVersion else {
+            guard CheckpointManifest.readableFormatVersions.contains(Int(version)) else {
                 throw ImageError.stream("unsupported stream version \(version)")
             }
             var number = 0

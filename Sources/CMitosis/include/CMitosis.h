@@ -9,4 +9,5 @@
 #include "mitosis_injection.h"
 #include "mitosis_check.h"
 #include "mitosis_threads.h"
+#include "mitosis_restore.h"
 #endif

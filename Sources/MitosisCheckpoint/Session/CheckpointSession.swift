@@ -206,6 +206,8 @@ public actor CheckpointSession {
             let final: ProcessPageMap
             let threads: [ThreadState]
             let descriptors: [OpenDescriptor]
+            var process: ProcessModel?
+            var restore: RestoreRecord?
             do {
                 let map: ProcessPageMap
                 if tracker.collectReportsDiscards, let lastMap {
@@ -226,6 +228,14 @@ public actor CheckpointSession {
                 final = map
                 threads = try await tracer.threadStates()
                 descriptors = try ProcessReader.descriptors(pid: pid)
+                // Without these the image still serves as a memory checkpoint; a restore refuses it.
+                do {
+                    let model = try Introspector.inspect(pid: pid, detailedMemory: true)
+                    process = model
+                    restore = try await RestoreCapture.capture(tracer, pid: pid, model: model)
+                } catch {
+                    logger.warning("checkpoint of \(pid) is not restorable: \(error)")
+                }
             } catch {
                 await tracer.thaw()
                 run.frozen += clock.now - frozenAt
@@ -250,6 +260,8 @@ public actor CheckpointSession {
                                               mappings: Self.describe(final, stored: stored, inherited: inherited), stats: stats)
             manifest.threads = threads
             manifest.descriptors = descriptors
+            manifest.process = process
+            manifest.restore = restore
             let committed = try sink.finish(manifest)
             previousValid = stored.union(inherited)
             previous = (committed.id, committed.sequence)

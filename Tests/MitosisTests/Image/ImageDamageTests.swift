@@ -109,15 +109,15 @@ struct ImageDamageTests {
         #expect(throws: ImageError.malformed(dir, file: "pages.index", detail: "entry 1 is out of order or overlaps entry 0")) { try CheckpointImage.open(dir) }
         try index { put(0, at: 64 + 16, in: &$0) }
         #expect(throws: ImageError.malformed(dir, file: "pages.index", detail: "entries share bytes of pages.data")) { try CheckpointImage.open(dir) }
-        try index { $0[8] = 2 }
-        #expect(throws: ImageError.unsupportedVersion(dir, file: "pages.index", version: 2)) { try CheckpointImage.open(dir) }
+        try index { $0[8] = 3 }
+        #expect(throws: ImageError.unsupportedVersion(dir, file: "pages.index", version: 3)) { try CheckpointImage.open(dir) }
         try index { _ in }
         #expect(CheckpointImage.verifyChain(dir).isEmpty)
 
         // A manifest claiming another version, or stored pages the index does not hold.
         let manifestPath = dir + "/manifest.json"
         let manifestText = String(decoding: try Synthetic.bytes(manifestPath), as: UTF8.self)
-        try Synthetic.overwrite(manifestPath, Array(manifestText.replacingOccurrences(of: "\"format_version\" : 1", with: "\"format_version\" : 7").utf8))
+        try Synthetic.overwrite(manifestPath, Array(manifestText.replacingOccurrences(of: "\"format_version\" : 2", with: "\"format_version\" : 7").utf8))
         try Synthetic.resign(dir)
         #expect(throws: ImageError.unsupportedVersion(dir, file: "manifest.json", version: 7)) { try CheckpointImage.open(dir) }
         try Synthetic.overwrite(manifestPath, Array(manifestText.utf8))

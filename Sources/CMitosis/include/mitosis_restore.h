@@ -1,0 +1,71 @@
+// Restore: the husk (an empty process created with a chosen pid) and the system calls injected
+// into it, whose numbers <sys/syscall.h> defines as macros Swift does not import.
+#ifndef MITOSIS_RESTORE_H
+#define MITOSIS_RESTORE_H
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/syscall.h>
+
+static const long MITOSIS_SYS_brk = SYS_brk;
+static const long MITOSIS_SYS_mprotect = SYS_mprotect;
+static const long MITOSIS_SYS_madvise = SYS_madvise;
+static const long MITOSIS_SYS_rt_sigaction = SYS_rt_sigaction;
+static const long MITOSIS_SYS_prctl = SYS_prctl;
+static const long MITOSIS_SYS_arch_prctl = SYS_arch_prctl;
+static const long MITOSIS_SYS_openat = SYS_openat;
+static const long MITOSIS_SYS_lseek = SYS_lseek;
+static const long MITOSIS_SYS_dup3 = SYS_dup3;
+static const long MITOSIS_SYS_chdir = SYS_chdir;
+static const long MITOSIS_SYS_umask = SYS_umask;
+static const long MITOSIS_SYS_set_tid_address = SYS_set_tid_address;
+static const long MITOSIS_SYS_set_robust_list = SYS_set_robust_list;
+static const long MITOSIS_SYS_rseq = 334;
+static const long MITOSIS_SYS_clone3 = 435;
+
+static const int MITOSIS_PTRACE_SETREGSET = 0x4205;
+static const int MITOSIS_PTRACE_SETSIGMASK = 0x420b;
+static const int MITOSIS_PTRACE_O_TRACECLONE = 0x8;
+static const int MITOSIS_PTRACE_O_EXITKILL = 0x100000;
+static const int MITOSIS_PTRACE_EVENT_CLONE = 3;
+
+/// The kernel's `struct clone_args` up to `set_tid_size` (CLONE_ARGS_SIZE_VER1, 80 bytes).
+typedef struct mitosis_clone_args {
+    uint64_t flags;
+    uint64_t pidfd;
+    uint64_t child_tid;
+    uint64_t parent_tid;
+    uint64_t exit_signal;
+    uint64_t stack;
+    uint64_t stack_size;
+    uint64_t tls;
+    uint64_t set_tid;
+    uint64_t set_tid_size;
+} mitosis_clone_args;
+
+/// The kernel's `struct prctl_mm_map` (PR_SET_MM_MAP).
+typedef struct mitosis_prctl_mm_map {
+    uint64_t start_code;
+    uint64_t end_code;
+    uint64_t start_data;
+    uint64_t end_data;
+    uint64_t start_brk;
+    uint64_t brk;
+    uint64_t start_stack;
+    uint64_t arg_start;
+    uint64_t arg_end;
+    uint64_t env_start;
+    uint64_t env_end;
+    uint64_t auxv;
+    uint32_t auxv_size;
+    uint32_t exe_fd;
+} mitosis_prctl_mm_map;
+
+/// Creates the husk: a child with exactly pid `pid` (`clone3` with `set_tid`), which blocks every
+/// signal, dies with the calling thread (PR_SET_PDEATHSIG), closes every descriptor and then
+/// waits in `pause()` forever, running only raw system calls (it is a fork of a multithreaded
+/// process). Returns the pid, or -1 with errno (EEXIST: the pid is taken; EINVAL: above pid_max).
+pid_t mitosis_husk_spawn(pid_t pid);
+/// get_robust_list(2) of another thread; 0 or -1 with errno.
+int mitosis_get_robust_list(pid_t tid, uint64_t *head, uint64_t *length);
+
+#endif

@@ -1,0 +1,94 @@
+import CMitosis
+import Glibc
+import MitosisImage
+import MitosisKernel
+import MitosisModel
+import MitosisTrace
+import SystemPackage
+
+/// Reads what a restore needs that memory, thread states and descriptors do not hold
+/// (`RestoreRecord`), while the process is frozen.
+///
+/// Most of it comes from /proc and ptrace. Signal dispositions, each thread's clear_child_tid and
+/// the current break are known only to the process itself: they are asked by injected system
+/// calls (`rt_sigaction(sig, NULL, scratch)`, `prctl(PR_GET_TID_ADDRESS, scratch)`, `brk(0)`)
+/// writing into a scratch page mapped for the purpose and unmapped before the thaw.
+enum RestoreCapture {
+    static func capture(_ tracer: Tracer, pid: Int32, model: ProcessModel) async throws -> RestoreRecord {
+        let proc = "/proc/\(pid)"
+        let brk = try await tracer.performSyscall(MITOSIS_SYS_brk, [0])
+        let statText = String(decoding: try Kernel.readFile(proc + "/stat"), as: UTF8.self)
+        guard let bounds = RestoreRecord.MemoryBounds(procStat: statText, brk: brk) else {
+            throw MitosisError.system(operation: "parsing \(proc)/stat", errno: .invalidArgument)
+        }
+        let auxvBytes = try Kernel.readFile(proc + "/auxv")
+        let auxv = stride(from: 0, to: auxvBytes.count - 7, by: 8).map { offset in
+            auxvBytes[offset..<offset + 8].reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        }
+        let executable = try Kernel.readLink(proc + "/exe")
+        let vdso = try vdsoIdentity(pid: pid, maps: model.maps)
+        let tids = await tracer.threads(of: pid)
+
+        // Signal dispositions (32 bytes each) and clear_child_tid words (8 each) in one page.
+        let page = Int(PagemapFile.pageSize)
+        let scratch = try await tracer.injectMmap(length: page)
+        let asked: Result<([RestoreRecord.SignalAction], [UInt64]), any Error>
+        do {
+            asked = .success(try await askTarget(tracer, pid: pid, tids: tids, scratch: scratch))
+        } catch {
+            asked = .failure(error)
+        }
+        try await tracer.injectMunmap(address: scratch, length: page)
+        let (actions, clearChildTids) = try asked.get()
+
+        var threads: [RestoreRecord.ThreadRestoreState] = []
+        for (index, tid) in tids.enumerated() {
+            let robust = try Kernel.robustList(tid)
+            threads.append(RestoreRecord.ThreadRestoreState(tid: tid, clearChildTid: clearChildTids[index],
+                                                            robustList: robust.head, robustListLength: robust.length))
+        }
+        let timers = (try? Kernel.readFile(proc + "/timers")).map { bytes in
+            String(decoding: bytes, as: UTF8.self).split(separator: "\n").filter { $0.hasPrefix("ID:") }.count
+        } ?? 0
+        return RestoreRecord(bounds: bounds, auxv: auxv, executable: executable, vdso: vdso, signalActions: actions,
+                             threads: threads, mappingFlags: model.maps.map { .init(start: $0.start, vmFlags: $0.vmFlags ?? []) },
+                             posixTimers: timers)
+    }
+
+    /// Runs the asking calls into `scratch` and reads their answers.
+    private static func askTarget(_ tracer: Tracer, pid: Int32, tids: [Int32],
+                                  scratch: UInt64) async throws -> ([RestoreRecord.SignalAction], [UInt64]) {
+        for signal in 1...64 {
+            _ = try await tracer.performSyscall(MITOSIS_SYS_rt_sigaction, [UInt64(signal), 0, scratch + UInt64(signal - 1) * 32, 8])
+        }
+        for (index, tid) in tids.enumerated() {
+            _ = try await tracer.performSyscall(MITOSIS_SYS_prctl, [40 /* PR_GET_TID_ADDRESS */, scratch + 2048 + UInt64(index) * 8], in: tid)
+        }
+        var words = [UInt64](repeating: 0, count: 256 + tids.count)
+        let wanted = words.count * 8
+        let count = try words.withUnsafeMutableBytes { buffer throws(Errno) in
+            try Kernel.readMemory(pid: pid, address: scratch, into: buffer)
+        }
+        guard count == wanted else { throw MitosisError.system(operation: "reading the scratch page of \(pid)", errno: .ioError) }
+        let actions = (0..<64).map { RestoreRecord.SignalAction(handler: words[$0 * 4], flags: words[$0 * 4 + 1],
+                                                                  restorer: words[$0 * 4 + 2], mask: words[$0 * 4 + 3]) }
+        return (actions, Array(words[256...]))
+    }
+
+    /// The vDSO's and its data pages' places, and a hash of the vDSO's code.
+    static func vdsoIdentity(pid: Int32, maps: [MemoryMapping]) throws -> RestoreRecord.VdsoIdentity {
+        func range(_ name: String) -> RestoreRecord.AddressRange? {
+            maps.first { $0.path == name }.map { .init(start: $0.start, length: $0.length) }
+        }
+        guard let vvar = range("[vvar]"), let vdso = range("[vdso]") else {
+            throw MitosisError.unsupported(feature: "restore", detail: "process \(pid) has no [vdso] or [vvar] mapping")
+        }
+        var bytes = [UInt8](repeating: 0, count: Int(vdso.length))
+        let count = try bytes.withUnsafeMutableBytes { buffer throws(Errno) in
+            try Kernel.readMemory(pid: pid, address: vdso.start, into: buffer)
+        }
+        guard count == bytes.count else { throw MitosisError.system(operation: "reading the vDSO of \(pid)", errno: .ioError) }
+        return RestoreRecord.VdsoIdentity(vvar: vvar, vvarVclock: range("[vvar_vclock]"), vdso: vdso,
+                                          xxh64: Checksum.hex(Checksum.xxh64(bytes)))
+    }
+}
