@@ -63,11 +63,13 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Layer 5 — restore: a husk process filled by injected system calls from an image chain.
+        .target(name: "MitosisRestore", dependencies: ["MitosisKernel", "MitosisModel", "MitosisTrace", "MitosisImage", "CMitosis"]),
         // The public API in one import. Stacks stay out so that a client that only inspects or
         // checkpoints does not link libunwind: import MitosisStacks for call stacks.
         .target(
             name: "Mitosis",
-            dependencies: ["MitosisModel", "MitosisTrace", "MitosisInspect", "MitosisImage", "MitosisCheckpoint"]
+            dependencies: ["MitosisModel", "MitosisTrace", "MitosisInspect", "MitosisImage", "MitosisCheckpoint", "MitosisRestore"]
         ),
         .executableTarget(
             name: "mitosis",

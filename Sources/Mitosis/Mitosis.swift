@@ -5,3 +5,4 @@
 @_exported import MitosisInspect
 @_exported import MitosisImage
 @_exported import MitosisCheckpoint
+@_exported import MitosisRestore

@@ -13,7 +13,8 @@ public struct RestoreRecord: Codable, Sendable, Equatable {
     /// The dispositions of signals 1…64, in order.
     public var signalActions: [SignalAction]
     public var threads: [ThreadRestoreState]
-    /// The `VmFlags` of each mapping, by start address (from `/proc/PID/smaps`).
+    /// The `VmFlags` of each mapping, by start address (from `/proc/PID/smaps`, read right after
+    /// the thaw: smaps walks every page table, too slow for the freeze).
     public var mappingFlags: [MappingFlags]
     /// POSIX timers of the process (`/proc/PID/timers` entries): not restored yet, so counted to refuse.
     public var posixTimers: Int

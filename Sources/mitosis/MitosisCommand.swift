@@ -17,6 +17,7 @@ struct MitosisCommand: AsyncParsableCommand {
             DemoCommand.self,
             ImagesCommand.self,
             DumpCommand.self,
+            RestoreCommand.self,
             TrackCommand.self,
         ]
     )

@@ -230,9 +230,7 @@ public actor CheckpointSession {
                 descriptors = try ProcessReader.descriptors(pid: pid)
                 // Without these the image still serves as a memory checkpoint; a restore refuses it.
                 do {
-                    let model = try Introspector.inspect(pid: pid, detailedMemory: true)
-                    process = model
-                    restore = try await RestoreCapture.capture(tracer, pid: pid, model: model)
+                    restore = try await RestoreCapture.capture(tracer, pid: pid, maps: try ProcessReader.mappings(pid: pid, detailed: false))
                 } catch {
                     logger.warning("checkpoint of \(pid) is not restorable: \(error)")
                 }
@@ -243,6 +241,19 @@ public actor CheckpointSession {
             }
             await tracer.thaw()
             run.frozen += clock.now - frozenAt
+            // Read after the thaw, so that it costs no freeze time (smaps walks every page table):
+            // identity, limits and mapping flags change rarely. Mappings, descriptors and threads
+            // above are the frozen ones.
+            if restore != nil {
+                do {
+                    let model = try Introspector.inspect(pid: pid, detailedMemory: true)
+                    process = model
+                    restore?.mappingFlags = model.maps.map { .init(start: $0.start, vmFlags: $0.vmFlags ?? []) }
+                } catch {
+                    logger.warning("checkpoint of \(pid) is not restorable: \(error)")
+                    restore = nil
+                }
+            }
 
             // Store what the checkpoint holds, describe the rest.
             let stored = run.staged.intersection(final.data)

@@ -14,7 +14,7 @@ import SystemPackage
 /// calls (`rt_sigaction(sig, NULL, scratch)`, `prctl(PR_GET_TID_ADDRESS, scratch)`, `brk(0)`)
 /// writing into a scratch page mapped for the purpose and unmapped before the thaw.
 enum RestoreCapture {
-    static func capture(_ tracer: Tracer, pid: Int32, model: ProcessModel) async throws -> RestoreRecord {
+    static func capture(_ tracer: Tracer, pid: Int32, maps: [MemoryMapping]) async throws -> RestoreRecord {
         let proc = "/proc/\(pid)"
         let brk = try await tracer.performSyscall(MITOSIS_SYS_brk, [0])
         let statText = String(decoding: try Kernel.readFile(proc + "/stat"), as: UTF8.self)
@@ -26,7 +26,7 @@ enum RestoreCapture {
             auxvBytes[offset..<offset + 8].reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
         }
         let executable = try Kernel.readLink(proc + "/exe")
-        let vdso = try vdsoIdentity(pid: pid, maps: model.maps)
+        let vdso = try vdsoIdentity(pid: pid, maps: maps)
         let tids = await tracer.threads(of: pid)
 
         // Signal dispositions (32 bytes each) and clear_child_tid words (8 each) in one page.
@@ -51,7 +51,7 @@ enum RestoreCapture {
             String(decoding: bytes, as: UTF8.self).split(separator: "\n").filter { $0.hasPrefix("ID:") }.count
         } ?? 0
         return RestoreRecord(bounds: bounds, auxv: auxv, executable: executable, vdso: vdso, signalActions: actions,
-                             threads: threads, mappingFlags: model.maps.map { .init(start: $0.start, vmFlags: $0.vmFlags ?? []) },
+                             threads: threads, mappingFlags: [],
                              posixTimers: timers)
     }
 

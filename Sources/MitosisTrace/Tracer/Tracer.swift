@@ -53,7 +53,7 @@ public actor Tracer {
 
     public nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
 
-    private init(pid: Int32, stopTimeout: Duration) {
+    init(pid: Int32, stopTimeout: Duration) {
         self.pid = pid
         self.stopTimeout = stopTimeout
         self.executor = DedicatedThreadExecutor(name: "mitosis-tracer-\(pid)")

@@ -1,0 +1,123 @@
+import Glibc
+import MitosisImage
+import MitosisKernel
+import MitosisModel
+import SystemPackage
+
+/// What a restore of one image will do, and what it refuses: decided before any process exists.
+struct RestorePlan: Sendable {
+    let manifest: CheckpointManifest
+    let record: RestoreRecord
+
+    /// Character devices that hold no state, so that opening them again restores them.
+    static let statelessDevices: Set<String> = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"]
+
+    /// Every reason this image cannot be restored on this host now; empty when it can.
+    static func refusals(_ manifest: CheckpointManifest) -> [RestoreRefusal] {
+        guard manifest.formatVersion >= 2, let record = manifest.restore else {
+            return [RestoreRefusal("image", "format version \(manifest.formatVersion) records no restore state (signal handlers, mm bounds, vDSO…); checkpoint the process again with this mitosis")]
+        }
+        var refusals: [RestoreRefusal] = []
+        let pid = manifest.pid
+        if manifest.pageSize != CheckpointHeader.systemPageSize {
+            refusals.append(RestoreRefusal("image", "page size \(manifest.pageSize), this system's is \(CheckpointHeader.systemPageSize)"))
+        }
+        if !manifest.threads.contains(where: { $0.tid == pid }) {
+            refusals.append(RestoreRefusal("thread \(pid)", "the main thread had exited; restoring a process without it is not supported"))
+        }
+        if Set(manifest.threads.map(\.tid)) != Set(record.threads.map(\.tid)) {
+            refusals.append(RestoreRefusal("image", "thread states and restore records name different threads"))
+        }
+        if let problem = vdsoProblem(record.vdso) { refusals.append(RestoreRefusal("vDSO", problem)) }
+        if record.auxv.count * 8 > 1024 { refusals.append(RestoreRefusal("auxv", "\(record.auxv.count) words, more than the kernel keeps")) }
+        if !fileExists(record.executable) {
+            refusals.append(RestoreRefusal("executable", "\(record.executable) does not exist here"))
+        }
+        if record.posixTimers > 0 {
+            refusals.append(RestoreRefusal("POSIX timers", "\(record.posixTimers) timer(s); restoring POSIX timers is not supported yet"))
+        }
+        if let identity = manifest.process?.identity, identity.uid.effective != geteuid() || identity.gid.effective != getegid() {
+            refusals.append(RestoreRefusal("credentials", "the process ran as uid \(identity.uid.effective) gid \(identity.gid.effective); restoring other credentials is not supported yet"))
+        }
+        let deleted = Set(manifest.process?.maps.filter(\.deleted).map(\.start) ?? [])
+        for mapping in manifest.mappings {
+            if let reason = mappingProblem(mapping, deleted: deleted.contains(mapping.start)) {
+                refusals.append(RestoreRefusal("mapping 0x\(String(mapping.start, radix: 16))-0x\(String(mapping.end, radix: 16)) \(mapping.path ?? "[anonymous]")", reason))
+            }
+        }
+        for descriptor in manifest.descriptors ?? [] {
+            if let reason = descriptorProblem(descriptor) { refusals.append(RestoreRefusal("fd \(descriptor.fd) (\(descriptor.target))", reason)) }
+        }
+        return refusals
+    }
+
+    /// Mappings the kernel provides (vDSO, vvar, vsyscall) are placed, not created.
+    static func isKernelProvided(_ mapping: CheckpointMapping) -> Bool {
+        ["vdso", "vvar", "vsyscall"].contains(mapping.kind) || mapping.path == "[vvar_vclock]"
+    }
+
+    private static func mappingProblem(_ mapping: CheckpointMapping, deleted: Bool) -> String? {
+        if isKernelProvided(mapping) { return nil }
+        switch MemoryMapping.Kind(rawValue: mapping.kind) {
+        case .anonymous, .heap, .stack, .sharedAnonymous:
+            return nil
+        case .file:
+            guard let path = mapping.path else { return "a file mapping without a path" }
+            if deleted { return "maps a deleted file; restoring deleted files is not supported yet" }
+            if !fileExists(path) { return "\(path) does not exist here" }
+            return nil
+        case .sysvSharedMemory:
+            return "SysV shared memory is not restorable yet"
+        default:
+            return "\(mapping.kind) mappings are not restorable"
+        }
+    }
+
+    private static func descriptorProblem(_ descriptor: OpenDescriptor) -> String? {
+        switch descriptor.kind {
+        case .file, .directory:
+            guard let path = descriptor.path else { return "no path" }
+            if descriptor.deleted { return "the file was deleted; restoring deleted files is not supported yet" }
+            if !fileExists(path) { return "\(path) does not exist here" }
+            return nil
+        case .characterDevice:
+            guard let path = descriptor.path, statelessDevices.contains(path) else {
+                return "character device \(descriptor.path ?? descriptor.target) may hold state; only \(statelessDevices.sorted().joined(separator: ", ")) are restored"
+            }
+            return nil
+        default:
+            return "\(descriptor.kind.rawValue) descriptors are not restorable yet"
+        }
+    }
+
+    /// Nil when this kernel's vDSO is the image's (same length, same bytes) and laid out as one
+    /// block after its data pages, as `arch_prctl(ARCH_MAP_VDSO_64)` places it.
+    private static func vdsoProblem(_ vdso: RestoreRecord.VdsoIdentity) -> String? {
+        guard let own = try? HostVdso.read() else { return "this process has no vDSO to compare with" }
+        if own.vdso.length != vdso.vdso.length || own.vvar.length != vdso.vvar.length
+            || own.vvarVclock?.length != vdso.vvarVclock?.length {
+            return "its layout differs from this kernel's (another kernel build): trampolines are not supported"
+        }
+        if own.xxh64 != vdso.xxh64 { return "its code differs from this kernel's (xxh64 \(vdso.xxh64), here \(own.xxh64)): another kernel build" }
+        let dataEnd = vdso.vvar.start + vdso.vvar.length + (vdso.vvarVclock?.length ?? 0)
+        if let clock = vdso.vvarVclock, clock.start != vdso.vvar.start + vdso.vvar.length { return "vvar pages are not contiguous" }
+        if dataEnd != vdso.vdso.start { return "the vDSO does not follow its data pages" }
+        return nil
+    }
+
+    private static func fileExists(_ path: String) -> Bool { (try? Kernel.status(path)) != nil }
+}
+
+/// This process's own vDSO: the one a husk (a fork of this process) starts with.
+enum HostVdso {
+    static func read() throws -> RestoreRecord.VdsoIdentity {
+        let maps = ProcMaps.parse(String(decoding: try Kernel.readFile("/proc/self/maps"), as: UTF8.self))
+        func range(_ name: String) -> RestoreRecord.AddressRange? {
+            maps.first { $0.path == name }.map { .init(start: $0.start, length: $0.length) }
+        }
+        guard let vvar = range("[vvar]"), let vdso = range("[vdso]") else { throw Errno.noSuchFileOrDirectory }
+        let bytes = UnsafeRawBufferPointer(start: UnsafeRawPointer(bitPattern: UInt(vdso.start)), count: Int(vdso.length))
+        return RestoreRecord.VdsoIdentity(vvar: vvar, vvarVclock: range("[vvar_vclock]"), vdso: vdso,
+                                          xxh64: Checksum.hex(Checksum.xxh64(bytes)))
+    }
+}

@@ -1,0 +1,97 @@
+import Foundation
+import Glibc
+import MitosisImage
+import MitosisKernel
+import MitosisModel
+import MitosisTrace
+import SystemPackage
+
+/// A restored process, and what its restore cost.
+public struct RestoreResult: Codable, Sendable, Equatable {
+    public var pid: Int32
+    public var threads: Int
+    public var descriptors: Int
+    /// From the start of `restore` until the process runs, image reading included.
+    public var restoreMilliseconds: Double
+    /// Time per phase: `husk` (creating it), `empty` (emptying its address space, placing the
+    /// vDSO), `memory` (mapping and filling), `state` (signals, mm, descriptors, threads),
+    /// `resume` (rseq, registers, detach).
+    public var phases: [String: Double]
+}
+
+/// Brings a checkpointed process back to life from an image chain, on this host, with its pid
+/// and thread ids (see Docs/restore.md).
+///
+/// A husk — an empty process with the image's pid, created by `clone3(set_tid)` and traced with
+/// `PTRACE_O_EXITKILL` — is filled entirely by system calls injected into it: its address space
+/// emptied, the vDSO placed, every mapping created and filled, signal dispositions, mm bounds,
+/// descriptors and threads set, registers put back. Then it is detached and runs on. A restore
+/// that fails at any step kills its husk: no process is left behind.
+public struct Restorer: Sendable {
+    public let image: CheckpointImage
+    public let chain: CheckpointChain
+
+    /// Opens the chain of `image` (every ancestor, checked by id).
+    public init(image: CheckpointImage) throws(ImageError) {
+        self.image = image
+        chain = try image.chain()
+    }
+
+    public var manifest: CheckpointManifest { image.manifest }
+
+    /// Every reason the image cannot be restored on this host now (empty when it can): version,
+    /// vDSO, missing files, descriptor kinds and mappings not restorable yet, and so on.
+    public func refusals() -> [RestoreRefusal] {
+        RestorePlan.refusals(manifest)
+    }
+
+    /// Restores the process. `verify`, if given, runs once the process is complete but before
+    /// any of its threads runs (its memory can be read with `process_vm_readv`); throwing from it
+    /// aborts the restore and kills the process.
+    public func restore(verify: (@Sendable (Int32) throws -> Void)? = nil) async throws -> RestoreResult {
+        let clock = ContinuousClock()
+        let started = clock.now
+        let refusals = self.refusals()
+        guard refusals.isEmpty, let record = manifest.restore else { throw RestoreError.refused(image: image.path, refusals) }
+        let plan = RestorePlan(manifest: manifest, record: record)
+        let pid = manifest.pid
+        let tracer: Tracer
+        do {
+            tracer = try await Tracer.spawnHusk(pid: pid)
+        } catch Errno.fileExists {
+            throw RestoreError.pidTaken(pid, holder: Self.describeHolder(pid))
+        } catch Errno.invalidArgument {
+            throw RestoreError.pidOutOfRange(pid)
+        } catch let error as Errno {
+            throw RestoreError.failed(step: "creating the husk with pid \(pid) (clone3 with set_tid)", detail: "\(error)")
+        } catch {
+            throw RestoreError.failed(step: "creating the husk with pid \(pid)", detail: "\(error)")
+        }
+        let huskReady = clock.now
+        do {
+            var phases = try await tracer.buildRestoredProcess(plan, chain: chain, verify: verify)
+            phases["husk"] = Self.milliseconds(huskReady - started)
+            return RestoreResult(pid: pid, threads: manifest.threads.count, descriptors: manifest.descriptors?.count ?? 0,
+                                 restoreMilliseconds: Self.milliseconds(clock.now - started), phases: phases)
+        } catch {
+            await tracer.killHusk()
+            if let failure = error as? StepFailure { throw RestoreError.failed(step: failure.step, detail: failure.detail) }
+            throw RestoreError.failed(step: "restoring", detail: "\(error)")
+        }
+    }
+
+    /// "process 123 (name: cmdline)" for the process holding `pid`.
+    static func describeHolder(_ pid: Int32) -> String {
+        let comm = (try? Kernel.readFile("/proc/\(pid)/comm")).map { String(decoding: $0, as: UTF8.self).trimmingCharacters(in: .newlines) }
+        let cmdline = (try? Kernel.readFile("/proc/\(pid)/cmdline")).map {
+            $0.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }.joined(separator: " ")
+        }
+        guard let comm else { return "process \(pid) (or a thread of another process)" }
+        return "process \(pid) (\(comm)\(cmdline.map { $0.isEmpty ? "" : ": " + $0 } ?? ""))"
+    }
+
+    static func milliseconds(_ duration: Duration) -> Double {
+        let (seconds, attoseconds) = duration.components
+        return Double(seconds) * 1000 + Double(attoseconds) / 1e15
+    }
+}

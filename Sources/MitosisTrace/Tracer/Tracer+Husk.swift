@@ -1,0 +1,76 @@
+import CMitosis
+import Glibc
+import SystemPackage
+import MitosisKernel
+import MitosisModel
+
+/// A tracer over a husk: an empty process this one creates with a chosen pid, for a restore to
+/// fill by injected system calls (MitosisRestore). The husk is seized with `PTRACE_O_EXITKILL`,
+/// so that if Mitosis dies mid-restore the kernel kills the half-built process, and with
+/// `PTRACE_O_TRACECLONE`, so that threads created in it are held from their first instruction.
+extension Tracer {
+    /// Creates the husk on the tracer's own thread (the husk dies with that thread until it is
+    /// told otherwise) and holds it stopped in its `pause()`. Throws the `Errno` of `clone3`
+    /// (`EEXIST`: the pid is taken) or a `MitosisError`.
+    package static func spawnHusk(pid: Int32) async throws -> Tracer {
+        let tracer = Tracer(pid: pid, stopTimeout: .seconds(5))
+        try await tracer.startHusk()
+        return tracer
+    }
+
+    private func startHusk() throws {
+        let husk = try Kernel.spawnHusk(pid: pid)
+        do throws(Errno) {
+            try Ptrace.seize(husk, options: Int(MITOSIS_PTRACE_O_EXITKILL | MITOSIS_PTRACE_O_TRACECLONE))
+            // The husk may still be setting itself up: let it run until it waits in pause().
+            for _ in 0..<1000 {
+                try Ptrace.interrupt(husk)
+                guard case .eventStop = try Ptrace.wait(husk) else { throw Errno.noSuchProcess }
+                if try Ptrace.getRegisters(husk).orig_rax == UInt64(SYS_pause) {
+                    threads = [SeizedThread(pid: husk, tid: husk, groupStopSignal: nil)]
+                    return
+                }
+                try Ptrace.resume(husk)
+                usleep(1000)
+            }
+            throw Errno.timedOut
+        } catch {
+            _ = try? Kernel.sendSignal(pid: husk, SIGKILL)
+            Kernel.reap(husk)
+            throw MitosisError.system(operation: "seizing the husk \(husk)", errno: error)
+        }
+    }
+
+    /// Holds thread `tid`, just created in the husk by an injected `clone3`, once it reports its
+    /// first stop, so that injection and register writes can use it.
+    package func adoptClonedThread(_ tid: Int32) throws(MitosisError) {
+        do throws(Errno) {
+            while true {
+                guard let event = try Ptrace.wait(tid) else { continue }
+                if case .eventStop = event { break }
+                if case .signalStop = event { break }
+                throw Errno.noSuchProcess
+            }
+        } catch {
+            throw .system(operation: "waiting for the new thread \(tid)", errno: error)
+        }
+        threads.append(SeizedThread(pid: pid, tid: tid, groupStopSignal: nil))
+        threads.sort { $0.tid < $1.tid }
+    }
+
+    /// Makes injected calls run at `address`, a `syscall` instruction the husk can execute
+    /// (its gadget page while its vDSO moves; the restored vDSO before the gadget goes).
+    package func useSyscallInstruction(_ address: UInt64) {
+        syscallInstructions[pid] = address
+    }
+
+    /// Kills the husk and reaps it, for a restore that failed: no half-built process survives.
+    package func killHusk() {
+        _ = try? Kernel.sendSignal(pid: pid, SIGKILL)
+        // Traced threads stay zombies until their tracer reaps them; the leader goes last.
+        for thread in threads where thread.tid != pid { Kernel.reap(thread.tid) }
+        Kernel.reap(pid)
+        threads.removeAll()
+        thaw()
+    }
+}

@@ -1,0 +1,63 @@
+import ArgumentParser
+import Foundation
+import Mitosis
+
+/// Brings a checkpointed process back to life from an image chain.
+struct RestoreCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "restore",
+        abstract: "Restore a checkpointed process from an image (full or incremental), with its pid and thread ids.",
+        discussion: """
+            The process comes back on this host with its memory, threads, registers, signal \
+            dispositions and descriptors, and runs on detached. --check only says whether the \
+            image can be restored here, listing every reason it cannot. A restore that fails \
+            leaves no process behind. See Docs/restore.md for what is restored and what is refused.
+            """)
+
+    @Argument(help: "The image directory (any committed image of a chain).") var image: String
+    @Flag(help: "Only check whether the image can be restored here; list what is refused and why.") var check = false
+    @Flag(help: "Print the result as JSON.") var json = false
+
+    func run() async throws {
+        do {
+            let restorer = try Restorer(image: CheckpointImage.open(image))
+            if check {
+                let refusals = restorer.refusals()
+                if json {
+                    print(try JSONOutput.string(CheckReport(image: image, restorable: refusals.isEmpty, refusals: refusals)))
+                } else if refusals.isEmpty {
+                    print("\(image): restorable here (process \(restorer.manifest.pid), \(restorer.manifest.threads.count) threads, \(restorer.manifest.descriptors?.count ?? 0) descriptors)")
+                } else {
+                    print("\(image): not restorable here:")
+                    for refusal in refusals { print("  \(refusal)") }
+                }
+                if !refusals.isEmpty { throw ExitCode(1) }
+                return
+            }
+            let result = try await restorer.restore()
+            if json {
+                print(try JSONOutput.string(JSONResult(pid: result.pid, threads: result.threads, descriptors: result.descriptors,
+                                                       restoreMs: result.restoreMilliseconds)))
+            } else {
+                print("restored process \(result.pid) (\(result.threads) threads, \(result.descriptors) descriptors) from \(image) in \(String(format: "%.1f", result.restoreMilliseconds)) ms")
+            }
+        } catch let exit as ExitCode {
+            throw exit
+        } catch {
+            fail(error)
+        }
+    }
+
+    struct CheckReport: Codable {
+        var image: String
+        var restorable: Bool
+        var refusals: [RestoreRefusal]
+    }
+
+    struct JSONResult: Codable {
+        var pid: Int32
+        var threads: Int
+        var descriptors: Int
+        var restoreMs: Double
+    }
+}
