@@ -96,7 +96,7 @@ let package = Package(
         ),
         .testTarget(
             name: "MitosisTests",
-            dependencies: ["Mitosis", "MitosisKernel", "MitosisStacks", "mitosis-scenario", "mitosis", "mitosis-demo-target", "mitosis-scenario-cpp", "mitosis-scenario-swift"]
+            dependencies: ["Mitosis", "MitosisKernel", "MitosisRestore", "MitosisStacks", "mitosis-scenario", "mitosis", "mitosis-demo-target", "mitosis-scenario-cpp", "mitosis-scenario-swift"]
         ),
     ]
 )

@@ -7,13 +7,14 @@ import MitosisModel
 /// ZDTM-style, what the kernel shows must equal what the image recorded.
 public enum RestoreVerification {
     /// The pages (addresses) of `pid` whose bytes differ from the chain's, over every mapping
-    /// the image restores. Empty when memory is byte-exact.
+    /// the image restores. Empty when memory is byte-exact. Mappings without read permission
+    /// (guard pages) are skipped: `process_vm_readv` cannot read them, so no image holds their bytes.
     public static func differingPages(pid: Int32, chain: CheckpointChain) throws -> [UInt64] {
         let pageSize = chain.newest.manifest.pageSize
         var differing: [UInt64] = []
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4 << 20, alignment: pageSize)
         defer { buffer.deallocate() }
-        for mapping in chain.newest.manifest.mappings where !RestorePlan.isKernelProvided(mapping) && !mapping.pages.isEmpty {
+        for mapping in chain.newest.manifest.mappings where !RestorePlan.isKernelProvided(mapping) && !mapping.pages.isEmpty && mapping.perms.hasPrefix("r") {
             var at = mapping.start
             while at < mapping.end {
                 let count = Int(min(UInt64(buffer.count), mapping.end - at))
@@ -34,8 +35,16 @@ public enum RestoreVerification {
     /// compared for file mappings only: an anonymous mapping's offset records its history.
     public static func mappingDifferences(pid: Int32, manifest: CheckpointManifest) throws -> [String] {
         let live = ProcMaps.parse(String(decoding: try Kernel.readFile("/proc/\(pid)/maps"), as: UTF8.self))
-        let expected = join(manifest.mappings.map { Area(start: $0.start, end: $0.end, perms: $0.perms, path: $0.path, offset: $0.kind == "file" ? $0.offset : nil) })
-        let actual = join(live.map { Area(start: $0.start, end: $0.end, perms: $0.perms, path: $0.path, offset: $0.kind == .file ? $0.offset : nil) })
+        var image = manifest.mappings.map { Area(start: $0.start, end: $0.end, perms: $0.perms, path: $0.path, offset: $0.kind == "file" ? $0.offset : nil) }
+        // The vDSO and its data pages are not checkpointed mappings; the record says where they were.
+        if let vdso = manifest.restore?.vdso {
+            for (range, name, perms) in [(vdso.vvar, "[vvar]", "r--p"), (vdso.vvarVclock, "[vvar_vclock]", "r--p"), (vdso.vdso, "[vdso]", "r-xp")] {
+                if let range { image.append(Area(start: range.start, end: range.start + range.length, perms: perms, path: name, offset: nil)) }
+            }
+        }
+        let expected = join(image)
+        // [vsyscall] lies above user space, the same in every process.
+        let actual = join(live.filter { $0.kind != .vsyscall }.map { Area(start: $0.start, end: $0.end, perms: $0.perms, path: $0.path, offset: $0.kind == .file ? $0.offset : nil) })
         let missing = expected.filter { !actual.contains($0) }.map { "image has \($0), process does not" }
         let extra = actual.filter { !expected.contains($0) }.map { "process has \($0), image does not" }
         return missing + extra

@@ -3,7 +3,7 @@
 // It holds MIB MiB of patterned anonymous memory and a patterned heap block, WORKERS threads
 // that each count in a loop and check their thread-local marker (fs_base), a ticker thread
 // that ticks every 10 ms on CLOCK_MONOTONIC (absolute sleeps), a SIGUSR1 handler, SIGPIPE
-// ignored, and LOG open as fd 3 (not O_APPEND: its offset must survive). Reports `area`,
+// ignored, SIGUSR1 blocked in every thread but the main one's sigsuspend, and LOG open as fd 3 (not O_APPEND: its offset must survive). Reports `area`,
 // `pages`, `log_fd`.
 //
 // Command `detach` answers READY, points fds 0, 1 and 2 at /dev/null (so the process holds no
@@ -137,6 +137,11 @@ static int restore_setup(int argc, char **argv) {
     sigemptyset(&action.sa_mask);
     sigaction(SIGUSR1, &action, NULL);
     signal(SIGPIPE, SIG_IGN);
+    // Only the main thread takes SIGUSR1, inside sigsuspend: the threads inherit it blocked.
+    sigset_t usr1;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &usr1, NULL);
     pthread_t thread;
     if (pthread_create(&thread, NULL, ticker, NULL) != 0) return -1;
     for (int w = 0; w < workers; w++)
@@ -157,10 +162,8 @@ static int restore_step(const char *command) {
     dup2(null, 1);
     dup2(null, 2);
     if (null > 3) close(null);
-    sigset_t usr1, waiting;
-    sigemptyset(&usr1);
-    sigaddset(&usr1, SIGUSR1);
-    sigprocmask(SIG_BLOCK, &usr1, &waiting);
+    sigset_t waiting;
+    sigprocmask(SIG_BLOCK, NULL, &waiting);
     sigdelset(&waiting, SIGUSR1);
     for (;;) {
         while (!check_requested) sigsuspend(&waiting);

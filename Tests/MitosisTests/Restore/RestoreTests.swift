@@ -1,0 +1,239 @@
+import Foundation
+import Glibc
+import Testing
+@testable import MitosisCheckpoint
+@testable import MitosisImage
+@testable import MitosisKernel
+@testable import MitosisModel
+@testable import MitosisRestore
+
+/// The `restore` scenario, checkpointed while it runs: its image, log and original thread ids.
+struct CheckpointedScenario {
+    let child: ScenarioProcess
+    let scratch: ScratchDirectory
+    let log: String
+    let image: String
+    let manifest: CheckpointManifest
+
+    /// Starts the scenario with `mib` MiB of patterned memory and `workers` counting threads,
+    /// has it pass one self-check, and checkpoints it into `scratch/image`.
+    init(mib: Int = 16, workers: Int = 2) async throws {
+        scratch = try ScratchDirectory()
+        log = scratch.path + "/scenario.log"
+        image = scratch.path + "/image"
+        child = try ScenarioProcess("restore", [log, "\(mib)", "\(workers)", "120"])
+        try child.send("detach")
+        kill(child.pid, SIGUSR1)
+        _ = try Self.awaitCheck(1, in: log)
+        let session = try await CheckpointSession(pid: child.pid)
+        do {
+            manifest = try await session.checkpoint(to: DirectorySink(directory: image)).manifest
+        } catch {
+            await session.stop()
+            throw error
+        }
+        await session.stop()
+    }
+
+    /// Kills the original and reaps it, so that its pid is free for the restore.
+    func killOriginal() { child.stop() }
+
+    func remove() {
+        child.stop()
+        scratch.remove()
+    }
+
+    /// Waits for line `CHECK n=N …` in the log and returns it.
+    static func awaitCheck(_ number: Int, in log: String, timeout: Duration = .seconds(10)) throws -> String {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+            if let line = text.split(separator: "\n").first(where: { $0.hasPrefix("CHECK n=\(number) ") }) { return String(line) }
+            usleep(10_000)
+        }
+        throw ScenarioError.protocolError("no CHECK n=\(number) in \(log)")
+    }
+
+    /// `key=value` of a CHECK line.
+    static func value(_ key: String, in line: String) -> String? {
+        line.split(separator: " ").first { $0.hasPrefix(key + "=") }.map { String($0.dropFirst(key.count + 1)) }
+    }
+}
+
+/// Kills and reaps a restored process (a child of this test process).
+func endRestored(_ pid: Int32) {
+    kill(pid, SIGKILL)
+    var status: Int32 = 0
+    while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
+}
+
+struct RestoreFailure: Error, CustomStringConvertible {
+    var description: String
+}
+
+@Suite(.serialized) struct RestoreTests {
+    @Test func restoredProcessPassesItsSelfCheckAndRunsOn() async throws {
+        let scenario = try await CheckpointedScenario(mib: 16, workers: 3)
+        defer { scenario.remove() }
+        let pid = scenario.child.pid
+        let tids = scenario.manifest.threads.map(\.tid).sorted()
+        #expect(tids.count == 5)
+        scenario.killOriginal()
+        #expect(kill(pid, 0) == -1 && errno == ESRCH)
+
+        let restorer = try Restorer(image: CheckpointImage.open(scenario.image))
+        #expect(restorer.refusals().isEmpty)
+        let chain = restorer.chain, manifest = restorer.manifest
+        let result = try await restorer.restore(verify: { pid in
+            // Before any thread runs: byte-exact memory and the image's mappings.
+            let pages = try RestoreVerification.differingPages(pid: pid, chain: chain)
+            guard pages.isEmpty else { throw RestoreFailure(description: "\(pages.count) pages differ, first 0x\(String(pages[0], radix: 16))") }
+            let maps = try RestoreVerification.mappingDifferences(pid: pid, manifest: manifest)
+            guard maps.isEmpty else { throw RestoreFailure(description: maps.joined(separator: "; ")) }
+        })
+        defer { endRestored(pid) }
+        #expect(result.pid == pid && result.threads == 5 && result.descriptors == 4)
+
+        // Same pid, same tids, running untraced; descriptors at their numbers and offsets.
+        let live = try Kernel.listDirectory("/proc/\(pid)/task").compactMap { Int32($0) }.sorted()
+        #expect(live == tids)
+        #expect(try TargetHealth.tracer(of: pid) == 0)
+        for fd in 0...2 { #expect(try Kernel.readLink("/proc/\(pid)/fd/\(fd)") == "/dev/null") }
+        #expect(try Kernel.readLink("/proc/\(pid)/fd/3") == scenario.log)
+        let logged = try String(contentsOfFile: scenario.log, encoding: .utf8)
+        let fdinfo = String(decoding: try Kernel.readFile("/proc/\(pid)/fdinfo/3"), as: UTF8.self)
+        #expect(fdinfo.hasPrefix("pos:\t\(logged.utf8.count)\n"))
+
+        // Its signal handler answers, its memory checks out, its threads tick on.
+        kill(pid, SIGUSR1)
+        let second = try CheckpointedScenario.awaitCheck(2, in: scenario.log)
+        #expect(second.contains(" PASS "), "\(second)")
+        #expect(CheckpointedScenario.value("handled", in: second) == "2")
+        usleep(300_000)
+        kill(pid, SIGUSR1)
+        let third = try CheckpointedScenario.awaitCheck(3, in: scenario.log)
+        #expect(third.contains(" PASS "), "\(third)")
+        let ticks = [second, third].map { Int(CheckpointedScenario.value("ticks", in: $0) ?? "") ?? -1 }
+        #expect(ticks[1] >= ticks[0] + 10, "the ticker ticks every 10 ms: \(ticks)")
+        let workers = [second, third].map { (CheckpointedScenario.value("workers", in: $0) ?? "").split(separator: ",").compactMap { Int($0) } }
+        #expect(workers[0].count == 3 && zip(workers[0], workers[1]).allSatisfy { $0 < $1 }, "\(workers)")
+        // The log continued where the original left it: the first check is still there.
+        let lines = try String(contentsOfFile: scenario.log, encoding: .utf8).split(separator: "\n")
+        #expect(lines.first == "START" && lines.dropFirst().first?.hasPrefix("CHECK n=1 PASS") == true)
+    }
+
+    @Test func aTakenPidGivesOneClearLine() async throws {
+        let scenario = try await CheckpointedScenario(mib: 1, workers: 1)
+        defer { scenario.remove() }
+        let pid = scenario.child.pid
+        let restorer = try Restorer(image: CheckpointImage.open(scenario.image))
+        await #expect(throws: RestoreError.pidTaken(pid, holder: Restorer.describeHolder(pid))) { try await restorer.restore() }
+        let run = try ToolRun(ToolRun.mitosis, ["restore", scenario.image])
+        #expect(run.status == 1)
+        #expect(run.standardError.hasPrefix("mitosis: pid \(pid) is taken by process \(pid) (mitosis-scenari"), "\(run.standardError)")
+        #expect(run.standardError.split(separator: "\n").count == 1)
+        // The original was not touched: it still answers.
+        kill(pid, SIGUSR1)
+        #expect(try CheckpointedScenario.awaitCheck(2, in: scenario.log).contains(" PASS "))
+    }
+
+    @Test func aRestoreFailingHalfwayLeavesNoProcess() async throws {
+        let scenario = try await CheckpointedScenario(mib: 4, workers: 1)
+        defer { scenario.remove() }
+        let pid = scenario.child.pid
+        scenario.killOriginal()
+        // Damage one run of page data after the image was opened: the fill fails mid-way.
+        let restorer = try Restorer(image: CheckpointImage.open(scenario.image))
+        let data = scenario.image + "/pages.data"
+        var bytes = try Synthetic.bytes(data)
+        bytes[bytes.count / 2] ^= 0xff
+        try Synthetic.overwrite(data, bytes)
+        do {
+            _ = try await restorer.restore()
+            Issue.record("the restore succeeded on damaged pages")
+            endRestored(pid)
+        } catch let RestoreError.failed(step, detail) {
+            #expect(step.hasPrefix("reading the image's pages"), "\(step)")
+            #expect(detail.contains("checksum mismatch"), "\(detail)")
+        }
+        #expect(kill(pid, 0) == -1 && errno == ESRCH, "the husk was killed and reaped")
+    }
+
+    @Test func checkListsWhatIsRefusedAndWhy() async throws {
+        let scenario = try await CheckpointedScenario(mib: 1, workers: 1)
+        defer { scenario.remove() }
+        // A process with its harness pipes (fds 0 and 1) is refused by name.
+        let piped = try ScenarioProcess("idle")
+        defer { piped.stop() }
+        let pipedImage = scenario.scratch.path + "/piped"
+        let dump = try ToolRun(ToolRun.mitosis, ["dump", "\(piped.pid)", "--images", pipedImage])
+        #expect(dump.status == 0, "\(dump.standardError)")
+        let check = try ToolRun(ToolRun.mitosis, ["restore", "--check", pipedImage])
+        #expect(check.status == 1)
+        #expect(check.standardOutput.contains("fd 0 (pipe:["), "\(check.standardOutput)")
+        #expect(check.standardOutput.contains("pipe descriptors are not restorable yet"))
+        let restore = try ToolRun(ToolRun.mitosis, ["restore", pipedImage])
+        #expect(restore.status == 1)
+        #expect(restore.standardError.hasPrefix("mitosis: \(pipedImage) cannot be restored here: fd 0 (pipe:["), "\(restore.standardError)")
+        #expect(restore.standardError.split(separator: "\n").count == 1)
+
+        // The restorable one says so.
+        let good = try ToolRun(ToolRun.mitosis, ["restore", "--check", scenario.image])
+        #expect(good.status == 0 && good.standardOutput.contains("restorable here"), "\(good.standardOutput)")
+
+        // A version 1 image reads, but is refused for restore.
+        let manifestPath = scenario.image + "/manifest.json"
+        var manifest = try JSONOutput.decoder().decode(CheckpointManifest.self, from: Data(contentsOf: URL(fileURLWithPath: manifestPath)))
+        let original = manifest
+        manifest.formatVersion = 1
+        manifest.restore = nil
+        try JSONOutput.encoder().encode(manifest).write(to: URL(fileURLWithPath: manifestPath))
+        try Synthetic.resign(scenario.image)
+        #expect(try CheckpointImage.open(scenario.image).manifest.formatVersion == 1)
+        let old = try ToolRun(ToolRun.mitosis, ["restore", scenario.image])
+        #expect(old.status == 1)
+        #expect(old.standardError.contains("image: format version 1 records no restore state"), "\(old.standardError)")
+
+        // Another kernel's vDSO, and an executable that is gone.
+        manifest = original
+        manifest.restore?.vdso.xxh64 = "0123456789abcdef"
+        manifest.restore?.executable = "/nonexistent/mitosis-exe"
+        try JSONOutput.encoder().encode(manifest).write(to: URL(fileURLWithPath: manifestPath))
+        try Synthetic.resign(scenario.image)
+        let foreign = try ToolRun(ToolRun.mitosis, ["restore", "--check", "--json", scenario.image])
+        #expect(foreign.status == 1)
+        let report = try JSONSerialization.jsonObject(with: Data(foreign.standardOutput.utf8)) as? [String: Any]
+        let subjects = (report?["refusals"] as? [[String: Any]])?.compactMap { $0["subject"] as? String } ?? []
+        #expect(subjects == ["vDSO", "executable"], "\(foreign.standardOutput)")
+    }
+
+    @Test func interruptedSystemCallsResumeAsTheKernelWould() {
+        func registers(rax: Int64, origRax: Int64) -> GeneralRegisters {
+            GeneralRegisters(r15: 0, r14: 0, r13: 0, r12: 0, rbp: 0, rbx: 0, r11: 0, r10: 0, r9: 0, r8: 0,
+                             rax: UInt64(bitPattern: rax), rcx: 0, rdx: 0, rsi: 0, rdi: 0, origRax: UInt64(bitPattern: origRax),
+                             rip: 0x1002, cs: 0, eflags: 0, rsp: 0, ss: 0, fsBase: 0, gsBase: 0, ds: 0, es: 0, fs: 0, gs: 0)
+        }
+        for code in [-512, -513, -514] as [Int64] {
+            let resumed = registers(rax: code, origRax: 230).resumingInterruptedCall
+            #expect(resumed.rip == 0x1000 && resumed.rax == 230 && resumed.origRax == UInt64.max)
+        }
+        let restartBlock = registers(rax: -516, origRax: 35).resumingInterruptedCall
+        #expect(restartBlock.rip == 0x1002 && Int64(bitPattern: restartBlock.rax) == -4)
+        let running = registers(rax: 7, origRax: -1).resumingInterruptedCall
+        #expect(running.rip == 0x1002 && running.rax == 7)
+        let finished = registers(rax: -11, origRax: 0).resumingInterruptedCall
+        #expect(finished.rip == 0x1002 && Int64(bitPattern: finished.rax) == -11 && finished.origRax == UInt64.max)
+    }
+
+    @Test func memoryBoundsParseFromStatAndRefuseTruncatedLines() {
+        var fields = (3...52).map { "\($0)" }
+        fields[0] = "S"
+        let line = "42 (a) b (c)) " + fields.joined(separator: " ") + "\n"
+        let bounds = RestoreRecord.MemoryBounds(procStat: line, brk: 99)
+        #expect(bounds == RestoreRecord.MemoryBounds(startCode: 26, endCode: 27, startData: 45, endData: 46, startBrk: 47, brk: 99,
+                                                     startStack: 28, argStart: 48, argEnd: 49, envStart: 50, envEnd: 51))
+        #expect(RestoreRecord.MemoryBounds(procStat: "42 (a) S 1 2 3", brk: 0) == nil)
+        #expect(RestoreRecord.MemoryBounds(procStat: "no parenthesis", brk: 0) == nil)
+        #expect(RestoreRecord.MemoryBounds(procStat: String(line.dropLast(8)), brk: 0) == nil)
+    }
+}
