@@ -168,8 +168,7 @@ extension Tracer {
     /// pages stay zero).
     private func mapMemory(_ plan: RestorePlan, chain: CheckpointChain, area: WorkArea) throws {
         let vmFlags = Dictionary(plan.record.mappingFlags.map { ($0.start, Set($0.vmFlags)) }, uniquingKeysWith: { a, _ in a })
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 8 << 20, alignment: Int(WorkArea.page))
-        defer { buffer.deallocate() }
+        var cache: RunCache?
         for mapping in plan.manifest.mappings where !RestorePlan.isKernelProvided(mapping) {
             let name = "0x\(String(mapping.start, radix: 16)) \(mapping.path ?? "[anonymous]")"
             let perms = Array(mapping.perms.utf8)
@@ -196,18 +195,7 @@ extension Tracer {
             guard address == mapping.start else {
                 throw StepFailure(step: "mapping \(name)", detail: "the kernel placed it at 0x\(String(address, radix: 16))")
             }
-            for range in held {
-                var at = range.start
-                while at < range.end {
-                    let count = Int(min(UInt64(buffer.count), range.end - at))
-                    let bytes: [UInt8]
-                    do { bytes = try chain.read(address: at, length: count) } catch {
-                        throw StepFailure(step: "reading the image's pages at 0x\(String(at, radix: 16))", detail: "\(error)")
-                    }
-                    try bytes.withUnsafeBytes { try huskWrite("writing pages of \(name)", at, $0) }
-                    at += UInt64(count)
-                }
-            }
+            for range in held { try fill(range, chain: chain, name: name, cache: &cache) }
             if mapProtection != protection {
                 try huskCall("protecting \(name)", MITOSIS_SYS_mprotect, [mapping.start, length, UInt64(protection)])
             }
@@ -220,6 +208,38 @@ extension Tracer {
                 try huskCall("naming \(name)", MITOSIS_SYS_prctl,
                              [0x5356_4d41 /* PR_SET_VMA */, 0 /* PR_SET_VMA_ANON_NAME */, mapping.start, length, try huskText(label, area: area)])
             }
+        }
+    }
+
+    /// The last page run read from the image, checked against its checksum.
+    struct RunCache {
+        var image: Int
+        var run: PageRun
+        var bytes: [UInt8]
+    }
+
+    /// Writes the pages of `range` from the chain: each comes from the newest image whose index
+    /// holds it (as `CheckpointChain.read` decides), one checked run at a time, written straight
+    /// from the run's bytes.
+    private func fill(_ range: PageRange, chain: CheckpointChain, name: String, cache: inout RunCache?) throws {
+        var at = range.start
+        while at < range.end {
+            guard let (number, run) = chain.images.enumerated().lazy
+                .compactMap({ image in image.element.run(containing: at).map { (image.offset, $0) } }).first
+            else {
+                throw StepFailure(step: "reading the image's pages at 0x\(String(at, radix: 16))", detail: "recorded as \(range.state.rawValue) but no image in the chain holds it")
+            }
+            if cache?.image != number || cache?.run != run {
+                do {
+                    cache = RunCache(image: number, run: run, bytes: try chain.images[number].bytes(of: run))
+                } catch {
+                    throw StepFailure(step: "reading the image's pages at 0x\(String(at, radix: 16))", detail: "\(error)")
+                }
+            }
+            let end = min(run.end, range.end)
+            let from = Int(at - run.address), to = Int(end - run.address)
+            try cache!.bytes.withUnsafeBytes { try huskWrite("writing pages of \(name)", at, UnsafeRawBufferPointer(rebasing: $0[from..<to])) }
+            at = end
         }
     }
 

@@ -37,7 +37,7 @@ struct RestoreCommand: AsyncParsableCommand {
             let result = try await restorer.restore()
             if json {
                 print(try JSONOutput.string(JSONResult(pid: result.pid, threads: result.threads, descriptors: result.descriptors,
-                                                       restoreMs: result.restoreMilliseconds)))
+                                                       restoreMs: result.restoreMilliseconds, phasesMs: result.phases)))
             } else {
                 print("restored process \(result.pid) (\(result.threads) threads, \(result.descriptors) descriptors) from \(image) in \(String(format: "%.1f", result.restoreMilliseconds)) ms")
             }
@@ -59,5 +59,7 @@ struct RestoreCommand: AsyncParsableCommand {
         var threads: Int
         var descriptors: Int
         var restoreMs: Double
+        /// Milliseconds per phase (see `RestoreResult.phases`).
+        var phasesMs: [String: Double]
     }
 }
