@@ -207,6 +207,51 @@ struct RestoreFailure: Error, CustomStringConvertible {
         #expect(subjects == ["vDSO", "executable"], "\(foreign.standardOutput)")
     }
 
+    @Test func killingMitosisRestoreAtAnyMomentLeavesNoHusk() async throws {
+        let scenario = try await CheckpointedScenario(mib: 64, workers: 2)
+        defer { scenario.remove() }
+        let pid = scenario.child.pid
+        scenario.killOriginal()
+        var completed = 0, interrupted = 0
+        for delay in [0, 1, 3, 6, 10, 20, 40, 70, 110, 160, 250] {
+            let run = try ToolRun.start(ToolRun.mitosis, ["restore", scenario.image])
+            usleep(UInt32(delay) * 1000 + 30_000)  // the CLI takes some 30 ms to start
+            kill(run.processIdentifier, SIGKILL)
+            run.waitUntilExit()
+            // The husk is killed by PTRACE_O_EXITKILL (or its parent-death signal) and reaped by
+            // init; a restore that finished first left a running process, which this test ends.
+            let deadline = ContinuousClock.now + .seconds(5)
+            usleep(100_000)
+            var state = Self.state(of: pid)
+            if run.terminationReason == .exit || (state != nil && Self.isComplete(pid, like: scenario.manifest)) {
+                completed += 1  // it finished before the kill: a running restored process, ended here
+                kill(pid, SIGKILL)
+            } else {
+                interrupted += 1
+            }
+            while state != nil, ContinuousClock.now < deadline {
+                usleep(5_000)
+                state = Self.state(of: pid)
+            }
+            #expect(state == nil, "after a kill at \(delay) ms, pid \(pid) is still there (state \(state ?? "?"))")
+        }
+        #expect(interrupted > 0, "at least one kill landed mid-restore (\(completed) restores finished first)")
+    }
+
+    /// Whether `pid` is a finished restore of `manifest` (untraced, every thread, its log back),
+    /// rather than a half-built husk.
+    static func isComplete(_ pid: Int32, like manifest: CheckpointManifest) -> Bool {
+        let tasks = (try? Kernel.listDirectory("/proc/\(pid)/task"))?.count ?? 0
+        return tasks == manifest.threads.count && (try? TargetHealth.tracer(of: pid)) == 0
+            && (try? Kernel.readLink("/proc/\(pid)/fd/3"))?.hasSuffix("scenario.log") == true
+    }
+
+    /// The scheduler state letter of `pid`, nil when no such process exists.
+    static func state(of pid: Int32) -> String? {
+        guard let text = try? Kernel.readFile("/proc/\(pid)/stat") else { return nil }
+        return ProcStat(parsing: String(decoding: text, as: UTF8.self)).map { String($0.state) }
+    }
+
     @Test func interruptedSystemCallsResumeAsTheKernelWould() {
         func registers(rax: Int64, origRax: Int64) -> GeneralRegisters {
             GeneralRegisters(r15: 0, r14: 0, r13: 0, r12: 0, rbp: 0, rbx: 0, r11: 0, r10: 0, r9: 0, r8: 0,
