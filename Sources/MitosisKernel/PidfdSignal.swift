@@ -4,7 +4,7 @@ import SystemPackage
 extension Kernel {
     /// Sends `signal` to the process behind `pidfd` — never to a process that reused its pid.
     /// The corresponding system call is `pidfd_send_signal`.
-    public static func pidfdSendSignal(_ pidfd: FileDescriptor, _ signal: Int32) throws(Errno) {
+    package static func pidfdSendSignal(_ pidfd: FileDescriptor, _ signal: Int32) throws(Errno) {
         try check { mitosis_pidfd_send_signal(pidfd.rawValue, signal) }
     }
 }
