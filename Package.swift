@@ -32,17 +32,18 @@ let package = Package(
                 .linkedLibrary("stdc++"),
             ]
         ),
-        // Layer 1 — the only Swift that speaks to the kernel: typed wrappers over system calls,
-        // ptrace, netlink, pagemap, userfaultfd. Everything above calls these, never libc.
-        .target(
-            name: "MitosisKernel",
-            dependencies: ["CMitosis", .product(name: "SystemPackage", package: "swift-system")]
-        ),
-        // Layer 1 — plain values (process, thread, mapping, descriptor, socket, graph), the pure
+        // Layer 0 — plain values (process, thread, mapping, descriptor, socket, graph), the pure
         // /proc parsers that build them, and the error family. No system calls.
         .target(
             name: "MitosisModel",
             dependencies: [.product(name: "SystemPackage", package: "swift-system")]
+        ),
+        // Layer 1 — the only Swift that speaks to the kernel: typed wrappers over system calls,
+        // ptrace, netlink and sock_diag, pagemap, userfaultfd, posix_spawn. Everything above calls
+        // these, never libc; what they read comes back as model values.
+        .target(
+            name: "MitosisKernel",
+            dependencies: ["CMitosis", "MitosisModel", .product(name: "SystemPackage", package: "swift-system")]
         ),
         // Layer 2 — freezing a process as a scope (Tracer), syscall injection, thread state.
         .target(
