@@ -82,6 +82,8 @@ let package = Package(
         .executableTarget(name: "mitosis-demo-target", path: "Examples/DemoTarget"),
         // Keeps a chain of incremental checkpoints of a pid, through the public API only.
         .executableTarget(name: "mitosis-incremental-chain", dependencies: ["Mitosis"], path: "Examples/IncrementalChain"),
+        // A client that only inspects: it must link without libunwind (Tests check with ldd).
+        .executableTarget(name: "mitosis-inspect-example", dependencies: ["Mitosis"], path: "Examples/InspectOnly"),
         // Builds one known scenario per test (threads, fds, sockets, memory…) and reports it ready.
         .executableTarget(name: "mitosis-scenario", path: "Tests/Scenario"),
         // C++ and Swift targets with known call chains, for the stacks tests' demangling.
@@ -95,7 +97,7 @@ let package = Package(
         ),
         .testTarget(
             name: "MitosisTests",
-            dependencies: ["Mitosis", "MitosisKernel", "MitosisStacks", "mitosis-scenario", "mitosis", "mitosis-demo-target", "mitosis-scenario-cpp", "mitosis-scenario-swift"]
+            dependencies: ["Mitosis", "MitosisKernel", "MitosisStacks", "mitosis-scenario", "mitosis", "mitosis-demo-target", "mitosis-inspect-example", "mitosis-scenario-cpp", "mitosis-scenario-swift"]
         ),
     ]
 )
