@@ -7,7 +7,7 @@ import Foundation
 /// `unownedExecutor` is one of these runs every job on the same thread. When the thread ends
 /// (after `shutdown()`), the kernel detaches any tracee still attached: the last safety net
 /// should Mitosis itself fail to detach.
-public final class DedicatedThreadExecutor: SerialExecutor, @unchecked Sendable {
+package final class DedicatedThreadExecutor: SerialExecutor, @unchecked Sendable {
     private let condition = NSCondition()
     private var jobs: [UnownedJob] = []
     /// Work from `sync`, with the semaphore its caller waits on.
@@ -17,7 +17,7 @@ public final class DedicatedThreadExecutor: SerialExecutor, @unchecked Sendable 
     /// The kernel thread id of the executor's thread, known once it has started.
     public private(set) var threadID: Int32 = 0
 
-    public init(name: String) {
+    package init(name: String) {
         let started = DispatchSemaphore(value: 0)
         thread = Thread { [self] in
             self.threadID = Kernel.currentThreadID()
@@ -51,20 +51,20 @@ public final class DedicatedThreadExecutor: SerialExecutor, @unchecked Sendable 
         }
     }
 
-    public func enqueue(_ job: UnownedJob) {
+    package func enqueue(_ job: UnownedJob) {
         condition.lock()
         jobs.append(job)
         condition.signal()
         condition.unlock()
     }
 
-    public func asUnownedSerialExecutor() -> UnownedSerialExecutor {
+    package func asUnownedSerialExecutor() -> UnownedSerialExecutor {
         UnownedSerialExecutor(ordinary: self)
     }
 
     /// Runs `body` on the executor's thread and waits for it. For synchronous callers only;
     /// calling it from the executor's own thread would deadlock, so that case runs inline.
-    public func sync<T>(_ body: () throws -> T) throws -> T {
+    package func sync<T>(_ body: () throws -> T) throws -> T {
         if Kernel.currentThreadID() == threadID { return try body() }
         return try withoutActuallyEscaping(body) { escapable in
             var result: Result<T, any Error>!
@@ -81,7 +81,7 @@ public final class DedicatedThreadExecutor: SerialExecutor, @unchecked Sendable 
 
     /// Lets the thread finish its queued work and exit. Owners must call it: the thread keeps
     /// the executor alive until then.
-    public func shutdown() {
+    package func shutdown() {
         condition.lock()
         stopping = true
         condition.signal()

@@ -7,36 +7,36 @@ import SystemPackage
 extension Kernel {
     /// Opens a raw netlink socket speaking `netlinkProtocol` (e.g. `NETLINK_SOCK_DIAG`) in the
     /// calling thread's network namespace. The corresponding system call is `socket`.
-    public static func openNetlink(protocol netlinkProtocol: Int32) throws(Errno) -> FileDescriptor {
+    package static func openNetlink(protocol netlinkProtocol: Int32) throws(Errno) -> FileDescriptor {
         FileDescriptor(rawValue: try check {
             socket(AF_NETLINK, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), netlinkProtocol)
         })
     }
 
     /// Sends one datagram to the kernel on a netlink socket. The corresponding system call is `send`.
-    public static func netlinkSend(_ socket: FileDescriptor, _ bytes: UnsafeRawBufferPointer) throws(Errno) {
+    package static func netlinkSend(_ socket: FileDescriptor, _ bytes: UnsafeRawBufferPointer) throws(Errno) {
         let sent = try check { send(socket.rawValue, bytes.baseAddress, bytes.count, 0) }
         if sent != bytes.count { throw Errno.messageTooLong }
     }
 
     /// Receives one datagram into `buffer`, returning its length. The corresponding system call is `recv`.
-    public static func netlinkReceive(_ socket: FileDescriptor, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+    package static func netlinkReceive(_ socket: FileDescriptor, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
         try check { recv(socket.rawValue, buffer.baseAddress, buffer.count, 0) }
     }
 
     /// Opens a file read-only (close-on-exec). The corresponding system call is `open`.
-    public static func openReadOnly(_ path: String) throws(Errno) -> FileDescriptor {
+    package static func openReadOnly(_ path: String) throws(Errno) -> FileDescriptor {
         FileDescriptor(rawValue: try check { open(path, O_RDONLY | O_CLOEXEC) })
     }
 
     /// Closes a descriptor this process owns. The corresponding system call is `close`.
-    public static func closeDescriptor(_ descriptor: FileDescriptor) {
+    package static func closeDescriptor(_ descriptor: FileDescriptor) {
         _ = Glibc.close(descriptor.rawValue)
     }
 
     /// Moves the *calling thread* into the namespace behind `namespace` (a `/proc/PID/ns/*`
     /// descriptor); `type` is a `CLONE_NEW*` flag, 0 for any. The corresponding system call is `setns`.
-    public static func enterNamespace(_ namespace: FileDescriptor, type: Int32) throws(Errno) {
+    package static func enterNamespace(_ namespace: FileDescriptor, type: Int32) throws(Errno) {
         try check { mitosis_setns(namespace.rawValue, type) }
     }
 
@@ -44,7 +44,7 @@ extension Kernel {
     /// `/proc/PID/ns/net`. Whatever sockets `body` creates stay bound to that namespace after the
     /// thread exits; the rest of this process never leaves its own namespace.
     /// The corresponding system call is `setns`.
-    public static func inNetworkNamespace<T: Sendable>(
+    package static func inNetworkNamespace<T: Sendable>(
         of pid: Int32, _ body: @escaping @Sendable () throws(Errno) -> T
     ) throws(Errno) -> T {
         let namespace = try openReadOnly("/proc/\(pid)/ns/net")

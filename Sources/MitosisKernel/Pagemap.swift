@@ -3,76 +3,76 @@ import Glibc
 import SystemPackage
 
 /// One 64-bit entry of `/proc/PID/pagemap`, describing one virtual page.
-public struct PagemapEntry: RawRepresentable, Hashable, Sendable {
-    public var rawValue: UInt64
-    public init(rawValue: UInt64) { self.rawValue = rawValue }
+package struct PagemapEntry: RawRepresentable, Hashable, Sendable {
+    package var rawValue: UInt64
+    package init(rawValue: UInt64) { self.rawValue = rawValue }
 
     /// Bit 63: the page is in RAM.
-    public var isPresent: Bool { rawValue & (1 << 63) != 0 }
+    package var isPresent: Bool { rawValue & (1 << 63) != 0 }
     /// Bit 62: the page is in swap.
-    public var isSwapped: Bool { rawValue & (1 << 62) != 0 }
+    package var isSwapped: Bool { rawValue & (1 << 62) != 0 }
     /// Bit 61: a file page or shared anonymous (shmem) page — not a private anonymous copy.
-    public var isFileOrSharedAnonymous: Bool { rawValue & (1 << 61) != 0 }
+    package var isFileOrSharedAnonymous: Bool { rawValue & (1 << 61) != 0 }
     /// Bit 57: the PTE is write-protected by userfaultfd.
-    public var isUffdWriteProtected: Bool { rawValue & (1 << 57) != 0 }
+    package var isUffdWriteProtected: Bool { rawValue & (1 << 57) != 0 }
     /// Bit 56: the page is mapped by this process only.
-    public var isExclusive: Bool { rawValue & (1 << 56) != 0 }
+    package var isExclusive: Bool { rawValue & (1 << 56) != 0 }
     /// Bit 55: the PTE is soft-dirty (written since the last `clear_refs` 4).
-    public var isSoftDirty: Bool { rawValue & (1 << 55) != 0 }
+    package var isSoftDirty: Bool { rawValue & (1 << 55) != 0 }
     /// A PTE marker (userfaultfd write-protection of a page that holds nothing), which the kernel
     /// reports as swapped with swap type 31 (`SWP_PTE_MARKER`, the last type). The type is shown
     /// to CAP_SYS_ADMIN only; without it a marker reads as a swapped page.
-    public var isMarker: Bool { isSwapped && rawValue & 0x1f == 0x1f }
+    package var isMarker: Bool { isSwapped && rawValue & 0x1f == 0x1f }
     /// Bits 0–54 of a present page: its page frame number (0 unless the reader has CAP_SYS_ADMIN).
-    public var frame: UInt64 { rawValue & ((1 << 55) - 1) }
+    package var frame: UInt64 { rawValue & ((1 << 55) - 1) }
     /// Whether the page is the shared zero page (read, never written), when frames are shown.
-    public var isZeroPage: Bool { isPresent && PagemapFile.zeroPageFrame.map { $0 != 0 && frame == $0 } ?? false }
+    package var isZeroPage: Bool { isPresent && PagemapFile.zeroPageFrame.map { $0 != 0 && frame == $0 } ?? false }
 }
 
 /// Page categories of `PAGEMAP_SCAN` (`PAGE_IS_*`).
-public struct PageCategories: OptionSet, Hashable, Sendable {
-    public let rawValue: UInt64
-    public init(rawValue: UInt64) { self.rawValue = rawValue }
+package struct PageCategories: OptionSet, Hashable, Sendable {
+    package let rawValue: UInt64
+    package init(rawValue: UInt64) { self.rawValue = rawValue }
     /// In a VMA registered for asynchronous userfaultfd write-protection.
-    public static let writeProtectAllowed = PageCategories(rawValue: 1 << 0)
+    package static let writeProtectAllowed = PageCategories(rawValue: 1 << 0)
     /// Written since it was last write-protected.
-    public static let written = PageCategories(rawValue: 1 << 1)
-    public static let file = PageCategories(rawValue: 1 << 2)
-    public static let present = PageCategories(rawValue: 1 << 3)
-    public static let swapped = PageCategories(rawValue: 1 << 4)
+    package static let written = PageCategories(rawValue: 1 << 1)
+    package static let file = PageCategories(rawValue: 1 << 2)
+    package static let present = PageCategories(rawValue: 1 << 3)
+    package static let swapped = PageCategories(rawValue: 1 << 4)
     /// Maps the shared zero page: never written.
-    public static let pfnZero = PageCategories(rawValue: 1 << 5)
-    public static let huge = PageCategories(rawValue: 1 << 6)
-    public static let softDirty = PageCategories(rawValue: 1 << 7)
+    package static let pfnZero = PageCategories(rawValue: 1 << 5)
+    package static let huge = PageCategories(rawValue: 1 << 6)
+    package static let softDirty = PageCategories(rawValue: 1 << 7)
 }
 
 /// A run of pages with the same categories, as `PAGEMAP_SCAN` reports it (`struct page_region`).
-public struct PageRegion: Hashable, Sendable {
-    public var start: UInt64
-    public var end: UInt64
-    public var categories: PageCategories
+package struct PageRegion: Hashable, Sendable {
+    package var start: UInt64
+    package var end: UInt64
+    package var categories: PageCategories
 }
 
 /// An open `/proc/PID/pagemap`: reads entries and, on kernels that have it, runs `PAGEMAP_SCAN`.
 /// Closing it is the owner's job (`close()`); it holds no other resource.
-public struct PagemapFile: Sendable {
-    public let pid: Int32
-    public let descriptor: FileDescriptor
+@usableFromInline package struct PagemapFile: Sendable {
+    package let pid: Int32
+    package let descriptor: FileDescriptor
 
     /// The size of a page on this machine. The corresponding C function is `sysconf`.
-    public static let pageSize = UInt64(sysconf(Int32(_SC_PAGESIZE)))
+    @usableFromInline package static let pageSize = UInt64(sysconf(Int32(_SC_PAGESIZE)))
 
     /// Opens `/proc/PID/pagemap`. The corresponding system call is `open`.
-    public init(pid: Int32) throws(Errno) {
+    package init(pid: Int32) throws(Errno) {
         self.pid = pid
         descriptor = FileDescriptor(rawValue: try Kernel.check { open("/proc/\(pid)/pagemap", O_RDONLY | O_CLOEXEC) })
     }
 
-    public func close() { try? descriptor.close() }
+    package func close() { try? descriptor.close() }
 
     /// The entries of `count` pages from `address` (page-aligned). A range past the end of the
     /// address space yields fewer entries. The corresponding system call is `pread`.
-    public func entries(at address: UInt64, count: Int) throws(Errno) -> [PagemapEntry] {
+    package func entries(at address: UInt64, count: Int) throws(Errno) -> [PagemapEntry] {
         var raw = [UInt64](repeating: 0, count: count)
         var filled = 0
         let base = Int(bitPattern: UInt(address / Self.pageSize * 8))
@@ -89,25 +89,25 @@ public struct PagemapFile: Sendable {
     }
 
     /// What one `PAGEMAP_SCAN` asks for.
-    public struct ScanRequest: Sendable {
-        public var start: UInt64
-        public var end: UInt64
+    package struct ScanRequest: Sendable {
+        package var start: UInt64
+        package var end: UInt64
         /// Write-protect the matching pages after reporting them (`PM_SCAN_WP_MATCHING`).
-        public var writeProtectMatching = false
+        package var writeProtectMatching = false
         /// Fail with EPERM on a VMA not registered for async write-protection (`PM_SCAN_CHECK_WPASYNC`).
-        public var checkWriteProtectAsync = false
+        package var checkWriteProtectAsync = false
         /// Categories that must all be set (after inversion) for a page to match.
-        public var required: PageCategories = []
+        package var required: PageCategories = []
         /// Categories of `required` that must be clear instead of set.
-        public var inverted: PageCategories = []
+        package var inverted: PageCategories = []
         /// At least one of these must be set (empty: no condition).
-        public var anyOf: PageCategories = []
+        package var anyOf: PageCategories = []
         /// Categories reported in each region.
-        public var returned: PageCategories = []
+        package var returned: PageCategories = []
         /// Stop after this many matching pages (0: no limit).
-        public var maxPages: UInt64 = 0
+        package var maxPages: UInt64 = 0
 
-        public init(start: UInt64, end: UInt64) {
+        package init(start: UInt64, end: UInt64) {
             self.start = start
             self.end = end
         }
@@ -116,7 +116,7 @@ public struct PagemapFile: Sendable {
     /// Runs `PAGEMAP_SCAN` over the whole request range, looping while the kernel stops early
     /// (output vector full). Returns the matching regions in address order.
     /// The corresponding system call is `ioctl(PAGEMAP_SCAN)`.
-    public func scan(_ request: ScanRequest) throws(Errno) -> [PageRegion] {
+    package func scan(_ request: ScanRequest) throws(Errno) -> [PageRegion] {
         var regions: [PageRegion] = []
         var vector = [page_region](repeating: page_region(), count: 1024)
         var cursor = request.start
@@ -165,20 +165,20 @@ public struct PagemapFile: Sendable {
     }()
 
     /// Whether this kernel has `PAGEMAP_SCAN` (6.7+): an empty scan of page 0 succeeds.
-    public func supportsScan() -> Bool {
+    package func supportsScan() -> Bool {
         (try? scan(ScanRequest(start: 0, end: Self.pageSize))) != nil
     }
 }
 
 extension Kernel {
     /// What `/proc/PID/clear_refs` resets.
-    public enum ClearRefs: String, Sendable {
+    package enum ClearRefs: String, Sendable {
         /// `4`: clears the soft-dirty bit of every PTE of the process.
         case softDirty = "4"
     }
 
     /// Writes to `/proc/PID/clear_refs`. The corresponding system call is `write`.
-    public static func clearRefs(pid: Int32, _ kind: ClearRefs) throws(Errno) {
+    package static func clearRefs(pid: Int32, _ kind: ClearRefs) throws(Errno) {
         let fd = try check { open("/proc/\(pid)/clear_refs", O_WRONLY | O_CLOEXEC) }
         defer { Glibc.close(fd) }
         let text = Array(kind.rawValue.utf8)

@@ -5,25 +5,25 @@ import SystemPackage
 /// A userfaultfd held by Mitosis (brought over from the target with `pidfd_getfd`: a userfaultfd
 /// acts on the address space that created it). Every request here runs in Mitosis while the
 /// target keeps running. Closing the last reference unregisters every range it still holds.
-public struct Userfaultfd: Sendable {
-    public let descriptor: FileDescriptor
+package struct Userfaultfd: Sendable {
+    package let descriptor: FileDescriptor
 
-    public init(descriptor: FileDescriptor) { self.descriptor = descriptor }
+    package init(descriptor: FileDescriptor) { self.descriptor = descriptor }
 
     /// `UFFD_FEATURE_*` bits.
-    public struct Features: OptionSet, Hashable, Sendable {
-        public let rawValue: UInt64
-        public init(rawValue: UInt64) { self.rawValue = rawValue }
+    package struct Features: OptionSet, Hashable, Sendable {
+        package let rawValue: UInt64
+        package init(rawValue: UInt64) { self.rawValue = rawValue }
         /// Write-protect faults are resolved by the kernel itself, which records the page as written.
-        public static let writeProtectAsync = Features(rawValue: MITOSIS_UFFD_FEATURE_WP_ASYNC)
+        package static let writeProtectAsync = Features(rawValue: MITOSIS_UFFD_FEATURE_WP_ASYNC)
         /// Write-protection also applies to pages never populated yet.
-        public static let writeProtectUnpopulated = Features(rawValue: MITOSIS_UFFD_FEATURE_WP_UNPOPULATED)
+        package static let writeProtectUnpopulated = Features(rawValue: MITOSIS_UFFD_FEATURE_WP_UNPOPULATED)
     }
 
     /// Handshakes the API version and enables `features`; returns the features the kernel offers.
     /// The corresponding system call is `ioctl(UFFDIO_API)`.
     @discardableResult
-    public func enable(_ features: Features) throws(Errno) -> Features {
+    package func enable(_ features: Features) throws(Errno) -> Features {
         var offered: UInt64 = 0, ioctls: UInt64 = 0
         try Kernel.check { mitosis_uffdio_api(descriptor.rawValue, features.rawValue, &offered, &ioctls) }
         return Features(rawValue: offered)
@@ -31,24 +31,24 @@ public struct Userfaultfd: Sendable {
 
     /// Registers [start, end) for write-protect tracking.
     /// The corresponding system call is `ioctl(UFFDIO_REGISTER)`.
-    public func registerWriteProtect(start: UInt64, end: UInt64) throws(Errno) {
+    package func registerWriteProtect(start: UInt64, end: UInt64) throws(Errno) {
         var ioctls: UInt64 = 0
         try Kernel.check { mitosis_uffdio_register(descriptor.rawValue, start, end - start, MITOSIS_UFFDIO_REGISTER_MODE_WP, &ioctls) }
     }
 
     /// Unregisters [start, end), lifting the write-protection of its pages.
     /// The corresponding system call is `ioctl(UFFDIO_UNREGISTER)`.
-    public func unregister(start: UInt64, end: UInt64) throws(Errno) {
+    package func unregister(start: UInt64, end: UInt64) throws(Errno) {
         try Kernel.check { mitosis_uffdio_unregister(descriptor.rawValue, start, end - start) }
     }
 
     /// Sets (`true`) or clears write-protection on [start, end).
     /// The corresponding system call is `ioctl(UFFDIO_WRITEPROTECT)`.
-    public func writeProtect(start: UInt64, end: UInt64, _ protect: Bool) throws(Errno) {
+    package func writeProtect(start: UInt64, end: UInt64, _ protect: Bool) throws(Errno) {
         try Kernel.check {
             mitosis_uffdio_writeprotect(descriptor.rawValue, start, end - start, protect ? MITOSIS_UFFDIO_WRITEPROTECT_MODE_WP : 0)
         }
     }
 
-    public func close() { try? descriptor.close() }
+    package func close() { try? descriptor.close() }
 }

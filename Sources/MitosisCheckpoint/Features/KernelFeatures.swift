@@ -1,4 +1,3 @@
-import Glibc
 import SystemPackage
 import MitosisKernel
 
@@ -29,9 +28,9 @@ public struct KernelFeatureReport: Codable, Equatable, Sendable {
 /// throwing means unsupported, with the error as the detail.
 public struct KernelProbe: Sendable {
     public let id: String
-    public let run: @Sendable (ProbeChild) async throws -> String
+    package let run: @Sendable (ProbeChild) async throws -> String
 
-    public init(_ id: String, run: @escaping @Sendable (ProbeChild) async throws -> String) {
+    package init(_ id: String, run: @escaping @Sendable (ProbeChild) async throws -> String) {
         self.id = id
         self.run = run
     }

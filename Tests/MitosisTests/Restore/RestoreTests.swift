@@ -24,7 +24,7 @@ struct CheckpointedScenario {
         child = try ScenarioProcess("restore", [log, "\(mib)", "\(workers)", "120"])
         try child.send("detach")
         kill(child.pid, SIGUSR1)
-        _ = try Self.awaitCheck(1, in: log)
+        _ = try await Self.awaitCheck(1, in: log)
         let session = try await CheckpointSession(pid: child.pid)
         do {
             manifest = try await session.checkpoint(to: DirectorySink(directory: image)).manifest
@@ -44,12 +44,12 @@ struct CheckpointedScenario {
     }
 
     /// Waits for line `CHECK n=N …` in the log and returns it.
-    static func awaitCheck(_ number: Int, in log: String, timeout: Duration = .seconds(10)) throws -> String {
+    static func awaitCheck(_ number: Int, in log: String, timeout: Duration = .seconds(10)) async throws -> String {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
             let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
             if let line = text.split(separator: "\n").first(where: { $0.hasPrefix("CHECK n=\(number) ") }) { return String(line) }
-            usleep(10_000)
+            try await Task.sleep(for: .milliseconds(10))
         }
         throw ScenarioError.protocolError("no CHECK n=\(number) in \(log)")
     }
@@ -106,12 +106,12 @@ struct RestoreFailure: Error, CustomStringConvertible {
 
         // Its signal handler answers, its memory checks out, its threads tick on.
         kill(pid, SIGUSR1)
-        let second = try CheckpointedScenario.awaitCheck(2, in: scenario.log)
+        let second = try await CheckpointedScenario.awaitCheck(2, in: scenario.log)
         #expect(second.contains(" PASS "), "\(second)")
         #expect(CheckpointedScenario.value("handled", in: second) == "2")
-        usleep(300_000)
+        try await Task.sleep(for: .milliseconds(300))
         kill(pid, SIGUSR1)
-        let third = try CheckpointedScenario.awaitCheck(3, in: scenario.log)
+        let third = try await CheckpointedScenario.awaitCheck(3, in: scenario.log)
         #expect(third.contains(" PASS "), "\(third)")
         let ticks = [second, third].map { Int(CheckpointedScenario.value("ticks", in: $0) ?? "") ?? -1 }
         #expect(ticks[1] >= ticks[0] + 10, "the ticker ticks every 10 ms: \(ticks)")
@@ -128,13 +128,13 @@ struct RestoreFailure: Error, CustomStringConvertible {
         let pid = scenario.child.pid
         let restorer = try Restorer(image: CheckpointImage.open(scenario.image))
         await #expect(throws: RestoreError.pidTaken(pid, holder: Restorer.describeHolder(pid))) { try await restorer.restore() }
-        let run = try ToolRun(ToolRun.mitosis, ["restore", scenario.image])
+        let run = try await ToolRun(ToolRun.mitosis, ["restore", scenario.image])
         #expect(run.status == 1)
         #expect(run.standardError.hasPrefix("mitosis: pid \(pid) is taken by process \(pid) (mitosis-scenari"), "\(run.standardError)")
         #expect(run.standardError.split(separator: "\n").count == 1)
         // The original was not touched: it still answers.
         kill(pid, SIGUSR1)
-        #expect(try CheckpointedScenario.awaitCheck(2, in: scenario.log).contains(" PASS "))
+        #expect(try await CheckpointedScenario.awaitCheck(2, in: scenario.log).contains(" PASS "))
     }
 
     @Test func aRestoreFailingHalfwayLeavesNoProcess() async throws {
@@ -166,19 +166,19 @@ struct RestoreFailure: Error, CustomStringConvertible {
         let piped = try ScenarioProcess("idle")
         defer { piped.stop() }
         let pipedImage = scenario.scratch.path + "/piped"
-        let dump = try ToolRun(ToolRun.mitosis, ["dump", "\(piped.pid)", "--images", pipedImage])
+        let dump = try await ToolRun(ToolRun.mitosis, ["dump", "\(piped.pid)", "--images", pipedImage])
         #expect(dump.status == 0, "\(dump.standardError)")
-        let check = try ToolRun(ToolRun.mitosis, ["restore", "--check", pipedImage])
+        let check = try await ToolRun(ToolRun.mitosis, ["restore", "--check", pipedImage])
         #expect(check.status == 1)
         #expect(check.standardOutput.contains("fd 0 (pipe:["), "\(check.standardOutput)")
         #expect(check.standardOutput.contains("pipe descriptors are not restorable yet"))
-        let restore = try ToolRun(ToolRun.mitosis, ["restore", pipedImage])
+        let restore = try await ToolRun(ToolRun.mitosis, ["restore", pipedImage])
         #expect(restore.status == 1)
         #expect(restore.standardError.hasPrefix("mitosis: \(pipedImage) cannot be restored here: fd 0 (pipe:["), "\(restore.standardError)")
         #expect(restore.standardError.split(separator: "\n").count == 1)
 
         // The restorable one says so.
-        let good = try ToolRun(ToolRun.mitosis, ["restore", "--check", scenario.image])
+        let good = try await ToolRun(ToolRun.mitosis, ["restore", "--check", scenario.image])
         #expect(good.status == 0 && good.standardOutput.contains("restorable here"), "\(good.standardOutput)")
 
         // A version 1 image reads, but is refused for restore.
@@ -190,7 +190,7 @@ struct RestoreFailure: Error, CustomStringConvertible {
         try JSONOutput.encoder().encode(manifest).write(to: URL(fileURLWithPath: manifestPath))
         try Synthetic.resign(scenario.image)
         #expect(try CheckpointImage.open(scenario.image).manifest.formatVersion == 1)
-        let old = try ToolRun(ToolRun.mitosis, ["restore", scenario.image])
+        let old = try await ToolRun(ToolRun.mitosis, ["restore", scenario.image])
         #expect(old.status == 1)
         #expect(old.standardError.contains("image: format version 1 records no restore state"), "\(old.standardError)")
 
@@ -200,7 +200,7 @@ struct RestoreFailure: Error, CustomStringConvertible {
         manifest.restore?.executable = "/nonexistent/mitosis-exe"
         try JSONOutput.encoder().encode(manifest).write(to: URL(fileURLWithPath: manifestPath))
         try Synthetic.resign(scenario.image)
-        let foreign = try ToolRun(ToolRun.mitosis, ["restore", "--check", "--json", scenario.image])
+        let foreign = try await ToolRun(ToolRun.mitosis, ["restore", "--check", "--json", scenario.image])
         #expect(foreign.status == 1)
         let report = try JSONSerialization.jsonObject(with: Data(foreign.standardOutput.utf8)) as? [String: Any]
         let subjects = (report?["refusals"] as? [[String: Any]])?.compactMap { $0["subject"] as? String } ?? []
@@ -215,22 +215,22 @@ struct RestoreFailure: Error, CustomStringConvertible {
         var completed = 0, interrupted = 0
         for delay in [0, 1, 3, 6, 10, 20, 40, 70, 110, 160, 250] {
             let run = try ToolRun.start(ToolRun.mitosis, ["restore", scenario.image])
-            usleep(UInt32(delay) * 1000 + 30_000)  // the CLI takes some 30 ms to start
-            kill(run.processIdentifier, SIGKILL)
-            run.waitUntilExit()
+            try await Task.sleep(for: .milliseconds(delay + 30))  // the CLI takes some 30 ms to start
+            run.signal(SIGKILL)
+            let status = ChildProcess.exitCode(of: try await Blocking.run { run.wait() })
             // The husk is killed by PTRACE_O_EXITKILL (or its parent-death signal) and reaped by
             // init; a restore that finished first left a running process, which this test ends.
             let deadline = ContinuousClock.now + .seconds(5)
-            usleep(100_000)
+            try await Task.sleep(for: .milliseconds(100))
             var state = Self.state(of: pid)
-            if run.terminationReason == .exit || (state != nil && Self.isComplete(pid, like: scenario.manifest)) {
+            if status != 128 + SIGKILL || (state != nil && Self.isComplete(pid, like: scenario.manifest)) {
                 completed += 1  // it finished before the kill: a running restored process, ended here
                 kill(pid, SIGKILL)
             } else {
                 interrupted += 1
             }
             while state != nil, ContinuousClock.now < deadline {
-                usleep(5_000)
+                try await Task.sleep(for: .milliseconds(5))
                 state = Self.state(of: pid)
             }
             #expect(state == nil, "after a kill at \(delay) ms, pid \(pid) is still there (state \(state ?? "?"))")
