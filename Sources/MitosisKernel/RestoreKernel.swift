@@ -7,25 +7,25 @@ extension Kernel {
     /// fill (see `mitosis_husk_spawn`). Call it from the thread that will trace the husk: the
     /// husk dies when that thread exits. `EEXIST`: the pid is taken; `EINVAL`: above `pid_max`.
     /// The corresponding system call is `clone3` with `set_tid`.
-    public static func spawnHusk(pid: Int32) throws(Errno) -> Int32 {
+    package static func spawnHusk(pid: Int32) throws(Errno) -> Int32 {
         try check { mitosis_husk_spawn(pid) }
     }
 
     /// The robust futex list head of thread `tid` and its length.
     /// The corresponding system call is `get_robust_list`.
-    public static func robustList(_ tid: Int32) throws(Errno) -> (head: UInt64, length: UInt64) {
+    package static func robustList(_ tid: Int32) throws(Errno) -> (head: UInt64, length: UInt64) {
         var head: UInt64 = 0, length: UInt64 = 0
         try check { mitosis_get_robust_list(tid, &head, &length) }
         return (head, length)
     }
 
     /// Sends `signal` to a process. The corresponding system call is `kill`.
-    public static func sendSignal(pid: Int32, _ signal: Int32) throws(Errno) {
+    package static func sendSignal(pid: Int32, _ signal: Int32) throws(Errno) {
         try check { Glibc.kill(pid, signal) }
     }
 
     /// Reaps an exited child (blocking). The corresponding system call is `waitpid` with `__WALL`.
-    public static func reap(_ pid: Int32) {
+    package static func reap(_ pid: Int32) {
         var status: Int32 = 0
         while waitpid(pid, &status, MITOSIS_WALL) == -1 && errno == EINTR {}
     }
@@ -33,19 +33,19 @@ extension Kernel {
 
 extension Ptrace {
     /// Sets ptrace options (`PTRACE_O_*`). The corresponding request is `PTRACE_SETOPTIONS`.
-    public static func setOptions(_ tid: Int32, _ options: Int) throws(Errno) {
+    package static func setOptions(_ tid: Int32, _ options: Int) throws(Errno) {
         try Kernel.check { mitosis_ptrace(Int32(PTRACE_SETOPTIONS.rawValue), tid, nil, UnsafeMutableRawPointer(bitPattern: options)) }
     }
 
     /// Writes a register set (`NT_X86_XSTATE`…) from `buffer`.
     /// The corresponding request is `PTRACE_SETREGSET`.
-    public static func setRegisterSet(_ tid: Int32, kind: Int32, from buffer: UnsafeRawBufferPointer) throws(Errno) {
+    package static func setRegisterSet(_ tid: Int32, kind: Int32, from buffer: UnsafeRawBufferPointer) throws(Errno) {
         var vector = iovec(iov_base: UnsafeMutableRawPointer(mutating: buffer.baseAddress), iov_len: buffer.count)
         try Kernel.check { mitosis_ptrace(MITOSIS_PTRACE_SETREGSET, tid, UnsafeMutableRawPointer(bitPattern: Int(kind)), &vector) }
     }
 
     /// Sets the blocked-signal mask. The corresponding request is `PTRACE_SETSIGMASK`.
-    public static func setSignalMask(_ tid: Int32, _ mask: UInt64) throws(Errno) {
+    package static func setSignalMask(_ tid: Int32, _ mask: UInt64) throws(Errno) {
         var copy = mask
         try Kernel.check { mitosis_ptrace(MITOSIS_PTRACE_SETSIGMASK, tid, UnsafeMutableRawPointer(bitPattern: 8), &copy) }
     }

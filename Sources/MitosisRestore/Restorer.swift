@@ -87,6 +87,8 @@ public struct Restorer: Sendable {
             $0.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }.joined(separator: " ")
         }
         guard let comm else { return "process \(pid) (or a thread of another process)" }
+        let stat = (try? Kernel.readFile("/proc/\(pid)/stat")).flatMap { ProcStat(parsing: String(decoding: $0, as: UTF8.self)) }
+        if stat?.state == "Z" { return "process \(pid) (\(comm), exited but not yet reaped by its parent \(stat!.ppid))" }
         return "process \(pid) (\(comm)\(cmdline.map { $0.isEmpty ? "" : ": " + $0 } ?? ""))"
     }
 
