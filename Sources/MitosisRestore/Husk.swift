@@ -284,16 +284,16 @@ extension Tracer {
 
     // MARK: Phase 4: descriptors
 
-    /// Opens every descriptor again at its number, with its flags and offset, in ascending
-    /// order: a new descriptor takes the lowest free number, never above the one wanted.
+    /// Creates every descriptor again at its number, in ascending order: a new descriptor
+    /// takes the lowest free number, never above the one wanted, and is then moved there.
     private func restoreDescriptors(_ plan: RestorePlan, area: WorkArea) throws {
         for descriptor in (plan.manifest.descriptors ?? []).sorted(by: { $0.fd < $1.fd }) {
-            guard let path = descriptor.path else { throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "no path") }
-            let flags = descriptor.flags & ~UInt32(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY)
-            let fd = try huskCall("opening \(path) as fd \(descriptor.fd)", MITOSIS_SYS_openat,
-                                  [UInt64(bitPattern: -100), try huskText(path, area: area), UInt64(flags), 0])
-            if descriptor.position > 0, descriptor.kind != .characterDevice {
-                try huskCall("seeking fd \(descriptor.fd) to \(descriptor.position)", MITOSIS_SYS_lseek, [fd, descriptor.position, UInt64(SEEK_SET)])
+            let fd: UInt64
+            switch descriptor.kind {
+            case .eventfd:
+                fd = try createEventfd(descriptor, area: area)
+            default:
+                fd = try openFile(descriptor, area: area)
             }
             if fd != UInt64(descriptor.fd) {
                 try huskCall("moving fd \(fd) to \(descriptor.fd)", MITOSIS_SYS_dup3,
@@ -301,6 +301,31 @@ extension Tracer {
                 try huskCall("closing fd \(fd)", SyscallNumber.close, [fd])
             }
         }
+    }
+
+    /// A file, directory or stateless device: opened by path with its flags, at its offset.
+    private func openFile(_ descriptor: OpenDescriptor, area: WorkArea) throws -> UInt64 {
+        guard let path = descriptor.path else { throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "no path") }
+        let flags = descriptor.flags & ~UInt32(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY)
+        let fd = try huskCall("opening \(path) as fd \(descriptor.fd)", MITOSIS_SYS_openat,
+                              [UInt64(bitPattern: -100), try huskText(path, area: area), UInt64(flags), 0])
+        if descriptor.position > 0, descriptor.kind != .characterDevice {
+            try huskCall("seeking fd \(descriptor.fd) to \(descriptor.position)", MITOSIS_SYS_lseek, [fd, descriptor.position, UInt64(SEEK_SET)])
+        }
+        return fd
+    }
+
+    /// An eventfd with its flags and counter. `eventfd2` takes only 32 bits of initial value,
+    /// so the counter is added by a write of the full 64-bit value.
+    private func createEventfd(_ descriptor: OpenDescriptor, area: WorkArea) throws -> UInt64 {
+        guard let state = descriptor.eventfd else { throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "no eventfd state") }
+        let flags = (descriptor.flags & UInt32(O_CLOEXEC | O_NONBLOCK)) | (state.semaphore == true ? 1 /* EFD_SEMAPHORE */ : 0)
+        let fd = try huskCall("creating the eventfd of fd \(descriptor.fd)", MITOSIS_SYS_eventfd2, [0, UInt64(flags)])
+        if state.counter > 0 {
+            try huskWrite("passing the eventfd counter", area.scratch + WorkArea.text, value: state.counter)
+            try huskCall("setting the counter of fd \(descriptor.fd)", SyscallNumber.write, [fd, area.scratch + WorkArea.text, 8])
+        }
+        return fd
     }
 
     // MARK: Phase 5: threads

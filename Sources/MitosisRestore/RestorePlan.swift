@@ -85,6 +85,11 @@ struct RestorePlan: Sendable {
                 return "character device \(descriptor.path ?? descriptor.target) may hold state; only \(statelessDevices.sorted().joined(separator: ", ")) are restored"
             }
             return nil
+        case .eventfd:
+            guard let state = descriptor.eventfd, state.semaphore != nil else {
+                return "the kernel did not report its counter and semaphore flag"
+            }
+            return nil
         default:
             return "\(descriptor.kind.rawValue) descriptors are not restorable yet"
         }

@@ -3,7 +3,8 @@
 // It holds MIB MiB of patterned anonymous memory and a patterned heap block, WORKERS threads
 // that each count in a loop and check their thread-local marker (fs_base), a ticker thread
 // that ticks every 10 ms on CLOCK_MONOTONIC (absolute sleeps), a SIGUSR1 handler, SIGPIPE
-// ignored, SIGUSR1 blocked in every thread but the main one's sigsuspend, and LOG open as fd 3 (not O_APPEND: its offset must survive). Reports `area`,
+// ignored, SIGUSR1 blocked in every thread but the main one's sigsuspend, LOG open as fd 3
+// (not O_APPEND: its offset must survive) and an eventfd holding 5 as fd 4. Reports `area`,
 // `pages`, `log_fd`.
 //
 // Command `detach` answers READY, points fds 0, 1 and 2 at /dev/null (so the process holds no
@@ -23,6 +24,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 
@@ -123,6 +125,8 @@ static int restore_setup(int argc, char **argv) {
     log_fd = open(argv[0], O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (log_fd != 3) return -1;
     log_line("START\n");
+    // fd 4: an eventfd holding 5, non-blocking and close-on-exec, for the test to find again.
+    if (eventfd(5, EFD_NONBLOCK | EFD_CLOEXEC) != 4) return -1;
     area_pages = mib * 256;
     area = mmap(NULL, area_pages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (area == MAP_FAILED) return -1;

@@ -19,6 +19,7 @@ static const long MITOSIS_SYS_chdir = SYS_chdir;
 static const long MITOSIS_SYS_umask = SYS_umask;
 static const long MITOSIS_SYS_set_tid_address = SYS_set_tid_address;
 static const long MITOSIS_SYS_set_robust_list = SYS_set_robust_list;
+static const long MITOSIS_SYS_eventfd2 = SYS_eventfd2;
 static const long MITOSIS_SYS_rseq = 334;
 static const long MITOSIS_SYS_clone3 = 435;
 

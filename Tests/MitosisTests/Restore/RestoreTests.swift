@@ -92,7 +92,7 @@ struct RestoreFailure: Error, CustomStringConvertible {
             guard maps.isEmpty else { throw RestoreFailure(description: maps.joined(separator: "; ")) }
         })
         defer { endRestored(pid) }
-        #expect(result.pid == pid && result.threads == 5 && result.descriptors == 4)
+        #expect(result.pid == pid && result.threads == 5 && result.descriptors == 5)
 
         // Same pid, same tids, running untraced; descriptors at their numbers and offsets.
         let live = try Kernel.listDirectory("/proc/\(pid)/task").compactMap { Int32($0) }.sorted()
@@ -103,6 +103,11 @@ struct RestoreFailure: Error, CustomStringConvertible {
         let logged = try String(contentsOfFile: scenario.log, encoding: .utf8)
         let fdinfo = String(decoding: try Kernel.readFile("/proc/\(pid)/fdinfo/3"), as: UTF8.self)
         #expect(fdinfo.hasPrefix("pos:\t\(logged.utf8.count)\n"))
+        // The eventfd: its counter, non-blocking and close-on-exec (flags 02004002 = O_RDWR|O_NONBLOCK|O_CLOEXEC).
+        #expect(try Kernel.readLink("/proc/\(pid)/fd/4") == "anon_inode:[eventfd]")
+        let eventfd = String(decoding: try Kernel.readFile("/proc/\(pid)/fdinfo/4"), as: UTF8.self)
+        #expect(eventfd.contains("flags:\t02004002\n") && eventfd.contains("eventfd-count:                5\n")
+                && eventfd.contains("eventfd-semaphore: 0\n"), "\(eventfd)")
 
         // Its signal handler answers, its memory checks out, its threads tick on.
         kill(pid, SIGUSR1)
