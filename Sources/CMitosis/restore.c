@@ -1,5 +1,7 @@
 #define _GNU_SOURCE
 #include "mitosis_restore.h"
+#include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 #include <sys/prctl.h>
@@ -38,4 +40,37 @@ int mitosis_get_robust_list(pid_t tid, uint64_t *head, uint64_t *length) {
     *head = (uint64_t)(uintptr_t)h;
     *length = (uint64_t)l;
     return 0;
+}
+
+long mitosis_pipe_peek(const char *path, void *buffer, unsigned long capacity, int *pipe_size) {
+    int source = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (source < 0) return -1;
+    int size = fcntl(source, F_GETPIPE_SZ);
+    int copy[2];
+    if (size < 0 || pipe2(copy, O_CLOEXEC | O_NONBLOCK) != 0) {
+        int saved = errno;
+        close(source);
+        errno = saved;
+        return -1;
+    }
+    long result = 0;
+    if (fcntl(copy[1], F_SETPIPE_SZ, size) < 0) {
+        result = -1;
+    } else {
+        ssize_t count = tee(source, copy[1], capacity, SPLICE_F_NONBLOCK);
+        if (count < 0 && errno == EAGAIN) count = 0;  // nothing unread
+        if (count < 0) result = -1;
+        while (result >= 0 && result < count) {
+            ssize_t got = read(copy[0], (char *)buffer + result, (size_t)(count - result));
+            if (got <= 0) { result = -1; break; }
+            result += got;
+        }
+    }
+    int saved = errno;
+    close(copy[0]);
+    close(copy[1]);
+    close(source);
+    errno = saved;
+    *pipe_size = size;
+    return result;
 }

@@ -19,6 +19,15 @@ extension Kernel {
         return (head, length)
     }
 
+    /// The unread bytes of the pipe behind `/proc/PID/fd/N`, left unread, and its capacity.
+    /// The corresponding system call is `tee`.
+    package static func peekPipe(pid: Int32, fd: Int32) throws(Errno) -> (bytes: [UInt8], capacity: Int) {
+        var size: Int32 = 0
+        var bytes = [UInt8](repeating: 0, count: 1 << 20)
+        let count = try check { bytes.withUnsafeMutableBytes { mitosis_pipe_peek("/proc/\(pid)/fd/\(fd)", $0.baseAddress, UInt($0.count), &size) } }
+        return (Array(bytes[..<count]), Int(size))
+    }
+
     /// Sends `signal` to a process. The corresponding system call is `kill`.
     package static func sendSignal(pid: Int32, _ signal: Int32) throws(Errno) {
         try check { Glibc.kill(pid, signal) }

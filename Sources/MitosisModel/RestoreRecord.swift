@@ -1,3 +1,5 @@
+import Foundation
+
 /// What a restore needs beyond memory, registers and descriptors: the kernel's per-process
 /// memory-layout fields, the auxiliary vector, the executable, the vDSO's identity, every signal
 /// disposition, per-thread kernel pointers (clear_child_tid, robust list), and the mapping flags
@@ -16,6 +18,9 @@ public struct RestoreRecord: Codable, Sendable, Equatable {
     /// The `VmFlags` of each mapping, by start address (from `/proc/PID/smaps`, read right after
     /// the thaw: smaps walks every page table, too slow for the freeze).
     public var mappingFlags: [MappingFlags]
+    /// The unread contents and capacity of every pipe the process holds (nil in images taken
+    /// before pipes were captured).
+    public var pipes: [PipeContents]?
     /// POSIX timers of the process (`/proc/PID/timers` entries): not restored yet, so counted to refuse.
     public var posixTimers: Int
 
@@ -121,6 +126,20 @@ public struct RestoreRecord: Codable, Sendable, Equatable {
             self.clearChildTid = clearChildTid
             self.robustList = robustList
             self.robustListLength = robustListLength
+        }
+    }
+
+    /// A pipe's unread bytes at the freeze (read with `tee`, so left in place) and its capacity.
+    public struct PipeContents: Codable, Sendable, Equatable {
+        /// The pipe's inode, as in `pipe:[N]`.
+        public var inode: UInt64
+        public var capacity: Int
+        public var bytes: Data
+
+        public init(inode: UInt64, capacity: Int, bytes: Data) {
+            self.inode = inode
+            self.capacity = capacity
+            self.bytes = bytes
         }
     }
 

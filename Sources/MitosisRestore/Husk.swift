@@ -287,9 +287,18 @@ extension Tracer {
     /// Creates every descriptor again at its number, in ascending order: a new descriptor
     /// takes the lowest free number, never above the one wanted, and is then moved there.
     private func restoreDescriptors(_ plan: RestorePlan, area: WorkArea) throws {
-        for descriptor in (plan.manifest.descriptors ?? []).sorted(by: { $0.fd < $1.fd }) {
+        let descriptors = (plan.manifest.descriptors ?? []).sorted(by: { $0.fd < $1.fd })
+        // Pipes first, both ends parked above every number wanted, so that no temporary
+        // descriptor sits on a number another descriptor needs.
+        let parked = try createPipes(descriptors, contents: plan.record.pipes ?? [], above: UInt64(descriptors.last?.fd ?? 0), area: area)
+        for descriptor in descriptors {
             let fd: UInt64
             switch descriptor.kind {
+            case .pipe:
+                let end = parked[PipeEnd(inode: descriptor.inode, write: descriptor.flags & 3 == 1)]!
+                try huskCall("placing the pipe end fd \(descriptor.fd)", MITOSIS_SYS_dup3,
+                             [end, UInt64(descriptor.fd), UInt64(descriptor.flags & UInt32(O_CLOEXEC))])
+                continue
             case .eventfd:
                 fd = try createEventfd(descriptor, area: area)
             default:
@@ -301,7 +310,59 @@ extension Tracer {
                 try huskCall("closing fd \(fd)", SyscallNumber.close, [fd])
             }
         }
+        for end in parked.values { try huskCall("closing the parked pipe end \(end)", SyscallNumber.close, [end]) }
     }
+
+    struct PipeEnd: Hashable {
+        var inode: UInt64
+        var write: Bool
+    }
+
+    /// Creates each pipe the process holds (`pipe2`), parks both ends at numbers above `highest`,
+    /// gives it its capacity and each end its `O_NONBLOCK`, and writes its unread bytes through
+    /// a copy of the write end taken with `pidfd_getfd` (the same open file).
+    private func createPipes(_ descriptors: [OpenDescriptor], contents: [RestoreRecord.PipeContents],
+                             above highest: UInt64, area: WorkArea) throws -> [PipeEnd: UInt64] {
+        var parked: [PipeEnd: UInt64] = [:]
+        var next = highest + 1
+        for pipe in contents {
+            let ends = descriptors.filter { $0.kind == .pipe && $0.inode == pipe.inode }
+            guard let reader = ends.first(where: { $0.flags & 3 == 0 }), let writer = ends.first(where: { $0.flags & 3 == 1 }) else { continue }
+            let step = "creating the pipe of fds \(ends.map(\.fd))"
+            try huskCall(step, MITOSIS_SYS_pipe2, [area.scratch + WorkArea.text, 0])
+            var pair: (Int32, Int32) = (0, 0)
+            let count = (try? withUnsafeMutableBytes(of: &pair) { buffer throws(Errno) in
+                try Kernel.readMemory(pid: pid, address: area.scratch + WorkArea.text, into: buffer)
+            }) ?? 0
+            guard count == 8 else { throw StepFailure(step: step, detail: "cannot read the new descriptors") }
+            for (fd, end, isWrite) in [(pair.0, reader, false), (pair.1, writer, true)] {
+                let slot = next
+                next += 1
+                try huskCall(step, MITOSIS_SYS_dup3, [UInt64(fd), slot, 0])
+                try huskCall(step, SyscallNumber.close, [UInt64(fd)])
+                if end.flags & UInt32(O_NONBLOCK) != 0 {
+                    try huskCall("making fd \(end.fd) non-blocking", SyscallNumber.fcntl, [slot, UInt64(F_SETFL), UInt64(O_NONBLOCK)])
+                }
+                parked[PipeEnd(inode: pipe.inode, write: isWrite)] = slot
+            }
+            let writeEnd = parked[PipeEnd(inode: pipe.inode, write: true)]!
+            try huskCall("setting the capacity of the pipe of fd \(reader.fd)", SyscallNumber.fcntl,
+                         [writeEnd, 1031 /* F_SETPIPE_SZ */, UInt64(pipe.capacity)])
+            if !pipe.bytes.isEmpty {
+                do {
+                    let pidfd = try Kernel.pidfdOpen(pid)
+                    defer { try? pidfd.close() }
+                    let local = try Kernel.pidfdGetfd(pidfd, Int32(writeEnd))
+                    defer { try? local.close() }
+                    try pipe.bytes.withUnsafeBytes { buffer in try Kernel.writeAll(local, buffer) }
+                } catch {
+                    throw StepFailure(step: "refilling the pipe of fd \(reader.fd)", detail: "\(error)")
+                }
+            }
+        }
+        return parked
+    }
+
 
     /// A file, directory or stateless device: opened by path with its flags, at its offset.
     private func openFile(_ descriptor: OpenDescriptor, area: WorkArea) throws -> UInt64 {

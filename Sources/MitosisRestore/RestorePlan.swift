@@ -45,7 +45,17 @@ struct RestorePlan: Sendable {
                 refusals.append(RestoreRefusal("mapping 0x\(String(mapping.start, radix: 16))-0x\(String(mapping.end, radix: 16)) \(mapping.path ?? "[anonymous]")", reason))
             }
         }
+        let pipes = Dictionary(grouping: (manifest.descriptors ?? []).filter { $0.kind == .pipe }, by: \.inode)
         for descriptor in manifest.descriptors ?? [] {
+            if descriptor.kind == .pipe {
+                let ends = Set(pipes[descriptor.inode, default: []].map { $0.flags & 3 })
+                if ends != [0, 1] {
+                    refusals.append(RestoreRefusal("fd \(descriptor.fd) (\(descriptor.target))", "the pipe's other end is outside the process; restoring it is not supported"))
+                } else if !(record.pipes ?? []).contains(where: { $0.inode == descriptor.inode }) {
+                    refusals.append(RestoreRefusal("fd \(descriptor.fd) (\(descriptor.target))", "the image does not hold the pipe's contents"))
+                }
+                continue
+            }
             if let reason = descriptorProblem(descriptor) { refusals.append(RestoreRefusal("fd \(descriptor.fd) (\(descriptor.target))", reason)) }
         }
         return refusals

@@ -4,7 +4,8 @@
 // that each count in a loop and check their thread-local marker (fs_base), a ticker thread
 // that ticks every 10 ms on CLOCK_MONOTONIC (absolute sleeps), a SIGUSR1 handler, SIGPIPE
 // ignored, SIGUSR1 blocked in every thread but the main one's sigsuspend, LOG open as fd 3
-// (not O_APPEND: its offset must survive) and an eventfd holding 5 as fd 4. Reports `area`,
+// (not O_APPEND: its offset must survive), an eventfd holding 5 as fd 4, and a 128 KiB pipe
+// (read end fd 5, non-blocking; write end fd 6) holding unread bytes. Reports `area`,
 // `pages`, `log_fd`.
 //
 // Command `detach` answers READY, points fds 0, 1 and 2 at /dev/null (so the process holds no
@@ -31,6 +32,8 @@
 #define PAGE 4096
 #define MAX_WORKERS 8
 #define HEAP_BYTES (256 * 1024)
+#define PIPE_TEXT "unread bytes in the pipe"
+
 
 static uint64_t *area;
 static size_t area_pages;
@@ -106,6 +109,15 @@ static void self_check(void) {
     if (action.sa_handler != SIG_IGN) { snprintf(line, sizeof line, "CHECK n=%d FAIL SIGPIPE not ignored\n", checks); log_line(line); return; }
     sigaction(SIGUSR1, NULL, &action);
     if (action.sa_handler != on_usr1) { snprintf(line, sizeof line, "CHECK n=%d FAIL SIGUSR1 handler lost\n", checks); log_line(line); return; }
+    // The pipe still holds its bytes (read, then put back), its capacity and its flags.
+    char text[64] = { 0 };
+    ssize_t got = read(5, text, sizeof text - 1);
+    if (got != (ssize_t)strlen(PIPE_TEXT) || strcmp(text, PIPE_TEXT) != 0 || write(6, text, (size_t)got) != got
+        || fcntl(5, F_GETPIPE_SZ) != 128 * 1024 || !(fcntl(5, F_GETFL) & O_NONBLOCK)) {
+        snprintf(line, sizeof line, "CHECK n=%d FAIL pipe (%zd bytes: %s)\n", checks, got, text);
+        log_line(line);
+        return;
+    }
     if (tls_failures) { snprintf(line, sizeof line, "CHECK n=%d FAIL thread-local marker changed\n", checks); log_line(line); return; }
     int length = snprintf(line, sizeof line, "CHECK n=%d PASS ticks=%llu workers=", checks, (unsigned long long)ticks);
     for (int w = 0; w < workers; w++) length += snprintf(line + length, sizeof line - length, "%s%llu", w ? "," : "", (unsigned long long)counts[w]);
@@ -127,6 +139,11 @@ static int restore_setup(int argc, char **argv) {
     log_line("START\n");
     // fd 4: an eventfd holding 5, non-blocking and close-on-exec, for the test to find again.
     if (eventfd(5, EFD_NONBLOCK | EFD_CLOEXEC) != 4) return -1;
+    // fds 5 and 6: a pipe of 128 KiB holding PIPE_TEXT unread, its read end non-blocking.
+    int ends[2];
+    if (pipe2(ends, 0) != 0 || ends[0] != 5 || ends[1] != 6) return -1;
+    if (fcntl(5, F_SETFL, O_NONBLOCK) != 0 || fcntl(5, F_SETPIPE_SZ, 128 * 1024) < 0) return -1;
+    if (write(6, PIPE_TEXT, strlen(PIPE_TEXT)) != (ssize_t)strlen(PIPE_TEXT)) return -1;
     area_pages = mib * 256;
     area = mmap(NULL, area_pages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (area == MAP_FAILED) return -1;

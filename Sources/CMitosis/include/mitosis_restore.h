@@ -20,6 +20,7 @@ static const long MITOSIS_SYS_umask = SYS_umask;
 static const long MITOSIS_SYS_set_tid_address = SYS_set_tid_address;
 static const long MITOSIS_SYS_set_robust_list = SYS_set_robust_list;
 static const long MITOSIS_SYS_eventfd2 = SYS_eventfd2;
+static const long MITOSIS_SYS_pipe2 = SYS_pipe2;
 static const long MITOSIS_SYS_rseq = 334;
 static const long MITOSIS_SYS_clone3 = 435;
 
@@ -66,6 +67,11 @@ typedef struct mitosis_prctl_mm_map {
 /// waits in `pause()` forever, running only raw system calls (it is a fork of a multithreaded
 /// process). Returns the pid, or -1 with errno (EEXIST: the pid is taken; EINVAL: above pid_max).
 pid_t mitosis_husk_spawn(pid_t pid);
+/// Copies the unread bytes (at most `capacity`) of the pipe that `path` (a `/proc/PID/fd/N`
+/// link to either end) refers to, without consuming them: a new read end is opened through the
+/// link and `tee(2)`d into a pipe of this process. Stores the pipe's capacity (F_GETPIPE_SZ) in
+/// `*pipe_size`. Returns the number of bytes copied, or -1 with errno.
+long mitosis_pipe_peek(const char *path, void *buffer, unsigned long capacity, int *pipe_size);
 /// get_robust_list(2) of another thread; 0 or -1 with errno.
 int mitosis_get_robust_list(pid_t tid, uint64_t *head, uint64_t *length);
 

@@ -234,7 +234,8 @@ public actor CheckpointSession {
                 descriptors = try ProcessReader.descriptors(pid: pid)
                 // Without these the image still serves as a memory checkpoint; a restore refuses it.
                 do {
-                    restore = try await RestoreCapture.capture(tracer, pid: pid, maps: try ProcessReader.mappings(pid: pid, detailed: false))
+                    restore = try await RestoreCapture.capture(tracer, pid: pid, maps: try ProcessReader.mappings(pid: pid, detailed: false),
+                                                               descriptors: descriptors)
                 } catch {
                     logger.warning("checkpoint of \(pid) is not restorable: \(error)")
                 }

@@ -1,3 +1,4 @@
+import Foundation
 import CMitosis
 import Glibc
 import MitosisImage
@@ -14,7 +15,7 @@ import SystemPackage
 /// calls (`rt_sigaction(sig, NULL, scratch)`, `prctl(PR_GET_TID_ADDRESS, scratch)`, `brk(0)`)
 /// writing into a scratch page mapped for the purpose and unmapped before the thaw.
 enum RestoreCapture {
-    static func capture(_ tracer: Tracer, pid: Int32, maps: [MemoryMapping]) async throws -> RestoreRecord {
+    static func capture(_ tracer: Tracer, pid: Int32, maps: [MemoryMapping], descriptors: [OpenDescriptor]) async throws -> RestoreRecord {
         let proc = "/proc/\(pid)"
         let brk = try await tracer.performSyscall(MITOSIS_SYS_brk, [0])
         let statText = String(decoding: try Kernel.readFile(proc + "/stat"), as: UTF8.self)
@@ -50,9 +51,16 @@ enum RestoreCapture {
         let timers = (try? Kernel.readFile(proc + "/timers")).map { bytes in
             String(decoding: bytes, as: UTF8.self).split(separator: "\n").filter { $0.hasPrefix("ID:") }.count
         } ?? 0
-        return RestoreRecord(bounds: bounds, auxv: auxv, executable: executable, vdso: vdso, signalActions: actions,
+        var pipes: [RestoreRecord.PipeContents] = []
+        for descriptor in descriptors where descriptor.kind == .pipe && !pipes.contains(where: { $0.inode == descriptor.inode }) {
+            let (bytes, capacity) = try Kernel.peekPipe(pid: pid, fd: descriptor.fd)
+            pipes.append(RestoreRecord.PipeContents(inode: descriptor.inode, capacity: capacity, bytes: Data(bytes)))
+        }
+        var record = RestoreRecord(bounds: bounds, auxv: auxv, executable: executable, vdso: vdso, signalActions: actions,
                              threads: threads, mappingFlags: [],
                              posixTimers: timers)
+        record.pipes = pipes
+        return record
     }
 
     /// Runs the asking calls into `scratch` and reads their answers.
