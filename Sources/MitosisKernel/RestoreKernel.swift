@@ -28,6 +28,13 @@ extension Kernel {
         return (Array(bytes[..<count]), Int(size))
     }
 
+    /// Sets a resource limit of another process (`RLIMIT_*` number; nil is unlimited).
+    /// The corresponding system call is `prlimit64`.
+    package static func setResourceLimit(pid: Int32, resource: Int32, soft: UInt64?, hard: UInt64?) throws(Errno) {
+        var limits: (UInt64, UInt64) = (soft ?? UInt64.max, hard ?? UInt64.max)
+        try check { withUnsafeMutablePointer(to: &limits) { mitosis_syscall6(302 /* prlimit64 */, Int(pid), Int(resource), Int(bitPattern: $0), 0, 0, 0) } }
+    }
+
     /// Sends `signal` to a process. The corresponding system call is `kill`.
     package static func sendSignal(pid: Int32, _ signal: Int32) throws(Errno) {
         try check { Glibc.kill(pid, signal) }

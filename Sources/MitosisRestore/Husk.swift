@@ -52,6 +52,7 @@ extension Tracer {
         phase("memory")
         try restoreProcessState(plan, area: area)
         try restoreDescriptors(plan, area: area)
+        try restoreLimits(plan)
         try createThreads(plan, area: area)
         try removeWorkArea(area, plan: plan)
         phase("state")
@@ -282,6 +283,25 @@ extension Tracer {
         _ = try set.get()
     }
 
+    /// `/proc/PID/limits` names, in `RLIMIT_*` order.
+    static let limitNames = ["Max cpu time", "Max file size", "Max data size", "Max stack size", "Max core file size",
+                             "Max resident set", "Max processes", "Max open files", "Max locked memory", "Max address space",
+                             "Max file locks", "Max pending signals", "Max msgqueue size", "Max nice priority",
+                             "Max realtime priority", "Max realtime timeout"]
+
+    /// Resource limits, set from outside (`prlimit64`), after the descriptors: a lower
+    /// open-files limit must not stop their restore.
+    private func restoreLimits(_ plan: RestorePlan) throws {
+        for limit in plan.manifest.process?.limits ?? [] {
+            guard let resource = Self.limitNames.firstIndex(of: limit.name) else { continue }
+            do {
+                try Kernel.setResourceLimit(pid: pid, resource: Int32(resource), soft: limit.soft, hard: limit.hard)
+            } catch {
+                throw StepFailure(step: "setting the limit '\(limit.name)'", detail: "\(error)")
+            }
+        }
+    }
+
     // MARK: Phase 4: descriptors
 
     /// Creates every descriptor again at its number, in ascending order: a new descriptor
@@ -454,7 +474,29 @@ extension Tracer {
                 throw StepFailure(step: "setting the registers of thread \(state.tid)", detail: "\(error)")
             }
         }
+        // Signals pending at the freeze are sent again (once each: their siginfo and the count
+        // of queued real-time signals are not recorded). They wait, blocked or not, for the thaw.
+        let shared = plan.manifest.threads.first?.sharedPendingSignals ?? 0
+        for state in plan.manifest.threads {
+            for signal in Self.signals(in: state.pendingSignals) {
+                do { try Kernel.threadKill(pid: pid, tid: state.tid, signal: signal) } catch {
+                    throw StepFailure(step: "sending signal \(signal) pending for thread \(state.tid)", detail: "\(error)")
+                }
+            }
+        }
+        for signal in Self.signals(in: shared) {
+            do { try Kernel.sendSignal(pid: pid, signal) } catch {
+                throw StepFailure(step: "sending signal \(signal) pending for the process", detail: "\(error)")
+            }
+        }
         thaw()
+    }
+}
+
+extension Tracer {
+    /// The signal numbers of a pending-set bitmap (bit `n - 1` is signal `n`).
+    static func signals(in set: UInt64) -> [Int32] {
+        (1...64).filter { set & (1 << UInt64($0 - 1)) != 0 }.map { Int32($0) }
     }
 }
 

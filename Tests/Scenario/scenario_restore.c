@@ -5,7 +5,8 @@
 // that ticks every 10 ms on CLOCK_MONOTONIC (absolute sleeps), a SIGUSR1 handler, SIGPIPE
 // ignored, SIGUSR1 blocked in every thread but the main one's sigsuspend, LOG open as fd 3
 // (not O_APPEND: its offset must survive), an eventfd holding 5 as fd 4, and a 128 KiB pipe
-// (read end fd 5, non-blocking; write end fd 6) holding unread bytes. Reports `area`,
+// (read end fd 5, non-blocking; write end fd 6) holding unread bytes; SIGUSR2 stays pending
+// (blocked everywhere) and RLIMIT_NOFILE is 900. Reports `area`,
 // `pages`, `log_fd`.
 //
 // Command `detach` answers READY, points fds 0, 1 and 2 at /dev/null (so the process holds no
@@ -28,6 +29,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 
 #define PAGE 4096
 #define MAX_WORKERS 8
@@ -162,7 +164,16 @@ static int restore_setup(int argc, char **argv) {
     sigset_t usr1;
     sigemptyset(&usr1);
     sigaddset(&usr1, SIGUSR1);
+    sigaddset(&usr1, SIGUSR2);
     sigprocmask(SIG_BLOCK, &usr1, NULL);
+    // A signal pending for the whole process (SIGUSR2, blocked everywhere) and an open-files
+    // limit of 900: both must come back.
+    kill(getpid(), SIGUSR2);
+    struct rlimit files;
+    getrlimit(RLIMIT_NOFILE, &files);
+    files.rlim_cur = 900;
+    if (files.rlim_max < 900) files.rlim_max = 900;
+    if (setrlimit(RLIMIT_NOFILE, &files) != 0) return -1;
     pthread_t thread;
     if (pthread_create(&thread, NULL, ticker, NULL) != 0) return -1;
     for (int w = 0; w < workers; w++)

@@ -113,6 +113,11 @@ struct RestoreFailure: Error, CustomStringConvertible {
         // the scenario itself below).
         let pipeEnds = try [5, 6].map { try Kernel.readLink("/proc/\(pid)/fd/\($0)") }
         #expect(pipeEnds[0].hasPrefix("pipe:[") && pipeEnds[0] == pipeEnds[1], "\(pipeEnds)")
+        // The pending SIGUSR2 (bit 11) and the open-files limit.
+        let status = String(decoding: try Kernel.readFile("/proc/\(pid)/status"), as: UTF8.self)
+        #expect(status.contains("ShdPnd:\t0000000000000800\n"), "\(status)")
+        let limits = String(decoding: try Kernel.readFile("/proc/\(pid)/limits"), as: UTF8.self)
+        #expect(limits.split(separator: "\n").first { $0.hasPrefix("Max open files") }?.split(separator: " ", omittingEmptySubsequences: true).dropFirst(3).first == "900", "\(limits)")
         // Its signal handler answers, its memory checks out (and the pipe's), its threads tick on.
         kill(pid, SIGUSR1)
         let second = try await CheckpointedScenario.awaitCheck(2, in: scenario.log)
