@@ -44,7 +44,7 @@ public enum ImageError: Error, Equatable, Sendable, CustomStringConvertible {
         switch self {
         case .notAnImage(let path): return "\(path): not a checkpoint image"
         case .unsupportedVersion(let path, let file, let version):
-            return "\(path): unsupported format version \(version) in \(file) (this mitosis reads version \(CheckpointManifest.currentFormatVersion))"
+            return "\(path): unsupported format version \(version) in \(file) (this mitosis reads versions \(CheckpointManifest.readableFormatVersions.lowerBound)–\(CheckpointManifest.readableFormatVersions.upperBound))"
         case .truncated(let path, let file, let detail): return "\(path): truncated file \(file) (\(detail))"
         case .checksumMismatch(let path, let file, let entry):
             return "\(path): checksum mismatch in \(file)" + (entry.map { " at entry \($0)" } ?? "")

@@ -138,9 +138,8 @@ extension Tracer {
                          SyscallNumber.munmap, [mapping.start, mapping.length])
         }
         let vdso = plan.record.vdso
-        let result = try huskCall("mapping the vDSO at 0x\(String(vdso.vvar.start, radix: 16))",
-                                  MITOSIS_SYS_arch_prctl, [0x2003 /* ARCH_MAP_VDSO_64 */, vdso.vvar.start])
-        _ = result
+        try huskCall("mapping the vDSO at 0x\(String(vdso.vvar.start, radix: 16))",
+                     MITOSIS_SYS_arch_prctl, [0x2003 /* ARCH_MAP_VDSO_64 */, vdso.vvar.start])
         let placed = try huskMaps()
         guard placed.contains(where: { $0.path == "[vdso]" && $0.start == vdso.vdso.start && $0.length == vdso.vdso.length }),
               placed.contains(where: { $0.path == "[vvar]" && $0.start == vdso.vvar.start })

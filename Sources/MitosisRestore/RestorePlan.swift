@@ -1,3 +1,4 @@
+import CMitosis
 import Glibc
 import MitosisImage
 import MitosisKernel
@@ -28,6 +29,11 @@ struct RestorePlan: Sendable {
         if Set(manifest.threads.map(\.tid)) != Set(record.threads.map(\.tid)) {
             refusals.append(RestoreRefusal("image", "thread states and restore records name different threads"))
         }
+        // The registers' XSAVE areas hold what the CPU enabled there: this one must enable it too.
+        let xcr0 = mitosis_xcr0()
+        if let needed = manifest.threads.first?.extendedState.enabledFeatures, needed & ~xcr0 != 0 {
+            refusals.append(RestoreRefusal("CPU", "the image uses XSAVE components 0x\(String(needed, radix: 16)), this CPU enables 0x\(String(xcr0, radix: 16))"))
+        }
         if let problem = vdsoProblem(record.vdso) { refusals.append(RestoreRefusal("vDSO", problem)) }
         if record.auxv.count * 8 > 1024 { refusals.append(RestoreRefusal("auxv", "\(record.auxv.count) words, more than the kernel keeps")) }
         if !fileExists(record.executable) {
@@ -51,7 +57,12 @@ struct RestorePlan: Sendable {
                 let ends = Set(pipes[descriptor.inode, default: []].map { $0.flags & 3 })
                 if ends != [0, 1] {
                     refusals.append(RestoreRefusal("fd \(descriptor.fd) (\(descriptor.target))", "the pipe's other end is outside the process; restoring it is not supported"))
-                } else if !(record.pipes ?? []).contains(where: { $0.inode == descriptor.inode }) {
+                } else if let contents = (record.pipes ?? []).first(where: { $0.inode == descriptor.inode }) {
+                    // More bytes than the pipe holds would block the refill for ever.
+                    if contents.bytes.count > contents.capacity || contents.capacity <= 0 {
+                        refusals.append(RestoreRefusal("fd \(descriptor.fd) (\(descriptor.target))", "\(contents.bytes.count) unread bytes recorded for a pipe of \(contents.capacity)"))
+                    }
+                } else {
                     refusals.append(RestoreRefusal("fd \(descriptor.fd) (\(descriptor.target))", "the image does not hold the pipe's contents"))
                 }
                 continue

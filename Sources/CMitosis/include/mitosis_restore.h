@@ -72,6 +72,12 @@ pid_t mitosis_husk_spawn(pid_t pid);
 /// link and `tee(2)`d into a pipe of this process. Stores the pipe's capacity (F_GETPIPE_SZ) in
 /// `*pipe_size`. Returns the number of bytes copied, or -1 with errno.
 long mitosis_pipe_peek(const char *path, void *buffer, unsigned long capacity, int *pipe_size);
+/// XCR0: the XSAVE state components this CPU and kernel enable (`xgetbv` with ecx = 0).
+static inline uint64_t mitosis_xcr0(void) {
+    uint32_t low, high;
+    __asm__ volatile("xgetbv" : "=a"(low), "=d"(high) : "c"(0));
+    return ((uint64_t)high << 32) | low;
+}
 /// get_robust_list(2) of another thread; 0 or -1 with errno.
 int mitosis_get_robust_list(pid_t tid, uint64_t *head, uint64_t *length);
 
