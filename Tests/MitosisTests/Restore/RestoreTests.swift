@@ -16,18 +16,25 @@ struct CheckpointedScenario {
     let manifest: CheckpointManifest
 
     /// Starts the scenario with `mib` MiB of patterned memory and `workers` counting threads,
-    /// has it pass one self-check, and checkpoints it into `scratch/image`.
-    init(mib: Int = 16, workers: Int = 2) async throws {
+    /// has it pass one self-check, and checkpoints it into `scratch/image`. With `incremental`,
+    /// it passes a second check and is checkpointed again over the first, into `scratch/next`.
+    init(mib: Int = 16, workers: Int = 2, incremental: Bool = false) async throws {
         scratch = try ScratchDirectory()
         log = scratch.path + "/scenario.log"
-        image = scratch.path + "/image"
+        image = scratch.path + (incremental ? "/next" : "/image")
         child = try ScenarioProcess("restore", [log, "\(mib)", "\(workers)", "120"])
         try child.send("detach")
         kill(child.pid, SIGUSR1)
         _ = try await Self.awaitCheck(1, in: log)
         let session = try await CheckpointSession(pid: child.pid)
         do {
-            manifest = try await session.checkpoint(to: DirectorySink(directory: image)).manifest
+            var result = try await session.checkpoint(to: DirectorySink(directory: scratch.path + "/image"))
+            if incremental {
+                kill(child.pid, SIGUSR1)
+                _ = try await Self.awaitCheck(2, in: log)
+                result = try await session.checkpoint(to: DirectorySink(directory: image), parent: .previous(path: "../image"))
+            }
+            manifest = result.manifest
         } catch {
             await session.stop()
             throw error
@@ -134,6 +141,27 @@ struct RestoreFailure: Error, CustomStringConvertible {
         // The log continued where the original left it: the first check is still there.
         let lines = try String(contentsOfFile: scenario.log, encoding: .utf8).split(separator: "\n")
         #expect(lines.first == "START" && lines.dropFirst().first?.hasPrefix("CHECK n=1 PASS") == true)
+    }
+
+    @Test func restoreFromAnIncrementalImageReadsTheWholeChain() async throws {
+        let scenario = try await CheckpointedScenario(mib: 8, workers: 1, incremental: true)
+        defer { scenario.remove() }
+        let pid = scenario.child.pid
+        #expect(scenario.manifest.kind == .incremental)
+        let inherited = scenario.manifest.mappings.flatMap(\.pages).filter { $0.state == .inherited }.reduce(0) { $0 + $1.end - $1.start }
+        #expect(inherited >= 8 << 20, "the patterned area is inherited from the full image")
+        scenario.killOriginal()
+        let restorer = try Restorer(image: CheckpointImage.open(scenario.image))
+        #expect(restorer.chain.images.count == 2)
+        let chain = restorer.chain
+        _ = try await restorer.restore(verify: { pid in
+            let pages = try RestoreVerification.differingPages(pid: pid, chain: chain)
+            guard pages.isEmpty else { throw RestoreFailure(description: "\(pages.count) pages differ") }
+        })
+        defer { endRestored(pid) }
+        kill(pid, SIGUSR1)
+        let third = try await CheckpointedScenario.awaitCheck(3, in: scenario.log)
+        #expect(third.contains(" PASS ") && CheckpointedScenario.value("handled", in: third) == "3", "\(third)")
     }
 
     @Test func aTakenPidGivesOneClearLine() async throws {
