@@ -41,7 +41,7 @@ public final class WriteProtectTracker: DirtyTracker, @unchecked Sendable {
         do {
             pagemap = try PagemapFile(pid: pid)
         } catch {
-            throw ProcessReader.failure(error, pid: pid, reading: "/proc/\(pid)/pagemap")
+            throw TargetProcess.failure(error, pid: pid, reading: "/proc/\(pid)/pagemap")
         }
     }
 
