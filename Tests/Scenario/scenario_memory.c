@@ -6,7 +6,8 @@
 // (`heap`, 8 pages from malloc). Byte i of page p of a region holds pattern(region, p, gen, i).
 // Commands: `write REGION GEN P,P,…` rewrites pages with generation GEN; `map N` maps and fills
 // a new anonymous mapping of N pages (reported as `new`), directly below the spare region if there
-// is one; `spare N` maps N anonymous pages that are never touched (reported as `spare`);
+// is one (then N <= 16); `spare N` maps N anonymous pages that are never touched (reported as
+// `spare`) above a hole of 16 pages;
 // `discard P` madvise(DONTNEED)s anon page P.
 //
 // `churn MIB PERCENT INTERVAL_MS`: a MIB-sized anonymous area, all written, then a thread
@@ -109,8 +110,11 @@ static int memory_step(const char *command) {
     }
     int count;
     if (sscanf(command, "spare %d", &count) == 1) {
-        spare = mmap(NULL, (size_t)count * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (spare == MAP_FAILED) return -1;
+        // 16 pages more, unmapped again at once: the hole below the spare region that `map` fills.
+        unsigned char *area = mmap(NULL, (size_t)(count + 16) * PAGE, PROT_READ | PROT_WRITE,
+                                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (area == MAP_FAILED || munmap(area, 16 * PAGE) != 0) return -1;
+        spare = area + 16 * PAGE;
         scenario_report("spare", "0x%lx", (unsigned long)spare);
         return 0;
     }
