@@ -32,17 +32,18 @@ let package = Package(
                 .linkedLibrary("stdc++"),
             ]
         ),
-        // Layer 1 — the only Swift that speaks to the kernel: typed wrappers over system calls,
-        // ptrace, netlink, pagemap, userfaultfd. Everything above calls these, never libc.
-        .target(
-            name: "MitosisKernel",
-            dependencies: ["CMitosis", .product(name: "SystemPackage", package: "swift-system")]
-        ),
-        // Layer 1 — plain values (process, thread, mapping, descriptor, socket, graph), the pure
+        // Layer 0 — plain values (process, thread, mapping, descriptor, socket, graph), the pure
         // /proc parsers that build them, and the error family. No system calls.
         .target(
             name: "MitosisModel",
             dependencies: [.product(name: "SystemPackage", package: "swift-system")]
+        ),
+        // Layer 1 — the only Swift that speaks to the kernel: typed wrappers over system calls,
+        // ptrace, netlink and sock_diag, pagemap, userfaultfd, posix_spawn. Everything above calls
+        // these, never libc; what they read comes back as model values.
+        .target(
+            name: "MitosisKernel",
+            dependencies: ["CMitosis", "MitosisModel", .product(name: "SystemPackage", package: "swift-system")]
         ),
         // Layer 2 — freezing a process as a scope (Tracer), syscall injection, thread state.
         .target(
@@ -81,6 +82,8 @@ let package = Package(
         .executableTarget(name: "mitosis-demo-target", path: "Examples/DemoTarget"),
         // Keeps a chain of incremental checkpoints of a pid, through the public API only.
         .executableTarget(name: "mitosis-incremental-chain", dependencies: ["Mitosis"], path: "Examples/IncrementalChain"),
+        // A client that only inspects: it must link without libunwind (Tests check with ldd).
+        .executableTarget(name: "mitosis-inspect-example", dependencies: ["Mitosis"], path: "Examples/InspectOnly"),
         // Builds one known scenario per test (threads, fds, sockets, memory…) and reports it ready.
         .executableTarget(name: "mitosis-scenario", path: "Tests/Scenario"),
         // C++ and Swift targets with known call chains, for the stacks tests' demangling.
@@ -89,12 +92,12 @@ let package = Package(
         // Benchmarks stay out of the test suite: `swift run -c release mitosis-bench --help`.
         .executableTarget(
             name: "mitosis-bench",
-            dependencies: ["Mitosis", "MitosisStacks", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["Mitosis", "MitosisKernel", "MitosisStacks", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Benchmarks"
         ),
         .testTarget(
             name: "MitosisTests",
-            dependencies: ["Mitosis", "MitosisKernel", "MitosisStacks", "mitosis-scenario", "mitosis", "mitosis-demo-target", "mitosis-scenario-cpp", "mitosis-scenario-swift"]
+            dependencies: ["Mitosis", "MitosisKernel", "MitosisStacks", "mitosis-scenario", "mitosis", "mitosis-demo-target", "mitosis-inspect-example", "mitosis-scenario-cpp", "mitosis-scenario-swift"]
         ),
     ]
 )

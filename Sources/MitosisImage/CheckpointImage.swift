@@ -270,10 +270,10 @@ public final class CheckpointImage: Sendable {
     }
 
     private static func statusSize(_ fd: FileDescriptor, _ file: String, image: String) throws(ImageError) -> UInt64 {
-        let st: stat
+        let st: FileStatus
         do { st = try Kernel.status(of: fd) } catch { throw .io(image, operation: "stat \(file)", errno: error) }
-        guard st.st_mode & S_IFMT == S_IFREG else { throw .malformed(image, file: file, detail: "not a regular file") }
-        return UInt64(st.st_size)
+        guard st.type == .regular else { throw .malformed(image, file: file, detail: "not a regular file") }
+        return UInt64(st.size)
     }
 
     private static func readSmallFile(_ directory: FileDescriptor, _ file: String, image: String, limit: UInt64) throws(ImageError) -> [UInt8] {

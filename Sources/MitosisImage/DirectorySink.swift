@@ -156,11 +156,11 @@ private final class Writer {
         let parent = try Self.io(path, "open parent directory") { () throws(Errno) in
             try Kernel.openAt(nil, parentPath, flags: O_RDONLY | O_DIRECTORY)
         }
-        let existing: Result<stat, Errno> = Result { () throws(Errno) in try Kernel.linkStatusAt(parent, name) }
+        let existing: Result<FileStatus, Errno> = Result { () throws(Errno) in try Kernel.linkStatusAt(parent, name) }
         switch existing {
         case .success(let st):
             try? parent.close()
-            throw (st.st_mode & S_IFMT) == S_IFLNK ? .symlinkRefused(path) : .alreadyExists(path)
+            throw st.type == .symbolicLink ? .symlinkRefused(path) : .alreadyExists(path)
         case .failure(.noSuchFileOrDirectory):
             break
         case .failure(let error):

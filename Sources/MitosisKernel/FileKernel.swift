@@ -34,19 +34,25 @@ extension Kernel {
         try check { unlinkat(directory?.rawValue ?? AT_FDCWD, name, flags) }
     }
 
+    /// Opens a directory for reading (and for `*at` calls relative to it).
+    /// The corresponding system call is `openat` with `O_DIRECTORY`.
+    package static func openDirectory(_ path: String) throws(Errno) -> FileDescriptor {
+        try openAt(nil, path, flags: O_RDONLY | O_DIRECTORY)
+    }
+
     /// `stat` of `name` relative to `directory`, not following a final symbolic link.
     /// The corresponding system call is `fstatat` with `AT_SYMLINK_NOFOLLOW`.
-    package static func linkStatusAt(_ directory: FileDescriptor?, _ name: String) throws(Errno) -> stat {
+    package static func linkStatusAt(_ directory: FileDescriptor?, _ name: String) throws(Errno) -> FileStatus {
         var st = stat()
         try check { fstatat(directory?.rawValue ?? AT_FDCWD, name, &st, AT_SYMLINK_NOFOLLOW) }
-        return st
+        return FileStatus(st)
     }
 
     /// `stat` of an open file. The corresponding system call is `fstat`.
-    package static func status(of fd: FileDescriptor) throws(Errno) -> stat {
+    package static func status(of fd: FileDescriptor) throws(Errno) -> FileStatus {
         var st = stat()
         try check { fstat(fd.rawValue, &st) }
-        return st
+        return FileStatus(st)
     }
 
     /// Flushes a file's data and metadata to storage. The corresponding system call is `fsync`.
@@ -138,7 +144,7 @@ extension Kernel {
     /// Whether `fd` is a socket. The corresponding system call is `fstat`.
     package static func isSocket(_ fd: FileDescriptor) -> Bool {
         guard let st = try? status(of: fd) else { return false }
-        return st.st_mode & S_IFMT == S_IFSOCK
+        return st.type == .socket
     }
 
     /// Sends all of `buffer` on a socket without raising SIGPIPE when the peer has gone (EPIPE

@@ -9,6 +9,9 @@ package enum Kernel {
     /// The calling OS thread's kernel id. The corresponding C function is `gettid`.
     package static func currentThreadID() -> Int32 { mitosis_gettid() }
 
+    /// This process's id. The corresponding C function is `getpid`.
+    package static func currentProcessID() -> Int32 { getpid() }
+
     /// Runs a call that reports failure as -1 + errno, retrying on EINTR.
     @discardableResult
     package static func check<T: BinaryInteger>(_ call: () -> T) throws(Errno) -> T {
@@ -114,15 +117,15 @@ package enum Kernel {
     }
 
     /// `stat` of a path. The corresponding C function is `stat`.
-    package static func status(_ path: String) throws(Errno) -> stat {
+    package static func status(_ path: String) throws(Errno) -> FileStatus {
         try statusAt(nil, path)
     }
 
     /// `stat` of `name` relative to `directory`, following symbolic links (through
     /// `/proc/PID/fd/N`, the open file itself). The corresponding system call is `fstatat`.
-    package static func statusAt(_ directory: FileDescriptor?, _ name: String) throws(Errno) -> stat {
+    package static func statusAt(_ directory: FileDescriptor?, _ name: String) throws(Errno) -> FileStatus {
         var st = stat()
         try check { fstatat(directory?.rawValue ?? AT_FDCWD, name, &st, 0) }
-        return st
+        return FileStatus(st)
     }
 }

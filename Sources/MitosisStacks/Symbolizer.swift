@@ -170,11 +170,10 @@ package final class ELFModule {
     }
 
     private static func load(path: String) -> UnsafeMutablePointer<mitosis_elf_module>? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
+        guard let fd = try? Kernel.openReadOnly(path) else { return nil }
+        defer { Kernel.closeDescriptor(fd) }
         var error: UnsafePointer<CChar>?
-        return mitosis_elf_load(fd, &error)
+        return mitosis_elf_load(fd.rawValue, &error)
     }
 
     /// The ELF virtual address that file offset `offset` is loaded as, through the PT_LOAD

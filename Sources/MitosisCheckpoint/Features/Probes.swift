@@ -1,5 +1,3 @@
-import CMitosis
-import Glibc
 import SystemPackage
 import MitosisInspect
 import MitosisKernel
@@ -39,8 +37,8 @@ extension KernelProbe {
 
     /// Telling shared kernel objects apart (files, address spaces, fd tables).
     public static let kcmp = KernelProbe("kcmp") { child in
-        let sameFile = try Kernel.kcmpEqual(getpid(), child.pid, .file, Int(child.sharedFD), Int(child.sharedFD))
-        let sameMemory = try Kernel.kcmpEqual(getpid(), child.pid, .addressSpace)
+        let sameFile = try Kernel.kcmpEqual(Kernel.currentProcessID(), child.pid, .file, Int(child.sharedFD), Int(child.sharedFD))
+        let sameMemory = try Kernel.kcmpEqual(Kernel.currentProcessID(), child.pid, .addressSpace)
         guard sameFile, !sameMemory else {
             throw ProbeFailure("kcmp answered file shared: \(sameFile), address space shared: \(sameMemory); expected true, false")
         }
@@ -90,7 +88,7 @@ extension KernelProbe {
 
     /// Listing written pages in one walk (`PAGEMAP_SCAN`, Linux 6.7+).
     public static let pagemapScan = KernelProbe("pagemap-scan") { child in
-        let pagemap = try PagemapFile(pid: getpid())
+        let pagemap = try PagemapFile(pid: Kernel.currentProcessID())
         defer { pagemap.close() }
         var request = PagemapFile.ScanRequest(start: child.pageAddress, end: child.pageAddress + PagemapFile.pageSize)
         request.anyOf = .present
@@ -105,7 +103,7 @@ extension KernelProbe {
 
     /// Exact dirty tracking: userfaultfd write-protection resolved by the kernel (Linux 6.7+).
     public static let uffdWriteProtectAsync = KernelProbe("uffd-wp-async") { _ in
-        let descriptor = try Kernel.userfaultfd(flags: O_CLOEXEC | O_NONBLOCK | MITOSIS_UFFD_USER_MODE_ONLY)
+        let descriptor = try Kernel.userfaultfd(flags: Kernel.trackingUserfaultfdFlags)
         let uffd = Userfaultfd(descriptor: descriptor)
         defer { uffd.close() }
         let wanted: Userfaultfd.Features = [.writeProtectAsync, .writeProtectUnpopulated]

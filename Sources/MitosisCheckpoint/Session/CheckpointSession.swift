@@ -1,5 +1,4 @@
 import Foundation
-import Glibc
 import Logging
 import SystemPackage
 import MitosisImage
@@ -148,7 +147,7 @@ public actor CheckpointSession {
         guard !stopped else { throw CheckpointError.sessionStopped }
         defer { stop() }
         do {
-            try Kernel.pidfdSendSignal(pidfd, SIGKILL)
+            try Kernel.pidfdKill(pidfd)
         } catch .noSuchProcess {
             throw CheckpointError.targetExited(pid)
         }

@@ -1,5 +1,3 @@
-import CMitosis
-import Glibc
 import MitosisKernel
 import MitosisModel
 
@@ -66,9 +64,9 @@ extension TrackingStrategy {
         let page = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: size)
         defer { page.deallocate() }
         page.storeBytes(of: 1, as: UInt8.self)
-        guard let pagemap = try? PagemapFile(pid: getpid()) else { return false }
+        guard let pagemap = try? PagemapFile(pid: Kernel.currentProcessID()) else { return false }
         defer { pagemap.close() }
-        guard (try? Kernel.clearRefs(pid: getpid(), .softDirty)) != nil else { return false }
+        guard (try? Kernel.clearRefs(pid: Kernel.currentProcessID(), .softDirty)) != nil else { return false }
         page.storeBytes(of: 2, as: UInt8.self)
         let address = UInt64(UInt(bitPattern: page))
         return (try? pagemap.entries(at: address, count: 1))?.first?.isSoftDirty ?? false
@@ -77,10 +75,10 @@ extension TrackingStrategy {
     /// userfaultfd write-protect tracking works when `PAGEMAP_SCAN` exists and a userfaultfd
     /// accepts asynchronous write-protection, of unpopulated pages too.
     package static let userfaultfdWriteProtectWorks: Bool = {
-        guard let pagemap = try? PagemapFile(pid: getpid()) else { return false }
+        guard let pagemap = try? PagemapFile(pid: Kernel.currentProcessID()) else { return false }
         defer { pagemap.close() }
         guard pagemap.supportsScan() else { return false }
-        guard let descriptor = try? Kernel.userfaultfd(flags: O_CLOEXEC | O_NONBLOCK | MITOSIS_UFFD_USER_MODE_ONLY) else { return false }
+        guard let descriptor = try? Kernel.userfaultfd(flags: Kernel.trackingUserfaultfdFlags) else { return false }
         let uffd = Userfaultfd(descriptor: descriptor)
         defer { uffd.close() }
         let wanted: Userfaultfd.Features = [.writeProtectAsync, .writeProtectUnpopulated]

@@ -1,4 +1,3 @@
-import Glibc
 import SystemPackage
 import MitosisKernel
 import MitosisModel
@@ -127,7 +126,7 @@ public enum ProcessReader {
         private static func open(_ pid: Int32, _ name: String) throws(MitosisError) -> FileDescriptor {
             let path = "/proc/\(pid)/\(name)"
             do {
-                return try Kernel.openAt(nil, path, flags: O_RDONLY | O_DIRECTORY)
+                return try Kernel.openDirectory(path)
             } catch {
                 throw failure(error, pid: pid, reading: path)
             }
@@ -142,10 +141,10 @@ public enum ProcessReader {
     private static func descriptor(pid: Int32, fd: Int32, in directories: DescriptorDirectories) throws(MitosisError) -> OpenDescriptor? {
         let name = String(fd)
         guard let (target, info, status) = try snapshot(pid: pid, name: name, in: directories) else { return nil }
-        let device = status.map { DeviceNumber(encoded: UInt64($0.st_dev)) }
-        let mode = status.map { UInt32($0.st_mode) }
-        let special = status.flatMap { ($0.st_mode & S_IFMT) == S_IFCHR || ($0.st_mode & S_IFMT) == S_IFBLK
-            ? DeviceNumber(encoded: UInt64($0.st_rdev)) : nil }
+        let device = status.map { DeviceNumber(encoded: $0.device) }
+        let mode = status.map(\.mode)
+        let special = status.flatMap { $0.type == .characterDevice || $0.type == .blockDevice
+            ? DeviceNumber(encoded: $0.specialDevice) : nil }
         var kind = ProcFdTarget.classify(target, mode: mode, specialDevice: special)
         // A regular file on an anonymous-device filesystem may be a POSIX message queue.
         if kind.kind == .file, device?.major == 0,
@@ -154,7 +153,7 @@ public enum ProcessReader {
         }
         var descriptor = OpenDescriptor(
             fd: fd, kind: kind.kind, target: target, path: kind.path, anonInodeName: kind.anonInodeName,
-            inode: status.map { UInt64($0.st_ino) } ?? info.inode ?? kind.inode ?? 0,
+            inode: status.map { UInt64($0.inode) } ?? info.inode ?? kind.inode ?? 0,
             device: device, specialDevice: special, position: info.position, flags: info.flags,
             mountId: info.mountId, deleted: kind.deleted)
         switch kind.kind {
@@ -182,7 +181,7 @@ public enum ProcessReader {
     /// Limits: a descriptor replaced twice between the two link reads (A, B, A) gives fdinfo and
     /// stat of B with the link of A; one replaced faster than that on every attempt comes without
     /// its `stat`. nil when the fd is not open.
-    private static func snapshot(pid: Int32, name: String, in directories: DescriptorDirectories) throws(MitosisError) -> (String, ProcFdinfo, stat?)? {
+    private static func snapshot(pid: Int32, name: String, in directories: DescriptorDirectories) throws(MitosisError) -> (String, ProcFdinfo, FileStatus?)? {
         var attempt = 0
         while true {
             attempt += 1
@@ -201,7 +200,7 @@ public enum ProcessReader {
             }
             // stat follows the magic link to the open file; it may be refused (a file on a FUSE mount).
             let status = try? Kernel.statusAt(directories.links, name)
-            let sameFile = status.map { info.inode == nil || UInt64($0.st_ino) == info.inode } ?? true
+            let sameFile = status.map { info.inode == nil || UInt64($0.inode) == info.inode } ?? true
             let sameLink = (try? Kernel.readLinkAt(directories.links, name)) == target
             if sameFile && sameLink { return (target, info, status) }
             if attempt == 8 { return (target, info, nil) }

@@ -1,4 +1,3 @@
-import Glibc
 import MitosisKernel
 import MitosisModel
 
@@ -15,7 +14,7 @@ public enum TargetCheck {
     /// - Parameter forTracing: also refuse a process that another tracer holds.
     public static func validate(_ pid: Int32, forTracing: Bool) throws(MitosisError) {
         guard pid > 0 else { throw .invalidPID(String(pid)) }
-        if pid == getpid() { throw .isSelf(pid) }
+        if pid == Kernel.currentProcessID() { throw .isSelf(pid) }
         guard let statText = try? Kernel.readFile("/proc/\(pid)/stat"),
               let stat = ProcStat(parsing: String(decoding: statText, as: UTF8.self))
         else { throw .noSuchProcess(pid) }

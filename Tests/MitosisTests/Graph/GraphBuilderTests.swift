@@ -159,7 +159,7 @@ struct GraphBuilderTests {
             GraphEdge(from: "socket:\(min(client, server))", to: "socket:\(max(client, server))", kind: .connectedTo),
         ])
         let namespace = try #require(graph.edges.first { $0.from == "process:\(p)" && $0.to.hasPrefix("namespace:net:") }?.to)
-        #expect(namespace != "namespace:net:\(try Kernel.status("/proc/self/ns/net").st_ino)")
+        #expect(namespace != "namespace:net:\(try Kernel.status("/proc/self/ns/net").inode)")
     }
 }
 

@@ -86,7 +86,7 @@ struct FdsScenarioFacts {
         #expect(signals.mask == (1 << 9) | (1 << 11) && signals.signals == [SIGUSR1, SIGUSR2])
 
         let watches = try #require(try descriptor("inotify").inotify)
-        let dirDevice = try Kernel.status(dir).st_dev
+        let dirDevice = try Kernel.status(dir).device
         let expectedWatch = InotifyWatch(wd: Int32(try child.intFact("inotify_wd")), inode: try inode("dir_fd"),
                                          device: DeviceNumber(encoded: UInt64(dirDevice)), mask: 0x300, ignoredMask: 0)
         #expect(watches == [expectedWatch])

@@ -1,7 +1,6 @@
 import CMitosis
 import Glibc
 import SystemPackage
-import MitosisKernel
 import MitosisModel
 
 /// A client of the kernel's `NETLINK_SOCK_DIAG` interface, bound to one network namespace.
@@ -10,14 +9,14 @@ import MitosisModel
 /// lives in another network namespace, the client creates its netlink socket on a short-lived
 /// thread that has joined the target's namespace (`Kernel.inNetworkNamespace`); the tool itself
 /// never moves. Reading needs no freeze: the kernel answers while the target runs.
-public final class SockDiag {
+package final class SockDiag {
     private let socket: FileDescriptor
     private var sequence: UInt32 = 0
     /// One receive buffer, reused: dump datagrams are at most a few pages each.
     private let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 17, alignment: 8)
 
     /// A client for this process's own network namespace, or for the one `pid` lives in.
-    public init(networkNamespaceOf pid: Int32? = nil) throws(MitosisError) {
+    package init(networkNamespaceOf pid: Int32? = nil) throws(MitosisError) {
         do {
             if let pid, !Self.sharesNetworkNamespace(with: pid) {
                 socket = try Kernel.inNetworkNamespace(of: pid) { () throws(Errno) in
@@ -44,14 +43,14 @@ public final class SockDiag {
     }
 
     /// Whether `pid` is in the same network namespace as this process.
-    public static func sharesNetworkNamespace(with pid: Int32) -> Bool {
+    package static func sharesNetworkNamespace(with pid: Int32) -> Bool {
         guard let own = try? Kernel.status("/proc/self/ns/net"), let theirs = try? Kernel.status("/proc/\(pid)/ns/net")
         else { return true }
-        return own.st_ino == theirs.st_ino && own.st_dev == theirs.st_dev
+        return own.inode == theirs.inode && own.device == theirs.device
     }
 
     /// Every TCP, UDP (IPv4 and IPv6), UNIX, netlink and packet socket of the namespace.
-    public func table() throws(MitosisError) -> SocketTable {
+    package func table() throws(MitosisError) -> SocketTable {
         var table = SocketTable()
         for (family, name) in [(AF_INET, "ipv4"), (AF_INET6, "ipv6")] {
             for (proto, protoName) in [(IPPROTO_TCP, "tcp"), (IPPROTO_UDP, "udp")] {
