@@ -116,6 +116,12 @@ public final class WriteProtectTracker: DirtyTracker, @unchecked Sendable {
         return dirty
     }
 
+    /// Unregisters every range (which lifts all write-protection) and closes the descriptor.
+    /// Every address keeps its permissions, file and offset, but VMA boundaries may move: a
+    /// mapping created during tracking is kept apart from a registered neighbour, and whether
+    /// `UFFDIO_UNREGISTER` merges the two is the kernel's call (Linux 6.12 merges a written
+    /// mapping into an untouched one above it, which registering did not; see
+    /// TargetHealth.joinedMappings in the tests).
     public func stop() {
         guard !stopped else { return }
         stopped = true
