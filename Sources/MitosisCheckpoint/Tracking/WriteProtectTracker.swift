@@ -1,5 +1,3 @@
-import CMitosis
-import Glibc
 import Logging
 import SystemPackage
 import MitosisInspect
@@ -47,7 +45,7 @@ public final class WriteProtectTracker: DirtyTracker, @unchecked Sendable {
 
     public func start(_ pageMap: ProcessPageMap) async throws {
         let descriptor = try await withFrozenProcess(pid) { tracer in
-            try await tracer.createTargetUserfaultfd(flags: O_CLOEXEC | O_NONBLOCK | MITOSIS_UFFD_USER_MODE_ONLY)
+            try await tracer.createTargetUserfaultfd(flags: Kernel.trackingUserfaultfdFlags)
         }
         let uffd = Userfaultfd(descriptor: descriptor)
         // Unpopulated pages are protected too (with PTE markers, which the page map tells from

@@ -208,8 +208,9 @@ struct TracerHardeningTests {
     func toolKilled() async throws {
         let child = try ScenarioProcess("threads", ["3"])
         defer { child.stop() }
-        let tool = try ToolRun.start(ToolRun.mitosis, ["freeze", String(child.pid), "--milliseconds", "5000"])
-        #expect(try await eventually(within: .seconds(20)) {
+        // Frozen for far longer than the test can take to see it, however loaded the machine.
+        let tool = try ToolRun.start(ToolRun.mitosis, ["freeze", String(child.pid), "--milliseconds", "120000"])
+        #expect(try await eventually(within: .seconds(60)) {
             try TargetHealth.tracer(of: child.pid) != 0 && TargetHealth.threadStates(of: child.pid).values.allSatisfy { $0 == "t" }
         })
         tool.signal(SIGKILL)
