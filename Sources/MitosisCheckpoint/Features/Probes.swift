@@ -58,7 +58,7 @@ extension KernelProbe {
         guard !table.unavailable.contains("tcp/ipv4") else {
             throw ProbeFailure("NETLINK_SOCK_DIAG has no handler for TCP over IPv4 (inet_diag and tcp_diag not loaded)")
         }
-        let count = table.inet.filter { $0.protocol == "tcp" && $0.family == "ipv4" }.count
+        let count = table.inet.filter { $0.protocol == .tcp && $0.family == .ipv4 }.count
         return "NETLINK_SOCK_DIAG dump of IPv4 TCP sockets listed \(count)"
     }
 
