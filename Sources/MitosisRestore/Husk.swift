@@ -320,6 +320,9 @@ extension Tracer {
                 continue
             case .eventfd:
                 fd = try createEventfd(descriptor, area: area)
+            case .epoll:
+                fd = try huskCall("creating the epoll of fd \(descriptor.fd)", MITOSIS_SYS_epoll_create1,
+                                  [UInt64(descriptor.flags & UInt32(O_CLOEXEC))])
             default:
                 fd = try openFile(descriptor, area: area)
             }
@@ -330,6 +333,18 @@ extension Tracer {
             }
         }
         for end in parked.values { try huskCall("closing the parked pipe end \(end)", SyscallNumber.close, [end]) }
+        // Watches last, once every watched descriptor exists, and by injection: the kernel keys
+        // a watch by the caller's fd number, so they must be added from the process's own table.
+        for descriptor in descriptors where descriptor.kind == .epoll {
+            for watch in descriptor.epoll ?? [] {
+                var event = [UInt8](repeating: 0, count: 12)  // struct epoll_event is packed on x86-64
+                withUnsafeBytes(of: watch.events.littleEndian) { event.replaceSubrange(0..<4, with: $0) }
+                withUnsafeBytes(of: watch.data.littleEndian) { event.replaceSubrange(4..<12, with: $0) }
+                try event.withUnsafeBytes { try huskWrite("passing an epoll event", area.scratch + WorkArea.text, $0) }
+                try huskCall("adding fd \(watch.fd) to the epoll of fd \(descriptor.fd)", MITOSIS_SYS_epoll_ctl,
+                             [UInt64(descriptor.fd), 1 /* EPOLL_CTL_ADD */, UInt64(watch.fd), area.scratch + WorkArea.text])
+            }
+        }
     }
 
     struct PipeEnd: Hashable {

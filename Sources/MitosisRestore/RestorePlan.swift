@@ -67,6 +67,19 @@ struct RestorePlan: Sendable {
                 }
                 continue
             }
+            if descriptor.kind == .epoll {
+                // The kernel keys a watch by (file, fd number): each must still name its file.
+                for watch in descriptor.epoll ?? [] {
+                    let target = manifest.descriptors?.first { $0.fd == watch.fd }
+                    if target == nil || (watch.inode != nil && target?.inode != watch.inode) {
+                        refusals.append(RestoreRefusal("fd \(descriptor.fd) (\(descriptor.target))", "it watches fd \(watch.fd), which no longer refers to the file it registered"))
+                    }
+                }
+                if descriptor.epoll == nil {
+                    refusals.append(RestoreRefusal("fd \(descriptor.fd) (\(descriptor.target))", "the kernel did not report its watches"))
+                }
+                continue
+            }
             if let reason = descriptorProblem(descriptor) { refusals.append(RestoreRefusal("fd \(descriptor.fd) (\(descriptor.target))", reason)) }
         }
         return refusals

@@ -5,7 +5,8 @@
 // that ticks every 10 ms on CLOCK_MONOTONIC (absolute sleeps), a SIGUSR1 handler, SIGPIPE
 // ignored, SIGUSR1 blocked in every thread but the main one's sigsuspend, LOG open as fd 3
 // (not O_APPEND: its offset must survive), an eventfd holding 5 as fd 4, and a 128 KiB pipe
-// (read end fd 5, non-blocking; write end fd 6) holding unread bytes; SIGUSR2 stays pending
+// (read end fd 5, non-blocking; write end fd 6) holding unread bytes, an epoll (fd 7) watching
+// fds 5 and 4; SIGUSR2 stays pending
 // (blocked everywhere) and RLIMIT_NOFILE is 900. Reports `area`,
 // `pages`, `log_fd`.
 //
@@ -26,6 +27,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -111,6 +113,16 @@ static void self_check(void) {
     if (action.sa_handler != SIG_IGN) { snprintf(line, sizeof line, "CHECK n=%d FAIL SIGPIPE not ignored\n", checks); log_line(line); return; }
     sigaction(SIGUSR1, NULL, &action);
     if (action.sa_handler != on_usr1) { snprintf(line, sizeof line, "CHECK n=%d FAIL SIGUSR1 handler lost\n", checks); log_line(line); return; }
+    // The epoll reports both watched descriptors ready, with their data.
+    struct epoll_event ready[4];
+    int count = epoll_wait(7, ready, 4, 0);
+    uint64_t seen = 0;
+    for (int e = 0; e < count; e++) seen += ready[e].data.u64;
+    if (count != 2 || seen != 0x1234 + 0x42) {
+        snprintf(line, sizeof line, "CHECK n=%d FAIL epoll (%d ready)\n", checks, count);
+        log_line(line);
+        return;
+    }
     // The pipe still holds its bytes (read, then put back), its capacity and its flags.
     char text[64] = { 0 };
     ssize_t got = read(5, text, sizeof text - 1);
@@ -146,6 +158,12 @@ static int restore_setup(int argc, char **argv) {
     if (pipe2(ends, 0) != 0 || ends[0] != 5 || ends[1] != 6) return -1;
     if (fcntl(5, F_SETFL, O_NONBLOCK) != 0 || fcntl(5, F_SETPIPE_SZ, 128 * 1024) < 0) return -1;
     if (write(6, PIPE_TEXT, strlen(PIPE_TEXT)) != (ssize_t)strlen(PIPE_TEXT)) return -1;
+    // fd 7: an epoll watching the pipe's read end (data 0x1234) and the eventfd (data 0x42).
+    if (epoll_create1(EPOLL_CLOEXEC) != 7) return -1;
+    struct epoll_event watch = { .events = EPOLLIN, .data.u64 = 0x1234 };
+    if (epoll_ctl(7, EPOLL_CTL_ADD, 5, &watch) != 0) return -1;
+    watch.data.u64 = 0x42;
+    if (epoll_ctl(7, EPOLL_CTL_ADD, 4, &watch) != 0) return -1;
     area_pages = mib * 256;
     area = mmap(NULL, area_pages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (area == MAP_FAILED) return -1;

@@ -21,6 +21,8 @@ static const long MITOSIS_SYS_set_tid_address = SYS_set_tid_address;
 static const long MITOSIS_SYS_set_robust_list = SYS_set_robust_list;
 static const long MITOSIS_SYS_eventfd2 = SYS_eventfd2;
 static const long MITOSIS_SYS_pipe2 = SYS_pipe2;
+static const long MITOSIS_SYS_epoll_create1 = SYS_epoll_create1;
+static const long MITOSIS_SYS_epoll_ctl = SYS_epoll_ctl;
 static const long MITOSIS_SYS_rseq = 334;
 static const long MITOSIS_SYS_clone3 = 435;
 

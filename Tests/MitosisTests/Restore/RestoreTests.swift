@@ -99,7 +99,7 @@ struct RestoreFailure: Error, CustomStringConvertible {
             guard maps.isEmpty else { throw RestoreFailure(description: maps.joined(separator: "; ")) }
         })
         defer { endRestored(pid) }
-        #expect(result.pid == pid && result.threads == 5 && result.descriptors == 7)
+        #expect(result.pid == pid && result.threads == 5 && result.descriptors == 8)
 
         // Same pid, same tids, running untraced; descriptors at their numbers and offsets.
         let live = try Kernel.listDirectory("/proc/\(pid)/task").compactMap { Int32($0) }.sorted()
@@ -120,6 +120,9 @@ struct RestoreFailure: Error, CustomStringConvertible {
         // the scenario itself below).
         let pipeEnds = try [5, 6].map { try Kernel.readLink("/proc/\(pid)/fd/\($0)") }
         #expect(pipeEnds[0].hasPrefix("pipe:[") && pipeEnds[0] == pipeEnds[1], "\(pipeEnds)")
+        // The epoll's watches, as fdinfo shows them (the kernel adds EPOLLERR|EPOLLHUP: 0x19).
+        let epoll = String(decoding: try Kernel.readFile("/proc/\(pid)/fdinfo/7"), as: UTF8.self)
+        #expect(epoll.contains("tfd:        5 events:       19 data:             1234") && epoll.contains("tfd:        4 events:       19 data:               42"), "\(epoll)")
         // The pending SIGUSR2 (bit 11) and the open-files limit.
         let status = String(decoding: try Kernel.readFile("/proc/\(pid)/status"), as: UTF8.self)
         #expect(status.contains("ShdPnd:\t0000000000000800\n"), "\(status)")
