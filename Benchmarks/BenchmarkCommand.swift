@@ -14,6 +14,7 @@ struct BenchmarkCommand: AsyncParsableCommand {
             StacksBenchmark.self,
             GraphBenchmark.self,
             CheckpointBenchmark.self,
+            RestoreBenchmark.self,
         ]
     )
 }

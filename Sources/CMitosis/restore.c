@@ -4,7 +4,9 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <linux/userfaultfd.h>
 
 #ifndef SYS_close_range
 #define SYS_close_range 436
@@ -73,4 +75,22 @@ long mitosis_pipe_peek(const char *path, void *buffer, unsigned long capacity, i
     errno = saved;
     *pipe_size = size;
     return result;
+}
+
+int mitosis_uffdio_copy_all(int fd, uint64_t address, const void *source, uint64_t length) {
+    uint64_t done = 0;
+    while (done < length) {
+        struct uffdio_copy copy = { .dst = address + done, .src = (uint64_t)(uintptr_t)source + done, .len = length - done, .mode = 0 };
+        if (ioctl(fd, UFFDIO_COPY, &copy) != 0 && copy.copy <= 0) {
+            if (errno == EAGAIN) continue;
+            return -1;
+        }
+        done += copy.copy > 0 ? (uint64_t)copy.copy : length - done;
+    }
+    return 0;
+}
+
+int mitosis_uffdio_register_missing(int fd, uint64_t start, uint64_t length) {
+    struct uffdio_register reg = { .range = { .start = start, .len = length }, .mode = UFFDIO_REGISTER_MODE_MISSING };
+    return ioctl(fd, UFFDIO_REGISTER, &reg);
 }

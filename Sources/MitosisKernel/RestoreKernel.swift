@@ -35,6 +35,14 @@ extension Kernel {
         try check { withUnsafeMutablePointer(to: &limits) { mitosis_syscall6(302 /* prlimit64 */, Int(pid), Int(resource), Int(bitPattern: $0), 0, 0, 0) } }
     }
 
+    /// Registers a range of this process for missing-page faults on `uffd`, then fills it from
+    /// `source`: how fast fresh memory can be filled at best (restore's floor).
+    /// The corresponding ioctls are `UFFDIO_REGISTER` and `UFFDIO_COPY`.
+    package static func fillByUserfaultfd(_ uffd: FileDescriptor, address: UInt64, from source: UnsafeRawBufferPointer) throws(Errno) {
+        try check { mitosis_uffdio_register_missing(uffd.rawValue, address, UInt64(source.count)) }
+        try check { mitosis_uffdio_copy_all(uffd.rawValue, address, source.baseAddress, UInt64(source.count)) }
+    }
+
     /// Sends `signal` to a process. The corresponding system call is `kill`.
     package static func sendSignal(pid: Int32, _ signal: Int32) throws(Errno) {
         try check { Glibc.kill(pid, signal) }

@@ -80,6 +80,11 @@ static inline uint64_t mitosis_xcr0(void) {
     __asm__ volatile("xgetbv" : "=a"(low), "=d"(high) : "c"(0));
     return ((uint64_t)high << 32) | low;
 }
+/// Fills `length` bytes at `address` (registered with UFFDIO_REGISTER_MODE_MISSING on the
+/// userfaultfd `fd`) from `source` with UFFDIO_COPY, looping over partial copies; 0 or -1.
+int mitosis_uffdio_copy_all(int fd, uint64_t address, const void *source, uint64_t length);
+/// UFFDIO_REGISTER of [start, start+length) for missing-page faults; 0 or -1.
+int mitosis_uffdio_register_missing(int fd, uint64_t start, uint64_t length);
 /// get_robust_list(2) of another thread; 0 or -1 with errno.
 int mitosis_get_robust_list(pid_t tid, uint64_t *head, uint64_t *length);
 
