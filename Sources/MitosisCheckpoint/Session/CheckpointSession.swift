@@ -197,15 +197,13 @@ public actor CheckpointSession {
                 left = count
             }
             // Freeze, copy what was written since, thaw.
-            let tracer = try await Tracer.freeze(pid: pid)
-            // The pid is seized by number: make sure it still names the process this session
-            // tracks (not one that took its pid after it exited).
-            do { try target.requireAlive() } catch { await tracer.thaw(); throw error }
-            let frozenAt = clock.now
-            let final: ProcessPageMap
-            let threads: [ThreadState]
-            let descriptors: [OpenDescriptor]
-            do {
+            var frozenAt: ContinuousClock.Instant?
+            let (final, threads, descriptors) = try await withFrozenProcess(pid) { tracer in
+                frozenAt = clock.now
+                defer { run.frozen += clock.now - frozenAt! }
+                // The pid is seized by number: make sure it still names the process this session
+                // tracks (not one that took its pid after it exited).
+                try target.requireAlive()
                 let map: ProcessPageMap
                 if tracker.collectReportsDiscards, let lastMap {
                     // Reading the page map of a large process takes milliseconds: update the last
@@ -222,16 +220,8 @@ public actor CheckpointSession {
                 let copied = try copy(toCopy, run, tolerant: false)
                 run.copiedFrozen = copied.pageCount()
                 run.staged = run.staged.union(copied)
-                final = map
-                threads = try await tracer.threadStates()
-                descriptors = try ProcessReader.descriptors(target)
-            } catch {
-                await tracer.thaw()
-                run.frozen += clock.now - frozenAt
-                throw error
+                return (map, try await tracer.threadStates(), try ProcessReader.descriptors(target))
             }
-            await tracer.thaw()
-            run.frozen += clock.now - frozenAt
 
             // Store what the checkpoint holds, describe the rest.
             let stored = run.staged.intersection(final.data)
@@ -324,18 +314,12 @@ public actor CheckpointSession {
             return (map, try collectWrites(map))
         }
         let clock = ContinuousClock()
-        let tracer = try await Tracer.freeze(pid: pid)
-        let frozenAt = clock.now
-        let result: Result<(ProcessPageMap, PageSet), any Error>
-        do {
+        return try await withFrozenProcess(pid) { _ in
+            let frozenAt = clock.now
+            defer { run.frozen += clock.now - frozenAt }
             let map = try readPageMap(run)
-            result = .success((map, try collectWrites(map)))
-        } catch {
-            result = .failure(error)
+            return (map, try collectWrites(map))
         }
-        await tracer.thaw()
-        run.frozen += clock.now - frozenAt
-        return try result.get()
     }
 
     /// Copies `pages` into the staging area and returns what was copied. `tolerant` (the target

@@ -282,6 +282,7 @@ public actor Tracer {
 /// Freezes `pid` (or its tree), runs `body`, and thaws on every path, cancellation included.
 public func withFrozenProcess<T: Sendable>(
     _ pid: Int32, includeDescendants: Bool = false,
+    isolation: isolated (any Actor)? = #isolation,
     _ body: (Tracer) async throws -> T
 ) async throws -> T {
     let tracer = try await Tracer.freeze(pid: pid, includeDescendants: includeDescendants)
