@@ -40,8 +40,8 @@ public actor Tracer {
     /// Threads whose current stop is a signal-delivery-stop: detaching them can deliver a signal
     /// with its original siginfo.
     var inSignalDeliveryStop: Set<Int32> = []
-    /// The address of a `syscall` instruction in each process, found once (see `Injection/`).
-    var syscallInstructions: [Int32: UInt64] = [:]
+    /// Where each process runs injected system calls, found once (see `Injection/`).
+    var injectionSites: [Int32: InjectionSite] = [:]
 
     /// How long one thread may take to reach its stop while seizing.
     private let stopTimeout: Duration
@@ -79,6 +79,7 @@ public actor Tracer {
     public func thaw() {
         guard !thawed else { return }
         thawed = true
+        removeInjectionStubs()
         for thread in threads {
             var pending = deferredSignals[thread.tid] ?? []
             var signal: Int32 = 0
@@ -176,7 +177,7 @@ public actor Tracer {
     /// Seizes one thread and asks it to stop. Returns false if it exited first.
     private func seizeAndInterrupt(pid process: Int32, tid: Int32) throws(MitosisError) -> Bool {
         do {
-            try Ptrace.seize(tid)
+            try Ptrace.seize(tid, options: Int(MITOSIS_PTRACE_O_TRACESYSGOOD))
             try Ptrace.interrupt(tid)
             return true
         } catch .noSuchProcess {
@@ -210,7 +211,7 @@ public actor Tracer {
                 case .eventStop(event: MITOSIS_PTRACE_EVENT_STOP, let signal):
                     if signal != SIGTRAP { thread.groupStopSignal = signal }
                     return thread
-                case .eventStop:
+                case .eventStop, .syscallStop:
                     return thread
                 case .signalStop(let signal):
                     // A signal was about to be delivered: deliver it now, as it would have been
