@@ -5,6 +5,7 @@ import Glibc
 /// the process stops at the Nth step any injection reaches, reports it on stderr as
 /// `mitosis-test: injection paused at step N NAME thread TID`, and waits there forever (or for
 /// the given time), so that a test can kill Mitosis at exactly that point and check the target.
+/// `MITOSIS_TEST_INJECTION_PAUSE=0` only reports each step (`… injection step K NAME …`).
 enum InjectionPauseHook {
     /// The points of one injection, in order (`stubPlaced` only once per process).
     enum Step: String {
@@ -19,17 +20,24 @@ enum InjectionPauseHook {
     private static let settings: (step: Int, milliseconds: Int?)? = {
         guard let value = ProcessInfo.processInfo.environment["MITOSIS_TEST_INJECTION_PAUSE"] else { return nil }
         let parts = value.split(separator: ":")
-        guard let step = parts.first.flatMap({ Int($0) }), step > 0 else { return nil }
+        guard let step = parts.first.flatMap({ Int($0) }), step >= 0 else { return nil }
         return (step, parts.count > 1 ? Int(parts[1]) : nil)
     }()
     private static let counter = Counter()
 
     static func reached(_ step: Step, tid: Int32) {
-        guard let settings, counter.next() == settings.step else { return }
-        let line = Array("mitosis-test: injection paused at step \(settings.step) \(step.rawValue) thread \(tid)\n".utf8)
-        _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+        guard let settings else { return }
+        let count = counter.next()
+        if settings.step == 0 { return report("injection step \(count) \(step.rawValue) thread \(tid)") }
+        guard count == settings.step else { return }
+        report("injection paused at step \(count) \(step.rawValue) thread \(tid)")
         let deadline = ContinuousClock.now + .milliseconds(settings.milliseconds ?? Int(Int32.max))
         while ContinuousClock.now < deadline { usleep(10_000) }
+    }
+
+    private static func report(_ text: String) {
+        let line = Array("mitosis-test: \(text)\n".utf8)
+        _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
     }
 
     private final class Counter: @unchecked Sendable {
