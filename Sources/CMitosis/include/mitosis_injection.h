@@ -17,6 +17,7 @@ static const long MITOSIS_SYS_getpid = SYS_getpid;
 static const long MITOSIS_SYS_gettid = SYS_gettid;
 static const long MITOSIS_SYS_fcntl = SYS_fcntl;
 static const long MITOSIS_SYS_userfaultfd = SYS_userfaultfd;
+static const long MITOSIS_SYS_prctl = SYS_prctl;
 
 /// `syscall; mov $15, %eax; syscall`: runs the injected call, then rt_sigreturn(2) (15) with
 /// the frame at the stack pointer. Placed in the target's vDSO padding.

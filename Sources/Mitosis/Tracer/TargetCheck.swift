@@ -32,4 +32,24 @@ public enum TargetCheck {
     private static func isOwnThread(_ tid: Int32) -> Bool {
         (try? Kernel.readFile("/proc/self/task/\(tid)/stat")) != nil
     }
+
+    /// Throws `.notDumpable` unless the kernel lets `pid` be dumped (`PR_GET_DUMPABLE` is 1).
+    /// A non-dumpable process's /proc/PID files (not the directory) belong to root instead of
+    /// its effective user; for
+    /// a process running as root, where that shows nothing, the process is briefly frozen and
+    /// asked (an injected `prctl(PR_GET_DUMPABLE)`).
+    public static func requireDumpable(_ pid: Int32) async throws {
+        let status = ProcStatus(parsing: String(decoding: try Kernel.readFile("/proc/\(pid)/status"), as: UTF8.self))
+        guard let user = status.credentials("Uid")?.effective else { throw MitosisError.noSuchProcess(pid) }
+        let dumpable: Bool
+        if user != 0 {
+            dumpable = try Kernel.status("/proc/\(pid)/status").st_uid == user
+        } else {
+            let answer = try await withFrozenProcess(pid) { tracer in
+                try await tracer.injectSyscall(SyscallNumber.prctl, [3 /* PR_GET_DUMPABLE */])
+            }
+            dumpable = answer == 1
+        }
+        if !dumpable { throw MitosisError.notDumpable(pid) }
+    }
 }

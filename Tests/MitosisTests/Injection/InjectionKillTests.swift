@@ -68,7 +68,7 @@ struct InjectionKillTests {
         defer { runs.forEach { $0.0.stop() } }
         for (index, mode) in ["sleep", "busy", "read", "futex", "sleep", "busy"].enumerated() {
             let target = try ScenarioProcess("victim", [mode])
-            let tool = try PausingTool(target: target.pid, pause: nil)
+            let tool = try PausingTool(target: target.pid, pause: nil, force: false)
             let delay = UInt32.random(in: 0...350_000)
             usleep(delay)
             tool.kill(SIGKILL)
@@ -107,10 +107,11 @@ final class PausingTool {
     var pid: Int32 { process.processIdentifier }
     var output: String { drain(); return String(decoding: collected, as: UTF8.self) }
 
-    init(target: Int32, pause: String?) throws {
+    /// `force`: skip the dumpable check, whose own injection (prctl) would add steps.
+    init(target: Int32, pause: String?, force: Bool = true) throws {
         images = FileManager.default.temporaryDirectory.appendingPathComponent("mitosis-kill-\(UUID().uuidString)").path
         process.executableURL = URL(fileURLWithPath: ToolRun.mitosis)
-        process.arguments = ["dump", String(target), "--images", images]
+        process.arguments = ["dump", String(target), "--images", images] + (force ? ["--force"] : [])
         var environment = ProcessInfo.processInfo.environment
         environment["MITOSIS_TEST_INJECTION_PAUSE"] = pause
         process.environment = environment
