@@ -4,10 +4,11 @@
 //   read:  read(2) of one byte from a pipe a ticker thread feeds every 10 ms
 //   futex: FUTEX_WAIT (no timeout: -ERESTARTSYS) on a word a ticker thread bumps every 10 ms
 //   busy:  floating-point and integer work in user space, never in a system call
-// Two threads run besides, rewriting and verifying their pages (without pause in busy mode). Every thread runs with
-// round-up rounding (MXCSR) and keeps known values in registers across its system calls, so a
-// register or FPU state that comes back wrong is seen. Command `check` waits up to
-// every thread to make progress (5 s under heavy load: the victim runs at nice 19) and reports check=PASS or check=FAIL:<first problem>.
+// Two threads run besides, rewriting and verifying their pages (without pause in busy mode).
+// Every thread runs with round-up rounding (MXCSR) and keeps known values in registers across
+// its system calls, so a register or FPU state that comes back wrong is seen. Command `check`
+// waits for every thread to make progress (up to 5 s: the victim runs at nice 19, and tests
+// run many at once) and reports check=PASS or check=FAIL:<first problem>.
 #define _GNU_SOURCE
 #include "scenario.h"
 #include <errno.h>
