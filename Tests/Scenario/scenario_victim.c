@@ -99,7 +99,7 @@ static void *busy_main(void *arg) {
         busy_round();
         __atomic_add_fetch(&busy_rounds[index], 1, __ATOMIC_SEQ_CST);
         if (strcmp(mode, "busy") != 0) {  // many of these run at once in tests: spare the CPU
-            struct timespec t = { 0, 1000000L };
+            struct timespec t = { 0, 10000000L };
             nanosleep(&t, NULL);
         }
     }
