@@ -1,6 +1,7 @@
 import Glibc
 import Testing
-@testable import Mitosis
+@testable import MitosisKernel
+@testable import MitosisTrace
 
 @Suite("Syscall injection cost")
 struct InjectionCostTests {

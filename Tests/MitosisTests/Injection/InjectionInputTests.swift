@@ -1,7 +1,10 @@
 import Foundation
 import Glibc
 import Testing
-@testable import Mitosis
+@testable import MitosisKernel
+@testable import MitosisModel
+@testable import MitosisStacks
+@testable import MitosisTrace
 
 /// F6 and F14: options that could make Mitosis allocate while the target is frozen are bounded,
 /// and a process that asked not to be dumped is not dumped without `--force`.
@@ -11,10 +14,10 @@ struct InjectionInputTests {
           arguments: [["--sample", "1e-300", "--duration", "1"], ["--sample", "10", "--duration", "inf"],
                       ["--sample", "10", "--duration", "1e300"], ["--sample", "nan"], ["--max-frames", "1000000000"],
                       ["--max-frames", "100000000000"], ["--max-frames", "9223372036854775807"], ["--max-frames", "0"]])
-    func stacksBounds(options: [String]) throws {
+    func stacksBounds(options: [String]) async throws {
         let child = try ScenarioProcess("idle")
         defer { child.stop() }
-        let run = try ToolRun(ToolRun.mitosis, ["stacks", "\(child.pid)"] + options)
+        let run = try await ToolRun(ToolRun.mitosis, ["stacks", "\(child.pid)"] + options)
         #expect(run.status != 0)
         #expect(run.standardError.contains("must be"), "\(run.standardError)")
         #expect(run.standardError.split(separator: "\n").count <= 3, "\(run.standardError)")  // usage hint included
@@ -38,7 +41,7 @@ struct InjectionInputTests {
     }
 
     @Test("dump and track refuse a non-dumpable process and say why; --force dumps it")
-    func nonDumpableRefused() throws {
+    func nonDumpableRefused() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("mitosis-undumpable-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: directory) }
         // Run as root, and as an unprivileged user (where /proc ownership tells, without a freeze).
@@ -47,7 +50,7 @@ struct InjectionInputTests {
             defer { child.stop() }
             let before = try TargetHealth(pid: child.pid)
             for command in ["dump", "track"] {
-                let refused = try ToolRun(ToolRun.mitosis, [command, "\(child.pid)", "--images", directory + "/refused"])
+                let refused = try await ToolRun(ToolRun.mitosis, [command, "\(child.pid)", "--images", directory + "/refused"])
                 #expect(refused.status == 1)
                 #expect(refused.standardError == "mitosis: \(MitosisError.notDumpable(child.pid))\n")
                 #expect(!FileManager.default.fileExists(atPath: directory + "/refused/manifest.json"))
@@ -55,7 +58,7 @@ struct InjectionInputTests {
             #expect(try TargetHealth.runsFreely(child.pid))
             #expect(try TargetHealth(pid: child.pid) == before)
             let image = directory + "/forced-\(child.pid)"
-            let forced = try ToolRun(ToolRun.mitosis, ["dump", "\(child.pid)", "--images", image, "--force"])
+            let forced = try await ToolRun(ToolRun.mitosis, ["dump", "\(child.pid)", "--images", image, "--force"])
             #expect(forced.status == 0, "\(forced.standardError)")
             #expect(FileManager.default.fileExists(atPath: image + "/manifest.json"))
             try child.send("ping")
@@ -63,7 +66,7 @@ struct InjectionInputTests {
         // A dumpable process is dumped as before.
         let plain = try ScenarioProcess("idle")
         defer { plain.stop() }
-        let dumped = try ToolRun(ToolRun.mitosis, ["dump", "\(plain.pid)", "--images", directory + "/plain"])
+        let dumped = try await ToolRun(ToolRun.mitosis, ["dump", "\(plain.pid)", "--images", directory + "/plain"])
         #expect(dumped.status == 0, "\(dumped.standardError)")
     }
 }

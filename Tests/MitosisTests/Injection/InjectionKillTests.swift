@@ -1,7 +1,8 @@
 import Foundation
 import Glibc
 import Testing
-@testable import Mitosis
+@testable import MitosisKernel
+@testable import MitosisTrace
 
 /// Mitosis killed in the middle of a syscall injection (F1): the target must live on as if
 /// nothing happened. Each test runs `mitosis dump` (which injects userfaultfd() and close() at
@@ -13,8 +14,8 @@ struct InjectionKillTests {
     static let modes = ["sleep", "read", "futex", "busy"]
 
     @Test("SIGKILL at every step of an injection leaves every target alive and well")
-    func killAtEveryStep() throws {
-        let steps = try Self.injectionSteps()
+    func killAtEveryStep() async throws {
+        let steps = try await Self.injectionSteps()
         #expect(steps.count == 11, "the stub, then 5 steps each for userfaultfd() and close(): \(steps)")
         // Every step for a target asleep and a busy one; for the other blocking states, the steps
         // of the first call from borrowing the registers to restoring them.
@@ -26,16 +27,16 @@ struct InjectionKillTests {
             let target = try ScenarioProcess("victim", [mode])
             let tool = try PausingTool(target: target.pid, pause: "\(step)")
             runs.append((target, "\(mode) step \(step)"))
-            let line = tool.awaitPause()
-            tool.kill(SIGKILL)
-            #expect(line != nil, "\(mode) step \(step): mitosis never paused: \(tool.output)")
+            let line = try await tool.awaitPause()
+            try await tool.end(SIGKILL)
+            #expect(line != nil, "\(mode) step \(step): mitosis never paused")
         }
-        usleep(2_000_000)
+        try await Task.sleep(for: .seconds(2))
         for run in runs { try Self.expectHealthy(run.target, run.what) }
     }
 
     @Test("SIGTERM, SIGINT, SIGHUP and SIGPIPE wait until the registers are back, then end Mitosis")
-    func catchableSignalsHeld() throws {
+    func catchableSignalsHeld() async throws {
         var runs: [(target: ScenarioProcess, what: String)] = []
         defer { runs.forEach { $0.target.stop() } }
         // Paused 300 ms with borrowed registers (steps 3 and 8), or after the call, before they
@@ -47,44 +48,44 @@ struct InjectionKillTests {
                 let what = "\(mode) \(step) signal \(signal)"
                 runs.append((target, what))
                 let tool = try PausingTool(target: target.pid, pause: step)
-                #expect(tool.awaitPause() != nil, "\(what): \(tool.output)")
+                #expect(try await tool.awaitPause() != nil, "\(what)")
                 let sent = ContinuousClock.now
-                Glibc.kill(tool.pid, signal)  // process-directed, as kill(1) and a terminal send it
-                tool.process.waitUntilExit()
+                let status = try await tool.end(signal)  // process-directed, as kill(1) and a terminal send it
                 // It ended when the registers were back (the pause over), not when the signal came.
                 #expect(ContinuousClock.now - sent > .milliseconds(200), "\(what)")
-                #expect(tool.process.terminationReason == .uncaughtSignal, "\(what)")
-                #expect(tool.process.terminationStatus == signal, "\(what)")
+                #expect(status == 128 + signal, "\(what)")
             }
         }
-        usleep(2_000_000)
+        try await Task.sleep(for: .seconds(2))
         for run in runs { try Self.expectHealthy(run.target, run.what) }
     }
 
     @Test("SIGKILL at random moments of a dump leaves the target alive and well")
-    func randomKills() throws {
+    func randomKills() async throws {
         var runs: [(ScenarioProcess, String)] = []
         defer { runs.forEach { $0.0.stop() } }
         for (index, mode) in ["sleep", "busy", "read", "futex", "sleep", "busy"].enumerated() {
             let target = try ScenarioProcess("victim", [mode])
             let tool = try PausingTool(target: target.pid, pause: nil, force: false)
-            let delay = UInt32.random(in: 0...350_000)
-            usleep(delay)
-            tool.kill(SIGKILL)
-            runs.append((target, "\(mode) run \(index) killed after \(delay / 1000) ms"))
+            let delay = Int.random(in: 0...350)
+            try await Task.sleep(for: .milliseconds(delay))
+            try await tool.end(SIGKILL)
+            runs.append((target, "\(mode) run \(index) killed after \(delay) ms"))
         }
-        usleep(2_000_000)
+        try await Task.sleep(for: .seconds(2))
         for (target, what) in runs { try Self.expectHealthy(target, what) }
     }
 
     /// The steps one `mitosis dump` goes through, from the hook's report-only mode.
-    static func injectionSteps() throws -> [String] {
+    static func injectionSteps() async throws -> [String] {
         let target = try ScenarioProcess("victim", ["sleep"])
         defer { target.stop() }
-        let tool = try PausingTool(target: target.pid, pause: "0")
-        tool.process.waitUntilExit()
-        #expect(tool.process.terminationStatus == 0, "\(tool.output)")
-        return tool.output.split(separator: "\n").filter { $0.contains("injection step") }.map(String.init)
+        let images = FileManager.default.temporaryDirectory.appendingPathComponent("mitosis-kill-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: images) }
+        let run = try await ToolRun(ToolRun.mitosis, ["dump", "\(target.pid)", "--images", images, "--force"],
+                                    prefix: ["/usr/bin/env", "MITOSIS_TEST_INJECTION_PAUSE=0"])
+        #expect(run.status == 0, "\(run.standardError)")
+        return run.standardError.split(separator: "\n").filter { $0.contains("injection step") }.map(String.init)
     }
 
     static func expectHealthy(_ target: ScenarioProcess, _ what: String) throws {
@@ -97,65 +98,46 @@ struct InjectionKillTests {
     }
 }
 
-/// `mitosis dump TARGET` started with the injection pause hook (see `InjectionPauseHook`).
-final class PausingTool {
-    let process = Process()
+/// `mitosis dump TARGET` started with the injection pause hook (see `InjectionPauseHook`), its
+/// stderr (where the hook reports) merged into the stdout pipe.
+final class PausingTool: @unchecked Sendable {
+    let child: ChildProcess
     let images: String
-    private let errorPipe = Pipe()
-    private var collected: [UInt8] = []
-
-    var pid: Int32 { process.processIdentifier }
-    var output: String { drain(); return String(decoding: collected, as: UTF8.self) }
+    var pid: Int32 { child.pid }
 
     /// `force`: skip the dumpable check, whose own injection (prctl) would add steps.
     init(target: Int32, pause: String?, force: Bool = true) throws {
         images = FileManager.default.temporaryDirectory.appendingPathComponent("mitosis-kill-\(UUID().uuidString)").path
-        process.executableURL = URL(fileURLWithPath: ToolRun.mitosis)
-        process.arguments = ["dump", String(target), "--images", images] + (force ? ["--force"] : [])
-        var environment = ProcessInfo.processInfo.environment
-        environment["MITOSIS_TEST_INJECTION_PAUSE"] = pause
-        process.environment = environment
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = errorPipe
-        try process.run()
+        let environment = pause.map { ["MITOSIS_TEST_INJECTION_PAUSE=\($0)"] } ?? []
+        let command = ["/usr/bin/env"] + environment + [ToolRun.mitosis, "dump", String(target), "--images", images]
+            + (force ? ["--force"] : [])
+        child = try ChildProcess(executable: "/bin/sh", arguments: ["-c", "exec \"$@\" 2>&1", "sh"] + command,
+                                 stdin: .null, stdout: .pipe, stderr: .inherit)
     }
 
     /// The hook's pause line, or nil if Mitosis ended (or 20 s passed) without pausing.
-    func awaitPause() -> String? {
-        let deadline = Date().addingTimeInterval(20)
-        while Date() < deadline {
-            if let line = output.split(separator: "\n").first(where: { $0.contains("paused at step") }) { return String(line) }
-            var poller = pollfd(fd: errorPipe.fileHandleForReading.fileDescriptor, events: Int16(POLLIN), revents: 0)
-            if poll(&poller, 1, 100) > 0, !readSome() { return nil }
+    func awaitPause() async throws -> String? {
+        try await Blocking.run("pausing-tool") { [child] in
+            let deadline = ContinuousClock.now + .seconds(20)
+            while ContinuousClock.now < deadline {
+                guard let line = child.readLine(timeout: deadline - ContinuousClock.now) else { return nil }
+                if line.contains("paused at step") { return line }
+            }
+            return nil
         }
-        return nil
     }
 
-    func kill(_ signal: Int32) {
-        Glibc.kill(pid, signal)
-        process.waitUntilExit()
-        try? FileManager.default.removeItem(atPath: images)
-    }
-
-    /// Reads what is available; false at end of file.
+    /// Sends `signal` and waits for the tool to end; returns its exit code (128 + signal).
     @discardableResult
-    private func readSome() -> Bool {
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        let n = read(errorPipe.fileHandleForReading.fileDescriptor, &chunk, chunk.count)
-        if n > 0 { collected += chunk[0..<n] }
-        return n > 0
-    }
-
-    private func drain() {
-        while true {
-            var poller = pollfd(fd: errorPipe.fileHandleForReading.fileDescriptor, events: Int16(POLLIN), revents: 0)
-            guard poll(&poller, 1, 0) > 0, readSome() else { return }
-        }
+    func end(_ signal: Int32) async throws -> Int32 {
+        child.signal(signal)
+        let status = try await Blocking.run("pausing-tool") { [child] in child.wait() }
+        try? FileManager.default.removeItem(atPath: images)
+        return ChildProcess.exitCode(of: status)
     }
 
     deinit {
-        if process.isRunning { Glibc.kill(pid, SIGKILL); process.waitUntilExit() }
+        child.kill()
         try? FileManager.default.removeItem(atPath: images)
     }
 }
