@@ -31,8 +31,10 @@ enum InjectionPauseHook {
         if settings.step == 0 { return report("injection step \(count) \(step.rawValue) thread \(tid)") }
         guard count == settings.step else { return }
         report("injection paused at step \(count) \(step.rawValue) thread \(tid)")
+        // The pause also ends if the test that set it dies (this process is re-parented).
         let deadline = ContinuousClock.now + .milliseconds(settings.milliseconds ?? Int(Int32.max))
-        while ContinuousClock.now < deadline { usleep(10_000) }
+        let parent = getppid()
+        while ContinuousClock.now < deadline && getppid() == parent { usleep(10_000) }
     }
 
     private static func report(_ text: String) {
