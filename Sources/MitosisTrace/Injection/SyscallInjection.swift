@@ -48,6 +48,7 @@ extension Tracer {
             frame = try writeHealingFrame(thread, saved)
             registers.rsp = frame!.address + 8
         }
+        defer { frame?.restore(pid: thread.pid) }
         let result: Int64
         do {
             mitosis_fatal_signals_hold()
@@ -67,7 +68,6 @@ extension Tracer {
             }
         }
         InjectionPauseHook.reached(.registersRestored, tid: thread.tid)
-        if let frame { frame.restore(pid: thread.pid) }
         return result
     }
 
