@@ -4,7 +4,7 @@
 //   read:  read(2) of one byte from a pipe a ticker thread feeds every 10 ms
 //   futex: FUTEX_WAIT (no timeout: -ERESTARTSYS) on a word a ticker thread bumps every 10 ms
 //   busy:  floating-point and integer work in user space, never in a system call
-// Two threads run besides, rewriting and verifying their pages (without pause in busy mode).
+// Two threads run besides, rewriting and verifying their pages every 10 ms.
 // Every thread runs with round-up rounding (MXCSR) and keeps known values in registers across
 // its system calls, so a register or FPU state that comes back wrong is seen. Command `check`
 // waits for every thread to make progress (up to 5 s: the victim runs at nice 19, and tests
@@ -98,10 +98,8 @@ static void *busy_main(void *arg) {
         }
         busy_round();
         __atomic_add_fetch(&busy_rounds[index], 1, __ATOMIC_SEQ_CST);
-        if (strcmp(mode, "busy") != 0) {  // many of these run at once in tests: spare the CPU
-            struct timespec t = { 0, 10000000L };
-            nanosleep(&t, NULL);
-        }
+        struct timespec t = { 0, 10000000L };  // many victims run at once in tests: spare the CPU
+        nanosleep(&t, NULL);
     }
     return NULL;
 }
