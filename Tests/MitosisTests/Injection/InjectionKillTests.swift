@@ -10,14 +10,13 @@ import Testing
 /// its self-check: registers, FPU rounding mode, system-call results and progress.
 @Suite("Killing Mitosis during an injection", .serialized)
 struct InjectionKillTests {
-    /// The main thread's states that `victim` offers (see Tests/Scenario/scenario_victim.c).
-    static let modes = ["sleep", "read", "futex", "busy"]
-
     @Test("SIGKILL at every step of an injection leaves every target alive and well")
     func killAtEveryStep() async throws {
         let steps = try await Self.injectionSteps()
         #expect(steps.count == 11, "the stub, then 5 steps each for userfaultfd() and close(): \(steps)")
-        // Every step for a target asleep and a busy one; for the other blocking states, the steps
+        // The victim's main thread (the one that lends its registers) is in nanosleep, read, futex
+        // wait, or busy in user space. Every step for a target asleep and a busy one; for the
+        // other blocking states, the steps
         // of the first call from borrowing the registers to restoring them.
         let cases = ["sleep", "busy"].flatMap { mode in (1...steps.count).map { (mode, $0) } }
             + ["read", "futex"].flatMap { mode in (3...6).map { (mode, $0) } }
@@ -43,18 +42,16 @@ struct InjectionKillTests {
         // are restored (5 and 10); one at a time, so that the signal surely comes early in the pause.
         for (signal, mode, step) in [(SIGTERM, "sleep", "3:300"), (SIGINT, "busy", "5:300"),
                                      (SIGHUP, "futex", "8:300"), (SIGPIPE, "busy", "10:300")] {
-            do {
-                let target = try ScenarioProcess("victim", [mode])
-                let what = "\(mode) \(step) signal \(signal)"
-                runs.append((target, what))
-                let tool = try PausingTool(target: target.pid, pause: step)
-                #expect(try await tool.awaitPause() != nil, "\(what)")
-                let sent = ContinuousClock.now
-                let status = try await tool.end(signal)  // process-directed, as kill(1) and a terminal send it
-                // It ended when the registers were back (the pause over), not when the signal came.
-                #expect(ContinuousClock.now - sent > .milliseconds(200), "\(what)")
-                #expect(status == 128 + signal, "\(what)")
-            }
+            let target = try ScenarioProcess("victim", [mode])
+            let what = "\(mode) \(step) signal \(signal)"
+            runs.append((target, what))
+            let tool = try PausingTool(target: target.pid, pause: step)
+            #expect(try await tool.awaitPause() != nil, "\(what)")
+            let sent = ContinuousClock.now
+            let status = try await tool.end(signal)  // process-directed, as kill(1) and a terminal send it
+            // It ended when the registers were back (the pause over), not when the signal came.
+            #expect(ContinuousClock.now - sent > .milliseconds(200), "\(what)")
+            #expect(status == 128 + signal, "\(what)")
         }
         try await Task.sleep(for: .seconds(2))
         for run in runs { try await Self.expectHealthy(run.target, run.what) }
