@@ -92,7 +92,7 @@ let package = Package(
         // Benchmarks stay out of the test suite: `swift run -c release mitosis-bench --help`.
         .executableTarget(
             name: "mitosis-bench",
-            dependencies: ["Mitosis", "MitosisStacks", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["Mitosis", "MitosisKernel", "MitosisStacks", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Benchmarks"
         ),
         .testTarget(

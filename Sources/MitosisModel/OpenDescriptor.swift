@@ -32,14 +32,27 @@ public struct OpenDescriptor: Equatable, Hashable, Sendable, Codable {
     /// The file was unlinked after it was opened (the link target ends with ` (deleted)`).
     public var deleted: Bool
 
-    /// Kind-specific state from fdinfo; at most one is set, matching `kind`.
-    public var eventfd: EventfdState?
-    public var epoll: [EpollWatch]?
-    public var signalfd: SignalfdState?
-    public var timerfd: TimerfdState?
-    public var inotify: [InotifyWatch]?
-    public var fanotify: FanotifyState?
-    public var pidfd: PidfdState?
+    /// What fdinfo adds for this kind of descriptor, when the kind has anything to add.
+    public var state: State?
+
+    /// Kind-specific state from fdinfo: one case per kind that has some.
+    public enum State: Equatable, Hashable, Sendable {
+        case eventfd(EventfdState)
+        case epoll([EpollWatch])
+        case signalfd(SignalfdState)
+        case timerfd(TimerfdState)
+        case inotify([InotifyWatch])
+        case fanotify(FanotifyState)
+        case pidfd(PidfdState)
+    }
+
+    public var eventfd: EventfdState? { if case .eventfd(let value) = state { value } else { nil } }
+    public var epoll: [EpollWatch]? { if case .epoll(let value) = state { value } else { nil } }
+    public var signalfd: SignalfdState? { if case .signalfd(let value) = state { value } else { nil } }
+    public var timerfd: TimerfdState? { if case .timerfd(let value) = state { value } else { nil } }
+    public var inotify: [InotifyWatch]? { if case .inotify(let value) = state { value } else { nil } }
+    public var fanotify: FanotifyState? { if case .fanotify(let value) = state { value } else { nil } }
+    public var pidfd: PidfdState? { if case .pidfd(let value) = state { value } else { nil } }
 
     public init(fd: Int32, kind: Kind, target: String, path: String? = nil, anonInodeName: String? = nil,
                 inode: UInt64, device: DeviceNumber? = nil, specialDevice: DeviceNumber? = nil,
@@ -89,6 +102,67 @@ public struct OpenDescriptor: Equatable, Hashable, Sendable, Codable {
         case anonInode = "anon_inode"
         /// Anything else (namespace descriptors `net:[…]`, …).
         case other
+    }
+}
+
+/// The JSON keeps one key per kind (`"eventfd": {…}`, `"epoll": […]`), as before `State` existed
+/// (Docs/inspect-json.md).
+extension OpenDescriptor {
+    private enum CodingKeys: String, CodingKey {
+        case fd, kind, target, path, anonInodeName, inode, device, specialDevice, position, flags, flagNames
+        case mountId, deleted, eventfd, epoll, signalfd, timerfd, inotify, fanotify, pidfd
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        fd = try container.decode(Int32.self, forKey: .fd)
+        kind = try container.decode(Kind.self, forKey: .kind)
+        target = try container.decode(String.self, forKey: .target)
+        path = try container.decodeIfPresent(String.self, forKey: .path)
+        anonInodeName = try container.decodeIfPresent(String.self, forKey: .anonInodeName)
+        inode = try container.decode(UInt64.self, forKey: .inode)
+        device = try container.decodeIfPresent(DeviceNumber.self, forKey: .device)
+        specialDevice = try container.decodeIfPresent(DeviceNumber.self, forKey: .specialDevice)
+        position = try container.decode(UInt64.self, forKey: .position)
+        flags = try container.decode(UInt32.self, forKey: .flags)
+        flagNames = try container.decode([String].self, forKey: .flagNames)
+        mountId = try container.decode(Int.self, forKey: .mountId)
+        deleted = try container.decode(Bool.self, forKey: .deleted)
+        if let value = try container.decodeIfPresent(EventfdState.self, forKey: .eventfd) { state = .eventfd(value) }
+        else if let value = try container.decodeIfPresent([EpollWatch].self, forKey: .epoll) { state = .epoll(value) }
+        else if let value = try container.decodeIfPresent(SignalfdState.self, forKey: .signalfd) { state = .signalfd(value) }
+        else if let value = try container.decodeIfPresent(TimerfdState.self, forKey: .timerfd) { state = .timerfd(value) }
+        else if let value = try container.decodeIfPresent([InotifyWatch].self, forKey: .inotify) { state = .inotify(value) }
+        else if let value = try container.decodeIfPresent(FanotifyState.self, forKey: .fanotify) { state = .fanotify(value) }
+        else if let value = try container.decodeIfPresent(PidfdState.self, forKey: .pidfd) { state = .pidfd(value) }
+        else { state = nil }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(fd, forKey: .fd)
+        try container.encode(kind, forKey: .kind)
+        try container.encode(target, forKey: .target)
+        try container.encodeIfPresent(path, forKey: .path)
+        try container.encodeIfPresent(anonInodeName, forKey: .anonInodeName)
+        try container.encode(inode, forKey: .inode)
+        try container.encodeIfPresent(device, forKey: .device)
+        try container.encodeIfPresent(specialDevice, forKey: .specialDevice)
+        try container.encode(position, forKey: .position)
+        try container.encode(flags, forKey: .flags)
+        try container.encode(flagNames, forKey: .flagNames)
+        try container.encode(mountId, forKey: .mountId)
+        try container.encode(deleted, forKey: .deleted)
+        switch state {
+        case .eventfd(let value): try container.encode(value, forKey: .eventfd)
+        case .epoll(let value): try container.encode(value, forKey: .epoll)
+        case .signalfd(let value): try container.encode(value, forKey: .signalfd)
+        case .timerfd(let value): try container.encode(value, forKey: .timerfd)
+        case .inotify(let value): try container.encode(value, forKey: .inotify)
+        case .fanotify(let value): try container.encode(value, forKey: .fanotify)
+        case .pidfd(let value): try container.encode(value, forKey: .pidfd)
+        case nil: break
+        }
     }
 }
 

@@ -90,6 +90,10 @@ public actor CheckpointSession {
     private var previous: (id: String, sequence: Int)?
     private var stopped = false
     private let logger = Logger(label: "mitosis.checkpoint")
+    /// The session's own thread: copying GiBs of memory and writing images must not tie up a
+    /// thread of Swift's cooperative pool (Docs/architecture.md, "Concurrency").
+    private nonisolated let executor = DedicatedThreadExecutor(name: "mitosis-checkpoint")
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
 
     /// Starts tracking the writes of `pid`.
     public init(pid: Int32, options: CheckpointOptions = CheckpointOptions()) async throws {
@@ -124,6 +128,7 @@ public actor CheckpointSession {
 
     /// A session released without `stop` stops then.
     deinit {
+        executor.shutdown()
         guard !stopped else { return }
         tracker.stop()
         pageMaps.close()

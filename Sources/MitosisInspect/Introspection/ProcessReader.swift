@@ -156,16 +156,7 @@ public enum ProcessReader {
             inode: status.map { UInt64($0.inode) } ?? info.inode ?? kind.inode ?? 0,
             device: device, specialDevice: special, position: info.position, flags: info.flags,
             mountId: info.mountId, deleted: kind.deleted)
-        switch kind.kind {
-        case .eventfd: descriptor.eventfd = info.eventfd
-        case .epoll: descriptor.epoll = info.epoll
-        case .signalfd: descriptor.signalfd = info.signalfd
-        case .timerfd: descriptor.timerfd = info.timerfd
-        case .inotify: descriptor.inotify = info.inotify
-        case .fanotify: descriptor.fanotify = info.fanotify
-        case .pidfd: descriptor.pidfd = info.pidfd
-        default: break
-        }
+        descriptor.state = info.state(of: kind.kind)
         return descriptor
     }
 

@@ -18,6 +18,20 @@ public struct ProcFdinfo: Equatable, Sendable {
 
     /// Parses the file's text; nil when `pos:` or `flags:` is missing or malformed (a truncated
     /// read, or not fdinfo at all). Malformed kind-specific lines are skipped.
+    /// What fdinfo said that belongs to a descriptor of `kind`: the state of that kind, if any.
+    public func state(of kind: OpenDescriptor.Kind) -> OpenDescriptor.State? {
+        switch kind {
+        case .eventfd: return eventfd.map { .eventfd($0) }
+        case .epoll: return .epoll(epoll)
+        case .signalfd: return signalfd.map { .signalfd($0) }
+        case .timerfd: return timerfd.map { .timerfd($0) }
+        case .inotify: return .inotify(inotify)
+        case .fanotify: return fanotify.map { .fanotify($0) }
+        case .pidfd: return pidfd.map { .pidfd($0) }
+        default: return nil
+        }
+    }
+
     public init?(parsing text: String) {
         var position: UInt64?, flags: UInt32?, mountId = 0
         var fanotify: FanotifyState?
