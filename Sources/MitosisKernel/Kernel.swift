@@ -104,7 +104,17 @@ package enum Kernel {
 
     /// Names in a directory, without `.` and `..`. The corresponding C function is `readdir`.
     package static func listDirectory(_ path: String) throws(Errno) -> [String] {
-        guard let dir = opendir(path) else { throw Errno(rawValue: errno) }
+        try listDirectory(try openAt(nil, path, flags: O_RDONLY | O_DIRECTORY))
+    }
+
+    /// Names in the open directory `fd`, without `.` and `..`; `fd` is consumed (closed).
+    /// The corresponding C functions are `fdopendir` and `readdir`.
+    package static func listDirectory(_ fd: FileDescriptor) throws(Errno) -> [String] {
+        guard let dir = fdopendir(fd.rawValue) else {
+            let error = Errno(rawValue: errno)
+            closeDescriptor(fd)
+            throw error
+        }
         defer { closedir(dir) }
         var names: [String] = []
         while let entry = readdir(dir) {

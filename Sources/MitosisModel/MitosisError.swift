@@ -7,6 +7,8 @@ public enum MitosisError: Error, Equatable, Sendable, CustomStringConvertible {
     case invalidPID(String)
     /// No process has this id (or it exited while Mitosis was looking at it).
     case noSuchProcess(Int32)
+    /// The process Mitosis was working on exited, and its pid now names another process.
+    case pidReused(Int32)
     /// The process has exited and waits for its parent to reap it: nothing is left to inspect.
     case zombie(Int32)
     /// A kernel thread has no user address space or descriptors to copy.
@@ -37,6 +39,7 @@ public enum MitosisError: Error, Equatable, Sendable, CustomStringConvertible {
         switch self {
         case .invalidPID(let text): return "'\(text)' is not a valid process id"
         case .noSuchProcess(let pid): return "no process with pid \(pid)"
+        case .pidReused(let pid): return "process \(pid) exited; its pid now belongs to another process, which Mitosis leaves alone"
         case .zombie(let pid): return "process \(pid) is a zombie (exited, not yet reaped): nothing to inspect"
         case .kernelThread(let pid): return "process \(pid) is a kernel thread: it has no user space to inspect"
         case .isSelf(let pid): return "process \(pid) is mitosis itself"

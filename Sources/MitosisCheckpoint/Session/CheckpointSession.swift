@@ -83,8 +83,9 @@ public actor CheckpointSession {
     private let tracker: DirtyTracker
     private let pageMaps: PageMapReader
     private let memory: MemoryReader
-    /// Pins the target's identity: signals go to it, never to a process that reused its pid.
-    private let pidfd: FileDescriptor
+    /// Pins the target's identity: reads, signals and checkpoints go to it, never to a process
+    /// that reused its pid.
+    private let target: TargetProcess
     /// Pages whose bytes in the previous checkpoint of this session are still current.
     private var previousValid = PageSet()
     private var previous: (id: String, sequence: Int)?
@@ -97,31 +98,23 @@ public actor CheckpointSession {
 
     /// Starts tracking the writes of `pid`.
     public init(pid: Int32, options: CheckpointOptions = CheckpointOptions()) async throws {
-        try TargetCheck.validate(pid, forTracing: true)
+        target = try TargetProcess(pid: pid, forTracing: true)
         self.pid = pid
         self.options = options
         var chosen = options.strategy
         if chosen == nil { chosen = await TrackingStrategy.automatic() }
         let strategy = chosen!
         self.strategy = strategy
-        do {
-            pidfd = try Kernel.pidfdOpen(pid)
-        } catch .noSuchProcess {
-            throw MitosisError.noSuchProcess(pid)
-        } catch {
-            throw MitosisError.system(operation: "pidfd_open \(pid)", errno: error)
-        }
         pageMaps = try PageMapReader(pid: pid, method: options.pageMapMethod)
         memory = try MemoryReader(pid: pid)
         tracker = try strategy.makeTracker(pid: pid)
         do {
-            let map = try pageMaps.read(ProcessReader.mappings(pid: pid, detailed: false))
+            let map = try pageMaps.read(ProcessReader.mappings(target, detailed: false))
             try await tracker.start(map)
         } catch {
             tracker.stop()
             pageMaps.close()
             memory.close()
-            try? pidfd.close()
             throw Self.translate(error, pid: pid)
         }
     }
@@ -133,7 +126,6 @@ public actor CheckpointSession {
         tracker.stop()
         pageMaps.close()
         memory.close()
-        try? pidfd.close()
     }
 
     /// Stops tracking and releases everything the session holds in Mitosis and in the target.
@@ -143,7 +135,6 @@ public actor CheckpointSession {
         tracker.stop()
         pageMaps.close()
         memory.close()
-        try? pidfd.close()
     }
 
     /// Kills the target (SIGKILL), for a checkpoint that moves a process rather than copies it:
@@ -152,7 +143,7 @@ public actor CheckpointSession {
         guard !stopped else { throw CheckpointError.sessionStopped }
         defer { stop() }
         do {
-            try Kernel.pidfdKill(pidfd)
+            try Kernel.pidfdKill(target.process.pidfd)
         } catch .noSuchProcess {
             throw CheckpointError.targetExited(pid)
         }
@@ -162,6 +153,7 @@ public actor CheckpointSession {
     /// On failure the sink is aborted (its image marked incomplete) and the target is left as it was.
     public func checkpoint(to sink: CheckpointSink, parent: CheckpointParent? = nil) async throws -> CheckpointResult {
         guard !stopped else { throw CheckpointError.sessionStopped }
+        try target.requireAlive()
         let clock = ContinuousClock()
         let started = clock.now
         var header: CheckpointHeader
@@ -206,6 +198,9 @@ public actor CheckpointSession {
             }
             // Freeze, copy what was written since, thaw.
             let tracer = try await Tracer.freeze(pid: pid)
+            // The pid is seized by number: make sure it still names the process this session
+            // tracks (not one that took its pid after it exited).
+            do { try target.requireAlive() } catch { await tracer.thaw(); throw error }
             let frozenAt = clock.now
             let final: ProcessPageMap
             let threads: [ThreadState]
@@ -229,7 +224,7 @@ public actor CheckpointSession {
                 run.staged = run.staged.union(copied)
                 final = map
                 threads = try await tracer.threadStates()
-                descriptors = try ProcessReader.descriptors(pid: pid)
+                descriptors = try ProcessReader.descriptors(target)
             } catch {
                 await tracer.thaw()
                 run.frozen += clock.now - frozenAt
@@ -286,7 +281,7 @@ public actor CheckpointSession {
     }
 
     private func readPageMap(_ run: Run) throws -> ProcessPageMap {
-        let map = try pageMaps.read(ProcessReader.mappings(pid: pid, detailed: false))
+        let map = try pageMaps.read(ProcessReader.mappings(target, detailed: false))
         run.pagesScanned += map.pagesScanned
         return map
     }
@@ -304,7 +299,7 @@ public actor CheckpointSession {
     private func refreshPageMap(_ previous: ProcessPageMap, _ run: Run) throws -> RefreshedPageMap {
         let known = Dictionary(previous.mappings.map { ($0.mapping.start, $0) }, uniquingKeysWith: { first, _ in first })
         var unchanged: [MemoryMapping] = [], changed: [MemoryMapping] = []
-        for mapping in try ProcessReader.mappings(pid: pid, detailed: false) where ProcessPageMap.isCheckpointed(mapping) {
+        for mapping in try ProcessReader.mappings(target, detailed: false) where ProcessPageMap.isCheckpointed(mapping) {
             if known[mapping.start]?.mapping == mapping { unchanged.append(mapping) } else { changed.append(mapping) }
         }
         let fresh = try pageMaps.read(changed)

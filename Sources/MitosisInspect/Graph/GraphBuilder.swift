@@ -35,12 +35,12 @@ package struct ProcessResources: Sendable {
 
     package var pid: Int32 { identity.pid }
 
-    package static func read(_ pid: Int32, mappings: Bool) throws(MitosisError) -> ProcessResources {
+    package static func read(_ target: TargetProcess, mappings: Bool) throws(MitosisError) -> ProcessResources {
         ProcessResources(
-            identity: try ProcessReader.identity(pid: pid), threads: try ProcessReader.threads(pid: pid),
-            namespaces: try ProcessReader.namespaces(pid: pid),
-            mappings: mappings ? try ProcessReader.mappings(pid: pid, detailed: false) : [],
-            descriptors: try ProcessReader.descriptors(pid: pid))
+            identity: try ProcessReader.identity(target), threads: try ProcessReader.threads(target),
+            namespaces: try ProcessReader.namespaces(target),
+            mappings: mappings ? try ProcessReader.mappings(target, detailed: false) : [],
+            descriptors: try ProcessReader.descriptors(target))
     }
 
     package var networkNamespace: UInt64? { namespaces.first { $0.type == "net" }?.inode }
@@ -51,14 +51,17 @@ package struct ProcessResources: Sendable {
 public enum GraphBuilder {
     /// The graph of `pid` (and, with `includeDescendants`, every process below it).
     public static func graph(of pid: Int32, options: GraphOptions = GraphOptions()) throws(MitosisError) -> ResourceGraph {
-        try TargetCheck.validate(pid, forTracing: false)
+        let root = try TargetProcess(pid: pid)
         let pids = options.includeDescendants ? Tracer.processTree(root: pid).sorted() : [pid]
         var processes: [ProcessResources] = []
         for member in pids {
             do {
-                processes.append(try ProcessResources.read(member, mappings: options.includeMappings))
+                processes.append(try ProcessResources.read(member == pid ? root : TargetProcess(pid: member),
+                                                           mappings: options.includeMappings))
             } catch .noSuchProcess where member != pid {
                 continue  // a descendant exited meanwhile
+            } catch .zombie where member != pid {
+                continue  // a descendant that has exited, not yet reaped
             }
         }
         var tables: [UInt64: SocketTable] = [:]
@@ -67,7 +70,7 @@ public enum GraphBuilder {
             tables[namespace] = try SockDiag(networkNamespaceOf: process.pid).table()
         }
         let mounts = Dictionary(
-            (ProcessReader.mounts(pid: pid)).map { ($0.device, $0) }, uniquingKeysWith: { first, _ in first })
+            (ProcessReader.mounts(root)).map { ($0.device, $0) }, uniquingKeysWith: { first, _ in first })
         var assembly = GraphAssembly(processes: processes, sockets: tables, mounts: mounts, options: options)
         assembly.build()
         return assembly.graph
