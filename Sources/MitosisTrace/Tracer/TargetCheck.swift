@@ -1,3 +1,4 @@
+import MitosisKernel
 import MitosisModel
 
 /// Turns user input into a pid that Mitosis may work on, or the typed reason it may not.
@@ -21,11 +22,17 @@ public enum TargetCheck {
     /// a process running as root, where that shows nothing, the process is briefly frozen and
     /// asked (an injected `prctl(PR_GET_DUMPABLE)`).
     public static func requireDumpable(_ pid: Int32) async throws {
-        let status = ProcStatus(parsing: String(decoding: try Kernel.readFile("/proc/\(pid)/status"), as: UTF8.self))
-        guard let user = status.credentials("Uid")?.effective else { throw MitosisError.noSuchProcess(pid) }
+        let target = try TargetProcess(pid: pid)
+        guard let user = ProcStatus(parsing: try target.text("status")).credentials("Uid")?.effective else {
+            throw MitosisError.noSuchProcess(pid)
+        }
         let dumpable: Bool
         if user != 0 {
-            dumpable = try Kernel.status("/proc/\(pid)/status").owner == user
+            do {
+                dumpable = try Kernel.statusAt(target.process.directory, "status").owner == user
+            } catch {
+                throw target.failure(error, reading: "status")
+            }
         } else {
             let answer = try await withFrozenProcess(pid) { tracer in
                 try await tracer.injectSyscall(SyscallNumber.prctl, [3 /* PR_GET_DUMPABLE */])
