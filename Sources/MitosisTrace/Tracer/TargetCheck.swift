@@ -18,9 +18,8 @@ public enum TargetCheck {
 
     /// Throws `.notDumpable` unless the kernel lets `pid` be dumped (`PR_GET_DUMPABLE` is 1).
     /// A non-dumpable process's /proc/PID files (not the directory) belong to root instead of
-    /// its effective user; for
-    /// a process running as root, where that shows nothing, the process is briefly frozen and
-    /// asked (an injected `prctl(PR_GET_DUMPABLE)`).
+    /// its effective user; for a process running as root, where that shows nothing, the process
+    /// is briefly frozen and asked (an injected `prctl(PR_GET_DUMPABLE)`).
     public static func requireDumpable(_ pid: Int32) async throws {
         let target = try TargetProcess(pid: pid)
         guard let user = ProcStatus(parsing: try target.text("status")).credentials("Uid")?.effective else {
