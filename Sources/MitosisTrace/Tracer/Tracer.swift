@@ -86,7 +86,8 @@ public actor Tracer {
             var pending = deferredSignals[thread.tid] ?? []
             var signal: Int32 = 0
             // The first held-back signal rides on the detach with its own siginfo; the kernel can
-            // do that only from a signal-delivery-stop. Any others are sent again afterwards.
+            // do that only from a signal-delivery-stop. Any others are sent again afterwards, with
+            // their siginfo when the kernel allows it (sigqueue), else as a plain tgkill.
             if inSignalDeliveryStop.contains(thread.tid), let first = pending.first,
                (try? Ptrace.setSignalInfo(thread.tid, first)) != nil {
                 signal = first.si_signo
@@ -98,7 +99,7 @@ public actor Tracer {
                 // ESRCH: the thread died while frozen (only SIGKILL can do that); nothing to undo.
                 logger.debug("detach \(thread.tid): \(error)")
             }
-            for info in pending {
+            for info in pending where (try? Kernel.threadQueueSignal(pid: thread.pid, tid: thread.tid, info: info)) == nil {
                 try? Kernel.threadKill(pid: thread.pid, tid: thread.tid, signal: info.si_signo)
             }
         }
