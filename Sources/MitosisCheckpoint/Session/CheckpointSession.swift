@@ -102,7 +102,7 @@ public actor CheckpointSession {
         self.pid = pid
         self.options = options
         var chosen = options.strategy
-        if chosen == nil { chosen = await TrackingStrategy.automatic() }
+        if chosen == nil { chosen = TrackingStrategy.automatic }
         let strategy = chosen!
         self.strategy = strategy
         pageMaps = try PageMapReader(pid: pid, method: options.pageMapMethod)

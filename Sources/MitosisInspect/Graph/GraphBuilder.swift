@@ -413,7 +413,7 @@ package struct GraphAssembly {
         var indexes: [UInt64: (byInode: [UInt64: SocketInfo], byEnds: [String: InetSocket])] = [:]
         for (namespace, table) in sockets {
             var byEnds: [String: InetSocket] = [:]
-            for socket in table.inet where socket.protocol == "tcp" { byEnds["\(socket.local)|\(socket.remote)"] = socket }
+            for socket in table.inet where socket.protocol == .tcp { byEnds["\(socket.local)|\(socket.remote)"] = socket }
             indexes[namespace] = (table.byInode(), byEnds)
         }
         for (id, namespace) in namespaceOf.sorted(by: { $0.key < $1.key }) {
@@ -423,7 +423,7 @@ package struct GraphAssembly {
             switch socket {
             case .inet(let inet):
                 describeInet(id, inet)
-                guard inet.protocol == "tcp", inet.state != "LISTEN", inet.state != "CLOSE" else { continue }
+                guard inet.protocol == .tcp, inet.state != "LISTEN", inet.state != "CLOSE" else { continue }
                 connectTCP(id, inet, index.byEnds, namespace: namespace)
             case .unix(let unix):
                 describeUnix(id, unix)
@@ -446,7 +446,7 @@ package struct GraphAssembly {
 
     private mutating func describeInet(_ id: String, _ socket: InetSocket) {
         nodes[id]?.attributes.merge([
-            "protocol": .string(socket.protocol), "family": .string(socket.family), "state": .string(socket.state),
+            "protocol": .string(socket.protocol.rawValue), "family": .string(socket.family.rawValue), "state": .string(socket.state),
             "local": .string(socket.local.description), "remote": .string(socket.remote.description),
             "recv_q": .int(Int64(socket.receiveQueue)), "send_q": .int(Int64(socket.sendQueue)), "uid": .int(Int64(socket.uid)),
         ]) { $1 }
@@ -487,7 +487,7 @@ package struct GraphAssembly {
         }
         // The peer is a connection a listener has not accept()ed yet.
         let listener = sockets[namespace]?.inet.first {
-            $0.protocol == "tcp" && $0.state == "LISTEN" && $0.local.port == peer.local.port
+            $0.protocol == .tcp && $0.state == "LISTEN" && $0.local.port == peer.local.port
                 && ($0.local.address == peer.local.address || $0.local.address == "0.0.0.0" || $0.local.address == "::")
         }
         if let listener, nodes["socket:\(listener.inode)"] != nil {
