@@ -63,6 +63,17 @@ package enum Kernel {
         try check { mitosis_syscall6(234 /* tgkill */, Int(pid), Int(tid), Int(signal), 0, 0, 0) }
     }
 
+    /// Queues a signal with its full siginfo (a `sigqueue` value included) to one thread of a
+    /// thread group. The kernel accepts only user-sent siginfo (`si_code < 0`, not `SI_TKILL`)
+    /// for another process. The corresponding system call is `rt_tgsigqueueinfo`.
+    package static func threadQueueSignal(pid: Int32, tid: Int32, info: siginfo_t) throws(Errno) {
+        var copy = info
+        try withUnsafeMutablePointer(to: &copy) { pointer throws(Errno) in
+            _ = try check { mitosis_syscall6(297 /* rt_tgsigqueueinfo */, Int(pid), Int(tid), Int(info.si_signo),
+                                             Int(bitPattern: UnsafeMutableRawPointer(pointer)), 0, 0) }
+        }
+    }
+
     /// Reads a whole file, however /proc sizes it (procfs files report size 0), up to `limit` bytes.
     package static func readFile(_ path: String, limit: Int = 64 << 20) throws(Errno) -> [UInt8] {
         try readFileAt(nil, path, limit: limit)

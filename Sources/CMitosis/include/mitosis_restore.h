@@ -10,7 +10,6 @@ static const long MITOSIS_SYS_brk = SYS_brk;
 static const long MITOSIS_SYS_mprotect = SYS_mprotect;
 static const long MITOSIS_SYS_madvise = SYS_madvise;
 static const long MITOSIS_SYS_rt_sigaction = SYS_rt_sigaction;
-static const long MITOSIS_SYS_prctl = SYS_prctl;
 static const long MITOSIS_SYS_arch_prctl = SYS_arch_prctl;
 static const long MITOSIS_SYS_openat = SYS_openat;
 static const long MITOSIS_SYS_lseek = SYS_lseek;

@@ -197,17 +197,13 @@ public actor CheckpointSession {
                 left = count
             }
             // Freeze, copy what was written since, thaw.
-            let tracer = try await Tracer.freeze(pid: pid)
-            // The pid is seized by number: make sure it still names the process this session
-            // tracks (not one that took its pid after it exited).
-            do { try target.requireAlive() } catch { await tracer.thaw(); throw error }
-            let frozenAt = clock.now
-            let final: ProcessPageMap
-            let threads: [ThreadState]
-            let descriptors: [OpenDescriptor]
-            var process: ProcessModel?
-            var restore: RestoreRecord?
-            do {
+            var frozenAt: ContinuousClock.Instant?
+            let (final, threads, descriptors, captured) = try await withFrozenProcess(pid) { tracer in
+                frozenAt = clock.now
+                defer { run.frozen += clock.now - frozenAt! }
+                // The pid is seized by number: make sure it still names the process this session
+                // tracks (not one that took its pid after it exited).
+                try target.requireAlive()
                 let map: ProcessPageMap
                 if tracker.collectReportsDiscards, let lastMap {
                     // Reading the page map of a large process takes milliseconds: update the last
@@ -224,26 +220,24 @@ public actor CheckpointSession {
                 let copied = try copy(toCopy, run, tolerant: false)
                 run.copiedFrozen = copied.pageCount()
                 run.staged = run.staged.union(copied)
-                final = map
-                threads = try await tracer.threadStates()
-                descriptors = try ProcessReader.descriptors(target)
-                // Without these the image still serves as a memory checkpoint; a restore refuses it.
+                let threads = try await tracer.threadStates()
+                let descriptors = try ProcessReader.descriptors(target)
+                // Without a restore record the image still serves as a memory checkpoint; a
+                // restore refuses it.
+                var restore: RestoreRecord?
                 do {
                     restore = try await RestoreCapture.capture(tracer, pid: pid, maps: try ProcessReader.mappings(target, detailed: false),
                                                                descriptors: descriptors)
                 } catch {
                     logger.warning("checkpoint of \(pid) is not restorable: \(error)")
                 }
-            } catch {
-                await tracer.thaw()
-                run.frozen += clock.now - frozenAt
-                throw error
+                return (map, threads, descriptors, restore)
             }
-            await tracer.thaw()
-            run.frozen += clock.now - frozenAt
             // Read after the thaw, so that it costs no freeze time (smaps walks every page table):
             // identity, limits and mapping flags change rarely. Mappings, descriptors and threads
             // above are the frozen ones.
+            var process: ProcessModel?
+            var restore = captured
             if restore != nil {
                 do {
                     let model = try Introspector.inspect(target, detailedMemory: true)
@@ -348,18 +342,12 @@ public actor CheckpointSession {
             return (map, try collectWrites(map))
         }
         let clock = ContinuousClock()
-        let tracer = try await Tracer.freeze(pid: pid)
-        let frozenAt = clock.now
-        let result: Result<(ProcessPageMap, PageSet), any Error>
-        do {
+        return try await withFrozenProcess(pid) { _ in
+            let frozenAt = clock.now
+            defer { run.frozen += clock.now - frozenAt }
             let map = try readPageMap(run)
-            result = .success((map, try collectWrites(map)))
-        } catch {
-            result = .failure(error)
+            return (map, try collectWrites(map))
         }
-        await tracer.thaw()
-        run.frozen += clock.now - frozenAt
-        return try result.get()
     }
 
     /// Copies `pages` into the staging area and returns what was copied. `tolerant` (the target

@@ -17,6 +17,8 @@ import SystemPackage
 enum RestoreCapture {
     static func capture(_ tracer: Tracer, pid: Int32, maps: [MemoryMapping], descriptors: [OpenDescriptor]) async throws -> RestoreRecord {
         let proc = "/proc/\(pid)"
+        // Before any injection: injecting places a stub in the vDSO's padding until the thaw.
+        let vdso = try vdsoIdentity(pid: pid, maps: maps)
         let brk = try await tracer.performSyscall(MITOSIS_SYS_brk, [0])
         let statText = String(decoding: try Kernel.readFile(proc + "/stat"), as: UTF8.self)
         guard let bounds = RestoreRecord.MemoryBounds(procStat: statText, brk: brk) else {
@@ -27,7 +29,6 @@ enum RestoreCapture {
             auxvBytes[offset..<offset + 8].reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
         }
         let executable = try Kernel.readLink(proc + "/exe")
-        let vdso = try vdsoIdentity(pid: pid, maps: maps)
         let tids = await tracer.threads(of: pid)
 
         // Signal dispositions (32 bytes each) and clear_child_tid words (8 each) in one page.

@@ -21,7 +21,7 @@ extension Tracer {
     private func startHusk() throws {
         let husk = try Kernel.spawnHusk(pid: pid)
         do throws(Errno) {
-            try Ptrace.seize(husk, options: Int(MITOSIS_PTRACE_O_EXITKILL | MITOSIS_PTRACE_O_TRACECLONE))
+            try Ptrace.seize(husk, options: Int(MITOSIS_PTRACE_O_EXITKILL | MITOSIS_PTRACE_O_TRACECLONE | MITOSIS_PTRACE_O_TRACESYSGOOD))
             // The husk may still be setting itself up: let it run until it waits in pause().
             for _ in 0..<1000 {
                 try Ptrace.interrupt(husk)
@@ -59,9 +59,10 @@ extension Tracer {
     }
 
     /// Makes injected calls run at `address`, a `syscall` instruction the husk can execute
-    /// (its gadget page while its vDSO moves; the restored vDSO before the gadget goes).
+    /// (its gadget page while its vDSO moves; the restored vDSO before the gadget goes). No
+    /// self-healing frame: the husk's stack is gone, and a husk Mitosis lets go of is killed.
     package func useSyscallInstruction(_ address: UInt64) {
-        syscallInstructions[pid] = address
+        injectionSites[pid] = InjectionSite(address: address, selfHealing: false, stubLength: 0)
     }
 
     /// Kills the husk and reaps it, for a restore that failed: no half-built process survives.
