@@ -32,6 +32,8 @@ struct DumpCommand: AsyncParsableCommand {
     @Flag(help: "Kill the process once the image is committed.") var kill = false
     @Flag(help: "Copy the process even if it asked not to be dumped (prctl PR_SET_DUMPABLE 0, or changed credentials).")
     var force = false
+    @Flag(help: "Do not record what a restore needs (no system calls injected for it); the image cannot be restored.")
+    var noRestoreState = false
     @Flag(help: "Print the result as JSON.") var json = false
 
     func run() async throws {
@@ -43,7 +45,9 @@ struct DumpCommand: AsyncParsableCommand {
             }
             let container = URL(fileURLWithPath: images).deletingLastPathComponent().path
             try FileManager.default.createDirectory(atPath: container, withIntermediateDirectories: true)
-            let session = try await CheckpointSession(pid: pid, options: CheckpointOptions(strategy: track.strategy))
+            var options = CheckpointOptions(strategy: track.strategy)
+            options.recordRestoreState = !noRestoreState
+            let session = try await CheckpointSession(pid: pid, options: options)
             let result: CheckpointResult
             do {
                 result = try await session.checkpoint(to: DirectorySink(directory: images), parent: base)

@@ -17,6 +17,9 @@ public struct CheckpointOptions: Sendable {
     public var maxPrecopyRounds = 8
     /// Pre-copy ends once no more than this many pages are left to copy.
     public var freezeThresholdPages = 64
+    /// Record what a restore needs (`RestoreRecord`: signal dispositions, mm bounds…), at the
+    /// cost of a few injected system calls during the freeze. Without it the image cannot be restored.
+    public var recordRestoreState = true
 
     public init(strategy: TrackingStrategy? = nil, pageMapMethod: PageMapReader.Method? = nil) {
         self.strategy = strategy
@@ -225,11 +228,13 @@ public actor CheckpointSession {
                 // Without a restore record the image still serves as a memory checkpoint; a
                 // restore refuses it.
                 var restore: RestoreRecord?
-                do {
-                    restore = try await RestoreCapture.capture(tracer, pid: pid, maps: try ProcessReader.mappings(target, detailed: false),
-                                                               descriptors: descriptors)
-                } catch {
-                    logger.warning("checkpoint of \(pid) is not restorable: \(error)")
+                if options.recordRestoreState {
+                    do {
+                        restore = try await RestoreCapture.capture(tracer, pid: pid, maps: try ProcessReader.mappings(target, detailed: false),
+                                                                   descriptors: descriptors)
+                    } catch {
+                        logger.warning("checkpoint of \(pid) is not restorable: \(error)")
+                    }
                 }
                 return (map, threads, descriptors, restore)
             }

@@ -10,9 +10,9 @@ import SystemPackage
 /// Reads what a restore needs that memory, thread states and descriptors do not hold
 /// (`RestoreRecord`), while the process is frozen.
 ///
-/// Most of it comes from /proc and ptrace. Signal dispositions, each thread's clear_child_tid and
-/// the current break are known only to the process itself: they are asked by injected system
-/// calls (`rt_sigaction(sig, NULL, scratch)`, `prctl(PR_GET_TID_ADDRESS, scratch)`, `brk(0)`)
+/// Most of it comes from /proc and ptrace. The handlers of caught signals, each thread's
+/// clear_child_tid and the current break are known only to the process itself: they are asked by
+/// injected system calls (`rt_sigaction(sig, NULL, scratch)`, `prctl(PR_GET_TID_ADDRESS, scratch)`, `brk(0)`)
 /// writing into a scratch page mapped for the purpose and unmapped before the thaw.
 enum RestoreCapture {
     static func capture(_ tracer: Tracer, pid: Int32, maps: [MemoryMapping], descriptors: [OpenDescriptor]) async throws -> RestoreRecord {
@@ -67,7 +67,12 @@ enum RestoreCapture {
     /// Runs the asking calls into `scratch` and reads their answers.
     private static func askTarget(_ tracer: Tracer, pid: Int32, tids: [Int32],
                                   scratch: UInt64) async throws -> ([RestoreRecord.SignalAction], [UInt64]) {
-        for signal in 1...64 {
+        // Only handled signals (and SIGCHLD, whose SA_NOCLDSTOP/SA_NOCLDWAIT matter even at
+        // SIG_DFL) need asking; /proc tells the default and ignored ones apart.
+        let status = ProcStatus(parsing: String(decoding: try Kernel.readFile("/proc/\(pid)/status"), as: UTF8.self))
+        let caught = status["SigCgt"].flatMap { UInt64($0, radix: 16) } ?? UInt64.max
+        let ignored = status["SigIgn"].flatMap { UInt64($0, radix: 16) } ?? 0
+        for signal in 1...64 where caught & (1 << UInt64(signal - 1)) != 0 || signal == SIGCHLD {
             _ = try await tracer.performSyscall(MITOSIS_SYS_rt_sigaction, [UInt64(signal), 0, scratch + UInt64(signal - 1) * 32, 8])
         }
         for (index, tid) in tids.enumerated() {
@@ -79,8 +84,12 @@ enum RestoreCapture {
             try Kernel.readMemory(pid: pid, address: scratch, into: buffer)
         }
         guard count == wanted else { throw MitosisError.system(operation: "reading the scratch page of \(pid)", errno: .ioError) }
-        let actions = (0..<64).map { RestoreRecord.SignalAction(handler: words[$0 * 4], flags: words[$0 * 4 + 1],
-                                                                  restorer: words[$0 * 4 + 2], mask: words[$0 * 4 + 3]) }
+        let actions = (0..<64).map { index in
+            let asked = caught & (1 << UInt64(index)) != 0 || index + 1 == SIGCHLD
+            return asked ? RestoreRecord.SignalAction(handler: words[index * 4], flags: words[index * 4 + 1],
+                                                      restorer: words[index * 4 + 2], mask: words[index * 4 + 3])
+                : RestoreRecord.SignalAction(handler: ignored & (1 << UInt64(index)) != 0 ? 1 : 0, flags: 0, restorer: 0, mask: 0)
+        }
         return (actions, Array(words[256...]))
     }
 

@@ -79,7 +79,7 @@ struct InjectionKillTests {
         defer { target.stop() }
         let images = FileManager.default.temporaryDirectory.appendingPathComponent("mitosis-kill-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: images) }
-        let run = try await ToolRun(ToolRun.mitosis, ["dump", "\(target.pid)", "--images", images, "--force"],
+        let run = try await ToolRun(ToolRun.mitosis, ["dump", "\(target.pid)", "--images", images, "--force", "--no-restore-state"],
                                     prefix: ["/usr/bin/env", "MITOSIS_TEST_INJECTION_PAUSE=0"])
         #expect(run.status == 0, "\(run.standardError)")
         return run.standardError.split(separator: "\n").filter { $0.contains("injection step") }.map(String.init)
@@ -106,12 +106,13 @@ final class PausingTool: @unchecked Sendable {
     let images: String
     var pid: Int32 { child.pid }
 
-    /// `force`: skip the dumpable check, whose own injection (prctl) would add steps.
+    /// `force`: skip the dumpable check, whose own injection (prctl) would add steps; the restore
+    /// state (whose injections would too) is never recorded here.
     init(target: Int32, pause: String?, force: Bool = true) throws {
         images = FileManager.default.temporaryDirectory.appendingPathComponent("mitosis-kill-\(UUID().uuidString)").path
         let environment = pause.map { ["MITOSIS_TEST_INJECTION_PAUSE=\($0)"] } ?? []
         let command = ["/usr/bin/env"] + environment + [ToolRun.mitosis, "dump", String(target), "--images", images]
-            + (force ? ["--force"] : [])
+            + (force ? ["--force"] : []) + ["--no-restore-state"]
         child = try ChildProcess(executable: "/bin/sh", arguments: ["-c", "exec \"$@\" 2>&1", "sh"] + command,
                                  stdin: .null, stdout: .pipe, stderr: .inherit)
     }
