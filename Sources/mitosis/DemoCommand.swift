@@ -51,7 +51,7 @@ struct DemoCommand: AsyncParsableCommand {
         heading("checkpoints \(pid): a full one, then only the pages written since")
         let images = FileManager.default.temporaryDirectory.appendingPathComponent("mitosis-demo-\(pid)").path
         defer { try? FileManager.default.removeItem(atPath: images) }
-        try FileManager.default.createDirectory(atPath: images, withIntermediateDirectories: true)
+        try DirectorySink.createDirectories(images)
         let session = try await CheckpointSession(pid: pid)
         do {
             for number in 1...2 {

@@ -89,8 +89,13 @@ public struct CheckpointMapping: Codable, Sendable, Equatable {
     /// Sorted, disjoint ranges inside `[start, end)`. Pages covered by no range are not stored
     /// anywhere (e.g. `[vvar]`): reading them reports so.
     public var pages: [PageRange]
+    /// The file `clean_file` pages are read from, as it was at the checkpoint; absent in images
+    /// written before it was recorded (their `clean_file` pages cannot be read) and in mappings
+    /// whose file could not be identified.
+    public var file: MappedFileIdentity?
 
-    public init(start: UInt64, end: UInt64, perms: String, offset: UInt64, path: String?, kind: String, pages: [PageRange]) {
+    public init(start: UInt64, end: UInt64, perms: String, offset: UInt64, path: String?, kind: String, pages: [PageRange],
+                file: MappedFileIdentity? = nil) {
         self.start = start
         self.end = end
         self.perms = perms
@@ -98,6 +103,7 @@ public struct CheckpointMapping: Codable, Sendable, Equatable {
         self.path = path
         self.kind = kind
         self.pages = pages
+        self.file = file
     }
 }
 
