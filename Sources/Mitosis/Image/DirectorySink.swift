@@ -60,10 +60,10 @@ public final class DirectorySink: CheckpointSink, @unchecked Sendable {
                 try Kernel.changeMode(created, 0o700)
             } catch .fileExists {
                 guard let st = try? Kernel.status(prefix), st.st_mode & S_IFMT == S_IFDIR else {
-                    throw .io(path, operation: "create directory \(prefix)", errno: .notDirectory)
+                    throw .io(prefix, operation: "create directory", errno: .notDirectory)
                 }
             } catch {
-                throw .io(path, operation: "create directory \(prefix)", errno: error)
+                throw .io(prefix, operation: "create directory", errno: error)
             }
         }
     }
