@@ -220,11 +220,12 @@ public final class CheckpointImage: Sendable {
             return [error]
         }
         var images: [CheckpointImage] = []
+        var filesChecked: Set<CheckpointMapping> = []
         while true {
             guard seen.insert(current.manifest.id).inserted else { return problems + [.chainCycle(path)] }
             images.append(current)
             problems += current.verify()
-            problems += current.mappedFileProblems()
+            problems += current.mappedFileProblems(skipping: &filesChecked)
             do {
                 guard let parent = try current.parent() else { break }
                 current = parent
@@ -261,15 +262,22 @@ public final class CheckpointImage: Sendable {
 
     /// Problems that keep `clean_file` pages from being read: no recorded identity of the file,
     /// or a file that is no longer the one recorded (see `CheckpointChain.read`).
-    private func mappedFileProblems() -> [ImageError] {
+    /// `checked` holds the mappings (file, offset, identity) found sound in other images of the
+    /// chain: images of one process map the same libraries, which are hashed once.
+    private func mappedFileProblems(skipping checked: inout Set<CheckpointMapping>) -> [ImageError] {
         var problems: [ImageError] = []
         for mapping in manifest.mappings where mapping.pages.contains(where: { $0.state == .cleanFile }) {
+            var key = mapping
+            key.pages = []
+            key.perms = ""
+            guard !checked.contains(key) else { continue }
             do {
                 let fd = try CheckpointChain.openMappedFile(mapping)
                 defer { try? fd.close() }
                 for number in 0..<mapping.file!.chunkXxh64.count {
                     _ = try CheckpointChain.fileChunk(fd, number, mapping: mapping, pageSize: manifest.pageSize)
                 }
+                checked.insert(key)
             } catch {
                 problems.append(.unreadableFile(path, file: mapping.path ?? "", detail: "\(error)"))
             }
@@ -463,7 +471,7 @@ public final class CheckpointImage: Sendable {
             throw .malformed(image, file: file, detail: "mapping \(number) has clean_file pages but no absolute file path")
         }
         let length = mapping.end - mapping.start
-        guard mapping.offset <= UInt64(Int64.max) - length else {
+        guard length <= UInt64(Int64.max), mapping.offset <= UInt64(Int64.max) - length else {
             throw .malformed(image, file: file, detail: "mapping \(number) has file offset \(mapping.offset), beyond what a file can hold")
         }
         guard let identity = mapping.file else { return }

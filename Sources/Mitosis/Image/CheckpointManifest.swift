@@ -50,7 +50,7 @@ public struct CheckpointHeader: Codable, Sendable, Equatable {
 }
 
 /// What a range of pages of a mapping looks like in a checkpoint.
-public enum PageState: String, Codable, Sendable, Equatable {
+public enum PageState: String, Codable, Sendable, Hashable {
     /// The pages are in this image's `pages.data`.
     case stored
     /// Unchanged since the parent: the newest ancestor that stores them holds their bytes.
@@ -63,7 +63,7 @@ public enum PageState: String, Codable, Sendable, Equatable {
 }
 
 /// A page-aligned range `[start, end)` of one mapping and its state.
-public struct PageRange: Codable, Sendable, Equatable {
+public struct PageRange: Codable, Sendable, Hashable {
     public var start: UInt64
     public var end: UInt64
     public var state: PageState
@@ -76,7 +76,7 @@ public struct PageRange: Codable, Sendable, Equatable {
 }
 
 /// One mapping of the process at checkpoint time, and where each of its pages is kept.
-public struct CheckpointMapping: Codable, Sendable, Equatable {
+public struct CheckpointMapping: Codable, Sendable, Hashable {
     public var start: UInt64
     public var end: UInt64
     /// The four permission letters of `/proc/PID/maps` (`rw-p`).

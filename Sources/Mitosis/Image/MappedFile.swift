@@ -7,7 +7,7 @@ import SystemPackage
 ///
 /// The content is hashed in chunks of `ImageFormat.maxRunPages` pages of the mapping, so that
 /// reading one page checks at most one chunk of the file, as with stored runs.
-public struct MappedFileIdentity: Codable, Sendable, Equatable {
+public struct MappedFileIdentity: Codable, Sendable, Hashable {
     /// `st_dev`, `st_ino`, `st_size` and `st_mtim` (nanoseconds since the epoch) of the file.
     public var device: UInt64
     public var inode: UInt64
@@ -124,7 +124,7 @@ extension MappedFileIdentity {
     /// read back). `reuse` is returned without hashing again when the file's status still matches it.
     public static func capture(path: String, inode: UInt64, offset: UInt64, length: UInt64, pageSize: Int,
                                reuse: MappedFileIdentity? = nil) -> MappedFileIdentity? {
-        guard offset <= UInt64(Int64.max) - length, let (fd, st) = try? MappedFile.open(path) else { return nil }
+        guard length <= UInt64(Int64.max), offset <= UInt64(Int64.max) - length, let (fd, st) = try? MappedFile.open(path) else { return nil }
         defer { try? fd.close() }
         guard UInt64(st.st_ino) == inode else { return nil }
         if let reuse, MappedFile.matches(st, reuse) { return reuse }

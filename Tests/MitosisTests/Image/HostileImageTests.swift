@@ -121,6 +121,18 @@ struct HostileImageTests {
         #expect(throws: Errno.overflow) { try Kernel.readAt(fd, offset: offset, count: 4096) }
     }
 
+    @Test("a clean_file mapping longer than 2^63 bytes is refused at open (found by the fuzzer in the hardened reader)")
+    func hugeFileMapping() async throws {
+        let chain = try await RealChain.take(count: 1)
+        let dir = chain.newest
+        let number = try RealChain.fileMapping(try RealChain.manifest(dir))
+        try RealChain.rewrite(dir) { $0.mappings[number].end = UInt64.max - 4095 }
+        #expect(throws: ImageError.malformed(dir, file: "manifest.json",
+                                             detail: "mapping \(number) has file offset 0, beyond what a file can hold")) {
+            try CheckpointImage.open(dir)
+        }
+    }
+
     // MARK: No hang (F3)
 
     @Test("a FIFO as any image file, or as INCOMPLETE, fails every reader at once",
@@ -356,6 +368,25 @@ struct HostileImageTests {
         let chain = try await RealChain.take(count: 1)
         try FileManager.default.createSymbolicLink(atPath: chain.newest + "/INCOMPLETE", withDestinationPath: "/nonexistent")
         #expect(CheckpointImage.verifyChain(chain.newest) == [.incomplete(chain.newest, reason: "no reason recorded")])
+    }
+
+    // MARK: Fuzzing
+
+    @Test("the regression corpus of hostile images replays with the expected refusal, no crash, hang or disclosure")
+    func corpus() throws {
+        let corpus = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Corpus").path
+        let run = try ToolRun("/usr/bin/timeout", ["300", ScenarioProcess.executable("mitosis-image-fuzz"), "--corpus-replay", corpus])
+        #expect(run.status == 0, "\(run.standardOutput)\(run.standardError)")
+        let entries = try FileManager.default.contentsOfDirectory(atPath: corpus).filter { $0.hasSuffix(".json") }.count
+        #expect(run.standardOutput.hasSuffix("\(entries) of \(entries) corpus entries as expected\n"))
+    }
+
+    @Test("a short fuzz run (200 mutations, fixed seed) finds no crash, hang or read outside the image")
+    func shortFuzz() throws {
+        let run = try ToolRun("/usr/bin/timeout", ["300", ScenarioProcess.executable("mitosis-image-fuzz"), "--mutations", "200", "--seed-number", "7"])
+        #expect(run.status == 0, "\(run.standardOutput)\(run.standardError)")
+        #expect(run.standardOutput.contains("mutations 200 in "))
+        #expect(run.standardOutput.contains("crashes 0, hangs 0, reads outside the image 0, other findings 0\n"))
     }
 
     // MARK: Messages and directories (F12, F13)
