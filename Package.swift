@@ -6,6 +6,7 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .library(name: "Mitosis", targets: ["Mitosis"]),
+        .library(name: "MitosisStacks", targets: ["MitosisStacks"]),
         .executable(name: "mitosis", targets: ["mitosis"]),
     ],
     dependencies: [
@@ -31,19 +32,49 @@ let package = Package(
                 .linkedLibrary("stdc++"),
             ]
         ),
+        // Layer 0 — plain values (process, thread, mapping, descriptor, socket, graph), the pure
+        // /proc parsers that build them, and the error family. No system calls.
         .target(
-            name: "Mitosis",
+            name: "MitosisModel",
+            dependencies: [.product(name: "SystemPackage", package: "swift-system")]
+        ),
+        // Layer 1 — the only Swift that speaks to the kernel: typed wrappers over system calls,
+        // ptrace, netlink and sock_diag, pagemap, userfaultfd, posix_spawn. Everything above calls
+        // these, never libc; what they read comes back as model values.
+        .target(
+            name: "MitosisKernel",
+            dependencies: ["CMitosis", "MitosisModel", .product(name: "SystemPackage", package: "swift-system")]
+        ),
+        // Layer 2 — freezing a process as a scope (Tracer), syscall injection, thread state.
+        .target(
+            name: "MitosisTrace",
+            dependencies: ["MitosisKernel", "MitosisModel", .product(name: "Logging", package: "swift-log")]
+        ),
+        // Layer 3 — what a process holds: /proc introspection, sock_diag, the resource graph.
+        .target(name: "MitosisInspect", dependencies: ["MitosisKernel", "MitosisModel", "MitosisTrace"]),
+        // Layer 3 — call stacks; the only target that links libunwind, libelf and libstdc++.
+        .target(name: "MitosisStacks", dependencies: ["MitosisKernel", "MitosisModel", "MitosisTrace", "CMitosisStacks"]),
+        // Layer 3 — the checkpoint image: format, writers (directory, stream), hostile-input reader.
+        .target(name: "MitosisImage", dependencies: ["MitosisKernel", "MitosisModel"]),
+        // Layer 4 — dirty-page tracking, checkpoint sessions, and the kernel feature probes.
+        .target(
+            name: "MitosisCheckpoint",
             dependencies: [
-                "CMitosis",
-                "CMitosisStacks",
-                .product(name: "SystemPackage", package: "swift-system"),
+                "MitosisKernel", "MitosisModel", "MitosisTrace", "MitosisInspect", "MitosisImage",
                 .product(name: "Logging", package: "swift-log"),
             ]
+        ),
+        // The public API in one import. Stacks stay out so that a client that only inspects or
+        // checkpoints does not link libunwind: import MitosisStacks for call stacks.
+        .target(
+            name: "Mitosis",
+            dependencies: ["MitosisModel", "MitosisTrace", "MitosisInspect", "MitosisImage", "MitosisCheckpoint"]
         ),
         .executableTarget(
             name: "mitosis",
             dependencies: [
                 "Mitosis",
+                "MitosisStacks",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -51,6 +82,8 @@ let package = Package(
         .executableTarget(name: "mitosis-demo-target", path: "Examples/DemoTarget"),
         // Keeps a chain of incremental checkpoints of a pid, through the public API only.
         .executableTarget(name: "mitosis-incremental-chain", dependencies: ["Mitosis"], path: "Examples/IncrementalChain"),
+        // A client that only inspects: it must link without libunwind (Tests check with ldd).
+        .executableTarget(name: "mitosis-inspect-example", dependencies: ["Mitosis"], path: "Examples/InspectOnly"),
         // Builds one known scenario per test (threads, fds, sockets, memory…) and reports it ready.
         .executableTarget(name: "mitosis-scenario", path: "Tests/Scenario"),
         // C++ and Swift targets with known call chains, for the stacks tests' demangling.
@@ -59,14 +92,14 @@ let package = Package(
         // Benchmarks stay out of the test suite: `swift run -c release mitosis-bench --help`.
         .executableTarget(
             name: "mitosis-bench",
-            dependencies: ["Mitosis", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["Mitosis", "MitosisKernel", "MitosisStacks", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Benchmarks"
         ),
         // Mutational fuzzer of the image reader: `scripts/fuzz-images --seconds N` (Docs/reliability.md).
         .executableTarget(name: "mitosis-image-fuzz", dependencies: ["Mitosis"], path: "Tests/ImageFuzz"),
         .testTarget(
             name: "MitosisTests",
-            dependencies: ["Mitosis", "mitosis-scenario", "mitosis", "mitosis-demo-target", "mitosis-scenario-cpp", "mitosis-scenario-swift",
+            dependencies: ["Mitosis", "MitosisKernel", "MitosisStacks", "mitosis-scenario", "mitosis", "mitosis-demo-target", "mitosis-inspect-example", "mitosis-scenario-cpp", "mitosis-scenario-swift",
                            "mitosis-image-fuzz"],
             exclude: ["Image/Corpus"]
         ),

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Glibc
 import Mitosis
+import MitosisKernel
 
 /// Checkpoints of a large process, each figure beside its baseline from the same run:
 /// full-checkpoint throughput beside a raw `process_vm_readv` copy; the frozen time of a
@@ -216,9 +217,7 @@ enum RawCopy {
 
 /// A `mitosis-scenario` process started for a benchmark; it dies when its stdin closes.
 final class ScenarioTarget {
-    let process = Process()
-    private let input = Pipe(), output = Pipe()
-    private var buffered = Data()
+    private let target: LaunchedTarget
     private(set) var facts: [String: String] = [:]
     /// The scenario's own pid, as it reported it.
     private(set) var pid: Int32 = 0
@@ -231,12 +230,8 @@ final class ScenarioTarget {
         }
         // Through a shell: the scenario dies with the thread that spawned it (PR_SET_PDEATHSIG),
         // and the async runtime's threads come and go. The shell outlives none of it.
-        process.executableURL = URL(fileURLWithPath: "/bin/sh")
-        process.arguments = ["-c", "\"$0\" \"$@\"; exit $?", path] + arguments
-        process.standardInput = input
-        process.standardOutput = output
-        try process.run()
-        try awaitReady()
+        target = try LaunchedTarget(executable: "/bin/sh", arguments: ["-c", "\"$0\" \"$@\"; exit $?", path] + arguments)
+        try parse(target.readyLine)
         guard let reported = facts["pid"].flatMap(Int32.init) else { throw ValidationError("the scenario reported no pid") }
         pid = reported
     }
@@ -248,8 +243,9 @@ final class ScenarioTarget {
 
     /// Sends one command and waits for the scenario's answer.
     func send(_ command: String) throws {
-        input.fileHandleForWriting.write(Data((command + "\n").utf8))
-        try awaitReady()
+        try target.send(command)
+        guard let line = target.readLine() else { throw ValidationError("scenario exited") }
+        try parse(line)
     }
 
     /// Sends `count` and returns the counter the scenario reports as `key`.
@@ -259,28 +255,15 @@ final class ScenarioTarget {
         return value
     }
 
-    private func awaitReady() throws {
-        while true {
-            if let newline = buffered.firstIndex(of: UInt8(ascii: "\n")) {
-                let line = String(decoding: buffered[buffered.startIndex..<newline], as: UTF8.self)
-                buffered.removeSubrange(buffered.startIndex...newline)
-                guard line.hasPrefix("READY") else { throw ValidationError("scenario: \(line)") }
-                facts = [:]
-                for pair in line.dropFirst(5).split(separator: " ") {
-                    let parts = pair.split(separator: "=", maxSplits: 1)
-                    if parts.count == 2 { facts[String(parts[0])] = String(parts[1]) }
-                }
-                return
-            }
-            let chunk = output.fileHandleForReading.availableData
-            if chunk.isEmpty { throw ValidationError("scenario exited") }
-            buffered += chunk
+    private func parse(_ line: String) throws {
+        guard line.hasPrefix("READY") else { throw ValidationError("scenario: \(line)") }
+        facts = [:]
+        for pair in line.dropFirst(5).split(separator: " ") {
+            let parts = pair.split(separator: "=", maxSplits: 1)
+            if parts.count == 2 { facts[String(parts[0])] = String(parts[1]) }
         }
     }
 
     /// Closes the scenario's stdin, which ends it.
-    func stop() {
-        try? input.fileHandleForWriting.close()
-        process.waitUntilExit()
-    }
+    func stop() { target.stop() }
 }

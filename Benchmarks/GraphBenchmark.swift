@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Mitosis
+import MitosisKernel
 
 /// The resource graph of a process with many descriptors, beside `lsof -p PID` plus `ss -anpe`
 /// measured in the same run, with where the graph's time goes.

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Mitosis
+import MitosisKernel
 import SystemPackage
 
 /// What integrity and atomicity cost: XXH64 beside a plain copy of the same bytes, and an image

@@ -1,7 +1,7 @@
 import ArgumentParser
 import Foundation
-import Glibc
 import Mitosis
+import MitosisKernel
 
 /// `mitosis inspect` of a process holding many descriptors, beside `lsof -p PID` on the same
 /// process in the same run.
@@ -65,74 +65,31 @@ struct InspectBenchmark: AsyncParsableCommand {
         String(format: "%8.2f ms", Double(duration.components.seconds) * 1000 + Double(duration.components.attoseconds) / 1e15)
     }
 
-    /// Runs a command with its output discarded and waits for it. posix_spawn + waitpid on its
-    /// own pid: Foundation's `Process` could not reap it while another child (the target) lives.
+    /// Runs a command with its output discarded and waits for it.
     private func runQuietly(_ executable: String, _ arguments: [String]) throws {
-        let pid = try spawn(executable, arguments, stdin: nil, stdout: nil)
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
+        try ChildProcess(executable: executable, arguments: arguments, stdin: .null, stdout: .null, stderr: .null).wait()
     }
 
     /// The process measured: given, or a `mitosis-scenario manyfds N` started next to this binary.
     final class Target {
         let pid: Int32
-        private let commandFD: Int32?
+        private let launched: LaunchedTarget?
 
         init(pid: Int32) {
             self.pid = pid
-            commandFD = nil
+            launched = nil
         }
 
+        /// Starts the scenario and waits for its READY line: the descriptors are open.
         init(descriptors: Int) throws {
             let directory = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
-            var toChild: [Int32] = [0, 0], fromChild: [Int32] = [0, 0]
-            guard pipe(&toChild) == 0, pipe(&fromChild) == 0 else { throw ValidationError("pipe: \(errno)") }
-            pid = try spawn(directory.appendingPathComponent("mitosis-scenario").path, ["manyfds", String(descriptors)],
-                            stdin: toChild[0], stdout: fromChild[1])
-            close(toChild[0])
-            close(fromChild[1])
-            commandFD = toChild[1]
-            // Wait for the READY line: the descriptors are open.
-            var line: [UInt8] = []
-            var byte: UInt8 = 0
-            while byte != UInt8(ascii: "\n") {
-                guard read(fromChild[0], &byte, 1) == 1 else {
-                    throw ValidationError("mitosis-scenario exited before READY (build it: swift build -c release --product mitosis-scenario)")
-                }
-                line.append(byte)
-            }
-            close(fromChild[0])
-            guard line.starts(with: Array("READY".utf8)) else {
-                throw ValidationError("mitosis-scenario: \(String(decoding: line, as: UTF8.self))")
-            }
+            let target = try LaunchedTarget(executable: directory.appendingPathComponent("mitosis-scenario").path,
+                                            arguments: ["manyfds", String(descriptors)])
+            launched = target
+            pid = target.pid
         }
 
         /// Closes its stdin (it exits by itself) and reaps it.
-        func stop() {
-            guard let commandFD else { return }
-            close(commandFD)
-            var status: Int32 = 0
-            while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
-        }
+        func stop() { launched?.stop() }
     }
-}
-
-/// posix_spawn of `executable` with the given stdin and stdout (nil: /dev/null); stderr too goes to /dev/null.
-private func spawn(_ executable: String, _ arguments: [String], stdin: Int32?, stdout: Int32?) throws -> pid_t {
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    if let stdin { posix_spawn_file_actions_adddup2(&actions, stdin, 0) } else {
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-    }
-    if let stdout { posix_spawn_file_actions_adddup2(&actions, stdout, 1) } else {
-        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-    }
-    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-    let argv = ([executable] + arguments).map { strdup($0) } + [nil]
-    defer { argv.forEach { free($0) } }
-    var pid: pid_t = 0
-    let rc = posix_spawn(&pid, executable, &actions, nil, argv, environ)
-    guard rc == 0 else { throw ValidationError("posix_spawn \(executable): \(rc)") }
-    return pid
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Mitosis
+import MitosisStacks
 
 /// The stacks of every thread of a process, by Mitosis beside `eu-stack -p` (elfutils) and
 /// `gdb -batch -ex 'thread apply all bt'`, interleaved in one run; and how far Mitosis's frames

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Mitosis
+import MitosisStacks
 
 /// Starts the bundled example target (`Examples/DemoTarget`), shows what Mitosis sees in it,
 /// and stops it: the quickest way to see every part of Mitosis on a real process.

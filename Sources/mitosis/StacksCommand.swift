@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Mitosis
+import MitosisStacks
 
 /// Prints the call stack of every thread of a process, like eu-stack, or samples them into
 /// folded stacks for flame graphs.

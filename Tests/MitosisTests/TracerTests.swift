@@ -1,6 +1,6 @@
 import Glibc
 import Testing
-@testable import Mitosis
+@testable import MitosisTrace
 
 @Suite("Tracer")
 struct TracerTests {

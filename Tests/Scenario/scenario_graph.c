@@ -32,18 +32,30 @@ static unsigned long inode_of(int fd) {
 }
 
 /// Forks a child that dies with this process, keeps only `keep` (count fds), and pauses.
+// Forks a child that keeps only the descriptors in `keep` and pauses. Returns once the child has
+// closed the others, so that a graph taken after READY sees exactly what the child holds.
 static pid_t fork_holder(const int *keep, int count) {
     pid_t parent = getpid();
+    int done[2];
+    if (pipe2(done, O_CLOEXEC) != 0) scenario_fail("pipe2: %d", errno);
     pid_t child = fork();
     if (child < 0) scenario_fail("fork: %d", errno);
-    if (child > 0) return child;
+    if (child > 0) {
+        close(done[1]);
+        char byte;
+        // EOF: the child has closed its write end, last of all its descriptors.
+        while (read(done[0], &byte, 1) < 0 && errno == EINTR) {}
+        close(done[0]);
+        return child;
+    }
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent) _exit(0);
     for (int fd = 0; fd < 1024; fd++) {
-        int kept = 0;
+        int kept = fd == done[1];
         for (int i = 0; i < count; i++) kept |= keep[i] == fd;
         if (!kept) close(fd);
     }
+    close(done[1]);
     for (;;) pause();
 }
 

@@ -2,7 +2,9 @@ import Foundation
 import Glibc
 import SystemPackage
 import Testing
-@testable import Mitosis
+@testable import MitosisCheckpoint
+@testable import MitosisKernel
+@testable import MitosisModel
 
 @Suite("Kernel features")
 struct KernelFeaturesTests {
@@ -54,14 +56,14 @@ struct KernelFeaturesTests {
     }
 
     @Test("mitosis check --json prints the report; the text form prints one line per feature")
-    func commandLine() throws {
-        let json = try ToolRun(ToolRun.mitosis, ["check", "--json"])
+    func commandLine() async throws {
+        let json = try await ToolRun(ToolRun.mitosis, ["check", "--json"])
         #expect(json.status == 0)
         let report = try JSONOutput.decoder().decode(KernelFeatureReport.self, from: Data(json.standardOutput.utf8))
         #expect(report.features.map(\.id) == Self.ids)
         #expect(report["soft-dirty"]?.supported == false)
         #expect(report["uffd-wp-async"]?.supported == true)
-        let text = try ToolRun(ToolRun.mitosis, ["check"])
+        let text = try await ToolRun(ToolRun.mitosis, ["check"])
         #expect(text.status == 0)
         let lines = text.standardOutput.split(separator: "\n")
         #expect(lines.count == Self.ids.count)

@@ -1,7 +1,8 @@
 import Foundation
 import Glibc
 import Testing
-@testable import Mitosis
+@testable import MitosisKernel
+@testable import MitosisTrace
 
 @Suite("Demo target")
 struct DemoTargetTests {
@@ -73,27 +74,17 @@ struct DemoTargetTests {
     }
 
     @Test("exits cleanly when stdin closes and on SIGTERM, removing its data file", arguments: [false, true])
-    func exits(bySignal: Bool) throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: ScenarioProcess.executable("mitosis-demo-target"))
-        let input = Pipe(), output = Pipe()
-        process.standardInput = input
-        process.standardOutput = output
-        try process.run()
-        var line = Data()
-        while !line.contains(UInt8(ascii: "\n")) {
-            let chunk = output.fileHandleForReading.availableData
-            if chunk.isEmpty { break }
-            line.append(chunk)
-        }
-        let text = String(decoding: line, as: UTF8.self)
-        #expect(text.hasPrefix("READY pid=\(process.processIdentifier) "))
-        let path = "/tmp/mitosis-demo-\(process.processIdentifier).data"
-        #expect(FileManager.default.fileExists(atPath: path) || ProcessInfo.processInfo.environment["TMPDIR"] != nil)
-        if bySignal { kill(process.processIdentifier, SIGTERM) } else { try input.fileHandleForWriting.close() }
-        process.waitUntilExit()
-        #expect(process.terminationReason == .exit)
-        #expect(process.terminationStatus == 0)
+    func exits(bySignal: Bool) async throws {
+        let demo = try ChildProcess(executable: ScenarioProcess.executable("mitosis-demo-target"))
+        let line = try await Blocking.run { demo.readLine(timeout: .seconds(20)) }
+        #expect(line?.hasPrefix("READY pid=\(demo.pid) ") == true)
+        // The demo keeps its data file in $TMPDIR (or /tmp), as the test runner passes it on.
+        let directory = ProcessInfo.processInfo.environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
+        let path = "\(directory)/mitosis-demo-\(demo.pid).data"
+        #expect(FileManager.default.fileExists(atPath: path))
+        if bySignal { demo.signal(SIGTERM) } else { demo.closeInput() }
+        let status = try await Blocking.run { demo.wait() }
+        #expect(ChildProcess.exitCode(of: status) == 0)
         #expect(!FileManager.default.fileExists(atPath: path))
     }
 }

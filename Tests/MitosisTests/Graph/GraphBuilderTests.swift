@@ -1,6 +1,8 @@
 import Glibc
 import Testing
-@testable import Mitosis
+@testable import MitosisInspect
+@testable import MitosisKernel
+@testable import MitosisModel
 
 /// The graph of real scenario processes, asserted node by node and edge by edge. Descriptors 0–2
 /// (the harness's pipes) are left out of the exact comparisons: they lead to the test process.
@@ -157,7 +159,7 @@ struct GraphBuilderTests {
             GraphEdge(from: "socket:\(min(client, server))", to: "socket:\(max(client, server))", kind: .connectedTo),
         ])
         let namespace = try #require(graph.edges.first { $0.from == "process:\(p)" && $0.to.hasPrefix("namespace:net:") }?.to)
-        #expect(namespace != "namespace:net:\(try Kernel.status("/proc/self/ns/net").st_ino)")
+        #expect(namespace != "namespace:net:\(try Kernel.status("/proc/self/ns/net").inode)")
     }
 }
 

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
-@testable import Mitosis
+@testable import MitosisInspect
+@testable import MitosisModel
 
 /// Closure, diff and renderings on graphs built by hand.
 @Suite("GraphModel")

@@ -1,5 +1,6 @@
 import Testing
-@testable import Mitosis
+@testable import MitosisInspect
+@testable import MitosisModel
 
 @Suite("GraphWatch")
 struct GraphWatchTests {

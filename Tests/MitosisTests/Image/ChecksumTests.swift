@@ -1,5 +1,5 @@
 import Testing
-@testable import Mitosis
+@testable import MitosisImage
 
 @Suite("Checksum")
 struct ChecksumTests {

@@ -2,7 +2,10 @@ import Foundation
 import Glibc
 import SystemPackage
 import Testing
-@testable import Mitosis
+@testable import MitosisCheckpoint
+@testable import MitosisImage
+@testable import MitosisKernel
+@testable import MitosisModel
 
 /// A real chain to damage: checkpoints `1` (full), `2`, `3`… of an `idle` scenario child (libc
 /// and the loader mapped from real files, so `clean_file` pages with a recorded identity),
@@ -53,9 +56,9 @@ struct RealChain {
 }
 
 /// Runs the CLI under `timeout`, so that a reader that hangs fails the test instead of the suite.
-func boundedRun(_ arguments: [String], seconds: Int = 10) throws -> (run: ToolRun, seconds: Double) {
+func boundedRun(_ arguments: [String], seconds: Int = 10) async throws -> (run: ToolRun, seconds: Double) {
     let start = Date()
-    let run = try ToolRun("/usr/bin/timeout", [String(seconds), ToolRun.mitosis] + arguments)
+    let run = try await ToolRun("/usr/bin/timeout", [String(seconds), ToolRun.mitosis] + arguments)
     return (run, Date().timeIntervalSince(start))
 }
 
@@ -71,7 +74,7 @@ struct HostileImageTests {
         let dir = chain.newest
         try Synthetic.overwrite(dir + "/COMMIT", Array("mitosis-checkpoint 1\nend ".utf8) + [UInt8](repeating: 0xFF, count: 20) + [0x0A])
         #expect(throws: ImageError.malformed(dir, file: "COMMIT", detail: "not printable ASCII text")) { try CheckpointImage.open(dir) }
-        let verify = try boundedRun(["images", "verify", dir]).run
+        let verify = try await boundedRun(["images", "verify", dir]).run
         #expect(verify.status == 1)
         #expect(verify.standardError == "mitosis: \(dir): malformed COMMIT: not printable ASCII text\n")
     }
@@ -84,7 +87,7 @@ struct HostileImageTests {
         #expect(throws: ImageError.malformed(dir, file: "manifest.json", detail: "its page index summary differs from pages.index")) {
             try CheckpointImage.open(dir)
         }
-        #expect(try boundedRun(["images", "show", dir]).run.status == 1)
+        #expect(try await boundedRun(["images", "show", dir]).run.status == 1)
     }
 
     @Test("a parent sequence of Int.max breaks the chain with an error, not an overflow")
@@ -99,8 +102,8 @@ struct HostileImageTests {
         try RealChain.rewrite(chain.paths[0]) { $0.sequence = Int.max }
         #expect(CheckpointImage.verifyChain(chain.paths[2])
                 == [.malformed(chain.paths[0], file: "manifest.json", detail: "a full checkpoint with sequence 9223372036854775807")])
-        #expect(try boundedRun(["images", "verify", chain.paths[2]]).run.status == 1)
-        let show = try boundedRun(["images", "show", chain.paths[2]]).run
+        #expect(try await boundedRun(["images", "verify", chain.paths[2]]).run.status == 1)
+        let show = try await boundedRun(["images", "show", chain.paths[2]]).run
         #expect(show.status == 0)
         #expect(show.standardOutput.contains("  chain       broken: \(chain.paths[0]): malformed manifest.json: a full checkpoint with sequence 9223372036854775807\n"))
     }
@@ -145,7 +148,7 @@ struct HostileImageTests {
         let expected: ImageError = file == "INCOMPLETE" ? .incomplete(dir, reason: "no reason recorded")
             : .malformed(dir, file: file, detail: "not a regular file")
         for command in [["verify", dir], ["show", dir], ["read", dir, "--addr", "0x1000", "--len", "1"]] {
-            let (run, seconds) = try boundedRun(["images"] + command)
+            let (run, seconds) = try await boundedRun(["images"] + command)
             #expect(run.status == 1, "\(command[0])")
             #expect(run.standardError == "mitosis: \(expected)\n", "\(command[0])")
             #expect(seconds < 5, "\(command[0]) took \(seconds) s")
@@ -183,8 +186,8 @@ struct HostileImageTests {
             (nil, "the image records no identity for the file (written by a Mitosis that did not), so its bytes cannot be trusted"),
             (mapping.file, "it is not the file the checkpoint recorded (device, inode, size or modification time differ)"),
             // Everything stat tells, forged: only the content checksum is unknown to the forger.
-            (MappedFileIdentity(device: UInt64(shadow.st_dev), inode: UInt64(shadow.st_ino), size: UInt64(shadow.st_size),
-                                mtimeNs: MappedFile.modificationNanoseconds(shadow), chunkXxh64: ["0123456789abcdef"]),
+            (MappedFileIdentity(device: shadow.device, inode: shadow.inode, size: UInt64(shadow.size),
+                                mtimeNs: shadow.modificationTime, chunkXxh64: ["0123456789abcdef"]),
              "its content differs from the checkpoint's"),
         ]
         for (identity, reason) in refusals {
@@ -193,7 +196,7 @@ struct HostileImageTests {
                 try CheckpointImage.open(dir).read(address: mapping.start, length: 64)
             }
             #expect(CheckpointImage.verifyChain(dir) == [.unreadableFile(dir, file: "/etc/shadow", detail: reason)])
-            let read = try boundedRun(["images", "read", dir, "--addr", "0x" + String(mapping.start, radix: 16), "--len", "64"]).run
+            let read = try await boundedRun(["images", "read", dir, "--addr", "0x" + String(mapping.start, radix: 16), "--len", "64"]).run
             #expect(read.status == 1)
             #expect(read.standardOutput.isEmpty)
         }
@@ -215,11 +218,11 @@ struct HostileImageTests {
             $0.mappings[number].offset = 0
             $0.mappings[number].pages = [PageRange(start: mapping.start, end: mapping.end, state: .cleanFile)]
             // The identity of what is there now, so that only the file type can refuse it.
-            $0.mappings[number].file = MappedFileIdentity(device: UInt64(st.st_dev), inode: UInt64(st.st_ino), size: UInt64(st.st_size),
-                                                          mtimeNs: MappedFile.modificationNanoseconds(st), chunkXxh64: [])
+            $0.mappings[number].file = MappedFileIdentity(device: st.device, inode: st.inode, size: UInt64(st.size),
+                                                          mtimeNs: st.modificationTime, chunkXxh64: [])
         }
         let reason = target == "/proc/version" ? "it is on a kernel pseudo filesystem (0x9fa0)" : "it is not a regular file"
-        let (run, seconds) = try boundedRun(["images", "read", dir, "--addr", "0x" + String(mapping.start, radix: 16), "--len", "16"])
+        let (run, seconds) = try await boundedRun(["images", "read", dir, "--addr", "0x" + String(mapping.start, radix: 16), "--len", "16"])
         #expect(run.status == 1)
         #expect(run.standardError == "mitosis: \(ImageError.notStored(address: mapping.start, detail: "clean_file page of \(path), which is not read: \(reason)"))\n")
         #expect(seconds < 5)
@@ -230,7 +233,7 @@ struct HostileImageTests {
         let root = try TempDirectory()
         let file = root.sub("backing")
         try Synthetic.overwrite(file, Synthetic.pattern(5, pages: 2))
-        let identity = try #require(MappedFileIdentity.capture(path: file, inode: UInt64(try Kernel.status(file).st_ino),
+        let identity = try #require(MappedFileIdentity.capture(path: file, inode: try Kernel.status(file).inode,
                                                                offset: 0, length: 0x2000, pageSize: 4096))
         let mapping = CheckpointMapping(start: 0x80000, end: 0x82000, perms: "r--p", offset: 0, path: file, kind: "file",
                                         pages: Synthetic.ranges(from: 0x80000, [.cleanFile, .cleanFile]), file: identity)
@@ -238,7 +241,8 @@ struct HostileImageTests {
         try Synthetic.write(dir, mappings: [mapping], pages: [])
         #expect(try CheckpointImage.open(dir).read(address: 0x80000, length: 0x2000) == Synthetic.pattern(5, pages: 2))
         // Same size, one byte changed, modification time put back: only the content checksum tells.
-        let before = try Kernel.status(file)
+        var before = stat()
+        #expect(stat(file, &before) == 0)
         try Synthetic.flip(file, at: 5000)
         var times = [before.st_atim, before.st_mtim]
         #expect(utimensat(AT_FDCWD, file, &times, 0) == 0)
@@ -279,7 +283,7 @@ struct HostileImageTests {
         ])
         try Synthetic.overwrite(dir + "/COMMIT", commit)
         #expect(throws: ImageError.malformed(dir, file: "pages.index", detail: "entry 0 is longer than 256 pages")) { try CheckpointImage.open(dir) }
-        let read = try boundedRun(["images", "read", dir, "--addr", "0x" + String(start, radix: 16), "--len", "16"]).run
+        let read = try await boundedRun(["images", "read", dir, "--addr", "0x" + String(start, radix: 16), "--len", "16"]).run
         #expect(read.standardError == "mitosis: \(dir): malformed pages.index: entry 0 is longer than 256 pages\n")
     }
 
@@ -290,16 +294,16 @@ struct HostileImageTests {
         let child = try ScenarioProcess("idle")
         defer { child.stop() }
         let root = try TempDirectory()
-        let track = try ToolRun(ToolRun.mitosis, ["track", String(child.pid), "--images", root.sub("c"), "--count", "70", "--interval", "0", "--json"])
+        let track = try await ToolRun(ToolRun.mitosis, ["track", String(child.pid), "--images", root.sub("c"), "--count", "70", "--interval", "0", "--json"])
         try #require(track.status == 0, "\(track.standardError)")
         let newest = root.sub("c/70")
         let manifest = try RealChain.manifest(newest)
         let page = try #require(manifest.mappings.lazy.flatMap(\.pages).first { $0.state == .inherited }).start
         let limited = ["/bin/sh", "-c", "ulimit -n 40 && exec \"$0\" \"$@\"", ToolRun.mitosis]
-        let verify = try ToolRun("/usr/bin/timeout", ["60"] + limited + ["images", "verify", newest])
+        let verify = try await ToolRun("/usr/bin/timeout", ["60"] + limited + ["images", "verify", newest])
         #expect(verify.status == 0, "\(verify.standardError)")
         #expect(verify.standardOutput.hasPrefix("ok: \(newest): 70 image(s), "))
-        let read = try ToolRun("/usr/bin/timeout", ["60"] + limited + ["images", "read", newest, "--addr", "0x" + String(page, radix: 16), "--len", "4096"])
+        let read = try await ToolRun("/usr/bin/timeout", ["60"] + limited + ["images", "read", newest, "--addr", "0x" + String(page, radix: 16), "--len", "4096"])
         #expect(read.status == 0, "\(read.standardError)")
         #expect(read.standardOutput.utf8.count > 0)
     }
@@ -320,7 +324,7 @@ struct HostileImageTests {
         #expect(throws: ImageError.notStored(address: address, detail: "recorded as inherited but no image in the chain holds it")) {
             try CheckpointImage.open(chain.newest).read(address: address, length: 1)
         }
-        let verify = try boundedRun(["images", "verify", chain.newest]).run
+        let verify = try await boundedRun(["images", "verify", chain.newest]).run
         #expect(verify.status == 1)
         #expect(verify.standardOutput.isEmpty)
     }
@@ -373,17 +377,17 @@ struct HostileImageTests {
     // MARK: Fuzzing
 
     @Test("the regression corpus of hostile images replays with the expected refusal, no crash, hang or disclosure")
-    func corpus() throws {
+    func corpus() async throws {
         let corpus = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Corpus").path
-        let run = try ToolRun("/usr/bin/timeout", ["300", ScenarioProcess.executable("mitosis-image-fuzz"), "--corpus-replay", corpus])
+        let run = try await ToolRun("/usr/bin/timeout", ["300", ScenarioProcess.executable("mitosis-image-fuzz"), "--corpus-replay", corpus])
         #expect(run.status == 0, "\(run.standardOutput)\(run.standardError)")
         let entries = try FileManager.default.contentsOfDirectory(atPath: corpus).filter { $0.hasSuffix(".json") }.count
         #expect(run.standardOutput.hasSuffix("\(entries) of \(entries) corpus entries as expected\n"))
     }
 
     @Test("a short fuzz run (200 mutations, fixed seed) finds no crash, hang or read outside the image")
-    func shortFuzz() throws {
-        let run = try ToolRun("/usr/bin/timeout", ["300", ScenarioProcess.executable("mitosis-image-fuzz"), "--mutations", "200", "--seed-number", "7"])
+    func shortFuzz() async throws {
+        let run = try await ToolRun("/usr/bin/timeout", ["300", ScenarioProcess.executable("mitosis-image-fuzz"), "--mutations", "200", "--seed-number", "7"])
         #expect(run.status == 0, "\(run.standardOutput)\(run.standardError)")
         #expect(run.standardOutput.contains("mutations 200 in "))
         #expect(run.standardOutput.contains("crashes 0, hangs 0, reads outside the image 0, other findings 0\n"))
@@ -392,7 +396,7 @@ struct HostileImageTests {
     // MARK: Messages and directories (F12, F13)
 
     @Test("bad --images paths get one mitosis line, no Foundation error")
-    func imagePaths() throws {
+    func imagePaths() async throws {
         let child = try ScenarioProcess("idle")
         defer { child.stop() }
         let root = try TempDirectory()
@@ -407,36 +411,36 @@ struct HostileImageTests {
              "mitosis: \(root.sub("file")): create directory failed: Not a directory\n"),
         ]
         for (arguments, message) in cases {
-            let run = try boundedRun(arguments, seconds: 30).run
+            let run = try await boundedRun(arguments, seconds: 30).run
             #expect(run.status == 1, "\(arguments)")
             #expect(run.standardError == message, "\(arguments)")
         }
     }
 
     @Test("containers are created 0700 under umask 000")
-    func containerMode() throws {
+    func containerMode() async throws {
         let child = try ScenarioProcess("idle")
         defer { child.stop() }
         let root = try TempDirectory()
         let umask000 = ["/bin/sh", "-c", "umask 000 && exec \"$0\" \"$@\"", ToolRun.mitosis]
-        let track = try ToolRun("/usr/bin/timeout", ["60"] + umask000 + ["track", String(child.pid), "--images", root.sub("t/chain"), "--count", "1"])
+        let track = try await ToolRun("/usr/bin/timeout", ["60"] + umask000 + ["track", String(child.pid), "--images", root.sub("t/chain"), "--count", "1"])
         #expect(track.status == 0, "\(track.standardError)")
-        let dump = try ToolRun("/usr/bin/timeout", ["60"] + umask000 + ["dump", String(child.pid), "--images", root.sub("d/sub/img")])
+        let dump = try await ToolRun("/usr/bin/timeout", ["60"] + umask000 + ["dump", String(child.pid), "--images", root.sub("d/sub/img")])
         #expect(dump.status == 0, "\(dump.standardError)")
         for directory in ["t", "t/chain", "d", "d/sub"] {
-            #expect(try Kernel.status(root.sub(directory)).st_mode & 0o7777 == 0o700, "\(directory)")
+            #expect(try Kernel.status(root.sub(directory)).mode & 0o7777 == 0o700, "\(directory)")
         }
     }
 
     @Test("a refused track leaves no directory behind",
           .enabled(if: getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv"),
                    "needs root (to drop to nobody) and util-linux setpriv"))
-    func refusedTrack() throws {
+    func refusedTrack() async throws {
         let child = try ScenarioProcess("idle")
         defer { child.stop() }
         let directory = "/tmp/mitosis-refused-\(UUID().uuidString)"
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let run = try ToolRun(ToolRun.mitosis, ["track", String(child.pid), "--images", directory, "--count", "1"],
+        let run = try await ToolRun(ToolRun.mitosis, ["track", String(child.pid), "--images", directory, "--count", "1"],
                               prefix: ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
         #expect(run.status == 1)
         #expect(run.standardError.hasPrefix("mitosis: permission denied"))

@@ -1,7 +1,8 @@
 import Foundation
 import Glibc
 import Testing
-@testable import Mitosis
+@testable import MitosisImage
+@testable import MitosisModel
 
 @Suite("Image damage")
 struct ImageDamageTests {

@@ -1,7 +1,9 @@
 import Foundation
 import Glibc
 import Testing
-@testable import Mitosis
+@testable import MitosisImage
+@testable import MitosisInspect
+@testable import MitosisTrace
 
 /// A 64 KiB tmpfs mounted in a private temporary directory, unmounted on release.
 final class TinyDisk {

@@ -1,7 +1,8 @@
 import Foundation
 import Glibc
 import SystemPackage
-@testable import Mitosis
+@testable import MitosisImage
+@testable import MitosisModel
 
 /// A private temporary directory, removed with everything in it when released.
 final class TempDirectory {

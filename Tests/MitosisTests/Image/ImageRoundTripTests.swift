@@ -1,7 +1,8 @@
 import Foundation
 import Glibc
 import Testing
-@testable import Mitosis
+@testable import MitosisImage
+@testable import MitosisKernel
 
 @Suite("Image round trip")
 struct ImageRoundTripTests {
@@ -29,9 +30,9 @@ struct ImageRoundTripTests {
         let names = try FileManager.default.contentsOfDirectory(atPath: dir).sorted()
         #expect(names == ["COMMIT", "manifest.json", "pages.data", "pages.index"])
         for name in names {
-            #expect(try Kernel.status(dir + "/" + name).st_mode & 0o7777 == 0o600, "\(name)")
+            #expect(try Kernel.status(dir + "/" + name).permissions == 0o600, "\(name)")
         }
-        #expect(try Kernel.status(dir).st_mode & 0o7777 == 0o700)
+        #expect(try Kernel.status(dir).permissions == 0o700)
         #expect(try FileManager.default.contentsOfDirectory(atPath: root.path) == ["full"], "no partial directory left")
     }
 
@@ -56,7 +57,7 @@ struct ImageRoundTripTests {
         let file = root.sub("backing")
         let content = Synthetic.pattern(5, pages: 1) + Array(Synthetic.pattern(6)[0..<100])
         try Synthetic.overwrite(file, content)
-        let identity = MappedFileIdentity.capture(path: file, inode: UInt64(try Kernel.status(file).st_ino), offset: 0x1000, length: 0x3000, pageSize: 4096)
+        let identity = MappedFileIdentity.capture(path: file, inode: try Kernel.status(file).inode, offset: 0x1000, length: 0x3000, pageSize: 4096)
         #expect(identity?.chunkXxh64.count == 1)
         let fileMapping = CheckpointMapping(start: 0x80000, end: 0x83000, perms: "r--p", offset: 0x1000, path: file, kind: "file",
                                             pages: Synthetic.ranges(from: 0x80000, [.cleanFile, .cleanFile]), file: identity)

@@ -2,7 +2,7 @@ import Foundation
 import Glibc
 import SystemPackage
 import Testing
-@testable import Mitosis
+@testable import MitosisImage
 
 @Suite("Image stream")
 struct StreamSinkTests {

@@ -2,7 +2,9 @@ import CMitosis
 import Glibc
 import SystemPackage
 import Testing
-@testable import Mitosis
+@testable import MitosisKernel
+@testable import MitosisModel
+@testable import MitosisTrace
 
 extension Tracer {
     /// The raw general-purpose registers of a frozen thread, as bytes (for exact comparison).

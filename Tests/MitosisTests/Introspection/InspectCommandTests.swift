@@ -1,7 +1,7 @@
 import Foundation
 import Glibc
 import Testing
-@testable import Mitosis
+@testable import MitosisModel
 
 /// `mitosis inspect` run as users run it: the built binary, its stdout, stderr and exit code.
 @Suite("mitosis inspect CLI")
@@ -12,28 +12,18 @@ struct InspectCommandTests {
         let stderr: String
     }
 
-    static func mitosis(_ arguments: [String]) throws -> Run {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: ScenarioProcess.executable("mitosis"))
-        process.arguments = arguments
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        // Read before waiting: a large JSON document would fill the pipe and block the child.
-        let stdout = out.fileHandleForReading.readDataToEndOfFile()
-        let stderr = err.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return Run(status: process.terminationStatus, stdout: stdout, stderr: String(decoding: stderr, as: UTF8.self))
+    static func mitosis(_ arguments: [String]) async throws -> Run {
+        let run = try await ToolRun(ToolRun.mitosis, arguments)
+        return Run(status: run.status, stdout: Data(run.standardOutput.utf8), stderr: run.standardError)
     }
 
     @Test("--json: the documented keys and types, and every exact fact of the fds scenario")
-    func json() throws {
+    func json() async throws {
         let child = try ScenarioProcess("fds")
         defer { child.stop() }
         try child.waitUntilBlocked()
         let before = try TargetHealth(pid: child.pid)
-        let run = try Self.mitosis(["inspect", String(child.pid), "--json"])
+        let run = try await Self.mitosis(["inspect", String(child.pid), "--json"])
         #expect(run.status == 0 && run.stderr.isEmpty)
 
         // The schema as a client without Mitosis sees it.
@@ -79,11 +69,11 @@ struct InspectCommandTests {
     }
 
     @Test("text output: summary, threads, maps and fds tables")
-    func text() throws {
+    func text() async throws {
         let child = try ScenarioProcess("fds")
         defer { child.stop() }
         try child.waitUntilBlocked()
-        let run = try Self.mitosis(["inspect", String(child.pid)])
+        let run = try await Self.mitosis(["inspect", String(child.pid)])
         #expect(run.status == 0 && run.stderr.isEmpty)
         let text = String(decoding: run.stdout, as: UTF8.self)
         #expect(text.hasPrefix("process \(child.pid) (mitosis-scenari)  state S  ppid \(getpid())"))
@@ -100,7 +90,7 @@ struct InspectCommandTests {
     }
 
     @Test("bad targets: one line on stderr, exit code 1", arguments: ["0", "abc", "nonexistent", "zombie", "kthread"])
-    func badInput(_ argument: String) throws {
+    func badInput(_ argument: String) async throws {
         let child = try ScenarioProcess("zombie")
         defer { child.stop() }
         let missing = try ProcessReaderTests.unusedPID()
@@ -115,7 +105,7 @@ struct InspectCommandTests {
             (pid, message) = ("2", "process 2 is a kernel thread")
         default: (pid, message) = (argument, "'\(argument)' is not a valid process id")
         }
-        let run = try Self.mitosis(["inspect", pid, "--json"])
+        let run = try await Self.mitosis(["inspect", pid, "--json"])
         #expect(run.status == 1)
         #expect(run.stdout.isEmpty)
         #expect(run.stderr.hasPrefix("mitosis: " + message), "\(run.stderr)")

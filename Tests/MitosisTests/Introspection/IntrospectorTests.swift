@@ -1,7 +1,9 @@
 import Foundation
 import Glibc
 import Testing
-@testable import Mitosis
+@testable import MitosisInspect
+@testable import MitosisKernel
+@testable import MitosisModel
 
 /// Exact facts of the `fds` scenario, checked the same way on the model from `Introspector` and
 /// on the model decoded from `mitosis inspect --json`.
@@ -84,7 +86,7 @@ struct FdsScenarioFacts {
         #expect(signals.mask == (1 << 9) | (1 << 11) && signals.signals == [SIGUSR1, SIGUSR2])
 
         let watches = try #require(try descriptor("inotify").inotify)
-        let dirDevice = try Kernel.status(dir).st_dev
+        let dirDevice = try Kernel.status(dir).device
         let expectedWatch = InotifyWatch(wd: Int32(try child.intFact("inotify_wd")), inode: try inode("dir_fd"),
                                          device: DeviceNumber(encoded: UInt64(dirDevice)), mask: 0x300, ignoredMask: 0)
         #expect(watches == [expectedWatch])

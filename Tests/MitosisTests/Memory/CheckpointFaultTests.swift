@@ -1,7 +1,10 @@
 import Foundation
 import Glibc
 import Testing
-@testable import Mitosis
+@testable import MitosisCheckpoint
+@testable import MitosisKernel
+@testable import MitosisImage
+@testable import MitosisModel
 
 /// A sink that does something to the world when the checkpoint begins, then writes as `inner`.
 final class InterferingSink: CheckpointSink, @unchecked Sendable {
@@ -123,7 +126,7 @@ final class InterferingSink: CheckpointSink, @unchecked Sendable {
         try JSONOutput.decoder().decode([CheckpointSummary].self, from: Data(run.standardOutput.utf8))
     }
 
-    @Test func dumpOfAStoppedTargetLeavesItStopped() throws {
+    @Test func dumpOfAStoppedTargetLeavesItStopped() async throws {
         let child = try ScenarioProcess("memory")
         defer { child.stop() }
         try child.settle()
@@ -135,7 +138,7 @@ final class InterferingSink: CheckpointSink, @unchecked Sendable {
         for _ in 0..<200 where state != "T" { state = try TargetHealth.threadStates(of: child.pid)[child.pid] ?? "?"; usleep(5000) }
         #expect(state == "T")
 
-        let run = try ToolRun(ToolRun.mitosis, ["dump", "\(child.pid)", "--images", scratch.path + "/1", "--json"])
+        let run = try await ToolRun(ToolRun.mitosis, ["dump", "\(child.pid)", "--images", scratch.path + "/1", "--json"])
         #expect(run.status == 0, "\(run.standardError)")
         let summary = try JSONOutput.decoder().decode(CheckpointSummary.self, from: Data(run.standardOutput.utf8))
         #expect(summary.kind == .full && summary.pid == child.pid && summary.path == scratch.path + "/1")
@@ -147,7 +150,7 @@ final class InterferingSink: CheckpointSink, @unchecked Sendable {
         #expect(try TargetHealth(pid: child.pid) == before)
     }
 
-    @Test func dumpWithParentStoresOnlyWhatChanged() throws {
+    @Test func dumpWithParentStoresOnlyWhatChanged() async throws {
         let child = try ScenarioProcess("memory")
         defer { child.stop() }
         let scratch = try ScratchDirectory()
@@ -155,11 +158,11 @@ final class InterferingSink: CheckpointSink, @unchecked Sendable {
         let anon = UInt64(try child.fact("anon").dropFirst(2), radix: 16)!
         try child.settle()
         let before = try TargetHealth(pid: child.pid)
-        let first = try ToolRun(ToolRun.mitosis, ["dump", "\(child.pid)", "--images", scratch.path + "/full"])
+        let first = try await ToolRun(ToolRun.mitosis, ["dump", "\(child.pid)", "--images", scratch.path + "/full"])
         #expect(first.status == 0, "\(first.standardError)")
         #expect(first.standardOutput.hasPrefix("full checkpoint 0 of process \(child.pid)"))
         try child.send("write anon 5 1,2")
-        let second = try ToolRun(ToolRun.mitosis, ["dump", "\(child.pid)", "--images", scratch.path + "/next",
+        let second = try await ToolRun(ToolRun.mitosis, ["dump", "\(child.pid)", "--images", scratch.path + "/next",
                                                    "--parent", scratch.path + "/full", "--track", "hash", "--json"])
         #expect(second.status == 0, "\(second.standardError)")
         let summary = try JSONOutput.decoder().decode(CheckpointSummary.self, from: Data(second.standardOutput.utf8))
@@ -173,13 +176,13 @@ final class InterferingSink: CheckpointSink, @unchecked Sendable {
         #expect(try TargetHealth(pid: child.pid) == before)
     }
 
-    @Test func dumpWithKillKillsOnlyAfterTheImageIsCommitted() throws {
+    @Test func dumpWithKillKillsOnlyAfterTheImageIsCommitted() async throws {
         let child = try ScenarioProcess("memory")
         defer { child.stop() }
         try child.settle()
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
-        let run = try ToolRun(ToolRun.mitosis, ["dump", "\(child.pid)", "--images", scratch.path + "/1", "--kill"])
+        let run = try await ToolRun(ToolRun.mitosis, ["dump", "\(child.pid)", "--images", scratch.path + "/1", "--kill"])
         #expect(run.status == 0, "\(run.standardError)")
         #expect(try CheckpointImage.open(scratch.path + "/1").verify().isEmpty)
         var alive = true
@@ -187,14 +190,14 @@ final class InterferingSink: CheckpointSink, @unchecked Sendable {
         #expect(!alive)
     }
 
-    @Test func trackKeepsAChainOfIncrementalCheckpoints() throws {
+    @Test func trackKeepsAChainOfIncrementalCheckpoints() async throws {
         let child = try ScenarioProcess("memory")
         defer { child.stop() }
         try child.settle()
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
         let before = try TargetHealth(pid: child.pid)
-        let run = try ToolRun(ToolRun.mitosis, ["track", "\(child.pid)", "--images", scratch.path, "--interval", "50", "--count", "3", "--json"])
+        let run = try await ToolRun(ToolRun.mitosis, ["track", "\(child.pid)", "--images", scratch.path, "--interval", "50", "--count", "3", "--json"])
         #expect(run.status == 0, "\(run.standardError)")
         let summaries = try Self.summaries(run)
         #expect(summaries.map(\.kind) == [.full, .incremental, .incremental])
@@ -205,11 +208,11 @@ final class InterferingSink: CheckpointSink, @unchecked Sendable {
         #expect(try TargetHealth(pid: child.pid) == before)
     }
 
-    @Test func badArgumentsFailWithOneLine() throws {
-        let run = try ToolRun(ToolRun.mitosis, ["dump", "0", "--images", "/tmp/x"])
+    @Test func badArgumentsFailWithOneLine() async throws {
+        let run = try await ToolRun(ToolRun.mitosis, ["dump", "0", "--images", "/tmp/x"])
         #expect(run.status == 1)
         #expect(run.standardError == "mitosis: '0' is not a valid process id\n")
-        let count = try ToolRun(ToolRun.mitosis, ["track", "1", "--images", "/tmp/x", "--count", "0"])
+        let count = try await ToolRun(ToolRun.mitosis, ["track", "1", "--images", "/tmp/x", "--count", "0"])
         #expect(count.status != 0)
     }
 }
@@ -218,7 +221,7 @@ extension UffdWriteProtectTrackingTests {
     /// The tool dies while tracking: the kernel releases the userfaultfd with the tool, which
     /// unregisters every range and lifts every write-protection; the target keeps nothing.
     @Test(.enabled(if: TrackingStrategy.userfaultfdWriteProtect.isSupported, "\(TrackingStrategy.userfaultfdWriteProtect.unsupportedReason)"))
-    func toolDeathLeavesNoTrace() throws {
+    func toolDeathLeavesNoTrace() async throws {
         let child = try ScenarioProcess("memory")
         defer { child.stop() }
         try child.settle()
@@ -237,8 +240,8 @@ extension UffdWriteProtectTrackingTests {
         // While tracking: pages are write-protected, and the target holds no userfaultfd.
         #expect(try ChainScenario.writeProtectedPages(pid: child.pid, manifest: manifest) > 0)
         #expect(try TargetHealth(pid: child.pid).descriptors == before.descriptors)
-        kill(tool.processIdentifier, SIGKILL)
-        tool.waitUntilExit()
+        tool.signal(SIGKILL)
+        _ = try await Blocking.run { tool.wait() }
         #expect(try TargetHealth.runsFreely(child.pid))
         #expect(try ChainScenario.writeProtectedPages(pid: child.pid, manifest: manifest) == 0)
         #expect(try TargetHealth(pid: child.pid) == before)

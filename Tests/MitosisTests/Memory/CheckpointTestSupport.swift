@@ -1,6 +1,8 @@
 import Foundation
 import Testing
-@testable import Mitosis
+@testable import MitosisCheckpoint
+@testable import MitosisImage
+@testable import MitosisKernel
 
 /// A fresh directory for images, removed by `remove()`.
 struct ScratchDirectory {

@@ -1,6 +1,8 @@
 import Foundation
 import Testing
-@testable import Mitosis
+@testable import MitosisCheckpoint
+@testable import MitosisInspect
+@testable import MitosisKernel
 
 /// Page map reading on a child holding known memory (`mitosis-scenario memory`).
 @Suite struct PageMapTests {

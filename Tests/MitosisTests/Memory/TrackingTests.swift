@@ -1,7 +1,9 @@
 import Foundation
 import SystemPackage
 import Testing
-@testable import Mitosis
+@testable import MitosisCheckpoint
+@testable import MitosisKernel
+@testable import MitosisModel
 
 @Suite struct UffdWriteProtectTrackingTests {
     @Test(.enabled(if: TrackingStrategy.userfaultfdWriteProtect.isSupported, "\(TrackingStrategy.userfaultfdWriteProtect.unsupportedReason)"))

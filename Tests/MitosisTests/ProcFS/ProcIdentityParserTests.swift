@@ -1,5 +1,5 @@
 import Testing
-@testable import Mitosis
+@testable import MitosisModel
 
 @Suite("identity, limits, cgroup and SysV IPC parsers")
 struct ProcIdentityParserTests {

@@ -1,5 +1,5 @@
 import Testing
-@testable import Mitosis
+@testable import MitosisModel
 
 @Suite("ProcMaps parser")
 struct ProcMapsTests {

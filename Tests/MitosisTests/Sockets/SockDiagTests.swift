@@ -1,6 +1,8 @@
 import Glibc
 import Testing
-@testable import Mitosis
+@testable import MitosisInspect
+@testable import MitosisKernel
+@testable import MitosisModel
 
 @Suite("SockDiag")
 struct SockDiagTests {

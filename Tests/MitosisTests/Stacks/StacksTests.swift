@@ -1,7 +1,10 @@
 import Foundation
 import Glibc
 import Testing
-@testable import Mitosis
+@testable import MitosisKernel
+@testable import MitosisModel
+@testable import MitosisStacks
+@testable import MitosisTrace
 
 @Suite("Stacks")
 struct StacksTests {
@@ -19,7 +22,7 @@ struct StacksTests {
         let before = try TargetHealth(pid: child.pid)
         let stacks = try await ProcessStacks.capture(pid: child.pid)
         let executable = try Kernel.readLink("/proc/\(child.pid)/exe")
-        let buildID = try Self.buildID(of: executable)
+        let buildID = try await Self.buildID(of: executable)
         for name in ["alpha", "beta", "gamma"] {
             let thread = try #require(stacks.threads.first { $0.tid == Int32(try child.intFact(name)) })
             #expect(thread.name == name)
@@ -90,8 +93,8 @@ struct StacksTests {
         let original = ScenarioProcess.executable("mitosis-scenario")
         let stripped = directory + "/scenario-stripped"
         try FileManager.default.copyItem(atPath: original, toPath: stripped)
-        try Self.run("/usr/bin/strip", ["--strip-all", stripped])
-        let symbols = try Self.symbols(of: original, dynamic: false)
+        try await Self.run("/usr/bin/strip", ["--strip-all", stripped])
+        let symbols = try await Self.symbols(of: original, dynamic: false)
         let child = try ScenarioProcess("stacks", executable: stripped)
         defer { child.stop() }
         let stacks = try await ProcessStacks.capture(pid: child.pid)
@@ -131,10 +134,10 @@ struct StacksTests {
             .deletingLastPathComponent().appendingPathComponent("Scenario").path
         let binary = directory + "/scenario-nopie"
         // -rdynamic exports the chain into .dynsym; -s then drops .symtab.
-        try Self.run("/usr/bin/cc", ["-O0", "-fno-pie", "-no-pie", "-rdynamic", "-s", "-pthread", "-o", binary,
+        try await Self.run("/usr/bin/cc", ["-O0", "-fno-pie", "-no-pie", "-rdynamic", "-s", "-pthread", "-o", binary,
                                      sources + "/main.c", sources + "/scenario_stacks.c"])
-        #expect(try Self.run("/usr/bin/readelf", ["-h", binary]).contains("EXEC (Executable file)"))
-        let symbols = try Self.symbols(of: binary, dynamic: true)
+        #expect(try await Self.run("/usr/bin/readelf", ["-h", binary]).contains("EXEC (Executable file)"))
+        let symbols = try await Self.symbols(of: binary, dynamic: true)
         let child = try ScenarioProcess("stacks", executable: binary)
         defer { child.stop() }
         let stacks = try await ProcessStacks.capture(pid: child.pid)
@@ -250,18 +253,18 @@ struct StacksTests {
         let child = try ScenarioProcess("stacks")
         defer { child.stop() }
         let alpha = try child.intFact("alpha")
-        let listing = try ToolRun(ToolRun.mitosis, ["stacks", "\(child.pid)"])
+        let listing = try await ToolRun(ToolRun.mitosis, ["stacks", "\(child.pid)"])
         #expect(listing.status == 0)
         #expect(listing.standardOutput.contains("TID \(alpha) (alpha):\n#0   0x"))
         #expect(listing.standardOutput.contains(" alpha_three+0x"))
-        let json = try ToolRun(ToolRun.mitosis, ["stacks", "\(child.pid)", "--json"])
+        let json = try await ToolRun(ToolRun.mitosis, ["stacks", "\(child.pid)", "--json"])
         let stacks = try JSONOutput.decoder().decode(ProcessStacks.self, from: Data(json.standardOutput.utf8))
         #expect(stacks.threads.first { $0.tid == Int32(alpha) }?.frames[1].function == "alpha_three")
-        let folded = try ToolRun(ToolRun.mitosis, ["stacks", "\(child.pid)", "--sample", "50", "--duration", "0.1", "--folded"])
+        let folded = try await ToolRun(ToolRun.mitosis, ["stacks", "\(child.pid)", "--sample", "50", "--duration", "0.1", "--folded"])
         #expect(folded.status == 0)
         #expect(folded.standardOutput.split(separator: "\n").contains { $0.hasPrefix("beta;") && $0.hasSuffix(";beta_one;beta_two;beta_three;read 5") })
         #expect(folded.standardError.contains("5 samples"))
-        let refused = try ToolRun(ToolRun.mitosis, ["stacks", "999999999"])
+        let refused = try await ToolRun(ToolRun.mitosis, ["stacks", "999999999"])
         #expect(refused.status == 1 && refused.standardError.hasPrefix("mitosis: "))
         #expect(try TargetHealth.runsFreely(child.pid))
         try child.send("ping")
@@ -277,16 +280,16 @@ struct StacksTests {
 
     /// Runs a tool and returns its standard output; throws when it fails.
     @discardableResult
-    static func run(_ tool: String, _ arguments: [String]) throws -> String {
-        let run = try ToolRun(tool, arguments)
+    static func run(_ tool: String, _ arguments: [String]) async throws -> String {
+        let run = try await ToolRun(tool, arguments)
         guard run.status == 0 else { throw ScenarioError.spawn("\(tool) exited with \(run.status): \(run.standardError)") }
         return run.standardOutput
     }
 
     /// Function symbols by name, from `nm` (binutils), an independent reader of the ELF file.
-    static func symbols(of path: String, dynamic: Bool) throws -> [String: (address: UInt64, size: UInt64)] {
+    static func symbols(of path: String, dynamic: Bool) async throws -> [String: (address: UInt64, size: UInt64)] {
         var result: [String: (UInt64, UInt64)] = [:]
-        for line in try run("/usr/bin/nm", (dynamic ? ["-D"] : []) + ["-S", "--defined-only", path]).split(separator: "\n") {
+        for line in try await run("/usr/bin/nm", (dynamic ? ["-D"] : []) + ["-S", "--defined-only", path]).split(separator: "\n") {
             let fields = line.split(separator: " ")
             guard fields.count == 4, fields[2].lowercased() == "t",
                   let address = UInt64(fields[0], radix: 16), let size = UInt64(fields[1], radix: 16) else { continue }
@@ -296,8 +299,8 @@ struct StacksTests {
     }
 
     /// The GNU build-id of an ELF file, from `readelf -n` (binutils).
-    static func buildID(of path: String) throws -> String? {
-        let text = try run("/usr/bin/readelf", ["-n", path])
+    static func buildID(of path: String) async throws -> String? {
+        let text = try await run("/usr/bin/readelf", ["-n", path])
         guard let line = text.split(separator: "\n").first(where: { $0.contains("Build ID:") }) else { return nil }
         return line.split(separator: " ").last.map(String.init)
     }

@@ -1,7 +1,8 @@
 import Foundation
 import Glibc
 import Testing
-@testable import Mitosis
+@testable import MitosisModel
+@testable import MitosisTrace
 
 @Suite("ThreadState")
 struct ThreadStateTests {

@@ -1,7 +1,7 @@
 import Foundation
 import Glibc
 import CMitosis
-@testable import Mitosis
+@testable import MitosisKernel
 
 /// A running `mitosis-scenario` child: a real process in a known state.
 ///
@@ -11,10 +11,10 @@ final class ScenarioProcess: @unchecked Sendable {
     let pid: Int32
     /// The facts the scenario reported on its last READY line (`key=value`).
     private(set) var facts: [String: String] = [:]
+    private let child: ChildProcess
     private let commandFD: Int32
     private let reportFD: Int32
     private var buffered: [UInt8] = []
-    private var reaped = false
 
     /// The directory holding the test bundle and the executables it depends on.
     static let buildDirectory: String = {
@@ -32,42 +32,12 @@ final class ScenarioProcess: @unchecked Sendable {
 
     /// Starts `mitosis-scenario NAME ARGS…` and waits for its READY line.
     init(_ name: String, _ arguments: [String] = [], executable: String = ScenarioProcess.executable("mitosis-scenario")) throws {
-        var toChild: [Int32] = [0, 0], fromChild: [Int32] = [0, 0]
-        // O_CLOEXEC: other tests spawn concurrently; a leaked pipe end would keep EOF from arriving.
-        guard mitosis_pipe_cloexec(&toChild) == 0, mitosis_pipe_cloexec(&fromChild) == 0 else {
-            throw ScenarioError.spawn("pipe2: \(errno)")
-        }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, toChild[0], 0)
-        posix_spawn_file_actions_adddup2(&actions, fromChild[1], 1)
-        // The test runner's threads block most signals; a child must not inherit that mask
-        // (nor ignored dispositions), or signals sent to it would stay pending forever.
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var noSignals = sigset_t(), allSignals = sigset_t()
-        sigemptyset(&noSignals)
-        sigfillset(&allSignals)
-        posix_spawnattr_setsigmask(&attributes, &noSignals)
-        posix_spawnattr_setsigdefault(&attributes, &allSignals)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        let argv = ([executable, name] + arguments).map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        var child: pid_t = 0
         // The child dies with the thread that spawned it (PR_SET_PDEATHSIG follows the forking
         // thread), and the thread pool retires idle threads: spawn from one thread that lives on.
-        let rc = try ScenarioProcess.spawner.sync { posix_spawn(&child, executable, &actions, &attributes, argv, environ) }
-        close(toChild[0])
-        close(fromChild[1])
-        guard rc == 0 else {
-            close(toChild[1]); close(fromChild[0])
-            throw ScenarioError.spawn("posix_spawn \(executable): \(rc)")
-        }
-        pid = child
-        commandFD = toChild[1]
-        reportFD = fromChild[0]
+        child = try ScenarioProcess.spawner.sync { try ChildProcess(executable: executable, arguments: [name] + arguments) }
+        pid = child.pid
+        commandFD = child.input!
+        reportFD = child.output!
         do { try awaitReady() } catch { stop(); throw error }
     }
 
@@ -117,22 +87,10 @@ final class ScenarioProcess: @unchecked Sendable {
     }
 
     /// Whether the child is still alive (not exited, not a zombie we have not reaped).
-    var isAlive: Bool {
-        guard !reaped else { return false }
-        var status: Int32 = 0
-        return waitpid(pid, &status, WNOHANG) == 0
-    }
+    var isAlive: Bool { child.isRunning }
 
     /// Kills and reaps the child. Idempotent.
-    func stop() {
-        guard !reaped else { return }
-        reaped = true
-        kill(pid, SIGKILL)
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
-        close(commandFD)
-        close(reportFD)
-    }
+    func stop() { child.kill() }
 
     deinit { stop() }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
-@testable import Mitosis
+@testable import MitosisKernel
+@testable import MitosisModel
 
 /// What a test compares before and after Mitosis touches a target: it must end untraced,
 /// not left stopped, holding exactly the descriptors and mappings it had.

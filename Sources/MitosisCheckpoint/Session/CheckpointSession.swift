@@ -1,0 +1,461 @@
+import Foundation
+import Logging
+import SystemPackage
+import MitosisImage
+import MitosisInspect
+import MitosisKernel
+import MitosisModel
+import MitosisTrace
+
+/// How a `CheckpointSession` works.
+public struct CheckpointOptions: Sendable {
+    /// The dirty-tracking strategy; nil picks the best the kernel offers (`TrackingStrategy.automatic`).
+    public var strategy: TrackingStrategy?
+    /// How page maps are read; nil uses `PAGEMAP_SCAN` where the kernel has it.
+    public var pageMapMethod: PageMapReader.Method?
+    /// At most this many copy rounds while the target runs, before the freeze.
+    public var maxPrecopyRounds = 8
+    /// Pre-copy ends once no more than this many pages are left to copy.
+    public var freezeThresholdPages = 64
+
+    public init(strategy: TrackingStrategy? = nil, pageMapMethod: PageMapReader.Method? = nil) {
+        self.strategy = strategy
+        self.pageMapMethod = pageMapMethod
+    }
+}
+
+/// What an incremental checkpoint builds on.
+public enum CheckpointParent: Sendable {
+    /// The previous checkpoint of this session, whose image is at `path` relative to the new
+    /// image's directory (e.g. `../1`). Dirty tracking since that checkpoint decides what is stored.
+    case previous(path: String)
+    /// An image taken earlier (by another run, with no tracking since): pages whose bytes equal
+    /// what that image's chain holds are inherited, the others stored.
+    case image(CheckpointImage, path: String)
+}
+
+/// A page map updated from an older one: `stable` covers the mappings carried over.
+package struct RefreshedPageMap {
+    package var map: ProcessPageMap
+    package var stable: PageSet
+
+    /// The map once `dirty` is known: a page written in a carried-over mapping is data (or, if it
+    /// was discarded after, reads as zeros — which copying it records just as well).
+    package func adding(_ dirty: PageSet) -> ProcessPageMap {
+        var result = map
+        let written = dirty.intersection(stable)
+        guard !written.isEmpty else { return result }
+        result.mappings = result.mappings.map { entry in
+            guard stable.contains(entry.mapping.start) else { return entry }
+            var updated = entry
+            updated.data = entry.data.union(written.clamped(start: entry.mapping.start, end: entry.mapping.end))
+            return updated
+        }
+        result.data = result.data.union(written)
+        return result
+    }
+}
+
+/// A checkpoint taken, with what it cost.
+public struct CheckpointResult: Sendable {
+    /// The manifest as the sink stored it.
+    public var manifest: CheckpointManifest
+    /// Copy rounds run while the target ran, before the freeze.
+    public var precopyRounds: Int
+    /// Pages copied in all, re-copies of pages written meanwhile included.
+    public var pagesCopied: Int
+    /// Pages copied while the target was frozen.
+    public var pagesCopiedFrozen: Int
+    public var stats: CheckpointStats { manifest.stats }
+}
+
+/// Tracks a process's writes and takes consistent checkpoints of its memory with a short freeze.
+///
+/// A session starts dirty tracking (`start`), takes any number of full or incremental
+/// checkpoints into sinks of the caller's choosing (`checkpoint`), and stops tracking (`stop`),
+/// leaving nothing in the target. Each checkpoint copies memory while the target runs, round after
+/// round while the set of pages written meanwhile shrinks, then freezes the target only to copy
+/// the pages written since the last round; the result is the memory of that instant.
+public actor CheckpointSession {
+    public nonisolated let pid: Int32
+    public nonisolated let strategy: TrackingStrategy
+    public nonisolated let options: CheckpointOptions
+    private let tracker: DirtyTracker
+    private let pageMaps: PageMapReader
+    private let memory: MemoryReader
+    /// Pins the target's identity: signals go to it, never to a process that reused its pid.
+    private let pidfd: FileDescriptor
+    /// Pages whose bytes in the previous checkpoint of this session are still current.
+    private var previousValid = PageSet()
+    private var previous: (id: String, sequence: Int)?
+    private var stopped = false
+    /// The identities of the files behind `clean_file` pages, by offset, length and path: a file
+    /// is hashed again only when its status changes.
+    private var fileIdentities: [String: MappedFileIdentity] = [:]
+    private let logger = Logger(label: "mitosis.checkpoint")
+    /// The session's own thread: copying GiBs of memory and writing images must not tie up a
+    /// thread of Swift's cooperative pool (Docs/architecture.md, "Concurrency").
+    private nonisolated let executor = DedicatedThreadExecutor(name: "mitosis-checkpoint")
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
+
+    /// Starts tracking the writes of `pid`.
+    public init(pid: Int32, options: CheckpointOptions = CheckpointOptions()) async throws {
+        try TargetCheck.validate(pid, forTracing: true)
+        self.pid = pid
+        self.options = options
+        var chosen = options.strategy
+        if chosen == nil { chosen = await TrackingStrategy.automatic() }
+        let strategy = chosen!
+        self.strategy = strategy
+        do {
+            pidfd = try Kernel.pidfdOpen(pid)
+        } catch .noSuchProcess {
+            throw MitosisError.noSuchProcess(pid)
+        } catch {
+            throw MitosisError.system(operation: "pidfd_open \(pid)", errno: error)
+        }
+        pageMaps = try PageMapReader(pid: pid, method: options.pageMapMethod)
+        memory = try MemoryReader(pid: pid)
+        tracker = try strategy.makeTracker(pid: pid)
+        do {
+            let map = try pageMaps.read(ProcessReader.mappings(pid: pid, detailed: false))
+            try await tracker.start(map)
+        } catch {
+            tracker.stop()
+            pageMaps.close()
+            memory.close()
+            try? pidfd.close()
+            throw Self.translate(error, pid: pid)
+        }
+    }
+
+    /// A session released without `stop` stops then.
+    deinit {
+        executor.shutdown()
+        guard !stopped else { return }
+        tracker.stop()
+        pageMaps.close()
+        memory.close()
+        try? pidfd.close()
+    }
+
+    /// Stops tracking and releases everything the session holds in Mitosis and in the target.
+    public func stop() {
+        guard !stopped else { return }
+        stopped = true
+        tracker.stop()
+        pageMaps.close()
+        memory.close()
+        try? pidfd.close()
+    }
+
+    /// Kills the target (SIGKILL), for a checkpoint that moves a process rather than copies it:
+    /// call it only once the checkpoint is committed. Stops the session.
+    public func killTarget() throws {
+        guard !stopped else { throw CheckpointError.sessionStopped }
+        defer { stop() }
+        do {
+            try Kernel.pidfdKill(pidfd)
+        } catch .noSuchProcess {
+            throw CheckpointError.targetExited(pid)
+        }
+    }
+
+    /// Takes a checkpoint into `sink`: full when `parent` is nil, else incremental over it.
+    /// On failure the sink is aborted (its image marked incomplete) and the target is left as it was.
+    public func checkpoint(to sink: CheckpointSink, parent: CheckpointParent? = nil) async throws -> CheckpointResult {
+        guard !stopped else { throw CheckpointError.sessionStopped }
+        let clock = ContinuousClock()
+        let started = clock.now
+        var header: CheckpointHeader
+        var parentStored = PageSet()
+        var parentImage: CheckpointImage?
+        switch parent {
+        case nil:
+            header = CheckpointHeader(kind: .full, sequence: 0, pid: pid)
+        case .previous(let path):
+            guard let previous else { throw CheckpointError.noPreviousCheckpoint }
+            header = CheckpointHeader(kind: .incremental, parent: ParentLink(path: path, id: previous.id),
+                                      sequence: previous.sequence + 1, pid: pid)
+        case .image(let image, let path):
+            guard image.manifest.pid == pid else {
+                throw CheckpointError.parentOfOtherProcess(parent: image.manifest.pid, target: pid)
+            }
+            header = CheckpointHeader(kind: .incremental, parent: ParentLink(path: path, id: image.manifest.id),
+                                      sequence: image.manifest.sequence + 1, pid: pid)
+            parentImage = image
+            parentStored = Self.heldPages(of: image.manifest)
+        }
+        try sink.begin(header)
+        do {
+            let run = Run()
+            if case .previous = parent { run.inheritable = previousValid }
+            // Copy while the target runs, as long as the set left to copy shrinks.
+            var left = Int.max
+            var lastMap: ProcessPageMap?
+            while run.rounds < options.maxPrecopyRounds {
+                let (map, dirty) = try await observe(run)
+                lastMap = map
+                run.invalidate(dirty)
+                var toCopy = map.data.subtracting(run.inheritable).subtracting(run.staged)
+                if let parentImage, run.rounds == 0 {
+                    toCopy = try adoptUnchanged(toCopy, from: parentImage, held: parentStored, run)
+                }
+                let count = toCopy.pageCount()
+                run.staged = run.staged.union(try copy(toCopy, run, tolerant: true))
+                run.rounds += 1
+                if count <= options.freezeThresholdPages || count >= left { break }
+                left = count
+            }
+            // Freeze, copy what was written since, thaw.
+            let tracer = try await Tracer.freeze(pid: pid)
+            let frozenAt = clock.now
+            let final: ProcessPageMap
+            let threads: [ThreadState]
+            let descriptors: [OpenDescriptor]
+            do {
+                let map: ProcessPageMap
+                if tracker.collectReportsDiscards, let lastMap {
+                    // Reading the page map of a large process takes milliseconds: update the last
+                    // one instead, with the pages written (or discarded) since.
+                    let provisional = try refreshPageMap(lastMap, run)
+                    let dirty = try collectWrites(provisional.map)
+                    run.invalidate(dirty)
+                    map = provisional.adding(dirty)
+                } else {
+                    map = try readPageMap(run)
+                    run.invalidate(try collectWrites(map))
+                }
+                let toCopy = map.data.subtracting(run.inheritable).subtracting(run.staged)
+                let copied = try copy(toCopy, run, tolerant: false)
+                run.copiedFrozen = copied.pageCount()
+                run.staged = run.staged.union(copied)
+                final = map
+                threads = try await tracer.threadStates()
+                descriptors = try ProcessReader.descriptors(pid: pid)
+            } catch {
+                await tracer.thaw()
+                run.frozen += clock.now - frozenAt
+                throw error
+            }
+            await tracer.thaw()
+            run.frozen += clock.now - frozenAt
+
+            // Store what the checkpoint holds, describe the rest.
+            let stored = run.staged.intersection(final.data)
+            let inherited = run.inheritable.intersection(final.data).subtracting(stored)
+            for range in stored.ranges {
+                for piece in try run.staging.pieces(of: range) { try sink.writePages(at: piece.address, UnsafeRawBufferPointer(piece.buffer)) }
+            }
+            var stats = CheckpointStats()
+            stats.frozenNanoseconds = Self.nanoseconds(run.frozen)
+            stats.pagesScanned = run.pagesScanned
+            stats.pagesWritten = stored.pageCount()
+            stats.bytesWritten = stored.byteCount
+            stats.durationNanoseconds = Self.nanoseconds(clock.now - started)
+            var manifest = CheckpointManifest(header: header, tracking: strategy.rawValue,
+                                              mappings: identifyFiles(Self.describe(final, stored: stored, inherited: inherited), final, pageSize: header.pageSize),
+                                              stats: stats)
+            manifest.threads = threads
+            manifest.descriptors = descriptors
+            let committed = try sink.finish(manifest)
+            previousValid = stored.union(inherited)
+            previous = (committed.id, committed.sequence)
+            return CheckpointResult(manifest: committed, precopyRounds: run.rounds, pagesCopied: run.copied,
+                                    pagesCopiedFrozen: run.copiedFrozen)
+        } catch {
+            let failure = Self.translate(error, pid: pid)
+            sink.abort(reason: "\(failure)")
+            throw failure
+        }
+    }
+
+    /// The state of one checkpoint in progress.
+    private final class Run {
+        package let staging = StagingArea()
+        /// Data pages whose bytes in the parent are current.
+        package var inheritable = PageSet()
+        /// Pages copied into `staging` and not written since.
+        package var staged = PageSet()
+        package var rounds = 0
+        package var copied = 0
+        package var copiedFrozen = 0
+        package var pagesScanned = 0
+        package var frozen = Duration.zero
+
+        package func invalidate(_ dirty: PageSet) {
+            inheritable = inheritable.subtracting(dirty)
+            staged = staged.subtracting(dirty)
+        }
+    }
+
+    private func readPageMap(_ run: Run) throws -> ProcessPageMap {
+        let map = try pageMaps.read(ProcessReader.mappings(pid: pid, detailed: false))
+        run.pagesScanned += map.pagesScanned
+        return map
+    }
+
+    /// The pages written since the last look. Shared memory counts as written in full unless its
+    /// content is compared (`hash`): other processes write it out of sight of this one's page tables.
+    private func collectWrites(_ map: ProcessPageMap) throws -> PageSet {
+        let dirty = try tracker.collect(map)
+        return tracker.strategy == .hash ? dirty : dirty.union(map.sharedData)
+    }
+
+    /// The page map of now, from `previous` read while the target ran: mappings unchanged since
+    /// keep their data pages (to which `adding` adds the pages collected since), the others are
+    /// classified afresh.
+    private func refreshPageMap(_ previous: ProcessPageMap, _ run: Run) throws -> RefreshedPageMap {
+        let known = Dictionary(previous.mappings.map { ($0.mapping.start, $0) }, uniquingKeysWith: { first, _ in first })
+        var unchanged: [MemoryMapping] = [], changed: [MemoryMapping] = []
+        for mapping in try ProcessReader.mappings(pid: pid, detailed: false) where ProcessPageMap.isCheckpointed(mapping) {
+            if known[mapping.start]?.mapping == mapping { unchanged.append(mapping) } else { changed.append(mapping) }
+        }
+        let fresh = try pageMaps.read(changed)
+        run.pagesScanned += fresh.pagesScanned
+        var map = ProcessPageMap(mappings: [], data: PageSet(), pagesScanned: fresh.pagesScanned)
+        var stable = PageSet()
+        for mapping in unchanged {
+            map.mappings.append(known[mapping.start]!)
+            stable.insert(start: mapping.start, end: mapping.end)
+        }
+        map.mappings += fresh.mappings
+        map.mappings.sort { $0.mapping.start < $1.mapping.start }
+        map.data = PageSet(map.mappings.flatMap(\.data.ranges))
+        return RefreshedPageMap(map: map, stable: stable)
+    }
+
+    /// The page map and the pages written since the last look, with the target frozen for the
+    /// moment it takes when the tracker needs it.
+    private func observe(_ run: Run) async throws -> (ProcessPageMap, PageSet) {
+        guard tracker.collectRequiresFreeze else {
+            let map = try readPageMap(run)
+            return (map, try collectWrites(map))
+        }
+        let clock = ContinuousClock()
+        let tracer = try await Tracer.freeze(pid: pid)
+        let frozenAt = clock.now
+        let result: Result<(ProcessPageMap, PageSet), any Error>
+        do {
+            let map = try readPageMap(run)
+            result = .success((map, try collectWrites(map)))
+        } catch {
+            result = .failure(error)
+        }
+        await tracer.thaw()
+        run.frozen += clock.now - frozenAt
+        return try result.get()
+    }
+
+    /// Copies `pages` into the staging area and returns what was copied. `tolerant` (the target
+    /// runs) skips pieces unmapped meanwhile: a later round or the freeze takes them.
+    private func copy(_ pages: PageSet, _ run: Run, tolerant: Bool) throws -> PageSet {
+        var pieces: [(address: UInt64, buffer: UnsafeMutableRawBufferPointer)] = []
+        for range in pages.ranges { pieces += try run.staging.pieces(of: range) }
+        let failures: [Int: MitosisError]
+        do {
+            failures = try memory.read(pieces)
+        } catch {
+            throw CheckpointError.targetExited(pid)
+        }
+        if !tolerant, let failure = failures.values.first { throw failure }
+        var copied = PageSet()
+        for (index, piece) in pieces.enumerated() where failures[index] == nil {
+            tracker.recordCopied(at: piece.address, UnsafeRawBufferPointer(piece.buffer))
+            copied.insert(start: piece.address, end: piece.address + UInt64(piece.buffer.count))
+        }
+        run.copied += copied.pageCount()
+        return copied
+    }
+
+    /// First round over an image from elsewhere: copies `pages`, then keeps as inheritable (and
+    /// drops from the copy) every page whose bytes equal the parent chain's. Returns what is left
+    /// to copy, which is nothing: the pages that differ are staged here.
+    private func adoptUnchanged(_ pages: PageSet, from image: CheckpointImage, held: PageSet, _ run: Run) throws -> PageSet {
+        let chain = try image.chain()
+        let copied = try copy(pages, run, tolerant: true)
+        let pageSize = Int(PagemapFile.pageSize)
+        var same = PageSet()
+        for range in copied.intersection(held).ranges {
+            for piece in try run.staging.pieces(of: range) {
+                let old = try chain.read(address: piece.address, length: piece.buffer.count)
+                old.withUnsafeBytes { old in
+                    for offset in stride(from: 0, to: piece.buffer.count, by: pageSize)
+                    where memcmp(piece.buffer.baseAddress! + offset, old.baseAddress! + offset, pageSize) == 0 {
+                        same.insert(start: piece.address + UInt64(offset), end: piece.address + UInt64(offset + pageSize))
+                    }
+                }
+            }
+        }
+        run.inheritable = same
+        run.staged = copied.subtracting(same)
+        return PageSet()
+    }
+
+    /// Pages an image holds bytes for (stored in it or inherited from its parents).
+    package static func heldPages(of manifest: CheckpointManifest) -> PageSet {
+        PageSet(manifest.mappings.flatMap { mapping in
+            mapping.pages.filter { $0.state == .stored || $0.state == .inherited }.map { PageSet.Range(start: $0.start, end: $0.end) }
+        })
+    }
+
+    /// The manifest's view of each mapping: where every page is kept.
+    package static func describe(_ map: ProcessPageMap, stored: PageSet, inherited: PageSet) -> [CheckpointMapping] {
+        map.mappings.map { entry in
+            let mapping = entry.mapping
+            let other: PageState = entry.otherPagesAreFile ? .cleanFile : .neverTouched
+            var pieces: [(PageSet.Range, PageState)] = []
+            pieces += stored.clamped(start: mapping.start, end: mapping.end).ranges.map { ($0, .stored) }
+            pieces += inherited.clamped(start: mapping.start, end: mapping.end).ranges.map { ($0, .inherited) }
+            pieces.sort { $0.0.start < $1.0.start }
+            var ranges: [PageRange] = []
+            var cursor = mapping.start
+            for (range, state) in pieces {
+                if range.start > cursor { ranges.append(PageRange(start: cursor, end: range.start, state: other)) }
+                ranges.append(PageRange(start: range.start, end: range.end, state: state))
+                cursor = range.end
+            }
+            if cursor < mapping.end { ranges.append(PageRange(start: cursor, end: mapping.end, state: other)) }
+            return CheckpointMapping(start: mapping.start, end: mapping.end, perms: mapping.perms, offset: mapping.offset,
+                                     path: mapping.path, kind: mapping.kind.rawValue, pages: ranges)
+        }
+    }
+
+    /// `mappings` (described from `map`, one for one) with the identity of the file behind each
+    /// mapping that has `clean_file` pages: readers take those pages from that file only.
+    private func identifyFiles(_ mappings: [CheckpointMapping], _ map: ProcessPageMap, pageSize: Int) -> [CheckpointMapping] {
+        var result = mappings
+        for index in result.indices where result[index].pages.contains(where: { $0.state == .cleanFile }) {
+            let mapping = map.mappings[index].mapping
+            guard let path = mapping.path, !mapping.deleted else { continue }
+            let key = "\(mapping.offset):\(mapping.length):\(path)"
+            let identity = MappedFileIdentity.capture(path: path, inode: mapping.inode, offset: mapping.offset, length: mapping.length,
+                                                      pageSize: pageSize, reuse: fileIdentities[key])
+            fileIdentities[key] = identity
+            result[index].file = identity
+        }
+        return result
+    }
+
+    /// A vanished target is reported as such, whichever layer noticed.
+    package static func translate(_ error: any Error, pid: Int32) -> any Error {
+        switch error as? MitosisError {
+        case .noSuchProcess(pid), .zombie(pid): return CheckpointError.targetExited(pid)
+        default: return error
+        }
+    }
+
+    package static func nanoseconds(_ duration: Duration) -> UInt64 {
+        let (seconds, attoseconds) = duration.components
+        return UInt64(max(0, seconds)) * 1_000_000_000 + UInt64(max(0, attoseconds)) / 1_000_000_000
+    }
+}
+
+extension CheckpointSession {
+    /// The pages a manifest records in `state`.
+    public static func pages(of manifest: CheckpointManifest, in state: PageState) -> PageSet {
+        PageSet(manifest.mappings.flatMap { mapping in
+            mapping.pages.filter { $0.state == state }.map { PageSet.Range(start: $0.start, end: $0.end) }
+        })
+    }
+}

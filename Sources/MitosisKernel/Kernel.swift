@@ -1,0 +1,131 @@
+import CMitosis
+import Glibc
+import SystemPackage
+
+/// The one layer that talks to the kernel. Every raw system call Mitosis makes goes through
+/// `Kernel`, so a reader always knows which interface sits underneath; everything above works
+/// with typed values and `Errno`.
+package enum Kernel {
+    /// The calling OS thread's kernel id. The corresponding C function is `gettid`.
+    package static func currentThreadID() -> Int32 { mitosis_gettid() }
+
+    /// This process's id. The corresponding C function is `getpid`.
+    package static func currentProcessID() -> Int32 { getpid() }
+
+    /// Runs a call that reports failure as -1 + errno, retrying on EINTR.
+    @discardableResult
+    package static func check<T: BinaryInteger>(_ call: () -> T) throws(Errno) -> T {
+        while true {
+            let result = call()
+            if result != -1 { return result }
+            let error = Errno(rawValue: errno)
+            if error != .interrupted { throw error }
+        }
+    }
+
+    /// Opens a pidfd for `pid`. The corresponding system call is `pidfd_open`.
+    package static func pidfdOpen(_ pid: Int32) throws(Errno) -> FileDescriptor {
+        FileDescriptor(rawValue: try check { mitosis_pidfd_open(pid, 0) })
+    }
+
+    /// Duplicates `targetFD` of the process behind `pidfd` into this process: the same open file
+    /// description, so reading through it moves the target's offset.
+    /// The corresponding system call is `pidfd_getfd`.
+    package static func pidfdGetfd(_ pidfd: FileDescriptor, _ targetFD: Int32) throws(Errno) -> FileDescriptor {
+        FileDescriptor(rawValue: try check { mitosis_pidfd_getfd(pidfd.rawValue, targetFD, 0) })
+    }
+
+    /// Which kernel objects two processes share. The corresponding system call is `kcmp`.
+    package enum KcmpKind: Int32, Sendable {
+        case file = 0, addressSpace = 1, fileTable = 2, fsInfo = 3, signalHandlers = 4, io = 5, sysvSemUndo = 6
+    }
+
+    /// Whether two processes refer to the same kernel object of `kind`
+    /// (for `.file`, `index1`/`index2` are fd numbers). The corresponding system call is `kcmp`.
+    package static func kcmpEqual(_ pid1: Int32, _ pid2: Int32, _ kind: KcmpKind,
+                                 _ index1: Int = 0, _ index2: Int = 0) throws(Errno) -> Bool {
+        try check { mitosis_kcmp(pid1, pid2, kind.rawValue, UInt(index1), UInt(index2)) } == 0
+    }
+
+    /// Reads `count` bytes at `address` in `pid`'s memory. Short reads (a range crossing an
+    /// unmapped page) return what was read. The corresponding system call is `process_vm_readv`.
+    package static func readMemory(pid: Int32, address: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+        try check { mitosis_process_vm_read(pid, buffer.baseAddress, buffer.count, address) }
+    }
+
+    /// Writes `buffer` at `address` in `pid`'s memory. The corresponding system call is `process_vm_writev`.
+    package static func writeMemory(pid: Int32, address: UInt64, from buffer: UnsafeRawBufferPointer) throws(Errno) -> Int {
+        try check { mitosis_process_vm_write(pid, buffer.baseAddress, buffer.count, address) }
+    }
+
+    /// Sends `signal` to one thread of a thread group. The corresponding system call is `tgkill`.
+    package static func threadKill(pid: Int32, tid: Int32, signal: Int32) throws(Errno) {
+        try check { mitosis_syscall6(234 /* tgkill */, Int(pid), Int(tid), Int(signal), 0, 0, 0) }
+    }
+
+    /// Reads a whole file, however /proc sizes it (procfs files report size 0), up to `limit` bytes.
+    package static func readFile(_ path: String, limit: Int = 64 << 20) throws(Errno) -> [UInt8] {
+        try readFileAt(nil, path, limit: limit)
+    }
+
+    /// Reads the whole file `name` relative to `directory` (the current directory when nil), up
+    /// to `limit` bytes. The corresponding system calls are `openat` and `read`.
+    package static func readFileAt(_ directory: FileDescriptor?, _ name: String, limit: Int = 64 << 20) throws(Errno) -> [UInt8] {
+        let fd = try check { openat(directory?.rawValue ?? AT_FDCWD, name, O_RDONLY | O_CLOEXEC) }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        // Not zero-filled: /proc files are read thousands of times per inspection.
+        let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 1)
+        defer { chunk.deallocate() }
+        while bytes.count < limit {
+            let n = try check { read(fd, chunk.baseAddress, min(chunk.count, limit - bytes.count)) }
+            if n == 0 { break }
+            bytes.append(contentsOf: chunk[0..<n])
+        }
+        return bytes
+    }
+
+    /// The target of a symbolic link such as `/proc/PID/fd/N`, as raw bytes decoded leniently.
+    /// The corresponding C function is `readlink`.
+    package static func readLink(_ path: String) throws(Errno) -> String {
+        try readLinkAt(nil, path)
+    }
+
+    /// The target of symbolic link `name` relative to `directory` (the current directory when nil).
+    /// The corresponding system call is `readlinkat`.
+    package static func readLinkAt(_ directory: FileDescriptor?, _ name: String) throws(Errno) -> String {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(PATH_MAX) + 1, alignment: 1)
+        defer { buffer.deallocate() }
+        let n = try check {
+            readlinkat(directory?.rawValue ?? AT_FDCWD, name, buffer.baseAddress!.assumingMemoryBound(to: CChar.self), buffer.count - 1)
+        }
+        return String(decoding: buffer[0..<n], as: UTF8.self)
+    }
+
+    /// Names in a directory, without `.` and `..`. The corresponding C function is `readdir`.
+    package static func listDirectory(_ path: String) throws(Errno) -> [String] {
+        guard let dir = opendir(path) else { throw Errno(rawValue: errno) }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafePointer(to: entry.pointee.d_name) {
+                $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+
+    /// `stat` of a path. The corresponding C function is `stat`.
+    package static func status(_ path: String) throws(Errno) -> FileStatus {
+        try statusAt(nil, path)
+    }
+
+    /// `stat` of `name` relative to `directory`, following symbolic links (through
+    /// `/proc/PID/fd/N`, the open file itself). The corresponding system call is `fstatat`.
+    package static func statusAt(_ directory: FileDescriptor?, _ name: String) throws(Errno) -> FileStatus {
+        var st = stat()
+        try check { fstatat(directory?.rawValue ?? AT_FDCWD, name, &st, 0) }
+        return FileStatus(st)
+    }
+}

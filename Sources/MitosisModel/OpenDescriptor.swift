@@ -1,0 +1,367 @@
+/// One open file descriptor of a process: what `/proc/PID/fd/N` points at, what `stat` says of
+/// it, and what `/proc/PID/fdinfo/N` adds (position, flags, and the kind-specific state).
+///
+/// Sockets carry only their inode here; their protocol state belongs to the sockets area.
+public struct OpenDescriptor: Equatable, Hashable, Sendable, Codable {
+    /// The descriptor number in the process.
+    public var fd: Int32
+    public var kind: Kind
+    /// The `/proc/PID/fd/N` link target verbatim (`/tmp/x (deleted)`, `pipe:[123]`, `anon_inode:[eventfd]`).
+    public var target: String
+    /// For objects with a path (files, directories, FIFOs, devices, memfds as `/memfd:name`,
+    /// POSIX message queues as `/name`): the path without ` (deleted)`; nil otherwise.
+    public var path: String?
+    /// For anonymous-inode objects, the kernel's name for them (`eventfd`, `eventpoll`,
+    /// `inotify`, `userfaultfd`, `bpf-map`…); nil otherwise.
+    public var anonInodeName: String?
+    /// The inode of the open object (for pipes and sockets, the number in `pipe:[N]`/`socket:[N]`).
+    public var inode: UInt64
+    /// The device of the filesystem holding the inode (`stat.st_dev`); nil when stat was refused.
+    public var device: DeviceNumber?
+    /// The device a character or block device file stands for (`stat.st_rdev`); nil for others.
+    public var specialDevice: DeviceNumber?
+    /// The file offset (`pos:` of fdinfo).
+    public var position: UInt64
+    /// The open file status flags (`flags:` of fdinfo, octal in the file), `O_CLOEXEC` included
+    /// when the descriptor has close-on-exec.
+    public var flags: UInt32
+    /// `flags` decoded: the access mode first (`O_RDONLY`, `O_WRONLY`, `O_RDWR`), then each set flag.
+    public var flagNames: [String]
+    /// The mount the file was opened through (`mnt_id:` of fdinfo; see `/proc/PID/mountinfo`).
+    public var mountId: Int
+    /// The file was unlinked after it was opened (the link target ends with ` (deleted)`).
+    public var deleted: Bool
+
+    /// What fdinfo adds for this kind of descriptor, when the kind has anything to add.
+    public var state: State?
+
+    /// Kind-specific state from fdinfo: one case per kind that has some.
+    public enum State: Equatable, Hashable, Sendable {
+        case eventfd(EventfdState)
+        case epoll([EpollWatch])
+        case signalfd(SignalfdState)
+        case timerfd(TimerfdState)
+        case inotify([InotifyWatch])
+        case fanotify(FanotifyState)
+        case pidfd(PidfdState)
+    }
+
+    public var eventfd: EventfdState? { if case .eventfd(let value) = state { value } else { nil } }
+    public var epoll: [EpollWatch]? { if case .epoll(let value) = state { value } else { nil } }
+    public var signalfd: SignalfdState? { if case .signalfd(let value) = state { value } else { nil } }
+    public var timerfd: TimerfdState? { if case .timerfd(let value) = state { value } else { nil } }
+    public var inotify: [InotifyWatch]? { if case .inotify(let value) = state { value } else { nil } }
+    public var fanotify: FanotifyState? { if case .fanotify(let value) = state { value } else { nil } }
+    public var pidfd: PidfdState? { if case .pidfd(let value) = state { value } else { nil } }
+
+    public init(fd: Int32, kind: Kind, target: String, path: String? = nil, anonInodeName: String? = nil,
+                inode: UInt64, device: DeviceNumber? = nil, specialDevice: DeviceNumber? = nil,
+                position: UInt64 = 0, flags: UInt32 = 0, mountId: Int = 0, deleted: Bool = false) {
+        self.fd = fd
+        self.kind = kind
+        self.target = target
+        self.path = path
+        self.anonInodeName = anonInodeName
+        self.inode = inode
+        self.device = device
+        self.specialDevice = specialDevice
+        self.position = position
+        self.flags = flags
+        self.flagNames = OpenFlags.names(flags)
+        self.mountId = mountId
+        self.deleted = deleted
+    }
+
+    /// What a descriptor refers to.
+    public enum Kind: String, Sendable, Codable, CaseIterable {
+        case file
+        case directory = "dir"
+        /// An anonymous pipe (`pipe:[N]`).
+        case pipe
+        /// A named pipe opened through its path.
+        case fifo
+        case socket
+        case eventfd
+        case epoll
+        case signalfd
+        case timerfd
+        case inotify
+        case fanotify
+        /// A `memfd_create` file (`/memfd:name (deleted)`).
+        case memfd
+        case pidfd
+        case ioUring = "io_uring"
+        /// A terminal: character device major 4 (tty, ttyS), 5 (/dev/tty, ptmx) or 136–143 (pts).
+        case tty
+        /// Another character device (`/dev/null`, `/dev/urandom`…).
+        case characterDevice = "char_device"
+        case blockDevice = "block_device"
+        /// A POSIX message queue (`mq_open`): a file on the mqueue filesystem.
+        case messageQueue = "mqueue"
+        /// Another anonymous-inode object; `anonInodeName` names it (`userfaultfd`, `bpf-map`…).
+        case anonInode = "anon_inode"
+        /// Anything else (namespace descriptors `net:[…]`, …).
+        case other
+    }
+}
+
+/// The JSON keeps one key per kind (`"eventfd": {…}`, `"epoll": […]`), as before `State` existed
+/// (Docs/inspect-json.md).
+extension OpenDescriptor {
+    private enum CodingKeys: String, CodingKey {
+        case fd, kind, target, path, anonInodeName, inode, device, specialDevice, position, flags, flagNames
+        case mountId, deleted, eventfd, epoll, signalfd, timerfd, inotify, fanotify, pidfd
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        fd = try container.decode(Int32.self, forKey: .fd)
+        kind = try container.decode(Kind.self, forKey: .kind)
+        target = try container.decode(String.self, forKey: .target)
+        path = try container.decodeIfPresent(String.self, forKey: .path)
+        anonInodeName = try container.decodeIfPresent(String.self, forKey: .anonInodeName)
+        inode = try container.decode(UInt64.self, forKey: .inode)
+        device = try container.decodeIfPresent(DeviceNumber.self, forKey: .device)
+        specialDevice = try container.decodeIfPresent(DeviceNumber.self, forKey: .specialDevice)
+        position = try container.decode(UInt64.self, forKey: .position)
+        flags = try container.decode(UInt32.self, forKey: .flags)
+        flagNames = try container.decode([String].self, forKey: .flagNames)
+        mountId = try container.decode(Int.self, forKey: .mountId)
+        deleted = try container.decode(Bool.self, forKey: .deleted)
+        if let value = try container.decodeIfPresent(EventfdState.self, forKey: .eventfd) { state = .eventfd(value) }
+        else if let value = try container.decodeIfPresent([EpollWatch].self, forKey: .epoll) { state = .epoll(value) }
+        else if let value = try container.decodeIfPresent(SignalfdState.self, forKey: .signalfd) { state = .signalfd(value) }
+        else if let value = try container.decodeIfPresent(TimerfdState.self, forKey: .timerfd) { state = .timerfd(value) }
+        else if let value = try container.decodeIfPresent([InotifyWatch].self, forKey: .inotify) { state = .inotify(value) }
+        else if let value = try container.decodeIfPresent(FanotifyState.self, forKey: .fanotify) { state = .fanotify(value) }
+        else if let value = try container.decodeIfPresent(PidfdState.self, forKey: .pidfd) { state = .pidfd(value) }
+        else { state = nil }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(fd, forKey: .fd)
+        try container.encode(kind, forKey: .kind)
+        try container.encode(target, forKey: .target)
+        try container.encodeIfPresent(path, forKey: .path)
+        try container.encodeIfPresent(anonInodeName, forKey: .anonInodeName)
+        try container.encode(inode, forKey: .inode)
+        try container.encodeIfPresent(device, forKey: .device)
+        try container.encodeIfPresent(specialDevice, forKey: .specialDevice)
+        try container.encode(position, forKey: .position)
+        try container.encode(flags, forKey: .flags)
+        try container.encode(flagNames, forKey: .flagNames)
+        try container.encode(mountId, forKey: .mountId)
+        try container.encode(deleted, forKey: .deleted)
+        switch state {
+        case .eventfd(let value): try container.encode(value, forKey: .eventfd)
+        case .epoll(let value): try container.encode(value, forKey: .epoll)
+        case .signalfd(let value): try container.encode(value, forKey: .signalfd)
+        case .timerfd(let value): try container.encode(value, forKey: .timerfd)
+        case .inotify(let value): try container.encode(value, forKey: .inotify)
+        case .fanotify(let value): try container.encode(value, forKey: .fanotify)
+        case .pidfd(let value): try container.encode(value, forKey: .pidfd)
+        case nil: break
+        }
+    }
+}
+
+/// `open(2)` status flags as fdinfo prints them, decoded to their names (x86_64 values).
+public enum OpenFlags {
+    package static let table: [(UInt32, String)] = [
+        (0o100, "O_CREAT"), (0o200, "O_EXCL"), (0o400, "O_NOCTTY"), (0o1000, "O_TRUNC"),
+        (0o2000, "O_APPEND"), (0o4000, "O_NONBLOCK"), (0o10000, "O_DSYNC"), (0o20000, "O_ASYNC"),
+        (0o40000, "O_DIRECT"), (0o100000, "O_LARGEFILE"), (0o200000, "O_DIRECTORY"),
+        (0o400000, "O_NOFOLLOW"), (0o1000000, "O_NOATIME"), (0o2000000, "O_CLOEXEC"),
+        (0o4000000, "O_SYNC"), (0o10000000, "O_PATH"), (0o20000000, "O_TMPFILE"),
+    ]
+
+    /// The access mode name, then the name of every set flag; unknown bits as one octal `0o…` entry.
+    public static func names(_ flags: UInt32) -> [String] {
+        var names: [String] = [["O_RDONLY", "O_WRONLY", "O_RDWR", "O_ACCMODE"][Int(flags & 3)]]
+        var rest = flags & ~3
+        for (bit, name) in table where rest & bit != 0 {
+            names.append(name)
+            rest &= ~bit
+        }
+        if rest != 0 { names.append("0o" + String(rest, radix: 8)) }
+        return names
+    }
+}
+
+/// `eventfd-count:` (hex in fdinfo), `eventfd-id:` and, on newer kernels, `eventfd-semaphore:`.
+public struct EventfdState: Equatable, Hashable, Sendable, Codable {
+    public var counter: UInt64
+    public var id: Int?
+    public var semaphore: Bool?
+
+    package init(counter: UInt64, id: Int? = nil, semaphore: Bool? = nil) {
+        self.counter = counter
+        self.id = id
+        self.semaphore = semaphore
+    }
+}
+
+/// One file an epoll instance watches: a `tfd:` line of the epoll's fdinfo.
+public struct EpollWatch: Equatable, Hashable, Sendable, Codable {
+    /// The watched descriptor number, in the process that added it.
+    public var fd: Int32
+    /// The requested event mask (`EPOLLERR | EPOLLHUP` are always included by the kernel).
+    public var events: UInt32
+    /// `events` decoded (`EPOLLIN`, `EPOLLOUT`, `EPOLLET`…).
+    public var eventNames: [String]
+    /// The user data registered with the watch.
+    public var data: UInt64
+    /// The watched file's position, inode and device (kernel `dev_t` encoding) at registration.
+    public var position: UInt64?
+    public var inode: UInt64?
+    public var device: DeviceNumber?
+
+    package init(
+        fd: Int32,
+        events: UInt32,
+        eventNames: [String],
+        data: UInt64,
+        position: UInt64? = nil,
+        inode: UInt64? = nil,
+        device: DeviceNumber? = nil
+    ) {
+        self.fd = fd
+        self.events = events
+        self.eventNames = eventNames
+        self.data = data
+        self.position = position
+        self.inode = inode
+        self.device = device
+    }
+
+    package static let eventTable: [(UInt32, String)] = [
+        (0x1, "EPOLLIN"), (0x2, "EPOLLPRI"), (0x4, "EPOLLOUT"), (0x8, "EPOLLERR"), (0x10, "EPOLLHUP"),
+        (0x20, "EPOLLNVAL"), (0x40, "EPOLLRDNORM"), (0x80, "EPOLLRDBAND"), (0x100, "EPOLLWRNORM"),
+        (0x200, "EPOLLWRBAND"), (0x400, "EPOLLMSG"), (0x2000, "EPOLLRDHUP"), (1 << 28, "EPOLLEXCLUSIVE"),
+        (1 << 29, "EPOLLWAKEUP"), (1 << 30, "EPOLLONESHOT"), (1 << 31, "EPOLLET"),
+    ]
+
+    public static func names(_ events: UInt32) -> [String] {
+        eventTable.filter { events & $0.0 != 0 }.map(\.1)
+    }
+}
+
+/// The signals a signalfd accepts.
+public struct SignalfdState: Equatable, Hashable, Sendable, Codable {
+    /// `sigmask:` as the kernel prints it: bit `n - 1` stands for signal `n`.
+    public var mask: UInt64
+    /// The signal numbers in `mask`, ascending.
+    public var signals: [Int32]
+
+    public init(mask: UInt64) {
+        self.mask = mask
+        signals = (1...64).filter { mask & (1 << UInt64($0 - 1)) != 0 }.map { Int32($0) }
+    }
+}
+
+/// A `struct timespec`.
+public struct TimeSpec: Equatable, Hashable, Sendable, Codable {
+    public var seconds: Int64
+    public var nanoseconds: Int64
+
+    package init(seconds: Int64, nanoseconds: Int64) {
+        self.seconds = seconds
+        self.nanoseconds = nanoseconds
+    }
+}
+
+/// A timerfd's clock and its armed value.
+public struct TimerfdState: Equatable, Hashable, Sendable, Codable {
+    /// `CLOCK_REALTIME` 0, `CLOCK_MONOTONIC` 1, `CLOCK_BOOTTIME` 7, `CLOCK_REALTIME_ALARM` 8, `CLOCK_BOOTTIME_ALARM` 9.
+    public var clockId: Int32
+    /// Expirations not yet read.
+    public var ticks: UInt64
+    /// `TFD_TIMER_ABSTIME` 1, `TFD_TIMER_CANCEL_ON_SET` 2 (octal in fdinfo).
+    public var settimeFlags: UInt32
+    /// Time left until the next expiration (0, 0 when disarmed).
+    public var value: TimeSpec
+    public var interval: TimeSpec
+
+    package init(clockId: Int32, ticks: UInt64, settimeFlags: UInt32, value: TimeSpec, interval: TimeSpec) {
+        self.clockId = clockId
+        self.ticks = ticks
+        self.settimeFlags = settimeFlags
+        self.value = value
+        self.interval = interval
+    }
+}
+
+/// One inotify watch.
+public struct InotifyWatch: Equatable, Hashable, Sendable, Codable {
+    /// The watch descriptor `inotify_add_watch` returned.
+    public var wd: Int32
+    /// The watched inode and its filesystem's device.
+    public var inode: UInt64
+    public var device: DeviceNumber
+    /// `IN_*` event mask.
+    public var mask: UInt32
+    public var ignoredMask: UInt32
+
+    package init(wd: Int32, inode: UInt64, device: DeviceNumber, mask: UInt32, ignoredMask: UInt32) {
+        self.wd = wd
+        self.inode = inode
+        self.device = device
+        self.mask = mask
+        self.ignoredMask = ignoredMask
+    }
+}
+
+/// A fanotify group: its `fanotify_init` flags and its marks.
+public struct FanotifyState: Equatable, Hashable, Sendable, Codable {
+    public var flags: UInt32
+    /// The `event_f_flags` given to `fanotify_init` (open flags of event descriptors).
+    public var eventFlags: UInt32
+    public var marks: [FanotifyMark]
+}
+
+/// One fanotify mark: on an inode, a mount, or a whole filesystem.
+public struct FanotifyMark: Equatable, Hashable, Sendable, Codable {
+    public enum Target: String, Sendable, Codable { case inode, mount, filesystem }
+    public var target: Target
+    /// The marked inode (inode marks).
+    public var inode: UInt64?
+    /// The device of the marked inode or filesystem.
+    public var device: DeviceNumber?
+    /// The marked mount (mount marks).
+    public var mountId: Int?
+    public var markFlags: UInt32
+    public var mask: UInt64
+    public var ignoredMask: UInt64
+
+    package init(
+        target: Target,
+        inode: UInt64? = nil,
+        device: DeviceNumber? = nil,
+        mountId: Int? = nil,
+        markFlags: UInt32,
+        mask: UInt64,
+        ignoredMask: UInt64
+    ) {
+        self.target = target
+        self.inode = inode
+        self.device = device
+        self.mountId = mountId
+        self.markFlags = markFlags
+        self.mask = mask
+        self.ignoredMask = ignoredMask
+    }
+}
+
+/// The process a pidfd refers to.
+public struct PidfdState: Equatable, Hashable, Sendable, Codable {
+    /// Its pid in the reader's pid namespace; -1 once it has exited.
+    public var pid: Int32
+    /// Its pid in each nested namespace, outermost first (`NSpid:`).
+    public var namespacePids: [Int32]
+
+    package init(pid: Int32, namespacePids: [Int32]) {
+        self.pid = pid
+        self.namespacePids = namespacePids
+    }
+}

@@ -1,0 +1,219 @@
+/// The resources a process (or a process tree) holds and how they depend on each other: typed
+/// nodes joined by typed edges. A resource held by several processes is one node with an edge
+/// from each holder. Encoded as `{"nodes": [{"id", "kind", …}], "edges": [{"from", "to", "kind", …}]}`,
+/// each node's and edge's attributes flattened beside its fixed keys.
+public struct ResourceGraph: Equatable, Sendable, Codable {
+    /// Sorted by id.
+    public var nodes: [GraphNode]
+    /// Sorted by (from, to, kind), then attributes.
+    public var edges: [GraphEdge]
+
+    /// Sorts the nodes and edges; duplicate edges are kept once.
+    public init(nodes: [GraphNode], edges: [GraphEdge]) {
+        self.nodes = nodes.sorted { $0.id < $1.id }
+        var sorted = edges.sorted()
+        var kept = 0
+        for index in sorted.indices where kept == 0 || sorted[index] != sorted[kept - 1] {
+            sorted.swapAt(kept, index)
+            kept += 1
+        }
+        sorted.removeLast(sorted.count - kept)
+        self.edges = sorted
+    }
+
+    /// The node with `id`, if present.
+    public func node(_ id: String) -> GraphNode? {
+        var low = 0, high = nodes.count
+        while low < high {
+            let middle = (low + high) / 2
+            if nodes[middle].id < id { low = middle + 1 } else { high = middle }
+        }
+        return low < nodes.count && nodes[low].id == id ? nodes[low] : nil
+    }
+
+    public func nodes(of kind: NodeKind) -> [GraphNode] { nodes.filter { $0.kind == kind } }
+
+    public func edges(of kind: EdgeKind) -> [GraphEdge] { edges.filter { $0.kind == kind } }
+
+    /// Nodes marked `external`: what ties the graph to something outside it.
+    public var externalNodes: [GraphNode] { nodes.filter { $0.isExternal } }
+}
+
+/// The kinds of node.
+public enum NodeKind: String, Sendable, Codable, CaseIterable, Comparable {
+    case process, thread
+    case addressSpace = "address-space"
+    case mapping
+    /// Anything reached through a path or a device/inode pair: regular files, directories,
+    /// FIFOs, devices, terminals, memfds, shared anonymous memory.
+    case file
+    /// An open file description: what an fd number points to (position, flags), possibly shared.
+    case description
+    case pipe, socket, eventfd, epoll, timerfd, signalfd, inotify
+    /// Another anonymous-inode object (fanotify, pidfd, io_uring, userfaultfd…).
+    case anonInode = "anon-inode"
+    case sysvSegment = "sysv-segment"
+    case namespace
+
+    public static func < (lhs: NodeKind, rhs: NodeKind) -> Bool { lhs.rawValue < rhs.rawValue }
+}
+
+/// The kinds of edge.
+public enum EdgeKind: String, Sendable, Codable, CaseIterable, Comparable {
+    /// Parent process → child process.
+    case parentOf = "parent-of"
+    /// Thread → its process.
+    case threadOf = "thread-of"
+    /// Address space → mapping.
+    case maps
+    /// Process → open file description (attribute `fd`), or process → its address space.
+    case holds
+    /// Description or mapping → the object behind it (file, pipe, socket, eventfd…).
+    case refersTo = "refers-to"
+    /// Socket ↔ peer socket (from the lower id), pipe write-end description → read-end description.
+    case connectedTo = "connected-to"
+    /// epoll → watched description; inotify → watched file.
+    case watches
+    /// Process → process that holds the same open file descriptions (`descriptions`), fd table or
+    /// address space (`what`), as kcmp(2) proves.
+    case shares
+    /// Process → namespace.
+    case memberOf = "member-of"
+
+    public static func < (lhs: EdgeKind, rhs: EdgeKind) -> Bool { lhs.rawValue < rhs.rawValue }
+}
+
+/// An attribute value: JSON string, integer, boolean or list of strings.
+public enum GraphValue: Hashable, Sendable, Codable, Comparable, CustomStringConvertible {
+    case string(String)
+    case int(Int64)
+    case bool(Bool)
+    case strings([String])
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        if let value = try? container.decode(Bool.self) { self = .bool(value) }
+        else if let value = try? container.decode(Int64.self) { self = .int(value) }
+        else if let value = try? container.decode(String.self) { self = .string(value) }
+        else { self = .strings(try container.decode([String].self)) }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        switch self {
+        case .string(let value): try container.encode(value)
+        case .int(let value): try container.encode(value)
+        case .bool(let value): try container.encode(value)
+        case .strings(let value): try container.encode(value)
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .string(let value): return value
+        case .int(let value): return String(value)
+        case .bool(let value): return String(value)
+        case .strings(let value): return value.joined(separator: ",")
+        }
+    }
+
+    public static func < (lhs: GraphValue, rhs: GraphValue) -> Bool { lhs.description < rhs.description }
+}
+
+/// Attribute keys and values, encoded beside a node's or edge's fixed keys.
+public typealias GraphAttributes = [String: GraphValue]
+
+/// One resource.
+public struct GraphNode: Hashable, Sendable, Codable {
+    /// Stable across snapshots: `process:PID`, `socket:INODE`, `description:PID:FD`…
+    public var id: String
+    public var kind: NodeKind
+    public var attributes: GraphAttributes
+
+    public init(id: String, kind: NodeKind, attributes: GraphAttributes = [:]) {
+        self.id = id
+        self.kind = kind
+        self.attributes = attributes
+    }
+
+    public subscript(key: String) -> GraphValue? { attributes[key] }
+
+    /// Whether the resource ties the graph to something outside it (see `reason`).
+    public var isExternal: Bool { attributes["external"] == .bool(true) }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: AnyKey.self)
+        id = try container.decode(String.self, forKey: AnyKey("id"))
+        kind = try container.decode(NodeKind.self, forKey: AnyKey("kind"))
+        attributes = try AnyKey.attributes(container, excluding: ["id", "kind"])
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: AnyKey.self)
+        try container.encode(id, forKey: AnyKey("id"))
+        try container.encode(kind, forKey: AnyKey("kind"))
+        for (key, value) in attributes { try container.encode(value, forKey: AnyKey(key)) }
+    }
+}
+
+/// One typed dependency between two resources.
+public struct GraphEdge: Hashable, Sendable, Codable, Comparable {
+    public var from: String
+    public var to: String
+    public var kind: EdgeKind
+    public var attributes: GraphAttributes
+
+    public init(from: String, to: String, kind: EdgeKind, attributes: GraphAttributes = [:]) {
+        self.from = from
+        self.to = to
+        self.kind = kind
+        self.attributes = attributes
+    }
+
+    public static func < (lhs: GraphEdge, rhs: GraphEdge) -> Bool {
+        if lhs.from != rhs.from { return lhs.from < rhs.from }
+        if lhs.to != rhs.to { return lhs.to < rhs.to }
+        if lhs.kind != rhs.kind { return lhs.kind < rhs.kind }
+        return lhs.attributes.sorted { $0.key < $1.key }.lexicographicallyPrecedes(rhs.attributes.sorted { $0.key < $1.key }) {
+            ($0.key, $0.value) < ($1.key, $1.value)
+        }
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: AnyKey.self)
+        from = try container.decode(String.self, forKey: AnyKey("from"))
+        to = try container.decode(String.self, forKey: AnyKey("to"))
+        kind = try container.decode(EdgeKind.self, forKey: AnyKey("kind"))
+        attributes = try AnyKey.attributes(container, excluding: ["from", "to", "kind"])
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: AnyKey.self)
+        try container.encode(from, forKey: AnyKey("from"))
+        try container.encode(to, forKey: AnyKey("to"))
+        try container.encode(kind, forKey: AnyKey("kind"))
+        for (key, value) in attributes { try container.encode(value, forKey: AnyKey(key)) }
+    }
+}
+
+/// A coding key of any name, for attributes flattened into an object.
+package struct AnyKey: CodingKey {
+    package var stringValue: String
+    package var intValue: Int? { nil }
+    package init(_ name: String) { stringValue = name }
+    package init?(stringValue: String) { self.stringValue = stringValue }
+    package init?(intValue: Int) { nil }
+
+    /// The attributes of a decoded object. Attribute names are snake_case; a decoder that
+    /// converted them to camelCase (`JSONOutput.decoder()`) is undone here.
+    package static func attributes(_ container: KeyedDecodingContainer<AnyKey>, excluding fixed: Set<String>) throws -> GraphAttributes {
+        var attributes: GraphAttributes = [:]
+        for key in container.allKeys where !fixed.contains(key.stringValue) {
+            let name = key.stringValue.reduce(into: "") { name, character in
+                if character.isUppercase { name += "_" + character.lowercased() } else { name.append(character) }
+            }
+            attributes[name] = try container.decode(GraphValue.self, forKey: key)
+        }
+        return attributes
+    }
+}

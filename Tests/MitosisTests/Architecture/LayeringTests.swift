@@ -1,0 +1,31 @@
+import Foundation
+import Testing
+
+/// The layering that Package.swift enforces between targets, plus what the compiler cannot see:
+/// which targets may call libc, and which binaries may link libunwind.
+@Suite("Architecture")
+struct LayeringTests {
+    /// The package's root, found from this file's path.
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    @Test("a client that only inspects links without libunwind or libelf")
+    func inspectOnlyClientSkipsStacks() async throws {
+        let ldd = try await ToolRun("/usr/bin/ldd", [ScenarioProcess.executable("mitosis-inspect-example")])
+        #expect(ldd.status == 0)
+        #expect(!ldd.standardOutput.contains("libunwind"))
+        #expect(!ldd.standardOutput.contains("libelf"))
+        // …while the CLI, which shows stacks, does link them.
+        let cli = try await ToolRun("/usr/bin/ldd", [ToolRun.mitosis])
+        #expect(cli.standardOutput.contains("libunwind"))
+    }
+
+    @Test("the inspect-only client inspects a real process")
+    func inspectOnlyClientWorks() async throws {
+        let child = try ScenarioProcess("fds")
+        defer { child.stop() }
+        let run = try await ToolRun(ScenarioProcess.executable("mitosis-inspect-example"), [String(child.pid)])
+        #expect(run.status == 0)
+        #expect(run.standardOutput.hasPrefix("process \(child.pid) (mitosis-scenari): 1 threads, "))
+    }
+}
