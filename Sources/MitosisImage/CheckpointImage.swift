@@ -411,8 +411,16 @@ public final class CheckpointImage: Sendable {
         let bytes = try readAll(fd, size: digest.size, file: file, image: image)
         guard Checksum.hex(Checksum.xxh64(bytes)) == digest.xxh64 else { throw .checksumMismatch(image, file: file, entry: nil) }
         let decoder = JSONOutput.decoder()
-        let probe = try? decoder.decode(VersionProbe.self, from: Data(bytes))
-        guard let version = probe?.formatVersion else { throw .malformed(image, file: file, detail: "no format_version") }
+        let probe: VersionProbe
+        do {
+            probe = try decoder.decode(VersionProbe.self, from: Data(bytes))
+        } catch DecodingError.typeMismatch(_, let context) where context.codingPath.isEmpty {
+            throw .malformed(image, file: file, detail: "not a JSON object")
+        } catch {
+            // Foundation's own text for unparsable JSON (too deep, truncated…) is one line; keep it short.
+            throw .malformed(image, file: file, detail: "not valid JSON")
+        }
+        guard let version = probe.formatVersion else { throw .malformed(image, file: file, detail: "no format_version") }
         guard version == CheckpointManifest.currentFormatVersion else { throw .unsupportedVersion(image, file: file, version: version) }
         do {
             return try decoder.decode(CheckpointManifest.self, from: Data(bytes))

@@ -367,6 +367,20 @@ struct HostileImageTests {
         #expect(throws: ImageError.malformed(full, file: "pages.index", detail: "reserved header field is not 0")) { try CheckpointImage.open(full) }
     }
 
+    @Test("a manifest that is not JSON, or nested 5,000 deep, is reported as not valid JSON, not as lacking format_version")
+    func manifestNotJSON() async throws {
+        let chain = try await RealChain.take(count: 1)
+        let dir = chain.newest
+        for (text, detail) in [("[1]", "not a JSON object"),
+                               (String(repeating: "[", count: 5000) + String(repeating: "]", count: 5000), "not valid JSON"),
+                               (String(repeating: "{\"a\":", count: 5000) + "1" + String(repeating: "}", count: 5000), "not valid JSON"),
+                               ("{\"format_version\": 1", "not valid JSON")] {
+            try Synthetic.overwrite(dir + "/manifest.json", Array(text.utf8))
+            try Synthetic.resign(dir)
+            #expect(throws: ImageError.malformed(dir, file: "manifest.json", detail: detail)) { try CheckpointImage.open(dir) }
+        }
+    }
+
     @Test("an INCOMPLETE marker that is a symbolic link still marks the image incomplete")
     func incompleteSymlink() async throws {
         let chain = try await RealChain.take(count: 1)
