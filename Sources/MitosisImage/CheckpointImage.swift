@@ -108,8 +108,11 @@ public final class CheckpointImage: Sendable {
         // Every entry stores at least one page, so a sound index is never larger than this.
         let indexLimit = UInt64(ImageFormat.indexHeaderSize + ImageFormat.indexTrailerSize)
             + (dataSize / UInt64(manifest.pageSize)) * UInt64(ImageFormat.indexEntrySize)
-        guard indexDigest.size <= indexLimit, indexDigest.size <= ImageFormat.maxIndexBytes else {
+        guard indexDigest.size <= indexLimit else {
             throw ImageError.malformed(path, file: ImageFormat.indexName, detail: "\(indexDigest.size) bytes is more than \(dataSize) bytes of pages need")
+        }
+        guard indexDigest.size <= ImageFormat.maxIndexBytes else {
+            throw ImageError.malformed(path, file: ImageFormat.indexName, detail: "\(indexDigest.size) bytes, more than \(ImageFormat.maxIndexBytes) allowed")
         }
         let indexBytes = try readAll(files[ImageFormat.indexName]!, size: indexDigest.size, file: ImageFormat.indexName, image: path)
         guard Checksum.hex(Checksum.xxh64(indexBytes)) == indexDigest.xxh64 else {
