@@ -645,7 +645,7 @@ func replay(_ directories: [String], caseTimeout: Double) throws {
 // MARK: Regression corpus
 
 /// One hostile image of the regression corpus (Tests/MitosisTests/Image/Corpus/*.json), as an
-/// edit of the newest image of a fresh seed chain, so that it stays small and independent of the
+/// edit of one image (`image`, 1-based; the newest when absent) of a fresh seed chain, so that it stays small and independent of the
 /// seed's ids and addresses. Applied in this order: `set` (manifest leaves), `mapping`, `sparse`,
 /// resealed if any of those ran; then `replace` (raw file bytes, no resealing) and `special`.
 struct CorpusEntry: Decodable {
@@ -663,6 +663,7 @@ struct CorpusEntry: Decodable {
     var finding: String
     /// The outcome the worker must report (a prefix), e.g. `refused: malformed COMMIT`.
     var expect: String
+    var image: Int?
     var set: [Leaf]?
     var mapping: MappingEdit?
     var sparse: UInt64?
@@ -696,10 +697,10 @@ struct JSONValue: Decodable {
 }
 
 extension Mutator {
-    /// The seed with `entry` applied to its newest image.
+    /// The seed with `entry` applied to one of its images.
     mutating func apply(_ entry: CorpusEntry) -> Case {
         var c = Case(images: seed)
-        let newest = seed.count - 1
+        let newest = min(max((entry.image ?? seed.count) - 1, 0), seed.count - 1)
         var root = manifest(c, newest) as? [String: Any] ?? [:]
         var edited = false
         for leaf in entry.set ?? [] {
