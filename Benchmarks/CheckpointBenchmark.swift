@@ -27,7 +27,7 @@ struct CheckpointBenchmark: AsyncParsableCommand {
             guard let strategy = TrackingStrategy(rawValue: name) else { throw ValidationError("unknown strategy \(name)") }
             return strategy
         }
-        if chosen == nil { chosen = await TrackingStrategy.automatic() }
+        if chosen == nil { chosen = TrackingStrategy.automatic }
         let strategy = chosen!
         let directory = scratch + "/mitosis-bench-" + UUID().uuidString
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)

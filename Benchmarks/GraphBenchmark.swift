@@ -31,11 +31,13 @@ struct GraphBenchmark: AsyncParsableCommand {
             let (ss, ssTime) = try time { try Self.lines(of: "/usr/bin/ss", ["-anpe"]) }
             (lsofLines, ssLines) = (lsof, ss)
             // The parts, each on its own.
-            let (_, descriptorsTime) = try time { try ProcessReader.descriptors(pid: pid) }
+            let (_, descriptorsTime) = try time { try ProcessReader.descriptors(TargetProcess(pid: pid)) }
             let (_, socketsTime) = try time { try SockDiag(networkNamespaceOf: pid).table() }
             let (_, processTime) = try time {
-                (try ProcessReader.identity(pid: pid), try ProcessReader.threads(pid: pid),
-                 try ProcessReader.namespaces(pid: pid), try ProcessReader.mappings(pid: pid, detailed: false), ProcessReader.mounts(pid: pid))
+                let target = try TargetProcess(pid: pid)
+                return (try ProcessReader.identity(target), try ProcessReader.threads(target),
+                        try ProcessReader.namespaces(target), try ProcessReader.mappings(target, detailed: false),
+                        ProcessReader.mounts(target))
             }
             for (key, value) in [("build", graphTime), ("graph", graphTime + jsonTime), ("json", jsonTime), ("lsof", lsofTime), ("ss", ssTime),
                                  ("descriptors", descriptorsTime), ("sockets", socketsTime), ("process", processTime)] {
@@ -48,7 +50,7 @@ struct GraphBenchmark: AsyncParsableCommand {
             return Double(d.seconds) * 1000 + Double(d.attoseconds) / 1e15
         }
         let graph = median("graph"), build = median("build"), lsof = median("lsof"), ss = median("ss")
-        let fds = (try? ProcessReader.descriptors(pid: pid).count) ?? 0
+        let fds = (try? ProcessReader.descriptors(TargetProcess(pid: pid)).count) ?? 0
         print(String(format: "target: %d descriptors; medians over %d runs", fds, runs))
         print(String(format: "graph (build + JSON): %.1f ms  -> %d nodes, %d edges", graph, graphSize.nodes, graphSize.edges))
         print(String(format: "lsof -p:             %.1f ms  -> %d lines", lsof, lsofLines))

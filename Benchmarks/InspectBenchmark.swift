@@ -17,14 +17,14 @@ struct InspectBenchmark: AsyncParsableCommand {
     func run() async throws {
         let target = try pid.map { Target(pid: $0) } ?? Target(descriptors: descriptors)
         defer { target.stop() }
-        let fdCount = try ProcessReader.descriptors(pid: target.pid).count
-        print("target \(target.pid): \(fdCount) descriptors, \(try ProcessReader.mappings(pid: target.pid, detailed: false).count) mappings; \(runs) runs each")
+        let fdCount = try ProcessReader.descriptors(TargetProcess(pid: target.pid)).count
+        print("target \(target.pid): \(fdCount) descriptors, \(try ProcessReader.mappings(TargetProcess(pid: target.pid), detailed: false).count) mappings; \(runs) runs each")
 
         let lsofPath = ["/usr/bin/lsof", "/usr/sbin/lsof", "/bin/lsof"].first { FileManager.default.isExecutableFile(atPath: $0) }
         // Interleaved, so that machine noise hits every contender alike.
         var fdsOnly: [Duration] = [], full: [Duration] = [], fullNoSmaps: [Duration] = [], lsof: [Duration] = []
         for _ in 0..<runs {
-            fdsOnly.append(try measure { _ = try ProcessReader.descriptors(pid: target.pid) })
+            fdsOnly.append(try measure { _ = try ProcessReader.descriptors(TargetProcess(pid: target.pid)) })
             full.append(try measure { _ = try Introspector.inspect(pid: target.pid) })
             fullNoSmaps.append(try measure { _ = try Introspector.inspect(pid: target.pid, detailedMemory: false) })
             if let lsofPath { lsof.append(try measure { try runQuietly(lsofPath, ["-n", "-P", "-p", String(target.pid)]) }) }

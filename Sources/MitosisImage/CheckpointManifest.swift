@@ -172,7 +172,7 @@ public struct CheckpointManifest: Codable, Sendable, Equatable {
     public var pid: Int32
     public var created: String
     public var pageSize: Int
-    /// The dirty-tracking strategy that chose the pages (e.g. `uffd-wp`, `soft-dirty`, `content-hash`, `full`).
+    /// The dirty-tracking strategy that chose the pages (`uffd-wp`, `soft-dirty` or `hash`: `TrackingStrategy.rawValue`).
     public var tracking: String
     /// Everything introspection read about the process (identity, threads, namespaces, limits,
     /// maps, descriptors, IPC); nil when the checkpoint was taken without it.

@@ -52,16 +52,16 @@ package final class SockDiag {
     /// Every TCP, UDP (IPv4 and IPv6), UNIX, netlink and packet socket of the namespace.
     package func table() throws(MitosisError) -> SocketTable {
         var table = SocketTable()
-        for (family, name) in [(AF_INET, "ipv4"), (AF_INET6, "ipv6")] {
-            for (proto, protoName) in [(IPPROTO_TCP, "tcp"), (IPPROTO_UDP, "udp")] {
-                let found = try dump("\(protoName)/\(name)", into: &table) { buffer, capacity, sequence in
+        for (family, name) in [(AF_INET, InetFamily.ipv4), (AF_INET6, .ipv6)] {
+            for (proto, protoName) in [(IPPROTO_TCP, InetProtocol.tcp), (IPPROTO_UDP, .udp)] {
+                let found = try dump("\(protoName.rawValue)/\(name.rawValue)", into: &table) { buffer, capacity, sequence in
                     mitosis_sockdiag_inet_request(buffer, capacity, UInt8(family), UInt8(proto), sequence)
                 } decode: { payload, length, table in
                     var raw = mitosis_inet_socket()
                     guard mitosis_decode_inet(payload, length, &raw) == 0 else { return }
                     table.inet.append(Self.inetSocket(raw, protocol: protoName, family: name))
                 }
-                if !found { table.unavailable.append("\(protoName)/\(name)") }
+                if !found { table.unavailable.append("\(protoName.rawValue)/\(name.rawValue)") }
             }
         }
         if !(try dump("unix", into: &table, request: mitosis_sockdiag_unix_request) { payload, length, table in
@@ -129,14 +129,14 @@ package final class SockDiag {
 
     // MARK: Decoding the flat C records
 
-    package static func inetSocket(_ raw: mitosis_inet_socket, protocol proto: String, family: String) -> InetSocket {
+    package static func inetSocket(_ raw: mitosis_inet_socket, protocol proto: InetProtocol, family: InetFamily) -> InetSocket {
         var raw = raw
         let isV6 = raw.family == UInt8(AF_INET6)
         let local = withUnsafeBytes(of: &raw.local_address) { formatAddress($0, v6: isV6) }
         let remote = withUnsafeBytes(of: &raw.remote_address) { formatAddress($0, v6: isV6) }
         return InetSocket(
             protocol: proto, family: family,
-            state: SocketState.name(raw.state, connectionOriented: proto == "tcp"),
+            state: SocketState.name(raw.state, connectionOriented: proto.isConnectionOriented),
             local: SocketEndpoint(address: local, port: raw.local_port),
             remote: SocketEndpoint(address: remote, port: raw.remote_port),
             receiveQueue: raw.receive_queue, sendQueue: raw.send_queue, uid: raw.uid,

@@ -93,12 +93,22 @@ public struct SocketEndpoint: Hashable, Sendable, Codable, CustomStringConvertib
     }
 }
 
+/// The transport of an internet socket (the JSON spells it `tcp` or `udp`).
+public enum InetProtocol: String, Sendable, Codable, CaseIterable {
+    case tcp, udp
+    /// TCP has connections (LISTEN, ESTABLISHED…); UDP sockets are only bound or connected.
+    public var isConnectionOriented: Bool { self == .tcp }
+}
+
+/// The address family of an internet socket (the JSON spells it `ipv4` or `ipv6`).
+public enum InetFamily: String, Sendable, Codable, CaseIterable {
+    case ipv4, ipv6
+}
+
 /// A TCP or UDP socket over IPv4 or IPv6.
 public struct InetSocket: Equatable, Sendable, Codable {
-    /// `tcp` or `udp`.
-    public var `protocol`: String
-    /// `ipv4` or `ipv6`.
-    public var family: String
+    public var `protocol`: InetProtocol
+    public var family: InetFamily
     public var state: String
     public var local: SocketEndpoint
     public var remote: SocketEndpoint
@@ -117,7 +127,7 @@ public struct InetSocket: Equatable, Sendable, Codable {
     /// IPV6_V6ONLY, for IPv6 sockets.
     public var v6Only: Bool?
 
-    public init(protocol: String, family: String, state: String, local: SocketEndpoint, remote: SocketEndpoint,
+    public init(protocol: InetProtocol, family: InetFamily, state: String, local: SocketEndpoint, remote: SocketEndpoint,
                 receiveQueue: UInt32, sendQueue: UInt32, uid: UInt32, inode: UInt64, cookie: UInt64,
                 interface: UInt32, shutdown: SocketShutdown, v6Only: Bool?) {
         self.protocol = `protocol`

@@ -30,11 +30,14 @@ struct DumpCommand: AsyncParsableCommand {
     @Option(help: "An earlier image of the same process to build an incremental checkpoint on.") var parent: String?
     @Option(help: "Dirty tracking: \(TrackOption.allCases.map(\.rawValue).joined(separator: ", ")).") var track: TrackOption = .auto
     @Flag(help: "Kill the process once the image is committed.") var kill = false
+    @Flag(help: "Copy the process even if it asked not to be dumped (prctl PR_SET_DUMPABLE 0, or changed credentials).")
+    var force = false
     @Flag(help: "Print the result as JSON.") var json = false
 
     func run() async throws {
         let pid = targetPID(pid, forTracing: true)
         do {
+            if !force { try await TargetCheck.requireDumpable(pid) }
             let base: CheckpointParent? = try parent.map { path in
                 .image(try CheckpointImage.open(path), path: relativePath(from: images, to: path))
             }

@@ -18,6 +18,8 @@ struct TrackCommand: AsyncParsableCommand {
     @Option(help: "Milliseconds between checkpoints.") var interval: Int = 1000
     @Option(help: "How many checkpoints to take.") var count: Int = 3
     @Option(help: "Dirty tracking: \(TrackOption.allCases.map(\.rawValue).joined(separator: ", ")).") var track: TrackOption = .auto
+    @Flag(help: "Copy the process even if it asked not to be dumped (prctl PR_SET_DUMPABLE 0, or changed credentials).")
+    var force = false
     @Flag(help: "Print the results as a JSON array.") var json = false
 
     func validate() throws {
@@ -29,6 +31,7 @@ struct TrackCommand: AsyncParsableCommand {
         let pid = targetPID(pid, forTracing: true)
         do {
             guard !images.isEmpty else { throw ImageError.invalidImageName(images) }
+            if !force { try await TargetCheck.requireDumpable(pid) }
             let session = try await CheckpointSession(pid: pid, options: CheckpointOptions(strategy: track.strategy))
             var summaries: [CheckpointSummary] = []
             do {

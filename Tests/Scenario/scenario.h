@@ -16,6 +16,9 @@ typedef struct scenario {
     /// Handles one command line (without newline); may be NULL. Returns 0 on success.
     int (*step)(const char *command);
     struct scenario *next;
+    /// When set, the main thread runs this (it never returns) and commands are read by another
+    /// thread: for scenarios whose main thread must be in a known state (Mitosis injects there).
+    void (*main_thread)(void);
 } scenario;
 
 void scenario_register(scenario *s);

@@ -5,7 +5,10 @@
 // of a file (`file`, 16 pages read, the first 4 written, i.e. copied on write) and the heap
 // (`heap`, 8 pages from malloc). Byte i of page p of a region holds pattern(region, p, gen, i).
 // Commands: `write REGION GEN P,P,…` rewrites pages with generation GEN; `map N` maps and fills
-// a new anonymous mapping of N pages (reported as `new`); `discard P` madvise(DONTNEED)s anon page P.
+// a new anonymous mapping of N pages (reported as `new`), directly below the spare region if there
+// is one (then N <= 16); `spare N` maps N anonymous pages that are never touched (reported as
+// `spare`) above a hole of 16 pages;
+// `discard P` madvise(DONTNEED)s anon page P.
 //
 // `churn MIB PERCENT INTERVAL_MS`: a MIB-sized anonymous area, all written, then a thread
 // rewrites PERCENT % of its pages (spread, a different set each time) every INTERVAL_MS.
@@ -38,6 +41,7 @@ enum { ANON, SHARED, FILE_PRIVATE, HEAP, REGIONS };
 static const char *region_names[REGIONS] = { "anon", "shared", "file", "heap" };
 static unsigned char *regions[REGIONS];
 static const int region_pages[REGIONS] = { 64, 16, 16, 8 };
+static unsigned char *spare;
 
 /// The kernel rewrites a thread's rseq area (its CPU number) whenever it resumes on another CPU,
 /// e.g. after a thaw: memory read after a checkpoint would then differ from memory at the
@@ -105,8 +109,21 @@ static int memory_step(const char *command) {
         return 0;
     }
     int count;
+    if (sscanf(command, "spare %d", &count) == 1) {
+        // 16 pages more, unmapped again at once: the hole below the spare region that `map` fills.
+        unsigned char *area = mmap(NULL, (size_t)(count + 16) * PAGE, PROT_READ | PROT_WRITE,
+                                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (area == MAP_FAILED || munmap(area, 16 * PAGE) != 0) return -1;
+        spare = area + 16 * PAGE;
+        scenario_report("spare", "0x%lx", (unsigned long)spare);
+        return 0;
+    }
     if (sscanf(command, "map %d", &count) == 1) {
-        unsigned char *fresh = mmap(NULL, (size_t)count * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        // Below the spare region: a written mapping right under an untouched one is where
+        // Linux 6.12's VMA merging differs between userfaultfd register and unregister.
+        void *hint = spare ? spare - (size_t)count * PAGE : NULL;
+        unsigned char *fresh = mmap(hint, (size_t)count * PAGE, PROT_READ | PROT_WRITE,
+                                    MAP_PRIVATE | MAP_ANONYMOUS | (spare ? MAP_FIXED_NOREPLACE : 0), -1, 0);
         if (fresh == MAP_FAILED) return -1;
         for (int p = 0; p < count; p++) memset(fresh + (size_t)p * PAGE, 0x40 + p, PAGE);
         scenario_report("new", "0x%lx", (unsigned long)fresh);

@@ -49,7 +49,7 @@ extension KernelProbe {
     public static let syscallInjection = KernelProbe("syscall-injection") { child in
         let result = try await withFrozenProcess(child.pid) { try await $0.injectSyscall(SyscallNumber.getpid) }
         guard result == Int64(child.pid) else { throw ProbeFailure("an injected getpid returned \(result), not \(child.pid)") }
-        return "getpid single-stepped at a vDSO syscall instruction of a frozen child returned its pid"
+        return "getpid injected into a frozen child (run to its syscall-exit stop) returned its pid"
     }
 
     /// Listing TCP sockets with their inodes and addresses.
@@ -58,7 +58,7 @@ extension KernelProbe {
         guard !table.unavailable.contains("tcp/ipv4") else {
             throw ProbeFailure("NETLINK_SOCK_DIAG has no handler for TCP over IPv4 (inet_diag and tcp_diag not loaded)")
         }
-        let count = table.inet.filter { $0.protocol == "tcp" && $0.family == "ipv4" }.count
+        let count = table.inet.filter { $0.protocol == .tcp && $0.family == .ipv4 }.count
         return "NETLINK_SOCK_DIAG dump of IPv4 TCP sockets listed \(count)"
     }
 
@@ -73,14 +73,20 @@ extension KernelProbe {
 
     /// Dirty-page tracking through soft-dirty bits (`clear_refs` 4, pagemap bit 55).
     public static let softDirty = KernelProbe("soft-dirty") { child in
-        try Kernel.clearRefs(pid: child.pid, .softDirty)
+        try checkSoftDirty(pid: child.pid, page: child.pageAddress)
+    }
+
+    /// Clears the soft-dirty bits of `pid`, writes one byte at `page` and expects the page's
+    /// pagemap bit 55. Also run on Mitosis itself (`TrackingStrategy.isSupported`).
+    package static func checkSoftDirty(pid: Int32, page: UInt64) throws -> String {
+        try Kernel.clearRefs(pid: pid, .softDirty)
         let byte: [UInt8] = [0xa5]
         _ = try byte.withUnsafeBytes { buffer throws(Errno) in
-            try Kernel.writeMemory(pid: child.pid, address: child.pageAddress, from: buffer)
+            try Kernel.writeMemory(pid: pid, address: page, from: buffer)
         }
-        let pagemap = try PagemapFile(pid: child.pid)
+        let pagemap = try PagemapFile(pid: pid)
         defer { pagemap.close() }
-        guard let entry = try pagemap.entries(at: child.pageAddress, count: 1).first, entry.isSoftDirty else {
+        guard let entry = try pagemap.entries(at: page, count: 1).first, entry.isSoftDirty else {
             throw ProbeFailure("/proc/PID/clear_refs accepted 4, but a page written afterwards never shows pagemap bit 55 (kernel without CONFIG_MEM_SOFT_DIRTY)")
         }
         return "a page written after clear_refs 4 shows pagemap bit 55"
@@ -88,21 +94,34 @@ extension KernelProbe {
 
     /// Listing written pages in one walk (`PAGEMAP_SCAN`, Linux 6.7+).
     public static let pagemapScan = KernelProbe("pagemap-scan") { child in
+        try checkPagemapScan(page: child.pageAddress)
+    }
+
+    /// One `PAGEMAP_SCAN` of Mitosis's own pagemap over `page` (any address works).
+    package static func checkPagemapScan(page: UInt64) throws -> String {
         let pagemap = try PagemapFile(pid: Kernel.currentProcessID())
         defer { pagemap.close() }
-        var request = PagemapFile.ScanRequest(start: child.pageAddress, end: child.pageAddress + PagemapFile.pageSize)
+        var request = PagemapFile.ScanRequest(start: page, end: page + PagemapFile.pageSize)
         request.anyOf = .present
         request.returned = .present
+        let regions: [PageRegion]
         do {
-            let regions = try pagemap.scan(request)
-            return "ioctl PAGEMAP_SCAN on /proc/self/pagemap listed \(regions.count) present region(s)"
+            regions = try pagemap.scan(request)
         } catch .inappropriateIOCTLForDevice {
             throw ProbeFailure("ioctl PAGEMAP_SCAN on /proc/self/pagemap: ENOTTY (needs Linux 6.7)")
+        } catch {
+            throw error
         }
+        return "ioctl PAGEMAP_SCAN on /proc/self/pagemap listed \(regions.count) present region(s)"
     }
 
     /// Exact dirty tracking: userfaultfd write-protection resolved by the kernel (Linux 6.7+).
     public static let uffdWriteProtectAsync = KernelProbe("uffd-wp-async") { _ in
+        try checkUserfaultfdWriteProtectAsync()
+    }
+
+    /// A userfaultfd of Mitosis's own that accepts asynchronous write-protection of unpopulated pages.
+    package static func checkUserfaultfdWriteProtectAsync() throws -> String {
         let descriptor = try Kernel.userfaultfd(flags: Kernel.trackingUserfaultfdFlags)
         let uffd = Userfaultfd(descriptor: descriptor)
         defer { uffd.close() }

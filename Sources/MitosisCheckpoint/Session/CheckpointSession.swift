@@ -83,8 +83,9 @@ public actor CheckpointSession {
     private let tracker: DirtyTracker
     private let pageMaps: PageMapReader
     private let memory: MemoryReader
-    /// Pins the target's identity: signals go to it, never to a process that reused its pid.
-    private let pidfd: FileDescriptor
+    /// Pins the target's identity: reads, signals and checkpoints go to it, never to a process
+    /// that reused its pid.
+    private let target: TargetProcess
     /// Pages whose bytes in the previous checkpoint of this session are still current.
     private var previousValid = PageSet()
     private var previous: (id: String, sequence: Int)?
@@ -100,31 +101,23 @@ public actor CheckpointSession {
 
     /// Starts tracking the writes of `pid`.
     public init(pid: Int32, options: CheckpointOptions = CheckpointOptions()) async throws {
-        try TargetCheck.validate(pid, forTracing: true)
+        target = try TargetProcess(pid: pid, forTracing: true)
         self.pid = pid
         self.options = options
         var chosen = options.strategy
-        if chosen == nil { chosen = await TrackingStrategy.automatic() }
+        if chosen == nil { chosen = TrackingStrategy.automatic }
         let strategy = chosen!
         self.strategy = strategy
-        do {
-            pidfd = try Kernel.pidfdOpen(pid)
-        } catch .noSuchProcess {
-            throw MitosisError.noSuchProcess(pid)
-        } catch {
-            throw MitosisError.system(operation: "pidfd_open \(pid)", errno: error)
-        }
         pageMaps = try PageMapReader(pid: pid, method: options.pageMapMethod)
         memory = try MemoryReader(pid: pid)
         tracker = try strategy.makeTracker(pid: pid)
         do {
-            let map = try pageMaps.read(ProcessReader.mappings(pid: pid, detailed: false))
+            let map = try pageMaps.read(ProcessReader.mappings(target, detailed: false))
             try await tracker.start(map)
         } catch {
             tracker.stop()
             pageMaps.close()
             memory.close()
-            try? pidfd.close()
             throw Self.translate(error, pid: pid)
         }
     }
@@ -136,7 +129,6 @@ public actor CheckpointSession {
         tracker.stop()
         pageMaps.close()
         memory.close()
-        try? pidfd.close()
     }
 
     /// Stops tracking and releases everything the session holds in Mitosis and in the target.
@@ -146,7 +138,6 @@ public actor CheckpointSession {
         tracker.stop()
         pageMaps.close()
         memory.close()
-        try? pidfd.close()
     }
 
     /// Kills the target (SIGKILL), for a checkpoint that moves a process rather than copies it:
@@ -155,7 +146,7 @@ public actor CheckpointSession {
         guard !stopped else { throw CheckpointError.sessionStopped }
         defer { stop() }
         do {
-            try Kernel.pidfdKill(pidfd)
+            try Kernel.pidfdKill(target.process.pidfd)
         } catch .noSuchProcess {
             throw CheckpointError.targetExited(pid)
         }
@@ -165,6 +156,7 @@ public actor CheckpointSession {
     /// On failure the sink is aborted (its image marked incomplete) and the target is left as it was.
     public func checkpoint(to sink: CheckpointSink, parent: CheckpointParent? = nil) async throws -> CheckpointResult {
         guard !stopped else { throw CheckpointError.sessionStopped }
+        try target.requireAlive()
         let clock = ContinuousClock()
         let started = clock.now
         var header: CheckpointHeader
@@ -208,12 +200,13 @@ public actor CheckpointSession {
                 left = count
             }
             // Freeze, copy what was written since, thaw.
-            let tracer = try await Tracer.freeze(pid: pid)
-            let frozenAt = clock.now
-            let final: ProcessPageMap
-            let threads: [ThreadState]
-            let descriptors: [OpenDescriptor]
-            do {
+            var frozenAt: ContinuousClock.Instant?
+            let (final, threads, descriptors) = try await withFrozenProcess(pid) { tracer in
+                frozenAt = clock.now
+                defer { run.frozen += clock.now - frozenAt! }
+                // The pid is seized by number: make sure it still names the process this session
+                // tracks (not one that took its pid after it exited).
+                try target.requireAlive()
                 let map: ProcessPageMap
                 if tracker.collectReportsDiscards, let lastMap {
                     // Reading the page map of a large process takes milliseconds: update the last
@@ -230,16 +223,8 @@ public actor CheckpointSession {
                 let copied = try copy(toCopy, run, tolerant: false)
                 run.copiedFrozen = copied.pageCount()
                 run.staged = run.staged.union(copied)
-                final = map
-                threads = try await tracer.threadStates()
-                descriptors = try ProcessReader.descriptors(pid: pid)
-            } catch {
-                await tracer.thaw()
-                run.frozen += clock.now - frozenAt
-                throw error
+                return (map, try await tracer.threadStates(), try ProcessReader.descriptors(target))
             }
-            await tracer.thaw()
-            run.frozen += clock.now - frozenAt
 
             // Store what the checkpoint holds, describe the rest.
             let stored = run.staged.intersection(final.data)
@@ -290,7 +275,7 @@ public actor CheckpointSession {
     }
 
     private func readPageMap(_ run: Run) throws -> ProcessPageMap {
-        let map = try pageMaps.read(ProcessReader.mappings(pid: pid, detailed: false))
+        let map = try pageMaps.read(ProcessReader.mappings(target, detailed: false))
         run.pagesScanned += map.pagesScanned
         return map
     }
@@ -308,7 +293,7 @@ public actor CheckpointSession {
     private func refreshPageMap(_ previous: ProcessPageMap, _ run: Run) throws -> RefreshedPageMap {
         let known = Dictionary(previous.mappings.map { ($0.mapping.start, $0) }, uniquingKeysWith: { first, _ in first })
         var unchanged: [MemoryMapping] = [], changed: [MemoryMapping] = []
-        for mapping in try ProcessReader.mappings(pid: pid, detailed: false) where ProcessPageMap.isCheckpointed(mapping) {
+        for mapping in try ProcessReader.mappings(target, detailed: false) where ProcessPageMap.isCheckpointed(mapping) {
             if known[mapping.start]?.mapping == mapping { unchanged.append(mapping) } else { changed.append(mapping) }
         }
         let fresh = try pageMaps.read(changed)
@@ -333,18 +318,12 @@ public actor CheckpointSession {
             return (map, try collectWrites(map))
         }
         let clock = ContinuousClock()
-        let tracer = try await Tracer.freeze(pid: pid)
-        let frozenAt = clock.now
-        let result: Result<(ProcessPageMap, PageSet), any Error>
-        do {
+        return try await withFrozenProcess(pid) { _ in
+            let frozenAt = clock.now
+            defer { run.frozen += clock.now - frozenAt }
             let map = try readPageMap(run)
-            result = .success((map, try collectWrites(map)))
-        } catch {
-            result = .failure(error)
+            return (map, try collectWrites(map))
         }
-        await tracer.thaw()
-        run.frozen += clock.now - frozenAt
-        return try result.get()
     }
 
     /// Copies `pages` into the staging area and returns what was copied. `tolerant` (the target

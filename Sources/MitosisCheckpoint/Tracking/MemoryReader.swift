@@ -16,7 +16,7 @@ package struct MemoryReader: Sendable {
         do {
             memory = try ProcessMemoryFile(pid: pid)
         } catch {
-            throw ProcessReader.failure(error, pid: pid, reading: "/proc/\(pid)/mem")
+            throw TargetProcess.failure(error, pid: pid, reading: "/proc/\(pid)/mem")
         }
     }
 
@@ -59,7 +59,7 @@ package struct MemoryReader: Sendable {
             do {
                 done += try memory.read(at: address + UInt64(done), into: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]))
             } catch {
-                throw ProcessReader.failure(error, pid: pid, reading: "/proc/\(pid)/mem")
+                throw TargetProcess.failure(error, pid: pid, reading: "/proc/\(pid)/mem")
             }
         }
         guard done == buffer.count else {

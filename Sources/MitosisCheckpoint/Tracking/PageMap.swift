@@ -2,6 +2,7 @@ import SystemPackage
 import MitosisInspect
 import MitosisKernel
 import MitosisModel
+import MitosisTrace
 
 /// Which pages of a process hold data worth copying, mapping by mapping.
 ///
@@ -83,7 +84,7 @@ public struct PageMapReader: Sendable {
         do {
             pagemap = try PagemapFile(pid: pid)
         } catch {
-            throw ProcessReader.failure(error, pid: pid, reading: "/proc/\(pid)/pagemap")
+            throw TargetProcess.failure(error, pid: pid, reading: "/proc/\(pid)/pagemap")
         }
         self.method = method ?? (pagemap.supportsScan() ? .scan : .entries)
     }
@@ -98,7 +99,7 @@ public struct PageMapReader: Sendable {
             do {
                 data = try dataPages(of: mapping)
             } catch {
-                throw ProcessReader.failure(error, pid: pid, reading: "/proc/\(pid)/pagemap")
+                throw TargetProcess.failure(error, pid: pid, reading: "/proc/\(pid)/pagemap")
             }
             result.mappings.append(.init(mapping: mapping, data: data))
             result.data = result.data.union(data)

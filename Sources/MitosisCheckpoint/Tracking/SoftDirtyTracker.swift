@@ -2,6 +2,7 @@ import SystemPackage
 import MitosisInspect
 import MitosisKernel
 import MitosisModel
+import MitosisTrace
 
 /// Where soft-dirty tracking reads pagemap entries and clears the bits: the live process, or
 /// recorded entries in tests.
@@ -33,7 +34,7 @@ public final class SoftDirtyTracker: DirtyTracker, @unchecked Sendable {
         do {
             source = LiveSource(pid: pid, pagemap: try PagemapFile(pid: pid))
         } catch {
-            throw ProcessReader.failure(error, pid: pid, reading: "/proc/\(pid)/pagemap")
+            throw TargetProcess.failure(error, pid: pid, reading: "/proc/\(pid)/pagemap")
         }
     }
 

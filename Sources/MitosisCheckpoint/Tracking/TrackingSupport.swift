@@ -10,20 +10,10 @@ extension TrackingStrategy {
         return .hash
     }
 
-    /// The strategy `auto` picks from what `mitosis check` found (`soft-dirty`, `pagemap-scan` and
-    /// `uffd-wp-async` probes).
-    public static func best(from report: KernelFeatureReport) -> TrackingStrategy {
-        best(softDirty: report["soft-dirty"]?.supported ?? false,
-             userfaultfdWriteProtect: (report["pagemap-scan"]?.supported ?? false) && (report["uffd-wp-async"]?.supported ?? false))
-    }
-
-    /// The best strategy this kernel offers, as `KernelFeatures` probes it (or, should the probe
-    /// child fail to start, as probed on Mitosis itself).
-    public static func automatic() async -> TrackingStrategy {
-        guard let report = try? await KernelFeatures.check([.softDirty, .pagemapScan, .uffdWriteProtectAsync]) else {
-            return best(softDirty: softDirtyWorks, userfaultfdWriteProtect: userfaultfdWriteProtectWorks)
-        }
-        return best(from: report)
+    /// The strategy `auto` picks: the best this kernel offers (probed once, see `isSupported`).
+    public static var automatic: TrackingStrategy {
+        best(softDirty: TrackingStrategy.softDirty.isSupported,
+             userfaultfdWriteProtect: TrackingStrategy.userfaultfdWriteProtect.isSupported)
     }
 
     /// Whether this kernel offers the strategy (probed once, on Mitosis's own memory: cheap enough
@@ -57,31 +47,26 @@ extension TrackingStrategy {
         }
     }
 
-    /// Soft-dirty works when a page written after `clear_refs` shows bit 55. Clearing Mitosis's own
-    /// soft-dirty bits harms nothing.
-    package static let softDirtyWorks: Bool = {
+    /// Soft-dirty works when a page written after `clear_refs` shows bit 55: the `soft-dirty`
+    /// probe of `mitosis check`, run once on a page of Mitosis's own (clearing its own soft-dirty
+    /// bits harms nothing).
+    static let softDirtyWorks: Bool = {
         let size = Int(PagemapFile.pageSize)
         let page = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: size)
         defer { page.deallocate() }
         page.storeBytes(of: 1, as: UInt8.self)
-        guard let pagemap = try? PagemapFile(pid: Kernel.currentProcessID()) else { return false }
-        defer { pagemap.close() }
-        guard (try? Kernel.clearRefs(pid: Kernel.currentProcessID(), .softDirty)) != nil else { return false }
-        page.storeBytes(of: 2, as: UInt8.self)
-        let address = UInt64(UInt(bitPattern: page))
-        return (try? pagemap.entries(at: address, count: 1))?.first?.isSoftDirty ?? false
+        return (try? KernelProbe.checkSoftDirty(pid: Kernel.currentProcessID(), page: UInt64(UInt(bitPattern: page)))) != nil
     }()
 
     /// userfaultfd write-protect tracking works when `PAGEMAP_SCAN` exists and a userfaultfd
-    /// accepts asynchronous write-protection, of unpopulated pages too.
-    package static let userfaultfdWriteProtectWorks: Bool = {
-        guard let pagemap = try? PagemapFile(pid: Kernel.currentProcessID()) else { return false }
-        defer { pagemap.close() }
-        guard pagemap.supportsScan() else { return false }
-        guard let descriptor = try? Kernel.userfaultfd(flags: Kernel.trackingUserfaultfdFlags) else { return false }
-        let uffd = Userfaultfd(descriptor: descriptor)
-        defer { uffd.close() }
-        let wanted: Userfaultfd.Features = [.writeProtectAsync, .writeProtectUnpopulated]
-        return (try? uffd.enable(wanted))?.isSuperset(of: wanted) ?? false
+    /// accepts asynchronous write-protection of unpopulated pages: the `pagemap-scan` and
+    /// `uffd-wp-async` probes of `mitosis check`, run once.
+    static let userfaultfdWriteProtectWorks: Bool = {
+        let size = Int(PagemapFile.pageSize)
+        let page = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: size)
+        defer { page.deallocate() }
+        page.storeBytes(of: 1, as: UInt8.self)
+        return (try? KernelProbe.checkPagemapScan(page: UInt64(UInt(bitPattern: page)))) != nil
+            && (try? KernelProbe.checkUserfaultfdWriteProtectAsync()) != nil
     }()
 }

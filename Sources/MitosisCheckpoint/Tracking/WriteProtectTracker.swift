@@ -1,5 +1,3 @@
-import CMitosis
-import Glibc
 import Logging
 import SystemPackage
 import MitosisInspect
@@ -41,13 +39,13 @@ public final class WriteProtectTracker: DirtyTracker, @unchecked Sendable {
         do {
             pagemap = try PagemapFile(pid: pid)
         } catch {
-            throw ProcessReader.failure(error, pid: pid, reading: "/proc/\(pid)/pagemap")
+            throw TargetProcess.failure(error, pid: pid, reading: "/proc/\(pid)/pagemap")
         }
     }
 
     public func start(_ pageMap: ProcessPageMap) async throws {
         let descriptor = try await withFrozenProcess(pid) { tracer in
-            try await tracer.createTargetUserfaultfd(flags: O_CLOEXEC | O_NONBLOCK | MITOSIS_UFFD_USER_MODE_ONLY)
+            try await tracer.createTargetUserfaultfd(flags: Kernel.trackingUserfaultfdFlags)
         }
         let uffd = Userfaultfd(descriptor: descriptor)
         // Unpopulated pages are protected too (with PTE markers, which the page map tells from
@@ -116,6 +114,12 @@ public final class WriteProtectTracker: DirtyTracker, @unchecked Sendable {
         return dirty
     }
 
+    /// Unregisters every range (which lifts all write-protection) and closes the descriptor.
+    /// Every address keeps its permissions, file and offset, but VMA boundaries may move: a
+    /// mapping created during tracking is kept apart from a registered neighbour, and whether
+    /// `UFFDIO_UNREGISTER` merges the two is the kernel's call (Linux 6.12 merges a written
+    /// mapping into an untouched one above it, which registering did not; see
+    /// TargetHealth.joinedMappings in the tests).
     public func stop() {
         guard !stopped else { return }
         stopped = true

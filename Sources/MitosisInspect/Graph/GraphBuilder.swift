@@ -35,12 +35,12 @@ package struct ProcessResources: Sendable {
 
     package var pid: Int32 { identity.pid }
 
-    package static func read(_ pid: Int32, mappings: Bool) throws(MitosisError) -> ProcessResources {
+    package static func read(_ target: TargetProcess, mappings: Bool) throws(MitosisError) -> ProcessResources {
         ProcessResources(
-            identity: try ProcessReader.identity(pid: pid), threads: try ProcessReader.threads(pid: pid),
-            namespaces: try ProcessReader.namespaces(pid: pid),
-            mappings: mappings ? try ProcessReader.mappings(pid: pid, detailed: false) : [],
-            descriptors: try ProcessReader.descriptors(pid: pid))
+            identity: try ProcessReader.identity(target), threads: try ProcessReader.threads(target),
+            namespaces: try ProcessReader.namespaces(target),
+            mappings: mappings ? try ProcessReader.mappings(target, detailed: false) : [],
+            descriptors: try ProcessReader.descriptors(target))
     }
 
     package var networkNamespace: UInt64? { namespaces.first { $0.type == "net" }?.inode }
@@ -51,14 +51,17 @@ package struct ProcessResources: Sendable {
 public enum GraphBuilder {
     /// The graph of `pid` (and, with `includeDescendants`, every process below it).
     public static func graph(of pid: Int32, options: GraphOptions = GraphOptions()) throws(MitosisError) -> ResourceGraph {
-        try TargetCheck.validate(pid, forTracing: false)
+        let root = try TargetProcess(pid: pid)
         let pids = options.includeDescendants ? Tracer.processTree(root: pid).sorted() : [pid]
         var processes: [ProcessResources] = []
         for member in pids {
             do {
-                processes.append(try ProcessResources.read(member, mappings: options.includeMappings))
+                processes.append(try ProcessResources.read(member == pid ? root : TargetProcess(pid: member),
+                                                           mappings: options.includeMappings))
             } catch .noSuchProcess where member != pid {
                 continue  // a descendant exited meanwhile
+            } catch .zombie where member != pid {
+                continue  // a descendant that has exited, not yet reaped
             }
         }
         var tables: [UInt64: SocketTable] = [:]
@@ -67,7 +70,7 @@ public enum GraphBuilder {
             tables[namespace] = try SockDiag(networkNamespaceOf: process.pid).table()
         }
         let mounts = Dictionary(
-            (ProcessReader.mounts(pid: pid)).map { ($0.device, $0) }, uniquingKeysWith: { first, _ in first })
+            (ProcessReader.mounts(root)).map { ($0.device, $0) }, uniquingKeysWith: { first, _ in first })
         var assembly = GraphAssembly(processes: processes, sockets: tables, mounts: mounts, options: options)
         assembly.build()
         return assembly.graph
@@ -410,7 +413,7 @@ package struct GraphAssembly {
         var indexes: [UInt64: (byInode: [UInt64: SocketInfo], byEnds: [String: InetSocket])] = [:]
         for (namespace, table) in sockets {
             var byEnds: [String: InetSocket] = [:]
-            for socket in table.inet where socket.protocol == "tcp" { byEnds["\(socket.local)|\(socket.remote)"] = socket }
+            for socket in table.inet where socket.protocol == .tcp { byEnds["\(socket.local)|\(socket.remote)"] = socket }
             indexes[namespace] = (table.byInode(), byEnds)
         }
         for (id, namespace) in namespaceOf.sorted(by: { $0.key < $1.key }) {
@@ -420,7 +423,7 @@ package struct GraphAssembly {
             switch socket {
             case .inet(let inet):
                 describeInet(id, inet)
-                guard inet.protocol == "tcp", inet.state != "LISTEN", inet.state != "CLOSE" else { continue }
+                guard inet.protocol == .tcp, inet.state != "LISTEN", inet.state != "CLOSE" else { continue }
                 connectTCP(id, inet, index.byEnds, namespace: namespace)
             case .unix(let unix):
                 describeUnix(id, unix)
@@ -443,7 +446,7 @@ package struct GraphAssembly {
 
     private mutating func describeInet(_ id: String, _ socket: InetSocket) {
         nodes[id]?.attributes.merge([
-            "protocol": .string(socket.protocol), "family": .string(socket.family), "state": .string(socket.state),
+            "protocol": .string(socket.protocol.rawValue), "family": .string(socket.family.rawValue), "state": .string(socket.state),
             "local": .string(socket.local.description), "remote": .string(socket.remote.description),
             "recv_q": .int(Int64(socket.receiveQueue)), "send_q": .int(Int64(socket.sendQueue)), "uid": .int(Int64(socket.uid)),
         ]) { $1 }
@@ -484,7 +487,7 @@ package struct GraphAssembly {
         }
         // The peer is a connection a listener has not accept()ed yet.
         let listener = sockets[namespace]?.inet.first {
-            $0.protocol == "tcp" && $0.state == "LISTEN" && $0.local.port == peer.local.port
+            $0.protocol == .tcp && $0.state == "LISTEN" && $0.local.port == peer.local.port
                 && ($0.local.address == peer.local.address || $0.local.address == "0.0.0.0" || $0.local.address == "::")
         }
         if let listener, nodes["socket:\(listener.inode)"] != nil {

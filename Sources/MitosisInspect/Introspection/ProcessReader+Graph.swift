@@ -1,10 +1,11 @@
 import MitosisKernel
 import MitosisModel
+import MitosisTrace
 /// The reads the resource graph needs beyond one process's own state.
 extension ProcessReader {
     /// The mounts `pid` sees; empty when unreadable.
-    public static func mounts(pid: Int32) -> [MountInfo] {
-        optionalText(pid, "mountinfo").map(ProcMountinfo.parse) ?? []
+    public static func mounts(_ target: TargetProcess) -> [MountInfo] {
+        (try? target.text("mountinfo")).map(ProcMountinfo.parse) ?? []
     }
 
     /// Which process outside `excluding` holds each of `links` (descriptor link targets such as
@@ -18,7 +19,7 @@ extension ProcessReader {
             for fd in fds {
                 guard let target = try? Kernel.readLink("/proc/\(pid)/fd/\(fd)"), links.contains(target), found[target] == nil
                 else { continue }
-                let comm = optionalText(pid, "comm").map { $0.hasSuffix("\n") ? String($0.dropLast()) : $0 } ?? "?"
+                let comm = (try? Kernel.readFile("/proc/\(pid)/comm")).map { String(decoding: $0, as: UTF8.self) }.map { $0.hasSuffix("\n") ? String($0.dropLast()) : $0 } ?? "?"
                 found[target] = "process \(pid) (\(comm))"
                 if found.count == links.count { return found }
             }

@@ -1,6 +1,4 @@
-import CMitosis
 import Foundation
-import Glibc
 import SystemPackage
 import MitosisKernel
 import MitosisModel
@@ -28,15 +26,11 @@ extension Tracer {
         let directory = "/proc/\(pid)/task/\(tid)"
         var step = "PTRACE_GETREGS"
         let registers: GeneralRegisters, xsave: Data, mask: UInt64, status: ProcStatus, comm: String
-        let rseq: RseqRegistration?, attributes: mitosis_sched_attr
+        let rseq: RseqRegistration?, scheduling: Scheduling
         do throws(Errno) {
-            registers = GeneralRegisters(try Ptrace.getRegisters(tid))
+            registers = try Ptrace.generalRegisters(tid)
             step = "PTRACE_GETREGSET NT_X86_XSTATE"
-            // Large enough for every XSAVE component defined so far (AMX tiles included).
-            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 << 10, alignment: 64)
-            defer { buffer.deallocate() }
-            let count = try Ptrace.getRegisterSet(tid, kind: MITOSIS_NT_X86_XSTATE, into: buffer)
-            xsave = Data(buffer[..<count])
+            xsave = try Ptrace.extendedStateBytes(tid)
             step = "PTRACE_GETSIGMASK"
             mask = try Ptrace.signalMask(tid)
             step = "reading \(directory)/status"
@@ -44,9 +38,9 @@ extension Tracer {
             step = "reading \(directory)/comm"
             comm = String(decoding: try Kernel.readFile(directory + "/comm"), as: UTF8.self)
             step = "PTRACE_GET_RSEQ_CONFIGURATION"
-            rseq = try Self.rseqRegistration(tid)
+            rseq = try Ptrace.rseqRegistration(tid)
             step = "sched_getattr"
-            attributes = try Kernel.schedulingAttributes(tid)
+            scheduling = try Kernel.scheduling(tid)
         } catch {
             throw .system(operation: "\(step) of thread \(tid)", errno: error)
         }
@@ -63,25 +57,8 @@ extension Tracer {
             sharedPendingSignals: status["ShdPnd"].flatMap { UInt64($0, radix: 16) } ?? 0,
             alternateSignalStack: nil,
             rseq: rseq,
-            scheduling: Scheduling(
-                policy: attributes.sched_policy, resetOnFork: attributes.sched_flags & 1 != 0,
-                nice: attributes.sched_nice, priority: attributes.sched_priority,
-                runtime: attributes.sched_runtime, deadline: attributes.sched_deadline, period: attributes.sched_period),
+            scheduling: scheduling,
             blockedSystemCall: BlockedSystemCall(registers: registers))
-    }
-
-    /// The rseq registration, nil when there is none — or when the kernel predates 5.13 and so
-    /// rejects the request with EIO: such a kernel has no rseq to record either.
-    private static func rseqRegistration(_ tid: Int32) throws(Errno) -> RseqRegistration? {
-        let configuration: mitosis_rseq_configuration
-        do {
-            configuration = try Ptrace.rseqConfiguration(tid)
-        } catch .ioError {
-            return nil
-        }
-        guard configuration.rseq_abi_pointer != 0 else { return nil }
-        return RseqRegistration(address: configuration.rseq_abi_pointer, size: configuration.rseq_abi_size,
-                                signature: configuration.signature, flags: configuration.flags)
     }
 
     /// The alternate signal stack of a frozen thread. No ptrace request or /proc file exposes it,
@@ -93,28 +70,17 @@ extension Tracer {
         let page = Int(PagemapFile.pageSize)
         let scratch = try injectMmap(length: page, in: tid)
         let result = Result { () throws -> SignalStack in
-            _ = try performSyscall(MITOSIS_SYS_sigaltstack, [0, scratch], in: tid)
-            var stack = stack_t()
-            let count = try withUnsafeMutableBytes(of: &stack) { buffer in
-                try Kernel.readMemory(pid: pid(of: tid), address: scratch, into: buffer)
-            }
-            guard count == MemoryLayout<stack_t>.size else {
+            _ = try performSyscall(SyscallNumber.sigaltstack, [0, scratch], in: tid)
+            let bytes = UnsafeMutableRawBufferPointer.allocate(byteCount: Kernel.signalStackSize, alignment: 8)
+            defer { bytes.deallocate() }
+            guard try Kernel.readMemory(pid: pid(of: tid), address: scratch, into: bytes) == bytes.count else {
                 throw MitosisError.system(operation: "reading the sigaltstack result of thread \(tid)", errno: .ioError)
             }
-            return SignalStack(address: UInt64(UInt(bitPattern: stack.ss_sp)), size: UInt64(stack.ss_size), flags: stack.ss_flags)
+            return Kernel.signalStack(decoding: UnsafeRawBufferPointer(bytes))
         }
         try injectMunmap(address: scratch, length: page, in: tid)
         return try result.get()
     }
 
     private func pid(of tid: Int32) -> Int32 { threads.first { $0.tid == tid }?.pid ?? pid }
-}
-
-extension GeneralRegisters {
-    package init(_ r: user_regs_struct) {
-        self.init(r15: r.r15, r14: r.r14, r13: r.r13, r12: r.r12, rbp: r.rbp, rbx: r.rbx, r11: r.r11,
-                  r10: r.r10, r9: r.r9, r8: r.r8, rax: r.rax, rcx: r.rcx, rdx: r.rdx, rsi: r.rsi,
-                  rdi: r.rdi, origRax: r.orig_rax, rip: r.rip, cs: r.cs, eflags: r.eflags, rsp: r.rsp,
-                  ss: r.ss, fsBase: r.fs_base, gsBase: r.gs_base, ds: r.ds, es: r.es, fs: r.fs, gs: r.gs)
-    }
 }

@@ -10,27 +10,34 @@ public enum TargetCheck {
         return pid
     }
 
-    /// Checks that `pid` names a live user-space process other than this one.
+    /// Checks that `pid` names a live user-space process other than this one (see `TargetProcess`).
     /// - Parameter forTracing: also refuse a process that another tracer holds.
     public static func validate(_ pid: Int32, forTracing: Bool) throws(MitosisError) {
-        guard pid > 0 else { throw .invalidPID(String(pid)) }
-        if pid == Kernel.currentProcessID() { throw .isSelf(pid) }
-        guard let statText = try? Kernel.readFile("/proc/\(pid)/stat"),
-              let stat = ProcStat(parsing: String(decoding: statText, as: UTF8.self))
-        else { throw .noSuchProcess(pid) }
-        // /proc/PID also resolves thread ids that are not thread-group leaders; those are not processes.
-        if let statusText = try? Kernel.readFile("/proc/\(pid)/status") {
-            let status = ProcStatus(parsing: String(decoding: statusText, as: UTF8.self))
-            if let tgid = status["Tgid"].flatMap({ Int32($0) }), tgid != pid { throw .noSuchProcess(pid) }
-            if forTracing, status.tracerPID != 0, !isOwnThread(status.tracerPID) {
-                throw .alreadyTraced(pid, tracer: status.tracerPID)
-            }
-        }
-        if stat.isKernelThread { throw .kernelThread(pid) }
-        if stat.state == "Z" || stat.state == "X" { throw .zombie(pid) }
+        _ = try TargetProcess(pid: pid, forTracing: forTracing)
     }
 
-    private static func isOwnThread(_ tid: Int32) -> Bool {
-        (try? Kernel.readFile("/proc/self/task/\(tid)/stat")) != nil
+    /// Throws `.notDumpable` unless the kernel lets `pid` be dumped (`PR_GET_DUMPABLE` is 1).
+    /// A non-dumpable process's /proc/PID files (not the directory) belong to root instead of
+    /// its effective user; for a process running as root, where that shows nothing, the process
+    /// is briefly frozen and asked (an injected `prctl(PR_GET_DUMPABLE)`).
+    public static func requireDumpable(_ pid: Int32) async throws {
+        let target = try TargetProcess(pid: pid)
+        guard let user = ProcStatus(parsing: try target.text("status")).credentials("Uid")?.effective else {
+            throw MitosisError.noSuchProcess(pid)
+        }
+        let dumpable: Bool
+        if user != 0 {
+            do {
+                dumpable = try Kernel.statusAt(target.process.directory, "status").owner == user
+            } catch {
+                throw target.failure(error, reading: "status")
+            }
+        } else {
+            let answer = try await withFrozenProcess(pid) { tracer in
+                try await tracer.injectSyscall(SyscallNumber.prctl, [3 /* PR_GET_DUMPABLE */])
+            }
+            dumpable = answer == 1
+        }
+        if !dumpable { throw MitosisError.notDumpable(pid) }
     }
 }

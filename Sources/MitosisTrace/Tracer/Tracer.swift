@@ -42,8 +42,8 @@ public actor Tracer {
     /// Threads whose current stop is a signal-delivery-stop: detaching them can deliver a signal
     /// with its original siginfo.
     package var inSignalDeliveryStop: Set<Int32> = []
-    /// The address of a `syscall` instruction in each process, found once (see `Injection/`).
-    package var syscallInstructions: [Int32: UInt64] = [:]
+    /// Where each process runs injected system calls, found once (see `Injection/`).
+    var injectionSites: [Int32: InjectionSite] = [:]
 
     /// How long one thread may take to reach its stop while seizing.
     private let stopTimeout: Duration
@@ -81,11 +81,13 @@ public actor Tracer {
     public func thaw() {
         guard !thawed else { return }
         thawed = true
+        removeInjectionStubs()
         for thread in threads {
             var pending = deferredSignals[thread.tid] ?? []
             var signal: Int32 = 0
             // The first held-back signal rides on the detach with its own siginfo; the kernel can
-            // do that only from a signal-delivery-stop. Any others are sent again afterwards.
+            // do that only from a signal-delivery-stop. Any others are sent again afterwards, with
+            // their siginfo when the kernel allows it (sigqueue), else as a plain tgkill.
             if inSignalDeliveryStop.contains(thread.tid), let first = pending.first,
                (try? Ptrace.setSignalInfo(thread.tid, first)) != nil {
                 signal = first.si_signo
@@ -97,7 +99,7 @@ public actor Tracer {
                 // ESRCH: the thread died while frozen (only SIGKILL can do that); nothing to undo.
                 logger.debug("detach \(thread.tid): \(error)")
             }
-            for info in pending {
+            for info in pending where (try? Kernel.threadQueueSignal(pid: thread.pid, tid: thread.tid, info: info)) == nil {
                 try? Kernel.threadKill(pid: thread.pid, tid: thread.tid, signal: info.si_signo)
             }
         }
@@ -178,7 +180,7 @@ public actor Tracer {
     /// Seizes one thread and asks it to stop. Returns false if it exited first.
     private func seizeAndInterrupt(pid process: Int32, tid: Int32) throws(MitosisError) -> Bool {
         do {
-            try Ptrace.seize(tid)
+            try Ptrace.seize(tid, options: Int(MITOSIS_PTRACE_O_TRACESYSGOOD))
             try Ptrace.interrupt(tid)
             return true
         } catch .noSuchProcess {
@@ -212,7 +214,7 @@ public actor Tracer {
                 case .eventStop(event: MITOSIS_PTRACE_EVENT_STOP, let signal):
                     if signal != SIGTRAP { thread.groupStopSignal = signal }
                     return thread
-                case .eventStop:
+                case .eventStop, .syscallStop:
                     return thread
                 case .signalStop(let signal):
                     // A signal was about to be delivered: deliver it now, as it would have been
@@ -282,6 +284,7 @@ public actor Tracer {
 /// Freezes `pid` (or its tree), runs `body`, and thaws on every path, cancellation included.
 public func withFrozenProcess<T: Sendable>(
     _ pid: Int32, includeDescendants: Bool = false,
+    isolation: isolated (any Actor)? = #isolation,
     _ body: (Tracer) async throws -> T
 ) async throws -> T {
     let tracer = try await Tracer.freeze(pid: pid, includeDescendants: includeDescendants)

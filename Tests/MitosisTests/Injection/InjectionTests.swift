@@ -141,6 +141,23 @@ struct InjectionTests {
         #expect(try child.fact("usr2") == "1")
     }
 
+    @Test("signals queued with a value during injected calls arrive at thaw with that value")
+    func queuedSignalsKeepTheirValue() async throws {
+        let child = try ScenarioProcess("signals")
+        defer { child.stop() }
+        try await withFrozenProcess(child.pid) { tracer async throws in
+            sigqueue(child.pid, SIGUSR1, sigval(sival_int: 7))
+            sigqueue(child.pid, SIGUSR2, sigval(sival_int: 42))
+            #expect(try await tracer.injectSyscall(SyscallNumber.getpid, []) == Int64(child.pid))
+            #expect(try await tracer.injectSyscall(SyscallNumber.getpid, []) == Int64(child.pid))
+        }
+        #expect(try TargetHealth.runsFreely(child.pid))
+        try child.send("count")
+        #expect(try child.fact("usr1") == "1" && child.fact("usr2") == "1")
+        #expect(try child.fact("usr1_value") == "7")
+        #expect(try child.fact("usr2_value") == "42")
+    }
+
     @Test("injecting into a job-control-stopped target leaves it stopped")
     func stoppedTarget() async throws {
         let child = try ScenarioProcess("inject")

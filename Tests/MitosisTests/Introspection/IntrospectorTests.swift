@@ -4,6 +4,7 @@ import Testing
 @testable import MitosisInspect
 @testable import MitosisKernel
 @testable import MitosisModel
+@testable import MitosisTrace
 
 /// Exact facts of the `fds` scenario, checked the same way on the model from `Introspector` and
 /// on the model decoded from `mitosis inspect --json`.
@@ -227,8 +228,11 @@ struct IntrospectorTests {
         defer { child.stop() }
         let zombie = Int32(try child.intFact("zombie"))
         #expect(throws: MitosisError.zombie(zombie)) { try Introspector.inspect(pid: zombie) }
-        // Read part by part, a process found exited mid-read is gone.
-        #expect(throws: MitosisError.noSuchProcess(zombie)) { try ProcessReader.descriptor(pid: zombie, fd: 0) }
+        // Read part by part through a handle, a process that exited meanwhile is gone.
+        let ending = try ScenarioProcess("idle")
+        let handle = try TargetProcess(pid: ending.pid)
+        ending.stop()
+        #expect(throws: MitosisError.noSuchProcess(ending.pid)) { try ProcessReader.descriptor(handle, fd: 0) }
         #expect(throws: MitosisError.invalidPID("0")) { try Introspector.inspect(pid: 0) }
         let exited = try ScenarioProcess("idle")
         exited.stop()
@@ -241,5 +245,28 @@ struct IntrospectorTests {
     /// Whether pid 2 is the kernel's kthreadd (not so inside a pid namespace).
     static var kthreaddVisible: Bool {
         (try? Kernel.readFile("/proc/2/stat")).map { String(decoding: $0, as: UTF8.self).hasPrefix("2 (kthreadd)") } ?? false
+    }
+}
+
+/// `TargetProcess` pins the process it was opened for: once that process is gone, nothing is
+/// read from a process that took its pid.
+@Suite("Target handle")
+struct TargetProcessTests {
+    @Test("a handle whose process exited and whose pid was taken by another says so, and reads nothing")
+    func pidReuseIsDetected() throws {
+        let original = try ScenarioProcess("idle")
+        let handle = try TargetProcess(pid: original.pid)
+        try handle.requireAlive()
+        #expect(try ProcessReader.identity(handle).pid == original.pid)
+        original.stop()
+        // Reuse the pid: a child of this process cloned with set_tid, as restore will do.
+        let impostor = try ScenarioProcess("idle", [], pid: original.pid)
+        defer { impostor.stop() }
+        #expect(impostor.pid == original.pid)
+        #expect(throws: MitosisError.pidReused(original.pid)) { try handle.requireAlive() }
+        #expect(throws: MitosisError.pidReused(original.pid)) { try ProcessReader.identity(handle) }
+        #expect(throws: MitosisError.pidReused(original.pid)) { try ProcessReader.descriptors(handle) }
+        // A new handle opens the new process.
+        #expect(try ProcessReader.identity(TargetProcess(pid: original.pid)).pid == original.pid)
     }
 }

@@ -3,6 +3,7 @@ import Testing
 @testable import MitosisInspect
 @testable import MitosisKernel
 @testable import MitosisModel
+@testable import MitosisTrace
 
 @Suite("ProcessReader")
 struct ProcessReaderTests {
@@ -11,8 +12,8 @@ struct ProcessReaderTests {
         let child = try ScenarioProcess("idle")
         defer { child.stop() }
         let before = try TargetHealth(pid: child.pid)
-        let mappings = try ProcessReader.mappings(pid: child.pid)
-        let plain = try ProcessReader.mappings(pid: child.pid, detailed: false)
+        let mappings = try ProcessReader.mappings(TargetProcess(pid: child.pid))
+        let plain = try ProcessReader.mappings(TargetProcess(pid: child.pid), detailed: false)
         #expect(mappings.count == before.maps.split(separator: "\n").count)
         #expect(plain.map(\.start) == mappings.map(\.start))
         #expect(mappings.allSatisfy { $0.sizes != nil && $0.vmFlags != nil })
@@ -33,7 +34,7 @@ struct ProcessReaderTests {
         let child = try ScenarioProcess("idle")
         defer { child.stop() }
         let before = try TargetHealth(pid: child.pid)
-        let descriptors = try ProcessReader.descriptors(pid: child.pid)
+        let descriptors = try ProcessReader.descriptors(TargetProcess(pid: child.pid))
         #expect(descriptors.map(\.fd) == before.descriptors.keys.sorted())
         for descriptor in descriptors {
             #expect(descriptor.target == before.descriptors[descriptor.fd])
@@ -43,7 +44,7 @@ struct ProcessReaderTests {
         #expect("pipe:[\(stdin.inode)]" == stdin.target)
         #expect(stdin.flagNames.first == "O_RDONLY")
         #expect(descriptors[1].kind == .pipe && descriptors[1].flagNames.first == "O_WRONLY")
-        #expect(try ProcessReader.descriptor(pid: child.pid, fd: 999) == nil)
+        #expect(try ProcessReader.descriptor(TargetProcess(pid: child.pid), fd: 999) == nil)
         #expect(try TargetHealth(pid: child.pid) == before)
     }
 
@@ -54,7 +55,7 @@ struct ProcessReaderTests {
         let inodeA = UInt64(try child.intFact("a_ino")), inodeB = UInt64(try child.intFact("b_ino"))
         var seen: [UInt64: Int] = [:]
         for _ in 0..<2000 {
-            guard let descriptor = try ProcessReader.descriptor(pid: child.pid, fd: 100) else { continue }
+            guard let descriptor = try ProcessReader.descriptor(TargetProcess(pid: child.pid), fd: 100) else { continue }
             // fdinfo (position) and stat (inode) must describe the same open file. (The link target
             // can still name the other file after two replacements between its two reads: A-B-A.)
             let isA = descriptor.inode == inodeA
@@ -68,7 +69,7 @@ struct ProcessReaderTests {
     @Test("a process that does not exist is .noSuchProcess")
     func missing() throws {
         let missing = try Self.unusedPID()
-        #expect(throws: MitosisError.noSuchProcess(missing)) { try ProcessReader.mappings(pid: missing) }
+        #expect(throws: MitosisError.noSuchProcess(missing)) { try ProcessReader.mappings(TargetProcess(pid: missing)) }
     }
 
     /// A pid no process can have: pid_max bounds pids, and one above it never exists.

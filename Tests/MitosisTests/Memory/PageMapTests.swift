@@ -3,6 +3,7 @@ import Testing
 @testable import MitosisCheckpoint
 @testable import MitosisInspect
 @testable import MitosisKernel
+@testable import MitosisTrace
 
 /// Page map reading on a child holding known memory (`mitosis-scenario memory`).
 @Suite struct PageMapTests {
@@ -11,7 +12,7 @@ import Testing
     func pageMap(_ child: ScenarioProcess, _ method: PageMapReader.Method) throws -> ProcessPageMap {
         let reader = try PageMapReader(pid: child.pid, method: method)
         defer { reader.close() }
-        return try reader.read(ProcessReader.mappings(pid: child.pid, detailed: false))
+        return try reader.read(ProcessReader.mappings(TargetProcess(pid: child.pid), detailed: false))
     }
 
     func check(_ method: PageMapReader.Method) throws {

@@ -24,17 +24,17 @@ struct SockDiagTests {
         #expect(table.unavailable == [])
 
         let tcp4 = try #require(try inet(3))
-        #expect(tcp4.protocol == "tcp" && tcp4.family == "ipv4" && tcp4.state == "LISTEN")
+        #expect(tcp4.protocol == .tcp && tcp4.family == .ipv4 && tcp4.state == "LISTEN")
         let (tcp4Port, tcp6Port, udpPort) = (try child.fact("tcp4_port"), try child.fact("tcp6_port"), try child.fact("udp_port"))
         #expect(tcp4.local.description == "127.0.0.1:\(tcp4Port)")
         #expect(tcp4.remote.description == "0.0.0.0:*")
         #expect(tcp4.receiveQueue == 0 && tcp4.sendQueue == 16 && tcp4.uid == 0)
         let tcp6 = try #require(try inet(4))
-        #expect(tcp6.family == "ipv6" && tcp6.state == "LISTEN" && tcp6.v6Only == true)  // bound to ::1, not ::
+        #expect(tcp6.family == .ipv6 && tcp6.state == "LISTEN" && tcp6.v6Only == true)  // bound to ::1, not ::
         #expect(tcp6.local.description == "[::1]:\(tcp6Port)")
         #expect(tcp6.remote.description == "[::]:*")
         let udp = try #require(try inet(5))
-        #expect(udp.protocol == "udp" && udp.state == "UNCONN")
+        #expect(udp.protocol == .udp && udp.state == "UNCONN")
         #expect(udp.local.description == "127.0.0.1:\(udpPort)")
 
         let listener = try #require(try unix(6))

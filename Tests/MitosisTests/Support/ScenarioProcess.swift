@@ -31,10 +31,27 @@ final class ScenarioProcess: @unchecked Sendable {
     private static let spawner = DedicatedThreadExecutor(name: "scenario-spawner")
 
     /// Starts `mitosis-scenario NAME ARGS…` and waits for its READY line.
-    init(_ name: String, _ arguments: [String] = [], executable: String = ScenarioProcess.executable("mitosis-scenario")) throws {
+    /// - Parameter pid: a pid the child must have (free, below `pid_max`): set through
+    ///   `/proc/sys/kernel/ns_last_pid`, retried while other tests' children take it first.
+    init(_ name: String, _ arguments: [String] = [], executable: String = ScenarioProcess.executable("mitosis-scenario"),
+         pid wanted: Int32? = nil) throws {
         // The child dies with the thread that spawned it (PR_SET_PDEATHSIG follows the forking
         // thread), and the thread pool retires idle threads: spawn from one thread that lives on.
-        child = try ScenarioProcess.spawner.sync { try ChildProcess(executable: executable, arguments: [name] + arguments) }
+        var spawned = try ScenarioProcess.spawner.sync { () throws -> ChildProcess in
+            if let wanted { try String(wanted - 1).write(toFile: "/proc/sys/kernel/ns_last_pid", atomically: false, encoding: .utf8) }
+            return try ChildProcess(executable: executable, arguments: [name] + arguments)
+        }
+        var attempts = 1
+        while let wanted, spawned.pid != wanted {
+            spawned.kill()
+            guard attempts < 100 else { throw ScenarioError.spawn("pid \(wanted) could not be had") }
+            attempts += 1
+            spawned = try ScenarioProcess.spawner.sync { () throws -> ChildProcess in
+                try String(wanted - 1).write(toFile: "/proc/sys/kernel/ns_last_pid", atomically: false, encoding: .utf8)
+                return try ChildProcess(executable: executable, arguments: [name] + arguments)
+            }
+        }
+        child = spawned
         pid = child.pid
         commandFD = child.input!
         reportFD = child.output!
