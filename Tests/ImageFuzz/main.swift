@@ -529,7 +529,8 @@ func describe(status: Int32) -> String {
     return signal == 0 ? "exit \((status >> 8) & 0xFF)" : "signal \(signal)"
 }
 
-func runFuzzer(_ options: Options) async throws {
+/// Returns whether it found nothing.
+func runFuzzer(_ options: Options) async throws -> Bool {
     let fileManager = FileManager.default
     try? fileManager.removeItem(atPath: options.work)
     try fileManager.createDirectory(atPath: options.work, withIntermediateDirectories: true)
@@ -611,7 +612,7 @@ func runFuzzer(_ options: Options) async throws {
     print("outcomes:")
     for (outcome, count) in outcomes.sorted(by: { $0.value > $1.value }).prefix(25) { print("  \(String(count).padding(toLength: 7, withPad: " ", startingAt: 0)) \(outcome)") }
     for finding in findings.prefix(50) { print("FINDING \(finding.kind): \(finding.label)") }
-    if !findings.isEmpty { exit(1) }
+    return findings.isEmpty
 }
 
 func keep(_ directory: String, _ corpus: String?, name: String) {
@@ -620,7 +621,7 @@ func keep(_ directory: String, _ corpus: String?, name: String) {
 }
 
 /// Replays kept cases (each a directory holding a chain `1`, `2`, …) in worker processes.
-func replay(_ directories: [String], caseTimeout: Double) throws {
+func replay(_ directories: [String], caseTimeout: Double) throws -> Bool {
     let batch = NSTemporaryDirectory() + "mitosis-image-fuzz-replay-\(getpid())"
     try FileManager.default.createDirectory(atPath: batch, withIntermediateDirectories: true)
     defer { try? FileManager.default.removeItem(atPath: batch) }
@@ -639,7 +640,7 @@ func replay(_ directories: [String], caseTimeout: Double) throws {
         if bad { failures += 1 }
         print("\(bad ? "FAIL" : "ok  ") \(directory): \(text ?? "no result (\(describe(status: status)) or hang)")")
     }
-    if failures > 0 { exit(1) }
+    return failures == 0
 }
 
 // MARK: Regression corpus
@@ -739,7 +740,8 @@ extension Mutator {
 
 /// Applies every corpus entry to a fresh seed and runs each in a worker: each must end with its
 /// expected outcome, within the timeout, without a crash or a read outside the image.
-func replayCorpus(_ directory: String, options: Options) async throws {
+/// Returns whether every entry ended as expected.
+func replayCorpus(_ directory: String, options: Options) async throws -> Bool {
     let work = options.work
     try? FileManager.default.removeItem(atPath: work)
     try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
@@ -776,17 +778,16 @@ func replayCorpus(_ directory: String, options: Options) async throws {
               + (ok ? "" : ", expected \(entry.expect)"))
     }
     print("\(names.count - failures) of \(names.count) corpus entries as expected")
-    if failures > 0 { exit(1) }
+    return failures == 0
 }
 
 let options = Options(Array(CommandLine.arguments.dropFirst()))
+// Exit codes are decided here, once the work directories are removed.
 if let directory = options.corpusReplay {
-    try await replayCorpus(directory, options: options)
-    exit(0)
+    exit(try await replayCorpus(directory, options: options) ? 0 : 1)
 }
 if let batch = options.worker { runWorker(batch) }
 if !options.replay.isEmpty {
-    try replay(options.replay, caseTimeout: options.caseTimeout)
-    exit(0)
+    exit(try replay(options.replay, caseTimeout: options.caseTimeout) ? 0 : 1)
 }
-try await runFuzzer(options)
+exit(try await runFuzzer(options) ? 0 : 1)
