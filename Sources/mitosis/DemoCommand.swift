@@ -53,19 +53,14 @@ struct DemoCommand: AsyncParsableCommand {
         let images = FileManager.default.temporaryDirectory.appendingPathComponent("mitosis-demo-\(pid)").path
         defer { try? FileManager.default.removeItem(atPath: images) }
         try DirectorySink.createDirectories(images)
-        let session = try await CheckpointSession(pid: pid)
-        do {
+        try await withCheckpointSession(pid: pid) { session in
             for number in 1...2 {
                 if number > 1 { try await Task.sleep(for: .milliseconds(300)) }
                 let sink = DirectorySink(directory: "\(images)/\(number)")
                 let result = try await session.checkpoint(to: sink, parent: number == 1 ? nil : .previous(path: "../1"))
                 print(CheckpointSummary(result, path: sink.path).text)
             }
-        } catch {
-            await session.stop()
-            throw error
         }
-        await session.stop()
         print()
 
         heading("after: the target runs on, untraced")

@@ -438,3 +438,21 @@ extension CheckpointSession {
         })
     }
 }
+
+/// Runs `body` with a checkpoint session tracking `pid`, and stops the session on every path —
+/// success, error, cancellation — so that no tracking is ever left in the target.
+public func withCheckpointSession<T: Sendable>(
+    pid: Int32, options: CheckpointOptions = CheckpointOptions(),
+    isolation: isolated (any Actor)? = #isolation,
+    _ body: (CheckpointSession) async throws -> T
+) async throws -> T {
+    let session = try await CheckpointSession(pid: pid, options: options)
+    do {
+        let result = try await body(session)
+        await session.stop()
+        return result
+    } catch {
+        await session.stop()
+        throw error
+    }
+}
