@@ -52,7 +52,7 @@ struct DemoCommand: AsyncParsableCommand {
         heading("checkpoints \(pid): a full one, then only the pages written since")
         let images = FileManager.default.temporaryDirectory.appendingPathComponent("mitosis-demo-\(pid)").path
         defer { try? FileManager.default.removeItem(atPath: images) }
-        try FileManager.default.createDirectory(atPath: images, withIntermediateDirectories: true)
+        try DirectorySink.createDirectories(images)
         try await withCheckpointSession(pid: pid) { session in
             for number in 1...2 {
                 if number > 1 { try await Task.sleep(for: .milliseconds(300)) }
