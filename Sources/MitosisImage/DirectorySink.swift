@@ -1,5 +1,4 @@
 import Foundation
-import Glibc
 import SystemPackage
 import MitosisKernel
 import MitosisModel
@@ -28,15 +27,45 @@ public final class DirectorySink: CheckpointSink, @unchecked Sendable {
 
     /// A sink that will create the image directory `path` (which must not exist yet).
     public init(directory path: String) {
+        (self.path, parentPath, name) = Self.split(path)
+    }
+
+    /// `path` without trailing slashes, the directory that holds it, and its last component.
+    private static func split(_ path: String) -> (path: String, parent: String, name: String) {
         var trimmed = path
         while trimmed.count > 1, trimmed.hasSuffix("/") { trimmed.removeLast() }
-        self.path = trimmed
-        if let slash = trimmed.lastIndex(of: "/") {
-            parentPath = slash == trimmed.startIndex ? "/" : String(trimmed[..<slash])
-            name = String(trimmed[trimmed.index(after: slash)...])
-        } else {
-            parentPath = "."
-            name = trimmed
+        guard let slash = trimmed.lastIndex(of: "/") else { return (trimmed, ".", trimmed) }
+        return (trimmed, slash == trimmed.startIndex ? "/" : String(trimmed[..<slash]), String(trimmed[trimmed.index(after: slash)...]))
+    }
+
+    /// The directory that will hold the image `path`, after checking that `path` can name a new
+    /// image at all (not empty, `.`, `..` or `/`).
+    public static func container(of path: String) throws(ImageError) -> String {
+        let (_, parent, name) = split(path)
+        guard !name.isEmpty, name != ".", name != ".." else { throw .invalidImageName(path) }
+        return parent
+    }
+
+    /// Creates `path` and any missing parent, each new one with mode 0700 whatever the umask:
+    /// the images kept there must not be replaceable by other users. Existing directories are
+    /// left as they are.
+    public static func createDirectories(_ path: String) throws(ImageError) {
+        guard !path.isEmpty else { throw .invalidImageName(path) }
+        var prefix = path.hasPrefix("/") ? "/" : ""
+        for component in path.split(separator: "/") {
+            prefix += (prefix.isEmpty || prefix.hasSuffix("/") ? "" : "/") + component
+            do {
+                try Kernel.makeDirectoryAt(nil, prefix, mode: 0o700)
+                let created = try Kernel.openAt(nil, prefix, options: [.readOnly, .directory, .noFollow])
+                defer { try? created.close() }
+                try Kernel.changeMode(created, 0o700)
+            } catch .fileExists {
+                guard let st = try? Kernel.status(prefix), st.type == .directory else {
+                    throw .io(prefix, operation: "create directory", errno: .notDirectory)
+                }
+            } catch {
+                throw .io(prefix, operation: "create directory", errno: error)
+            }
         }
     }
 
@@ -55,7 +84,7 @@ public final class DirectorySink: CheckpointSink, @unchecked Sendable {
     public func begin(_ header: CheckpointHeader) throws {
         try lock.withLock {
             guard case .idle = state else { throw ImageError.sinkState("begin called twice") }
-            guard !name.isEmpty, name != ".", name != ".." else { throw ImageError.notAnImage(path) }
+            guard !name.isEmpty, name != ".", name != ".." else { throw ImageError.invalidImageName(path) }
             try checkHeader(header)
             do {
                 state = .open(try Writer(header: header, parentPath: parentPath, name: name, path: path))
@@ -154,7 +183,7 @@ private final class Writer {
         partialName = ImageFormat.partialName(for: name, id: header.id)
         builder = PageRunBuilder(pageSize: header.pageSize)
         let parent = try Self.io(path, "open parent directory") { () throws(Errno) in
-            try Kernel.openAt(nil, parentPath, flags: O_RDONLY | O_DIRECTORY)
+            try Kernel.openAt(nil, parentPath, options: [.readOnly, .directory])
         }
         let existing: Result<FileStatus, Errno> = Result { () throws(Errno) in try Kernel.linkStatusAt(parent, name) }
         switch existing {
@@ -176,7 +205,7 @@ private final class Writer {
         }
         var opened: [FileDescriptor] = []
         do {
-            let directory = try Kernel.openAt(parent, partialName, flags: O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
+            let directory = try Kernel.openAt(parent, partialName, options: [.readOnly, .directory, .noFollow])
             opened.append(directory)
             let marker = try Self.create(ImageFormat.incompleteName, in: directory)
             opened.append(marker)
@@ -195,7 +224,7 @@ private final class Writer {
     }
 
     private static func create(_ file: String, in directory: FileDescriptor) throws(Errno) -> FileDescriptor {
-        let fd = try Kernel.openAt(directory, file, flags: O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: 0o600)
+        let fd = try Kernel.openAt(directory, file, options: [.writeOnly, .create, .exclusive, .noFollow], mode: 0o600)
         do {
             try Kernel.changeMode(fd, 0o600)
         } catch {

@@ -98,7 +98,9 @@ extension Kernel {
 
     /// Reads into `buffer` from file offset `offset` until it is full or the file ends; returns
     /// the bytes read. The corresponding system call is `pread`.
+    /// An offset past what `off_t` holds fails with EOVERFLOW instead of trapping.
     package static func readAt(_ fd: FileDescriptor, offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+        guard offset <= UInt64(Int64.max) - UInt64(buffer.count) else { throw .overflow }
         var done = 0
         while done < buffer.count {
             let n = try check { pread(fd.rawValue, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done)) }
@@ -154,5 +156,31 @@ extension Kernel {
         while offset < buffer.count {
             offset += try check { send(fd.rawValue, buffer.baseAddress! + offset, buffer.count - offset, Int32(MSG_NOSIGNAL)) }
         }
+    }
+}
+
+/// `open(2)` flags by name, so that no layer above the kernel spells `O_…`.
+package struct OpenOptions: OptionSet, Sendable {
+    package let rawValue: Int32
+    package init(rawValue: Int32) { self.rawValue = rawValue }
+
+    package static let readOnly = OpenOptions(rawValue: O_RDONLY)
+    package static let writeOnly = OpenOptions(rawValue: O_WRONLY)
+    package static let directory = OpenOptions(rawValue: O_DIRECTORY)
+    /// Never block in `open` (a FIFO) and never in reads.
+    package static let nonBlocking = OpenOptions(rawValue: O_NONBLOCK)
+    /// Refuse a final symbolic link (ELOOP).
+    package static let noFollow = OpenOptions(rawValue: O_NOFOLLOW)
+    /// Never acquire a controlling terminal by opening a tty.
+    package static let noControllingTerminal = OpenOptions(rawValue: O_NOCTTY)
+    package static let create = OpenOptions(rawValue: O_CREAT)
+    package static let exclusive = OpenOptions(rawValue: O_EXCL)
+}
+
+extension Kernel {
+    /// Opens `name` relative to `directory` (close-on-exec always).
+    /// The corresponding system call is `openat`.
+    package static func openAt(_ directory: FileDescriptor?, _ name: String, options: OpenOptions, mode: UInt32 = 0) throws(Errno) -> FileDescriptor {
+        try openAt(directory, name, flags: options.rawValue, mode: mode_t(mode))
     }
 }

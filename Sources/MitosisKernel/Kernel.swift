@@ -9,6 +9,15 @@ package enum Kernel {
     /// The calling OS thread's kernel id. The corresponding C function is `gettid`.
     package static func currentThreadID() -> Int32 { mitosis_gettid() }
 
+    /// This process's parent's id. The corresponding C function is `getppid`.
+    package static func parentProcessID() -> Int32 { getppid() }
+
+    /// Writes `bytes` to standard error at once, unbuffered (a line a test reads while this
+    /// process is paused). The corresponding system call is `write`.
+    package static func writeStandardError(_ bytes: [UInt8]) {
+        _ = bytes.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+    }
+
     /// This process's id. The corresponding C function is `getpid`.
     package static func currentProcessID() -> Int32 { getpid() }
 

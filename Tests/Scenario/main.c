@@ -66,6 +66,14 @@ static void *command_loop(void *arg) {
     while ((length = getline(&line, &capacity, stdin)) > 0) {
         if (line[length - 1] == '\n') line[length - 1] = 0;
         if (strcmp(line, "ping") == 0) { ready(); continue; }
+        if (strcmp(line, "check") == 0 && current->check) {
+            char problem[256] = "";
+            int intact = current->check(problem, sizeof problem) == 0;
+            for (char *c = problem; *c; c++) if (*c == ' ') *c = '_';
+            scenario_report("check", "%s%s", intact ? "PASS" : "FAIL:", intact ? "" : problem);
+            ready();
+            continue;
+        }
         if (!current->step || current->step(line) != 0) scenario_fail("step '%s' failed", line);
         ready();
     }

@@ -1,5 +1,5 @@
 import Foundation
-import Glibc
+import MitosisKernel
 
 /// A test hook: with `MITOSIS_TEST_INJECTION_PAUSE=N` (or `N:MILLISECONDS`) in its environment,
 /// the process stops at the Nth step any injection reaches, reports it on stderr as
@@ -33,13 +33,13 @@ enum InjectionPauseHook {
         report("injection paused at step \(count) \(step.rawValue) thread \(tid)")
         // The pause also ends if the test that set it dies (this process is re-parented).
         let deadline = ContinuousClock.now + .milliseconds(settings.milliseconds ?? Int(Int32.max))
-        let parent = getppid()
-        while ContinuousClock.now < deadline && getppid() == parent { usleep(10_000) }
+        let parent = Kernel.parentProcessID()
+        while ContinuousClock.now < deadline && Kernel.parentProcessID() == parent { Thread.sleep(forTimeInterval: 0.01) }
     }
 
     private static func report(_ text: String) {
         let line = Array("mitosis-test: \(text)\n".utf8)
-        _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+        Kernel.writeStandardError(line)
     }
 
     private final class Counter: @unchecked Sendable {

@@ -135,7 +135,7 @@ public actor Tracer {
         // Repeat until a pass finds nothing new: once every thread is stopped none can create
         // another, so the second quiet pass proves the set complete.
         while true {
-            let processes = includeDescendants ? Self.processTree(root: pid) : [pid]
+            let processes = includeDescendants ? Kernel.processTree(root: pid) : [pid]
             var found = false
             for process in processes {
                 let tids: [Int32]
@@ -263,21 +263,6 @@ public actor Tracer {
     private static func isInTracingStop(_ tid: Int32) -> Bool {
         guard let text = try? Kernel.readFile("/proc/\(tid)/stat") else { return false }
         return ProcStat(parsing: String(decoding: text, as: UTF8.self))?.state == "t"
-    }
-
-    /// `root` and every process below it, found through `/proc/PID/task/TID/children`.
-    package static func processTree(root: Int32) -> [Int32] {
-        var result: [Int32] = []
-        var queue = [root]
-        while let next = queue.popLast() {
-            result.append(next)
-            let tids = (try? Kernel.listDirectory("/proc/\(next)/task")) ?? []
-            for tid in tids {
-                guard let text = try? Kernel.readFile("/proc/\(next)/task/\(tid)/children") else { continue }
-                queue += String(decoding: text, as: UTF8.self).split(separator: " ").compactMap { Int32($0) }
-            }
-        }
-        return result
     }
 }
 

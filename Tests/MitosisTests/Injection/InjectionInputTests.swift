@@ -21,7 +21,7 @@ struct InjectionInputTests {
         #expect(run.status != 0)
         #expect(run.standardError.contains("must be"), "\(run.standardError)")
         #expect(run.standardError.split(separator: "\n").count <= 3, "\(run.standardError)")  // usage hint included
-        #expect(try TargetHealth.runsFreely(child.pid))
+        await #expect(try TargetHealth.runsFreely(child.pid))
         try child.send("ping")
     }
 
@@ -37,7 +37,7 @@ struct InjectionInputTests {
         await #expect(throws: MitosisError.self) {
             try await StackSampler.run(pid: child.pid, hertz: 10, duration: .seconds(Int64.max))
         }
-        #expect(try TargetHealth.runsFreely(child.pid))
+        await #expect(try TargetHealth.runsFreely(child.pid))
     }
 
     @Test("dump and track refuse a non-dumpable process and say why; --force dumps it")
@@ -55,7 +55,7 @@ struct InjectionInputTests {
                 #expect(refused.standardError == "mitosis: \(MitosisError.notDumpable(child.pid))\n")
                 #expect(!FileManager.default.fileExists(atPath: directory + "/refused/manifest.json"))
             }
-            #expect(try TargetHealth.runsFreely(child.pid))
+            await #expect(try TargetHealth.runsFreely(child.pid))
             #expect(try TargetHealth(pid: child.pid) == before)
             let image = directory + "/forced-\(child.pid)"
             let forced = try await ToolRun(ToolRun.mitosis, ["dump", "\(child.pid)", "--images", image, "--force"])
