@@ -43,6 +43,13 @@ extension Kernel {
         try check { mitosis_uffdio_copy_all(uffd.rawValue, address, source.baseAddress, UInt64(source.count)) }
     }
 
+    /// The effective user and group ids of this process. The corresponding C functions are `geteuid`, `getegid`.
+    package static var effectiveUserID: UInt32 { geteuid() }
+    package static var effectiveGroupID: UInt32 { getegid() }
+
+    /// XCR0: the XSAVE state components this CPU and kernel enable. The instruction is `xgetbv`.
+    package static var enabledXsaveFeatures: UInt64 { mitosis_xcr0() }
+
     /// Sends `signal` to a process. The corresponding system call is `kill`.
     package static func sendSignal(pid: Int32, _ signal: Int32) throws(Errno) {
         try check { Glibc.kill(pid, signal) }

@@ -1,5 +1,3 @@
-import CMitosis
-import Glibc
 import MitosisImage
 import MitosisKernel
 import MitosisModel
@@ -30,7 +28,7 @@ struct RestorePlan: Sendable {
             refusals.append(RestoreRefusal("image", "thread states and restore records name different threads"))
         }
         // The registers' XSAVE areas hold what the CPU enabled there: this one must enable it too.
-        let xcr0 = mitosis_xcr0()
+        let xcr0 = Kernel.enabledXsaveFeatures
         if let needed = manifest.threads.first?.extendedState.enabledFeatures, needed & ~xcr0 != 0 {
             refusals.append(RestoreRefusal("CPU", "the image uses XSAVE components 0x\(String(needed, radix: 16)), this CPU enables 0x\(String(xcr0, radix: 16))"))
         }
@@ -42,7 +40,7 @@ struct RestorePlan: Sendable {
         if record.posixTimers > 0 {
             refusals.append(RestoreRefusal("POSIX timers", "\(record.posixTimers) timer(s); restoring POSIX timers is not supported yet"))
         }
-        if let identity = manifest.process?.identity, identity.uid.effective != geteuid() || identity.gid.effective != getegid() {
+        if let identity = manifest.process?.identity, identity.uid.effective != Kernel.effectiveUserID || identity.gid.effective != Kernel.effectiveGroupID {
             refusals.append(RestoreRefusal("credentials", "the process ran as uid \(identity.uid.effective) gid \(identity.gid.effective); restoring other credentials is not supported yet"))
         }
         let deleted = Set(manifest.process?.maps.filter(\.deleted).map(\.start) ?? [])

@@ -1,4 +1,3 @@
-import Glibc
 import MitosisImage
 import MitosisKernel
 import MitosisModel
@@ -21,7 +20,7 @@ public enum RestoreVerification {
                 let expected = try chain.read(address: at, length: count)
                 let read = try Kernel.readMemory(pid: pid, address: at, into: UnsafeMutableRawBufferPointer(rebasing: buffer[..<count]))
                 for page in stride(from: 0, to: count, by: pageSize) {
-                    let same = page + pageSize <= read && expected.withUnsafeBytes { memcmp($0.baseAddress! + page, buffer.baseAddress! + page, pageSize) == 0 }
+                    let same = page + pageSize <= read && expected[page..<(page + pageSize)].elementsEqual(buffer[page..<(page + pageSize)])
                     if !same { differing.append(at + UInt64(page)) }
                 }
                 at += UInt64(count)

@@ -1,5 +1,4 @@
 import Foundation
-import Glibc
 import MitosisImage
 import MitosisKernel
 import MitosisModel

@@ -25,6 +25,14 @@ struct LayeringTests {
         "Sources/MitosisTrace/Injection/SyscallInjection.swift: import CMitosis":
             "builds the self-healing rt_sigreturn frame over user_regs_struct; to move into MitosisKernel",
         "Sources/MitosisTrace/Injection/SyscallInjection.swift: import Glibc": "user_regs_struct, signal numbers",
+        // Restore (written before this test existed): to move behind typed Kernel wrappers.
+        "Sources/MitosisRestore/Husk.swift: import CMitosis":
+            "syscall numbers, struct clone_args and prctl_mm_map, NT_X86_XSTATE; to move into MitosisKernel",
+        "Sources/MitosisRestore/Husk.swift: import Glibc": "PROT_/MAP_/O_ flags, user_regs_struct, signal numbers",
+        "Sources/MitosisCheckpoint/Session/RestoreCapture.swift: import CMitosis": "syscall numbers of the injected queries",
+        "Sources/MitosisCheckpoint/Session/RestoreCapture.swift: import Glibc": "SIGCHLD",
+        "Sources/MitosisTrace/Tracer/Tracer+Husk.swift: import CMitosis": "ptrace option constants; to move behind Ptrace",
+        "Sources/MitosisTrace/Tracer/Tracer+Husk.swift: import Glibc": "SYS_pause, SIGKILL, usleep",
     ]
 
     @Test("no target above the kernel layer imports libc or the C shims")
