@@ -33,7 +33,7 @@ package struct JSONWriter {
 
 /// One encoded value. Scalars are stored unformatted; containers are references so that a
 /// container handed out by `Encoder` can be filled after it was attached to its parent.
-enum JSONNode {
+package enum JSONNode {
     case null
     case bool(Bool)
     case int(Int64)
@@ -45,30 +45,33 @@ enum JSONNode {
     case object(JSONObjectBox)
 }
 
-final class JSONArrayBox {
-    var elements: [JSONNode] = []
+package final class JSONArrayBox {
+    package init() {}
+    package var elements: [JSONNode] = []
 }
 
-final class JSONObjectBox {
+package final class JSONObjectBox {
+    package init() {}
     /// In the order encoded; sorted (last value of a key wins) when written.
-    var entries: [(key: String, value: JSONNode)] = []
+    package var entries: [(key: String, value: JSONNode)] = []
 }
 
 /// snake_case of each distinct key, converted once per encoding, and which types Foundation
 /// encodes in a way of its own, decided once per type.
-final class KeyCache {
+package final class KeyCache {
     private var converted: [String: String] = [:]
     private var special: [ObjectIdentifier: Bool] = [:]
 
-    /// `Data`, `Date`, `URL`, `Decimal` and `String`-keyed dictionaries.
+    /// `Data`, `Date`, `URL`, `Decimal`, `String`-keyed dictionaries and `JSONNodeConvertible` values.
     func isSpecial<T>(_ type: T.Type) -> Bool {
         if let known = special[ObjectIdentifier(type)] { return known }
-        let result = type == Data.self || type == Date.self || type == URL.self || type == Decimal.self || type is StringKeyedDictionary.Type
+        let result = type == Data.self || type == Date.self || type == URL.self || type == Decimal.self
+            || type is StringKeyedDictionary.Type || type is JSONNodeConvertible.Type
         special[ObjectIdentifier(type)] = result
         return result
     }
 
-    func snakeCase(_ key: String) -> String {
+    package func snakeCase(_ key: String) -> String {
         if let known = converted[key] { return known }
         let result = Self.convertToSnakeCase(key)
         converted[key] = result
@@ -151,6 +154,20 @@ final class KeyCache {
     }
 }
 
+/// A value that builds its own node, faster than through `Encoder` (the graph's tens of
+/// thousands of nodes and edges). Its node must be what its `encode(to:)` gives: the golden
+/// tests compare both.
+package protocol JSONNodeConvertible {
+    func jsonNode(keys: KeyCache) -> JSONNode
+}
+
+extension JSONObjectBox {
+    /// Adds `value` under `key` converted to snake_case, as a keyed container does.
+    package func add(_ key: String, _ value: JSONNode, keys: KeyCache) {
+        entries.append((keys.snakeCase(key), value))
+    }
+}
+
 /// `[String: Value]` dictionaries: Foundation leaves their keys as they are.
 private protocol StringKeyedDictionary {
     var encodableEntries: [(String, any Encodable)] { get }
@@ -199,6 +216,7 @@ final class JSONTreeEncoder: Encoder {
             case let date as Date: return try double(date.timeIntervalSinceReferenceDate, codingPath)
             case let url as URL: return .string(url.absoluteString)
             case let decimal as Decimal: return .number(decimal.description)
+            case let convertible as JSONNodeConvertible: return convertible.jsonNode(keys: keys)
             case let dictionary as StringKeyedDictionary:
                 let object = JSONObjectBox()
                 for (key, element) in dictionary.encodableEntries {
