@@ -19,10 +19,10 @@ let interval = arguments.count > 4 ? Int(arguments[4]) ?? 1000 : 1000
 /// Takes the chain; stops tracking on every path.
 func takeChain() async throws {
     try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-    // Start tracking writes (the best strategy this kernel offers).
-    let session = try await CheckpointSession(pid: pid)
-    print("tracking process \(pid) with \(session.strategy.rawValue)")
-    do {
+    // Track writes (the best strategy this kernel offers) for the scope; tracking stops on every
+    // path, and the target keeps no trace of it.
+    try await withCheckpointSession(pid: pid) { session in
+        print("tracking process \(pid) with \(session.strategy.rawValue)")
         for number in 1...max(count, 1) {
             if number > 1 { try await Task.sleep(for: .milliseconds(interval)) }
             // Any CheckpointSink works here: a directory, or a stream to a peer.
@@ -30,12 +30,7 @@ func takeChain() async throws {
             let result = try await session.checkpoint(to: sink, parent: number == 1 ? nil : .previous(path: "../\(number - 1)"))
             print(CheckpointSummary(result, path: sink.path).text)
         }
-    } catch {
-        await session.stop()
-        throw error
     }
-    // Stop tracking: the target keeps no trace of it.
-    await session.stop()
 }
 
 do {

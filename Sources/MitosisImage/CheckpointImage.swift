@@ -9,7 +9,11 @@ import MitosisModel
 /// Opening never trusts the directory: the commit record's own checksum, the size and checksum
 /// of the manifest and page index, and every count, length and offset are checked before use,
 /// so damaged, truncated or hostile images are reported as `ImageError`s. The page data is
-/// checked run by run as it is read, and in full by `verify()`.
+/// checked run by run as it is read, and in full by `verify()`. Files are opened without
+/// blocking (a FIFO cannot hang a reader) and only regular files are read.
+///
+/// An open image holds no descriptor: `pages.data` is reopened for each read and checked to be
+/// the file that was opened, so that a chain longer than the open-file limit can be read.
 public final class CheckpointImage: Sendable {
     /// The image directory as given.
     public let path: String
@@ -17,17 +21,17 @@ public final class CheckpointImage: Sendable {
     /// The page index: runs sorted by address, disjoint.
     public let runs: [PageRun]
     private let commitDigests: [String: FileDigest]
-    private let data: FileDescriptor
+    /// `st_dev` and `st_ino` of `pages.data` when the image was opened.
+    private let dataFile: (device: UInt64, inode: UInt64)
 
-    private init(path: String, manifest: CheckpointManifest, runs: [PageRun], commitDigests: [String: FileDigest], data: FileDescriptor) {
+    private init(path: String, manifest: CheckpointManifest, runs: [PageRun], commitDigests: [String: FileDigest],
+                 dataFile: (device: UInt64, inode: UInt64)) {
         self.path = path
         self.manifest = manifest
         self.runs = runs
         self.commitDigests = commitDigests
-        self.data = data
+        self.dataFile = dataFile
     }
-
-    deinit { try? data.close() }
 
     /// Pages stored in this image itself, parents excluded.
     public var storedPages: Int { manifest.pageIndex.pages }
@@ -36,18 +40,31 @@ public final class CheckpointImage: Sendable {
     public static func open(_ path: String) throws(ImageError) -> CheckpointImage {
         let directory: FileDescriptor
         do {
-            directory = try Kernel.openAt(nil, path, flags: O_RDONLY | O_DIRECTORY)
+            directory = try Kernel.openAt(nil, path, flags: O_RDONLY | O_DIRECTORY | O_NONBLOCK)
         } catch .notDirectory {
             throw .notAnImage(path)
         } catch {
             throw .io(path, operation: "open", errno: error)
         }
         defer { try? directory.close() }
-        if let marker = try? Kernel.openAt(directory, ImageFormat.incompleteName, flags: O_RDONLY | O_NOFOLLOW) {
-            let note = (try? Kernel.readAt(marker, offset: 0, count: 4096)) ?? []
-            try? marker.close()
+        // Anything named INCOMPLETE marks the image incomplete, a symbolic link or FIFO too;
+        // only a regular file's text is read as the reason.
+        switch Result(catching: { () throws(Errno) in try Kernel.linkStatusAt(directory, ImageFormat.incompleteName) }) {
+        case .success(let st):
+            var note: [UInt8] = []
+            if st.type == .regular,
+               let marker = try? Kernel.openAt(directory, ImageFormat.incompleteName, flags: O_RDONLY | O_NOFOLLOW | O_NONBLOCK) {
+                if let opened = try? Kernel.status(of: marker), opened.type == .regular {
+                    note = (try? Kernel.readAt(marker, offset: 0, count: 4096)) ?? []
+                }
+                try? marker.close()
+            }
             let reason = String(decoding: note, as: UTF8.self).trimmingCharacters(in: " \n\t")
             throw .incomplete(path, reason: reason.isEmpty ? "no reason recorded" : reason)
+        case .failure(.noSuchFileOrDirectory):
+            break
+        case .failure(let error):
+            throw .io(path, operation: "stat \(ImageFormat.incompleteName)", errno: error)
         }
         let name = path.split(separator: "/").last.map(String.init) ?? path
         if name.hasPrefix("."), name.contains(".partial-") {
@@ -66,12 +83,13 @@ public final class CheckpointImage: Sendable {
         let commit = try ImageFormat.decodeCommit(commitBytes, image: path)
 
         var files: [String: FileDescriptor] = [:]
-        var keepData = false
-        defer { for (name, fd) in files where !(keepData && name == ImageFormat.dataName) { try? fd.close() } }
+        var dataFile: (device: UInt64, inode: UInt64) = (0, 0)
+        defer { for fd in files.values { try? fd.close() } }
         for file in ImageFormat.committedFiles {
             let fd = try openCommitted(directory, file, image: path)
             files[file] = fd
             let size = try statusSize(fd, file, image: path)
+            if file == ImageFormat.dataName, let st = try? Kernel.status(of: fd) { dataFile = (st.device, st.inode) }
             let expected = commit.files[file]!.size
             guard size == expected else {
                 throw .truncated(path, file: file, detail: "\(size) bytes, the commit record says \(expected)")
@@ -93,18 +111,20 @@ public final class CheckpointImage: Sendable {
         guard indexDigest.size <= indexLimit else {
             throw ImageError.malformed(path, file: ImageFormat.indexName, detail: "\(indexDigest.size) bytes is more than \(dataSize) bytes of pages need")
         }
+        guard indexDigest.size <= ImageFormat.maxIndexBytes else {
+            throw ImageError.malformed(path, file: ImageFormat.indexName, detail: "\(indexDigest.size) bytes, more than \(ImageFormat.maxIndexBytes) allowed")
+        }
         let indexBytes = try readAll(files[ImageFormat.indexName]!, size: indexDigest.size, file: ImageFormat.indexName, image: path)
         guard Checksum.hex(Checksum.xxh64(indexBytes)) == indexDigest.xxh64 else {
             throw ImageError.checksumMismatch(path, file: ImageFormat.indexName, entry: nil)
         }
         let runs = try ImageFormat.decodeIndex(indexBytes, image: path, pageSize: manifest.pageSize, dataSize: dataSize)
-        guard runs.count == manifest.pageIndex.runs, dataSize == manifest.pageIndex.bytes,
-              UInt64(manifest.pageIndex.pages) * UInt64(manifest.pageSize) == dataSize
-        else {
+        let summary = manifest.pageIndex
+        let summedBytes = summary.pages >= 0 ? UInt64(summary.pages).multipliedReportingOverflow(by: UInt64(manifest.pageSize)) : (partialValue: 0, overflow: true)
+        guard runs.count == summary.runs, dataSize == summary.bytes, !summedBytes.overflow, summedBytes.partialValue == dataSize else {
             throw ImageError.malformed(path, file: ImageFormat.manifestName, detail: "its page index summary differs from \(ImageFormat.indexName)")
         }
-        keepData = true
-        return CheckpointImage(path: path, manifest: manifest, runs: runs, commitDigests: commit.files, data: files[ImageFormat.dataName]!)
+        return CheckpointImage(path: path, manifest: manifest, runs: runs, commitDigests: commit.files, dataFile: dataFile)
     }
 
     // MARK: Chain
@@ -122,7 +142,8 @@ public final class CheckpointImage: Sendable {
             throw .parentMissing(path, parent: link.path)
         }
         guard parent.manifest.id == link.id else { throw .parentMismatch(path, expected: link.id, found: parent.manifest.id) }
-        guard parent.manifest.sequence + 1 == manifest.sequence else {
+        // An incremental manifest's sequence is at least 1 (checked at open): no overflow.
+        guard parent.manifest.sequence == manifest.sequence - 1 else {
             throw .malformed(path, file: ImageFormat.manifestName,
                              detail: "sequence \(manifest.sequence) does not follow its parent's \(parent.manifest.sequence)")
         }
@@ -155,6 +176,9 @@ public final class CheckpointImage: Sendable {
     /// Returns every problem found (empty when sound).
     public func verify() -> [ImageError] {
         var problems: [ImageError] = []
+        let data: FileDescriptor
+        do { data = try openData() } catch { return [error] }
+        defer { try? data.close() }
         var fileHasher = Checksum()
         // The runs tile pages.data exactly (checked at open), so reading them in data order hashes the file.
         for (number, run) in runs.enumerated().sorted(by: { $0.element.dataOffset < $1.element.dataOffset }) {
@@ -200,16 +224,70 @@ public final class CheckpointImage: Sendable {
         } catch {
             return [error]
         }
+        var images: [CheckpointImage] = []
+        var filesChecked: Set<CheckpointMapping> = []
         while true {
             guard seen.insert(current.manifest.id).inserted else { return problems + [.chainCycle(path)] }
+            images.append(current)
             problems += current.verify()
+            problems += current.mappedFileProblems(skipping: &filesChecked)
             do {
-                guard let parent = try current.parent() else { return problems }
+                guard let parent = try current.parent() else { break }
                 current = parent
             } catch {
                 return problems + [error]
             }
         }
+        // Verified means readable: every inherited page is held by an ancestor.
+        var held: [(UInt64, UInt64)] = []
+        for image in images.reversed() {
+            if let address = image.firstUnheldInheritedPage(held) {
+                problems.append(.notStored(address: address, detail: "\(image.path) records it as inherited but no ancestor holds it"))
+            }
+            held = coalesce(held + image.runs.map { ($0.address, $0.end) })
+        }
+        return problems
+    }
+
+    /// The first page this image records as inherited that `held` (sorted, disjoint) lacks.
+    private func firstUnheldInheritedPage(_ held: [(UInt64, UInt64)]) -> UInt64? {
+        for mapping in manifest.mappings {
+            for range in mapping.pages where range.state == .inherited {
+                var low = 0, high = held.count
+                while low < high {
+                    let mid = (low + high) / 2
+                    if held[mid].1 <= range.start { low = mid + 1 } else { high = mid }
+                }
+                guard low < held.count, held[low].0 <= range.start else { return range.start }
+                guard held[low].1 >= range.end else { return held[low].1 }
+            }
+        }
+        return nil
+    }
+
+    /// Problems that keep `clean_file` pages from being read: no recorded identity of the file,
+    /// or a file that is no longer the one recorded (see `CheckpointChain.read`).
+    /// `checked` holds the mappings (file, offset, identity) found sound in other images of the
+    /// chain: images of one process map the same libraries, which are hashed once.
+    private func mappedFileProblems(skipping checked: inout Set<CheckpointMapping>) -> [ImageError] {
+        var problems: [ImageError] = []
+        for mapping in manifest.mappings where mapping.pages.contains(where: { $0.state == .cleanFile }) {
+            var key = mapping
+            key.pages = []
+            key.perms = ""
+            guard !checked.contains(key) else { continue }
+            do {
+                let fd = try CheckpointChain.openMappedFile(mapping)
+                defer { try? fd.close() }
+                for number in 0..<mapping.file!.chunkXxh64.count {
+                    _ = try CheckpointChain.fileChunk(fd, number, mapping: mapping, pageSize: manifest.pageSize)
+                }
+                checked.insert(key)
+            } catch {
+                problems.append(.unreadableFile(path, file: mapping.path ?? "", detail: "\(error)"))
+            }
+        }
+        return problems
     }
 
     /// The first address where "stored" ranges of the manifest and the index disagree, or nil.
@@ -224,7 +302,7 @@ public final class CheckpointImage: Sendable {
     private static func coalesce(_ ranges: [(UInt64, UInt64)]) -> [(UInt64, UInt64)] {
         var result: [(UInt64, UInt64)] = []
         for range in ranges.sorted(by: { $0.0 < $1.0 }) {
-            if let last = result.last, last.1 == range.0 { result[result.count - 1].1 = range.1 } else { result.append(range) }
+            if let last = result.last, last.1 >= range.0 { result[result.count - 1].1 = max(last.1, range.1) } else { result.append(range) }
         }
         return result
     }
@@ -243,6 +321,8 @@ public final class CheckpointImage: Sendable {
 
     /// A run's bytes, checked against its checksum.
     package func bytes(of run: PageRun) throws(ImageError) -> [UInt8] {
+        let data = try openData()
+        defer { try? data.close() }
         let bytes: [UInt8]
         do {
             bytes = try Kernel.readAt(data, offset: run.dataOffset, count: Int(run.length))
@@ -255,11 +335,33 @@ public final class CheckpointImage: Sendable {
         return bytes
     }
 
+    /// Opens `pages.data` again, refusing anything but the file checked when the image was opened.
+    private func openData() throws(ImageError) -> FileDescriptor {
+        let name = path + "/" + ImageFormat.dataName
+        let fd: FileDescriptor
+        do {
+            fd = try Kernel.openAt(nil, name, flags: O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY)
+        } catch .tooManySymbolicLinkLevels {
+            throw .symlinkRefused(name)
+        } catch {
+            throw .io(path, operation: "open \(ImageFormat.dataName)", errno: error)
+        }
+        guard let st = try? Kernel.status(of: fd), st.type == .regular, st.device == dataFile.device,
+              st.inode == dataFile.inode, UInt64(st.size) == commitDigests[ImageFormat.dataName]?.size
+        else {
+            try? fd.close()
+            throw .malformed(path, file: ImageFormat.dataName, detail: "replaced or resized since the image was opened")
+        }
+        return fd
+    }
+
     // MARK: Opening helpers
 
+    /// Opens an image file without following a final symbolic link and without blocking (a
+    /// FIFO would otherwise block the open until a writer comes); the caller checks its type.
     private static func openCommitted(_ directory: FileDescriptor, _ file: String, image: String) throws(ImageError) -> FileDescriptor {
         do {
-            return try Kernel.openAt(directory, file, flags: O_RDONLY | O_NOFOLLOW)
+            return try Kernel.openAt(directory, file, flags: O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY)
         } catch .noSuchFileOrDirectory {
             throw .truncated(image, file: file, detail: "missing")
         } catch .tooManySymbolicLinkLevels {
@@ -279,7 +381,7 @@ public final class CheckpointImage: Sendable {
     private static func readSmallFile(_ directory: FileDescriptor, _ file: String, image: String, limit: UInt64) throws(ImageError) -> [UInt8] {
         let fd: FileDescriptor
         do {
-            fd = try Kernel.openAt(directory, file, flags: O_RDONLY | O_NOFOLLOW)
+            fd = try Kernel.openAt(directory, file, flags: O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY)
         } catch .tooManySymbolicLinkLevels {
             throw .symlinkRefused(image + "/" + file)
         } catch {
@@ -312,8 +414,16 @@ public final class CheckpointImage: Sendable {
         let bytes = try readAll(fd, size: digest.size, file: file, image: image)
         guard Checksum.hex(Checksum.xxh64(bytes)) == digest.xxh64 else { throw .checksumMismatch(image, file: file, entry: nil) }
         let decoder = JSONOutput.decoder()
-        let probe = try? decoder.decode(VersionProbe.self, from: Data(bytes))
-        guard let version = probe?.formatVersion else { throw .malformed(image, file: file, detail: "no format_version") }
+        let probe: VersionProbe
+        do {
+            probe = try decoder.decode(VersionProbe.self, from: Data(bytes))
+        } catch DecodingError.typeMismatch(_, let context) where context.codingPath.isEmpty {
+            throw .malformed(image, file: file, detail: "not a JSON object")
+        } catch {
+            // Foundation's own text for unparsable JSON (too deep, truncated…) is one line; keep it short.
+            throw .malformed(image, file: file, detail: "not valid JSON")
+        }
+        guard let version = probe.formatVersion else { throw .malformed(image, file: file, detail: "no format_version") }
         guard version == CheckpointManifest.currentFormatVersion else { throw .unsupportedVersion(image, file: file, version: version) }
         do {
             return try decoder.decode(CheckpointManifest.self, from: Data(bytes))
@@ -337,6 +447,13 @@ public final class CheckpointImage: Sendable {
             throw .malformed(image, file: file, detail: "\(error)")
         }
         guard manifest.pageSize <= 1 << 30 else { throw .malformed(image, file: file, detail: "page size \(manifest.pageSize)") }
+        switch manifest.kind {
+        case .full where manifest.sequence != 0:
+            throw .malformed(image, file: file, detail: "a full checkpoint with sequence \(manifest.sequence)")
+        case .incremental where manifest.sequence < 1:
+            throw .malformed(image, file: file, detail: "an incremental checkpoint with sequence \(manifest.sequence)")
+        default: break
+        }
         let page = UInt64(manifest.pageSize)
         var previousEnd: UInt64 = 0
         for (number, mapping) in manifest.mappings.enumerated() {
@@ -348,9 +465,34 @@ public final class CheckpointImage: Sendable {
                 guard range.start < range.end, range.start % page == 0, range.end % page == 0,
                       range.start >= rangeEnd, range.end <= mapping.end
                 else { throw .malformed(image, file: file, detail: "mapping \(number) has an invalid page range") }
+                guard !(range.state == .inherited && manifest.kind == .full) else {
+                    throw .malformed(image, file: file, detail: "mapping \(number) has inherited pages in a full checkpoint")
+                }
                 rangeEnd = range.end
             }
             previousEnd = mapping.end
+            if mapping.pages.contains(where: { $0.state == .cleanFile }) { try checkFileMapping(mapping, number: number, pageSize: manifest.pageSize, image: image) }
+        }
+    }
+
+    /// A mapping with `clean_file` pages names its file by absolute path, maps a range of file
+    /// offsets a reader can address (`off_t`), and, when it records the file's identity, lists
+    /// one checksum per chunk of the mapping inside the file.
+    private static func checkFileMapping(_ mapping: CheckpointMapping, number: Int, pageSize: Int, image: String) throws(ImageError) {
+        let file = ImageFormat.manifestName
+        guard let path = mapping.path, path.hasPrefix("/") else {
+            throw .malformed(image, file: file, detail: "mapping \(number) has clean_file pages but no absolute file path")
+        }
+        let length = mapping.end - mapping.start
+        guard length <= UInt64(Int64.max), mapping.offset <= UInt64(Int64.max) - length else {
+            throw .malformed(image, file: file, detail: "mapping \(number) has file offset \(mapping.offset), beyond what a file can hold")
+        }
+        guard let identity = mapping.file else { return }
+        let expected = MappedFile.chunkCount(offset: mapping.offset, length: length, size: identity.size, pageSize: pageSize)
+        guard identity.chunkXxh64.count == expected,
+              identity.chunkXxh64.allSatisfy({ $0.utf8.count == 16 && UInt64($0, radix: 16) != nil })
+        else {
+            throw .malformed(image, file: file, detail: "mapping \(number) lists \(identity.chunkXxh64.count) file chunk checksums, \(expected) expected")
         }
     }
 }
@@ -365,8 +507,8 @@ public struct CheckpointChain: Sendable {
     /// The bytes at `address` as the process held them at the newest checkpoint.
     ///
     /// For each page the newest manifest decides: a page outside every mapping is `notMapped`;
-    /// `never_touched` pages read as zeros; `clean_file` pages are read from the mapped file
-    /// (as it is now); `stored` and `inherited` pages come from the newest image in the chain
+    /// `never_touched` pages read as zeros; `clean_file` pages are read from the mapped file if it
+    /// is still the file and content recorded (`fileBytes`); `stored` and `inherited` pages come from the newest image in the chain
     /// whose index holds them, checked against their run checksum. A page with no recorded state,
     /// or recorded as stored but held by no image, is `notStored`.
     public func read(address: UInt64, length: Int) throws(ImageError) -> [UInt8] {
@@ -376,10 +518,11 @@ public struct CheckpointChain: Sendable {
         var result = [UInt8]()
         result.reserveCapacity(length)
         var cached: (image: Int, run: PageRun, bytes: [UInt8])?
+        var cachedFile: (mapping: UInt64, chunk: Int, bytes: [UInt8])?
         var page = address - address % pageSize
         let end = address + UInt64(length)
         while page < end {
-            let bytes = try pageBytes(page, pageSize: pageSize, cached: &cached)
+            let bytes = try pageBytes(page, pageSize: pageSize, cached: &cached, cachedFile: &cachedFile)
             let from = Int(max(address, page) - page)
             let to = Int(min(end, page + pageSize) - page)
             result.append(contentsOf: bytes[(bytes.startIndex + from)..<(bytes.startIndex + to)])
@@ -389,7 +532,8 @@ public struct CheckpointChain: Sendable {
     }
 
     private func pageBytes(_ page: UInt64, pageSize: UInt64,
-                           cached: inout (image: Int, run: PageRun, bytes: [UInt8])?) throws(ImageError) -> ArraySlice<UInt8> {
+                           cached: inout (image: Int, run: PageRun, bytes: [UInt8])?,
+                           cachedFile: inout (mapping: UInt64, chunk: Int, bytes: [UInt8])?) throws(ImageError) -> ArraySlice<UInt8> {
         let mappings = newest.manifest.mappings
         guard let mapping = Self.find(page, in: mappings, start: \.start, end: \.end) else { throw .notMapped(address: page) }
         guard let range = Self.find(page, in: mapping.pages, start: \.start, end: \.end) else {
@@ -399,7 +543,7 @@ public struct CheckpointChain: Sendable {
         case .neverTouched:
             return ArraySlice(repeating: 0, count: Int(pageSize))
         case .cleanFile:
-            return try fileBytes(page, mapping: mapping, pageSize: pageSize)
+            return try fileBytes(page, mapping: mapping, pageSize: pageSize, cached: &cachedFile)
         case .stored, .inherited:
             for (number, image) in images.enumerated() {
                 guard let run = image.run(containing: page) else { continue }
@@ -411,22 +555,58 @@ public struct CheckpointChain: Sendable {
         }
     }
 
-    private func fileBytes(_ page: UInt64, mapping: CheckpointMapping, pageSize: UInt64) throws(ImageError) -> ArraySlice<UInt8> {
-        guard let path = mapping.path, path.hasPrefix("/") else {
-            throw .notStored(address: page, detail: "recorded as clean_file but its mapping has no file path")
+    /// A `clean_file` page, from the file the mapping names only if it is the file recorded at
+    /// the checkpoint (device, inode, size, modification time) and the chunk holding the page
+    /// still has the recorded checksum — checked before any byte is returned.
+    private func fileBytes(_ page: UInt64, mapping: CheckpointMapping, pageSize: UInt64,
+                           cached: inout (mapping: UInt64, chunk: Int, bytes: [UInt8])?) throws(ImageError) -> ArraySlice<UInt8> {
+        let chunkBytes = MappedFile.chunkBytes(pageSize: Int(pageSize))
+        let number = Int((page - mapping.start) / chunkBytes)
+        let within = Int((page - mapping.start) % chunkBytes)
+        if cached?.mapping != mapping.start || cached?.chunk != number {
+            do {
+                let fd = try Self.openMappedFile(mapping)
+                defer { try? fd.close() }
+                cached = (mapping.start, number, try Self.fileChunk(fd, number, mapping: mapping, pageSize: Int(pageSize)))
+            } catch {
+                throw .notStored(address: page, detail: "clean_file page of \(mapping.path ?? "[no path]"), which is not read: \(error)")
+            }
         }
-        var bytes: [UInt8]
-        do {
-            let fd = try Kernel.openAt(nil, path, flags: O_RDONLY)
-            defer { try? fd.close() }
-            bytes = try Kernel.readAt(fd, offset: mapping.offset + (page - mapping.start), count: Int(pageSize))
-        } catch {
-            throw .notStored(address: page, detail: "clean_file page of \(path), which cannot be read: \(error)")
-        }
+        let chunk = cached!.bytes
         // Past the end of the file inside its last page the kernel shows zeros; a page wholly past it does not exist.
-        guard !bytes.isEmpty else { throw .notStored(address: page, detail: "clean_file page lies past the end of \(path)") }
-        bytes += [UInt8](repeating: 0, count: Int(pageSize) - bytes.count)
-        return bytes[...]
+        guard within < chunk.count else {
+            throw .notStored(address: page, detail: "clean_file page lies past the end of \(mapping.path ?? "[no path]")")
+        }
+        let bytes = chunk[within..<min(chunk.count, within + Int(pageSize))]
+        return bytes + [UInt8](repeating: 0, count: Int(pageSize) - bytes.count)
+    }
+
+    /// Opens the file of a mapping with `clean_file` pages and checks it is the recorded one.
+    static func openMappedFile(_ mapping: CheckpointMapping) throws(MappedFileRefusal) -> FileDescriptor {
+        guard let identity = mapping.file else {
+            throw MappedFileRefusal("the image records no identity for the file (written by a Mitosis that did not), so its bytes cannot be trusted")
+        }
+        let (fd, st) = try MappedFile.open(mapping.path ?? "")
+        guard MappedFile.matches(st, identity) else {
+            try? fd.close()
+            throw MappedFileRefusal("it is not the file the checkpoint recorded (device, inode, size or modification time differ)")
+        }
+        return fd
+    }
+
+    /// Chunk `number` of the mapped range (empty when wholly past the end of the file), checked
+    /// against the recorded checksum.
+    static func fileChunk(_ fd: FileDescriptor, _ number: Int, mapping: CheckpointMapping, pageSize: Int) throws(MappedFileRefusal) -> [UInt8] {
+        let identity = mapping.file!
+        guard let range = MappedFile.chunkRange(UInt64(number), offset: mapping.offset, length: mapping.end - mapping.start,
+                                                size: identity.size, pageSize: pageSize)
+        else { return [] }
+        let bytes: [UInt8]
+        do { bytes = try Kernel.readAt(fd, offset: range.lowerBound, count: Int(range.count)) } catch { throw MappedFileRefusal("read failed: \(error)") }
+        guard bytes.count == range.count, number < identity.chunkXxh64.count,
+              Checksum.hex(Checksum.xxh64(bytes)) == identity.chunkXxh64[number]
+        else { throw MappedFileRefusal("its content differs from the checkpoint's") }
+        return bytes
     }
 
     /// Binary search in a sorted list of disjoint ranges.

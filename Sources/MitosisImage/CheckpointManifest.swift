@@ -52,7 +52,7 @@ public struct CheckpointHeader: Codable, Sendable, Equatable {
 }
 
 /// What a range of pages of a mapping looks like in a checkpoint.
-public enum PageState: String, Codable, Sendable, Equatable {
+public enum PageState: String, Codable, Sendable, Hashable {
     /// The pages are in this image's `pages.data`.
     case stored
     /// Unchanged since the parent: the newest ancestor that stores them holds their bytes.
@@ -65,7 +65,7 @@ public enum PageState: String, Codable, Sendable, Equatable {
 }
 
 /// A page-aligned range `[start, end)` of one mapping and its state.
-public struct PageRange: Codable, Sendable, Equatable {
+public struct PageRange: Codable, Sendable, Hashable {
     public var start: UInt64
     public var end: UInt64
     public var state: PageState
@@ -78,7 +78,7 @@ public struct PageRange: Codable, Sendable, Equatable {
 }
 
 /// One mapping of the process at checkpoint time, and where each of its pages is kept.
-public struct CheckpointMapping: Codable, Sendable, Equatable {
+public struct CheckpointMapping: Codable, Sendable, Hashable {
     public var start: UInt64
     public var end: UInt64
     /// The four permission letters of `/proc/PID/maps` (`rw-p`).
@@ -91,8 +91,13 @@ public struct CheckpointMapping: Codable, Sendable, Equatable {
     /// Sorted, disjoint ranges inside `[start, end)`. Pages covered by no range are not stored
     /// anywhere (e.g. `[vvar]`): reading them reports so.
     public var pages: [PageRange]
+    /// The file `clean_file` pages are read from, as it was at the checkpoint; absent in images
+    /// written before it was recorded (their `clean_file` pages cannot be read) and in mappings
+    /// whose file could not be identified.
+    public var file: MappedFileIdentity?
 
-    public init(start: UInt64, end: UInt64, perms: String, offset: UInt64, path: String?, kind: String, pages: [PageRange]) {
+    public init(start: UInt64, end: UInt64, perms: String, offset: UInt64, path: String?, kind: String, pages: [PageRange],
+                file: MappedFileIdentity? = nil) {
         self.start = start
         self.end = end
         self.perms = perms
@@ -100,6 +105,7 @@ public struct CheckpointMapping: Codable, Sendable, Equatable {
         self.path = path
         self.kind = kind
         self.pages = pages
+        self.file = file
     }
 }
 

@@ -28,15 +28,45 @@ public final class DirectorySink: CheckpointSink, @unchecked Sendable {
 
     /// A sink that will create the image directory `path` (which must not exist yet).
     public init(directory path: String) {
+        (self.path, parentPath, name) = Self.split(path)
+    }
+
+    /// `path` without trailing slashes, the directory that holds it, and its last component.
+    private static func split(_ path: String) -> (path: String, parent: String, name: String) {
         var trimmed = path
         while trimmed.count > 1, trimmed.hasSuffix("/") { trimmed.removeLast() }
-        self.path = trimmed
-        if let slash = trimmed.lastIndex(of: "/") {
-            parentPath = slash == trimmed.startIndex ? "/" : String(trimmed[..<slash])
-            name = String(trimmed[trimmed.index(after: slash)...])
-        } else {
-            parentPath = "."
-            name = trimmed
+        guard let slash = trimmed.lastIndex(of: "/") else { return (trimmed, ".", trimmed) }
+        return (trimmed, slash == trimmed.startIndex ? "/" : String(trimmed[..<slash]), String(trimmed[trimmed.index(after: slash)...]))
+    }
+
+    /// The directory that will hold the image `path`, after checking that `path` can name a new
+    /// image at all (not empty, `.`, `..` or `/`).
+    public static func container(of path: String) throws(ImageError) -> String {
+        let (_, parent, name) = split(path)
+        guard !name.isEmpty, name != ".", name != ".." else { throw .invalidImageName(path) }
+        return parent
+    }
+
+    /// Creates `path` and any missing parent, each new one with mode 0700 whatever the umask:
+    /// the images kept there must not be replaceable by other users. Existing directories are
+    /// left as they are.
+    public static func createDirectories(_ path: String) throws(ImageError) {
+        guard !path.isEmpty else { throw .invalidImageName(path) }
+        var prefix = path.hasPrefix("/") ? "/" : ""
+        for component in path.split(separator: "/") {
+            prefix += (prefix.isEmpty || prefix.hasSuffix("/") ? "" : "/") + component
+            do {
+                try Kernel.makeDirectoryAt(nil, prefix, mode: 0o700)
+                let created = try Kernel.openAt(nil, prefix, flags: O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
+                defer { try? created.close() }
+                try Kernel.changeMode(created, 0o700)
+            } catch .fileExists {
+                guard let st = try? Kernel.status(prefix), st.type == .directory else {
+                    throw .io(prefix, operation: "create directory", errno: .notDirectory)
+                }
+            } catch {
+                throw .io(prefix, operation: "create directory", errno: error)
+            }
         }
     }
 
@@ -55,7 +85,7 @@ public final class DirectorySink: CheckpointSink, @unchecked Sendable {
     public func begin(_ header: CheckpointHeader) throws {
         try lock.withLock {
             guard case .idle = state else { throw ImageError.sinkState("begin called twice") }
-            guard !name.isEmpty, name != ".", name != ".." else { throw ImageError.notAnImage(path) }
+            guard !name.isEmpty, name != ".", name != ".." else { throw ImageError.invalidImageName(path) }
             try checkHeader(header)
             do {
                 state = .open(try Writer(header: header, parentPath: parentPath, name: name, path: path))

@@ -33,6 +33,10 @@ public enum ImageError: Error, Equatable, Sendable, CustomStringConvertible {
     case invalidPages(String)
     /// A sink was used out of order (pages before `begin`, anything after `finish`/`abort`).
     case sinkState(String)
+    /// The `clean_file` pages of a mapping of `file` cannot be read (`detail` says why).
+    case unreadableFile(String, file: String, detail: String)
+    /// The path given for a new image names no new directory (`.`, `..`, empty).
+    case invalidImageName(String)
     /// The address is in no mapping of the newest checkpoint.
     case notMapped(address: UInt64)
     /// The chain does not hold the bytes of this page.
@@ -60,6 +64,8 @@ public enum ImageError: Error, Equatable, Sendable, CustomStringConvertible {
         case .io(let path, let operation, let errno): return "\(path): \(operation) failed: \(errno)"
         case .invalidPages(let detail): return "invalid pages: \(detail)"
         case .sinkState(let detail): return "checkpoint sink used out of order: \(detail)"
+        case .unreadableFile(let path, let file, let detail): return "\(path): clean_file pages of \(file) cannot be read: \(detail)"
+        case .invalidImageName(let path): return "'\(path)' cannot be a new image directory: give the name of one to create"
         case .notMapped(let address): return "address 0x\(String(address, radix: 16)) is not mapped in this checkpoint"
         case .notStored(let address, let detail):
             return "the page at 0x\(String(address, radix: 16)) is not stored in the chain: \(detail)"

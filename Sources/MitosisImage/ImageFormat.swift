@@ -28,8 +28,9 @@ package enum ImageFormat {
     package static let indexTrailerSize = 8
     /// Runs are split at this many pages so that reading one page verifies at most this much.
     package static let maxRunPages = 256
-    /// Largest manifest or commit record a reader loads.
+    /// Largest manifest, page index or commit record a reader loads.
     package static let maxManifestBytes: UInt64 = 256 << 20
+    package static let maxIndexBytes: UInt64 = 256 << 20
     package static let maxCommitBytes: UInt64 = 64 << 10
     package static let commitMagic = "mitosis-checkpoint"
 
@@ -74,6 +75,7 @@ package enum ImageFormat {
         guard bytes.littleEndianUInt32(at: 12) == pageSize else {
             throw .malformed(image, file: file, detail: "page size \(bytes.littleEndianUInt32(at: 12)) differs from the manifest's \(pageSize)")
         }
+        guard bytes.littleEndianUInt64(at: 24) == 0 else { throw .malformed(image, file: file, detail: "reserved header field is not 0") }
         let count = bytes.littleEndianUInt64(at: 16)
         let room = UInt64(body - indexHeaderSize)
         guard count <= room / UInt64(indexEntrySize), count * UInt64(indexEntrySize) == room else {
@@ -90,6 +92,10 @@ package enum ImageFormat {
             guard run.length > 0, run.length % page == 0, run.address % page == 0,
                   run.address <= UInt64.max - run.length
             else { throw .malformed(image, file: file, detail: "entry \(index) is not a page-aligned run of whole pages") }
+            // A longer run would make reading one page load all of it (the writer splits at this size).
+            guard run.length <= UInt64(maxRunPages) * page else {
+                throw .malformed(image, file: file, detail: "entry \(index) is longer than \(maxRunPages) pages")
+            }
             guard run.dataOffset <= dataSize, run.length <= dataSize - run.dataOffset else {
                 throw .malformed(image, file: file, detail: "entry \(index) points past the end of \(dataName)")
             }
@@ -124,6 +130,10 @@ package enum ImageFormat {
 
     package static func decodeCommit(_ bytes: [UInt8], image: String) throws(ImageError) -> (id: String, files: [String: FileDigest]) {
         let file = commitName
+        // Printable ASCII only: then characters and bytes count alike, and no decoding can shift the checksum's span.
+        guard bytes.allSatisfy({ $0 == 0x0A || (0x20..<0x7F).contains($0) }) else {
+            throw .malformed(image, file: file, detail: "not printable ASCII text")
+        }
         let text = String(decoding: bytes, as: UTF8.self)
         let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
         guard let first = lines.first, first.hasPrefix(commitMagic + " ") else { throw .malformed(image, file: file, detail: "bad magic") }

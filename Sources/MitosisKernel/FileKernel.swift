@@ -98,7 +98,9 @@ extension Kernel {
 
     /// Reads into `buffer` from file offset `offset` until it is full or the file ends; returns
     /// the bytes read. The corresponding system call is `pread`.
+    /// An offset past what `off_t` holds fails with EOVERFLOW instead of trapping.
     package static func readAt(_ fd: FileDescriptor, offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+        guard offset <= UInt64(Int64.max) - UInt64(buffer.count) else { throw .overflow }
         var done = 0
         while done < buffer.count {
             let n = try check { pread(fd.rawValue, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done)) }

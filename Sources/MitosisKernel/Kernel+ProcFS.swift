@@ -21,4 +21,19 @@ extension Kernel {
     package static func semaphoreLastPid(semid: Int32, index: Int32) throws(Errno) -> Int32 {
         try check { mitosis_semctl_getpid(semid, index) }
     }
+
+    /// `root` and every process below it, found through `/proc/PID/task/TID/children`.
+    package static func processTree(root: Int32) -> [Int32] {
+        var result: [Int32] = []
+        var queue = [root]
+        while let next = queue.popLast() {
+            result.append(next)
+            let tids = (try? Kernel.listDirectory("/proc/\(next)/task")) ?? []
+            for tid in tids {
+                guard let text = try? Kernel.readFile("/proc/\(next)/task/\(tid)/children") else { continue }
+                queue += String(decoding: text, as: UTF8.self).split(separator: " ").compactMap { Int32($0) }
+            }
+        }
+        return result
+    }
 }

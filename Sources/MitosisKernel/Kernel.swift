@@ -9,6 +9,15 @@ package enum Kernel {
     /// The calling OS thread's kernel id. The corresponding C function is `gettid`.
     package static func currentThreadID() -> Int32 { mitosis_gettid() }
 
+    /// This process's parent's id. The corresponding C function is `getppid`.
+    package static func parentProcessID() -> Int32 { getppid() }
+
+    /// Writes `bytes` to standard error at once, unbuffered (a line a test reads while this
+    /// process is paused). The corresponding system call is `write`.
+    package static func writeStandardError(_ bytes: [UInt8]) {
+        _ = bytes.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+    }
+
     /// This process's id. The corresponding C function is `getpid`.
     package static func currentProcessID() -> Int32 { getpid() }
 
@@ -61,6 +70,17 @@ package enum Kernel {
     /// Sends `signal` to one thread of a thread group. The corresponding system call is `tgkill`.
     package static func threadKill(pid: Int32, tid: Int32, signal: Int32) throws(Errno) {
         try check { mitosis_syscall6(234 /* tgkill */, Int(pid), Int(tid), Int(signal), 0, 0, 0) }
+    }
+
+    /// Queues a signal with its full siginfo (a `sigqueue` value included) to one thread of a
+    /// thread group. The kernel accepts only user-sent siginfo (`si_code < 0`, not `SI_TKILL`)
+    /// for another process. The corresponding system call is `rt_tgsigqueueinfo`.
+    package static func threadQueueSignal(pid: Int32, tid: Int32, info: siginfo_t) throws(Errno) {
+        var copy = info
+        try withUnsafeMutablePointer(to: &copy) { pointer throws(Errno) in
+            _ = try check { mitosis_syscall6(297 /* rt_tgsigqueueinfo */, Int(pid), Int(tid), Int(info.si_signo),
+                                             Int(bitPattern: UnsafeMutableRawPointer(pointer)), 0, 0) }
+        }
     }
 
     /// Reads a whole file, however /proc sizes it (procfs files report size 0), up to `limit` bytes.

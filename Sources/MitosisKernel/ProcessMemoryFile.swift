@@ -7,9 +7,11 @@ import SystemPackage
 package struct ProcessMemoryFile: Sendable {
     package let descriptor: FileDescriptor
 
-    /// Opens `/proc/PID/mem` for reading. The corresponding system call is `open`.
-    package init(pid: Int32) throws(Errno) {
-        descriptor = FileDescriptor(rawValue: try Kernel.check { open("/proc/\(pid)/mem", O_RDONLY | O_CLOEXEC) })
+    /// Opens `/proc/PID/mem` for reading, or for reading and writing. The corresponding system
+    /// call is `open`.
+    package init(pid: Int32, writable: Bool = false) throws(Errno) {
+        let mode = writable ? O_RDWR : O_RDONLY
+        descriptor = FileDescriptor(rawValue: try Kernel.check { open("/proc/\(pid)/mem", mode | O_CLOEXEC) })
     }
 
     /// Reads `buffer.count` bytes at `address`; returns how many were read before an unmapped
@@ -25,6 +27,17 @@ package struct ProcessMemoryFile: Sendable {
             done += n
         }
         return done
+    }
+
+    /// Writes `bytes` at `address`, even into memory the target cannot write (its code), the way
+    /// a debugger sets a breakpoint: the page becomes the target's private copy.
+    /// The corresponding system call is `pwrite`.
+    package func write(at address: UInt64, _ bytes: [UInt8]) throws(Errno) {
+        let written = bytes.withUnsafeBytes { buffer in
+            pwrite(descriptor.rawValue, buffer.baseAddress!, buffer.count, Int(bitPattern: UInt(address)))
+        }
+        if written < 0 { throw Errno(rawValue: errno) }
+        guard written == bytes.count else { throw .ioError }
     }
 
     package func close() { try? descriptor.close() }

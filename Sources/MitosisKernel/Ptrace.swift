@@ -33,10 +33,11 @@ package enum Ptrace {
         try Kernel.check { mitosis_ptrace(MITOSIS_PTRACE_LISTEN, tid, nil, nil) }
     }
 
-    /// Executes one instruction, delivering `signal` (0 for none) first.
-    /// The corresponding request is `PTRACE_SINGLESTEP`.
-    package static func singleStep(_ tid: Int32, signal: Int32 = 0) throws(Errno) {
-        try Kernel.check { mitosis_ptrace(Int32(PTRACE_SINGLESTEP.rawValue), tid, nil, UnsafeMutableRawPointer(bitPattern: Int(signal))) }
+    /// Resumes a stopped tracee until it enters or leaves a system call, delivering `signal`
+    /// (0 for none) first. Unlike single-stepping it leaves no trap flag behind.
+    /// The corresponding request is `PTRACE_SYSCALL`.
+    package static func resumeToSyscall(_ tid: Int32, signal: Int32 = 0) throws(Errno) {
+        try Kernel.check { mitosis_ptrace(Int32(PTRACE_SYSCALL.rawValue), tid, nil, UnsafeMutableRawPointer(bitPattern: Int(signal))) }
     }
 
     /// The siginfo of the signal that caused the current stop.
@@ -95,6 +96,9 @@ package enum Ptrace {
         case eventStop(event: Int32, signal: Int32)
         /// Stopped because `signal` is about to be delivered; it must be re-injected or it is lost.
         case signalStop(signal: Int32)
+        /// Stopped entering or leaving a system call (`resumeToSyscall`; needs
+        /// `MITOSIS_PTRACE_O_TRACESYSGOOD`). Entry and exit stops alternate.
+        case syscallStop
         /// The thread exited with `code`.
         case exited(code: Int32)
         /// The thread was killed by `signal`.
@@ -113,6 +117,7 @@ package enum Ptrace {
         let event = mitosis_wptrace_event(status)
         let signal = mitosis_wstopsig(status)
         if event != 0 { return .eventStop(event: event, signal: signal) }
+        if signal == SIGTRAP | 0x80 { return .syscallStop }
         return .signalStop(signal: signal)
     }
 }

@@ -25,6 +25,9 @@ public enum MitosisError: Error, Equatable, Sendable, CustomStringConvertible {
     /// Another `waitpid` in this process collected the ptrace-stop of a thread, so Mitosis cannot
     /// follow it — typically Foundation's `Process`, which reaps the children it launched.
     case stopCollectedElsewhere(Int32, tid: Int32)
+    /// The process is not dumpable (`prctl(PR_SET_DUMPABLE, 0)`, or it changed credentials):
+    /// it asked to keep its memory out of dumps, so Mitosis does not copy it unless forced.
+    case notDumpable(Int32)
     /// The kernel lacks a feature this operation needs.
     case unsupported(feature: String, detail: String)
     /// A system call failed in a way none of the cases above explains.
@@ -48,6 +51,8 @@ public enum MitosisError: Error, Equatable, Sendable, CustomStringConvertible {
             return "thread \(tid) of process \(pid) did not stop within \(after) (uninterruptible sleep, or waiting for a vfork child); it was left running"
         case .stopCollectedElsewhere(let pid, let tid):
             return "the stop of thread \(tid) of process \(pid) was collected by another waitpid in this process (Foundation's Process reaps the children it launched): start the target with posix_spawn to freeze it"
+        case .notDumpable(let pid):
+            return "process \(pid) is not dumpable (it called prctl(PR_SET_DUMPABLE, 0) or changed its credentials): it asked to keep its memory, which may hold secrets, out of dumps; --force copies it anyway"
         case .unsupported(let feature, let detail): return "this kernel does not support \(feature): \(detail)"
         case .system(let operation, let errno): return "\(operation) failed: \(errno)"
         case .targetNotReady(let executable, let output):

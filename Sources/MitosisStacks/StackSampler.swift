@@ -6,10 +6,20 @@ import MitosisTrace
 /// thread, walks the stacks, thaws, and only then symbolizes, so the target is stopped just for
 /// the walk.
 public enum StackSampler {
-    /// Takes `hertz × duration` samples of `pid`. Stops early, keeping what it has, if the
-    /// process exits.
+    /// The sampling rates accepted, per second: at least one sample every 100 s, at most 1000 a second.
+    public static let hertzRange: ClosedRange<Double> = 0.01...1000
+    /// The longest sampling run accepted (its stop times are kept, one per sample).
+    public static let maxDuration: Duration = .seconds(3600)
+
+    /// Takes `hertz × duration` samples of `pid` (`hertz` in `hertzRange`, `duration` positive and
+    /// at most `maxDuration`; `maxFrames` is capped at `Tracer.maxFramesLimit`). Stops early,
+    /// keeping what it has, if the process exits.
     public static func run(pid: Int32, hertz: Double, duration: Duration,
                            maxFrames: Int = Tracer.defaultMaxFrames) async throws -> StackProfile {
+        guard hertzRange.contains(hertz), duration > .zero, duration <= maxDuration else {
+            throw MitosisError.unsupported(feature: "stack sampling",
+                                           detail: "rates from \(hertzRange.lowerBound) to \(hertzRange.upperBound) per second for up to \(maxDuration); asked \(hertz) per second for \(duration)")
+        }
         let clock = ContinuousClock()
         let interval = Duration.seconds(1 / hertz)
         let count = max(1, Int((Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18) * hertz))

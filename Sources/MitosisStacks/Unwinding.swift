@@ -40,7 +40,7 @@ package final class UnwindSession {
         }
         self.unwinder = unwinder
         self.pid = pid
-        self.maxFrames = max(1, maxFrames)
+        self.maxFrames = min(max(1, maxFrames), Tracer.maxFramesLimit)
         pcs = Array(repeating: 0, count: self.maxFrames)
         signalFrames = Array(repeating: 0, count: self.maxFrames)
     }
@@ -82,6 +82,9 @@ package final class UnwindSession {
 extension Tracer {
     /// The largest number of frames a walk records by default.
     public static let defaultMaxFrames = 256
+    /// The most frames walked per thread, whatever is asked: the buffers for them are allocated
+    /// while the target is frozen, so a huge number must not become a huge allocation.
+    public static let maxFramesLimit = 4096
 
     /// The symbolized call stack of every frozen thread of `pid` (default: the frozen process),
     /// for recording next to `threadState(_:)`. Symbolization reads ELF files while the process

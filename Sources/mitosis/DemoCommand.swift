@@ -52,20 +52,15 @@ struct DemoCommand: AsyncParsableCommand {
         heading("checkpoints \(pid): a full one, then only the pages written since")
         let images = FileManager.default.temporaryDirectory.appendingPathComponent("mitosis-demo-\(pid)").path
         defer { try? FileManager.default.removeItem(atPath: images) }
-        try FileManager.default.createDirectory(atPath: images, withIntermediateDirectories: true)
-        let session = try await CheckpointSession(pid: pid)
-        do {
+        try DirectorySink.createDirectories(images)
+        try await withCheckpointSession(pid: pid) { session in
             for number in 1...2 {
                 if number > 1 { try await Task.sleep(for: .milliseconds(300)) }
                 let sink = DirectorySink(directory: "\(images)/\(number)")
                 let result = try await session.checkpoint(to: sink, parent: number == 1 ? nil : .previous(path: "../1"))
                 print(CheckpointSummary(result, path: sink.path).text)
             }
-        } catch {
-            await session.stop()
-            throw error
         }
-        await session.stop()
         print()
 
         heading("after: the target runs on, untraced")

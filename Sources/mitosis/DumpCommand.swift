@@ -26,23 +26,27 @@ struct DumpCommand: AsyncParsableCommand {
             """)
 
     @Argument(help: "The process id.") var pid: String
-    @Option(help: "The image directory to create (must not exist; its parent is created if missing).") var images: String
+    @Option(help: "The image directory to create (must not exist; its parent is created, mode 0700, if missing).") var images: String
     @Option(help: "An earlier image of the same process to build an incremental checkpoint on.") var parent: String?
     @Option(help: "Dirty tracking: \(TrackOption.allCases.map(\.rawValue).joined(separator: ", ")).") var track: TrackOption = .auto
     @Flag(help: "Kill the process once the image is committed.") var kill = false
+    @Flag(help: "Copy the process even if it asked not to be dumped (prctl PR_SET_DUMPABLE 0, or changed credentials).")
+    var force = false
     @Flag(help: "Print the result as JSON.") var json = false
 
     func run() async throws {
         let pid = targetPID(pid, forTracing: true)
         do {
+            if !force { try await TargetCheck.requireDumpable(pid) }
             let base: CheckpointParent? = try parent.map { path in
                 .image(try CheckpointImage.open(path), path: relativePath(from: images, to: path))
             }
-            let container = URL(fileURLWithPath: images).deletingLastPathComponent().path
-            try FileManager.default.createDirectory(atPath: container, withIntermediateDirectories: true)
+            let container = try DirectorySink.container(of: images)
             let session = try await CheckpointSession(pid: pid, options: CheckpointOptions(strategy: track.strategy))
             let result: CheckpointResult
             do {
+                // Only once the target may be traced, so that a refused dump leaves nothing behind.
+                try DirectorySink.createDirectories(container)
                 result = try await session.checkpoint(to: DirectorySink(directory: images), parent: base)
             } catch {
                 await session.stop()

@@ -36,7 +36,7 @@ struct ImagesCommand: ParsableCommand {
         func run() throws {
             let problems = CheckpointImage.verifyChain(directory)
             guard problems.isEmpty else {
-                for problem in problems { print(problem) }
+                for problem in problems { FileHandle.standardError.write(Data("mitosis: \(problem)\n".utf8)) }
                 throw ExitCode.failure
             }
             do {

@@ -13,18 +13,21 @@ struct StacksCommand: AsyncParsableCommand {
     @Argument(help: "The process id.") var pid: String
     @Flag(help: "Print JSON: {\"pid\", \"threads\": [{\"tid\", \"name\", \"frames\": [{\"pc\", \"function\", \"offset\", \"module\", \"build_id\"}], \"truncated\"}]}.")
     var json = false
-    @Option(help: "Sample this many times a second instead of printing one snapshot.") var sample: Double?
-    @Option(help: "How long to sample, in seconds.") var duration: Double = 5
+    @Option(help: "Sample this many times a second (0.01 to 1000) instead of printing one snapshot.") var sample: Double?
+    @Option(help: "How long to sample, in seconds (at most 3600).") var duration: Double = 5
     @Flag(help: "Print samples as folded stacks (`thread;outer;…;inner count`), which flame-graph tools read; the output of --sample.")
     var folded = false
-    @Option(help: "The most frames to walk per thread.") var maxFrames: Int = Tracer.defaultMaxFrames
+    @Option(help: "The most frames to walk per thread (1 to \(Tracer.maxFramesLimit)).") var maxFrames: Int = Tracer.defaultMaxFrames
 
     func validate() throws {
-        if let sample, !(sample > 0 && sample <= 1000) { throw ValidationError("--sample must be between 0 and 1000 per second") }
-        if !(duration > 0) { throw ValidationError("--duration must be positive") }
+        let rates = StackSampler.hertzRange, longest = StackSampler.maxDuration.components.seconds
+        if let sample, !rates.contains(sample) {
+            throw ValidationError("--sample must be between \(rates.lowerBound) and \(Int(rates.upperBound)) per second")
+        }
+        if !(duration > 0 && duration <= Double(longest)) { throw ValidationError("--duration must be more than 0 and at most \(longest) seconds") }
         if folded && sample == nil { throw ValidationError("--folded needs --sample HZ") }
         if sample != nil && json { throw ValidationError("--json prints one snapshot; use --folded with --sample") }
-        if maxFrames < 1 { throw ValidationError("--max-frames must be at least 1") }
+        if !(1...Tracer.maxFramesLimit).contains(maxFrames) { throw ValidationError("--max-frames must be between 1 and \(Tracer.maxFramesLimit)") }
     }
 
     func run() async throws {

@@ -14,10 +14,12 @@ struct TrackCommand: AsyncParsableCommand {
             """)
 
     @Argument(help: "The process id.") var pid: String
-    @Option(help: "The directory to hold the chain (created if missing; 1, 2, … must not exist).") var images: String
+    @Option(help: "The directory to hold the chain (created, mode 0700, if missing; 1, 2, … must not exist).") var images: String
     @Option(help: "Milliseconds between checkpoints.") var interval: Int = 1000
     @Option(help: "How many checkpoints to take.") var count: Int = 3
     @Option(help: "Dirty tracking: \(TrackOption.allCases.map(\.rawValue).joined(separator: ", ")).") var track: TrackOption = .auto
+    @Flag(help: "Copy the process even if it asked not to be dumped (prctl PR_SET_DUMPABLE 0, or changed credentials).")
+    var force = false
     @Flag(help: "Print the results as a JSON array.") var json = false
 
     func validate() throws {
@@ -28,10 +30,13 @@ struct TrackCommand: AsyncParsableCommand {
     func run() async throws {
         let pid = targetPID(pid, forTracing: true)
         do {
-            try FileManager.default.createDirectory(atPath: images, withIntermediateDirectories: true)
+            guard !images.isEmpty else { throw ImageError.invalidImageName(images) }
+            if !force { try await TargetCheck.requireDumpable(pid) }
             let session = try await CheckpointSession(pid: pid, options: CheckpointOptions(strategy: track.strategy))
             var summaries: [CheckpointSummary] = []
             do {
+                // Only once the target may be traced, so that a refused run leaves nothing behind.
+                try DirectorySink.createDirectories(images)
                 for number in 1...count {
                     if number > 1 { try await Task.sleep(for: .milliseconds(interval)) }
                     let path = images + "/\(number)"

@@ -18,7 +18,7 @@ struct TracerTests {
         }
         #expect(tids.count == 6)
         #expect(Set(tids) == Set(try TargetHealth.threadStates(of: child.pid).keys))
-        #expect(try TargetHealth.runsFreely(child.pid))
+        await #expect(try TargetHealth.runsFreely(child.pid))
         #expect(try TargetHealth(pid: child.pid) == before)
         try child.send("ping")  // still answers: it runs
     }
@@ -28,10 +28,10 @@ struct TracerTests {
         let child = try ScenarioProcess("idle")
         defer { child.stop() }
         kill(child.pid, SIGSTOP)
-        for _ in 0..<100 where try TargetHealth.threadStates(of: child.pid)[child.pid] != "T" { usleep(5_000) }
+        for _ in 0..<100 where try TargetHealth.threadStates(of: child.pid)[child.pid] != "T" { try await Task.sleep(for: .microseconds(5_000)) }
         let threads = try await withFrozenProcess(child.pid) { await $0.threads }
         #expect(threads.first?.groupStopSignal == SIGSTOP)
-        usleep(20_000)
+        try await Task.sleep(for: .microseconds(20_000))
         #expect(try TargetHealth.threadStates(of: child.pid)[child.pid] == "T")
         #expect(try TargetHealth.tracer(of: child.pid) == 0)
         kill(child.pid, SIGCONT)

@@ -9,6 +9,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
+#include <pthread.h>
 
 static scenario *scenarios;
 static char report_line[65536];
@@ -55,6 +56,30 @@ static void ready(void) {
     report_line[0] = 0;
 }
 
+static scenario *current;
+
+static void *command_loop(void *arg) {
+    (void)arg;
+    char *line = NULL;
+    size_t capacity = 0;
+    ssize_t length;
+    while ((length = getline(&line, &capacity, stdin)) > 0) {
+        if (line[length - 1] == '\n') line[length - 1] = 0;
+        if (strcmp(line, "ping") == 0) { ready(); continue; }
+        if (strcmp(line, "check") == 0 && current->check) {
+            char problem[256] = "";
+            int intact = current->check(problem, sizeof problem) == 0;
+            for (char *c = problem; *c; c++) if (*c == ' ') *c = '_';
+            scenario_report("check", "%s%s", intact ? "PASS" : "FAIL:", intact ? "" : problem);
+            ready();
+            continue;
+        }
+        if (!current->step || current->step(line) != 0) scenario_fail("step '%s' failed", line);
+        ready();
+    }
+    exit(0);  // stdin closed: the test is over
+}
+
 int main(int argc, char **argv) {
     // Only the harness's pipes (0, 1, 2) survive from the test process, so fd numbers are known.
     syscall(SYS_close_range, 3, ~0U, 0);
@@ -66,14 +91,11 @@ int main(int argc, char **argv) {
     scenario_report("pid", "%d", getpid());
     if (s->setup(argc - 2, argv + 2) != 0) scenario_fail("setup of %s failed", s->name);
     ready();
-    char *line = NULL;
-    size_t capacity = 0;
-    ssize_t length;
-    while ((length = getline(&line, &capacity, stdin)) > 0) {
-        if (line[length - 1] == '\n') line[length - 1] = 0;
-        if (strcmp(line, "ping") == 0) { ready(); continue; }
-        if (!s->step || s->step(line) != 0) scenario_fail("step '%s' failed", line);
-        ready();
+    current = s;
+    if (s->main_thread) {
+        pthread_t thread;
+        if (pthread_create(&thread, NULL, command_loop, NULL) != 0) scenario_fail("pthread_create");
+        s->main_thread();
     }
-    return 0;  // stdin closed: the test is over
+    command_loop(NULL);
 }

@@ -3,10 +3,12 @@
 //
 // Protocol on stdin/stdout: after setup the harness prints `READY k=v k=v…`. Each line then
 // read from stdin is passed to the scenario's `step` (which may report new facts) and answered
-// with another `READY …` line. EOF on stdin — the test ended or died — exits the process, so
+// with another `READY …` line. The command `check` runs the scenario's self-check and answers
+// `READY check=PASS` or `READY check=FAIL:<first-problem>`. EOF on stdin — the test ended or died — exits the process, so
 // no scenario outlives its test.
 #ifndef MITOSIS_SCENARIO_H
 #define MITOSIS_SCENARIO_H
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct scenario {
@@ -16,6 +18,13 @@ typedef struct scenario {
     /// Handles one command line (without newline); may be NULL. Returns 0 on success.
     int (*step)(const char *command);
     struct scenario *next;
+    /// When set, the main thread runs this (it never returns) and commands are read by another
+    /// thread: for scenarios whose main thread must be in a known state (Mitosis injects there).
+    void (*main_thread)(void);
+    /// Verifies the state the scenario built, from the inside (CRIU's ZDTM shape), so that a test
+    /// can prove a checkpointed, frozen or restored copy intact without knowing its addresses.
+    /// Returns 0 when intact; else writes the first problem (no spaces) into `problem`. May be NULL.
+    int (*check)(char *problem, size_t size);
 } scenario;
 
 void scenario_register(scenario *s);
@@ -25,6 +34,11 @@ void scenario_report(const char *key, const char *format, ...) __attribute__((fo
 void scenario_raise_fd_limit(int count);
 /// Fails the scenario: prints `FAIL message` and exits 1.
 void scenario_fail(const char *format, ...) __attribute__((format(printf, 1, 2)));
+
+/// A scenario with a self-check (see `check`).
+#define SCENARIO_CHECKED(NAME, SETUP, STEP, CHECK)                                    \
+    static scenario scenario_##NAME = { #NAME, SETUP, STEP, 0, 0, CHECK };           \
+    __attribute__((constructor)) static void register_##NAME(void) { scenario_register(&scenario_##NAME); }
 
 #define SCENARIO(NAME, SETUP, STEP)                                                   \
     static scenario scenario_##NAME = { #NAME, SETUP, STEP, 0 };                     \

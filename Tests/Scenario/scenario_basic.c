@@ -25,3 +25,13 @@ static int threads_setup(int argc, char **argv) {
     return 0;
 }
 SCENARIO(threads, threads_setup, NULL)
+
+// undumpable — asked the kernel not to be dumped (prctl(PR_SET_DUMPABLE, 0)), holding a secret.
+#include <sys/prctl.h>
+static char secret[64] = "TOPSECRET-mitosis-undumpable";
+static int undumpable_setup(int argc, char **argv) {
+    (void)argc; (void)argv;
+    scenario_report("secret", "%s", secret);
+    return prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+}
+SCENARIO(undumpable, undumpable_setup, NULL)

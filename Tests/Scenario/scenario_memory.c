@@ -33,11 +33,15 @@ static unsigned char pattern(int region, int page, int gen, int i) {
     return (unsigned char)(region * 31 + page * 7 + gen * 13 + i);
 }
 
+enum { ANON, SHARED, FILE_PRIVATE, HEAP, REGIONS };
+/// The generation each page was last filled with; 0: never filled by `fill`.
+static int generations[REGIONS][64];
+
 static void fill(unsigned char *base, int region, int page, int gen) {
     for (int i = 0; i < PAGE; i++) base[(size_t)page * PAGE + i] = pattern(region, page, gen, i);
+    generations[region][page] = gen;
 }
 
-enum { ANON, SHARED, FILE_PRIVATE, HEAP, REGIONS };
 static const char *region_names[REGIONS] = { "anon", "shared", "file", "heap" };
 static unsigned char *regions[REGIONS];
 static const int region_pages[REGIONS] = { 64, 16, 16, 8 };
@@ -131,11 +135,31 @@ static int memory_step(const char *command) {
     }
     int page;
     if (sscanf(command, "discard %d", &page) == 1) {
+        if (page < 0 || page >= region_pages[ANON]) return -1;
+        generations[ANON][page] = 0;
         return madvise(regions[ANON] + (size_t)page * PAGE, PAGE, MADV_DONTNEED);
     }
     return -1;
 }
-SCENARIO(memory, memory_setup, memory_step)
+/// Every page holds what it was last given: its pattern and generation, the file's own bytes for
+/// file pages never written, zeros for anonymous pages never touched.
+static int memory_check(char *problem, size_t size) {
+    for (int r = 0; r < REGIONS; r++) {
+        for (int p = 0; p < region_pages[r]; p++) {
+            const unsigned char *page = regions[r] + (size_t)p * PAGE;
+            for (int i = 0; i < PAGE; i++) {
+                int gen = generations[r][p];
+                unsigned char expected = gen ? pattern(r, p, gen, i) : r == FILE_PRIVATE ? pattern(r, p, 0, i) ^ 0xff : 0;
+                if (page[i] != expected) {
+                    snprintf(problem, size, "%s_page_%d_byte_%d_is_%d_not_%d", region_names[r], p, i, page[i], expected);
+                    return -1;
+                }
+            }
+        }
+    }
+    return 0;
+}
+SCENARIO_CHECKED(memory, memory_setup, memory_step, memory_check)
 
 static unsigned char *churn_area;
 static size_t churn_pages;

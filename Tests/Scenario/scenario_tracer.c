@@ -95,26 +95,29 @@ static int inject_step(const char *command) {
 }
 SCENARIO(inject, inject_setup, inject_step)
 
-// MARK: signals — counts SIGUSR1 and SIGUSR2 deliveries to its handler.
+// MARK: signals — counts SIGUSR1 and SIGUSR2 deliveries to its handler, and keeps the last
+// sigqueue value of each.
 
-static volatile sig_atomic_t usr1_count, usr2_count;
+static volatile sig_atomic_t usr1_count, usr2_count, usr1_value = -1, usr2_value = -1;
 
-static void count_signal(int signal) {
-    if (signal == SIGUSR1) usr1_count++;
-    else usr2_count++;
+static void count_signal(int signal, siginfo_t *info, void *context) {
+    (void)context;
+    int value = info->si_code == SI_QUEUE ? info->si_value.sival_int : -1;
+    if (signal == SIGUSR1) { usr1_count++; usr1_value = value; }
+    else { usr2_count++; usr2_value = value; }
 }
 
 static int signals_setup(int argc, char **argv) {
     (void)argc; (void)argv;
     struct sigaction action;
     memset(&action, 0, sizeof action);
-    action.sa_handler = count_signal;
-    action.sa_flags = SA_RESTART;
+    action.sa_sigaction = count_signal;
+    action.sa_flags = SA_RESTART | SA_SIGINFO;
     if (sigaction(SIGUSR1, &action, NULL) != 0 || sigaction(SIGUSR2, &action, NULL) != 0) return -1;
     return 0;
 }
 
-/// `count` reports `usr1=N usr2=M`; `block`/`unblock` mask SIGUSR1 (the process has one thread).
+/// `count` reports `usr1=N usr2=M usr1_value=V usr2_value=W` (-1: not sent by sigqueue); `block`/`unblock` mask SIGUSR1 (the process has one thread).
 static int signals_step(const char *command) {
     sigset_t set;
     sigemptyset(&set);
@@ -127,6 +130,8 @@ static int signals_step(const char *command) {
     }
     scenario_report("usr1", "%d", (int)usr1_count);
     scenario_report("usr2", "%d", (int)usr2_count);
+    scenario_report("usr1_value", "%d", (int)usr1_value);
+    scenario_report("usr2_value", "%d", (int)usr2_value);
     return 0;
 }
 SCENARIO(signals, signals_setup, signals_step)

@@ -29,6 +29,8 @@ static const int MITOSIS_PTRACE_SEIZE = 0x4206;
 static const int MITOSIS_PTRACE_INTERRUPT = 0x4207;
 static const int MITOSIS_PTRACE_LISTEN = 0x4208;
 static const int MITOSIS_PTRACE_EVENT_STOP = 128;
+/// Syscall-stops report SIGTRAP | 0x80, so they cannot be mistaken for a real SIGTRAP.
+static const int MITOSIS_PTRACE_O_TRACESYSGOOD = 1;
 static const int MITOSIS_PTRACE_GETSIGMASK = 0x420a;
 static const int MITOSIS_PTRACE_GETREGSET = 0x4204;
 static const int MITOSIS_PTRACE_GETSIGINFO = 0x4202;

@@ -49,7 +49,7 @@ extension KernelProbe {
     public static let syscallInjection = KernelProbe("syscall-injection") { child in
         let result = try await withFrozenProcess(child.pid) { try await $0.injectSyscall(SyscallNumber.getpid) }
         guard result == Int64(child.pid) else { throw ProbeFailure("an injected getpid returned \(result), not \(child.pid)") }
-        return "getpid single-stepped at a vDSO syscall instruction of a frozen child returned its pid"
+        return "getpid injected into a frozen child (run to its syscall-exit stop) returned its pid"
     }
 
     /// Listing TCP sockets with their inodes and addresses.

@@ -90,6 +90,9 @@ public actor CheckpointSession {
     private var previousValid = PageSet()
     private var previous: (id: String, sequence: Int)?
     private var stopped = false
+    /// The identities of the files behind `clean_file` pages, by offset, length and path: a file
+    /// is hashed again only when its status changes.
+    private var fileIdentities: [String: MappedFileIdentity] = [:]
     private let logger = Logger(label: "mitosis.checkpoint")
     /// The session's own thread: copying GiBs of memory and writing images must not tie up a
     /// thread of Swift's cooperative pool (Docs/architecture.md, "Concurrency").
@@ -236,7 +239,8 @@ public actor CheckpointSession {
             stats.bytesWritten = stored.byteCount
             stats.durationNanoseconds = Self.nanoseconds(clock.now - started)
             var manifest = CheckpointManifest(header: header, tracking: strategy.rawValue,
-                                              mappings: Self.describe(final, stored: stored, inherited: inherited), stats: stats)
+                                              mappings: identifyFiles(Self.describe(final, stored: stored, inherited: inherited), final, pageSize: header.pageSize),
+                                              stats: stats)
             manifest.threads = threads
             manifest.descriptors = descriptors
             let committed = try sink.finish(manifest)
@@ -396,6 +400,22 @@ public actor CheckpointSession {
         }
     }
 
+    /// `mappings` (described from `map`, one for one) with the identity of the file behind each
+    /// mapping that has `clean_file` pages: readers take those pages from that file only.
+    private func identifyFiles(_ mappings: [CheckpointMapping], _ map: ProcessPageMap, pageSize: Int) -> [CheckpointMapping] {
+        var result = mappings
+        for index in result.indices where result[index].pages.contains(where: { $0.state == .cleanFile }) {
+            let mapping = map.mappings[index].mapping
+            guard let path = mapping.path, !mapping.deleted else { continue }
+            let key = "\(mapping.offset):\(mapping.length):\(path)"
+            let identity = MappedFileIdentity.capture(path: path, inode: mapping.inode, offset: mapping.offset, length: mapping.length,
+                                                      pageSize: pageSize, reuse: fileIdentities[key])
+            fileIdentities[key] = identity
+            result[index].file = identity
+        }
+        return result
+    }
+
     /// A vanished target is reported as such, whichever layer noticed.
     package static func translate(_ error: any Error, pid: Int32) -> any Error {
         switch error as? MitosisError {
@@ -416,5 +436,23 @@ extension CheckpointSession {
         PageSet(manifest.mappings.flatMap { mapping in
             mapping.pages.filter { $0.state == state }.map { PageSet.Range(start: $0.start, end: $0.end) }
         })
+    }
+}
+
+/// Runs `body` with a checkpoint session tracking `pid`, and stops the session on every path —
+/// success, error, cancellation — so that no tracking is ever left in the target.
+public func withCheckpointSession<T: Sendable>(
+    pid: Int32, options: CheckpointOptions = CheckpointOptions(),
+    isolation: isolated (any Actor)? = #isolation,
+    _ body: (CheckpointSession) async throws -> T
+) async throws -> T {
+    let session = try await CheckpointSession(pid: pid, options: options)
+    do {
+        let result = try await body(session)
+        await session.stop()
+        return result
+    } catch {
+        await session.stop()
+        throw error
     }
 }

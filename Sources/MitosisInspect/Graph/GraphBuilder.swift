@@ -52,7 +52,7 @@ public enum GraphBuilder {
     /// The graph of `pid` (and, with `includeDescendants`, every process below it).
     public static func graph(of pid: Int32, options: GraphOptions = GraphOptions()) throws(MitosisError) -> ResourceGraph {
         let root = try TargetProcess(pid: pid)
-        let pids = options.includeDescendants ? Tracer.processTree(root: pid).sorted() : [pid]
+        let pids = options.includeDescendants ? Kernel.processTree(root: pid).sorted() : [pid]
         var processes: [ProcessResources] = []
         for member in pids {
             do {

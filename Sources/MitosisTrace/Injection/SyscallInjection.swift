@@ -7,10 +7,17 @@ import MitosisModel
 /// Running system calls inside a frozen target ("parasite" calls, as CRIU's compel does them).
 ///
 /// One frozen thread lends its registers: they are saved, replaced by the call's number and
-/// arguments with `rip` on a `syscall` instruction of the target (in its vDSO), the thread is
-/// single-stepped over that instruction, and the registers are put back exactly — on every path.
-/// `orig_rax = -1` keeps the kernel from restarting the call the thread was blocked in while the
-/// injected one runs; restoring the saved registers re-arms that restart for after the thaw.
+/// arguments, the thread is resumed with `PTRACE_SYSCALL` to the call's exit stop, and the
+/// registers are put back exactly — on every path. Nothing single-steps, so no trap flag can
+/// outlive Mitosis.
+///
+/// The borrowed registers heal themselves should Mitosis vanish while the thread holds them
+/// (SIGKILL, crash): `rip` points at a stub placed in the padding of the target's vDSO,
+/// `syscall; mov $15, %eax; syscall`, and the stack pointer at an rt_sigreturn frame written
+/// below the thread's red zone that holds its original registers, FPU state and signal mask.
+/// A thread left untraced runs the call and then rt_sigreturn, and resumes where it was.
+/// Catchable fatal signals sent to Mitosis meanwhile wait until the registers are back.
+/// See Docs/injection.md for what can still go wrong.
 ///
 /// The injected call must not block. Only the lending thread runs; the others stay frozen.
 extension Tracer {
@@ -20,7 +27,7 @@ extension Tracer {
     public func injectSyscall(_ number: Int, _ arguments: [UInt64] = [], in tid: Int32? = nil) throws(MitosisError) -> Int64 {
         precondition(arguments.count <= 6, "a system call takes at most six arguments")
         let thread = try lendingThread(tid)
-        let site = try syscallInstruction(for: thread)
+        let site = try injectionSite(for: thread)
         let saved: user_regs_struct
         do { saved = try Ptrace.getRegisters(thread.tid) } catch {
             throw threadError(error, thread, "reading registers of")
@@ -35,20 +42,32 @@ extension Tracer {
         registers.r10 = values[3]
         registers.r8 = values[4]
         registers.r9 = values[5]
-        registers.rip = site
+        registers.rip = site.address
+        var frame: HealingFrame?
+        if site.selfHealing {
+            frame = try writeHealingFrame(thread, saved)
+            registers.rsp = frame!.address + 8
+        }
+        defer { frame?.restore(pid: thread.pid) }
         let result: Int64
-        do throws(MitosisError) {
-            do { try Ptrace.setRegisters(thread.tid, registers) } catch {
-                throw threadError(error, thread, "setting registers of")
+        do {
+            mitosis_fatal_signals_hold()
+            defer { mitosis_fatal_signals_release() }
+            do throws(MitosisError) {
+                do { try Ptrace.setRegisters(thread.tid, registers) } catch {
+                    throw threadError(error, thread, "setting registers of")
+                }
+                InjectionPauseHook.reached(.registersBorrowed, tid: thread.tid)
+                result = try runToSyscallExit(thread)
+            } catch {
+                try? Ptrace.setRegisters(thread.tid, saved)
+                throw error
             }
-            result = try stepOverSyscall(thread, at: site)
-        } catch {
-            try? Ptrace.setRegisters(thread.tid, saved)
-            throw error
+            do { try Ptrace.setRegisters(thread.tid, saved) } catch {
+                throw threadError(error, thread, "restoring registers of")
+            }
         }
-        do { try Ptrace.setRegisters(thread.tid, saved) } catch {
-            throw threadError(error, thread, "restoring registers of")
-        }
+        InjectionPauseHook.reached(.registersRestored, tid: thread.tid)
         return result
     }
 
@@ -118,66 +137,178 @@ extension Tracer {
         throw .noSuchProcess(wanted)
     }
 
-    /// Single-steps `thread` over the `syscall` instruction at `site` and returns `rax`. Stops
-    /// that come first are absorbed: a job-control stop or interrupt is stepped through, and a
-    /// signal about to be delivered is held back for thaw (stepping on without it).
-    private func stepOverSyscall(_ thread: SeizedThread, at site: UInt64) throws(MitosisError) -> Int64 {
+    /// Resumes `thread` (its registers borrowed) through the entry and exit stops of the injected
+    /// call and returns `rax` at the exit stop, where the registers are put back: a thread left
+    /// there untraced resumes through the kernel's ordinary restart of the call it was in.
+    /// Stops that come first are absorbed: a job-control stop or interrupt is resumed through,
+    /// and a signal about to be delivered is held back for thaw.
+    private func runToSyscallExit(_ thread: SeizedThread) throws(MitosisError) -> Int64 {
         let tid = thread.tid
         do throws(Errno) {
             inSignalDeliveryStop.remove(tid)
-            try Ptrace.singleStep(tid)
+            try Ptrace.resumeToSyscall(tid)
+            var entered = false
             while true {
                 guard let event = try Ptrace.wait(tid) else { continue }
                 switch event {
-                case .signalStop(let signal):
-                    inSignalDeliveryStop.insert(tid)
-                    if signal == SIGTRAP {
-                        let registers = try Ptrace.getRegisters(tid)
-                        // The trap that ends the step: the call ran and returned.
-                        if registers.rip == site + 2 { return Int64(bitPattern: registers.rax) }
-                    }
+                case .syscallStop where !entered:
+                    entered = true
+                    InjectionPauseHook.reached(.syscallEntry, tid: tid)
+                case .syscallStop:
+                    let rax = try Ptrace.getRegisters(tid).rax
+                    InjectionPauseHook.reached(.syscallExit, tid: tid)
+                    return Int64(bitPattern: rax)
+                case .signalStop:
                     deferredSignals[tid, default: []].append(try Ptrace.signalInfo(tid))
                 case .eventStop(event: MITOSIS_PTRACE_EVENT_STOP, let signal):
-                    inSignalDeliveryStop.remove(tid)
                     if signal != SIGTRAP, let index = threads.firstIndex(where: { $0.tid == tid }) {
                         threads[index].groupStopSignal = signal
                     }
                 case .eventStop:
-                    inSignalDeliveryStop.remove(tid)
+                    break
                 case .exited, .killed:
                     throw Errno.noSuchProcess
                 }
-                try Ptrace.singleStep(tid)
+                try Ptrace.resumeToSyscall(tid)
             }
         } catch {
-            throw threadError(error, thread, "single-stepping")
+            throw threadError(error, thread, "running an injected system call in")
         }
     }
 
-    /// Finds a `syscall` instruction (`0f 05`) the target can execute: in its vDSO, or else the
-    /// one `thread` is stopped just after (a thread blocked in a system call).
-    private func syscallInstruction(for thread: SeizedThread) throws(MitosisError) -> UInt64 {
-        if let known = syscallInstructions[thread.pid] { return known }
-        var found: UInt64?
-        if let (start, end) = Self.vdsoRange(of: thread.pid) {
-            var bytes = [UInt8](repeating: 0, count: Int(end - start))
-            let count = (try? bytes.withUnsafeMutableBytes { buffer throws(Errno) in
-                try Kernel.readMemory(pid: thread.pid, address: start, into: buffer)
+    /// The original registers as an rt_sigreturn frame on `thread`'s stack, below its red zone
+    /// where a signal frame would go, with the bytes it covers kept to be put back.
+    private func writeHealingFrame(_ thread: SeizedThread, _ saved: user_regs_struct) throws(MitosisError) -> HealingFrame {
+        do {
+            let mask = try Ptrace.signalMask(thread.tid)
+            var state = [UInt8](repeating: 0, count: 16384)
+            var isXsave: Int32 = 1
+            var stateLength = (try? state.withUnsafeMutableBytes { buffer in
+                try Ptrace.getRegisterSet(thread.tid, kind: MITOSIS_NT_X86_XSTATE, into: buffer)
             }) ?? 0
-            if count >= 2, let index = (0..<count - 1).first(where: { bytes[$0] == 0x0f && bytes[$0 + 1] == 0x05 }) {
-                found = start + UInt64(index)
+            if stateLength < 512 {  // no XSAVE: the legacy 512-byte FXSAVE area
+                isXsave = 0
+                stateLength = try state.withUnsafeMutableBytes { buffer in
+                    try Ptrace.getRegisterSet(thread.tid, kind: MITOSIS_NT_PRFPREG, into: buffer)
+                }
+            }
+            var resumed = saved
+            Self.foldRestart(&resumed)
+            var bytes = [UInt8](repeating: 0, count: stateLength + 1024)
+            var address: UInt64 = 0
+            let length = withUnsafePointer(to: resumed) { registers in
+                mitosis_sigreturn_frame(&bytes, bytes.count, saved.rsp &- 128, registers, mask,
+                                        state, stateLength, isXsave, &address)
+            }
+            guard length > 0 else { throw Errno.noMemory }
+            var original = [UInt8](repeating: 0, count: length)
+            let read = try original.withUnsafeMutableBytes { buffer in
+                try Kernel.readMemory(pid: thread.pid, address: address, into: buffer)
+            }
+            let written = try bytes.withUnsafeBytes { buffer in
+                try Kernel.writeMemory(pid: thread.pid, address: address, from: UnsafeRawBufferPointer(rebasing: buffer[..<length]))
+            }
+            guard read == length, written == length else { throw Errno.badAddress }
+            InjectionPauseHook.reached(.frameWritten, tid: thread.tid)
+            return HealingFrame(address: address, original: original)
+        } catch {
+            throw threadError(error as? Errno ?? .ioError, thread, "writing the rt_sigreturn frame on the stack of")
+        }
+    }
+
+    /// Makes `registers` say where the thread resumes once it is no longer stopped in the
+    /// kernel: rt_sigreturn restarts no system call, so an interrupted call the kernel would
+    /// restart is made to run again from its `syscall` instruction with its own arguments (a
+    /// timed wait that the kernel would continue through its restart block waits again, for its
+    /// full time or, with a `rem` argument, the time that was left: a timeout is a lower bound).
+    static func foldRestart(_ registers: inout user_regs_struct) {
+        guard Int64(bitPattern: registers.orig_rax) >= 0 else { return }
+        switch Int64(bitPattern: registers.rax) {
+        case -512, -513, -514, -516:  // ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK
+            registers.rax = registers.orig_rax
+            registers.rip &-= 2
+        default:
+            break
+        }
+        registers.orig_rax = UInt64.max
+    }
+
+    /// Where `thread`'s process runs injected calls: the self-healing stub, placed once per
+    /// process in its vDSO; without a vDSO with room for it, a bare `syscall` instruction (the
+    /// one the thread is stopped just after), and no self-healing.
+    private func injectionSite(for thread: SeizedThread) throws(MitosisError) -> InjectionSite {
+        if let known = injectionSites[thread.pid] { return known }
+        var site: InjectionSite?
+        if let slot = Self.vdsoStubSlot(of: thread.pid), let memory = try? ProcessMemoryFile(pid: thread.pid, writable: true) {
+            defer { memory.close() }
+            let stub = withUnsafeBytes(of: MITOSIS_SELF_HEALING_STUB) { Array($0) }
+            var check = [UInt8](repeating: 0, count: stub.count)
+            if (try? memory.write(at: slot, stub)) != nil,
+               (try? check.withUnsafeMutableBytes { buffer throws(Errno) in try memory.read(at: slot, into: buffer) }) == stub.count,
+               check == stub {
+                site = InjectionSite(address: slot, selfHealing: true, stubLength: stub.count)
+                InjectionPauseHook.reached(.stubPlaced, tid: thread.tid)
             }
         }
-        if found == nil, let registers = try? Ptrace.getRegisters(thread.tid), registers.rip >= 2,
+        if site == nil, let address = Self.vdsoSyscallInstruction(of: thread.pid) {
+            site = InjectionSite(address: address, selfHealing: false, stubLength: 0)
+        }
+        if site == nil, let registers = try? Ptrace.getRegisters(thread.tid), registers.rip >= 2,
            let word = try? Ptrace.peek(thread.tid, address: registers.rip - 2), word & 0xffff == 0x050f {
-            found = registers.rip - 2
+            site = InjectionSite(address: registers.rip - 2, selfHealing: false, stubLength: 0)
         }
-        guard let found else {
+        guard let site else {
             throw .unsupported(feature: "syscall injection",
-                               detail: "process \(thread.pid) has no vDSO and thread \(thread.tid) is not stopped in a system call")
+                               detail: "process \(thread.pid) has no vDSO with room for a stub and thread \(thread.tid) is not stopped in a system call")
         }
-        syscallInstructions[thread.pid] = found
-        return found
+        injectionSites[thread.pid] = site
+        return site
+    }
+
+    /// Puts back the zeros the stubs replaced in the vDSOs (the pages stay private copies).
+    func removeInjectionStubs() {
+        for (pid, site) in injectionSites where site.stubLength > 0 {
+            guard let memory = try? ProcessMemoryFile(pid: pid, writable: true) else { continue }
+            try? memory.write(at: site.address, [UInt8](repeating: 0, count: site.stubLength))
+            memory.close()
+        }
+        injectionSites.removeAll()
+    }
+
+    /// The last 16 bytes of the `[vdso]` mapping when they lie past everything its ELF image
+    /// holds (headers, loaded segments, section headers) and are all zero: page padding that
+    /// nothing reads or runs, where the stub can go.
+    private static func vdsoStubSlot(of pid: Int32) -> UInt64? {
+        guard let (start, end) = vdsoRange(of: pid), end - start >= 4096, end - start <= 1 << 20 else { return nil }
+        var image = [UInt8](repeating: 0, count: Int(end - start))
+        guard (try? image.withUnsafeMutableBytes({ buffer throws(Errno) in
+            try Kernel.readMemory(pid: pid, address: start, into: buffer)
+        })) == image.count, image.starts(with: [0x7f, 0x45, 0x4c, 0x46]) else { return nil }
+        func field(_ offset: Int, _ size: Int) -> Int {
+            (0..<size).reduce(0) { $0 | Int(image[offset + $1]) << (8 * $1) }
+        }
+        let phoff = field(0x20, 8), shoff = field(0x28, 8)
+        let phentsize = field(0x36, 2), phnum = field(0x38, 2), shentsize = field(0x3a, 2), shnum = field(0x3c, 2)
+        guard phoff < image.count, phnum < 64, phoff + phnum * phentsize <= image.count, shoff <= image.count else { return nil }
+        var used = max(shoff + shnum * shentsize, phoff + phnum * phentsize)
+        for index in 0..<phnum where field(phoff + index * phentsize, 4) == 1 {  // PT_LOAD
+            let header = phoff + index * phentsize
+            used = max(used, field(header + 8, 8) + field(header + 0x20, 8))
+        }
+        let slot = image.count - 16
+        guard used <= slot, image[slot...].allSatisfy({ $0 == 0 }) else { return nil }
+        return start + UInt64(slot)
+    }
+
+    /// The first `syscall` instruction (`0f 05`) in the vDSO's code: for when no stub can be placed.
+    private static func vdsoSyscallInstruction(of pid: Int32) -> UInt64? {
+        guard let (start, end) = vdsoRange(of: pid), end - start <= 1 << 20 else { return nil }
+        var bytes = [UInt8](repeating: 0, count: Int(end - start))
+        let count = (try? bytes.withUnsafeMutableBytes { buffer throws(Errno) in
+            try Kernel.readMemory(pid: pid, address: start, into: buffer)
+        }) ?? 0
+        guard count >= 2, let index = (0..<count - 1).first(where: { bytes[$0] == 0x0f && bytes[$0 + 1] == 0x05 }) else { return nil }
+        return start + UInt64(index)
     }
 
     /// The address range of the `[vdso]` mapping in `/proc/PID/maps`.
@@ -205,5 +336,28 @@ extension Tracer {
             return .noSuchProcess(thread.tid)
         }
         return .system(operation: "\(what) thread \(thread.tid)", errno: error)
+    }
+}
+
+/// Where a process runs injected system calls.
+struct InjectionSite: Sendable {
+    let address: UInt64
+    /// Whether `address` is the self-healing stub (which needs a frame on the stack).
+    let selfHealing: Bool
+    /// The bytes placed in the vDSO, to zero at thaw (0: nothing placed).
+    let stubLength: Int
+}
+
+/// The rt_sigreturn frame on a lending thread's stack, and the bytes it covered.
+private struct HealingFrame {
+    let address: UInt64
+    let original: [UInt8]
+
+    /// Puts the covered bytes back (they lie below the red zone, where any signal frame could
+    /// have overwritten them, but Mitosis leaves nothing behind).
+    func restore(pid: Int32) {
+        _ = try? original.withUnsafeBytes { buffer throws(Errno) in
+            try Kernel.writeMemory(pid: pid, address: address, from: buffer)
+        }
     }
 }

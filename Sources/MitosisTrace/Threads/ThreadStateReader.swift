@@ -1,4 +1,3 @@
-import CMitosis
 import Foundation
 import SystemPackage
 import MitosisKernel
@@ -71,7 +70,7 @@ extension Tracer {
         let page = Int(PagemapFile.pageSize)
         let scratch = try injectMmap(length: page, in: tid)
         let result = Result { () throws -> SignalStack in
-            _ = try performSyscall(MITOSIS_SYS_sigaltstack, [0, scratch], in: tid)
+            _ = try performSyscall(SyscallNumber.sigaltstack, [0, scratch], in: tid)
             let bytes = UnsafeMutableRawBufferPointer.allocate(byteCount: Kernel.signalStackSize, alignment: 8)
             defer { bytes.deallocate() }
             guard try Kernel.readMemory(pid: pid(of: tid), address: scratch, into: bytes) == bytes.count else {

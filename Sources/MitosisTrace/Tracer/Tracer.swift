@@ -42,8 +42,8 @@ public actor Tracer {
     /// Threads whose current stop is a signal-delivery-stop: detaching them can deliver a signal
     /// with its original siginfo.
     package var inSignalDeliveryStop: Set<Int32> = []
-    /// The address of a `syscall` instruction in each process, found once (see `Injection/`).
-    package var syscallInstructions: [Int32: UInt64] = [:]
+    /// Where each process runs injected system calls, found once (see `Injection/`).
+    var injectionSites: [Int32: InjectionSite] = [:]
 
     /// How long one thread may take to reach its stop while seizing.
     private let stopTimeout: Duration
@@ -81,11 +81,13 @@ public actor Tracer {
     public func thaw() {
         guard !thawed else { return }
         thawed = true
+        removeInjectionStubs()
         for thread in threads {
             var pending = deferredSignals[thread.tid] ?? []
             var signal: Int32 = 0
             // The first held-back signal rides on the detach with its own siginfo; the kernel can
-            // do that only from a signal-delivery-stop. Any others are sent again afterwards.
+            // do that only from a signal-delivery-stop. Any others are sent again afterwards, with
+            // their siginfo when the kernel allows it (sigqueue), else as a plain tgkill.
             if inSignalDeliveryStop.contains(thread.tid), let first = pending.first,
                (try? Ptrace.setSignalInfo(thread.tid, first)) != nil {
                 signal = first.si_signo
@@ -97,7 +99,7 @@ public actor Tracer {
                 // ESRCH: the thread died while frozen (only SIGKILL can do that); nothing to undo.
                 logger.debug("detach \(thread.tid): \(error)")
             }
-            for info in pending {
+            for info in pending where (try? Kernel.threadQueueSignal(pid: thread.pid, tid: thread.tid, info: info)) == nil {
                 try? Kernel.threadKill(pid: thread.pid, tid: thread.tid, signal: info.si_signo)
             }
         }
@@ -133,7 +135,7 @@ public actor Tracer {
         // Repeat until a pass finds nothing new: once every thread is stopped none can create
         // another, so the second quiet pass proves the set complete.
         while true {
-            let processes = includeDescendants ? Self.processTree(root: pid) : [pid]
+            let processes = includeDescendants ? Kernel.processTree(root: pid) : [pid]
             var found = false
             for process in processes {
                 let tids: [Int32]
@@ -178,7 +180,7 @@ public actor Tracer {
     /// Seizes one thread and asks it to stop. Returns false if it exited first.
     private func seizeAndInterrupt(pid process: Int32, tid: Int32) throws(MitosisError) -> Bool {
         do {
-            try Ptrace.seize(tid)
+            try Ptrace.seize(tid, options: Int(MITOSIS_PTRACE_O_TRACESYSGOOD))
             try Ptrace.interrupt(tid)
             return true
         } catch .noSuchProcess {
@@ -212,7 +214,7 @@ public actor Tracer {
                 case .eventStop(event: MITOSIS_PTRACE_EVENT_STOP, let signal):
                     if signal != SIGTRAP { thread.groupStopSignal = signal }
                     return thread
-                case .eventStop:
+                case .eventStop, .syscallStop:
                     return thread
                 case .signalStop(let signal):
                     // A signal was about to be delivered: deliver it now, as it would have been
@@ -261,21 +263,6 @@ public actor Tracer {
     private static func isInTracingStop(_ tid: Int32) -> Bool {
         guard let text = try? Kernel.readFile("/proc/\(tid)/stat") else { return false }
         return ProcStat(parsing: String(decoding: text, as: UTF8.self))?.state == "t"
-    }
-
-    /// `root` and every process below it, found through `/proc/PID/task/TID/children`.
-    package static func processTree(root: Int32) -> [Int32] {
-        var result: [Int32] = []
-        var queue = [root]
-        while let next = queue.popLast() {
-            result.append(next)
-            let tids = (try? Kernel.listDirectory("/proc/\(next)/task")) ?? []
-            for tid in tids {
-                guard let text = try? Kernel.readFile("/proc/\(next)/task/\(tid)/children") else { continue }
-                queue += String(decoding: text, as: UTF8.self).split(separator: " ").compactMap { Int32($0) }
-            }
-        }
-        return result
     }
 }
 

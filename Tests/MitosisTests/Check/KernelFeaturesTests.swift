@@ -39,7 +39,7 @@ struct KernelFeaturesTests {
     }
 
     @Test("the probe child shares the pipe and memory it promises, and is reaped by end()")
-    func probeChild() throws {
+    func probeChild() async throws {
         let child = try ProbeChild()
         #expect(try Kernel.readLink("/proc/\(child.pid)/fd/\(child.sharedFD)") == Kernel.readLink("/proc/self/fd/\(child.sharedFD)"))
         // The child closes every other inherited descriptor as it starts.
@@ -47,7 +47,7 @@ struct KernelFeaturesTests {
         for _ in 0..<200 {
             descriptors = try Kernel.listDirectory("/proc/\(child.pid)/fd")
             if descriptors == [String(child.sharedFD)] { break }
-            usleep(10_000)
+            try await Task.sleep(for: .microseconds(10_000))
         }
         #expect(descriptors == [String(child.sharedFD)])
         #expect(child.pageAddress % 4096 == 0)

@@ -12,7 +12,7 @@ struct DemoTargetTests {
     }
 
     @Test("holds the descriptors, threads and memory it reports")
-    func holdsWhatItReports() throws {
+    func holdsWhatItReports() async throws {
         let demo = try start()
         defer { demo.stop() }
         let pid = demo.pid
@@ -56,7 +56,7 @@ struct DemoTargetTests {
         let first = try counter()
         var second = first
         for _ in 0..<300 where second == first {
-            usleep(10_000)
+            try await Task.sleep(for: .microseconds(10_000))
             second = try counter()
         }
         #expect(second > first, "counter \(first) then \(second)")
@@ -69,7 +69,7 @@ struct DemoTargetTests {
         let before = try TargetHealth(pid: demo.pid)
         let count = try await withFrozenProcess(demo.pid) { await $0.threads.count }
         #expect(count == 6)
-        #expect(try TargetHealth.runsFreely(demo.pid))
+        await #expect(try TargetHealth.runsFreely(demo.pid))
         #expect(try TargetHealth(pid: demo.pid) == before)
     }
 

@@ -43,7 +43,7 @@ struct GraphWatchTests {
         let frozen = try await ResourceGraph.snapshot(of: child.pid, options: options, freeze: true)
         let live = try await ResourceGraph.snapshot(of: child.pid, options: options)
         #expect(frozen == live)
-        #expect(try TargetHealth.runsFreely(child.pid))
+        await #expect(try TargetHealth.runsFreely(child.pid))
         #expect(try TargetHealth(pid: child.pid) == before)
     }
 }

@@ -20,7 +20,8 @@ struct ImageDamageTests {
         let cases: [(file: String, offset: Int, expected: (String) -> [ImageError])] = [
             ("manifest.json", 10, { [.checksumMismatch($0, file: "manifest.json", entry: nil)] }),
             ("pages.index", 40, { [.checksumMismatch($0, file: "pages.index", entry: nil)] }),
-            ("COMMIT", 30, { [.checksumMismatch($0, file: "COMMIT", entry: nil)] }),
+            // Offset 22 is the `d` of `id`: still printable once flipped.
+            ("COMMIT", 22, { [.checksumMismatch($0, file: "COMMIT", entry: nil)] }),
             // Data offset 8192 is the second run's (written second): entry 1.
             ("pages.data", 8192 + 5, { [.checksumMismatch($0, file: "pages.data", entry: 1), .checksumMismatch($0, file: "pages.data", entry: nil)] }),
             ("pages.data", 100, { [.checksumMismatch($0, file: "pages.data", entry: 0), .checksumMismatch($0, file: "pages.data", entry: nil)] }),
@@ -30,6 +31,12 @@ struct ImageDamageTests {
             try Synthetic.flip(dir + "/" + item.file, at: item.offset)
             #expect(CheckpointImage.verifyChain(dir) == item.expected(dir), "\(item.file)")
         }
+        // A byte that is not printable ASCII (e.g. a UUID letter flipped) makes the record malformed.
+        let commit = try Self.sample(root, "commit")
+        var bytes = try Synthetic.bytes(commit + "/COMMIT")
+        bytes[30] = 0x01
+        try Synthetic.overwrite(commit + "/COMMIT", bytes)
+        #expect(CheckpointImage.verifyChain(commit) == [.malformed(commit, file: "COMMIT", detail: "not printable ASCII text")])
         // Reading through a damaged run fails with the same error instead of returning bad bytes.
         let dir = try Self.sample(root, "read")
         try Synthetic.flip(dir + "/pages.data", at: 9000)

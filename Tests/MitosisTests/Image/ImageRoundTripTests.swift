@@ -57,8 +57,10 @@ struct ImageRoundTripTests {
         let file = root.sub("backing")
         let content = Synthetic.pattern(5, pages: 1) + Array(Synthetic.pattern(6)[0..<100])
         try Synthetic.overwrite(file, content)
+        let identity = MappedFileIdentity.capture(path: file, inode: try Kernel.status(file).inode, offset: 0x1000, length: 0x3000, pageSize: 4096)
+        #expect(identity?.chunkXxh64.count == 1)
         let fileMapping = CheckpointMapping(start: 0x80000, end: 0x83000, perms: "r--p", offset: 0x1000, path: file, kind: "file",
-                                            pages: Synthetic.ranges(from: 0x80000, [.cleanFile, .cleanFile]))
+                                            pages: Synthetic.ranges(from: 0x80000, [.cleanFile, .cleanFile]), file: identity)
         let dir = root.sub("img")
         try Synthetic.write(dir, mappings: [Synthetic.anonymous(0x10000, [.stored, nil]), fileMapping],
                             pages: [(0x10000, Synthetic.pattern(1))])
@@ -77,6 +79,15 @@ struct ImageRoundTripTests {
         }
         #expect(throws: ImageError.notMapped(address: 0x12000)) { try image.read(address: 0x12000, length: 1) }
         #expect(try image.read(address: 0x10000, length: 0) == [])
+        // Without the file's identity (images written before it was recorded) clean_file pages are not read.
+        let unidentified = root.sub("unidentified")
+        var bare = fileMapping
+        bare.file = nil
+        try Synthetic.write(unidentified, mappings: [bare], pages: [])
+        #expect(throws: ImageError.notStored(address: 0x80000, detail: "clean_file page of \(file), which is not read: "
+                                             + "the image records no identity for the file (written by a Mitosis that did not), so its bytes cannot be trusted")) {
+            try CheckpointImage.open(unidentified).read(address: 0x80000, length: 1)
+        }
     }
 
     @Test("contiguous writes join one run, split every 256 pages")

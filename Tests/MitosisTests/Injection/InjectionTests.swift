@@ -30,14 +30,14 @@ struct InjectionTests {
                 #expect(try await tracer.registerBytes(tid) == registers[tid], "registers of thread \(tid)")
             }
         }
-        #expect(try TargetHealth.runsFreely(child.pid))
+        await #expect(try TargetHealth.runsFreely(child.pid))
         #expect(try TargetHealth(pid: child.pid) == before)
         try child.send("ping")  // the main thread, blocked in read(), still answers
         try child.send("feed")  // the reader thread, blocked in read(), still reads
         #expect(try child.intFact("reader_bytes") == 1)
         try child.send("rounds")
         let rounds = try child.intFact("sleeper_rounds")
-        usleep(30_000)
+        try await Task.sleep(for: .microseconds(30_000))
         try child.send("rounds")  // the sleeper thread, in nanosleep(), still loops
         #expect(try child.intFact("sleeper_rounds") > rounds)
     }
@@ -135,10 +135,27 @@ struct InjectionTests {
             #expect(try await tracer.injectSyscall(SyscallNumber.getpid, []) == Int64(child.pid))
             #expect(try await tracer.injectSyscall(SyscallNumber.getpid, []) == Int64(child.pid))
         }
-        #expect(try TargetHealth.runsFreely(child.pid))
+        await #expect(try TargetHealth.runsFreely(child.pid))
         try child.send("count")
         #expect(try child.fact("usr1") == "1")
         #expect(try child.fact("usr2") == "1")
+    }
+
+    @Test("signals queued with a value during injected calls arrive at thaw with that value")
+    func queuedSignalsKeepTheirValue() async throws {
+        let child = try ScenarioProcess("signals")
+        defer { child.stop() }
+        try await withFrozenProcess(child.pid) { tracer async throws in
+            sigqueue(child.pid, SIGUSR1, sigval(sival_int: 7))
+            sigqueue(child.pid, SIGUSR2, sigval(sival_int: 42))
+            #expect(try await tracer.injectSyscall(SyscallNumber.getpid, []) == Int64(child.pid))
+            #expect(try await tracer.injectSyscall(SyscallNumber.getpid, []) == Int64(child.pid))
+        }
+        await #expect(try TargetHealth.runsFreely(child.pid))
+        try child.send("count")
+        #expect(try child.fact("usr1") == "1" && child.fact("usr2") == "1")
+        #expect(try child.fact("usr1_value") == "7")
+        #expect(try child.fact("usr2_value") == "42")
     }
 
     @Test("injecting into a job-control-stopped target leaves it stopped")
@@ -146,11 +163,11 @@ struct InjectionTests {
         let child = try ScenarioProcess("inject")
         defer { child.stop() }
         kill(child.pid, SIGSTOP)
-        for _ in 0..<100 where try TargetHealth.threadStates(of: child.pid)[child.pid] != "T" { usleep(5_000) }
+        for _ in 0..<100 where try TargetHealth.threadStates(of: child.pid)[child.pid] != "T" { try await Task.sleep(for: .microseconds(5_000)) }
         try await withFrozenProcess(child.pid) { tracer async throws in
             #expect(try await tracer.injectSyscall(SyscallNumber.getpid, []) == Int64(child.pid))
         }
-        usleep(20_000)
+        try await Task.sleep(for: .microseconds(20_000))
         #expect(try TargetHealth.threadStates(of: child.pid).values.allSatisfy { $0 == "T" })
         #expect(try TargetHealth.tracer(of: child.pid) == 0)
         kill(child.pid, SIGCONT)

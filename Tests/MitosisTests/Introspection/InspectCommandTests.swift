@@ -21,7 +21,7 @@ struct InspectCommandTests {
     func json() async throws {
         let child = try ScenarioProcess("fds")
         defer { child.stop() }
-        try child.waitUntilBlocked()
+        try await child.waitUntilBlocked()
         let before = try TargetHealth(pid: child.pid)
         let run = try await Self.mitosis(["inspect", String(child.pid), "--json"])
         #expect(run.status == 0 && run.stderr.isEmpty)
@@ -64,7 +64,7 @@ struct InspectCommandTests {
         let model = try JSONOutput.decoder().decode(ProcessModel.self, from: run.stdout)
         try FdsScenarioFacts(child: child).check(model)
 
-        #expect(try TargetHealth.runsFreely(child.pid))
+        await #expect(try TargetHealth.runsFreely(child.pid))
         #expect(try TargetHealth(pid: child.pid) == before)
     }
 
@@ -72,7 +72,7 @@ struct InspectCommandTests {
     func text() async throws {
         let child = try ScenarioProcess("fds")
         defer { child.stop() }
-        try child.waitUntilBlocked()
+        try await child.waitUntilBlocked()
         let run = try await Self.mitosis(["inspect", String(child.pid)])
         #expect(run.status == 0 && run.stderr.isEmpty)
         let text = String(decoding: run.stdout, as: UTF8.self)

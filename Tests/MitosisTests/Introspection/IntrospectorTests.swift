@@ -164,33 +164,33 @@ struct FdsScenarioFacts {
 extension ScenarioProcess {
     /// Waits until every thread of the scenario sleeps (the main one in its read of the next
     /// command), so that their state letters are a known `S`.
-    func waitUntilBlocked() throws {
-        for _ in 0..<200 where try !TargetHealth.threadStates(of: pid).values.allSatisfy({ $0 == "S" }) { usleep(5_000) }
+    func waitUntilBlocked() async throws {
+        for _ in 0..<200 where try !TargetHealth.threadStates(of: pid).values.allSatisfy({ $0 == "S" }) { try await Task.sleep(for: .microseconds(5_000)) }
     }
 }
 
 @Suite("Introspector")
 struct IntrospectorTests {
     @Test("reads every descriptor, mapping and IPC object of the fds scenario exactly, harmlessly")
-    func fdsScenario() throws {
+    func fdsScenario() async throws {
         let child = try ScenarioProcess("fds")
         defer { child.stop() }
-        try child.waitUntilBlocked()
+        try await child.waitUntilBlocked()
         let before = try TargetHealth(pid: child.pid)
         let model = try Introspector.inspect(pid: child.pid)
         try FdsScenarioFacts(child: child).check(model)
         #expect(Set(model.fds.map(\.fd)) == Set(before.descriptors.keys))
         #expect(model.maps.count == before.maps.split(separator: "\n").count)
-        #expect(try TargetHealth.runsFreely(child.pid))
+        await #expect(try TargetHealth.runsFreely(child.pid))
         #expect(try TargetHealth(pid: child.pid) == before)
         try child.send("ping")
     }
 
     @Test("lists every thread with its tid, name and state")
-    func threads() throws {
+    func threads() async throws {
         let child = try ScenarioProcess("threads", ["4"])
         defer { child.stop() }
-        try child.waitUntilBlocked()
+        try await child.waitUntilBlocked()
         let states = try TargetHealth.threadStates(of: child.pid)
         let model = try Introspector.inspect(pid: child.pid, detailedMemory: false)
         #expect(model.threads.map(\.tid) == states.keys.sorted())

@@ -80,7 +80,7 @@ final class InterferingSink: CheckpointSink, @unchecked Sendable {
         #expect(retry.manifest.kind == .full)
         await session.stop()
         _ = try Self.partialImage(in: small, name: "1")
-        #expect(try TargetHealth.runsFreely(child.pid))
+        await #expect(try TargetHealth.runsFreely(child.pid))
         #expect(try TargetHealth(pid: child.pid) == before)
     }
 
@@ -115,7 +115,7 @@ final class InterferingSink: CheckpointSink, @unchecked Sendable {
             _ = try CheckpointImage.open(scratch.path + "/1").read(address: run.address, length: 4096)
         }
         #expect(firstStored.start <= run.address)
-        #expect(try TargetHealth.runsFreely(child.pid))
+        await #expect(try TargetHealth.runsFreely(child.pid))
         #expect(try TargetHealth(pid: child.pid) == before)
     }
 }
@@ -135,7 +135,7 @@ final class InterferingSink: CheckpointSink, @unchecked Sendable {
         let before = try TargetHealth(pid: child.pid)
         kill(child.pid, SIGSTOP)
         var state: Character = "?"
-        for _ in 0..<200 where state != "T" { state = try TargetHealth.threadStates(of: child.pid)[child.pid] ?? "?"; usleep(5000) }
+        for _ in 0..<200 where state != "T" { state = try TargetHealth.threadStates(of: child.pid)[child.pid] ?? "?"; try await Task.sleep(for: .microseconds(5000)) }
         #expect(state == "T")
 
         let run = try await ToolRun(ToolRun.mitosis, ["dump", "\(child.pid)", "--images", scratch.path + "/1", "--json"])
@@ -186,7 +186,7 @@ final class InterferingSink: CheckpointSink, @unchecked Sendable {
         #expect(run.status == 0, "\(run.standardError)")
         #expect(try CheckpointImage.open(scratch.path + "/1").verify().isEmpty)
         var alive = true
-        for _ in 0..<200 where alive { alive = child.isAlive; usleep(5000) }
+        for _ in 0..<200 where alive { alive = child.isAlive; try await Task.sleep(for: .microseconds(5000)) }
         #expect(!alive)
     }
 
@@ -204,7 +204,7 @@ final class InterferingSink: CheckpointSink, @unchecked Sendable {
         #expect(summaries.map(\.parent) == [nil, "../1", "../2"])
         #expect(summaries.map(\.sequence) == [0, 1, 2])
         #expect(try CheckpointImage.open(scratch.path + "/3").chain().images.count == 3)
-        #expect(try TargetHealth.runsFreely(child.pid))
+        await #expect(try TargetHealth.runsFreely(child.pid))
         #expect(try TargetHealth(pid: child.pid) == before)
     }
 
@@ -233,7 +233,7 @@ extension UffdWriteProtectTrackingTests {
         var committed = false
         for _ in 0..<1000 where !committed {
             committed = FileManager.default.fileExists(atPath: scratch.path + "/1/manifest.json")
-            usleep(10_000)
+            try await Task.sleep(for: .microseconds(10_000))
         }
         #expect(committed)
         let manifest = try CheckpointImage.open(scratch.path + "/1").manifest
@@ -242,7 +242,7 @@ extension UffdWriteProtectTrackingTests {
         #expect(try TargetHealth(pid: child.pid).descriptors == before.descriptors)
         tool.signal(SIGKILL)
         _ = try await Blocking.run { tool.wait() }
-        #expect(try TargetHealth.runsFreely(child.pid))
+        await #expect(try TargetHealth.runsFreely(child.pid))
         #expect(try ChainScenario.writeProtectedPages(pid: child.pid, manifest: manifest) == 0)
         #expect(try TargetHealth(pid: child.pid) == before)
         try child.send("write anon 3 0")

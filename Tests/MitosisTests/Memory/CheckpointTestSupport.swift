@@ -145,7 +145,7 @@ enum ChainScenario {
 
         let afterMap = try TargetHealth(pid: child.pid)
         await session.stop()
-        #expect(try TargetHealth.runsFreely(child.pid))
+        await #expect(try TargetHealth.runsFreely(child.pid))
         let after = try TargetHealth(pid: child.pid)
         #expect(after.descriptors == before.descriptors)
         if used == .userfaultfdWriteProtect {

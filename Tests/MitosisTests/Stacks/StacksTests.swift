@@ -39,7 +39,7 @@ struct StacksTests {
         #expect(beta.frames[0].function == "read")
         #expect(stacks.threads.map(\.tid) == stacks.threads.map(\.tid).sorted())
         #expect(stacks.threads.count == 4)
-        #expect(try TargetHealth.runsFreely(child.pid))
+        await #expect(try TargetHealth.runsFreely(child.pid))
         #expect(try TargetHealth(pid: child.pid) == before)
         try child.send("ping")
     }
@@ -66,7 +66,7 @@ struct StacksTests {
             "mitosis_scenario::Deep<int>::third(int)", "mitosis_scenario::Deep<int>::second(int)",
             "mitosis_scenario::first(int)", "run(void*)",
         ])
-        #expect(try TargetHealth.runsFreely(child.pid))
+        await #expect(try TargetHealth.runsFreely(child.pid))
         try child.send("ping")
     }
 
@@ -82,7 +82,7 @@ struct StacksTests {
             "static mitosis_scenario_swift.Chain.first(Swift.Int) -> ()",
             "mitosis_scenario_swift.threadMain(Swift.Optional<Swift.UnsafeMutableRawPointer>) -> Swift.Optional<Swift.UnsafeMutableRawPointer>",
         ])
-        #expect(try TargetHealth.runsFreely(child.pid))
+        await #expect(try TargetHealth.runsFreely(child.pid))
         try child.send("ping")
     }
 
@@ -168,7 +168,7 @@ struct StacksTests {
         #expect(wild.frames.count == 1)
         #expect(wild.frames[0].function == "run_wild")
         #expect(wild.truncated != nil)
-        #expect(try TargetHealth.runsFreely(child.pid))
+        await #expect(try TargetHealth.runsFreely(child.pid))
         #expect(try TargetHealth(pid: child.pid) == before)
         try child.send("ping")
     }
@@ -194,7 +194,7 @@ struct StacksTests {
             }
         }
         #expect(insideVDSO > 0)
-        #expect(try TargetHealth.runsFreely(child.pid))
+        await #expect(try TargetHealth.runsFreely(child.pid))
     }
 
     @Test("the frame limit bounds every walk")
@@ -230,7 +230,7 @@ struct StacksTests {
         let lines = profile.folded().split(separator: "\n")
         let alpha = try #require(lines.first { $0.hasPrefix("alpha;") })
         #expect(alpha.hasSuffix(";run_alpha;alpha_one;alpha_two;alpha_three;pause 10"))
-        #expect(try TargetHealth.runsFreely(child.pid))
+        await #expect(try TargetHealth.runsFreely(child.pid))
         try child.send("ping")
     }
 
@@ -266,7 +266,7 @@ struct StacksTests {
         #expect(folded.standardError.contains("5 samples"))
         let refused = try await ToolRun(ToolRun.mitosis, ["stacks", "999999999"])
         #expect(refused.status == 1 && refused.standardError.hasPrefix("mitosis: "))
-        #expect(try TargetHealth.runsFreely(child.pid))
+        await #expect(try TargetHealth.runsFreely(child.pid))
         try child.send("ping")
     }
 

@@ -46,7 +46,7 @@ struct ThreadStateTests {
         // Round trip through the JSON form manifests use.
         let json = try JSONOutput.encoder().encode(a)
         #expect(try JSONOutput.decoder().decode(ThreadState.self, from: json) == a)
-        #expect(try TargetHealth.runsFreely(child.pid))
+        await #expect(try TargetHealth.runsFreely(child.pid))
         #expect(try TargetHealth(pid: child.pid) == before)
         try child.send("ping")
     }
@@ -69,7 +69,7 @@ struct ThreadStateTests {
         var withoutStack = a
         withoutStack.alternateSignalStack = nil
         #expect(withoutStack == plain)
-        #expect(try TargetHealth.runsFreely(child.pid))
+        await #expect(try TargetHealth.runsFreely(child.pid))
         #expect(try TargetHealth(pid: child.pid) == before)
         try child.send("ping")
     }

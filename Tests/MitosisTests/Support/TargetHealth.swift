@@ -97,12 +97,12 @@ struct TargetHealth: Equatable {
 
     /// True once no thread of `pid` is traced or in a tracing stop ('t'), waiting briefly for the
     /// kernel to settle after a detach.
-    static func runsFreely(_ pid: Int32) throws -> Bool {
+    static func runsFreely(_ pid: Int32) async throws -> Bool {
         for _ in 0..<100 {
             if try tracer(of: pid) == 0, try threadStates(of: pid).values.allSatisfy({ $0 != "t" && $0 != "T" }) {
                 return true
             }
-            usleep(10_000)
+            try await Task.sleep(for: .microseconds(10_000))
         }
         return false
     }

@@ -51,7 +51,7 @@ struct TracerHardeningTests {
         }
         #expect(pids == all.sorted())
         #expect(counts == [child.pid: 1, first: 2, second: 1, grandchild: 1])
-        for pid in all { #expect(try TargetHealth.runsFreely(pid), "process \(pid) runs") }
+        for pid in all { await #expect(try TargetHealth.runsFreely(pid), "process \(pid) runs") }
         // Without the flag only the root is held.
         let rootOnly = try await withFrozenProcess(child.pid) { tracer async throws in
             #expect(try TargetHealth.threadStates(of: first).values.allSatisfy { $0 != "t" })
@@ -70,7 +70,7 @@ struct TracerHardeningTests {
         let pids = try await withFrozenProcess(child.pid, includeDescendants: true) { await $0.pids }
         #expect(pids.count == 3)
         #expect(!pids.contains(second))
-        #expect(try TargetHealth.runsFreely(child.pid))
+        await #expect(try TargetHealth.runsFreely(child.pid))
     }
 
     @Test("threads created and exiting while attaching: every live thread is held, none left stopped")
@@ -85,13 +85,16 @@ struct TracerHardeningTests {
                 #expect(Set(live.keys) == held)
                 #expect(live.values.allSatisfy { $0 == "t" })
             }
-            #expect(try TargetHealth.runsFreely(child.pid))
+            await #expect(try TargetHealth.runsFreely(child.pid))
         }
+        // Still spawning after all the freezes (however slow the machine: under TCG a thread may
+        // take long to be born).
         try child.send("spawned")
         let spawned = try child.intFact("spawned")
-        usleep(20_000)
-        try child.send("spawned")
-        #expect(try child.intFact("spawned") > spawned)
+        #expect(try await eventually(within: .seconds(20)) {
+            try child.send("spawned")
+            return try child.intFact("spawned") > spawned
+        })
     }
 
     @Test("signals sent while frozen are delivered after thaw")
@@ -101,7 +104,7 @@ struct TracerHardeningTests {
         try await withFrozenProcess(child.pid) { _ in
             kill(child.pid, SIGUSR1)
             kill(child.pid, SIGUSR2)
-            usleep(10_000)
+            try await Task.sleep(for: .microseconds(10_000))
         }
         try child.send("count")
         #expect(try child.fact("usr1") == "1")
@@ -120,7 +123,7 @@ struct TracerHardeningTests {
         // Sent just before attaching, unblocked: it may reach the tracer as a signal-delivery-stop.
         kill(child.pid, SIGUSR1)
         try await withFrozenProcess(child.pid) { _ in }
-        #expect(try TargetHealth.runsFreely(child.pid))
+        await #expect(try TargetHealth.runsFreely(child.pid))
         try child.send("count")
         #expect(try child.fact("usr1") == "2")
     }
@@ -135,7 +138,7 @@ struct TracerHardeningTests {
         #expect(try await eventually { try TargetHealth.tracer(of: child.pid) != 0 })
         task.cancel()
         await #expect(throws: CancellationError.self) { try await task.value }
-        #expect(try TargetHealth.runsFreely(child.pid))
+        await #expect(try TargetHealth.runsFreely(child.pid))
         try child.send("ping")
     }
 
@@ -147,7 +150,7 @@ struct TracerHardeningTests {
         await tracer.thaw()
         #expect(await tracer.threads.isEmpty)
         await #expect(throws: MitosisError.self) { try await tracer.requireSeized(child.pid) }
-        #expect(try TargetHealth.runsFreely(child.pid))
+        await #expect(try TargetHealth.runsFreely(child.pid))
     }
 
     @Test("a thread that cannot stop (waiting for a vfork child) fails the freeze in time, untraced after")
@@ -165,7 +168,7 @@ struct TracerHardeningTests {
         #expect(clock.now - start < .milliseconds(7500), "gave up without waiting for the vfork child")
         // Released at once: nothing traced, the other threads running; the vforker resumes when its child exits.
         #expect(try await eventually { try TargetHealth.tracer(of: child.pid) == 0 && TargetHealth.tracer(of: tid) == 0 })
-        #expect(try TargetHealth.runsFreely(child.pid))
+        await #expect(try TargetHealth.runsFreely(child.pid))
         try child.send("ping")
         #expect(try await eventually(within: .seconds(15)) { try TargetHealth.threadStates(of: child.pid)[tid] == "S" })
         let frozen = try await withFrozenProcess(child.pid) { await $0.threads(of: child.pid) }
@@ -215,7 +218,7 @@ struct TracerHardeningTests {
         })
         tool.signal(SIGKILL)
         _ = try await Blocking.run { tool.wait() }
-        #expect(try TargetHealth.runsFreely(child.pid))
+        await #expect(try TargetHealth.runsFreely(child.pid))
         try child.send("ping")
     }
 
@@ -245,8 +248,8 @@ struct TracerHardeningTests {
         await #expect(throws: MitosisError.alreadyTraced(grandchild, tracer: other.pid)) {
             try await Tracer.freeze(pid: child.pid, includeDescendants: true)
         }
-        #expect(try TargetHealth.runsFreely(child.pid))
-        #expect(try TargetHealth.runsFreely(Int32(try child.intFact("first"))))
+        await #expect(try TargetHealth.runsFreely(child.pid))
+        await #expect(try TargetHealth.runsFreely(Int32(try child.intFact("first"))))
         #expect(try TargetHealth.tracer(of: grandchild) == other.pid)
     }
 

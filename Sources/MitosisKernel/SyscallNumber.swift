@@ -12,4 +12,6 @@ public enum SyscallNumber {
     public static let gettid = MITOSIS_SYS_gettid
     public static let fcntl = MITOSIS_SYS_fcntl
     public static let userfaultfd = MITOSIS_SYS_userfaultfd
+    public static let prctl = MITOSIS_SYS_prctl
+    public static let sigaltstack = MITOSIS_SYS_sigaltstack
 }

@@ -1,0 +1,144 @@
+import Foundation
+import Glibc
+import Testing
+@testable import MitosisKernel
+@testable import MitosisTrace
+
+/// Mitosis killed in the middle of a syscall injection (F1): the target must live on as if
+/// nothing happened. Each test runs `mitosis dump` (which injects userfaultfd() and close() at
+/// session start) against `victim` scenarios, kills it, waits 2 s, and asks every target for
+/// its self-check: registers, FPU rounding mode, system-call results and progress.
+@Suite("Killing Mitosis during an injection", .serialized)
+struct InjectionKillTests {
+    @Test("SIGKILL at every step of an injection leaves every target alive and well")
+    func killAtEveryStep() async throws {
+        let steps = try await Self.injectionSteps()
+        #expect(steps.count == 11, "the stub, then 5 steps each for userfaultfd() and close(): \(steps)")
+        // The victim's main thread (the one that lends its registers) is in nanosleep, read, futex
+        // wait, or busy in user space. Every step for a target asleep and a busy one; for the
+        // other blocking states, the steps
+        // of the first call from borrowing the registers to restoring them.
+        let cases = ["sleep", "busy"].flatMap { mode in (1...steps.count).map { (mode, $0) } }
+            + ["read", "futex"].flatMap { mode in (3...6).map { (mode, $0) } }
+        var runs: [(target: ScenarioProcess, what: String)] = []
+        defer { runs.forEach { $0.target.stop() } }
+        for (mode, step) in cases {  // one at a time: on 2 cores, parallel starts gain nothing
+            let target = try ScenarioProcess("victim", [mode])
+            let tool = try PausingTool(target: target.pid, pause: "\(step)")
+            runs.append((target, "\(mode) step \(step)"))
+            let line = try await tool.awaitPause()
+            try await tool.end(SIGKILL)
+            #expect(line != nil, "\(mode) step \(step): mitosis never paused")
+        }
+        try await Task.sleep(for: .seconds(2))
+        for run in runs { try await Self.expectHealthy(run.target, run.what) }
+    }
+
+    @Test("SIGTERM, SIGINT, SIGHUP and SIGPIPE wait until the registers are back, then end Mitosis")
+    func catchableSignalsHeld() async throws {
+        var runs: [(target: ScenarioProcess, what: String)] = []
+        defer { runs.forEach { $0.target.stop() } }
+        // Paused 300 ms with borrowed registers (steps 3 and 8), or after the call, before they
+        // are restored (5 and 10); one at a time, so that the signal surely comes early in the pause.
+        for (signal, mode, step) in [(SIGTERM, "sleep", "3:300"), (SIGINT, "busy", "5:300"),
+                                     (SIGHUP, "futex", "8:300"), (SIGPIPE, "busy", "10:300")] {
+            let target = try ScenarioProcess("victim", [mode])
+            let what = "\(mode) \(step) signal \(signal)"
+            runs.append((target, what))
+            let tool = try PausingTool(target: target.pid, pause: step)
+            #expect(try await tool.awaitPause() != nil, "\(what)")
+            let sent = ContinuousClock.now
+            let status = try await tool.end(signal)  // process-directed, as kill(1) and a terminal send it
+            // It ended when the registers were back (the pause over), not when the signal came.
+            #expect(ContinuousClock.now - sent > .milliseconds(200), "\(what)")
+            #expect(status == 128 + signal, "\(what)")
+        }
+        try await Task.sleep(for: .seconds(2))
+        for run in runs { try await Self.expectHealthy(run.target, run.what) }
+    }
+
+    @Test("SIGKILL at random moments of a dump leaves the target alive and well")
+    func randomKills() async throws {
+        var runs: [(ScenarioProcess, String)] = []
+        defer { runs.forEach { $0.0.stop() } }
+        for (index, mode) in ["sleep", "busy", "read", "futex", "sleep", "busy"].enumerated() {
+            let target = try ScenarioProcess("victim", [mode])
+            let tool = try PausingTool(target: target.pid, pause: nil, force: false)
+            let delay = Int.random(in: 0...350)
+            try await Task.sleep(for: .milliseconds(delay))
+            try await tool.end(SIGKILL)
+            runs.append((target, "\(mode) run \(index) killed after \(delay) ms"))
+        }
+        try await Task.sleep(for: .seconds(2))
+        for (target, what) in runs { try await Self.expectHealthy(target, what) }
+    }
+
+    /// The steps one `mitosis dump` goes through, from the hook's report-only mode.
+    static func injectionSteps() async throws -> [String] {
+        let target = try ScenarioProcess("victim", ["sleep"])
+        defer { target.stop() }
+        let images = FileManager.default.temporaryDirectory.appendingPathComponent("mitosis-kill-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: images) }
+        let run = try await ToolRun(ToolRun.mitosis, ["dump", "\(target.pid)", "--images", images, "--force"],
+                                    prefix: ["/usr/bin/env", "MITOSIS_TEST_INJECTION_PAUSE=0"])
+        #expect(run.status == 0, "\(run.standardError)")
+        return run.standardError.split(separator: "\n").filter { $0.contains("injection step") }.map(String.init)
+    }
+
+    static func expectHealthy(_ target: ScenarioProcess, _ what: String) async throws {
+        #expect(target.isAlive, "\(what): target died")
+        guard target.isAlive else { return }
+        let free = try await TargetHealth.runsFreely(target.pid)
+        // The self-check (up to 5 s) blocks on the scenario's pipe: off the cooperative pool.
+        let check = try await Blocking.run("victim-check") {
+            try target.send("check")
+            return try target.fact("check")
+        }
+        #expect(free, "\(what): target traced or stopped")
+        #expect(check == "PASS", "\(what): \(check)")
+    }
+}
+
+/// `mitosis dump TARGET` started with the injection pause hook (see `InjectionPauseHook`), its
+/// stderr (where the hook reports) merged into the stdout pipe.
+final class PausingTool: @unchecked Sendable {
+    let child: ChildProcess
+    let images: String
+    var pid: Int32 { child.pid }
+
+    /// `force`: skip the dumpable check, whose own injection (prctl) would add steps.
+    init(target: Int32, pause: String?, force: Bool = true) throws {
+        images = FileManager.default.temporaryDirectory.appendingPathComponent("mitosis-kill-\(UUID().uuidString)").path
+        let environment = pause.map { ["MITOSIS_TEST_INJECTION_PAUSE=\($0)"] } ?? []
+        let command = ["/usr/bin/env"] + environment + [ToolRun.mitosis, "dump", String(target), "--images", images]
+            + (force ? ["--force"] : [])
+        child = try ChildProcess(executable: "/bin/sh", arguments: ["-c", "exec \"$@\" 2>&1", "sh"] + command,
+                                 stdin: .null, stdout: .pipe, stderr: .inherit)
+    }
+
+    /// The hook's pause line, or nil if Mitosis ended (or 20 s passed) without pausing.
+    func awaitPause() async throws -> String? {
+        try await Blocking.run("pausing-tool") { [child] in
+            let deadline = ContinuousClock.now + .seconds(20)
+            while ContinuousClock.now < deadline {
+                guard let line = child.readLine(timeout: deadline - ContinuousClock.now) else { return nil }
+                if line.contains("paused at step") { return line }
+            }
+            return nil
+        }
+    }
+
+    /// Sends `signal` and waits for the tool to end; returns its exit code (128 + signal).
+    @discardableResult
+    func end(_ signal: Int32) async throws -> Int32 {
+        child.signal(signal)
+        let status = try await Blocking.run("pausing-tool") { [child] in child.wait() }
+        try? FileManager.default.removeItem(atPath: images)
+        return ChildProcess.exitCode(of: status)
+    }
+
+    deinit {
+        child.kill()
+        try? FileManager.default.removeItem(atPath: images)
+    }
+}
