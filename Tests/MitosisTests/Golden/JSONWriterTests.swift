@@ -157,7 +157,7 @@ struct JSONWriterTests {
     func command() async throws {
         let child = try ScenarioProcess("fds")
         defer { child.stop() }
-        try child.waitUntilBlocked()
+        try await child.waitUntilBlocked()
         let inspect = try await ToolRun(ToolRun.mitosis, ["inspect", String(child.pid), "--json"])
         #expect(inspect.status == 0)
         let model = try JSONOutput.decoder().decode(ProcessModel.self, from: Data(inspect.standardOutput.utf8))
