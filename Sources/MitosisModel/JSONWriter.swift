@@ -155,10 +155,10 @@ package final class KeyCache {
 }
 
 /// A value that builds its own node, faster than through `Encoder` (the graph's tens of
-/// thousands of nodes and edges). Its node must be what its `encode(to:)` gives: the golden
-/// tests compare both.
+/// thousands of nodes and edges, the descriptors of `inspect`). Its node must be what its
+/// `encode(to:)` gives: the golden tests compare both.
 package protocol JSONNodeConvertible {
-    func jsonNode(keys: KeyCache) -> JSONNode
+    func jsonNode(keys: KeyCache) throws -> JSONNode
 }
 
 extension JSONObjectBox {
@@ -216,7 +216,7 @@ final class JSONTreeEncoder: Encoder {
             case let date as Date: return try double(date.timeIntervalSinceReferenceDate, codingPath)
             case let url as URL: return .string(url.absoluteString)
             case let decimal as Decimal: return .number(decimal.description)
-            case let convertible as JSONNodeConvertible: return convertible.jsonNode(keys: keys)
+            case let convertible as JSONNodeConvertible: return try convertible.jsonNode(keys: keys)
             case let dictionary as StringKeyedDictionary:
                 let object = JSONObjectBox()
                 for (key, element) in dictionary.encodableEntries {

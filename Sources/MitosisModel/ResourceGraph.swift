@@ -179,7 +179,7 @@ public struct GraphNode: Hashable, Sendable, Codable {
 }
 
 extension GraphValue: JSONNodeConvertible {
-    package func jsonNode(keys: KeyCache) -> JSONNode {
+    package func jsonNode(keys: KeyCache) throws -> JSONNode {
         switch self {
         case .string(let value): return .string(value)
         case .int(let value): return .int(value)
@@ -194,25 +194,25 @@ extension GraphValue: JSONNodeConvertible {
 
 extension GraphNode: JSONNodeConvertible {
     /// As `encode(to:)`: `id`, `kind`, then the attributes beside them.
-    package func jsonNode(keys: KeyCache) -> JSONNode {
+    package func jsonNode(keys: KeyCache) throws -> JSONNode {
         let object = JSONObjectBox()
         object.entries.reserveCapacity(attributes.count + 2)
         object.add("id", .string(id), keys: keys)
         object.add("kind", .string(kind.rawValue), keys: keys)
-        for (key, value) in attributes { object.add(key, value.jsonNode(keys: keys), keys: keys) }
+        for (key, value) in attributes { object.add(key, try value.jsonNode(keys: keys), keys: keys) }
         return .object(object)
     }
 }
 
 extension GraphEdge: JSONNodeConvertible {
     /// As `encode(to:)`: `from`, `to`, `kind`, then the attributes beside them.
-    package func jsonNode(keys: KeyCache) -> JSONNode {
+    package func jsonNode(keys: KeyCache) throws -> JSONNode {
         let object = JSONObjectBox()
         object.entries.reserveCapacity(attributes.count + 3)
         object.add("from", .string(from), keys: keys)
         object.add("to", .string(to), keys: keys)
         object.add("kind", .string(kind.rawValue), keys: keys)
-        for (key, value) in attributes { object.add(key, value.jsonNode(keys: keys), keys: keys) }
+        for (key, value) in attributes { object.add(key, try value.jsonNode(keys: keys), keys: keys) }
         return .object(object)
     }
 }
