@@ -1,5 +1,4 @@
 import Foundation
-import Glibc
 import SystemPackage
 import MitosisKernel
 import MitosisModel
@@ -40,7 +39,7 @@ public final class CheckpointImage: Sendable {
     public static func open(_ path: String) throws(ImageError) -> CheckpointImage {
         let directory: FileDescriptor
         do {
-            directory = try Kernel.openAt(nil, path, flags: O_RDONLY | O_DIRECTORY | O_NONBLOCK)
+            directory = try Kernel.openAt(nil, path, options: [.readOnly, .directory, .nonBlocking])
         } catch .notDirectory {
             throw .notAnImage(path)
         } catch {
@@ -53,7 +52,7 @@ public final class CheckpointImage: Sendable {
         case .success(let st):
             var note: [UInt8] = []
             if st.type == .regular,
-               let marker = try? Kernel.openAt(directory, ImageFormat.incompleteName, flags: O_RDONLY | O_NOFOLLOW | O_NONBLOCK) {
+               let marker = try? Kernel.openAt(directory, ImageFormat.incompleteName, options: [.readOnly, .noFollow, .nonBlocking]) {
                 if let opened = try? Kernel.status(of: marker), opened.type == .regular {
                     note = (try? Kernel.readAt(marker, offset: 0, count: 4096)) ?? []
                 }
@@ -340,7 +339,7 @@ public final class CheckpointImage: Sendable {
         let name = path + "/" + ImageFormat.dataName
         let fd: FileDescriptor
         do {
-            fd = try Kernel.openAt(nil, name, flags: O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY)
+            fd = try Kernel.openAt(nil, name, options: [.readOnly, .noFollow, .nonBlocking, .noControllingTerminal])
         } catch .tooManySymbolicLinkLevels {
             throw .symlinkRefused(name)
         } catch {
@@ -361,7 +360,7 @@ public final class CheckpointImage: Sendable {
     /// FIFO would otherwise block the open until a writer comes); the caller checks its type.
     private static func openCommitted(_ directory: FileDescriptor, _ file: String, image: String) throws(ImageError) -> FileDescriptor {
         do {
-            return try Kernel.openAt(directory, file, flags: O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY)
+            return try Kernel.openAt(directory, file, options: [.readOnly, .noFollow, .nonBlocking, .noControllingTerminal])
         } catch .noSuchFileOrDirectory {
             throw .truncated(image, file: file, detail: "missing")
         } catch .tooManySymbolicLinkLevels {
@@ -381,7 +380,7 @@ public final class CheckpointImage: Sendable {
     private static func readSmallFile(_ directory: FileDescriptor, _ file: String, image: String, limit: UInt64) throws(ImageError) -> [UInt8] {
         let fd: FileDescriptor
         do {
-            fd = try Kernel.openAt(directory, file, flags: O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY)
+            fd = try Kernel.openAt(directory, file, options: [.readOnly, .noFollow, .nonBlocking, .noControllingTerminal])
         } catch .tooManySymbolicLinkLevels {
             throw .symlinkRefused(image + "/" + file)
         } catch {

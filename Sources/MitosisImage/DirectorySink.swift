@@ -1,5 +1,4 @@
 import Foundation
-import Glibc
 import SystemPackage
 import MitosisKernel
 import MitosisModel
@@ -57,7 +56,7 @@ public final class DirectorySink: CheckpointSink, @unchecked Sendable {
             prefix += (prefix.isEmpty || prefix.hasSuffix("/") ? "" : "/") + component
             do {
                 try Kernel.makeDirectoryAt(nil, prefix, mode: 0o700)
-                let created = try Kernel.openAt(nil, prefix, flags: O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
+                let created = try Kernel.openAt(nil, prefix, options: [.readOnly, .directory, .noFollow])
                 defer { try? created.close() }
                 try Kernel.changeMode(created, 0o700)
             } catch .fileExists {
@@ -184,7 +183,7 @@ private final class Writer {
         partialName = ImageFormat.partialName(for: name, id: header.id)
         builder = PageRunBuilder(pageSize: header.pageSize)
         let parent = try Self.io(path, "open parent directory") { () throws(Errno) in
-            try Kernel.openAt(nil, parentPath, flags: O_RDONLY | O_DIRECTORY)
+            try Kernel.openAt(nil, parentPath, options: [.readOnly, .directory])
         }
         let existing: Result<FileStatus, Errno> = Result { () throws(Errno) in try Kernel.linkStatusAt(parent, name) }
         switch existing {
@@ -206,7 +205,7 @@ private final class Writer {
         }
         var opened: [FileDescriptor] = []
         do {
-            let directory = try Kernel.openAt(parent, partialName, flags: O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
+            let directory = try Kernel.openAt(parent, partialName, options: [.readOnly, .directory, .noFollow])
             opened.append(directory)
             let marker = try Self.create(ImageFormat.incompleteName, in: directory)
             opened.append(marker)
@@ -225,7 +224,7 @@ private final class Writer {
     }
 
     private static func create(_ file: String, in directory: FileDescriptor) throws(Errno) -> FileDescriptor {
-        let fd = try Kernel.openAt(directory, file, flags: O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: 0o600)
+        let fd = try Kernel.openAt(directory, file, options: [.writeOnly, .create, .exclusive, .noFollow], mode: 0o600)
         do {
             try Kernel.changeMode(fd, 0o600)
         } catch {

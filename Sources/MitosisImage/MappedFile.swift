@@ -1,4 +1,3 @@
-import Glibc
 import SystemPackage
 import MitosisKernel
 
@@ -44,7 +43,7 @@ enum MappedFile {
         guard path.hasPrefix("/") else { throw MappedFileRefusal("its path is not absolute") }
         let fd: FileDescriptor
         do {
-            fd = try Kernel.openAt(nil, path, flags: O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY)
+            fd = try Kernel.openAt(nil, path, options: [.readOnly, .noFollow, .nonBlocking, .noControllingTerminal])
         } catch {
             throw MappedFileRefusal("it cannot be opened: \(error)")
         }

@@ -72,7 +72,13 @@ package final class ChildProcess: @unchecked Sendable {
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var child: pid_t = 0
-        let rc = posix_spawn(&child, executable, &actions, &attributes, argv, environ)
+        var rc = posix_spawn(&child, executable, &actions, &attributes, argv, environ)
+        // ETXTBSY: a fork elsewhere in this process still holds a descriptor open for writing
+        // on the executable (one just copied or compiled) until that child execs: it passes.
+        for _ in 0..<100 where rc == ETXTBSY {
+            usleep(10_000)
+            rc = posix_spawn(&child, executable, &actions, &attributes, argv, environ)
+        }
         // The child's ends are the child's now; ours are the ones in `parentEnds`.
         for fd in pipes where !parentEnds.contains(fd) { Glibc.close(fd) }
         guard rc == 0 else {

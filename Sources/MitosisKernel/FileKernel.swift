@@ -158,3 +158,29 @@ extension Kernel {
         }
     }
 }
+
+/// `open(2)` flags by name, so that no layer above the kernel spells `O_…`.
+package struct OpenOptions: OptionSet, Sendable {
+    package let rawValue: Int32
+    package init(rawValue: Int32) { self.rawValue = rawValue }
+
+    package static let readOnly = OpenOptions(rawValue: O_RDONLY)
+    package static let writeOnly = OpenOptions(rawValue: O_WRONLY)
+    package static let directory = OpenOptions(rawValue: O_DIRECTORY)
+    /// Never block in `open` (a FIFO) and never in reads.
+    package static let nonBlocking = OpenOptions(rawValue: O_NONBLOCK)
+    /// Refuse a final symbolic link (ELOOP).
+    package static let noFollow = OpenOptions(rawValue: O_NOFOLLOW)
+    /// Never acquire a controlling terminal by opening a tty.
+    package static let noControllingTerminal = OpenOptions(rawValue: O_NOCTTY)
+    package static let create = OpenOptions(rawValue: O_CREAT)
+    package static let exclusive = OpenOptions(rawValue: O_EXCL)
+}
+
+extension Kernel {
+    /// Opens `name` relative to `directory` (close-on-exec always).
+    /// The corresponding system call is `openat`.
+    package static func openAt(_ directory: FileDescriptor?, _ name: String, options: OpenOptions, mode: UInt32 = 0) throws(Errno) -> FileDescriptor {
+        try openAt(directory, name, flags: options.rawValue, mode: mode_t(mode))
+    }
+}

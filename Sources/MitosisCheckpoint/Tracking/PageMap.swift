@@ -38,7 +38,7 @@ public struct ProcessPageMap: Sendable {
     /// Data pages of memory other processes may write too (shared anonymous and SysV memory):
     /// tracking this process's page tables cannot see their writes.
     public var sharedData: PageSet {
-        PageSet(mappings.filter { Self.filePagesAreData($0.mapping) }.flatMap(\.data.ranges))
+        PageSet(mappings.filter { $0.mapping.isShared && Self.filePagesAreData($0.mapping) }.flatMap(\.data.ranges))
     }
 
     /// Whether Mitosis keeps a mapping's pages at all: the kernel's own mappings are recreated
@@ -53,13 +53,15 @@ public struct ProcessPageMap: Sendable {
     /// Whether the data of a mapping lives in a file instead of in the process: a shared file
     /// mapping writes through to its file, so none of its pages are copied.
     package static func isFileShared(_ mapping: MemoryMapping) -> Bool {
-        mapping.kind == .file && mapping.isShared
+        mapping.kind == .file && mapping.isShared && !mapping.deleted
     }
 
     /// Whether a page the kernel reports as file-backed is data: shmem pages of shared anonymous
     /// and SysV memory are, page-cache pages of a file are not.
     package static func filePagesAreData(_ mapping: MemoryMapping) -> Bool {
-        mapping.kind == .sharedAnonymous || mapping.kind == .sysvSharedMemory
+        // A deleted file cannot be opened again to read clean pages back (nor identified): its
+        // pages are kept in the image like anonymous memory.
+        mapping.kind == .sharedAnonymous || mapping.kind == .sysvSharedMemory || (mapping.kind == .file && mapping.deleted)
     }
 }
 

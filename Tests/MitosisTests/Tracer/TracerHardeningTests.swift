@@ -9,9 +9,9 @@ import Testing
 struct TracerHardeningTests {
     /// Waits until `condition` holds (up to about five seconds), sleeping without holding one of
     /// the few threads that run the tests.
-    private func eventually(within limit: Duration = .seconds(5), _ condition: () throws -> Bool) async throws -> Bool {
+    private func eventually(within limit: Duration = .seconds(5), _ condition: () async throws -> Bool) async throws -> Bool {
         for _ in 0..<Int(limit / .milliseconds(10)) {
-            if try condition() { return true }
+            if try await condition() { return true }
             try await Task.sleep(for: .milliseconds(10))
         }
         return false
@@ -200,7 +200,7 @@ struct TracerHardeningTests {
             #expect(error == .stopCollectedElsewhere(pid, tid: pid))
             #expect(clock.now - start < .seconds(5))
         }
-        #expect(try await eventually { try TargetHealth.runsFreely(pid) })
+        #expect(try await eventually { try await TargetHealth.runsFreely(pid) })
         // Foundation still reaps it once it exits.
         try input.fileHandleForWriting.close()
         try await Blocking.run { process.waitUntilExit() }
