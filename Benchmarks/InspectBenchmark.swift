@@ -14,6 +14,8 @@ struct InspectBenchmark: AsyncParsableCommand {
     @Option(help: "Descriptors the started target opens.") var descriptors: Int = 10_000
     @Option(help: "Repetitions of each measurement.") var runs: Int = 7
 
+    @Flag(help: "Also count the instructions of `mitosis inspect --json` and lsof under valgrind's callgrind (slow).") var callgrind = false
+
     func run() async throws {
         let target = try pid.map { Target(pid: $0) } ?? Target(descriptors: descriptors)
         defer { target.stop() }
@@ -21,25 +23,37 @@ struct InspectBenchmark: AsyncParsableCommand {
         print("target \(target.pid): \(fdCount) descriptors, \(try ProcessReader.mappings(TargetProcess(pid: target.pid), detailed: false).count) mappings; \(runs) runs each")
 
         let lsofPath = ["/usr/bin/lsof", "/usr/sbin/lsof", "/bin/lsof"].first { FileManager.default.isExecutableFile(atPath: $0) }
+        let mitosis = siblingExecutable("mitosis"), pidArgument = String(target.pid)
+        let lsofArguments = ["-n", "-P", "-p", pidArgument]
         // Interleaved, so that machine noise hits every contender alike.
-        var fdsOnly: [Duration] = [], full: [Duration] = [], fullNoSmaps: [Duration] = [], lsof: [Duration] = []
+        var samples = Samples()
         for _ in 0..<runs {
-            fdsOnly.append(try measure { _ = try ProcessReader.descriptors(TargetProcess(pid: target.pid)) })
-            full.append(try measure { _ = try Introspector.inspect(pid: target.pid) })
-            fullNoSmaps.append(try measure { _ = try Introspector.inspect(pid: target.pid, detailedMemory: false) })
-            if let lsofPath { lsof.append(try measure { try runQuietly(lsofPath, ["-n", "-P", "-p", String(target.pid)]) }) }
+            samples.add("mitosis inspect --json (CLI)", try TimedRun.run(mitosis, ["inspect", pidArgument, "--json"]))
+            samples.add("mitosis inspect (CLI, text)", try TimedRun.run(mitosis, ["inspect", pidArgument]))
+            if let lsofPath { samples.add("lsof -n -P -p PID", try TimedRun.run(lsofPath, lsofArguments)) }
+            samples.add("ProcessReader.descriptors", wall: try measure { _ = try ProcessReader.descriptors(TargetProcess(pid: target.pid)) })
+            samples.add("Introspector.inspect (smaps)", wall: try measure { _ = try Introspector.inspect(pid: target.pid) })
+            let model = try Introspector.inspect(pid: target.pid)
+            samples.add("JSON: JSONWriter", wall: try measure { _ = try JSONOutput.bytes(model) })
+            samples.add("JSON: Foundation JSONEncoder", wall: try measure { _ = try JSONOutput.encoder().encode(model) })
         }
-        report("ProcessReader.descriptors", fdsOnly)
-        report("Introspector.inspect (smaps)", full)
-        report("Introspector.inspect (maps)", fullNoSmaps)
-        guard !lsof.isEmpty else {
+        for name in ["mitosis inspect --json (CLI)", "mitosis inspect (CLI, text)", "lsof -n -P -p PID", "ProcessReader.descriptors",
+                     "Introspector.inspect (smaps)", "JSON: JSONWriter", "JSON: Foundation JSONEncoder"] where samples.wall[name] != nil {
+            print(samples.line(name))
+        }
+        guard lsofPath != nil else {
             print("lsof not installed: no comparison (apt-get install lsof)")
             return
         }
-        report("lsof -n -P -p PID", lsof)
-        let lsofMedian = median(lsof)
-        for (name, samples) in [("descriptors only", fdsOnly), ("full inspect (smaps)", full), ("full inspect (maps)", fullNoSmaps)] {
-            print(String(format: "lsof / %@: %.2fx", name, lsofMedian / median(samples)))
+        for name in ["mitosis inspect --json (CLI)", "mitosis inspect (CLI, text)"] {
+            print(String(format: "lsof / %@: %.2fx wall, %.2fx cpu (goal: 2x)", name,
+                         samples.median("lsof -n -P -p PID") / samples.median(name),
+                         samples.median("lsof -n -P -p PID", cpu: true) / samples.median(name, cpu: true)))
+        }
+        if callgrind, let lsofPath {
+            let ours = try TimedRun.instructions(mitosis, ["inspect", pidArgument, "--json"])
+            let peer = try TimedRun.instructions(lsofPath, lsofArguments)
+            print("callgrind instructions: mitosis inspect --json \(ours.map(String.init) ?? "n/a"), lsof \(peer.map(String.init) ?? "n/a")")
         }
     }
 
@@ -50,27 +64,7 @@ struct InspectBenchmark: AsyncParsableCommand {
         return clock.now - start
     }
 
-    private func median(_ samples: [Duration]) -> Double {
-        let sorted = samples.sorted()
-        let middle = sorted[sorted.count / 2]
-        return Double(middle.components.seconds) + Double(middle.components.attoseconds) / 1e18
-    }
-
-    private func report(_ name: String, _ samples: [Duration]) {
-        let sorted = samples.sorted()
-        print("\(name.padding(toLength: 30, withPad: " ", startingAt: 0)) median \(format(sorted[sorted.count / 2]))  min \(format(sorted[0]))  max \(format(sorted[sorted.count - 1]))")
-    }
-
-    private func format(_ duration: Duration) -> String {
-        String(format: "%8.2f ms", Double(duration.components.seconds) * 1000 + Double(duration.components.attoseconds) / 1e15)
-    }
-
-    /// Runs a command with its output discarded and waits for it.
-    private func runQuietly(_ executable: String, _ arguments: [String]) throws {
-        try ChildProcess(executable: executable, arguments: arguments, stdin: .null, stdout: .null, stderr: .null).wait()
-    }
-
-    /// The process measured: given, or a `mitosis-scenario manyfds N` started next to this binary.
+    /// The process measured: given, or a `mitosis-scenario manyfds N` (or another scenario) started next to this binary.
     final class Target {
         let pid: Int32
         private let launched: LaunchedTarget?
@@ -81,10 +75,8 @@ struct InspectBenchmark: AsyncParsableCommand {
         }
 
         /// Starts the scenario and waits for its READY line: the descriptors are open.
-        init(descriptors: Int) throws {
-            let directory = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
-            let target = try LaunchedTarget(executable: directory.appendingPathComponent("mitosis-scenario").path,
-                                            arguments: ["manyfds", String(descriptors)])
+        init(descriptors: Int, scenario: String = "manyfds") throws {
+            let target = try LaunchedTarget(executable: siblingExecutable("mitosis-scenario"), arguments: [scenario, String(descriptors)])
             launched = target
             pid = target.pid
         }

@@ -105,6 +105,31 @@ package enum Kernel {
         return bytes
     }
 
+    /// Reads a `/proc` file the kernel writes in one piece (a `seq_file` opened with
+    /// `single_open`, such as `fdinfo/N`) into `buffer`, growing it as needed, and returns its
+    /// length. A read that returns less than it asked for has delivered the rest of such a file,
+    /// so the usual extra `read` that returns 0 is skipped: three system calls (`openat`, `read`,
+    /// `close`) for thousands of descriptors instead of four.
+    package static func readOnePieceFileAt(_ directory: FileDescriptor?, _ name: String, into buffer: inout [UInt8]) throws(Errno) -> Int {
+        let fd = try check { openat(directory?.rawValue ?? AT_FDCWD, name, O_RDONLY | O_CLOEXEC) }
+        defer { close(fd) }
+        if buffer.count < 4096 { buffer = [UInt8](repeating: 0, count: 4096) }
+        var length = 0
+        while true {
+            let wanted = buffer.count - length
+            let n = buffer.withUnsafeMutableBytes { bytes in
+                while true {
+                    let n = read(fd, bytes.baseAddress! + length, wanted)
+                    if n >= 0 || errno != EINTR { return n }
+                }
+            }
+            if n < 0 { throw Errno(rawValue: errno) }
+            length += n
+            if n < wanted { return length }
+            buffer.append(contentsOf: repeatElement(0, count: buffer.count))
+        }
+    }
+
     /// The target of a symbolic link such as `/proc/PID/fd/N`, as raw bytes decoded leniently.
     /// The corresponding C function is `readlink`.
     package static func readLink(_ path: String) throws(Errno) -> String {

@@ -16,8 +16,14 @@ public enum JSONOutput {
         return decoder
     }
 
-    /// Encodes `value` as a UTF-8 string.
+    /// Encodes `value` as a UTF-8 string: the bytes `encoder(pretty:)` would write, from the
+    /// faster `JSONWriter`.
     public static func string<T: Encodable>(_ value: T, pretty: Bool = true) throws -> String {
-        String(decoding: try encoder(pretty: pretty).encode(value), as: UTF8.self)
+        String(decoding: try JSONWriter(pretty: pretty).encode(value), as: UTF8.self)
+    }
+
+    /// Encodes `value` as UTF-8 bytes, as `string(_:pretty:)`.
+    public static func bytes<T: Encodable>(_ value: T, pretty: Bool = true) throws -> [UInt8] {
+        try JSONWriter(pretty: pretty).encode(value)
     }
 }

@@ -166,6 +166,53 @@ extension OpenDescriptor {
     }
 }
 
+extension OpenDescriptor: JSONNodeConvertible {
+    /// As `encode(to:)`, key for key; the kind-specific state through the encoder.
+    package func jsonNode(keys: KeyCache) throws -> JSONNode {
+        let object = JSONObjectBox()
+        object.entries.reserveCapacity(14)
+        object.add("fd", .int(Int64(fd)), keys: keys)
+        object.add("kind", .string(kind.rawValue), keys: keys)
+        object.add("target", .string(target), keys: keys)
+        if let path { object.add("path", .string(path), keys: keys) }
+        if let anonInodeName { object.add("anonInodeName", .string(anonInodeName), keys: keys) }
+        object.add("inode", .uint(inode), keys: keys)
+        if let device { object.add("device", device.jsonNode(keys: keys), keys: keys) }
+        if let specialDevice { object.add("specialDevice", specialDevice.jsonNode(keys: keys), keys: keys) }
+        object.add("position", .uint(position), keys: keys)
+        object.add("flags", .uint(UInt64(flags)), keys: keys)
+        let names = JSONArrayBox()
+        names.elements = flagNames.map { .string($0) }
+        object.add("flagNames", .array(names), keys: keys)
+        object.add("mountId", .int(Int64(mountId)), keys: keys)
+        object.add("deleted", .bool(deleted), keys: keys)
+        func wrap<T: Encodable>(_ value: T, _ key: String) throws {
+            object.add(key, try JSONTreeEncoder.wrap(value, keys: keys, codingPath: []), keys: keys)
+        }
+        switch state {
+        case .eventfd(let value): try wrap(value, "eventfd")
+        case .epoll(let value): try wrap(value, "epoll")
+        case .signalfd(let value): try wrap(value, "signalfd")
+        case .timerfd(let value): try wrap(value, "timerfd")
+        case .inotify(let value): try wrap(value, "inotify")
+        case .fanotify(let value): try wrap(value, "fanotify")
+        case .pidfd(let value): try wrap(value, "pidfd")
+        case nil: break
+        }
+        return .object(object)
+    }
+}
+
+extension DeviceNumber {
+    /// As the synthesized `encode(to:)`: `{"major", "minor"}`.
+    func jsonNode(keys: KeyCache) -> JSONNode {
+        let object = JSONObjectBox()
+        object.add("major", .uint(UInt64(major)), keys: keys)
+        object.add("minor", .uint(UInt64(minor)), keys: keys)
+        return .object(object)
+    }
+}
+
 /// `open(2)` status flags as fdinfo prints them, decoded to their names (x86_64 values).
 public enum OpenFlags {
     package static let table: [(UInt32, String)] = [

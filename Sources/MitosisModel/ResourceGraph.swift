@@ -10,14 +10,36 @@ public struct ResourceGraph: Equatable, Sendable, Codable {
 
     /// Sorts the nodes and edges; duplicate edges are kept once.
     public init(nodes: [GraphNode], edges: [GraphEdge]) {
-        self.nodes = nodes.sorted { $0.id < $1.id }
-        var sorted = edges.sorted()
-        var kept = 0
-        for index in sorted.indices where kept == 0 || sorted[index] != sorted[kept - 1] {
-            sorted.swapAt(kept, index)
-            kept += 1
+        // Indices are sorted, not the values: moving a node or an edge costs reference counting
+        // on each of its strings, and a graph has tens of thousands of them.
+        let nodes = nodes.indices.sorted { nodes[$0].id < nodes[$1].id }.map { nodes[$0] }
+        self.nodes = nodes
+        // Edges compare by their ends' ranks among the sorted node ids (the same order as the ids
+        // themselves) when every end is a node; by the ids otherwise.
+        var rank: [String: Int] = [:]
+        rank.reserveCapacity(nodes.count)
+        for (index, node) in nodes.enumerated() where rank[node.id] == nil { rank[node.id] = index }
+        var keys: [(from: Int, to: Int, kind: EdgeKind)] = []
+        keys.reserveCapacity(edges.count)
+        for edge in edges {
+            guard let from = rank[edge.from], let to = rank[edge.to] else { break }
+            keys.append((from, to, edge.kind))
         }
-        sorted.removeLast(sorted.count - kept)
+        let order: [Int]
+        if keys.count == edges.count {
+            order = edges.indices.sorted { a, b in
+                let (x, y) = (keys[a], keys[b])
+                if x.from != y.from { return x.from < y.from }
+                if x.to != y.to { return x.to < y.to }
+                if x.kind != y.kind { return x.kind < y.kind }
+                return edges[a] < edges[b]
+            }
+        } else {
+            order = edges.indices.sorted { edges[$0] < edges[$1] }
+        }
+        var sorted: [GraphEdge] = []
+        sorted.reserveCapacity(edges.count)
+        for index in order where sorted.last != edges[index] { sorted.append(edges[index]) }
         self.edges = sorted
     }
 
@@ -153,6 +175,45 @@ public struct GraphNode: Hashable, Sendable, Codable {
         try container.encode(id, forKey: AnyKey("id"))
         try container.encode(kind, forKey: AnyKey("kind"))
         for (key, value) in attributes { try container.encode(value, forKey: AnyKey(key)) }
+    }
+}
+
+extension GraphValue: JSONNodeConvertible {
+    package func jsonNode(keys: KeyCache) throws -> JSONNode {
+        switch self {
+        case .string(let value): return .string(value)
+        case .int(let value): return .int(value)
+        case .bool(let value): return .bool(value)
+        case .strings(let values):
+            let array = JSONArrayBox()
+            array.elements = values.map { .string($0) }
+            return .array(array)
+        }
+    }
+}
+
+extension GraphNode: JSONNodeConvertible {
+    /// As `encode(to:)`: `id`, `kind`, then the attributes beside them.
+    package func jsonNode(keys: KeyCache) throws -> JSONNode {
+        let object = JSONObjectBox()
+        object.entries.reserveCapacity(attributes.count + 2)
+        object.add("id", .string(id), keys: keys)
+        object.add("kind", .string(kind.rawValue), keys: keys)
+        for (key, value) in attributes { object.add(key, try value.jsonNode(keys: keys), keys: keys) }
+        return .object(object)
+    }
+}
+
+extension GraphEdge: JSONNodeConvertible {
+    /// As `encode(to:)`: `from`, `to`, `kind`, then the attributes beside them.
+    package func jsonNode(keys: KeyCache) throws -> JSONNode {
+        let object = JSONObjectBox()
+        object.entries.reserveCapacity(attributes.count + 3)
+        object.add("from", .string(from), keys: keys)
+        object.add("to", .string(to), keys: keys)
+        object.add("kind", .string(kind.rawValue), keys: keys)
+        for (key, value) in attributes { object.add(key, try value.jsonNode(keys: keys), keys: keys) }
+        return .object(object)
     }
 }
 

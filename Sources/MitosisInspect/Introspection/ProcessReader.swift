@@ -110,10 +110,20 @@ public enum ProcessReader {
     }
 
     /// `/proc/PID/fd` and `/proc/PID/fdinfo`, opened once so that reading thousands of
-    /// descriptors resolves names relative to them rather than walking `/proc/PID/…` each time.
-    package struct DescriptorDirectories {
+    /// descriptors resolves names relative to them rather than walking `/proc/PID/…` each time,
+    /// and what one pass over them learns once: a buffer for fdinfo, the device of each
+    /// pseudo filesystem, the type of each filesystem.
+    package final class DescriptorDirectories {
         package let links: FileDescriptor
         package let infos: FileDescriptor
+        /// fdinfo is read into this, reused for every descriptor.
+        var buffer: [UInt8] = []
+        /// Device of the pseudo filesystem behind each kind of inode-naming link (`pipe:`,
+        /// `socket:`, `anon_inode:[eventfd]`…): each is one superblock (pipefs, sockfs,
+        /// anon_inodefs, pidfs), so one `stat` tells the device of every such descriptor.
+        var pseudoDevices: [String: UInt64] = [:]
+        /// `statfs` type of each device that held a file, to tell message queues from files.
+        var fileSystemTypes: [UInt64: Int] = [:]
 
         package init(_ target: TargetProcess) throws(MitosisError) {
             let links = try target.openDirectory("fd")
@@ -134,16 +144,22 @@ public enum ProcessReader {
 
     private static func descriptor(_ process: TargetProcess, fd: Int32, in directories: DescriptorDirectories) throws(MitosisError) -> OpenDescriptor? {
         let name = String(fd)
-        guard let (target, info, status) = try snapshot(process, name: name, in: directories) else { return nil }
-        let device = status.map { DeviceNumber(encoded: $0.device) }
+        guard let snapshot = try snapshot(process, name: name, in: directories) else { return nil }
+        let (target, info) = (snapshot.target, snapshot.info)
+        let status = snapshot.status
+        let device = (status?.device ?? snapshot.pseudoDevice).map { DeviceNumber(encoded: $0) }
         let mode = status.map(\.mode)
         let special = status.flatMap { $0.type == .characterDevice || $0.type == .blockDevice
             ? DeviceNumber(encoded: $0.specialDevice) : nil }
         var kind = ProcFdTarget.classify(target, mode: mode, specialDevice: special)
         // A regular file on an anonymous-device filesystem may be a POSIX message queue.
-        if kind.kind == .file, device?.major == 0,
-           (try? Kernel.fileSystemType("/proc/\(process.pid)/fd/\(fd)")) == Kernel.messageQueueFileSystem {
-            kind.kind = .messageQueue
+        if kind.kind == .file, let status, device?.major == 0 {
+            let type = directories.fileSystemTypes[status.device]
+                ?? (try? Kernel.fileSystemType("/proc/\(process.pid)/fd/\(fd)"))
+            if let type {
+                directories.fileSystemTypes[status.device] = type
+                if type == Kernel.messageQueueFileSystem { kind.kind = .messageQueue }
+            }
         }
         var descriptor = OpenDescriptor(
             fd: fd, kind: kind.kind, target: target, path: kind.path, anonInodeName: kind.anonInodeName,
@@ -160,13 +176,28 @@ public enum ProcessReader {
         return stat
     }
 
+    /// What was read of one descriptor: its link, its fdinfo, and either its `stat` or, for
+    /// an object on a pseudo filesystem (pipe, socket, anonymous inode), that filesystem's device.
+    private struct Snapshot {
+        var target: String
+        var info: ProcFdinfo
+        var status: FileStatus?
+        var pseudoDevice: UInt64?
+    }
+
     /// The link target, fdinfo and `stat` of one descriptor, read so that they describe the same
     /// open file. The fd may be closed and its number reused between the reads, so they are read
     /// again until the link is the same before and after, and fdinfo's `ino:` matches stat's.
+    ///
+    /// Fewer system calls where the link itself proves the file: `pipe:[N]` and `socket:[N]`
+    /// name their inode, so fdinfo's `ino:` equal to N shows fdinfo read the same object and
+    /// neither `stat` nor a second link read is needed; for those and anonymous inodes the
+    /// device is the pseudo filesystem's, learnt by one `stat` per pass (see
+    /// `DescriptorDirectories.pseudoDevices`).
     /// Limits: a descriptor replaced twice between the two link reads (A, B, A) gives fdinfo and
     /// stat of B with the link of A; one replaced faster than that on every attempt comes without
     /// its `stat`. nil when the fd is not open.
-    private static func snapshot(_ process: TargetProcess, name: String, in directories: DescriptorDirectories) throws(MitosisError) -> (String, ProcFdinfo, FileStatus?)? {
+    private static func snapshot(_ process: TargetProcess, name: String, in directories: DescriptorDirectories) throws(MitosisError) -> Snapshot? {
         var attempt = 0
         while true {
             attempt += 1
@@ -174,7 +205,8 @@ public enum ProcessReader {
             let info: ProcFdinfo
             do {
                 target = try Kernel.readLinkAt(directories.links, name)
-                guard let parsed = ProcFdinfo(parsing: String(decoding: try Kernel.readFileAt(directories.infos, name), as: UTF8.self))
+                let length = try Kernel.readOnePieceFileAt(directories.infos, name, into: &directories.buffer)
+                guard let parsed = ProcFdinfo(parsing: String(decoding: directories.buffer[0..<length], as: UTF8.self))
                 else { return nil }
                 info = parsed
             } catch .noSuchFileOrDirectory {
@@ -183,13 +215,39 @@ public enum ProcessReader {
             } catch {
                 throw process.failure(error, reading: "fd/\(name)")
             }
+            if let inode = info.inode, let pseudo = pseudoFileSystemKey(target) {
+                let named = ProcFdTarget.bracketed(target, prefix: pseudo)
+                if let device = directories.pseudoDevices[pseudo] {
+                    if named == inode { return Snapshot(target: target, info: info, pseudoDevice: device) }
+                    if named == nil, (try? Kernel.readLinkAt(directories.links, name)) == target {
+                        return Snapshot(target: target, info: info, pseudoDevice: device)
+                    }
+                    if attempt == 8 { return Snapshot(target: target, info: info) }
+                    continue
+                }
+                // The first of its kind in this pass: read as any other, and its device learnt.
+            }
             // stat follows the magic link to the open file; it may be refused (a file on a FUSE mount).
             let status = try? Kernel.statusAt(directories.links, name)
             let sameFile = status.map { info.inode == nil || UInt64($0.inode) == info.inode } ?? true
             let sameLink = (try? Kernel.readLinkAt(directories.links, name)) == target
-            if sameFile && sameLink { return (target, info, status) }
-            if attempt == 8 { return (target, info, nil) }
+            if sameFile && sameLink {
+                if let status, let pseudo = pseudoFileSystemKey(target), info.inode == UInt64(status.inode) {
+                    directories.pseudoDevices[pseudo] = status.device
+                }
+                return Snapshot(target: target, info: info, status: status)
+            }
+            if attempt == 8 { return Snapshot(target: target, info: info) }
         }
+    }
+
+    /// For a link naming an object on a one-superblock pseudo filesystem, the part that tells
+    /// which filesystem: `pipe:`, `socket:`, or the whole `anon_inode:…` link; nil otherwise.
+    private static func pseudoFileSystemKey(_ target: String) -> String? {
+        if target.hasPrefix("pipe:[") { return "pipe:" }
+        if target.hasPrefix("socket:[") { return "socket:" }
+        if target.hasPrefix("anon_inode:") { return target }
+        return nil
     }
 
     /// Throws unless the process still exists and has not exited.

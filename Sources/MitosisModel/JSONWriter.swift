@@ -1,0 +1,578 @@
+import Foundation
+
+/// An `Encoder` that writes exactly the bytes Foundation's `JSONEncoder` writes with
+/// `JSONOutput`'s settings (snake_case keys, `[.sortedKeys, .withoutEscapingSlashes]`, pretty or
+/// not), several times faster: keys are converted once per distinct key and cached, values are
+/// kept as a light tree of scalars (no number-to-String conversion until written) and written
+/// into one byte buffer.
+///
+/// Byte identity with Foundation is the contract (golden tests compare both on real models):
+/// keys sorted by their UTF-8 bytes, a key encoded twice keeps its last value, `" : "` between
+/// key and value and two spaces per level when pretty, empty containers as `{\n\n}` / `[\n\n]`,
+/// control characters as `\b \f \n \r \t` or `\u00xx`, doubles as their `description` without a
+/// trailing `.0`, `Data` as base64, `Date` as seconds since 2001, `URL` as its absolute string,
+/// and the keys of `String`-keyed dictionaries left unconverted.
+package struct JSONWriter {
+    package let pretty: Bool
+
+    package init(pretty: Bool = true) {
+        self.pretty = pretty
+    }
+
+    package func encode<T: Encodable>(_ value: T) throws -> [UInt8] {
+        let keys = KeyCache()
+        let node = try JSONTreeEncoder.wrap(value, keys: keys, codingPath: [])
+        var output = JSONBytes(pretty: pretty)
+        output.bytes.reserveCapacity(1 << 16)
+        output.write(node, depth: 0)
+        return output.bytes
+    }
+}
+
+// MARK: - The tree
+
+/// One encoded value. Scalars are stored unformatted; containers are references so that a
+/// container handed out by `Encoder` can be filled after it was attached to its parent.
+package enum JSONNode {
+    case null
+    case bool(Bool)
+    case int(Int64)
+    case uint(UInt64)
+    /// A number already in its JSON spelling (doubles, `Decimal`, 128-bit integers).
+    case number(String)
+    case string(String)
+    case array(JSONArrayBox)
+    case object(JSONObjectBox)
+}
+
+package final class JSONArrayBox {
+    package init() {}
+    package var elements: [JSONNode] = []
+}
+
+package final class JSONObjectBox {
+    package init() {}
+    /// In the order encoded; sorted (last value of a key wins) when written.
+    package var entries: [(key: String, value: JSONNode)] = []
+}
+
+/// snake_case of each distinct key, converted once per encoding, and which types Foundation
+/// encodes in a way of its own, decided once per type.
+package final class KeyCache {
+    private var converted: [String: String] = [:]
+    private var special: [ObjectIdentifier: Bool] = [:]
+
+    /// `Data`, `Date`, `URL`, `Decimal`, `String`-keyed dictionaries and `JSONNodeConvertible` values.
+    func isSpecial<T>(_ type: T.Type) -> Bool {
+        if let known = special[ObjectIdentifier(type)] { return known }
+        let result = type == Data.self || type == Date.self || type == URL.self || type == Decimal.self
+            || type is StringKeyedDictionary.Type || type is JSONNodeConvertible.Type
+        special[ObjectIdentifier(type)] = result
+        return result
+    }
+
+    package func snakeCase(_ key: String) -> String {
+        if let known = converted[key] { return known }
+        let result = Self.convertToSnakeCase(key)
+        converted[key] = result
+        return result
+    }
+
+    /// Foundation's `KeyEncodingStrategy.convertToSnakeCase`: words split at a lower-to-upper
+    /// transition and before the last capital of a run of capitals followed by a lowercase
+    /// letter, joined with `_`, lowercased.
+    static func convertToSnakeCase(_ key: String) -> String {
+        // The common case, ASCII letters and digits, without Unicode machinery.
+        if key.utf8.allSatisfy({ $0 < 0x80 }) {
+            let bytes = Array(key.utf8)
+            guard bytes.contains(where: isUpper) else { return key }
+            var words: [Range<Int>] = []
+            var wordStart = 0
+            var searchStart = 1
+            let end = bytes.count
+            while let upper = bytes[searchStart..<end].firstIndex(where: isUpper) {
+                words.append(wordStart..<upper)
+                guard let lower = bytes[upper..<end].firstIndex(where: isLower) else {
+                    wordStart = upper
+                    searchStart = end
+                    break
+                }
+                if lower == upper + 1 {
+                    wordStart = upper
+                } else {
+                    words.append(upper..<(lower - 1))
+                    wordStart = lower - 1
+                }
+                searchStart = lower + 1
+                if searchStart > end { searchStart = end }
+            }
+            words.append(wordStart..<end)
+            var result: [UInt8] = []
+            result.reserveCapacity(bytes.count + words.count)
+            for (index, word) in words.enumerated() {
+                if index > 0 { result.append(UInt8(ascii: "_")) }
+                for byte in bytes[word] { result.append(isUpper(byte) ? byte + 32 : byte) }
+            }
+            return String(decoding: result, as: UTF8.self)
+        }
+        return unicodeSnakeCase(key)
+    }
+
+    private static func isUpper(_ byte: UInt8) -> Bool { byte >= 0x41 && byte <= 0x5A }
+    private static func isLower(_ byte: UInt8) -> Bool { byte >= 0x61 && byte <= 0x7A }
+
+    /// The same algorithm over Unicode scalars (uppercase: categories Lu and Lt).
+    private static func unicodeSnakeCase(_ key: String) -> String {
+        let scalars = Array(key.unicodeScalars)
+        func upper(_ s: Unicode.Scalar) -> Bool {
+            s.properties.generalCategory == .uppercaseLetter || s.properties.generalCategory == .titlecaseLetter
+        }
+        func lower(_ s: Unicode.Scalar) -> Bool { s.properties.generalCategory == .lowercaseLetter }
+        guard !scalars.isEmpty else { return key }
+        var words: [Range<Int>] = []
+        var wordStart = 0, searchStart = 1
+        let end = scalars.count
+        while searchStart < end, let upperIndex = scalars[searchStart..<end].firstIndex(where: upper) {
+            words.append(wordStart..<upperIndex)
+            guard let lowerIndex = scalars[upperIndex..<end].firstIndex(where: lower) else {
+                wordStart = upperIndex
+                searchStart = end
+                break
+            }
+            if lowerIndex == upperIndex + 1 { wordStart = upperIndex } else {
+                words.append(upperIndex..<(lowerIndex - 1))
+                wordStart = lowerIndex - 1
+            }
+            searchStart = lowerIndex + 1
+        }
+        words.append(wordStart..<end)
+        return words.map { range in
+            var word = String.UnicodeScalarView()
+            word.append(contentsOf: scalars[range])
+            return String(word).lowercased()
+        }.joined(separator: "_")
+    }
+}
+
+/// A value that builds its own node, faster than through `Encoder` (the graph's tens of
+/// thousands of nodes and edges, the descriptors of `inspect`). Its node must be what its
+/// `encode(to:)` gives: the golden tests compare both.
+package protocol JSONNodeConvertible {
+    func jsonNode(keys: KeyCache) throws -> JSONNode
+}
+
+extension JSONObjectBox {
+    /// Adds `value` under `key` converted to snake_case, as a keyed container does.
+    package func add(_ key: String, _ value: JSONNode, keys: KeyCache) {
+        entries.append((keys.snakeCase(key), value))
+    }
+}
+
+/// `[String: Value]` dictionaries: Foundation leaves their keys as they are.
+private protocol StringKeyedDictionary {
+    var encodableEntries: [(String, any Encodable)] { get }
+}
+
+extension Dictionary: StringKeyedDictionary where Key == String, Value: Encodable {
+    fileprivate var encodableEntries: [(String, any Encodable)] { map { ($0.key, $0.value as any Encodable) } }
+}
+
+// MARK: - The Encoder
+
+private struct PlainKey: CodingKey {
+    var stringValue: String
+    var intValue: Int?
+    init(stringValue: String) { self.stringValue = stringValue }
+    init(intValue: Int) {
+        stringValue = String(intValue)
+        self.intValue = intValue
+    }
+}
+
+final class JSONTreeEncoder: Encoder {
+    let keys: KeyCache
+    let codingPath: [any CodingKey]
+    var userInfo: [CodingUserInfoKey: Any] { [:] }
+    private var value: JSONNode?
+
+    init(keys: KeyCache, codingPath: [any CodingKey]) {
+        self.keys = keys
+        self.codingPath = codingPath
+    }
+
+    /// The node for `value`; an encoder that encoded nothing stands for an empty object, as in Foundation.
+    static func wrap<T: Encodable>(_ value: T, keys: KeyCache, codingPath: [any CodingKey]) throws -> JSONNode {
+        // Metatype comparisons, not `as?` casts: this runs for every value, mostly unspecialized.
+        if T.self == String.self { return .string(unsafeBitCast(value, to: String.self)) }
+        if T.self == Int.self { return .int(Int64(unsafeBitCast(value, to: Int.self))) }
+        if T.self == Int32.self { return .int(Int64(unsafeBitCast(value, to: Int32.self))) }
+        if T.self == Int64.self { return .int(unsafeBitCast(value, to: Int64.self)) }
+        if T.self == UInt64.self { return .uint(unsafeBitCast(value, to: UInt64.self)) }
+        if T.self == UInt32.self { return .uint(UInt64(unsafeBitCast(value, to: UInt32.self))) }
+        if T.self == Bool.self { return .bool(unsafeBitCast(value, to: Bool.self)) }
+        if keys.isSpecial(T.self) {
+            switch value {
+            case let data as Data: return .string(data.base64EncodedString())
+            case let date as Date: return try double(date.timeIntervalSinceReferenceDate, codingPath)
+            case let url as URL: return .string(url.absoluteString)
+            case let decimal as Decimal: return .number(decimal.description)
+            case let convertible as JSONNodeConvertible: return try convertible.jsonNode(keys: keys)
+            case let dictionary as StringKeyedDictionary:
+                let object = JSONObjectBox()
+                for (key, element) in dictionary.encodableEntries {
+                    object.entries.append((key, try wrapExistential(element, keys: keys, codingPath: codingPath + [PlainKey(stringValue: key)])))
+                }
+                return .object(object)
+            default: break
+            }
+        }
+        let encoder = JSONTreeEncoder(keys: keys, codingPath: codingPath)
+        try value.encode(to: encoder)
+        return encoder.value ?? .object(JSONObjectBox())
+    }
+
+    private static func wrapExistential(_ value: any Encodable, keys: KeyCache, codingPath: [any CodingKey]) throws -> JSONNode {
+        try wrap(value, keys: keys, codingPath: codingPath)
+    }
+
+    static func double(_ value: Double, _ codingPath: [any CodingKey]) throws -> JSONNode {
+        guard value.isFinite else {
+            throw EncodingError.invalidValue(value, .init(codingPath: codingPath, debugDescription: "Unable to encode Double.\(value) directly in JSON."))
+        }
+        var text = value.description
+        if text.hasSuffix(".0") { text.removeLast(2) }
+        return .number(text)
+    }
+
+    static func float(_ value: Float, _ codingPath: [any CodingKey]) throws -> JSONNode {
+        guard value.isFinite else {
+            throw EncodingError.invalidValue(value, .init(codingPath: codingPath, debugDescription: "Unable to encode Float.\(value) directly in JSON."))
+        }
+        var text = value.description
+        if text.hasSuffix(".0") { text.removeLast(2) }
+        return .number(text)
+    }
+
+    func container<Key: CodingKey>(keyedBy type: Key.Type) -> KeyedEncodingContainer<Key> {
+        let object: JSONObjectBox
+        if case .object(let existing) = value { object = existing } else {
+            object = JSONObjectBox()
+            value = .object(object)
+        }
+        return KeyedEncodingContainer(KeyedContainer<Key>(encoder: self, object: object, codingPath: codingPath))
+    }
+
+    func unkeyedContainer() -> any UnkeyedEncodingContainer {
+        let array: JSONArrayBox
+        if case .array(let existing) = value { array = existing } else {
+            array = JSONArrayBox()
+            value = .array(array)
+        }
+        return UnkeyedContainer(encoder: self, array: array, codingPath: codingPath)
+    }
+
+    func singleValueContainer() -> any SingleValueEncodingContainer { SingleContainer(encoder: self) }
+
+    fileprivate func set(_ node: JSONNode) { value = node }
+
+    fileprivate struct SingleContainer: SingleValueEncodingContainer {
+        let encoder: JSONTreeEncoder
+        var codingPath: [any CodingKey] { encoder.codingPath }
+        mutating func encodeNil() throws { encoder.set(.null) }
+        mutating func encode(_ value: Bool) throws { encoder.set(.bool(value)) }
+        mutating func encode(_ value: String) throws { encoder.set(.string(value)) }
+        mutating func encode(_ value: Double) throws { encoder.set(try JSONTreeEncoder.double(value, codingPath)) }
+        mutating func encode(_ value: Float) throws { encoder.set(try JSONTreeEncoder.float(value, codingPath)) }
+        mutating func encode(_ value: Int) throws { encoder.set(.int(Int64(value))) }
+        mutating func encode(_ value: Int8) throws { encoder.set(.int(Int64(value))) }
+        mutating func encode(_ value: Int16) throws { encoder.set(.int(Int64(value))) }
+        mutating func encode(_ value: Int32) throws { encoder.set(.int(Int64(value))) }
+        mutating func encode(_ value: Int64) throws { encoder.set(.int(value)) }
+        mutating func encode(_ value: UInt) throws { encoder.set(.uint(UInt64(value))) }
+        mutating func encode(_ value: UInt8) throws { encoder.set(.uint(UInt64(value))) }
+        mutating func encode(_ value: UInt16) throws { encoder.set(.uint(UInt64(value))) }
+        mutating func encode(_ value: UInt32) throws { encoder.set(.uint(UInt64(value))) }
+        mutating func encode(_ value: UInt64) throws { encoder.set(.uint(value)) }
+        mutating func encode<T: Encodable>(_ value: T) throws {
+            encoder.set(try JSONTreeEncoder.wrap(value, keys: encoder.keys, codingPath: codingPath))
+        }
+    }
+
+    fileprivate struct KeyedContainer<Key: CodingKey>: KeyedEncodingContainerProtocol {
+        let encoder: JSONTreeEncoder
+        let object: JSONObjectBox
+        let codingPath: [any CodingKey]
+
+        private func put(_ node: JSONNode, _ key: Key) { object.entries.append((encoder.keys.snakeCase(key.stringValue), node)) }
+
+        mutating func encodeNil(forKey key: Key) throws { put(.null, key) }
+        mutating func encode(_ value: Bool, forKey key: Key) throws { put(.bool(value), key) }
+        mutating func encode(_ value: String, forKey key: Key) throws { put(.string(value), key) }
+        mutating func encode(_ value: Double, forKey key: Key) throws { put(try JSONTreeEncoder.double(value, codingPath + [key]), key) }
+        mutating func encode(_ value: Float, forKey key: Key) throws { put(try JSONTreeEncoder.float(value, codingPath + [key]), key) }
+        mutating func encode(_ value: Int, forKey key: Key) throws { put(.int(Int64(value)), key) }
+        mutating func encode(_ value: Int8, forKey key: Key) throws { put(.int(Int64(value)), key) }
+        mutating func encode(_ value: Int16, forKey key: Key) throws { put(.int(Int64(value)), key) }
+        mutating func encode(_ value: Int32, forKey key: Key) throws { put(.int(Int64(value)), key) }
+        mutating func encode(_ value: Int64, forKey key: Key) throws { put(.int(value), key) }
+        mutating func encode(_ value: UInt, forKey key: Key) throws { put(.uint(UInt64(value)), key) }
+        mutating func encode(_ value: UInt8, forKey key: Key) throws { put(.uint(UInt64(value)), key) }
+        mutating func encode(_ value: UInt16, forKey key: Key) throws { put(.uint(UInt64(value)), key) }
+        mutating func encode(_ value: UInt32, forKey key: Key) throws { put(.uint(UInt64(value)), key) }
+        mutating func encode(_ value: UInt64, forKey key: Key) throws { put(.uint(value), key) }
+        mutating func encode<T: Encodable>(_ value: T, forKey key: Key) throws {
+            put(try JSONTreeEncoder.wrap(value, keys: encoder.keys, codingPath: codingPath + [key]), key)
+        }
+
+        mutating func nestedContainer<NestedKey: CodingKey>(keyedBy keyType: NestedKey.Type, forKey key: Key) -> KeyedEncodingContainer<NestedKey> {
+            let nested = JSONObjectBox()
+            put(.object(nested), key)
+            return KeyedEncodingContainer(KeyedContainer<NestedKey>(encoder: encoder, object: nested, codingPath: codingPath + [key]))
+        }
+
+        mutating func nestedUnkeyedContainer(forKey key: Key) -> any UnkeyedEncodingContainer {
+            let nested = JSONArrayBox()
+            put(.array(nested), key)
+            return UnkeyedContainer(encoder: encoder, array: nested, codingPath: codingPath + [key])
+        }
+
+        mutating func superEncoder() -> any Encoder { superEncoder(named: "super") }
+        mutating func superEncoder(forKey key: Key) -> any Encoder { superEncoder(named: key.stringValue) }
+
+        /// A sub-encoder whose value lands under `name` when it is encoded (an object until then).
+        private func superEncoder(named name: String) -> any Encoder {
+            let sub = JSONTreeEncoder(keys: encoder.keys, codingPath: codingPath + [PlainKey(stringValue: name)])
+            let object = JSONObjectBox()
+            sub.value = .object(object)
+            self.object.entries.append((encoder.keys.snakeCase(name), .object(object)))
+            return sub
+        }
+    }
+
+    fileprivate struct UnkeyedContainer: UnkeyedEncodingContainer {
+        let encoder: JSONTreeEncoder
+        let array: JSONArrayBox
+        let codingPath: [any CodingKey]
+        var count: Int { array.elements.count }
+
+        private func put(_ node: JSONNode) { array.elements.append(node) }
+
+        mutating func encodeNil() throws { put(.null) }
+        mutating func encode(_ value: Bool) throws { put(.bool(value)) }
+        mutating func encode(_ value: String) throws { put(.string(value)) }
+        mutating func encode(_ value: Double) throws { put(try JSONTreeEncoder.double(value, codingPath)) }
+        mutating func encode(_ value: Float) throws { put(try JSONTreeEncoder.float(value, codingPath)) }
+        mutating func encode(_ value: Int) throws { put(.int(Int64(value))) }
+        mutating func encode(_ value: Int8) throws { put(.int(Int64(value))) }
+        mutating func encode(_ value: Int16) throws { put(.int(Int64(value))) }
+        mutating func encode(_ value: Int32) throws { put(.int(Int64(value))) }
+        mutating func encode(_ value: Int64) throws { put(.int(value)) }
+        mutating func encode(_ value: UInt) throws { put(.uint(UInt64(value))) }
+        mutating func encode(_ value: UInt8) throws { put(.uint(UInt64(value))) }
+        mutating func encode(_ value: UInt16) throws { put(.uint(UInt64(value))) }
+        mutating func encode(_ value: UInt32) throws { put(.uint(UInt64(value))) }
+        mutating func encode(_ value: UInt64) throws { put(.uint(value)) }
+        mutating func encode<T: Encodable>(_ value: T) throws {
+            put(try JSONTreeEncoder.wrap(value, keys: encoder.keys, codingPath: codingPath + [PlainKey(intValue: count)]))
+        }
+
+        mutating func nestedContainer<NestedKey: CodingKey>(keyedBy keyType: NestedKey.Type) -> KeyedEncodingContainer<NestedKey> {
+            let nested = JSONObjectBox()
+            let path = codingPath + [PlainKey(intValue: count)]
+            put(.object(nested))
+            return KeyedEncodingContainer(KeyedContainer<NestedKey>(encoder: encoder, object: nested, codingPath: path))
+        }
+
+        mutating func nestedUnkeyedContainer() -> any UnkeyedEncodingContainer {
+            let nested = JSONArrayBox()
+            let path = codingPath + [PlainKey(intValue: count)]
+            put(.array(nested))
+            return UnkeyedContainer(encoder: encoder, array: nested, codingPath: path)
+        }
+
+        mutating func superEncoder() -> any Encoder {
+            let sub = JSONTreeEncoder(keys: encoder.keys, codingPath: codingPath + [PlainKey(intValue: count)])
+            let object = JSONObjectBox()
+            sub.value = .object(object)
+            put(.object(object))
+            return sub
+        }
+    }
+}
+
+// MARK: - Writing
+
+/// The output buffer and Foundation's layout rules.
+struct JSONBytes {
+    let pretty: Bool
+    var bytes: [UInt8] = []
+
+    init(pretty: Bool) { self.pretty = pretty }
+
+    mutating func write(_ node: JSONNode, depth: Int) {
+        switch node {
+        case .null: append("null")
+        case .bool(let value): value ? append("true") : append("false")
+        case .int(let value):
+            if value < 0 {
+                bytes.append(UInt8(ascii: "-"))
+                writeDigits(value.magnitude)
+            } else {
+                writeDigits(UInt64(value))
+            }
+        case .uint(let value): writeDigits(value)
+        case .number(let text): append(text)
+        case .string(let text): writeString(text)
+        case .array(let array):
+            bytes.append(UInt8(ascii: "["))
+            if pretty { bytes.append(UInt8(ascii: "\n")) }
+            var first = true
+            for element in array.elements {
+                if first { first = false } else {
+                    bytes.append(UInt8(ascii: ","))
+                    if pretty { bytes.append(UInt8(ascii: "\n")) }
+                }
+                if pretty { indent(depth + 1) }
+                write(element, depth: depth + 1)
+            }
+            if pretty {
+                bytes.append(UInt8(ascii: "\n"))
+                indent(depth)
+            }
+            bytes.append(UInt8(ascii: "]"))
+        case .object(let object):
+            bytes.append(UInt8(ascii: "{"))
+            if pretty { bytes.append(UInt8(ascii: "\n")) }
+            var first = true
+            for (key, value) in Self.sorted(object.entries) {
+                if first { first = false } else {
+                    bytes.append(UInt8(ascii: ","))
+                    if pretty { bytes.append(UInt8(ascii: "\n")) }
+                }
+                if pretty { indent(depth + 1) }
+                writeString(key)
+                if pretty { append(" : ") } else { bytes.append(UInt8(ascii: ":")) }
+                write(value, depth: depth + 1)
+            }
+            if pretty {
+                bytes.append(UInt8(ascii: "\n"))
+                indent(depth)
+            }
+            bytes.append(UInt8(ascii: "}"))
+        }
+    }
+
+    /// Sorted by the keys' UTF-8 bytes; of a key encoded twice, the last value (a dictionary's `set`).
+    static func sorted(_ entries: [(key: String, value: JSONNode)]) -> [(key: String, value: JSONNode)] {
+        if entries.count < 2 { return entries }
+        var entries = entries
+        if entries.count > 32 {
+            entries = entries.enumerated().sorted { a, b in
+                a.element.key == b.element.key ? a.offset < b.offset : precedes(a.element.key, b.element.key)
+            }.map(\.element)
+        } else {
+            insertionSort(&entries)
+        }
+        var kept = 0
+        for index in entries.indices {
+            if kept > 0, entries[kept - 1].key == entries[index].key {
+                entries[kept - 1] = entries[index]
+            } else {
+                if kept != index { entries[kept] = entries[index] }
+                kept += 1
+            }
+        }
+        entries.removeLast(entries.count - kept)
+        return entries
+    }
+
+    /// Stable, so equal keys keep their order; objects have a few keys.
+    private static func insertionSort(_ entries: inout [(key: String, value: JSONNode)]) {
+        for index in 1..<entries.count {
+            var position = index
+            while position > 0, precedes(entries[index].key, entries[position - 1].key) { position -= 1 }
+            if position != index {
+                let entry = entries.remove(at: index)
+                entries.insert(entry, at: position)
+            }
+        }
+    }
+
+    private static func precedes(_ a: String, _ b: String) -> Bool {
+        var a = a, b = b
+        return a.withUTF8 { x in
+            b.withUTF8 { y in
+                let common = min(x.count, y.count)
+                if common > 0 {
+                    let order = memcmp(x.baseAddress!, y.baseAddress!, common)
+                    if order != 0 { return order < 0 }
+                }
+                return x.count < y.count
+            }
+        }
+    }
+
+    private mutating func indent(_ level: Int) {
+        for _ in 0..<level {
+            bytes.append(UInt8(ascii: " "))
+            bytes.append(UInt8(ascii: " "))
+        }
+    }
+
+    private mutating func append(_ text: StaticString) {
+        text.withUTF8Buffer { bytes.append(contentsOf: $0) }
+    }
+
+    private mutating func append(_ text: String) {
+        var text = text
+        text.withUTF8 { bytes.append(contentsOf: $0) }
+    }
+
+    private mutating func writeDigits(_ value: UInt64) {
+        if value < 10 {
+            bytes.append(UInt8(ascii: "0") + UInt8(value))
+            return
+        }
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)  // 24 bytes: room for 20 digits
+        withUnsafeMutableBytes(of: &digits) { buffer in
+            var rest = value
+            var index = buffer.count
+            while rest > 0 {
+                index -= 1
+                buffer[index] = UInt8(ascii: "0") + UInt8(rest % 10)
+                rest /= 10
+            }
+            bytes.append(contentsOf: buffer[index...])
+        }
+    }
+
+    /// Quoted, with Foundation's escapes (slashes left alone).
+    private mutating func writeString(_ text: String) {
+        bytes.append(UInt8(ascii: "\""))
+        var text = text
+        text.withUTF8 { utf8 in
+            var mark = 0
+            for index in 0..<utf8.count {
+                let byte = utf8[index]
+                guard byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") else { continue }
+                bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[mark..<index]))
+                mark = index + 1
+                bytes.append(UInt8(ascii: "\\"))
+                switch byte {
+                case UInt8(ascii: "\""): bytes.append(UInt8(ascii: "\""))
+                case UInt8(ascii: "\\"): bytes.append(UInt8(ascii: "\\"))
+                case 0x08: bytes.append(UInt8(ascii: "b"))
+                case 0x0C: bytes.append(UInt8(ascii: "f"))
+                case 0x0A: bytes.append(UInt8(ascii: "n"))
+                case 0x0D: bytes.append(UInt8(ascii: "r"))
+                case 0x09: bytes.append(UInt8(ascii: "t"))
+                default:
+                    let hex: [UInt8] = Array("0123456789abcdef".utf8)
+                    bytes.append(contentsOf: [UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"), hex[Int(byte >> 4)], hex[Int(byte & 0xF)]])
+                }
+            }
+            bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[mark..<utf8.count]))
+        }
+        bytes.append(UInt8(ascii: "\""))
+    }
+}
