@@ -8,7 +8,7 @@ import MitosisStacks
 struct DemoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "demo",
-        abstract: "Run Mitosis on the bundled demo target: inspect, graph, stacks, checkpoints.")
+        abstract: "Run Mitosis on the bundled demo target: inspect, graph, stacks, checkpoints, restore.")
 
     @Option(help: "The demo target executable (default: mitosis-demo-target next to mitosis).")
     var target: String?
@@ -24,9 +24,58 @@ struct DemoCommand: AsyncParsableCommand {
         defer { demo.stop() }
         do {
             try await show(pid: demo.pid)
+            try await showRestore(scenario: URL(fileURLWithPath: executable).deletingLastPathComponent()
+                .appendingPathComponent("mitosis-scenario").path)
         } catch {
             fail(error)
         }
+    }
+
+    /// Checkpoints a self-checking process (the restore scenario of the test suite: patterned
+    /// memory, worker and ticker threads, a signal handler, a log file, an eventfd, a pipe with
+    /// unread bytes, an epoll), kills it with SIGKILL, restores it, and asks it to check itself.
+    private func showRestore(scenario: String) async throws {
+        heading("restore: a process killed with SIGKILL, brought back from its checkpoint")
+        guard FileManager.default.isExecutableFile(atPath: scenario) else {
+            print("skipped: \(scenario) not found (swift build builds it)\n")
+            return
+        }
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("mitosis-demo-restore-\(UUID().uuidString)").path
+        try DirectorySink.createDirectories(directory)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let log = directory + "/self-check.log"
+        let original = try LaunchedTarget(executable: scenario, arguments: ["restore", log, "16", "2", "60"])
+        defer { original.kill() }
+        try original.send("detach")
+        _ = original.readLine()
+        kill(original.pid, SIGUSR1)
+        print("original  \(original.pid): \(try await checkLine(1, in: log))")
+        let image = directory + "/image"
+        let result = try await withCheckpointSession(pid: original.pid) { session in
+            try await session.checkpoint(to: DirectorySink(directory: image))
+        }
+        print(CheckpointSummary(result, path: image).text)
+        original.kill()
+        print("killed    \(original.pid) with SIGKILL")
+        let restored = try await Restorer(image: CheckpointImage.open(image)).restore()
+        defer {
+            kill(restored.pid, SIGKILL)
+            var status: Int32 = 0
+            waitpid(restored.pid, &status, 0)
+        }
+        print("restored process \(restored.pid) (\(restored.threads) threads, \(restored.descriptors) descriptors) from \(image) in \(String(format: "%.1f", restored.restoreMilliseconds)) ms")
+        kill(restored.pid, SIGUSR1)
+        print("restored  \(restored.pid): \(try await checkLine(2, in: log))\n")
+    }
+
+    /// The `n`th self-check line the restore scenario appends to its log (within 10 s).
+    private func checkLine(_ n: Int, in log: String) async throws -> String {
+        for _ in 0..<1000 {
+            let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+            if let line = text.split(separator: "\n").first(where: { $0.hasPrefix("CHECK n=\(n) ") }) { return String(line) }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        throw ValidationError("the self-checking process wrote no check \(n) to \(log)")
     }
 
     private func show(pid: Int32) async throws {
