@@ -49,21 +49,14 @@ public struct RestoreRecord: Codable, Sendable, Equatable {
             self.argStart = argStart; self.argEnd = argEnd; self.envStart = envStart; self.envEnd = envEnd
         }
 
-        /// Fields 26–28 and 45–51 of `/proc/PID/stat` (the comm may hold spaces and parentheses).
+        /// Fields 26–28 and 45–51 of `/proc/PID/stat` (`ProcStat.layout`).
         /// `/proc` does not show the current break: `brk` is passed in (injected `brk(0)`).
         /// Nil when the line is truncated or malformed.
         public init?(procStat text: String, brk: UInt64) {
-            guard let close = text.lastIndex(of: ")") else { return nil }
-            // rest[0] is field 3; field N is rest[N - 3].
-            let rest = text[text.index(after: close)...].split(separator: " ", omittingEmptySubsequences: true)
-            guard rest.count >= 49 else { return nil }
-            func field(_ n: Int) -> UInt64? { UInt64(rest[n - 3].trimmingCharacters(in: "\n")) }
-            guard let startCode = field(26), let endCode = field(27), let startStack = field(28),
-                  let startData = field(45), let endData = field(46), let startBrk = field(47),
-                  let argStart = field(48), let argEnd = field(49), let envStart = field(50), let envEnd = field(51)
-            else { return nil }
-            self.init(startCode: startCode, endCode: endCode, startData: startData, endData: endData, startBrk: startBrk,
-                      brk: brk, startStack: startStack, argStart: argStart, argEnd: argEnd, envStart: envStart, envEnd: envEnd)
+            guard let l = ProcStat(parsing: text)?.layout else { return nil }
+            self.init(startCode: l.startCode, endCode: l.endCode, startData: l.startData, endData: l.endData,
+                      startBrk: l.startBrk, brk: brk, startStack: l.startStack, argStart: l.argStart, argEnd: l.argEnd,
+                      envStart: l.envStart, envEnd: l.envEnd)
         }
     }
 

@@ -233,7 +233,7 @@ public actor CheckpointSession {
                 var restore: RestoreRecord?
                 if options.recordRestoreState {
                     do {
-                        restore = try await RestoreCapture.capture(tracer, pid: pid, maps: try ProcessReader.mappings(target, detailed: false),
+                        restore = try await RestoreCapture.capture(tracer, target: target, maps: try ProcessReader.mappings(target, detailed: false),
                                                                    descriptors: descriptors)
                     } catch {
                         logger.warning("checkpoint of \(pid) is not restorable: \(error)")

@@ -15,20 +15,19 @@ import SystemPackage
 /// injected system calls (`rt_sigaction(sig, NULL, scratch)`, `prctl(PR_GET_TID_ADDRESS, scratch)`, `brk(0)`)
 /// writing into a scratch page mapped for the purpose and unmapped before the thaw.
 enum RestoreCapture {
-    static func capture(_ tracer: Tracer, pid: Int32, maps: [MemoryMapping], descriptors: [OpenDescriptor]) async throws -> RestoreRecord {
-        let proc = "/proc/\(pid)"
+    static func capture(_ tracer: Tracer, target: TargetProcess, maps: [MemoryMapping], descriptors: [OpenDescriptor]) async throws -> RestoreRecord {
+        let pid = target.pid
         // Before any injection: injecting places a stub in the vDSO's padding until the thaw.
         let vdso = try vdsoIdentity(pid: pid, maps: maps)
         let brk = try await tracer.performSyscall(MITOSIS_SYS_brk, [0])
-        let statText = String(decoding: try Kernel.readFile(proc + "/stat"), as: UTF8.self)
-        guard let bounds = RestoreRecord.MemoryBounds(procStat: statText, brk: brk) else {
-            throw MitosisError.system(operation: "parsing \(proc)/stat", errno: .invalidArgument)
+        guard let bounds = RestoreRecord.MemoryBounds(procStat: try target.text("stat"), brk: brk) else {
+            throw MitosisError.system(operation: "parsing /proc/\(pid)/stat", errno: .invalidArgument)
         }
-        let auxvBytes = try Kernel.readFile(proc + "/auxv")
+        let auxvBytes = try target.bytes("auxv")
         let auxv = stride(from: 0, to: auxvBytes.count - 7, by: 8).map { offset in
             auxvBytes[offset..<offset + 8].reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
         }
-        let executable = try Kernel.readLink(proc + "/exe")
+        let executable = try target.readLink("exe")
         let tids = await tracer.threads(of: pid)
 
         // Signal dispositions (32 bytes each) and clear_child_tid words (8 each) in one page.
@@ -36,7 +35,7 @@ enum RestoreCapture {
         let scratch = try await tracer.injectMmap(length: page)
         let asked: Result<([RestoreRecord.SignalAction], [UInt64]), any Error>
         do {
-            asked = .success(try await askTarget(tracer, pid: pid, tids: tids, scratch: scratch))
+            asked = .success(try await askTarget(tracer, target: target, tids: tids, scratch: scratch))
         } catch {
             asked = .failure(error)
         }
@@ -49,7 +48,7 @@ enum RestoreCapture {
             threads.append(RestoreRecord.ThreadRestoreState(tid: tid, clearChildTid: clearChildTids[index],
                                                             robustList: robust.head, robustListLength: robust.length))
         }
-        let timers = (try? Kernel.readFile(proc + "/timers")).map { bytes in
+        let timers = (try? target.bytes("timers")).map { bytes in
             String(decoding: bytes, as: UTF8.self).split(separator: "\n").filter { $0.hasPrefix("ID:") }.count
         } ?? 0
         var pipes: [RestoreRecord.PipeContents] = []
@@ -65,11 +64,12 @@ enum RestoreCapture {
     }
 
     /// Runs the asking calls into `scratch` and reads their answers.
-    private static func askTarget(_ tracer: Tracer, pid: Int32, tids: [Int32],
+    private static func askTarget(_ tracer: Tracer, target: TargetProcess, tids: [Int32],
                                   scratch: UInt64) async throws -> ([RestoreRecord.SignalAction], [UInt64]) {
+        let pid = target.pid
         // Only handled signals (and SIGCHLD, whose SA_NOCLDSTOP/SA_NOCLDWAIT matter even at
         // SIG_DFL) need asking; /proc tells the default and ignored ones apart.
-        let status = ProcStatus(parsing: String(decoding: try Kernel.readFile("/proc/\(pid)/status"), as: UTF8.self))
+        let status = ProcStatus(parsing: try target.text("status"))
         let caught = status["SigCgt"].flatMap { UInt64($0, radix: 16) } ?? UInt64.max
         let ignored = status["SigIgn"].flatMap { UInt64($0, radix: 16) } ?? 0
         for signal in 1...64 where caught & (1 << UInt64(signal - 1)) != 0 || signal == SIGCHLD {

@@ -17,7 +17,7 @@ extension TrackingStrategy {
     }
 
     /// Whether this kernel offers the strategy (probed once, on Mitosis's own memory: cheap enough
-    /// to decide whether a test runs; `automatic` asks `KernelFeatures`).
+    /// to decide whether a test runs; the same checks as `mitosis check`'s probes).
     public var isSupported: Bool {
         switch self {
         case .softDirty: return Self.softDirtyWorks
@@ -50,23 +50,23 @@ extension TrackingStrategy {
     /// Soft-dirty works when a page written after `clear_refs` shows bit 55: the `soft-dirty`
     /// probe of `mitosis check`, run once on a page of Mitosis's own (clearing its own soft-dirty
     /// bits harms nothing).
-    static let softDirtyWorks: Bool = {
-        let size = Int(PagemapFile.pageSize)
-        let page = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: size)
-        defer { page.deallocate() }
-        page.storeBytes(of: 1, as: UInt8.self)
-        return (try? KernelProbe.checkSoftDirty(pid: Kernel.currentProcessID(), page: UInt64(UInt(bitPattern: page)))) != nil
-    }()
+    static let softDirtyWorks: Bool = withOwnPage { page in
+        (try? KernelProbe.checkSoftDirty(pid: Kernel.currentProcessID(), page: page)) != nil
+    }
 
     /// userfaultfd write-protect tracking works when `PAGEMAP_SCAN` exists and a userfaultfd
     /// accepts asynchronous write-protection of unpopulated pages: the `pagemap-scan` and
     /// `uffd-wp-async` probes of `mitosis check`, run once.
-    static let userfaultfdWriteProtectWorks: Bool = {
+    static let userfaultfdWriteProtectWorks: Bool = withOwnPage { page in
+        (try? KernelProbe.checkPagemapScan(page: page)) != nil && (try? KernelProbe.checkUserfaultfdWriteProtectAsync()) != nil
+    }
+
+    /// Runs `body` with the address of a page of Mitosis's own, written once (so it is present).
+    private static func withOwnPage(_ body: (UInt64) -> Bool) -> Bool {
         let size = Int(PagemapFile.pageSize)
         let page = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: size)
         defer { page.deallocate() }
         page.storeBytes(of: 1, as: UInt8.self)
-        return (try? KernelProbe.checkPagemapScan(page: UInt64(UInt(bitPattern: page)))) != nil
-            && (try? KernelProbe.checkUserfaultfdWriteProtectAsync()) != nil
-    }()
+        return body(UInt64(UInt(bitPattern: page)))
+    }
 }

@@ -15,6 +15,16 @@ public struct ProcStat: Equatable, Sendable {
     /// Start time in clock ticks since boot.
     public var startTime: UInt64
 
+    /// Fields 26–28 and 45–51, where the kernel placed code, stack, data, the heap's start,
+    /// arguments and environment; nil when the line stops before them.
+    public var layout: Layout?
+
+    public struct Layout: Equatable, Sendable {
+        public var startCode, endCode, startStack: UInt64
+        public var startData, endData, startBrk: UInt64
+        public var argStart, argEnd, envStart, envEnd: UInt64
+    }
+
     /// `PF_KTHREAD`: the task is a kernel thread.
     public var isKernelThread: Bool { flags & 0x0020_0000 != 0 }
 
@@ -41,6 +51,14 @@ public struct ProcStat: Equatable, Sendable {
         self.flags = flags
         self.threadCount = threads
         self.startTime = start
+        func field(_ n: Int) -> UInt64? { rest.count > n - 3 ? UInt64(rest[n - 3].trimmingCharacters(in: "\n")) : nil }
+        if let startCode = field(26), let endCode = field(27), let startStack = field(28),
+           let startData = field(45), let endData = field(46), let startBrk = field(47),
+           let argStart = field(48), let argEnd = field(49), let envStart = field(50), let envEnd = field(51) {
+            layout = Layout(startCode: startCode, endCode: endCode, startStack: startStack, startData: startData,
+                            endData: endData, startBrk: startBrk, argStart: argStart, argEnd: argEnd,
+                            envStart: envStart, envEnd: envEnd)
+        }
     }
 }
 

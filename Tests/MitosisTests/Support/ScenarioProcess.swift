@@ -37,19 +37,19 @@ final class ScenarioProcess: @unchecked Sendable {
          pid wanted: Int32? = nil) throws {
         // The child dies with the thread that spawned it (PR_SET_PDEATHSIG follows the forking
         // thread), and the thread pool retires idle threads: spawn from one thread that lives on.
-        var spawned = try ScenarioProcess.spawner.sync { () throws -> ChildProcess in
-            if let wanted { try String(wanted - 1).write(toFile: "/proc/sys/kernel/ns_last_pid", atomically: false, encoding: .utf8) }
-            return try ChildProcess(executable: executable, arguments: [name] + arguments)
+        func spawn() throws -> ChildProcess {
+            try ScenarioProcess.spawner.sync { () throws -> ChildProcess in
+                if let wanted { try String(wanted - 1).write(toFile: "/proc/sys/kernel/ns_last_pid", atomically: false, encoding: .utf8) }
+                return try ChildProcess(executable: executable, arguments: [name] + arguments)
+            }
         }
+        var spawned = try spawn()
         var attempts = 1
         while let wanted, spawned.pid != wanted {
             spawned.kill()
             guard attempts < 100 else { throw ScenarioError.spawn("pid \(wanted) could not be had") }
             attempts += 1
-            spawned = try ScenarioProcess.spawner.sync { () throws -> ChildProcess in
-                try String(wanted - 1).write(toFile: "/proc/sys/kernel/ns_last_pid", atomically: false, encoding: .utf8)
-                return try ChildProcess(executable: executable, arguments: [name] + arguments)
-            }
+            spawned = try spawn()
         }
         child = spawned
         pid = child.pid
