@@ -1,0 +1,22 @@
+import CMitosis
+import Glibc
+import MitosisImage
+import MitosisKernel
+import MitosisModel
+import MitosisTrace
+import SystemPackage
+
+/// Regular files, directories and stateless character devices, opened again by path.
+extension Tracer {
+    /// A file, directory or stateless device: opened by path with its flags, at its offset.
+    func openFile(_ descriptor: OpenDescriptor, area: WorkArea) throws -> UInt64 {
+        guard let path = descriptor.path else { throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "no path") }
+        let flags = descriptor.flags & ~UInt32(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY)
+        let fd = try huskCall("opening \(path) as fd \(descriptor.fd)", MITOSIS_SYS_openat,
+                              [UInt64(bitPattern: -100), try huskText(path, area: area), UInt64(flags), 0])
+        if descriptor.position > 0, descriptor.kind != .characterDevice {
+            try huskCall("seeking fd \(descriptor.fd) to \(descriptor.position)", MITOSIS_SYS_lseek, [fd, descriptor.position, UInt64(SEEK_SET)])
+        }
+        return fd
+    }
+}
