@@ -21,6 +21,8 @@ public struct RestoreRecord: Codable, Sendable, Equatable {
     /// The unread contents and capacity of every pipe the process holds (nil in images taken
     /// before pipes were captured).
     public var pipes: [PipeContents]?
+    /// Every socket the process holds, by inode (nil in images taken before sockets were captured).
+    public var sockets: [SocketRestoreState]?
     /// POSIX timers of the process (`/proc/PID/timers` entries): not restored yet, so counted to refuse.
     public var posixTimers: Int
 

@@ -78,9 +78,24 @@ struct RestorePlan: Sendable {
                 }
                 continue
             }
+            if descriptor.kind == .socket {
+                if let reason = socketProblem(descriptor, manifest: manifest, record: record) {
+                    refusals.append(RestoreRefusal("fd \(descriptor.fd) (\(descriptor.target))", reason))
+                }
+                continue
+            }
             if let reason = descriptorProblem(descriptor) { refusals.append(RestoreRefusal("fd \(descriptor.fd) (\(descriptor.target))", reason)) }
         }
         return refusals
+    }
+
+    /// Why a socket cannot be restored, or nil; each family's rules live with its restore.
+    private static func socketProblem(_ descriptor: OpenDescriptor, manifest: CheckpointManifest, record: RestoreRecord) -> String? {
+        guard let state = record.sockets?.first(where: { $0.inode == descriptor.inode }) else {
+            return "the image does not hold the socket's state (taken before sockets were captured)"
+        }
+        if state.isInet { return inetSocketProblem(state) }
+        return "sockets of address family \(state.domain) are not restorable"
     }
 
     /// Mappings the kernel provides (vDSO, vvar, vsyscall) are placed, not created.

@@ -58,6 +58,7 @@ enum RestoreCapture {
                              threads: threads, mappingFlags: [],
                              posixTimers: timers)
         record.pipes = pipes
+        record.sockets = try SocketCapture.capture(pid: pid, descriptors: descriptors)
         return record
     }
 

@@ -13,8 +13,17 @@ extension Tracer {
         // Pipes first, both ends parked above every number wanted, so that no temporary
         // descriptor sits on a number another descriptor needs.
         let parked = try createPipes(descriptors, contents: plan.record.pipes ?? [], above: UInt64(descriptors.last?.fd ?? 0), area: area)
+        let sockets = Dictionary((plan.record.sockets ?? []).map { ($0.inode, $0) }, uniquingKeysWith: { a, _ in a })
+        // Descriptors already placed, by the socket they hold: a second descriptor of one socket
+        // is a dup of the first (a socket has one open file description).
+        var placedSockets: [UInt64: Int32] = [:]
         for descriptor in descriptors {
             let fd: UInt64
+            if descriptor.kind == .socket, let first = placedSockets[descriptor.inode] {
+                try huskCall("duplicating fd \(first) as fd \(descriptor.fd)", SyscallNumber.dup3,
+                             [UInt64(first), UInt64(descriptor.fd), UInt64(descriptor.flags & UInt32(Linux.O_CLOEXEC))])
+                continue
+            }
             switch descriptor.kind {
             case .pipe:
                 let end = parked[PipeEnd(inode: descriptor.inode, write: descriptor.flags & 3 == 1)]!
@@ -26,6 +35,10 @@ extension Tracer {
             case .epoll:
                 fd = try huskCall("creating the epoll of fd \(descriptor.fd)", SyscallNumber.epoll_create1,
                                   [UInt64(descriptor.flags & UInt32(Linux.O_CLOEXEC))])
+            case .socket:
+                guard let state = sockets[descriptor.inode] else { throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "no socket state") }
+                fd = try createInetSocket(descriptor, state, area: area)
+                placedSockets[descriptor.inode] = descriptor.fd
             default:
                 fd = try openFile(descriptor, area: area)
             }

@@ -1,0 +1,135 @@
+import Foundation
+import Glibc
+import Testing
+@testable import MitosisCheckpoint
+@testable import MitosisImage
+@testable import MitosisInspect
+@testable import MitosisKernel
+@testable import MitosisModel
+@testable import MitosisRestore
+@testable import MitosisTrace
+
+/// The `restorefds` scenario holding the descriptor kinds `kinds`, checked once, checkpointed,
+/// killed and restored; the restored process then checks itself again.
+struct RestoredDescriptorScenario {
+    let scratch: ScratchDirectory
+    let log: String
+    let pid: Int32
+    let manifest: CheckpointManifest
+
+    init(kinds: String) async throws {
+        scratch = try ScratchDirectory()
+        log = scratch.path + "/fds.log"
+        let child = try ScenarioProcess("restorefds", [log, "120", kinds])
+        defer { child.stop() }
+        pid = child.pid
+        try child.send("detach")
+        kill(pid, SIGUSR1)
+        let first = try await CheckpointedScenario.awaitCheck(1, in: log)
+        guard first == "CHECK n=1 PASS" else { throw RestoreFailure(description: "before the checkpoint: \(first)") }
+        let session = try await CheckpointSession(pid: pid)
+        let result: CheckpointResult
+        do { result = try await session.checkpoint(to: DirectorySink(directory: scratch.path + "/image")) } catch {
+            await session.stop()
+            throw error
+        }
+        await session.stop()
+        manifest = result.manifest
+        child.stop()
+        guard kill(pid, 0) == -1 && errno == ESRCH else { throw RestoreFailure(description: "the original still runs") }
+
+        let restorer = try Restorer(image: CheckpointImage.open(scratch.path + "/image"))
+        let refusals = restorer.refusals()
+        guard refusals.isEmpty else { throw RestoreFailure(description: "refused: \(refusals)") }
+        let chain = restorer.chain, manifest = restorer.manifest
+        _ = try await restorer.restore(verify: { pid in
+            let pages = try RestoreVerification.differingPages(pid: pid, chain: chain)
+            guard pages.isEmpty else { throw RestoreFailure(description: "\(pages.count) pages differ") }
+            let maps = try RestoreVerification.mappingDifferences(pid: pid, manifest: manifest)
+            guard maps.isEmpty else { throw RestoreFailure(description: maps.joined(separator: "; ")) }
+        })
+    }
+
+    /// Asks the restored process to check itself and returns its CHECK line.
+    func check(_ number: Int) async throws -> String {
+        kill(pid, SIGUSR1)
+        return try await CheckpointedScenario.awaitCheck(number, in: log)
+    }
+
+    func fdinfo(_ fd: Int32) throws -> String { String(decoding: try Kernel.readFile("/proc/\(pid)/fdinfo/\(fd)"), as: UTF8.self) }
+    func link(_ fd: Int32) throws -> String { try Kernel.readLink("/proc/\(pid)/fd/\(fd)") }
+
+    /// The restored process's descriptors against the manifest's: same numbers, kinds, flags, offsets.
+    func descriptorDifferences() throws -> [String] {
+        let live = try ProcessReader.descriptors(TargetProcess(pid: pid))
+        var differences: [String] = []
+        for recorded in manifest.descriptors ?? [] {
+            guard let now = live.first(where: { $0.fd == recorded.fd }) else { differences.append("fd \(recorded.fd) missing"); continue }
+            if now.kind != recorded.kind { differences.append("fd \(recorded.fd) is \(now.kind), was \(recorded.kind)") }
+            if now.flags != recorded.flags { differences.append("fd \(recorded.fd) flags 0\(String(now.flags, radix: 8)), were 0\(String(recorded.flags, radix: 8))") }
+            if now.position != recorded.position { differences.append("fd \(recorded.fd) at \(now.position), was at \(recorded.position)") }
+        }
+        if live.count != (manifest.descriptors ?? []).count { differences.append("\(live.count) descriptors, were \((manifest.descriptors ?? []).count)") }
+        return differences
+    }
+
+    func remove() {
+        endRestored(pid)
+        scratch.remove()
+    }
+}
+
+@Suite(.serialized) struct RestoreDescriptorTests {
+    @Test func tcpAndUdpSocketsComeBackBoundListeningAndConnected() async throws {
+        let scenario = try await RestoredDescriptorScenario(kinds: "inet")
+        defer { scenario.remove() }
+        // Before the process writes to its log again (fd 3's offset moves).
+        let differences = try scenario.descriptorDifferences()
+        #expect(differences == [], "\(differences)")
+        #expect(try await scenario.check(2) == "CHECK n=2 PASS")
+        for fd: Int32 in 10...15 { #expect(try scenario.link(fd).hasPrefix("socket:["), "fd \(fd)") }
+        // Flags as fdinfo shows them: 04002 = O_RDWR|O_NONBLOCK, 02000002 = O_RDWR|O_CLOEXEC.
+        #expect(try scenario.fdinfo(10).contains("flags:\t04002\n"))
+        #expect(try scenario.fdinfo(11).contains("flags:\t02000002\n"))
+        // Seen from outside (sock_diag): the listeners' addresses and backlogs (Send-Q), the UDP bindings.
+        let table = try SockDiag(networkNamespaceOf: scenario.pid).table()
+        let states = scenario.manifest.restore?.sockets ?? []
+        func live(_ fd: Int32) throws -> InetSocket? {
+            let inode = try scenario.link(fd).dropFirst(8).dropLast()
+            return table.inet.first { String($0.inode) == inode }
+        }
+        let v4 = try live(10), v6 = try live(11)
+        #expect(v4?.state == "LISTEN" && v4?.local.address == "127.0.0.1" && v4?.sendQueue == 7, "\(String(describing: v4))")
+        #expect(v6?.state == "LISTEN" && v6?.local.address == "::1" && v6?.sendQueue == 3 && v6?.v6Only == true, "\(String(describing: v6))")
+        let recordedV4 = states.first { $0.domain == 2 && $0.listening }
+        #expect(recordedV4?.local?.port == v4?.local.port && recordedV4?.backlog == 7)
+        let udp = try live(13)
+        let receiver = try live(14)
+        #expect(udp?.protocol == .udp && udp?.state == "ESTABLISHED" && udp?.remote.port == receiver?.local.port)
+        // The image records what restore used: options and states, and no TCP connection.
+        let options = recordedV4?.options.filter { $0.value != 0 }.map(\.label) ?? []
+        #expect(Set(["SO_REUSEADDR", "SO_KEEPALIVE", "TCP_NODELAY"]).isSubset(of: Set(options)), "\(options)")
+        #expect(try await scenario.check(3) == "CHECK n=3 PASS")
+    }
+}
+
+struct RestoreSocketRefusalTests {
+    @Test func anEstablishedTcpConnectionIsRefusedByName() {
+        let state = SocketRestoreState(inode: 1, domain: 2, type: 1, protocol: 6, local: SocketAddress(address: "127.0.0.1", port: 6379),
+                                       peer: SocketAddress(address: "127.0.0.1", port: 40000), listening: false, backlog: nil,
+                                       tcpState: 1, options: [])
+        #expect(RestorePlan.inetSocketProblem(state)
+                == "a TCP connection 127.0.0.1:6379 → 127.0.0.1:40000 (ESTABLISHED): restoring connections needs TCP repair (Restore II, issue 12)")
+        var unknown = state
+        unknown.tcpState = 10
+        unknown.listening = true
+        #expect(RestorePlan.inetSocketProblem(unknown) == nil)
+        unknown.options = [SocketOption(level: 1, name: 25, label: "SO_BINDTODEVICE", value: 0)]
+        #expect(RestorePlan.inetSocketProblem(unknown) == "socket option SO_BINDTODEVICE (level 1, 25) is not one restore sets")
+        var foreign = state
+        foreign.tcpState = 10
+        foreign.listening = true
+        foreign.local = SocketAddress(address: "::1", port: 1)
+        #expect(RestorePlan.inetSocketProblem(foreign) == "its address [::1]:1 is not one of its family")
+    }
+}

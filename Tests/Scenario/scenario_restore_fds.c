@@ -1,0 +1,291 @@
+// `restorefds LOG LIFETIME_S KINDS`: a self-checking process holding one descriptor of each
+// kind restore handles, at fixed numbers, for restore tests (ZDTM-style). KINDS is a comma list:
+//
+// inet  10 TCP/IPv4 listener on 127.0.0.1 (SO_REUSEADDR, TCP_NODELAY, SO_KEEPALIVE, backlog 7,
+//          O_NONBLOCK); 11 TCP/IPv6 listener on ::1 (IPV6_V6ONLY, SO_REUSEPORT, SO_RCVBUF 65536,
+//          backlog 3, close-on-exec); 12 UDP/IPv4 bound on 127.0.0.1; 13 UDP/IPv6 bound on ::1
+//          and connected to 14, a UDP/IPv6 socket bound on ::1; 15 a TCP/IPv4 socket never bound.
+// unix  20/21 a stream socketpair, each end holding unread bytes; 22/23 a datagram socketpair,
+//          22 (non-blocking) holding two datagrams; 24 a unix stream listener bound to LOG.sock
+//          (backlog 5); 25 an unnamed, unconnected datagram socket.
+//
+// fd 3 is LOG (O_APPEND). Command `detach` answers READY, points fds 0-2 at /dev/null and from
+// then on answers only SIGUSR1: each makes the process verify every descriptor from the inside
+// (addresses, options, flags, queued data, and that each one works: a connection accepted, a
+// datagram received, the queues read and put back) and append one line to LOG:
+//   `CHECK n=N PASS` or `CHECK n=N FAIL:reason`.
+// The process exits by itself after LIFETIME_S seconds.
+#define _GNU_SOURCE
+#include "scenario.h"
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+static double lifetime;
+static int checks;
+static char kinds[256];
+static char unix_path[108];
+static const char *to20 = "bytes queued for fd 20";
+static const char *to21 = "and these for fd 21";
+static const char *dgrams[2] = { "d1", "datagram two" };
+
+static int has(const char *kind) {
+    char list[300];
+    snprintf(list, sizeof list, ",%s,", kinds);
+    char wanted[64];
+    snprintf(wanted, sizeof wanted, ",%s,", kind);
+    return strstr(list, wanted) != NULL;
+}
+
+static int place(int fd, int at) {
+    if (fd < 0) return -1;
+    if (fd == at) return 0;
+    int flags = fcntl(fd, F_GETFD);
+    if (dup3(fd, at, flags & FD_CLOEXEC ? O_CLOEXEC : 0) != at) return -1;
+    close(fd);
+    return 0;
+}
+
+static int option(int fd, int level, int name) {
+    int value = -1;
+    socklen_t length = sizeof value;
+    if (getsockopt(fd, level, name, &value, &length) != 0) return -1;
+    return value;
+}
+
+static int set(int fd, int level, int name, int value) { return setsockopt(fd, level, name, &value, sizeof value); }
+
+static int inet_listener(int family, const char *address, int backlog) {
+    int fd = socket(family, SOCK_STREAM, 0);
+    if (fd < 0) return -1;
+    struct sockaddr_storage storage = { 0 };
+    socklen_t length;
+    if (family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)&storage;
+        in->sin_family = AF_INET;
+        inet_pton(AF_INET, address, &in->sin_addr);
+        length = sizeof *in;
+    } else {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&storage;
+        in6->sin6_family = AF_INET6;
+        inet_pton(AF_INET6, address, &in6->sin6_addr);
+        length = sizeof *in6;
+        if (set(fd, IPPROTO_IPV6, IPV6_V6ONLY, 1) != 0) return -1;
+    }
+    if (family == AF_INET && (set(fd, SOL_SOCKET, SO_REUSEADDR, 1) || set(fd, IPPROTO_TCP, TCP_NODELAY, 1) || set(fd, SOL_SOCKET, SO_KEEPALIVE, 1))) return -1;
+    if (family == AF_INET6 && (set(fd, SOL_SOCKET, SO_REUSEPORT, 1) || set(fd, SOL_SOCKET, SO_RCVBUF, 65536))) return -1;
+    if (bind(fd, (struct sockaddr *)&storage, length) != 0 || listen(fd, backlog) != 0) return -1;
+    return fd;
+}
+
+static int udp_bound(int family, const char *address) {
+    int fd = socket(family, SOCK_DGRAM, 0);
+    struct sockaddr_storage storage = { 0 };
+    socklen_t length;
+    if (family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)&storage;
+        in->sin_family = AF_INET;
+        inet_pton(AF_INET, address, &in->sin_addr);
+        length = sizeof *in;
+    } else {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&storage;
+        in6->sin6_family = AF_INET6;
+        inet_pton(AF_INET6, address, &in6->sin6_addr);
+        length = sizeof *in6;
+    }
+    if (fd < 0 || bind(fd, (struct sockaddr *)&storage, length) != 0) return -1;
+    return fd;
+}
+
+// Addresses recorded at setup, compared by the check.
+static struct sockaddr_storage names[32];
+static socklen_t name_lengths[32];
+
+static int remember(int fd) {
+    name_lengths[fd] = sizeof names[fd];
+    return getsockname(fd, (struct sockaddr *)&names[fd], &name_lengths[fd]);
+}
+
+static int setup_inet(void) {
+    if (place(inet_listener(AF_INET, "127.0.0.1", 7), 10) || fcntl(10, F_SETFL, O_NONBLOCK)) return -1;
+    if (place(inet_listener(AF_INET6, "::1", 3), 11) || fcntl(11, F_SETFD, FD_CLOEXEC)) return -1;
+    if (place(udp_bound(AF_INET, "127.0.0.1"), 12) || place(udp_bound(AF_INET6, "::1"), 13) || place(udp_bound(AF_INET6, "::1"), 14)) return -1;
+    for (int fd = 10; fd <= 14; fd++) if (remember(fd)) return -1;
+    if (connect(13, (struct sockaddr *)&names[14], name_lengths[14]) != 0) return -1;
+    if (place(socket(AF_INET, SOCK_STREAM, 0), 15)) return -1;
+    return 0;
+}
+
+static int setup_unix(const char *log) {
+    int pair[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, pair) || place(pair[0], 20) || place(pair[1], 21)) return -1;
+    if (send(21, to20, strlen(to20), 0) < 0 || send(20, to21, strlen(to21), 0) < 0) return -1;
+    if (socketpair(AF_UNIX, SOCK_DGRAM, 0, pair) || place(pair[0], 22) || place(pair[1], 23)) return -1;
+    if (fcntl(22, F_SETFL, O_NONBLOCK)) return -1;
+    for (int i = 0; i < 2; i++) if (send(23, dgrams[i], strlen(dgrams[i]), 0) < 0) return -1;
+    snprintf(unix_path, sizeof unix_path, "%s.sock", log);
+    unlink(unix_path);
+    struct sockaddr_un address = { .sun_family = AF_UNIX };
+    strcpy(address.sun_path, unix_path);
+    int listener = socket(AF_UNIX, SOCK_STREAM, 0);
+    if (listener < 0 || bind(listener, (struct sockaddr *)&address, sizeof address) || listen(listener, 5) || place(listener, 24)) return -1;
+    if (place(socket(AF_UNIX, SOCK_DGRAM, 0), 25)) return -1;
+    return 0;
+}
+
+#define FAIL(...) do { snprintf(problem, size, __VA_ARGS__); return -1; } while (0)
+
+static int same_name(int fd) {
+    struct sockaddr_storage now;
+    socklen_t length = sizeof now;
+    return getsockname(fd, (struct sockaddr *)&now, &length) == 0 && length == name_lengths[fd] && memcmp(&now, &names[fd], length) == 0;
+}
+
+// Connects a new client to listener `fd`, accepts it and passes one message through.
+static int accept_one(int fd, int family, socklen_t length, const struct sockaddr *address) {
+    int client = socket(family, SOCK_STREAM, 0);
+    if (client < 0 || connect(client, address, length) != 0) { close(client); return -1; }
+    struct pollfd ready = { .fd = fd, .events = POLLIN };
+    if (poll(&ready, 1, 2000) != 1) { close(client); return -2; }
+    int served = accept(fd, NULL, NULL);
+    char buffer[8] = "";
+    int ok = served >= 0 && send(client, "ping", 4, 0) == 4 && recv(served, buffer, sizeof buffer, 0) == 4 && memcmp(buffer, "ping", 4) == 0;
+    close(served);
+    close(client);
+    return ok ? 0 : -3;
+}
+
+static int check_inet(char *problem, size_t size) {
+    for (int fd = 10; fd <= 14; fd++) if (!same_name(fd)) FAIL("fd %d bound elsewhere", fd);
+    if (!(fcntl(10, F_GETFL) & O_NONBLOCK) || (fcntl(11, F_GETFL) & O_NONBLOCK)) FAIL("O_NONBLOCK of fds 10/11");
+    if (fcntl(10, F_GETFD) != 0 || fcntl(11, F_GETFD) != FD_CLOEXEC) FAIL("close-on-exec of fds 10/11");
+    if (option(10, SOL_SOCKET, SO_REUSEADDR) != 1 || option(10, IPPROTO_TCP, TCP_NODELAY) != 1 || option(10, SOL_SOCKET, SO_KEEPALIVE) != 1)
+        FAIL("options of fd 10");
+    if (option(11, SOL_SOCKET, SO_REUSEADDR) != 0 || option(11, SOL_SOCKET, SO_REUSEPORT) != 1 || option(11, IPPROTO_IPV6, IPV6_V6ONLY) != 1
+        || option(11, SOL_SOCKET, SO_RCVBUF) != 131072 || option(11, IPPROTO_TCP, TCP_NODELAY) != 0)
+        FAIL("options of fd 11");
+    struct tcp_info info;
+    socklen_t length = sizeof info;
+    if (getsockopt(10, IPPROTO_TCP, TCP_INFO, &info, &length) || info.tcpi_state != TCP_LISTEN || info.tcpi_sacked != 7) FAIL("fd 10 is not listening with backlog 7");
+    length = sizeof info;
+    if (getsockopt(11, IPPROTO_TCP, TCP_INFO, &info, &length) || info.tcpi_state != TCP_LISTEN || info.tcpi_sacked != 3) FAIL("fd 11 is not listening with backlog 3");
+    int result;
+    if ((result = accept_one(10, AF_INET, name_lengths[10], (struct sockaddr *)&names[10]))) FAIL("fd 10 accepted nothing (%d)", result);
+    if ((result = accept_one(11, AF_INET6, name_lengths[11], (struct sockaddr *)&names[11]))) FAIL("fd 11 accepted nothing (%d)", result);
+    // UDP: a datagram to fd 12; fd 13 sends to its peer fd 14, which sees it come from fd 13.
+    int sender = socket(AF_INET, SOCK_DGRAM, 0);
+    char buffer[16] = "";
+    int sent = sendto(sender, "u4", 2, 0, (struct sockaddr *)&names[12], name_lengths[12]);
+    close(sender);
+    struct pollfd ready = { .fd = 12, .events = POLLIN };
+    if (sent != 2 || poll(&ready, 1, 2000) != 1 || recv(12, buffer, sizeof buffer, 0) != 2 || memcmp(buffer, "u4", 2)) FAIL("fd 12 received nothing");
+    struct sockaddr_storage peer, from;
+    socklen_t peer_length = sizeof peer, from_length = sizeof from;
+    if (getpeername(13, (struct sockaddr *)&peer, &peer_length) || peer_length != name_lengths[14] || memcmp(&peer, &names[14], peer_length))
+        FAIL("fd 13 is not connected to fd 14");
+    ready.fd = 14;
+    if (send(13, "u6", 2, 0) != 2 || poll(&ready, 1, 2000) != 1 || recvfrom(14, buffer, sizeof buffer, 0, (struct sockaddr *)&from, &from_length) != 2
+        || memcmp(buffer, "u6", 2) || from_length != name_lengths[13] || memcmp(&from, &names[13], from_length))
+        FAIL("fd 14 did not receive fd 13's datagram");
+    struct sockaddr_in unbound;
+    length = sizeof unbound;
+    if (option(15, SOL_SOCKET, SO_TYPE) != SOCK_STREAM || option(15, SOL_SOCKET, SO_DOMAIN) != AF_INET
+        || getsockname(15, (struct sockaddr *)&unbound, &length) || unbound.sin_port != 0)
+        FAIL("fd 15 is not an unbound TCP socket");
+    return 0;
+}
+
+// Reads `text` from `fd` and sends it again from `from`, so that the queue is as it was.
+static int cycle_stream(int fd, int from, const char *text) {
+    char buffer[64] = "";
+    size_t length = strlen(text);
+    if (recv(fd, buffer, sizeof buffer, MSG_DONTWAIT) != (ssize_t)length || memcmp(buffer, text, length)) return -1;
+    return send(from, text, length, 0) == (ssize_t)length ? 0 : -1;
+}
+
+static int check_unix(char *problem, size_t size) {
+    if (cycle_stream(20, 21, to20) || cycle_stream(21, 20, to21)) FAIL("the stream pair 20/21 lost its queued bytes");
+    char buffer[64];
+    for (int i = 0; i < 2; i++) {
+        ssize_t got = recv(22, buffer, sizeof buffer, 0);
+        if (got != (ssize_t)strlen(dgrams[i]) || memcmp(buffer, dgrams[i], got)) FAIL("datagram %d of fd 22", i);
+    }
+    if (recv(22, buffer, sizeof buffer, 0) != -1 || errno != EAGAIN) FAIL("fd 22 holds more than two datagrams or blocks");
+    for (int i = 0; i < 2; i++) if (send(23, dgrams[i], strlen(dgrams[i]), 0) < 0) FAIL("fd 23 cannot send");
+    struct sockaddr_un address;
+    socklen_t length = sizeof address;
+    if (getsockname(24, (struct sockaddr *)&address, &length) || strcmp(address.sun_path, unix_path)) FAIL("fd 24 is not bound to %s", unix_path);
+    if (option(24, SOL_SOCKET, SO_ACCEPTCONN) != 1) FAIL("fd 24 is not listening");
+    int result;
+    if ((result = accept_one(24, AF_UNIX, length, (struct sockaddr *)&address))) FAIL("fd 24 accepted nothing (%d)", result);
+    length = sizeof address;
+    if (option(25, SOL_SOCKET, SO_TYPE) != SOCK_DGRAM || getsockname(25, (struct sockaddr *)&address, &length) || length != sizeof(sa_family_t))
+        FAIL("fd 25 is not an unnamed datagram socket");
+    return 0;
+}
+
+static int fds_check(char *problem, size_t size) {
+    if (has("inet") && check_inet(problem, size)) return -1;
+    if (has("unix") && check_unix(problem, size)) return -1;
+    return 0;
+}
+
+static void log_check(void) {
+    char problem[256] = "", line[400];
+    int intact = fds_check(problem, sizeof problem) == 0;
+    for (char *c = problem; *c; c++) if (*c == ' ') *c = '_';
+    int length = snprintf(line, sizeof line, "CHECK n=%d %s%s\n", ++checks, intact ? "PASS" : "FAIL:", problem);
+    if (write(3, line, length) != length) _exit(5);
+}
+
+static int fds_setup(int argc, char **argv) {
+    if (argc < 3) return -1;
+    lifetime = atof(argv[1]);
+    snprintf(kinds, sizeof kinds, "%s", argv[2]);
+    prctl(PR_SET_PDEATHSIG, 0);
+    if (place(open(argv[0], O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0600), 3)) return -1;
+    if (write(3, "START\n", 6) != 6) return -1;
+    signal(SIGPIPE, SIG_IGN);
+    sigset_t usr1;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &usr1, NULL);
+    if (has("inet") && setup_inet()) return -1;
+    if (has("unix") && setup_unix(argv[0])) return -1;
+    return 0;
+}
+
+static int fds_step(const char *command) {
+    if (strcmp(command, "detach") != 0) return -1;
+    printf("READY detached=1\n");
+    fflush(stdout);
+    int null = open("/dev/null", O_RDWR);
+    if (null < 0) _exit(4);
+    dup2(null, 0);
+    dup2(null, 1);
+    dup2(null, 2);
+    if (null > 3) close(null);
+    sigset_t usr1;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    struct timespec start, now, second = { 1, 0 };
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        if (sigtimedwait(&usr1, NULL, &second) == SIGUSR1) log_check();
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (now.tv_sec - start.tv_sec > lifetime) _exit(0);
+    }
+}
+SCENARIO(restorefds, fds_setup, fds_step)
