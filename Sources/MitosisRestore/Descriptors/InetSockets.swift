@@ -23,12 +23,13 @@ extension Tracer {
         return fd
     }
 
-    /// `socket(domain, type | SOCK_NONBLOCK?, protocol)` in the husk. Close-on-exec comes with
-    /// the move to the descriptor's number.
+    /// `socket(domain, type | SOCK_NONBLOCK? | SOCK_CLOEXEC?, protocol)` in the husk (the
+    /// socket may land on its own number, with no move to carry close-on-exec).
     func createSocket(_ descriptor: OpenDescriptor, _ state: SocketRestoreState, name: String) throws -> UInt64 {
-        let nonblocking = descriptor.flags & UInt32(Linux.O_NONBLOCK)  // SOCK_NONBLOCK is O_NONBLOCK
+        // SOCK_NONBLOCK and SOCK_CLOEXEC are O_NONBLOCK and O_CLOEXEC.
+        let flags = descriptor.flags & UInt32(Linux.O_NONBLOCK | Linux.O_CLOEXEC)
         return try huskCall("creating \(name)", SyscallNumber.socket,
-                            [UInt64(state.domain), UInt64(UInt32(state.type) | nonblocking), UInt64(state.protocol)])
+                            [UInt64(state.domain), UInt64(UInt32(state.type) | flags), UInt64(state.protocol)])
     }
 
     /// Sets each recorded option whose value differs from the one the new socket has: a
