@@ -183,3 +183,18 @@ extension Kernel {
          try socketOption(fd, level: SOL_SOCKET, name: SO_PROTOCOL), try socketOption(fd, level: SOL_SOCKET, name: SO_ACCEPTCONN) != 0)
     }
 }
+
+extension Kernel {
+    /// Whether a process accepts connections on the unix socket file at `path` (a `connect` of
+    /// a new socket of `type` succeeds); false when the file is a stale leftover (`ECONNREFUSED`).
+    /// The corresponding system call is `connect`.
+    package static func unixSocketAnswers(_ path: String, type: Int32) throws(Errno) -> Bool {
+        let fd = try check { socket(AF_UNIX, type | Int32(SOCK_CLOEXEC.rawValue), 0) }
+        defer { Glibc.close(fd) }
+        guard let bytes = encodeAddress(SocketAddress(path: Data(path.utf8)), domain: AF_UNIX) else { throw .fileNameTooLong }
+        let result = bytes.withUnsafeBytes { connect(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t($0.count)) }
+        if result == 0 { return true }
+        if errno == ECONNREFUSED { return false }
+        throw Errno(rawValue: errno)
+    }
+}

@@ -23,6 +23,9 @@ public struct RestoreRecord: Codable, Sendable, Equatable {
     public var pipes: [PipeContents]?
     /// Every socket the process holds, by inode (nil in images taken before sockets were captured).
     public var sockets: [SocketRestoreState]?
+    /// Descriptors that share an open file description (offset, flags) with a lower-numbered
+    /// one, found by `kcmp(KCMP_FILE)`: restored as a `dup` of it.
+    public var sharedDescriptions: [SharedDescription]?
     /// POSIX timers of the process (`/proc/PID/timers` entries): not restored yet, so counted to refuse.
     public var posixTimers: Int
 
@@ -135,6 +138,17 @@ public struct RestoreRecord: Codable, Sendable, Equatable {
             self.inode = inode
             self.capacity = capacity
             self.bytes = bytes
+        }
+    }
+
+    /// fd `fd` is the same open file description as fd `sameAs` (lower).
+    public struct SharedDescription: Codable, Sendable, Equatable {
+        public var fd: Int32
+        public var sameAs: Int32
+
+        public init(fd: Int32, sameAs: Int32) {
+            self.fd = fd
+            self.sameAs = sameAs
         }
     }
 

@@ -95,6 +95,11 @@ struct RestorePlan: Sendable {
             return "the image does not hold the socket's state (taken before sockets were captured)"
         }
         if state.isInet { return inetSocketProblem(state) }
+        if state.isUnix {
+            let held = Dictionary((record.sockets ?? []).filter { socket in manifest.descriptors?.contains { $0.inode == socket.inode } == true }
+                .map { ($0.inode, $0) }, uniquingKeysWith: { a, _ in a })
+            return unixSocketProblem(state, held: held)
+        }
         return "sockets of address family \(state.domain) are not restorable"
     }
 

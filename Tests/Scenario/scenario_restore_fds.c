@@ -8,6 +8,8 @@
 // unix  20/21 a stream socketpair, each end holding unread bytes; 22/23 a datagram socketpair,
 //          22 (non-blocking) holding two datagrams; 24 a unix stream listener bound to LOG.sock
 //          (backlog 5); 25 an unnamed, unconnected datagram socket.
+// shared  40 LOG.data open read-write at offset 5; 41 a dup of it (one open file description,
+//          close-on-exec on 41 only); 42 LOG.data opened again at offset 9.
 //
 // fd 3 is LOG (O_APPEND). Command `detach` answers READY, points fds 0-2 at /dev/null and from
 // then on answers only SIGUSR1: each makes the process verify every descriptor from the inside
@@ -145,6 +147,16 @@ static int setup_unix(const char *log) {
     return 0;
 }
 
+static int setup_shared(const char *log) {
+    char path[300];
+    snprintf(path, sizeof path, "%s.data", log);
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    if (place(fd, 40) || write(40, "0123456789abcdef", 16) != 16 || lseek(40, 5, SEEK_SET) != 5) return -1;
+    if (place(fcntl(40, F_DUPFD_CLOEXEC, 41), 41)) return -1;
+    if (place(open(path, O_RDWR), 42) || lseek(42, 9, SEEK_SET) != 9) return -1;
+    return 0;
+}
+
 #define FAIL(...) do { snprintf(problem, size, __VA_ARGS__); return -1; } while (0)
 
 static int same_name(int fd) {
@@ -236,7 +248,18 @@ static int check_unix(char *problem, size_t size) {
     return 0;
 }
 
+static int check_shared(char *problem, size_t size) {
+    if (lseek(40, 0, SEEK_CUR) != 5 || lseek(41, 0, SEEK_CUR) != 5 || lseek(42, 0, SEEK_CUR) != 9) FAIL("offsets of fds 40-42");
+    if (fcntl(40, F_GETFD) != 0 || fcntl(41, F_GETFD) != FD_CLOEXEC || fcntl(42, F_GETFD) != 0) FAIL("close-on-exec of fds 40-42");
+    char c = 0;
+    // A read through 40 moves 41 (one description) but not 42.
+    if (read(40, &c, 1) != 1 || c != '5' || lseek(41, 0, SEEK_CUR) != 6 || lseek(42, 0, SEEK_CUR) != 9) FAIL("fds 40 and 41 do not share an offset");
+    if (read(42, &c, 1) != 1 || c != '9' || lseek(40, 5, SEEK_SET) != 5 || lseek(42, 9, SEEK_SET) != 9) FAIL("fd 42 is not its own description");
+    return 0;
+}
+
 static int fds_check(char *problem, size_t size) {
+    if (has("shared") && check_shared(problem, size)) return -1;
     if (has("inet") && check_inet(problem, size)) return -1;
     if (has("unix") && check_unix(problem, size)) return -1;
     return 0;
@@ -264,6 +287,7 @@ static int fds_setup(int argc, char **argv) {
     sigprocmask(SIG_BLOCK, &usr1, NULL);
     if (has("inet") && setup_inet()) return -1;
     if (has("unix") && setup_unix(argv[0])) return -1;
+    if (has("shared") && setup_shared(argv[0])) return -1;
     return 0;
 }
 

@@ -59,6 +59,7 @@ enum RestoreCapture {
                              posixTimers: timers)
         record.pipes = pipes
         record.sockets = try SocketCapture.capture(pid: pid, descriptors: descriptors)
+        record.sharedDescriptions = try SharedDescriptionCapture.capture(pid: pid, descriptors: descriptors)
         return record
     }
 

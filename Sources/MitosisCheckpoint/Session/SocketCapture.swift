@@ -16,7 +16,7 @@ enum SocketCapture {
         guard !sockets.isEmpty else { return [] }
         let pidfd = try Kernel.pidfdOpen(pid)
         defer { try? pidfd.close() }
-        var unixPeers: [UInt64: UInt64]?
+        var unixTable: [UInt64: UnixSocket]?
         var states: [SocketRestoreState] = []
         for descriptor in sockets where !states.contains(where: { $0.inode == descriptor.inode }) {
             let copy = try Kernel.pidfdGetfd(pidfd, descriptor.fd)
@@ -38,16 +38,15 @@ enum SocketCapture {
                 if kind.listening { state.backlog = info.backlog }
             }
             if kind.domain == Linux.AF_UNIX {
-                if unixPeers == nil {
+                if unixTable == nil {
                     let table = try SockDiag(networkNamespaceOf: pid).table()
-                    unixPeers = Dictionary(table.unix.map { ($0.inode, $0.peerInode ?? 0) }, uniquingKeysWith: { a, _ in a })
-                    // A listener's backlog is its write-queue count in sock_diag.
-                    for socket in table.unix where socket.inode == descriptor.inode && kind.listening { state.backlog = socket.sendQueue }
-                } else if kind.listening, let table = try? SockDiag(networkNamespaceOf: pid).table() {
-                    state.backlog = table.unix.first { $0.inode == descriptor.inode }?.sendQueue
+                    unixTable = Dictionary(table.unix.map { ($0.inode, $0) }, uniquingKeysWith: { a, _ in a })
                 }
-                state.peerInode = unixPeers?[descriptor.inode].flatMap { $0 == 0 ? nil : $0 }
-                if !kind.listening {
+                let diag = unixTable?[descriptor.inode]
+                state.peerInode = diag?.peerInode.flatMap { $0 == 0 ? nil : $0 }
+                if kind.listening {
+                    state.backlog = diag?.sendQueue  // a unix listener's backlog is its write-queue figure
+                } else {
                     state.queued = try Kernel.peekQueue(copy, stream: kind.type == Linux.SOCK_STREAM, limit: queueLimit)
                 }
             }

@@ -111,6 +111,44 @@ struct RestoredDescriptorScenario {
         #expect(Set(["SO_REUSEADDR", "SO_KEEPALIVE", "TCP_NODELAY"]).isSubset(of: Set(options)), "\(options)")
         #expect(try await scenario.check(3) == "CHECK n=3 PASS")
     }
+
+    @Test func unixSocketpairsListenersAndUnnamedSocketsComeBackWithTheirQueues() async throws {
+        let scenario = try await RestoredDescriptorScenario(kinds: "unix")
+        defer { scenario.remove() }
+        let differences = try scenario.descriptorDifferences()
+        #expect(differences == [], "\(differences)")
+        // The pairs are pairs again: each end's peer is the other end (sock_diag).
+        let table = try SockDiag(networkNamespaceOf: scenario.pid).table()
+        func live(_ fd: Int32) throws -> UnixSocket? {
+            let inode = try scenario.link(fd).dropFirst(8).dropLast()
+            return table.unix.first { String($0.inode) == inode }
+        }
+        for (a, b) in [(Int32(20), Int32(21)), (22, 23)] {
+            let (left, right) = (try live(a), try live(b))
+            #expect(left?.peerInode == right?.inode && right?.peerInode == left?.inode, "fds \(a)/\(b)")
+        }
+        #expect(try live(20)?.type == "stream" && live(22)?.type == "dgram")
+        // Queued bytes at each end, as the kernel counts them (stream: bytes; datagrams: the first's size).
+        #expect(try live(20)?.receiveQueue == 22 && live(21)?.receiveQueue == 19)
+        let listener = try live(24)
+        #expect(listener?.state == "LISTEN" && listener?.name == scenario.log + ".sock" && listener?.sendQueue == 5, "\(String(describing: listener))")
+        #expect(try scenario.fdinfo(22).contains("flags:\t04002\n"))
+        #expect(try await scenario.check(2) == "CHECK n=2 PASS")
+        #expect(try await scenario.check(3) == "CHECK n=3 PASS")
+    }
+
+    @Test func descriptorsSharingAnOpenFileDescriptionComeBackShared() async throws {
+        let scenario = try await RestoredDescriptorScenario(kinds: "shared")
+        defer { scenario.remove() }
+        // fds 1 and 2 are dup2s of fd 0 (the scenario's /dev/null), 41 a dup of 40.
+        #expect(scenario.manifest.restore?.sharedDescriptions == [.init(fd: 1, sameAs: 0), .init(fd: 2, sameAs: 0), .init(fd: 41, sameAs: 40)])
+        #expect(try Kernel.kcmpEqual(scenario.pid, scenario.pid, .file, 0, 2))
+        let differences = try scenario.descriptorDifferences()
+        #expect(differences == [], "\(differences)")
+        #expect(try Kernel.kcmpEqual(scenario.pid, scenario.pid, .file, 40, 41))
+        #expect(try !Kernel.kcmpEqual(scenario.pid, scenario.pid, .file, 40, 42))
+        #expect(try await scenario.check(2) == "CHECK n=2 PASS")
+    }
 }
 
 struct RestoreSocketRefusalTests {
