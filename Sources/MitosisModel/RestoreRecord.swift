@@ -26,6 +26,10 @@ public struct RestoreRecord: Codable, Sendable, Equatable {
     /// Descriptors that share an open file description (offset, flags) with a lower-numbered
     /// one, found by `kcmp(KCMP_FILE)`: restored as a `dup` of it.
     public var sharedDescriptions: [SharedDescription]?
+    /// Every timerfd with the time it was read at.
+    public var timers: [TimerfdRestoreState]?
+    /// The content of every memfd and deleted file the process holds open.
+    public var fileContents: [FileContents]?
     /// POSIX timers of the process (`/proc/PID/timers` entries): not restored yet, so counted to refuse.
     public var posixTimers: Int
 

@@ -84,7 +84,7 @@ struct RestorePlan: Sendable {
                 }
                 continue
             }
-            if let reason = descriptorProblem(descriptor) { refusals.append(RestoreRefusal("fd \(descriptor.fd) (\(descriptor.target))", reason)) }
+            if let reason = descriptorProblem(descriptor, record: record) { refusals.append(RestoreRefusal("fd \(descriptor.fd) (\(descriptor.target))", reason)) }
         }
         return refusals
     }
@@ -125,13 +125,33 @@ struct RestorePlan: Sendable {
         }
     }
 
-    private static func descriptorProblem(_ descriptor: OpenDescriptor) -> String? {
+    private static func descriptorProblem(_ descriptor: OpenDescriptor, record: RestoreRecord) -> String? {
+        // A dup of a lower descriptor is restored as one: whatever that one needs, it needs.
+        if let shared = record.sharedDescriptions?.first(where: { $0.fd == descriptor.fd }) {
+            return shared.sameAs < descriptor.fd ? nil : "recorded as sharing fd \(shared.sameAs), which is not below it"
+        }
         switch descriptor.kind {
+        case .file where descriptor.deleted, .memfd:
+            guard let contents = record.fileContents?.first(where: { $0.fd == descriptor.fd }) else {
+                return "the image does not hold the content of this \(descriptor.kind == .memfd ? "memfd" : "deleted file") (taken before contents were kept)"
+            }
+            guard let bytes = contents.bytes else {
+                return "\(contents.size) bytes, more than the \(FileContents.limit) a checkpoint keeps of a \(descriptor.kind == .memfd ? "memfd" : "deleted file")"
+            }
+            if UInt64(bytes.count) != contents.size { return "the image holds \(bytes.count) bytes of its \(contents.size)" }
+            if descriptor.kind == .memfd, descriptor.flags & 3 != UInt32(Linux.O_RDWR) { return "a memfd opened again read-only or write-only is not restorable yet" }
+            return nil
         case .file, .directory:
             guard let path = descriptor.path else { return "no path" }
-            if descriptor.deleted { return "the file was deleted; restoring deleted files is not supported yet" }
             if !fileExists(path) { return "\(path) does not exist here" }
             return nil
+        case .timerfd:
+            guard record.timers?.contains(where: { $0.fd == descriptor.fd }) == true else { return "the image does not hold the timer's state" }
+            return nil
+        case .signalfd:
+            return descriptor.signalfd == nil ? "the kernel did not report its signal mask" : nil
+        case .inotify:
+            return "inotify watches name inodes, not paths; restoring them is not supported yet"
         case .characterDevice:
             guard let path = descriptor.path, statelessDevices.contains(path) else {
                 return "character device \(descriptor.path ?? descriptor.target) may hold state; only \(statelessDevices.sorted().joined(separator: ", ")) are restored"

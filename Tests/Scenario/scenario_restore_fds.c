@@ -8,6 +8,11 @@
 // unix  20/21 a stream socketpair, each end holding unread bytes; 22/23 a datagram socketpair,
 //          22 (non-blocking) holding two datagrams; 24 a unix stream listener bound to LOG.sock
 //          (backlog 5); 25 an unnamed, unconnected datagram socket.
+// files 30 a periodic CLOCK_MONOTONIC timerfd (50 s, then every 100 s; non-blocking, close-on-
+//          exec); 31 an absolute CLOCK_MONOTONIC timerfd (deadline 60 s after setup); 32 an expired
+//          CLOCK_REALTIME one-shot timerfd with one unread expiration; 33 a signalfd for SIGUSR2
+//          and SIGRTMIN (non-blocking); 34 a memfd "fds-memfd" of 10000 patterned bytes at offset
+//          1234 sealed against shrinking and growing; 35 LOG.deleted, deleted while open, at offset 3.
 // shared  40 LOG.data open read-write at offset 5; 41 a dup of it (one open file description,
 //          close-on-exec on 41 only); 42 LOG.data opened again at offset 9.
 //
@@ -29,7 +34,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/timerfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <time.h>
@@ -147,6 +156,40 @@ static int setup_unix(const char *log) {
     return 0;
 }
 
+static struct timespec deadline31;
+static char deleted_path[300];
+static const char *deleted_text = "deleted but open";
+
+static unsigned char memfd_byte(int i) { return (unsigned char)(i * 31 + 7); }
+
+static int setup_files(const char *log) {
+    struct itimerspec periodic = { .it_interval = { 100, 0 }, .it_value = { 50, 0 } };
+    if (place(timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC), 30) || timerfd_settime(30, 0, &periodic, NULL)) return -1;
+    clock_gettime(CLOCK_MONOTONIC, &deadline31);
+    deadline31.tv_sec += 60;
+    struct itimerspec absolute = { .it_value = deadline31 };
+    if (place(timerfd_create(CLOCK_MONOTONIC, 0), 31) || timerfd_settime(31, TFD_TIMER_ABSTIME, &absolute, NULL)) return -1;
+    struct itimerspec soon = { .it_value = { 0, 1 } };
+    if (place(timerfd_create(CLOCK_REALTIME, TFD_NONBLOCK), 32) || timerfd_settime(32, 0, &soon, NULL)) return -1;
+    struct pollfd fired = { .fd = 32, .events = POLLIN };
+    if (poll(&fired, 1, 1000) != 1) return -1;
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGUSR2);
+    sigaddset(&mask, SIGRTMIN);
+    sigprocmask(SIG_BLOCK, &mask, NULL);
+    if (place(signalfd(-1, &mask, SFD_NONBLOCK), 33)) return -1;
+    if (place(memfd_create("fds-memfd", MFD_ALLOW_SEALING | MFD_CLOEXEC), 34)) return -1;
+    unsigned char bytes[10000];
+    for (int i = 0; i < 10000; i++) bytes[i] = memfd_byte(i);
+    if (write(34, bytes, sizeof bytes) != sizeof bytes || lseek(34, 1234, SEEK_SET) != 1234) return -1;
+    if (fcntl(34, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW)) return -1;
+    snprintf(deleted_path, sizeof deleted_path, "%s.deleted", log);
+    if (place(open(deleted_path, O_RDWR | O_CREAT | O_TRUNC, 0640), 35) || write(35, deleted_text, strlen(deleted_text)) < 0) return -1;
+    if (lseek(35, 3, SEEK_SET) != 3 || unlink(deleted_path)) return -1;
+    return 0;
+}
+
 static int setup_shared(const char *log) {
     char path[300];
     snprintf(path, sizeof path, "%s.data", log);
@@ -248,6 +291,45 @@ static int check_unix(char *problem, size_t size) {
     return 0;
 }
 
+static int check_files(char *problem, size_t size) {
+    struct itimerspec now;
+    if (timerfd_gettime(30, &now) || now.it_interval.tv_sec != 100 || now.it_interval.tv_nsec != 0 || now.it_value.tv_sec >= 50
+        || (now.it_value.tv_sec == 0 && now.it_value.tv_nsec == 0))
+        FAIL("timerfd 30: %lds interval, %lds left", (long)now.it_interval.tv_sec, (long)now.it_value.tv_sec);
+    if (fcntl(30, F_GETFD) != FD_CLOEXEC || !(fcntl(30, F_GETFL) & O_NONBLOCK)) FAIL("flags of timerfd 30");
+    struct timespec clock;
+    clock_gettime(CLOCK_MONOTONIC, &clock);
+    double expected = (deadline31.tv_sec - clock.tv_sec) + (deadline31.tv_nsec - clock.tv_nsec) / 1e9;
+    if (timerfd_gettime(31, &now)) FAIL("timerfd 31");
+    double left = now.it_value.tv_sec + now.it_value.tv_nsec / 1e9;
+    if (left > expected + 0.05 || left < expected - 0.5) FAIL("timerfd 31 is due in %.3fs, its deadline in %.3fs", left, expected);
+    uint64_t ticks = 0;
+    if (read(32, &ticks, sizeof ticks) != sizeof ticks || ticks != 1) FAIL("timerfd 32 held %llu expirations", (unsigned long long)ticks);
+    struct itimerspec soon = { .it_value = { 0, 1 } };
+    struct pollfd fired = { .fd = 32, .events = POLLIN };
+    if (timerfd_settime(32, 0, &soon, NULL) || poll(&fired, 1, 1000) != 1) FAIL("timerfd 32 does not fire again");
+    kill(getpid(), SIGUSR2);
+    struct signalfd_siginfo info;
+    if (read(33, &info, sizeof info) != sizeof info || info.ssi_signo != SIGUSR2) FAIL("signalfd 33 did not read SIGUSR2");
+    if (read(33, &info, sizeof info) != -1 || errno != EAGAIN) FAIL("signalfd 33 is not non-blocking");
+    char link[300] = "";
+    if (readlink("/proc/self/fd/34", link, sizeof link - 1) < 0 || strcmp(link, "/memfd:fds-memfd (deleted)")) FAIL("fd 34 is %s", link);
+    unsigned char bytes[10001];
+    if (pread(34, bytes, sizeof bytes, 0) != 10000 || lseek(34, 0, SEEK_CUR) != 1234) FAIL("memfd 34 size or offset");
+    for (int i = 0; i < 10000; i++) if (bytes[i] != memfd_byte(i)) FAIL("memfd 34 byte %d", i);
+    if (fcntl(34, F_GET_SEALS) != (F_SEAL_SHRINK | F_SEAL_GROW) || fcntl(34, F_GETFD) != FD_CLOEXEC) FAIL("seals or flags of memfd 34");
+    char expected_link[320];
+    snprintf(expected_link, sizeof expected_link, "%s (deleted)", deleted_path);
+    memset(link, 0, sizeof link);
+    struct stat st;
+    if (readlink("/proc/self/fd/35", link, sizeof link - 1) < 0 || strcmp(link, expected_link)) FAIL("fd 35 is %s", link);
+    char text[64] = "";
+    if (pread(35, text, sizeof text, 0) != (ssize_t)strlen(deleted_text) || strcmp(text, deleted_text) || lseek(35, 0, SEEK_CUR) != 3)
+        FAIL("content or offset of fd 35");
+    if (fstat(35, &st) || st.st_nlink != 0 || (st.st_mode & 0777) != 0640) FAIL("fd 35: %lu links, mode %o", (unsigned long)st.st_nlink, st.st_mode & 0777);
+    return 0;
+}
+
 static int check_shared(char *problem, size_t size) {
     if (lseek(40, 0, SEEK_CUR) != 5 || lseek(41, 0, SEEK_CUR) != 5 || lseek(42, 0, SEEK_CUR) != 9) FAIL("offsets of fds 40-42");
     if (fcntl(40, F_GETFD) != 0 || fcntl(41, F_GETFD) != FD_CLOEXEC || fcntl(42, F_GETFD) != 0) FAIL("close-on-exec of fds 40-42");
@@ -260,6 +342,7 @@ static int check_shared(char *problem, size_t size) {
 
 static int fds_check(char *problem, size_t size) {
     if (has("shared") && check_shared(problem, size)) return -1;
+    if (has("files") && check_files(problem, size)) return -1;
     if (has("inet") && check_inet(problem, size)) return -1;
     if (has("unix") && check_unix(problem, size)) return -1;
     return 0;
@@ -288,6 +371,7 @@ static int fds_setup(int argc, char **argv) {
     if (has("inet") && setup_inet()) return -1;
     if (has("unix") && setup_unix(argv[0])) return -1;
     if (has("shared") && setup_shared(argv[0])) return -1;
+    if (has("files") && setup_files(argv[0])) return -1;
     return 0;
 }
 

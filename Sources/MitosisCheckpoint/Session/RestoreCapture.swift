@@ -60,6 +60,8 @@ enum RestoreCapture {
         record.pipes = pipes
         record.sockets = try SocketCapture.capture(pid: pid, descriptors: descriptors)
         record.sharedDescriptions = try SharedDescriptionCapture.capture(pid: pid, descriptors: descriptors)
+        record.fileContents = try FileContentCapture.capture(pid: pid, descriptors: descriptors, shared: record.sharedDescriptions ?? [])
+        record.timers = try FileContentCapture.timers(pid: pid, descriptors: descriptors)
         return record
     }
 

@@ -24,6 +24,8 @@ extension Tracer {
         for descriptor in descriptors where descriptor.kind == .socket {
             if let first = firstOfSocket[descriptor.inode] { sameAs[descriptor.fd] = first } else { firstOfSocket[descriptor.inode] = descriptor.fd }
         }
+        let timers = Dictionary((plan.record.timers ?? []).map { ($0.fd, $0) }, uniquingKeysWith: { a, _ in a })
+        let contents = Dictionary((plan.record.fileContents ?? []).map { ($0.fd, $0) }, uniquingKeysWith: { a, _ in a })
         for descriptor in descriptors {
             let fd: UInt64
             if let first = sameAs[descriptor.fd], first < descriptor.fd {
@@ -50,6 +52,18 @@ extension Tracer {
                 }
                 guard let state = sockets[descriptor.inode] else { throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "no socket state") }
                 fd = state.isUnix ? try createUnixSocket(descriptor, state, area: area) : try createInetSocket(descriptor, state, area: area)
+            case .timerfd:
+                guard let timer = timers[descriptor.fd] else { throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "no timer state") }
+                fd = try createTimerfd(descriptor, timer)
+            case .signalfd:
+                guard let state = descriptor.signalfd else { throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "no signal mask") }
+                fd = try createSignalfd(descriptor, state, area: area)
+            case .memfd:
+                guard let contents = contents[descriptor.fd] else { throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "no content") }
+                fd = try createMemfd(descriptor, contents, area: area)
+            case .file where descriptor.deleted:
+                guard let contents = contents[descriptor.fd] else { throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "no content") }
+                fd = try createDeletedFile(descriptor, contents, area: area)
             default:
                 fd = try openFile(descriptor, area: area)
             }

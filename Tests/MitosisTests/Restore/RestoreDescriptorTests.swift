@@ -149,6 +149,27 @@ struct RestoredDescriptorScenario {
         #expect(try !Kernel.kcmpEqual(scenario.pid, scenario.pid, .file, 40, 42))
         #expect(try await scenario.check(2) == "CHECK n=2 PASS")
     }
+
+    @Test func timerfdsSignalfdsMemfdsAndDeletedFilesComeBack() async throws {
+        let scenario = try await RestoredDescriptorScenario(kinds: "files")
+        defer { scenario.remove() }
+        let differences = try scenario.descriptorDifferences()
+        #expect(differences == [], "\(differences)")
+        // fdinfo from outside: clocks, the absolute flag, the unread expiration, the signal mask.
+        #expect(try scenario.fdinfo(30).contains("clockid: 1\n") && scenario.fdinfo(30).contains("it_interval: (100, 0)\n"))
+        #expect(try scenario.fdinfo(31).contains("settime flags: 01\n"))
+        #expect(try scenario.fdinfo(32).contains("clockid: 0\n") && scenario.fdinfo(32).contains("ticks: 1\n"))
+        let signals = (1 << (SIGUSR2 - 1)) | (1 << (34 - 1))  // glibc's SIGRTMIN is 34
+        let hex = String(signals, radix: 16)
+        let signalfd = try scenario.fdinfo(33)
+        #expect(signalfd.contains("sigmask:\t" + String(repeating: "0", count: 16 - hex.count) + hex + "\n"), "\(signalfd)")
+        #expect(try scenario.link(34) == "/memfd:fds-memfd (deleted)" && scenario.link(35) == scenario.log + ".deleted (deleted)")
+        #expect(!FileManager.default.fileExists(atPath: scenario.log + ".deleted"), "the recreated file is unlinked again")
+        let contents = scenario.manifest.restore?.fileContents ?? []
+        #expect(contents.map(\.fd) == [34, 35] && contents.map(\.size) == [10000, 16] && contents[0].seals == 4 | 2)
+        #expect(try await scenario.check(2) == "CHECK n=2 PASS")
+        #expect(try await scenario.check(3) == "CHECK n=3 PASS")
+    }
 }
 
 struct RestoreSocketRefusalTests {
