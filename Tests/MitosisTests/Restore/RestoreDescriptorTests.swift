@@ -17,8 +17,19 @@ struct RestoredDescriptorScenario {
     let pid: Int32
     let manifest: CheckpointManifest
 
-    init(kinds: String) async throws {
-        scratch = try ScratchDirectory()
+    /// `beforeRestore` runs with the original dead and the image written (given the log's path).
+    init(kinds: String, beforeRestore: ((String) throws -> Void)? = nil) async throws {
+        let scratch = try ScratchDirectory()
+        do {
+            try await self.init(kinds: kinds, scratch: scratch, beforeRestore: beforeRestore)
+        } catch {
+            scratch.remove()
+            throw error
+        }
+    }
+
+    private init(kinds: String, scratch: ScratchDirectory, beforeRestore: ((String) throws -> Void)?) async throws {
+        self.scratch = scratch
         log = scratch.path + "/fds.log"
         let child = try ScenarioProcess("restorefds", [log, "120", kinds])
         defer { child.stop() }
@@ -38,6 +49,7 @@ struct RestoredDescriptorScenario {
         child.stop()
         guard kill(pid, 0) == -1 && errno == ESRCH else { throw RestoreFailure(description: "the original still runs") }
 
+        try beforeRestore?(log)
         let restorer = try Restorer(image: CheckpointImage.open(scratch.path + "/image"))
         let refusals = restorer.refusals()
         guard refusals.isEmpty else { throw RestoreFailure(description: "refused: \(refusals)") }
@@ -170,6 +182,38 @@ struct RestoredDescriptorScenario {
         #expect(try await scenario.check(2) == "CHECK n=2 PASS")
         #expect(try await scenario.check(3) == "CHECK n=3 PASS")
     }
+
+    @Test func everyKindTogetherComesBack() async throws {
+        let scenario = try await RestoredDescriptorScenario(kinds: "inet,unix,files,shared")
+        defer { scenario.remove() }
+        let differences = try scenario.descriptorDifferences()
+        #expect(differences == [], "\(differences)")
+        #expect(scenario.manifest.descriptors?.count == 25)
+        #expect(try await scenario.check(2) == "CHECK n=2 PASS")
+    }
+
+    @Test func aUnixSocketPathSomeoneListensOnStopsTheRestore() async throws {
+        var squatter: Int32 = -1
+        defer { if squatter >= 0 { close(squatter) } }
+        do {
+            _ = try await RestoredDescriptorScenario(kinds: "unix") { log in
+                // The original's socket file is stale; replace it with a live listener.
+                unlink(log + ".sock")
+                squatter = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+                var address = sockaddr_un()
+                address.sun_family = sa_family_t(AF_UNIX)
+                withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array((log + ".sock").utf8) + [0]) }
+                let bound = withUnsafePointer(to: &address) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(squatter, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+                }
+                guard bound == 0, listen(squatter, 1) == 0 else { throw RestoreFailure(description: "cannot listen on \(log).sock") }
+            }
+            Issue.record("restored over a live listener")
+        } catch let RestoreError.failed(step, detail) {
+            #expect(step.hasPrefix("binding the unix stream socket of fd 24 to /"), "\(step)")
+            #expect(detail.hasPrefix("another process listens on /") && detail.hasSuffix("/fds.log.sock"), "\(detail)")
+        }
+    }
 }
 
 struct RestoreSocketRefusalTests {
@@ -190,5 +234,22 @@ struct RestoreSocketRefusalTests {
         foreign.listening = true
         foreign.local = SocketAddress(address: "::1", port: 1)
         #expect(RestorePlan.inetSocketProblem(foreign) == "its address [::1]:1 is not one of its family")
+    }
+
+    @Test func unixSocketsWhosePeerIsOutsideAreRefusedByName() {
+        let inside = SocketRestoreState(inode: 7, domain: 1, type: 1, protocol: 0, local: nil, peer: nil, listening: false, backlog: nil,
+                                        tcpState: nil, options: [], peerInode: 8, queued: [])
+        #expect(RestorePlan.unixSocketProblem(inside, held: [7: inside])
+                == "its peer socket:[8] is outside the process; restoring it needs that process too")
+        var other = inside
+        other.inode = 8
+        other.peerInode = 7
+        #expect(RestorePlan.unixSocketProblem(inside, held: [7: inside, 8: other]) == nil)
+        other.local = SocketAddress(path: Data("/run/x.sock".utf8))
+        #expect(RestorePlan.unixSocketProblem(inside, held: [7: inside, 8: other])
+                == "connected to a named socket (socket:[8]); only socketpairs are restored yet")
+        var big = inside
+        big.queued = nil
+        #expect(RestorePlan.unixSocketProblem(big, held: [7: big]) == "its queue held more than 4194304 bytes, which the checkpoint does not keep")
     }
 }
