@@ -24,7 +24,7 @@ extension Kernel {
     package static func peekPipe(pid: Int32, fd: Int32) throws(Errno) -> (bytes: [UInt8], capacity: Int) {
         var size: Int32 = 0
         var bytes = [UInt8](repeating: 0, count: 1 << 20)
-        let count = try check { bytes.withUnsafeMutableBytes { mitosis_pipe_peek("/proc/\(pid)/fd/\(fd)", $0.baseAddress, UInt($0.count), &size) } }
+        let count = try check { bytes.withUnsafeMutableBytes { mitosis_pipe_peek("/proc/\(procEntry(pid))/fd/\(fd)", $0.baseAddress, UInt($0.count), &size) } }
         return (Array(bytes[..<count]), Int(size))
     }
 

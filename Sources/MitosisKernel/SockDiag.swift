@@ -44,7 +44,7 @@ package final class SockDiag {
 
     /// Whether `pid` is in the same network namespace as this process.
     package static func sharesNetworkNamespace(with pid: Int32) -> Bool {
-        guard let own = try? Kernel.status("/proc/self/ns/net"), let theirs = try? Kernel.status("/proc/\(pid)/ns/net")
+        guard let own = try? Kernel.status("/proc/self/ns/net"), let theirs = try? Kernel.status("/proc/\(Kernel.procEntry(pid))/ns/net")
         else { return true }
         return own.inode == theirs.inode && own.device == theirs.device
     }

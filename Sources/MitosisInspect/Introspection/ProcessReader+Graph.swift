@@ -15,9 +15,14 @@ extension ProcessReader {
         var found: [String: String] = [:]
         let pids = ((try? Kernel.listDirectory("/proc")) ?? []).compactMap { Int32($0) }.sorted()
         for pid in pids where !excluding.contains(pid) {
-            guard let fds = try? Kernel.listDirectory("/proc/\(pid)/fd") else { continue }
+            guard var fds = try? Kernel.listDirectory("/proc/\(pid)/fd") else { continue }
+            var entry = pid
+            if fds.isEmpty {  // no descriptors, or a main thread that exited: look through a live thread
+                entry = Kernel.procEntry(pid)
+                if entry != pid { fds = (try? Kernel.listDirectory("/proc/\(entry)/fd")) ?? [] }
+            }
             for fd in fds {
-                guard let target = try? Kernel.readLink("/proc/\(pid)/fd/\(fd)"), links.contains(target), found[target] == nil
+                guard let target = try? Kernel.readLink("/proc/\(entry)/fd/\(fd)"), links.contains(target), found[target] == nil
                 else { continue }
                 let comm = (try? Kernel.readFile("/proc/\(pid)/comm")).map { String(decoding: $0, as: UTF8.self) }.map { $0.hasSuffix("\n") ? String($0.dropLast()) : $0 } ?? "?"
                 found[target] = "process \(pid) (\(comm))"

@@ -155,7 +155,7 @@ public enum ProcessReader {
         // A regular file on an anonymous-device filesystem may be a POSIX message queue.
         if kind.kind == .file, let status, device?.major == 0 {
             let type = directories.fileSystemTypes[status.device]
-                ?? (try? Kernel.fileSystemType("/proc/\(process.pid)/fd/\(fd)"))
+                ?? (try? Kernel.fileSystemType("/proc/\(process.process.entry)/fd/\(fd)"))
             if let type {
                 directories.fileSystemTypes[status.device] = type
                 if type == Kernel.messageQueueFileSystem { kind.kind = .messageQueue }

@@ -100,7 +100,7 @@ extension Tracer {
         let targetFD = try performSyscall(number, arguments, in: thread.tid)
         let local: FileDescriptor
         do {
-            let pidfd = try Kernel.pidfdOpen(thread.pid)
+            let pidfd = try Kernel.pidfdOpen(descriptorsOf: thread.pid)
             defer { try? pidfd.close() }
             local = try Kernel.pidfdGetfd(pidfd, Int32(truncatingIfNeeded: targetFD))
         } catch {
@@ -313,7 +313,7 @@ extension Tracer {
 
     /// The address range of the `[vdso]` mapping in `/proc/PID/maps`.
     private static func vdsoRange(of pid: Int32) -> (UInt64, UInt64)? {
-        guard let maps = try? Kernel.readFile("/proc/\(pid)/maps") else { return nil }
+        guard let maps = try? Kernel.readFile("/proc/\(Kernel.procEntry(pid))/maps") else { return nil }
         for line in String(decoding: maps, as: UTF8.self).split(separator: "\n") where line.hasSuffix("[vdso]") {
             let range = line.prefix { $0 != " " }.split(separator: "-")
             if range.count == 2, let start = UInt64(range[0], radix: 16), let end = UInt64(range[1], radix: 16), start < end {

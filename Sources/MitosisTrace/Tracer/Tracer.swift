@@ -150,6 +150,12 @@ public actor Tracer {
                 var interrupted: [Int32] = []
                 var failure: MitosisError?
                 for tid in tids where !seized.contains(tid) {
+                    // A main thread that exited while others run stays a zombie until the last
+                    // one exits: it cannot be seized (EPERM) and has nothing to stop. Skip it.
+                    if tid == process, Self.hasExited(tid, of: process) {
+                        seized.insert(tid)
+                        continue
+                    }
                     found = true
                     seized.insert(tid)
                     do {
@@ -186,8 +192,8 @@ public actor Tracer {
         } catch .noSuchProcess {
             return false
         } catch .notPermitted, .permissionDenied {
-            // EPERM has three causes: the thread is already exiting (a zombie thread-group leader
-            // whose other threads still run), another tracer holds it, or we lack the privilege.
+            // EPERM has three causes: the thread is already exiting, another tracer holds it, or
+            // we lack the privilege.
             let status = (try? Kernel.readFile("/proc/\(process)/task/\(tid)/status"))
                 .map { ProcStatus(parsing: String(decoding: $0, as: UTF8.self)) }
             guard let status, let state = status["State"]?.first else { return false }
@@ -257,6 +263,13 @@ public actor Tracer {
             usleep(pause)
             pause = min(pause * 2, 1000)
         }
+    }
+
+    /// Whether thread `tid` of `process` has exited (state Z or X: a zombie, or being reaped).
+    private static func hasExited(_ tid: Int32, of process: Int32) -> Bool {
+        guard let text = try? Kernel.readFile("/proc/\(process)/task/\(tid)/stat"),
+              let state = ProcStat(parsing: String(decoding: text, as: UTF8.self))?.state else { return true }
+        return state == "Z" || state == "X"
     }
 
     /// Whether `/proc` shows `tid` in a ptrace-stop (state `t`).
