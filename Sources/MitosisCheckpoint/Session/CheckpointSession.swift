@@ -20,6 +20,10 @@ public struct CheckpointOptions: Sendable {
     /// Record what a restore needs (`RestoreRecord`: signal dispositions, mm bounds…), at the
     /// cost of a few injected system calls during the freeze. Without it the image cannot be restored.
     public var recordRestoreState = true
+    /// Copy a process that asked not to be dumped (`prctl(PR_SET_DUMPABLE, 0)`, or changed
+    /// credentials): its memory may hold secrets it meant to keep out of dumps. Without it the
+    /// session refuses such a process with `MitosisError.notDumpable`.
+    public var copyNonDumpable = false
 
     public init(strategy: TrackingStrategy? = nil, pageMapMethod: PageMapReader.Method? = nil) {
         self.strategy = strategy
@@ -105,6 +109,7 @@ public actor CheckpointSession {
     /// Starts tracking the writes of `pid`.
     public init(pid: Int32, options: CheckpointOptions = CheckpointOptions()) async throws {
         target = try TargetProcess(pid: pid, forTracing: true)
+        if !options.copyNonDumpable { try await TargetCheck.requireDumpable(target) }
         self.pid = pid
         self.options = options
         var chosen = options.strategy
