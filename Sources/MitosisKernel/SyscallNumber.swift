@@ -1,4 +1,5 @@
 import CMitosis
+import Glibc
 
 /// System call numbers of this architecture for `Tracer.injectSyscall`, so that clients need
 /// not import the C layer. Any other number works too.
@@ -14,4 +15,16 @@ public enum SyscallNumber {
     public static let userfaultfd = MITOSIS_SYS_userfaultfd
     public static let prctl = MITOSIS_SYS_prctl
     public static let sigaltstack = MITOSIS_SYS_sigaltstack
+    public static let pause = Int(SYS_pause)
+}
+
+/// Flag values for the arguments of injected calls (`Tracer.injectMmap`,
+/// `Tracer.createTargetUserfaultfd`), so that clients need not import the C layer either.
+public enum SyscallFlags {
+    /// `PROT_READ | PROT_WRITE`.
+    public static let readWriteProtection = PROT_READ | PROT_WRITE
+    /// `MAP_PRIVATE | MAP_ANONYMOUS`.
+    public static let privateAnonymousMapping = MAP_PRIVATE | MAP_ANONYMOUS
+    /// `O_CLOEXEC | O_NONBLOCK`.
+    public static let closeOnExecNonBlocking = O_CLOEXEC | O_NONBLOCK
 }

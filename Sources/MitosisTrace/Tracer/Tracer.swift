@@ -1,5 +1,3 @@
-import CMitosis
-import Glibc
 import Logging
 import SystemPackage
 import MitosisKernel
@@ -38,7 +36,7 @@ public actor Tracer {
 
     /// Signals that a thread dequeued while Mitosis ran code in it (see `Injection/`): held back
     /// so that no handler runs on borrowed registers, and delivered at thaw, in order.
-    package var deferredSignals: [Int32: [siginfo_t]] = [:]
+    package var deferredSignals: [Int32: [SignalInfo]] = [:]
     /// Threads whose current stop is a signal-delivery-stop: detaching them can deliver a signal
     /// with its original siginfo.
     package var inSignalDeliveryStop: Set<Int32> = []
@@ -90,7 +88,7 @@ public actor Tracer {
             // their siginfo when the kernel allows it (sigqueue), else as a plain tgkill.
             if inSignalDeliveryStop.contains(thread.tid), let first = pending.first,
                (try? Ptrace.setSignalInfo(thread.tid, first)) != nil {
-                signal = first.si_signo
+                signal = first.number
                 pending.removeFirst()
             }
             do {
@@ -100,7 +98,7 @@ public actor Tracer {
                 logger.debug("detach \(thread.tid): \(error)")
             }
             for info in pending where (try? Kernel.threadQueueSignal(pid: thread.pid, tid: thread.tid, info: info)) == nil {
-                try? Kernel.threadKill(pid: thread.pid, tid: thread.tid, signal: info.si_signo)
+                try? Kernel.threadKill(pid: thread.pid, tid: thread.tid, signal: info.number)
             }
         }
         threads.removeAll()
@@ -186,7 +184,7 @@ public actor Tracer {
     /// Seizes one thread and asks it to stop. Returns false if it exited first.
     private func seizeAndInterrupt(pid process: Int32, tid: Int32) throws(MitosisError) -> Bool {
         do {
-            try Ptrace.seize(tid, options: Int(MITOSIS_PTRACE_O_TRACESYSGOOD))
+            try Ptrace.seize(tid, options: Ptrace.traceSystemCallsOption)
             try Ptrace.interrupt(tid)
             return true
         } catch .noSuchProcess {
@@ -217,8 +215,8 @@ public actor Tracer {
                     throw MitosisError.stopTimedOut(process, tid: tid, after: stopTimeout)
                 }
                 switch event {
-                case .eventStop(event: MITOSIS_PTRACE_EVENT_STOP, let signal):
-                    if signal != SIGTRAP { thread.groupStopSignal = signal }
+                case .eventStop(event: Ptrace.stopEvent, let signal):
+                    if signal != SignalNumber.trap { thread.groupStopSignal = signal }
                     return thread
                 case .eventStop, .syscallStop:
                     return thread
@@ -260,7 +258,7 @@ public actor Tracer {
                     stoppedUnseenSince = nil
                 }
             }
-            usleep(pause)
+            Kernel.sleepThread(microseconds: pause)
             pause = min(pause * 2, 1000)
         }
     }

@@ -22,12 +22,6 @@ struct LayeringTests {
     /// Files above the kernel layer that still use C types directly, each with why. The test fails
     /// as soon as one no longer needs its exception, so this list can only shrink.
     static let notYetMoved: [String: String] = [
-        "Sources/MitosisTrace/Tracer/Tracer.swift: import CMitosis":
-            "keeps siginfo_t of held signals and the ptrace event constants; to move behind Ptrace",
-        "Sources/MitosisTrace/Tracer/Tracer.swift: import Glibc": "signal numbers and siginfo_t",
-        "Sources/MitosisTrace/Injection/SyscallInjection.swift: import CMitosis":
-            "builds the self-healing rt_sigreturn frame over user_regs_struct; to move into MitosisKernel",
-        "Sources/MitosisTrace/Injection/SyscallInjection.swift: import Glibc": "user_regs_struct, signal numbers",
         // Restore (written before this test existed): to move behind typed Kernel wrappers.
         "Sources/MitosisRestore/Husk/AddressSpace.swift: import CMitosis": restoreShims,
         "Sources/MitosisRestore/Husk/AddressSpace.swift: import Glibc": restoreLibc,
@@ -49,8 +43,6 @@ struct LayeringTests {
         "Sources/MitosisRestore/Descriptors/Pipes.swift: import Glibc": restoreLibc,
         "Sources/MitosisCheckpoint/Session/RestoreCapture.swift: import CMitosis": "syscall numbers of the injected queries",
         "Sources/MitosisCheckpoint/Session/RestoreCapture.swift: import Glibc": "SIGCHLD",
-        "Sources/MitosisTrace/Tracer/Tracer+Husk.swift: import CMitosis": "ptrace option constants; to move behind Ptrace",
-        "Sources/MitosisTrace/Tracer/Tracer+Husk.swift: import Glibc": "SYS_pause, SIGKILL, usleep",
     ]
 
     @Test("no target above the kernel layer imports libc or the C shims")
