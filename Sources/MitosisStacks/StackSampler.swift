@@ -35,6 +35,7 @@ public enum StackSampler {
                 (raw, maps) = try await withFrozenProcess(pid) { tracer in try await tracer.unwindWithMaps(maxFrames: maxFrames) }
             } catch let error as MitosisError where profile.samples > 0 {
                 if case .noSuchProcess = error { break }
+                if case .targetExited = error { break }
                 if case .zombie = error { break }
                 throw error
             }

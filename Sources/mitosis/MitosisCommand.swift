@@ -23,9 +23,10 @@ struct MitosisCommand: AsyncParsableCommand {
     )
 }
 
-/// Prints one clear line for a failure and exits nonzero; never a stack trace.
+/// Prints one clear line for a failure and exits nonzero; never a stack trace. Every error of the
+/// library is a `MitosisFailure` and says what happened in its `summary`.
 func fail(_ error: any Error) -> Never {
-    let message = "\(error)"
+    let message = (error as? any MitosisFailure)?.summary ?? "\(error)"
     FileHandle.standardError.write(Data("mitosis: \(message)\n".utf8))
     exit(1)
 }

@@ -156,7 +156,7 @@ public actor CheckpointSession {
         do {
             try Kernel.pidfdKill(target.process.pidfd)
         } catch .noSuchProcess {
-            throw CheckpointError.targetExited(pid)
+            throw MitosisError.targetExited(pid)
         }
     }
 
@@ -373,7 +373,7 @@ public actor CheckpointSession {
         do {
             failures = try memory.read(pieces)
         } catch {
-            throw CheckpointError.targetExited(pid)
+            throw MitosisError.targetExited(pid)
         }
         if !tolerant, let failure = failures.values.first { throw failure }
         var copied = PageSet()
@@ -457,7 +457,7 @@ public actor CheckpointSession {
     /// A vanished target is reported as such, whichever layer noticed.
     package static func translate(_ error: any Error, pid: Int32) -> any Error {
         switch error as? MitosisError {
-        case .noSuchProcess(pid), .zombie(pid): return CheckpointError.targetExited(pid)
+        case .noSuchProcess(pid), .zombie(pid): return MitosisError.targetExited(pid)
         default: return error
         }
     }

@@ -58,7 +58,7 @@ public enum GraphBuilder {
             do {
                 processes.append(try ProcessResources.read(member == pid ? root : TargetProcess(pid: member),
                                                            mappings: options.includeMappings))
-            } catch .noSuchProcess where member != pid {
+            } catch .noSuchProcess where member != pid, .targetExited where member != pid {
                 continue  // a descendant exited meanwhile
             } catch .zombie where member != pid {
                 continue  // a descendant that has exited, not yet reaped

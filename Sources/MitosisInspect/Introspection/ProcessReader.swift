@@ -21,7 +21,7 @@ public enum ProcessReader {
         let stat = try self.stat(target)
         let status = ProcStatus(parsing: try target.text("status"))
         guard let uid = status.credentials("Uid"), let gid = status.credentials("Gid") else {
-            throw .noSuchProcess(pid)  // a status without ids is a process caught exiting
+            throw .targetExited(pid)  // a status without ids is a process caught exiting
         }
         return ProcessIdentity(
             pid: pid, ppid: stat.ppid,

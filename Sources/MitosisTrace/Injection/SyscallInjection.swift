@@ -310,9 +310,9 @@ extension Tracer {
     }
 
     private func threadError(_ error: Errno, _ thread: SeizedThread, _ what: String) -> MitosisError {
-        if error == .noSuchProcess {
+        if error == .noSuchProcess {  // only SIGKILL ends a frozen thread, and with it the process
             forget(thread.tid)
-            return .noSuchProcess(thread.tid)
+            return .targetExited(thread.pid)
         }
         return .system(operation: "\(what) thread \(thread.tid)", errno: error)
     }

@@ -140,7 +140,7 @@ public actor Tracer {
                 do {
                     tids = try Kernel.listDirectory("/proc/\(process)/task").compactMap { Int32($0) }.sorted()
                 } catch {
-                    if process == pid { throw .noSuchProcess(pid) }
+                    if process == pid { throw .targetExited(pid) }
                     continue  // a descendant exited before we reached it
                 }
                 // Interrupt every new thread first, then collect the stops: the threads stop
@@ -177,7 +177,7 @@ public actor Tracer {
             }
             if !found { break }
         }
-        guard threads.contains(where: { $0.pid == pid }) else { throw .noSuchProcess(pid) }
+        guard threads.contains(where: { $0.pid == pid }) else { throw .targetExited(pid) }
         threads.sort { ($0.pid, $0.tid) < ($1.pid, $1.tid) }
     }
 
