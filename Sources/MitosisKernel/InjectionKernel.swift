@@ -12,12 +12,6 @@ extension SignalInfo {
     package var number: Int32 { si_signo }
 }
 
-/// The signal numbers the layers above the kernel need by name.
-package enum SignalNumber {
-    package static let kill = SIGKILL
-    package static let trap = SIGTRAP
-}
-
 extension Ptrace {
     /// `PTRACE_O_TRACESYSGOOD`: system-call stops report `SIGTRAP | 0x80`, told apart from a real SIGTRAP.
     package static let traceSystemCallsOption = Int(MITOSIS_PTRACE_O_TRACESYSGOOD)
@@ -27,11 +21,6 @@ extension Ptrace {
     package static let traceCloneOption = Int(MITOSIS_PTRACE_O_TRACECLONE)
     /// `PTRACE_EVENT_STOP`: the event of a stop that `PTRACE_INTERRUPT` or job control caused.
     package static let stopEvent = MITOSIS_PTRACE_EVENT_STOP
-
-    /// Sets the thread's general registers. The corresponding request is `PTRACE_SETREGS`.
-    package static func setGeneralRegisters(_ tid: Int32, _ registers: GeneralRegisters) throws(Errno) {
-        try setRegisters(tid, user_regs_struct(general: registers))
-    }
 
     /// The self-healing stub, `syscall; mov $15, %eax; syscall`: the injected call, then
     /// rt_sigreturn through the frame `sigreturnFrame` lays out (see Docs/injection.md).
@@ -64,7 +53,7 @@ extension Ptrace {
         }
         var bytes = [UInt8](repeating: 0, count: stateLength + 1024)
         var address: UInt64 = 0
-        var raw = user_regs_struct(general: registers)
+        var raw = user_regs_struct(registers)
         let length = mitosis_sigreturn_frame(&bytes, bytes.count, stackTop, &raw, mask, state, stateLength, isXsave, &address)
         guard length > 0 else { throw .noMemory }
         return (address, Array(bytes[..<length]))
@@ -85,15 +74,5 @@ extension Kernel {
     /// tracer's), never on Swift's cooperative pool. The corresponding C function is `usleep`.
     package static func sleepThread(microseconds: UInt32) {
         usleep(microseconds)
-    }
-}
-
-extension user_regs_struct {
-    /// The C layout of `registers`, for `PTRACE_SETREGS` and signal frames.
-    fileprivate init(general r: GeneralRegisters) {
-        self.init(r15: r.r15, r14: r.r14, r13: r.r13, r12: r.r12, rbp: r.rbp, rbx: r.rbx, r11: r.r11, r10: r.r10,
-                  r9: r.r9, r8: r.r8, rax: r.rax, rcx: r.rcx, rdx: r.rdx, rsi: r.rsi, rdi: r.rdi, orig_rax: r.origRax,
-                  rip: r.rip, cs: r.cs, eflags: r.eflags, rsp: r.rsp, ss: r.ss, fs_base: r.fsBase, gs_base: r.gsBase,
-                  ds: r.ds, es: r.es, fs: r.fs, gs: r.gs)
     }
 }

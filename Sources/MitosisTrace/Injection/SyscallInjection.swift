@@ -50,16 +50,16 @@ extension Tracer {
         let result = try Kernel.withFatalSignalsHeld { () throws(MitosisError) -> Int64 in
             let result: Int64
             do throws(MitosisError) {
-                do throws(Errno) { try Ptrace.setGeneralRegisters(thread.tid, registers) } catch {
+                do throws(Errno) { try Ptrace.setRegisters(thread.tid, registers) } catch {
                     throw threadError(error, thread, "setting registers of")
                 }
                 InjectionPauseHook.reached(.registersBorrowed, tid: thread.tid)
                 result = try runToSyscallExit(thread)
             } catch {
-                try? Ptrace.setGeneralRegisters(thread.tid, saved)
+                try? Ptrace.setRegisters(thread.tid, saved)
                 throw error
             }
-            do throws(Errno) { try Ptrace.setGeneralRegisters(thread.tid, saved) } catch {
+            do throws(Errno) { try Ptrace.setRegisters(thread.tid, saved) } catch {
                 throw threadError(error, thread, "restoring registers of")
             }
             return result
@@ -158,7 +158,7 @@ extension Tracer {
                 case .signalStop:
                     deferredSignals[tid, default: []].append(try Ptrace.signalInfo(tid))
                 case .eventStop(event: Ptrace.stopEvent, let signal):
-                    if signal != SignalNumber.trap, let index = threads.firstIndex(where: { $0.tid == tid }) {
+                    if signal != Linux.SIGTRAP, let index = threads.firstIndex(where: { $0.tid == tid }) {
                         threads[index].groupStopSignal = signal
                     }
                 case .eventStop:

@@ -33,7 +33,7 @@ extension Tracer {
             }
             throw Errno.timedOut
         } catch {
-            _ = try? Kernel.sendSignal(pid: husk, SignalNumber.kill)
+            _ = try? Kernel.sendSignal(pid: husk, Linux.SIGKILL)
             Kernel.reap(husk)
             throw MitosisError.system(operation: "seizing the husk \(husk)", errno: error)
         }
@@ -65,7 +65,7 @@ extension Tracer {
 
     /// Kills the husk and reaps it, for a restore that failed: no half-built process survives.
     package func killHusk() {
-        _ = try? Kernel.sendSignal(pid: pid, SignalNumber.kill)
+        _ = try? Kernel.sendSignal(pid: pid, Linux.SIGKILL)
         // Traced threads stay zombies until their tracer reaps them; the leader goes last.
         for thread in threads where thread.tid != pid { Kernel.reap(thread.tid) }
         Kernel.reap(pid)

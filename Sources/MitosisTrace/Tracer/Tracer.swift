@@ -216,7 +216,7 @@ public actor Tracer {
                 }
                 switch event {
                 case .eventStop(event: Ptrace.stopEvent, let signal):
-                    if signal != SignalNumber.trap { thread.groupStopSignal = signal }
+                    if signal != Linux.SIGTRAP { thread.groupStopSignal = signal }
                     return thread
                 case .eventStop, .syscallStop:
                     return thread
