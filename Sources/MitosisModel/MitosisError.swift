@@ -41,6 +41,16 @@ public enum MitosisError: MitosisFailure, Equatable {
     /// A `LaunchedTarget` exited, or printed something else, before its READY line.
     case targetNotReady(executable: String, output: String)
 
+    /// The process this error says is gone — never there (`noSuchProcess`), exited mid-operation
+    /// (`targetExited`) or exited and unreaped (`zombie`) — for callers that end quietly then
+    /// (a watch, a sampler, a tree walk); nil for every other failure.
+    public var goneProcess: Int32? {
+        switch self {
+        case .noSuchProcess(let pid), .targetExited(let pid), .zombie(let pid): return pid
+        default: return nil
+        }
+    }
+
     public var description: String {
         switch self {
         case .invalidPID(let text): return "'\(text)' is not a valid process id"

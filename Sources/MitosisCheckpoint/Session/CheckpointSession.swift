@@ -456,10 +456,7 @@ public actor CheckpointSession {
 
     /// A vanished target is reported as such, whichever layer noticed.
     package static func translate(_ error: any Error, pid: Int32) -> any Error {
-        switch error as? MitosisError {
-        case .noSuchProcess(pid), .zombie(pid): return MitosisError.targetExited(pid)
-        default: return error
-        }
+        (error as? MitosisError)?.goneProcess == pid ? MitosisError.targetExited(pid) : error
     }
 
     package static func nanoseconds(_ duration: Duration) -> UInt64 {

@@ -58,10 +58,8 @@ public enum GraphBuilder {
             do {
                 processes.append(try ProcessResources.read(member == pid ? root : TargetProcess(pid: member),
                                                            mappings: options.includeMappings))
-            } catch .noSuchProcess where member != pid, .targetExited where member != pid {
-                continue  // a descendant exited meanwhile
-            } catch .zombie where member != pid {
-                continue  // a descendant that has exited, not yet reaped
+            } catch where member != pid && error.goneProcess == member {
+                continue  // a descendant that has exited (reaped or not)
             }
         }
         var tables: [UInt64: SocketTable] = [:]

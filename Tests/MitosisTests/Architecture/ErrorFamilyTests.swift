@@ -39,5 +39,7 @@ struct ErrorFamilyTests {
             == "process 42 exited while mitosis was working on it (an image being written is left marked incomplete)")
         #expect(CheckpointSession.translate(MitosisError.noSuchProcess(42), pid: 42) as? MitosisError == .targetExited(42))
         #expect(CheckpointSession.translate(MitosisError.zombie(42), pid: 42) as? MitosisError == .targetExited(42))
+        #expect(CheckpointSession.translate(MitosisError.noSuchProcess(43), pid: 42) as? MitosisError == .noSuchProcess(43))
+        #expect(MitosisError.pidReused(42).goneProcess == nil && MitosisError.targetExited(42).goneProcess == 42)
     }
 }
