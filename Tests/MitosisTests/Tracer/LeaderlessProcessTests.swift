@@ -68,6 +68,9 @@ struct LeaderlessProcessTests {
         }
         #expect(held == live)
         await #expect(try TargetHealth.runsFreely(child.pid))
+        let freeze = try await ToolRun(ToolRun.mitosis, ["freeze", "\(child.pid)"])
+        #expect(freeze.status == 0, "\(freeze.standardError)")
+        #expect(freeze.standardOutput.hasPrefix("froze \(live.count) threads of 1 process(es)"))
         let stacks = try await ProcessStacks.capture(pid: child.pid)
         #expect(stacks.threads.map(\.tid) == live)
         for thread in stacks.threads {
