@@ -214,6 +214,37 @@ struct RestoredDescriptorScenario {
             #expect(detail.hasPrefix("another process listens on /") && detail.hasSuffix("/fds.log.sock"), "\(detail)")
         }
     }
+
+    /// Capturing descriptors peeks queues, reads sockets' options and files' bytes through copies:
+    /// the original must be left exactly as it was (queues unread, peek offsets and file offsets
+    /// unmoved, no descriptor added) and still pass its own check.
+    @Test func capturingDescriptorsLeavesTheOriginalIntact() async throws {
+        let scratch = try ScratchDirectory()
+        defer { scratch.remove() }
+        let log = scratch.path + "/fds.log"
+        let child = try ScenarioProcess("restorefds", [log, "120", "inet,unix,files,shared"])
+        defer { child.stop() }
+        try child.send("detach")
+        kill(child.pid, SIGUSR1)
+        #expect(try await CheckpointedScenario.awaitCheck(1, in: log) == "CHECK n=1 PASS")
+        let before = try TargetHealth(pid: child.pid)
+        let fdinfo = { (fd: Int32) in String(decoding: try Kernel.readFile("/proc/\(child.pid)/fdinfo/\(fd)"), as: UTF8.self) }
+        let offsets = try [34, 35, 40, 42].map { try fdinfo($0).prefix { $0 != "\n" } }
+        let session = try await CheckpointSession(pid: child.pid)
+        let result: CheckpointResult
+        do { result = try await session.checkpoint(to: DirectorySink(directory: scratch.path + "/image")) } catch {
+            await session.stop()
+            throw error
+        }
+        await session.stop()
+        #expect((result.manifest.restore?.sockets ?? []).count == 12)
+        #expect(try TargetHealth(pid: child.pid).descriptors == before.descriptors)
+        #expect(try TargetHealth.tracer(of: child.pid) == 0)
+        #expect(try [34, 35, 40, 42].map { try fdinfo($0).prefix { $0 != "\n" } } == offsets)
+        // The queues were peeked, not read: the process reads them itself, whole.
+        kill(child.pid, SIGUSR1)
+        #expect(try await CheckpointedScenario.awaitCheck(2, in: log) == "CHECK n=2 PASS")
+    }
 }
 
 struct RestoreSocketRefusalTests {
