@@ -10,7 +10,7 @@ enum FileContentCapture {
         let duplicates = Set(shared.map(\.fd))
         let wanted = descriptors.filter { ($0.kind == .memfd || ($0.kind == .file && $0.deleted)) && !duplicates.contains($0.fd) }
         guard !wanted.isEmpty else { return [] }
-        let pidfd = try Kernel.pidfdOpen(pid)
+        let pidfd = try Kernel.pidfdOpen(pid, task: Kernel.procEntry(pid))
         defer { try? pidfd.close() }
         return try wanted.map { descriptor in
             let copy = try Kernel.pidfdGetfd(pidfd, descriptor.fd)
@@ -27,7 +27,7 @@ enum FileContentCapture {
         try descriptors.compactMap { descriptor in
             guard descriptor.kind == .timerfd, let clock = descriptor.timerfd?.clockId else { return nil }
             let now = try Kernel.clockNow(clock)
-            let text = String(decoding: try Kernel.readFile("/proc/\(pid)/fdinfo/\(descriptor.fd)"), as: UTF8.self)
+            let text = String(decoding: try Kernel.readFile("/proc/\(Kernel.procEntry(pid))/fdinfo/\(descriptor.fd)"), as: UTF8.self)
             guard let state = ProcFdinfo(parsing: text)?.timerfd else {
                 throw MitosisError.system(operation: "reading the timerfd \(descriptor.fd) of \(pid)", errno: .ioError)
             }

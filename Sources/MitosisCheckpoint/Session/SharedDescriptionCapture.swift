@@ -13,11 +13,12 @@ enum SharedDescriptionCapture {
             var target: String
         }
         var shared: [RestoreRecord.SharedDescription] = []
+        let task = Kernel.procEntry(pid)  // a live thread, should the leader have exited
         let groups = Dictionary(grouping: descriptors, by: { Object(inode: $0.inode, device: $0.device, target: $0.target) })
         for group in groups.values where group.count > 1 {
             var firsts: [Int32] = []  // the lowest fd of each description seen so far
             for descriptor in group.sorted(by: { $0.fd < $1.fd }) {
-                if let first = try firsts.first(where: { try Kernel.kcmpEqual(pid, pid, .file, Int($0), Int(descriptor.fd)) }) {
+                if let first = try firsts.first(where: { try Kernel.kcmpEqual(task, task, .file, Int($0), Int(descriptor.fd)) }) {
                     shared.append(RestoreRecord.SharedDescription(fd: descriptor.fd, sameAs: first))
                 } else {
                     firsts.append(descriptor.fd)

@@ -14,7 +14,7 @@ enum SocketCapture {
     static func capture(pid: Int32, descriptors: [OpenDescriptor]) throws -> [SocketRestoreState] {
         let sockets = descriptors.filter { $0.kind == .socket }
         guard !sockets.isEmpty else { return [] }
-        let pidfd = try Kernel.pidfdOpen(pid)
+        let pidfd = try Kernel.pidfdOpen(pid, task: Kernel.procEntry(pid))
         defer { try? pidfd.close() }
         var unixTable: [UInt64: UnixSocket]?
         var states: [SocketRestoreState] = []
@@ -39,7 +39,7 @@ enum SocketCapture {
             }
             if kind.domain == Linux.AF_UNIX {
                 if unixTable == nil {
-                    let table = try SockDiag(networkNamespaceOf: pid).table()
+                    let table = try SockDiag(networkNamespaceOf: Kernel.procEntry(pid)).table()
                     unixTable = Dictionary(table.unix.map { ($0.inode, $0) }, uniquingKeysWith: { a, _ in a })
                 }
                 let diag = unixTable?[descriptor.inode]
