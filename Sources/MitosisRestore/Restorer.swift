@@ -16,6 +16,9 @@ public struct RestoreResult: Codable, Sendable, Equatable {
     /// vDSO), `memory` (mapping and filling), `state` (signals, mm, descriptors, threads),
     /// `resume` (rseq, registers, detach).
     public var phases: [String: Double]
+    /// What was restored otherwise than recorded, and why (a process group that no longer
+    /// exists, a parent-death signal not armed…); empty when everything is as recorded.
+    public var notes: [String] = []
 }
 
 /// Brings a checkpointed process back to life from an image chain, on this host, with its pid
@@ -68,10 +71,10 @@ public struct Restorer: Sendable {
         }
         let huskReady = clock.now
         do {
-            var phases = try await tracer.buildRestoredProcess(plan, chain: chain, verify: verify)
+            var (phases, notes) = try await tracer.buildRestoredProcess(plan, chain: chain, verify: verify)
             phases["husk"] = Self.milliseconds(huskReady - started)
             return RestoreResult(pid: pid, threads: manifest.threads.count, descriptors: manifest.descriptors?.count ?? 0,
-                                 restoreMilliseconds: Self.milliseconds(clock.now - started), phases: phases)
+                                 restoreMilliseconds: Self.milliseconds(clock.now - started), phases: phases, notes: notes)
         } catch {
             await tracer.killHusk()
             if let failure = error as? StepFailure { throw RestoreError.failed(step: failure.step, detail: failure.detail) }

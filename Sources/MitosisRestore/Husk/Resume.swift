@@ -28,8 +28,13 @@ extension Tracer {
                 throw StepFailure(step: "setting the registers of thread \(state.tid)", detail: "\(error)")
             }
         }
-        // Signals pending at the freeze are sent again (once each: their siginfo and the count
-        // of queued real-time signals are not recorded). They wait, blocked or not, for the thaw.
+        // Images without queued signals (`queueSignals`) name only which signals were pending:
+        // each is sent again once, without its siginfo. They wait, blocked or not, for the thaw.
+        if plan.record.processState == nil { try resendPendingSignals(plan) }
+        thaw()
+    }
+
+    func resendPendingSignals(_ plan: RestorePlan) throws {
         let shared = plan.manifest.threads.first?.sharedPendingSignals ?? 0
         for state in plan.manifest.threads {
             for signal in Self.signals(in: state.pendingSignals) {
@@ -43,7 +48,6 @@ extension Tracer {
                 throw StepFailure(step: "sending signal \(signal) pending for the process", detail: "\(error)")
             }
         }
-        thaw()
     }
 }
 
