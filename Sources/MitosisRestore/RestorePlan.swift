@@ -7,6 +7,14 @@ import SystemPackage
 struct RestorePlan: Sendable {
     let manifest: CheckpointManifest
     let record: RestoreRecord
+    /// Thread ids as this process sees them, by the image's tid: the same unless the process is
+    /// restored inside a new pid namespace. Filled as the husk's threads are created.
+    var hostTids: [Int32: Int32] = [:]
+    /// Restored inside a new pid namespace (`--pidns`).
+    var newPidNamespace = false
+
+    /// The id this process uses for the image's thread `tid` (ptrace, /proc, injection).
+    func host(_ tid: Int32) -> Int32 { hostTids[tid] ?? tid }
 
     /// Character devices that hold no state, so that opening them again restores them.
     static let statelessDevices: Set<String> = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"]

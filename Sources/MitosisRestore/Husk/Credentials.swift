@@ -23,7 +23,7 @@ extension Tracer {
             .flatMap { Int(String(decoding: $0, as: UTF8.self).split(whereSeparator: \.isWhitespace).first ?? "") } ?? 40
         for thread in plan.manifest.threads.map(\.tid) {
             func call(_ step: String, _ number: Int, _ arguments: [UInt64]) throws {
-                try huskCall("\(step) in thread \(thread)", number, arguments, in: thread)
+                try huskCall("\(step) in thread \(thread)", number, arguments, in: plan.host(thread))
             }
             try groups.withUnsafeBytes { try huskWrite("passing the supplementary groups", area.scratch + WorkArea.text, $0) }
             try call("setting \(groups.count) supplementary groups", SyscallNumber.setgroups, [UInt64(groups.count), area.scratch + WorkArea.text])
@@ -39,8 +39,8 @@ extension Tracer {
             try call("setting uids \(identity.uid.real)/\(identity.uid.effective)/\(identity.uid.saved)", SyscallNumber.setresuid,
                      [UInt64(identity.uid.real), UInt64(identity.uid.effective), UInt64(identity.uid.saved)])
             // setfsuid/setfsgid return the previous id, never an error.
-            _ = try? performSyscall(SyscallNumber.setfsgid, [UInt64(identity.gid.filesystem)], in: thread)
-            _ = try? performSyscall(SyscallNumber.setfsuid, [UInt64(identity.uid.filesystem)], in: thread)
+            _ = try? performSyscall(SyscallNumber.setfsgid, [UInt64(identity.gid.filesystem)], in: plan.host(thread))
+            _ = try? performSyscall(SyscallNumber.setfsuid, [UInt64(identity.uid.filesystem)], in: plan.host(thread))
             try call("setting securebits 0x\(String(state?.securebits ?? 0, radix: 16))", SyscallNumber.prctl,
                      [PrctlOption.setSecurebits, UInt64(state?.securebits ?? 0), 0, 0, 0])
             if let sets {

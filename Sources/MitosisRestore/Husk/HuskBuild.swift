@@ -48,6 +48,8 @@ extension Tracer {
             timings[name] = Double(seconds) * 1000 + Double(attoseconds) / 1e15
             mark = now
         }
+        var plan = plan
+        plan.hostTids[plan.manifest.pid] = pid
         let area = try prepareEmptyAddressSpace(plan)
         phase("empty")
         try mapMemory(plan, chain: chain, area: area)
@@ -55,7 +57,7 @@ extension Tracer {
         try restoreProcessState(plan, area: area)
         try restoreDescriptors(plan, area: area)
         try restoreLimits(plan)
-        try createThreads(plan, area: area)
+        try createThreads(&plan, area: area)
         try restoreThreadState(plan, area: area)
         notes += try restoreProcessAttributes(plan)
         try restoreTimers(plan, area: area)

@@ -13,10 +13,14 @@ extension Tracer {
     func restoreProcessAttributes(_ plan: RestorePlan) throws -> [String] {
         var notes: [String] = []
         if let identity = plan.manifest.process?.identity {
-            if identity.session == pid {
+            // The image's ids: inside a new pid namespace the husk's own pid is the image's.
+            let own = plan.manifest.pid
+            if identity.session == own {
                 try huskCall("leading a new session (setsid)", SyscallNumber.setsid, [])
-            } else if identity.processGroup == pid {
+            } else if identity.processGroup == own {
                 try huskCall("leading a new process group (setpgid)", SyscallNumber.setpgid, [0, 0])
+            } else if plan.newPidNamespace {
+                notes.append("process group \(identity.processGroup) and session \(identity.session) are outside the new pid namespace; the process is in its restorer's")
             } else {
                 let mine = try? Kernel.processGroupAndSession(pid)
                 if mine?.group != identity.processGroup {

@@ -14,16 +14,17 @@ extension Tracer {
         for state in plan.manifest.threads {
             if let rseq = state.rseq {
                 try huskCall("registering rseq of thread \(state.tid)", MITOSIS_SYS_rseq,
-                             [rseq.address, UInt64(rseq.size), 0, UInt64(rseq.signature)], in: state.tid)
+                             [rseq.address, UInt64(rseq.size), 0, UInt64(rseq.signature)], in: plan.host(state.tid))
             }
         }
         for state in plan.manifest.threads {
+            let tid = plan.host(state.tid)
             do {
-                try Ptrace.setRegisters(state.tid, user_regs_struct(state.registers.resumingInterruptedCall))
+                try Ptrace.setRegisters(tid, user_regs_struct(state.registers.resumingInterruptedCall))
                 try state.extendedState.bytes.withUnsafeBytes { buffer in
-                    try Ptrace.setRegisterSet(state.tid, kind: MITOSIS_NT_X86_XSTATE, from: buffer)
+                    try Ptrace.setRegisterSet(tid, kind: MITOSIS_NT_X86_XSTATE, from: buffer)
                 }
-                try Ptrace.setSignalMask(state.tid, state.signalMask)
+                try Ptrace.setSignalMask(tid, state.signalMask)
             } catch {
                 throw StepFailure(step: "setting the registers of thread \(state.tid)", detail: "\(error)")
             }
@@ -38,7 +39,7 @@ extension Tracer {
         let shared = plan.manifest.threads.first?.sharedPendingSignals ?? 0
         for state in plan.manifest.threads {
             for signal in Self.signals(in: state.pendingSignals) {
-                do { try Kernel.threadKill(pid: pid, tid: state.tid, signal: signal) } catch {
+                do { try Kernel.threadKill(pid: pid, tid: plan.host(state.tid), signal: signal) } catch {
                     throw StepFailure(step: "sending signal \(signal) pending for thread \(state.tid)", detail: "\(error)")
                 }
             }

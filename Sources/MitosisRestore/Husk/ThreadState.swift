@@ -18,13 +18,13 @@ extension Tracer {
                 : [recorded.address, UInt64(UInt32(bitPattern: recorded.flags)), recorded.size]
             try stack.withUnsafeBytes { try huskWrite("passing the signal stack of thread \(thread.tid)", area.scratch + WorkArea.altStack, $0) }
             try huskCall("setting the signal stack of thread \(thread.tid)", SyscallNumber.sigaltstack,
-                         [area.scratch + WorkArea.altStack, 0], in: thread.tid)
+                         [area.scratch + WorkArea.altStack, 0], in: plan.host(thread.tid))
             try huskCall("setting the timer slack of thread \(thread.tid)", SyscallNumber.prctl,
-                         [PrctlOption.setTimerSlack, thread.timerSlack, 0, 0, 0], in: thread.tid)
+                         [PrctlOption.setTimerSlack, thread.timerSlack, 0, 0, 0], in: plan.host(thread.tid))
         }
         for thread in plan.manifest.threads {
             let s = thread.scheduling
-            do { try Kernel.setScheduling(thread.tid, s) } catch {
+            do { try Kernel.setScheduling(plan.host(thread.tid), s) } catch {
                 throw StepFailure(step: "setting the scheduling of thread \(thread.tid) (\(s.policyName), nice \(s.nice), priority \(s.priority))",
                                   detail: "\(error)")
             }
