@@ -138,4 +138,35 @@ import Testing
         #expect(ProcTimers.parse("ID: 1\nsignal: 14/0\nsignal: 15/0\nnotify: signal/pid.5\nClockID: 0\n") == nil)
         #expect(ProcTimers.parse("garbage") == nil)
     }
+
+    @Test func aProcessStateStepFailingKillsTheHuskAndIsNamed() async throws {
+        let scratch = try ScratchDirectory()
+        defer { scratch.remove() }
+        let log = scratch.path + "/acceptance.log"
+        let child = try ScenarioProcess("acceptance", [log, "4", "2", "120"])
+        defer { child.stop() }
+        let pid = child.pid
+        try child.send("detach")
+        let image = scratch.path + "/image"
+        let session = try await CheckpointSession(pid: pid)
+        do { _ = try await session.checkpoint(to: DirectorySink(directory: image)) } catch {
+            await session.stop()
+            throw error
+        }
+        await session.stop()
+        child.stop()
+        // A clock no kernel has: timer_create fails after memory, descriptors and threads exist.
+        let manifestPath = image + "/manifest.json"
+        var manifest = try JSONOutput.decoder().decode(CheckpointManifest.self, from: Data(contentsOf: URL(fileURLWithPath: manifestPath)))
+        manifest.restore?.processState?.posixTimers[0].clock = 99
+        try JSONOutput.encoder().encode(manifest).write(to: URL(fileURLWithPath: manifestPath))
+        try Synthetic.resign(image)
+        let run = try await ToolRun(ToolRun.mitosis, ["restore", image])
+        #expect(run.status == 1)
+        #expect(run.standardError == "mitosis: restore failed while creating POSIX timer 0 (clock 99): Invalid argument; the half-built process was killed\n",
+                "\(run.standardError)")
+        let deadline = ContinuousClock.now + .seconds(5)
+        while kill(pid, 0) == 0, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(kill(pid, 0) == -1 && errno == ESRCH, "no husk is left")
+    }
 }

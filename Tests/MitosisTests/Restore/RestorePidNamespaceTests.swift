@@ -55,4 +55,54 @@ import Testing
         while FileManager.default.fileExists(atPath: "/proc/\(second)"), ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
         #expect(!FileManager.default.fileExists(atPath: "/proc/\(second)"))
     }
+
+    @Test func killingMitosisRestorePidnsAtAnyMomentLeavesNothing() async throws {
+        let scenario = try await CheckpointedScenario(mib: 32, workers: 2)
+        defer { scenario.remove() }
+        let pid = scenario.child.pid  // taken: every restore goes into a new namespace
+        var completed = 0, interrupted = 0
+        for delay in [0, 2, 5, 10, 20, 40, 70, 110, 160, 250] {
+            let run = try ToolRun.start(ToolRun.mitosis, ["restore", "--pidns", scenario.image])
+            try await Task.sleep(for: .milliseconds(delay + 30))  // the CLI takes some 30 ms to start
+            run.signal(SIGKILL)
+            let status = ChildProcess.exitCode(of: try await Blocking.run { run.wait() })
+            try await Task.sleep(for: .milliseconds(100))
+            // A restore that finished first left a running process: ended here.
+            let restored = Self.processes(withNamespacePid: pid)
+            if status != 128 + SIGKILL || !restored.isEmpty && restored.allSatisfy({ (try? TargetHealth.tracer(of: $0)) == 0 }) {
+                completed += 1
+                for host in restored { kill(host, SIGKILL) }
+            } else {
+                interrupted += 1
+            }
+            // No husk (EXITKILL) and no init (it exits with its last child) is left.
+            let deadline = ContinuousClock.now + .seconds(5)
+            while !(Self.processes(withNamespacePid: pid).isEmpty && Self.namespaceInits().isEmpty), ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            #expect(Self.processes(withNamespacePid: pid).isEmpty, "after a kill at \(delay) ms a process with pid \(pid) inside a namespace is left")
+            #expect(Self.namespaceInits().isEmpty, "after a kill at \(delay) ms an init is left: \(Self.namespaceInits())")
+        }
+        #expect(interrupted > 0, "at least one kill landed mid-restore (\(completed) restores finished first)")
+        #expect(scenario.child.isAlive, "the original was not touched")
+    }
+
+    /// Host pids of live (not zombie) processes whose pid inside a nested namespace is `pid`.
+    static func processes(withNamespacePid pid: Int32) -> [Int32] {
+        ((try? Kernel.listDirectory("/proc")) ?? []).compactMap { Int32($0) }.filter { host in
+            guard let text = try? Kernel.readFile("/proc/\(host)/status") else { return false }
+            let status = ProcStatus(parsing: String(decoding: text, as: UTF8.self))
+            let ids = status["NSpid"]?.split(separator: "\t") ?? []
+            return ids.count > 1 && ids.last == "\(pid)" && status["State"]?.hasPrefix("Z") == false
+        }
+    }
+
+    /// Live namespace inits of restores (named `mitosis-pidns`).
+    static func namespaceInits() -> [Int32] {
+        ((try? Kernel.listDirectory("/proc")) ?? []).compactMap { Int32($0) }.filter { host in
+            guard let comm = try? Kernel.readFile("/proc/\(host)/comm"), String(decoding: comm, as: UTF8.self) == "mitosis-pidns\n" else { return false }
+            let stat = (try? Kernel.readFile("/proc/\(host)/stat")).flatMap { ProcStat(parsing: String(decoding: $0, as: UTF8.self)) }
+            return stat?.state != "Z"
+        }
+    }
 }
