@@ -3,23 +3,24 @@ import Glibc
 import MitosisModel
 import SystemPackage
 
-/// x86-64 numbers of the system calls that capture and restore process state inject.
+/// Numbers of the system calls that capture and restore of process state inject.
 extension SyscallNumber {
-    package static let getitimer = 36
-    package static let setitimer = 38
-    package static let setpgid = 109
-    package static let setsid = 112
-    package static let setgroups = 116
-    package static let setresuid = 117
-    package static let setresgid = 119
-    package static let setfsuid = 122
-    package static let setfsgid = 123
-    package static let capset = 126
-    package static let personality = 135
-    package static let timerCreate = 222
-    package static let timerSettime = 223
-    package static let timerGettime = 224
-    package static let timerDelete = 226
+    package static let getitimer = Int(SYS_getitimer)
+    package static let setitimer = Int(SYS_setitimer)
+    package static let setpgid = Int(SYS_setpgid)
+    package static let setsid = Int(SYS_setsid)
+    package static let setgroups = Int(SYS_setgroups)
+    package static let setresuid = Int(SYS_setresuid)
+    package static let setresgid = Int(SYS_setresgid)
+    package static let setfsuid = Int(SYS_setfsuid)
+    package static let setfsgid = Int(SYS_setfsgid)
+    package static let capset = Int(SYS_capset)
+    package static let personality = Int(SYS_personality)
+    package static let timer_create = Int(SYS_timer_create)
+    package static let timer_settime = Int(SYS_timer_settime)
+    package static let timer_gettime = Int(SYS_timer_gettime)
+    package static let rt_sigqueueinfo = Int(SYS_rt_sigqueueinfo)
+    package static let rt_tgsigqueueinfo = Int(SYS_rt_tgsigqueueinfo)
 }
 
 /// `prctl(2)` options (linux/prctl.h; some newer than Debian 12's headers).
@@ -85,10 +86,6 @@ extension Kernel {
     }
 }
 
-extension SyscallNumber {
-    package static let rtSigqueueinfo = 129
-    package static let rtTgsigqueueinfo = 297
-}
 
 extension Ptrace {
     /// The signals queued for thread `tid` (or, with `shared`, for its whole process), each as

@@ -30,7 +30,7 @@ enum ProcessStateCapture {
                 _ = try await tracer.performSyscall(SyscallNumber.getitimer, [UInt64(which), scratch + UInt64(which * 32)])
             }
             for (index, entry) in entries.enumerated() {
-                _ = try await tracer.performSyscall(SyscallNumber.timerGettime, [UInt64(entry.id), scratch + UInt64(timersAt + index * 32)])
+                _ = try await tracer.performSyscall(SyscallNumber.timer_gettime, [UInt64(entry.id), scratch + UInt64(timersAt + index * 32)])
             }
             let securebits = try await tracer.performSyscall(SyscallNumber.prctl, [PrctlOption.getSecurebits, 0, 0, 0, 0])
             let dumpable = try await tracer.performSyscall(SyscallNumber.prctl, [PrctlOption.getDumpable, 0, 0, 0, 0])

@@ -17,10 +17,10 @@ extension Tracer {
             }
             try queued.info.withUnsafeBytes { try huskWrite("passing the siginfo of signal \(queued.signal)", area.scratch + WorkArea.signalInfo, $0) }
             if let tid = queued.tid {
-                try huskCall("queueing signal \(queued.signal) for thread \(tid)", SyscallNumber.rtTgsigqueueinfo,
+                try huskCall("queueing signal \(queued.signal) for thread \(tid)", SyscallNumber.rt_tgsigqueueinfo,
                              [UInt64(plan.manifest.pid), UInt64(tid), UInt64(queued.signal), area.scratch + WorkArea.signalInfo], in: plan.host(tid))
             } else {
-                try huskCall("queueing signal \(queued.signal) for the process", SyscallNumber.rtSigqueueinfo,
+                try huskCall("queueing signal \(queued.signal) for the process", SyscallNumber.rt_sigqueueinfo,
                              [UInt64(plan.manifest.pid), UInt64(queued.signal), area.scratch + WorkArea.signalInfo])
             }
         }

@@ -22,7 +22,7 @@ extension Tracer {
                                        timer.notify & sigevThreadID != 0 ? UInt64(UInt32(bitPattern: timer.notifyTarget)) : 0, 0, 0, 0, 0, 0]
                 try event.withUnsafeBytes { try huskWrite("passing the sigevent of timer \(timer.id)", sigevent, $0) }
                 try huskWrite("passing the id of timer \(timer.id)", id, value: timer.id)
-                try huskCall("creating POSIX timer \(timer.id) (clock \(timer.clock))", SyscallNumber.timerCreate,
+                try huskCall("creating POSIX timer \(timer.id) (clock \(timer.clock))", SyscallNumber.timer_create,
                              [UInt64(UInt32(bitPattern: timer.clock)), sigevent, id])
                 var created: Int32 = -1
                 _ = try? withUnsafeMutableBytes(of: &created) { buffer throws(Errno) in try Kernel.readMemory(pid: pid, address: id, into: buffer) }
@@ -35,7 +35,7 @@ extension Tracer {
         for timer in state.posixTimers where timer.value.valueNanoseconds != 0 {
             let words = Self.timespecs(timer.value)
             try words.withUnsafeBytes { try huskWrite("passing the value of timer \(timer.id)", spec, $0) }
-            try huskCall("arming POSIX timer \(timer.id)", SyscallNumber.timerSettime, [UInt64(UInt32(bitPattern: timer.id)), 0, spec, 0])
+            try huskCall("arming POSIX timer \(timer.id)", SyscallNumber.timer_settime, [UInt64(UInt32(bitPattern: timer.id)), 0, spec, 0])
         }
         for timer in state.intervalTimers {
             // struct itimerval counts microseconds: a value below one would disarm the timer.
