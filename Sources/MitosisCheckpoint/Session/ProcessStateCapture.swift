@@ -73,7 +73,8 @@ enum ProcessStateCapture {
                     queued.append(.init(tid: tid, signal: Int32(truncatingIfNeeded: info[0]), info: info))
                 }
             }
-            for info in try await tracer.queuedSignals(of: pid, shared: true) {
+            // The process's queue, asked through any live thread (the leader may have exited).
+            for info in try await tracer.queuedSignals(of: tids.first ?? pid, shared: true) {
                 queued.append(.init(tid: nil, signal: Int32(truncatingIfNeeded: info[0]), info: info))
             }
             asked = .success(RestoreRecord.ProcessState(
