@@ -27,11 +27,15 @@ public struct RestoreRecord: Codable, Sendable, Equatable {
     /// one, found by `kcmp(KCMP_FILE)`: restored as a `dup` of it.
     public var sharedDescriptions: [SharedDescription]?
     /// Every timerfd with the time it was read at.
-    public var timers: [TimerfdRestoreState]?
+    public var timerfds: [TimerfdRestoreState]?
     /// The content of every memfd and deleted file the process holds open.
     public var fileContents: [FileContents]?
-    /// POSIX timers of the process (`/proc/PID/timers` entries): not restored yet, so counted to refuse.
+    /// POSIX timers of the process (`/proc/PID/timers` entries): images without `processState`
+    /// that count any are refused.
     public var posixTimers: Int
+    /// Timers, credentials' companions, per-thread scheduling and signal stacks (nil in images
+    /// taken before they were recorded).
+    public var processState: ProcessState?
 
     public init(bounds: MemoryBounds, auxv: [UInt64], executable: String, vdso: VdsoIdentity,
                 signalActions: [SignalAction], threads: [ThreadRestoreState], mappingFlags: [MappingFlags], posixTimers: Int) {

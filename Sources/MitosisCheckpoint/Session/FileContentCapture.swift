@@ -23,7 +23,7 @@ enum FileContentCapture {
         }
     }
 
-    static func timers(pid: Int32, descriptors: [OpenDescriptor]) throws -> [TimerfdRestoreState] {
+    static func timerfds(pid: Int32, descriptors: [OpenDescriptor]) throws -> [TimerfdRestoreState] {
         try descriptors.compactMap { descriptor in
             guard descriptor.kind == .timerfd, let clock = descriptor.timerfd?.clockId else { return nil }
             let now = try Kernel.clockNow(clock)

@@ -61,7 +61,8 @@ enum RestoreCapture {
         record.sockets = try SocketCapture.capture(pid: pid, descriptors: descriptors)
         record.sharedDescriptions = try SharedDescriptionCapture.capture(pid: pid, descriptors: descriptors)
         record.fileContents = try FileContentCapture.capture(pid: pid, descriptors: descriptors, shared: record.sharedDescriptions ?? [])
-        record.timers = try FileContentCapture.timers(pid: pid, descriptors: descriptors)
+        record.timerfds = try FileContentCapture.timerfds(pid: pid, descriptors: descriptors)
+        record.processState = try await ProcessStateCapture.capture(tracer, target: target, tids: tids)
         return record
     }
 

@@ -24,7 +24,7 @@ extension Tracer {
         for descriptor in descriptors where descriptor.kind == .socket {
             if let first = firstOfSocket[descriptor.inode] { sameAs[descriptor.fd] = first } else { firstOfSocket[descriptor.inode] = descriptor.fd }
         }
-        let timers = Dictionary((plan.record.timers ?? []).map { ($0.fd, $0) }, uniquingKeysWith: { a, _ in a })
+        let timers = Dictionary((plan.record.timerfds ?? []).map { ($0.fd, $0) }, uniquingKeysWith: { a, _ in a })
         let contents = Dictionary((plan.record.fileContents ?? []).map { ($0.fd, $0) }, uniquingKeysWith: { a, _ in a })
         for descriptor in descriptors {
             let fd: UInt64
