@@ -81,6 +81,12 @@ extension RestorePlan {
         for address in [state.local, state.peer].compactMap({ $0 }) where Kernel.encodeAddress(address, domain: state.domain) == nil {
             return "its address \(address) is not one of its family"
         }
+        // Only TCP and UDP: the image names the protocol, and a hostile one must not make the
+        // husk open another kind of socket.
+        guard (state.type == Linux.SOCK_STREAM && [0, 6].contains(state.protocol))
+                || (state.type == Linux.SOCK_DGRAM && [0, 17].contains(state.protocol)) else {
+            return "inet sockets of type \(state.type), protocol \(state.protocol) (raw, SCTP, ICMP…) are not restorable"
+        }
         switch state.type {
         case Linux.SOCK_STREAM:
             let tcpState = state.tcpState.map { SocketState.name($0, connectionOriented: true) } ?? "unknown"
@@ -88,10 +94,8 @@ extension RestorePlan {
             if !state.listening, state.tcpState == 7, state.peer == nil { return nil }
             let between = [state.local, state.peer].map { $0?.description ?? "*" }.joined(separator: " → ")
             return "a TCP connection \(between) (\(tcpState)): restoring connections needs TCP repair (Restore II, issue 12)"
-        case Linux.SOCK_DGRAM:
-            return nil
         default:
-            return "inet sockets of type \(state.type) (raw, SCTP…) are not restorable"
+            return nil
         }
     }
 

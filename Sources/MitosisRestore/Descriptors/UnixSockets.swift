@@ -94,7 +94,7 @@ extension RestorePlan {
     /// Why a unix socket cannot be restored, or nil. `held` are the process's sockets by inode.
     static func unixSocketProblem(_ state: SocketRestoreState, held: [UInt64: SocketRestoreState]) -> String? {
         if let problem = optionProblem(state) { return problem }
-        guard [Linux.SOCK_STREAM, Linux.SOCK_DGRAM, Linux.SOCK_SEQPACKET].contains(state.type) else {
+        guard [Linux.SOCK_STREAM, Linux.SOCK_DGRAM, Linux.SOCK_SEQPACKET].contains(state.type), state.protocol == 0 else {
             return "unix sockets of type \(state.type) are not restorable"
         }
         if let local = state.local, Kernel.encodeAddress(local, domain: state.domain) == nil { return "its name \(local) is not a unix socket name" }

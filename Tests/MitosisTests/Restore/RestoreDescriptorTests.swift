@@ -265,6 +265,14 @@ struct RestoreSocketRefusalTests {
         foreign.listening = true
         foreign.local = SocketAddress(address: "::1", port: 1)
         #expect(RestorePlan.inetSocketProblem(foreign) == "its address [::1]:1 is not one of its family")
+        var raw = unknown
+        raw.options = []
+        raw.type = 3  // SOCK_RAW
+        raw.protocol = 255
+        #expect(RestorePlan.inetSocketProblem(raw) == "inet sockets of type 3, protocol 255 (raw, SCTP, ICMP…) are not restorable")
+        raw.type = 2
+        raw.protocol = 1  // ICMP on a datagram socket
+        #expect(RestorePlan.inetSocketProblem(raw) == "inet sockets of type 2, protocol 1 (raw, SCTP, ICMP…) are not restorable")
     }
 
     @Test func unixSocketsWhosePeerIsOutsideAreRefusedByName() {
