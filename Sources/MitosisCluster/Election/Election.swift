@@ -168,6 +168,9 @@ public struct Election: Sendable, Equatable {
         case .follower:
             if let leader = view.leader {
                 leaderAbsentSince = nil
+                if leader.node.isEmpty {
+                    return .wait(until: nil, reason: "the leader key holds no valid node name (lease \(leader.lease)); waiting for it to go")
+                }
                 if leader.node == node {
                     // A key of an earlier run of this node (its old lease): it expires on its own.
                     return .wait(until: nil, reason: "the leader key names this node from an earlier run (lease \(leader.lease)); waiting for it to expire")
