@@ -24,10 +24,10 @@ public struct NodeEvent: Sendable, Equatable {
 /// every keepalive interval (a watch on a partitioned member is silent), and the fence clock,
 /// which stops a primary's service at its lease deadline whatever etcd says or doesn't.
 public actor ClusterNode {
-    public let keys: ClusterKeys
-    public let node: String
-    public let replicationAddress: String
-    public let timings: ElectionTimings
+    public nonisolated let keys: ClusterKeys
+    public nonisolated let node: String
+    public nonisolated let replicationAddress: String
+    public nonisolated let timings: ElectionTimings
     private let etcd: EtcdClient
     private let replica: any ReplicaControl
     private let address: (any AddressControl)?
