@@ -145,4 +145,49 @@ struct ClusterDaemonTests {
             #expect(times.allSatisfy { $0 < .seconds(3) }, "failover times \(ms) ms")
         }
     }
+
+    @Test("a primary cut off from etcd and the standbys while the client still reaches it stops answering within the TTL; never two nodes answer within 100 ms")
+    func partitionedPrimary() async throws {
+        try await withClusterTestbed { bed in
+            let daemons = Daemons(bed)
+            defer { for host in 0..<3 { daemons.kill(host) } }
+            try daemons.writeConfigs()
+            for host in 0..<3 { try daemons.start(host) }
+            let client = try bed.group(in: bed.clientNamespace)
+            let etcd = try bed.etcdClient()
+            var primary: String?
+            let deadline = ContinuousClock.now + .seconds(15)
+            while ContinuousClock.now < deadline {
+                let status = try await ClusterStatus.read(etcd: etcd, service: Self.service)
+                if status.members.count == 3, status.members.allSatisfy({ $0.ready }), let leader = status.leader,
+                   await Self.ask(client) == leader {
+                    primary = leader
+                    break
+                }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            let old = try #require(primary, "no primary answered")
+            let host = daemons.names.firstIndex(of: old)!
+            // The primary's host loses the other hosts (etcd and standbys), not the client.
+            let others = (0..<3).filter { $0 != host }
+            for other in others { try await ClusterTestbed.ip(["-n", bed.hostNamespace(host), "route", "add", "blackhole", "\(bed.hostAddress(other))/32"]) }
+            let cut = ContinuousClock.now
+            var answers: [(ContinuousClock.Instant, String)] = []
+            while ContinuousClock.now - cut < .seconds(6) {
+                if let who = await Self.ask(client) { answers.append((.now, who)) }
+                if answers.filter({ $0.1 != old }).count >= 20 { break }  // the new primary answered 20 times
+                try await Task.sleep(for: .milliseconds(5))
+            }
+            for other in others { try await ClusterTestbed.ip(["-n", bed.hostNamespace(host), "route", "del", "blackhole", "\(bed.hostAddress(other))/32"]) }
+            let lastOld = answers.last { $0.1 == old }?.0
+            let firstNew = try #require(answers.first { $0.1 != old }, "no other node answered").0
+            if let lastOld {
+                #expect(lastOld - cut <= ElectionTimings().leaseTTL, "the old primary answered \(lastOld - cut) after the cut")
+                #expect(firstNew - lastOld >= .milliseconds(100), "two nodes answered \(firstNew - lastOld) apart")
+            }
+            #expect(!answers.contains { $0.0 > firstNew && $0.1 == old }, "the old primary answered again")
+            let ms = { (d: Duration) in d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000 }
+            print("cluster partition: old primary's last answer \(lastOld.map { "\(ms($0 - cut)) ms" } ?? "none") after the cut, new primary's first \(ms(firstNew - cut)) ms after")
+        }
+    }
 }
