@@ -11,7 +11,8 @@ public enum ClusterDaemon {
             handler.logLevel = logLevel
             return handler
         }
-        let logger = Logger(label: "mitosis.cluster")
+        var logger = Logger(label: "mitosis.cluster")
+        logger[metadataKey: "node"] = "\(config.node)"
         let etcd = EtcdClient(endpoints: config.etcd, requestTimeout: config.timings.requestTimeout)
         let node = ClusterNode(service: config.service, node: config.node, replicationAddress: config.replicationAddress,
                                timings: config.timings, etcd: etcd, replica: CommandReplica(command: config.start, logger: logger),

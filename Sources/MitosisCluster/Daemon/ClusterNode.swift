@@ -65,7 +65,7 @@ public actor ClusterNode {
     /// stops its service and drops the address, then every node revokes its lease, so that a
     /// standby takes over at once instead of after the TTL.
     public func run() async {
-        logger.info("starting: service \(keys.service), lease TTL \(timings.leaseTTL), keepalive every \(timings.keepaliveInterval), fence margin \(timings.fenceMargin)")
+        logger.info("starting: service \(keys.service), lease TTL \(timings.leaseTTL.clusterText), keepalive every \(timings.keepaliveInterval.clusterText), request timeout \(timings.requestTimeout.clusterText), fence margin \(timings.fenceMargin.clusterText)")
         while lease == 0 && !Task.isCancelled {
             if !(await takeLease()) { try? await Task.sleep(for: timings.keepaliveInterval) }
         }
@@ -108,7 +108,7 @@ public actor ClusterNode {
         guard current != 0 else { return }
         if case .fenced = election.role { return }
         do {
-            let renewal = try await etcd.keepAlive(current, timeout: timings.requestTimeout)
+            let renewal = try await etcd.keepAliveConfirmed(current, timeout: timings.requestTimeout)
             guard current == lease else { return }
             election.renewed(sentAt: renewal.sentAt, ttlSeconds: renewal.ttlSeconds)
             noteEtcdAnswered()
@@ -296,7 +296,7 @@ public actor ClusterNode {
         let absence = election.leaderAbsentSince.map { ContinuousClock.now - $0 }
         election.won(term: term)
         record(.tookLeaderKey(term: term, afterAbsence: absence))
-        logger.notice("took the leader key: term \(term)\(absence.map { ", \($0) after the key was seen absent" } ?? "")")
+        logger.notice("took the leader key: term \(term)\(absence.map { ", \($0.clusterText) after the key was seen absent" } ?? "")")
         do {
             try await replica.promote(term: term)
         } catch {
@@ -310,6 +310,7 @@ public actor ClusterNode {
             do {
                 try await address.take()
                 record(.addressTaken(term: term))
+                logger.info("service address taken")
             } catch {
                 logger.error("taking the service address failed at term \(term): \(error); giving the key up")
                 await abdicate(term: term, reason: "address: \(error)")

@@ -52,7 +52,7 @@ public final class CommandReplica: ReplicaControl, @unchecked Sendable {
             lock.withLock { child = nil }
             throw CommandReplicaError(description: "\(command.joined(separator: " ")) exited at once (status \(ChildProcess.exitCode(of: started.wait())))")
         }
-        logger.info("service started: pid \(started.pid)")
+        logger.info("service started: \(command[0]), pid \(started.pid)")
     }
 
     public func protect(term: Int64, standbys: [MemberRecord]) async throws {}

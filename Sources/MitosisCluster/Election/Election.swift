@@ -149,7 +149,7 @@ public struct Election: Sendable, Equatable {
     public mutating func tick(now: ContinuousClock.Instant) -> Decision {
         guard case .primary = role, fenceDue(at: now) else { return .none }
         fenced()
-        return .fence(reason: "no keepalive answered since \(leaseDeadline.map { "\(now - ($0 - timings.leaseTTL)) ago" } ?? "ever"): lease deadline within \(timings.fenceMargin)")
+        return .fence(reason: "no keepalive answered for \(leaseDeadline.map { (now - ($0 - timings.leaseTTL)).clusterText } ?? "ever") (counted from its send time): the lease deadline is \(timings.fenceMargin.clusterText) away or less")
     }
 
     /// What to do given `view` (a fresh read of the service's keys) and this node's own record `me`.
@@ -191,5 +191,13 @@ public struct Election: Sendable, Equatable {
             let ahead = candidates[0]
             return .wait(until: nil, reason: "\(ahead.node) is ahead (term \(ahead.term) epoch \(ahead.epoch), this node \(me.term)/\(me.epoch)); \(rank) place(s) behind")
         }
+    }
+}
+
+extension Duration {
+    /// "1234 ms": how the cluster's logs and status print durations.
+    public var clusterText: String {
+        let (seconds, attoseconds) = components
+        return "\(seconds * 1000 + attoseconds / 1_000_000_000_000_000) ms"
     }
 }

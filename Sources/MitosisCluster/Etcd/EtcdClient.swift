@@ -132,6 +132,11 @@ public final class EtcdClient: Sendable {
     public func keepAlive(_ lease: Int64, timeout: Duration? = nil) async throws -> EtcdKeepalive {
         let (answer, endpoint, sentAt) = try await call("lease/keepalive", WireLeaseRequest(ID: String(lease)),
                                                         as: WireStreamed<WireLeaseKeepAliveResult>.self, timeout: timeout)
+        return try keepalive(answer, lease: lease, endpoint: endpoint, sentAt: sentAt)
+    }
+
+    private func keepalive(_ answer: WireStreamed<WireLeaseKeepAliveResult>, lease: Int64, endpoint: String,
+                           sentAt: ContinuousClock.Instant) throws -> EtcdKeepalive {
         if let error = answer.error {
             throw EtcdError.rejected(endpoint: endpoint, operation: "lease/keepalive", httpStatus: error.http_code ?? 0,
                                      code: error.grpc_code ?? -1, message: String((error.message ?? "").prefix(200)))
@@ -143,6 +148,36 @@ public final class EtcdClient: Sendable {
         guard ttl > 0 else { throw EtcdError.leaseExpired(id: lease) }
         guard ttl <= 3600 else { throw EtcdError.malformed(endpoint: endpoint, operation: "lease/keepalive", reason: "TTL \(ttl)") }
         return EtcdKeepalive(lease: lease, ttlSeconds: ttl, sentAt: sentAt)
+    }
+
+    /// Renews `lease`, then confirms with a linearizable read on the same endpoint that this
+    /// endpoint is on the side of etcd that has quorum. Only both together count.
+    ///
+    /// Why: etcd 3.4 (before 3.4.25) renews a lease on whichever member believes it leads,
+    /// without checking it still does. A leader cut off from the others keeps answering
+    /// keepalives until its CheckQuorum steps it down (up to an election timeout or two), while
+    /// the majority elects a new leader whose copy of the lease was never renewed. A read index
+    /// needs a quorum's heartbeat acknowledgement, so the stale leader cannot answer the read:
+    /// the renewal it gave is not counted, and the primary fences on time.
+    public func keepAliveConfirmed(_ lease: Int64, timeout: Duration? = nil) async throws -> EtcdKeepalive {
+        guard !endpoints.isEmpty else { throw EtcdError.noEndpoint }
+        let renewBody = try encodeBody(WireLeaseRequest(ID: String(lease)))
+        let read = try encodeBody(WireRangeRequest(key: try encodeKey("/mitosis-quorum-check"), range_end: nil, limit: "1"))
+        var lastError: EtcdError = .noEndpoint
+        for (offset, endpoint) in rotation().enumerated() {
+            try Task.checkCancellation()
+            do {
+                let (answer, sentAt) = try await callOne(endpoint, "lease/keepalive", renewBody, as: WireStreamed<WireLeaseKeepAliveResult>.self,
+                                                         timeout: timeout ?? requestTimeout)
+                let renewal = try keepalive(answer, lease: lease, endpoint: endpoint.description, sentAt: sentAt)
+                _ = try await callOne(endpoint, "kv/range", read, as: WireRangeResponse.self, timeout: timeout ?? requestTimeout)
+                if offset > 0 { state.withLock { $0.preferred = endpoints.firstIndex(of: endpoint) ?? 0 } }
+                return renewal
+            } catch let error as EtcdError where error.isEndpointFailure {
+                lastError = error
+            }
+        }
+        throw lastError
     }
 
     /// Revokes `lease`: every key attached to it is deleted at once.

@@ -139,6 +139,9 @@ struct ClusterDaemonTests {
                                                           "--service", Self.service, "--etcd", bed.etcdEndpoints[1].description])
             let decoded = try JSONDecoder().decode(ClusterStatus.self, from: Data(json.standardOutput.utf8))
             #expect(decoded.leader == current && decoded.members.filter { $0.role == "primary" }.count == 1)
+            if ProcessInfo.processInfo.environment["MITOSIS_CLUSTER_LOG"] != nil {
+                for host in 0..<3 { print("--- daemon \(daemons.names[host]):\n\(daemons.log(host))") }
+            }
             let ms = times.map { Int($0.components.seconds * 1000 + $0.components.attoseconds / 1_000_000_000_000_000) }.sorted()
             print("cluster: \(ms.count) failovers (daemon SIGKILL → redis answers from another node), ms: \(ms)")
             #expect(times.count == trials)
@@ -179,6 +182,10 @@ struct ClusterDaemonTests {
                 try await Task.sleep(for: .milliseconds(5))
             }
             for other in others { try await ClusterTestbed.ip(["-n", bed.hostNamespace(host), "route", "del", "blackhole", "\(bed.hostAddress(other))/32"]) }
+            if ProcessInfo.processInfo.environment["MITOSIS_CLUSTER_LOG"] != nil {
+                try await Task.sleep(for: .seconds(2))  // the old primary rejoins
+                for host in 0..<3 { print("--- daemon \(daemons.names[host]):\n\(daemons.log(host))") }
+            }
             let lastOld = answers.last { $0.1 == old }?.0
             let firstNew = try #require(answers.first { $0.1 != old }, "no other node answered").0
             if let lastOld {

@@ -128,4 +128,31 @@ struct EtcdClientTests {
             #expect(try await client.get("/t/k")?.value == [7])
         }
     }
+
+    @Test("a keepalive answered by an etcd leader cut off from the others is never confirmed")
+    func staleLeaderKeepalive() async throws {
+        try await withClusterTestbed { bed in
+            // Which host's member leads (etcdctl from the client namespace).
+            let status = try await bed.run(in: bed.clientNamespace, ["/usr/bin/etcdctl", "--endpoints",
+                                                                     bed.etcdEndpoints.map(\.description).joined(separator: ","),
+                                                                     "endpoint", "status", "-w", "json"])
+            let entries = try #require(try JSONSerialization.jsonObject(with: Data(status.standardOutput.utf8)) as? [[String: Any]], "\(status.standardError)")
+            let leaderHost = try #require(entries.firstIndex { entry in
+                let fields = entry["Status"] as? [String: Any], header = fields?["header"] as? [String: Any]
+                return (fields?["leader"] as? NSNumber) == (header?["member_id"] as? NSNumber)
+            }, "no leader in \(status.standardOutput)")
+            let client = try bed.etcdClient(endpoints: [bed.etcdEndpoint(leaderHost)], in: bed.hostNamespace(leaderHost), timeout: .milliseconds(150))
+            let lease = try await client.grant(ttlSeconds: 2)
+            try await bed.setLink(leaderHost, up: false)
+            let cut = ContinuousClock.now
+            var plainRenewals: Duration = .zero
+            while ContinuousClock.now - cut < .milliseconds(1500) {
+                if (try? await client.keepAlive(lease.id)) != nil { plainRenewals = ContinuousClock.now - cut }
+                await #expect(throws: EtcdError.self) { _ = try await client.keepAliveConfirmed(lease.id) }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            try await bed.setLink(leaderHost, up: true)
+            print("cluster: the cut-off etcd leader (host \(leaderHost)) still renewed the lease \(plainRenewals.clusterText) after the cut; no renewal was confirmed")
+        }
+    }
 }
