@@ -43,6 +43,9 @@ public actor ClusterNode {
     private var evaluateAgain = false
     private var lastWait: String?
     private var etcdFailing = false
+    /// Why this node's last promotion failed: it stays out of elections until restarted, so a
+    /// misconfigured service does not take the key again and again ahead of healthy standbys.
+    private var promotionFailure: String?
 
     public init(service: String, node: String, replicationAddress: String, timings: ElectionTimings,
                 etcd: EtcdClient, replica: any ReplicaControl, address: (any AddressControl)?, logger: Logger) {
@@ -300,7 +303,8 @@ public actor ClusterNode {
         do {
             try await replica.promote(term: term)
         } catch {
-            logger.error("promotion failed at term \(term): \(error); giving the key up")
+            logger.error("promotion failed at term \(term): \(error); giving the key up, not ready until restarted")
+            promotionFailure = "promotion failed: \(error)"
             await abdicate(term: term, reason: "promotion failed: \(error)")
             return
         }
@@ -360,8 +364,8 @@ public actor ClusterNode {
         case .follower: role = .standby
         case .fenced: role = .fenced
         }
-        return MemberRecord(node: node, role: role, term: term, epoch: state.epoch, ready: state.ready && role != .fenced,
-                            reason: state.reason.map { String($0.prefix(200)) }, replicationAddress: replicationAddress,
+        return MemberRecord(node: node, role: role, term: term, epoch: state.epoch, ready: state.ready && role != .fenced && promotionFailure == nil,
+                            reason: (promotionFailure ?? state.reason).map { String($0.prefix(200)) }, replicationAddress: replicationAddress,
                             following: election.following?.node)
     }
 

@@ -24,7 +24,7 @@ struct ClusterDaemonTests {
 
         func configPath(_ host: Int) -> String { "\(bed.directory)/node-\(names[host]).json" }
 
-        func writeConfigs() throws {
+        func writeConfigs(brokenOn broken: Int? = nil) throws {
             for host in 0..<3 {
                 let directory = "\(bed.directory)/redis-\(names[host])"
                 try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -32,7 +32,7 @@ struct ClusterDaemonTests {
                     "service": ClusterDaemonTests.service, "node": names[host],
                     "etcd": bed.etcdEndpoints.map(\.description),
                     "replicationAddress": "\(bed.hostAddress(host)):7100",
-                    "start": ["/usr/bin/redis-server", "--port", "6379", "--bind", "0.0.0.0", "--protected-mode", "no",
+                    "start": ["/usr/bin/redis-server", "--port", host == broken ? "not-a-port" : "6379", "--bind", "0.0.0.0", "--protected-mode", "no",
                               "--save", "", "--appendonly", "no", "--dir", directory, "--dbfilename", "\(names[host]).rdb"],
                     "address": ["cidr": "\(ClusterTestbed.serviceAddress)/24", "device": "eth0"],
                 ]
@@ -195,6 +195,37 @@ struct ClusterDaemonTests {
             #expect(!answers.contains { $0.0 > firstNew && $0.1 == old }, "the old primary answered again")
             let ms = { (d: Duration) in d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000 }
             print("cluster partition: old primary's last answer \(lastOld.map { "\(ms($0 - cut)) ms" } ?? "none") after the cut, new primary's first \(ms(firstNew - cut)) ms after")
+        }
+    }
+
+    @Test("a misconfigured service fails its promotion: that node gives the key up, says why, and a healthy node takes over")
+    func misconfiguredService() async throws {
+        try await withClusterTestbed { bed in
+            let daemons = Daemons(bed)
+            defer { for host in 0..<3 { daemons.kill(host) } }
+            try daemons.writeConfigs(brokenOn: 0)
+            try daemons.start(0)  // a alone first: it takes the key, and its redis exits at once
+            let etcd = try bed.etcdClient()
+            var aFailed = false
+            let deadline = ContinuousClock.now + .seconds(10)
+            while ContinuousClock.now < deadline && !aFailed {
+                let status = try await ClusterStatus.read(etcd: etcd, service: Self.service)
+                aFailed = status.members.contains { $0.node == "a" && !$0.ready && ($0.reason ?? "").contains("promotion failed") }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(aFailed, "a did not report its failed promotion; log:\n\(daemons.log(0))")
+            #expect(daemons.log(0).contains("promotion failed at term"))
+            for host in 1..<3 { try daemons.start(host) }
+            let client = try bed.group(in: bed.clientNamespace)
+            var answered: String?
+            let until = ContinuousClock.now + .seconds(10)
+            while ContinuousClock.now < until && answered == nil {
+                answered = await Self.ask(client)
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(answered == "b", "b (first healthy node) serves; got \(answered ?? "nothing")")
+            let status = try await ClusterStatus.read(etcd: etcd, service: Self.service)
+            #expect(status.leader == "b")
         }
     }
 }

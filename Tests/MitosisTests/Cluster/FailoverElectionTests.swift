@@ -25,7 +25,11 @@ final class RecordingReplica: ReplicaControl {
     private func note(_ what: String) { state_.withLock { $0.calls.append(Call(at: .now, what: what)) } }
 
     func state() async -> ReplicaState { state_.withLock { $0.state } }
-    func follow(leader: String, term: Int64) async throws { note("follow \(leader) \(term)") }
+    /// Receiving the leader's epochs: the committed epoch is now of its term.
+    func follow(leader: String, term: Int64) async throws {
+        note("follow \(leader) \(term)")
+        state_.withLock { $0.state.term = term }
+    }
     func promote(term: Int64) async throws {
         note("promote \(term)")
         state_.withLock { $0.state.term = term }
@@ -35,7 +39,7 @@ final class RecordingReplica: ReplicaControl {
     /// The fenced service is gone: a full resync would be needed, so this node is behind everyone.
     func discard() async {
         note("discard")
-        state_.withLock { $0.state.epoch = 0 }
+        state_.withLock { $0.state.epoch = 0; $0.state.term = 0 }
     }
 }
 
@@ -45,10 +49,10 @@ struct RunningNode {
     let replica: RecordingReplica
     let task: Task<Void, Never>
 
-    static func start(_ bed: ClusterTestbed, host: Int, name: String, service: String, epoch: Int64,
+    static func start(_ bed: ClusterTestbed, host: Int, name: String, service: String, epoch: Int64, ready: Bool = true,
                       timings: ElectionTimings = ElectionTimings()) throws -> RunningNode {
         let client = try bed.etcdClient(in: bed.hostNamespace(host), timeout: timings.requestTimeout)
-        let replica = RecordingReplica(epoch: epoch)
+        let replica = RecordingReplica(epoch: epoch, ready: ready)
         var logger = Logger(label: "test.cluster")
         logger.logLevel = ProcessInfo.processInfo.environment["MITOSIS_CLUSTER_LOG"] != nil ? .info : .critical
         let node = ClusterNode(service: service, node: name, replicationAddress: "\(bed.hostAddress(host)):7100",
@@ -180,6 +184,22 @@ struct FailoverElectionTests {
             let roles = [await c.node.role, await a.node.role]
             #expect(!roles.contains(where: isPrimary))
             expectDisjointPrimaries([a, b, c], until: .now)
+            for node in [a, b, c] { await node.stop() }
+        }
+    }
+
+    @Test("a standby that is not ready is never elected, however new its epoch")
+    func unreadyStandbyNeverElected() async throws {
+        try await withClusterTestbed { bed in
+            let a = try RunningNode.start(bed, host: 0, name: "a", service: "svc", epoch: 30)
+            #expect(try await a.wait(for: .seconds(5), isPrimary))
+            let b = try RunningNode.start(bed, host: 1, name: "b", service: "svc", epoch: 99, ready: false)
+            let c = try RunningNode.start(bed, host: 2, name: "c", service: "svc", epoch: 10)
+            try await Task.sleep(for: .milliseconds(600))
+            try await bed.setLink(0, up: false)
+            #expect(try await c.wait(for: .seconds(8), isPrimary), "c, the only ready standby, took over")
+            #expect(b.replica.times("promote").isEmpty)
+            try await bed.setLink(0, up: true)
             for node in [a, b, c] { await node.stop() }
         }
     }
