@@ -1,0 +1,31 @@
+/// A `struct timespec`.
+public struct TimeSpec: Equatable, Hashable, Sendable, Codable {
+    public var seconds: Int64
+    public var nanoseconds: Int64
+
+    package init(seconds: Int64, nanoseconds: Int64) {
+        self.seconds = seconds
+        self.nanoseconds = nanoseconds
+    }
+}
+
+/// A timerfd's clock and its armed value.
+public struct TimerfdState: Equatable, Hashable, Sendable, Codable {
+    /// `CLOCK_REALTIME` 0, `CLOCK_MONOTONIC` 1, `CLOCK_BOOTTIME` 7, `CLOCK_REALTIME_ALARM` 8, `CLOCK_BOOTTIME_ALARM` 9.
+    public var clockId: Int32
+    /// Expirations not yet read.
+    public var ticks: UInt64
+    /// `TFD_TIMER_ABSTIME` 1, `TFD_TIMER_CANCEL_ON_SET` 2 (octal in fdinfo).
+    public var settimeFlags: UInt32
+    /// Time left until the next expiration (0, 0 when disarmed).
+    public var value: TimeSpec
+    public var interval: TimeSpec
+
+    package init(clockId: Int32, ticks: UInt64, settimeFlags: UInt32, value: TimeSpec, interval: TimeSpec) {
+        self.clockId = clockId
+        self.ticks = ticks
+        self.settimeFlags = settimeFlags
+        self.value = value
+        self.interval = interval
+    }
+}
