@@ -59,7 +59,7 @@ public final class CommandReplica: ReplicaControl, @unchecked Sendable {
 
     public func fence() async {
         guard let child = lock.withLock({ self.child }) else { return }
-        try? Kernel.sendSignal(pid: child.pid, SignalNumber.stop)
+        try? Kernel.sendSignal(pid: child.pid, Linux.SIGSTOP)
     }
 
     public func discard() async {
