@@ -1,4 +1,5 @@
 import Foundation
+import Testing
 import MitosisCluster
 import NIOPosix
 @testable import MitosisKernel
@@ -195,6 +196,11 @@ final class ClusterTestbed: @unchecked Sendable {
         await removeNamespaces(stale)
     }
 }
+
+/// Every suite that starts an etcd cluster, one test at a time: three etcd members per testbed
+/// are enough load for a 2-core machine, and the failover tests measure timings.
+@Suite("Cluster on a real etcd", .serialized)
+enum ClusterOnEtcd {}
 
 /// Runs `body` with a fresh testbed and removes it afterwards, whatever happens.
 func withClusterTestbed<T>(_ body: (ClusterTestbed) async throws -> T) async throws -> T {

@@ -99,108 +99,110 @@ func expectDisjointPrimaries(_ nodes: [RunningNode], until end: ContinuousClock.
     }
 }
 
-@Suite("Failover election on a real etcd cluster", .serialized)
-struct FailoverElectionTests {
-    @Test("two standbys at different epochs: the newer one wins, 10 trials of 10; the cut-off primary fences first")
-    func newerStandbyWins() async throws {
-        try await withClusterTestbed { bed in
-            var wins = 0
-            var failovers: [Duration] = []
-            for trial in 0..<10 {
-                let service = "svc\(trial)"
-                let a = try RunningNode.start(bed, host: 0, name: "a", service: service, epoch: 30)
-                #expect(try await a.wait(for: .seconds(5), isPrimary), "trial \(trial): a never became primary")
-                // The newer standby alternates between hosts 1 and 2 (and between names b and c).
-                let bEpoch: Int64 = trial % 2 == 0 ? 20 : 10
-                let b = try RunningNode.start(bed, host: 1, name: "b", service: service, epoch: bEpoch)
-                let c = try RunningNode.start(bed, host: 2, name: "c", service: service, epoch: 30 - bEpoch)
-                let newer = bEpoch == 20 ? b : c
-                for standby in [b, c] {
-                    let following = try await standby.wait(for: .seconds(5)) { _ in !standby.replica.times("follow").isEmpty }
-                    #expect(following, "trial \(trial): \(standby.node.node) never followed a")
+extension ClusterOnEtcd {
+    @Suite("Failover election on a real etcd cluster", .serialized)
+    struct FailoverElectionTests {
+        @Test("two standbys at different epochs: the newer one wins, 10 trials of 10; the cut-off primary fences first")
+        func newerStandbyWins() async throws {
+            try await withClusterTestbed { bed in
+                var wins = 0
+                var failovers: [Duration] = []
+                for trial in 0..<10 {
+                    let service = "svc\(trial)"
+                    let a = try RunningNode.start(bed, host: 0, name: "a", service: service, epoch: 30)
+                    #expect(try await a.wait(for: .seconds(5), isPrimary), "trial \(trial): a never became primary")
+                    // The newer standby alternates between hosts 1 and 2 (and between names b and c).
+                    let bEpoch: Int64 = trial % 2 == 0 ? 20 : 10
+                    let b = try RunningNode.start(bed, host: 1, name: "b", service: service, epoch: bEpoch)
+                    let c = try RunningNode.start(bed, host: 2, name: "c", service: service, epoch: 30 - bEpoch)
+                    let newer = bEpoch == 20 ? b : c
+                    for standby in [b, c] {
+                        let following = try await standby.wait(for: .seconds(5)) { _ in !standby.replica.times("follow").isEmpty }
+                        #expect(following, "trial \(trial): \(standby.node.node) never followed a")
+                    }
+                    try await Task.sleep(for: .milliseconds(300))  // both records published
+                    let cut = ContinuousClock.now
+                    try await bed.setLink(0, up: false)
+                    let someone = try await newer.wait(for: .seconds(8), isPrimary)
+                    let end = ContinuousClock.now
+                    let other = newer.node === b.node ? c : b
+                    if someone, !isPrimary(await other.node.role) { wins += 1 }
+                    if let took = newer.replica.times("promote").first { failovers.append(took - cut) }
+                    // The old primary fenced before the new one promoted.
+                    let fencedAt = try #require(a.replica.times("fence").first, "trial \(trial): a never fenced")
+                    if let promoted = newer.replica.times("promote").first { #expect(fencedAt < promoted) }
+                    expectDisjointPrimaries([a, b, c], until: end)
+                    try await bed.setLink(0, up: true)
+                    for node in [a, b, c] { await node.stop() }
+                    try await bed.waitForQuorum()
                 }
-                try await Task.sleep(for: .milliseconds(300))  // both records published
+                #expect(wins == 10)
+                let sorted = failovers.sorted()
+                print("cluster: newer standby won \(wins)/10; link cut → promote: \(sorted.map { "\($0.components.seconds * 1000 + $0.components.attoseconds / 1_000_000_000_000_000) ms" })")
+            }
+        }
+
+        @Test("a primary cut off from etcd fences itself within the lease TTL of the cut")
+        func partitionedPrimaryFences() async throws {
+            try await withClusterTestbed { bed in
+                let a = try RunningNode.start(bed, host: 0, name: "a", service: "svc", epoch: 5)
+                #expect(try await a.wait(for: .seconds(5), isPrimary))
+                let b = try RunningNode.start(bed, host: 1, name: "b", service: "svc", epoch: 5)
+                try await Task.sleep(for: .milliseconds(500))
                 let cut = ContinuousClock.now
                 try await bed.setLink(0, up: false)
-                let someone = try await newer.wait(for: .seconds(8), isPrimary)
-                let end = ContinuousClock.now
-                let other = newer.node === b.node ? c : b
-                if someone, !isPrimary(await other.node.role) { wins += 1 }
-                if let took = newer.replica.times("promote").first { failovers.append(took - cut) }
-                // The old primary fenced before the new one promoted.
-                let fencedAt = try #require(a.replica.times("fence").first, "trial \(trial): a never fenced")
-                if let promoted = newer.replica.times("promote").first { #expect(fencedAt < promoted) }
-                expectDisjointPrimaries([a, b, c], until: end)
+                #expect(try await a.wait(for: .seconds(3), isFenced))
+                let fencedAt = try #require(a.replica.times("fence").first)
+                #expect(fencedAt - cut <= ElectionTimings().leaseTTL, "fenced \(fencedAt - cut) after the cut")
+                #expect(try await b.wait(for: .seconds(6), isPrimary), "b took over")
+                if let promoted = b.replica.times("promote").first { #expect(fencedAt < promoted) }
+                expectDisjointPrimaries([a, b], until: .now)
+                // Healed: a rejoins as a follower (its service discarded) and follows b.
+                try await bed.setLink(0, up: true)
+                let rejoined = try await a.wait(for: .seconds(6)) { _ in a.replica.times("follow").count >= 1 && !a.replica.times("discard").isEmpty }
+                #expect(rejoined, "a rejoined as a standby of b")
+                for node in [a, b] { await node.stop() }
+            }
+        }
+
+        @Test("without quorum nobody is promoted and the primary fences; with quorum back, one standby takes over")
+        func noPromotionWithoutQuorum() async throws {
+            try await withClusterTestbed { bed in
+                let a = try RunningNode.start(bed, host: 0, name: "a", service: "svc", epoch: 30)
+                #expect(try await a.wait(for: .seconds(5), isPrimary))
+                let b = try RunningNode.start(bed, host: 1, name: "b", service: "svc", epoch: 20)
+                let c = try RunningNode.start(bed, host: 2, name: "c", service: "svc", epoch: 10)
+                try await Task.sleep(for: .milliseconds(600))
+                // Every host alone: no etcd member has a majority.
+                for host in 0..<3 { try await bed.setLink(host, up: false) }
+                let cut = ContinuousClock.now
+                try await Task.sleep(for: .seconds(4))
+                #expect(b.replica.times("promote").isEmpty && c.replica.times("promote").isEmpty, "a promotion without quorum")
+                let fencedAt = try #require(a.replica.times("fence").first, "a did not fence")
+                #expect(fencedAt - cut <= ElectionTimings().leaseTTL)
+                for host in 0..<3 { try await bed.setLink(host, up: true) }
+                #expect(try await b.wait(for: .seconds(10), isPrimary), "b (newest of the live) took over after quorum came back")
+                let roles = [await c.node.role, await a.node.role]
+                #expect(!roles.contains(where: isPrimary))
+                expectDisjointPrimaries([a, b, c], until: .now)
+                for node in [a, b, c] { await node.stop() }
+            }
+        }
+
+        @Test("a standby that is not ready is never elected, however new its epoch")
+        func unreadyStandbyNeverElected() async throws {
+            try await withClusterTestbed { bed in
+                let a = try RunningNode.start(bed, host: 0, name: "a", service: "svc", epoch: 30)
+                #expect(try await a.wait(for: .seconds(5), isPrimary))
+                let b = try RunningNode.start(bed, host: 1, name: "b", service: "svc", epoch: 99, ready: false)
+                let c = try RunningNode.start(bed, host: 2, name: "c", service: "svc", epoch: 10)
+                try await Task.sleep(for: .milliseconds(600))
+                try await bed.setLink(0, up: false)
+                #expect(try await c.wait(for: .seconds(8), isPrimary), "c, the only ready standby, took over")
+                #expect(b.replica.times("promote").isEmpty)
                 try await bed.setLink(0, up: true)
                 for node in [a, b, c] { await node.stop() }
-                try await bed.waitForQuorum()
             }
-            #expect(wins == 10)
-            let sorted = failovers.sorted()
-            print("cluster: newer standby won \(wins)/10; link cut → promote: \(sorted.map { "\($0.components.seconds * 1000 + $0.components.attoseconds / 1_000_000_000_000_000) ms" })")
-        }
-    }
-
-    @Test("a primary cut off from etcd fences itself within the lease TTL of the cut")
-    func partitionedPrimaryFences() async throws {
-        try await withClusterTestbed { bed in
-            let a = try RunningNode.start(bed, host: 0, name: "a", service: "svc", epoch: 5)
-            #expect(try await a.wait(for: .seconds(5), isPrimary))
-            let b = try RunningNode.start(bed, host: 1, name: "b", service: "svc", epoch: 5)
-            try await Task.sleep(for: .milliseconds(500))
-            let cut = ContinuousClock.now
-            try await bed.setLink(0, up: false)
-            #expect(try await a.wait(for: .seconds(3), isFenced))
-            let fencedAt = try #require(a.replica.times("fence").first)
-            #expect(fencedAt - cut <= ElectionTimings().leaseTTL, "fenced \(fencedAt - cut) after the cut")
-            #expect(try await b.wait(for: .seconds(6), isPrimary), "b took over")
-            if let promoted = b.replica.times("promote").first { #expect(fencedAt < promoted) }
-            expectDisjointPrimaries([a, b], until: .now)
-            // Healed: a rejoins as a follower (its service discarded) and follows b.
-            try await bed.setLink(0, up: true)
-            let rejoined = try await a.wait(for: .seconds(6)) { _ in a.replica.times("follow").count >= 1 && !a.replica.times("discard").isEmpty }
-            #expect(rejoined, "a rejoined as a standby of b")
-            for node in [a, b] { await node.stop() }
-        }
-    }
-
-    @Test("without quorum nobody is promoted and the primary fences; with quorum back, one standby takes over")
-    func noPromotionWithoutQuorum() async throws {
-        try await withClusterTestbed { bed in
-            let a = try RunningNode.start(bed, host: 0, name: "a", service: "svc", epoch: 30)
-            #expect(try await a.wait(for: .seconds(5), isPrimary))
-            let b = try RunningNode.start(bed, host: 1, name: "b", service: "svc", epoch: 20)
-            let c = try RunningNode.start(bed, host: 2, name: "c", service: "svc", epoch: 10)
-            try await Task.sleep(for: .milliseconds(600))
-            // Every host alone: no etcd member has a majority.
-            for host in 0..<3 { try await bed.setLink(host, up: false) }
-            let cut = ContinuousClock.now
-            try await Task.sleep(for: .seconds(4))
-            #expect(b.replica.times("promote").isEmpty && c.replica.times("promote").isEmpty, "a promotion without quorum")
-            let fencedAt = try #require(a.replica.times("fence").first, "a did not fence")
-            #expect(fencedAt - cut <= ElectionTimings().leaseTTL)
-            for host in 0..<3 { try await bed.setLink(host, up: true) }
-            #expect(try await b.wait(for: .seconds(10), isPrimary), "b (newest of the live) took over after quorum came back")
-            let roles = [await c.node.role, await a.node.role]
-            #expect(!roles.contains(where: isPrimary))
-            expectDisjointPrimaries([a, b, c], until: .now)
-            for node in [a, b, c] { await node.stop() }
-        }
-    }
-
-    @Test("a standby that is not ready is never elected, however new its epoch")
-    func unreadyStandbyNeverElected() async throws {
-        try await withClusterTestbed { bed in
-            let a = try RunningNode.start(bed, host: 0, name: "a", service: "svc", epoch: 30)
-            #expect(try await a.wait(for: .seconds(5), isPrimary))
-            let b = try RunningNode.start(bed, host: 1, name: "b", service: "svc", epoch: 99, ready: false)
-            let c = try RunningNode.start(bed, host: 2, name: "c", service: "svc", epoch: 10)
-            try await Task.sleep(for: .milliseconds(600))
-            try await bed.setLink(0, up: false)
-            #expect(try await c.wait(for: .seconds(8), isPrimary), "c, the only ready standby, took over")
-            #expect(b.replica.times("promote").isEmpty)
-            try await bed.setLink(0, up: true)
-            for node in [a, b, c] { await node.stop() }
         }
     }
 }
