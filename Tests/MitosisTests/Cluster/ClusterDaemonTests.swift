@@ -12,7 +12,9 @@ import Testing
 /// starts redis at promotion): these trials measure detection, election, start and address
 /// move, not state continuity.
 extension ClusterOnEtcd {
-    @Suite("mitosis cluster daemons", .serialized)
+    @Suite("mitosis cluster daemons", .serialized,
+           .enabled(if: ["/usr/bin/redis-server", "/usr/bin/arping", "/usr/bin/setpriv"].allSatisfy { FileManager.default.isExecutableFile(atPath: $0) },
+                    "redis-server, arping (iputils-arping) or setpriv is not installed (scripts/setup installs them)"))
     struct ClusterDaemonTests {
         static let service = "redis"
 

@@ -199,7 +199,9 @@ final class ClusterTestbed: @unchecked Sendable {
 
 /// Every suite that starts an etcd cluster, one test at a time: three etcd members per testbed
 /// are enough load for a 2-core machine, and the failover tests measure timings.
-@Suite("Cluster on a real etcd", .serialized)
+@Suite("Cluster on a real etcd", .serialized,
+       .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/etcd") && FileManager.default.isExecutableFile(atPath: "/usr/bin/etcdctl"),
+                "etcd-server and etcd-client are not installed (scripts/setup installs them)"))
 enum ClusterOnEtcd {}
 
 /// Runs `body` with a fresh testbed and removes it afterwards, whatever happens.
