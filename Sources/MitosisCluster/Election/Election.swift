@@ -103,6 +103,16 @@ public struct Election: Sendable, Equatable {
     /// of the detection-to-election interval in logs.
     public private(set) var leaderAbsentSince: ContinuousClock.Instant?
 
+    /// Ready standbys last seen in a view, with when: one whose record vanishes (a lease that
+    /// lapsed for a moment, on a loaded host or just after etcd regained quorum) is still
+    /// deferred to for one lease TTL, time for it to take a new lease and publish again.
+    private var recentStandbys: [String: SeenMember] = [:]
+
+    private struct SeenMember: Sendable, Equatable {
+        let record: MemberRecord
+        let at: ContinuousClock.Instant
+    }
+
     public init(node: String, timings: ElectionTimings) {
         self.node = node
         self.timings = timings
@@ -166,6 +176,14 @@ public struct Election: Sendable, Equatable {
             }
             return .none
         case .follower:
+            for member in view.members where member.node != node {
+                if member.ready && member.role == .standby {
+                    recentStandbys[member.node] = SeenMember(record: member, at: now)
+                } else {
+                    recentStandbys[member.node] = nil
+                }
+            }
+            recentStandbys = recentStandbys.filter { now - $0.value.at <= timings.leaseTTL }
             if let leader = view.leader {
                 leaderAbsentSince = nil
                 if leader.node.isEmpty {
@@ -185,11 +203,19 @@ public struct Election: Sendable, Equatable {
             }
             let candidates = (view.members.filter { $0.ready && $0.node != node } + [me]).sorted(by: MemberRecord.precedes)
             let rank = candidates.firstIndex { $0.node == node } ?? 0
-            if rank == 0 { return .campaign }
-            // A live, ready member ahead is the one to win: defer until it takes the key, or its
-            // record vanishes (its lease expired) or says not ready (its promotion failed).
-            let ahead = candidates[0]
-            return .wait(until: nil, reason: "\(ahead.node) is ahead (term \(ahead.term) epoch \(ahead.epoch), this node \(me.term)/\(me.epoch)); \(rank) place(s) behind")
+            if rank > 0 {
+                // A live, ready member ahead is the one to win: defer until it takes the key, or
+                // its record vanishes (its lease expired) or says not ready (its promotion failed).
+                let ahead = candidates[0]
+                return .wait(until: nil, reason: "\(ahead.node) is ahead (term \(ahead.term) epoch \(ahead.epoch), this node \(me.term)/\(me.epoch)); \(rank) place(s) behind")
+            }
+            let live = Set(view.members.map(\.node))
+            let vanished = recentStandbys.values.filter { !live.contains($0.record.node) && MemberRecord.precedes($0.record, me) }
+            if let ahead = vanished.min(by: { MemberRecord.precedes($0.record, $1.record) }) {
+                return .wait(until: ahead.at + timings.leaseTTL,
+                             reason: "\(ahead.record.node) was ahead (term \(ahead.record.term) epoch \(ahead.record.epoch)) and its record vanished \((now - ahead.at).clusterText) ago; waiting up to one lease TTL for it to come back")
+            }
+            return .campaign
         }
     }
 }

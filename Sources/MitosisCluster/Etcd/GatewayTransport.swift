@@ -31,7 +31,10 @@ struct GatewayTransport: Sendable {
             }
             defer { timer.cancel() }
             return try await connection.executeThenClose { inbound, outbound in
-                try await Self.send(endpoint, path: path, body: body, to: outbound)
+                // A server may answer (an error, say) and close before it has read the whole
+                // request: a failed write still reads whatever answer arrived.
+                var sendError: (any Error)?
+                do { try await Self.send(endpoint, path: path, body: body, to: outbound) } catch { sendError = error }
                 var status = 0
                 var collected: [UInt8] = []
                 for try await part in inbound {
@@ -45,7 +48,7 @@ struct GatewayTransport: Sendable {
                     case .end: return Response(status: status, body: collected)
                     }
                 }
-                throw EtcdError.unreachable(endpoint: endpoint.description, reason: "connection closed before the answer ended")
+                throw sendError ?? EtcdError.unreachable(endpoint: endpoint.description, reason: "connection closed before the answer ended")
             }
         } catch {
             throw Self.classify(error, endpoint: endpoint, operation: operation, timeout: timeout, expired: expired.isSet)

@@ -99,4 +99,29 @@ struct ElectionRuleTests {
         #expect(ElectionTimings(requestTimeout: .milliseconds(300)).problem != nil)
         #expect(ElectionTimings(fenceMargin: .milliseconds(10)).problem != nil)
     }
+
+    @Test("a ready standby ahead whose record vanishes is still deferred to for one lease TTL; a vanished primary is not")
+    func vanishedMemberAhead() {
+        let b = member("b", epoch: 20), c = member("c", epoch: 10)
+        var election = Election(node: "c", timings: timings)
+        let primary = MemberRecord(node: "a", role: .primary, term: 1, epoch: 30, ready: true, replicationAddress: "a:1")
+        _ = election.decide(view: ClusterView(revision: 3, leader: LeaderKey(node: "a", term: 1, lease: 1), members: [primary, b, c]), me: c, now: start)
+        // The leader key and a's record are gone (a died), and b's record lapsed too.
+        let alone = ClusterView(revision: 4, leader: nil, members: [c])
+        guard case .wait(let until, let reason) = election.decide(view: alone, me: c, now: start + .milliseconds(300)) else {
+            Issue.record("c did not wait for b")
+            return
+        }
+        #expect(until == start + timings.leaseTTL && reason.contains("b was ahead"))
+        // b is back within the TTL: c defers to it as to any live member ahead.
+        guard case .wait = election.decide(view: ClusterView(revision: 5, leader: nil, members: [b, c]), me: c, now: start + .milliseconds(600)) else {
+            Issue.record("c did not defer to b")
+            return
+        }
+        // b gone for more than a TTL: c campaigns. a, the old primary, was never waited for.
+        #expect(election.decide(view: alone, me: c, now: start + .milliseconds(1700)) == .campaign)
+        var onlyPrimaryAhead = Election(node: "c", timings: timings)
+        _ = onlyPrimaryAhead.decide(view: ClusterView(revision: 3, leader: LeaderKey(node: "a", term: 1, lease: 1), members: [primary, c]), me: c, now: start)
+        #expect(onlyPrimaryAhead.decide(view: alone, me: c, now: start + .milliseconds(10)) == .campaign)
+    }
 }
