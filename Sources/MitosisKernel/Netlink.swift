@@ -47,7 +47,7 @@ extension Kernel {
     package static func inNetworkNamespace<T: Sendable>(
         of pid: Int32, _ body: @escaping @Sendable () throws(Errno) -> T
     ) throws(Errno) -> T {
-        try inNetworkNamespace(at: "/proc/\(pid)/ns/net", threadName: "mitosis-netns-\(pid)", body)
+        try inNetworkNamespace(at: "/proc/\(procEntry(pid))/ns/net", threadName: "mitosis-netns-\(pid)", body)
     }
 
     /// Runs `body` on a short-lived OS thread that first joins the named network namespace
