@@ -126,6 +126,13 @@ extension ClusterOnEtcd {
                         break
                     }
                     times.append(ContinuousClock.now - killed)
+                    // The client's neighbour entry for the service address is the new host's MAC:
+                    // the gratuitous ARP moved it.
+                    let newHost = daemons.names.firstIndex(of: next)!
+                    let link = try await ToolRun("/usr/bin/ip", ["-n", bed.hostNamespace(newHost), "-o", "link", "show", "eth0"])
+                    let neighbour = try await ToolRun("/usr/bin/ip", ["-n", bed.clientNamespace, "neigh", "show", ClusterTestbed.serviceAddress])
+                    let mac = link.standardOutput.split(separator: " ").drop { $0 != "link/ether" }.dropFirst().first.map(String.init) ?? "?"
+                    #expect(neighbour.standardOutput.contains(mac), "trial \(trial): client sees \(neighbour.standardOutput), new host has \(mac)")
                     // The killed daemon's redis died with it: only etcd is left in that namespace.
                     let pids = try await ToolRun("/usr/bin/ip", ["netns", "pids", bed.hostNamespace(host)])
                     #expect(pids.standardOutput.split(separator: "\n").count == 1, "trial \(trial): \(pids.standardOutput)")
