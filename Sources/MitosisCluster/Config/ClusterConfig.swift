@@ -1,4 +1,5 @@
 import Foundation
+import MitosisModel
 
 /// The configuration of one node's cluster daemon (`mitosis cluster --config FILE`), a JSON file:
 ///
@@ -118,7 +119,9 @@ public struct ClusterConfig: Sendable, Equatable {
     }
 }
 
-public struct ConfigError: Error, Equatable, CustomStringConvertible {
+/// A configuration that cannot be used: one line naming the field (domain `config`).
+public struct ConfigError: MitosisFailure, Equatable {
     public let description: String
     init(_ description: String) { self.description = description }
+    public var code: String { "config.invalid" }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import MitosisKernel
+import MitosisModel
 
 /// The replica of a service without replication: a cold standby that starts the service's
 /// command at promotion. Its epoch is always 0, so every ready node is equal and the first
@@ -50,7 +51,7 @@ public final class CommandReplica: ReplicaControl, @unchecked Sendable {
         try await Task.sleep(for: .milliseconds(50))
         guard started.isRunning else {
             lock.withLock { child = nil }
-            throw CommandReplicaError(description: "\(command.joined(separator: " ")) exited at once (status \(ChildProcess.exitCode(of: started.wait())))")
+            throw ClusterError.serviceExited(command: command.joined(separator: " "), status: ChildProcess.exitCode(of: started.wait()))
         }
         logger.info("service started: \(command[0]), pid \(started.pid)")
     }
@@ -68,8 +69,19 @@ public final class CommandReplica: ReplicaControl, @unchecked Sendable {
     }
 }
 
-public struct CommandReplicaError: Error, CustomStringConvertible {
-    public let description: String
+/// A failure of the cluster daemon's own actions on this host (domain `cluster`).
+public enum ClusterError: MitosisFailure, Equatable {
+    /// The service's start command exited right after it was started: a failed promotion.
+    case serviceExited(command: String, status: Int32)
+    /// The service address could not be added.
+    case address(cidr: String, device: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case .serviceExited(let command, let status): "the service exited at once (status \(status)): \(command.prefix(200))"
+        case .address(let cidr, let device, let reason): "ip addr replace \(cidr) dev \(device) failed: \(reason)"
+        }
+    }
 }
 
 /// The service address on this host: `ip addr replace` and a gratuitous ARP to take it,
@@ -88,7 +100,7 @@ public struct HostAddress: AddressControl, Equatable {
 
     public func take() async throws {
         let run = try await Self.run("/usr/bin/ip", ["addr", "replace", cidr, "dev", device])
-        guard run.status == 0 else { throw CommandReplicaError(description: "ip addr replace \(cidr) dev \(device): \(run.error)") }
+        guard run.status == 0 else { throw ClusterError.address(cidr: cidr, device: device, reason: run.error) }
         // Unsolicited ARP: neighbours replace the old host's MAC at once. arping waits a
         // second for replies that never come, so it is not waited for (reaped in the background).
         let arping = try ChildProcess(executable: "/usr/bin/arping", arguments: ["-U", "-c", "1", "-I", device, address],

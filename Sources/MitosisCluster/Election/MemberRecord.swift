@@ -1,4 +1,5 @@
 import Foundation
+import MitosisModel
 
 /// What one node publishes about itself under `/mitosis/<service>/members/<node>`, attached to
 /// its own lease: the key disappears when the node stops renewing it.
@@ -83,9 +84,12 @@ public struct MemberRecord: Sendable, Equatable, Codable {
     }
 }
 
-public struct MemberRecordError: Error, Equatable, Sendable, CustomStringConvertible {
+/// Why an etcd value is not a member record (domain `member`).
+public struct MemberRecordError: MitosisFailure, Equatable {
     public let description: String
     init(_ description: String) { self.description = description }
+    public static var domain: String { "member" }
+    public var code: String { "member.invalid" }
 }
 
 /// The etcd keys of one service.

@@ -1,9 +1,12 @@
-/// Everything that can go wrong talking to etcd, as one error with one line of text.
+import MitosisModel
+
+/// Everything that can go wrong talking to etcd, as one error with one line of text
+/// (domain `etcd` of the `MitosisFailure` family).
 ///
 /// etcd's answers are input like any other: a response that is not what the gateway documents
 /// (bad JSON, a missing field, a negative revision, a key that is not base64, a body over the
 /// limit) is `malformed` or `tooLarge`, never a crash or a guess.
-public enum EtcdError: Error, Equatable, Sendable, CustomStringConvertible {
+public enum EtcdError: MitosisFailure, Equatable {
     /// No TCP connection (refused, unreachable, reset before an answer).
     case unreachable(endpoint: String, reason: String)
     /// No complete answer within the call's deadline (a member without quorum holds requests).
@@ -32,6 +35,19 @@ public enum EtcdError: Error, Equatable, Sendable, CustomStringConvertible {
         case .leaseExpired(let id): "etcd lease \(id) expired or revoked"
         case .invalidRequest(let why): "etcd request invalid: \(why)"
         case .noEndpoint: "no etcd endpoint configured"
+        }
+    }
+
+    public var code: String {
+        switch self {
+        case .unreachable: "etcd.unreachable"
+        case .timedOut: "etcd.timedOut"
+        case .rejected: "etcd.rejected"
+        case .malformed: "etcd.malformed"
+        case .tooLarge: "etcd.tooLarge"
+        case .leaseExpired: "etcd.leaseExpired"
+        case .invalidRequest: "etcd.invalidRequest"
+        case .noEndpoint: "etcd.noEndpoint"
         }
     }
 

@@ -1,5 +1,6 @@
 import Foundation
 import MitosisCluster
+import MitosisModel
 import Testing
 
 @Suite("Cluster configuration")
@@ -67,5 +68,33 @@ struct ClusterConfigTests {
         defer { try? FileManager.default.removeItem(atPath: path) }
         #expect(throws: ConfigError.self) { try ClusterConfig.load(path: path) }
         #expect(throws: ConfigError.self) { try ClusterConfig.load(path: "/nonexistent/cluster.json") }
+    }
+
+    @Test("the cluster's errors are MitosisFailures: one line, a stable code")
+    func errorFamily() {
+        let failures: [(any MitosisFailure, String)] = [
+            (EtcdError.noEndpoint, "etcd.noEndpoint"),
+            (EtcdError.leaseExpired(id: 7), "etcd.leaseExpired"),
+            (EtcdError.timedOut(endpoint: "http://a:1", operation: "kv/range", milliseconds: 150), "etcd.timedOut"),
+            (EtcdError.malformed(endpoint: "http://a:1", operation: "kv/range", reason: "not JSON"), "etcd.malformed"),
+            (configError(), "config.invalid"),
+            (ClusterError.serviceExited(command: "/bin/false", status: 1), "cluster.serviceExited"),
+            (ClusterError.address(cidr: "10.0.0.1/24", device: "eth0", reason: "x"), "cluster.address"),
+        ]
+        for (failure, code) in failures {
+            #expect(failure.code == code)
+            #expect(!failure.summary.contains("\n") && failure.summary == failure.description)
+        }
+        #expect(EtcdError.domain == "etcd" && ConfigError.domain == "config" && ClusterError.domain == "cluster" && MemberRecordError.domain == "member")
+    }
+
+    /// The error an empty configuration gives.
+    private func configError() -> any MitosisFailure {
+        do {
+            _ = try ClusterConfig.parse([])
+        } catch let error as ConfigError {
+            return error
+        } catch {}
+        return EtcdError.noEndpoint  // not reached: the code check then fails
     }
 }
