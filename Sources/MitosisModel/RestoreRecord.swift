@@ -21,8 +21,12 @@ public struct RestoreRecord: Codable, Sendable, Equatable {
     /// The unread contents and capacity of every pipe the process holds (nil in images taken
     /// before pipes were captured).
     public var pipes: [PipeContents]?
-    /// POSIX timers of the process (`/proc/PID/timers` entries): not restored yet, so counted to refuse.
+    /// POSIX timers of the process (`/proc/PID/timers` entries): images without `processState`
+    /// that count any are refused.
     public var posixTimers: Int
+    /// Timers, credentials' companions, per-thread scheduling and signal stacks (nil in images
+    /// taken before they were recorded).
+    public var processState: ProcessState?
 
     public init(bounds: MemoryBounds, auxv: [UInt64], executable: String, vdso: VdsoIdentity,
                 signalActions: [SignalAction], threads: [ThreadRestoreState], mappingFlags: [MappingFlags], posixTimers: Int) {
