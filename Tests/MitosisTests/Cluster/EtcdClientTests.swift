@@ -15,23 +15,25 @@ extension ClusterOnEtcd {
                 try await client.put("/t/leased", value: Array("v".utf8), lease: lease.id)
                 // Renewals keep the key past several TTLs.
                 let start = ContinuousClock.now
+                var lastRenewal = start
                 while ContinuousClock.now - start < .milliseconds(2500) {
                     let renewal = try await client.keepAlive(lease.id)
                     #expect(renewal.ttlSeconds == 1 && renewal.lease == lease.id)
                     #expect(renewal.deadline == renewal.sentAt + .seconds(1))
+                    lastRenewal = renewal.sentAt
                     try await Task.sleep(for: .milliseconds(300))
                 }
                 let kept = try #require(try await client.get("/t/leased"))
                 #expect(kept.value == Array("v".utf8) && kept.lease == lease.id)
-                // Without renewal: gone within TTL + etcd's expiry scan (500 ms) + slack.
-                let lastRenewal = ContinuousClock.now
+                // Without renewal: gone no earlier than the TTL after the last renewal was sent (the
+                // deadline a primary fences by), within the TTL + etcd's expiry scan (500 ms) + slack.
                 var gone: Duration?
                 while ContinuousClock.now - lastRenewal < .seconds(4) {
                     if try await client.get("/t/leased") == nil { gone = ContinuousClock.now - lastRenewal; break }
                     try await Task.sleep(for: .milliseconds(50))
                 }
                 let after = try #require(gone, "the leased key outlived its TTL by 3 s")
-                #expect(after >= .milliseconds(900), "gone after \(after), before the TTL")
+                #expect(after >= .seconds(1), "gone \(after) after the last renewal was sent: before the TTL")
                 await #expect(throws: EtcdError.leaseExpired(id: lease.id)) { try await client.keepAlive(lease.id) }
             }
         }
@@ -96,7 +98,7 @@ extension ClusterOnEtcd {
             }
         }
 
-        @Test("without quorum, requests fail within their deadline and nothing is written; with it back, they succeed")
+        @Test("without quorum, requests fail within their deadline; with it back, they succeed")
         func quorumLoss() async throws {
             try await withClusterTestbed { bed in
                 // A client that can reach only host 0's member.
@@ -113,7 +115,9 @@ extension ClusterOnEtcd {
                 try await bed.setLink(1, up: true)
                 try await bed.setLink(2, up: true)
                 try await bed.waitForQuorum(through: client)
-                #expect(try await client.get("/t/q") == nil, "the write without quorum never happened")
+                // The failed txn is not necessarily lost: Raft keeps the proposal in host 0's log and
+                // may commit it once quorum is back. A timed-out write is "unknown", never "not
+                // done", which is why a campaign reads the leader key back (Docs/cluster.md).
                 _ = try await client.grant(ttlSeconds: 1)
             }
         }
