@@ -208,6 +208,44 @@ extension ClusterOnEtcd {
             }
         }
 
+        @Test("SIGTERM stops the primary's daemon gracefully: it fences, revokes its lease, and a standby serves well within the TTL")
+        func gracefulStop() async throws {
+            try await withClusterTestbed { bed in
+                let daemons = Daemons(bed)
+                defer { for host in 0..<3 { daemons.kill(host) } }
+                try daemons.writeConfigs()
+                for host in 0..<3 { try daemons.start(host) }
+                let client = try bed.group(in: bed.clientNamespace)
+                let etcd = try bed.etcdClient()
+                var primary: String?
+                let deadline = ContinuousClock.now + .seconds(15)
+                while ContinuousClock.now < deadline && primary == nil {
+                    let status = try await ClusterStatus.read(etcd: etcd, service: Self.service)
+                    if status.members.count == 3, status.members.allSatisfy({ $0.ready }), let leader = status.leader,
+                       await Self.ask(client) == leader {
+                        primary = leader
+                    }
+                    try await Task.sleep(for: .milliseconds(50))
+                }
+                let old = try #require(primary, "no primary answered")
+                let host = daemons.names.firstIndex(of: old)!
+                let stopped = ContinuousClock.now
+                daemons.processes[host]?.signal(15)
+                var next: String?
+                while ContinuousClock.now - stopped < .seconds(5) && next == nil {
+                    if let who = await Self.ask(client), who != old { next = who }
+                    try await Task.sleep(for: .milliseconds(10))
+                }
+                let elapsed = ContinuousClock.now - stopped
+                #expect(next != nil, "no standby took over; log:\n\(daemons.log(host))")
+                #expect(elapsed < ElectionTimings().leaseTTL, "took \(elapsed.clusterText): the lease was not revoked")
+                let exited = try await Blocking.run { daemons.processes[host]?.wait() }
+                #expect(exited.map(ChildProcess.exitCode) == 0, "the daemon exits 0 after a graceful stop")
+                #expect(daemons.log(host).contains("FENCED") && daemons.log(host).contains("daemon stopping"))
+                print("cluster: SIGTERM to the primary's daemon → another node answers after \(elapsed.clusterText)")
+            }
+        }
+
         @Test("a misconfigured service fails its promotion: that node gives the key up, says why, and a healthy node takes over")
         func misconfiguredService() async throws {
             try await withClusterTestbed { bed in
