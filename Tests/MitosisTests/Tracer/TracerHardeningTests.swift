@@ -156,21 +156,21 @@ struct TracerHardeningTests {
     @Test("a thread that cannot stop (waiting for a vfork child) fails the freeze in time, untraced after")
     func stopTimeout() async throws {
         // The vfork child sleeps far longer than the freeze may take, even on a loaded machine.
-        let child = try ScenarioProcess("vfork-wait", ["8000"])
+        let child = try ScenarioProcess("vfork-wait", ["15000"])
         defer { child.stop() }
         let tid = Int32(try child.intFact("vforker_tid"))
-        let clock = ContinuousClock()
-        let start = clock.now
         await #expect(throws: MitosisError.stopTimedOut(child.pid, tid: tid, after: .milliseconds(300))) {
             try await Tracer.freeze(pid: child.pid, stopTimeout: .milliseconds(300))
         }
-        // Sooner than the vfork child's 8 s: it gave up without waiting for the child.
-        #expect(clock.now - start < .milliseconds(7500), "gave up without waiting for the vfork child")
+        // It gave up without waiting for the vfork child: that child is still there (a check on
+        // the kernel's state, not on a clock, so a loaded machine cannot fail it).
+        let children = try String(contentsOfFile: "/proc/\(child.pid)/task/\(tid)/children", encoding: .utf8)
+        #expect(!children.split(separator: " ").isEmpty, "gave up without waiting for the vfork child")
         // Released at once: nothing traced, the other threads running; the vforker resumes when its child exits.
         #expect(try await eventually { try TargetHealth.tracer(of: child.pid) == 0 && TargetHealth.tracer(of: tid) == 0 })
         await #expect(try TargetHealth.runsFreely(child.pid))
         try child.send("ping")
-        #expect(try await eventually(within: .seconds(15)) { try TargetHealth.threadStates(of: child.pid)[tid] == "S" })
+        #expect(try await eventually(within: .seconds(25)) { try TargetHealth.threadStates(of: child.pid)[tid] == "S" })
         let frozen = try await withFrozenProcess(child.pid) { await $0.threads(of: child.pid) }
         #expect(frozen.contains(tid))
     }
