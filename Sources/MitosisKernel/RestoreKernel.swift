@@ -1,4 +1,5 @@
 import CMitosis
+import MitosisModel
 import Glibc
 import SystemPackage
 
@@ -79,5 +80,71 @@ extension Ptrace {
     package static func setSignalMask(_ tid: Int32, _ mask: UInt64) throws(Errno) {
         var copy = mask
         try Kernel.check { mitosis_ptrace(MITOSIS_PTRACE_SETSIGMASK, tid, UnsafeMutableRawPointer(bitPattern: 8), &copy) }
+    }
+}
+
+extension Ptrace {
+    /// Sets the general-purpose registers, `fs_base` and `gs_base` included.
+    /// The corresponding request is `PTRACE_SETREGS`.
+    package static func setRegisters(_ tid: Int32, _ r: GeneralRegisters) throws(Errno) {
+        try setRegisters(tid, user_regs_struct(
+            r15: r.r15, r14: r.r14, r13: r.r13, r12: r.r12, rbp: r.rbp, rbx: r.rbx, r11: r.r11, r10: r.r10,
+            r9: r.r9, r8: r.r8, rax: r.rax, rcx: r.rcx, rdx: r.rdx, rsi: r.rsi, rdi: r.rdi, orig_rax: r.origRax,
+            rip: r.rip, cs: r.cs, eflags: r.eflags, rsp: r.rsp, ss: r.ss, fs_base: r.fsBase, gs_base: r.gsBase,
+            ds: r.ds, es: r.es, fs: r.fs, gs: r.gs))
+    }
+
+    /// The `PTRACE_GETREGSET`/`SETREGSET` kind of the XSAVE area.
+    package static let extendedStateKind = MITOSIS_NT_X86_XSTATE
+}
+
+/// The kernel's `struct clone_args` for `clone3`, as bytes to write into a process.
+package struct CloneArguments {
+    package var flags: UInt64
+    /// Address of the `pid_t` array of wanted ids, and its length.
+    package var setTid: UInt64
+    package var setTidSize: UInt64
+
+    package init(flags: UInt64, setTid: UInt64, setTidSize: UInt64) {
+        self.flags = flags
+        self.setTid = setTid
+        self.setTidSize = setTidSize
+    }
+
+    package static var size: Int { MemoryLayout<mitosis_clone_args>.size }
+
+    package var bytes: [UInt8] {
+        let args = mitosis_clone_args(flags: flags, pidfd: 0, child_tid: 0, parent_tid: 0, exit_signal: 0, stack: 0,
+                                      stack_size: 0, tls: 0, set_tid: setTid, set_tid_size: setTidSize)
+        return withUnsafeBytes(of: args) { Array($0) }
+    }
+}
+
+/// The kernel's `struct prctl_mm_map` for `PR_SET_MM_MAP`, as bytes to write into a process.
+package struct MmMap {
+    package var startCode, endCode, startData, endData, startBrk, brk, startStack: UInt64
+    package var argStart, argEnd, envStart, envEnd: UInt64
+    /// Address of the auxiliary vector in the process, and its size in bytes.
+    package var auxv: UInt64
+    package var auxvSize: UInt32
+    package var exeFd: UInt32
+
+    package init(startCode: UInt64, endCode: UInt64, startData: UInt64, endData: UInt64, startBrk: UInt64, brk: UInt64,
+                 startStack: UInt64, argStart: UInt64, argEnd: UInt64, envStart: UInt64, envEnd: UInt64,
+                 auxv: UInt64, auxvSize: UInt32, exeFd: UInt32) {
+        (self.startCode, self.endCode, self.startData, self.endData) = (startCode, endCode, startData, endData)
+        (self.startBrk, self.brk, self.startStack) = (startBrk, brk, startStack)
+        (self.argStart, self.argEnd, self.envStart, self.envEnd) = (argStart, argEnd, envStart, envEnd)
+        (self.auxv, self.auxvSize, self.exeFd) = (auxv, auxvSize, exeFd)
+    }
+
+    package static var size: Int { MemoryLayout<mitosis_prctl_mm_map>.size }
+
+    package var bytes: [UInt8] {
+        let map = mitosis_prctl_mm_map(
+            start_code: startCode, end_code: endCode, start_data: startData, end_data: endData,
+            start_brk: startBrk, brk: brk, start_stack: startStack, arg_start: argStart, arg_end: argEnd,
+            env_start: envStart, env_end: envEnd, auxv: auxv, auxv_size: auxvSize, exe_fd: exeFd)
+        return withUnsafeBytes(of: map) { Array($0) }
     }
 }

@@ -1,5 +1,3 @@
-import CMitosis
-import Glibc
 import MitosisImage
 import MitosisKernel
 import MitosisModel
@@ -20,20 +18,20 @@ extension Tracer {
             switch descriptor.kind {
             case .pipe:
                 let end = parked[PipeEnd(inode: descriptor.inode, write: descriptor.flags & 3 == 1)]!
-                try huskCall("placing the pipe end fd \(descriptor.fd)", MITOSIS_SYS_dup3,
-                             [end, UInt64(descriptor.fd), UInt64(descriptor.flags & UInt32(O_CLOEXEC))])
+                try huskCall("placing the pipe end fd \(descriptor.fd)", SyscallNumber.dup3,
+                             [end, UInt64(descriptor.fd), UInt64(descriptor.flags & UInt32(Linux.O_CLOEXEC))])
                 continue
             case .eventfd:
                 fd = try createEventfd(descriptor, area: area)
             case .epoll:
-                fd = try huskCall("creating the epoll of fd \(descriptor.fd)", MITOSIS_SYS_epoll_create1,
-                                  [UInt64(descriptor.flags & UInt32(O_CLOEXEC))])
+                fd = try huskCall("creating the epoll of fd \(descriptor.fd)", SyscallNumber.epoll_create1,
+                                  [UInt64(descriptor.flags & UInt32(Linux.O_CLOEXEC))])
             default:
                 fd = try openFile(descriptor, area: area)
             }
             if fd != UInt64(descriptor.fd) {
-                try huskCall("moving fd \(fd) to \(descriptor.fd)", MITOSIS_SYS_dup3,
-                             [fd, UInt64(descriptor.fd), UInt64(descriptor.flags & UInt32(O_CLOEXEC))])
+                try huskCall("moving fd \(fd) to \(descriptor.fd)", SyscallNumber.dup3,
+                             [fd, UInt64(descriptor.fd), UInt64(descriptor.flags & UInt32(Linux.O_CLOEXEC))])
                 try huskCall("closing fd \(fd)", SyscallNumber.close, [fd])
             }
         }
@@ -46,7 +44,7 @@ extension Tracer {
                 withUnsafeBytes(of: watch.events.littleEndian) { event.replaceSubrange(0..<4, with: $0) }
                 withUnsafeBytes(of: watch.data.littleEndian) { event.replaceSubrange(4..<12, with: $0) }
                 try event.withUnsafeBytes { try huskWrite("passing an epoll event", area.scratch + WorkArea.text, $0) }
-                try huskCall("adding fd \(watch.fd) to the epoll of fd \(descriptor.fd)", MITOSIS_SYS_epoll_ctl,
+                try huskCall("adding fd \(watch.fd) to the epoll of fd \(descriptor.fd)", SyscallNumber.epoll_ctl,
                              [UInt64(descriptor.fd), 1 /* EPOLL_CTL_ADD */, UInt64(watch.fd), area.scratch + WorkArea.text])
             }
         }
