@@ -19,6 +19,12 @@ import SystemPackage
 /// `nft -i` process that created it, which lives exactly as long as this value's holder does
 /// (its stdin is a pipe from Mitosis). When Mitosis exits or is killed, `nft` reads end of file
 /// and exits, and the kernel deletes the table: a lock is never left behind.
+///
+/// One lock must outlive Mitosis: between `dump --kill` and the `restore` that follows, no
+/// Mitosis process runs. `hold(as:)` copies the lock into a table without an owner, named for the
+/// image (`mitosis-hold-…`, recorded in it); the restore takes a lock of its own, then lifts the
+/// held one (`NetworkLock.remove`). A held table whose image is never restored stays, like CRIU's
+/// rules after a dump: `nft delete table inet NAME` lifts it (the clients then see a reset).
 package final class NetworkLock: @unchecked Sendable {
     /// The table's name (`mitosis-lock-PID-N`), unique among this process's locks.
     package let table: String
@@ -55,26 +61,51 @@ package final class NetworkLock: @unchecked Sendable {
             throw Failure.unavailable("\(Self.nftPath) is missing (Debian package nftables; scripts/setup installs it)")
         }
         table = "mitosis-lock-\(Kernel.currentProcessID())-\(Self.counter.next())"
-        let command = try Self.tableCommand(table, connections)
-        if let namespacePath {
-            holder = try ChildProcess(executable: "/usr/bin/nsenter", arguments: ["--net=\(namespacePath)", "--", Self.nftPath, "-i"],
-                                      stdin: .pipe, stdout: .pipe, stderr: .pipe)
-        } else {
-            holder = try ChildProcess(executable: Self.nftPath, arguments: ["-i"], stdin: .pipe, stdout: .pipe, stderr: .pipe)
-        }
+        self.connections = connections
+        self.timeout = timeout
+        let command = try Self.tableCommand(table, connections, owned: true)
+        holder = try ChildProcess(executable: Self.nftPath, arguments: ["-i"], namespacePath: namespacePath)
         do {
-            try holder.write(Array((command + "\nlist table inet \(table)\n").utf8))
-            try awaitListing(timeout: timeout)
+            try run(command, listing: table)
         } catch {
             holder.kill()
             throw error
         }
     }
 
+    private let connections: [(family: InetFamily, local: SocketEndpoint, remote: SocketEndpoint)]
+    private let timeout: Duration
+
+    /// Sends `command` to `nft` and waits until it has listed table `listing`.
+    private func run(_ command: String, listing: String) throws {
+        try holder.write(Array((command + "\nlist table inet \(listing)\n").utf8))
+        try awaitListing(timeout: timeout)
+    }
+
+    /// Copies the lock into table `name`, which has no owner: it stays when Mitosis exits, until
+    /// `NetworkLock.remove(name)`. For a lock that must outlive this process (`dump --kill`).
+    package func hold(as name: String) throws {
+        try run(try Self.tableCommand(name, connections, owned: false), listing: name)
+    }
+
+    /// Deletes table `name` (a held lock) in the namespace at `namespacePath`; one that does not
+    /// exist is no error. Blocks on `nft`.
+    package static func remove(_ name: String, namespacePath: String? = nil) throws {
+        let child = try ChildProcess(executable: nftPath, arguments: ["delete", "table", "inet", name], namespacePath: namespacePath)
+        child.closeInput()
+        let (_, errors) = child.readToEnd()
+        let status = child.wait()
+        let message = String(decoding: errors, as: UTF8.self)
+        guard ChildProcess.exitCode(of: status) == 0 || message.contains("No such file or directory") else {
+            throw Failure.refused(message.split(separator: "\n").first.map(String.init) ?? "nft exited with \(ChildProcess.exitCode(of: status))")
+        }
+    }
+
     /// The one `nft` command that creates the whole table: two sets of 4-tuples (IPv4 and IPv6),
     /// and a chain at each of the input and output hooks dropping what matches, before conntrack
     /// (`priority raw`).
-    static func tableCommand(_ table: String, _ connections: [(family: InetFamily, local: SocketEndpoint, remote: SocketEndpoint)]) throws -> String {
+    static func tableCommand(_ table: String, _ connections: [(family: InetFamily, local: SocketEndpoint, remote: SocketEndpoint)],
+                             owned: Bool) throws -> String {
         var v4: [String] = [], v6: [String] = []
         for connection in connections {
             for (from, to) in [(connection.local, connection.remote), (connection.remote, connection.local)] {
@@ -97,7 +128,7 @@ package final class NetworkLock: @unchecked Sendable {
                 + (elements.isEmpty ? "" : "elements = { \(elements.joined(separator: ", ")) }; ") + "}; "
         }
         let match = "ip saddr . tcp sport . ip daddr . tcp dport @conns4 drop; ip6 saddr . tcp sport . ip6 daddr . tcp dport @conns6 drop;"
-        return "add table inet \(table) { flags owner; "
+        return "add table inet \(table) { \(owned ? "flags owner; " : "")"
             + set("conns4", "ipv4_addr", v4) + set("conns6", "ipv6_addr", v6)
             + "chain input { type filter hook input priority raw; policy accept; \(match) }; "
             + "chain output { type filter hook output priority raw; policy accept; \(match) }; }"
@@ -151,4 +182,17 @@ package final class NetworkLock: @unchecked Sendable {
     }
 
     deinit { release() }
+}
+
+extension ChildProcess {
+    /// `executable arguments…` with pipes for every stream, in the network namespace at
+    /// `namespacePath` (through util-linux's `nsenter`) when given.
+    fileprivate convenience init(executable: String, arguments: [String], namespacePath: String?) throws {
+        if let namespacePath {
+            try self.init(executable: "/usr/bin/nsenter", arguments: ["--net=\(namespacePath)", "--", executable] + arguments,
+                          stdin: .pipe, stdout: .pipe, stderr: .pipe)
+        } else {
+            try self.init(executable: executable, arguments: arguments, stdin: .pipe, stdout: .pipe, stderr: .pipe)
+        }
+    }
 }

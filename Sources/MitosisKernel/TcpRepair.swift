@@ -98,6 +98,14 @@ package enum TcpRepair {
         return (head.state, head.options, head.wscales & 0xf, head.wscales >> 4)
     }
 
+    /// Whether `fd` is an IPv4 or IPv6 TCP socket in the ESTABLISHED state.
+    /// The corresponding calls are `getsockopt(SO_DOMAIN, SO_PROTOCOL, TCP_INFO)`.
+    package static func isEstablished(_ fd: FileDescriptor) -> Bool {
+        guard let domain = try? getInt(fd, SOL_SOCKET, SO_DOMAIN), domain == AF_INET || domain == AF_INET6,
+              let proto = try? getInt(fd, SOL_SOCKET, SO_PROTOCOL), proto == Int32(IPPROTO_TCP) else { return false }
+        return (try? info(fd).state) == 1
+    }
+
     /// The window state. The corresponding call is `getsockopt(TCP_REPAIR_WINDOW)`.
     package static func window(_ fd: FileDescriptor) throws(Errno) -> TcpConnection.Window {
         var w = mitosis_tcp_repair_window()

@@ -23,6 +23,12 @@ public struct RestoreRecord: Codable, Sendable, Equatable {
     public var pipes: [PipeContents]?
     /// POSIX timers of the process (`/proc/PID/timers` entries): not restored yet, so counted to refuse.
     public var posixTimers: Int
+    /// The established TCP connections, captured in repair mode (nil in images taken before
+    /// connections were captured).
+    public var connections: [CapturedConnection]?
+    /// The nftables table (`inet`) that keeps the connections locked after `dump --kill` until
+    /// a restore lifts it; nil when none was left (the process kept running, or no lock).
+    public var networkLockTable: String?
 
     public init(bounds: MemoryBounds, auxv: [UInt64], executable: String, vdso: VdsoIdentity,
                 signalActions: [SignalAction], threads: [ThreadRestoreState], mappingFlags: [MappingFlags], posixTimers: Int) {

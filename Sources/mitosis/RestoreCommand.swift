@@ -17,10 +17,13 @@ struct RestoreCommand: AsyncParsableCommand {
     @Argument(help: "The image directory (any committed image of a chain).") var image: String
     @Flag(help: "Only check whether the image can be restored here; list what is refused and why.") var check = false
     @Flag(help: "Print the result as JSON.") var json = false
+    @Flag(help: "Do not lock the image's TCP connections while their sockets are rebuilt (a peer's packet may meet no socket and be answered with a reset).")
+    var noNetworkLock = false
 
     func run() async throws {
         do {
-            let restorer = try Restorer(image: CheckpointImage.open(image))
+            var restorer = try Restorer(image: CheckpointImage.open(image))
+            restorer.networkLock = !noNetworkLock
             if check {
                 let refusals = restorer.refusals()
                 if json {

@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -121,7 +122,44 @@ static int blast(long count) {
     return 0;
 }
 
+/// `detach`: answers READY, closes the listener, points fds 0–2 at /dev/null (so the process
+/// holds nothing but its connection, for a restore) and from then on answers requests on its
+/// own, blocked in `recv`, until the client closes the connection (or 120 s pass).
+static void serve_forever(void) {
+    printf("READY detached=1\n");
+    fflush(stdout);
+    prctl(PR_SET_PDEATHSIG, 0);
+    alarm(120);
+    close(3);
+    int null = open("/dev/null", O_RDWR);
+    dup2(null, 0);
+    dup2(null, 1);
+    dup2(null, 2);
+    if (null > 2) close(null);
+    char line[256];
+    size_t used = 0;
+    for (;;) {
+        char c;
+        ssize_t n = recv(connection, &c, 1, 0);
+        if (n == 0) _exit(0);
+        if (n < 0) { if (errno == EINTR) continue; _exit(3); }
+        if (used + 1 >= sizeof line) _exit(4);
+        line[used++] = c;
+        if (c != '\n') continue;
+        char answer[260];
+        int length = snprintf(answer, sizeof answer, "ANS %.*s", (int)(used - 4), line + 4);
+        for (int done = 0; done < length;) {
+            ssize_t w = send(connection, answer + done, length - done, MSG_NOSIGNAL);
+            if (w < 0 && errno == EINTR) continue;
+            if (w <= 0) _exit(5);
+            done += w;
+        }
+        used = 0;
+    }
+}
+
 static int server_step(const char *command) {
+    if (strcmp(command, "detach") == 0) serve_forever();
     if (strcmp(command, "accept") == 0) {
         connection = accept4(3, NULL, NULL, SOCK_CLOEXEC);
         if (connection != 4) scenario_fail("accept: fd %d, errno %d", connection, errno);

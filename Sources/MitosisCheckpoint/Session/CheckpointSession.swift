@@ -20,6 +20,13 @@ public struct CheckpointOptions: Sendable {
     /// Record what a restore needs (`RestoreRecord`: signal dispositions, mm bounds…), at the
     /// cost of a few injected system calls during the freeze. Without it the image cannot be restored.
     public var recordRestoreState = true
+    /// The target is killed after this checkpoint (`killTarget`, `dump --kill`): its established
+    /// TCP connections stay locked until the kill, which closes them in repair mode (silently),
+    /// and their network lock is held after Mitosis exits, until a restore lifts it.
+    public var moveConnections = false
+    /// Lock the established TCP connections while they are captured (and, when moved, until
+    /// the restore): without it a peer's packet meeting no socket is answered with a reset.
+    public var networkLock = true
 
     public init(strategy: TrackingStrategy? = nil, pageMapMethod: PageMapReader.Method? = nil) {
         self.strategy = strategy
@@ -93,6 +100,8 @@ public actor CheckpointSession {
     private var previousValid = PageSet()
     private var previous: (id: String, sequence: Int)?
     private var stopped = false
+    /// Connections of the last checkpoint, still locked, for `killTarget` to close silently.
+    private var movedConnections: ConnectionCapture?
     /// The identities of the files behind `clean_file` pages, by offset, length and path: a file
     /// is hashed again only when its status changes.
     private var fileIdentities: [String: MappedFileIdentity] = [:]
@@ -138,6 +147,9 @@ public actor CheckpointSession {
     public func stop() {
         guard !stopped else { return }
         stopped = true
+        // Not killed after all: the target gets its connections back.
+        movedConnections?.resume()
+        movedConnections = nil
         tracker.stop()
         pageMaps.close()
         memory.close()
@@ -148,11 +160,15 @@ public actor CheckpointSession {
     public func killTarget() throws {
         guard !stopped else { throw CheckpointError.sessionStopped }
         defer { stop() }
+        movedConnections?.silence()
         do {
             try Kernel.pidfdKill(target.process.pidfd)
         } catch .noSuchProcess {
             throw CheckpointError.targetExited(pid)
         }
+        // The sockets, in repair mode, close without a FIN or RST; the held lock stays.
+        movedConnections?.close()
+        movedConnections = nil
     }
 
     /// Takes a checkpoint into `sink`: full when `parent` is nil, else incremental over it.
@@ -182,6 +198,9 @@ public actor CheckpointSession {
             parentStored = Self.heldPages(of: image.manifest)
         }
         try sink.begin(header)
+        movedConnections?.resume()
+        movedConnections = nil
+        var moved: ConnectionCapture?
         do {
             let run = Run()
             if case .previous = parent { run.inheritable = previousValid }
@@ -239,6 +258,21 @@ public actor CheckpointSession {
                         logger.warning("checkpoint of \(pid) is not restorable: \(error)")
                     }
                 }
+                if restore != nil {
+                    do {
+                        let connections = try ConnectionCapture(target: target, descriptors: descriptors, lockNetwork: options.networkLock)
+                        restore?.connections = connections.connections
+                        if options.moveConnections && !connections.connections.isEmpty {
+                            restore?.networkLockTable = try connections.hold(pid: pid)
+                            moved = connections
+                        } else {
+                            connections.resume()  // before the thaw
+                        }
+                    } catch {
+                        logger.warning("checkpoint of \(pid) is not restorable: its TCP connections could not be captured: \(error)")
+                        restore = nil
+                    }
+                }
                 return (map, threads, descriptors, restore)
             }
             // Read after the thaw, so that it costs no freeze time (smaps walks every page table):
@@ -277,11 +311,13 @@ public actor CheckpointSession {
             manifest.process = process
             manifest.restore = restore
             let committed = try sink.finish(manifest)
+            movedConnections = moved
             previousValid = stored.union(inherited)
             previous = (committed.id, committed.sequence)
             return CheckpointResult(manifest: committed, precopyRounds: run.rounds, pagesCopied: run.copied,
                                     pagesCopiedFrozen: run.copiedFrozen)
         } catch {
+            moved?.resume()
             let failure = Self.translate(error, pid: pid)
             sink.abort(reason: "\(failure)")
             throw failure

@@ -206,3 +206,15 @@ public enum InetAddress {
         return head + [UInt8](repeating: 0, count: 16 - head.count - tail.count) + tail
     }
 }
+
+/// An established connection of a checkpointed process: the socket (by inode, as in
+/// `socket:[N]`; every descriptor of it is restored from this one record) and its state.
+public struct CapturedConnection: Codable, Sendable, Equatable {
+    public var inode: UInt64
+    public var connection: TcpConnection
+
+    public init(inode: UInt64, connection: TcpConnection) {
+        self.inode = inode
+        self.connection = connection
+    }
+}

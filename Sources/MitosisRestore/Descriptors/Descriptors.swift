@@ -8,7 +8,8 @@ import SystemPackage
 extension Tracer {
     /// Creates every descriptor again at its number, in ascending order: a new descriptor
     /// takes the lowest free number, never above the one wanted, and is then moved there.
-    func restoreDescriptors(_ plan: RestorePlan, area: WorkArea) throws {
+    /// Established connections are left in repair mode, in `connections`, for `finishConnections`.
+    func restoreDescriptors(_ plan: RestorePlan, area: WorkArea, connections: inout [PendingConnection]) throws {
         let descriptors = (plan.manifest.descriptors ?? []).sorted(by: { $0.fd < $1.fd })
         // Pipes first, both ends parked above every number wanted, so that no temporary
         // descriptor sits on a number another descriptor needs.
@@ -23,6 +24,18 @@ extension Tracer {
                 continue
             case .eventfd:
                 fd = try createEventfd(descriptor, area: area)
+            case .socket:
+                // Every descriptor of one socket after the first is a duplicate of it.
+                if let first = descriptors.first(where: { $0.inode == descriptor.inode && $0.fd < descriptor.fd }) {
+                    fd = try huskCall("duplicating fd \(first.fd)", SyscallNumber.fcntl, [UInt64(first.fd), 1030 /* F_DUPFD_CLOEXEC */, 0])
+                } else {
+                    guard let captured = plan.record.connections?.first(where: { $0.inode == descriptor.inode }) else {
+                        throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "the image holds no state for socket \(descriptor.target)")
+                    }
+                    let created = try createConnection(descriptor, captured)
+                    connections.append(created.pending)
+                    fd = created.fd
+                }
             case .epoll:
                 fd = try huskCall("creating the epoll of fd \(descriptor.fd)", SyscallNumber.epoll_create1,
                                   [UInt64(descriptor.flags & UInt32(Linux.O_CLOEXEC))])
