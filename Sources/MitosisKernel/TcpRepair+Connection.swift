@@ -51,12 +51,19 @@ extension TcpRepair {
         do {
             let connection = try readRepaired(fd, family: family, local: local, remote: remote,
                                               socketOptions: socketOptions, nonBlocking: flags & O_NONBLOCK != 0)
-            if !stayInRepair { try step("leaving repair mode") { () throws(Errno) in try setRepair(fd, .offWithoutProbe) } }
+            if !stayInRepair { try step("leaving repair mode") { () throws(Errno) in try leaveRepair(fd, reuseAddress: socketOptions.reuseAddress) } }
             return connection
         } catch {
-            try? setRepair(fd, .offWithoutProbe)
+            try? leaveRepair(fd, reuseAddress: socketOptions.reuseAddress)
             throw error
         }
+    }
+
+    /// Leaves repair mode without a window probe, as if it had never been entered: the kernel
+    /// resets SO_REUSEADDR when repair mode ends, so the application's setting is put back.
+    package static func leaveRepair(_ fd: FileDescriptor, reuseAddress: Bool) throws(Errno) {
+        try setRepair(fd, .offWithoutProbe)
+        try setInt(fd, SOL_SOCKET, SO_REUSEADDR, reuseAddress ? 1 : 0)
     }
 
     private static func readRepaired(_ fd: FileDescriptor, family: InetFamily, local: SocketEndpoint, remote: SocketEndpoint,

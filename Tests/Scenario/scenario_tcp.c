@@ -166,6 +166,7 @@ static int server_step(const char *command) {
         int on = 1;
         setsockopt(connection, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
         setsockopt(connection, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+        setsockopt(connection, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
         scenario_report("fd", "%d", connection);
         scenario_report("peer_port", "%d", port_of(connection, 1));
         return 0;

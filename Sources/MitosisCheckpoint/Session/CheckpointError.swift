@@ -8,12 +8,16 @@ public enum CheckpointError: Error, Equatable, Sendable, CustomStringConvertible
     case sessionStopped
     /// The parent image is of another process.
     case parentOfOtherProcess(parent: Int32, target: Int32)
+    /// The network lock of the connections could not be kept for the restore: the process was not killed.
+    case connectionsNotHeld(String)
 
     public var description: String {
         switch self {
         case .targetExited(let pid): return "process \(pid) exited during the checkpoint; the image is incomplete"
         case .noPreviousCheckpoint: return "no previous checkpoint in this session to build an incremental one on"
         case .sessionStopped: return "the tracking session was stopped"
+        case .connectionsNotHeld(let why):
+            return "the TCP connections' network lock could not be kept for the restore (\(why)); the process was not killed"
         case .parentOfOtherProcess(let parent, let target):
             return "the parent image is of process \(parent), not \(target)"
         }

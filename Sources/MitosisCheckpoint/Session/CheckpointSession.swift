@@ -160,15 +160,21 @@ public actor CheckpointSession {
     public func killTarget() throws {
         guard !stopped else { throw CheckpointError.sessionStopped }
         defer { stop() }
-        movedConnections?.silence()
-        do {
-            try Kernel.pidfdKill(target.process.pidfd)
-        } catch .noSuchProcess {
-            throw CheckpointError.targetExited(pid)
+        if let moved = movedConnections {
+            // On failure `stop` gives the process its connections back, alive.
+            do { try moved.silence() } catch { throw CheckpointError.connectionsNotHeld("\(error)") }
         }
-        // The sockets, in repair mode, close without a FIN or RST; the held lock stays.
-        movedConnections?.close()
-        movedConnections = nil
+        let killed = Result { () throws(Errno) in try Kernel.pidfdKill(target.process.pidfd) }
+        switch killed {
+        case .success, .failure(.noSuchProcess):
+            // The sockets, in repair mode, close without a FIN or RST; the held lock stays.
+            movedConnections?.close()
+            movedConnections = nil
+        case .failure:
+            break  // still alive: `stop` gives its connections back
+        }
+        if case .failure(.noSuchProcess) = killed { throw CheckpointError.targetExited(pid) }
+        try killed.get()
     }
 
     /// Takes a checkpoint into `sink`: full when `parent` is nil, else incremental over it.
@@ -263,7 +269,7 @@ public actor CheckpointSession {
                         let connections = try ConnectionCapture(target: target, descriptors: descriptors, lockNetwork: options.networkLock)
                         restore?.connections = connections.connections
                         if options.moveConnections && !connections.connections.isEmpty {
-                            restore?.networkLockTable = try connections.hold(pid: pid)
+                            restore?.networkLockTable = connections.reserveHold(pid: pid)
                             moved = connections
                         } else {
                             connections.resume()  // before the thaw

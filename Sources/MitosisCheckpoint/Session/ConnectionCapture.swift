@@ -14,8 +14,8 @@ import SystemPackage
 /// - the process runs on (`resume`): the lock is lifted; the peers saw a pause of the freeze's
 ///   length, and TCP retransmits what the lock dropped;
 /// - the process is being moved (`dump --kill`): the lock stays, so nothing it does after the
-///   image reaches its peers; `hold` copies the lock into a table that outlives Mitosis, which
-///   the restore lifts; `silence` puts the sockets back in repair mode right before the kill,
+///   image reaches its peers; `silence`, right before the kill, copies the lock into a table that
+///   outlives Mitosis (named by `reserveHold`), which the restore lifts, and puts the sockets back in repair mode,
 ///   which then closes them without a FIN or RST and leaves no socket holding the 4-tuple (the
 ///   copies keep each socket open until then, even if the process closes its descriptor);
 ///   `close` lets go of them once the process is dead.
@@ -57,31 +57,41 @@ final class ConnectionCapture: @unchecked Sendable {
         }
     }
 
-    /// The process keeps its connections: the copies closed, the lock lifted. Idempotent.
+    /// The process keeps its connections: out of repair mode (should `silence` have put them
+    /// back), the copies closed, the lock lifted. Idempotent.
     func resume() {
-        for (copy, _) in repaired { try? copy.close() }
+        for (copy, connection) in repaired {
+            try? TcpRepair.leaveRepair(copy, reuseAddress: connection.socketOptions.reuseAddress)
+            try? copy.close()
+        }
         repaired = []
-        if let held { try? NetworkLock.remove(held.table, namespacePath: held.namespacePath) }
+        if let held, held.created { try? NetworkLock.remove(held.table, namespacePath: held.namespacePath) }
         held = nil
         lock?.release()
         lock = nil
     }
 
-    /// Keeps the lock after Mitosis exits, in a table of its own, for the process is about to be
-    /// killed and restored later; returns the table's name, or nil when there is no lock to keep.
-    func hold(pid: Int32) throws -> String? {
-        guard let lock else { return nil }
+    /// Names the table that will keep the lock after Mitosis exits, once the process is killed
+    /// (`silence`), for the image to record; nil when there is no lock to keep. The table is
+    /// created only right before the kill: should Mitosis die before, the process keeps running
+    /// with its connections free.
+    func reserveHold(pid: Int32) -> String? {
+        guard lock != nil else { return nil }
         let name = "mitosis-hold-\(pid)-\(String(UInt32.random(in: 0...UInt32.max), radix: 16))"
-        try lock.hold(as: name)
-        held = (name, "/proc/\(pid)/ns/net")
+        held = (name, "/proc/\(pid)/ns/net", false)
         return name
     }
 
-    /// The held table and the namespace it is in, until the process is killed.
-    private var held: (table: String, namespacePath: String)?
+    /// The held table, the namespace it is in, and whether it exists yet.
+    private var held: (table: String, namespacePath: String, created: Bool)?
 
-    /// Right before the kill: repair mode on again, so that closing sends nothing.
-    func silence() {
+    /// Right before the kill: the held table created, and repair mode on again, so that closing
+    /// sends nothing. On failure nothing is held and the connections are as they were.
+    func silence() throws {
+        if let lock, let held {
+            try lock.hold(as: held.table)
+            self.held?.created = true
+        }
         for (copy, _) in repaired { try? TcpRepair.setRepair(copy, .on) }
     }
 

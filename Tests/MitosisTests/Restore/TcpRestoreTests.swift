@@ -91,6 +91,12 @@ struct TcpRestoreTests {
         #expect(dump.status == 0, "\(dump.standardError)")
         #expect(try CheckpointImage.open(scratch.path + "/image").manifest.restore?.connections?.count == 1)
         #expect(try await Self.tables(in: client.pid) == [])
+        // Repair mode left as if never entered: the kernel resets SO_REUSEADDR, Mitosis puts it back.
+        let pidfd = try Kernel.pidfdOpen(server.pid)
+        let socket = try Kernel.pidfdGetfd(pidfd, 4)
+        #expect(try TcpRepair.getInt(socket, SOL_SOCKET, SO_REUSEADDR) == 1)
+        try socket.close()
+        try pidfd.close()
         try client.send("send x")
         try client.send("expect 0 x")
         #expect(client.facts["expect"] == "PASS", "\(client.facts)")

@@ -80,7 +80,7 @@ struct TcpRepairTests {
         #expect(connection.sendQueue == Data((0..<blasted).map(Self.pattern)))
         let sentCount = blasted - Int(connection.unsentCount)
         #expect(sentCount > 0 && sentCount < blasted)  // some went out unacknowledged, some never
-        #expect(connection.socketOptions.noDelay && connection.socketOptions.keepAlive)
+        #expect(connection.socketOptions.noDelay && connection.socketOptions.keepAlive && connection.socketOptions.reuseAddress)
         #expect(connection.options.maxSegmentSize > 0 && connection.problems() == [])
         // An image holds it as JSON.
         let decoded = try JSONDecoder().decode(TcpConnection.self, from: JSONEncoder().encode(connection))
@@ -109,6 +109,7 @@ struct TcpRepairTests {
         try? adopterPidfd.close()
         try TcpRepair.restore(socket, connection)
         try TcpRepair.finish(socket, connection)
+        #expect(try TcpRepair.getInt(socket, SOL_SOCKET, SO_REUSEADDR) == 1 && TcpRepair.getInt(socket, SOL_SOCKET, SO_KEEPALIVE) == 1)
         try socket.close()
         let unlocked = ContinuousClock.now
         lock.release()
