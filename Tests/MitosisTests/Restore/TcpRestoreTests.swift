@@ -101,4 +101,66 @@ struct TcpRestoreTests {
         try client.send("expect 0 x")
         #expect(client.facts["expect"] == "PASS", "\(client.facts)")
     }
+
+    /// A server with one connection, killed by `dump --kill` into `image`, its pid still held by
+    /// its zombie (the test has not reaped it) unless `reap`.
+    static func movedServer(image: String, reap: Bool) async throws -> (server: ScenarioProcess, client: ScenarioProcess, held: String) {
+        let server = try ScenarioProcess("tcpserver", ["ipv4", "0"])
+        let client = try ScenarioProcess("tcpclient", [String(server.pid), "ipv4", try server.fact("port")])
+        try server.send("accept")
+        try server.send("detach")
+        let dump = try await mitosis(in: client.pid, ["dump", String(server.pid), "--images", image, "--kill"])
+        guard dump.status == 0, let held = try CheckpointImage.open(image).manifest.restore?.networkLockTable else {
+            throw ScenarioError.protocolError("dump failed: \(dump.standardError)")
+        }
+        if reap { server.stop() }
+        return (server, client, held)
+    }
+
+    @Test("a restore that fails lifts the lock: no rule is left, and the client sees a reset rather than a hang")
+    func failedRestoreUnlocks() async throws {
+        let scratch = try ScratchDirectory()
+        defer { scratch.remove() }
+        let (server, client, _) = try await Self.movedServer(image: scratch.path + "/image", reap: false)
+        defer { server.stop(); client.stop() }
+        let restore = try await Self.mitosis(in: client.pid, ["restore", scratch.path + "/image"])
+        #expect(restore.status == 1)
+        #expect(restore.standardError.hasPrefix("mitosis: pid \(server.pid) is taken by process \(server.pid)"), "\(restore.standardError)")
+        #expect(try await Self.tables(in: client.pid) == [])
+        try client.send("send x")
+        try await Task.sleep(for: .milliseconds(100))
+        try client.send("drain")
+        #expect(client.facts["error"] == String(ECONNRESET))
+    }
+
+    @Test("kill -9 of mitosis restore at any moment leaves no lock of its own and no half-built process",
+          arguments: [0, 150, 300, 400, 500, 650, 800])
+    func killedRestore(after milliseconds: Int) async throws {
+        let scratch = try ScratchDirectory()
+        defer { scratch.remove() }
+        let (server, client, held) = try await Self.movedServer(image: scratch.path + "/image", reap: true)
+        defer { server.stop(); client.stop() }
+        let restore = try ToolRun.start(Self.nsenter, ["--net=/proc/\(client.pid)/ns/net", ToolRun.mitosis, "restore", scratch.path + "/image"])
+        try await Task.sleep(for: .milliseconds(milliseconds))
+        restore.signal(SIGKILL)
+        let status = try await Blocking.run { restore.wait() }
+        try await Task.sleep(for: .milliseconds(100))  // nft sees its stdin close and exits
+        let tables = try await Self.tables(in: client.pid)
+        // Only the dump's held lock may remain, and only if the restore was killed before lifting it.
+        #expect(tables.allSatisfy { $0 == "table inet \(held)" }, "\(tables)")
+        let stat = (try? String(contentsOfFile: "/proc/\(server.pid)/stat", encoding: .utf8)) ?? ""
+        print("restore killed after \(milliseconds) ms: exit \(ChildProcess.exitCode(of: status)), held lock \(tables.isEmpty ? "lifted" : "still there")")
+        let state = stat.split(separator: ")").last?.split(separator: " ").first
+        let tracer = (try? String(contentsOfFile: "/proc/\(server.pid)/status", encoding: .utf8))?
+            .split(separator: "\n").first { $0.hasPrefix("TracerPid:") }?.split(separator: "\t").last
+        if stat.isEmpty || state == "Z" || state == "X" {
+            // Killed while building: the husk died with its tracer (PTRACE_O_EXITKILL).
+            #expect(ChildProcess.exitCode(of: status) == 137)
+        } else {
+            // Finished (the kill, if any, came after the detach): restored, running, untraced.
+            #expect(tracer == "0" && state != "t" && tables.isEmpty, "\(stat)")
+            kill(server.pid, SIGKILL)
+        }
+        if !tables.isEmpty { try NetworkLock.remove(held, namespacePath: "/proc/\(client.pid)/ns/net") }
+    }
 }
