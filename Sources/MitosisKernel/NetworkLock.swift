@@ -52,28 +52,49 @@ package final class NetworkLock: @unchecked Sendable {
     /// Where `nft` is looked for (Debian installs it in /usr/sbin).
     package static let nftPath = "/usr/sbin/nft"
 
-    /// Locks `connections` (this end's and the peer's endpoints) in the network namespace at
-    /// `namespacePath` (`/proc/PID/ns/net`; nil for Mitosis's own). Returns once the rules are
-    /// in force. Blocks on the `nft` child: call it from a dedicated thread (`Blocking.run`).
-    package init(_ connections: [(family: InetFamily, local: SocketEndpoint, remote: SocketEndpoint)],
-                 namespacePath: String? = nil, timeout: Duration = .seconds(10)) throws {
+    /// Starts `nft -i` in the network namespace at `namespacePath` (`/proc/PID/ns/net`; nil for
+    /// Mitosis's own) with this lock's table, empty, ready to `lock`: starting takes milliseconds,
+    /// so a checkpoint does it before the freeze and only locks during it (about 3 ms here).
+    package init(namespacePath: String? = nil, timeout: Duration = .seconds(10)) throws {
         guard (try? Kernel.status(Self.nftPath)) != nil else {
             throw Failure.unavailable("\(Self.nftPath) is missing (Debian package nftables; scripts/setup installs it)")
         }
         table = "mitosis-lock-\(Kernel.currentProcessID())-\(Self.counter.next())"
-        self.connections = connections
         self.timeout = timeout
-        let command = try Self.tableCommand(table, connections, owned: true)
         holder = try ChildProcess(executable: Self.nftPath, arguments: ["-i"], namespacePath: namespacePath)
+        // The table, empty (it drops nothing yet): `nft` reads the kernel's ruleset into its
+        // cache on its first command, several milliseconds that `lock` then does not spend.
         do {
-            try run(command, listing: table)
+            try run("add table inet \(table) { flags owner; }", listing: table)
         } catch {
             holder.kill()
             throw error
         }
     }
 
-    private let connections: [(family: InetFamily, local: SocketEndpoint, remote: SocketEndpoint)]
+    /// Locks `connections` (this end's and the peer's endpoints) in the network namespace at
+    /// `namespacePath`. Returns once the rules are in force. Blocks on the `nft` child: call it
+    /// from a dedicated thread (`Blocking.run`).
+    package convenience init(_ connections: [(family: InetFamily, local: SocketEndpoint, remote: SocketEndpoint)],
+                             namespacePath: String? = nil, timeout: Duration = .seconds(10)) throws {
+        try self.init(namespacePath: namespacePath, timeout: timeout)
+        try lock(connections)
+    }
+
+    /// Locks `connections`: creates this lock's table. Once per lock. Blocks on `nft`; on
+    /// failure `nft` is ended.
+    package func lock(_ connections: [(family: InetFamily, local: SocketEndpoint, remote: SocketEndpoint)]) throws {
+        guard self.connections == nil, !released else { throw Failure.refused("this lock was already used") }
+        do {
+            try run(try Self.tableCommand(table, connections, owned: true), listing: table)
+            self.connections = connections
+        } catch {
+            release()
+            throw error
+        }
+    }
+
+    private var connections: [(family: InetFamily, local: SocketEndpoint, remote: SocketEndpoint)]?
     private let timeout: Duration
 
     /// Sends `command` to `nft` and waits until it has listed table `listing`.
@@ -85,6 +106,7 @@ package final class NetworkLock: @unchecked Sendable {
     /// Copies the lock into table `name`, which has no owner: it stays when Mitosis exits, until
     /// `NetworkLock.remove(name)`. For a lock that must outlive this process (`dump --kill`).
     package func hold(as name: String) throws {
+        guard let connections, !released else { throw Failure.refused("nothing is locked") }
         try run(try Self.tableCommand(name, connections, owned: false), listing: name)
     }
 

@@ -227,6 +227,9 @@ public actor CheckpointSession {
                 if count <= options.freezeThresholdPages || count >= left { break }
                 left = count
             }
+            // `nft` for the network lock started now rather than during the freeze, when the
+            // process holds sockets (only established TCP connections will be locked).
+            let preparedLock = options.recordRestoreState && options.networkLock && holdsSockets() ? try? NetworkLock(namespacePath: "/proc/\(pid)/ns/net") : nil
             // Freeze, copy what was written since, thaw.
             var frozenAt: ContinuousClock.Instant?
             let (final, threads, descriptors, captured) = try await withFrozenProcess(pid) { tracer in
@@ -266,20 +269,25 @@ public actor CheckpointSession {
                 }
                 if restore != nil {
                     do {
-                        let connections = try ConnectionCapture(target: target, descriptors: descriptors, lockNetwork: options.networkLock)
+                        let connections = try ConnectionCapture(target: target, descriptors: descriptors, lockNetwork: options.networkLock,
+                                                                prepared: preparedLock)
                         restore?.connections = connections.connections
                         if options.moveConnections && !connections.connections.isEmpty {
                             restore?.networkLockTable = connections.reserveHold(pid: pid)
-                            moved = connections
-                        } else {
-                            connections.resume()  // before the thaw
                         }
+                        // Out of repair mode already; the lock is lifted after the thaw (ending
+                        // `nft` takes milliseconds) unless the process is to be killed.
+                        moved = connections
                     } catch {
                         logger.warning("checkpoint of \(pid) is not restorable: its TCP connections could not be captured: \(error)")
                         restore = nil
                     }
                 }
                 return (map, threads, descriptors, restore)
+            }
+            if !options.moveConnections {
+                moved?.resume()
+                moved = nil
             }
             // Read after the thaw, so that it costs no freeze time (smaps walks every page table):
             // identity, limits and mapping flags change rarely. Mappings, descriptors and threads
@@ -328,6 +336,12 @@ public actor CheckpointSession {
             sink.abort(reason: "\(failure)")
             throw failure
         }
+    }
+
+    /// Whether any descriptor of the target is a socket (`socket:[N]`).
+    private func holdsSockets() -> Bool {
+        guard let fds = try? target.list("fd") else { return false }
+        return fds.contains { (try? target.readLink("fd/\($0)"))?.hasPrefix("socket:") == true }
     }
 
     /// The state of one checkpoint in progress.

@@ -27,23 +27,26 @@ final class ConnectionCapture: @unchecked Sendable {
     private var lock: NetworkLock?
 
     /// Captures every established TCP connection among `descriptors` (each socket once, however
-    /// many descriptors refer to it); locks them first unless `lockNetwork` is false.
+    /// many descriptors refer to it); locks them first unless `lockNetwork` is false, with
+    /// `prepared` when given (`nft` started before the freeze), which is released when unused.
     /// On failure, everything taken so far is given back.
-    init(target: TargetProcess, descriptors: [OpenDescriptor], lockNetwork: Bool) throws {
+    init(target: TargetProcess, descriptors: [OpenDescriptor], lockNetwork: Bool, prepared: NetworkLock? = nil) throws {
+        lock = prepared
         var copies: [(inode: UInt64, copy: FileDescriptor)] = []
         do {
             for descriptor in descriptors where descriptor.kind == .socket && !copies.contains(where: { $0.inode == descriptor.inode }) {
                 let copy = try Kernel.pidfdGetfd(target.process.pidfd, descriptor.fd)
                 if TcpRepair.isEstablished(copy) { copies.append((descriptor.inode, copy)) } else { try? copy.close() }
             }
-            guard !copies.isEmpty else { return }
+            guard !copies.isEmpty else { resume(); return }
             if lockNetwork {
                 var ends: [(family: InetFamily, local: SocketEndpoint, remote: SocketEndpoint)] = []
                 for (_, copy) in copies {
                     let local = try TcpRepair.endpoint(copy, peer: false), remote = try TcpRepair.endpoint(copy, peer: true)
                     ends.append((local.family, local.endpoint, remote.endpoint))
                 }
-                lock = try NetworkLock(ends, namespacePath: "/proc/\(target.pid)/ns/net")
+                if lock == nil { lock = try NetworkLock(namespacePath: "/proc/\(target.pid)/ns/net") }
+                try lock?.lock(ends)
             }
             for (inode, copy) in copies {
                 let connection = try TcpRepair.capture(copy, stayInRepair: false)

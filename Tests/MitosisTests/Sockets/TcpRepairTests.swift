@@ -59,8 +59,11 @@ struct TcpRepairTests {
         #expect(try await ToolRun("/usr/bin/nsenter", nft + ["add table inet mitosis-test-acks { chain input { type filter hook input priority raw; tcp sport \(clientPort) drop; }; }"]).status == 0)
         try server.send("blast 100000")
         try await Task.sleep(for: .milliseconds(50))
-        let lock = try await Blocking.run { try NetworkLock([(family, local, remote)], namespacePath: namespace) }
+        let lock = try await Blocking.run { try NetworkLock(namespacePath: namespace) }
         defer { lock.release() }
+        let locking = ContinuousClock.now
+        try await Blocking.run { try lock.lock([(family, local, remote)]) }
+        let lockTime = ContinuousClock.now - locking
         #expect(try await Self.tables(in: client.pid).contains("table inet \(lock.table)"))
         #expect(try await ToolRun("/usr/bin/nsenter", nft + ["delete table inet mitosis-test-acks"]).status == 0)
         try server.send("blast 300000")
@@ -119,7 +122,7 @@ struct TcpRepairTests {
         #expect(adopter.facts["served"] == "ok")
         try client.send("expect \(blasted) a,b,c")
         #expect(client.facts["expect"] == "PASS", "\(client.facts)")
-        print("tcp repair \(family): \(blasted) bytes queued (\(sentCount) sent and unacknowledged, \(connection.unsentCount) unsent, \(atClient) of them already at the client), answers complete \(ContinuousClock.now - unlocked) after the unlock (client waited \(client.facts["waited_ms"] ?? "?") ms)")
+        print("tcp repair \(family): \(blasted) bytes queued (\(sentCount) sent and unacknowledged, \(connection.unsentCount) unsent, \(atClient) of them already at the client), locked in \(lockTime) (nft already started), answers complete \(ContinuousClock.now - unlocked) after the unlock (client waited \(client.facts["waited_ms"] ?? "?") ms)")
         let pair = try await Self.established(in: client.pid)
         #expect(pair.count == 2, "\(pair)")
     }
