@@ -37,6 +37,7 @@ package enum Linux {
     package static let SIGSTOP = Glibc.SIGSTOP
     package static let SIGCHLD = Glibc.SIGCHLD
     package static let SIGTERM = Glibc.SIGTERM
+    package static let SIGTRAP = Glibc.SIGTRAP
 
     // sockets
     package static let AF_UNIX = Int32(Glibc.AF_UNIX)

@@ -25,7 +25,7 @@ extension Kernel {
     package static func peekPipe(pid: Int32, fd: Int32) throws(Errno) -> (bytes: [UInt8], capacity: Int) {
         var size: Int32 = 0
         var bytes = [UInt8](repeating: 0, count: 1 << 20)
-        let count = try check { bytes.withUnsafeMutableBytes { mitosis_pipe_peek("/proc/\(pid)/fd/\(fd)", $0.baseAddress, UInt($0.count), &size) } }
+        let count = try check { bytes.withUnsafeMutableBytes { mitosis_pipe_peek("/proc/\(procEntry(pid))/fd/\(fd)", $0.baseAddress, UInt($0.count), &size) } }
         return (Array(bytes[..<count]), Int(size))
     }
 
@@ -87,11 +87,7 @@ extension Ptrace {
     /// Sets the general-purpose registers, `fs_base` and `gs_base` included.
     /// The corresponding request is `PTRACE_SETREGS`.
     package static func setRegisters(_ tid: Int32, _ r: GeneralRegisters) throws(Errno) {
-        try setRegisters(tid, user_regs_struct(
-            r15: r.r15, r14: r.r14, r13: r.r13, r12: r.r12, rbp: r.rbp, rbx: r.rbx, r11: r.r11, r10: r.r10,
-            r9: r.r9, r8: r.r8, rax: r.rax, rcx: r.rcx, rdx: r.rdx, rsi: r.rsi, rdi: r.rdi, orig_rax: r.origRax,
-            rip: r.rip, cs: r.cs, eflags: r.eflags, rsp: r.rsp, ss: r.ss, fs_base: r.fsBase, gs_base: r.gsBase,
-            ds: r.ds, es: r.es, fs: r.fs, gs: r.gs))
+        try setRegisters(tid, user_regs_struct(r))
     }
 
     /// The `PTRACE_GETREGSET`/`SETREGSET` kind of the XSAVE area.

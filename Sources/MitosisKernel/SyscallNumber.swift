@@ -50,4 +50,16 @@ public enum SyscallNumber {
     public static let inotify_init1 = Int(SYS_inotify_init1)
     public static let inotify_add_watch = Int(SYS_inotify_add_watch)
     public static let ioctl = Int(SYS_ioctl)
+    public static let pause = Int(SYS_pause)
+}
+
+/// Flag values for the arguments of injected calls (`Tracer.injectMmap`,
+/// `Tracer.createTargetUserfaultfd`), so that clients need not import the C layer either.
+public enum SyscallFlags {
+    /// `PROT_READ | PROT_WRITE`.
+    public static let readWriteProtection = PROT_READ | PROT_WRITE
+    /// `MAP_PRIVATE | MAP_ANONYMOUS`.
+    public static let privateAnonymousMapping = MAP_PRIVATE | MAP_ANONYMOUS
+    /// `O_CLOEXEC | O_NONBLOCK`.
+    public static let closeOnExecNonBlocking = O_CLOEXEC | O_NONBLOCK
 }

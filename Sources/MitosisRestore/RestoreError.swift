@@ -1,3 +1,5 @@
+import MitosisModel
+
 /// One reason an image cannot be restored here, named by what it concerns.
 public struct RestoreRefusal: Equatable, Sendable, Codable, CustomStringConvertible {
     /// What is refused: `image`, `fd 4`, `mapping 0x7f…-0x7f… /path`, `thread 123`…
@@ -13,7 +15,7 @@ public struct RestoreRefusal: Equatable, Sendable, Codable, CustomStringConverti
 }
 
 /// Why a restore did not happen. Each case reads as one line; whatever failed, no process is left.
-public enum RestoreError: Error, Equatable, Sendable, CustomStringConvertible {
+public enum RestoreError: MitosisFailure, Equatable {
     /// The image holds something this Mitosis cannot restore (see `Restorer.refusals`).
     case refused(image: String, [RestoreRefusal])
     /// Another process holds the pid the image's process had.

@@ -61,10 +61,15 @@ public struct Restorer: Sendable {
         // The restore's own lock first, then the one the dump left: never a moment unlocked.
         let connections = (record.connections ?? []).map { ($0.connection.family, $0.connection.local, $0.connection.remote) }
         let networkLock = self.networkLock
-        let lock: NetworkLock? = try await Blocking.run("mitosis-network-lock") { () throws -> NetworkLock? in
-            let lock = networkLock && !connections.isEmpty ? try NetworkLock(connections) : nil
-            if let held = record.networkLockTable { try NetworkLock.remove(held) }
-            return lock
+        let lock: NetworkLock?
+        do {
+            lock = try await Blocking.run("mitosis-network-lock") { () throws -> NetworkLock? in
+                let lock = networkLock && !connections.isEmpty ? try NetworkLock(connections) : nil
+                if let held = record.networkLockTable { try NetworkLock.remove(held) }
+                return lock
+            }
+        } catch {
+            throw RestoreError.failed(step: "locking the network for \(connections.count) TCP connection(s)", detail: "\(error)")
         }
         // Lifted once the process runs, or has been killed: a client of a failed restore then
         // sees a reset, not a connection hanging for ever.

@@ -43,7 +43,6 @@ struct DumpCommand: AsyncParsableCommand {
     func run() async throws {
         let pid = targetPID(pid, forTracing: true)
         do {
-            if !force { try await TargetCheck.requireDumpable(pid) }
             let base: CheckpointParent? = try parent.map { path in
                 .image(try CheckpointImage.open(path), path: relativePath(from: images, to: path))
             }
@@ -51,8 +50,9 @@ struct DumpCommand: AsyncParsableCommand {
             var options = CheckpointOptions(strategy: track.strategy)
             options.recordRestoreState = !noRestoreState
             options.networkLock = !noNetworkLock
-            // Killed afterwards: the connections stay in repair mode, closed silently by the kill.
+            // Killed afterwards: the connections stay locked, closed silently by the kill.
             options.moveConnections = kill
+            options.copyNonDumpable = force
             let session = try await CheckpointSession(pid: pid, options: options)
             let result: CheckpointResult
             do {

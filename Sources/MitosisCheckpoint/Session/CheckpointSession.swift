@@ -27,6 +27,10 @@ public struct CheckpointOptions: Sendable {
     /// Lock the established TCP connections while they are captured (and, when moved, until
     /// the restore): without it a peer's packet meeting no socket is answered with a reset.
     public var networkLock = true
+    /// Copy a process that asked not to be dumped (`prctl(PR_SET_DUMPABLE, 0)`, or changed
+    /// credentials): its memory may hold secrets it meant to keep out of dumps. Without it the
+    /// session refuses such a process with `MitosisError.notDumpable`.
+    public var copyNonDumpable = false
 
     public init(strategy: TrackingStrategy? = nil, pageMapMethod: PageMapReader.Method? = nil) {
         self.strategy = strategy
@@ -114,6 +118,7 @@ public actor CheckpointSession {
     /// Starts tracking the writes of `pid`.
     public init(pid: Int32, options: CheckpointOptions = CheckpointOptions()) async throws {
         target = try TargetProcess(pid: pid, forTracing: true)
+        if !options.copyNonDumpable { try await TargetCheck.requireDumpable(target) }
         self.pid = pid
         self.options = options
         var chosen = options.strategy
@@ -173,7 +178,7 @@ public actor CheckpointSession {
         case .failure:
             break  // still alive: `stop` gives its connections back
         }
-        if case .failure(.noSuchProcess) = killed { throw CheckpointError.targetExited(pid) }
+        if case .failure(.noSuchProcess) = killed { throw MitosisError.targetExited(pid) }
         try killed.get()
     }
 
@@ -424,7 +429,7 @@ public actor CheckpointSession {
         do {
             failures = try memory.read(pieces)
         } catch {
-            throw CheckpointError.targetExited(pid)
+            throw MitosisError.targetExited(pid)
         }
         if !tolerant, let failure = failures.values.first { throw failure }
         var copied = PageSet()
@@ -507,10 +512,7 @@ public actor CheckpointSession {
 
     /// A vanished target is reported as such, whichever layer noticed.
     package static func translate(_ error: any Error, pid: Int32) -> any Error {
-        switch error as? MitosisError {
-        case .noSuchProcess(pid), .zombie(pid): return CheckpointError.targetExited(pid)
-        default: return error
-        }
+        (error as? MitosisError)?.goneProcess == pid ? MitosisError.targetExited(pid) : error
     }
 
     package static func nanoseconds(_ duration: Duration) -> UInt64 {

@@ -1,5 +1,3 @@
-import CMitosis
-import Glibc
 import SystemPackage
 import MitosisKernel
 import MitosisModel
@@ -21,21 +19,21 @@ extension Tracer {
     private func startHusk() throws {
         let husk = try Kernel.spawnHusk(pid: pid)
         do throws(Errno) {
-            try Ptrace.seize(husk, options: Int(MITOSIS_PTRACE_O_EXITKILL | MITOSIS_PTRACE_O_TRACECLONE | MITOSIS_PTRACE_O_TRACESYSGOOD))
+            try Ptrace.seize(husk, options: Ptrace.killOnExitOption | Ptrace.traceCloneOption | Ptrace.traceSystemCallsOption)
             // The husk may still be setting itself up: let it run until it waits in pause().
             for _ in 0..<1000 {
                 try Ptrace.interrupt(husk)
                 guard case .eventStop = try Ptrace.wait(husk) else { throw Errno.noSuchProcess }
-                if try Ptrace.getRegisters(husk).orig_rax == UInt64(SYS_pause) {
+                if try Ptrace.generalRegisters(husk).origRax == UInt64(SyscallNumber.pause) {
                     threads = [SeizedThread(pid: husk, tid: husk, groupStopSignal: nil)]
                     return
                 }
                 try Ptrace.resume(husk)
-                usleep(1000)
+                Kernel.sleepThread(microseconds: 1000)
             }
             throw Errno.timedOut
         } catch {
-            _ = try? Kernel.sendSignal(pid: husk, SIGKILL)
+            _ = try? Kernel.sendSignal(pid: husk, Linux.SIGKILL)
             Kernel.reap(husk)
             throw MitosisError.system(operation: "seizing the husk \(husk)", errno: error)
         }
@@ -67,7 +65,7 @@ extension Tracer {
 
     /// Kills the husk and reaps it, for a restore that failed: no half-built process survives.
     package func killHusk() {
-        _ = try? Kernel.sendSignal(pid: pid, SIGKILL)
+        _ = try? Kernel.sendSignal(pid: pid, Linux.SIGKILL)
         // Traced threads stay zombies until their tracer reaps them; the leader goes last.
         for thread in threads where thread.tid != pid { Kernel.reap(thread.tid) }
         Kernel.reap(pid)

@@ -16,19 +16,6 @@ struct LayeringTests {
         "CMitosisStacks": ["MitosisStacks"],
     ]
 
-    /// Files above the kernel layer that still use C types directly, each with why. The test fails
-    /// as soon as one no longer needs its exception, so this list can only shrink.
-    static let notYetMoved: [String: String] = [
-        "Sources/MitosisTrace/Tracer/Tracer.swift: import CMitosis":
-            "keeps siginfo_t of held signals and the ptrace event constants; to move behind Ptrace",
-        "Sources/MitosisTrace/Tracer/Tracer.swift: import Glibc": "signal numbers and siginfo_t",
-        "Sources/MitosisTrace/Injection/SyscallInjection.swift: import CMitosis":
-            "builds the self-healing rt_sigreturn frame over user_regs_struct; to move into MitosisKernel",
-        "Sources/MitosisTrace/Injection/SyscallInjection.swift: import Glibc": "user_regs_struct, signal numbers",
-        "Sources/MitosisTrace/Tracer/Tracer+Husk.swift: import CMitosis": "ptrace option constants; to move behind Ptrace",
-        "Sources/MitosisTrace/Tracer/Tracer+Husk.swift: import Glibc": "SYS_pause, SIGKILL, usleep",
-    ]
-
     @Test("no target above the kernel layer imports libc or the C shims")
     func kernelIsTouchedInOneLayer() throws {
         var offenders: [String] = []
@@ -46,10 +33,7 @@ struct LayeringTests {
                 }
             }
         }
-        let unexpected = offenders.filter { Self.notYetMoved[$0] == nil }
-        #expect(unexpected == [], "libc and the C shims belong to MitosisKernel:\n\(unexpected.joined(separator: "\n"))")
-        let obsolete = Set(Self.notYetMoved.keys).subtracting(offenders).sorted()
-        #expect(obsolete == [], "no longer needed, remove from notYetMoved: \(obsolete)")
+        #expect(offenders == [], "libc and the C shims belong to MitosisKernel:\n\(offenders.joined(separator: "\n"))")
     }
 
     @Test("a client that only inspects links without libunwind or libelf")
