@@ -176,7 +176,7 @@ static int server_step(const char *command) {
     return -1;
 }
 
-/// `tcpserver FAMILY PORT`: a new network namespace with its loopback up, a listener at fd 3
+/// `repairserver FAMILY PORT`: a new network namespace with its loopback up, a listener at fd 3
 /// on 127.0.0.1 or ::1; `accept` takes the client's connection at fd 4.
 static int server_setup(int argc, char **argv) {
     if (argc < 2) return -1;
@@ -200,9 +200,9 @@ static int server_setup(int argc, char **argv) {
     scenario_report("port", "%d", port_of(listener, 0));
     return 0;
 }
-SCENARIO(tcpserver, server_setup, server_step)
+SCENARIO(repairserver, server_setup, server_step)
 
-/// `tcpadopt NSPID FAMILY`: joins the namespace of process NSPID and creates an unconnected TCP
+/// `repairadopt NSPID FAMILY`: joins the namespace of process NSPID and creates an unconnected TCP
 /// socket at fd 3, for Mitosis to turn into the server's connection; then serves like the server.
 static int adopt_setup(int argc, char **argv) {
     if (argc < 2) return -1;
@@ -212,7 +212,7 @@ static int adopt_setup(int argc, char **argv) {
     scenario_report("fd", "%d", connection);
     return 0;
 }
-SCENARIO(tcpadopt, adopt_setup, server_step)
+SCENARIO(repairadopt, adopt_setup, server_step)
 
 // ---- the client ---------------------------------------------------------------------------
 
@@ -306,7 +306,7 @@ static int client_step(const char *command) {
     return -1;
 }
 
-/// `tcpclient NSPID FAMILY PORT`: joins the namespace of the server NSPID and connects to its
+/// `repairclient NSPID FAMILY PORT`: joins the namespace of the server NSPID and connects to its
 /// loopback port with a small receive buffer (so that a blast stays queued at the server).
 static int client_setup(int argc, char **argv) {
     if (argc < 3) return -1;
@@ -322,4 +322,4 @@ static int client_setup(int argc, char **argv) {
     scenario_report("port", "%d", port_of(client, 0));
     return 0;
 }
-SCENARIO(tcpclient, client_setup, client_step)
+SCENARIO(repairclient, client_setup, client_step)

@@ -27,9 +27,9 @@ struct TcpRestoreTests {
     func dumpKillRestore(family: InetFamily) async throws {
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
-        let server = try ScenarioProcess("tcpserver", [family.rawValue, "0"])
+        let server = try ScenarioProcess("repairserver", [family.rawValue, "0"])
         defer { server.stop() }
-        let client = try ScenarioProcess("tcpclient", [String(server.pid), family.rawValue, try server.fact("port")])
+        let client = try ScenarioProcess("repairclient", [String(server.pid), family.rawValue, try server.fact("port")])
         defer { client.stop() }
         try server.send("accept")
         try client.send("send 0")
@@ -81,9 +81,9 @@ struct TcpRestoreTests {
     func dumpKeepsConnection() async throws {
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
-        let server = try ScenarioProcess("tcpserver", ["ipv4", "0"])
+        let server = try ScenarioProcess("repairserver", ["ipv4", "0"])
         defer { server.stop() }
-        let client = try ScenarioProcess("tcpclient", [String(server.pid), "ipv4", try server.fact("port")])
+        let client = try ScenarioProcess("repairclient", [String(server.pid), "ipv4", try server.fact("port")])
         defer { client.stop() }
         try server.send("accept")
         try server.send("detach")
@@ -105,8 +105,8 @@ struct TcpRestoreTests {
     /// A server with one connection, killed by `dump --kill` into `image`, its pid still held by
     /// its zombie (the test has not reaped it) unless `reap`.
     static func movedServer(image: String, reap: Bool) async throws -> (server: ScenarioProcess, client: ScenarioProcess, held: String) {
-        let server = try ScenarioProcess("tcpserver", ["ipv4", "0"])
-        let client = try ScenarioProcess("tcpclient", [String(server.pid), "ipv4", try server.fact("port")])
+        let server = try ScenarioProcess("repairserver", ["ipv4", "0"])
+        let client = try ScenarioProcess("repairclient", [String(server.pid), "ipv4", try server.fact("port")])
         try server.send("accept")
         try server.send("detach")
         let dump = try await mitosis(in: client.pid, ["dump", String(server.pid), "--images", image, "--kill"])

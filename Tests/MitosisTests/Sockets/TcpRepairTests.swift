@@ -32,10 +32,10 @@ struct TcpRepairTests {
           arguments: [InetFamily.ipv4, .ipv6])
     func connectionMoves(family: InetFamily) async throws {
         let loopback = family == .ipv4 ? "127.0.0.1" : "::1"
-        let server = try ScenarioProcess("tcpserver", [family.rawValue, "0"])
+        let server = try ScenarioProcess("repairserver", [family.rawValue, "0"])
         defer { server.stop() }
         let port = try server.fact("port")
-        let client = try ScenarioProcess("tcpclient", [String(server.pid), family.rawValue, port])
+        let client = try ScenarioProcess("repairclient", [String(server.pid), family.rawValue, port])
         defer { client.stop() }
         let clientPort = UInt16(try client.intFact("port"))
         try server.send("accept")
@@ -105,7 +105,7 @@ struct TcpRepairTests {
         #expect(client.facts["sent"] == "6")
 
         // A new process's fresh socket becomes the connection.
-        let adopter = try ScenarioProcess("tcpadopt", [String(client.pid), family.rawValue])
+        let adopter = try ScenarioProcess("repairadopt", [String(client.pid), family.rawValue])
         defer { adopter.stop() }
         let adopterPidfd = try Kernel.pidfdOpen(adopter.pid)
         let socket = try Kernel.pidfdGetfd(adopterPidfd, 3)
@@ -130,9 +130,9 @@ struct TcpRepairTests {
     @Test("without the network lock, the client's next request is answered with a reset",
           arguments: [InetFamily.ipv4])
     func withoutLock(family: InetFamily) async throws {
-        let server = try ScenarioProcess("tcpserver", [family.rawValue, "0"])
+        let server = try ScenarioProcess("repairserver", [family.rawValue, "0"])
         defer { server.stop() }
-        let client = try ScenarioProcess("tcpclient", [String(server.pid), family.rawValue, try server.fact("port")])
+        let client = try ScenarioProcess("repairclient", [String(server.pid), family.rawValue, try server.fact("port")])
         defer { client.stop() }
         try server.send("accept")
         let pidfd = try Kernel.pidfdOpen(server.pid)
@@ -152,7 +152,7 @@ struct TcpRepairTests {
 
     @Test("a socket that is not a connection is refused with the step that failed, and keeps working")
     func notAConnection() async throws {
-        let server = try ScenarioProcess("tcpserver", ["ipv4", "0"])
+        let server = try ScenarioProcess("repairserver", ["ipv4", "0"])
         defer { server.stop() }
         let pidfd = try Kernel.pidfdOpen(server.pid)
         let listener = try Kernel.pidfdGetfd(pidfd, 3)
@@ -163,7 +163,7 @@ struct TcpRepairTests {
         }
         // The kernel refuses repair mode on a listener: nothing was changed.
         #expect(throws: Errno.notPermitted) { try TcpRepair.setRepair(listener, .on) }
-        let client = try ScenarioProcess("tcpclient", [String(server.pid), "ipv4", try server.fact("port")])
+        let client = try ScenarioProcess("repairclient", [String(server.pid), "ipv4", try server.fact("port")])
         defer { client.stop() }
         try server.send("accept")
         #expect(try server.intFact("fd") == 4)
