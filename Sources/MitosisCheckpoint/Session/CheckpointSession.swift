@@ -165,16 +165,17 @@ public actor CheckpointSession {
     public func killTarget() throws {
         guard !stopped else { throw CheckpointError.sessionStopped }
         defer { stop() }
-        if let moved = movedConnections {
-            // On failure `stop` gives the process its connections back, alive.
-            do { try moved.silence() } catch { throw CheckpointError.connectionsNotHeld("\(error)") }
-        }
+        // Repair mode on, so that the kill closes the sockets without a FIN or RST; then the
+        // lock is copied into the table that outlives Mitosis. Should Mitosis die in between, the
+        // process is dead and its clients see a reset, but no lock is left behind.
+        movedConnections?.silence()
         let killed = Result { () throws(Errno) in try Kernel.pidfdKill(target.process.pidfd) }
         switch killed {
         case .success, .failure(.noSuchProcess):
-            // The sockets, in repair mode, close without a FIN or RST; the held lock stays.
+            let held = Result { try movedConnections?.hold() }
             movedConnections?.close()
             movedConnections = nil
+            if case .failure(let error) = held { throw CheckpointError.connectionsNotHeld("\(error)") }
         case .failure:
             break  // still alive: `stop` gives its connections back
         }

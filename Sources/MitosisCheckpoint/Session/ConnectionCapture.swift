@@ -14,11 +14,11 @@ import SystemPackage
 /// - the process runs on (`resume`): the lock is lifted; the peers saw a pause of the freeze's
 ///   length, and TCP retransmits what the lock dropped;
 /// - the process is being moved (`dump --kill`): the lock stays, so nothing it does after the
-///   image reaches its peers; `silence`, right before the kill, copies the lock into a table that
-///   outlives Mitosis (named by `reserveHold`), which the restore lifts, and puts the sockets back in repair mode,
+///   image reaches its peers; `silence`, right before the kill, puts the sockets back in repair mode,
 ///   which then closes them without a FIN or RST and leaves no socket holding the 4-tuple (the
 ///   copies keep each socket open until then, even if the process closes its descriptor);
-///   `close` lets go of them once the process is dead.
+///   `hold`, right after it, copies the lock into a table that outlives Mitosis (named by
+///   `reserveHold`), which the restore lifts; `close` lets go of the copies and of the own lock.
 /// Should the checkpoint fail, `resume` gives the process its connections back untouched.
 final class ConnectionCapture: @unchecked Sendable {
     private(set) var connections: [CapturedConnection] = []
@@ -75,9 +75,7 @@ final class ConnectionCapture: @unchecked Sendable {
     }
 
     /// Names the table that will keep the lock after Mitosis exits, once the process is killed
-    /// (`silence`), for the image to record; nil when there is no lock to keep. The table is
-    /// created only right before the kill: should Mitosis die before, the process keeps running
-    /// with its connections free.
+    /// (`hold`), for the image to record; nil when there is no lock to keep.
     func reserveHold(pid: Int32) -> String? {
         guard lock != nil else { return nil }
         let name = "mitosis-hold-\(pid)-\(String(UInt32.random(in: 0...UInt32.max), radix: 16))"
@@ -88,14 +86,18 @@ final class ConnectionCapture: @unchecked Sendable {
     /// The held table, the namespace it is in, and whether it exists yet.
     private var held: (table: String, namespacePath: String, created: Bool)?
 
-    /// Right before the kill: the held table created, and repair mode on again, so that closing
-    /// sends nothing. On failure nothing is held and the connections are as they were.
-    func silence() throws {
-        if let lock, let held {
-            try lock.hold(as: held.table)
-            self.held?.created = true
-        }
+    /// Right before the kill: repair mode on again, so that closing sends nothing.
+    func silence() {
         for (copy, _) in repaired { try? TcpRepair.setRepair(copy, .on) }
+    }
+
+    /// Right after the kill, while this process's own lock still holds: the held table created.
+    /// Not before the kill, so that a Mitosis dying in between leaves no process locked out of
+    /// its own connections (its clients then see a reset instead).
+    func hold() throws {
+        guard let lock, let held else { return }
+        try lock.hold(as: held.table)
+        self.held?.created = true
     }
 
     /// After the kill: lets go of the copies (the sockets, in repair mode, close silently) and of
