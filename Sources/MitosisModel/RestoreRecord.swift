@@ -21,7 +21,8 @@ public struct RestoreRecord: Codable, Sendable, Equatable {
     /// The unread contents and capacity of every pipe the process holds (nil in images taken
     /// before pipes were captured).
     public var pipes: [PipeContents]?
-    /// POSIX timers of the process (`/proc/PID/timers` entries): not restored yet, so counted to refuse.
+    /// POSIX timers of the process (`/proc/PID/timers` entries): images without `processState`
+    /// that count any are refused.
     public var posixTimers: Int
     /// The established TCP connections, captured in repair mode (nil in images taken before
     /// connections were captured).
@@ -29,6 +30,9 @@ public struct RestoreRecord: Codable, Sendable, Equatable {
     /// The nftables table (`inet`) that keeps the connections locked after `dump --kill` until
     /// a restore lifts it; nil when none was left (the process kept running, or no lock).
     public var networkLockTable: String?
+    /// Timers, credentials' companions, per-thread scheduling and signal stacks (nil in images
+    /// taken before they were recorded).
+    public var processState: ProcessState?
 
     public init(bounds: MemoryBounds, auxv: [UInt64], executable: String, vdso: VdsoIdentity,
                 signalActions: [SignalAction], threads: [ThreadRestoreState], mappingFlags: [MappingFlags], posixTimers: Int) {

@@ -7,6 +7,14 @@ import SystemPackage
 struct RestorePlan: Sendable {
     let manifest: CheckpointManifest
     let record: RestoreRecord
+    /// Thread ids as this process sees them, by the image's tid: the same unless the process is
+    /// restored inside a new pid namespace. Filled as the husk's threads are created.
+    var hostTids: [Int32: Int32] = [:]
+    /// Restored inside a new pid namespace (`--pidns`).
+    var newPidNamespace = false
+
+    /// The id this process uses for the image's thread `tid` (ptrace, /proc, injection).
+    func host(_ tid: Int32) -> Int32 { hostTids[tid] ?? tid }
 
     /// Character devices that hold no state, so that opening them again restores them.
     static let statelessDevices: Set<String> = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"]
@@ -37,12 +45,7 @@ struct RestorePlan: Sendable {
         if !fileExists(record.executable) {
             refusals.append(RestoreRefusal("executable", "\(record.executable) does not exist here"))
         }
-        if record.posixTimers > 0 {
-            refusals.append(RestoreRefusal("POSIX timers", "\(record.posixTimers) timer(s); restoring POSIX timers is not supported yet"))
-        }
-        if let identity = manifest.process?.identity, identity.uid.effective != Kernel.effectiveUserID || identity.gid.effective != Kernel.effectiveGroupID {
-            refusals.append(RestoreRefusal("credentials", "the process ran as uid \(identity.uid.effective) gid \(identity.gid.effective); restoring other credentials is not supported yet"))
-        }
+        refusals += processStateProblems(manifest, record)
         let deleted = Set(manifest.process?.maps.filter(\.deleted).map(\.start) ?? [])
         for mapping in manifest.mappings {
             if let reason = mappingProblem(mapping, deleted: deleted.contains(mapping.start)) {
@@ -87,6 +90,28 @@ struct RestorePlan: Sendable {
                 continue
             }
             if let reason = descriptorProblem(descriptor) { refusals.append(RestoreRefusal("fd \(descriptor.fd) (\(descriptor.target))", reason)) }
+        }
+        return refusals
+    }
+
+    /// Timers the image cannot bring back here, and state it does not hold.
+    private static func processStateProblems(_ manifest: CheckpointManifest, _ record: RestoreRecord) -> [RestoreRefusal] {
+        guard let state = record.processState else {
+            if record.posixTimers > 0 {
+                return [RestoreRefusal("POSIX timers", "\(record.posixTimers) timer(s), but the image predates their capture; checkpoint the process again")]
+            }
+            return []
+        }
+        var refusals: [RestoreRefusal] = []
+        if !state.posixTimers.isEmpty && !Kernel.canRestoreTimerIDs {
+            refusals.append(RestoreRefusal("POSIX timers", "\(state.posixTimers.count) timer(s); this kernel cannot create a timer with a chosen id (PR_TIMER_CREATE_RESTORE_IDS, Linux 6.13+)"))
+        }
+        let tids = Set(manifest.threads.map(\.tid))
+        for timer in state.posixTimers where timer.notify & sigevThreadID != 0 && !tids.contains(timer.notifyTarget) {
+            refusals.append(RestoreRefusal("POSIX timer \(timer.id)", "it notifies thread \(timer.notifyTarget), which the image does not hold"))
+        }
+        if Set(state.threads.map(\.tid)) != tids {
+            refusals.append(RestoreRefusal("image", "thread states and process-state records name different threads"))
         }
         return refusals
     }

@@ -58,6 +58,7 @@ enum RestoreCapture {
                              threads: threads, mappingFlags: [],
                              posixTimers: timers)
         record.pipes = pipes
+        record.processState = try await ProcessStateCapture.capture(tracer, target: target, tids: tids)
         return record
     }
 
