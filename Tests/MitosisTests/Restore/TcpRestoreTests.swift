@@ -21,6 +21,17 @@ struct TcpRestoreTests {
             .split(separator: "\n").map(String.init)
     }
 
+    /// The tables once every `mitosis-lock-` table's owner has exited: `nft` sees its stdin close
+    /// when Mitosis dies, and exits (on a loaded machine, within a second or two).
+    static func tablesOnceOwnersExit(in pid: Int32) async throws -> [String] {
+        var tables = try await self.tables(in: pid)
+        for _ in 0..<50 where tables.contains(where: { $0.contains("mitosis-lock-") }) {
+            try await Task.sleep(for: .milliseconds(100))
+            tables = try await self.tables(in: pid)
+        }
+        return tables
+    }
+
     @Test("dump --kill then restore: the client's next request on the same connection is answered, queued bytes arrive exactly once",
           .enabled(if: FileManager.default.fileExists(atPath: NetworkLock.nftPath), "needs nft (Debian package nftables, scripts/setup)"),
           arguments: [InetFamily.ipv4, .ipv6])
@@ -144,8 +155,7 @@ struct TcpRestoreTests {
         try await Task.sleep(for: .milliseconds(milliseconds))
         restore.signal(SIGKILL)
         let status = try await Blocking.run { restore.wait() }
-        try await Task.sleep(for: .milliseconds(100))  // nft sees its stdin close and exits
-        let tables = try await Self.tables(in: client.pid)
+        let tables = try await Self.tablesOnceOwnersExit(in: client.pid)
         // Only the dump's held lock may remain, and only if the restore was killed before lifting it.
         #expect(tables.allSatisfy { $0 == "table inet \(held)" }, "\(tables)")
         let stat = (try? String(contentsOfFile: "/proc/\(server.pid)/stat", encoding: .utf8)) ?? ""
@@ -180,8 +190,7 @@ struct TcpRestoreTests {
         try await Task.sleep(for: .milliseconds(milliseconds))
         dump.signal(SIGKILL)
         let status = ChildProcess.exitCode(of: try await Blocking.run { dump.wait() })
-        try await Task.sleep(for: .milliseconds(100))  // nft sees its stdin close and exits
-        let tables = try await Self.tables(in: client.pid)
+        let tables = try await Self.tablesOnceOwnersExit(in: client.pid)
         #expect(!tables.contains { $0.contains("mitosis-lock-") }, "\(tables)")
         let alive = server.isAlive
         print("dump --kill killed after \(milliseconds) ms: exit \(status), server \(alive ? "running" : "killed"), tables \(tables)")
