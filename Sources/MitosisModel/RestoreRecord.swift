@@ -33,6 +33,12 @@ public struct RestoreRecord: Codable, Sendable, Equatable {
     /// POSIX timers of the process (`/proc/PID/timers` entries): images without `processState`
     /// that count any are refused.
     public var posixTimers: Int
+    /// The established TCP connections, captured in repair mode (nil in images taken before
+    /// connections were captured).
+    public var connections: [CapturedConnection]?
+    /// The nftables table (`inet`) that keeps the connections locked after `dump --kill` until
+    /// a restore lifts it; nil when none was left (the process kept running, or no lock).
+    public var networkLockTable: String?
     /// Timers, credentials' companions, per-thread scheduling and signal stacks (nil in images
     /// taken before they were recorded).
     public var processState: ProcessState?

@@ -81,6 +81,14 @@ struct RestorePlan: Sendable {
                 }
                 continue
             }
+            if descriptor.kind == .socket, let captured = record.connections?.first(where: { $0.inode == descriptor.inode }) {
+                // An established TCP connection, captured in repair mode; an image is hostile input.
+                let problems = captured.connection.problems()
+                if !problems.isEmpty {
+                    refusals.append(RestoreRefusal("fd \(descriptor.fd) (\(descriptor.target))", problems.joined(separator: "; ")))
+                }
+                continue
+            }
             if descriptor.kind == .socket {
                 if let reason = socketProblem(descriptor, manifest: manifest, record: record) {
                     refusals.append(RestoreRefusal("fd \(descriptor.fd) (\(descriptor.target))", reason))

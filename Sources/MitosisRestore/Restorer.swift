@@ -37,6 +37,10 @@ public struct RestoreResult: Codable, Sendable, Equatable {
 public struct Restorer: Sendable {
     public let image: CheckpointImage
     public let chain: CheckpointChain
+    /// Lock the image's established TCP connections from before their sockets exist until the
+    /// process runs (`NetworkLock`): without it, a peer's packet meeting no socket is answered
+    /// with a reset. The lock `dump --kill` left is lifted either way.
+    public var networkLock = true
 
     /// Opens the chain of `image` (every ancestor, checked by id).
     public init(image: CheckpointImage) throws(ImageError) {
@@ -66,6 +70,22 @@ public struct Restorer: Sendable {
         var plan = RestorePlan(manifest: manifest, record: record)
         plan.newPidNamespace = inNewPidNamespace
         let pid = manifest.pid
+        // The restore's own lock first, then the one the dump left: never a moment unlocked.
+        let connections = (record.connections ?? []).map { ($0.connection.family, $0.connection.local, $0.connection.remote) }
+        let networkLock = self.networkLock
+        let lock: NetworkLock?
+        do {
+            lock = try await Blocking.run("mitosis-network-lock") { () throws -> NetworkLock? in
+                let lock = networkLock && !connections.isEmpty ? try NetworkLock(connections) : nil
+                if let held = record.networkLockTable { try NetworkLock.remove(held) }
+                return lock
+            }
+        } catch {
+            throw RestoreError.failed(step: "locking the network for \(connections.count) TCP connection(s)", detail: "\(error)")
+        }
+        // Lifted once the process runs, or has been killed: a client of a failed restore then
+        // sees a reset, not a connection hanging for ever.
+        defer { lock?.release() }
         let tracer: Tracer
         var namespace: (initPid: Int32, control: FileDescriptor)?
         do {

@@ -21,7 +21,9 @@ struct DumpCommand: AsyncParsableCommand {
             Memory is copied while the process runs, with dirty tracking on; the process is then \
             frozen only to copy the pages written meanwhile, its registers and its descriptors. \
             It keeps running afterwards (a job-control-stopped process stays stopped) unless --kill \
-            is given, which kills it once the image is committed. With --parent, pages whose bytes \
+            is given, which kills it once the image is committed: its established TCP connections \
+            are then closed without a FIN or RST and stay locked (nftables) until `mitosis restore` \
+            rebuilds them. With --parent, pages whose bytes \
             equal that image's are recorded as inherited instead of stored.
             """)
 
@@ -35,6 +37,8 @@ struct DumpCommand: AsyncParsableCommand {
     @Flag(help: "Do not record what a restore needs (no system calls injected for it); the image cannot be restored.")
     var noRestoreState = false
     @Flag(help: "Print the result as JSON.") var json = false
+    @Flag(help: "Do not lock the process's TCP connections while they are captured (and, with --kill, until the restore): a peer's packet may then be answered with a reset.")
+    var noNetworkLock = false
 
     func run() async throws {
         let pid = targetPID(pid, forTracing: true)
@@ -45,6 +49,9 @@ struct DumpCommand: AsyncParsableCommand {
             let container = try DirectorySink.container(of: images)
             var options = CheckpointOptions(strategy: track.strategy)
             options.recordRestoreState = !noRestoreState
+            options.networkLock = !noNetworkLock
+            // Killed afterwards: the connections stay locked, closed silently by the kill.
+            options.moveConnections = kill
             options.copyNonDumpable = force
             let session = try await CheckpointSession(pid: pid, options: options)
             let result: CheckpointResult

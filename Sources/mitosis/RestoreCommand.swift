@@ -18,10 +18,13 @@ struct RestoreCommand: AsyncParsableCommand {
     @Flag(help: "Only check whether the image can be restored here; list what is refused and why.") var check = false
     @Flag(help: "Restore inside a new pid namespace (under a small init that is pid 1 there), so that a pid taken here does not matter.") var pidns = false
     @Flag(help: "Print the result as JSON.") var json = false
+    @Flag(help: "Do not lock the image's TCP connections while their sockets are rebuilt (a peer's packet may meet no socket and be answered with a reset).")
+    var noNetworkLock = false
 
     func run() async throws {
         do {
-            let restorer = try Restorer(image: CheckpointImage.open(image))
+            var restorer = try Restorer(image: CheckpointImage.open(image))
+            restorer.networkLock = !noNetworkLock
             if check {
                 let refusals = restorer.refusals()
                 if json {

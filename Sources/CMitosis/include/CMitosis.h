@@ -10,4 +10,5 @@
 #include "mitosis_check.h"
 #include "mitosis_threads.h"
 #include "mitosis_restore.h"
+#include "mitosis_tcp.h"
 #endif

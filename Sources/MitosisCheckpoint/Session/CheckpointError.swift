@@ -10,11 +10,16 @@ public enum CheckpointError: MitosisFailure, Equatable {
     case sessionStopped
     /// The parent image is of another process.
     case parentOfOtherProcess(parent: Int32, target: Int32)
+    /// The network lock of the killed process's connections could not be kept for the restore
+    /// (`dump --kill`): its clients will see a reset once Mitosis exits.
+    case connectionsNotHeld(String)
 
     public var description: String {
         switch self {
         case .noPreviousCheckpoint: return "no previous checkpoint in this session to build an incremental one on"
         case .sessionStopped: return "the tracking session was stopped"
+        case .connectionsNotHeld(let why):
+            return "the process was killed, but its TCP connections' network lock could not be kept for the restore (\(why)): its clients will see a reset"
         case .parentOfOtherProcess(let parent, let target):
             return "the parent image is of process \(parent), not \(target)"
         }
@@ -25,6 +30,7 @@ public enum CheckpointError: MitosisFailure, Equatable {
         case .noPreviousCheckpoint: return "checkpoint.noPreviousCheckpoint"
         case .sessionStopped: return "checkpoint.sessionStopped"
         case .parentOfOtherProcess: return "checkpoint.parentOfOtherProcess"
+        case .connectionsNotHeld: return "checkpoint.connectionsNotHeld"
         }
     }
 }

@@ -20,6 +20,13 @@ public struct CheckpointOptions: Sendable {
     /// Record what a restore needs (`RestoreRecord`: signal dispositions, mm bounds…), at the
     /// cost of a few injected system calls during the freeze. Without it the image cannot be restored.
     public var recordRestoreState = true
+    /// The target is killed after this checkpoint (`killTarget`, `dump --kill`): its established
+    /// TCP connections stay locked until the kill, which closes them in repair mode (silently),
+    /// and their network lock is held after Mitosis exits, until a restore lifts it.
+    public var moveConnections = false
+    /// Lock the established TCP connections while they are captured (and, when moved, until
+    /// the restore): without it a peer's packet meeting no socket is answered with a reset.
+    public var networkLock = true
     /// Copy a process that asked not to be dumped (`prctl(PR_SET_DUMPABLE, 0)`, or changed
     /// credentials): its memory may hold secrets it meant to keep out of dumps. Without it the
     /// session refuses such a process with `MitosisError.notDumpable`.
@@ -97,6 +104,8 @@ public actor CheckpointSession {
     private var previousValid = PageSet()
     private var previous: (id: String, sequence: Int)?
     private var stopped = false
+    /// Connections of the last checkpoint, still locked, for `killTarget` to close silently.
+    private var movedConnections: ConnectionCapture?
     /// The identities of the files behind `clean_file` pages, by offset, length and path: a file
     /// is hashed again only when its status changes.
     private var fileIdentities: [String: MappedFileIdentity] = [:]
@@ -143,6 +152,9 @@ public actor CheckpointSession {
     public func stop() {
         guard !stopped else { return }
         stopped = true
+        // Not killed after all: the target gets its connections back.
+        movedConnections?.resume()
+        movedConnections = nil
         tracker.stop()
         pageMaps.close()
         memory.close()
@@ -153,11 +165,22 @@ public actor CheckpointSession {
     public func killTarget() throws {
         guard !stopped else { throw CheckpointError.sessionStopped }
         defer { stop() }
-        do {
-            try Kernel.pidfdKill(target.process.pidfd)
-        } catch .noSuchProcess {
-            throw MitosisError.targetExited(pid)
+        // Repair mode on, so that the kill closes the sockets without a FIN or RST; then the
+        // lock is copied into the table that outlives Mitosis. Should Mitosis die in between, the
+        // process is dead and its clients see a reset, but no lock is left behind.
+        movedConnections?.silence()
+        let killed = Result { () throws(Errno) in try Kernel.pidfdKill(target.process.pidfd) }
+        switch killed {
+        case .success, .failure(.noSuchProcess):
+            let held = Result { try movedConnections?.hold() }
+            movedConnections?.close()
+            movedConnections = nil
+            if case .failure(let error) = held { throw CheckpointError.connectionsNotHeld("\(error)") }
+        case .failure:
+            break  // still alive: `stop` gives its connections back
         }
+        if case .failure(.noSuchProcess) = killed { throw MitosisError.targetExited(pid) }
+        try killed.get()
     }
 
     /// Takes a checkpoint into `sink`: full when `parent` is nil, else incremental over it.
@@ -187,6 +210,9 @@ public actor CheckpointSession {
             parentStored = Self.heldPages(of: image.manifest)
         }
         try sink.begin(header)
+        movedConnections?.resume()
+        movedConnections = nil
+        var moved: ConnectionCapture?
         do {
             let run = Run()
             if case .previous = parent { run.inheritable = previousValid }
@@ -207,6 +233,9 @@ public actor CheckpointSession {
                 if count <= options.freezeThresholdPages || count >= left { break }
                 left = count
             }
+            // `nft` for the network lock started now rather than during the freeze, when the
+            // process holds sockets (only established TCP connections will be locked).
+            let preparedLock = options.recordRestoreState && options.networkLock && holdsSockets() ? try? NetworkLock(namespacePath: "/proc/\(pid)/ns/net") : nil
             // Freeze, copy what was written since, thaw.
             var frozenAt: ContinuousClock.Instant?
             let (final, threads, descriptors, captured) = try await withFrozenProcess(pid) { tracer in
@@ -244,7 +273,27 @@ public actor CheckpointSession {
                         logger.warning("checkpoint of \(pid) is not restorable: \(error)")
                     }
                 }
+                if restore != nil {
+                    do {
+                        let connections = try ConnectionCapture(target: target, descriptors: descriptors, lockNetwork: options.networkLock,
+                                                                prepared: preparedLock)
+                        restore?.connections = connections.connections
+                        if options.moveConnections && !connections.connections.isEmpty {
+                            restore?.networkLockTable = connections.reserveHold(pid: pid)
+                        }
+                        // Out of repair mode already; the lock is lifted after the thaw (ending
+                        // `nft` takes milliseconds) unless the process is to be killed.
+                        moved = connections
+                    } catch {
+                        logger.warning("checkpoint of \(pid) is not restorable: its TCP connections could not be captured: \(error)")
+                        restore = nil
+                    }
+                }
                 return (map, threads, descriptors, restore)
+            }
+            if !options.moveConnections {
+                moved?.resume()
+                moved = nil
             }
             // Read after the thaw, so that it costs no freeze time (smaps walks every page table):
             // identity, limits and mapping flags change rarely. Mappings, descriptors and threads
@@ -282,15 +331,23 @@ public actor CheckpointSession {
             manifest.process = process
             manifest.restore = restore
             let committed = try sink.finish(manifest)
+            movedConnections = moved
             previousValid = stored.union(inherited)
             previous = (committed.id, committed.sequence)
             return CheckpointResult(manifest: committed, precopyRounds: run.rounds, pagesCopied: run.copied,
                                     pagesCopiedFrozen: run.copiedFrozen)
         } catch {
+            moved?.resume()
             let failure = Self.translate(error, pid: pid)
             sink.abort(reason: "\(failure)")
             throw failure
         }
+    }
+
+    /// Whether any descriptor of the target is a socket (`socket:[N]`).
+    private func holdsSockets() -> Bool {
+        guard let fds = try? target.list("fd") else { return false }
+        return fds.contains { (try? target.readLink("fd/\($0)"))?.hasPrefix("socket:") == true }
     }
 
     /// The state of one checkpoint in progress.

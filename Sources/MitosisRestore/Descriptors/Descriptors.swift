@@ -8,7 +8,8 @@ import SystemPackage
 extension Tracer {
     /// Creates every descriptor again at its number, in ascending order: a new descriptor
     /// takes the lowest free number, never above the one wanted, and is then moved there.
-    func restoreDescriptors(_ plan: RestorePlan, area: WorkArea) throws {
+    /// Established connections are left in repair mode, in `connections`, for `finishConnections`.
+    func restoreDescriptors(_ plan: RestorePlan, area: WorkArea, connections: inout [PendingConnection]) throws {
         let descriptors = (plan.manifest.descriptors ?? []).sorted(by: { $0.fd < $1.fd })
         let sockets = Dictionary((plan.record.sockets ?? []).map { ($0.inode, $0) }, uniquingKeysWith: { a, _ in a })
         // Objects with two ends first (pipes, socketpairs), both ends parked above every number
@@ -49,6 +50,12 @@ extension Tracer {
                     try huskCall("placing the socketpair end fd \(descriptor.fd)", SyscallNumber.dup3,
                                  [end, UInt64(descriptor.fd), UInt64(descriptor.flags & UInt32(Linux.O_CLOEXEC))])
                     continue
+                }
+                if let captured = plan.record.connections?.first(where: { $0.inode == descriptor.inode }) {
+                    let created = try createConnection(descriptor, captured)
+                    connections.append(created.pending)
+                    fd = created.fd
+                    break
                 }
                 guard let state = sockets[descriptor.inode] else { throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "no socket state") }
                 fd = state.isUnix ? try createUnixSocket(descriptor, state, area: area) : try createInetSocket(descriptor, state, area: area)

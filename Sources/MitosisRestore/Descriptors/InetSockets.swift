@@ -7,7 +7,7 @@ import SystemPackage
 /// TCP and UDP sockets over IPv4 and IPv6: listening, bound, and connected UDP. Each is created
 /// in the husk (its network namespace and credentials), given the options that differ from a
 /// fresh socket's through a copy of it, then bound, made to listen with its backlog, or
-/// connected, by injection. Connections (established TCP) are Restore II: refused in the plan.
+/// connected, by injection. Established TCP connections are rebuilt by TCP repair (TcpConnections.swift).
 extension Tracer {
     func createInetSocket(_ descriptor: OpenDescriptor, _ state: SocketRestoreState, area: WorkArea) throws -> UInt64 {
         let name = "the \(state.typeName) socket of fd \(descriptor.fd)"
@@ -93,7 +93,7 @@ extension RestorePlan {
             if state.listening, state.tcpState == 10 { return nil }
             if !state.listening, state.tcpState == 7, state.peer == nil { return nil }
             let between = [state.local, state.peer].map { $0?.description ?? "*" }.joined(separator: " → ")
-            return "a TCP connection \(between) (\(tcpState)): restoring connections needs TCP repair (Restore II, issue 12)"
+            return "a TCP connection \(between) (\(tcpState)) whose repair state the image does not hold (only ESTABLISHED connections are captured, by images of this version)"
         default:
             return nil
         }

@@ -55,7 +55,11 @@ extension Tracer {
         try mapMemory(plan, chain: chain, area: area)
         phase("memory")
         try restoreProcessState(plan, area: area)
-        try restoreDescriptors(plan, area: area)
+        // Copies of rebuilt TCP sockets, in repair mode until the end; let go of on every path
+        // (on failure the husk dies and, with the last copy closed, its sockets close silently).
+        var connections: [PendingConnection] = []
+        defer { for pending in connections { try? pending.copy.close() } }
+        try restoreDescriptors(plan, area: area, connections: &connections)
         try restoreLimits(plan)
         try createThreads(&plan, area: area)
         try restoreThreadState(plan, area: area)
@@ -69,6 +73,8 @@ extension Tracer {
         if let verify {
             do { try verify(pid) } catch { throw StepFailure(step: "verifying before resuming", detail: "\(error)") }
         }
+        // Repair mode off last, once the process is complete: its connections start talking.
+        try finishConnections(connections)
         try resumeThreads(plan)
         phase("resume")
         return (timings, notes)

@@ -248,12 +248,13 @@ struct RestoredDescriptorScenario {
 }
 
 struct RestoreSocketRefusalTests {
+    /// Refused when the image holds no repair state for it (`restore.connections`).
     @Test func anEstablishedTcpConnectionIsRefusedByName() {
         let state = SocketRestoreState(inode: 1, domain: 2, type: 1, protocol: 6, local: SocketAddress(address: "127.0.0.1", port: 6379),
                                        peer: SocketAddress(address: "127.0.0.1", port: 40000), listening: false, backlog: nil,
                                        tcpState: 1, options: [])
         #expect(RestorePlan.inetSocketProblem(state)
-                == "a TCP connection 127.0.0.1:6379 → 127.0.0.1:40000 (ESTABLISHED): restoring connections needs TCP repair (Restore II, issue 12)")
+                == "a TCP connection 127.0.0.1:6379 → 127.0.0.1:40000 (ESTABLISHED) whose repair state the image does not hold (only ESTABLISHED connections are captured, by images of this version)")
         var unknown = state
         unknown.tcpState = 10
         unknown.listening = true
