@@ -13,6 +13,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // The only C the library needs: variadic calls (ptrace, syscall), function-like macros,
@@ -66,11 +68,23 @@ let package = Package(
         ),
         // Layer 5 — restore: a husk process filled by injected system calls from an image chain.
         .target(name: "MitosisRestore", dependencies: ["MitosisKernel", "MitosisModel", "MitosisTrace", "MitosisImage", "CMitosis"]),
+        // Layer 6 — hot standby: epochs streamed to a standby over TCP (swift-nio), committed
+        // durably there, promoted by a cold restore (Docs/replication.md).
+        .target(
+            name: "MitosisReplication",
+            dependencies: [
+                "MitosisKernel", "MitosisModel", "MitosisImage", "MitosisCheckpoint", "MitosisRestore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // The public API in one import. Stacks stay out so that a client that only inspects or
         // checkpoints does not link libunwind: import MitosisStacks for call stacks.
         .target(
             name: "Mitosis",
-            dependencies: ["MitosisModel", "MitosisTrace", "MitosisInspect", "MitosisImage", "MitosisCheckpoint", "MitosisRestore"]
+            dependencies: ["MitosisModel", "MitosisTrace", "MitosisInspect", "MitosisImage", "MitosisCheckpoint", "MitosisRestore", "MitosisReplication"]
         ),
         .executableTarget(
             name: "mitosis",
@@ -78,6 +92,7 @@ let package = Package(
                 "Mitosis",
                 "MitosisStacks",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         // The bundled demo target that `mitosis demo` starts and inspects.
@@ -101,7 +116,7 @@ let package = Package(
         .executableTarget(name: "mitosis-image-fuzz", dependencies: ["Mitosis"], path: "Tests/ImageFuzz"),
         .testTarget(
             name: "MitosisTests",
-            dependencies: ["Mitosis", "MitosisKernel", "MitosisRestore", "MitosisStacks", "mitosis-scenario", "mitosis", "mitosis-demo-target", "mitosis-inspect-example", "mitosis-scenario-cpp", "mitosis-scenario-swift",
+            dependencies: ["Mitosis", "MitosisKernel", "MitosisRestore", "MitosisReplication", "MitosisStacks", "mitosis-scenario", "mitosis", "mitosis-demo-target", "mitosis-inspect-example", "mitosis-scenario-cpp", "mitosis-scenario-swift",
                            "mitosis-image-fuzz"],
             exclude: ["Image/Corpus"]
         ),

@@ -6,3 +6,4 @@
 @_exported import MitosisImage
 @_exported import MitosisCheckpoint
 @_exported import MitosisRestore
+@_exported import MitosisReplication

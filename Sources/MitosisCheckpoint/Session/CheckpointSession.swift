@@ -20,6 +20,9 @@ public struct CheckpointOptions: Sendable {
     /// Record what a restore needs (`RestoreRecord`: signal dispositions, mm bounds…), at the
     /// cost of a few injected system calls during the freeze. Without it the image cannot be restored.
     public var recordRestoreState = true
+    /// Runs while the target is frozen, after its memory is copied: what else must be read at
+    /// the same instant (replication reads the sizes of the data files there). Keep it short.
+    public var whileFrozen: (@Sendable () -> Void)?
 
     public init(strategy: TrackingStrategy? = nil, pageMapMethod: PageMapReader.Method? = nil) {
         self.strategy = strategy
@@ -182,8 +185,8 @@ public actor CheckpointSession {
             parentStored = Self.heldPages(of: image.manifest)
         }
         try sink.begin(header)
+        let run = Run()
         do {
-            let run = Run()
             if case .previous = parent { run.inheritable = previousValid }
             // Copy while the target runs, as long as the set left to copy shrinks.
             var left = Int.max
@@ -226,6 +229,7 @@ public actor CheckpointSession {
                 let copied = try copy(toCopy, run, tolerant: false)
                 run.copiedFrozen = copied.pageCount()
                 run.staged = run.staged.union(copied)
+                options.whileFrozen?()
                 let threads = try await tracer.threadStates()
                 let descriptors = try ProcessReader.descriptors(target)
                 // Without a restore record the image still serves as a memory checkpoint; a
@@ -282,6 +286,9 @@ public actor CheckpointSession {
             return CheckpointResult(manifest: committed, precopyRounds: run.rounds, pagesCopied: run.copied,
                                     pagesCopiedFrozen: run.copiedFrozen)
         } catch {
+            // The pages written since the previous checkpoint were collected (and the tracker
+            // re-armed) by this failed run: the next incremental must not inherit them.
+            previousValid = previousValid.subtracting(run.dirtied)
             let failure = Self.translate(error, pid: pid)
             sink.abort(reason: "\(failure)")
             throw failure
@@ -300,10 +307,14 @@ public actor CheckpointSession {
         package var copiedFrozen = 0
         package var pagesScanned = 0
         package var frozen = Duration.zero
+        /// Every page the tracker reported written during this run: should the checkpoint fail,
+        /// they are no longer current in the previous one (the tracker will not report them again).
+        package var dirtied = PageSet()
 
         package func invalidate(_ dirty: PageSet) {
             inheritable = inheritable.subtracting(dirty)
             staged = staged.subtracting(dirty)
+            dirtied = dirtied.union(dirty)
         }
     }
 
