@@ -11,7 +11,7 @@ struct Endpoint: ExpressibleByArgument {
 
     init?(argument: String) {
         guard let colon = argument.lastIndex(of: ":"), let port = Int(argument[argument.index(after: colon)...]),
-              (1...65535).contains(port) else { return nil }
+              (0...65535).contains(port) else { return nil }
         var host = String(argument[..<colon])
         if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
         guard !host.isEmpty else { return nil }
@@ -45,6 +45,7 @@ struct ProtectCommand: AsyncParsableCommand {
     func validate() throws {
         guard interval >= 1 else { throw ValidationError("--interval must be at least 1 ms") }
         guard term >= 1 else { throw ValidationError("--term must be at least 1") }
+        guard standby.port > 0 else { throw ValidationError("--standby needs a port") }
         for directory in data where !directory.hasPrefix("/") { throw ValidationError("--data \(directory): give an absolute path") }
     }
 

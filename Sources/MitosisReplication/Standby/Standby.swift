@@ -61,6 +61,8 @@ public final class Standby: Service, Sendable {
         let decoderTypes: Set<FrameType> = [.hello, .imageBegin, .imagePages, .fileDelta, .imageFinish, .imageAbort]
         let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            // A primary that stops sending still gets the answers to what it sent.
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
             .bind(host: options.host, port: options.port) { (channel: any Channel) -> EventLoopFuture<Connection> in
                 channel.eventLoop.makeCompletedFuture { () throws -> Connection in
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(ReplicationFrameDecoder(accepting: decoderTypes)))
