@@ -31,6 +31,12 @@ public struct CommittedEpoch: Codable, Sendable, Equatable {
         self.epoch = epoch
         self.imageID = imageID
     }
+
+    // Spelled so that the snake-case coders of `JSONOutput` turn `image_id` back into it.
+    private enum CodingKeys: String, CodingKey {
+        case epoch
+        case imageID = "imageId"
+    }
 }
 
 /// The standby's answer to `Hello`: what it holds, and whether it could be promoted.

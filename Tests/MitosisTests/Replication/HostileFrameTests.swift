@@ -137,3 +137,16 @@ import Testing
         #expect(throws: ProtocolViolation.self) { try ReplicationFrameDecoder.decode(bytes, accepting: [.state, .ack, .refuse]) }
     }
 }
+
+@Suite struct ReplicationMessageTests {
+    /// What the standby answers decodes on the primary as sent (the snake-case coders included).
+    @Test func messagesRoundTrip() throws {
+        let state = StandbyState(committed: CommittedEpoch(epoch: Epoch(42), imageID: "A-B"), term: Term(3), ready: false, reasons: ["why"])
+        #expect(try MessageCoding.decode(StandbyState.self, MessageCoding.encode(state)) == state)
+        let hello = Hello(pid: 7, node: "n", pageSize: 4096, formatVersion: 2, deltaBase: CommittedEpoch(epoch: Epoch(41), imageID: "x"))
+        #expect(try MessageCoding.decode(Hello.self, MessageCoding.encode(hello)) == hello)
+        let delta = FileDelta(path: "/a/b", kind: .append, offset: 10, size: 20, mode: 0o644)
+        #expect(try MessageCoding.decode(FileDelta.self, MessageCoding.encode(delta)) == delta)
+        #expect(try MessageCoding.decode(Refusal.self, MessageCoding.encode(Refusal(.olderTerm, "r"))) == Refusal(.olderTerm, "r"))
+    }
+}

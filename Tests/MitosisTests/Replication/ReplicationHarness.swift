@@ -19,6 +19,8 @@ final class ServiceProcess: @unchecked Sendable {
     }
 
     var pid: Int32 { child.pid }
+    /// How many connections a standby has seen end (its log says so once each).
+    var connectionsEnded: Int { text.components(separatedBy: " disconnected").count + text.components(separatedBy: " connection ended").count - 2 }
     var text: String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
 
     /// Waits until the log holds a line containing `needle`.
@@ -61,6 +63,29 @@ enum StandbyImages {
             try await Task.sleep(for: .milliseconds(20))
         }
         throw HarnessError("\(directory) did not reach epoch \(epoch) (newest: \(newest(directory)?.epoch.description ?? "none"))")
+    }
+
+    /// The pages the image's chain holds bytes for (all but `clean_file`) whose bytes differ
+    /// from the process's now, each thread's rseq area left out: the kernel writes the cpu id
+    /// there whenever the thread returns to user space, running or not, and restore registers
+    /// it afresh.
+    static func differingPages(_ image: CheckpointImage, pid: Int32) throws -> (compared: Int, pages: [UInt64]) {
+        let chain = try image.chain()
+        let snapshot = try MemorySnapshot.take(pid: pid, manifest: image.manifest)
+        let rseq = image.manifest.threads.compactMap(\.rseq).map { ($0.address, $0.address + UInt64($0.size)) }
+        var differing: [UInt64] = []
+        for (page, live) in snapshot {
+            var stored = try chain.read(address: page, length: live.count)
+            var current = live
+            for (start, end) in rseq where start < page + UInt64(live.count) && end > page {
+                for address in max(start, page)..<min(end, page + UInt64(live.count)) {
+                    stored[Int(address - page)] = 0
+                    current[Int(address - page)] = 0
+                }
+            }
+            if stored != current { differing.append(page) }
+        }
+        return (snapshot.count, differing.sorted())
     }
 
     /// Names under `epochs/` that are work in progress (hidden).
