@@ -58,6 +58,7 @@ public struct StatusReporter: Service {
         let epoch: String = now.statistics.committed?.epoch.description ?? "-"
         let rateText = String(format: "%.1f", rate)
         let commitsText = String(format: "%.0f", commits)
-        return "epoch \(epoch) committed (term \(now.term))  \(readiness)  \(rateText) MB/s  \(commitsText) epochs/s"
+        let commit = ReplicationStatistics.percentile(Array(now.statistics.commitMilliseconds.suffix(1000)), 50).map { String(format: "%.1f", $0) } ?? "-"
+        return "epoch \(epoch) committed (term \(now.term))  \(readiness)  \(rateText) MB/s  \(commitsText) epochs/s  receive+commit p50 \(commit) ms"
     }
 }

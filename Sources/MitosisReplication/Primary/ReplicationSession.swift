@@ -91,6 +91,13 @@ public final class ReplicationSession: Service, Sendable {
 
     public var statistics: ReplicationStatistics { box.withLockedValue { $0 } }
 
+    /// Whether the process still exists and has not exited (a zombie has).
+    static func isAlive(_ pid: Int32) -> Bool {
+        guard let stat = try? Kernel.readFile("/proc/\(pid)/stat"),
+              let parsed = ProcStat(parsing: String(decoding: stat, as: UTF8.self)) else { return false }
+        return parsed.state != "Z" && parsed.state != "X"
+    }
+
     public func run() async throws {
         let files = DataFiles(directories: options.dataDirectories)
         var checkpointOptions = options.checkpoint
@@ -201,6 +208,10 @@ public final class ReplicationSession: Service, Sendable {
             } catch {
                 connection.close()
                 if Task.isCancelled { return }
+                if !Self.isAlive(pid) {
+                    logger.info("protect: process \(pid) exited; protection ends")
+                    return
+                }
                 let message = "\(error)"
                 logger.warning("protect: epoch \(nextEpoch) failed, the process runs on; reconnecting: \(message)")
                 box.withLockedValue { $0.connected = false; $0.lastError = message }

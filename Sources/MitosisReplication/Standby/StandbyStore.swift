@@ -32,6 +32,7 @@ actor StandbyStore {
     private var committedSequence = 0
     private var chainLength = 0
     private(set) var readiness: (ready: Bool, reasons: [String]) = (false, ["no epoch received yet"])
+    private var readinessChecked: ContinuousClock.Instant?
     private(set) var statistics = StandbyStatistics()
     private var connection = 0
     /// The connection's term and primary, once its hello came.
@@ -276,7 +277,6 @@ actor StandbyStore {
         do {
             let opened = try CheckpointImage.open(path)
             problems += opened.verify().map(\.description)
-            if opened.manifest.kind == .incremental { _ = try opened.parent() }
             image = opened
         } catch {
             problems.append("\(error)")
@@ -288,7 +288,11 @@ actor StandbyStore {
         committed = CommittedEpoch(epoch: frame.epoch, imageID: stored.id)
         committedSequence = stored.sequence
         chainLength = stored.kind == .full ? 1 : chainLength + 1
-        readiness = Self.readiness(of: image!)
+        // The restore check opens the whole chain: once a second is enough for a status.
+        if let checked = readinessChecked, ContinuousClock.now - checked < .seconds(1) {} else {
+            readiness = Self.readiness(of: image!)
+            readinessChecked = ContinuousClock.now
+        }
         statistics.record(epoch: committed!, bytes: epoch.bytes, duration: ContinuousClock.now - epoch.started)
         let ack = ReplicationFrame(.ack, term: term, epoch: frame.epoch, parent: frame.parent, payload: Array(stored.id.utf8))
         return .send(ack)
