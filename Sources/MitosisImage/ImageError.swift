@@ -1,8 +1,10 @@
+import MitosisModel
 import SystemPackage
 
-/// Why a checkpoint image could not be written, read or trusted. Each case reads as one line
-/// naming the image, and for damage the file (and index entry) where it was found.
-public enum ImageError: Error, Equatable, Sendable, CustomStringConvertible {
+/// Why a checkpoint image could not be written, read or trusted (the `image` domain of the
+/// `MitosisFailure` family). Each case reads as one line naming the image, and for damage the
+/// file (and index entry) where it was found.
+public enum ImageError: MitosisFailure, Equatable {
     /// The directory holds no checkpoint (no commit record, no manifest).
     case notAnImage(String)
     /// The image was written in a format version this Mitosis does not read.

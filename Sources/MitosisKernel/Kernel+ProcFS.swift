@@ -1,4 +1,5 @@
 import CMitosis
+import MitosisModel
 import SystemPackage
 
 extension Kernel {
@@ -35,5 +36,29 @@ extension Kernel {
             }
         }
         return result
+    }
+}
+
+extension Kernel {
+    /// The id under which `/proc` shows the address space, descriptors, links and namespaces of
+    /// process `pid`: `pid` itself, or — when its main thread has exited while other threads run —
+    /// the id of a live thread. Such a thread-group leader stays a zombie until the last thread
+    /// exits, and its own entries are empty (`maps`, `fd`) or fail (`exe`, `ns/net`, `mem` reads
+    /// nothing); `/proc/TID` of any other thread shows the whole process.
+    package static func procEntry(_ pid: Int32) -> Int32 {
+        guard isExited("/proc/\(pid)/stat") else { return pid }
+        return liveThread(of: pid) ?? pid
+    }
+
+    /// A thread of `pid` that has not exited (the lowest such tid), or nil when every thread has.
+    package static func liveThread(of pid: Int32) -> Int32? {
+        let tids = ((try? listDirectory("/proc/\(pid)/task")) ?? []).compactMap { Int32($0) }.sorted()
+        return tids.first { !isExited("/proc/\(pid)/task/\($0)/stat") }
+    }
+
+    /// Whether the task whose `stat` file is `path` has exited (state Z or X), or is gone.
+    private static func isExited(_ path: String) -> Bool {
+        guard let text = try? readFile(path), let stat = ProcStat(parsing: String(decoding: text, as: UTF8.self)) else { return true }
+        return stat.state == "Z" || stat.state == "X"
     }
 }

@@ -37,6 +37,23 @@ package enum Kernel {
         FileDescriptor(rawValue: try check { mitosis_pidfd_open(pid, 0) })
     }
 
+    /// A pidfd for the task `tid` of process `pid`: the process's own when `tid` is its leader,
+    /// else one for that thread (`PIDFD_THREAD`, Linux 6.9): `pidfd_getfd` through it reaches the
+    /// descriptors even when the leader has exited.
+    package static func pidfdOpen(_ pid: Int32, task tid: Int32) throws(Errno) -> FileDescriptor {
+        FileDescriptor(rawValue: try check { mitosis_pidfd_open(tid, tid == pid ? 0 : UInt32(O_EXCL)) })
+    }
+
+    /// A pidfd through which `pidfd_getfd` reaches `pid`'s descriptors. When the main thread has
+    /// exited, its task has no descriptor table and `pidfd_getfd` fails with ESRCH: the pidfd
+    /// then names a live thread (`PIDFD_THREAD`, Linux 6.9+). The corresponding system call is
+    /// `pidfd_open`.
+    package static func pidfdOpen(descriptorsOf pid: Int32) throws(Errno) -> FileDescriptor {
+        let entry = procEntry(pid)
+        if entry == pid { return try pidfdOpen(pid) }
+        return FileDescriptor(rawValue: try check { mitosis_pidfd_open(entry, UInt32(O_EXCL) /* PIDFD_THREAD */) })
+    }
+
     /// Duplicates `targetFD` of the process behind `pidfd` into this process: the same open file
     /// description, so reading through it moves the target's offset.
     /// The corresponding system call is `pidfd_getfd`.
@@ -58,13 +75,26 @@ package enum Kernel {
 
     /// Reads `count` bytes at `address` in `pid`'s memory. Short reads (a range crossing an
     /// unmapped page) return what was read. The corresponding system call is `process_vm_readv`.
+    /// A process whose main thread has exited is read through a live thread (see `procEntry`).
     package static func readMemory(pid: Int32, address: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
-        try check { mitosis_process_vm_read(pid, buffer.baseAddress, buffer.count, address) }
+        try throughLiveThread(pid) { pid in mitosis_process_vm_read(pid, buffer.baseAddress, buffer.count, address) }
     }
 
     /// Writes `buffer` at `address` in `pid`'s memory. The corresponding system call is `process_vm_writev`.
     package static func writeMemory(pid: Int32, address: UInt64, from buffer: UnsafeRawBufferPointer) throws(Errno) -> Int {
-        try check { mitosis_process_vm_write(pid, buffer.baseAddress, buffer.count, address) }
+        try throughLiveThread(pid) { pid in mitosis_process_vm_write(pid, buffer.baseAddress, buffer.count, address) }
+    }
+
+    /// Runs a call that names a process by `pid`; when it fails with ESRCH because the main thread
+    /// has exited (its task has no address space left), once more with a live thread's id.
+    private static func throughLiveThread<T: BinaryInteger>(_ pid: Int32, _ call: (Int32) -> T) throws(Errno) -> T {
+        do {
+            return try check { call(pid) }
+        } catch .noSuchProcess {
+            let entry = procEntry(pid)
+            guard entry != pid else { throw .noSuchProcess }
+            return try check { call(entry) }
+        }
     }
 
     /// Sends `signal` to one thread of a thread group. The corresponding system call is `tgkill`.

@@ -47,7 +47,7 @@ extension Kernel {
     package static func inNetworkNamespace<T: Sendable>(
         of pid: Int32, _ body: @escaping @Sendable () throws(Errno) -> T
     ) throws(Errno) -> T {
-        let namespace = try openReadOnly("/proc/\(pid)/ns/net")
+        let namespace = try openReadOnly("/proc/\(procEntry(pid))/ns/net")
         defer { closeDescriptor(namespace) }
         let outcome = ThreadOutcome<T>()
         let thread = Thread {

@@ -62,10 +62,11 @@ package struct PageRegion: Hashable, Sendable {
     /// The size of a page on this machine. The corresponding C function is `sysconf`.
     @usableFromInline package static let pageSize = UInt64(sysconf(Int32(_SC_PAGESIZE)))
 
-    /// Opens `/proc/PID/pagemap`. The corresponding system call is `open`.
+    /// Opens `/proc/PID/pagemap` (a live thread's when the main thread has exited: see
+    /// `Kernel.procEntry`). The corresponding system call is `open`.
     package init(pid: Int32) throws(Errno) {
         self.pid = pid
-        descriptor = FileDescriptor(rawValue: try Kernel.check { open("/proc/\(pid)/pagemap", O_RDONLY | O_CLOEXEC) })
+        descriptor = FileDescriptor(rawValue: try Kernel.check { open("/proc/\(Kernel.procEntry(pid))/pagemap", O_RDONLY | O_CLOEXEC) })
     }
 
     package func close() { try? descriptor.close() }
@@ -179,7 +180,7 @@ extension Kernel {
 
     /// Writes to `/proc/PID/clear_refs`. The corresponding system call is `write`.
     package static func clearRefs(pid: Int32, _ kind: ClearRefs) throws(Errno) {
-        let fd = try check { open("/proc/\(pid)/clear_refs", O_WRONLY | O_CLOEXEC) }
+        let fd = try check { open("/proc/\(procEntry(pid))/clear_refs", O_WRONLY | O_CLOEXEC) }
         defer { Glibc.close(fd) }
         let text = Array(kind.rawValue.utf8)
         try check { write(fd, text, text.count) }

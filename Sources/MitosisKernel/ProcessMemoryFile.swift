@@ -7,11 +7,12 @@ import SystemPackage
 package struct ProcessMemoryFile: Sendable {
     package let descriptor: FileDescriptor
 
-    /// Opens `/proc/PID/mem` for reading, or for reading and writing. The corresponding system
+    /// Opens `/proc/PID/mem` (a live thread's, when the main thread has exited: see
+    /// `Kernel.procEntry`) for reading, or for reading and writing. The corresponding system
     /// call is `open`.
     package init(pid: Int32, writable: Bool = false) throws(Errno) {
         let mode = writable ? O_RDWR : O_RDONLY
-        descriptor = FileDescriptor(rawValue: try Kernel.check { open("/proc/\(pid)/mem", mode | O_CLOEXEC) })
+        descriptor = FileDescriptor(rawValue: try Kernel.check { open("/proc/\(Kernel.procEntry(pid))/mem", mode | O_CLOEXEC) })
     }
 
     /// Reads `buffer.count` bytes at `address`; returns how many were read before an unmapped

@@ -1,4 +1,5 @@
 import CMitosis
+import MitosisModel
 import Glibc
 import SystemPackage
 
@@ -9,6 +10,17 @@ extension Kernel {
     /// The corresponding system call is `clone3` with `set_tid`.
     package static func spawnHusk(pid: Int32) throws(Errno) -> Int32 {
         try check { mitosis_husk_spawn(pid) }
+    }
+
+    /// Creates a husk with pid `pid` inside a new pid namespace, the child of a small init
+    /// (pid 1 there) that this thread creates (see `mitosis_husk_spawn_pidns`). Returns the
+    /// husk's and the init's pids as this process sees them and the init's control pipe: closing
+    /// it lets the init reap what is left and exit when its last child does.
+    /// The corresponding system calls are `unshare(CLONE_NEWPID)`, `clone3` with `set_tid`, `setns`.
+    package static func spawnHuskInNewPidNamespace(pid: Int32) throws(Errno) -> (husk: Int32, initPid: Int32, control: FileDescriptor) {
+        var initPid: Int32 = 0, control: Int32 = -1
+        let husk = try check { mitosis_husk_spawn_pidns(pid, &initPid, &control) }
+        return (husk, initPid, FileDescriptor(rawValue: control))
     }
 
     /// The robust futex list head of thread `tid` and its length.
@@ -24,7 +36,7 @@ extension Kernel {
     package static func peekPipe(pid: Int32, fd: Int32) throws(Errno) -> (bytes: [UInt8], capacity: Int) {
         var size: Int32 = 0
         var bytes = [UInt8](repeating: 0, count: 1 << 20)
-        let count = try check { bytes.withUnsafeMutableBytes { mitosis_pipe_peek("/proc/\(pid)/fd/\(fd)", $0.baseAddress, UInt($0.count), &size) } }
+        let count = try check { bytes.withUnsafeMutableBytes { mitosis_pipe_peek("/proc/\(procEntry(pid))/fd/\(fd)", $0.baseAddress, UInt($0.count), &size) } }
         return (Array(bytes[..<count]), Int(size))
     }
 
@@ -46,6 +58,12 @@ extension Kernel {
     /// The effective user and group ids of this process. The corresponding C functions are `geteuid`, `getegid`.
     package static var effectiveUserID: UInt32 { geteuid() }
     package static var effectiveGroupID: UInt32 { getegid() }
+
+    /// Whether two byte ranges hold the same bytes (fast even in a debug build, where comparing
+    /// 1 GiB element by element takes minutes). The corresponding C function is `memcmp`.
+    package static func bytesEqual(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Bool {
+        a.count == b.count && (a.count == 0 || memcmp(a.baseAddress!, b.baseAddress!, a.count) == 0)
+    }
 
     /// XCR0: the XSAVE state components this CPU and kernel enable. The instruction is `xgetbv`.
     package static var enabledXsaveFeatures: UInt64 { mitosis_xcr0() }
@@ -79,5 +97,67 @@ extension Ptrace {
     package static func setSignalMask(_ tid: Int32, _ mask: UInt64) throws(Errno) {
         var copy = mask
         try Kernel.check { mitosis_ptrace(MITOSIS_PTRACE_SETSIGMASK, tid, UnsafeMutableRawPointer(bitPattern: 8), &copy) }
+    }
+}
+
+extension Ptrace {
+    /// Sets the general-purpose registers, `fs_base` and `gs_base` included.
+    /// The corresponding request is `PTRACE_SETREGS`.
+    package static func setRegisters(_ tid: Int32, _ r: GeneralRegisters) throws(Errno) {
+        try setRegisters(tid, user_regs_struct(r))
+    }
+
+    /// The `PTRACE_GETREGSET`/`SETREGSET` kind of the XSAVE area.
+    package static let extendedStateKind = MITOSIS_NT_X86_XSTATE
+}
+
+/// The kernel's `struct clone_args` for `clone3`, as bytes to write into a process.
+package struct CloneArguments {
+    package var flags: UInt64
+    /// Address of the `pid_t` array of wanted ids, and its length.
+    package var setTid: UInt64
+    package var setTidSize: UInt64
+
+    package init(flags: UInt64, setTid: UInt64, setTidSize: UInt64) {
+        self.flags = flags
+        self.setTid = setTid
+        self.setTidSize = setTidSize
+    }
+
+    package static var size: Int { MemoryLayout<mitosis_clone_args>.size }
+
+    package var bytes: [UInt8] {
+        let args = mitosis_clone_args(flags: flags, pidfd: 0, child_tid: 0, parent_tid: 0, exit_signal: 0, stack: 0,
+                                      stack_size: 0, tls: 0, set_tid: setTid, set_tid_size: setTidSize)
+        return withUnsafeBytes(of: args) { Array($0) }
+    }
+}
+
+/// The kernel's `struct prctl_mm_map` for `PR_SET_MM_MAP`, as bytes to write into a process.
+package struct MmMap {
+    package var startCode, endCode, startData, endData, startBrk, brk, startStack: UInt64
+    package var argStart, argEnd, envStart, envEnd: UInt64
+    /// Address of the auxiliary vector in the process, and its size in bytes.
+    package var auxv: UInt64
+    package var auxvSize: UInt32
+    package var exeFd: UInt32
+
+    package init(startCode: UInt64, endCode: UInt64, startData: UInt64, endData: UInt64, startBrk: UInt64, brk: UInt64,
+                 startStack: UInt64, argStart: UInt64, argEnd: UInt64, envStart: UInt64, envEnd: UInt64,
+                 auxv: UInt64, auxvSize: UInt32, exeFd: UInt32) {
+        (self.startCode, self.endCode, self.startData, self.endData) = (startCode, endCode, startData, endData)
+        (self.startBrk, self.brk, self.startStack) = (startBrk, brk, startStack)
+        (self.argStart, self.argEnd, self.envStart, self.envEnd) = (argStart, argEnd, envStart, envEnd)
+        (self.auxv, self.auxvSize, self.exeFd) = (auxv, auxvSize, exeFd)
+    }
+
+    package static var size: Int { MemoryLayout<mitosis_prctl_mm_map>.size }
+
+    package var bytes: [UInt8] {
+        let map = mitosis_prctl_mm_map(
+            start_code: startCode, end_code: endCode, start_data: startData, end_data: endData,
+            start_brk: startBrk, brk: brk, start_stack: startStack, arg_start: argStart, arg_end: argEnd,
+            env_start: envStart, env_end: envEnd, auxv: auxv, auxv_size: auxvSize, exe_fd: exeFd)
+        return withUnsafeBytes(of: map) { Array($0) }
     }
 }

@@ -89,3 +89,13 @@ extension GeneralRegisters {
                   ss: r.ss, fsBase: r.fs_base, gsBase: r.gs_base, ds: r.ds, es: r.es, fs: r.fs, gs: r.gs)
     }
 }
+
+extension user_regs_struct {
+    /// The C layout of `r`, for `PTRACE_SETREGS` and signal frames.
+    package init(_ r: GeneralRegisters) {
+        self.init(r15: r.r15, r14: r.r14, r13: r.r13, r12: r.r12, rbp: r.rbp, rbx: r.rbx, r11: r.r11, r10: r.r10,
+                  r9: r.r9, r8: r.r8, rax: r.rax, rcx: r.rcx, rdx: r.rdx, rsi: r.rsi, rdi: r.rdi, orig_rax: r.origRax,
+                  rip: r.rip, cs: r.cs, eflags: r.eflags, rsp: r.rsp, ss: r.ss, fs_base: r.fsBase, gs_base: r.gsBase,
+                  ds: r.ds, es: r.es, fs: r.fs, gs: r.gs)
+    }
+}

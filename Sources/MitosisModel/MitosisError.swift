@@ -1,12 +1,18 @@
 import SystemPackage
 
-/// Why Mitosis refused or failed an operation on a target. Each case reads as one clear line
-/// (`description`) so that the CLI can print it as is.
-public enum MitosisError: Error, Equatable, Sendable, CustomStringConvertible {
+/// Why Mitosis refused or failed an operation on a target (the `target` domain of the
+/// `MitosisFailure` family). Each case reads as one clear line (`description`) so that the CLI
+/// can print it as is.
+public enum MitosisError: MitosisFailure, Equatable {
+    public static let domain = "target"
+
     /// The text given as a pid is not a positive process id.
     case invalidPID(String)
-    /// No process has this id (or it exited while Mitosis was looking at it).
+    /// No process has this id.
     case noSuchProcess(Int32)
+    /// The process exited while Mitosis was working on it (whatever layer noticed: a read of
+    /// its `/proc` files, a freeze, a checkpoint, whose image is then left marked incomplete).
+    case targetExited(Int32)
     /// The process Mitosis was working on exited, and its pid now names another process.
     case pidReused(Int32)
     /// The process has exited and waits for its parent to reap it: nothing is left to inspect.
@@ -35,10 +41,21 @@ public enum MitosisError: Error, Equatable, Sendable, CustomStringConvertible {
     /// A `LaunchedTarget` exited, or printed something else, before its READY line.
     case targetNotReady(executable: String, output: String)
 
+    /// The process this error says is gone — never there (`noSuchProcess`), exited mid-operation
+    /// (`targetExited`) or exited and unreaped (`zombie`) — for callers that end quietly then
+    /// (a watch, a sampler, a tree walk); nil for every other failure.
+    public var goneProcess: Int32? {
+        switch self {
+        case .noSuchProcess(let pid), .targetExited(let pid), .zombie(let pid): return pid
+        default: return nil
+        }
+    }
+
     public var description: String {
         switch self {
         case .invalidPID(let text): return "'\(text)' is not a valid process id"
         case .noSuchProcess(let pid): return "no process with pid \(pid)"
+        case .targetExited(let pid): return "process \(pid) exited while mitosis was working on it (an image being written is left marked incomplete)"
         case .pidReused(let pid): return "process \(pid) exited; its pid now belongs to another process, which Mitosis leaves alone"
         case .zombie(let pid): return "process \(pid) is a zombie (exited, not yet reaped): nothing to inspect"
         case .kernelThread(let pid): return "process \(pid) is a kernel thread: it has no user space to inspect"

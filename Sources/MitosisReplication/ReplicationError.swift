@@ -1,5 +1,8 @@
-/// Why replication, a standby or a promotion stopped. Each case reads as one line.
-public enum ReplicationError: Error, Equatable, Sendable, CustomStringConvertible {
+import MitosisModel
+
+/// Why replication, a standby or a promotion stopped (the `replication` domain of the
+/// `MitosisFailure` family). Each case reads as one line.
+public enum ReplicationError: MitosisFailure, Equatable {
     /// The standby directory cannot be served (locked, promoted, unwritable).
     case standbyDirectory(String, String)
     /// The standby refused the primary (older term, promoted directory…).

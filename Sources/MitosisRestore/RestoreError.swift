@@ -1,3 +1,5 @@
+import MitosisModel
+
 /// One reason an image cannot be restored here, named by what it concerns.
 public struct RestoreRefusal: Equatable, Sendable, Codable, CustomStringConvertible {
     /// What is refused: `image`, `fd 4`, `mapping 0x7f…-0x7f… /path`, `thread 123`…
@@ -13,7 +15,7 @@ public struct RestoreRefusal: Equatable, Sendable, Codable, CustomStringConverti
 }
 
 /// Why a restore did not happen. Each case reads as one line; whatever failed, no process is left.
-public enum RestoreError: Error, Equatable, Sendable, CustomStringConvertible {
+public enum RestoreError: MitosisFailure, Equatable {
     /// The image holds something this Mitosis cannot restore (see `Restorer.refusals`).
     case refused(image: String, [RestoreRefusal])
     /// Another process holds the pid the image's process had.
@@ -29,7 +31,7 @@ public enum RestoreError: Error, Equatable, Sendable, CustomStringConvertible {
             let more = refusals.count > 1 ? " (and \(refusals.count - 1) more; see restore --check)" : ""
             return "\(image) cannot be restored here: \(refusals.first.map(\.description) ?? "no reason")\(more)"
         case .pidTaken(let pid, let holder):
-            return "pid \(pid) is taken by \(holder); end it first (or restore into a new pid namespace, not supported yet)"
+            return "pid \(pid) is taken by \(holder); end it first, or restore into a new pid namespace (--pidns)"
         case .pidOutOfRange(let pid): return "pid \(pid) is above this system's kernel.pid_max"
         case .failed(let step, let detail): return "restore failed while \(step): \(detail); the half-built process was killed"
         }

@@ -34,8 +34,7 @@ public enum StackSampler {
             do {
                 (raw, maps) = try await withFrozenProcess(pid) { tracer in try await tracer.unwindWithMaps(maxFrames: maxFrames) }
             } catch let error as MitosisError where profile.samples > 0 {
-                if case .noSuchProcess = error { break }
-                if case .zombie = error { break }
+                if error.goneProcess != nil { break }
                 throw error
             }
             profile.stopTimes.append(clock.now - stopped)

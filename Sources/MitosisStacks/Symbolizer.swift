@@ -33,7 +33,7 @@ public final class Symbolizer: @unchecked Sendable {
     public func refresh() throws(MitosisError) {
         let text: [UInt8]
         do {
-            text = try Kernel.readFile("/proc/\(pid)/maps")
+            text = try Kernel.readFile("/proc/\(Kernel.procEntry(pid))/maps")
         } catch {
             throw .noSuchProcess(pid)
         }
@@ -146,9 +146,10 @@ package final class ELFModule {
     /// Opens the mapped file through `/proc/PID/map_files` (which works for deleted files and
     /// across mount namespaces), else by its path as the process sees it.
     package convenience init?(fileOf pid: Int32, region: MemoryMapping) {
+        let entry = Kernel.procEntry(pid)
         let candidates = [
-            "/proc/\(pid)/map_files/\(String(region.start, radix: 16))-\(String(region.end, radix: 16))",
-            "/proc/\(pid)/root\(region.moduleName)",
+            "/proc/\(entry)/map_files/\(String(region.start, radix: 16))-\(String(region.end, radix: 16))",
+            "/proc/\(entry)/root\(region.moduleName)",
         ]
         guard let image = candidates.lazy.compactMap(Self.load).first else { return nil }
         self.init(image, debugRoot: "/usr/lib/debug")

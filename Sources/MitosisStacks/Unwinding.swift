@@ -32,7 +32,8 @@ package final class UnwindSession {
     ///   vDSO has no file for libunwind-ptrace to find, and reading tables from memory once per
     ///   session beats libunwind-ptrace re-mapping each file for every thread.
     package init(pid: Int32, maxFrames: Int, mappings: [MemoryMapping]) throws(MitosisError) {
-        guard let unwinder = mitosis_unwinder_create(pid) else {
+        // The unwinder reads memory with process_vm_readv, which needs a thread that has not exited.
+        guard let unwinder = mitosis_unwinder_create(Kernel.procEntry(pid)) else {
             throw .unsupported(feature: "libunwind-ptrace", detail: "could not create an address space for process \(pid)")
         }
         for image in Self.codeImages(mappings) {
@@ -116,7 +117,7 @@ extension Tracer {
     /// the walks and the memory map they were made against.
     package func unwindWithMaps(of pid: Int32? = nil, maxFrames: Int) throws(MitosisError) -> ([RawStack], [UInt8]) {
         let process = pid ?? self.pid
-        guard let maps = try? Kernel.readFile("/proc/\(process)/maps") else { throw .noSuchProcess(process) }
+        guard let maps = try? Kernel.readFile("/proc/\(Kernel.procEntry(process))/maps") else { throw .noSuchProcess(process) }
         let mappings = ProcMaps.parse(String(decoding: maps, as: UTF8.self))
         let session = try UnwindSession(pid: process, maxFrames: maxFrames, mappings: mappings)
         return (threads(of: process).map(session.unwind), maps)

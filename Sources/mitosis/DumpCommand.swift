@@ -39,13 +39,13 @@ struct DumpCommand: AsyncParsableCommand {
     func run() async throws {
         let pid = targetPID(pid, forTracing: true)
         do {
-            if !force { try await TargetCheck.requireDumpable(pid) }
             let base: CheckpointParent? = try parent.map { path in
                 .image(try CheckpointImage.open(path), path: relativePath(from: images, to: path))
             }
             let container = try DirectorySink.container(of: images)
             var options = CheckpointOptions(strategy: track.strategy)
             options.recordRestoreState = !noRestoreState
+            options.copyNonDumpable = force
             let session = try await CheckpointSession(pid: pid, options: options)
             let result: CheckpointResult
             do {

@@ -24,11 +24,39 @@ struct MitosisCommand: AsyncParsableCommand {
             PromoteCommand.self,
         ]
     )
+
+    /// Parses and runs the command as ArgumentParser's own `main` does, with one difference: a
+    /// negative number where a pid goes (`mitosis inspect -5`) is a pid that is not valid, told
+    /// in the one line every other bad pid gets, not a usage error about an unknown option.
+    static func main() async {
+        let arguments = Array(CommandLine.arguments.dropFirst())
+        do {
+            var command = try parseAsRoot(arguments)
+            if var command = command as? any AsyncParsableCommand {
+                try await command.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            if let pid = negativePID(in: arguments) { fail(MitosisError.invalidPID(pid)) }
+            exit(withError: error)
+        }
+    }
+
+    /// A negative integer that stands where a value of its own goes, not after an option name.
+    static func negativePID(in arguments: [String]) -> String? {
+        arguments.indices.first { index in
+            let argument = arguments[index]
+            return argument.count > 1 && argument.hasPrefix("-") && Int(argument) != nil
+                && (index == 0 || !arguments[index - 1].hasPrefix("-"))
+        }.map { arguments[$0] }
+    }
 }
 
-/// Prints one clear line for a failure and exits nonzero; never a stack trace.
+/// Prints one clear line for a failure and exits nonzero; never a stack trace. Every error of the
+/// library is a `MitosisFailure` and says what happened in its `summary`.
 func fail(_ error: any Error) -> Never {
-    let message = "\(error)"
+    let message = (error as? any MitosisFailure)?.summary ?? "\(error)"
     FileHandle.standardError.write(Data("mitosis: \(message)\n".utf8))
     exit(1)
 }

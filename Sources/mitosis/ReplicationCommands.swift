@@ -52,8 +52,8 @@ struct ProtectCommand: AsyncParsableCommand {
     func run() async throws {
         let pid = targetPID(pid, forTracing: true)
         do {
-            if !force { try await TargetCheck.requireDumpable(pid) }
             var options = ProtectOptions(host: standby.host, port: standby.port)
+            options.checkpoint.copyNonDumpable = force
             options.interval = .milliseconds(interval)
             options.term = Term(term)
             options.dataDirectories = data

@@ -31,8 +31,9 @@ struct TrackCommand: AsyncParsableCommand {
         let pid = targetPID(pid, forTracing: true)
         do {
             guard !images.isEmpty else { throw ImageError.invalidImageName(images) }
-            if !force { try await TargetCheck.requireDumpable(pid) }
-            let session = try await CheckpointSession(pid: pid, options: CheckpointOptions(strategy: track.strategy))
+            var options = CheckpointOptions(strategy: track.strategy)
+            options.copyNonDumpable = force
+            let session = try await CheckpointSession(pid: pid, options: options)
             var summaries: [CheckpointSummary] = []
             do {
                 // Only once the target may be traced, so that a refused run leaves nothing behind.

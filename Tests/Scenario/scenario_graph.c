@@ -20,6 +20,7 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/shm.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -308,3 +309,77 @@ static int graphload_setup(int argc, char **argv) {
     return 0;
 }
 SCENARIO(graphload, graphload_setup, NULL)
+
+// MARK: ties — resources that tie a process to others outside its tree.
+
+static int udp_socket(void) {
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in in = { .sin_family = AF_INET };
+    inet_pton(AF_INET, "127.0.0.1", &in.sin_addr);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&in, sizeof in) != 0) scenario_fail("udp bind: %d", errno);
+    return fd;
+}
+
+static void udp_connect(int fd, int port) {
+    struct sockaddr_in in = { .sin_family = AF_INET, .sin_port = htons(port) };
+    inet_pton(AF_INET, "127.0.0.1", &in.sin_addr);
+    if (connect(fd, (struct sockaddr *)&in, sizeof in) != 0) scenario_fail("udp connect %d: %d", port, errno);
+}
+
+static int ties_unconnected = -1;
+
+// `ties FIFO`: fd 3 the read end of the FIFO at path FIFO (the test made it); fds 4 and 5 two UDP
+// sockets on 127.0.0.1 connected to each other; fd 6 a UDP socket that `connect PORT` connects
+// (to 127.0.0.1:PORT); fd 7 a packet socket (raw, ETH_P_ALL); two SysV shared memory segments
+// attached here: `own_shmid` only here, `shared_shmid` for a `tie-holder` to attach too.
+static int ties_setup(int argc, char **argv) {
+    if (argc < 1) return -1;
+    int fifo = open(argv[0], O_RDONLY | O_NONBLOCK);
+    int a = udp_socket(), b = udp_socket();
+    udp_connect(a, local_port(b));
+    udp_connect(b, local_port(a));
+    ties_unconnected = udp_socket();
+    int packet = socket(AF_PACKET, SOCK_RAW, htons(ETH_P_ALL));
+    int fds[] = { fifo, a, b, ties_unconnected, packet };
+    for (int i = 0; i < 5; i++) if (fds[i] != 3 + i) scenario_fail("fd %d is %d (errno %d)", 3 + i, fds[i], errno);
+    int own = shmget(IPC_PRIVATE, 4096, IPC_CREAT | 0600), shared = shmget(IPC_PRIVATE, 4096, IPC_CREAT | 0600);
+    if (own < 0 || shared < 0 || shmat(own, NULL, 0) == (void *)-1 || shmat(shared, NULL, 0) == (void *)-1) return -1;
+    // Removed now, destroyed when the last attachment goes: nothing outlives the test.
+    shmctl(own, IPC_RMID, NULL);
+    shmctl(shared, IPC_RMID, NULL);
+    scenario_report("own_shmid", "%d", own);
+    scenario_report("shared_shmid", "%d", shared);
+    for (int fd = 3; fd <= 7; fd++) {
+        char key[16];
+        snprintf(key, sizeof key, "inode%d", fd);
+        scenario_report(key, "%lu", inode_of(fd));
+    }
+    scenario_report("udp_a_port", "%d", local_port(a));
+    scenario_report("udp_b_port", "%d", local_port(b));
+    scenario_report("udp_port", "%d", local_port(ties_unconnected));
+    return 0;
+}
+
+static int ties_step(const char *command) {
+    int port;
+    if (sscanf(command, "connect %d", &port) != 1) return -1;
+    udp_connect(ties_unconnected, port);
+    return 0;
+}
+SCENARIO(ties, ties_setup, ties_step)
+
+// `tie-holder FIFO SHMID`: holds what ties a `ties` process to it: fd 3 the FIFO's write end,
+// fd 4 a UDP socket on 127.0.0.1, and an attachment of SysV segment SHMID.
+static int tie_holder_setup(int argc, char **argv) {
+    if (argc < 2) return -1;
+    int fifo = open(argv[0], O_WRONLY | O_NONBLOCK);
+    int udp = udp_socket();
+    if (fifo != 3 || udp != 4) scenario_fail("fds %d %d (errno %d)", fifo, udp, errno);
+    if (shmat(atoi(argv[1]), NULL, 0) == (void *)-1) scenario_fail("shmat %s: %d", argv[1], errno);
+    scenario_report("udp_port", "%d", local_port(udp));
+    scenario_report("udp_inode", "%lu", inode_of(udp));
+    return 0;
+}
+// Registered by hand: the SCENARIO macro cannot spell a name with a hyphen.
+static scenario scenario_tie_holder = { "tie-holder", tie_holder_setup, NULL, 0 };
+__attribute__((constructor)) static void register_tie_holder(void) { scenario_register(&scenario_tie_holder); }

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
@@ -279,3 +280,112 @@ static int vfork_wait_setup(int argc, char **argv) {
 // Registered by hand: the SCENARIO macro cannot spell a name with a hyphen.
 static scenario scenario_vfork_wait = { "vfork-wait", vfork_wait_setup, NULL, 0 };
 __attribute__((constructor)) static void register_vfork_wait(void) { scenario_register(&scenario_vfork_wait); }
+
+// MARK: leaderless — the main thread has exited (pthread_exit) while a worker and the command
+// thread run on. The kernel keeps the thread-group leader as a zombie until the last thread
+// exits: /proc/PID/stat says Z, /proc/PID/maps and /proc/PID/fd are empty.
+
+enum { leaderless_page_count = 16 };
+static unsigned char *leaderless_pages;
+static int leaderless_pipe[2];
+static volatile long leaderless_rounds;
+static volatile pid_t leaderless_worker_tid;
+static volatile int leaderless_worker_ended;
+static long leaderless_page_size;
+
+static unsigned char leaderless_byte(long page) { return (unsigned char)(page * 7 + 1); }
+
+static void *leaderless_worker(void *arg) {
+    (void)arg;
+    leaderless_worker_tid = (pid_t)syscall(SYS_gettid);
+    while (!leaderless_worker_ended) {
+        sleep_ms(1);
+        __atomic_add_fetch(&leaderless_rounds, 1, __ATOMIC_SEQ_CST);
+    }
+    return NULL;
+}
+
+static int leaderless_setup(int argc, char **argv) {
+    (void)argc; (void)argv;
+    leaderless_page_size = sysconf(_SC_PAGESIZE);
+    leaderless_pages = mmap(NULL, leaderless_page_count * leaderless_page_size, PROT_READ | PROT_WRITE,
+                            MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (leaderless_pages == MAP_FAILED || pipe(leaderless_pipe) != 0) return -1;
+    for (long page = 0; page < leaderless_page_count; page++)
+        memset(leaderless_pages + page * leaderless_page_size, leaderless_byte(page), leaderless_page_size);
+    pthread_t thread;
+    if (pthread_create(&thread, NULL, leaderless_worker, NULL) != 0) return -1;
+    while (!leaderless_worker_tid) sleep_ms(1);
+    scenario_report("pages", "0x%lx", (unsigned long)leaderless_pages);
+    scenario_report("page_count", "%d", leaderless_page_count);
+    scenario_report("pipe_read", "%d", leaderless_pipe[0]);
+    scenario_report("pipe_write", "%d", leaderless_pipe[1]);
+    scenario_report("worker_tid", "%d", leaderless_worker_tid);
+    return 0;
+}
+
+static void leaderless_main_thread(void) { pthread_exit(NULL); }
+
+/// The state of the main thread as `/proc/self/task/PID/stat` shows it ('?' when unreadable).
+static char leaderless_leader_state(void) {
+    char path[64], text[512];
+    snprintf(path, sizeof path, "/proc/self/task/%d/stat", getpid());
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return '?';
+    ssize_t n = read(fd, text, sizeof text - 1);
+    close(fd);
+    if (n <= 0) return '?';
+    text[n] = 0;
+    char *end = strrchr(text, ')');
+    return end && end[1] == ' ' ? end[2] : '?';
+}
+
+/// `leader` waits (up to 5 s) until the main thread is a zombie and reports `leader_state=`;
+/// `rounds` reports how often the worker has woken; `end-worker` ends the worker thread and waits
+/// until it is gone, leaving the command thread the only live one.
+static int leaderless_step(const char *command) {
+    if (strcmp(command, "leader") == 0) {
+        for (int i = 0; i < 5000 && leaderless_leader_state() != 'Z'; i++) sleep_ms(1);
+        scenario_report("leader_state", "%c", leaderless_leader_state());
+        return 0;
+    }
+    if (strcmp(command, "rounds") == 0) {
+        scenario_report("rounds", "%ld", leaderless_rounds);
+        return 0;
+    }
+    if (strcmp(command, "end-worker") == 0) {
+        char path[64];
+        snprintf(path, sizeof path, "/proc/self/task/%d", leaderless_worker_tid);
+        leaderless_worker_ended = 1;
+        for (int i = 0; i < 5000 && access(path, F_OK) == 0; i++) sleep_ms(1);
+        return access(path, F_OK) == 0 ? -1 : 0;
+    }
+    return -1;
+}
+
+/// Intact: every page holds its own byte, the pipe passes a byte, and the worker still runs
+/// (unless `end-worker` ended it).
+static int leaderless_check(char *problem, size_t size) {
+    for (long page = 0; page < leaderless_page_count; page++)
+        for (long i = 0; i < leaderless_page_size; i++)
+            if (leaderless_pages[page * leaderless_page_size + i] != leaderless_byte(page)) {
+                snprintf(problem, size, "page %ld byte %ld changed", page, i);
+                return -1;
+            }
+    char byte = 0;
+    if (write(leaderless_pipe[1], "L", 1) != 1 || read(leaderless_pipe[0], &byte, 1) != 1 || byte != 'L') {
+        snprintf(problem, size, "pipe broken");
+        return -1;
+    }
+    if (leaderless_worker_ended) return 0;
+    long before = leaderless_rounds;
+    for (int i = 0; i < 1000 && leaderless_rounds == before; i++) sleep_ms(1);
+    if (leaderless_rounds == before) {
+        snprintf(problem, size, "worker stopped");
+        return -1;
+    }
+    return 0;
+}
+static scenario scenario_leaderless = {
+    "leaderless", leaderless_setup, leaderless_step, 0, leaderless_main_thread, leaderless_check };
+__attribute__((constructor)) static void register_leaderless(void) { scenario_register(&scenario_leaderless); }

@@ -1,5 +1,6 @@
 import SystemPackage
 import MitosisKernel
+import MitosisModel
 
 /// Whether this kernel has one feature Mitosis uses, found by trying it.
 public struct KernelFeature: Codable, Equatable, Sendable {
@@ -36,9 +37,12 @@ public struct KernelProbe: Sendable {
     }
 }
 
-/// Why a probe found a feature missing when no system call failed (one line).
-public struct ProbeFailure: Error, CustomStringConvertible {
+/// Why a probe found a feature missing when no system call failed (one line; the `probe`
+/// domain of the `MitosisFailure` family).
+public struct ProbeFailure: MitosisFailure {
+    public static let domain = "probe"
     public let description: String
+    public var code: String { "probe.failed" }
     public init(_ description: String) { self.description = description }
 }
 

@@ -1,7 +1,9 @@
-/// Why a checkpoint could not be taken. Each case reads as one line.
-public enum CheckpointError: Error, Equatable, Sendable, CustomStringConvertible {
-    /// The target exited while it was being checkpointed; the image was marked incomplete.
-    case targetExited(Int32)
+import MitosisModel
+
+/// Why a checkpoint session could not do what it was asked (the `checkpoint` domain of the
+/// `MitosisFailure` family; a target that exits is `MitosisError.targetExited`). Each case
+/// reads as one line.
+public enum CheckpointError: MitosisFailure, Equatable {
     /// An incremental checkpoint was asked for before any full one in this session.
     case noPreviousCheckpoint
     /// The session was stopped; start a new one.
@@ -11,11 +13,18 @@ public enum CheckpointError: Error, Equatable, Sendable, CustomStringConvertible
 
     public var description: String {
         switch self {
-        case .targetExited(let pid): return "process \(pid) exited during the checkpoint; the image is incomplete"
         case .noPreviousCheckpoint: return "no previous checkpoint in this session to build an incremental one on"
         case .sessionStopped: return "the tracking session was stopped"
         case .parentOfOtherProcess(let parent, let target):
             return "the parent image is of process \(parent), not \(target)"
+        }
+    }
+
+    public var code: String {
+        switch self {
+        case .noPreviousCheckpoint: return "checkpoint.noPreviousCheckpoint"
+        case .sessionStopped: return "checkpoint.sessionStopped"
+        case .parentOfOtherProcess: return "checkpoint.parentOfOtherProcess"
         }
     }
 }

@@ -23,6 +23,10 @@ public struct CheckpointOptions: Sendable {
     /// Runs while the target is frozen, after its memory is copied: what else must be read at
     /// the same instant (replication reads the sizes of the data files there). Keep it short.
     public var whileFrozen: (@Sendable () -> Void)?
+    /// Copy a process that asked not to be dumped (`prctl(PR_SET_DUMPABLE, 0)`, or changed
+    /// credentials): its memory may hold secrets it meant to keep out of dumps. Without it the
+    /// session refuses such a process with `MitosisError.notDumpable`.
+    public var copyNonDumpable = false
 
     public init(strategy: TrackingStrategy? = nil, pageMapMethod: PageMapReader.Method? = nil) {
         self.strategy = strategy
@@ -108,6 +112,7 @@ public actor CheckpointSession {
     /// Starts tracking the writes of `pid`.
     public init(pid: Int32, options: CheckpointOptions = CheckpointOptions()) async throws {
         target = try TargetProcess(pid: pid, forTracing: true)
+        if !options.copyNonDumpable { try await TargetCheck.requireDumpable(target) }
         self.pid = pid
         self.options = options
         var chosen = options.strategy
@@ -154,7 +159,7 @@ public actor CheckpointSession {
         do {
             try Kernel.pidfdKill(target.process.pidfd)
         } catch .noSuchProcess {
-            throw CheckpointError.targetExited(pid)
+            throw MitosisError.targetExited(pid)
         }
     }
 
@@ -379,7 +384,7 @@ public actor CheckpointSession {
         do {
             failures = try memory.read(pieces)
         } catch {
-            throw CheckpointError.targetExited(pid)
+            throw MitosisError.targetExited(pid)
         }
         if !tolerant, let failure = failures.values.first { throw failure }
         var copied = PageSet()
@@ -462,10 +467,7 @@ public actor CheckpointSession {
 
     /// A vanished target is reported as such, whichever layer noticed.
     package static func translate(_ error: any Error, pid: Int32) -> any Error {
-        switch error as? MitosisError {
-        case .noSuchProcess(pid), .zombie(pid): return CheckpointError.targetExited(pid)
-        default: return error
-        }
+        (error as? MitosisError)?.goneProcess == pid ? MitosisError.targetExited(pid) : error
     }
 
     package static func nanoseconds(_ duration: Duration) -> UInt64 {

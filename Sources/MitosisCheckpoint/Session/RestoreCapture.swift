@@ -1,6 +1,4 @@
 import Foundation
-import CMitosis
-import Glibc
 import MitosisImage
 import MitosisKernel
 import MitosisModel
@@ -19,7 +17,7 @@ enum RestoreCapture {
         let pid = target.pid
         // Before any injection: injecting places a stub in the vDSO's padding until the thaw.
         let vdso = try vdsoIdentity(pid: pid, maps: maps)
-        let brk = try await tracer.performSyscall(MITOSIS_SYS_brk, [0])
+        let brk = try await tracer.performSyscall(SyscallNumber.brk, [0])
         guard let bounds = RestoreRecord.MemoryBounds(procStat: try target.text("stat"), brk: brk) else {
             throw MitosisError.system(operation: "parsing /proc/\(pid)/stat", errno: .invalidArgument)
         }
@@ -60,6 +58,11 @@ enum RestoreCapture {
                              threads: threads, mappingFlags: [],
                              posixTimers: timers)
         record.pipes = pipes
+        record.sockets = try SocketCapture.capture(pid: pid, descriptors: descriptors)
+        record.sharedDescriptions = try SharedDescriptionCapture.capture(pid: pid, descriptors: descriptors)
+        record.fileContents = try FileContentCapture.capture(pid: pid, descriptors: descriptors, shared: record.sharedDescriptions ?? [])
+        record.timerfds = try FileContentCapture.timerfds(pid: pid, descriptors: descriptors)
+        record.processState = try await ProcessStateCapture.capture(tracer, target: target, tids: tids)
         return record
     }
 
@@ -67,16 +70,16 @@ enum RestoreCapture {
     private static func askTarget(_ tracer: Tracer, target: TargetProcess, tids: [Int32],
                                   scratch: UInt64) async throws -> ([RestoreRecord.SignalAction], [UInt64]) {
         let pid = target.pid
-        // Only handled signals (and SIGCHLD, whose SA_NOCLDSTOP/SA_NOCLDWAIT matter even at
+        // Only handled signals (and Linux.SIGCHLD, whose SA_NOCLDSTOP/SA_NOCLDWAIT matter even at
         // SIG_DFL) need asking; /proc tells the default and ignored ones apart.
         let status = ProcStatus(parsing: try target.text("status"))
         let caught = status["SigCgt"].flatMap { UInt64($0, radix: 16) } ?? UInt64.max
         let ignored = status["SigIgn"].flatMap { UInt64($0, radix: 16) } ?? 0
-        for signal in 1...64 where caught & (1 << UInt64(signal - 1)) != 0 || signal == SIGCHLD {
-            _ = try await tracer.performSyscall(MITOSIS_SYS_rt_sigaction, [UInt64(signal), 0, scratch + UInt64(signal - 1) * 32, 8])
+        for signal in 1...64 where caught & (1 << UInt64(signal - 1)) != 0 || signal == Linux.SIGCHLD {
+            _ = try await tracer.performSyscall(SyscallNumber.rt_sigaction, [UInt64(signal), 0, scratch + UInt64(signal - 1) * 32, 8])
         }
         for (index, tid) in tids.enumerated() {
-            _ = try await tracer.performSyscall(MITOSIS_SYS_prctl, [40 /* PR_GET_TID_ADDRESS */, scratch + 2048 + UInt64(index) * 8], in: tid)
+            _ = try await tracer.performSyscall(SyscallNumber.prctl, [40 /* PR_GET_TID_ADDRESS */, scratch + 2048 + UInt64(index) * 8], in: tid)
         }
         var words = [UInt64](repeating: 0, count: 256 + tids.count)
         let wanted = words.count * 8
@@ -85,7 +88,7 @@ enum RestoreCapture {
         }
         guard count == wanted else { throw MitosisError.system(operation: "reading the scratch page of \(pid)", errno: .ioError) }
         let actions = (0..<64).map { index in
-            let asked = caught & (1 << UInt64(index)) != 0 || index + 1 == SIGCHLD
+            let asked = caught & (1 << UInt64(index)) != 0 || index + 1 == Linux.SIGCHLD
             return asked ? RestoreRecord.SignalAction(handler: words[index * 4], flags: words[index * 4 + 1],
                                                       restorer: words[index * 4 + 2], mask: words[index * 4 + 3])
                 : RestoreRecord.SignalAction(handler: ignored & (1 << UInt64(index)) != 0 ? 1 : 0, flags: 0, restorer: 0, mask: 0)

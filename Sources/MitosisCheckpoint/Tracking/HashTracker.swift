@@ -34,8 +34,8 @@ public final class HashTracker: DirtyTracker, @unchecked Sendable {
                 let part = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<length])
                 do {
                     try reader.read(at: address, into: part)
-                } catch .noSuchProcess(let pid) {
-                    throw MitosisError.noSuchProcess(pid)
+                } catch .targetExited(let pid) {
+                    throw MitosisError.targetExited(pid)
                 } catch {
                     // Unmapped meanwhile: whatever is there now has no valid copy.
                     dirty.insert(start: address, end: address + UInt64(length))

@@ -39,8 +39,8 @@ package struct MemoryReader: Sendable {
             while index < batch.endIndex {
                 do {
                     try read(at: pieces[index].address, into: pieces[index].buffer)
-                } catch .noSuchProcess(let pid) {
-                    throw .noSuchProcess(pid)
+                } catch .targetExited(let pid) {
+                    throw .targetExited(pid)
                 } catch {
                     failures[index] = error
                 }

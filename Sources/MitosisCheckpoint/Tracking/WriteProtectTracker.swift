@@ -105,7 +105,7 @@ public final class WriteProtectTracker: DirtyTracker, @unchecked Sendable {
                 register(mapping)
                 dirty.insert(start: mapping.start, end: mapping.end)
             } catch .noSuchFileOrDirectory, .noSuchProcess {
-                throw MitosisError.noSuchProcess(pid)
+                throw MitosisError.targetExited(pid)
             } catch {
                 // Unmapped meanwhile (EINVAL/ENOMEM on a vanished range): nothing to report for it.
                 logger.debug("scan 0x\(String(mapping.start, radix: 16)): \(error)")

@@ -58,10 +58,8 @@ public enum GraphBuilder {
             do {
                 processes.append(try ProcessResources.read(member == pid ? root : TargetProcess(pid: member),
                                                            mappings: options.includeMappings))
-            } catch .noSuchProcess where member != pid {
-                continue  // a descendant exited meanwhile
-            } catch .zombie where member != pid {
-                continue  // a descendant that has exited, not yet reaped
+            } catch where member != pid && error.goneProcess == member {
+                continue  // a descendant that has exited (reaped or not)
             }
         }
         var tables: [UInt64: SocketTable] = [:]
@@ -72,6 +70,9 @@ public enum GraphBuilder {
         let mounts = Dictionary(
             (ProcessReader.mounts(root)).map { ($0.device, $0) }, uniquingKeysWith: { first, _ in first })
         var assembly = GraphAssembly(processes: processes, sockets: tables, mounts: mounts, options: options)
+        if processes.contains(where: { $0.mappings.contains { $0.kind == .sysvSharedMemory } }) {
+            assembly.sharedMemory = ProcessReader.sharedMemorySegments(root) ?? []
+        }
         assembly.build()
         return assembly.graph
     }
@@ -83,6 +84,8 @@ package struct GraphAssembly {
     package let sockets: [UInt64: SocketTable]
     package let mounts: [DeviceNumber: MountInfo]
     package let options: GraphOptions
+    /// The SysV shared memory segments of the processes' IPC namespace, when Mitosis can see it.
+    package var sharedMemory: [SysVSharedMemory] = []
     private(set) var nodes: [String: GraphNode] = [:]
     /// Appended freely; sorted and deduplicated once, when the graph is made.
     private(set) var edges: [GraphEdge] = []
@@ -92,7 +95,9 @@ package struct GraphAssembly {
     private var descriptions: [String: (descriptor: OpenDescriptor, holders: [FDKey])] = [:]
     /// description id → object id.
     private var objectOf: [String: String] = [:]
-    /// Links (`pipe:[N]`, `socket:[N]`) that ends and peers outside the graph are looked up by.
+    /// How many mappings of the graph's address spaces attach each SysV segment (by shmid).
+    private var attachments: [Int32: UInt64] = [:]
+    /// Links (`pipe:[N]`, `socket:[N]`, a FIFO's path) that ends and peers outside the graph are looked up by.
     private var wanted: [String: [(node: String, reason: (String?) -> String)]] = [:]
 
     package struct FDKey: Hashable { var pid: Int32; var fd: Int32 }
@@ -114,6 +119,7 @@ package struct GraphAssembly {
         addSockets()
         addWatches()
         addSharing()
+        addSharedMemoryHolders()
         resolveOutside()
     }
 
@@ -204,6 +210,7 @@ package struct GraphAssembly {
             let segment = "sysv-segment:\(mapping.inode)"
             add(segment, .sysvSegment, ["shmid": .int(Int64(mapping.inode)), "key": .string(mapping.path ?? "")])
             link(id, segment, .refersTo)
+            attachments[Int32(truncatingIfNeeded: mapping.inode), default: 0] += 1
         default:
             break
         }
@@ -386,7 +393,16 @@ package struct GraphAssembly {
         }
         for (object, pair) in ends {
             for writer in pair.write { for reader in pair.read where reader != writer { link(writer, reader, .connectedTo) } }
-            guard let node = nodes[object], node.kind == .pipe else { continue }
+            guard let node = nodes[object] else { continue }
+            if node.kind == .file, let path = node["path"]?.description {
+                // A FIFO: anyone may open its path, so an end held by any process outside the
+                // graph ties the graph to it, whichever ends the graph holds.
+                wanted[path, default: []].append((object, { holder in
+                    holder.map { "FIFO \(path) is also open in \($0), outside the graph" } ?? ""
+                }))
+                continue
+            }
+            guard node.kind == .pipe else { continue }
             let link = "pipe:[\(node["inode"]!.description)]"
             if pair.read.isEmpty { expectOutside(link, node: object, "the read end of \(link)") }
             if pair.write.isEmpty { expectOutside(link, node: object, "the write end of \(link)") }
@@ -423,6 +439,7 @@ package struct GraphAssembly {
             switch socket {
             case .inet(let inet):
                 describeInet(id, inet)
+                if inet.protocol == .udp, inet.state == "ESTABLISHED" { connectUDP(id, inet, table: sockets[namespace]!) }
                 guard inet.protocol == .tcp, inet.state != "LISTEN", inet.state != "CLOSE" else { continue }
                 connectTCP(id, inet, index.byEnds, namespace: namespace)
             case .unix(let unix):
@@ -440,6 +457,8 @@ package struct GraphAssembly {
                 ]
                 if let interface = packet.interface { attributes["interface"] = .int(Int64(interface)) }
                 nodes[id]?.attributes.merge(attributes) { $1 }
+                let devices = packet.interface.flatMap { $0 == 0 ? nil : "network interface \($0)" } ?? "every network interface"
+                markExternal(id, "packet socket on \(devices): it sends and receives this host's raw network traffic")
             }
         }
     }
@@ -495,6 +514,25 @@ package struct GraphAssembly {
         } else {
             markExternal(id, "TCP peer \(socket.remote) waits to be accepted by a listener outside the graph")
         }
+    }
+
+    /// A connected UDP socket sends to and hears from one peer address: the socket bound there
+    /// in the namespace (exactly, or to the wildcard address on that port), if any.
+    private mutating func connectUDP(_ id: String, _ socket: InetSocket, table: SocketTable) {
+        let bound = table.inet.filter { $0.protocol == .udp && $0.family == socket.family && $0.local.port == socket.remote.port }
+        guard let peer = bound.first(where: { $0.local.address == socket.remote.address })
+                ?? bound.first(where: { $0.local.address == "0.0.0.0" || $0.local.address == "::" }) else {
+            markExternal(id, "UDP peer \(socket.remote) is outside this network namespace")
+            return
+        }
+        let peerID = "socket:\(peer.inode)"
+        if nodes[peerID] != nil {
+            if peerID != id { connect(id, peerID) }
+            return
+        }
+        wanted["socket:[\(peer.inode)]", default: []].append((id, { holder in
+            "UDP peer \(socket.remote) (socket:[\(peer.inode)]) is held by \(holder ?? "no process"), outside the graph"
+        }))
     }
 
     private mutating func connectUnix(_ id: String, _ socket: UnixSocket, _ byInode: [UInt64: SocketInfo], table: SocketTable) {
@@ -553,6 +591,24 @@ package struct GraphAssembly {
         for (pair, ids) in shared {
             link(Self.processID(pair.first), Self.processID(pair.second), .shares,
                  ["what": .string("descriptions"), "descriptions": .strings(ids.sorted())])
+        }
+    }
+
+    // MARK: SysV shared memory
+
+    /// Marks a segment external when more mappings attach it (the kernel's count, `nattch`)
+    /// than the graph's address spaces hold: some process outside the graph attaches it too.
+    private mutating func addSharedMemoryHolders() {
+        let outside = sharedMemory.filter { segment in
+            attachments[segment.shmid].map { segment.attachCount > $0 } ?? false
+        }
+        guard !outside.isEmpty else { return }
+        let holders = options.resolveOutsideHolders
+            ? ProcessReader.sharedMemoryAttachers(Set(outside.map(\.shmid)), excluding: Set(processes.map(\.pid))) : [:]
+        for segment in outside {
+            let count = segment.attachCount - attachments[segment.shmid]!
+            let who = holders[segment.shmid].map { "by \($0)" } ?? "by \(count) mapping(s)"
+            markExternal("sysv-segment:\(segment.shmid)", "SysV segment \(segment.shmid) is also attached \(who), outside the graph")
         }
     }
 

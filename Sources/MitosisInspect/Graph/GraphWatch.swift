@@ -13,7 +13,7 @@ extension ResourceGraph {
                     let current: ResourceGraph
                     do {
                         current = try await snapshot(of: pid, options: options, freeze: freeze)
-                    } catch MitosisError.noSuchProcess(pid), MitosisError.zombie(pid) {
+                    } catch let error as MitosisError where error.goneProcess == pid {
                         continuation.finish()
                         return
                     } catch {

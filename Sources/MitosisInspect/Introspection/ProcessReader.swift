@@ -21,7 +21,7 @@ public enum ProcessReader {
         let stat = try self.stat(target)
         let status = ProcStatus(parsing: try target.text("status"))
         guard let uid = status.credentials("Uid"), let gid = status.credentials("Gid") else {
-            throw .noSuchProcess(pid)  // a status without ids is a process caught exiting
+            throw .targetExited(pid)  // a status without ids is a process caught exiting
         }
         return ProcessIdentity(
             pid: pid, ppid: stat.ppid,
@@ -64,28 +64,36 @@ public enum ProcessReader {
         let pid = target.pid
         let posix = descriptors.filter { $0.kind == .messageQueue }
             .map { PosixMessageQueue(fd: $0.fd, name: $0.path ?? $0.target, inode: $0.inode) }
-        let ownNamespace = try? Kernel.readLink("/proc/self/ns/ipc")
-        guard let ownNamespace, (try? target.readLink("ns/ipc")) == ownNamespace else {
+        guard let segments = sharedMemorySegments(target) else {
             return IPCUsage(sysvVisible: false, sharedMemory: [], semaphores: [], messageQueues: [], posixMessageQueues: posix)
         }
-        func table(_ name: String) -> String {
-            (try? Kernel.readFile("/proc/sysvipc/\(name)")).map { String(decoding: $0, as: UTF8.self) } ?? ""
-        }
         let attachments = mappings.filter { $0.kind == .sysvSharedMemory }
-        let shared = ProcSysvIPC.sharedMemory(table("shm")).compactMap { segment -> SysVSharedMemory? in
+        let shared = segments.compactMap { segment -> SysVSharedMemory? in
             var segment = segment
             segment.attachedAt = attachments.filter { $0.inode == UInt64(segment.shmid) }.map(\.start)
             let used = !segment.attachedAt.isEmpty || segment.creatorPid == pid || segment.lastPid == pid
             return used ? segment : nil
         }
-        let semaphores = ProcSysvIPC.semaphores(table("sem")).compactMap { set -> SysVSemaphoreSet? in
+        let semaphores = ProcSysvIPC.semaphores(sysvTable("sem")).compactMap { set -> SysVSemaphoreSet? in
             var set = set
             set.lastOperationPids = (0..<Int32(clamping: set.count)).map { (try? Kernel.semaphoreLastPid(semid: set.semid, index: $0)) ?? 0 }
             return set.lastOperationPids.contains(pid) ? set : nil
         }
-        let queues = ProcSysvIPC.messageQueues(table("msg")).filter { $0.lastSendPid == pid || $0.lastReceivePid == pid }
+        let queues = ProcSysvIPC.messageQueues(sysvTable("msg")).filter { $0.lastSendPid == pid || $0.lastReceivePid == pid }
         return IPCUsage(sysvVisible: true, sharedMemory: shared, semaphores: semaphores, messageQueues: queues,
                         posixMessageQueues: posix)
+    }
+
+    /// Every SysV shared memory segment of `target`'s IPC namespace; nil when that is not
+    /// Mitosis's own (`/proc/sysvipc` shows only the reader's namespace).
+    package static func sharedMemorySegments(_ target: TargetProcess) -> [SysVSharedMemory]? {
+        guard let own = try? Kernel.readLink("/proc/self/ns/ipc"), (try? target.readLink("ns/ipc")) == own else { return nil }
+        return ProcSysvIPC.sharedMemory(sysvTable("shm"))
+    }
+
+    /// The text of `/proc/sysvipc/<name>` (empty when unreadable).
+    private static func sysvTable(_ name: String) -> String {
+        (try? Kernel.readFile("/proc/sysvipc/\(name)")).map { String(decoding: $0, as: UTF8.self) } ?? ""
     }
 
     /// Every open descriptor of `pid`, ascending by number. Descriptors closed while they are
@@ -155,7 +163,7 @@ public enum ProcessReader {
         // A regular file on an anonymous-device filesystem may be a POSIX message queue.
         if kind.kind == .file, let status, device?.major == 0 {
             let type = directories.fileSystemTypes[status.device]
-                ?? (try? Kernel.fileSystemType("/proc/\(process.pid)/fd/\(fd)"))
+                ?? (try? Kernel.fileSystemType("/proc/\(process.process.entry)/fd/\(fd)"))
             if let type {
                 directories.fileSystemTypes[status.device] = type
                 if type == Kernel.messageQueueFileSystem { kind.kind = .messageQueue }

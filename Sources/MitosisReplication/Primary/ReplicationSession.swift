@@ -195,7 +195,7 @@ public final class ReplicationSession: Service, Sendable {
                     }
                     logger.debug("protect: epoch \(epoch) acknowledged: frozen \(freeze) ms, lag \(lag) ms, \(sink.bytesSent) bytes")
                 }
-            } catch CheckpointError.targetExited(let pid) {
+            } catch let error as MitosisError where error.goneProcess != nil {
                 connection.close()
                 logger.info("protect: process \(pid) exited; protection ends")
                 return

@@ -1,4 +1,5 @@
 import MitosisImage
+import MitosisModel
 import NIOCore
 
 /// A term: who may act as primary. The failover layer hands out increasing terms (the leader
@@ -115,7 +116,9 @@ public struct ReplicationFrame: Sendable, Equatable {
 }
 
 /// Why a peer's bytes were refused. One line each; the connection is dropped, nothing committed.
-public struct ProtocolViolation: Error, Equatable, Sendable, CustomStringConvertible {
+public struct ProtocolViolation: MitosisFailure, Equatable {
+    public static let domain = "replication"
+    public var code: String { "replication.protocolViolation" }
     public var reason: String
     public init(_ reason: String) { self.reason = reason }
     public var description: String { reason }

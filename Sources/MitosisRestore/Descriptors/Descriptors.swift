@@ -1,5 +1,3 @@
-import CMitosis
-import Glibc
 import MitosisImage
 import MitosisKernel
 import MitosisModel
@@ -12,32 +10,72 @@ extension Tracer {
     /// takes the lowest free number, never above the one wanted, and is then moved there.
     func restoreDescriptors(_ plan: RestorePlan, area: WorkArea) throws {
         let descriptors = (plan.manifest.descriptors ?? []).sorted(by: { $0.fd < $1.fd })
-        // Pipes first, both ends parked above every number wanted, so that no temporary
-        // descriptor sits on a number another descriptor needs.
-        let parked = try createPipes(descriptors, contents: plan.record.pipes ?? [], above: UInt64(descriptors.last?.fd ?? 0), area: area)
+        let sockets = Dictionary((plan.record.sockets ?? []).map { ($0.inode, $0) }, uniquingKeysWith: { a, _ in a })
+        // Objects with two ends first (pipes, socketpairs), both ends parked above every number
+        // wanted, so that no temporary descriptor sits on a number another descriptor needs.
+        var next = UInt64(descriptors.last?.fd ?? 0) + 1
+        let parked = try createPipes(descriptors, contents: plan.record.pipes ?? [], next: &next, area: area)
+        let parkedPairs = try createSocketPairs(descriptors, states: sockets, next: &next, area: area)
+        // A descriptor sharing its open file description with a lower one is a dup of it: the
+        // pairs kcmp found at the checkpoint, and every further descriptor of one socket (a
+        // socket has a single open file description).
+        var sameAs = Dictionary((plan.record.sharedDescriptions ?? []).map { ($0.fd, $0.sameAs) }, uniquingKeysWith: { a, _ in a })
+        var firstOfSocket: [UInt64: Int32] = [:]
+        for descriptor in descriptors where descriptor.kind == .socket {
+            if let first = firstOfSocket[descriptor.inode] { sameAs[descriptor.fd] = first } else { firstOfSocket[descriptor.inode] = descriptor.fd }
+        }
+        let timers = Dictionary((plan.record.timerfds ?? []).map { ($0.fd, $0) }, uniquingKeysWith: { a, _ in a })
+        let contents = Dictionary((plan.record.fileContents ?? []).map { ($0.fd, $0) }, uniquingKeysWith: { a, _ in a })
         for descriptor in descriptors {
             let fd: UInt64
+            if let first = sameAs[descriptor.fd], first < descriptor.fd {
+                try huskCall("duplicating fd \(first) as fd \(descriptor.fd)", SyscallNumber.dup3,
+                             [UInt64(first), UInt64(descriptor.fd), UInt64(descriptor.flags & UInt32(Linux.O_CLOEXEC))])
+                continue
+            }
             switch descriptor.kind {
             case .pipe:
                 let end = parked[PipeEnd(inode: descriptor.inode, write: descriptor.flags & 3 == 1)]!
-                try huskCall("placing the pipe end fd \(descriptor.fd)", MITOSIS_SYS_dup3,
-                             [end, UInt64(descriptor.fd), UInt64(descriptor.flags & UInt32(O_CLOEXEC))])
+                try huskCall("placing the pipe end fd \(descriptor.fd)", SyscallNumber.dup3,
+                             [end, UInt64(descriptor.fd), UInt64(descriptor.flags & UInt32(Linux.O_CLOEXEC))])
                 continue
             case .eventfd:
                 fd = try createEventfd(descriptor, area: area)
             case .epoll:
-                fd = try huskCall("creating the epoll of fd \(descriptor.fd)", MITOSIS_SYS_epoll_create1,
-                                  [UInt64(descriptor.flags & UInt32(O_CLOEXEC))])
+                fd = try huskCall("creating the epoll of fd \(descriptor.fd)", SyscallNumber.epoll_create1,
+                                  [UInt64(descriptor.flags & UInt32(Linux.O_CLOEXEC))])
+            case .socket:
+                if let end = parkedPairs[descriptor.inode] {
+                    try huskCall("placing the socketpair end fd \(descriptor.fd)", SyscallNumber.dup3,
+                                 [end, UInt64(descriptor.fd), UInt64(descriptor.flags & UInt32(Linux.O_CLOEXEC))])
+                    continue
+                }
+                guard let state = sockets[descriptor.inode] else { throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "no socket state") }
+                fd = state.isUnix ? try createUnixSocket(descriptor, state, area: area) : try createInetSocket(descriptor, state, area: area)
+            case .timerfd:
+                guard let timer = timers[descriptor.fd] else { throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "no timer state") }
+                fd = try createTimerfd(descriptor, timer)
+            case .signalfd:
+                guard let state = descriptor.signalfd else { throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "no signal mask") }
+                fd = try createSignalfd(descriptor, state, area: area)
+            case .memfd:
+                guard let contents = contents[descriptor.fd] else { throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "no content") }
+                fd = try createMemfd(descriptor, contents, area: area)
+            case .file where descriptor.deleted:
+                guard let contents = contents[descriptor.fd] else { throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "no content") }
+                fd = try createDeletedFile(descriptor, contents, area: area)
             default:
                 fd = try openFile(descriptor, area: area)
             }
             if fd != UInt64(descriptor.fd) {
-                try huskCall("moving fd \(fd) to \(descriptor.fd)", MITOSIS_SYS_dup3,
-                             [fd, UInt64(descriptor.fd), UInt64(descriptor.flags & UInt32(O_CLOEXEC))])
+                try huskCall("moving fd \(fd) to \(descriptor.fd)", SyscallNumber.dup3,
+                             [fd, UInt64(descriptor.fd), UInt64(descriptor.flags & UInt32(Linux.O_CLOEXEC))])
                 try huskCall("closing fd \(fd)", SyscallNumber.close, [fd])
             }
         }
-        for end in parked.values { try huskCall("closing the parked pipe end \(end)", SyscallNumber.close, [end]) }
+        for end in Array(parked.values) + Array(parkedPairs.values) {
+            try huskCall("closing the parked end \(end)", SyscallNumber.close, [end])
+        }
         // Watches last, once every watched descriptor exists, and by injection: the kernel keys
         // a watch by the caller's fd number, so they must be added from the process's own table.
         for descriptor in descriptors where descriptor.kind == .epoll {
@@ -46,7 +84,7 @@ extension Tracer {
                 withUnsafeBytes(of: watch.events.littleEndian) { event.replaceSubrange(0..<4, with: $0) }
                 withUnsafeBytes(of: watch.data.littleEndian) { event.replaceSubrange(4..<12, with: $0) }
                 try event.withUnsafeBytes { try huskWrite("passing an epoll event", area.scratch + WorkArea.text, $0) }
-                try huskCall("adding fd \(watch.fd) to the epoll of fd \(descriptor.fd)", MITOSIS_SYS_epoll_ctl,
+                try huskCall("adding fd \(watch.fd) to the epoll of fd \(descriptor.fd)", SyscallNumber.epoll_ctl,
                              [UInt64(descriptor.fd), 1 /* EPOLL_CTL_ADD */, UInt64(watch.fd), area.scratch + WorkArea.text])
             }
         }

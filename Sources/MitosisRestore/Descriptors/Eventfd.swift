@@ -1,5 +1,3 @@
-import CMitosis
-import Glibc
 import MitosisImage
 import MitosisKernel
 import MitosisModel
@@ -12,8 +10,8 @@ extension Tracer {
     /// so the counter is added by a write of the full 64-bit value.
     func createEventfd(_ descriptor: OpenDescriptor, area: WorkArea) throws -> UInt64 {
         guard let state = descriptor.eventfd else { throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "no eventfd state") }
-        let flags = (descriptor.flags & UInt32(O_CLOEXEC | O_NONBLOCK)) | (state.semaphore == true ? 1 /* EFD_SEMAPHORE */ : 0)
-        let fd = try huskCall("creating the eventfd of fd \(descriptor.fd)", MITOSIS_SYS_eventfd2, [0, UInt64(flags)])
+        let flags = (descriptor.flags & UInt32(Linux.O_CLOEXEC | Linux.O_NONBLOCK)) | (state.semaphore == true ? 1 /* EFD_SEMAPHORE */ : 0)
+        let fd = try huskCall("creating the eventfd of fd \(descriptor.fd)", SyscallNumber.eventfd2, [0, UInt64(flags)])
         if state.counter > 0 {
             try huskWrite("passing the eventfd counter", area.scratch + WorkArea.text, value: state.counter)
             try huskCall("setting the counter of fd \(descriptor.fd)", SyscallNumber.write, [fd, area.scratch + WorkArea.text, 8])

@@ -1,5 +1,3 @@
-import CMitosis
-import Glibc
 import MitosisImage
 import MitosisKernel
 import MitosisModel
@@ -13,18 +11,17 @@ extension Tracer {
         var write: Bool
     }
 
-    /// Creates each pipe the process holds (`pipe2`), parks both ends at numbers above `highest`,
-    /// gives it its capacity and each end its `O_NONBLOCK`, and writes its unread bytes through
+    /// Creates each pipe the process holds (`pipe2`), parks both ends at `next` and up,
+    /// gives it its capacity and each end its `Linux.O_NONBLOCK`, and writes its unread bytes through
     /// a copy of the write end taken with `pidfd_getfd` (the same open file).
     func createPipes(_ descriptors: [OpenDescriptor], contents: [RestoreRecord.PipeContents],
-                             above highest: UInt64, area: WorkArea) throws -> [PipeEnd: UInt64] {
+                     next: inout UInt64, area: WorkArea) throws -> [PipeEnd: UInt64] {
         var parked: [PipeEnd: UInt64] = [:]
-        var next = highest + 1
         for pipe in contents {
             let ends = descriptors.filter { $0.kind == .pipe && $0.inode == pipe.inode }
             guard let reader = ends.first(where: { $0.flags & 3 == 0 }), let writer = ends.first(where: { $0.flags & 3 == 1 }) else { continue }
             let step = "creating the pipe of fds \(ends.map(\.fd))"
-            try huskCall(step, MITOSIS_SYS_pipe2, [area.scratch + WorkArea.text, 0])
+            try huskCall(step, SyscallNumber.pipe2, [area.scratch + WorkArea.text, 0])
             var pair: (Int32, Int32) = (0, 0)
             let count = (try? withUnsafeMutableBytes(of: &pair) { buffer throws(Errno) in
                 try Kernel.readMemory(pid: pid, address: area.scratch + WorkArea.text, into: buffer)
@@ -33,10 +30,10 @@ extension Tracer {
             for (fd, end, isWrite) in [(pair.0, reader, false), (pair.1, writer, true)] {
                 let slot = next
                 next += 1
-                try huskCall(step, MITOSIS_SYS_dup3, [UInt64(fd), slot, 0])
+                try huskCall(step, SyscallNumber.dup3, [UInt64(fd), slot, 0])
                 try huskCall(step, SyscallNumber.close, [UInt64(fd)])
-                if end.flags & UInt32(O_NONBLOCK) != 0 {
-                    try huskCall("making fd \(end.fd) non-blocking", SyscallNumber.fcntl, [slot, UInt64(F_SETFL), UInt64(O_NONBLOCK)])
+                if end.flags & UInt32(Linux.O_NONBLOCK) != 0 {
+                    try huskCall("making fd \(end.fd) non-blocking", SyscallNumber.fcntl, [slot, UInt64(Linux.F_SETFL), UInt64(Linux.O_NONBLOCK)])
                 }
                 parked[PipeEnd(inode: pipe.inode, write: isWrite)] = slot
             }

@@ -1,5 +1,3 @@
-import CMitosis
-import Glibc
 import MitosisImage
 import MitosisKernel
 import MitosisModel
@@ -14,16 +12,16 @@ extension Tracer {
         let own = try huskMaps()
         let area = try Self.freeArea(avoiding: own.map { ($0.start, $0.end) } + plan.manifest.mappings.map { ($0.start, $0.end) })
         try huskCall("mapping the work area", SyscallNumber.mmap,
-                     [area.start, UInt64(area.length), UInt64(PROT_READ | PROT_WRITE), UInt64(MAP_PRIVATE | MAP_ANONYMOUS | 0x100000 /* MAP_FIXED_NOREPLACE */),
+                     [area.start, UInt64(area.length), UInt64(Linux.PROT_READ | Linux.PROT_WRITE), UInt64(Linux.MAP_PRIVATE | Linux.MAP_ANONYMOUS | 0x100000 /* MAP_FIXED_NOREPLACE */),
                       UInt64.max, 0])
         let gadget: [UInt8] = [0x0f, 0x05, 0xcc]  // syscall; int3
         try gadget.withUnsafeBytes { try huskWrite("writing the gadget", area.gadget, $0) }
-        try huskCall("protecting the gadget", MITOSIS_SYS_mprotect, [area.gadget, WorkArea.page, UInt64(PROT_READ | PROT_EXEC)])
+        try huskCall("protecting the gadget", SyscallNumber.mprotect, [area.gadget, WorkArea.page, UInt64(Linux.PROT_READ | Linux.PROT_EXEC)])
         useSyscallInstruction(area.gadget)
 
         // The husk inherited glibc's rseq registration: the kernel would write into unmapped memory.
         if let rseq = try? Ptrace.rseqConfiguration(pid), rseq.rseq_abi_pointer != 0 {
-            try huskCall("unregistering the husk's rseq", MITOSIS_SYS_rseq,
+            try huskCall("unregistering the husk's rseq", SyscallNumber.rseq,
                          [rseq.rseq_abi_pointer, UInt64(rseq.rseq_abi_size), 1 /* RSEQ_FLAG_UNREGISTER */, UInt64(rseq.signature)])
         }
         for mapping in own where mapping.kind != .vsyscall && !(mapping.start >= area.start && mapping.end <= area.end) {
@@ -32,7 +30,7 @@ extension Tracer {
         }
         let vdso = plan.record.vdso
         try huskCall("mapping the vDSO at 0x\(String(vdso.vvar.start, radix: 16))",
-                     MITOSIS_SYS_arch_prctl, [0x2003 /* ARCH_MAP_VDSO_64 */, vdso.vvar.start])
+                     SyscallNumber.arch_prctl, [0x2003 /* ARCH_MAP_VDSO_64 */, vdso.vvar.start])
         let placed = try huskMaps()
         guard placed.contains(where: { $0.path == "[vdso]" && $0.start == vdso.vdso.start && $0.length == vdso.vdso.length }),
               placed.contains(where: { $0.path == "[vvar]" && $0.start == vdso.vvar.start })

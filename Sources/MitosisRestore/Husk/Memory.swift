@@ -1,5 +1,3 @@
-import CMitosis
-import Glibc
 import MitosisImage
 import MitosisKernel
 import MitosisModel
@@ -17,40 +15,40 @@ extension Tracer {
         for mapping in plan.manifest.mappings where !RestorePlan.isKernelProvided(mapping) {
             let name = "0x\(String(mapping.start, radix: 16)) \(mapping.path ?? "[anonymous]")"
             let perms = Array(mapping.perms.utf8)
-            let protection = (perms[0] == UInt8(ascii: "r") ? PROT_READ : 0) | (perms[1] == UInt8(ascii: "w") ? PROT_WRITE : 0)
-                | (perms[2] == UInt8(ascii: "x") ? PROT_EXEC : 0)
+            let protection = (perms[0] == UInt8(ascii: "r") ? Linux.PROT_READ : 0) | (perms[1] == UInt8(ascii: "w") ? Linux.PROT_WRITE : 0)
+                | (perms[2] == UInt8(ascii: "x") ? Linux.PROT_EXEC : 0)
             let shared = perms[3] == UInt8(ascii: "s")
             let held = mapping.pages.filter { $0.state == .stored || $0.state == .inherited }
-            let mapProtection = held.isEmpty ? protection : protection | PROT_WRITE
+            let mapProtection = held.isEmpty ? protection : protection | Linux.PROT_WRITE
             let flags = vmFlags[mapping.start] ?? []
-            var mapFlags = (shared ? MAP_SHARED : MAP_PRIVATE) | 0x100000 /* MAP_FIXED_NOREPLACE */
-            if flags.contains("gd") || mapping.kind == MemoryMapping.Kind.stack.rawValue { mapFlags |= MAP_GROWSDOWN }
+            var mapFlags = (shared ? Linux.MAP_SHARED : Linux.MAP_PRIVATE) | 0x100000 /* MAP_FIXED_NOREPLACE */
+            if flags.contains("gd") || mapping.kind == MemoryMapping.Kind.stack.rawValue { mapFlags |= Linux.MAP_GROWSDOWN }
             let length = mapping.end - mapping.start
             var address: UInt64
             if mapping.kind == MemoryMapping.Kind.file.rawValue, let path = mapping.path {
-                let open = (shared && protection & PROT_WRITE != 0 ? O_RDWR : O_RDONLY) | O_CLOEXEC
-                let fd = try huskCall("opening \(path)", MITOSIS_SYS_openat, [UInt64(bitPattern: -100), try huskText(path, area: area), UInt64(open), 0])
+                let open = (shared && protection & Linux.PROT_WRITE != 0 ? Linux.O_RDWR : Linux.O_RDONLY) | Linux.O_CLOEXEC
+                let fd = try huskCall("opening \(path)", SyscallNumber.openat, [UInt64(bitPattern: -100), try huskText(path, area: area), UInt64(open), 0])
                 let mapped = Result { try huskCall("mapping \(name)", SyscallNumber.mmap, [mapping.start, length, UInt64(mapProtection), UInt64(mapFlags), fd, mapping.offset]) }
                 try huskCall("closing \(path)", SyscallNumber.close, [fd])
                 address = try mapped.get()
             } else {
                 address = try huskCall("mapping \(name)", SyscallNumber.mmap,
-                                       [mapping.start, length, UInt64(mapProtection), UInt64(mapFlags | MAP_ANONYMOUS), UInt64.max, 0])
+                                       [mapping.start, length, UInt64(mapProtection), UInt64(mapFlags | Linux.MAP_ANONYMOUS), UInt64.max, 0])
             }
             guard address == mapping.start else {
                 throw StepFailure(step: "mapping \(name)", detail: "the kernel placed it at 0x\(String(address, radix: 16))")
             }
             for range in held { try fill(range, chain: chain, name: name, cache: &cache) }
             if mapProtection != protection {
-                try huskCall("protecting \(name)", MITOSIS_SYS_mprotect, [mapping.start, length, UInt64(protection)])
+                try huskCall("protecting \(name)", SyscallNumber.mprotect, [mapping.start, length, UInt64(protection)])
             }
             // madvise advice kept in VmFlags: don't fork, wipe on fork, don't dump, huge pages or not.
             for (flag, advice) in [("dc", 10), ("wf", 18), ("dd", 16), ("hg", 14), ("nh", 15)] where flags.contains(flag) {
-                try huskCall("advising \(name) (\(flag))", MITOSIS_SYS_madvise, [mapping.start, length, UInt64(advice)])
+                try huskCall("advising \(name) (\(flag))", SyscallNumber.madvise, [mapping.start, length, UInt64(advice)])
             }
             if let path = mapping.path, path.hasPrefix("[anon:"), path.hasSuffix("]") {
                 let label = String(path.dropFirst(6).dropLast())
-                try huskCall("naming \(name)", MITOSIS_SYS_prctl,
+                try huskCall("naming \(name)", SyscallNumber.prctl,
                              [0x5356_4d41 /* PR_SET_VMA */, 0 /* PR_SET_VMA_ANON_NAME */, mapping.start, length, try huskText(label, area: area)])
             }
         }

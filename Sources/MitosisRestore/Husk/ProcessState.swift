@@ -1,5 +1,3 @@
-import CMitosis
-import Glibc
 import MitosisImage
 import MitosisKernel
 import MitosisModel
@@ -14,32 +12,32 @@ extension Tracer {
         let record = plan.record
         if let identity = plan.manifest.process?.identity {
             if let cwd = identity.cwd {
-                try huskCall("changing directory to \(cwd)", MITOSIS_SYS_chdir, [try huskText(cwd, area: area)])
+                try huskCall("changing directory to \(cwd)", SyscallNumber.chdir, [try huskText(cwd, area: area)])
             }
             if let text = identity.umask, let mask = UInt64(text, radix: 8) {
-                try huskCall("setting the umask", MITOSIS_SYS_umask, [mask])
+                try huskCall("setting the umask", SyscallNumber.umask, [mask])
             }
         }
         let actions = record.signalActions.flatMap { [$0.handler, $0.flags, $0.restorer, $0.mask] }
         try actions.withUnsafeBytes { try huskWrite("passing signal actions", area.scratch + WorkArea.sigactions, $0) }
-        for signal in 1...min(64, record.signalActions.count) where signal != SIGKILL && signal != SIGSTOP {
-            try huskCall("setting the action of signal \(signal)", MITOSIS_SYS_rt_sigaction,
+        for signal in 1...min(64, record.signalActions.count) where signal != Linux.SIGKILL && signal != Linux.SIGSTOP {
+            try huskCall("setting the action of signal \(signal)", SyscallNumber.rt_sigaction,
                          [UInt64(signal), area.scratch + WorkArea.sigactions + UInt64(signal - 1) * 32, 0, 8])
         }
 
-        let exe = try huskCall("opening the executable \(record.executable)", MITOSIS_SYS_openat,
-                               [UInt64(bitPattern: -100), try huskText(record.executable, area: area), UInt64(O_RDONLY | O_CLOEXEC), 0])
+        let exe = try huskCall("opening the executable \(record.executable)", SyscallNumber.openat,
+                               [UInt64(bitPattern: -100), try huskText(record.executable, area: area), UInt64(Linux.O_RDONLY | Linux.O_CLOEXEC), 0])
         try record.auxv.withUnsafeBytes { try huskWrite("passing the auxiliary vector", area.scratch + WorkArea.auxv, $0) }
         let b = record.bounds
-        let map = mitosis_prctl_mm_map(
-            start_code: b.startCode, end_code: b.endCode, start_data: b.startData, end_data: b.endData,
-            start_brk: b.startBrk, brk: b.brk, start_stack: b.startStack, arg_start: b.argStart, arg_end: b.argEnd,
-            env_start: b.envStart, env_end: b.envEnd, auxv: area.scratch + WorkArea.auxv,
-            auxv_size: UInt32(record.auxv.count * 8), exe_fd: UInt32(exe))
-        try huskWrite("passing the mm bounds", area.scratch + WorkArea.mmMap, value: map)
+        let map = MmMap(
+            startCode: b.startCode, endCode: b.endCode, startData: b.startData, endData: b.endData,
+            startBrk: b.startBrk, brk: b.brk, startStack: b.startStack, argStart: b.argStart, argEnd: b.argEnd,
+            envStart: b.envStart, envEnd: b.envEnd, auxv: area.scratch + WorkArea.auxv,
+            auxvSize: UInt32(record.auxv.count * 8), exeFd: UInt32(exe))
+        try map.bytes.withUnsafeBytes { try huskWrite("passing the mm bounds", area.scratch + WorkArea.mmMap, $0) }
         let set = Result {
-            try huskCall("setting the mm bounds, auxv and executable (PR_SET_MM_MAP)", MITOSIS_SYS_prctl,
-                         [35 /* PR_SET_MM */, 14 /* PR_SET_MM_MAP */, area.scratch + WorkArea.mmMap, UInt64(MemoryLayout<mitosis_prctl_mm_map>.size), 0])
+            try huskCall("setting the mm bounds, auxv and executable (PR_SET_MM_MAP)", SyscallNumber.prctl,
+                         [35 /* PR_SET_MM */, 14 /* PR_SET_MM_MAP */, area.scratch + WorkArea.mmMap, UInt64(MmMap.size), 0])
         }
         try huskCall("closing the executable", SyscallNumber.close, [exe])
         _ = try set.get()

@@ -1,5 +1,3 @@
-import CMitosis
-import Glibc
 import SystemPackage
 import MitosisKernel
 import MitosisModel
@@ -28,13 +26,13 @@ extension Tracer {
         precondition(arguments.count <= 6, "a system call takes at most six arguments")
         let thread = try lendingThread(tid)
         let site = try injectionSite(for: thread)
-        let saved: user_regs_struct
-        do { saved = try Ptrace.getRegisters(thread.tid) } catch {
+        let saved: GeneralRegisters
+        do { saved = try Ptrace.generalRegisters(thread.tid) } catch {
             throw threadError(error, thread, "reading registers of")
         }
         var registers = saved
         let values = arguments + Array(repeating: 0, count: 6 - arguments.count)
-        registers.orig_rax = UInt64.max  // -1: not inside a system call, so nothing is restarted
+        registers.origRax = UInt64.max  // -1: not inside a system call, so nothing is restarted
         registers.rax = UInt64(bitPattern: Int64(number))
         registers.rdi = values[0]
         registers.rsi = values[1]
@@ -49,12 +47,10 @@ extension Tracer {
             registers.rsp = frame!.address + 8
         }
         defer { frame?.restore(pid: thread.pid) }
-        let result: Int64
-        do {
-            mitosis_fatal_signals_hold()
-            defer { mitosis_fatal_signals_release() }
+        let result = try Kernel.withFatalSignalsHeld { () throws(MitosisError) -> Int64 in
+            let result: Int64
             do throws(MitosisError) {
-                do { try Ptrace.setRegisters(thread.tid, registers) } catch {
+                do throws(Errno) { try Ptrace.setRegisters(thread.tid, registers) } catch {
                     throw threadError(error, thread, "setting registers of")
                 }
                 InjectionPauseHook.reached(.registersBorrowed, tid: thread.tid)
@@ -63,9 +59,10 @@ extension Tracer {
                 try? Ptrace.setRegisters(thread.tid, saved)
                 throw error
             }
-            do { try Ptrace.setRegisters(thread.tid, saved) } catch {
+            do throws(Errno) { try Ptrace.setRegisters(thread.tid, saved) } catch {
                 throw threadError(error, thread, "restoring registers of")
             }
+            return result
         }
         InjectionPauseHook.reached(.registersRestored, tid: thread.tid)
         return result
@@ -80,8 +77,8 @@ extension Tracer {
     }
 
     /// Maps memory in the target and returns its address. The corresponding system call is `mmap`.
-    public func injectMmap(length: Int, protection: Int32 = PROT_READ | PROT_WRITE,
-                           flags: Int32 = MAP_PRIVATE | MAP_ANONYMOUS, fd: Int32 = -1, offset: Int = 0,
+    public func injectMmap(length: Int, protection: Int32 = SyscallFlags.readWriteProtection,
+                           flags: Int32 = SyscallFlags.privateAnonymousMapping, fd: Int32 = -1, offset: Int = 0,
                            address: UInt64 = 0, in tid: Int32? = nil) throws -> UInt64 {
         try performSyscall(SyscallNumber.mmap, [address, UInt64(length), UInt64(protection), UInt64(flags),
                                                UInt64(bitPattern: Int64(fd)), UInt64(offset)], in: tid)
@@ -100,7 +97,7 @@ extension Tracer {
         let targetFD = try performSyscall(number, arguments, in: thread.tid)
         let local: FileDescriptor
         do {
-            let pidfd = try Kernel.pidfdOpen(thread.pid)
+            let pidfd = try Kernel.pidfdOpen(descriptorsOf: thread.pid)
             defer { try? pidfd.close() }
             local = try Kernel.pidfdGetfd(pidfd, Int32(truncatingIfNeeded: targetFD))
         } catch {
@@ -121,7 +118,7 @@ extension Tracer {
     /// `userfaultfd(2)`: `O_CLOEXEC`, `O_NONBLOCK`, `UFFD_USER_MODE_ONLY` (needed for a target
     /// without CAP_SYS_PTRACE when `vm.unprivileged_userfaultfd` is 0).
     /// The corresponding system call is `userfaultfd`.
-    public func createTargetUserfaultfd(flags: Int32 = O_CLOEXEC | O_NONBLOCK, in tid: Int32? = nil) throws -> FileDescriptor {
+    public func createTargetUserfaultfd(flags: Int32 = SyscallFlags.closeOnExecNonBlocking, in tid: Int32? = nil) throws -> FileDescriptor {
         try openInTarget(SyscallNumber.userfaultfd, [UInt64(UInt32(bitPattern: flags))], in: tid)
     }
 
@@ -160,8 +157,8 @@ extension Tracer {
                     return Int64(bitPattern: rax)
                 case .signalStop:
                     deferredSignals[tid, default: []].append(try Ptrace.signalInfo(tid))
-                case .eventStop(event: MITOSIS_PTRACE_EVENT_STOP, let signal):
-                    if signal != SIGTRAP, let index = threads.firstIndex(where: { $0.tid == tid }) {
+                case .eventStop(event: Ptrace.stopEvent, let signal):
+                    if signal != Linux.SIGTRAP, let index = threads.firstIndex(where: { $0.tid == tid }) {
                         threads[index].groupStopSignal = signal
                     }
                 case .eventStop:
@@ -178,37 +175,19 @@ extension Tracer {
 
     /// The original registers as an rt_sigreturn frame on `thread`'s stack, below its red zone
     /// where a signal frame would go, with the bytes it covers kept to be put back.
-    private func writeHealingFrame(_ thread: SeizedThread, _ saved: user_regs_struct) throws(MitosisError) -> HealingFrame {
+    private func writeHealingFrame(_ thread: SeizedThread, _ saved: GeneralRegisters) throws(MitosisError) -> HealingFrame {
         do {
-            let mask = try Ptrace.signalMask(thread.tid)
-            var state = [UInt8](repeating: 0, count: 16384)
-            var isXsave: Int32 = 1
-            var stateLength = (try? state.withUnsafeMutableBytes { buffer in
-                try Ptrace.getRegisterSet(thread.tid, kind: MITOSIS_NT_X86_XSTATE, into: buffer)
-            }) ?? 0
-            if stateLength < 512 {  // no XSAVE: the legacy 512-byte FXSAVE area
-                isXsave = 0
-                stateLength = try state.withUnsafeMutableBytes { buffer in
-                    try Ptrace.getRegisterSet(thread.tid, kind: MITOSIS_NT_PRFPREG, into: buffer)
-                }
-            }
             var resumed = saved
             Self.foldRestart(&resumed)
-            var bytes = [UInt8](repeating: 0, count: stateLength + 1024)
-            var address: UInt64 = 0
-            let length = withUnsafePointer(to: resumed) { registers in
-                mitosis_sigreturn_frame(&bytes, bytes.count, saved.rsp &- 128, registers, mask,
-                                        state, stateLength, isXsave, &address)
-            }
-            guard length > 0 else { throw Errno.noMemory }
-            var original = [UInt8](repeating: 0, count: length)
+            let (address, bytes) = try Ptrace.sigreturnFrame(thread.tid, resuming: resumed, below: saved.rsp &- 128)
+            var original = [UInt8](repeating: 0, count: bytes.count)
             let read = try original.withUnsafeMutableBytes { buffer in
                 try Kernel.readMemory(pid: thread.pid, address: address, into: buffer)
             }
             let written = try bytes.withUnsafeBytes { buffer in
-                try Kernel.writeMemory(pid: thread.pid, address: address, from: UnsafeRawBufferPointer(rebasing: buffer[..<length]))
+                try Kernel.writeMemory(pid: thread.pid, address: address, from: buffer)
             }
-            guard read == length, written == length else { throw Errno.badAddress }
+            guard read == bytes.count, written == bytes.count else { throw Errno.badAddress }
             InjectionPauseHook.reached(.frameWritten, tid: thread.tid)
             return HealingFrame(address: address, original: original)
         } catch {
@@ -221,16 +200,16 @@ extension Tracer {
     /// restart is made to run again from its `syscall` instruction with its own arguments (a
     /// timed wait that the kernel would continue through its restart block waits again, for its
     /// full time or, with a `rem` argument, the time that was left: a timeout is a lower bound).
-    static func foldRestart(_ registers: inout user_regs_struct) {
-        guard Int64(bitPattern: registers.orig_rax) >= 0 else { return }
+    static func foldRestart(_ registers: inout GeneralRegisters) {
+        guard Int64(bitPattern: registers.origRax) >= 0 else { return }
         switch Int64(bitPattern: registers.rax) {
         case -512, -513, -514, -516:  // ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK
-            registers.rax = registers.orig_rax
+            registers.rax = registers.origRax
             registers.rip &-= 2
         default:
             break
         }
-        registers.orig_rax = UInt64.max
+        registers.origRax = UInt64.max
     }
 
     /// Where `thread`'s process runs injected calls: the self-healing stub, placed once per
@@ -241,7 +220,7 @@ extension Tracer {
         var site: InjectionSite?
         if let slot = Self.vdsoStubSlot(of: thread.pid), let memory = try? ProcessMemoryFile(pid: thread.pid, writable: true) {
             defer { memory.close() }
-            let stub = withUnsafeBytes(of: MITOSIS_SELF_HEALING_STUB) { Array($0) }
+            let stub = Ptrace.selfHealingStub
             var check = [UInt8](repeating: 0, count: stub.count)
             if (try? memory.write(at: slot, stub)) != nil,
                (try? check.withUnsafeMutableBytes { buffer throws(Errno) in try memory.read(at: slot, into: buffer) }) == stub.count,
@@ -253,7 +232,7 @@ extension Tracer {
         if site == nil, let address = Self.vdsoSyscallInstruction(of: thread.pid) {
             site = InjectionSite(address: address, selfHealing: false, stubLength: 0)
         }
-        if site == nil, let registers = try? Ptrace.getRegisters(thread.tid), registers.rip >= 2,
+        if site == nil, let registers = try? Ptrace.generalRegisters(thread.tid), registers.rip >= 2,
            let word = try? Ptrace.peek(thread.tid, address: registers.rip - 2), word & 0xffff == 0x050f {
             site = InjectionSite(address: registers.rip - 2, selfHealing: false, stubLength: 0)
         }
@@ -313,7 +292,7 @@ extension Tracer {
 
     /// The address range of the `[vdso]` mapping in `/proc/PID/maps`.
     private static func vdsoRange(of pid: Int32) -> (UInt64, UInt64)? {
-        guard let maps = try? Kernel.readFile("/proc/\(pid)/maps") else { return nil }
+        guard let maps = try? Kernel.readFile("/proc/\(Kernel.procEntry(pid))/maps") else { return nil }
         for line in String(decoding: maps, as: UTF8.self).split(separator: "\n") where line.hasSuffix("[vdso]") {
             let range = line.prefix { $0 != " " }.split(separator: "-")
             if range.count == 2, let start = UInt64(range[0], radix: 16), let end = UInt64(range[1], radix: 16), start < end {
@@ -331,9 +310,9 @@ extension Tracer {
     }
 
     private func threadError(_ error: Errno, _ thread: SeizedThread, _ what: String) -> MitosisError {
-        if error == .noSuchProcess {
+        if error == .noSuchProcess {  // only SIGKILL ends a frozen thread, and with it the process
             forget(thread.tid)
-            return .noSuchProcess(thread.tid)
+            return .targetExited(thread.pid)
         }
         return .system(operation: "\(what) thread \(thread.tid)", errno: error)
     }

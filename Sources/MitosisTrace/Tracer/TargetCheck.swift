@@ -16,12 +16,12 @@ public enum TargetCheck {
         _ = try TargetProcess(pid: pid, forTracing: forTracing)
     }
 
-    /// Throws `.notDumpable` unless the kernel lets `pid` be dumped (`PR_GET_DUMPABLE` is 1).
+    /// Throws `.notDumpable` unless the kernel lets `target` be dumped (`PR_GET_DUMPABLE` is 1).
     /// A non-dumpable process's /proc/PID files (not the directory) belong to root instead of
     /// its effective user; for a process running as root, where that shows nothing, the process
     /// is briefly frozen and asked (an injected `prctl(PR_GET_DUMPABLE)`).
-    public static func requireDumpable(_ pid: Int32) async throws {
-        let target = try TargetProcess(pid: pid)
+    public static func requireDumpable(_ target: TargetProcess) async throws {
+        let pid = target.pid
         guard let user = ProcStatus(parsing: try target.text("status")).credentials("Uid")?.effective else {
             throw MitosisError.noSuchProcess(pid)
         }

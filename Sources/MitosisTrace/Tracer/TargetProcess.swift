@@ -36,12 +36,17 @@ public struct TargetProcess: Sendable {
         if stat.state == "Z" || stat.state == "X" { throw .zombie(pid) }
     }
 
-    /// Throws unless the process this value was opened for still runs: `.noSuchProcess` once it
+    /// Throws unless the process this value was opened for still runs: `.targetExited` once it
     /// has exited, `.pidReused` when its pid now names another process.
     public func requireAlive() throws(MitosisError) {
         guard process.hasExited else { return }
-        if (try? Kernel.status("/proc/\(pid)")) != nil { throw .pidReused(pid) }
-        throw .noSuchProcess(pid)
+        throw exited
+    }
+
+    /// How the exit of the process is reported: `.pidReused` when its pid already names
+    /// another process, else `.targetExited`.
+    private var exited: MitosisError {
+        (try? Kernel.status("/proc/\(pid)")) != nil ? .pidReused(pid) : .targetExited(pid)
     }
 
     /// The text of `/proc/PID/<name>`.
@@ -71,17 +76,15 @@ public struct TargetProcess: Sendable {
 
     /// Translates an errno from reading `/proc/PID/<name>` into the error a user can act on.
     package func failure(_ error: Errno, reading name: String) -> MitosisError {
-        if error == .noSuchFileOrDirectory || error == .noSuchProcess, process.hasExited,
-           (try? Kernel.status("/proc/\(pid)")) != nil {
-            return .pidReused(pid)
-        }
+        if error == .noSuchFileOrDirectory || error == .noSuchProcess, process.hasExited { return exited }
         return Self.failure(error, pid: pid, reading: "/proc/\(pid)/\(name)")
     }
 
-    /// Translates an errno from reading `path`, a file about `pid`, into the error a user can act on.
+    /// Translates an errno from reading `path`, a file about `pid` (a process found earlier), into
+    /// the error a user can act on.
     package static func failure(_ error: Errno, pid: Int32, reading path: String) -> MitosisError {
         switch error {
-        case .noSuchFileOrDirectory, .noSuchProcess: return .noSuchProcess(pid)
+        case .noSuchFileOrDirectory, .noSuchProcess: return .targetExited(pid)
         case .permissionDenied, .notPermitted: return .permissionDenied(pid, operation: "read \(path) of")
         default: return .system(operation: "reading \(path)", errno: error)
         }

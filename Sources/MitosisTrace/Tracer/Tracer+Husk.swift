@@ -1,5 +1,3 @@
-import CMitosis
-import Glibc
 import SystemPackage
 import MitosisKernel
 import MitosisModel
@@ -18,24 +16,45 @@ extension Tracer {
         return tracer
     }
 
+    /// Creates the husk with `pid` inside a new pid namespace (as `spawnHusk`, but the pid can be
+    /// taken here): the tracer's `pid` is the husk's pid as this process sees it. Also returns
+    /// the namespace's init and its control pipe (`Kernel.spawnHuskInNewPidNamespace`).
+    package static func spawnHuskInNewPidNamespace(pid: Int32) async throws -> (tracer: Tracer, initPid: Int32, control: FileDescriptor) {
+        let executor = DedicatedThreadExecutor(name: "mitosis-husk-\(pid)")
+        // The namespace's init must be created by the thread that will trace the husk.
+        let spawned = try await OnThread(executor).run { () throws(Errno) in try Kernel.spawnHuskInNewPidNamespace(pid: pid) }
+        let tracer = Tracer(pid: spawned.husk, stopTimeout: .seconds(5), executor: executor)
+        do {
+            try await tracer.seizeHusk(spawned.husk)
+        } catch {
+            try? spawned.control.close()
+            Kernel.reap(spawned.initPid)
+            throw error
+        }
+        return (tracer, spawned.initPid, spawned.control)
+    }
+
     private func startHusk() throws {
-        let husk = try Kernel.spawnHusk(pid: pid)
+        try seizeHusk(try Kernel.spawnHusk(pid: pid))
+    }
+
+    private func seizeHusk(_ husk: Int32) throws {
         do throws(Errno) {
-            try Ptrace.seize(husk, options: Int(MITOSIS_PTRACE_O_EXITKILL | MITOSIS_PTRACE_O_TRACECLONE | MITOSIS_PTRACE_O_TRACESYSGOOD))
+            try Ptrace.seize(husk, options: Ptrace.killOnExitOption | Ptrace.traceCloneOption | Ptrace.traceSystemCallsOption)
             // The husk may still be setting itself up: let it run until it waits in pause().
             for _ in 0..<1000 {
                 try Ptrace.interrupt(husk)
                 guard case .eventStop = try Ptrace.wait(husk) else { throw Errno.noSuchProcess }
-                if try Ptrace.getRegisters(husk).orig_rax == UInt64(SYS_pause) {
+                if try Ptrace.generalRegisters(husk).origRax == UInt64(SyscallNumber.pause) {
                     threads = [SeizedThread(pid: husk, tid: husk, groupStopSignal: nil)]
                     return
                 }
                 try Ptrace.resume(husk)
-                usleep(1000)
+                Kernel.sleepThread(microseconds: 1000)
             }
             throw Errno.timedOut
         } catch {
-            _ = try? Kernel.sendSignal(pid: husk, SIGKILL)
+            _ = try? Kernel.sendSignal(pid: husk, Linux.SIGKILL)
             Kernel.reap(husk)
             throw MitosisError.system(operation: "seizing the husk \(husk)", errno: error)
         }
@@ -67,11 +86,22 @@ extension Tracer {
 
     /// Kills the husk and reaps it, for a restore that failed: no half-built process survives.
     package func killHusk() {
-        _ = try? Kernel.sendSignal(pid: pid, SIGKILL)
+        _ = try? Kernel.sendSignal(pid: pid, Linux.SIGKILL)
         // Traced threads stay zombies until their tracer reaps them; the leader goes last.
         for thread in threads where thread.tid != pid { Kernel.reap(thread.tid) }
         Kernel.reap(pid)
         threads.removeAll()
         thaw()
     }
+}
+
+/// Runs work on a given dedicated thread (for what must happen on a tracer's thread before the
+/// tracer exists).
+private actor OnThread {
+    let executor: DedicatedThreadExecutor
+    nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
+
+    init(_ executor: DedicatedThreadExecutor) { self.executor = executor }
+
+    func run<T: Sendable>(_ body: @Sendable () throws(Errno) -> T) throws(Errno) -> T { try body() }
 }

@@ -1,5 +1,3 @@
-import CMitosis
-import Glibc
 import Logging
 import SystemPackage
 import MitosisKernel
@@ -38,7 +36,7 @@ public actor Tracer {
 
     /// Signals that a thread dequeued while Mitosis ran code in it (see `Injection/`): held back
     /// so that no handler runs on borrowed registers, and delivered at thaw, in order.
-    package var deferredSignals: [Int32: [siginfo_t]] = [:]
+    package var deferredSignals: [Int32: [SignalInfo]] = [:]
     /// Threads whose current stop is a signal-delivery-stop: detaching them can deliver a signal
     /// with its original siginfo.
     package var inSignalDeliveryStop: Set<Int32> = []
@@ -53,10 +51,10 @@ public actor Tracer {
 
     public nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
 
-    init(pid: Int32, stopTimeout: Duration) {
+    init(pid: Int32, stopTimeout: Duration, executor: DedicatedThreadExecutor? = nil) {
         self.pid = pid
         self.stopTimeout = stopTimeout
-        self.executor = DedicatedThreadExecutor(name: "mitosis-tracer-\(pid)")
+        self.executor = executor ?? DedicatedThreadExecutor(name: "mitosis-tracer-\(pid)")
     }
 
     /// Seizes and stops every thread of `pid` (and, with `includeDescendants`, of every process
@@ -90,7 +88,7 @@ public actor Tracer {
             // their siginfo when the kernel allows it (sigqueue), else as a plain tgkill.
             if inSignalDeliveryStop.contains(thread.tid), let first = pending.first,
                (try? Ptrace.setSignalInfo(thread.tid, first)) != nil {
-                signal = first.si_signo
+                signal = first.number
                 pending.removeFirst()
             }
             do {
@@ -100,7 +98,7 @@ public actor Tracer {
                 logger.debug("detach \(thread.tid): \(error)")
             }
             for info in pending where (try? Kernel.threadQueueSignal(pid: thread.pid, tid: thread.tid, info: info)) == nil {
-                try? Kernel.threadKill(pid: thread.pid, tid: thread.tid, signal: info.si_signo)
+                try? Kernel.threadKill(pid: thread.pid, tid: thread.tid, signal: info.number)
             }
         }
         threads.removeAll()
@@ -142,7 +140,7 @@ public actor Tracer {
                 do {
                     tids = try Kernel.listDirectory("/proc/\(process)/task").compactMap { Int32($0) }.sorted()
                 } catch {
-                    if process == pid { throw .noSuchProcess(pid) }
+                    if process == pid { throw .targetExited(pid) }
                     continue  // a descendant exited before we reached it
                 }
                 // Interrupt every new thread first, then collect the stops: the threads stop
@@ -150,6 +148,12 @@ public actor Tracer {
                 var interrupted: [Int32] = []
                 var failure: MitosisError?
                 for tid in tids where !seized.contains(tid) {
+                    // A main thread that exited while others run stays a zombie until the last
+                    // one exits: it cannot be seized (EPERM) and has nothing to stop. Skip it.
+                    if tid == process, Self.hasExited(tid, of: process) {
+                        seized.insert(tid)
+                        continue
+                    }
                     found = true
                     seized.insert(tid)
                     do {
@@ -173,21 +177,21 @@ public actor Tracer {
             }
             if !found { break }
         }
-        guard threads.contains(where: { $0.pid == pid }) else { throw .noSuchProcess(pid) }
+        guard threads.contains(where: { $0.pid == pid }) else { throw .targetExited(pid) }
         threads.sort { ($0.pid, $0.tid) < ($1.pid, $1.tid) }
     }
 
     /// Seizes one thread and asks it to stop. Returns false if it exited first.
     private func seizeAndInterrupt(pid process: Int32, tid: Int32) throws(MitosisError) -> Bool {
         do {
-            try Ptrace.seize(tid, options: Int(MITOSIS_PTRACE_O_TRACESYSGOOD))
+            try Ptrace.seize(tid, options: Ptrace.traceSystemCallsOption)
             try Ptrace.interrupt(tid)
             return true
         } catch .noSuchProcess {
             return false
         } catch .notPermitted, .permissionDenied {
-            // EPERM has three causes: the thread is already exiting (a zombie thread-group leader
-            // whose other threads still run), another tracer holds it, or we lack the privilege.
+            // EPERM has three causes: the thread is already exiting, another tracer holds it, or
+            // we lack the privilege.
             let status = (try? Kernel.readFile("/proc/\(process)/task/\(tid)/status"))
                 .map { ProcStatus(parsing: String(decoding: $0, as: UTF8.self)) }
             guard let status, let state = status["State"]?.first else { return false }
@@ -211,8 +215,8 @@ public actor Tracer {
                     throw MitosisError.stopTimedOut(process, tid: tid, after: stopTimeout)
                 }
                 switch event {
-                case .eventStop(event: MITOSIS_PTRACE_EVENT_STOP, let signal):
-                    if signal != SIGTRAP { thread.groupStopSignal = signal }
+                case .eventStop(event: Ptrace.stopEvent, let signal):
+                    if signal != Linux.SIGTRAP { thread.groupStopSignal = signal }
                     return thread
                 case .eventStop, .syscallStop:
                     return thread
@@ -254,9 +258,16 @@ public actor Tracer {
                     stoppedUnseenSince = nil
                 }
             }
-            usleep(pause)
+            Kernel.sleepThread(microseconds: pause)
             pause = min(pause * 2, 1000)
         }
+    }
+
+    /// Whether thread `tid` of `process` has exited (state Z or X: a zombie, or being reaped).
+    private static func hasExited(_ tid: Int32, of process: Int32) -> Bool {
+        guard let text = try? Kernel.readFile("/proc/\(process)/task/\(tid)/stat"),
+              let state = ProcStat(parsing: String(decoding: text, as: UTF8.self))?.state else { return true }
+        return state == "Z" || state == "X"
     }
 
     /// Whether `/proc` shows `tid` in a ptrace-stop (state `t`).

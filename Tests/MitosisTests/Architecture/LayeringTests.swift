@@ -16,43 +16,6 @@ struct LayeringTests {
         "CMitosisStacks": ["MitosisStacks"],
     ]
 
-    static let restoreShims = "syscall numbers, struct clone_args and prctl_mm_map, NT_X86_XSTATE; to move into MitosisKernel"
-    static let restoreLibc = "PROT_/MAP_/O_ flags, user_regs_struct, signal numbers; to move into MitosisKernel"
-
-    /// Files above the kernel layer that still use C types directly, each with why. The test fails
-    /// as soon as one no longer needs its exception, so this list can only shrink.
-    static let notYetMoved: [String: String] = [
-        "Sources/MitosisTrace/Tracer/Tracer.swift: import CMitosis":
-            "keeps siginfo_t of held signals and the ptrace event constants; to move behind Ptrace",
-        "Sources/MitosisTrace/Tracer/Tracer.swift: import Glibc": "signal numbers and siginfo_t",
-        "Sources/MitosisTrace/Injection/SyscallInjection.swift: import CMitosis":
-            "builds the self-healing rt_sigreturn frame over user_regs_struct; to move into MitosisKernel",
-        "Sources/MitosisTrace/Injection/SyscallInjection.swift: import Glibc": "user_regs_struct, signal numbers",
-        // Restore (written before this test existed): to move behind typed Kernel wrappers.
-        "Sources/MitosisRestore/Husk/AddressSpace.swift: import CMitosis": restoreShims,
-        "Sources/MitosisRestore/Husk/AddressSpace.swift: import Glibc": restoreLibc,
-        "Sources/MitosisRestore/Husk/Memory.swift: import CMitosis": restoreShims,
-        "Sources/MitosisRestore/Husk/Memory.swift: import Glibc": restoreLibc,
-        "Sources/MitosisRestore/Husk/ProcessState.swift: import CMitosis": restoreShims,
-        "Sources/MitosisRestore/Husk/ProcessState.swift: import Glibc": restoreLibc,
-        "Sources/MitosisRestore/Husk/Resume.swift: import CMitosis": restoreShims,
-        "Sources/MitosisRestore/Husk/Resume.swift: import Glibc": restoreLibc,
-        "Sources/MitosisRestore/Husk/Threads.swift: import CMitosis": restoreShims,
-        "Sources/MitosisRestore/Husk/Threads.swift: import Glibc": restoreLibc,
-        "Sources/MitosisRestore/Descriptors/Descriptors.swift: import CMitosis": restoreShims,
-        "Sources/MitosisRestore/Descriptors/Descriptors.swift: import Glibc": restoreLibc,
-        "Sources/MitosisRestore/Descriptors/Eventfd.swift: import CMitosis": restoreShims,
-        "Sources/MitosisRestore/Descriptors/Eventfd.swift: import Glibc": restoreLibc,
-        "Sources/MitosisRestore/Descriptors/Files.swift: import CMitosis": restoreShims,
-        "Sources/MitosisRestore/Descriptors/Files.swift: import Glibc": restoreLibc,
-        "Sources/MitosisRestore/Descriptors/Pipes.swift: import CMitosis": restoreShims,
-        "Sources/MitosisRestore/Descriptors/Pipes.swift: import Glibc": restoreLibc,
-        "Sources/MitosisCheckpoint/Session/RestoreCapture.swift: import CMitosis": "syscall numbers of the injected queries",
-        "Sources/MitosisCheckpoint/Session/RestoreCapture.swift: import Glibc": "SIGCHLD",
-        "Sources/MitosisTrace/Tracer/Tracer+Husk.swift: import CMitosis": "ptrace option constants; to move behind Ptrace",
-        "Sources/MitosisTrace/Tracer/Tracer+Husk.swift: import Glibc": "SYS_pause, SIGKILL, usleep",
-    ]
-
     @Test("no target above the kernel layer imports libc or the C shims")
     func kernelIsTouchedInOneLayer() throws {
         var offenders: [String] = []
@@ -70,10 +33,7 @@ struct LayeringTests {
                 }
             }
         }
-        let unexpected = offenders.filter { Self.notYetMoved[$0] == nil }
-        #expect(unexpected == [], "libc and the C shims belong to MitosisKernel:\n\(unexpected.joined(separator: "\n"))")
-        let obsolete = Set(Self.notYetMoved.keys).subtracting(offenders).sorted()
-        #expect(obsolete == [], "no longer needed, remove from notYetMoved: \(obsolete)")
+        #expect(offenders == [], "libc and the C shims belong to MitosisKernel:\n\(offenders.joined(separator: "\n"))")
     }
 
     @Test("a client that only inspects links without libunwind or libelf")

@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 import Testing
 @testable import MitosisInspect
@@ -113,6 +114,68 @@ struct GraphBuilderTests {
         let closure = graph.closure(of: p)
         #expect(closure.external.filter { $0.kind == .socket }.map(\.id) == ["socket:\(inode)"])
         #expect(closure.processes == [p, c].sorted())
+    }
+
+    @Test("a FIFO end, a connected UDP peer and a SysV attachment held outside the tree, and a packet socket, are external",
+          .enabled(if: geteuid() == 0, "a packet socket needs CAP_NET_RAW: run the suite as root"))
+    func tiesOutside() async throws {
+        let directory = NSTemporaryDirectory() + "mitosis-fifo-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: false)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let fifo = directory + "/fifo"
+        #expect(mkfifo(fifo, 0o600) == 0)
+        let target = try ScenarioProcess("ties", [fifo])
+        defer { target.stop() }
+        let p = target.pid
+        func socket(_ fd: Int) throws -> String { "socket:\(try target.intFact("inode\(fd)"))" }
+        let (udpA, udpB, udpC, packet) = (try socket(4), try socket(5), try socket(6), try socket(7))
+        let (own, shared) = (try target.intFact("own_shmid"), try target.intFact("shared_shmid"))
+        let fifoNode = "file:\(DeviceNumber(encoded: try Kernel.status(fifo).device)):\(try target.intFact("inode3"))"
+        let options = GraphOptions(includeDescendants: true)
+        let before = try TargetHealth(pid: p)
+        let packetReason = "packet socket on every network interface: it sends and receives this host's raw network traffic"
+
+        // Alone: only the packet socket ties the process to something outside; the UDP pair is
+        // connected inside, the FIFO and both segments are its own.
+        var graph = try GraphBuilder.graph(of: p, options: options)
+        #expect(graph.node(fifoNode)?["path"] == .string(fifo))
+        #expect(graph.node("sysv-segment:\(own)") != nil && graph.node("sysv-segment:\(shared)") != nil)
+        #expect(graph.edges(of: .connectedTo).contains(GraphEdge(from: min(udpA, udpB), to: max(udpA, udpB), kind: .connectedTo)))
+        #expect(graph.node(udpA)?["state"] == "ESTABLISHED")
+        // The harness's pipes (fds 0–2) lead to the test process: left out.
+        func externals(_ graph: ResourceGraph) -> [String: String] {
+            Dictionary(uniqueKeysWithValues: graph.nodes.filter { $0.isExternal && $0.kind != .pipe }.map { ($0.id, $0["reason"]?.description ?? "") })
+        }
+        var external = externals(graph)
+        #expect(external == [packet: packetReason])
+
+        // A holder outside the tree: the FIFO's write end, the UDP peer of fd 6, an attachment.
+        let holder = try ScenarioProcess("tie-holder", [fifo, String(shared)])
+        defer { holder.stop() }
+        let (holderPort, holderInode) = (try holder.intFact("udp_port"), try holder.intFact("udp_inode"))
+        try target.send("connect \(holderPort)")
+        graph = try GraphBuilder.graph(of: p, options: options)
+        let name = "process \(holder.pid) (mitosis-scenari)"
+        external = externals(graph)
+        #expect(external == [
+            packet: packetReason,
+            fifoNode: "FIFO \(fifo) is also open in \(name), outside the graph",
+            udpC: "UDP peer 127.0.0.1:\(holderPort) (socket:[\(holderInode)]) is held by \(name), outside the graph",
+            "sysv-segment:\(shared)": "SysV segment \(shared) is also attached by \(name), outside the graph",
+        ])
+        #expect(graph.closure(of: p).external.filter { $0.kind != .pipe }.map(\.id) == external.keys.sorted())
+
+        // Without the scan for holders, the segment is still external (the kernel's count tells).
+        var quick = options
+        quick.resolveOutsideHolders = false
+        graph = try GraphBuilder.graph(of: p, options: quick)
+        #expect(graph.node("sysv-segment:\(shared)")?["reason"] == .string("SysV segment \(shared) is also attached by 1 mapping(s), outside the graph"))
+        // The holder inside the tree (a graph of both is not possible: they are not related), so
+        // from the holder's side the target is what lies outside.
+        graph = try GraphBuilder.graph(of: holder.pid, options: options)
+        #expect(graph.node("socket:\(holderInode)")?.isExternal == false, "an unconnected UDP socket ties to nobody")
+        #expect(graph.node("sysv-segment:\(shared)")?["reason"] == .string("SysV segment \(shared) is also attached by process \(p) (mitosis-scenari), outside the graph"))
+        #expect(try TargetHealth(pid: p) == before)
     }
 
     @Test("an epoll watching a socket and an eventfd")

@@ -1,6 +1,8 @@
 import Foundation
 import Glibc
 import Testing
+@testable import MitosisCheckpoint
+@testable import MitosisImage
 @testable import MitosisKernel
 @testable import MitosisModel
 @testable import MitosisStacks
@@ -68,5 +70,26 @@ struct InjectionInputTests {
         defer { plain.stop() }
         let dumped = try await ToolRun(ToolRun.mitosis, ["dump", "\(plain.pid)", "--images", directory + "/plain"])
         #expect(dumped.status == 0, "\(dumped.standardError)")
+    }
+
+    @Test("a library checkpoint session refuses a non-dumpable process unless told to copy it")
+    func librarySessionRefusesNonDumpable() async throws {
+        let child = try ScenarioProcess("undumpable")
+        defer { child.stop() }
+        let scratch = try ScratchDirectory()
+        defer { scratch.remove() }
+        let before = try TargetHealth(pid: child.pid)
+        await #expect(throws: MitosisError.notDumpable(child.pid)) {
+            _ = try await CheckpointSession(pid: child.pid, options: CheckpointOptions(strategy: .hash))
+        }
+        await #expect(try TargetHealth.runsFreely(child.pid))
+        #expect(try TargetHealth(pid: child.pid) == before)
+        var options = CheckpointOptions(strategy: .hash)
+        options.copyNonDumpable = true
+        let result = try await withCheckpointSession(pid: child.pid, options: options) { session in
+            try await session.checkpoint(to: DirectorySink(directory: scratch.path + "/forced"))
+        }
+        #expect(result.manifest.pid == child.pid)
+        try child.send("ping")
     }
 }

@@ -89,7 +89,7 @@ struct InspectCommandTests {
         #expect(mapLine.contains("r--s") && mapLine.hasSuffix("/mapped.bin"))
     }
 
-    @Test("bad targets: one line on stderr, exit code 1", arguments: ["0", "abc", "nonexistent", "zombie", "kthread"])
+    @Test("bad targets: one line on stderr, exit code 1", arguments: ["0", "-5", "abc", "nonexistent", "zombie", "kthread"])
     func badInput(_ argument: String) async throws {
         let child = try ScenarioProcess("zombie")
         defer { child.stop() }

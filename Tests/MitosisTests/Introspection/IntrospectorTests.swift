@@ -232,7 +232,7 @@ struct IntrospectorTests {
         let ending = try ScenarioProcess("idle")
         let handle = try TargetProcess(pid: ending.pid)
         ending.stop()
-        #expect(throws: MitosisError.noSuchProcess(ending.pid)) { try ProcessReader.descriptor(handle, fd: 0) }
+        #expect(throws: MitosisError.targetExited(ending.pid)) { try ProcessReader.descriptor(handle, fd: 0) }
         #expect(throws: MitosisError.invalidPID("0")) { try Introspector.inspect(pid: 0) }
         let exited = try ScenarioProcess("idle")
         exited.stop()

@@ -41,17 +41,18 @@ final class InterferingSink: CheckpointSink, @unchecked Sendable {
         let pid = child.pid
         let session = try await CheckpointSession(pid: pid, options: CheckpointOptions(strategy: .hash))
         let sink = InterferingSink(DirectorySink(directory: scratch.path + "/1")) { child.stop() }
-        await #expect(throws: CheckpointError.targetExited(pid)) {
+        await #expect(throws: MitosisError.targetExited(pid)) {
             _ = try await session.checkpoint(to: sink)
         }
         await session.stop()
-        #expect("\(CheckpointError.targetExited(pid))" == "process \(pid) exited during the checkpoint; the image is incomplete")
+        #expect(MitosisError.targetExited(pid).summary
+            == "process \(pid) exited while mitosis was working on it (an image being written is left marked incomplete)")
         let partial = try Self.partialImage(in: scratch.path, name: "1")
         #expect {
             _ = try CheckpointImage.open(partial)
         } throws: { error in
             guard case ImageError.incomplete(_, let reason) = error else { return false }
-            return reason.contains("exited during the checkpoint")
+            return reason.contains("process \(pid) exited while mitosis was working on it")
         }
     }
 

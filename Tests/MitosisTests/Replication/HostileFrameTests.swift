@@ -150,3 +150,11 @@ import Testing
         #expect(try MessageCoding.decode(Refusal.self, MessageCoding.encode(Refusal(.olderTerm, "r"))) == Refusal(.olderTerm, "r"))
     }
 }
+
+@Suite struct ReplicationErrorTests {
+    @Test func replicationFailuresAreMitosisFailures() {
+        #expect(ReplicationError.nothingCommitted("/x").code == "replication.nothingCommitted")
+        #expect(ReplicationError.refused(Refusal(.olderTerm, "r")).summary == "the standby refused: older-term: r")
+        #expect(ProtocolViolation("bad magic").code == "replication.protocolViolation")
+    }
+}

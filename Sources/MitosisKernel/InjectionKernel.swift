@@ -1,0 +1,78 @@
+import CMitosis
+import Glibc
+import MitosisModel
+import SystemPackage
+
+/// A signal as the kernel describes it to a tracer (`siginfo_t`): how a signal held back while
+/// Mitosis borrows a thread is kept until it is delivered again.
+package typealias SignalInfo = siginfo_t
+
+extension SignalInfo {
+    /// The signal's number (`si_signo`).
+    package var number: Int32 { si_signo }
+}
+
+extension Ptrace {
+    /// `PTRACE_O_TRACESYSGOOD`: system-call stops report `SIGTRAP | 0x80`, told apart from a real SIGTRAP.
+    package static let traceSystemCallsOption = Int(MITOSIS_PTRACE_O_TRACESYSGOOD)
+    /// `PTRACE_O_EXITKILL`: the tracee is killed when the tracer exits (for a half-built husk).
+    package static let killOnExitOption = Int(MITOSIS_PTRACE_O_EXITKILL)
+    /// `PTRACE_O_TRACECLONE`: threads the tracee creates start traced and stopped.
+    package static let traceCloneOption = Int(MITOSIS_PTRACE_O_TRACECLONE)
+    /// `PTRACE_EVENT_STOP`: the event of a stop that `PTRACE_INTERRUPT` or job control caused.
+    package static let stopEvent = MITOSIS_PTRACE_EVENT_STOP
+
+    /// The self-healing stub, `syscall; mov $15, %eax; syscall`: the injected call, then
+    /// rt_sigreturn through the frame `sigreturnFrame` lays out (see Docs/injection.md).
+    package static let selfHealingStub: [UInt8] = withUnsafeBytes(of: MITOSIS_SELF_HEALING_STUB) { Array($0) }
+
+    /// An rt_sigreturn frame that resumes thread `tid` with `registers` (restarts already folded
+    /// in: rt_sigreturn restarts nothing), its current signal mask and its FPU state (XSAVE, else
+    /// the legacy FXSAVE area), laid out below `stackTop` as the kernel lays out a signal frame.
+    /// Returns the bytes and the address they belong at; rt_sigreturn runs with `%rsp = address + 8`.
+    /// The corresponding requests are `PTRACE_GETSIGMASK` and `PTRACE_GETREGSET`.
+    package static func sigreturnFrame(_ tid: Int32, resuming registers: GeneralRegisters,
+                                       below stackTop: UInt64) throws(Errno) -> (address: UInt64, bytes: [UInt8]) {
+        let mask = try signalMask(tid)
+        var state = [UInt8](repeating: 0, count: 16384)
+        var isXsave: Int32 = 1
+        var stateLength = (try? state.withUnsafeMutableBytes { buffer throws(Errno) in
+            try getRegisterSet(tid, kind: MITOSIS_NT_X86_XSTATE, into: buffer)
+        }) ?? 0
+        if stateLength < 512 {  // no XSAVE: the legacy 512-byte FXSAVE area
+            isXsave = 0
+            do {
+                stateLength = try state.withUnsafeMutableBytes { buffer throws(Errno) in
+                    try getRegisterSet(tid, kind: MITOSIS_NT_PRFPREG, into: buffer)
+                }
+            } catch let error as Errno {
+                throw error
+            } catch {
+                throw .ioError
+            }
+        }
+        var bytes = [UInt8](repeating: 0, count: stateLength + 1024)
+        var address: UInt64 = 0
+        var raw = user_regs_struct(registers)
+        let length = mitosis_sigreturn_frame(&bytes, bytes.count, stackTop, &raw, mask, state, stateLength, isXsave, &address)
+        guard length > 0 else { throw .noMemory }
+        return (address, Array(bytes[..<length]))
+    }
+}
+
+extension Kernel {
+    /// Runs `body` with SIGINT, SIGTERM, SIGHUP, SIGQUIT and SIGPIPE sent to this process held:
+    /// they take effect when it returns, so that Mitosis cannot be stopped by them while a
+    /// target's registers are borrowed. Windows nest.
+    package static func withFatalSignalsHeld<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
+        mitosis_fatal_signals_hold()
+        defer { mitosis_fatal_signals_release() }
+        return try body()
+    }
+
+    /// Blocks the calling thread for `microseconds`: only on a thread of Mitosis's own (a
+    /// tracer's), never on Swift's cooperative pool. The corresponding C function is `usleep`.
+    package static func sleepThread(microseconds: UInt32) {
+        usleep(microseconds)
+    }
+}
