@@ -68,6 +68,19 @@ let package = Package(
         ),
         // Layer 5 — restore: a husk process filled by injected system calls from an image chain.
         .target(name: "MitosisRestore", dependencies: ["MitosisKernel", "MitosisModel", "MitosisTrace", "MitosisImage", "CMitosis"]),
+        // Layer 6 — hot standby: epochs streamed to a standby over TCP (swift-nio), committed
+        // durably there, promoted by a cold restore (Docs/replication.md). Opt-in, outside the
+        // umbrella: a client that does not replicate links no swift-nio.
+        .target(
+            name: "MitosisReplication",
+            dependencies: [
+                "MitosisKernel", "MitosisModel", "MitosisImage", "MitosisCheckpoint", "MitosisRestore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // Failover on etcd: an etcd v3 client (JSON gateway over HTTP/1.1 on swift-nio), the
         // election and fencing state machine, the cluster daemon. Opt-in like Stacks: a client
         // that does not fail over links no swift-nio (Docs/cluster.md).
@@ -93,8 +106,10 @@ let package = Package(
             dependencies: [
                 "Mitosis",
                 "MitosisStacks",
+                "MitosisReplication",
                 "MitosisCluster",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         // The bundled demo target that `mitosis demo` starts and inspects.
@@ -118,7 +133,7 @@ let package = Package(
         .executableTarget(name: "mitosis-image-fuzz", dependencies: ["Mitosis"], path: "Tests/ImageFuzz"),
         .testTarget(
             name: "MitosisTests",
-            dependencies: ["Mitosis", "MitosisKernel", "MitosisRestore", "MitosisStacks", "MitosisCluster", "mitosis-scenario", "mitosis", "mitosis-demo-target", "mitosis-inspect-example", "mitosis-scenario-cpp", "mitosis-scenario-swift",
+            dependencies: ["Mitosis", "MitosisKernel", "MitosisRestore", "MitosisStacks", "MitosisCluster", "MitosisReplication", "mitosis-scenario", "mitosis", "mitosis-demo-target", "mitosis-inspect-example", "mitosis-scenario-cpp", "mitosis-scenario-swift",
                            "mitosis-image-fuzz"],
             exclude: ["Image/Corpus"]
         ),

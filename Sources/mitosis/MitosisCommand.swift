@@ -19,6 +19,9 @@ struct MitosisCommand: AsyncParsableCommand {
             DumpCommand.self,
             RestoreCommand.self,
             TrackCommand.self,
+            ProtectCommand.self,
+            StandbyCommand.self,
+            PromoteCommand.self,
             ClusterCommand.self,
         ]
     )

@@ -27,6 +27,9 @@ public struct CheckpointOptions: Sendable {
     /// Lock the established TCP connections while they are captured (and, when moved, until
     /// the restore): without it a peer's packet meeting no socket is answered with a reset.
     public var networkLock = true
+    /// Runs while the target is frozen, after its memory is copied: what else must be read at
+    /// the same instant (replication reads the sizes of the data files there). Keep it short.
+    public var whileFrozen: (@Sendable () -> Void)?
     /// Copy a process that asked not to be dumped (`prctl(PR_SET_DUMPABLE, 0)`, or changed
     /// credentials): its memory may hold secrets it meant to keep out of dumps. Without it the
     /// session refuses such a process with `MitosisError.notDumpable`.
@@ -213,8 +216,8 @@ public actor CheckpointSession {
         movedConnections?.resume()
         movedConnections = nil
         var moved: ConnectionCapture?
+        let run = Run()
         do {
-            let run = Run()
             if case .previous = parent { run.inheritable = previousValid }
             // Copy while the target runs, as long as the set left to copy shrinks.
             var left = Int.max
@@ -260,6 +263,7 @@ public actor CheckpointSession {
                 let copied = try copy(toCopy, run, tolerant: false)
                 run.copiedFrozen = copied.pageCount()
                 run.staged = run.staged.union(copied)
+                options.whileFrozen?()
                 let threads = try await tracer.threadStates()
                 let descriptors = try ProcessReader.descriptors(target)
                 // Without a restore record the image still serves as a memory checkpoint; a
@@ -338,6 +342,9 @@ public actor CheckpointSession {
                                     pagesCopiedFrozen: run.copiedFrozen)
         } catch {
             moved?.resume()
+            // The pages written since the previous checkpoint were collected (and the tracker
+            // re-armed) by this failed run: the next incremental must not inherit them.
+            previousValid = previousValid.subtracting(run.dirtied)
             let failure = Self.translate(error, pid: pid)
             sink.abort(reason: "\(failure)")
             throw failure
@@ -362,10 +369,14 @@ public actor CheckpointSession {
         package var copiedFrozen = 0
         package var pagesScanned = 0
         package var frozen = Duration.zero
+        /// Every page the tracker reported written during this run: should the checkpoint fail,
+        /// they are no longer current in the previous one (the tracker will not report them again).
+        package var dirtied = PageSet()
 
         package func invalidate(_ dirty: PageSet) {
             inheritable = inheritable.subtracting(dirty)
             staged = staged.subtracting(dirty)
+            dirtied = dirtied.union(dirty)
         }
     }
 

@@ -33,14 +33,16 @@ final class ScenarioProcess: @unchecked Sendable {
     /// Starts `mitosis-scenario NAME ARGS…` and waits for its READY line.
     /// - Parameter pid: a pid the child must have (free, below `pid_max`): set through
     ///   `/proc/sys/kernel/ns_last_pid`, retried while other tests' children take it first.
+    /// - Parameter prefix: a command that execs the scenario (`ip netns exec HOST`), keeping its pid.
     init(_ name: String, _ arguments: [String] = [], executable: String = ScenarioProcess.executable("mitosis-scenario"),
-         pid wanted: Int32? = nil) throws {
+         pid wanted: Int32? = nil, prefix: [String] = []) throws {
         // The child dies with the thread that spawned it (PR_SET_PDEATHSIG follows the forking
         // thread), and the thread pool retires idle threads: spawn from one thread that lives on.
         func spawn() throws -> ChildProcess {
             try ScenarioProcess.spawner.sync { () throws -> ChildProcess in
                 if let wanted { try String(wanted - 1).write(toFile: "/proc/sys/kernel/ns_last_pid", atomically: false, encoding: .utf8) }
-                return try ChildProcess(executable: executable, arguments: [name] + arguments)
+                let command = prefix + [executable, name] + arguments
+                return try ChildProcess(executable: command[0], arguments: Array(command.dropFirst()))
             }
         }
         var spawned = try spawn()

@@ -1,0 +1,162 @@
+import Foundation
+import MitosisImage
+import MitosisKernel
+import MitosisModel
+import SystemPackage
+
+/// The data files of a protected process, shipped with each epoch (Docs/replication.md, "Data
+/// files"): regular files in the configured directories and regular files the process holds
+/// open for writing.
+///
+/// Sizes are read while the process is frozen (`freeze`), contents after the thaw up to those
+/// sizes: appended bytes are exact. Bytes rewritten in place between the thaw and the read
+/// are shipped as read (a random-write file is exact only at a quiet instant; a snapshot of
+/// the file at the freeze — reflinks — is the next step). Each file is compared block by block
+/// (64 KiB, XXH64) with what the standby holds: growth goes as an append, changed blocks as
+/// blocks, a file new to the standby (or every file after a full base) whole.
+final class DataFiles: @unchecked Sendable {
+    static let blockSize = 64 << 10
+    /// Largest bytes per frame; a larger change goes in several.
+    static let chunk = 8 << 20
+
+    private let directories: [String]
+    private let lock = NSLock()
+    /// What the standby holds, per path, as of the last acknowledged epoch.
+    private var shipped: [String: Shipped] = [:]
+    /// What the epoch in flight will make it hold, once acknowledged.
+    private var pending: [String: Shipped]?
+    /// Sizes read at the freeze of the epoch in flight.
+    private var frozenSizes: [String: UInt64] = [:]
+
+    struct Shipped {
+        var size: UInt64
+        var mode: UInt32
+        var blocks: [UInt64]
+        var modified: Int64
+    }
+
+    init(directories: [String]) { self.directories = directories }
+
+    var isEmpty: Bool { directories.isEmpty && lock.withLock { shipped.isEmpty } }
+
+    /// At the freeze: the size of every file known or in the directories.
+    func freeze() {
+        var sizes: [String: UInt64] = [:]
+        for path in candidates(known: lock.withLock { Array(shipped.keys) }) {
+            if let st = try? Kernel.linkStatusAt(nil, path), st.type == .regular { sizes[path] = UInt64(st.size) }
+        }
+        lock.withLock { frozenSizes = sizes }
+    }
+
+    /// The changes of this epoch. `full` ships every file whole (a new base);
+    /// `openForWriting` are the files the process held open for writing at the freeze.
+    func deltas(full: Bool, openForWriting: [String]) throws -> [(FileDelta, [UInt8])] {
+        let (known, sizes) = lock.withLock { (full ? [:] : shipped, frozenSizes) }
+        var next: [String: Shipped] = [:]
+        var result: [(FileDelta, [UInt8])] = []
+        let paths = Set(candidates(known: Array(known.keys))).union(openForWriting)
+        for path in paths.sorted() {
+            guard let fd = try? Kernel.openAt(nil, path, options: [.readOnly, .noFollow, .nonBlocking]) else {
+                if known[path] != nil { result.append((FileDelta(path: path, kind: .removed, offset: 0, size: 0, mode: 0), [])) }
+                continue
+            }
+            defer { try? fd.close() }
+            guard let st = try? Kernel.status(of: fd), st.type == .regular else { continue }
+            let current = UInt64(st.size)
+            let size: UInt64 = min(current, sizes[path] ?? current)
+            let mode = UInt32(st.mode & 0o7777)
+            let modified = st.modificationTime
+            if let old = known[path], old.size == size, old.modified == modified, old.mode == mode {
+                next[path] = old
+                continue
+            }
+            var blocks: [UInt64] = []
+            var offset: UInt64 = 0
+            var changed: [(offset: UInt64, bytes: [UInt8])] = []
+            while offset < size {
+                let count = Int(min(UInt64(Self.blockSize), size - offset))
+                let bytes = try Kernel.readAt(fd, offset: offset, count: count)
+                guard bytes.count == count else { break }
+                let hash = Checksum.xxh64(bytes)
+                let index = blocks.count
+                blocks.append(hash)
+                // Unchanged: the same bytes over the same length (a partial last block that grew is changed).
+                var unchanged = false
+                if let old = known[path], index < old.blocks.count, old.blocks[index] == hash {
+                    let oldLength: UInt64 = min(UInt64(Self.blockSize), old.size - offset)
+                    unchanged = oldLength == UInt64(count)
+                }
+                if unchanged {
+                    offset += UInt64(count)
+                    continue
+                }
+                if let last = changed.last, last.offset + UInt64(last.bytes.count) == offset, last.bytes.count + count <= Self.chunk {
+                    changed[changed.count - 1].bytes.append(contentsOf: bytes)
+                } else {
+                    changed.append((offset: offset, bytes: bytes))
+                }
+                offset += UInt64(count)
+            }
+            let whole = known[path] == nil
+            let oldSize: UInt64 = known[path]?.size ?? 0
+            if whole && changed.isEmpty { result.append((FileDelta(path: path, kind: .whole, offset: 0, size: size, mode: mode), [])) }
+            for (number, (at, bytes)) in changed.enumerated() {
+                var kind = FileDelta.Kind.block
+                if whole && number == 0 {
+                    kind = .whole
+                } else if at >= oldSize {
+                    kind = .append
+                }
+                if kind == .whole && at != 0 {
+                    result.append((FileDelta(path: path, kind: .whole, offset: 0, size: size, mode: mode), []))
+                    result.append((FileDelta(path: path, kind: .block, offset: at, size: size, mode: mode), bytes))
+                } else {
+                    result.append((FileDelta(path: path, kind: kind, offset: at, size: size, mode: mode), bytes))
+                }
+            }
+            if !whole && changed.isEmpty {
+                // Shrunk, or only mode or time changed: the size and mode travel in the record.
+                result.append((FileDelta(path: path, kind: .block, offset: size, size: size, mode: mode), []))
+            }
+            next[path] = Shipped(size: size, mode: mode, blocks: blocks, modified: modified)
+        }
+        for path in known.keys where next[path] == nil && !result.contains(where: { $0.0.path == path }) {
+            result.append((FileDelta(path: path, kind: .removed, offset: 0, size: 0, mode: 0), []))
+        }
+        lock.withLock { pending = next }
+        return result
+    }
+
+    /// The epoch in flight was acknowledged: the standby holds what it shipped.
+    func acknowledged() {
+        lock.withLock {
+            if let pending { shipped = pending }
+            pending = nil
+        }
+    }
+
+    /// The epoch in flight failed: the standby holds what it held before.
+    func failed() {
+        lock.withLock { pending = nil }
+    }
+
+    /// Regular files directly in the configured directories, and the files already shipped.
+    private func candidates(known: [String]) -> [String] {
+        var paths = known
+        for directory in directories {
+            for name in (try? Kernel.listDirectory(directory)) ?? [] {
+                let path = directory + "/" + name
+                if let st = try? Kernel.linkStatusAt(nil, path), st.type == .regular { paths.append(path) }
+            }
+        }
+        return paths
+    }
+
+    /// Regular files a manifest's descriptors hold open for writing.
+    static func openForWriting(_ manifest: CheckpointManifest) -> [String] {
+        (manifest.descriptors ?? []).compactMap { descriptor in
+            guard descriptor.kind == .file, descriptor.flags & 3 != 0, !descriptor.deleted, let path = descriptor.path, path.hasPrefix("/") else { return nil }
+            return path
+        }
+    }
+}

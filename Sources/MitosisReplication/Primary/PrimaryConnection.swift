@@ -1,0 +1,112 @@
+import Foundation
+import NIOCore
+import NIOPosix
+
+/// The primary's connection to its standby, used from blocking code only: the checkpoint
+/// session's sink runs on the session's own thread, which may wait on the network (never an
+/// event loop, never the cooperative pool). NIO does the socket work; frames that arrive are
+/// queued for `receive`.
+final class PrimaryConnection: @unchecked Sendable {
+    private let channel: Channel
+    private let mailbox: Mailbox
+
+    private init(channel: Channel, mailbox: Mailbox) {
+        self.channel = channel
+        self.mailbox = mailbox
+    }
+
+    /// Connects to `host:port` within `timeout`. Blocking.
+    static func connect(host: String, port: Int, timeout: Duration) throws -> PrimaryConnection {
+        let mailbox = Mailbox()
+        let seconds = timeout.components.seconds
+        let bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connectTimeout(.seconds(max(1, seconds)))
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(ReplicationFrameDecoder(accepting: [.state, .ack, .refuse])))
+                    try channel.pipeline.syncOperations.addHandler(MailboxHandler(mailbox))
+                }
+            }
+        do {
+            let channel = try bootstrap.connect(host: host, port: port).wait()
+            return PrimaryConnection(channel: channel, mailbox: mailbox)
+        } catch {
+            throw ReplicationError.connection("cannot connect to \(host):\(port): \(error)")
+        }
+    }
+
+    /// Sends `frame`, returning once the kernel took it (TCP flow control blocks here).
+    func send(_ frame: ReplicationFrame) throws {
+        let buffer = Standby.buffer(frame, channel.allocator)
+        do {
+            try channel.writeAndFlush(buffer).wait()
+        } catch {
+            throw ReplicationError.connection("sending a \(frame.type) frame failed: \(error)")
+        }
+    }
+
+    /// The next frame from the standby, waiting at most `timeout`.
+    func receive(timeout: Duration) throws -> ReplicationFrame {
+        try mailbox.take(timeout: timeout)
+    }
+
+    func close() {
+        channel.close(promise: nil)
+    }
+}
+
+/// Frames (or the end of the connection) from the event loop to the blocked sender.
+final class Mailbox: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var frames: [ReplicationFrame] = []
+    private var ended: (any Error)?
+
+    func put(_ frame: ReplicationFrame) {
+        condition.withLock {
+            frames.append(frame)
+            condition.broadcast()
+        }
+    }
+
+    func end(_ error: any Error) {
+        condition.withLock {
+            if ended == nil { ended = error }
+            condition.broadcast()
+        }
+    }
+
+    func take(timeout: Duration) throws -> ReplicationFrame {
+        let deadline = Date().addingTimeInterval(Double(timeout.components.seconds) + Double(timeout.components.attoseconds) / 1e18)
+        condition.lock()
+        defer { condition.unlock() }
+        while frames.isEmpty {
+            if let ended { throw ended }
+            guard condition.wait(until: deadline) else {
+                throw ReplicationError.connection("no answer from the standby within \(timeout)")
+            }
+        }
+        return frames.removeFirst()
+    }
+}
+
+private final class MailboxHandler: ChannelInboundHandler {
+    typealias InboundIn = ReplicationFrame
+    private let mailbox: Mailbox
+
+    init(_ mailbox: Mailbox) { self.mailbox = mailbox }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        mailbox.put(unwrapInboundIn(data))
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        mailbox.end(error is ProtocolViolation ? ReplicationError.protocolViolation("\(error)") : ReplicationError.connection("\(error)"))
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        mailbox.end(ReplicationError.connection("the standby closed the connection"))
+        context.fireChannelInactive()
+    }
+}

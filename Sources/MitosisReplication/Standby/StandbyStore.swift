@@ -1,0 +1,382 @@
+import Foundation
+import Logging
+import MitosisImage
+import MitosisKernel
+import MitosisModel
+import MitosisRestore
+import SystemPackage
+
+/// What the standby does with a frame: nothing more, answer it, or end the connection (after
+/// sending a refusal, or without a word for bytes that make no sense).
+enum StoreReply: Sendable, Equatable {
+    case none
+    case send(ReplicationFrame)
+    case refuse(ReplicationFrame, log: String)
+    case drop(log: String)
+}
+
+/// The standby's side of replication, on a thread of its own: every file it writes is written,
+/// synced and renamed there, never on an event loop or the cooperative pool.
+///
+/// One primary at a time: a new connection ends the epoch in flight of the previous one.
+/// An epoch is committed only once its image is complete, checked, synced and renamed into
+/// place; only then is it acknowledged.
+actor StandbyStore {
+    nonisolated let directory: StandbyDirectory
+    nonisolated let compactEvery: Int
+    private let logger: Logger
+    private let lock: FileDescriptor
+    private(set) var term: Term
+    private(set) var committed: CommittedEpoch?
+    /// The committed image's sequence in its chain, and the chain's length.
+    private var committedSequence = 0
+    private var chainLength = 0
+    private(set) var readiness: (ready: Bool, reasons: [String]) = (false, ["no epoch received yet"])
+    private var readinessChecked: ContinuousClock.Instant?
+    private(set) var statistics = StandbyStatistics()
+    private var connection = 0
+    /// The connection's term and primary, once its hello came.
+    private var peer: (term: Term, hello: Hello)?
+    private var inFlight: InFlight?
+    private var closed = false
+
+    private struct InFlight {
+        var epoch: Epoch
+        var parent: Epoch
+        var sent: CheckpointHeader
+        var stored: CheckpointHeader
+        var sink: DirectorySink
+        var files: FileDeltaWriter?
+        var bytes: UInt64 = 0
+        var started = ContinuousClock.now
+    }
+
+    private nonisolated let executor = DedicatedThreadExecutor(name: "mitosis-standby")
+    nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
+
+    /// Opens (creating it if needed) and locks the standby directory, removes work left by a
+    /// previous run, and finds the newest committed epoch. Blocking: call it off the pool.
+    init(directory: StandbyDirectory, compactEvery: Int, logger: Logger) throws {
+        self.directory = directory
+        self.compactEvery = compactEvery
+        self.logger = logger
+        do {
+            try DirectorySink.createDirectories(directory.epochsPath)
+        } catch {
+            throw ReplicationError.standbyDirectory(directory.path, "\(error)")
+        }
+        let lock: FileDescriptor
+        do {
+            lock = try Kernel.openAt(nil, directory.lockPath, options: [.readWrite, .create, .noFollow], mode: 0o600)
+        } catch {
+            throw ReplicationError.standbyDirectory(directory.path, "cannot open \(directory.lockPath): \(error)")
+        }
+        do {
+            try Kernel.lockExclusive(lock, wait: false)
+        } catch {
+            try? lock.close()
+            throw ReplicationError.standbyDirectory(directory.path, "another standby (or a promotion) holds \(directory.lockPath)")
+        }
+        if directory.isPromoted {
+            try? lock.close()
+            throw ReplicationError.standbyDirectory(directory.path, "it was promoted (\(directory.fencePath) exists): a standby never serves a promoted directory")
+        }
+        try? Kernel.truncate(lock, to: 0)
+        try? Kernel.writeAll(lock, Array("\(Kernel.currentProcessID())\n".utf8), at: 0)
+        self.lock = lock
+        term = directory.readTerm()
+        let scan = directory.scan()
+        for line in scan.skipped { logger.warning("standby: passing over \(line)") }
+        for name in scan.leftovers {
+            logger.info("standby: removing \(name), not part of the newest committed chain")
+            directory.remove(name)
+        }
+        if let newest = scan.newest {
+            committed = CommittedEpoch(epoch: newest.epoch, imageID: newest.image.manifest.id)
+            committedSequence = newest.image.manifest.sequence
+            chainLength = scan.chainLength
+            readiness = Self.readiness(of: newest.image)
+        }
+        statistics.committed = committed
+    }
+
+    deinit {
+        executor.shutdown()
+        try? lock.close()
+    }
+
+    /// A new connection: it supersedes the previous one, whose epoch in flight is abandoned.
+    func connect() -> Int {
+        abandon("a new connection arrived")
+        connection += 1
+        peer = nil
+        statistics.connections += 1
+        return connection
+    }
+
+    /// The connection ended: its epoch in flight, if any, is abandoned (nothing committed).
+    func disconnect(_ token: Int) {
+        guard token == connection else { return }
+        abandon("the connection ended")
+        peer = nil
+    }
+
+    /// Stops accepting: the epoch in flight is abandoned, later frames dropped.
+    func close() {
+        abandon("the standby is stopping")
+        closed = true
+    }
+
+    func receive(_ frame: ReplicationFrame, connection token: Int) -> StoreReply {
+        guard token == connection else { return .drop(log: "superseded by a newer connection") }
+        guard !closed else { return .drop(log: "the standby is stopping") }
+        if frame.term < term {
+            abandon("a frame of an older term")
+            return refuse(.olderTerm, "term \(frame.term) is older than \(term), the newest this standby has seen", frame)
+        }
+        if frame.type != .hello {
+            guard let peer else { return violation("a \(frame.type) frame before hello") }
+            guard frame.term == peer.term else { return violation("a \(frame.type) frame of term \(frame.term) on a connection of term \(peer.term)") }
+        }
+        do {
+            switch frame.type {
+            case .hello: return try hello(frame)
+            case .imageBegin: return try begin(frame)
+            case .imagePages: return try pages(frame)
+            case .fileDelta: return try fileDelta(frame)
+            case .imageFinish: return try finish(frame)
+            case .imageAbort:
+                guard let inFlight, inFlight.epoch == frame.epoch else { return violation("abort of epoch \(frame.epoch), which is not in flight") }
+                abandon("the primary aborted it: \(String(decoding: frame.payload.prefix(200), as: UTF8.self))")
+                return .none
+            case .state, .ack, .refuse:
+                return violation("a \(frame.type) frame from a primary")
+            }
+        } catch let error as ProtocolViolation {
+            return violation(error.reason)
+        } catch let error as Refused {
+            abandon(error.refusal.reason)
+            return refuse(error.refusal.code, error.refusal.reason, frame)
+        } catch {
+            abandon("\(error)")
+            return refuse(.storage, "\(error)", frame)
+        }
+    }
+
+    // MARK: Frames
+
+    private func hello(_ frame: ReplicationFrame) throws -> StoreReply {
+        guard peer == nil else { throw ProtocolViolation("a second hello") }
+        let hello = try MessageCoding.decode(Hello.self, frame.payload)
+        guard hello.pageSize == CheckpointHeader.systemPageSize else {
+            throw Refused(.malformed, "page size \(hello.pageSize), this standby's is \(CheckpointHeader.systemPageSize)")
+        }
+        guard CheckpointManifest.readableFormatVersions.contains(hello.formatVersion) else {
+            throw Refused(.malformed, "image format \(hello.formatVersion) is not readable here")
+        }
+        if frame.term > term {
+            do { try directory.writeTerm(frame.term) } catch { throw Refused(.storage, "cannot record term \(frame.term): \(error)") }
+            logger.info("standby: term \(frame.term) (was \(term))")
+            term = frame.term
+        }
+        peer = (frame.term, hello)
+        logger.info("standby: primary \(hello.node) pid \(hello.pid) connected, term \(frame.term); committed epoch \(committed?.epoch.description ?? "none")")
+        let state = StandbyState(committed: committed, term: term, ready: readiness.ready, reasons: readiness.reasons)
+        return .send(ReplicationFrame(.state, term: term, epoch: committed?.epoch ?? .none, payload: MessageCoding.encode(state)))
+    }
+
+    private func begin(_ frame: ReplicationFrame) throws -> StoreReply {
+        guard inFlight == nil else { throw ProtocolViolation("epoch \(frame.epoch) begins while epoch \(inFlight!.epoch) is in flight") }
+        guard frame.epoch > (committed?.epoch ?? .none) else {
+            throw ProtocolViolation("epoch \(frame.epoch) is not after the committed epoch \(committed?.epoch ?? .none)")
+        }
+        let header = try MessageCoding.decode(CheckpointHeader.self, frame.payload)
+        guard header.pid == peer!.hello.pid, header.pageSize == peer!.hello.pageSize else {
+            throw ProtocolViolation("epoch \(frame.epoch): header of pid \(header.pid) page size \(header.pageSize), the hello said \(peer!.hello.pid) and \(peer!.hello.pageSize)")
+        }
+        var stored = header
+        if frame.parent == .none {
+            guard header.kind == .full, header.parent == nil else { throw ProtocolViolation("epoch \(frame.epoch) has no parent epoch but is not a full checkpoint") }
+            stored.sequence = 0
+        } else {
+            guard let committed, frame.parent == committed.epoch else {
+                throw Refused(.parentMismatch, "epoch \(frame.epoch) builds on epoch \(frame.parent); the newest committed is \(committed?.epoch.description ?? "none")")
+            }
+            guard header.kind == .incremental, header.parent?.id == committed.imageID else {
+                throw Refused(.parentMismatch, "epoch \(frame.epoch) builds on image \(header.parent?.id ?? "none"); epoch \(committed.epoch) is image \(committed.imageID)")
+            }
+            stored.parent = ParentLink(path: "../" + committed.epoch.directoryName, id: committed.imageID)
+            stored.sequence = committedSequence + 1
+        }
+        let sink = DirectorySink(directory: directory.imagePath(frame.epoch))
+        do {
+            try sink.begin(stored)
+        } catch let error as ImageError {
+            if case .alreadyExists = error { directory.remove(frame.epoch.directoryName) }
+            throw Refused(.storage, "epoch \(frame.epoch): \(error)")
+        }
+        inFlight = InFlight(epoch: frame.epoch, parent: frame.parent, sent: header, stored: stored, sink: sink)
+        return .none
+    }
+
+    private func current(_ frame: ReplicationFrame) throws -> InFlight {
+        guard let inFlight, inFlight.epoch == frame.epoch, inFlight.parent == frame.parent else {
+            throw ProtocolViolation("a \(frame.type) frame of epoch \(frame.epoch) over \(frame.parent), which is not in flight")
+        }
+        return inFlight
+    }
+
+    private func pages(_ frame: ReplicationFrame) throws -> StoreReply {
+        let epoch = try current(frame)
+        guard frame.payload.count > 8 else { throw ProtocolViolation("epoch \(frame.epoch): pages frame without pages") }
+        let address = frame.payload.littleEndianUInt64(at: 0)
+        do {
+            try frame.payload.withUnsafeBytes { try epoch.sink.writePages(at: address, UnsafeRawBufferPointer(rebasing: $0[8...])) }
+        } catch let error as ImageError {
+            if case .invalidPages(let why) = error { throw ProtocolViolation("epoch \(frame.epoch): \(why)") }
+            throw Refused(.storage, "epoch \(frame.epoch): \(error)")
+        }
+        inFlight?.bytes += UInt64(frame.payload.count - 8)
+        return .none
+    }
+
+    private func fileDelta(_ frame: ReplicationFrame) throws -> StoreReply {
+        let epoch = try current(frame)
+        guard let partial = epoch.sink.partialPath else { throw Refused(.storage, "epoch \(frame.epoch) has no directory") }
+        var writer = epoch.files ?? FileDeltaWriter(imageDirectory: partial)
+        try writer.add(frame.payload)
+        inFlight?.files = writer
+        inFlight?.bytes += UInt64(frame.payload.count)
+        return .none
+    }
+
+    private func finish(_ frame: ReplicationFrame) throws -> StoreReply {
+        let epoch = try current(frame)
+        let sent = try MessageCoding.decode(CheckpointManifest.self, frame.payload)
+        guard sent.header == epoch.sent else { throw ProtocolViolation("epoch \(frame.epoch): the manifest's identity differs from its header's") }
+        guard !directory.isPromoted else { throw Refused(.promoted, "\(directory.path) was promoted: epoch \(frame.epoch) is not committed") }
+        var manifest = sent
+        manifest.sequence = epoch.stored.sequence
+        manifest.parent = epoch.stored.parent
+        if var files = epoch.files { try files.seal() }
+        let stored: CheckpointManifest
+        do {
+            stored = try epoch.sink.finish(manifest)
+        } catch {
+            throw Refused(.storage, "epoch \(frame.epoch): \(error)")
+        }
+        inFlight = nil
+        // The pages that arrived are the pages the primary stored, and the image reads back
+        // sound: otherwise the epoch is removed before anyone relies on it.
+        let path = directory.imagePath(frame.epoch)
+        var problems: [String] = []
+        if stored.pageIndex != sent.pageIndex || stored.files != sent.files {
+            problems.append("the pages received differ from what the primary stored")
+        }
+        var image: CheckpointImage?
+        do {
+            let opened = try CheckpointImage.open(path)
+            problems += opened.verify().map(\.description)
+            image = opened
+        } catch {
+            problems.append("\(error)")
+        }
+        if !problems.isEmpty {
+            directory.remove(frame.epoch.directoryName)
+            throw ProtocolViolation("epoch \(frame.epoch) discarded: \(problems[0])")
+        }
+        committed = CommittedEpoch(epoch: frame.epoch, imageID: stored.id)
+        committedSequence = stored.sequence
+        chainLength = stored.kind == .full ? 1 : chainLength + 1
+        // The restore check opens the whole chain: once a second is enough for a status.
+        if let checked = readinessChecked, ContinuousClock.now - checked < .seconds(1) {} else {
+            readiness = Self.readiness(of: image!)
+            readinessChecked = ContinuousClock.now
+        }
+        statistics.record(epoch: committed!, bytes: epoch.bytes, duration: ContinuousClock.now - epoch.started)
+        let ack = ReplicationFrame(.ack, term: term, epoch: frame.epoch, parent: frame.parent, payload: Array(stored.id.utf8))
+        return .send(ack)
+    }
+
+    /// Folds the chain into a new full base when it has grown to `compactEvery` images. Runs
+    /// after the acknowledgement has gone out, before the next frame is read.
+    func compactIfDue() {
+        guard compactEvery > 0, chainLength >= compactEvery, inFlight == nil, let committed else { return }
+        let clock = ContinuousClock(), started = clock.now
+        do {
+            try Compaction.compact(directory, epoch: committed.epoch)
+            committedSequence = 0
+            chainLength = 1
+            statistics.compactions += 1
+            logger.info("standby: compacted the chain into a full base at epoch \(committed.epoch) in \(clock.now - started)")
+        } catch {
+            logger.warning("standby: compaction at epoch \(committed.epoch) failed, the chain stays as it was: \(error)")
+        }
+    }
+
+    // MARK: Helpers
+
+    /// Ends the epoch in flight, if any: its partial directory is removed, nothing committed.
+    private func abandon(_ reason: String) {
+        guard let epoch = inFlight else { return }
+        inFlight = nil
+        let partial = epoch.sink.partialPath
+        epoch.sink.abort(reason: reason)
+        if let partial { try? FileManager.default.removeItem(atPath: partial) }
+        statistics.abandoned += 1
+        logger.info("standby: epoch \(epoch.epoch) abandoned, nothing committed: \(reason)")
+    }
+
+    private func violation(_ reason: String) -> StoreReply {
+        abandon(reason)
+        return .drop(log: reason)
+    }
+
+    private func refuse(_ code: Refusal.Code, _ reason: String, _ frame: ReplicationFrame) -> StoreReply {
+        let refusal = Refusal(code, reason)
+        return .refuse(ReplicationFrame(.refuse, term: term, epoch: frame.epoch, parent: frame.parent, payload: MessageCoding.encode(refusal)),
+                       log: refusal.description)
+    }
+
+    static func readiness(of image: CheckpointImage) -> (ready: Bool, reasons: [String]) {
+        do {
+            let refusals = try Restorer(image: image).refusals()
+            return (refusals.isEmpty, refusals.map(\.description))
+        } catch {
+            return (false, ["\(error)"])
+        }
+    }
+}
+
+/// A refusal raised while handling a frame.
+struct Refused: Error {
+    var refusal: Refusal
+    init(_ code: Refusal.Code, _ reason: String) { refusal = Refusal(code, reason) }
+}
+
+/// What the standby has done so far.
+public struct StandbyStatistics: Sendable, Equatable {
+    public var committed: CommittedEpoch?
+    public var epochsCommitted = 0
+    public var bytesCommitted: UInt64 = 0
+    public var abandoned = 0
+    public var connections = 0
+    public var compactions = 0
+    /// Milliseconds from an epoch's first frame to its commit, the most recent last (bounded).
+    public var commitMilliseconds: [Double] = []
+    public var lastCommit: ContinuousClock.Instant?
+
+    mutating func record(epoch: CommittedEpoch, bytes: UInt64, duration: Duration) {
+        committed = epoch
+        epochsCommitted += 1
+        bytesCommitted += bytes
+        commitMilliseconds.append(milliseconds(duration))
+        if commitMilliseconds.count > 4096 { commitMilliseconds.removeFirst(1024) }
+        lastCommit = ContinuousClock.now
+    }
+}
+
+func milliseconds(_ duration: Duration) -> Double {
+    let (seconds, attoseconds) = duration.components
+    return Double(seconds) * 1000 + Double(attoseconds) / 1e15
+}

@@ -1,0 +1,174 @@
+import ArgumentParser
+import Foundation
+import Logging
+import Mitosis
+import MitosisReplication
+import ServiceLifecycle
+
+/// `HOST:PORT` (the last colon separates the port, so that `[::1]:7000` and `::1:7000` work).
+struct Endpoint: ExpressibleByArgument {
+    var host: String
+    var port: Int
+
+    init?(argument: String) {
+        guard let colon = argument.lastIndex(of: ":"), let port = Int(argument[argument.index(after: colon)...]),
+              (0...65535).contains(port) else { return nil }
+        var host = String(argument[..<colon])
+        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.isEmpty else { return nil }
+        self.host = host
+        self.port = port
+    }
+}
+
+/// The primary side: epochs of a running process streamed to a standby.
+struct ProtectCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "protect",
+        abstract: "Replicate a running process to a standby: an epoch every interval, each acknowledged once durable there.",
+        discussion: """
+            Dirty tracking stays on; every interval the process is frozen for milliseconds, the \
+            pages written since the last epoch (and its data files' changes) are sent, and the next \
+            freeze waits for the standby's acknowledgement. An unreachable standby never harms the \
+            process: protect retries and resynchronises. Ends when the process exits, on SIGINT or \
+            SIGTERM (the process runs on untraced), or when the standby has seen a newer term. \
+            See Docs/replication.md.
+            """)
+
+    @Argument(help: "The process id.") var pid: String
+    @Option(help: "The standby, HOST:PORT.") var standby: Endpoint
+    @Option(help: "Milliseconds between epochs.") var interval: Int = 50
+    @Option(help: "This primary's term (from the failover layer); a standby that saw a newer one refuses it.") var term: UInt64 = 1
+    @Option(help: "A directory whose regular files are part of every epoch (repeatable).") var data: [String] = []
+    @Option(help: "Stop after this many acknowledged epochs.") var epochs: Int?
+    @Flag(help: "Copy the process even if it asked not to be dumped.") var force = false
+
+    func validate() throws {
+        guard interval >= 1 else { throw ValidationError("--interval must be at least 1 ms") }
+        guard term >= 1 else { throw ValidationError("--term must be at least 1") }
+        guard standby.port > 0 else { throw ValidationError("--standby needs a port") }
+        for directory in data where !directory.hasPrefix("/") { throw ValidationError("--data \(directory): give an absolute path") }
+    }
+
+    func run() async throws {
+        let pid = targetPID(pid, forTracing: true)
+        do {
+            var options = ProtectOptions(host: standby.host, port: standby.port)
+            options.checkpoint.copyNonDumpable = force
+            options.interval = .milliseconds(interval)
+            options.term = Term(term)
+            options.dataDirectories = data
+            options.epochLimit = epochs
+            let logger = Logger(label: "mitosis.protect")
+            let session = ReplicationSession(pid: pid, options: options, logger: logger)
+            let clock = ContinuousClock()
+            let previous = Previous<ReplicationStatistics>()
+            let status = StatusReporter(logger: logger) { [interval = options.interval] in
+                let now = session.statistics
+                let (before, elapsed) = previous.swap(now, clock.now)
+                return StatusReporter.protectLine(now, previous: before, interval: interval, elapsed: elapsed)
+            }
+            let group = ServiceGroup(configuration: .init(services: [
+                .init(service: session, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),
+                .init(service: status),
+            ], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            try await group.run()
+            let final = session.statistics
+            let p50 = ReplicationStatistics.percentile(final.freezeMilliseconds, 50) ?? 0
+            let p99 = ReplicationStatistics.percentile(final.freezeMilliseconds, 99) ?? 0
+            let lag99 = ReplicationStatistics.percentile(final.lagMilliseconds, 99) ?? 0
+            print(String(format: "protected process %d: %d epochs acknowledged (%d full), newest %@; freeze p50 %.2f ms p99 %.2f ms; lag p99 %.1f ms; %.1f MB sent",
+                         pid, final.epochs, final.fullEpochs, final.acknowledged?.epoch.description ?? "none", p50, p99, lag99, Double(final.bytesSent) / 1e6))
+        } catch {
+            fail(error)
+        }
+    }
+}
+
+/// The standby side: epochs received, checked, committed durably, acknowledged.
+struct StandbyCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "standby",
+        abstract: "Receive a protected process's epochs into an image directory, durably, until promoted.",
+        discussion: """
+            Every frame is checked (lengths, checksums, term, parent chain); an epoch is committed \
+            (synced and renamed into place) before it is acknowledged; the chain is folded into a \
+            new full base every --compact-every epochs. Runs until SIGINT or SIGTERM, or until \
+            `mitosis promote DIR` takes the directory. See Docs/replication.md.
+            """)
+
+    @Option(help: "The address to listen on, ADDR:PORT.") var listen: Endpoint
+    @Option(help: "The standby directory (created, mode 0700, if missing).") var images: String
+    @Option(help: "Fold the chain into a full base once it holds this many images (0: never).") var compactEvery: Int = 64
+
+    func validate() throws {
+        guard compactEvery >= 0 else { throw ValidationError("--compact-every must not be negative") }
+    }
+
+    func run() async throws {
+        do {
+            var options = StandbyOptions(host: listen.host, port: listen.port, directory: images)
+            options.compactEvery = compactEvery
+            let logger = Logger(label: "mitosis.standby")
+            let standby = try await Standby(options: options, logger: logger)
+            let clock = ContinuousClock()
+            let previous = Previous<StandbyStatistics>()
+            let status = StatusReporter(logger: logger) {
+                let now = await standby.status()
+                let (before, elapsed) = previous.swap(now.statistics, clock.now)
+                return StatusReporter.standbyLine(now, previous: before, elapsed: elapsed)
+            }
+            let group = ServiceGroup(configuration: .init(services: [
+                .init(service: standby, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),
+                .init(service: status),
+            ], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            try await group.run()
+        } catch {
+            fail(error)
+        }
+    }
+}
+
+/// Brings the process to life from the standby's newest committed epoch.
+struct PromoteCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "promote",
+        abstract: "Stop the standby serving DIR and restore the process from its newest committed epoch.",
+        discussion: """
+            The directory is fenced first (DIR/PROMOTED: no standby serves it again), its standby \
+            stopped, the epoch's data files written to their paths, then the process restored with \
+            its pid (a cold restore, Docs/restore.md). Prints which epoch, how old, how long.
+            """)
+
+    @Argument(help: "The standby directory.") var directory: String
+    @Flag(help: "Print the result as JSON.") var json = false
+
+    func run() async throws {
+        do {
+            let result = try await Promotion.promote(directory: directory)
+            if json {
+                print(try JSONOutput.string(result))
+            } else {
+                print(String(format: "promoted epoch %@ (image %@, taken %@, %.0f ms before the promotion) as process %d in %.1f ms: standby stopped in %.1f ms, %d data file(s) in %.1f ms, restore %.1f ms",
+                             result.epoch.description, result.imageID, result.created, result.ageMilliseconds, result.pid, result.totalMilliseconds,
+                             result.stopStandbyMilliseconds, result.dataFiles, result.dataFilesMilliseconds, result.restoreMilliseconds))
+            }
+        } catch {
+            fail(error)
+        }
+    }
+}
+
+/// The previous sample of a status line, to compute rates.
+final class Previous<Value: Sendable>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: Value?
+    private var at: ContinuousClock.Instant?
+
+    func swap(_ now: Value, _ instant: ContinuousClock.Instant) -> (Value?, Duration) {
+        lock.withLock {
+            defer { (value, at) = (now, instant) }
+            return (value, at.map { instant - $0 } ?? .seconds(1))
+        }
+    }
+}
