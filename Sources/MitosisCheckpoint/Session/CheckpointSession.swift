@@ -88,6 +88,11 @@ public actor CheckpointSession {
     public nonisolated let strategy: TrackingStrategy
     public nonisolated let options: CheckpointOptions
     private let tracker: DirtyTracker
+    /// Finds the writes to shared memory when `tracker` follows page tables (every strategy but
+    /// `hash`): content hashes of the shared-memory pages only. Nil with `hash`, which covers them.
+    private let sharedHashes: HashTracker?
+    /// The shared-memory data pages of the page map last collected: those whose copies are hashed.
+    private var sharedPages = PageSet()
     private let pageMaps: PageMapReader
     private let memory: MemoryReader
     /// Pins the target's identity: reads, signals and checkpoints go to it, never to a process
@@ -119,11 +124,13 @@ public actor CheckpointSession {
         pageMaps = try PageMapReader(pid: pid, method: options.pageMapMethod)
         memory = try MemoryReader(pid: pid)
         tracker = try strategy.makeTracker(pid: pid)
+        sharedHashes = strategy == .hash ? nil : try HashTracker(pid: pid)
         do {
             let map = try pageMaps.read(ProcessReader.mappings(target, detailed: false))
             try await tracker.start(map)
         } catch {
             tracker.stop()
+            sharedHashes?.stop()
             pageMaps.close()
             memory.close()
             throw Self.translate(error, pid: pid)
@@ -135,6 +142,7 @@ public actor CheckpointSession {
         executor.shutdown()
         guard !stopped else { return }
         tracker.stop()
+        sharedHashes?.stop()
         pageMaps.close()
         memory.close()
     }
@@ -144,6 +152,7 @@ public actor CheckpointSession {
         guard !stopped else { return }
         stopped = true
         tracker.stop()
+        sharedHashes?.stop()
         pageMaps.close()
         memory.close()
     }
@@ -187,8 +196,8 @@ public actor CheckpointSession {
             parentStored = Self.heldPages(of: image.manifest)
         }
         try sink.begin(header)
+        let run = Run()
         do {
-            let run = Run()
             if case .previous = parent { run.inheritable = previousValid }
             // Copy while the target runs, as long as the set left to copy shrinks.
             var left = Int.max
@@ -287,6 +296,9 @@ public actor CheckpointSession {
             return CheckpointResult(manifest: committed, precopyRounds: run.rounds, pagesCopied: run.copied,
                                     pagesCopiedFrozen: run.copiedFrozen)
         } catch {
+            // The writes collected by this run are not in any image: the next checkpoint must
+            // not inherit those pages from the previous one (the tracker will not report them again).
+            previousValid = previousValid.subtracting(run.written)
             let failure = Self.translate(error, pid: pid)
             sink.abort(reason: "\(failure)")
             throw failure
@@ -305,8 +317,11 @@ public actor CheckpointSession {
         package var copiedFrozen = 0
         package var pagesScanned = 0
         package var frozen = Duration.zero
+        /// Every page reported written during the run.
+        package var written = PageSet()
 
         package func invalidate(_ dirty: PageSet) {
+            written = written.union(dirty)
             inheritable = inheritable.subtracting(dirty)
             staged = staged.subtracting(dirty)
         }
@@ -318,11 +333,14 @@ public actor CheckpointSession {
         return map
     }
 
-    /// The pages written since the last look. Shared memory counts as written in full unless its
-    /// content is compared (`hash`): other processes write it out of sight of this one's page tables.
+    /// The pages written since the last look. In shared memory those are the pages whose content
+    /// changed: other processes (and `write(2)` to a memfd) write it out of sight of this one's
+    /// page tables, so only comparing bytes tells.
     private func collectWrites(_ map: ProcessPageMap) throws -> PageSet {
         let dirty = try tracker.collect(map)
-        return tracker.strategy == .hash ? dirty : dirty.union(map.sharedData)
+        guard let sharedHashes else { return dirty }
+        sharedPages = map.sharedData
+        return dirty.subtracting(map.sharedMemory).union(try sharedHashes.changed(in: sharedPages))
     }
 
     /// The page map of now, from `previous` read while the target ran: mappings unchanged since
@@ -332,7 +350,13 @@ public actor CheckpointSession {
         let known = Dictionary(previous.mappings.map { ($0.mapping.start, $0) }, uniquingKeysWith: { first, _ in first })
         var unchanged: [MemoryMapping] = [], changed: [MemoryMapping] = []
         for mapping in try ProcessReader.mappings(target, detailed: false) where ProcessPageMap.isCheckpointed(mapping) {
-            if known[mapping.start]?.mapping == mapping { unchanged.append(mapping) } else { changed.append(mapping) }
+            // Shared memory is classified afresh: a page the target only read in since (another
+            // process wrote it) is data that no write of the target's reports.
+            if known[mapping.start]?.mapping == mapping && !ProcessPageMap.isSharedMemory(mapping) {
+                unchanged.append(mapping)
+            } else {
+                changed.append(mapping)
+            }
         }
         let fresh = try pageMaps.read(changed)
         run.pagesScanned += fresh.pagesScanned
@@ -379,6 +403,12 @@ public actor CheckpointSession {
         var copied = PageSet()
         for (index, piece) in pieces.enumerated() where failures[index] == nil {
             tracker.recordCopied(at: piece.address, UnsafeRawBufferPointer(piece.buffer))
+            if let sharedHashes, !sharedPages.isEmpty {
+                for range in sharedPages.clamped(start: piece.address, end: piece.address + UInt64(piece.buffer.count)).ranges {
+                    let offset = Int(range.start - piece.address)
+                    sharedHashes.recordCopied(at: range.start, UnsafeRawBufferPointer(rebasing: piece.buffer[offset..<offset + Int(range.end - range.start)]))
+                }
+            }
             copied.insert(start: piece.address, end: piece.address + UInt64(piece.buffer.count))
         }
         run.copied += copied.pageCount()
