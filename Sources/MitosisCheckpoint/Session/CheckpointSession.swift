@@ -24,11 +24,27 @@ public struct CheckpointOptions: Sendable {
     /// credentials): its memory may hold secrets it meant to keep out of dumps. Without it the
     /// session refuses such a process with `MitosisError.notDumpable`.
     public var copyNonDumpable = false
+    /// Told how far each checkpoint has come (on the session's thread; keep it quick): for a
+    /// progress display.
+    public var progress: (@Sendable (CheckpointProgress) -> Void)?
 
     public init(strategy: TrackingStrategy? = nil, pageMapMethod: PageMapReader.Method? = nil) {
         self.strategy = strategy
         self.pageMapMethod = pageMapMethod
     }
+}
+
+/// How far a checkpoint has come: the bytes of the current phase done and to do.
+public struct CheckpointProgress: Sendable {
+    public enum Phase: String, Sendable {
+        /// Copying the target's pages into Mitosis (one pre-copy round, or the frozen copy).
+        case copying
+        /// Handing the copied pages to the sink.
+        case writing
+    }
+    public var phase: Phase
+    public var done: UInt64
+    public var total: UInt64
 }
 
 /// What an incremental checkpoint builds on.
@@ -274,8 +290,14 @@ public actor CheckpointSession {
             // Store what the checkpoint holds, describe the rest.
             let stored = run.staged.intersection(final.data)
             let inherited = run.inheritable.intersection(final.data).subtracting(stored)
+            var written: UInt64 = 0
+            let toWrite = stored.byteCount
             for range in stored.ranges {
-                for piece in try run.staging.pieces(of: range) { try sink.writePages(at: piece.address, UnsafeRawBufferPointer(piece.buffer)) }
+                for piece in try run.staging.pieces(of: range) {
+                    try sink.writePages(at: piece.address, UnsafeRawBufferPointer(piece.buffer))
+                    written += UInt64(piece.buffer.count)
+                    options.progress?(CheckpointProgress(phase: .writing, done: written, total: toWrite))
+                }
             }
             var stats = CheckpointStats()
             stats.frozenNanoseconds = Self.nanoseconds(run.frozen)
@@ -393,11 +415,19 @@ public actor CheckpointSession {
     private func copy(_ pages: PageSet, _ run: Run, tolerant: Bool) throws -> PageSet {
         var pieces: [(address: UInt64, buffer: UnsafeMutableRawBufferPointer)] = []
         for range in pages.ranges { pieces += try run.staging.pieces(of: range) }
-        let failures: [Int: MitosisError]
-        do {
-            failures = try memory.read(pieces)
-        } catch {
-            throw MitosisError.targetExited(pid)
+        var failures: [Int: MitosisError] = [:]
+        // In batches of up to 128 MiB, to tell the progress between them.
+        let batchSize = 64
+        var done: UInt64 = 0
+        for start in stride(from: 0, to: pieces.count, by: batchSize) {
+            let batch = Array(pieces[start..<min(start + batchSize, pieces.count)])
+            do {
+                for (index, failure) in try memory.read(batch) { failures[start + index] = failure }
+            } catch {
+                throw MitosisError.targetExited(pid)
+            }
+            done += batch.reduce(0) { $0 + UInt64($1.buffer.count) }
+            options.progress?(CheckpointProgress(phase: .copying, done: done, total: pages.byteCount))
         }
         if !tolerant, let failure = failures.values.first { throw failure }
         var copied = PageSet()
