@@ -61,3 +61,36 @@ import Testing
         #expect(try TargetHealth.userfaultfdRegistered(child.pid) == [])
     }
 }
+
+/// A checkpoint that fails after collecting writes must not let the next one inherit those pages
+/// from the previous image: the tracker, re-armed by the failed run, will not report them again.
+@Suite struct FailedCheckpointTests {
+    /// A sink that takes the pages and refuses to commit.
+    final class RefusingSink: CheckpointSink, @unchecked Sendable {
+        func begin(_ header: CheckpointHeader) throws {}
+        func writePages(at address: UInt64, _ pages: UnsafeRawBufferPointer) throws {}
+        func finish(_ manifest: CheckpointManifest) throws -> CheckpointManifest { throw ImageError.sinkState("refused for the test") }
+        func abort(reason: String) {}
+    }
+
+    @Test(arguments: TrackingStrategy.allCases.filter(\.isSupported))
+    func writesCollectedByAFailedCheckpointAreStoredByTheNext(_ strategy: TrackingStrategy) async throws {
+        let child = try ScenarioProcess("memory")
+        defer { child.stop() }
+        let scratch = try ScratchDirectory()
+        defer { scratch.remove() }
+        let page = UInt64(try child.intFact("page_size"))
+        let anon = UInt64(try child.fact("anon").dropFirst(2), radix: 16)!
+        try await withCheckpointSession(pid: child.pid, options: CheckpointOptions(strategy: strategy)) { session in
+            _ = try await session.checkpoint(to: DirectorySink(directory: scratch.path + "/1"))
+            try child.send("write anon 2 3")
+            await #expect(throws: ImageError.self) {
+                try await session.checkpoint(to: RefusingSink(), parent: .previous(path: "../1"))
+            }
+            let next = try await session.checkpoint(to: DirectorySink(directory: scratch.path + "/2"), parent: .previous(path: "../1"))
+            #expect(CheckpointSession.pages(of: next.manifest, in: .stored).contains(anon + 3 * page))
+            let snapshot = try MemorySnapshot.take(pid: child.pid, manifest: next.manifest)
+            try MemorySnapshot.expectChain(at: scratch.path + "/2", equals: snapshot)
+        }
+    }
+}
