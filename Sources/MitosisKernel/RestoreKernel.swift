@@ -12,6 +12,17 @@ extension Kernel {
         try check { mitosis_husk_spawn(pid) }
     }
 
+    /// Creates a husk with pid `pid` inside a new pid namespace, the child of a small init
+    /// (pid 1 there) that this thread creates (see `mitosis_husk_spawn_pidns`). Returns the
+    /// husk's and the init's pids as this process sees them and the init's control pipe: closing
+    /// it lets the init reap what is left and exit when its last child does.
+    /// The corresponding system calls are `unshare(CLONE_NEWPID)`, `clone3` with `set_tid`, `setns`.
+    package static func spawnHuskInNewPidNamespace(pid: Int32) throws(Errno) -> (husk: Int32, initPid: Int32, control: FileDescriptor) {
+        var initPid: Int32 = 0, control: Int32 = -1
+        let husk = try check { mitosis_husk_spawn_pidns(pid, &initPid, &control) }
+        return (husk, initPid, FileDescriptor(rawValue: control))
+    }
+
     /// The robust futex list head of thread `tid` and its length.
     /// The corresponding system call is `get_robust_list`.
     package static func robustList(_ tid: Int32) throws(Errno) -> (head: UInt64, length: UInt64) {
@@ -47,6 +58,12 @@ extension Kernel {
     /// The effective user and group ids of this process. The corresponding C functions are `geteuid`, `getegid`.
     package static var effectiveUserID: UInt32 { geteuid() }
     package static var effectiveGroupID: UInt32 { getegid() }
+
+    /// Whether two byte ranges hold the same bytes (fast even in a debug build, where comparing
+    /// 1 GiB element by element takes minutes). The corresponding C function is `memcmp`.
+    package static func bytesEqual(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Bool {
+        a.count == b.count && (a.count == 0 || memcmp(a.baseAddress!, b.baseAddress!, a.count) == 0)
+    }
 
     /// XCR0: the XSAVE state components this CPU and kernel enable. The instruction is `xgetbv`.
     package static var enabledXsaveFeatures: UInt64 { mitosis_xcr0() }

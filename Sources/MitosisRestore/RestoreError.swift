@@ -31,7 +31,7 @@ public enum RestoreError: MitosisFailure, Equatable {
             let more = refusals.count > 1 ? " (and \(refusals.count - 1) more; see restore --check)" : ""
             return "\(image) cannot be restored here: \(refusals.first.map(\.description) ?? "no reason")\(more)"
         case .pidTaken(let pid, let holder):
-            return "pid \(pid) is taken by \(holder); end it first (or restore into a new pid namespace, not supported yet)"
+            return "pid \(pid) is taken by \(holder); end it first, or restore into a new pid namespace (--pidns)"
         case .pidOutOfRange(let pid): return "pid \(pid) is above this system's kernel.pid_max"
         case .failed(let step, let detail): return "restore failed while \(step): \(detail); the half-built process was killed"
         }

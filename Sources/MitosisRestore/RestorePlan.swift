@@ -7,6 +7,14 @@ import SystemPackage
 struct RestorePlan: Sendable {
     let manifest: CheckpointManifest
     let record: RestoreRecord
+    /// Thread ids as this process sees them, by the image's tid: the same unless the process is
+    /// restored inside a new pid namespace. Filled as the husk's threads are created.
+    var hostTids: [Int32: Int32] = [:]
+    /// Restored inside a new pid namespace (`--pidns`).
+    var newPidNamespace = false
+
+    /// The id this process uses for the image's thread `tid` (ptrace, /proc, injection).
+    func host(_ tid: Int32) -> Int32 { hostTids[tid] ?? tid }
 
     /// Character devices that hold no state, so that opening them again restores them.
     static let statelessDevices: Set<String> = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"]
@@ -37,12 +45,7 @@ struct RestorePlan: Sendable {
         if !fileExists(record.executable) {
             refusals.append(RestoreRefusal("executable", "\(record.executable) does not exist here"))
         }
-        if record.posixTimers > 0 {
-            refusals.append(RestoreRefusal("POSIX timers", "\(record.posixTimers) timer(s); restoring POSIX timers is not supported yet"))
-        }
-        if let identity = manifest.process?.identity, identity.uid.effective != Kernel.effectiveUserID || identity.gid.effective != Kernel.effectiveGroupID {
-            refusals.append(RestoreRefusal("credentials", "the process ran as uid \(identity.uid.effective) gid \(identity.gid.effective); restoring other credentials is not supported yet"))
-        }
+        refusals += processStateProblems(manifest, record)
         let deleted = Set(manifest.process?.maps.filter(\.deleted).map(\.start) ?? [])
         for mapping in manifest.mappings {
             if let reason = mappingProblem(mapping, deleted: deleted.contains(mapping.start)) {
@@ -78,7 +81,49 @@ struct RestorePlan: Sendable {
                 }
                 continue
             }
-            if let reason = descriptorProblem(descriptor) { refusals.append(RestoreRefusal("fd \(descriptor.fd) (\(descriptor.target))", reason)) }
+            if descriptor.kind == .socket {
+                if let reason = socketProblem(descriptor, manifest: manifest, record: record) {
+                    refusals.append(RestoreRefusal("fd \(descriptor.fd) (\(descriptor.target))", reason))
+                }
+                continue
+            }
+            if let reason = descriptorProblem(descriptor, record: record) { refusals.append(RestoreRefusal("fd \(descriptor.fd) (\(descriptor.target))", reason)) }
+        }
+        return refusals
+    }
+
+    /// Why a socket cannot be restored, or nil; each family's rules live with its restore.
+    private static func socketProblem(_ descriptor: OpenDescriptor, manifest: CheckpointManifest, record: RestoreRecord) -> String? {
+        guard let state = record.sockets?.first(where: { $0.inode == descriptor.inode }) else {
+            return "the image does not hold the socket's state (taken before sockets were captured)"
+        }
+        if state.isInet { return inetSocketProblem(state) }
+        if state.isUnix {
+            let held = Dictionary((record.sockets ?? []).filter { socket in manifest.descriptors?.contains { $0.inode == socket.inode } == true }
+                .map { ($0.inode, $0) }, uniquingKeysWith: { a, _ in a })
+            return unixSocketProblem(state, held: held)
+        }
+        return "sockets of address family \(state.domain) are not restorable"
+    }
+
+    /// Timers the image cannot bring back here, and state it does not hold.
+    private static func processStateProblems(_ manifest: CheckpointManifest, _ record: RestoreRecord) -> [RestoreRefusal] {
+        guard let state = record.processState else {
+            if record.posixTimers > 0 {
+                return [RestoreRefusal("POSIX timers", "\(record.posixTimers) timer(s), but the image predates their capture; checkpoint the process again")]
+            }
+            return []
+        }
+        var refusals: [RestoreRefusal] = []
+        if !state.posixTimers.isEmpty && !Kernel.canRestoreTimerIDs {
+            refusals.append(RestoreRefusal("POSIX timers", "\(state.posixTimers.count) timer(s); this kernel cannot create a timer with a chosen id (PR_TIMER_CREATE_RESTORE_IDS, Linux 6.13+)"))
+        }
+        let tids = Set(manifest.threads.map(\.tid))
+        for timer in state.posixTimers where timer.notify & sigevThreadID != 0 && !tids.contains(timer.notifyTarget) {
+            refusals.append(RestoreRefusal("POSIX timer \(timer.id)", "it notifies thread \(timer.notifyTarget), which the image does not hold"))
+        }
+        if Set(state.threads.map(\.tid)) != tids {
+            refusals.append(RestoreRefusal("image", "thread states and process-state records name different threads"))
         }
         return refusals
     }
@@ -105,13 +150,33 @@ struct RestorePlan: Sendable {
         }
     }
 
-    private static func descriptorProblem(_ descriptor: OpenDescriptor) -> String? {
+    private static func descriptorProblem(_ descriptor: OpenDescriptor, record: RestoreRecord) -> String? {
+        // A dup of a lower descriptor is restored as one: whatever that one needs, it needs.
+        if let shared = record.sharedDescriptions?.first(where: { $0.fd == descriptor.fd }) {
+            return shared.sameAs < descriptor.fd ? nil : "recorded as sharing fd \(shared.sameAs), which is not below it"
+        }
         switch descriptor.kind {
+        case .file where descriptor.deleted, .memfd:
+            guard let contents = record.fileContents?.first(where: { $0.fd == descriptor.fd }) else {
+                return "the image does not hold the content of this \(descriptor.kind == .memfd ? "memfd" : "deleted file") (taken before contents were kept)"
+            }
+            guard let bytes = contents.bytes else {
+                return "\(contents.size) bytes, more than the \(FileContents.limit) a checkpoint keeps of a \(descriptor.kind == .memfd ? "memfd" : "deleted file")"
+            }
+            if UInt64(bytes.count) != contents.size { return "the image holds \(bytes.count) bytes of its \(contents.size)" }
+            if descriptor.kind == .memfd, descriptor.flags & 3 != UInt32(Linux.O_RDWR) { return "a memfd opened again read-only or write-only is not restorable yet" }
+            return nil
         case .file, .directory:
             guard let path = descriptor.path else { return "no path" }
-            if descriptor.deleted { return "the file was deleted; restoring deleted files is not supported yet" }
             if !fileExists(path) { return "\(path) does not exist here" }
             return nil
+        case .timerfd:
+            guard record.timerfds?.contains(where: { $0.fd == descriptor.fd }) == true else { return "the image does not hold the timer's state" }
+            return nil
+        case .signalfd:
+            return descriptor.signalfd == nil ? "the kernel did not report its signal mask" : nil
+        case .inotify:
+            return "inotify watches name inodes, not paths; restoring them is not supported yet"
         case .characterDevice:
             guard let path = descriptor.path, statelessDevices.contains(path) else {
                 return "character device \(descriptor.path ?? descriptor.target) may hold state; only \(statelessDevices.sorted().joined(separator: ", ")) are restored"

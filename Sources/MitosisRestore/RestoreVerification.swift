@@ -19,9 +19,13 @@ public enum RestoreVerification {
                 let count = Int(min(UInt64(buffer.count), mapping.end - at))
                 let expected = try chain.read(address: at, length: count)
                 let read = try Kernel.readMemory(pid: pid, address: at, into: UnsafeMutableRawBufferPointer(rebasing: buffer[..<count]))
-                for page in stride(from: 0, to: count, by: pageSize) {
-                    let same = page + pageSize <= read && expected[page..<(page + pageSize)].elementsEqual(buffer[page..<(page + pageSize)])
-                    if !same { differing.append(at + UInt64(page)) }
+                expected.withUnsafeBytes { expected in
+                    for page in stride(from: 0, to: count, by: pageSize) {
+                        let same = page + pageSize <= read
+                            && Kernel.bytesEqual(UnsafeRawBufferPointer(rebasing: expected[page..<(page + pageSize)]),
+                                                 UnsafeRawBufferPointer(rebasing: buffer[page..<(page + pageSize)]))
+                        if !same { differing.append(at + UInt64(page)) }
+                    }
                 }
                 at += UInt64(count)
             }

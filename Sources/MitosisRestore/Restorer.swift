@@ -12,10 +12,18 @@ public struct RestoreResult: Codable, Sendable, Equatable {
     public var descriptors: Int
     /// From the start of `restore` until the process runs, image reading included.
     public var restoreMilliseconds: Double
+    /// Restored inside a new pid namespace: the process's pid as this host sees it (`pid` is
+    /// its pid inside), and the namespace's init (pid 1 there, a child of the restoring
+    /// thread; it exits once the restored process has).
+    public var hostPid: Int32?
+    public var namespaceInitPid: Int32?
     /// Time per phase: `husk` (creating it), `empty` (emptying its address space, placing the
     /// vDSO), `memory` (mapping and filling), `state` (signals, mm, descriptors, threads),
     /// `resume` (rseq, registers, detach).
     public var phases: [String: Double]
+    /// What was restored otherwise than recorded, and why (a process group that no longer
+    /// exists, a parent-death signal not armed…); empty when everything is as recorded.
+    public var notes: [String] = []
 }
 
 /// Brings a checkpointed process back to life from an image chain, on this host, with its pid
@@ -45,18 +53,29 @@ public struct Restorer: Sendable {
     }
 
     /// Restores the process. `verify`, if given, runs once the process is complete but before
-    /// any of its threads runs (its memory can be read with `process_vm_readv`); throwing from it
-    /// aborts the restore and kills the process.
-    public func restore(verify: (@Sendable (Int32) throws -> Void)? = nil) async throws -> RestoreResult {
+    /// any of its threads runs (its memory can be read with `process_vm_readv`; it gets the
+    /// pid this host sees); throwing from it aborts the restore and kills the process.
+    ///
+    /// With `inNewPidNamespace`, the process is restored inside a new pid namespace, under a
+    /// small init that is pid 1 there (so its pid may be taken here); see Docs/restore.md.
+    public func restore(inNewPidNamespace: Bool = false, verify: (@Sendable (Int32) throws -> Void)? = nil) async throws -> RestoreResult {
         let clock = ContinuousClock()
         let started = clock.now
         let refusals = self.refusals()
         guard refusals.isEmpty, let record = manifest.restore else { throw RestoreError.refused(image: image.path, refusals) }
-        let plan = RestorePlan(manifest: manifest, record: record)
+        var plan = RestorePlan(manifest: manifest, record: record)
+        plan.newPidNamespace = inNewPidNamespace
         let pid = manifest.pid
         let tracer: Tracer
+        var namespace: (initPid: Int32, control: FileDescriptor)?
         do {
-            tracer = try await Tracer.spawnHusk(pid: pid)
+            if inNewPidNamespace {
+                let spawned = try await Tracer.spawnHuskInNewPidNamespace(pid: pid)
+                tracer = spawned.tracer
+                namespace = (spawned.initPid, spawned.control)
+            } else {
+                tracer = try await Tracer.spawnHusk(pid: pid)
+            }
         } catch Errno.fileExists {
             throw RestoreError.pidTaken(pid, holder: Self.describeHolder(pid))
         } catch Errno.invalidArgument {
@@ -68,12 +87,20 @@ public struct Restorer: Sendable {
         }
         let huskReady = clock.now
         do {
-            var phases = try await tracer.buildRestoredProcess(plan, chain: chain, verify: verify)
+            var (phases, notes) = try await tracer.buildRestoredProcess(plan, chain: chain, verify: verify)
             phases["husk"] = Self.milliseconds(huskReady - started)
+            // The init may now reap and end once the restored process does.
+            try? namespace?.control.close()
             return RestoreResult(pid: pid, threads: manifest.threads.count, descriptors: manifest.descriptors?.count ?? 0,
-                                 restoreMilliseconds: Self.milliseconds(clock.now - started), phases: phases)
+                                 restoreMilliseconds: Self.milliseconds(clock.now - started),
+                                 hostPid: namespace == nil ? nil : tracer.pid, namespaceInitPid: namespace?.initPid,
+                                 phases: phases, notes: notes)
         } catch {
             await tracer.killHusk()
+            if let namespace {
+                try? namespace.control.close()
+                Kernel.reap(namespace.initPid)
+            }
             if let failure = error as? StepFailure { throw RestoreError.failed(step: failure.step, detail: failure.detail) }
             throw RestoreError.failed(step: "restoring", detail: "\(error)")
         }

@@ -16,6 +16,7 @@ struct RestoreCommand: AsyncParsableCommand {
 
     @Argument(help: "The image directory (any committed image of a chain).") var image: String
     @Flag(help: "Only check whether the image can be restored here; list what is refused and why.") var check = false
+    @Flag(help: "Restore inside a new pid namespace (under a small init that is pid 1 there), so that a pid taken here does not matter.") var pidns = false
     @Flag(help: "Print the result as JSON.") var json = false
 
     func run() async throws {
@@ -34,12 +35,14 @@ struct RestoreCommand: AsyncParsableCommand {
                 if !refusals.isEmpty { throw ExitCode(1) }
                 return
             }
-            let result = try await restorer.restore()
+            let result = try await restorer.restore(inNewPidNamespace: pidns)
             if json {
-                print(try JSONOutput.string(JSONResult(pid: result.pid, threads: result.threads, descriptors: result.descriptors,
-                                                       restoreMs: result.restoreMilliseconds, phasesMs: result.phases)))
+                print(try JSONOutput.string(JSONResult(pid: result.pid, hostPid: result.hostPid, threads: result.threads, descriptors: result.descriptors,
+                                                       restoreMs: result.restoreMilliseconds, phasesMs: result.phases, notes: result.notes)))
             } else {
-                print("restored process \(result.pid) (\(result.threads) threads, \(result.descriptors) descriptors) from \(image) in \(String(format: "%.1f", result.restoreMilliseconds)) ms")
+                let host = result.hostPid.map { " (pid \($0) on this host, in a new pid namespace)" } ?? ""
+                print("restored process \(result.pid)\(host) (\(result.threads) threads, \(result.descriptors) descriptors) from \(image) in \(String(format: "%.1f", result.restoreMilliseconds)) ms")
+                for note in result.notes { print("  note: \(note)") }
             }
         } catch let exit as ExitCode {
             throw exit
@@ -56,10 +59,13 @@ struct RestoreCommand: AsyncParsableCommand {
 
     struct JSONResult: Codable {
         var pid: Int32
+        /// The pid as this host sees it, when restored in a new pid namespace.
+        var hostPid: Int32?
         var threads: Int
         var descriptors: Int
         var restoreMs: Double
         /// Milliseconds per phase (see `RestoreResult.phases`).
         var phasesMs: [String: Double]
+        var notes: [String]
     }
 }

@@ -68,6 +68,13 @@ typedef struct mitosis_prctl_mm_map {
 /// waits in `pause()` forever, running only raw system calls (it is a fork of a multithreaded
 /// process). Returns the pid, or -1 with errno (EEXIST: the pid is taken; EINVAL: above pid_max).
 pid_t mitosis_husk_spawn(pid_t pid);
+/// Creates the husk with pid `pid` inside a new pid namespace: a small init (pid 1 there, a
+/// child of the calling thread, which returns to its own namespace) creates it as its child
+/// and reports it. Returns the husk's pid as this process sees it, with the init's in
+/// `*init_pid` and in `*control` a pipe the init waits on: close it once the restore ends
+/// (or let Mitosis die); the init then reaps what is left and exits when its last child does.
+/// Returns -1 with errno (from unshare, clone3: EINVAL above pid_max…).
+pid_t mitosis_husk_spawn_pidns(pid_t pid, pid_t *init_pid, int *control);
 /// Copies the unread bytes (at most `capacity`) of the pipe that `path` (a `/proc/PID/fd/N`
 /// link to either end) refers to, without consuming them: a new read end is opened through the
 /// link and `tee(2)`d into a pipe of this process. Stores the pipe's capacity (F_GETPIPE_SZ) in

@@ -22,7 +22,11 @@ struct WorkArea {
     static let cloneArgs: UInt64 = 2304      // struct clone_args, 80
     static let setTid: UInt64 = 2400         // pid_t[1]
     static let auxv: UInt64 = 2560           // up to 1024
-    static let text: UInt64 = 4096           // a path, up to 3 pages
+    static let timerArgs: UInt64 = 3584      // struct sigevent 64, itimerspec 32, timer id 8
+    static let capabilities: UInt64 = 3712   // cap_user_header 8, cap_user_data[2] 24
+    static let altStack: UInt64 = 3776       // stack_t, 24
+    static let signalInfo: UInt64 = 3840     // siginfo_t, 128
+    static let text: UInt64 = 4096           // a path or the group list, up to 3 pages
 }
 
 /// Phases of building the restored process inside a husk. All of it runs on the tracer's
@@ -30,10 +34,12 @@ struct WorkArea {
 /// need no hop between calls.
 extension Tracer {
     /// Builds the image's process in the husk this tracer holds, runs `verify` with the process
-    /// complete but not yet resumed, then lets it run and detaches. Returns phase timings.
+    /// complete but not yet resumed, then lets it run and detaches. Returns phase timings and
+    /// notes on what was restored otherwise than recorded.
     func buildRestoredProcess(_ plan: RestorePlan, chain: CheckpointChain,
-                              verify: (@Sendable (Int32) throws -> Void)?) throws -> [String: Double] {
+                              verify: (@Sendable (Int32) throws -> Void)?) throws -> (phases: [String: Double], notes: [String]) {
         var timings: [String: Double] = [:]
+        var notes: [String] = []
         let clock = ContinuousClock()
         var mark = clock.now
         func phase(_ name: String) {
@@ -42,6 +48,8 @@ extension Tracer {
             timings[name] = Double(seconds) * 1000 + Double(attoseconds) / 1e15
             mark = now
         }
+        var plan = plan
+        plan.hostTids[plan.manifest.pid] = pid
         let area = try prepareEmptyAddressSpace(plan)
         phase("empty")
         try mapMemory(plan, chain: chain, area: area)
@@ -49,7 +57,13 @@ extension Tracer {
         try restoreProcessState(plan, area: area)
         try restoreDescriptors(plan, area: area)
         try restoreLimits(plan)
-        try createThreads(plan, area: area)
+        try createThreads(&plan, area: area)
+        try restoreThreadState(plan, area: area)
+        notes += try restoreProcessAttributes(plan)
+        try restoreTimers(plan, area: area)
+        // Last of what needs privilege: the process may run as another user, with fewer capabilities.
+        try restoreCredentials(plan, area: area)
+        try queueSignals(plan, area: area)
         try removeWorkArea(area, plan: plan)
         phase("state")
         if let verify {
@@ -57,6 +71,6 @@ extension Tracer {
         }
         try resumeThreads(plan)
         phase("resume")
-        return timings
+        return (timings, notes)
     }
 }

@@ -12,26 +12,32 @@ extension Tracer {
         for state in plan.manifest.threads {
             if let rseq = state.rseq {
                 try huskCall("registering rseq of thread \(state.tid)", SyscallNumber.rseq,
-                             [rseq.address, UInt64(rseq.size), 0, UInt64(rseq.signature)], in: state.tid)
+                             [rseq.address, UInt64(rseq.size), 0, UInt64(rseq.signature)], in: plan.host(state.tid))
             }
         }
         for state in plan.manifest.threads {
+            let tid = plan.host(state.tid)
             do {
-                try Ptrace.setRegisters(state.tid, state.registers.resumingInterruptedCall)
+                try Ptrace.setRegisters(tid, state.registers.resumingInterruptedCall)
                 try state.extendedState.bytes.withUnsafeBytes { buffer in
-                    try Ptrace.setRegisterSet(state.tid, kind: Ptrace.extendedStateKind, from: buffer)
+                    try Ptrace.setRegisterSet(tid, kind: Ptrace.extendedStateKind, from: buffer)
                 }
-                try Ptrace.setSignalMask(state.tid, state.signalMask)
+                try Ptrace.setSignalMask(tid, state.signalMask)
             } catch {
                 throw StepFailure(step: "setting the registers of thread \(state.tid)", detail: "\(error)")
             }
         }
-        // Signals pending at the freeze are sent again (once each: their siginfo and the count
-        // of queued real-time signals are not recorded). They wait, blocked or not, for the thaw.
+        // Images without queued signals (`queueSignals`) name only which signals were pending:
+        // each is sent again once, without its siginfo. They wait, blocked or not, for the thaw.
+        if plan.record.processState == nil { try resendPendingSignals(plan) }
+        thaw()
+    }
+
+    func resendPendingSignals(_ plan: RestorePlan) throws {
         let shared = plan.manifest.threads.first?.sharedPendingSignals ?? 0
         for state in plan.manifest.threads {
             for signal in Self.signals(in: state.pendingSignals) {
-                do { try Kernel.threadKill(pid: pid, tid: state.tid, signal: signal) } catch {
+                do { try Kernel.threadKill(pid: pid, tid: plan.host(state.tid), signal: signal) } catch {
                     throw StepFailure(step: "sending signal \(signal) pending for thread \(state.tid)", detail: "\(error)")
                 }
             }
@@ -41,7 +47,6 @@ extension Tracer {
                 throw StepFailure(step: "sending signal \(signal) pending for the process", detail: "\(error)")
             }
         }
-        thaw()
     }
 }
 

@@ -16,8 +16,29 @@ extension Tracer {
         return tracer
     }
 
+    /// Creates the husk with `pid` inside a new pid namespace (as `spawnHusk`, but the pid can be
+    /// taken here): the tracer's `pid` is the husk's pid as this process sees it. Also returns
+    /// the namespace's init and its control pipe (`Kernel.spawnHuskInNewPidNamespace`).
+    package static func spawnHuskInNewPidNamespace(pid: Int32) async throws -> (tracer: Tracer, initPid: Int32, control: FileDescriptor) {
+        let executor = DedicatedThreadExecutor(name: "mitosis-husk-\(pid)")
+        // The namespace's init must be created by the thread that will trace the husk.
+        let spawned = try await OnThread(executor).run { () throws(Errno) in try Kernel.spawnHuskInNewPidNamespace(pid: pid) }
+        let tracer = Tracer(pid: spawned.husk, stopTimeout: .seconds(5), executor: executor)
+        do {
+            try await tracer.seizeHusk(spawned.husk)
+        } catch {
+            try? spawned.control.close()
+            Kernel.reap(spawned.initPid)
+            throw error
+        }
+        return (tracer, spawned.initPid, spawned.control)
+    }
+
     private func startHusk() throws {
-        let husk = try Kernel.spawnHusk(pid: pid)
+        try seizeHusk(try Kernel.spawnHusk(pid: pid))
+    }
+
+    private func seizeHusk(_ husk: Int32) throws {
         do throws(Errno) {
             try Ptrace.seize(husk, options: Ptrace.killOnExitOption | Ptrace.traceCloneOption | Ptrace.traceSystemCallsOption)
             // The husk may still be setting itself up: let it run until it waits in pause().
@@ -72,4 +93,15 @@ extension Tracer {
         threads.removeAll()
         thaw()
     }
+}
+
+/// Runs work on a given dedicated thread (for what must happen on a tracer's thread before the
+/// tracer exists).
+private actor OnThread {
+    let executor: DedicatedThreadExecutor
+    nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
+
+    init(_ executor: DedicatedThreadExecutor) { self.executor = executor }
+
+    func run<T: Sendable>(_ body: @Sendable () throws(Errno) -> T) throws(Errno) -> T { try body() }
 }

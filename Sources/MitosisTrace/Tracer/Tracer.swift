@@ -51,10 +51,10 @@ public actor Tracer {
 
     public nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
 
-    init(pid: Int32, stopTimeout: Duration) {
+    init(pid: Int32, stopTimeout: Duration, executor: DedicatedThreadExecutor? = nil) {
         self.pid = pid
         self.stopTimeout = stopTimeout
-        self.executor = DedicatedThreadExecutor(name: "mitosis-tracer-\(pid)")
+        self.executor = executor ?? DedicatedThreadExecutor(name: "mitosis-tracer-\(pid)")
     }
 
     /// Seizes and stops every thread of `pid` (and, with `includeDescendants`, of every process
