@@ -171,8 +171,7 @@ private final class Writer {
     private let directory: FileDescriptor
     private let marker: FileDescriptor
     private let data: FileDescriptor
-    private var buffer: [UInt8] = []
-    private let bufferLimit = 1 << 20
+    private let pages: DataFileWriter
     private var builder: PageRunBuilder
     private var closed = false
 
@@ -214,13 +213,13 @@ private final class Writer {
             let data = try Self.create(ImageFormat.dataName, in: directory)
             opened.append(data)
             try Kernel.sync(directory)
+            pages = try DataFileWriter(data)
             (self.parent, self.directory, self.marker, self.data) = (parent, directory, marker, data)
         } catch {
             for fd in opened { try? fd.close() }
             try? parent.close()
             throw Self.imageError(path, "create \(partialName)", error)
         }
-        buffer.reserveCapacity(bufferLimit)
     }
 
     private static func create(_ file: String, in directory: FileDescriptor) throws(Errno) -> FileDescriptor {
@@ -244,26 +243,20 @@ private final class Writer {
 
     // MARK: Pages
 
+    /// Hands the pages to the data file's writer, hashes them meanwhile (`PageRunBuilder` emits
+    /// a piece before hashing it) and waits for the write: `bytes` is the caller's only until
+    /// this returns.
     package func append(address: UInt64, _ bytes: UnsafeRawBufferPointer) throws(ImageError) {
-        try builder.add(address: address, bytes) { piece throws(ImageError) in try store(piece) }
-    }
-
-    private func store(_ piece: UnsafeRawBufferPointer) throws(ImageError) {
-        if buffer.count + piece.count > bufferLimit { try flush() }
-        if piece.count >= bufferLimit {
-            try Self.io(path, "write \(ImageFormat.dataName)") { () throws(Errno) in try Kernel.writeAll(data, piece) }
-        } else {
-            buffer.append(contentsOf: piece)
+        let pages = self.pages
+        do throws(ImageError) {
+            try builder.add(address: address, bytes) { piece throws(ImageError) in
+                try Self.io(path, "write \(ImageFormat.dataName)") { () throws(Errno) in try pages.write(piece) }
+            }
+        } catch {
+            try? pages.drain()
+            throw error
         }
-    }
-
-    private func flush() throws(ImageError) {
-        guard !buffer.isEmpty else { return }
-        let data = self.data
-        try Self.io(path, "write \(ImageFormat.dataName)") { () throws(Errno) in
-            try Kernel.writeAll(data, buffer)
-        }
-        buffer.removeAll(keepingCapacity: true)
+        try Self.io(path, "write \(ImageFormat.dataName)") { () throws(Errno) in try pages.drain() }
     }
 
     // MARK: Commit
@@ -273,7 +266,8 @@ private final class Writer {
             throw .sinkState("the manifest's identity (id, kind, parent, sequence, pid, created, page size) differs from the header's")
         }
         let (index, runs, dataDigest) = try builder.finish()
-        try flush()
+        let pages = self.pages
+        try Self.io(path, "write \(ImageFormat.dataName)") { () throws(Errno) in try pages.finish() }
         try Self.io(path, "fsync \(ImageFormat.dataName)") { () throws(Errno) in try Kernel.sync(data) }
         let indexDigest = try writeFile(ImageFormat.indexName, index)
         let manifest = builder.complete(draft, runs: runs, index: indexDigest, data: dataDigest)
@@ -320,7 +314,7 @@ private final class Writer {
     /// full disk writing the reason may fail too, and the marker's first text remains.
     package func abort(reason: String) {
         guard !closed else { return }
-        buffer.removeAll()
+        try? pages.drain()
         try? Kernel.truncate(data, to: 0)
         // The marker may have been removed just before a failed rename: create it again.
         let marker = (try? Kernel.linkStatusAt(directory, ImageFormat.incompleteName)) == nil
@@ -340,6 +334,8 @@ private final class Writer {
     private func closeAll() {
         guard !closed else { return }
         closed = true
+        try? pages.drain()
+        pages.close()
         for fd in [data, marker, directory, parent] { try? fd.close() }
     }
 

@@ -11,7 +11,8 @@ package struct PageRunBuilder {
 
     package init(pageSize: Int) { self.pageSize = pageSize }
 
-    /// Adds the pages at `address`, handing each piece of bytes to `emit` in data-file order.
+    /// Adds the pages at `address`, handing each piece of bytes to `emit` in data-file order,
+    /// before hashing it.
     package mutating func add(address: UInt64, _ bytes: UnsafeRawBufferPointer,
                       emit: (UnsafeRawBufferPointer) throws(ImageError) -> Void) throws(ImageError) {
         try validateRun(address: address, count: bytes.count, pageSize: pageSize)
@@ -23,11 +24,12 @@ package struct PageRunBuilder {
             if current == nil { current = (PageRun(address: at, length: 0, dataOffset: dataSize, checksum: 0), Checksum()) }
             let count = Int(min(UInt64(bytes.count - offset), maxRun - current!.run.length))
             let piece = UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + count)])
+            // Emitted first: a sink that writes on another thread writes while this hashes.
+            try emit(piece)
             current!.hasher.update(piece)
             current!.run.length += UInt64(count)
             dataHasher.update(piece)
             dataSize += UInt64(count)
-            try emit(piece)
             offset += count
         }
     }

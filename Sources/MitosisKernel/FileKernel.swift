@@ -60,6 +60,19 @@ extension Kernel {
         try check { fsync(fd.rawValue) }
     }
 
+    /// Turns direct I/O on or off for an open file: writes then go from the caller's memory to
+    /// the device, bypassing the page cache, and buffers, lengths and file offsets must be aligned
+    /// to the file system's block size. Fails (EINVAL) where the file system has no direct I/O.
+    /// The corresponding system call is `fcntl(F_SETFL)` with `O_DIRECT`.
+    package static func setDirectIO(_ fd: FileDescriptor, _ on: Bool) throws(Errno) {
+        let flags = try check { fcntl(fd.rawValue, F_GETFL) }
+        let direct = Int32(__O_DIRECT)
+        _ = try check { fcntl(fd.rawValue, F_SETFL, on ? flags | direct : flags & ~direct) }
+    }
+
+    /// Whether `fd` is a terminal. The corresponding library call is `isatty`.
+    package static func isTerminal(_ fd: Int32) -> Bool { isatty(fd) == 1 }
+
     /// Sets a file's length. The corresponding system call is `ftruncate`.
     package static func truncate(_ fd: FileDescriptor, to length: Int) throws(Errno) {
         try check { ftruncate(fd.rawValue, off_t(length)) }

@@ -32,9 +32,6 @@ extension Kernel {
         try check { renameat(directory?.rawValue ?? AT_FDCWD, from, directory?.rawValue ?? AT_FDCWD, to) }
     }
 
-    /// Whether `fd` is a terminal. The corresponding C function is `isatty`.
-    package static func isTerminal(_ fd: Int32) -> Bool { isatty(fd) == 1 }
-
     /// SIGTERM and SIGKILL by name, so that callers above this layer need no libc.
     package static let terminateSignal = SIGTERM
     package static let killSignal = SIGKILL

@@ -53,9 +53,12 @@ struct DumpCommand: AsyncParsableCommand {
             // Killed afterwards: the connections stay locked, closed silently by the kill.
             options.moveConnections = kill
             options.copyNonDumpable = force
+            let progress = ProgressLine("mitosis dump")
+            options.progress = { progress.update($0) }
             let session = try await CheckpointSession(pid: pid, options: options)
             let result: CheckpointResult
             do {
+                defer { progress.end() }
                 // Only once the target may be traced, so that a refused dump leaves nothing behind.
                 try DirectorySink.createDirectories(container)
                 result = try await session.checkpoint(to: DirectorySink(directory: images), parent: base)

@@ -34,11 +34,27 @@ public struct CheckpointOptions: Sendable {
     /// credentials): its memory may hold secrets it meant to keep out of dumps. Without it the
     /// session refuses such a process with `MitosisError.notDumpable`.
     public var copyNonDumpable = false
+    /// Told how far each checkpoint has come (on the session's thread; keep it quick): for a
+    /// progress display.
+    public var progress: (@Sendable (CheckpointProgress) -> Void)?
 
     public init(strategy: TrackingStrategy? = nil, pageMapMethod: PageMapReader.Method? = nil) {
         self.strategy = strategy
         self.pageMapMethod = pageMapMethod
     }
+}
+
+/// How far a checkpoint has come: the bytes of the current phase done and to do.
+public struct CheckpointProgress: Sendable {
+    public enum Phase: String, Sendable {
+        /// Copying the target's pages into Mitosis (one pre-copy round, or the frozen copy).
+        case copying
+        /// Handing the copied pages to the sink.
+        case writing
+    }
+    public var phase: Phase
+    public var done: UInt64
+    public var total: UInt64
 }
 
 /// What an incremental checkpoint builds on.
@@ -98,6 +114,11 @@ public actor CheckpointSession {
     public nonisolated let strategy: TrackingStrategy
     public nonisolated let options: CheckpointOptions
     private let tracker: DirtyTracker
+    /// Finds the writes to shared memory when `tracker` follows page tables (every strategy but
+    /// `hash`): content hashes of the shared-memory pages only. Nil with `hash`, which covers them.
+    private let sharedHashes: HashTracker?
+    /// The shared-memory data pages of the page map last collected: those whose copies are hashed.
+    private var sharedPages = PageSet()
     private let pageMaps: PageMapReader
     private let memory: MemoryReader
     /// Pins the target's identity: reads, signals and checkpoints go to it, never to a process
@@ -131,11 +152,13 @@ public actor CheckpointSession {
         pageMaps = try PageMapReader(pid: pid, method: options.pageMapMethod)
         memory = try MemoryReader(pid: pid)
         tracker = try strategy.makeTracker(pid: pid)
+        sharedHashes = strategy == .hash ? nil : try HashTracker(pid: pid)
         do {
             let map = try pageMaps.read(ProcessReader.mappings(target, detailed: false))
             try await tracker.start(map)
         } catch {
             tracker.stop()
+            sharedHashes?.stop()
             pageMaps.close()
             memory.close()
             throw Self.translate(error, pid: pid)
@@ -147,6 +170,7 @@ public actor CheckpointSession {
         executor.shutdown()
         guard !stopped else { return }
         tracker.stop()
+        sharedHashes?.stop()
         pageMaps.close()
         memory.close()
     }
@@ -159,6 +183,7 @@ public actor CheckpointSession {
         movedConnections?.resume()
         movedConnections = nil
         tracker.stop()
+        sharedHashes?.stop()
         pageMaps.close()
         memory.close()
     }
@@ -318,8 +343,14 @@ public actor CheckpointSession {
             // Store what the checkpoint holds, describe the rest.
             let stored = run.staged.intersection(final.data)
             let inherited = run.inheritable.intersection(final.data).subtracting(stored)
+            var written: UInt64 = 0
+            let toWrite = stored.byteCount
             for range in stored.ranges {
-                for piece in try run.staging.pieces(of: range) { try sink.writePages(at: piece.address, UnsafeRawBufferPointer(piece.buffer)) }
+                for piece in try run.staging.pieces(of: range) {
+                    try sink.writePages(at: piece.address, UnsafeRawBufferPointer(piece.buffer))
+                    written += UInt64(piece.buffer.count)
+                    options.progress?(CheckpointProgress(phase: .writing, done: written, total: toWrite))
+                }
             }
             var stats = CheckpointStats()
             stats.frozenNanoseconds = Self.nanoseconds(run.frozen)
@@ -386,11 +417,14 @@ public actor CheckpointSession {
         return map
     }
 
-    /// The pages written since the last look. Shared memory counts as written in full unless its
-    /// content is compared (`hash`): other processes write it out of sight of this one's page tables.
+    /// The pages written since the last look. In shared memory those are the pages whose content
+    /// changed: other processes (and `write(2)` to a memfd) write it out of sight of this one's
+    /// page tables, so only comparing bytes tells.
     private func collectWrites(_ map: ProcessPageMap) throws -> PageSet {
         let dirty = try tracker.collect(map)
-        return tracker.strategy == .hash ? dirty : dirty.union(map.sharedData)
+        guard let sharedHashes else { return dirty }
+        sharedPages = map.sharedData
+        return dirty.subtracting(map.sharedMemory).union(try sharedHashes.changed(in: sharedPages))
     }
 
     /// The page map of now, from `previous` read while the target ran: mappings unchanged since
@@ -400,7 +434,13 @@ public actor CheckpointSession {
         let known = Dictionary(previous.mappings.map { ($0.mapping.start, $0) }, uniquingKeysWith: { first, _ in first })
         var unchanged: [MemoryMapping] = [], changed: [MemoryMapping] = []
         for mapping in try ProcessReader.mappings(target, detailed: false) where ProcessPageMap.isCheckpointed(mapping) {
-            if known[mapping.start]?.mapping == mapping { unchanged.append(mapping) } else { changed.append(mapping) }
+            // Shared memory is classified afresh: a page the target only read in since (another
+            // process wrote it) is data that no write of the target's reports.
+            if known[mapping.start]?.mapping == mapping && !ProcessPageMap.isSharedMemory(mapping) {
+                unchanged.append(mapping)
+            } else {
+                changed.append(mapping)
+            }
         }
         let fresh = try pageMaps.read(changed)
         run.pagesScanned += fresh.pagesScanned
@@ -437,16 +477,30 @@ public actor CheckpointSession {
     private func copy(_ pages: PageSet, _ run: Run, tolerant: Bool) throws -> PageSet {
         var pieces: [(address: UInt64, buffer: UnsafeMutableRawBufferPointer)] = []
         for range in pages.ranges { pieces += try run.staging.pieces(of: range) }
-        let failures: [Int: MitosisError]
-        do {
-            failures = try memory.read(pieces)
-        } catch {
-            throw MitosisError.targetExited(pid)
+        var failures: [Int: MitosisError] = [:]
+        // In batches of up to 128 MiB, to tell the progress between them.
+        let batchSize = 64
+        var done: UInt64 = 0
+        for start in stride(from: 0, to: pieces.count, by: batchSize) {
+            let batch = Array(pieces[start..<min(start + batchSize, pieces.count)])
+            do {
+                for (index, failure) in try memory.read(batch) { failures[start + index] = failure }
+            } catch {
+                throw MitosisError.targetExited(pid)
+            }
+            done += batch.reduce(0) { $0 + UInt64($1.buffer.count) }
+            options.progress?(CheckpointProgress(phase: .copying, done: done, total: pages.byteCount))
         }
         if !tolerant, let failure = failures.values.first { throw failure }
         var copied = PageSet()
         for (index, piece) in pieces.enumerated() where failures[index] == nil {
             tracker.recordCopied(at: piece.address, UnsafeRawBufferPointer(piece.buffer))
+            if let sharedHashes, !sharedPages.isEmpty {
+                for range in sharedPages.clamped(start: piece.address, end: piece.address + UInt64(piece.buffer.count)).ranges {
+                    let offset = Int(range.start - piece.address)
+                    sharedHashes.recordCopied(at: range.start, UnsafeRawBufferPointer(rebasing: piece.buffer[offset..<offset + Int(range.end - range.start)]))
+                }
+            }
             copied.insert(start: piece.address, end: piece.address + UInt64(piece.buffer.count))
         }
         run.copied += copied.pageCount()

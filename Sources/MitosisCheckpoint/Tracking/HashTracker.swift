@@ -21,13 +21,19 @@ public final class HashTracker: DirtyTracker, @unchecked Sendable {
     public func start(_ pageMap: ProcessPageMap) async throws {}
 
     public func collect(_ pageMap: ProcessPageMap) throws -> PageSet {
+        try changed(in: pageMap.data)
+    }
+
+    /// The pages of `pages` whose bytes differ from the copy last recorded, or that have none;
+    /// forgets the hashes of pages outside `pages`.
+    public func changed(in pages: PageSet) throws -> PageSet {
         var dirty = PageSet()
         let chunk = 256 * Int(pageSize)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: Int(pageSize))
         defer { buffer.deallocate() }
         var seen: [UInt64: UInt64] = [:]
         seen.reserveCapacity(hashes.count)
-        for range in pageMap.data.ranges {
+        for range in pages.ranges {
             var address = range.start
             while address < range.end {
                 let length = Int(min(range.end - address, UInt64(chunk)))

@@ -35,10 +35,22 @@ public struct ProcessPageMap: Sendable {
         self.pagesScanned = pagesScanned
     }
 
-    /// Data pages of memory other processes may write too (shared anonymous and SysV memory):
-    /// tracking this process's page tables cannot see their writes.
+    /// Data pages of memory other processes may write too (shared anonymous, memfd and other
+    /// unlinked shmem files, SysV segments): tracking this process's page tables cannot see
+    /// their writes, nor `write(2)` to a memfd.
     public var sharedData: PageSet {
-        PageSet(mappings.filter { $0.mapping.isShared && Self.filePagesAreData($0.mapping) }.flatMap(\.data.ranges))
+        PageSet(mappings.filter { Self.isSharedMemory($0.mapping) }.flatMap(\.data.ranges))
+    }
+
+    /// The whole extent of every shared-memory mapping (`isSharedMemory`).
+    public var sharedMemory: PageSet {
+        PageSet(mappings.filter { Self.isSharedMemory($0.mapping) }.map { PageSet.Range(start: $0.mapping.start, end: $0.mapping.end) })
+    }
+
+    /// Whether a mapping is shared memory whose pages the checkpoint stores: writes to it are
+    /// found by comparing content hashes, whichever tracker follows the rest.
+    public static func isSharedMemory(_ mapping: MemoryMapping) -> Bool {
+        mapping.isShared && filePagesAreData(mapping)
     }
 
     /// Whether Mitosis keeps a mapping's pages at all: the kernel's own mappings are recreated

@@ -69,7 +69,7 @@ public final class WriteProtectTracker: DirtyTracker, @unchecked Sendable {
     /// Registers and write-protects one mapping; returns false if it cannot be tracked.
     @discardableResult
     private func register(_ mapping: MemoryMapping) -> Bool {
-        guard let userfaultfd, !ProcessPageMap.isFileShared(mapping) else { return false }
+        guard let userfaultfd, !Self.isLeftOut(mapping) else { return false }
         do {
             try userfaultfd.registerWriteProtect(start: mapping.start, end: mapping.end)
             registered.insert(start: mapping.start, end: mapping.end)
@@ -86,8 +86,7 @@ public final class WriteProtectTracker: DirtyTracker, @unchecked Sendable {
         var dirty = PageSet()
         for entry in pageMap.mappings {
             let mapping = entry.mapping
-            // A shared file mapping's data is its file's: nothing of it is copied.
-            if ProcessPageMap.isFileShared(mapping) { continue }
+            if Self.isLeftOut(mapping) { continue }
             if untrackable.contains(mapping.start) && !registered.contains(mapping.start) {
                 dirty.insert(start: mapping.start, end: mapping.end)
                 continue
@@ -112,6 +111,14 @@ public final class WriteProtectTracker: DirtyTracker, @unchecked Sendable {
             }
         }
         return dirty
+    }
+
+    /// Mappings this tracker does not watch: a shared file mapping's data is its file's (nothing
+    /// of it is copied), and writes to shared memory are found by content hashes (the session's),
+    /// since write-protecting this process's page tables misses other processes' writes and
+    /// `write(2)` to a memfd.
+    private static func isLeftOut(_ mapping: MemoryMapping) -> Bool {
+        ProcessPageMap.isFileShared(mapping) || ProcessPageMap.isSharedMemory(mapping)
     }
 
     /// Unregisters every range (which lifts all write-protection) and closes the descriptor.

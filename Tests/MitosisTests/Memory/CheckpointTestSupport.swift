@@ -110,9 +110,8 @@ enum ChainScenario {
             PageSet(indices.map { PageSet.Range(start: base + $0 * page, end: base + ($0 + 1) * page) })
         }
         #expect(stored2.clamped(start: anon, end: anon + 64 * page) == pages(anon, [3, 7, 8, 50]))
-        // Shared memory may be written by other processes, out of sight of page-table tracking:
-        // only content hashes tell which of its pages changed; the others copy it whole.
-        let sharedWritten = used == .hash ? pages(shared, [1]) : pages(shared, Array(0..<16))
+        // Shared memory: content hashes tell which of its pages changed, whatever the strategy.
+        let sharedWritten = pages(shared, [1])
         #expect(stored2.clamped(start: shared, end: shared + 16 * page) == sharedWritten)
         #expect(stored2.clamped(start: file, end: file + 16 * page) == pages(file, [2, 9]))
         #expect(stored2.clamped(start: heap, end: heap + 8 * page) == pages(heap, [5]))

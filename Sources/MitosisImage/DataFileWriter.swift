@@ -1,0 +1,138 @@
+import Foundation
+import SystemPackage
+import MitosisKernel
+
+/// Writes `pages.data` in large sequential writes straight from the caller's memory, on a thread
+/// of its own, so that the caller hashes a piece while the device takes it.
+///
+/// Where the file system allows it the file is written with direct I/O: page-aligned pieces of
+/// 256 KiB or more (a checkpoint's staged pages) go from the caller's memory to the device with
+/// no copy into the page cache, and the `fsync` at commit has little left to flush. Smaller or
+/// unaligned pieces are gathered in one page-aligned buffer and written 4 MiB at a time. A file
+/// system that refuses direct I/O, when the file is set up or at a write, gets buffered writes.
+///
+/// A piece handed to `write` is read until `drain` returns: the sink drains before its
+/// `writePages` returns, so a caller's bytes are never used after its call.
+final class DataFileWriter: @unchecked Sendable {
+    static let alignment = 4096
+    /// Pieces this large are written from the caller's memory; smaller ones are gathered.
+    static let straightMinimum = 256 << 10
+    static let gatherSize = 4 << 20
+    private let fd: FileDescriptor
+    /// The file offset of the next piece handed over.
+    private var size: UInt64 = 0
+    private let gather: UnsafeMutableRawPointer
+    private var gathered = 0
+    // Shared with the writing thread, under `condition`.
+    private let condition = NSCondition()
+    private var queue: [(buffer: UnsafeRawBufferPointer, offset: UInt64)] = []
+    private var busy = false
+    private var failure: Errno?
+    private var stopping = false
+    private var directIO: Bool
+
+    init(_ fd: FileDescriptor) throws(Errno) {
+        self.fd = fd
+        directIO = (try? Kernel.setDirectIO(fd, true)) != nil
+        gather = try Kernel.mapAnonymous(length: Self.gatherSize)
+        // The thread holds the writer until `close` lets it end.
+        let thread = Thread { self.run() }
+        thread.name = "mitosis-image-writer"
+        thread.start()
+    }
+
+    deinit { Kernel.unmap(gather, length: Self.gatherSize) }
+
+    /// Whether writes currently bypass the page cache.
+    var isDirect: Bool { condition.withLock { directIO } }
+
+    /// Hands over `piece` (whole pages) to be written after the pieces before it.
+    func write(_ piece: UnsafeRawBufferPointer) throws(Errno) {
+        guard let base = piece.baseAddress, piece.count > 0 else { return }
+        if piece.count >= Self.straightMinimum, Int(bitPattern: base) % Self.alignment == 0, piece.count % Self.alignment == 0 {
+            try flushGathered()
+            submit(piece)
+            return
+        }
+        var offset = 0
+        while offset < piece.count {
+            if gathered == Self.gatherSize { try flushGathered() }
+            let count = min(piece.count - offset, Self.gatherSize - gathered)
+            (gather + gathered).copyMemory(from: base + offset, byteCount: count)
+            gathered += count
+            offset += count
+        }
+    }
+
+    /// Waits until every piece handed over is written; throws the first failure.
+    func drain() throws(Errno) {
+        condition.lock()
+        defer { condition.unlock() }
+        while !queue.isEmpty || busy { condition.wait() }
+        if let failure { throw failure }
+    }
+
+    /// Writes what is gathered and waits for every write.
+    func finish() throws(Errno) {
+        try flushGathered()
+    }
+
+    /// Lets the writing thread end once its queue is empty.
+    func close() {
+        condition.withLock {
+            stopping = true
+            condition.broadcast()
+        }
+    }
+
+    /// Writes the gathered bytes and waits (the buffer is then free again).
+    private func flushGathered() throws(Errno) {
+        if gathered > 0 {
+            submit(UnsafeRawBufferPointer(start: gather, count: gathered))
+            gathered = 0
+        }
+        try drain()
+    }
+
+    private func submit(_ buffer: UnsafeRawBufferPointer) {
+        condition.withLock {
+            queue.append((buffer, size))
+            condition.broadcast()
+        }
+        size += UInt64(buffer.count)
+    }
+
+    private func run() {
+        condition.lock()
+        while true {
+            while queue.isEmpty && !stopping { condition.wait() }
+            if queue.isEmpty { break }
+            let job = queue.removeFirst()
+            busy = true
+            let skip = failure != nil
+            condition.unlock()
+            var error: Errno?
+            if !skip {
+                do { try writeOut(job.buffer, at: job.offset) } catch let failed { error = failed }
+            }
+            condition.lock()
+            busy = false
+            if failure == nil { failure = error }
+            condition.broadcast()
+        }
+        condition.unlock()
+    }
+
+    /// One piece at its offset; direct I/O refused (EINVAL: not on this file system, or not
+    /// with this alignment) turns it off and writes the piece again, buffered.
+    private func writeOut(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(Errno) {
+        do {
+            try Kernel.writeAll(fd, buffer, at: offset)
+        } catch {
+            guard error == .invalidArgument, condition.withLock({ directIO }) else { throw error }
+            try Kernel.setDirectIO(fd, false)
+            condition.withLock { directIO = false }
+            try Kernel.writeAll(fd, buffer, at: offset)
+        }
+    }
+}
