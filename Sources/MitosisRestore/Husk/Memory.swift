@@ -11,7 +11,13 @@ extension Tracer {
     /// pages stay zero).
     func mapMemory(_ plan: RestorePlan, chain: CheckpointChain, area: WorkArea) throws {
         let vmFlags = Dictionary(plan.record.mappingFlags.map { ($0.start, Set($0.vmFlags)) }, uniquingKeysWith: { a, _ in a })
-        var cache: RunCache?
+        let pages = PageSource(chain: chain)
+        defer { pages.close() }
+        // Private anonymous memory is filled with UFFDIO_COPY (page allocation and copy in one
+        // step) through a userfaultfd the husk creates and keeps no descriptor of; without one
+        // (refused by seccomp or sysctl) every page goes through process_vm_writev.
+        let uffd = try? fillUserfaultfd()
+        defer { uffd?.close() }
         for mapping in plan.manifest.mappings where !RestorePlan.isKernelProvided(mapping) {
             let name = "0x\(String(mapping.start, radix: 16)) \(mapping.path ?? "[anonymous]")"
             let perms = Array(mapping.perms.utf8)
@@ -38,7 +44,16 @@ extension Tracer {
             guard address == mapping.start else {
                 throw StepFailure(step: "mapping \(name)", detail: "the kernel placed it at 0x\(String(address, radix: 16))")
             }
-            for range in held { try fill(range, chain: chain, name: name, cache: &cache) }
+            // Registration is refused for what UFFDIO_COPY cannot fill (shared, file-backed).
+            let copier = shared || held.isEmpty || mapping.kind == MemoryMapping.Kind.file.rawValue ? nil
+                : uffd.flatMap { (try? $0.registerMissing(start: mapping.start, end: mapping.end)) != nil ? $0 : nil }
+            for range in held { try fill(range, pages: pages, copier: copier, name: name) }
+            if let copier {
+                // Nothing of the userfaultfd may stay on the mapping once the process runs.
+                do { try copier.unregister(start: mapping.start, end: mapping.end) } catch {
+                    throw StepFailure(step: "unregistering \(name) from the fill userfaultfd", detail: "\(error)")
+                }
+            }
             if mapProtection != protection {
                 try huskCall("protecting \(name)", SyscallNumber.mprotect, [mapping.start, length, UInt64(protection)])
             }
@@ -54,35 +69,76 @@ extension Tracer {
         }
     }
 
-    /// The last page run read from the image, checked against its checksum.
-    struct RunCache {
-        var image: Int
-        var run: PageRun
-        var bytes: [UInt8]
+    /// A userfaultfd of the husk's address space, held only by Mitosis (the husk's descriptor is
+    /// closed at once), ready for missing-mode registration and UFFDIO_COPY.
+    func fillUserfaultfd() throws -> Userfaultfd {
+        let uffd = Userfaultfd(descriptor: try createTargetUserfaultfd())
+        do { try uffd.enable([]) } catch {
+            uffd.close()
+            throw error
+        }
+        return uffd
     }
 
     /// Writes the pages of `range` from the chain: each comes from the newest image whose index
-    /// holds it (as `CheckpointChain.read` decides), one checked run at a time, written straight
-    /// from the run's bytes.
-    func fill(_ range: PageRange, chain: CheckpointChain, name: String, cache: inout RunCache?) throws {
+    /// holds it (as `CheckpointChain.read` decides), one checked run at a time, written with
+    /// UFFDIO_COPY through `copier` (its mapping registered) or else with process_vm_writev.
+    func fill(_ range: PageRange, pages: PageSource, copier: Userfaultfd?, name: String) throws {
         var at = range.start
         while at < range.end {
-            guard let (number, run) = chain.images.enumerated().lazy
-                .compactMap({ image in image.element.run(containing: at).map { (image.offset, $0) } }).first
-            else {
-                throw StepFailure(step: "reading the image's pages at 0x\(String(at, radix: 16))", detail: "recorded as \(range.state.rawValue) but no image in the chain holds it")
-            }
-            if cache?.image != number || cache?.run != run {
-                do {
-                    cache = RunCache(image: number, run: run, bytes: try chain.images[number].bytes(of: run))
-                } catch {
-                    throw StepFailure(step: "reading the image's pages at 0x\(String(at, radix: 16))", detail: "\(error)")
-                }
-            }
+            let (run, bytes) = try pages.run(containing: at, state: range.state)
             let end = min(run.end, range.end)
-            let from = Int(at - run.address), to = Int(end - run.address)
-            try cache!.bytes.withUnsafeBytes { try huskWrite("writing pages of \(name)", at, UnsafeRawBufferPointer(rebasing: $0[from..<to])) }
+            let slice = UnsafeRawBufferPointer(rebasing: bytes[Int(at - run.address)..<Int(end - run.address)])
+            if let copier {
+                do { try copier.copy(to: at, from: slice) } catch {
+                    throw StepFailure(step: "writing pages of \(name)", detail: "UFFDIO_COPY: \(error)")
+                }
+            } else {
+                try huskWrite("writing pages of \(name)", at, slice)
+            }
             at = end
         }
     }
+}
+
+/// The page runs of a chain as a restore reads them: each image's data file opened once, the
+/// last run read kept (ranges of one run follow each other) in one buffer reused for every run,
+/// so that reading costs no fresh memory of Mitosis's own per run.
+final class PageSource {
+    private let chain: CheckpointChain
+    private let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ImageFormat.maxRunPages * Int(WorkArea.page), alignment: Int(WorkArea.page))
+    private var data: [Int: FileDescriptor] = [:]
+    private var loaded: (image: Int, run: PageRun)?
+
+    init(chain: CheckpointChain) { self.chain = chain }
+
+    /// The run holding `address` in the newest image that has it, and its checked bytes (valid
+    /// until the next call).
+    func run(containing address: UInt64, state: PageState) throws -> (PageRun, UnsafeRawBufferPointer) {
+        let at = "0x\(String(address, radix: 16))"
+        guard let (number, run) = chain.images.enumerated().lazy
+            .compactMap({ image in image.element.run(containing: address).map { (image.offset, $0) } }).first
+        else {
+            throw StepFailure(step: "reading the image's pages at \(at)", detail: "recorded as \(state.rawValue) but no image in the chain holds it")
+        }
+        if loaded?.image != number || loaded?.run != run {
+            loaded = nil
+            do {
+                let image = chain.images[number]
+                if data[number] == nil { data[number] = try image.openPageData() }
+                try image.read(run, from: data[number]!, into: buffer)
+            } catch {
+                throw StepFailure(step: "reading the image's pages at \(at)", detail: "\(error)")
+            }
+            loaded = (number, run)
+        }
+        return (run, UnsafeRawBufferPointer(rebasing: buffer[..<Int(run.length)]))
+    }
+
+    func close() {
+        for fd in data.values { try? fd.close() }
+        data = [:]
+    }
+
+    deinit { buffer.deallocate() }
 }
