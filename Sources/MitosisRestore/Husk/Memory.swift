@@ -1,3 +1,4 @@
+import Foundation
 import MitosisImage
 import MitosisKernel
 import MitosisModel
@@ -11,14 +12,16 @@ extension Tracer {
     /// pages stay zero).
     func mapMemory(_ plan: RestorePlan, chain: CheckpointChain, area: WorkArea) throws {
         let vmFlags = Dictionary(plan.record.mappingFlags.map { ($0.start, Set($0.vmFlags)) }, uniquingKeysWith: { a, _ in a })
-        let pages = PageSource(chain: chain)
+        let restored = plan.manifest.mappings.filter { !RestorePlan.isKernelProvided($0) }
+        let stored = restored.flatMap { $0.pages.filter { $0.state == .stored || $0.state == .inherited } }
+        let pages = PageSource(chain: chain, loads: PageSource.loads(of: stored, chain: chain))
         defer { pages.close() }
         // Private anonymous memory is filled with UFFDIO_COPY (page allocation and copy in one
         // step) through a userfaultfd the husk creates and keeps no descriptor of; without one
         // (refused by seccomp or sysctl) every page goes through process_vm_writev.
         let uffd = try? fillUserfaultfd()
         defer { uffd?.close() }
-        for mapping in plan.manifest.mappings where !RestorePlan.isKernelProvided(mapping) {
+        for mapping in restored {
             let name = "0x\(String(mapping.start, radix: 16)) \(mapping.path ?? "[anonymous]")"
             let perms = Array(mapping.perms.utf8)
             let protection = (perms[0] == UInt8(ascii: "r") ? Linux.PROT_READ : 0) | (perms[1] == UInt8(ascii: "w") ? Linux.PROT_WRITE : 0)
@@ -101,44 +104,124 @@ extension Tracer {
     }
 }
 
-/// The page runs of a chain as a restore reads them: each image's data file opened once, the
-/// last run read kept (ranges of one run follow each other) in one buffer reused for every run,
-/// so that reading costs no fresh memory of Mitosis's own per run.
-final class PageSource {
-    private let chain: CheckpointChain
-    private let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ImageFormat.maxRunPages * Int(WorkArea.page), alignment: Int(WorkArea.page))
-    private var data: [Int: FileDescriptor] = [:]
-    private var loaded: (image: Int, run: PageRun)?
+/// The page runs of a restore, read and checked on a thread of their own up to `depth` runs
+/// ahead of the writes (one after the other, reading and checking left the writes waiting and
+/// the other way round), each image's data file opened once, into `depth` buffers reused for
+/// every run: reading costs no fresh memory of Mitosis's own per run.
+final class PageSource: @unchecked Sendable {  // mutable state guarded by `condition`
+    /// One run to read: image `image` (index in the chain) holds it.
+    struct Load: Equatable {
+        var image: Int
+        var run: PageRun
+    }
 
-    init(chain: CheckpointChain) { self.chain = chain }
+    private let chain: CheckpointChain
+    private let loads: [Load]
+    private let condition = NSCondition()
+    private var free: [UnsafeMutableRawBufferPointer]
+    private let buffers: [UnsafeMutableRawBufferPointer]
+    private var ready: [Int: Result<UnsafeMutableRawBufferPointer, StepFailure>] = [:]
+    private var stopping = false, finished = false
+    /// The next load the writes take, and the one they write from now.
+    private var next = 0
+    private var current: (load: Load, buffer: UnsafeMutableRawBufferPointer)?
+
+    /// Starts reading `loads` in order (the order the writes ask for them).
+    init(chain: CheckpointChain, loads: [Load], depth: Int = 3) {
+        self.chain = chain
+        self.loads = loads
+        buffers = (0..<depth).map { _ in
+            UnsafeMutableRawBufferPointer.allocate(byteCount: ImageFormat.maxRunPages * Int(WorkArea.page), alignment: Int(WorkArea.page))
+        }
+        free = buffers
+        let thread = Thread { [self] in readAhead() }
+        thread.name = "mitosis-restore-read"
+        thread.start()
+    }
+
+    /// The loads of `ranges` in the order `fill` writes them: for each address the newest image
+    /// holding it. Stops where no image holds an address (the write there names it).
+    static func loads(of ranges: [PageRange], chain: CheckpointChain) -> [Load] {
+        var loads: [Load] = []
+        for range in ranges {
+            var at = range.start
+            while at < range.end, let load = holder(of: at, chain: chain) {
+                if loads.last != load { loads.append(load) }
+                at = min(load.run.end, range.end)
+            }
+            if at < range.end { break }
+        }
+        return loads
+    }
+
+    private static func holder(of address: UInt64, chain: CheckpointChain) -> Load? {
+        chain.images.enumerated().lazy.compactMap { image in image.element.run(containing: address).map { Load(image: image.offset, run: $0) } }.first
+    }
 
     /// The run holding `address` in the newest image that has it, and its checked bytes (valid
     /// until the next call).
     func run(containing address: UInt64, state: PageState) throws -> (PageRun, UnsafeRawBufferPointer) {
         let at = "0x\(String(address, radix: 16))"
-        guard let (number, run) = chain.images.enumerated().lazy
-            .compactMap({ image in image.element.run(containing: address).map { (image.offset, $0) } }).first
-        else {
+        guard let load = Self.holder(of: address, chain: chain) else {
             throw StepFailure(step: "reading the image's pages at \(at)", detail: "recorded as \(state.rawValue) but no image in the chain holds it")
         }
-        if loaded?.image != number || loaded?.run != run {
-            loaded = nil
-            do {
-                let image = chain.images[number]
-                if data[number] == nil { data[number] = try image.openPageData() }
-                try image.read(run, from: data[number]!, into: buffer)
-            } catch {
-                throw StepFailure(step: "reading the image's pages at \(at)", detail: "\(error)")
+        condition.lock()
+        defer { condition.unlock() }
+        if current?.load != load {
+            if let done = current { free.append(done.buffer); current = nil; condition.broadcast() }
+            guard next < loads.count, loads[next] == load else {
+                throw StepFailure(step: "reading the image's pages at \(at)", detail: "asked out of the planned order")
             }
-            loaded = (number, run)
+            while ready[next] == nil { condition.wait() }
+            let result = ready.removeValue(forKey: next)!
+            next += 1
+            current = (load, try result.get())
         }
-        return (run, UnsafeRawBufferPointer(rebasing: buffer[..<Int(run.length)]))
+        return (load.run, UnsafeRawBufferPointer(rebasing: current!.buffer[..<Int(load.run.length)]))
     }
 
+    /// Runs on the read-ahead thread: reads each load into a free buffer, stops at the first failure.
+    private func readAhead() {
+        var data: [Int: FileDescriptor] = [:]
+        defer {
+            for fd in data.values { try? fd.close() }
+            condition.lock()
+            finished = true
+            condition.broadcast()
+            condition.unlock()
+        }
+        for (index, load) in loads.enumerated() {
+            condition.lock()
+            while free.isEmpty && !stopping { condition.wait() }
+            guard !stopping else { condition.unlock(); return }
+            let buffer = free.removeLast()
+            condition.unlock()
+            let result: Result<UnsafeMutableRawBufferPointer, StepFailure>
+            do {
+                let image = chain.images[load.image]
+                if data[load.image] == nil { data[load.image] = try image.openPageData() }
+                try image.read(load.run, from: data[load.image]!, into: buffer)
+                result = .success(buffer)
+            } catch {
+                result = .failure(StepFailure(step: "reading the image's pages at 0x\(String(load.run.address, radix: 16))", detail: "\(error)"))
+            }
+            condition.lock()
+            ready[index] = result
+            if case .failure = result { stopping = true }
+            condition.broadcast()
+            condition.unlock()
+            if case .failure = result { return }
+        }
+    }
+
+    /// Stops the read-ahead thread and waits for it: nothing of it outlives the memory phase.
     func close() {
-        for fd in data.values { try? fd.close() }
-        data = [:]
+        condition.lock()
+        stopping = true
+        condition.broadcast()
+        while !finished { condition.wait() }
+        condition.unlock()
     }
 
-    deinit { buffer.deallocate() }
+    deinit { for buffer in buffers { buffer.deallocate() } }
 }
