@@ -13,6 +13,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // The only C the library needs: variadic calls (ptrace, syscall), function-like macros,
@@ -66,6 +68,20 @@ let package = Package(
         ),
         // Layer 5 — restore: a husk process filled by injected system calls from an image chain.
         .target(name: "MitosisRestore", dependencies: ["MitosisKernel", "MitosisModel", "MitosisTrace", "MitosisImage", "CMitosis"]),
+        // Failover on etcd: an etcd v3 client (JSON gateway over HTTP/1.1 on swift-nio), the
+        // election and fencing state machine, the cluster daemon. Opt-in like Stacks: a client
+        // that does not fail over links no swift-nio (Docs/cluster.md).
+        .target(
+            name: "MitosisCluster",
+            dependencies: [
+                "MitosisKernel", "MitosisModel",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         // The public API in one import. Stacks stay out so that a client that only inspects or
         // checkpoints does not link libunwind: import MitosisStacks for call stacks.
         .target(
@@ -77,6 +93,7 @@ let package = Package(
             dependencies: [
                 "Mitosis",
                 "MitosisStacks",
+                "MitosisCluster",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -101,7 +118,7 @@ let package = Package(
         .executableTarget(name: "mitosis-image-fuzz", dependencies: ["Mitosis"], path: "Tests/ImageFuzz"),
         .testTarget(
             name: "MitosisTests",
-            dependencies: ["Mitosis", "MitosisKernel", "MitosisRestore", "MitosisStacks", "mitosis-scenario", "mitosis", "mitosis-demo-target", "mitosis-inspect-example", "mitosis-scenario-cpp", "mitosis-scenario-swift",
+            dependencies: ["Mitosis", "MitosisKernel", "MitosisRestore", "MitosisStacks", "MitosisCluster", "mitosis-scenario", "mitosis", "mitosis-demo-target", "mitosis-inspect-example", "mitosis-scenario-cpp", "mitosis-scenario-swift",
                            "mitosis-image-fuzz"],
             exclude: ["Image/Corpus"]
         ),

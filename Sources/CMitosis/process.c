@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "mitosis_process.h"
 #include <sched.h>
+#include <spawn.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -44,3 +45,4 @@ long mitosis_syscall6(long number, long a1, long a2, long a3, long a4, long a5, 
     return syscall(number, a1, a2, a3, a4, a5, a6);
 }
 int mitosis_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
+int mitosis_spawn_close_from(void *actions, int from) { return posix_spawn_file_actions_addclosefrom_np(actions, from); }

@@ -31,8 +31,11 @@ package final class ChildProcess: @unchecked Sendable {
     /// Spawns `executable arguments…`. The child starts with no blocked signals and default
     /// dispositions: a test runner's threads block most signals, and a child must not inherit that.
     /// The corresponding C function is `posix_spawn`.
+    /// With `onlyStandardStreams`, the child starts with descriptors 0–2 only: a program under
+    /// test (a server to checkpoint) must not inherit whatever this process holds open.
     package init(executable: String, arguments: [String] = [],
-                 stdin: Stream = .pipe, stdout: Stream = .pipe, stderr: Stream = .inherit) throws(Errno) {
+                 stdin: Stream = .pipe, stdout: Stream = .pipe, stderr: Stream = .inherit,
+                 onlyStandardStreams: Bool = false) throws(Errno) {
         var pipes: [Int32] = []
         func makePipe() throws(Errno) -> (read: Int32, write: Int32) {
             var ends: [Int32] = [0, 0]
@@ -60,6 +63,7 @@ package final class ChildProcess: @unchecked Sendable {
             pipes.forEach { Glibc.close($0) }
             throw error
         }
+        if onlyStandardStreams { mitosis_spawn_close_from(&actions, 3) }
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }

@@ -37,6 +37,13 @@ package enum Kernel {
         FileDescriptor(rawValue: try check { mitosis_pidfd_open(pid, 0) })
     }
 
+    /// A pidfd for the task `tid` of process `pid`: the process's own when `tid` is its leader,
+    /// else one for that thread (`PIDFD_THREAD`, Linux 6.9): `pidfd_getfd` through it reaches the
+    /// descriptors even when the leader has exited.
+    package static func pidfdOpen(_ pid: Int32, task tid: Int32) throws(Errno) -> FileDescriptor {
+        FileDescriptor(rawValue: try check { mitosis_pidfd_open(tid, tid == pid ? 0 : UInt32(O_EXCL)) })
+    }
+
     /// A pidfd through which `pidfd_getfd` reaches `pid`'s descriptors. When the main thread has
     /// exited, its task has no descriptor table and `pidfd_getfd` fails with ESRCH: the pidfd
     /// then names a live thread (`PIDFD_THREAD`, Linux 6.9+). The corresponding system call is

@@ -47,7 +47,23 @@ extension Kernel {
     package static func inNetworkNamespace<T: Sendable>(
         of pid: Int32, _ body: @escaping @Sendable () throws(Errno) -> T
     ) throws(Errno) -> T {
-        let namespace = try openReadOnly("/proc/\(procEntry(pid))/ns/net")
+        try inNetworkNamespace(at: "/proc/\(procEntry(pid))/ns/net", threadName: "mitosis-netns-\(pid)", body)
+    }
+
+    /// Runs `body` on a short-lived OS thread that first joins the named network namespace
+    /// (`/run/netns/NAME`, made by `ip netns add`). Threads `body` starts (an event loop group's)
+    /// live in that namespace for good. The corresponding system call is `setns`.
+    package static func inNetworkNamespace<T: Sendable>(
+        named name: String, _ body: @escaping @Sendable () throws(Errno) -> T
+    ) throws(Errno) -> T {
+        guard !name.isEmpty, !name.contains("/"), name != ".", name != ".." else { throw .invalidArgument }
+        return try inNetworkNamespace(at: "/run/netns/\(name)", threadName: "mitosis-netns", body)
+    }
+
+    private static func inNetworkNamespace<T: Sendable>(
+        at path: String, threadName: String, _ body: @escaping @Sendable () throws(Errno) -> T
+    ) throws(Errno) -> T {
+        let namespace = try openReadOnly(path)
         defer { closeDescriptor(namespace) }
         let outcome = ThreadOutcome<T>()
         let thread = Thread {
@@ -56,7 +72,7 @@ extension Kernel {
                 return try body()
             })
         }
-        thread.name = "mitosis-netns-\(pid)"
+        thread.name = threadName
         thread.start()
         return try outcome.wait().get()
     }

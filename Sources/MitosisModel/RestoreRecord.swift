@@ -21,6 +21,15 @@ public struct RestoreRecord: Codable, Sendable, Equatable {
     /// The unread contents and capacity of every pipe the process holds (nil in images taken
     /// before pipes were captured).
     public var pipes: [PipeContents]?
+    /// Every socket the process holds, by inode (nil in images taken before sockets were captured).
+    public var sockets: [SocketRestoreState]?
+    /// Descriptors that share an open file description (offset, flags) with a lower-numbered
+    /// one, found by `kcmp(KCMP_FILE)`: restored as a `dup` of it.
+    public var sharedDescriptions: [SharedDescription]?
+    /// Every timerfd with the time it was read at.
+    public var timerfds: [TimerfdRestoreState]?
+    /// The content of every memfd and deleted file the process holds open.
+    public var fileContents: [FileContents]?
     /// POSIX timers of the process (`/proc/PID/timers` entries): images without `processState`
     /// that count any are refused.
     public var posixTimers: Int
@@ -137,6 +146,17 @@ public struct RestoreRecord: Codable, Sendable, Equatable {
             self.inode = inode
             self.capacity = capacity
             self.bytes = bytes
+        }
+    }
+
+    /// fd `fd` is the same open file description as fd `sameAs` (lower).
+    public struct SharedDescription: Codable, Sendable, Equatable {
+        public var fd: Int32
+        public var sameAs: Int32
+
+        public init(fd: Int32, sameAs: Int32) {
+            self.fd = fd
+            self.sameAs = sameAs
         }
     }
 

@@ -81,9 +81,29 @@ struct RestorePlan: Sendable {
                 }
                 continue
             }
-            if let reason = descriptorProblem(descriptor) { refusals.append(RestoreRefusal("fd \(descriptor.fd) (\(descriptor.target))", reason)) }
+            if descriptor.kind == .socket {
+                if let reason = socketProblem(descriptor, manifest: manifest, record: record) {
+                    refusals.append(RestoreRefusal("fd \(descriptor.fd) (\(descriptor.target))", reason))
+                }
+                continue
+            }
+            if let reason = descriptorProblem(descriptor, record: record) { refusals.append(RestoreRefusal("fd \(descriptor.fd) (\(descriptor.target))", reason)) }
         }
         return refusals
+    }
+
+    /// Why a socket cannot be restored, or nil; each family's rules live with its restore.
+    private static func socketProblem(_ descriptor: OpenDescriptor, manifest: CheckpointManifest, record: RestoreRecord) -> String? {
+        guard let state = record.sockets?.first(where: { $0.inode == descriptor.inode }) else {
+            return "the image does not hold the socket's state (taken before sockets were captured)"
+        }
+        if state.isInet { return inetSocketProblem(state) }
+        if state.isUnix {
+            let held = Dictionary((record.sockets ?? []).filter { socket in manifest.descriptors?.contains { $0.inode == socket.inode } == true }
+                .map { ($0.inode, $0) }, uniquingKeysWith: { a, _ in a })
+            return unixSocketProblem(state, held: held)
+        }
+        return "sockets of address family \(state.domain) are not restorable"
     }
 
     /// Timers the image cannot bring back here, and state it does not hold.
@@ -130,13 +150,33 @@ struct RestorePlan: Sendable {
         }
     }
 
-    private static func descriptorProblem(_ descriptor: OpenDescriptor) -> String? {
+    private static func descriptorProblem(_ descriptor: OpenDescriptor, record: RestoreRecord) -> String? {
+        // A dup of a lower descriptor is restored as one: whatever that one needs, it needs.
+        if let shared = record.sharedDescriptions?.first(where: { $0.fd == descriptor.fd }) {
+            return shared.sameAs < descriptor.fd ? nil : "recorded as sharing fd \(shared.sameAs), which is not below it"
+        }
         switch descriptor.kind {
+        case .file where descriptor.deleted, .memfd:
+            guard let contents = record.fileContents?.first(where: { $0.fd == descriptor.fd }) else {
+                return "the image does not hold the content of this \(descriptor.kind == .memfd ? "memfd" : "deleted file") (taken before contents were kept)"
+            }
+            guard let bytes = contents.bytes else {
+                return "\(contents.size) bytes, more than the \(FileContents.limit) a checkpoint keeps of a \(descriptor.kind == .memfd ? "memfd" : "deleted file")"
+            }
+            if UInt64(bytes.count) != contents.size { return "the image holds \(bytes.count) bytes of its \(contents.size)" }
+            if descriptor.kind == .memfd, descriptor.flags & 3 != UInt32(Linux.O_RDWR) { return "a memfd opened again read-only or write-only is not restorable yet" }
+            return nil
         case .file, .directory:
             guard let path = descriptor.path else { return "no path" }
-            if descriptor.deleted { return "the file was deleted; restoring deleted files is not supported yet" }
             if !fileExists(path) { return "\(path) does not exist here" }
             return nil
+        case .timerfd:
+            guard record.timerfds?.contains(where: { $0.fd == descriptor.fd }) == true else { return "the image does not hold the timer's state" }
+            return nil
+        case .signalfd:
+            return descriptor.signalfd == nil ? "the kernel did not report its signal mask" : nil
+        case .inotify:
+            return "inotify watches name inodes, not paths; restoring them is not supported yet"
         case .characterDevice:
             guard let path = descriptor.path, statelessDevices.contains(path) else {
                 return "character device \(descriptor.path ?? descriptor.target) may hold state; only \(statelessDevices.sorted().joined(separator: ", ")) are restored"

@@ -19,6 +19,7 @@ struct MitosisCommand: AsyncParsableCommand {
             DumpCommand.self,
             RestoreCommand.self,
             TrackCommand.self,
+            ClusterCommand.self,
         ]
     )
 

@@ -20,6 +20,9 @@ int mitosis_setns(int fd, int nstype);
 int mitosis_gettid(void);
 /// pipe2(fds, O_CLOEXEC): pipe2 needs _GNU_SOURCE.
 int mitosis_pipe_cloexec(int fds[2]);
+/// posix_spawn_file_actions_addclosefrom_np(actions, from) (glibc 2.34+, needs _GNU_SOURCE):
+/// the child closes every descriptor from `from` up. `actions` is a posix_spawn_file_actions_t.
+int mitosis_spawn_close_from(void *actions, int from);
 /// A raw syscall(2) with up to six arguments, for the few calls with no libc wrapper.
 long mitosis_syscall6(long number, long a1, long a2, long a3, long a4, long a5, long a6);
 

@@ -58,6 +58,10 @@ enum RestoreCapture {
                              threads: threads, mappingFlags: [],
                              posixTimers: timers)
         record.pipes = pipes
+        record.sockets = try SocketCapture.capture(pid: pid, descriptors: descriptors)
+        record.sharedDescriptions = try SharedDescriptionCapture.capture(pid: pid, descriptors: descriptors)
+        record.fileContents = try FileContentCapture.capture(pid: pid, descriptors: descriptors, shared: record.sharedDescriptions ?? [])
+        record.timerfds = try FileContentCapture.timerfds(pid: pid, descriptors: descriptors)
         record.processState = try await ProcessStateCapture.capture(tracer, target: target, tids: tids)
         return record
     }

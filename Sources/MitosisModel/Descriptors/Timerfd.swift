@@ -29,3 +29,19 @@ public struct TimerfdState: Equatable, Hashable, Sendable, Codable {
         self.interval = interval
     }
 }
+
+/// A timerfd as restore needs it: its fdinfo read again at the freeze together with its clock,
+/// so that an absolute (`TFD_TIMER_ABSTIME`) timer keeps its deadline: fdinfo shows only the
+/// time remaining.
+public struct TimerfdRestoreState: Codable, Sendable, Equatable {
+    public var fd: Int32
+    public var state: TimerfdState
+    /// The timer's clock when its remaining time was read.
+    public var clockNow: TimeSpec
+
+    public init(fd: Int32, state: TimerfdState, clockNow: TimeSpec) {
+        self.fd = fd
+        self.state = state
+        self.clockNow = clockNow
+    }
+}

@@ -10,11 +10,29 @@ extension Tracer {
     /// takes the lowest free number, never above the one wanted, and is then moved there.
     func restoreDescriptors(_ plan: RestorePlan, area: WorkArea) throws {
         let descriptors = (plan.manifest.descriptors ?? []).sorted(by: { $0.fd < $1.fd })
-        // Pipes first, both ends parked above every number wanted, so that no temporary
-        // descriptor sits on a number another descriptor needs.
-        let parked = try createPipes(descriptors, contents: plan.record.pipes ?? [], above: UInt64(descriptors.last?.fd ?? 0), area: area)
+        let sockets = Dictionary((plan.record.sockets ?? []).map { ($0.inode, $0) }, uniquingKeysWith: { a, _ in a })
+        // Objects with two ends first (pipes, socketpairs), both ends parked above every number
+        // wanted, so that no temporary descriptor sits on a number another descriptor needs.
+        var next = UInt64(descriptors.last?.fd ?? 0) + 1
+        let parked = try createPipes(descriptors, contents: plan.record.pipes ?? [], next: &next, area: area)
+        let parkedPairs = try createSocketPairs(descriptors, states: sockets, next: &next, area: area)
+        // A descriptor sharing its open file description with a lower one is a dup of it: the
+        // pairs kcmp found at the checkpoint, and every further descriptor of one socket (a
+        // socket has a single open file description).
+        var sameAs = Dictionary((plan.record.sharedDescriptions ?? []).map { ($0.fd, $0.sameAs) }, uniquingKeysWith: { a, _ in a })
+        var firstOfSocket: [UInt64: Int32] = [:]
+        for descriptor in descriptors where descriptor.kind == .socket {
+            if let first = firstOfSocket[descriptor.inode] { sameAs[descriptor.fd] = first } else { firstOfSocket[descriptor.inode] = descriptor.fd }
+        }
+        let timers = Dictionary((plan.record.timerfds ?? []).map { ($0.fd, $0) }, uniquingKeysWith: { a, _ in a })
+        let contents = Dictionary((plan.record.fileContents ?? []).map { ($0.fd, $0) }, uniquingKeysWith: { a, _ in a })
         for descriptor in descriptors {
             let fd: UInt64
+            if let first = sameAs[descriptor.fd], first < descriptor.fd {
+                try huskCall("duplicating fd \(first) as fd \(descriptor.fd)", SyscallNumber.dup3,
+                             [UInt64(first), UInt64(descriptor.fd), UInt64(descriptor.flags & UInt32(Linux.O_CLOEXEC))])
+                continue
+            }
             switch descriptor.kind {
             case .pipe:
                 let end = parked[PipeEnd(inode: descriptor.inode, write: descriptor.flags & 3 == 1)]!
@@ -26,6 +44,26 @@ extension Tracer {
             case .epoll:
                 fd = try huskCall("creating the epoll of fd \(descriptor.fd)", SyscallNumber.epoll_create1,
                                   [UInt64(descriptor.flags & UInt32(Linux.O_CLOEXEC))])
+            case .socket:
+                if let end = parkedPairs[descriptor.inode] {
+                    try huskCall("placing the socketpair end fd \(descriptor.fd)", SyscallNumber.dup3,
+                                 [end, UInt64(descriptor.fd), UInt64(descriptor.flags & UInt32(Linux.O_CLOEXEC))])
+                    continue
+                }
+                guard let state = sockets[descriptor.inode] else { throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "no socket state") }
+                fd = state.isUnix ? try createUnixSocket(descriptor, state, area: area) : try createInetSocket(descriptor, state, area: area)
+            case .timerfd:
+                guard let timer = timers[descriptor.fd] else { throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "no timer state") }
+                fd = try createTimerfd(descriptor, timer)
+            case .signalfd:
+                guard let state = descriptor.signalfd else { throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "no signal mask") }
+                fd = try createSignalfd(descriptor, state, area: area)
+            case .memfd:
+                guard let contents = contents[descriptor.fd] else { throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "no content") }
+                fd = try createMemfd(descriptor, contents, area: area)
+            case .file where descriptor.deleted:
+                guard let contents = contents[descriptor.fd] else { throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "no content") }
+                fd = try createDeletedFile(descriptor, contents, area: area)
             default:
                 fd = try openFile(descriptor, area: area)
             }
@@ -35,7 +73,9 @@ extension Tracer {
                 try huskCall("closing fd \(fd)", SyscallNumber.close, [fd])
             }
         }
-        for end in parked.values { try huskCall("closing the parked pipe end \(end)", SyscallNumber.close, [end]) }
+        for end in Array(parked.values) + Array(parkedPairs.values) {
+            try huskCall("closing the parked end \(end)", SyscallNumber.close, [end])
+        }
         // Watches last, once every watched descriptor exists, and by injection: the kernel keys
         // a watch by the caller's fd number, so they must be added from the process's own table.
         for descriptor in descriptors where descriptor.kind == .epoll {

@@ -11,13 +11,12 @@ extension Tracer {
         var write: Bool
     }
 
-    /// Creates each pipe the process holds (`pipe2`), parks both ends at numbers above `highest`,
+    /// Creates each pipe the process holds (`pipe2`), parks both ends at `next` and up,
     /// gives it its capacity and each end its `Linux.O_NONBLOCK`, and writes its unread bytes through
     /// a copy of the write end taken with `pidfd_getfd` (the same open file).
     func createPipes(_ descriptors: [OpenDescriptor], contents: [RestoreRecord.PipeContents],
-                             above highest: UInt64, area: WorkArea) throws -> [PipeEnd: UInt64] {
+                     next: inout UInt64, area: WorkArea) throws -> [PipeEnd: UInt64] {
         var parked: [PipeEnd: UInt64] = [:]
-        var next = highest + 1
         for pipe in contents {
             let ends = descriptors.filter { $0.kind == .pipe && $0.inode == pipe.inode }
             guard let reader = ends.first(where: { $0.flags & 3 == 0 }), let writer = ends.first(where: { $0.flags & 3 == 1 }) else { continue }

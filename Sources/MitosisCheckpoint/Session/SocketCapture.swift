@@ -1,0 +1,57 @@
+import Foundation
+import MitosisKernel
+import MitosisModel
+import SystemPackage
+
+/// Reads, at the freeze, what a restore needs of each socket the process holds, through a copy
+/// of its descriptor taken with `pidfd_getfd` (the same socket: no injection). The peers of unix
+/// sockets come from sock_diag. Only queue contents of unix sockets are kept (peeked, left in
+/// place); an inet socket's queued data belongs to connections, which are not restored here.
+enum SocketCapture {
+    /// Unread bytes kept per unix socket at most; a restore refuses a socket whose queue held more.
+    static let queueLimit = 4 << 20
+
+    static func capture(pid: Int32, descriptors: [OpenDescriptor]) throws -> [SocketRestoreState] {
+        let sockets = descriptors.filter { $0.kind == .socket }
+        guard !sockets.isEmpty else { return [] }
+        let pidfd = try Kernel.pidfdOpen(pid, task: Kernel.procEntry(pid))
+        defer { try? pidfd.close() }
+        var unixTable: [UInt64: UnixSocket]?
+        var states: [SocketRestoreState] = []
+        for descriptor in sockets where !states.contains(where: { $0.inode == descriptor.inode }) {
+            let copy = try Kernel.pidfdGetfd(pidfd, descriptor.fd)
+            defer { try? copy.close() }
+            let kind = try Kernel.socketKind(copy)
+            let tcp = kind.domain != Linux.AF_UNIX && kind.type == Linux.SOCK_STREAM
+            var options: [SocketOption] = []
+            for option in RestorableSocketOption.all where option.applies(domain: kind.domain, tcp: tcp) {
+                guard let value = try? Kernel.socketOption(copy, level: option.level, name: option.name) else { continue }
+                options.append(SocketOption(level: option.level, name: option.name, label: option.label, value: value))
+            }
+            var state = SocketRestoreState(
+                inode: descriptor.inode, domain: kind.domain, type: kind.type, protocol: kind.protocol,
+                local: try Kernel.socketAddress(copy, peer: false), peer: try Kernel.socketAddress(copy, peer: true),
+                listening: kind.listening, backlog: nil, tcpState: nil, options: options)
+            if tcp {
+                let info = try Kernel.tcpState(copy)
+                state.tcpState = info.state
+                if kind.listening { state.backlog = info.backlog }
+            }
+            if kind.domain == Linux.AF_UNIX {
+                if unixTable == nil {
+                    let table = try SockDiag(networkNamespaceOf: Kernel.procEntry(pid)).table()
+                    unixTable = Dictionary(table.unix.map { ($0.inode, $0) }, uniquingKeysWith: { a, _ in a })
+                }
+                let diag = unixTable?[descriptor.inode]
+                state.peerInode = diag?.peerInode.flatMap { $0 == 0 ? nil : $0 }
+                if kind.listening {
+                    state.backlog = diag?.sendQueue  // a unix listener's backlog is its write-queue figure
+                } else {
+                    state.queued = try Kernel.peekQueue(copy, stream: kind.type == Linux.SOCK_STREAM, limit: queueLimit)
+                }
+            }
+            states.append(state)
+        }
+        return states
+    }
+}

@@ -1,0 +1,109 @@
+import Foundation
+
+/// What a restore needs of one socket the process holds, read at the freeze through a copy of
+/// the descriptor (`pidfd_getfd`; the same socket): its domain and type, the addresses it is
+/// bound and connected to, whether it listens and with which backlog, the options that change
+/// its behaviour, and for unix sockets the peer and the bytes waiting to be read.
+public struct SocketRestoreState: Codable, Sendable, Equatable {
+    /// The socket's inode, as in `socket:[N]`.
+    public var inode: UInt64
+    /// `AF_UNIX` (1), `AF_INET` (2), `AF_INET6` (10).
+    public var domain: Int32
+    /// `SOCK_STREAM` (1), `SOCK_DGRAM` (2), `SOCK_SEQPACKET` (5).
+    public var type: Int32
+    public var `protocol`: Int32
+    /// `getsockname`: nil when the socket is not bound (an inet port 0, an unnamed unix socket).
+    public var local: SocketAddress?
+    /// `getpeername`: nil when not connected.
+    public var peer: SocketAddress?
+    /// `SO_ACCEPTCONN`.
+    public var listening: Bool
+    /// The backlog `listen` was given (`TCP_INFO.tcpi_sacked` of a listener; sock_diag's
+    /// `udiag_wqueue`-like count for unix), nil when not listening.
+    public var backlog: UInt32?
+    /// TCP only: `TCP_INFO.tcpi_state` (1 ESTABLISHED, 7 CLOSE, 10 LISTEN…).
+    public var tcpState: UInt8?
+    /// Integer options, as `getsockopt` returned them.
+    public var options: [SocketOption]
+    /// Unix only: the inode of the peer socket (sock_diag), nil for none.
+    public var peerInode: UInt64?
+    /// Unix only: the data waiting to be read, one element per datagram (stream: one element);
+    /// nil for a listener, or when the queue held more than the capture keeps.
+    public var queued: [Data]?
+
+    public init(inode: UInt64, domain: Int32, type: Int32, protocol: Int32, local: SocketAddress?, peer: SocketAddress?,
+                listening: Bool, backlog: UInt32?, tcpState: UInt8?, options: [SocketOption],
+                peerInode: UInt64? = nil, queued: [Data]? = nil) {
+        self.inode = inode
+        self.domain = domain
+        self.type = type
+        self.protocol = `protocol`
+        self.local = local
+        self.peer = peer
+        self.listening = listening
+        self.backlog = backlog
+        self.tcpState = tcpState
+        self.options = options
+        self.peerInode = peerInode
+        self.queued = queued
+    }
+
+    public var isInet: Bool { domain == 2 || domain == 10 }
+    public var isUnix: Bool { domain == 1 }
+    public var typeName: String {
+        switch type {
+        case 1: isInet ? "TCP" : "stream"
+        case 2: isInet ? "UDP" : "datagram"
+        case 5: "seqpacket"
+        default: "type \(type)"
+        }
+    }
+}
+
+/// A socket address: an IPv4/IPv6 address and port, or a unix path (`@` first for an
+/// abstract name; the bytes exactly as the kernel gave them).
+public struct SocketAddress: Codable, Sendable, Equatable, CustomStringConvertible {
+    /// Dotted IPv4 or IPv6 text; nil for unix.
+    public var address: String?
+    public var port: UInt16?
+    /// IPv6 scope (interface) id, 0 for none.
+    public var scope: UInt32?
+    /// Unix: the path bytes (leading NUL for an abstract name), without the trailing NUL.
+    public var path: Data?
+
+    public init(address: String, port: UInt16, scope: UInt32 = 0) {
+        self.address = address
+        self.port = port
+        self.scope = scope == 0 ? nil : scope
+    }
+
+    public init(path: Data) {
+        self.path = path
+    }
+
+    public var isAbstract: Bool { path?.first == 0 }
+
+    public var description: String {
+        if let path {
+            return isAbstract ? "@" + String(decoding: path.dropFirst(), as: UTF8.self) : String(decoding: path, as: UTF8.self)
+        }
+        let host = address ?? "?"
+        return (host.contains(":") ? "[\(host)]" : host) + ":\(port ?? 0)"
+    }
+}
+
+/// One integer socket option: `setsockopt(level, name, value)`.
+public struct SocketOption: Codable, Sendable, Equatable {
+    public var level: Int32
+    public var name: Int32
+    /// For readers of the JSON: `SO_REUSEADDR`, `TCP_NODELAY`…
+    public var label: String
+    public var value: Int32
+
+    public init(level: Int32, name: Int32, label: String, value: Int32) {
+        self.level = level
+        self.name = name
+        self.label = label
+        self.value = value
+    }
+}
