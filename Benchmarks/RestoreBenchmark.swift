@@ -7,8 +7,9 @@ import MitosisKernel
 /// Restore time of the self-checking `acceptance` scenario (threads, POSIX timers, an itimer,
 /// patterned memory), small and large, each beside the time to fill the same amount of fresh
 /// memory with `UFFDIO_COPY` in this process (the practical floor of any restore: page
-/// allocation and copying). Both are the best of `--runs`, measured in the same run; every
-/// restored process must pass its self-check.
+/// allocation and copying), and beside CRIU's restore of a second copy of the same scenario when
+/// a CRIU 4.x binary is available. All are the best of `--runs`, measured in the same run; every
+/// restored process must pass its self-check (CRIU's check result is printed).
 ///
 /// Needs the scenario program: `swift build -c release --product mitosis-scenario` first.
 struct RestoreBenchmark: AsyncParsableCommand {
@@ -23,7 +24,8 @@ struct RestoreBenchmark: AsyncParsableCommand {
         let directory = scratch + "/mitosis-bench-" + UUID().uuidString
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        print("CRIU: " + Self.criuColumn())
+        let (criu, criuNote) = Self.findCriu()
+        print("CRIU: " + criuNote)
         for size in mib {
             let log = directory + "/scenario-\(size).log"
             let target = try ScenarioTarget(["acceptance", log, "\(size)", "2", "600"])
@@ -61,32 +63,66 @@ struct RestoreBenchmark: AsyncParsableCommand {
                    restore:                 \(String(format: "%.1f ms", result.restoreMilliseconds)) (best of \(runs); \(phases.joined(separator: ", ")) ms)
                    UFFDIO_COPY fill floor:  \(String(format: "%.1f ms", floor)) (best of \(runs)); restore / floor = \(String(format: "%.2f", result.restoreMilliseconds / floor)), memory phase / floor = \(String(format: "%.2f", memory / floor))
                 """)
+            if let criu {
+                do {
+                    let (milliseconds, check) = try await Self.criuRestore(criu, size: size, runs: runs, directory: directory)
+                    print(String(format: "   CRIU restore -d:         %.1f ms (best of %d, wall time of the criu process; %@); mitosis / criu = %.2f",
+                                 milliseconds, runs, check, result.restoreMilliseconds / milliseconds))
+                } catch {
+                    print("   CRIU restore -d:         failed: \(error)")
+                }
+            }
         }
     }
 
-    /// Why the CRIU column is empty: it needs a `criu` of version 4.0 or newer ($CRIU, else PATH).
-    static func criuColumn() -> String {
+    /// The `criu` of version 4.0 or newer ($CRIU, else PATH) and a line about it; nil with the
+    /// reason the CRIU column is skipped.
+    static func findCriu() -> (String?, String) {
         let environment = ProcessInfo.processInfo.environment
         let candidates = [environment["CRIU"]].compactMap { $0 }
             + (environment["PATH"] ?? "").split(separator: ":").map { $0 + "/criu" }
         guard let path = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
-            return "column skipped: no criu binary on PATH or in $CRIU"
+            return (nil, "column skipped: no criu binary on PATH or in $CRIU")
         }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: path)
-        process.arguments = ["--version"]
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        guard (try? process.run()) != nil else { return "column skipped: \(path) does not run" }
-        process.waitUntilExit()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        guard let output = try? ToolOutput.capture(path, ["--version"]) else { return (nil, "column skipped: \(path) does not run") }
+        let text = String(decoding: output, as: UTF8.self)
         // "Version: 4.2" (a "GitID:" line may follow).
         let version = text.split(separator: "\n").first { $0.hasPrefix("Version:") }.map { $0.dropFirst(8).trimmingCharacters(in: .whitespaces) } ?? "?"
         guard let major = Int(version.split(separator: ".").first ?? ""), major >= 4 else {
-            return "column skipped: \(path) is version \(version), older than 4.0 (Debian's 3.17 does not start on this kernel)"
+            return (nil, "column skipped: \(path) is version \(version), older than 4.0 (Debian's 3.17 does not start on this kernel)")
         }
-        return "column skipped: \(path) (version \(version)) found, but the side-by-side CRIU restore is not written yet"
+        return (path, "\(path) version \(version): dumps a second copy of the same scenario, restores it with `criu restore -d`")
+    }
+
+    /// CRIU's side of the same scenario: a second copy started alike, dumped by `criu dump`
+    /// (which kills it), restored `runs` times by `criu restore -d`; returns the best wall time of
+    /// the restoring criu process and the restored process's last check line.
+    static func criuRestore(_ criu: String, size: Int, runs: Int, directory: String) async throws -> (Double, String) {
+        let log = directory + "/criu-scenario-\(size).log"
+        let images = directory + "/criu-\(size)"
+        try FileManager.default.createDirectory(atPath: images, withIntermediateDirectories: true)
+        let target = try ScenarioTarget(["acceptance", log, "\(size)", "2", "600"])
+        try target.send("detach")
+        let pid = target.pid
+        _ = try TimedRun.run(criu, ["dump", "-t", "\(pid)", "--shell-job", "-D", images, "-o", "dump.log"])
+        target.stop()
+        try await awaitGone(pid)
+        guard !FileManager.default.fileExists(atPath: "/proc/\(pid)") else { throw ValidationError("criu dump left the scenario running (see \(images)/dump.log)") }
+        // CRIU checks the log's size on restore: put it back as it was before each restore.
+        let logAtDump = try Data(contentsOf: URL(fileURLWithPath: log))
+        var best = Double.infinity, check = ""
+        for _ in 0..<runs {
+            let run = try TimedRun.run(criu, ["restore", "-d", "--shell-job", "-D", images, "-o", "restore.log"])
+            guard FileManager.default.fileExists(atPath: "/proc/\(pid)") else { throw ValidationError("criu restore failed (see \(images)/restore.log)") }
+            try await Task.sleep(for: .milliseconds(150))
+            kill(pid, SIGUSR1)
+            check = (try? await awaitCheck(in: log)) ?? "no check answered"
+            kill(pid, SIGKILL)
+            try await awaitGone(pid)
+            try logAtDump.write(to: URL(fileURLWithPath: log))
+            best = min(best, Samples.milliseconds(run.wall))
+        }
+        return (best, check.contains(" PASS ") ? "restored process passed its check" : "restored process: \(check)")
     }
 
     /// Milliseconds to fill `bytes` of fresh anonymous memory of this process with UFFDIO_COPY

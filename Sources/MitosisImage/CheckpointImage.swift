@@ -320,19 +320,37 @@ public final class CheckpointImage: Sendable {
 
     /// A run's bytes, checked against its checksum.
     package func bytes(of run: PageRun) throws(ImageError) -> [UInt8] {
-        let data = try openData()
+        let data = try openPageData()
         defer { try? data.close() }
-        let bytes: [UInt8]
+        var bytes = [UInt8](repeating: 0, count: Int(run.length))
+        let result: Result<Void, ImageError> = bytes.withUnsafeMutableBytes { buffer in
+            Result { () throws(ImageError) in try read(run, from: data, into: buffer) }
+        }
+        try result.get()
+        return bytes
+    }
+
+    /// Reads a run's bytes into the start of `buffer` (at least `run.length` bytes) from `data`
+    /// (opened by `openPageData`) and checks them against the run's checksum: a restore reuses
+    /// one buffer and one descriptor for every run instead of allocating both per run.
+    package func read(_ run: PageRun, from data: FileDescriptor, into buffer: UnsafeMutableRawBufferPointer) throws(ImageError) {
+        // Which entry failed: looked up only on failure (a linear search).
+        var number: Int? { runs.firstIndex(of: run) }
+        guard buffer.count >= Int(run.length) else { throw .malformed(path, file: ImageFormat.dataName, detail: "entry \(number ?? -1) is larger than a run may be") }
+        let target = UnsafeMutableRawBufferPointer(rebasing: buffer[..<Int(run.length)])
+        let count: Int
         do {
-            bytes = try Kernel.readAt(data, offset: run.dataOffset, count: Int(run.length))
+            count = try Kernel.readAt(data, offset: run.dataOffset, into: target)
         } catch {
             throw .io(path, operation: "read \(ImageFormat.dataName)", errno: error)
         }
-        let number = runs.firstIndex(of: run)
-        guard bytes.count == Int(run.length) else { throw .truncated(path, file: ImageFormat.dataName, detail: "ends inside entry \(number ?? -1)") }
-        guard Checksum.xxh64(bytes) == run.checksum else { throw .checksumMismatch(path, file: ImageFormat.dataName, entry: number) }
-        return bytes
+        guard count == Int(run.length) else { throw .truncated(path, file: ImageFormat.dataName, detail: "ends inside entry \(number ?? -1)") }
+        guard Checksum.xxh64(UnsafeRawBufferPointer(target)) == run.checksum else { throw .checksumMismatch(path, file: ImageFormat.dataName, entry: number) }
     }
+
+    /// Opens `pages.data` for `read(_:from:into:)`, refusing anything but the file checked when
+    /// the image was opened. The caller closes it.
+    package func openPageData() throws(ImageError) -> FileDescriptor { try openData() }
 
     /// Opens `pages.data` again, refusing anything but the file checked when the image was opened.
     private func openData() throws(ImageError) -> FileDescriptor {

@@ -36,6 +36,20 @@ package struct Userfaultfd: Sendable {
         try Kernel.check { mitosis_uffdio_register(descriptor.rawValue, start, end - start, MITOSIS_UFFDIO_REGISTER_MODE_WP, &ioctls) }
     }
 
+    /// Registers [start, end) for missing-page faults, so that `copy` may fill its pages.
+    /// The corresponding system call is `ioctl(UFFDIO_REGISTER)` with `UFFDIO_REGISTER_MODE_MISSING`.
+    package func registerMissing(start: UInt64, end: UInt64) throws(Errno) {
+        try Kernel.check { mitosis_uffdio_register_missing(descriptor.rawValue, start, end - start) }
+    }
+
+    /// Fills the not yet present pages at `address` with `bytes` (page-aligned, page-sized):
+    /// page allocation and copy in one step, cheaper than `process_vm_writev`'s fault-in.
+    /// The corresponding system call is `ioctl(UFFDIO_COPY)`.
+    package func copy(to address: UInt64, from bytes: UnsafeRawBufferPointer) throws(Errno) {
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return }
+        try Kernel.check { mitosis_uffdio_copy_all(descriptor.rawValue, address, base, UInt64(bytes.count)) }
+    }
+
     /// Unregisters [start, end), lifting the write-protection of its pages.
     /// The corresponding system call is `ioctl(UFFDIO_UNREGISTER)`.
     package func unregister(start: UInt64, end: UInt64) throws(Errno) {

@@ -1,3 +1,4 @@
+import Foundation
 import MitosisImage
 import MitosisKernel
 import MitosisModel
@@ -11,8 +12,16 @@ extension Tracer {
     /// pages stay zero).
     func mapMemory(_ plan: RestorePlan, chain: CheckpointChain, area: WorkArea) throws {
         let vmFlags = Dictionary(plan.record.mappingFlags.map { ($0.start, Set($0.vmFlags)) }, uniquingKeysWith: { a, _ in a })
-        var cache: RunCache?
-        for mapping in plan.manifest.mappings where !RestorePlan.isKernelProvided(mapping) {
+        let restored = plan.manifest.mappings.filter { !RestorePlan.isKernelProvided($0) }
+        let stored = restored.flatMap { $0.pages.filter { $0.state == .stored || $0.state == .inherited } }
+        let pages = PageSource(chain: chain, loads: PageSource.loads(of: stored, chain: chain))
+        defer { pages.close() }
+        // Private anonymous memory is filled with UFFDIO_COPY (page allocation and copy in one
+        // step) through a userfaultfd the husk creates and keeps no descriptor of; without one
+        // (refused by seccomp or sysctl) every page goes through process_vm_writev.
+        let uffd = try? fillUserfaultfd()
+        defer { uffd?.close() }
+        for mapping in restored {
             let name = "0x\(String(mapping.start, radix: 16)) \(mapping.path ?? "[anonymous]")"
             let perms = Array(mapping.perms.utf8)
             let protection = (perms[0] == UInt8(ascii: "r") ? Linux.PROT_READ : 0) | (perms[1] == UInt8(ascii: "w") ? Linux.PROT_WRITE : 0)
@@ -38,7 +47,16 @@ extension Tracer {
             guard address == mapping.start else {
                 throw StepFailure(step: "mapping \(name)", detail: "the kernel placed it at 0x\(String(address, radix: 16))")
             }
-            for range in held { try fill(range, chain: chain, name: name, cache: &cache) }
+            // Registration is refused for what UFFDIO_COPY cannot fill (shared, file-backed).
+            let copier = shared || held.isEmpty || mapping.kind == MemoryMapping.Kind.file.rawValue ? nil
+                : uffd.flatMap { (try? $0.registerMissing(start: mapping.start, end: mapping.end)) != nil ? $0 : nil }
+            for range in held { try fill(range, pages: pages, copier: copier, name: name) }
+            if let copier {
+                // Nothing of the userfaultfd may stay on the mapping once the process runs.
+                do { try copier.unregister(start: mapping.start, end: mapping.end) } catch {
+                    throw StepFailure(step: "unregistering \(name) from the fill userfaultfd", detail: "\(error)")
+                }
+            }
             if mapProtection != protection {
                 try huskCall("protecting \(name)", SyscallNumber.mprotect, [mapping.start, length, UInt64(protection)])
             }
@@ -54,35 +72,156 @@ extension Tracer {
         }
     }
 
-    /// The last page run read from the image, checked against its checksum.
-    struct RunCache {
-        var image: Int
-        var run: PageRun
-        var bytes: [UInt8]
+    /// A userfaultfd of the husk's address space, held only by Mitosis (the husk's descriptor is
+    /// closed at once), ready for missing-mode registration and UFFDIO_COPY.
+    func fillUserfaultfd() throws -> Userfaultfd {
+        let uffd = Userfaultfd(descriptor: try createTargetUserfaultfd())
+        do { try uffd.enable([]) } catch {
+            uffd.close()
+            throw error
+        }
+        return uffd
     }
 
     /// Writes the pages of `range` from the chain: each comes from the newest image whose index
-    /// holds it (as `CheckpointChain.read` decides), one checked run at a time, written straight
-    /// from the run's bytes.
-    func fill(_ range: PageRange, chain: CheckpointChain, name: String, cache: inout RunCache?) throws {
+    /// holds it (as `CheckpointChain.read` decides), one checked run at a time, written with
+    /// UFFDIO_COPY through `copier` (its mapping registered) or else with process_vm_writev.
+    func fill(_ range: PageRange, pages: PageSource, copier: Userfaultfd?, name: String) throws {
         var at = range.start
         while at < range.end {
-            guard let (number, run) = chain.images.enumerated().lazy
-                .compactMap({ image in image.element.run(containing: at).map { (image.offset, $0) } }).first
-            else {
-                throw StepFailure(step: "reading the image's pages at 0x\(String(at, radix: 16))", detail: "recorded as \(range.state.rawValue) but no image in the chain holds it")
-            }
-            if cache?.image != number || cache?.run != run {
-                do {
-                    cache = RunCache(image: number, run: run, bytes: try chain.images[number].bytes(of: run))
-                } catch {
-                    throw StepFailure(step: "reading the image's pages at 0x\(String(at, radix: 16))", detail: "\(error)")
-                }
-            }
+            let (run, bytes) = try pages.run(containing: at, state: range.state)
             let end = min(run.end, range.end)
-            let from = Int(at - run.address), to = Int(end - run.address)
-            try cache!.bytes.withUnsafeBytes { try huskWrite("writing pages of \(name)", at, UnsafeRawBufferPointer(rebasing: $0[from..<to])) }
+            let slice = UnsafeRawBufferPointer(rebasing: bytes[Int(at - run.address)..<Int(end - run.address)])
+            if let copier {
+                do { try copier.copy(to: at, from: slice) } catch {
+                    throw StepFailure(step: "writing pages of \(name)", detail: "UFFDIO_COPY: \(error)")
+                }
+            } else {
+                try huskWrite("writing pages of \(name)", at, slice)
+            }
             at = end
         }
     }
+}
+
+/// The page runs of a restore, read and checked on a thread of their own up to `depth` runs
+/// ahead of the writes (one after the other, reading and checking left the writes waiting and
+/// the other way round), each image's data file opened once, into `depth` buffers reused for
+/// every run: reading costs no fresh memory of Mitosis's own per run.
+final class PageSource: @unchecked Sendable {  // mutable state guarded by `condition`
+    /// One run to read: image `image` (index in the chain) holds it.
+    struct Load: Equatable {
+        var image: Int
+        var run: PageRun
+    }
+
+    private let chain: CheckpointChain
+    private let loads: [Load]
+    private let condition = NSCondition()
+    private var free: [UnsafeMutableRawBufferPointer]
+    private let buffers: [UnsafeMutableRawBufferPointer]
+    private var ready: [Int: Result<UnsafeMutableRawBufferPointer, StepFailure>] = [:]
+    private var stopping = false, finished = false
+    /// The next load the writes take, and the one they write from now.
+    private var next = 0
+    private var current: (load: Load, buffer: UnsafeMutableRawBufferPointer)?
+
+    /// Starts reading `loads` in order (the order the writes ask for them).
+    init(chain: CheckpointChain, loads: [Load], depth: Int = 3) {
+        self.chain = chain
+        self.loads = loads
+        buffers = (0..<depth).map { _ in
+            UnsafeMutableRawBufferPointer.allocate(byteCount: ImageFormat.maxRunPages * Int(WorkArea.page), alignment: Int(WorkArea.page))
+        }
+        free = buffers
+        let thread = Thread { [self] in readAhead() }
+        thread.name = "mitosis-restore-read"
+        thread.start()
+    }
+
+    /// The loads of `ranges` in the order `fill` writes them: for each address the newest image
+    /// holding it. Stops where no image holds an address (the write there names it).
+    static func loads(of ranges: [PageRange], chain: CheckpointChain) -> [Load] {
+        var loads: [Load] = []
+        for range in ranges {
+            var at = range.start
+            while at < range.end, let load = holder(of: at, chain: chain) {
+                if loads.last != load { loads.append(load) }
+                at = min(load.run.end, range.end)
+            }
+            if at < range.end { break }
+        }
+        return loads
+    }
+
+    private static func holder(of address: UInt64, chain: CheckpointChain) -> Load? {
+        chain.images.enumerated().lazy.compactMap { image in image.element.run(containing: address).map { Load(image: image.offset, run: $0) } }.first
+    }
+
+    /// The run holding `address` in the newest image that has it, and its checked bytes (valid
+    /// until the next call).
+    func run(containing address: UInt64, state: PageState) throws -> (PageRun, UnsafeRawBufferPointer) {
+        let at = "0x\(String(address, radix: 16))"
+        guard let load = Self.holder(of: address, chain: chain) else {
+            throw StepFailure(step: "reading the image's pages at \(at)", detail: "recorded as \(state.rawValue) but no image in the chain holds it")
+        }
+        condition.lock()
+        defer { condition.unlock() }
+        if current?.load != load {
+            if let done = current { free.append(done.buffer); current = nil; condition.broadcast() }
+            guard next < loads.count, loads[next] == load else {
+                throw StepFailure(step: "reading the image's pages at \(at)", detail: "asked out of the planned order")
+            }
+            while ready[next] == nil { condition.wait() }
+            let result = ready.removeValue(forKey: next)!
+            next += 1
+            current = (load, try result.get())
+        }
+        return (load.run, UnsafeRawBufferPointer(rebasing: current!.buffer[..<Int(load.run.length)]))
+    }
+
+    /// Runs on the read-ahead thread: reads each load into a free buffer, stops at the first failure.
+    private func readAhead() {
+        var data: [Int: FileDescriptor] = [:]
+        defer {
+            for fd in data.values { try? fd.close() }
+            condition.lock()
+            finished = true
+            condition.broadcast()
+            condition.unlock()
+        }
+        for (index, load) in loads.enumerated() {
+            condition.lock()
+            while free.isEmpty && !stopping { condition.wait() }
+            guard !stopping else { condition.unlock(); return }
+            let buffer = free.removeLast()
+            condition.unlock()
+            let result: Result<UnsafeMutableRawBufferPointer, StepFailure>
+            do {
+                let image = chain.images[load.image]
+                if data[load.image] == nil { data[load.image] = try image.openPageData() }
+                try image.read(load.run, from: data[load.image]!, into: buffer)
+                result = .success(buffer)
+            } catch {
+                result = .failure(StepFailure(step: "reading the image's pages at 0x\(String(load.run.address, radix: 16))", detail: "\(error)"))
+            }
+            condition.lock()
+            ready[index] = result
+            if case .failure = result { stopping = true }
+            condition.broadcast()
+            condition.unlock()
+            if case .failure = result { return }
+        }
+    }
+
+    /// Stops the read-ahead thread and waits for it: nothing of it outlives the memory phase.
+    func close() {
+        condition.lock()
+        stopping = true
+        condition.broadcast()
+        while !finished { condition.wait() }
+        condition.unlock()
+    }
+
+    deinit { for buffer in buffers { buffer.deallocate() } }
 }

@@ -105,6 +105,14 @@ struct RestoreFailure: Error, CustomStringConvertible {
         let live = try Kernel.listDirectory("/proc/\(pid)/task").compactMap { Int32($0) }.sorted()
         #expect(live == tids)
         #expect(try TargetHealth.tracer(of: pid) == 0)
+        // The userfaultfd that filled its memory is gone: no descriptor, no registered mapping
+        // ("um"/"uw" in VmFlags).
+        let descriptors = try Kernel.listDirectory("/proc/\(pid)/fd")
+        #expect(try descriptors.filter { try Kernel.readLink("/proc/\(pid)/fd/\($0)").contains("userfaultfd") }.isEmpty)
+        #expect(try descriptors.filter { String(decoding: try Kernel.readFile("/proc/\(pid)/fdinfo/\($0)"), as: UTF8.self).contains("pending:") }.isEmpty)
+        let registered = String(decoding: try Kernel.readFile("/proc/\(pid)/smaps"), as: UTF8.self).split(separator: "\n")
+            .filter { $0.hasPrefix("VmFlags:") && $0.split(separator: " ").contains { $0 == "um" || $0 == "uw" } }
+        #expect(registered.isEmpty, "\(registered)")
         for fd in 0...2 { #expect(try Kernel.readLink("/proc/\(pid)/fd/\(fd)") == "/dev/null") }
         #expect(try Kernel.readLink("/proc/\(pid)/fd/3") == scenario.log)
         let logged = try String(contentsOfFile: scenario.log, encoding: .utf8)
