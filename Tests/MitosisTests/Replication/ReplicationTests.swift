@@ -101,9 +101,14 @@ import Testing
             protect = try self.protect(pid, hosts, scratch, interval: 50, name: "protect2")
             _ = try await StandbyImages.awaitEpoch(images, atLeast: before + 10)
             // The primary host fails: the process and protect are killed.
+            let ended = standby.connectionsEnded
             kill(pid, SIGKILL)
             child.stop()
             await protect.stop(SIGKILL)
+            // The standby may still be committing the epoch in flight: read its newest once it
+            // has seen the connection end.
+            let deadline = ContinuousClock.now + .seconds(20)
+            while standby.connectionsEnded == ended && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
             let committed = try #require(StandbyImages.newest(images)).epoch
             let promote = try await ToolRun(ToolRun.mitosis, ["promote", images], prefix: hosts.prefix(hosts.b))
             #expect(promote.status == 0, "\(promote.standardError)")
