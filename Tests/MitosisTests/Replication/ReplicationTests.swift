@@ -102,9 +102,11 @@ import Testing
             _ = try await StandbyImages.awaitEpoch(images, atLeast: before + 10)
             // The primary host fails: the process and protect are killed.
             let ended = standby.connectionsEnded
+            // protect first: a target killed while protect holds it frozen is reaped only once its
+            // tracer lets go of it (a wait for the target before that could hang).
+            await protect.stop(SIGKILL)
             kill(pid, SIGKILL)
             child.stop()
-            await protect.stop(SIGKILL)
             // The standby may still be committing the epoch in flight: read its newest once it
             // has seen the connection end.
             let deadline = ContinuousClock.now + .seconds(20)
