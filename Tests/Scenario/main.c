@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include "scenario.h"
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -98,4 +99,15 @@ int main(int argc, char **argv) {
         s->main_thread();
     }
     command_loop(NULL);
+}
+
+void scenario_detach_standard_streams(void) {
+    printf("READY detached=1\n");
+    fflush(stdout);
+    int null = open("/dev/null", O_RDWR);
+    if (null < 0) _exit(4);
+    dup2(null, 0);
+    dup2(null, 1);
+    dup2(null, 2);
+    if (null > 3) close(null);
 }

@@ -32,6 +32,10 @@ void scenario_register(scenario *s);
 void scenario_report(const char *key, const char *format, ...) __attribute__((format(printf, 2, 3)));
 /// Raises RLIMIT_NOFILE (soft, and hard if needed) so that `count` more descriptors fit.
 void scenario_raise_fd_limit(int count);
+/// Answers `READY detached=1`, then points fds 0–2 at /dev/null, so that a checkpointed (and
+/// later restored) process holds no descriptor of the test that started it. /dev/null stays
+/// open as fd 3 when it lands there (the scenarios' descriptor layout counts it).
+void scenario_detach_standard_streams(void);
 /// Fails the scenario: prints `FAIL message` and exits 1.
 void scenario_fail(const char *format, ...) __attribute__((format(printf, 1, 2)));
 

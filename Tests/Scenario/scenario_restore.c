@@ -204,14 +204,7 @@ static int restore_setup(int argc, char **argv) {
 
 static int restore_step(const char *command) {
     if (strcmp(command, "detach") != 0) return -1;
-    printf("READY detached=1\n");
-    fflush(stdout);
-    int null = open("/dev/null", O_RDWR);
-    if (null < 0) _exit(4);
-    dup2(null, 0);
-    dup2(null, 1);
-    dup2(null, 2);
-    if (null > 3) close(null);
+    scenario_detach_standard_streams();
     sigset_t waiting;
     sigprocmask(SIG_BLOCK, NULL, &waiting);
     sigdelset(&waiting, SIGUSR1);
