@@ -21,17 +21,19 @@ struct RestorePlan: Sendable {
 
     /// Every reason this image cannot be restored on this host now; empty when it can.
     static func refusals(_ manifest: CheckpointManifest) -> [RestoreRefusal] {
+        let pid = manifest.pid
+        let leaderExited = RestoreRefusal("thread \(pid)", "the main thread had exited; restoring a process without it is not supported")
         guard manifest.formatVersion >= 2, let record = manifest.restore else {
+            // A checkpoint records no restore state for a process whose main thread exited
+            // (nothing can be injected into it): that, not the format, is the reason.
+            if manifest.formatVersion >= 2 && !manifest.threads.contains(where: { $0.tid == pid }) { return [leaderExited] }
             return [RestoreRefusal("image", "format version \(manifest.formatVersion) records no restore state (signal handlers, mm bounds, vDSO…); checkpoint the process again with this mitosis")]
         }
         var refusals: [RestoreRefusal] = []
-        let pid = manifest.pid
         if manifest.pageSize != CheckpointHeader.systemPageSize {
             refusals.append(RestoreRefusal("image", "page size \(manifest.pageSize), this system's is \(CheckpointHeader.systemPageSize)"))
         }
-        if !manifest.threads.contains(where: { $0.tid == pid }) {
-            refusals.append(RestoreRefusal("thread \(pid)", "the main thread had exited; restoring a process without it is not supported"))
-        }
+        if !manifest.threads.contains(where: { $0.tid == pid }) { refusals.append(leaderExited) }
         if Set(manifest.threads.map(\.tid)) != Set(record.threads.map(\.tid)) {
             refusals.append(RestoreRefusal("image", "thread states and restore records name different threads"))
         }
