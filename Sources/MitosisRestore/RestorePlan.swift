@@ -150,7 +150,12 @@ struct RestorePlan: Sendable {
             return nil
         case .file:
             guard let path = mapping.path else { return "a file mapping without a path" }
-            if deleted { return "maps a deleted file; restoring deleted files is not supported yet" }
+            // Only the pages a process wrote are in the image; a memfd's or a deleted file's
+            // other pages (and a memfd's size) are nowhere to map them from.
+            if path.hasPrefix("/memfd:") {
+                return "maps \(path.dropFirst()); memfd mappings are not restorable yet (memfd descriptors are)"
+            }
+            if deleted { return "maps a deleted file: the image holds only the pages the process wrote, not the file; not restorable yet" }
             if !fileExists(path) { return "\(path) does not exist here" }
             return nil
         case .sysvSharedMemory:

@@ -36,10 +36,10 @@ import Testing
         Case(name: "acceptance", arguments: ["LOG", "8", "2", "120"]),
         Case(name: "restorefds", arguments: ["LOG", "120", "inet,unix,files,shared"]),
         Case(name: "memory", refusals: [
-            .mapping(fact: "file", pages: 16, reason: "maps a deleted file; restoring deleted files is not supported yet"),
+            .mapping(fact: "file", pages: 16, reason: "maps a deleted file: the image holds only the pages the process wrote, not the file; not restorable yet"),
         ]),
         Case(name: "sharedmem", refusals: [
-            .mapping(fact: "memfd", pages: 64, reason: "maps a deleted file; restoring deleted files is not supported yet"),
+            .mapping(fact: "memfd", pages: 64, reason: "maps memfd:mitosis-shared; memfd mappings are not restorable yet (memfd descriptors are)"),
             .mapping(fact: "sysv", pages: 16, reason: "SysV shared memory is not restorable yet"),
         ]),
         Case(name: "leaderless", refusals: [
