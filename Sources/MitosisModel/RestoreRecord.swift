@@ -30,6 +30,8 @@ public struct RestoreRecord: Codable, Sendable, Equatable {
     public var timerfds: [TimerfdRestoreState]?
     /// The content of every memfd and deleted file the process holds open.
     public var fileContents: [FileContents]?
+    /// The path of every inotify watch (nil in images taken before watches were captured).
+    public var inotifyWatches: [InotifyWatchPath]?
     /// POSIX timers of the process (`/proc/PID/timers` entries): images without `processState`
     /// that count any are refused.
     public var posixTimers: Int

@@ -184,7 +184,14 @@ struct RestorePlan: Sendable {
         case .signalfd:
             return descriptor.signalfd == nil ? "the kernel did not report its signal mask" : nil
         case .inotify:
-            return "inotify watches name inodes, not paths; restoring them is not supported yet"
+            let found = Set((record.inotifyWatches ?? []).filter { $0.fd == descriptor.fd }.map(\.wd))
+            for watch in descriptor.inotify ?? [] where !found.contains(watch.wd) {
+                return "watch \(watch.wd) (inode \(watch.inode) on \(watch.device)): the checkpoint found no path for it"
+            }
+            for watch in (record.inotifyWatches ?? []) where watch.fd == descriptor.fd && !fileExists(watch.path) {
+                return "watch \(watch.wd): \(watch.path) does not exist here"
+            }
+            return nil
         case .characterDevice:
             guard let path = descriptor.path, statelessDevices.contains(path) else {
                 return "character device \(descriptor.path ?? descriptor.target) may hold state; only \(statelessDevices.sorted().joined(separator: ", ")) are restored"

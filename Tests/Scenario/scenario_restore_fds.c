@@ -15,6 +15,9 @@
 //          1234 sealed against shrinking and growing; 35 LOG.deleted, deleted while open, at offset 3.
 // shared  40 LOG.data open read-write at offset 5; 41 a dup of it (one open file description,
 //          close-on-exec on 41 only); 42 LOG.data opened again at offset 9.
+// watch 50 an inotify (non-blocking, close-on-exec) with watch 1 on the directory LOG.watchdir
+//          (IN_CREATE|IN_DELETE), watch 2 removed again, and watch 3 on the file LOG.watched
+//          (IN_MODIFY|IN_EXCL_UNLINK): the numbers keep a gap, as a long-running process's would.
 //
 // fd 3 is LOG (O_APPEND). Command `detach` answers READY, points fds 0-2 at /dev/null and from
 // then on answers only SIGUSR1: each makes the process verify every descriptor from the inside
@@ -35,6 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/inotify.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
@@ -200,6 +204,22 @@ static int setup_shared(const char *log) {
     return 0;
 }
 
+static char watch_dir[300], watched_file[300];
+
+static int setup_watch(const char *log) {
+    snprintf(watch_dir, sizeof watch_dir, "%s.watchdir", log);
+    snprintf(watched_file, sizeof watched_file, "%s.watched", log);
+    int file = open(watched_file, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (file < 0 || close(file) || mkdir(watch_dir, 0700)) return -1;
+    if (place(inotify_init1(IN_NONBLOCK | IN_CLOEXEC), 50)) return -1;
+    if (inotify_add_watch(50, watch_dir, IN_CREATE | IN_DELETE) != 1) return -1;
+    if (inotify_add_watch(50, log, IN_MODIFY) != 2 || inotify_rm_watch(50, 2)) return -1;
+    if (inotify_add_watch(50, watched_file, IN_MODIFY | IN_EXCL_UNLINK) != 3) return -1;
+    char events[4096];
+    while (read(50, events, sizeof events) > 0) {}  // the IN_IGNORED of watch 2
+    return 0;
+}
+
 #define FAIL(...) do { snprintf(problem, size, __VA_ARGS__); return -1; } while (0)
 
 static int same_name(int fd) {
@@ -330,6 +350,31 @@ static int check_files(char *problem, size_t size) {
     return 0;
 }
 
+// Makes one event of each watch happen and reads exactly those back, by watch number.
+static int check_watch(char *problem, size_t size) {
+    if (fcntl(50, F_GETFD) != FD_CLOEXEC || !(fcntl(50, F_GETFL) & O_NONBLOCK)) FAIL("flags of inotify 50");
+    char probe[320];
+    snprintf(probe, sizeof probe, "%s/probe-%d", watch_dir, checks);
+    int fd = open(probe, O_WRONLY | O_CREAT, 0600);
+    if (fd < 0 || write(fd, "x", 1) != 1 || close(fd) || unlink(probe)) FAIL("probe file");
+    fd = open(watched_file, O_WRONLY | O_APPEND);
+    if (fd < 0 || write(fd, "y", 1) != 1 || close(fd)) FAIL("watched file");
+    char buffer[4096] __attribute__((aligned(8)));
+    ssize_t length = read(50, buffer, sizeof buffer);
+    if (length <= 0) FAIL("inotify 50 read no event");
+    int created = 0, deleted = 0, modified = 0;
+    for (char *at = buffer; at < buffer + length;) {
+        struct inotify_event *event = (struct inotify_event *)at;
+        if (event->wd == 1 && (event->mask & IN_CREATE) && event->len && strncmp(event->name, "probe-", 6) == 0) created++;
+        else if (event->wd == 1 && (event->mask & IN_DELETE)) deleted++;
+        else if (event->wd == 3 && (event->mask & IN_MODIFY)) modified++;
+        else FAIL("inotify 50: unexpected event wd %d mask %x", event->wd, event->mask);
+        at += sizeof *event + event->len;
+    }
+    if (created != 1 || deleted != 1 || modified != 1) FAIL("inotify 50: %d created, %d deleted, %d modified", created, deleted, modified);
+    return 0;
+}
+
 static int check_shared(char *problem, size_t size) {
     if (lseek(40, 0, SEEK_CUR) != 5 || lseek(41, 0, SEEK_CUR) != 5 || lseek(42, 0, SEEK_CUR) != 9) FAIL("offsets of fds 40-42");
     if (fcntl(40, F_GETFD) != 0 || fcntl(41, F_GETFD) != FD_CLOEXEC || fcntl(42, F_GETFD) != 0) FAIL("close-on-exec of fds 40-42");
@@ -345,6 +390,7 @@ static int fds_check(char *problem, size_t size) {
     if (has("files") && check_files(problem, size)) return -1;
     if (has("inet") && check_inet(problem, size)) return -1;
     if (has("unix") && check_unix(problem, size)) return -1;
+    if (has("watch") && check_watch(problem, size)) return -1;
     return 0;
 }
 
@@ -372,6 +418,7 @@ static int fds_setup(int argc, char **argv) {
     if (has("unix") && setup_unix(argv[0])) return -1;
     if (has("shared") && setup_shared(argv[0])) return -1;
     if (has("files") && setup_files(argv[0])) return -1;
+    if (has("watch") && setup_watch(argv[0])) return -1;
     return 0;
 }
 

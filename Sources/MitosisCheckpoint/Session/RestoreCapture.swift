@@ -62,6 +62,7 @@ enum RestoreCapture {
         record.sharedDescriptions = try SharedDescriptionCapture.capture(pid: pid, descriptors: descriptors)
         record.fileContents = try FileContentCapture.capture(pid: pid, descriptors: descriptors, shared: record.sharedDescriptions ?? [])
         record.timerfds = try FileContentCapture.timerfds(pid: pid, descriptors: descriptors)
+        record.inotifyWatches = try InotifyCapture.capture(pid: pid, descriptors: descriptors)
         record.processState = try await ProcessStateCapture.capture(tracer, target: target, tids: tids)
         return record
     }
