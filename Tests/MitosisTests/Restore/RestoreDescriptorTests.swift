@@ -207,6 +207,28 @@ struct RestoredDescriptorScenario {
         #expect(try await scenario.check(2) == "CHECK n=2 PASS")
     }
 
+    /// Segments outlive processes: the private one (marked for removal) went with the original,
+    /// and is created again with its id; the keyed one stayed, unattached, and is attached again
+    /// with the image's content.
+    @Test func sysvSharedMemoryComesBackWithItsIdsAndContent() async throws {
+        var keyed: Int32 = -1
+        defer { if keyed >= 0 { shmctl(keyed, IPC_RMID, nil) } }
+        let scenario = try await RestoredDescriptorScenario(kinds: "sysv") { _ in }
+        defer { scenario.remove() }
+        let segments = try #require(scenario.manifest.restore?.sysvSharedMemory).sorted { $0.size < $1.size }
+        keyed = segments.first?.shmid ?? -1
+        #expect(segments.map(\.size) == [2 * 4096, 3 * 4096] && segments.map(\.key) == [0x4d54_0000 + scenario.pid, 0])
+        #expect(segments.map { $0.perms & 0o1777 } == [0o640, 0o1600])
+        let live = try Kernel.sharedMemorySegments().filter { segment in segments.contains { $0.shmid == segment.shmid } }
+        #expect(live.map(\.attachCount).sorted() == [1, 1], "\(live)")
+        #expect(try await scenario.check(2) == "CHECK n=2 PASS")
+        #expect(try await scenario.check(3) == "CHECK n=3 PASS")
+        // The private one goes with the restored process, as it went with the original.
+        endRestored(scenario.pid)
+        let left = try Kernel.sharedMemorySegments().filter { segment in segments.contains { $0.shmid == segment.shmid } }
+        #expect(left.map(\.shmid) == [keyed] && left.first?.attachCount == 0, "\(left)")
+    }
+
     @Test func anInotifyWatchWhoseFileIsGoneIsRefusedByName() async throws {
         var log = ""
         do {
