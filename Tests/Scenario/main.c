@@ -52,7 +52,7 @@ void scenario_raise_fd_limit(int count) {
     if (setrlimit(RLIMIT_NOFILE, &limit) != 0) scenario_fail("setrlimit");
 }
 
-/// Where READY lines go: stdout, or after `serve` the connection being served.
+/// Where READY lines go: stdout, or after `commands PATH` the connection being served.
 static int reply_fd = 1;
 
 static void ready(void) {
@@ -68,7 +68,7 @@ static void ready(void) {
 
 static scenario *current;
 
-/// Answers the commands read from `input` until it ends. Returns the path of `serve PATH`
+/// Answers the commands read from `input` until it ends. Returns the path of `commands PATH`
 /// when that command came (the caller serves it), else NULL.
 static char *answer(FILE *input) {
     static char *line;
@@ -77,7 +77,7 @@ static char *answer(FILE *input) {
     while ((length = getline(&line, &capacity, input)) > 0) {
         if (line[length - 1] == '\n') line[length - 1] = 0;
         if (strcmp(line, "ping") == 0) { ready(); continue; }
-        if (strncmp(line, "serve ", 6) == 0 && reply_fd == 1) return line + 6;
+        if (strncmp(line, "commands ", 9) == 0 && reply_fd == 1) return line + 9;
         if (strcmp(line, "check") == 0 && current->check) {
             char problem[256] = "";
             int intact = current->check(problem, sizeof problem) == 0;
@@ -92,7 +92,7 @@ static char *answer(FILE *input) {
     return NULL;
 }
 
-/// `serve PATH`: the commands come from connections to a unix socket listening at PATH, one
+/// `commands PATH`: the commands come from connections to a unix socket listening at PATH, one
 /// connection at a time, and fds 0–2 point at /dev/null: the process holds nothing of the test
 /// that started it, so that it can be checkpointed, killed, restored and asked (`check`) again.
 static void serve(const char *path) {
@@ -101,7 +101,7 @@ static void serve(const char *path) {
     strcpy(address.sun_path, path);
     int listener = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (listener < 0 || bind(listener, (struct sockaddr *)&address, sizeof address) != 0 || listen(listener, 4) != 0)
-        scenario_fail("serve %s", path);
+        scenario_fail("commands %s", path);
     scenario_detach_standard_streams();
     for (;;) {
         int connection = accept4(listener, NULL, NULL, SOCK_CLOEXEC);

@@ -7,7 +7,7 @@ import Testing
 @testable import MitosisRestore
 
 /// The self-checking scenarios (`check` → `check=PASS`, the architecture issue's ZDTM shape),
-/// each started, told to `serve` its commands on a unix socket (so that it holds nothing of
+/// each started, told to take its commands from a unix socket (`commands PATH`) (so that it holds nothing of
 /// the test), dumped by `mitosis dump --kill`, and restored: a restorable one must answer
 /// `check=PASS` again over the socket; one holding what restore refuses must be refused with
 /// exactly the reasons named, and no process may appear.
@@ -40,7 +40,6 @@ import Testing
         ]),
         Case(name: "sharedmem", refusals: [
             .mapping(fact: "memfd", pages: 64, reason: "maps memfd:mitosis-shared; memfd mappings are not restorable yet (memfd descriptors are)"),
-            .mapping(fact: "sysv", pages: 16, reason: "SysV shared memory is not restorable yet"),
         ]),
         Case(name: "leaderless", refusals: [
             .subject("thread PID", reason: "the main thread had exited; restoring a process without it is not supported"),
@@ -66,7 +65,7 @@ import Testing
         // A short path: sun_path holds 108 bytes.
         let socket = "/tmp/mitosis-sc-\(UUID().uuidString.prefix(8)).sock"
         defer { unlink(socket) }
-        try child.send("serve \(socket)")
+        try child.send("commands \(socket)")
         #expect(try await Self.ask(socket, "check") == "READY check=PASS")
 
         let image = scratch.path + "/image"
