@@ -83,16 +83,16 @@ struct RestoreBenchmark: AsyncParsableCommand {
                 } catch { criuProblem = "\(error)" }
             }
         }
-        let restore = Median(results.map(\.restoreMilliseconds)), memory = Median(results.map { $0.phases["memory"] ?? 0 })
+        let restore = Median(results.map(\.restoreMilliseconds))
         let floor = Median(floors), cachedFloor = Median(cachedFloors)
         let phases = ["husk", "empty", "memory", "state", "resume"].map { name in String(format: "%@ %.1f", name, Median(results.map { $0.phases[name] ?? 0 }).value) }
         print("""
-            \(size) MiB scenario (\(results[0].threads) threads, \(results[0].descriptors) descriptors, \(String(format: "%.1f", Double(bytes) / 1048576)) MiB stored), medians of \(runs):
+            \(size) MiB scenario (\(results[0].threads) threads, \(results[0].descriptors) descriptors, \(String(format: "%.1f", Double(bytes) / 1048576)) MiB stored), medians of \(runs) interleaved runs, ratios run by run (median, range):
                restore:                 \(restore) (phases: \(phases.joined(separator: ", ")) ms)
-               UFFDIO_COPY fill floor:  \(floor); restore / floor = \(String(format: "%.2f", restore.value / floor.value)), memory phase / floor = \(String(format: "%.2f", memory.value / floor.value))
-               same, 1 MiB source reused: \(cachedFloor); restore / it = \(String(format: "%.2f", restore.value / cachedFloor.value)), memory phase / it = \(String(format: "%.2f", memory.value / cachedFloor.value))
+               UFFDIO_COPY fill floor:  \(floor); restore / floor = \(Self.ratios(results.map(\.restoreMilliseconds), floors))
+               same, 1 MiB source reused: \(cachedFloor); restore / it = \(Self.ratios(results.map(\.restoreMilliseconds), cachedFloors)), memory phase / it = \(Self.ratios(results.map { $0.phases["memory"] ?? 0 }, cachedFloors))
             """)
-        if criu != nil { printCriu(criuTimes, check: criuCheck, problem: criuProblem, mitosis: restore.value) }
+        if criu != nil { printCriu(criuTimes, check: criuCheck, problem: criuProblem, mitosis: results.map(\.restoreMilliseconds)) }
     }
 
     // MARK: The redis row
@@ -170,22 +170,29 @@ struct RestoreBenchmark: AsyncParsableCommand {
         let restore = Median(library), run = Median(cli)
         let phases = ["husk", "empty", "memory", "state", "resume"].map { name in String(format: "%@ %.1f", name, Median(results.map { $0.phases[name] ?? 0 }).value) }
         print("""
-            redis-server, \(redisKeys) keys (\(results[0].threads) threads, \(results[0].descriptors) descriptors, \(String(format: "%.1f", Double(checkpoint.manifest.stats.bytesWritten) / 1048576)) MiB stored), medians of \(runs):
+            redis-server, \(redisKeys) keys (\(results[0].threads) threads, \(results[0].descriptors) descriptors, \(String(format: "%.1f", Double(checkpoint.manifest.stats.bytesWritten) / 1048576)) MiB stored), medians of \(runs) interleaved runs, ratios run by run (median, range):
                restore (library):       \(restore) (phases: \(phases.joined(separator: ", ")) ms)
                mitosis restore IMAGE:   \(run) (wall time of the mitosis process)
             """)
-        if criu != nil { printCriu(criuTimes, check: criuCheck, problem: criuProblem, mitosis: restore.value, cli: run.value) }
+        if criu != nil { printCriu(criuTimes, check: criuCheck, problem: criuProblem, mitosis: library, cli: cli) }
     }
 
-    func printCriu(_ times: [Double], check: String, problem: String?, mitosis: Double, cli: Double? = nil) {
+    func printCriu(_ times: [Double], check: String, problem: String?, mitosis: [Double], cli: [Double]? = nil) {
         if let problem {
             print("   CRIU restore -d:         failed: \(problem)")
             return
         }
-        let criu = Median(times)
-        var line = "   CRIU restore -d:         \(criu) (wall time of the criu process; \(check)); mitosis / criu = \(String(format: "%.2f", mitosis / criu.value))"
-        if let cli { line += String(format: " (library), %.2f (CLI)", cli / criu.value) }
+        var line = "   CRIU restore -d:         \(Median(times)) (wall time of the criu process; \(check)); mitosis / criu = \(Self.ratios(mitosis, times))"
+        if let cli { line += " (library), \(Self.ratios(cli, times)) (CLI)" }
         print(line)
+    }
+
+    /// The median of the ratios of run-by-run pairs (measured seconds apart, so under about the
+    /// same load), with their range: steadier on a loaded machine than a ratio of medians.
+    static func ratios(_ values: [Double], _ references: [Double]) -> String {
+        let ratios = zip(values, references).map { $0 / $1 }.sorted()
+        guard !ratios.isEmpty else { return "-" }
+        return String(format: "%.2f (%.2f–%.2f)", ratios[ratios.count / 2], ratios[0], ratios[ratios.count - 1])
     }
 
     // MARK: CRIU
