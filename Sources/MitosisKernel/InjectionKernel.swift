@@ -80,13 +80,10 @@ extension Kernel {
     package static func sleepThread(microseconds: UInt32) {
         usleep(microseconds)
     }
+}
 
-    /// Replaces the tracee's ptrace options. The corresponding request is `PTRACE_SETOPTIONS`.
-    package static func setOptions(_ tid: Int32, _ options: Int) throws(Errno) {
-        try Kernel.check { mitosis_ptrace(0x4200 /* PTRACE_SETOPTIONS */, tid, nil, UnsafeMutableRawPointer(bitPattern: options)) }
-    }
-
-    /// The classic BPF program of the tracee's seccomp filter `index` (0: the newest), as 8-byte
+extension Ptrace {
+    /// The classic BPF program of the tracee's seccomp filter `index` (0: the oldest), as 8-byte
     /// `struct sock_filter` instructions. The corresponding request is `PTRACE_SECCOMP_GET_FILTER`.
     package static func seccompFilter(_ tid: Int32, index: Int) throws(Errno) -> [UInt64] {
         let count = try Kernel.check { mitosis_ptrace(0x420c, tid, UnsafeMutableRawPointer(bitPattern: index), nil) }

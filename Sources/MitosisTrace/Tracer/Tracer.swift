@@ -43,7 +43,7 @@ public actor Tracer {
     /// Where each process runs injected system calls, found once (see `Injection/`).
     var injectionSites: [Int32: InjectionSite] = [:]
     /// The ptrace options every thread is seized with (a husk's include more).
-    var seizeOptions = Ptrace.traceSystemCallsOption
+    package internal(set) var seizeOptions = Ptrace.traceSystemCallsOption
     /// Threads known to run under seccomp filters, which injected calls must not meet.
     var seccompFiltered: [Int32: Bool] = [:]
 
