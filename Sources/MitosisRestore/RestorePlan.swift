@@ -12,6 +12,8 @@ struct RestorePlan: Sendable {
     var hostTids: [Int32: Int32] = [:]
     /// Restored inside a new pid namespace (`--pidns`).
     var newPidNamespace = false
+    /// Restored inside a time namespace of its own whose clocks continue from the checkpoint's.
+    var timeNamespace = false
 
     /// The id this process uses for the image's thread `tid` (ptrace, /proc, injection).
     func host(_ tid: Int32) -> Int32 { hostTids[tid] ?? tid }
@@ -46,6 +48,7 @@ struct RestorePlan: Sendable {
             refusals.append(RestoreRefusal("executable", "\(record.executable) does not exist here"))
         }
         refusals += processStateProblems(manifest, record)
+        if let problem = record.clocks?.problem { refusals.append(RestoreRefusal("clocks", problem)) }
         let deleted = Set(manifest.process?.maps.filter(\.deleted).map(\.start) ?? [])
         for mapping in manifest.mappings {
             if let reason = mappingProblem(mapping, deleted: deleted.contains(mapping.start)) {
