@@ -39,6 +39,8 @@ import Testing
         defer { child.stop() }
         let pid = child.pid
         try await Task.sleep(for: .milliseconds(200))
+        try child.send("check")
+        #expect(try child.fact("check") == "PASS")
         try child.send("detach")
         try await Task.sleep(for: .milliseconds(150))
         kill(pid, SIGUSR1)
