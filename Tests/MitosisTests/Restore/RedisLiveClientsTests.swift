@@ -103,6 +103,14 @@ import Testing
             try await hosts.setAddress(service, on: 1, present: false)
             try await hosts.setAddress(service, on: newHost, present: true)
             host = newHost
+            // The port taken on the new host: one line, no process, no lock of the restore's own.
+            let squatter = try Self.listen(in: hosts, host: newHost, on: service)
+            let refused = try await ToolRun(ToolRun.mitosis, ["restore", images, "--netns", hosts.hosts[host]])
+            close(squatter)
+            #expect(refused.status == 1 && refused.standardError.split(separator: "\n").count == 1, "\(refused.standardError)")
+            #expect(refused.standardError.hasPrefix("mitosis: restore failed while binding the TCP socket of fd ")
+                    && refused.standardError.contains("to \(service):\(Self.port): Address already in use"), "\(refused.standardError)")
+            try await Self.awaitGone(pid, hosts: hosts, host: host)
             // kill -9 of the restorer at two moments: no process, no lock of its own left.
             for delay in [40, 200] {
                 let attempt = try ToolRun.start(ToolRun.mitosis, ["restore", images, "--netns", hosts.hosts[host]])
@@ -174,6 +182,27 @@ import Testing
         }
         close(fd)
         throw RestoreFailure(description: "redis did not answer on \(address):\(port)")
+    }
+
+    /// A listening socket on `address:port` in host `host`'s namespace (a port taken there).
+    static func listen(in hosts: BridgedHosts, host: Int, on address: String) throws -> Int32 {
+        let fd = try Kernel.inNetworkNamespace(named: hosts.hosts[host]) { () throws(Errno) -> Int32 in
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            guard fd >= 0 else { throw Errno(rawValue: errno) }
+            return fd
+        }
+        var target = sockaddr_in()
+        target.sin_family = sa_family_t(AF_INET)
+        target.sin_port = port.bigEndian
+        inet_pton(AF_INET, address, &target.sin_addr)
+        let bound = withUnsafePointer(to: &target) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0, Glibc.listen(fd, 1) == 0 else {
+            close(fd)
+            throw RestoreFailure(description: "cannot listen on \(address):\(port): errno \(errno)")
+        }
+        return fd
     }
 
     static func localPort(_ fd: Int32) -> UInt16 {
