@@ -76,7 +76,8 @@ struct LiveRedisBenchmark: AsyncParsableCommand {
     /// the dump's and the restore's wall times in milliseconds.
     static func measure(tool: String, path: String, namespace: String, connections: Int, images: String,
                         redisDirectory: String) throws -> (dump: Double, restore: Double) {
-        try FileManager.default.createDirectory(atPath: images, withIntermediateDirectories: true)
+        // mitosis dump makes its image directory; criu writes into an existing one.
+        if tool == "criu" { try FileManager.default.createDirectory(atPath: images, withIntermediateDirectories: true) }
         try FileManager.default.createDirectory(atPath: redisDirectory, withIntermediateDirectories: true)
         let config = "port 6379\nbind 127.0.0.1\nappendonly no\nsave \"\"\ndaemonize no\ndir \(redisDirectory)\nlogfile \(redisDirectory)/redis.log\n"
         try config.write(toFile: redisDirectory + "/redis.conf", atomically: true, encoding: .utf8)
