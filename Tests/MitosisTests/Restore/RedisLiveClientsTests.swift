@@ -111,10 +111,15 @@ import Testing
             #expect(refused.standardError.hasPrefix("mitosis: restore failed while binding the TCP socket of fd ")
                     && refused.standardError.contains("to \(service):\(Self.port): Address already in use"), "\(refused.standardError)")
             try await Self.awaitGone(pid, hosts: hosts, host: host)
-            // kill -9 of the restorer at two moments: no process, no lock of its own left.
-            for delay in [40, 200] {
+            // kill -9 of the restorer at two moments — once its lock is in force in the new
+            // host, and once the husk exists there — leaves no process, no lock of its own.
+            for moment in ["lock", "husk"] {
                 let attempt = try ToolRun.start(ToolRun.mitosis, ["restore", images, "--netns", hosts.hosts[host]])
-                try await Task.sleep(for: .milliseconds(delay))
+                for _ in 0..<5000 {
+                    if moment == "husk" ? FileManager.default.fileExists(atPath: "/proc/\(pid)")
+                        : try await hosts.tables(host).contains(where: { $0.contains("mitosis-lock") }) { break }
+                    try await Task.sleep(for: .milliseconds(1))
+                }
                 attempt.kill()
                 _ = try await Blocking.run("restore-reap") { attempt.wait() }
                 try await Self.awaitGone(pid, hosts: hosts, host: host)
@@ -227,8 +232,10 @@ import Testing
     }
 
     /// After a killed restore: no process with the pid, no lock of the restore's own in the host.
+    /// The husk, killed with its tracer (`PTRACE_O_EXITKILL`), is an orphan that init reaps:
+    /// its pid must be free again before the next restore.
     static func awaitGone(_ pid: Int32, hosts: BridgedHosts, host: Int) async throws {
-        for _ in 0..<100 {
+        for _ in 0..<600 {
             let tables = try await hosts.tables(host)
             if !FileManager.default.fileExists(atPath: "/proc/\(pid)"), !tables.contains(where: { $0.contains("mitosis-lock") }) { return }
             try await Task.sleep(for: .milliseconds(50))
