@@ -101,7 +101,7 @@ struct LiveRedisBenchmark: AsyncParsableCommand {
         if tool == "mitosis" {
             dump = try checkedRun(path, ["dump", "\(pid)", "--images", images, "--kill"], what: "mitosis dump")
             redis.wait()
-            restore = try checkedRun(path, ["restore", images, "--netns", namespace], what: "mitosis restore")
+            restore = try checkedRun(path, ["restore", images, "--netns", namespace, "--json"], what: "mitosis restore")
         } else {
             let options = ["--tcp-established", "--shell-job", "--network-lock", "nftables", "-D", images]
             dump = try checkedRun(enter[0], Array(enter.dropFirst()) + [path, "dump", "-t", "\(pid)"] + options + ["-o", "dump.log"], what: "criu dump (\(images)/dump.log)")
@@ -119,12 +119,19 @@ struct LiveRedisBenchmark: AsyncParsableCommand {
     static func checkedRun(_ executable: String, _ arguments: [String], what: String) throws -> TimedRun {
         let clock = ContinuousClock()
         let start = clock.now
-        let child = try ChildProcess(executable: executable, arguments: arguments, stdin: .null, stdout: .null, stderr: .pipe)
-        let errors = child.readToEnd().errorOutput
+        let child = try ChildProcess(executable: executable, arguments: arguments, stdin: .null, stdout: .pipe, stderr: .pipe)
+        let (output, errors) = child.readToEnd()
         let status = child.wait()
         let wall = clock.now - start
         guard ChildProcess.exitCode(of: status) == 0 else {
             throw ValidationError("\(what) failed: \(String(decoding: errors, as: UTF8.self).split(separator: "\n").first ?? "")")
+        }
+        // `mitosis restore --json`: where its time went.
+        if let json = try? JSONSerialization.jsonObject(with: Data(output)) as? [String: Any], let phases = json["phases_ms"] as? [String: Double] {
+            let total = json["restore_ms"] as? Double ?? 0
+            print("      mitosis restore: " + String(format: "%.1f ms inside (", total)
+                  + ["husk", "empty", "memory", "state", "resume"].map { String(format: "%@ %.1f", $0, phases[$0] ?? 0) }.joined(separator: ", ")
+                  + String(format: "), %.1f ms around it (process start, opening the image chain)", Samples.milliseconds(wall) - total))
         }
         return TimedRun(wall: wall, cpu: .zero)
     }
