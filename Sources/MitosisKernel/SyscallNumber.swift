@@ -52,6 +52,7 @@ public enum SyscallNumber {
     public static let inotify_rm_watch = Int(SYS_inotify_rm_watch)
     public static let shmat = Int(SYS_shmat)
     public static let shmdt = Int(SYS_shmdt)
+    public static let seccomp = Int(SYS_seccomp)
     public static let ioctl = Int(SYS_ioctl)
     public static let pause = Int(SYS_pause)
 }

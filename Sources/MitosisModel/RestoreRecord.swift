@@ -36,6 +36,11 @@ public struct RestoreRecord: Codable, Sendable, Equatable {
     /// them (nil in images taken before segments were captured). Their content is in the image
     /// as the memory of the attaching mappings.
     public var sysvSharedMemory: [SysVSharedMemory]?
+    /// The seccomp mode and filters its threads run under (nil: none, or an image taken before
+    /// they were recorded). Threads under different filters are refused (`seccompDiffers`).
+    public var seccomp: SeccompState?
+    /// A thread whose seccomp state differs from the main thread's, if any.
+    public var seccompDiffers: Int32?
     /// POSIX timers of the process (`/proc/PID/timers` entries): images without `processState`
     /// that count any are refused.
     public var posixTimers: Int

@@ -56,6 +56,9 @@ struct RestorePlan: Sendable {
         }
         refusals += processStateProblems(manifest, record)
         if let problem = record.clocks?.problem { refusals.append(RestoreRefusal("clocks", problem)) }
+        if let tid = record.seccompDiffers {
+            refusals.append(RestoreRefusal("thread \(tid)", "it runs under other seccomp filters than the main thread: not restorable yet"))
+        }
         let deleted = Set(manifest.process?.maps.filter(\.deleted).map(\.start) ?? [])
         let segments = Dictionary((manifest.process?.maps ?? []).filter { $0.kind == .sysvSharedMemory }
             .map { ($0.start, Int32(truncatingIfNeeded: $0.inode)) }, uniquingKeysWith: { a, _ in a })

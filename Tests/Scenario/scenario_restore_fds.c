@@ -23,6 +23,9 @@
 //          have it go with the process); and one of 2 pages under the key 0x4d540000 + pid, patterned,
 //          attached read-only. The check verifies ids, attach addresses, modes and contents, and
 //          that the first is still shared (a write through a second attach shows in the first).
+// seccomp  (no descriptor) no_new_privs and two seccomp filters: the first (installed with
+//          SECCOMP_FILTER_FLAG_LOG) fails getpriority with EACCES, the second kills the process on
+//          getitimer — a call Mitosis injects while it checkpoints, so a dump must not let it through.
 //
 // fd 3 is LOG (O_APPEND). Command `detach` answers READY, points fds 0-2 at /dev/null and from
 // then on answers only SIGUSR1: each makes the process verify every descriptor from the inside
@@ -44,7 +47,12 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/inotify.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/resource.h>
 #include <sys/shm.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
@@ -245,6 +253,23 @@ static int setup_sysv(void) {
     return attached_keyed == (void *)-1 ? -1 : 0;
 }
 
+static int install_filter(int nr, unsigned int action, unsigned int flags) {
+    struct sock_filter program[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, nr, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, action),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog filter = { sizeof program / sizeof program[0], program };
+    return syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &filter);
+}
+
+static int setup_seccomp(void) {
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)) return -1;
+    if (install_filter(SYS_getpriority, SECCOMP_RET_ERRNO | EACCES, SECCOMP_FILTER_FLAG_LOG)) return -1;
+    return install_filter(SYS_getitimer, SECCOMP_RET_KILL_PROCESS, 0);
+}
+
 #define FAIL(...) do { snprintf(problem, size, __VA_ARGS__); return -1; } while (0)
 
 static int same_name(int fd) {
@@ -441,6 +466,23 @@ static int check_sysv(char *problem, size_t size) {
     return 0;
 }
 
+static int check_seccomp(char *problem, size_t size) {
+    FILE *status = fopen("/proc/self/status", "r");
+    if (!status) FAIL("status");
+    char line[256];
+    int mode = -1, filters = -1, nnp = -1;
+    while (fgets(line, sizeof line, status)) {
+        sscanf(line, "Seccomp: %d", &mode);
+        sscanf(line, "Seccomp_filters: %d", &filters);
+        sscanf(line, "NoNewPrivs: %d", &nnp);
+    }
+    fclose(status);
+    if (mode != 2 || filters != 2 || nnp != 1) FAIL("seccomp mode %d with %d filters, no_new_privs %d", mode, filters, nnp);
+    errno = 0;
+    if (syscall(SYS_getpriority, PRIO_PROCESS, 0) != -1 || errno != EACCES) FAIL("getpriority was not refused with EACCES");
+    return 0;
+}
+
 static int check_shared(char *problem, size_t size) {
     if (lseek(40, 0, SEEK_CUR) != 5 || lseek(41, 0, SEEK_CUR) != 5 || lseek(42, 0, SEEK_CUR) != 9) FAIL("offsets of fds 40-42");
     if (fcntl(40, F_GETFD) != 0 || fcntl(41, F_GETFD) != FD_CLOEXEC || fcntl(42, F_GETFD) != 0) FAIL("close-on-exec of fds 40-42");
@@ -458,6 +500,7 @@ static int fds_check(char *problem, size_t size) {
     if (has("unix") && check_unix(problem, size)) return -1;
     if (has("watch") && check_watch(problem, size)) return -1;
     if (has("sysv") && check_sysv(problem, size)) return -1;
+    if (has("seccomp") && check_seccomp(problem, size)) return -1;
     return 0;
 }
 
@@ -487,6 +530,7 @@ static int fds_setup(int argc, char **argv) {
     if (has("files") && setup_files(argv[0])) return -1;
     if (has("watch") && setup_watch(argv[0])) return -1;
     if (has("sysv") && setup_sysv()) return -1;
+    if (has("seccomp") && setup_seccomp()) return -1;
     return 0;
 }
 

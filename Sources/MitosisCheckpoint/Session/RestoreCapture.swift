@@ -65,6 +65,10 @@ enum RestoreCapture {
         record.fileContents = try FileContentCapture.capture(pid: pid, descriptors: descriptors, shared: record.sharedDescriptions ?? [])
         record.timerfds = try FileContentCapture.timerfds(pid: pid, descriptors: descriptors)
         record.inotifyWatches = try InotifyCapture.capture(pid: pid, descriptors: descriptors)
+        var seccomp: [SeccompState?] = []
+        for tid in tids { seccomp.append(try await tracer.seccomp(of: tid, pid: pid)) }
+        record.seccomp = seccomp.first ?? nil
+        record.seccompDiffers = zip(tids, seccomp).first { $0.1 != record.seccomp }?.0
         let attached = Set(maps.filter { $0.kind == .sysvSharedMemory }.map { Int32(truncatingIfNeeded: $0.inode) })
         if !attached.isEmpty {
             record.sysvSharedMemory = try Kernel.sharedMemorySegments().filter { attached.contains($0.shmid) }

@@ -229,6 +229,19 @@ struct RestoredDescriptorScenario {
         #expect(left.map(\.shmid) == [keyed] && left.first?.attachCount == 0, "\(left)")
     }
 
+    /// The scenario's second filter kills it on `getitimer`, which the checkpoint injects: the
+    /// dump must suspend the filters for its calls, and the restore must put both back.
+    @Test func seccompFiltersComeBack() async throws {
+        let scenario = try await RestoredDescriptorScenario(kinds: "seccomp")
+        defer { scenario.remove() }
+        let state = try #require(scenario.manifest.restore?.seccomp)
+        #expect(state.mode == 2 && state.filters.map(\.program.count) == [4, 4] && state.filters.map(\.flags) == [2, 0], "\(state.filters.map(\.flags))")
+        #expect(scenario.manifest.restore?.seccompDiffers == nil)
+        let status = ProcStatus(parsing: String(decoding: try Kernel.readFile("/proc/\(scenario.pid)/status"), as: UTF8.self))
+        #expect(status["Seccomp"] == "2" && status["Seccomp_filters"] == "2" && status["NoNewPrivs"] == "1")
+        #expect(try await scenario.check(2) == "CHECK n=2 PASS")
+    }
+
     @Test func anInotifyWatchWhoseFileIsGoneIsRefusedByName() async throws {
         var log = ""
         do {
