@@ -12,6 +12,8 @@ struct RestorePlan: Sendable {
     var hostTids: [Int32: Int32] = [:]
     /// Restored inside a new pid namespace (`--pidns`).
     var newPidNamespace = false
+    /// Restored inside a time namespace of its own whose clocks continue from the checkpoint's.
+    var timeNamespace = false
     /// SysV segments whose content comes from the image (see `SharedMemorySegments`).
     var sharedMemoryFilled: Set<Int32> = []
 
@@ -55,6 +57,7 @@ struct RestorePlan: Sendable {
             refusals.append(RestoreRefusal("executable", "\(record.executable) does not exist here"))
         }
         refusals += processStateProblems(manifest, record)
+        if let problem = record.clocks?.problem { refusals.append(RestoreRefusal("clocks", problem)) }
         if let tid = record.seccompDiffers {
             refusals.append(RestoreRefusal("thread \(tid)", "it runs under other seccomp filters than the main thread: not restorable yet"))
         }
