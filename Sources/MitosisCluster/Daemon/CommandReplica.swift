@@ -75,11 +75,14 @@ public enum ClusterError: MitosisFailure, Equatable {
     case serviceExited(command: String, status: Int32)
     /// The service address could not be added.
     case address(cidr: String, device: String, reason: String)
+    /// The replica cannot promote or protect (nothing to promote, no service running).
+    case promotion(String)
 
     public var description: String {
         switch self {
         case .serviceExited(let command, let status): "the service exited at once (status \(status)): \(command.prefix(200))"
         case .address(let cidr, let device, let reason): "ip addr replace \(cidr) dev \(device) failed: \(reason)"
+        case .promotion(let why): why
         }
     }
 }
