@@ -41,6 +41,7 @@ struct ProtectCommand: AsyncParsableCommand {
     @Option(help: "This primary's term (from the failover layer); a standby that saw a newer one refuses it.") var term: UInt64 = 1
     @Option(help: "A directory whose regular files are part of every epoch (repeatable).") var data: [String] = []
     @Option(help: "Stop after this many acknowledged epochs.") var epochs: Int?
+    @Option(help: "Dirty tracking: uffd-wp, soft-dirty or hash (default: the best this kernel has).") var tracking: String?
     @Flag(help: "Copy the process even if it asked not to be dumped.") var force = false
 
     func validate() throws {
@@ -49,6 +50,7 @@ struct ProtectCommand: AsyncParsableCommand {
         guard !standby.isEmpty else { throw ValidationError("give at least one --standby HOST:PORT") }
         guard standby.allSatisfy({ $0.port > 0 }) else { throw ValidationError("--standby needs a port") }
         for directory in data where !directory.hasPrefix("/") { throw ValidationError("--data \(directory): give an absolute path") }
+        if let tracking, TrackingStrategy(rawValue: tracking) == nil { throw ValidationError("--tracking: uffd-wp, soft-dirty or hash") }
     }
 
     func run() async throws {
@@ -56,6 +58,7 @@ struct ProtectCommand: AsyncParsableCommand {
         do {
             var options = ProtectOptions(standbys: standby.map { StandbyEndpoint(host: $0.host, port: $0.port) })
             options.checkpoint.copyNonDumpable = force
+            options.checkpoint.strategy = tracking.flatMap(TrackingStrategy.init(rawValue:))
             options.interval = .milliseconds(interval)
             options.term = Term(term)
             options.dataDirectories = data

@@ -40,8 +40,10 @@ public final class CommandReplica: ReplicaControl, @unchecked Sendable {
     public func promote(term: Int64) async throws {
         let command = self.command
         let started = try Self.spawner.sync {
+            // Descriptors 0–2 only: the daemon's sockets and epolls are none of the service's
+            // business (and an inherited epoll watching them would make it unrestorable).
             try ChildProcess(executable: "/usr/bin/setpriv", arguments: ["--pdeathsig", "KILL", "--"] + command,
-                             stdin: .null, stdout: .inherit, stderr: .inherit)
+                             stdin: .null, stdout: .inherit, stderr: .inherit, onlyStandardStreams: true)
         }
         lock.withLock {
             child = started

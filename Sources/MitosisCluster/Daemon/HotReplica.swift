@@ -15,7 +15,7 @@ public struct ReplicationSettings: Sendable, Equatable {
     public var interval: Duration = .milliseconds(50)
     /// A standby that has not acknowledged an epoch within this time is left out and
     /// resynchronised, so that one stalled standby stops the epochs for this long at most.
-    public var acknowledgementTimeout: Duration = .seconds(2)
+    public var acknowledgementTimeout: Duration = .seconds(5)
 
     public init(directory: String) {
         self.directory = directory
@@ -215,9 +215,12 @@ public final class HotReplica: ReplicaControl, @unchecked Sendable {
         // The parent-death signal is tied to the thread that started the child: the spawner
         // lives as long as the daemon, so the service dies with a killed daemon.
         let started = try Self.spawner.sync {
+            // Descriptors 0–2 only: the daemon's sockets and epolls are none of the service's
+            // business (and an inherited epoll watching them would make it unrestorable).
             try ChildProcess(executable: "/usr/bin/setpriv", arguments: ["--pdeathsig", "KILL", "--"] + command,
-                             stdin: .null, stdout: .inherit, stderr: .inherit)
+                             stdin: .null, stdout: .inherit, stderr: .inherit, onlyStandardStreams: true)
         }
+        // A command that dies at once (bad arguments, port taken) is a failed promotion.
         try await Task.sleep(for: .milliseconds(50))
         guard started.isRunning else {
             throw ClusterError.serviceExited(command: command.joined(separator: " "), status: ChildProcess.exitCode(of: started.wait()))
@@ -247,7 +250,8 @@ public final class HotReplica: ReplicaControl, @unchecked Sendable {
     private func startStandby(term: Int64) throws {
         let arguments = ["--pdeathsig", "KILL", "--", executable, "standby", "--listen", listen, "--images", directory.path, "--term", "\(max(0, term))"]
         let process = try Self.spawner.sync {
-            try ChildProcess(executable: "/usr/bin/setpriv", arguments: arguments, stdin: .null, stdout: .inherit, stderr: .inherit)
+            try ChildProcess(executable: "/usr/bin/setpriv", arguments: arguments, stdin: .null, stdout: .inherit, stderr: .inherit,
+                             onlyStandardStreams: true)
         }
         lock.withLock { standby = StandbyChild(process: process, term: term, started: .now) }
         logger.info("standby started: pid \(process.pid), listening on \(listen), term \(term) or newer")

@@ -103,6 +103,9 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
         try lock.withLock {
             guard var builder, let header, !closed else { throw ImageError.sinkState("finish before begin or after the end") }
             guard manifest.header == header else { throw ImageError.sinkState("the manifest's identity differs from the header's") }
+            // A checkpoint that could not record what a restore needs (the process exited while
+            // it was taken, say) is no epoch: committed, it would be the newest and unpromotable.
+            guard manifest.restore != nil else { throw ReplicationError.notRestorable("epoch \(epoch): the checkpoint recorded no restore state") }
             closed = true
             let (index, runs, data) = try builder.finish()
             let stored = builder.complete(manifest, runs: runs, index: FileDigest(size: UInt64(index.count), xxh64: Checksum.xxh64(index)), data: data)
