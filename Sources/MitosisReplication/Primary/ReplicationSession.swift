@@ -242,7 +242,7 @@ public final class ReplicationSession: Service, Sendable {
                 }
                 if let committed = state.committed, committed.epoch >= nextEpoch { nextEpoch = committed.epoch.next }
                 let continues = base != nil && state.committed == base
-                logger.info("protect: connected to \(name), standby at epoch \(state.committed?.epoch.description ?? "none"); \(continues ? "it continues from epoch \(base!.epoch)" : "it needs a full base")")
+                logger.info("protect: connected to \(name), standby at epoch \(state.committed?.epoch.description ?? "none"); sending \(continues ? "the changes since epoch \(base!.epoch)" : "a full base")")
                 active[name] = (connection, state.committed)
                 box.withLockedValue { $0.reconnects += 1; $0.lastError = nil }
             }
