@@ -83,7 +83,11 @@ final class AcknowledgedWriter: @unchecked Sendable {
                     guard let chunk = try await replies.next() else { throw TestbedError("redis closed the connection") }
                     reply += String(buffer: chunk)
                 }
-                guard reply.hasPrefix(":"), let count = Int(reply.dropFirst().prefix { $0 != "\r" }) else { throw TestbedError("EXISTS answered \(reply.prefix(80))") }
+                // "\r\n" is one Character in Swift: split the bytes.
+                let line = reply.utf8.prefix { $0 != UInt8(ascii: "\r") }
+                guard line.first == UInt8(ascii: ":"), let count = Int(String(decoding: line.dropFirst(), as: UTF8.self)) else {
+                    throw TestbedError("EXISTS answered \(reply.prefix(80))")
+                }
                 total += count
             }
             return total
