@@ -249,7 +249,7 @@ extension ClusterOnEtcd {
                     #expect(owed.count > 0 && present == owed.count,
                             "\(trial): \(owed.count - present) of \(owed.count) keys acknowledged before epoch \(promoted.epoch) are missing on \(winner)")
                     let laterPresent = try await AcknowledgedWriter.existing(later, group: client)
-                    print("failover (\(trial)): \(old) → \(winner) from epoch \(promoted.epoch); the client wrote again after \(answered.clusterText); \(owed.count) keys acknowledged before the epoch all present; \(later.count - laterPresent) of \(later.count) acknowledged after it lost (no output commit yet)")
+                    print("failover (\(trial)): \(old) → \(winner) from epoch \(promoted.epoch); the client wrote again after \(answered.clusterText); \(present) of \(owed.count) keys acknowledged before the epoch present; \(later.count - laterPresent) of \(later.count) acknowledged after it lost (no output commit yet)")
 
                     // The old primary's host comes back: it rejoins as a standby, resyncs in full, and becomes ready.
                     if trial == "killed" { try daemons.start(host) } else { try await bed.setLink(host, up: true) }
