@@ -67,6 +67,16 @@ final class DataFileWriter: @unchecked Sendable {
         }
     }
 
+    /// Writes `piece` (whole pages) after the pieces before it, on the caller's thread, and
+    /// returns once it is written: no hand-over to the writing thread and back, whose wake-ups
+    /// cost more than the write itself on a busy machine.
+    func writeNow(_ piece: UnsafeRawBufferPointer) throws(Errno) {
+        guard piece.count > 0 else { return }
+        try flushGathered()
+        try writeOut(piece, at: size)
+        size += UInt64(piece.count)
+    }
+
     /// Waits until every piece handed over is written; throws the first failure.
     func drain() throws(Errno) {
         condition.lock()

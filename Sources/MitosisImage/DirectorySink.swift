@@ -317,8 +317,8 @@ private final class Writer {
         let pages = self.pages
         let piece = EarlyPiece(address: address, length: UInt64(bytes.count), offset: builder.dataSize, before: builder)
         // The builder would hand the bytes over run by run, in order: one write of them all is
-        // the same data, with fewer hand-overs to the writing thread.
-        try Self.io(path, "write \(ImageFormat.dataName)") { () throws(Errno) in try pages.write(bytes) }
+        // the same data.
+        try Self.io(path, "write \(ImageFormat.dataName)") { () throws(Errno) in try pages.writeNow(bytes) }
         try builder.add(address: address, bytes) { _ throws(ImageError) in }
         early.append(piece)
         return pages.mark
