@@ -31,9 +31,10 @@ public struct RestoreResult: Codable, Sendable, Equatable {
 ///
 /// A husk — an empty process with the image's pid, created by `clone3(set_tid)` and traced with
 /// `PTRACE_O_EXITKILL` — is filled entirely by system calls injected into it: its address space
-/// emptied, the vDSO placed, every mapping created and filled, signal dispositions, mm bounds,
-/// descriptors and threads set, registers put back. Then it is detached and runs on. A restore
-/// that fails at any step kills its husk: no process is left behind.
+/// emptied, the vDSO placed, every mapping created and filled (`prepare`), then signal
+/// dispositions, mm bounds, descriptors and threads set, registers put back (`finish`). Then it
+/// is detached and runs on. A restore that fails at any step kills its husk: no process is left
+/// behind.
 public struct Restorer: Sendable {
     public let image: CheckpointImage
     public let chain: CheckpointChain
@@ -62,7 +63,21 @@ public struct Restorer: Sendable {
     ///
     /// With `inNewPidNamespace`, the process is restored inside a new pid namespace, under a
     /// small init that is pid 1 there (so its pid may be taken here); see Docs/restore.md.
+    /// The same as `prepare` then `PreparedProcess.finish`.
     public func restore(inNewPidNamespace: Bool = false, verify: (@Sendable (Int32) throws -> Void)? = nil) async throws -> RestoreResult {
+        let clock = ContinuousClock()
+        let started = clock.now
+        let prepared = try await prepare(inNewPidNamespace: inNewPidNamespace)
+        var result = try await prepared.finish(verify: verify)
+        result.restoreMilliseconds = Self.milliseconds(clock.now - started)
+        return result
+    }
+
+    /// Restores the process up to its address space only (phases 1–2, Husk/HuskBuild.swift):
+    /// a husk with the image's pid holding its memory, frozen under ptrace, with nothing visible
+    /// outside it (no descriptor, socket, thread or file write). `PreparedProcess.update` brings
+    /// it to a newer image of the same process, `finish` completes the restore.
+    public func prepare(inNewPidNamespace: Bool = false) async throws -> PreparedProcess {
         let clock = ContinuousClock()
         let started = clock.now
         let refusals = self.refusals()
@@ -70,22 +85,6 @@ public struct Restorer: Sendable {
         var plan = RestorePlan(manifest: manifest, record: record)
         plan.newPidNamespace = inNewPidNamespace
         let pid = manifest.pid
-        // The restore's own lock first, then the one the dump left: never a moment unlocked.
-        let connections = (record.connections ?? []).map { ($0.connection.family, $0.connection.local, $0.connection.remote) }
-        let networkLock = self.networkLock
-        let lock: NetworkLock?
-        do {
-            lock = try await Blocking.run("mitosis-network-lock") { () throws -> NetworkLock? in
-                let lock = networkLock && !connections.isEmpty ? try NetworkLock(connections) : nil
-                if let held = record.networkLockTable { try NetworkLock.remove(held) }
-                return lock
-            }
-        } catch {
-            throw RestoreError.failed(step: "locking the network for \(connections.count) TCP connection(s)", detail: "\(error)")
-        }
-        // Lifted once the process runs, or has been killed: a client of a failed restore then
-        // sees a reset, not a connection hanging for ever.
-        defer { lock?.release() }
         let tracer: Tracer
         var namespace: (initPid: Int32, control: FileDescriptor)?
         do {
@@ -107,14 +106,10 @@ public struct Restorer: Sendable {
         }
         let huskReady = clock.now
         do {
-            var (phases, notes) = try await tracer.buildRestoredProcess(plan, chain: chain, verify: verify)
+            var (area, phases) = try await tracer.prepareHusk(plan, chain: chain)
             phases["husk"] = Self.milliseconds(huskReady - started)
-            // The init may now reap and end once the restored process does.
-            try? namespace?.control.close()
-            return RestoreResult(pid: pid, threads: manifest.threads.count, descriptors: manifest.descriptors?.count ?? 0,
-                                 restoreMilliseconds: Self.milliseconds(clock.now - started),
-                                 hostPid: namespace == nil ? nil : tracer.pid, namespaceInitPid: namespace?.initPid,
-                                 phases: phases, notes: notes)
+            return PreparedProcess(image: image, tracer: tracer, area: area, inNewPidNamespace: inNewPidNamespace,
+                                   namespace: namespace, networkLock: networkLock, phases: phases)
         } catch {
             await tracer.killHusk()
             if let namespace {
