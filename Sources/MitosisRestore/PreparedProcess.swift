@@ -32,11 +32,15 @@ public actor PreparedProcess {
     private let inNewPidNamespace: Bool
     private let control: FileDescriptor?
     private let networkLock: Bool
+    /// `nft` started ahead, its table still empty (starting it takes milliseconds): `finish`
+    /// only adds the connections' rules. Nil when unavailable; `finish` then starts one.
+    private var readyLock: NetworkLock?
     /// Milliseconds of `husk`, `empty` and `memory`, reported by a `finish` after a cold `restore`.
     private let preparePhases: [String: Double]
 
     init(image: CheckpointImage, tracer: Tracer, area: WorkArea, inNewPidNamespace: Bool,
-         namespace: (initPid: Int32, control: FileDescriptor)?, networkLock: Bool, phases: [String: Double]) {
+         namespace: (initPid: Int32, control: FileDescriptor)?, networkLock: Bool, readyLock: NetworkLock?, phases: [String: Double]) {
+        self.readyLock = readyLock
         self.image = image
         self.tracer = tracer
         self.area = area
@@ -82,10 +86,18 @@ public actor PreparedProcess {
             // The restore's own lock first, then the one the dump left: never a moment unlocked.
             let connections = (record.connections ?? []).map { ($0.connection.family, $0.connection.local, $0.connection.remote) }
             let networkLock = self.networkLock
+            let ready = readyLock
+            readyLock = nil
             let lock: NetworkLock?
             do {
                 lock = try await Blocking.run("mitosis-network-lock") { () throws -> NetworkLock? in
-                    let lock = networkLock && !connections.isEmpty ? try NetworkLock(connections) : nil
+                    var lock: NetworkLock?
+                    if networkLock && !connections.isEmpty {
+                        if let ready { try ready.lock(connections) }
+                        lock = try ready ?? NetworkLock(connections)
+                    } else {
+                        ready?.release()
+                    }
                     if let held = record.networkLockTable { try NetworkLock.remove(held) }
                     return lock
                 }
@@ -125,6 +137,8 @@ public actor PreparedProcess {
 
     private func kill() async {
         state = .gone
+        readyLock?.release()
+        readyLock = nil
         await tracer.killHusk()
         if let control, let initPid = namespaceInitPid {
             try? control.close()

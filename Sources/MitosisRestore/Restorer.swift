@@ -108,8 +108,13 @@ public struct Restorer: Sendable {
         do {
             var (area, phases) = try await tracer.prepareHusk(plan, chain: chain)
             phases["husk"] = Self.milliseconds(huskReady - started)
+            // nft started now, in the husk's network namespace (this process's), for `finish`
+            // (a later image of a warm clone may have connections where this one has none: its
+            // finish starts nft then).
+            let hasConnections = !(record.connections ?? []).isEmpty
+            let readyLock = networkLock && hasConnections ? try? await Blocking.run("mitosis-network-lock") { try NetworkLock() } : nil
             return PreparedProcess(image: image, tracer: tracer, area: area, inNewPidNamespace: inNewPidNamespace,
-                                   namespace: namespace, networkLock: networkLock, phases: phases)
+                                   namespace: namespace, networkLock: networkLock, readyLock: readyLock, phases: phases)
         } catch {
             await tracer.killHusk()
             if let namespace {

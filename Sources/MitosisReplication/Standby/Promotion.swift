@@ -27,6 +27,8 @@ public struct PromotionResult: Codable, Sendable, Equatable {
     public var coldReason: String?
     /// The process's pid on this host when it runs in a new pid namespace (`pid` is its pid there).
     public var hostPid: Int32?
+    /// The restore's own phases (`RestoreResult.phases`: a warm clone's finish has `state` and `resume` only).
+    public var phases: [String: Double] = [:]
 }
 
 /// Brings the protected process to life on the standby from the newest committed epoch: by
@@ -62,7 +64,10 @@ public enum Promotion {
         // Stop and lock on a thread of their own: they wait on a lock.
         let lock = try await Blocking.run("mitosis-promote") { try stopStandbyAndLock(directory, timeout: standbyTimeout, logger: logger) }
         defer { try? lock.close() }
-        return try await restore(directory, newest: directory.scan(), husk: nil, reason: "no standby serves \(path)",
+        let scan = directory.scan()
+        for line in scan.skipped { logger.warning("promote: passing over \(line)") }
+        guard let newest = scan.newest else { throw ReplicationError.nothingCommitted(path) }
+        return try await restore(epoch: newest.epoch, image: newest.image, husk: nil, files: nil, reason: "no standby serves \(path)",
                                  inNewPidNamespace: false, started: started, stopped: clock.now, logger: logger)
     }
 
@@ -75,34 +80,35 @@ public enum Promotion {
         await standby.store.close()
         let stopped = clock.now
         standby.logger.info("standby: promoting; no epoch is accepted any more")
-        let scan = directory.scan()
-        guard let newest = scan.newest else { throw ReplicationError.nothingCommitted(directory.path) }
-        var husk: PreparedProcess?, reason: String?
-        if let warm = standby.warm {
-            (husk, reason) = await warm.take(at: newest.epoch, path: newest.image.path)
-        } else {
-            reason = "the standby keeps no warm clone (--warm)"
+        guard let committed = await standby.store.committed else { throw ReplicationError.nothingCommitted(directory.path) }
+        let path = directory.imagePath(committed.epoch)
+        var taken: (husk: PreparedProcess?, files: DataFilePicture?, reason: String?) = (nil, nil, "the standby keeps no warm clone (--warm)")
+        if let warm = standby.warm { taken = await warm.take(at: committed.epoch, path: path) }
+        let image: CheckpointImage
+        do {
+            image = try await Blocking.run("mitosis-promote-open") { try CheckpointImage.open(path) }
+        } catch {
+            await taken.husk?.discard()
+            throw error
         }
-        return try await restore(directory, newest: scan, husk: husk, reason: reason, inNewPidNamespace: standby.options.warm?.pidNamespace ?? false,
-                                 started: started, stopped: stopped, logger: standby.logger)
+        return try await restore(epoch: committed.epoch, image: image, husk: taken.husk, files: taken.files, reason: taken.reason,
+                                 inNewPidNamespace: standby.options.warm?.pidNamespace ?? false, started: started, stopped: stopped,
+                                 logger: standby.logger)
     }
 
-    /// Writes the data files of the newest epoch, then finishes `husk` (which holds that epoch)
-    /// or, without one or when that fails, restores the epoch cold.
-    private static func restore(_ directory: StandbyDirectory, newest scan: StandbyDirectory.Scan, husk: PreparedProcess?, reason: String?,
+    /// Writes the data files of the epoch (from the warm clone's picture, or replayed from the
+    /// chain), then finishes `husk` (which holds that epoch) or, without one or when that fails,
+    /// restores the epoch cold.
+    private static func restore(epoch: Epoch, image: CheckpointImage, husk: PreparedProcess?, files: DataFilePicture?, reason: String?,
                                 inNewPidNamespace: Bool, started: ContinuousClock.Instant, stopped: ContinuousClock.Instant,
                                 logger: Logger) async throws -> PromotionResult {
         let clock = ContinuousClock()
-        for line in scan.skipped { logger.warning("promote: passing over \(line)") }
-        guard let newest = scan.newest else {
-            await husk?.discard()
-            throw ReplicationError.nothingCommitted(directory.path)
-        }
-        let written: Int, restorer: Restorer
+        let written: Int
         do {
-            restorer = try Restorer(image: newest.image)
             // Files first: the restore opens them by path (and refuses what is missing).
-            written = try await Blocking.run("mitosis-promote-files") { [chain = restorer.chain] in try installDataFiles(chain) }
+            written = try await Blocking.run("mitosis-promote-files") {
+                try installDataFiles(files?.files ?? FileDeltaLog.materialize(try image.chain()))
+            }
         } catch {
             await husk?.discard()
             throw error
@@ -119,16 +125,16 @@ public enum Promotion {
             }
         }
         let warm = result != nil
-        if result == nil { result = try await restorer.restore(inNewPidNamespace: inNewPidNamespace) }
+        if result == nil { result = try await Restorer(image: image).restore(inNewPidNamespace: inNewPidNamespace) }
         let restored = result!
         let finished = clock.now
-        let created = newest.image.manifest.created
+        let created = image.manifest.created
         let age = (try? Date(created, strategy: .iso8601)).map { Date().timeIntervalSince($0) * 1000 } ?? -1
-        return PromotionResult(epoch: newest.epoch, imageID: newest.image.manifest.id, image: newest.image.path, created: created,
+        return PromotionResult(epoch: epoch, imageID: image.manifest.id, image: image.path, created: created,
                                ageMilliseconds: age, pid: restored.pid, dataFiles: written,
                                stopStandbyMilliseconds: milliseconds(stopped - started), dataFilesMilliseconds: milliseconds(filesDone - stopped),
                                restoreMilliseconds: restored.restoreMilliseconds, totalMilliseconds: milliseconds(finished - started),
-                               warm: warm, coldReason: warm ? nil : reason, hostPid: restored.hostPid)
+                               warm: warm, coldReason: warm ? nil : reason, hostPid: restored.hostPid, phases: restored.phases)
     }
 
     /// Creates the fence `PROMOTED` exclusively and syncs it: a second promotion fails here.
@@ -180,11 +186,11 @@ public enum Promotion {
         }
     }
 
-    /// Writes every data file of the chain's newest epoch to its path (a temporary file beside
-    /// it, synced, renamed over it), removes those removed. Returns how many were written.
-    static func installDataFiles(_ chain: CheckpointChain) throws -> Int {
+    /// Writes every data file of an epoch to its path (a temporary file beside it, synced,
+    /// renamed over it), removes those removed. Returns how many were written.
+    static func installDataFiles(_ files: [String: MaterializedFile]) throws -> Int {
         var written = 0
-        for (path, file) in try FileDeltaLog.materialize(chain).sorted(by: { $0.key < $1.key }) {
+        for (path, file) in files.sorted(by: { $0.key < $1.key }) {
             guard !file.removed else {
                 try? Kernel.unlinkAt(nil, path)
                 continue

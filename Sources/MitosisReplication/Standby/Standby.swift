@@ -68,10 +68,13 @@ public final class Standby: Service, Sendable {
     /// Brings the process to life from the newest committed epoch, from the warm clone when it
     /// holds it, cold otherwise; then `run` ends. The directory must be fenced first
     /// (`Promotion.promote` does both: call that).
-    func promote() async throws -> PromotionResult {
-        defer { promoted.continuation.finish() }
+    /// `endingRun` false: the caller ends `run` itself (`endRun`), once it has answered.
+    func promote(endingRun: Bool = true) async throws -> PromotionResult {
+        defer { if endingRun { endRun() } }
         return try await Promotion.promote(servedBy: self)
     }
+
+    func endRun() { promoted.continuation.finish() }
 
     /// Serves until cancelled or shut down gracefully; then abandons the epoch in flight.
     public func run() async throws {

@@ -74,11 +74,15 @@ enum StandbyControl {
             }
             let line = String(decoding: request.prefix { $0 != 0x0a }.prefix(requestLimit), as: UTF8.self)
             var reply = Reply()
+            // After a promotion the standby stops, once the answer is out (stopping cancels this task).
+            var ending = false
+            defer { if ending { standby.endRun() } }
             switch line {
             case "status":
                 reply.status = await standby.warm?.currentStatus() ?? WarmStatus(reason: "the standby keeps no warm clone (--warm)")
             case "promote":
-                do { reply.result = try await standby.promote() } catch { reply.error = "\(error)" }
+                ending = true
+                do { reply.result = try await standby.promote(endingRun: false) } catch { reply.error = "\(error)" }
             default:
                 reply.error = "unknown request"
             }

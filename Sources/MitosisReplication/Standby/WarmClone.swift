@@ -47,6 +47,8 @@ actor WarmClone {
     private let logger: Logger
     private var prepared: PreparedProcess?
     private var applied: Epoch?
+    /// The data files as of `applied` (nil: promotion reads them from the chain).
+    private var files: DataFilePicture?
     private var status = WarmStatus(reason: "no epoch committed yet")
     private var lastFailure: (reason: String, at: ContinuousClock.Instant)?
     private var busy = false
@@ -73,17 +75,16 @@ actor WarmClone {
     /// Hands the husk over for promotion, holding `epoch` (applied now if it is not yet), or
     /// nil with the reason there is none (a husk is not built at this point: that would be a
     /// cold restore by another name). Afterwards the warm clone holds nothing and builds nothing.
-    func take(at epoch: Epoch, path: String) async -> (PreparedProcess?, reason: String?) {
+    func take(at epoch: Epoch, path: String) async -> (husk: PreparedProcess?, files: DataFilePicture?, reason: String?) {
         await serialized {
             closed = true
             if prepared != nil && applied != epoch { await bring(to: epoch, image: nil, path: path) }
             guard let husk = prepared, applied == epoch else {
-                return (nil, status.reason ?? "the warm clone does not hold epoch \(epoch)")
+                return (nil, nil, status.reason ?? "the warm clone does not hold epoch \(epoch)")
             }
-            prepared = nil
-            applied = nil
+            defer { (prepared, applied, files) = (nil, nil, nil) }
             status = WarmStatus(reason: "promoted", builds: status.builds, updates: status.updates)
-            return (husk, nil)
+            return (husk, files, nil)
         }
     }
 
@@ -94,6 +95,7 @@ actor WarmClone {
             await prepared?.discard()
             prepared = nil
             applied = nil
+            files = nil
             status.epoch = nil
             status.reason = "the standby stopped"
         }
@@ -113,6 +115,12 @@ actor WarmClone {
             do {
                 let report = try await husk.update(to: image)
                 applied = epoch
+                if let picture = files {
+                    do { try await Blocking.run("mitosis-warm-files") { try picture.apply(imageDirectory: image.path) } } catch {
+                        files = nil
+                        logger.warning("warm clone: the data files of epoch \(epoch) do not apply (\(error)); promotion will read them from the chain")
+                    }
+                }
                 status.epoch = epoch
                 status.updates += 1
                 logger.debug("warm clone: epoch \(epoch) applied in \(String(format: "%.2f", report.milliseconds)) ms: \(report.pagesWritten) pages written, \(report.pagesDiscarded) discarded, mappings +\(report.mappingsCreated) -\(report.mappingsRemoved) ~\(report.mappingsChanged)")
@@ -136,6 +144,7 @@ actor WarmClone {
             let husk = try await restorer.prepare(inNewPidNamespace: options.pidNamespace)
             prepared = husk
             applied = epoch
+            files = try? await Blocking.run("mitosis-warm-files") { [chain = restorer.chain] in DataFilePicture(try FileDeltaLog.materialize(chain)) }
             lastFailure = nil
             status = WarmStatus(epoch: epoch, pid: husk.pid, hostPid: husk.hostPid, reason: nil,
                                 builds: status.builds + 1, updates: status.updates)
@@ -165,4 +174,15 @@ actor WarmClone {
         }
         return await body()
     }
+}
+
+/// The data files as of the epoch a warm clone holds, kept up to date epoch by epoch so that
+/// promotion does not replay the chain's logs. A class: each epoch's changes are applied in place
+/// (an append costs its bytes), and only while the warm clone runs one operation at a time.
+final class DataFilePicture: @unchecked Sendable {
+    private(set) var files: [String: MaterializedFile]
+
+    init(_ files: [String: MaterializedFile]) { self.files = files }
+
+    func apply(imageDirectory: String) throws { try FileDeltaLog.apply(imageDirectory: imageDirectory, to: &files) }
 }
