@@ -100,6 +100,14 @@ struct RestorePlan: Sendable {
         return refusals
     }
 
+    /// What keeps an image from being prepared ahead (`Restorer.preparationRefusals`).
+    static func preparationProblems(_ manifest: CheckpointManifest) -> [RestoreRefusal] {
+        manifest.mappings.filter { $0.kind == MemoryMapping.Kind.file.rawValue && $0.isShared && $0.protection & Linux.PROT_WRITE != 0 }.map {
+            RestoreRefusal("mapping 0x\(String($0.start, radix: 16))-0x\(String($0.end, radix: 16)) \($0.path ?? "")",
+                           "a shared writable file mapping: filling it ahead of the restore would write the file")
+        }
+    }
+
     /// Why a socket cannot be restored, or nil; each family's rules live with its restore.
     private static func socketProblem(_ descriptor: OpenDescriptor, manifest: CheckpointManifest, record: RestoreRecord) -> String? {
         guard let state = record.sockets?.first(where: { $0.inode == descriptor.inode }) else {

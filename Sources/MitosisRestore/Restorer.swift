@@ -57,6 +57,12 @@ public struct Restorer: Sendable {
         RestorePlan.refusals(manifest)
     }
 
+    /// Why the image cannot be prepared ahead of its restore (a warm clone): filling a shared
+    /// writable file mapping writes its file, something outside the husk would see.
+    public func preparationRefusals() -> [RestoreRefusal] {
+        RestorePlan.preparationProblems(manifest)
+    }
+
     /// Restores the process. `verify`, if given, runs once the process is complete but before
     /// any of its threads runs (its memory can be read with `process_vm_readv`; it gets the
     /// pid this host sees); throwing from it aborts the restore and kills the process.

@@ -141,6 +141,7 @@ actor WarmClone {
         let clock = ContinuousClock(), started = clock.now
         do {
             let restorer = try Restorer(image: image)
+            if let refusal = restorer.preparationRefusals().first { throw RestoreError.refused(image: image.path, [refusal]) }
             let husk = try await restorer.prepare(inNewPidNamespace: options.pidNamespace)
             prepared = husk
             applied = epoch

@@ -35,6 +35,7 @@ extension Tracer {
         guard new.pid == old.pid else { throw StepFailure(step: step, detail: "it is process \(new.pid), the husk holds \(old.pid)") }
         guard let newRecord = new.restore, let oldRecord = old.restore else { throw StepFailure(step: step, detail: "the image records no restore state") }
         guard newRecord.vdso == oldRecord.vdso else { throw StepFailure(step: step, detail: "the vDSO moved") }
+        if let refusal = RestorePlan.preparationProblems(new).first { throw StepFailure(step: step, detail: refusal.description) }
         let oldFlags = Self.vmFlags(oldRecord), newFlags = Self.vmFlags(newRecord)
         let before = old.mappings.filter { !RestorePlan.isKernelProvided($0) }
         let after = new.mappings.filter { !RestorePlan.isKernelProvided($0) }
