@@ -29,7 +29,10 @@ public actor PreparedProcess {
     private var state = State.ready
     private let tracer: Tracer
     private let area: WorkArea
-    private let inNewPidNamespace: Bool
+    /// The first image's plan: what the husk was placed in, for the plans of later images.
+    private let basePlan: RestorePlan
+    private let placement: Placement
+    private let segments: SharedMemorySegments?
     private let control: FileDescriptor?
     private let networkLock: Bool
     /// `nft` started ahead, its table still empty (starting it takes milliseconds): `finish`
@@ -38,13 +41,23 @@ public actor PreparedProcess {
     /// Milliseconds of `husk`, `empty` and `memory`, reported by a `finish` after a cold `restore`.
     private let preparePhases: [String: Double]
 
-    init(image: CheckpointImage, tracer: Tracer, area: WorkArea, inNewPidNamespace: Bool,
-         namespace: (initPid: Int32, control: FileDescriptor)?, networkLock: Bool, readyLock: NetworkLock?, phases: [String: Double]) {
+    /// Where the husk was born: its network namespace (as given, and its path for `nft`) and
+    /// its time namespace.
+    struct Placement: Sendable {
+        var networkNamespace: String?
+        var lockNamespace: String?
+        var time: RestoredTimeNamespace?
+    }
+
+    init(image: CheckpointImage, tracer: Tracer, area: WorkArea, plan: RestorePlan, namespace: (initPid: Int32, control: FileDescriptor)?,
+         placement: Placement, segments: SharedMemorySegments?, networkLock: Bool, readyLock: NetworkLock?, phases: [String: Double]) {
         self.readyLock = readyLock
         self.image = image
         self.tracer = tracer
         self.area = area
-        self.inNewPidNamespace = inNewPidNamespace
+        basePlan = plan
+        self.placement = placement
+        self.segments = segments
         self.networkLock = networkLock
         pid = image.manifest.pid
         hostPid = tracer.pid
@@ -82,10 +95,13 @@ public actor PreparedProcess {
             guard refusals.isEmpty, let record = manifest.restore else { throw RestoreError.refused(image: image.path, refusals) }
             try await Blocking.run("mitosis-prepared-check") { [self] in try checkMappedFiles() }
             var plan = RestorePlan(manifest: manifest, record: record)
-            plan.newPidNamespace = inNewPidNamespace
+            plan.newPidNamespace = basePlan.newPidNamespace
+            plan.timeNamespace = basePlan.timeNamespace
+            plan.sharedMemoryFilled = basePlan.sharedMemoryFilled
             // The restore's own lock first, then the one the dump left: never a moment unlocked.
             let connections = (record.connections ?? []).map { ($0.connection.family, $0.connection.local, $0.connection.remote) }
             let networkLock = self.networkLock
+            let lockNamespace = placement.lockNamespace
             let ready = readyLock
             readyLock = nil
             let lock: NetworkLock?
@@ -94,11 +110,11 @@ public actor PreparedProcess {
                     var lock: NetworkLock?
                     if networkLock && !connections.isEmpty {
                         if let ready { try ready.lock(connections) }
-                        lock = try ready ?? NetworkLock(connections)
+                        lock = try ready ?? NetworkLock(connections, namespacePath: lockNamespace)
                     } else {
                         ready?.release()
                     }
-                    if let held = record.networkLockTable { try NetworkLock.remove(held) }
+                    if let held = record.networkLockTable { try NetworkLock.remove(held, namespacePath: lockNamespace) }
                     return lock
                 }
             } catch {
@@ -107,14 +123,16 @@ public actor PreparedProcess {
             // Lifted once the process runs, or has been killed: a client of a failed restore then
             // sees a reset, not a connection hanging for ever.
             defer { lock?.release() }
-            let (phases, notes) = try await tracer.finishHusk(plan, area: area, verify: verify)
+            var (phases, notes) = try await tracer.finishHusk(plan, area: area, verify: verify)
+            notes += segments?.markRemoved() ?? []
             state = .gone
             // The init may now reap and end once the restored process does.
             try? control?.close()
             return RestoreResult(pid: pid, threads: manifest.threads.count, descriptors: manifest.descriptors?.count ?? 0,
                                  restoreMilliseconds: Restorer.milliseconds(clock.now - started),
-                                 hostPid: inNewPidNamespace ? hostPid : nil, namespaceInitPid: namespaceInitPid,
-                                 phases: preparePhases.merging(phases) { _, new in new }, notes: notes)
+                                 hostPid: basePlan.newPidNamespace ? hostPid : nil, namespaceInitPid: namespaceInitPid,
+                                 phases: preparePhases.merging(phases) { _, new in new }, networkNamespace: placement.networkNamespace,
+                                 timeNamespace: placement.time, notes: notes)
         } catch {
             await kill()
             throw Self.restoreError(error)
@@ -140,6 +158,7 @@ public actor PreparedProcess {
         readyLock?.release()
         readyLock = nil
         await tracer.killHusk()
+        segments?.removeCreated()
         if let control, let initPid = namespaceInitPid {
             try? control.close()
             Kernel.reap(initPid)

@@ -12,6 +12,15 @@ struct RestorePlan: Sendable {
     var hostTids: [Int32: Int32] = [:]
     /// Restored inside a new pid namespace (`--pidns`).
     var newPidNamespace = false
+    /// Restored inside a time namespace of its own whose clocks continue from the checkpoint's.
+    var timeNamespace = false
+    /// SysV segments whose content comes from the image (see `SharedMemorySegments`).
+    var sharedMemoryFilled: Set<Int32> = []
+
+    /// The SysV segment id of the mapping at `start` (its maps inode).
+    func segmentId(at start: UInt64) -> Int32? {
+        manifest.process?.maps.first { $0.start == start && $0.kind == .sysvSharedMemory }.map { Int32(truncatingIfNeeded: $0.inode) }
+    }
 
     /// The id this process uses for the image's thread `tid` (ptrace, /proc, injection).
     func host(_ tid: Int32) -> Int32 { hostTids[tid] ?? tid }
@@ -21,17 +30,19 @@ struct RestorePlan: Sendable {
 
     /// Every reason this image cannot be restored on this host now; empty when it can.
     static func refusals(_ manifest: CheckpointManifest) -> [RestoreRefusal] {
+        let pid = manifest.pid
+        let leaderExited = RestoreRefusal("thread \(pid)", "the main thread had exited; restoring a process without it is not supported")
         guard manifest.formatVersion >= 2, let record = manifest.restore else {
+            // A checkpoint records no restore state for a process whose main thread exited
+            // (nothing can be injected into it): that, not the format, is the reason.
+            if manifest.formatVersion >= 2 && !manifest.threads.contains(where: { $0.tid == pid }) { return [leaderExited] }
             return [RestoreRefusal("image", "format version \(manifest.formatVersion) records no restore state (signal handlers, mm bounds, vDSO…); checkpoint the process again with this mitosis")]
         }
         var refusals: [RestoreRefusal] = []
-        let pid = manifest.pid
         if manifest.pageSize != CheckpointHeader.systemPageSize {
             refusals.append(RestoreRefusal("image", "page size \(manifest.pageSize), this system's is \(CheckpointHeader.systemPageSize)"))
         }
-        if !manifest.threads.contains(where: { $0.tid == pid }) {
-            refusals.append(RestoreRefusal("thread \(pid)", "the main thread had exited; restoring a process without it is not supported"))
-        }
+        if !manifest.threads.contains(where: { $0.tid == pid }) { refusals.append(leaderExited) }
         if Set(manifest.threads.map(\.tid)) != Set(record.threads.map(\.tid)) {
             refusals.append(RestoreRefusal("image", "thread states and restore records name different threads"))
         }
@@ -46,9 +57,22 @@ struct RestorePlan: Sendable {
             refusals.append(RestoreRefusal("executable", "\(record.executable) does not exist here"))
         }
         refusals += processStateProblems(manifest, record)
+        if let problem = record.clocks?.problem { refusals.append(RestoreRefusal("clocks", problem)) }
+        if let tid = record.seccompDiffers {
+            refusals.append(RestoreRefusal("thread \(tid)", "it runs under other seccomp filters than the main thread: not restorable yet"))
+        }
         let deleted = Set(manifest.process?.maps.filter(\.deleted).map(\.start) ?? [])
+        let segments = Dictionary((manifest.process?.maps ?? []).filter { $0.kind == .sysvSharedMemory }
+            .map { ($0.start, Int32(truncatingIfNeeded: $0.inode)) }, uniquingKeysWith: { a, _ in a })
+        let liveSegments = segments.isEmpty ? [] : (try? Kernel.sharedMemorySegments()) ?? []
         for mapping in manifest.mappings {
-            if let reason = mappingProblem(mapping, deleted: deleted.contains(mapping.start)) {
+            var problem = mappingProblem(mapping, deleted: deleted.contains(mapping.start))
+            if MemoryMapping.Kind(rawValue: mapping.kind) == .sysvSharedMemory {
+                let shmid = segments[mapping.start] ?? -1
+                problem = SharedMemorySegments.problem(record.sysvSharedMemory?.first { $0.shmid == shmid }, shmid: shmid,
+                                                       mapping: mapping, live: liveSegments)
+            }
+            if let reason = problem {
                 refusals.append(RestoreRefusal("mapping 0x\(String(mapping.start, radix: 16))-0x\(String(mapping.end, radix: 16)) \(mapping.path ?? "[anonymous]")", reason))
             }
         }
@@ -102,9 +126,15 @@ struct RestorePlan: Sendable {
 
     /// What keeps an image from being prepared ahead (`Restorer.preparationRefusals`).
     static func preparationProblems(_ manifest: CheckpointManifest) -> [RestoreRefusal] {
-        manifest.mappings.filter { $0.kind == MemoryMapping.Kind.file.rawValue && $0.isShared && $0.protection & Linux.PROT_WRITE != 0 }.map {
-            RestoreRefusal("mapping 0x\(String($0.start, radix: 16))-0x\(String($0.end, radix: 16)) \($0.path ?? "")",
-                           "a shared writable file mapping: filling it ahead of the restore would write the file")
+        manifest.mappings.compactMap { mapping in
+            let subject = "mapping 0x\(String(mapping.start, radix: 16))-0x\(String(mapping.end, radix: 16)) \(mapping.path ?? "")"
+            if mapping.kind == MemoryMapping.Kind.file.rawValue && mapping.isShared && mapping.protection & Linux.PROT_WRITE != 0 {
+                return RestoreRefusal(subject, "a shared writable file mapping: filling it ahead of the restore would write the file")
+            }
+            if mapping.kind == MemoryMapping.Kind.sysvSharedMemory.rawValue {
+                return RestoreRefusal(subject, "SysV shared memory: preparing it would create or fill a segment others can see")
+            }
+            return nil
         }
     }
 
@@ -156,11 +186,16 @@ struct RestorePlan: Sendable {
             return nil
         case .file:
             guard let path = mapping.path else { return "a file mapping without a path" }
-            if deleted { return "maps a deleted file; restoring deleted files is not supported yet" }
+            // Only the pages a process wrote are in the image; a memfd's or a deleted file's
+            // other pages (and a memfd's size) are nowhere to map them from.
+            if path.hasPrefix("/memfd:") {
+                return "maps \(path.dropFirst()); memfd mappings are not restorable yet (memfd descriptors are)"
+            }
+            if deleted { return "maps a deleted file: the image holds only the pages the process wrote, not the file; not restorable yet" }
             if !fileExists(path) { return "\(path) does not exist here" }
             return nil
         case .sysvSharedMemory:
-            return "SysV shared memory is not restorable yet"
+            return nil  // SharedMemorySegments.problem
         default:
             return "\(mapping.kind) mappings are not restorable"
         }
@@ -192,7 +227,14 @@ struct RestorePlan: Sendable {
         case .signalfd:
             return descriptor.signalfd == nil ? "the kernel did not report its signal mask" : nil
         case .inotify:
-            return "inotify watches name inodes, not paths; restoring them is not supported yet"
+            let found = Set((record.inotifyWatches ?? []).filter { $0.fd == descriptor.fd }.map(\.wd))
+            for watch in descriptor.inotify ?? [] where !found.contains(watch.wd) {
+                return "watch \(watch.wd) (inode \(watch.inode) on \(watch.device)): the checkpoint found no path for it"
+            }
+            for watch in (record.inotifyWatches ?? []) where watch.fd == descriptor.fd && !fileExists(watch.path) {
+                return "watch \(watch.wd): \(watch.path) does not exist here"
+            }
+            return nil
         case .characterDevice:
             guard let path = descriptor.path, statelessDevices.contains(path) else {
                 return "character device \(descriptor.path ?? descriptor.target) may hold state; only \(statelessDevices.sorted().joined(separator: ", ")) are restored"

@@ -21,6 +21,10 @@ public struct RestoreResult: Codable, Sendable, Equatable {
     /// vDSO), `memory` (mapping and filling), `state` (signals, mm, descriptors, threads),
     /// `resume` (rseq, registers, detach).
     public var phases: [String: Double]
+    /// The network namespace it was restored into (`--netns`), as given; nil: Mitosis's own.
+    public var networkNamespace: String?
+    /// Its time namespace, when it got one (`--timens`); nil: it reads this host's clocks.
+    public var timeNamespace: RestoredTimeNamespace?
     /// What was restored otherwise than recorded, and why (a process group that no longer
     /// exists, a parent-death signal not armed…); empty when everything is as recorded.
     public var notes: [String] = []
@@ -42,6 +46,13 @@ public struct Restorer: Sendable {
     /// process runs (`NetworkLock`): without it, a peer's packet meeting no socket is answered
     /// with a reset. The lock `dump --kill` left is lifted either way.
     public var networkLock = true
+    /// The network namespace to restore into, a second "host": a name (`/run/netns/NAME`, as
+    /// `ip netns add` makes) or the path of any network namespace file. The husk joins it before
+    /// any socket exists, and the network lock is taken there. Nil: Mitosis's own.
+    public var networkNamespace: String?
+    /// When the process gets a time namespace whose `CLOCK_MONOTONIC` and `CLOCK_BOOTTIME`
+    /// continue from the checkpoint's (see `TimeNamespaceChoice`, Docs/restore.md).
+    public var timeNamespace = TimeNamespaceChoice.auto
 
     /// Opens the chain of `image` (every ancestor, checked by id).
     public init(image: CheckpointImage) throws(ImageError) {
@@ -58,7 +69,8 @@ public struct Restorer: Sendable {
     }
 
     /// Why the image cannot be prepared ahead of its restore (a warm clone): filling a shared
-    /// writable file mapping writes its file, something outside the husk would see.
+    /// writable file mapping writes its file, and SysV segments would be created, something
+    /// outside the husk would see.
     public func preparationRefusals() -> [RestoreRefusal] {
         RestorePlan.preparationProblems(manifest)
     }
@@ -91,38 +103,62 @@ public struct Restorer: Sendable {
         var plan = RestorePlan(manifest: manifest, record: record)
         plan.newPidNamespace = inNewPidNamespace
         let pid = manifest.pid
+        // Where the husk is born, checked before anything exists.
+        let networkNamespace = try networkNamespace.map { given throws(RestoreError) in
+            (given, HuskPlacementPlan.networkNamespacePath(given), try HuskPlacementPlan.openNetworkNamespace(given))
+        }
+        defer { networkNamespace.map { Kernel.closeDescriptor($0.2) } }
+        let (clocks, monotonicJump) = try HuskPlacementPlan.clocks(record, choice: timeNamespace)
+        plan.timeNamespace = clocks != nil
+        let placement = HuskPlacement(networkNamespace: networkNamespace?.2, clocks: clocks.map { ($0.monotonic, $0.boottime) })
         let tracer: Tracer
         var namespace: (initPid: Int32, control: FileDescriptor)?
+        var offsets: TimeNamespaceOffsets?
         do {
             if inNewPidNamespace {
-                let spawned = try await Tracer.spawnHuskInNewPidNamespace(pid: pid)
+                let spawned = try await Tracer.spawnHuskInNewPidNamespace(pid: pid, placement: placement)
                 tracer = spawned.tracer
                 namespace = (spawned.initPid, spawned.control)
+                offsets = spawned.offsets
             } else {
-                tracer = try await Tracer.spawnHusk(pid: pid)
+                (tracer, offsets) = try await Tracer.spawnHusk(pid: pid, placement: placement)
             }
         } catch Errno.fileExists {
             throw RestoreError.pidTaken(pid, holder: Self.describeHolder(pid))
         } catch Errno.invalidArgument {
             throw RestoreError.pidOutOfRange(pid)
+        } catch let error as HuskPlacement.Failure {
+            throw RestoreError.failed(step: "creating the husk with pid \(pid)", detail: "\(error)")
         } catch let error as Errno {
             throw RestoreError.failed(step: "creating the husk with pid \(pid) (clone3 with set_tid)", detail: "\(error)")
         } catch {
             throw RestoreError.failed(step: "creating the husk with pid \(pid)", detail: "\(error)")
         }
         let huskReady = clock.now
+        var segments: SharedMemorySegments?
         do {
+            segments = try SharedMemorySegments.prepare(record.sysvSharedMemory ?? [])
+            plan.sharedMemoryFilled = segments?.filled ?? []
             var (area, phases) = try await tracer.prepareHusk(plan, chain: chain)
             phases["husk"] = Self.milliseconds(huskReady - started)
-            // nft started now, in the husk's network namespace (this process's), for `finish`
+            // nft started now, in the namespace the connections are restored in, for `finish`
             // (a later image of a warm clone may have connections where this one has none: its
             // finish starts nft then).
+            let lockNamespace = networkNamespace?.1
             let hasConnections = !(record.connections ?? []).isEmpty
-            let readyLock = networkLock && hasConnections ? try? await Blocking.run("mitosis-network-lock") { try NetworkLock() } : nil
-            return PreparedProcess(image: image, tracer: tracer, area: area, inNewPidNamespace: inNewPidNamespace,
-                                   namespace: namespace, networkLock: networkLock, readyLock: readyLock, phases: phases)
+            let readyLock = networkLock && hasConnections
+                ? try? await Blocking.run("mitosis-network-lock") { try NetworkLock(namespacePath: lockNamespace) } : nil
+            let time = offsets.map {
+                RestoredTimeNamespace(monotonicOffset: $0.monotonic, boottimeOffset: $0.boottime,
+                                      monotonicJumpSeconds: Double(monotonicJump.components.seconds)
+                                          + Double(monotonicJump.components.attoseconds) / 1e18)
+            }
+            return PreparedProcess(image: image, tracer: tracer, area: area, plan: plan, namespace: namespace,
+                                   placement: .init(networkNamespace: networkNamespace?.0, lockNamespace: lockNamespace, time: time),
+                                   segments: segments, networkLock: networkLock, readyLock: readyLock, phases: phases)
         } catch {
             await tracer.killHusk()
+            segments?.removeCreated()
             if let namespace {
                 try? namespace.control.close()
                 Kernel.reap(namespace.initPid)

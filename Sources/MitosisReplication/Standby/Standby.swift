@@ -15,6 +15,9 @@ public struct StandbyOptions: Sendable {
     public var compactEvery: Int = 64
     /// Keep a warm clone (Docs/replication.md, "Warm clone"); nil: promotion restores cold.
     public var warm: WarmOptions?
+    /// Refuse primaries of older terms than this one from the start (the failover daemon's
+    /// leader term, given before the new primary's first frame arrives); recorded in `TERM`.
+    public var minimumTerm = Term(0)
 
     public init(host: String, port: Int, directory: String) {
         self.host = host
@@ -54,7 +57,7 @@ public final class Standby: Service, Sendable {
         self.logger = logger
         let directory = StandbyDirectory(options.directory)
         store = try await Blocking.run("mitosis-standby-open") {
-            try StandbyStore(directory: directory, compactEvery: options.compactEvery, logger: logger)
+            try StandbyStore(directory: directory, compactEvery: options.compactEvery, minimumTerm: options.minimumTerm, logger: logger)
         }
         warm = options.warm.map { WarmClone(options: $0, logger: logger) }
     }

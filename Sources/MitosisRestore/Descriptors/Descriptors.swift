@@ -61,13 +61,15 @@ extension Tracer {
                 fd = state.isUnix ? try createUnixSocket(descriptor, state, area: area) : try createInetSocket(descriptor, state, area: area)
             case .timerfd:
                 guard let timer = timers[descriptor.fd] else { throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "no timer state") }
-                fd = try createTimerfd(descriptor, timer)
+                fd = try createTimerfd(descriptor, timer, inTimeNamespace: plan.timeNamespace)
             case .signalfd:
                 guard let state = descriptor.signalfd else { throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "no signal mask") }
                 fd = try createSignalfd(descriptor, state, area: area)
             case .memfd:
                 guard let contents = contents[descriptor.fd] else { throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "no content") }
                 fd = try createMemfd(descriptor, contents, area: area)
+            case .inotify:
+                fd = try createInotify(descriptor, paths: (plan.record.inotifyWatches ?? []).filter { $0.fd == descriptor.fd }, area: area)
             case .file where descriptor.deleted:
                 guard let contents = contents[descriptor.fd] else { throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "no content") }
                 fd = try createDeletedFile(descriptor, contents, area: area)

@@ -21,9 +21,46 @@ extension Tracer {
         // (refused by seccomp or sysctl) every page goes through process_vm_writev.
         let uffd = try? fillUserfaultfd()
         defer { uffd?.close() }
+        var openFile: (path: String, flags: Int32, fd: UInt64)?
         for mapping in restored {
-            let held = mapping.heldRanges
-            try createMapping(mapping, flags: vmFlags[mapping.start] ?? [], writable: !held.isEmpty, area: area)
+            let name = "0x\(String(mapping.start, radix: 16)) \(mapping.path ?? "[anonymous]")"
+            let perms = Array(mapping.perms.utf8)
+            let protection = (perms[0] == UInt8(ascii: "r") ? Linux.PROT_READ : 0) | (perms[1] == UInt8(ascii: "w") ? Linux.PROT_WRITE : 0)
+                | (perms[2] == UInt8(ascii: "x") ? Linux.PROT_EXEC : 0)
+            let shared = perms[3] == UInt8(ascii: "s")
+            let segment = mapping.kind == MemoryMapping.Kind.sysvSharedMemory.rawValue ? plan.segmentId(at: mapping.start) : nil
+            // A SysV segment other processes have attached keeps their content, not the image's.
+            let held = segment.map { !plan.sharedMemoryFilled.contains($0) } == true ? []
+                : mapping.pages.filter { $0.state == .stored || $0.state == .inherited }
+            // shmat maps read-write; the recorded protection is set afterwards.
+            let mapProtection = held.isEmpty && segment == nil ? protection : protection | Linux.PROT_WRITE | (segment == nil ? 0 : Linux.PROT_READ)
+            let flags = vmFlags[mapping.start] ?? []
+            var mapFlags = (shared ? Linux.MAP_SHARED : Linux.MAP_PRIVATE) | 0x100000 /* MAP_FIXED_NOREPLACE */
+            if flags.contains("gd") || mapping.kind == MemoryMapping.Kind.stack.rawValue { mapFlags |= Linux.MAP_GROWSDOWN }
+            let length = mapping.end - mapping.start
+            var address: UInt64
+            if mapping.kind == MemoryMapping.Kind.file.rawValue, let path = mapping.path {
+                let open = (shared && protection & Linux.PROT_WRITE != 0 ? Linux.O_RDWR : Linux.O_RDONLY) | Linux.O_CLOEXEC
+                // A file's mappings follow one another: it is opened once for all of them.
+                if let file = openFile, file.path != path || file.flags != open {
+                    openFile = nil
+                    try huskCall("closing \(file.path)", SyscallNumber.close, [file.fd])
+                }
+                if openFile == nil {
+                    let fd = try huskCall("opening \(path)", SyscallNumber.openat, [UInt64(bitPattern: -100), try huskText(path, area: area), UInt64(open), 0])
+                    openFile = (path, open, fd)
+                }
+                address = try huskCall("mapping \(name)", SyscallNumber.mmap, [mapping.start, length, UInt64(mapProtection), UInt64(mapFlags), openFile!.fd, mapping.offset])
+            } else if let segment {
+                address = try huskCall("attaching SysV segment \(segment) at \(name)", SyscallNumber.shmat,
+                                       [UInt64(segment), mapping.start, protection & Linux.PROT_EXEC != 0 ? Kernel.attachExecutable : 0])
+            } else {
+                address = try huskCall("mapping \(name)", SyscallNumber.mmap,
+                                       [mapping.start, length, UInt64(mapProtection), UInt64(mapFlags | Linux.MAP_ANONYMOUS), UInt64.max, 0])
+            }
+            guard address == mapping.start else {
+                throw StepFailure(step: "mapping \(name)", detail: "the kernel placed it at 0x\(String(address, radix: 16))")
+            }
             // Registration is refused for what UFFDIO_COPY cannot fill (shared, file-backed).
             let copier = mapping.isShared || held.isEmpty || mapping.kind == MemoryMapping.Kind.file.rawValue ? nil
                 : uffd.flatMap { (try? $0.registerMissing(start: mapping.start, end: mapping.end)) != nil ? $0 : nil }
@@ -34,8 +71,9 @@ extension Tracer {
                     throw StepFailure(step: "unregistering \(mapping.name) from the fill userfaultfd", detail: "\(error)")
                 }
             }
-            try completeMapping(mapping, flags: vmFlags[mapping.start] ?? [], wasWritable: !held.isEmpty, area: area)
+            try completeMapping(mapping, flags: flags, wasWritable: mapProtection != protection, area: area)
         }
+        if let file = openFile { try huskCall("closing \(file.path)", SyscallNumber.close, [file.fd]) }
     }
 
     /// The `VmFlags` the image recorded, by mapping start.
@@ -121,7 +159,7 @@ extension Tracer {
 
 /// The page runs of a restore, read and checked on a thread of their own up to `depth` runs
 /// ahead of the writes (one after the other, reading and checking left the writes waiting and
-/// the other way round), each image's data file opened once, into `depth` buffers reused for
+/// the other way round), each image's data file opened once, into up to `depth` buffers reused for
 /// every run: reading costs no fresh memory of Mitosis's own per run.
 final class PageSource: @unchecked Sendable {  // mutable state guarded by `condition`
     /// One run to read: image `image` (index in the chain) holds it.
@@ -142,10 +180,10 @@ final class PageSource: @unchecked Sendable {  // mutable state guarded by `cond
     private var current: (load: Load, buffer: UnsafeMutableRawBufferPointer)?
 
     /// Starts reading `loads` in order (the order the writes ask for them).
-    init(images: [CheckpointImage], loads: [Load], depth: Int = 3) {
+    init(images: [CheckpointImage], loads: [Load], depth: Int = 16) {
         self.images = images
         self.loads = loads
-        buffers = (0..<depth).map { _ in
+        buffers = (0..<max(1, min(depth, loads.count))).map { _ in
             UnsafeMutableRawBufferPointer.allocate(byteCount: ImageFormat.maxRunPages * Int(WorkArea.page), alignment: Int(WorkArea.page))
         }
         free = buffers
@@ -207,7 +245,13 @@ final class PageSource: @unchecked Sendable {  // mutable state guarded by `cond
         }
         for (index, load) in loads.enumerated() {
             condition.lock()
-            while free.isEmpty && !stopping { condition.wait() }
+            // Once every buffer is taken, the next read waits for half of them (or all that is
+            // left to read) to be written out: one wake-up per batch of runs, not one per run
+            // (under load a wake-up costs more than writing a run).
+            if free.isEmpty {
+                let batch = min(max(1, buffers.count / 2), loads.count - index)
+                while free.count < batch && !stopping { condition.wait() }
+            }
             guard !stopping else { condition.unlock(); return }
             let buffer = free.removeLast()
             condition.unlock()
