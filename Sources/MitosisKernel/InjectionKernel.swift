@@ -19,6 +19,8 @@ extension Ptrace {
     package static let killOnExitOption = Int(MITOSIS_PTRACE_O_EXITKILL)
     /// `PTRACE_O_TRACECLONE`: threads the tracee creates start traced and stopped.
     package static let traceCloneOption = Int(MITOSIS_PTRACE_O_TRACECLONE)
+    /// `PTRACE_O_TRACEFORK`: processes the tracee forks (clone with SIGCHLD) start traced and stopped.
+    package static let traceForkOption = 0x2
     /// `PTRACE_EVENT_STOP`: the event of a stop that `PTRACE_INTERRUPT` or job control caused.
     package static let stopEvent = MITOSIS_PTRACE_EVENT_STOP
 

@@ -29,6 +29,17 @@ struct WorkArea {
     static let text: UInt64 = 4096           // a path or the group list, up to 3 pages
 }
 
+/// A process built in its husk, not yet running: what finishing it needs.
+struct BuiltProcess {
+    var plan: RestorePlan
+    var timings: [String: Double]
+    var notes: [String]
+    /// Copies of rebuilt TCP sockets, in repair mode until `finishProcess`; the caller closes
+    /// them on every path (on failure the husk dies and, with the last copy closed, its sockets
+    /// close silently).
+    var connections: [Tracer.PendingConnection]
+}
+
 /// Phases of building the restored process inside a husk. All of it runs on the tracer's
 /// thread (this is an extension of the `Tracer` actor), so ptrace requests and injected calls
 /// need no hop between calls.
@@ -38,6 +49,14 @@ extension Tracer {
     /// notes on what was restored otherwise than recorded.
     func buildRestoredProcess(_ plan: RestorePlan, chain: CheckpointChain,
                               verify: (@Sendable (Int32) throws -> Void)?) throws -> (phases: [String: Double], notes: [String]) {
+        var built = try buildProcess(plan, chain: chain)
+        defer { for pending in built.connections { try? pending.copy.close() } }
+        try finishProcess(&built, verify: verify)
+        return (built.timings, built.notes)
+    }
+
+    /// Builds everything but the thaw: memory, state, descriptors, threads, credentials.
+    func buildProcess(_ plan: RestorePlan, chain: CheckpointChain) throws -> BuiltProcess {
         var timings: [String: Double] = [:]
         var notes: [String] = []
         let clock = ContinuousClock()
@@ -55,28 +74,38 @@ extension Tracer {
         try mapMemory(plan, chain: chain, area: area)
         phase("memory")
         try restoreProcessState(plan, area: area)
-        // Copies of rebuilt TCP sockets, in repair mode until the end; let go of on every path
-        // (on failure the husk dies and, with the last copy closed, its sockets close silently).
         var connections: [PendingConnection] = []
-        defer { for pending in connections { try? pending.copy.close() } }
-        try restoreDescriptors(plan, area: area, connections: &connections)
-        try restoreLimits(plan)
-        try createThreads(&plan, area: area)
-        try restoreThreadState(plan, area: area)
-        notes += try restoreProcessAttributes(plan)
-        try restoreTimers(plan, area: area)
-        // Last of what needs privilege: the process may run as another user, with fewer capabilities.
-        try restoreCredentials(plan, area: area)
-        try queueSignals(plan, area: area)
-        try removeWorkArea(area, plan: plan)
+        do {
+            try restoreDescriptors(plan, area: area, connections: &connections)
+            try restoreLimits(plan)
+            try createThreads(&plan, area: area)
+            try restoreThreadState(plan, area: area)
+            notes += try restoreProcessAttributes(plan)
+            try restoreTimers(plan, area: area)
+            // Last of what needs privilege: the process may run as another user, with fewer capabilities.
+            try restoreCredentials(plan, area: area)
+            try queueSignals(plan, area: area)
+            try removeWorkArea(area, plan: plan)
+        } catch {
+            for pending in connections { try? pending.copy.close() }
+            throw error
+        }
         phase("state")
+        return BuiltProcess(plan: plan, timings: timings, notes: notes, connections: connections)
+    }
+
+    /// Runs `verify` on the complete process, takes its connections out of repair mode, puts
+    /// its registers back and lets it run.
+    func finishProcess(_ built: inout BuiltProcess, verify: (@Sendable (Int32) throws -> Void)?) throws {
+        let clock = ContinuousClock()
+        let start = clock.now
         if let verify {
             do { try verify(pid) } catch { throw StepFailure(step: "verifying before resuming", detail: "\(error)") }
         }
         // Repair mode off last, once the process is complete: its connections start talking.
-        try finishConnections(connections)
-        try resumeThreads(plan)
-        phase("resume")
-        return (timings, notes)
+        try finishConnections(built.connections)
+        try resumeThreads(built.plan)
+        let (seconds, attoseconds) = (clock.now - start).components
+        built.timings["resume"] = Double(seconds) * 1000 + Double(attoseconds) / 1e15
     }
 }

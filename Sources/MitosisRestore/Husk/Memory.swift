@@ -27,14 +27,26 @@ extension Tracer {
             let protection = (perms[0] == UInt8(ascii: "r") ? Linux.PROT_READ : 0) | (perms[1] == UInt8(ascii: "w") ? Linux.PROT_WRITE : 0)
                 | (perms[2] == UInt8(ascii: "x") ? Linux.PROT_EXEC : 0)
             let shared = perms[3] == UInt8(ascii: "s")
-            let held = mapping.pages.filter { $0.state == .stored || $0.state == .inherited }
+            // Shared memory of a tree that an earlier member created: that member wrote its pages.
+            let sharedWith = plan.tree?.sharedMemory[mapping.start]
+            let held = sharedWith != nil ? [] : mapping.pages.filter { $0.state == .stored || $0.state == .inherited }
             let mapProtection = held.isEmpty ? protection : protection | Linux.PROT_WRITE
             let flags = vmFlags[mapping.start] ?? []
             var mapFlags = (shared ? Linux.MAP_SHARED : Linux.MAP_PRIVATE) | 0x100000 /* MAP_FIXED_NOREPLACE */
             if flags.contains("gd") || mapping.kind == MemoryMapping.Kind.stack.rawValue { mapFlags |= Linux.MAP_GROWSDOWN }
             let length = mapping.end - mapping.start
             var address: UInt64
-            if mapping.kind == MemoryMapping.Kind.file.rawValue, let path = mapping.path {
+            if let owner = sharedWith {
+                // The one object, mapped again through the creator's map_files entry (as CRIU shares shmem).
+                let path = "/proc/\(owner.owner)/map_files/\(String(owner.start, radix: 16))-\(String(owner.end, radix: 16))"
+                let open = (protection & Linux.PROT_WRITE != 0 ? Linux.O_RDWR : Linux.O_RDONLY) | Linux.O_CLOEXEC
+                let fd = try huskCall("opening the shared memory of process \(owner.owner) at \(path)", SyscallNumber.openat,
+                                      [UInt64(bitPattern: -100), try huskText(path, area: area), UInt64(open), 0])
+                let mapped = Result { try huskCall("mapping \(name), shared with process \(owner.owner)", SyscallNumber.mmap,
+                                                   [mapping.start, length, UInt64(mapProtection), UInt64(mapFlags), fd, mapping.offset]) }
+                try huskCall("closing \(path)", SyscallNumber.close, [fd])
+                address = try mapped.get()
+            } else if mapping.kind == MemoryMapping.Kind.file.rawValue, let path = mapping.path {
                 let open = (shared && protection & Linux.PROT_WRITE != 0 ? Linux.O_RDWR : Linux.O_RDONLY) | Linux.O_CLOEXEC
                 let fd = try huskCall("opening \(path)", SyscallNumber.openat, [UInt64(bitPattern: -100), try huskText(path, area: area), UInt64(open), 0])
                 let mapped = Result { try huskCall("mapping \(name)", SyscallNumber.mmap, [mapping.start, length, UInt64(mapProtection), UInt64(mapFlags), fd, mapping.offset]) }
