@@ -147,6 +147,7 @@ static int tree_setup(int argc, char **argv) {
     if (argc < 2) return -1;
     lifetime = atof(argv[1]);
     prctl(PR_SET_PDEATHSIG, 0);
+    signal(SIGPIPE, SIG_IGN);  // A's check after B's exit fails with EPIPE rather than killing A
     if (setsid() < 0) return -1;
     int log = open(argv[0], O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0600);
     if (log != 3 && (log < 0 || dup2(log, 3) != 3 || close(log) != 0)) return -1;

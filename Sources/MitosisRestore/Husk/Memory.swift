@@ -13,7 +13,8 @@ extension Tracer {
     func mapMemory(_ plan: RestorePlan, chain: CheckpointChain, area: WorkArea) throws {
         let vmFlags = Dictionary(plan.record.mappingFlags.map { ($0.start, Set($0.vmFlags)) }, uniquingKeysWith: { a, _ in a })
         let restored = plan.manifest.mappings.filter { !RestorePlan.isKernelProvided($0) }
-        let stored = restored.flatMap { $0.pages.filter { $0.state == .stored || $0.state == .inherited } }
+        let stored = restored.filter { plan.tree?.sharedMemory[$0.start] == nil }
+            .flatMap { $0.pages.filter { $0.state == .stored || $0.state == .inherited } }
         let pages = PageSource(chain: chain, loads: PageSource.loads(of: stored, chain: chain))
         defer { pages.close() }
         // Private anonymous memory is filled with UFFDIO_COPY (page allocation and copy in one
