@@ -73,15 +73,19 @@ public struct TreeManifest: Codable, Sendable, Equatable {
     public var members: [Member]
     public var sharedFiles: [SharedFile]
     public var sharedMemory: [SharedMemory]
+    /// Pipes (by inode) of which the tree held one end only and no process at all held the
+    /// other (a writer whose reader exited): restore creates them and closes the missing end.
+    public var lonePipes: [UInt64]?
 
     public init(id: String = UUID().uuidString.lowercased(), created: String = ISO8601DateFormatter().string(from: Date()),
-                root: Int32, members: [Member], sharedFiles: [SharedFile], sharedMemory: [SharedMemory]) {
+                root: Int32, members: [Member], sharedFiles: [SharedFile], sharedMemory: [SharedMemory], lonePipes: [UInt64]? = nil) {
         self.id = id
         self.created = created
         self.root = root
         self.members = members
         self.sharedFiles = sharedFiles
         self.sharedMemory = sharedMemory
+        self.lonePipes = lonePipes
     }
 
     public func member(_ pid: Int32) -> Member? { members.first { $0.pid == pid } }

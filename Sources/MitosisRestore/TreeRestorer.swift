@@ -58,6 +58,7 @@ public struct TreeRestorer: Sendable {
                 holdings.pipeEnds[descriptor.inode, default: []].insert(descriptor.flags & 3)
             }
             for pipe in member.manifest.restore?.pipes ?? [] where holdings.pipeContents[pipe.inode] == nil { holdings.pipeContents[pipe.inode] = pipe }
+            for inode in manifest.lonePipes ?? [] { holdings.pipeEnds[inode] = [0, 1] }
             for socket in member.manifest.restore?.sockets ?? []
             where member.manifest.descriptors?.contains(where: { $0.inode == socket.inode }) == true {
                 holdings.sockets[socket.inode] = socket
@@ -86,6 +87,14 @@ public struct TreeRestorer: Sendable {
                 if let first = holding.first, first < index {
                     links.imports[descriptor.fd] = TreeLinks.pipeKey(descriptor.inode, write: descriptor.flags & 3 == 1)
                 } else {
+                    // A lone pipe's missing end is created here too, and closed with the parked ends.
+                    if manifest.lonePipes?.contains(descriptor.inode) == true,
+                       !links.foreign.contains(where: { $0.inode == descriptor.inode }) {
+                        var missing = descriptor
+                        missing.fd = -1
+                        missing.flags = (descriptor.flags & ~3) | (descriptor.flags & 3 == 1 ? 0 : 1)
+                        links.foreign.append(missing)
+                    }
                     for later in holding where later > index {
                         for end in manifests[later].descriptors ?? [] where end.kind == .pipe && end.inode == descriptor.inode {
                             links.exports.insert(TreeLinks.pipeKey(end.inode, write: end.flags & 3 == 1))

@@ -62,8 +62,8 @@ public enum TreeCheckpoint {
                 throw CheckpointError.treeChanged(root: root, "process \(member.pid) was reparented to \(member.parent)")
             }
             let manifests = results.map(\.manifest)
-            let tree = TreeManifest(root: root, members: members, sharedFiles: try sharedFiles(manifests),
-                                    sharedMemory: sharedMemory(manifests))
+            let tree = TreeManifest(root: root, members: members, sharedFiles: sharedFiles(manifests),
+                                    sharedMemory: sharedMemory(manifests), lonePipes: lonePipes(manifests))
             try writer.commit(tree)
             if kill {
                 // The root first: a parent that outlived its children could react to their deaths
@@ -91,7 +91,7 @@ public enum TreeCheckpoint {
     /// (kcmp on candidates of the same object only). Sockets and pipe ends are left out: each
     /// is one description, which restore knows by its inode. Only the lowest fd of each
     /// description in a member is listed; the others are dups of it in the member's own record.
-    static func sharedFiles(_ manifests: [CheckpointManifest]) throws -> [TreeManifest.SharedFile] {
+    static func sharedFiles(_ manifests: [CheckpointManifest]) -> [TreeManifest.SharedFile] {
         struct Object: Hashable {
             var inode: UInt64
             var device: DeviceNumber?
@@ -105,7 +105,7 @@ public enum TreeCheckpoint {
             for descriptor in (manifest.descriptors ?? []).sorted(by: { $0.fd < $1.fd })
             where descriptor.kind != .socket && descriptor.kind != .pipe && !dups.contains(descriptor.fd) {
                 let object = Object(inode: descriptor.inode, device: descriptor.device, target: descriptor.target)
-                let owner = try seen[object, default: []].first { earlier in
+                let owner = seen[object, default: []].first { earlier in
                     (try? Kernel.kcmpEqual(earlier.pid, manifest.pid, .file, Int(earlier.fd), Int(descriptor.fd))) == true
                 }
                 if let owner {
@@ -117,6 +117,26 @@ public enum TreeCheckpoint {
             for (object, list) in mine { seen[object, default: []] += list }
         }
         return shared
+    }
+
+    /// Pipes of which the tree holds one end only, and whose other end no process on this host
+    /// holds (every process's descriptors are looked at): nginx's writer of a start-up pipe
+    /// whose reader, the process that launched it, has exited. A pipe whose other end is held
+    /// outside the tree is not listed, and restore refuses it.
+    static func lonePipes(_ manifests: [CheckpointManifest]) -> [UInt64]? {
+        let pipes = manifests.flatMap { $0.descriptors ?? [] }.filter { $0.kind == .pipe }
+        let oneEnded = Dictionary(grouping: pipes, by: \.inode).filter { Set($0.value.map { $0.flags & 3 }).count == 1 }
+        guard !oneEnded.isEmpty else { return nil }
+        let members = Set(manifests.map { String($0.pid) })
+        var heldElsewhere: Set<UInt64> = []
+        for entry in (try? Kernel.listDirectory("/proc")) ?? [] where Int32(entry) != nil && !members.contains(entry) {
+            for fd in (try? Kernel.listDirectory("/proc/\(entry)/fd")) ?? [] {
+                guard let link = try? Kernel.readLink("/proc/\(entry)/fd/\(fd)"), link.hasPrefix("pipe:[") else { continue }
+                if let inode = UInt64(link.dropFirst(6).dropLast()), oneEnded[inode] != nil { heldElsewhere.insert(inode) }
+            }
+        }
+        let lone = oneEnded.keys.filter { !heldElsewhere.contains($0) }.sorted()
+        return lone.isEmpty ? nil : lone
     }
 
     /// Anonymous shared mappings of a later member that map an object an earlier member maps.
