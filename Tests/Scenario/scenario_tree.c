@@ -6,7 +6,8 @@
 // description of LOG, one socket, one shared object). A pipe runs from child A (the writer, its
 // write end at fd 6) to child B (the reader, its non-blocking read end at fd 5); the parent keeps
 // neither end. B leads its own process group (setpgid) in the parent's session; A stays in the
-// parent's group. Reports `READY pid=P a=A b=B port=N`.
+// parent's group. fd 7, in all three, is the write end of a pipe whose read end nobody holds
+// (a write fails with EPIPE). Reports `READY pid=P a=A b=B port=N`.
 //
 // Command `detach` answers READY, points the parent's fds 0-2 at /dev/null (the children's are
 // from birth) and from then on each process answers SIGUSR1 with one line appended to LOG:
@@ -66,6 +67,7 @@ static int check_common(char *problem, size_t size) {
     if (expected_parent && getppid() != expected_parent) { snprintf(problem, size, "parent-%d-not-%d", getppid(), expected_parent); return -1; }
     if (getsid(0) != expected_session) { snprintf(problem, size, "session-%d-not-%d", getsid(0), expected_session); return -1; }
     if (getpgrp() != expected_group) { snprintf(problem, size, "group-%d-not-%d", getpgrp(), expected_group); return -1; }
+    if ((fcntl(7, F_GETFL) & O_ACCMODE) != O_WRONLY || write(7, "x", 1) != -1 || errno != EPIPE) { snprintf(problem, size, "lone-pipe-has-a-reader"); return -1; }
     return 0;
 }
 
@@ -168,6 +170,11 @@ static int tree_setup(int argc, char **argv) {
     if (ends[0] != 5 && ends[0] != 6) close(ends[0]);
     if (ends[1] != 5 && ends[1] != 6) close(ends[1]);
     if (fcntl(5, F_SETFL, O_NONBLOCK) != 0) return -1;
+    // fd 7: the write end of a pipe whose read end nobody holds (every member inherits it).
+    int lone[2];
+    if (pipe(lone) != 0) return -1;
+    if (lone[0] != 7) close(lone[0]);  // else dup2 below closes it
+    if (lone[1] != 7 && (dup2(lone[1], 7) != 7 || close(lone[1]) != 0)) return -1;
     sigset_t blocked;
     sigemptyset(&blocked);
     sigaddset(&blocked, SIGUSR1);

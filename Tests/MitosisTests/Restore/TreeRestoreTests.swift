@@ -103,6 +103,9 @@ struct TreeRestoreTests {
         #expect(Set(opened.manifest.sharedFiles.filter { $0.fd == 3 }.map(\.pid)) == [a, b])
         #expect(opened.manifest.sharedFiles.allSatisfy { $0.owner == parent && $0.ownerFd == 3 })
         #expect(Set(opened.manifest.sharedMemory.map(\.pid)) == [a, b])
+        // fd 7, a pipe's write end whose read end no process holds.
+        let lone = try #require(opened.members[0].manifest.descriptors?.first { $0.fd == 7 && $0.kind == .pipe }?.inode)
+        #expect(opened.manifest.lonePipes == [lone])
 
         let check = try await ToolRun(ToolRun.mitosis, ["restore", "--check", image])
         #expect(check.status == 0, "\(check.standardOutput)\(check.standardError)")
