@@ -132,7 +132,13 @@ __attribute__((noreturn)) static void serve(void) {
             }
         }
         clock_gettime(CLOCK_MONOTONIC, &now);
-        if (now.tv_sec - start.tv_sec > lifetime) _exit(0);
+        if (now.tv_sec - start.tv_sec > lifetime) {
+            char line[160];
+            int length = snprintf(line, sizeof line, "EXIT role=%s pid=%d lifetime=%.0f started=%ld now=%ld\n", role, getpid(), lifetime,
+                                  (long)start.tv_sec, (long)now.tv_sec);
+            if (write(3, line, length) != length) _exit(5);
+            _exit(0);
+        }
     }
 }
 

@@ -141,6 +141,10 @@ struct TreeRestoreTests {
         let inode = try #require(try Self.sharedInode(parent))
         #expect(try Self.sharedInode(a) == inode && Self.sharedInode(b) == inode)
 
+        // Every member lives through its wait loop (sigtimedwait, 1 s) and logs no EXIT.
+        try await Task.sleep(for: .milliseconds(1500))
+        for pid in [parent, a, b] { #expect(Self.stat(pid)?.state == "S", "process \(pid): \(Self.stat(pid).map { String($0.state) } ?? "gone")") }
+        #expect(!(try String(contentsOfFile: tree.log, encoding: .utf8)).contains("EXIT"))
         // B reads the ping queued before the dump; A writes one more, which B reads: the pipe
         // joins them; the shared counter counts on across all three.
         #expect(try await tree.check(b, number: 2) == "CHECK role=b pid=\(b) n=2 PASS shared=5")
