@@ -78,6 +78,7 @@ extension Tracer {
         do {
             try restoreDescriptors(plan, area: area, connections: &connections)
             try restoreLimits(plan)
+            try restoreSeccomp(plan)
             try createThreads(&plan, area: area)
             try restoreThreadState(plan, area: area)
             notes += try restoreProcessAttributes(plan)

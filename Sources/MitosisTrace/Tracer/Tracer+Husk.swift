@@ -40,7 +40,16 @@ extension Tracer {
 
     private func seizeHusk(_ husk: Int32) throws {
         do throws(Errno) {
-            try Ptrace.seize(husk, options: Ptrace.killOnExitOption | Ptrace.traceCloneOption | Ptrace.traceSystemCallsOption)
+            // Seccomp suspended for as long as the husk is traced: filters restored into it must
+            // not see the calls that finish the restore (without CAP_SYS_ADMIN, none are restored).
+            let options = Ptrace.killOnExitOption | Ptrace.traceCloneOption | Ptrace.traceSystemCallsOption
+            do throws(Errno) {
+                try Ptrace.seize(husk, options: options | Ptrace.suspendSeccompOption)
+                seizeOptions = options | Ptrace.suspendSeccompOption
+            } catch .notPermitted {
+                try Ptrace.seize(husk, options: options)
+                seizeOptions = options
+            }
             // The husk may still be setting itself up: let it run until it waits in pause().
             for _ in 0..<1000 {
                 try Ptrace.interrupt(husk)
@@ -124,7 +133,9 @@ extension Tracer {
         try args.bytes.withUnsafeBytes { buffer in
             guard try Kernel.writeMemory(pid: pid, address: page, from: buffer) == buffer.count else { throw Errno.ioError }
         }
-        try Ptrace.setOptions(pid, Ptrace.killOnExitOption | Ptrace.traceCloneOption | Ptrace.traceSystemCallsOption | Ptrace.traceForkOption)
+        // The child inherits the options (exit-kill, seccomp suspended): it is traced as this husk is.
+        seizeOptions |= Ptrace.traceForkOption
+        try Ptrace.setOptions(pid, seizeOptions)
         let created = Int32(truncatingIfNeeded: try performSyscall(SyscallNumber.clone3, [page, UInt64(CloneArguments.size)]))
         do throws(Errno) {
             guard created == child else { throw Errno.invalidArgument }
@@ -139,7 +150,7 @@ extension Tracer {
             throw MitosisError.system(operation: "holding the new husk \(child)", errno: error)
         }
         return Tracer(pid: child, stopTimeout: .seconds(5), executor: executor, ownsExecutor: false,
-                      threads: [SeizedThread(pid: child, tid: child, groupStopSignal: nil)])
+                      threads: [SeizedThread(pid: child, tid: child, groupStopSignal: nil)], seizeOptions: seizeOptions)
     }
 
     /// Kills this husk, a child of another husk (`parent`, still held): the tracer collects its

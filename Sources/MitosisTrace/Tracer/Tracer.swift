@@ -42,6 +42,10 @@ public actor Tracer {
     package var inSignalDeliveryStop: Set<Int32> = []
     /// Where each process runs injected system calls, found once (see `Injection/`).
     var injectionSites: [Int32: InjectionSite] = [:]
+    /// The ptrace options every thread is seized with (a husk's include more).
+    package internal(set) var seizeOptions = Ptrace.traceSystemCallsOption
+    /// Threads known to run under seccomp filters, which injected calls must not meet.
+    var seccompFiltered: [Int32: Bool] = [:]
 
     /// How long one thread may take to reach its stop while seizing.
     private let stopTimeout: Duration
@@ -55,8 +59,9 @@ public actor Tracer {
     public nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
 
     init(pid: Int32, stopTimeout: Duration, executor: DedicatedThreadExecutor? = nil, ownsExecutor: Bool = true,
-         threads: [SeizedThread] = []) {
+         threads: [SeizedThread] = [], seizeOptions: Int = Ptrace.traceSystemCallsOption) {
         self.pid = pid
+        self.seizeOptions = seizeOptions
         self.stopTimeout = stopTimeout
         self.executor = executor ?? DedicatedThreadExecutor(name: "mitosis-tracer-\(pid)")
         self.ownsExecutor = ownsExecutor
@@ -190,7 +195,7 @@ public actor Tracer {
     /// Seizes one thread and asks it to stop. Returns false if it exited first.
     private func seizeAndInterrupt(pid process: Int32, tid: Int32) throws(MitosisError) -> Bool {
         do {
-            try Ptrace.seize(tid, options: Ptrace.traceSystemCallsOption)
+            try Ptrace.seize(tid, options: seizeOptions)
             try Ptrace.interrupt(tid)
             return true
         } catch .noSuchProcess {
