@@ -103,8 +103,9 @@ struct NginxRestoreBenchmark: AsyncParsableCommand {
         let gone = clock.now
         while members.contains(where: { kill($0, 0) == 0 }) {
             guard clock.now - gone < .seconds(10) else {
-                let log = (try? String(contentsOfFile: images + "/dump.log", encoding: .utf8))?.split(separator: "\n").last { $0.hasPrefix("Error") }
-                throw ValidationError("\(dumpTool) left nginx running\(log.map { ": \($0)" } ?? "")")
+                let errors = ((try? String(contentsOfFile: images + "/dump.log", encoding: .utf8)) ?? "").split(separator: "\n")
+                    .filter { $0.hasPrefix("Error") && !$0.contains("RLIMIT_NOFILE for self") }.prefix(2)
+                throw ValidationError("\(dumpTool) left nginx running: \(errors.joined(separator: " / "))")
             }
             try await Task.sleep(for: .milliseconds(1))
         }

@@ -20,21 +20,24 @@ struct TreeImageTests {
         #expect(Self.good.problems().isEmpty)
     }
 
-    @Test("every inconsistency is named", arguments: [
-        ({ (m: inout TreeManifest) in m.format = "other" }, "format 'other', expected 'mitosis-tree'"),
-        ({ (m: inout TreeManifest) in m.formatVersion = 2 }, "format version 2, this mitosis reads 1"),
-        ({ (m: inout TreeManifest) in m.root = 11 }, "the root 11 is not the first member"),
-        ({ (m: inout TreeManifest) in m.members[2].image = "../10" }, "member 12 names image '../10'"),
-        ({ (m: inout TreeManifest) in m.members[2].parent = 99 }, "member 12's parent 99 is not a member before it"),
-        ({ (m: inout TreeManifest) in m.members.append(member(11, parent: 10)) }, "member 11 listed twice"),
-        ({ (m: inout TreeManifest) in m.members[1].pid = -4; m.members[1].image = "-4" }, "member pid -4"),
-        ({ (m: inout TreeManifest) in m.sharedFiles[0].owner = 12 }, "shared file fd 3 of 11: owner 12 is not a member before it"),
-        ({ (m: inout TreeManifest) in m.sharedMemory[0].owner = 77 }, "shared memory 0x1000 of 12: owner 77 is not a member before it"),
-    ] as [(@Sendable (inout TreeManifest) -> Void, String)])
-    func problems(change: @Sendable (inout TreeManifest) -> Void, problem: String) {
-        var manifest = Self.good
-        change(&manifest)
-        #expect(manifest.problems().contains(problem), "\(manifest.problems())")
+    @Test("every inconsistency is named")
+    func problems() {
+        let cases: [((inout TreeManifest) -> Void, String)] = [
+            ({ $0.format = "other" }, "format 'other', expected 'mitosis-tree'"),
+            ({ $0.formatVersion = 2 }, "format version 2, this mitosis reads 1"),
+            ({ $0.root = 11 }, "the root 11 is not the first member"),
+            ({ $0.members[2].image = "../10" }, "member 12 names image '../10'"),
+            ({ $0.members[2].parent = 99 }, "member 12's parent 99 is not a member before it"),
+            ({ $0.members.append(Self.member(11, parent: 10)) }, "member 11 listed twice"),
+            ({ $0.members[1].pid = -4; $0.members[1].image = "-4" }, "member pid -4"),
+            ({ $0.sharedFiles[0].owner = 12 }, "shared file fd 3 of 11: owner 12 is not a member before it"),
+            ({ $0.sharedMemory[0].owner = 77 }, "shared memory 0x1000 of 12: owner 77 is not a member before it"),
+        ]
+        for (change, problem) in cases {
+            var manifest = Self.good
+            change(&manifest)
+            #expect(manifest.problems().contains(problem), "\(manifest.problems())")
+        }
     }
 
     @Test("open refuses a hostile tree.json with one line naming it")
