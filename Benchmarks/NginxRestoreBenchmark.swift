@@ -12,9 +12,10 @@ import MitosisKernel
 /// serves until the kill at the dump's end); beside it, the time from the dump's start to the
 /// first answer after the restore, in parts. Both sides are the command-line tools (process
 /// start-up included), best of `--runs`, in one run. CRIU gets `--tcp-established
-/// --network-lock nftables` (the asking client's connection is open during its dump; this
-/// machine has no iptables), as Mitosis locks with nftables by default. The workers run as root (`user root;`) on both sides: CRIU's dump reads the workers'
-/// limits with prlimit, which for another user needs CAP_SYS_RESOURCE (absent here).
+/// --skip-in-flight --network-lock nftables` (the asking client's connections are open or
+/// queued during its dump; this machine has no iptables), as Mitosis locks with nftables by
+/// default. The workers run as root (`user root;`) on both sides: CRIU's dump reads the
+/// workers' limits with prlimit, which for another user needs CAP_SYS_RESOURCE (absent here).
 ///
 /// Needs the CLI beside the benchmark: `swift build -c release --product mitosis` first.
 struct NginxRestoreBenchmark: AsyncParsableCommand {
@@ -45,6 +46,7 @@ struct NginxRestoreBenchmark: AsyncParsableCommand {
             let move = try await Self.move(in: directory + "/mitosis-\(run)", dump: { master, images in
                 (mitosis, ["dump", "\(master)", "--tree", "--images", images, "--kill"])
             }, restore: { images in (mitosis, ["restore", images]) })
+            print(String(format: "   mitosis run %d: downtime %.1f ms, dump start to first answer %.1f ms", run + 1, move.gap, move.total))
             if mitosisBest == nil || move.gap < mitosisBest!.gap { mitosisBest = move }
         }
         let best = mitosisBest!
@@ -55,8 +57,9 @@ struct NginxRestoreBenchmark: AsyncParsableCommand {
             var criuBest: Move?
             for run in 0..<runs {
                 let move = try await Self.move(in: directory + "/criu-\(run)", dump: { master, images in
-                    (criu, ["dump", "-t", "\(master)", "--tcp-established", "--network-lock", "nftables", "-D", images, "-o", "dump.log"])
+                    (criu, ["dump", "-t", "\(master)", "--tcp-established", "--skip-in-flight", "--network-lock", "nftables", "-D", images, "-o", "dump.log"])
                 }, restore: { images in (criu, ["restore", "-d", "--tcp-established", "--network-lock", "nftables", "-D", images, "-o", "restore.log"]) })
+                print(String(format: "   criu run %d: downtime %.1f ms, dump start to first answer %.1f ms", run + 1, move.gap, move.total))
                 if criuBest == nil || move.gap < criuBest!.gap { criuBest = move }
             }
             let other = criuBest!
@@ -97,7 +100,7 @@ struct NginxRestoreBenchmark: AsyncParsableCommand {
         if dumpTool.hasSuffix("criu") { try FileManager.default.createDirectory(atPath: images, withIntermediateDirectories: true) }
         let members = [master] + Array(server.workers(of: master))
         let probe = AnswerGapProbe(port: server.port, body: server.body)
-        try await Task.sleep(for: .milliseconds(50))
+        try await probe.awaitAnswers()
         let dumped = try await Blocking.run("bench-dump") { try TimedRun.run(dumpTool, dumpArguments) }
         let clock = ContinuousClock()
         let gone = clock.now
@@ -227,6 +230,7 @@ final class AnswerGapProbe: @unchecked Sendable {  // `lock` guards the mutable 
     private let lock = NSLock()
     private var running = true
     private var longest = Duration.zero
+    private var answers = 0
     private var task: Task<Void, Error>?
 
     init(port: UInt16, body: [UInt8]) {
@@ -237,7 +241,10 @@ final class AnswerGapProbe: @unchecked Sendable {  // `lock` guards the mutable 
                 while lock.withLock({ running }) {
                     if NginxServer.fetch(port: port, body: body, exact: false) == 200 {
                         let now = clock.now
-                        lock.withLock { longest = max(longest, now - last) }
+                        lock.withLock {
+                            longest = max(longest, now - last)
+                            answers += 1
+                        }
                         last = now
                     } else {
                         usleep(500)  // refused while nothing listens: ask again shortly
@@ -245,6 +252,12 @@ final class AnswerGapProbe: @unchecked Sendable {  // `lock` guards the mutable 
                 }
             }
         }
+    }
+
+    /// Returns once the probe has had a few answers: it asks from before the dump.
+    func awaitAnswers() async throws {
+        for _ in 0..<1000 where lock.withLock({ answers < 3 }) { try await Task.sleep(for: .milliseconds(5)) }
+        guard lock.withLock({ answers >= 3 }) else { throw ValidationError("the probe client gets no answers") }
     }
 
     /// Stops the probe and returns the longest gap between answers, in milliseconds.
