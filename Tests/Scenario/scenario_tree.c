@@ -1,4 +1,4 @@
-// `tree LOG LIFETIME_S`: a self-checking process tree for tree dumps and restores.
+// `proctree LOG LIFETIME_S`: a self-checking process tree for tree dumps and restores.
 //
 // The parent leads its own session (setsid) and holds fd 3, LOG (O_APPEND), fd 4, a TCP listener
 // on 127.0.0.1 (backlog 8), and a 64 KiB anonymous MAP_SHARED mapping (patterned, plus a counter
@@ -219,4 +219,4 @@ static int tree_step(const char *command) {
     scenario_detach_standard_streams();
     serve();
 }
-SCENARIO(tree, tree_setup, tree_step)
+SCENARIO(proctree, tree_setup, tree_step)

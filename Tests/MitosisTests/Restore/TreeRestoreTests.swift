@@ -7,7 +7,7 @@ import Testing
 @testable import MitosisModel
 @testable import MitosisRestore
 
-/// `dump --tree` and the restore of a process tree, against the `tree` scenario
+/// `dump --tree` and the restore of a process tree, against the `proctree` scenario
 /// (Tests/Scenario/scenario_tree.c): a session leader with two children sharing its log (one
 /// open file description), its listener (one socket) and an anonymous shared mapping, a pipe from
 /// child A to child B, B leading its own process group.
@@ -23,7 +23,7 @@ struct TreeRestoreTests {
 
         init(scratch: ScratchDirectory) throws {
             log = scratch.path + "/tree.log"
-            scenario = try ScenarioProcess("tree", [log, "120"])
+            scenario = try ScenarioProcess("proctree", [log, "120"])
             a = Int32(try scenario.intFact("a"))
             b = Int32(try scenario.intFact("b"))
             try scenario.send("detach")
