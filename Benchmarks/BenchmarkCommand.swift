@@ -16,6 +16,7 @@ struct BenchmarkCommand: AsyncParsableCommand {
             CheckpointBenchmark.self,
             RestoreBenchmark.self,
             NginxRestoreBenchmark.self,
+            LiveRedisBenchmark.self,
             IssueTableBenchmark.self,
         ]
     )

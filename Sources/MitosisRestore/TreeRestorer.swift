@@ -173,7 +173,7 @@ public struct TreeRestorer: Sendable {
         var step = "creating the husk of process \(manifest.root)"
         do {
             do {
-                tracers[manifest.root] = try await Tracer.spawnHusk(pid: manifest.root)
+                tracers[manifest.root] = try await Tracer.spawnHusk(pid: manifest.root).tracer
             } catch Errno.fileExists {
                 throw RestoreError.pidTaken(manifest.root, holder: Restorer.describeHolder(manifest.root))
             }

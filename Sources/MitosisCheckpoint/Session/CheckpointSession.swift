@@ -263,7 +263,7 @@ public actor CheckpointSession {
             }
             // `nft` for the network lock started now rather than during the freeze, when the
             // process holds sockets (only established TCP connections will be locked).
-            let preparedLock = options.recordRestoreState && options.networkLock && holdsSockets() ? try? NetworkLock(namespacePath: "/proc/\(pid)/ns/net") : nil
+            let preparedLock = options.recordRestoreState && options.networkLock && holdsSockets() ? try? NetworkLock(namespacePath: "/proc/\(Kernel.procEntry(pid))/ns/net") : nil
             // Freeze, copy what was written since, thaw.
             var frozenAt: ContinuousClock.Instant?
             let (final, threads, descriptors, captured) = try await withFrozenProcess(pid) { tracer in
