@@ -15,6 +15,7 @@ struct BenchmarkCommand: AsyncParsableCommand {
             GraphBenchmark.self,
             CheckpointBenchmark.self,
             RestoreBenchmark.self,
+            NginxRestoreBenchmark.self,
             LiveRedisBenchmark.self,
             IssueTableBenchmark.self,
         ]

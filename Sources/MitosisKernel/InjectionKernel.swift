@@ -19,6 +19,8 @@ extension Ptrace {
     package static let killOnExitOption = Int(MITOSIS_PTRACE_O_EXITKILL)
     /// `PTRACE_O_TRACECLONE`: threads the tracee creates start traced and stopped.
     package static let traceCloneOption = Int(MITOSIS_PTRACE_O_TRACECLONE)
+    /// `PTRACE_O_TRACEFORK`: processes the tracee forks (clone with SIGCHLD) start traced and stopped.
+    package static let traceForkOption = 0x2
     /// `PTRACE_O_SUSPEND_SECCOMP`: the tracee's seccomp filters do not see its system calls
     /// (CAP_SYS_ADMIN). Set only while a call Mitosis injected runs: a filter that kills on a
     /// call the process itself never makes (systemd's `SystemCallFilter=`) would kill it for

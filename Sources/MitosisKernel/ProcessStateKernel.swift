@@ -9,6 +9,11 @@ extension SyscallNumber {
     package static let setitimer = Int(SYS_setitimer)
     package static let setpgid = Int(SYS_setpgid)
     package static let setsid = Int(SYS_setsid)
+    /// Process trees: a restored parent reaps a child husk that failed; a child takes an open
+    /// file description another process holds.
+    package static let wait4 = Int(SYS_wait4)
+    package static let pidfd_open = 434
+    package static let pidfd_getfd = 438
     package static let setgroups = Int(SYS_setgroups)
     package static let setresuid = Int(SYS_setresuid)
     package static let setresgid = Int(SYS_setresgid)

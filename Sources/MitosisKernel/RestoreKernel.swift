@@ -121,17 +121,20 @@ package struct CloneArguments {
     /// Address of the `pid_t` array of wanted ids, and its length.
     package var setTid: UInt64
     package var setTidSize: UInt64
+    /// The signal the parent gets when the child ends: 0 for a thread, SIGCHLD for a process.
+    package var exitSignal: UInt64
 
-    package init(flags: UInt64, setTid: UInt64, setTidSize: UInt64) {
+    package init(flags: UInt64, setTid: UInt64, setTidSize: UInt64, exitSignal: UInt64 = 0) {
         self.flags = flags
         self.setTid = setTid
         self.setTidSize = setTidSize
+        self.exitSignal = exitSignal
     }
 
     package static var size: Int { MemoryLayout<mitosis_clone_args>.size }
 
     package var bytes: [UInt8] {
-        let args = mitosis_clone_args(flags: flags, pidfd: 0, child_tid: 0, parent_tid: 0, exit_signal: 0, stack: 0,
+        let args = mitosis_clone_args(flags: flags, pidfd: 0, child_tid: 0, parent_tid: 0, exit_signal: exitSignal, stack: 0,
                                       stack_size: 0, tls: 0, set_tid: setTid, set_tid_size: setTidSize)
         return withUnsafeBytes(of: args) { Array($0) }
     }

@@ -12,6 +12,8 @@ struct RestorePlan: Sendable {
     var hostTids: [Int32: Int32] = [:]
     /// Restored inside a new pid namespace (`--pidns`).
     var newPidNamespace = false
+    /// A member of a restored tree: what it shares with the other members (`TreeRestorer`).
+    var tree: TreeLinks?
     /// Restored inside a time namespace of its own whose clocks continue from the checkpoint's.
     var timeNamespace = false
     /// SysV segments whose content comes from the image (see `SharedMemorySegments`).
@@ -29,7 +31,8 @@ struct RestorePlan: Sendable {
     static let statelessDevices: Set<String> = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"]
 
     /// Every reason this image cannot be restored on this host now; empty when it can.
-    static func refusals(_ manifest: CheckpointManifest) -> [RestoreRefusal] {
+    /// `tree`: what the other members of a tree hold (their pipe ends, sockets, pipe contents).
+    static func refusals(_ manifest: CheckpointManifest, tree: TreeHoldings? = nil) -> [RestoreRefusal] {
         let pid = manifest.pid
         let leaderExited = RestoreRefusal("thread \(pid)", "the main thread had exited; restoring a process without it is not supported")
         guard manifest.formatVersion >= 2, let record = manifest.restore else {
@@ -79,10 +82,10 @@ struct RestorePlan: Sendable {
         let pipes = Dictionary(grouping: (manifest.descriptors ?? []).filter { $0.kind == .pipe }, by: \.inode)
         for descriptor in manifest.descriptors ?? [] {
             if descriptor.kind == .pipe {
-                let ends = Set(pipes[descriptor.inode, default: []].map { $0.flags & 3 })
+                let ends = Set(pipes[descriptor.inode, default: []].map { $0.flags & 3 }).union(tree?.pipeEnds[descriptor.inode] ?? [])
                 if ends != [0, 1] {
                     refusals.append(RestoreRefusal("fd \(descriptor.fd) (\(descriptor.target))", "the pipe's other end is outside the process; restoring it is not supported"))
-                } else if let contents = (record.pipes ?? []).first(where: { $0.inode == descriptor.inode }) {
+                } else if let contents = (record.pipes ?? []).first(where: { $0.inode == descriptor.inode }) ?? tree?.pipeContents[descriptor.inode] {
                     // More bytes than the pipe holds would block the refill for ever.
                     if contents.bytes.count > contents.capacity || contents.capacity <= 0 {
                         refusals.append(RestoreRefusal("fd \(descriptor.fd) (\(descriptor.target))", "\(contents.bytes.count) unread bytes recorded for a pipe of \(contents.capacity)"))
@@ -114,7 +117,7 @@ struct RestorePlan: Sendable {
                 continue
             }
             if descriptor.kind == .socket {
-                if let reason = socketProblem(descriptor, manifest: manifest, record: record) {
+                if let reason = socketProblem(descriptor, manifest: manifest, record: record, tree: tree) {
                     refusals.append(RestoreRefusal("fd \(descriptor.fd) (\(descriptor.target))", reason))
                 }
                 continue
@@ -139,14 +142,15 @@ struct RestorePlan: Sendable {
     }
 
     /// Why a socket cannot be restored, or nil; each family's rules live with its restore.
-    private static func socketProblem(_ descriptor: OpenDescriptor, manifest: CheckpointManifest, record: RestoreRecord) -> String? {
+    private static func socketProblem(_ descriptor: OpenDescriptor, manifest: CheckpointManifest, record: RestoreRecord,
+                                      tree: TreeHoldings?) -> String? {
         guard let state = record.sockets?.first(where: { $0.inode == descriptor.inode }) else {
             return "the image does not hold the socket's state (taken before sockets were captured)"
         }
         if state.isInet { return inetSocketProblem(state) }
         if state.isUnix {
             let held = Dictionary((record.sockets ?? []).filter { socket in manifest.descriptors?.contains { $0.inode == socket.inode } == true }
-                .map { ($0.inode, $0) }, uniquingKeysWith: { a, _ in a })
+                .map { ($0.inode, $0) }, uniquingKeysWith: { a, _ in a }).merging(tree?.sockets ?? [:], uniquingKeysWith: { a, _ in a })
             return unixSocketProblem(state, held: held)
         }
         return "sockets of address family \(state.domain) are not restorable"

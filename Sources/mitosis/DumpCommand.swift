@@ -32,6 +32,7 @@ struct DumpCommand: AsyncParsableCommand {
     @Option(help: "An earlier image of the same process to build an incremental checkpoint on.") var parent: String?
     @Option(help: "Dirty tracking: \(TrackOption.allCases.map(\.rawValue).joined(separator: ", ")).") var track: TrackOption = .auto
     @Flag(help: "Kill the process once the image is committed.") var kill = false
+    @Flag(help: "Checkpoint the process and all its descendants into one tree image (restored as a tree).") var tree = false
     @Flag(help: "Copy the process even if it asked not to be dumped (prctl PR_SET_DUMPABLE 0, or changed credentials).")
     var force = false
     @Flag(help: "Do not record what a restore needs (no system calls injected for it); the image cannot be restored.")
@@ -53,6 +54,17 @@ struct DumpCommand: AsyncParsableCommand {
             // Killed afterwards: the connections stay locked, closed silently by the kill.
             options.moveConnections = kill
             options.copyNonDumpable = force
+            if tree {
+                guard parent == nil else { throw ValidationError("--tree takes no --parent: tree images are full checkpoints") }
+                let result = try await TreeCheckpoint.dump(root: pid, to: images, options: options, kill: kill)
+                if json {
+                    print(try JSONOutput.string(result.members.map { CheckpointSummary($0, path: images + "/\($0.manifest.pid)") }))
+                } else {
+                    print("tree of process \(pid): \(result.members.count) processes in \(images)\(kill ? ", killed" : "")")
+                    for member in result.members { print(CheckpointSummary(member, path: images + "/\(member.manifest.pid)").text) }
+                }
+                return
+            }
             let progress = ProgressLine("mitosis dump")
             options.progress = { progress.update($0) }
             let session = try await CheckpointSession(pid: pid, options: options)

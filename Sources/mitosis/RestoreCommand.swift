@@ -27,6 +27,10 @@ struct RestoreCommand: AsyncParsableCommand {
 
     func run() async throws {
         do {
+            if TreeImage.isTree(image) {
+                try await restoreTree()
+                return
+            }
             var restorer = try Restorer(image: CheckpointImage.open(image))
             restorer.networkLock = !noNetworkLock
             restorer.networkNamespace = netns
@@ -63,6 +67,39 @@ struct RestoreCommand: AsyncParsableCommand {
             throw exit
         } catch {
             fail(error)
+        }
+    }
+
+    /// A tree image (`dump --tree`): every member, top-down, with its pid and parentage.
+    func restoreTree() async throws {
+        var restorer = try TreeRestorer(image: TreeImage.open(image))
+        restorer.networkLock = !noNetworkLock
+        let members = restorer.manifest.members.map { String($0.pid) }.joined(separator: ", ")
+        if check {
+            let refusals = restorer.refusals()
+            if json {
+                print(try JSONOutput.string(CheckReport(image: image, restorable: refusals.isEmpty, refusals: refusals)))
+            } else if refusals.isEmpty {
+                print("\(image): restorable here (process tree of \(restorer.manifest.root): \(members))")
+            } else {
+                print("\(image): not restorable here:")
+                for refusal in refusals { print("  \(refusal)") }
+            }
+            if !refusals.isEmpty { throw ExitCode(1) }
+            return
+        }
+        if pidns || netns != nil || timens == .on {
+            throw ValidationError("--pidns, --netns and --timens on are not supported for process trees yet")
+        }
+        let result = try await restorer.restore()
+        if json {
+            print(try JSONOutput.string(result))
+        } else {
+            print("restored process tree of \(result.root) (\(result.members.count) processes: \(members)) from \(image) in \(String(format: "%.1f", result.restoreMilliseconds)) ms")
+            for (member, restored) in zip(restorer.manifest.members, result.members) {
+                print("  process \(restored.pid) (parent \(member.parent), session \(member.session), group \(member.processGroup)): \(restored.threads) threads, \(restored.descriptors) descriptors")
+            }
+            for note in result.notes { print("  note: \(note)") }
         }
     }
 

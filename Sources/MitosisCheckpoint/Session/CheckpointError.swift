@@ -13,6 +13,9 @@ public enum CheckpointError: MitosisFailure, Equatable {
     /// The network lock of the killed process's connections could not be kept for the restore
     /// (`dump --kill`): its clients will see a reset once Mitosis exits.
     case connectionsNotHeld(String)
+    /// A tree dump (`dump --tree`) found the tree changed under it: a member exited or a new
+    /// process appeared. The partial image was removed and every member left running.
+    case treeChanged(root: Int32, String)
 
     public var description: String {
         switch self {
@@ -22,6 +25,8 @@ public enum CheckpointError: MitosisFailure, Equatable {
             return "the process was killed, but its TCP connections' network lock could not be kept for the restore (\(why)): its clients will see a reset"
         case .parentOfOtherProcess(let parent, let target):
             return "the parent image is of process \(parent), not \(target)"
+        case .treeChanged(let root, let what):
+            return "the process tree of \(root) changed during the dump (\(what)); no image was written and every process was left running"
         }
     }
 
@@ -31,6 +36,7 @@ public enum CheckpointError: MitosisFailure, Equatable {
         case .sessionStopped: return "checkpoint.sessionStopped"
         case .parentOfOtherProcess: return "checkpoint.parentOfOtherProcess"
         case .connectionsNotHeld: return "checkpoint.connectionsNotHeld"
+        case .treeChanged: return "checkpoint.treeChanged"
         }
     }
 }

@@ -15,8 +15,15 @@ extension Tracer {
         // Objects with two ends first (pipes, socketpairs), both ends parked above every number
         // wanted, so that no temporary descriptor sits on a number another descriptor needs.
         var next = UInt64(descriptors.last?.fd ?? 0) + 1
-        let parked = try createPipes(descriptors, contents: plan.record.pipes ?? [], next: &next, area: area)
-        let parkedPairs = try createSocketPairs(descriptors, states: sockets, next: &next, area: area)
+        // In a tree, what an earlier member created is taken from it, and the far ends of pipes
+        // and socketpairs created here for later members are created with the rest.
+        let links = plan.tree
+        let imported = links?.imports ?? [:]
+        let created = descriptors.filter { imported[$0.fd] == nil }
+        let pipes = (plan.record.pipes ?? []).filter { pipe in created.contains { $0.kind == .pipe && $0.inode == pipe.inode } }
+        let parked = try createPipes(created + (links?.foreign ?? []).filter { $0.kind == .pipe }, contents: pipes, next: &next, area: area)
+        let parkedPairs = try createSocketPairs(created, peers: links?.foreign ?? [], states: sockets.merging(links?.foreignSockets ?? [:], uniquingKeysWith: { a, _ in a }),
+                                                next: &next, area: area)
         // A descriptor sharing its open file description with a lower one is a dup of it: the
         // pairs kcmp found at the checkpoint, and every further descriptor of one socket (a
         // socket has a single open file description).
@@ -32,6 +39,17 @@ extension Tracer {
             if let first = sameAs[descriptor.fd], first < descriptor.fd {
                 try huskCall("duplicating fd \(first) as fd \(descriptor.fd)", SyscallNumber.dup3,
                              [UInt64(first), UInt64(descriptor.fd), UInt64(descriptor.flags & UInt32(Linux.O_CLOEXEC))])
+                continue
+            }
+            if let key = imported[descriptor.fd], let links {
+                let taken = try importDescription(key, for: descriptor.fd, pool: links.pool)
+                let cloexec = UInt64(descriptor.flags & UInt32(Linux.O_CLOEXEC))
+                if taken != UInt64(descriptor.fd) {
+                    try huskCall("moving fd \(taken) to \(descriptor.fd)", SyscallNumber.dup3, [taken, UInt64(descriptor.fd), cloexec])
+                    try huskCall("closing fd \(taken)", SyscallNumber.close, [taken])
+                } else if cloexec == 0 {
+                    try huskCall("clearing close-on-exec of fd \(taken)", SyscallNumber.fcntl, [taken, 2 /* F_SETFD */, 0])
+                }
                 continue
             }
             switch descriptor.kind {
@@ -82,12 +100,13 @@ extension Tracer {
                 try huskCall("closing fd \(fd)", SyscallNumber.close, [fd])
             }
         }
+        if let links { try exportDescriptions(links, descriptors: descriptors, parkedPipes: parked, parkedPairs: parkedPairs) }
         for end in Array(parked.values) + Array(parkedPairs.values) {
             try huskCall("closing the parked end \(end)", SyscallNumber.close, [end])
         }
         // Watches last, once every watched descriptor exists, and by injection: the kernel keys
         // a watch by the caller's fd number, so they must be added from the process's own table.
-        for descriptor in descriptors where descriptor.kind == .epoll {
+        for descriptor in created where descriptor.kind == .epoll {
             for watch in descriptor.epoll ?? [] {
                 var event = [UInt8](repeating: 0, count: 12)  // struct epoll_event is packed on x86-64
                 withUnsafeBytes(of: watch.events.littleEndian) { event.replaceSubrange(0..<4, with: $0) }

@@ -12,12 +12,13 @@ extension Tracer {
     /// Creates every socketpair the process holds, parks both ends at `next` and up (like pipes),
     /// gives each end its options and `O_NONBLOCK`, and refills each end's queue by sending its
     /// bytes from a copy of the other end. Returns the parked slot of each end, by inode.
-    func createSocketPairs(_ descriptors: [OpenDescriptor], states: [UInt64: SocketRestoreState],
+    /// `peers`: descriptors of other members of a tree, where the far end of a pair may be.
+    func createSocketPairs(_ descriptors: [OpenDescriptor], peers: [OpenDescriptor] = [], states: [UInt64: SocketRestoreState],
                            next: inout UInt64, area: WorkArea) throws -> [UInt64: UInt64] {
         var parked: [UInt64: UInt64] = [:]
         for descriptor in descriptors where descriptor.kind == .socket && parked[descriptor.inode] == nil {
             guard let state = states[descriptor.inode], state.isUnix, let peerInode = state.peerInode,
-                  let peer = states[peerInode], let peerDescriptor = descriptors.first(where: { $0.inode == peerInode })
+                  let peer = states[peerInode], let peerDescriptor = descriptors.first(where: { $0.inode == peerInode }) ?? peers.first(where: { $0.inode == peerInode })
             else { continue }
             let step = "creating the \(state.typeName) socketpair of fds \(descriptor.fd) and \(peerDescriptor.fd)"
             try huskCall(step, SyscallNumber.socketpair, [UInt64(state.domain), UInt64(state.type), 0, area.scratch + WorkArea.text])

@@ -45,15 +45,27 @@ struct PhaseClock {
     }
 }
 
-/// Phases of building the restored process inside a husk, in two halves that can be called
-/// apart (a warm clone runs the first after an epoch is committed and the second at its
-/// promotion). All of it runs on the tracer's thread (this is an extension of the `Tracer`
-/// actor), so ptrace requests and injected calls need no hop between calls.
+/// A process built in its husk, not yet running: what finishing it needs.
+struct BuiltProcess {
+    var plan: RestorePlan
+    var timings: [String: Double]
+    var notes: [String]
+    /// Copies of rebuilt TCP sockets, in repair mode until `finishProcess`; the caller closes
+    /// them on every path (on failure the husk dies and, with the last copy closed, its sockets
+    /// close silently).
+    var connections: [Tracer.PendingConnection]
+}
+
+/// Phases of building the restored process inside a husk, in halves that can be called apart:
+/// a warm clone runs the first (`prepareHusk`) after an epoch is committed and the rest at its
+/// promotion; a process tree builds every member (`buildProcess`) before any of them runs
+/// (`finishProcess`). All of it runs on the tracer's thread (this is an extension of the
+/// `Tracer` actor), so ptrace requests and injected calls need no hop between calls.
 ///
-/// **The line between the halves** is what anything outside the husk could notice. The first
-/// half only changes the husk's own address space: mappings created and filled, files opened
-/// read-only to map them and closed again (a shared writable file mapping would write its file:
-/// `RestorePlan.warmProblems` keeps those out of warm clones). The second half does everything
+/// **The line between prepared and built** is what anything outside the husk could notice. The
+/// first half only changes the husk's own address space: mappings created and filled, files
+/// opened read-only to map them and closed again (a shared writable file mapping would write its
+/// file: `RestorePlan.warmProblems` keeps those out of warm clones). The rest does everything
 /// else — working directory, signal actions, mm bounds, every descriptor (files opened, sockets
 /// created, bound, listening, TCP connections rebuilt), limits, threads, timers, credentials,
 /// queued signals, registers — and lets the process run.
@@ -69,40 +81,66 @@ extension Tracer {
         return (area, clock.timings)
     }
 
-    /// Phases 3–6 on a prepared husk: process state, descriptors, threads, credentials,
-    /// signals; `verify` with the process complete but not yet resumed; then the registers, and
-    /// the process runs, detached (`state`, `resume`). Returns phase timings and notes on what was
-    /// restored otherwise than recorded.
+    /// Phases 3–6 on a prepared husk, then `verify` with the process complete but not yet
+    /// resumed, then the registers: the process runs, detached (`state`, `resume`). Returns
+    /// phase timings and notes on what was restored otherwise than recorded.
     func finishHusk(_ plan: RestorePlan, area: WorkArea,
                     verify: (@Sendable (Int32) throws -> Void)?) throws -> (phases: [String: Double], notes: [String]) {
+        var built = try buildState(plan, area: area)
+        defer { for pending in built.connections { try? pending.copy.close() } }
+        try finishProcess(&built, verify: verify)
+        return (built.timings, built.notes)
+    }
+
+    /// Everything but the thaw, from an empty husk: memory, state, descriptors, threads,
+    /// credentials.
+    func buildProcess(_ plan: RestorePlan, chain: CheckpointChain) throws -> BuiltProcess {
+        let (area, phases) = try prepareHusk(plan, chain: chain)
+        var built = try buildState(plan, area: area)
+        built.timings.merge(phases, uniquingKeysWith: { a, _ in a })
+        return built
+    }
+
+    /// Phases 3–5 on a prepared husk: process state, descriptors, limits, seccomp, threads,
+    /// timers, credentials, queued signals (`state`).
+    func buildState(_ plan: RestorePlan, area: WorkArea) throws -> BuiltProcess {
         var clock = PhaseClock()
         var notes: [String] = []
         var plan = plan
         plan.hostTids[plan.manifest.pid] = pid
         try restoreProcessState(plan, area: area)
-        // Copies of rebuilt TCP sockets, in repair mode until the end; let go of on every path
-        // (on failure the husk dies and, with the last copy closed, its sockets close silently).
         var connections: [PendingConnection] = []
-        defer { for pending in connections { try? pending.copy.close() } }
-        try restoreDescriptors(plan, area: area, connections: &connections)
-        try restoreLimits(plan)
-        try restoreSeccomp(plan)
-        try createThreads(&plan, area: area)
-        try restoreThreadState(plan, area: area)
-        notes += try restoreProcessAttributes(plan)
-        try restoreTimers(plan, area: area)
-        // Last of what needs privilege: the process may run as another user, with fewer capabilities.
-        try restoreCredentials(plan, area: area)
-        try queueSignals(plan, area: area)
-        try removeWorkArea(area, plan: plan)
+        do {
+            try restoreDescriptors(plan, area: area, connections: &connections)
+            try restoreLimits(plan)
+            try restoreSeccomp(plan)
+            try createThreads(&plan, area: area)
+            try restoreThreadState(plan, area: area)
+            notes += try restoreProcessAttributes(plan)
+            try restoreTimers(plan, area: area)
+            // Last of what needs privilege: the process may run as another user, with fewer capabilities.
+            try restoreCredentials(plan, area: area)
+            try queueSignals(plan, area: area)
+            try removeWorkArea(area, plan: plan)
+        } catch {
+            for pending in connections { try? pending.copy.close() }
+            throw error
+        }
         clock.end("state")
+        return BuiltProcess(plan: plan, timings: clock.timings, notes: notes, connections: connections)
+    }
+
+    /// Runs `verify` on the complete process, takes its connections out of repair mode, puts
+    /// its registers back and lets it run (`resume`).
+    func finishProcess(_ built: inout BuiltProcess, verify: (@Sendable (Int32) throws -> Void)?) throws {
+        var clock = PhaseClock()
         if let verify {
             do { try verify(pid) } catch { throw StepFailure(step: "verifying before resuming", detail: "\(error)") }
         }
         // Repair mode off last, once the process is complete: its connections start talking.
-        try finishConnections(connections)
-        try resumeThreads(plan)
+        try finishConnections(built.connections)
+        try resumeThreads(built.plan)
         clock.end("resume")
-        return (clock.timings, notes)
+        built.timings.merge(clock.timings, uniquingKeysWith: { _, b in b })
     }
 }

@@ -13,7 +13,8 @@ extension Tracer {
     func mapMemory(_ plan: RestorePlan, images: [CheckpointImage], area: WorkArea) throws {
         let vmFlags = Self.vmFlags(plan.record)
         let restored = plan.manifest.mappings.filter { !RestorePlan.isKernelProvided($0) }
-        let stored = restored.flatMap(\.heldRanges)
+        // A tree member mapping another member's shared memory gets its pages from that member.
+        let stored = restored.filter { plan.tree?.sharedMemory[$0.start] == nil }.flatMap(\.heldRanges)
         let pages = PageSource(images: images, loads: PageSource.loads(of: stored, images: images))
         defer { pages.close() }
         // Private anonymous memory is filled with UFFDIO_COPY (page allocation and copy in one
@@ -28,10 +29,12 @@ extension Tracer {
             let protection = (perms[0] == UInt8(ascii: "r") ? Linux.PROT_READ : 0) | (perms[1] == UInt8(ascii: "w") ? Linux.PROT_WRITE : 0)
                 | (perms[2] == UInt8(ascii: "x") ? Linux.PROT_EXEC : 0)
             let shared = perms[3] == UInt8(ascii: "s")
+            // Shared memory of a tree that an earlier member created: that member wrote its pages.
+            let sharedWith = plan.tree?.sharedMemory[mapping.start]
             let segment = mapping.kind == MemoryMapping.Kind.sysvSharedMemory.rawValue ? plan.segmentId(at: mapping.start) : nil
             // A SysV segment other processes have attached keeps their content, not the image's.
-            let held = segment.map { !plan.sharedMemoryFilled.contains($0) } == true ? []
-                : mapping.pages.filter { $0.state == .stored || $0.state == .inherited }
+            let held = sharedWith != nil || segment.map { !plan.sharedMemoryFilled.contains($0) } == true ? []
+                : mapping.heldRanges
             // shmat maps read-write; the recorded protection is set afterwards.
             let mapProtection = held.isEmpty && segment == nil ? protection : protection | Linux.PROT_WRITE | (segment == nil ? 0 : Linux.PROT_READ)
             let flags = vmFlags[mapping.start] ?? []
@@ -39,7 +42,17 @@ extension Tracer {
             if flags.contains("gd") || mapping.kind == MemoryMapping.Kind.stack.rawValue { mapFlags |= Linux.MAP_GROWSDOWN }
             let length = mapping.end - mapping.start
             var address: UInt64
-            if mapping.kind == MemoryMapping.Kind.file.rawValue, let path = mapping.path {
+            if let owner = sharedWith {
+                // The one object, mapped again through the creator's map_files entry (as CRIU shares shmem).
+                let path = "/proc/\(owner.owner)/map_files/\(String(owner.start, radix: 16))-\(String(owner.end, radix: 16))"
+                let open = (protection & Linux.PROT_WRITE != 0 ? Linux.O_RDWR : Linux.O_RDONLY) | Linux.O_CLOEXEC
+                let fd = try huskCall("opening the shared memory of process \(owner.owner) at \(path)", SyscallNumber.openat,
+                                      [UInt64(bitPattern: -100), try huskText(path, area: area), UInt64(open), 0])
+                let mapped = Result { try huskCall("mapping \(name), shared with process \(owner.owner)", SyscallNumber.mmap,
+                                                   [mapping.start, length, UInt64(mapProtection), UInt64(mapFlags), fd, mapping.offset]) }
+                try huskCall("closing \(path)", SyscallNumber.close, [fd])
+                address = try mapped.get()
+            } else if mapping.kind == MemoryMapping.Kind.file.rawValue, let path = mapping.path {
                 let open = (shared && protection & Linux.PROT_WRITE != 0 ? Linux.O_RDWR : Linux.O_RDONLY) | Linux.O_CLOEXEC
                 // A file's mappings follow one another: it is opened once for all of them.
                 if let file = openFile, file.path != path || file.flags != open {

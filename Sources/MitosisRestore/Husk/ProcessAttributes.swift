@@ -12,7 +12,8 @@ extension Tracer {
     /// session cannot be joined. Returns such notes.
     func restoreProcessAttributes(_ plan: RestorePlan) throws -> [String] {
         var notes: [String] = []
-        if let identity = plan.manifest.process?.identity {
+        // A tree's members got their session and group as their husks were created (`Husk/Tree.swift`).
+        if plan.tree == nil, let identity = plan.manifest.process?.identity {
             // The image's ids: inside a new pid namespace the husk's own pid is the image's.
             let own = plan.manifest.pid
             if identity.session == own {

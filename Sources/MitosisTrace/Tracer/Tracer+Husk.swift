@@ -120,3 +120,53 @@ private actor OnThread {
 
     func run<T: Sendable>(_ body: @Sendable () throws -> T) throws -> T { try body() }
 }
+
+extension Tracer {
+    /// Creates a child of this husk with pid `child` — `clone3` with `set_tid` and `SIGCHLD`
+    /// injected into it, so that the husk is the child's real parent (it gets its `SIGCHLD` and
+    /// reaps it) — and returns a tracer of the child on this tracer's own thread. The child
+    /// starts traced (`PTRACE_O_TRACEFORK`), stopped before its first instruction, and inherits
+    /// `PTRACE_O_EXITKILL`: it dies with Mitosis as the husk does. Throws the `Errno` of
+    /// `clone3` (`EEXIST`: the pid is taken).
+    package func forkHusk(pid child: Int32) throws -> Tracer {
+        let page = try injectMmap(length: 4096)
+        defer { try? injectMunmap(address: page, length: 4096) }
+        var setTid = child
+        try withUnsafeBytes(of: &setTid) { buffer in
+            guard try Kernel.writeMemory(pid: pid, address: page + 128, from: buffer) == buffer.count else { throw Errno.ioError }
+        }
+        let args = CloneArguments(flags: 0, setTid: page + 128, setTidSize: 1, exitSignal: UInt64(Linux.SIGCHLD))
+        try args.bytes.withUnsafeBytes { buffer in
+            guard try Kernel.writeMemory(pid: pid, address: page, from: buffer) == buffer.count else { throw Errno.ioError }
+        }
+        // The child inherits the options (exit-kill, seccomp suspended): it is traced as this husk is.
+        seizeOptions |= Ptrace.traceForkOption
+        try Ptrace.setOptions(pid, seizeOptions)
+        let created = Int32(truncatingIfNeeded: try performSyscall(SyscallNumber.clone3, [page, UInt64(CloneArguments.size)]))
+        do throws(Errno) {
+            guard created == child else { throw Errno.invalidArgument }
+            while true {
+                guard let event = try Ptrace.wait(child) else { continue }
+                if case .eventStop = event { break }
+                if case .signalStop = event { break }
+                throw Errno.noSuchProcess
+            }
+        } catch {
+            _ = try? Kernel.sendSignal(pid: created, Linux.SIGKILL)
+            throw MitosisError.system(operation: "holding the new husk \(child)", errno: error)
+        }
+        return Tracer(pid: child, stopTimeout: .seconds(5), executor: executor, ownsExecutor: false,
+                      threads: [SeizedThread(pid: child, tid: child, groupStopSignal: nil)], seizeOptions: seizeOptions)
+    }
+
+    /// Kills this husk, a child of another husk (`parent`, still held): the tracer collects its
+    /// end, then the parent reaps it by an injected `wait4` so that no zombie is left for init.
+    package func killChildHusk(parent: Tracer) async {
+        _ = try? Kernel.sendSignal(pid: pid, Linux.SIGKILL)
+        for thread in threads where thread.tid != pid { Kernel.reap(thread.tid) }
+        Kernel.reap(pid)
+        threads.removeAll()
+        thaw()
+        _ = try? await parent.injectSyscall(SyscallNumber.wait4, [UInt64(pid), 0, 0x4000_0001 /* __WALL | WNOHANG */, 0])
+    }
+}

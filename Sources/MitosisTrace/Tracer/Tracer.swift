@@ -49,16 +49,23 @@ public actor Tracer {
 
     /// How long one thread may take to reach its stop while seizing.
     private let stopTimeout: Duration
-    private let executor: DedicatedThreadExecutor
+    let executor: DedicatedThreadExecutor
+    /// False for the tracers of a restored tree's other members, which share the thread of the
+    /// root's tracer (ptrace requests for them must come from it) and leave ending it to that one.
+    private let ownsExecutor: Bool
     private var thawed = false
     private let logger = Logger(label: "mitosis.tracer")
 
     public nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
 
-    init(pid: Int32, stopTimeout: Duration, executor: DedicatedThreadExecutor? = nil) {
+    init(pid: Int32, stopTimeout: Duration, executor: DedicatedThreadExecutor? = nil, ownsExecutor: Bool = true,
+         threads: [SeizedThread] = [], seizeOptions: Int = Ptrace.traceSystemCallsOption) {
         self.pid = pid
+        self.seizeOptions = seizeOptions
         self.stopTimeout = stopTimeout
         self.executor = executor ?? DedicatedThreadExecutor(name: "mitosis-tracer-\(pid)")
+        self.ownsExecutor = ownsExecutor
+        self.threads = threads
     }
 
     /// Seizes and stops every thread of `pid` (and, with `includeDescendants`, of every process
@@ -114,7 +121,7 @@ public actor Tracer {
     /// tracer still run (and find no threads) instead of waiting forever; and a tracer dropped
     /// without `thaw()` still lets go: when its thread ends, the kernel detaches every tracee.
     deinit {
-        executor.shutdown()
+        if ownsExecutor { executor.shutdown() }
     }
 
     /// Threads of one process, ascending.
