@@ -85,10 +85,20 @@ public struct Restorer: Sendable {
     public func restore(inNewPidNamespace: Bool = false, verify: (@Sendable (Int32) throws -> Void)? = nil) async throws -> RestoreResult {
         let clock = ContinuousClock()
         let started = clock.now
-        let prepared = try await prepare(inNewPidNamespace: inNewPidNamespace)
-        var result = try await prepared.finish(verify: verify)
-        result.restoreMilliseconds = Self.milliseconds(clock.now - started)
-        return result
+        do {
+            let prepared = try await prepare(inNewPidNamespace: inNewPidNamespace)
+            var result = try await prepared.finish(verify: verify)
+            result.restoreMilliseconds = Self.milliseconds(clock.now - started)
+            return result
+        } catch {
+            // A restore that fails lifts the lock `dump --kill` left (wherever it failed): its
+            // clients then see a reset rather than a connection hanging for ever.
+            if let held = manifest.restore?.networkLockTable {
+                let namespace = networkNamespace.map(HuskPlacementPlan.networkNamespacePath)
+                try? await Blocking.run("mitosis-network-lock") { try NetworkLock.remove(held, namespacePath: namespace) }
+            }
+            throw error
+        }
     }
 
     /// Restores the process up to its address space only (phases 1–2, Husk/HuskBuild.swift):
