@@ -16,6 +16,7 @@ struct BenchmarkCommand: AsyncParsableCommand {
             CheckpointBenchmark.self,
             RestoreBenchmark.self,
             IssueTableBenchmark.self,
+            ReplicateBenchmark.self,
         ]
     )
 }

@@ -130,6 +130,9 @@ public actor CheckpointSession {
     private var stopped = false
     /// Connections of the last checkpoint, still locked, for `killTarget` to close silently.
     private var movedConnections: ConnectionCapture?
+    /// The network lock reused by every checkpoint of the session, with the network namespace
+    /// (`net:[…]`) it locks in.
+    private var keptLock: (lock: NetworkLock, namespace: String?)?
     /// The identities of the files behind `clean_file` pages, by offset, length and path: a file
     /// is hashed again only when its status changes.
     private var fileIdentities: [String: MappedFileIdentity] = [:]
@@ -182,6 +185,8 @@ public actor CheckpointSession {
         // Not killed after all: the target gets its connections back.
         movedConnections?.resume()
         movedConnections = nil
+        keptLock?.lock.release()
+        keptLock = nil
         tracker.stop()
         sharedHashes?.stop()
         pageMaps.close()
@@ -263,7 +268,7 @@ public actor CheckpointSession {
             }
             // `nft` for the network lock started now rather than during the freeze, when the
             // process holds sockets (only established TCP connections will be locked).
-            let preparedLock = options.recordRestoreState && options.networkLock && holdsSockets() ? try? NetworkLock(namespacePath: "/proc/\(pid)/ns/net") : nil
+            let preparedLock = options.recordRestoreState && options.networkLock && holdsSockets() ? networkLock() : nil
             // Freeze, copy what was written since, thaw.
             var frozenAt: ContinuousClock.Instant?
             let (final, threads, descriptors, captured) = try await withFrozenProcess(pid) { tracer in
@@ -305,7 +310,7 @@ public actor CheckpointSession {
                 if restore != nil {
                     do {
                         let connections = try ConnectionCapture(target: target, descriptors: descriptors, lockNetwork: options.networkLock,
-                                                                prepared: preparedLock)
+                                                                prepared: preparedLock, keepsLock: !options.moveConnections)
                         restore?.connections = connections.connections
                         if options.moveConnections && !connections.connections.isEmpty {
                             restore?.networkLockTable = connections.reserveHold(pid: pid)
@@ -380,6 +385,19 @@ public actor CheckpointSession {
             sink.abort(reason: "\(failure)")
             throw failure
         }
+    }
+
+    /// The network lock's `nft`, started once per session and namespace rather than at every
+    /// checkpoint (starting it takes milliseconds, through `nsenter`); a checkpoint that moves the
+    /// process gets a lock of its own, which it keeps after the session (`hold`).
+    private func networkLock() -> NetworkLock? {
+        let path = "/proc/\(pid)/ns/net"
+        guard !options.moveConnections else { return try? NetworkLock(namespacePath: path) }
+        let namespace = try? target.readLink("ns/net")
+        if let kept = keptLock, kept.lock.isUsable, kept.namespace == namespace { return kept.lock }
+        keptLock?.lock.release()
+        keptLock = (try? NetworkLock(namespacePath: path)).map { ($0, namespace) }
+        return keptLock?.lock
     }
 
     /// Whether any descriptor of the target is a socket (`socket:[N]`).

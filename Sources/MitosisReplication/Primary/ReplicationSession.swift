@@ -50,6 +50,8 @@ public struct ReplicationStatistics: Sendable, Equatable {
     /// from the start of its checkpoint until the standby acknowledged it (the lag).
     public var freezeMilliseconds: [Double] = []
     public var lagMilliseconds: [Double] = []
+    /// Where the time of the recent epochs went (`EpochPhases.primaryNames`).
+    public var phases = PhaseHistory()
 
     mutating func record(freeze: Double, lag: Double) {
         freezeMilliseconds.append(freeze)
@@ -82,6 +84,7 @@ public final class ReplicationSession: Service, Sendable {
     public let options: ProtectOptions
     private let logger: Logger
     private let box = NIOLockedValueBox(ReplicationStatistics())
+    private let metrics = ProtectMetrics()
 
     public init(pid: Int32, options: ProtectOptions, logger: Logger = Logger(label: "mitosis.protect")) {
         self.pid = pid
@@ -146,6 +149,7 @@ public final class ReplicationSession: Service, Sendable {
                 if message != lastFailure { logger.warning("protect: standby \(options.host):\(options.port) unreachable, retrying: \(message)") }
                 lastFailure = message
                 box.withLockedValue { $0.connected = false; $0.lastError = message }
+                metrics.connected.record(0)
                 try await Task.sleep(for: options.reconnectDelay)
                 continue
             }
@@ -158,6 +162,8 @@ public final class ReplicationSession: Service, Sendable {
             var parent = (base != nil && state.committed == base) ? base : nil
             logger.info("protect: connected to \(options.host):\(options.port), standby at epoch \(state.committed?.epoch.description ?? "none"); sending \(parent == nil ? "a full base" : "the changes since epoch \(parent!.epoch)")")
             box.withLockedValue { $0.connected = true; $0.reconnects += 1; $0.lastError = nil }
+            metrics.connected.record(1)
+            metrics.reconnects.increment()
             var nextStart = clock.now
             do {
                 while !Task.isCancelled {
@@ -170,7 +176,8 @@ public final class ReplicationSession: Service, Sendable {
                     let sink = ReplicationSink(connection: connection, term: options.term, epoch: epoch, parent: parent?.epoch ?? .none,
                                                acknowledgementTimeout: options.acknowledgementTimeout) { [shipOpenFiles = options.shipOpenFiles] manifest in
                         // In the sink's finish, after the thaw, up to the sizes read at the freeze.
-                        try files.deltas(full: full, openForWriting: shipOpenFiles ? DataFiles.openForWriting(manifest) : [])
+                        try files.deltas(full: full, openForWriting: shipOpenFiles ? DataFiles.openForWriting(manifest) : [],
+                                         appendOnly: shipOpenFiles ? DataFiles.appendOnly(manifest) : [])
                     }
                     let result: CheckpointResult
                     do {
@@ -192,8 +199,12 @@ public final class ReplicationSession: Service, Sendable {
                         if full { $0.fullEpochs += 1 }
                         $0.bytesSent += sink.bytesSent
                         $0.record(freeze: freeze, lag: lag)
+                        var phases = sink.phases
+                        phases["freeze"] = freeze
+                        $0.phases.append(phases)
                     }
-                    logger.debug("protect: epoch \(epoch) acknowledged: frozen \(freeze) ms, lag \(lag) ms, \(sink.bytesSent) bytes")
+                    metrics.acknowledged(epoch: epoch, full: full, bytes: sink.bytesSent, freeze: freeze, lag: lag, interval: milliseconds(options.interval))
+                    logger.debug("protect: epoch \(epoch) acknowledged: frozen \(freeze) ms, lag \(lag) ms, \(sink.bytesSent) bytes; \(sink.phases.values)")
                 }
             } catch let error as MitosisError where error.goneProcess != nil {
                 connection.close()
@@ -215,6 +226,8 @@ public final class ReplicationSession: Service, Sendable {
                 let message = "\(error)"
                 logger.warning("protect: epoch \(nextEpoch) failed, the process runs on; reconnecting: \(message)")
                 box.withLockedValue { $0.connected = false; $0.lastError = message }
+                metrics.connected.record(0)
+                metrics.failures.increment()
                 try await Task.sleep(for: options.reconnectDelay)
             }
         }

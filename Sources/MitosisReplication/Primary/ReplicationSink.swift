@@ -20,6 +20,11 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
     private var header: CheckpointHeader?
     private var closed = false
     private(set) var bytesSent: UInt64 = 0
+    /// When each phase of the epoch ended (`EpochPhases`).
+    private let clock = ContinuousClock()
+    private var began: ContinuousClock.Instant?
+    private var captured: ContinuousClock.Instant?
+    private(set) var phases = EpochPhases()
 
     init(connection: PrimaryConnection, term: Term, epoch: Epoch, parent: Epoch, acknowledgementTimeout: Duration,
          files: @escaping @Sendable (CheckpointManifest) throws -> [(FileDelta, [UInt8])]) {
@@ -44,6 +49,7 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
         try lock.withLock {
             guard builder == nil, !closed else { throw ImageError.sinkState("begin called twice") }
             try checkHeader(header)
+            began = clock.now
             self.header = header
             builder = PageRunBuilder(pageSize: header.pageSize)
             try send(.imageBegin, MessageCoding.encode(header))
@@ -54,6 +60,7 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
         try lock.withLock {
             guard var builder, !closed else { throw ImageError.sinkState("pages before begin or after the end") }
             try validateRun(address: address, count: bytes.count, pageSize: builder.pageSize)
+            if captured == nil { captured = clock.now }
             try builder.add(address: address, bytes) { _ throws(ImageError) in }
             self.builder = builder
             let chunk = ImageFormat.maxRunPages * builder.pageSize
@@ -74,6 +81,8 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
             guard var builder, let header, !closed else { throw ImageError.sinkState("finish before begin or after the end") }
             guard manifest.header == header else { throw ImageError.sinkState("the manifest's identity differs from the header's") }
             closed = true
+            let finishing = clock.now
+            if captured == nil { captured = finishing }
             let (index, runs, data) = try builder.finish()
             let stored = builder.complete(manifest, runs: runs, index: FileDigest(size: UInt64(index.count), xxh64: Checksum.xxh64(index)), data: data)
             for (delta, bytes) in try files(stored) {
@@ -83,7 +92,14 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
                 try send(.fileDelta, payload)
             }
             try send(.imageFinish, MessageCoding.encode(stored))
+            let sent = clock.now
             let answer = try connection.receive(timeout: acknowledgementTimeout)
+            if let began, let captured {
+                let acknowledged = clock.now
+                phases = EpochPhases(["capture": milliseconds(captured - began), "send": milliseconds(finishing - captured),
+                                      "files": milliseconds(sent - finishing), "acknowledgement": milliseconds(acknowledged - sent),
+                                      "total": milliseconds(acknowledged - began)])
+            }
             switch answer.type {
             case .ack where answer.epoch == epoch && answer.payload == Array(stored.id.utf8):
                 return stored
