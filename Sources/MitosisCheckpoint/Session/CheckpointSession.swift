@@ -65,6 +65,11 @@ public enum CheckpointParent: Sendable {
     /// An image taken earlier (by another run, with no tracking since): pages whose bytes equal
     /// what that image's chain holds are inherited, the others stored.
     case image(CheckpointImage, path: String)
+    /// An earlier checkpoint of this session (`id`, `sequence`), at `path`: the pages written
+    /// since it are those tracked since the previous checkpoint plus `changedSince`, the pages
+    /// the checkpoints after it stored. Replication resynchronises a standby that lost its
+    /// newest epochs this way, without a full checkpoint.
+    case earlier(id: String, sequence: Int, path: String, changedSince: PageSet)
 }
 
 /// A page map updated from an older one: `stable` covers the mappings carried over.
@@ -233,6 +238,9 @@ public actor CheckpointSession {
             guard let previous else { throw CheckpointError.noPreviousCheckpoint }
             header = CheckpointHeader(kind: .incremental, parent: ParentLink(path: path, id: previous.id),
                                       sequence: previous.sequence + 1, pid: pid)
+        case .earlier(let id, let sequence, let path, _):
+            // With no checkpoint taken yet nothing is inheritable: every page is stored.
+            header = CheckpointHeader(kind: .incremental, parent: ParentLink(path: path, id: id), sequence: sequence + 1, pid: pid)
         case .image(let image, let path):
             guard image.manifest.pid == pid else {
                 throw CheckpointError.parentOfOtherProcess(parent: image.manifest.pid, target: pid)
@@ -248,7 +256,12 @@ public actor CheckpointSession {
         var moved: ConnectionCapture?
         let run = Run()
         do {
-            if case .previous = parent { run.inheritable = previousValid }
+            switch parent {
+            case .previous: run.inheritable = previousValid
+            // Current in the newest checkpoint and stored by none after `id`: inherited from it.
+            case .earlier(_, _, _, let changed): run.inheritable = previousValid.subtracting(changed)
+            default: break
+            }
             // Copy while the target runs, as long as the set left to copy shrinks.
             var left = Int.max
             var lastMap: ProcessPageMap?

@@ -150,6 +150,18 @@ final class DataFiles: @unchecked Sendable {
         lock.withLock { pending = nil }
     }
 
+    /// What the standby holds once it commits the epoch in flight (or holds now, with none).
+    var pendingState: [String: Shipped] { lock.withLock { pending ?? shipped } }
+
+    /// The standby holds `state` (an earlier epoch's, from the history): the next epoch's
+    /// deltas are computed against it.
+    func restore(_ state: [String: Shipped]) {
+        lock.withLock {
+            shipped = state
+            pending = nil
+        }
+    }
+
     /// Regular files directly in the configured directories, and the files already shipped.
     private func candidates(known: [String]) -> [String] {
         var paths = known

@@ -29,6 +29,10 @@ public struct ProtectOptions: Sendable {
     public var checkpoint = CheckpointOptions()
     /// Stop after this many acknowledged epochs (nil: until cancelled or the process exits).
     public var epochLimit: Int?
+    /// How many of the last epochs sent are remembered (their page ranges and data-file hashes,
+    /// kilobytes each), so that a standby that reconnects at one of them is resynchronised with
+    /// the pages changed since rather than a full base (`EpochHistory`). 0: a full base always.
+    public var historyEpochs = 64
 
     public init(host: String, port: Int) {
         self.host = host
@@ -119,6 +123,7 @@ public final class ReplicationSession: Service, Sendable {
     private func protect(_ session: CheckpointSession, _ files: DataFiles) async throws {
         let clock = ContinuousClock()
         var base: CommittedEpoch?
+        var history = EpochHistory(capacity: options.historyEpochs)
         var nextEpoch = Epoch(1)
         var lastFailure = ""
         while !Task.isCancelled {
@@ -160,7 +165,18 @@ public final class ReplicationSession: Service, Sendable {
             }
             if let committed = state.committed, committed.epoch >= nextEpoch { nextEpoch = committed.epoch.next }
             var parent = (base != nil && state.committed == base) ? base : nil
-            logger.info("protect: connected to \(options.host):\(options.port), standby at epoch \(state.committed?.epoch.description ?? "none"); sending \(parent == nil ? "a full base" : "the changes since epoch \(parent!.epoch)")")
+            // A standby behind (or ahead of) the last acknowledged epoch, at an epoch still in
+            // the history: the pages changed since that epoch, and its data files as it holds them.
+            var resync: EpochHistory.Entry?
+            if parent == nil, let committed = state.committed, let entry = history.entry(committed) {
+                resync = entry
+                parent = committed
+                files.restore(entry.files)
+            }
+            let plan = parent == nil ? "a full base"
+                : resync == nil ? "the changes since epoch \(parent!.epoch)"
+                : "the changes since epoch \(parent!.epoch) (resynchronising from the history, \(history.count(after: parent!)) epoch(s) sent since)"
+            logger.info("protect: connected to \(options.host):\(options.port), standby at epoch \(state.committed?.epoch.description ?? "none"); sending \(plan)")
             box.withLockedValue { $0.connected = true; $0.reconnects += 1; $0.lastError = nil }
             metrics.connected.record(1)
             metrics.reconnects.increment()
@@ -179,13 +195,24 @@ public final class ReplicationSession: Service, Sendable {
                         try files.deltas(full: full, openForWriting: shipOpenFiles ? DataFiles.openForWriting(manifest) : [],
                                          appendOnly: shipOpenFiles ? DataFiles.appendOnly(manifest) : [])
                     }
+                    let checkpointParent: CheckpointParent? = if let resync {
+                        .earlier(id: resync.epoch.imageID, sequence: resync.sequence, path: "../" + resync.epoch.epoch.directoryName,
+                                 changedSince: history.changed(after: resync.epoch))
+                    } else {
+                        parent.map { .previous(path: "../" + $0.epoch.directoryName) }
+                    }
                     let result: CheckpointResult
                     do {
-                        result = try await session.checkpoint(to: sink, parent: parent.map { .previous(path: "../" + $0.epoch.directoryName) })
+                        result = try await session.checkpoint(to: sink, parent: checkpointParent)
                     } catch {
+                        if let sent = sink.sentManifest {
+                            history.append(epoch: CommittedEpoch(epoch: epoch, imageID: sent.id), manifest: sent, files: files.pendingState)
+                        }
                         files.failed()
                         throw error
                     }
+                    history.append(epoch: CommittedEpoch(epoch: epoch, imageID: result.manifest.id), manifest: result.manifest, files: files.pendingState)
+                    resync = nil
                     files.acknowledged()
                     let acknowledged = CommittedEpoch(epoch: epoch, imageID: result.manifest.id)
                     base = acknowledged

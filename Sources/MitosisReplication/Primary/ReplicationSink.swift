@@ -25,6 +25,9 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
     private var began: ContinuousClock.Instant?
     private var captured: ContinuousClock.Instant?
     private(set) var phases = EpochPhases()
+    /// The manifest, once sent whole: the standby may have committed the epoch even when its
+    /// acknowledgement never arrives (`EpochHistory`).
+    private(set) var sentManifest: CheckpointManifest?
 
     init(connection: PrimaryConnection, term: Term, epoch: Epoch, parent: Epoch, acknowledgementTimeout: Duration,
          files: @escaping @Sendable (CheckpointManifest) throws -> [(FileDelta, [UInt8])]) {
@@ -92,6 +95,7 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
                 try send(.fileDelta, payload)
             }
             try send(.imageFinish, MessageCoding.encode(stored))
+            sentManifest = stored
             let sent = clock.now
             let answer = try connection.receive(timeout: acknowledgementTimeout)
             if let began, let captured {
