@@ -21,7 +21,7 @@ struct ReplicateBenchmark: AsyncParsableCommand {
     @Option(help: "Seconds of redis alone, measured before and after protection.") var baseline = 10
     @Option(help: "Milliseconds between epochs.") var interval = 50
     @Option(help: "redis-benchmark clients (the load: each waits for its answer before the next command).") var clients = 4
-    @Option(help: "Keys the load writes (redis-benchmark -r).") var keyspace = 100_000
+    @Option(help: "Keys the load writes (redis-benchmark -r).") var keyspace = 10_000
     @Option(help: "Bytes per value (redis-benchmark -d).") var valueSize = 64
     @Option(help: "Where redis's data and the standby's images go (removed afterwards).") var scratch = NSTemporaryDirectory()
 
@@ -84,7 +84,9 @@ struct ReplicateBenchmark: AsyncParsableCommand {
             throw ValidationError("protect printed no summary:\n\(protectText.suffix(3000))")
         }
         print("protect: " + summary)
-        for line in protectText.split(separator: "\n") where line.hasPrefix("epoch phases") { print("protect " + line) }
+        for line in protectText.split(separator: "\n") where line.hasPrefix("epoch phases") || line.hasPrefix("checkpoint phases") {
+            print("protect " + line)
+        }
         for line in standbyText.split(separator: "\n") where line.hasPrefix("standby served") || line.hasPrefix("epoch phases") {
             print("standby: " + line)
         }

@@ -88,7 +88,10 @@ struct ProtectCommand: AsyncParsableCommand {
             print(String(format: "protected process %d: %d epochs acknowledged (%d full), newest %@, %.1f epochs/s; freeze p50 %.2f ms p99 %.2f ms; lag p50 %.1f ms p99 %.1f ms (%.1f epochs); %.1f MB sent, %.2f MB/s",
                          pid, final.epochs, final.fullEpochs, final.acknowledged?.epoch.description ?? "none", Double(final.epochs) / max(0.001, seconds),
                          p50, p99, lag50, lag99, lag99 / Double(interval), Double(final.bytesSent) / 1e6, Double(final.bytesSent) / 1e6 / max(0.001, seconds)))
-            if !final.phases.epochs.isEmpty { print("epoch phases, mean/p99 ms: " + final.phases.summary(EpochPhases.primaryNames)) }
+            if !final.phases.epochs.isEmpty {
+                print("epoch phases, mean/p99 ms: " + final.phases.summary(EpochPhases.primaryNames))
+                print("checkpoint phases, mean/p99 ms: " + final.phases.summary(EpochPhases.checkpointNames))
+            }
         } catch {
             fail(error)
         }

@@ -104,6 +104,12 @@ public struct CheckpointResult: Sendable {
     public var pagesCopied: Int
     /// Pages copied while the target was frozen.
     public var pagesCopiedFrozen: Int
+    /// Where the checkpoint's time went, in milliseconds: `precopy` (rounds while the target
+    /// runs), `lock` (preparing the network lock), `seize` (freezing), `frozen map`, `frozen
+    /// copy`, `frozen threads+fds`, `frozen restore state`, `frozen connections`, `thaw`, `unlock`
+    /// (lifting the network lock), `inspect` (what is read after the thaw), `write` (pages to
+    /// the sink). The sink's `finish` is not included.
+    public var phases: [String: Double] = [:]
     public var stats: CheckpointStats { manifest.stats }
 }
 
@@ -265,6 +271,7 @@ public actor CheckpointSession {
             // Copy while the target runs, as long as the set left to copy shrinks.
             var left = Int.max
             var lastMap: ProcessPageMap?
+            run.mark("setup", clock)
             while run.rounds < options.maxPrecopyRounds {
                 let (map, dirty) = try await observe(run)
                 lastMap = map
@@ -281,11 +288,14 @@ public actor CheckpointSession {
             }
             // `nft` for the network lock started now rather than during the freeze, when the
             // process holds sockets (only established TCP connections will be locked).
+            run.mark("precopy", clock)
             let preparedLock = options.recordRestoreState && options.networkLock && holdsSockets() ? networkLock() : nil
+            run.mark("lock", clock)
             // Freeze, copy what was written since, thaw.
             var frozenAt: ContinuousClock.Instant?
             let (final, threads, descriptors, captured) = try await withFrozenProcess(pid) { tracer in
                 frozenAt = clock.now
+                run.mark("seize", clock)
                 defer { run.frozen += clock.now - frozenAt! }
                 // The pid is seized by number: make sure it still names the process this session
                 // tracks (not one that took its pid after it exited).
@@ -302,13 +312,16 @@ public actor CheckpointSession {
                     map = try readPageMap(run)
                     run.invalidate(try collectWrites(map))
                 }
+                run.mark("frozen map", clock)
                 let toCopy = map.data.subtracting(run.inheritable).subtracting(run.staged)
                 let copied = try copy(toCopy, run, tolerant: false)
                 run.copiedFrozen = copied.pageCount()
                 run.staged = run.staged.union(copied)
+                run.mark("frozen copy", clock)
                 options.whileFrozen?()
                 let threads = try await tracer.threadStates()
                 let descriptors = try ProcessReader.descriptors(target)
+                run.mark("frozen threads+fds", clock)
                 // Without a restore record the image still serves as a memory checkpoint; a
                 // restore refuses it.
                 var restore: RestoreRecord?
@@ -320,6 +333,7 @@ public actor CheckpointSession {
                         logger.warning("checkpoint of \(pid) is not restorable: \(error)")
                     }
                 }
+                run.mark("frozen restore state", clock)
                 if restore != nil {
                     do {
                         let connections = try ConnectionCapture(target: target, descriptors: descriptors, lockNetwork: options.networkLock,
@@ -336,12 +350,15 @@ public actor CheckpointSession {
                         restore = nil
                     }
                 }
+                run.mark("frozen connections", clock)
                 return (map, threads, descriptors, restore)
             }
+            run.mark("thaw", clock)
             if !options.moveConnections {
                 moved?.resume()
                 moved = nil
             }
+            run.mark("unlock", clock)
             // Read after the thaw, so that it costs no freeze time (smaps walks every page table):
             // identity, limits and mapping flags change rarely. Mappings, descriptors and threads
             // above are the frozen ones.
@@ -358,6 +375,7 @@ public actor CheckpointSession {
                 }
             }
 
+            run.mark("inspect", clock)
             // Store what the checkpoint holds, describe the rest.
             let stored = run.staged.intersection(final.data)
             let inherited = run.inheritable.intersection(final.data).subtracting(stored)
@@ -383,12 +401,13 @@ public actor CheckpointSession {
             manifest.descriptors = descriptors
             manifest.process = process
             manifest.restore = restore
+            run.mark("write", clock)
             let committed = try sink.finish(manifest)
             movedConnections = moved
             previousValid = stored.union(inherited)
             previous = (committed.id, committed.sequence)
             return CheckpointResult(manifest: committed, precopyRounds: run.rounds, pagesCopied: run.copied,
-                                    pagesCopiedFrozen: run.copiedFrozen)
+                                    pagesCopiedFrozen: run.copiedFrozen, phases: run.phases)
         } catch {
             moved?.resume()
             // The pages written since the previous checkpoint were collected (and the tracker
@@ -434,6 +453,18 @@ public actor CheckpointSession {
         /// Every page the tracker reported written during this run: should the checkpoint fail,
         /// they are no longer current in the previous one (the tracker will not report them again).
         package var dirtied = PageSet()
+        /// Milliseconds per phase (`CheckpointResult.phases`), and when the last one ended.
+        package var phases: [String: Double] = [:]
+        private var lastMark: ContinuousClock.Instant?
+
+        package func mark(_ phase: String, _ clock: ContinuousClock) {
+            let now = clock.now
+            if let lastMark {
+                let (seconds, attoseconds) = (now - lastMark).components
+                phases[phase, default: 0] += Double(seconds) * 1000 + Double(attoseconds) / 1e15
+            }
+            lastMark = now
+        }
 
         package func invalidate(_ dirty: PageSet) {
             inheritable = inheritable.subtracting(dirty)

@@ -37,7 +37,12 @@ final class DataFiles: @unchecked Sendable {
         var inode: UInt64 = 0
     }
 
-    init(directories: [String]) { self.directories = directories }
+    /// The directories are taken in canonical form (`realpath`), as the kernel names the files
+    /// the process holds open: `/tmp//d` or a symbolic link would otherwise ship a file twice,
+    /// once under each name.
+    init(directories: [String]) {
+        self.directories = directories.map { (try? Kernel.canonicalPath($0)) ?? $0 }
+    }
 
     var isEmpty: Bool { directories.isEmpty && lock.withLock { shipped.isEmpty } }
 

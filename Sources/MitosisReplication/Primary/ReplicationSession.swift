@@ -228,6 +228,7 @@ public final class ReplicationSession: Service, Sendable {
                         $0.record(freeze: freeze, lag: lag)
                         var phases = sink.phases
                         phases["freeze"] = freeze
+                        phases.values.merge(result.phases) { first, _ in first }
                         $0.phases.append(phases)
                     }
                     metrics.acknowledged(epoch: epoch, full: full, bytes: sink.bytesSent, freeze: freeze, lag: lag, interval: milliseconds(options.interval))
