@@ -90,6 +90,10 @@ struct ReplicateBenchmark: AsyncParsableCommand {
         for line in standbyText.split(separator: "\n") where line.hasPrefix("standby served") || line.hasPrefix("epoch phases") {
             print("standby: " + line)
         }
+        if let status = standbyText.split(separator: "\n").last(where: { $0.contains(" committed (term ") }),
+           let range = status.range(of: "epoch ") {
+            print("standby's last status: " + status[range.lowerBound...])
+        }
         let alone = (before + after) / 2
         print(String(format: "redis commands/s: alone %.0f (before %.0f, after %.0f), protected %.0f: %.3f× (%.1f %% overhead)",
                      alone, before, after, during, during / alone, (1 - during / alone) * 100))
