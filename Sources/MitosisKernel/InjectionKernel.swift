@@ -19,6 +19,11 @@ extension Ptrace {
     package static let killOnExitOption = Int(MITOSIS_PTRACE_O_EXITKILL)
     /// `PTRACE_O_TRACECLONE`: threads the tracee creates start traced and stopped.
     package static let traceCloneOption = Int(MITOSIS_PTRACE_O_TRACECLONE)
+    /// `PTRACE_O_SUSPEND_SECCOMP`: the tracee's seccomp filters do not see its system calls
+    /// (CAP_SYS_ADMIN). Set only while a call Mitosis injected runs: a filter that kills on a
+    /// call the process itself never makes (systemd's `SystemCallFilter=`) would kill it for
+    /// Mitosis's `mmap` or `getitimer`.
+    package static let suspendSeccompOption = 1 << 21
     /// `PTRACE_EVENT_STOP`: the event of a stop that `PTRACE_INTERRUPT` or job control caused.
     package static let stopEvent = MITOSIS_PTRACE_EVENT_STOP
 
@@ -74,5 +79,26 @@ extension Kernel {
     /// tracer's), never on Swift's cooperative pool. The corresponding C function is `usleep`.
     package static func sleepThread(microseconds: UInt32) {
         usleep(microseconds)
+    }
+}
+
+extension Ptrace {
+    /// The classic BPF program of the tracee's seccomp filter `index` (0: the oldest), as 8-byte
+    /// `struct sock_filter` instructions. The corresponding request is `PTRACE_SECCOMP_GET_FILTER`.
+    package static func seccompFilter(_ tid: Int32, index: Int) throws(Errno) -> [UInt64] {
+        let count = try Kernel.check { mitosis_ptrace(0x420c, tid, UnsafeMutableRawPointer(bitPattern: index), nil) }
+        guard count > 0, count <= 4096 /* BPF_MAXINSNS */ else { throw .invalidArgument }
+        var program = [UInt64](repeating: 0, count: Int(count))
+        let read = try Kernel.check { program.withUnsafeMutableBytes { mitosis_ptrace(0x420c, tid, UnsafeMutableRawPointer(bitPattern: index), $0.baseAddress) } }
+        guard read == count else { throw .ioError }
+        return program
+    }
+
+    /// The flags filter `index` was installed with (`SECCOMP_FILTER_FLAG_LOG`…).
+    /// The corresponding request is `PTRACE_SECCOMP_GET_METADATA`.
+    package static func seccompFilterFlags(_ tid: Int32, index: Int) throws(Errno) -> UInt64 {
+        var metadata: (filterOffset: UInt64, flags: UInt64) = (UInt64(index), 0)
+        _ = try Kernel.check { withUnsafeMutableBytes(of: &metadata) { mitosis_ptrace(0x420d, tid, UnsafeMutableRawPointer(bitPattern: 16), $0.baseAddress) } }
+        return metadata.flags
     }
 }

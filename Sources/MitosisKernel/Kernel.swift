@@ -135,6 +135,16 @@ package enum Kernel {
         return bytes
     }
 
+    /// Writes `text` to an existing file in one `write` (a `/proc/sys` setting takes it so).
+    /// The corresponding system calls are `open` and `write`.
+    package static func writeFile(_ path: String, _ text: String) throws(Errno) {
+        let fd = try check { open(path, O_WRONLY | O_CLOEXEC) }
+        defer { close(fd) }
+        let bytes = Array(text.utf8)
+        let written = try check { bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } }
+        guard written == bytes.count else { throw .ioError }
+    }
+
     /// Reads a `/proc` file the kernel writes in one piece (a `seq_file` opened with
     /// `single_open`, such as `fdinfo/N`) into `buffer`, growing it as needed, and returns its
     /// length. A read that returns less than it asked for has delivered the rest of such a file,

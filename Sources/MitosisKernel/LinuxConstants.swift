@@ -25,6 +25,8 @@ package enum Linux {
     package static let O_APPEND = Glibc.O_APPEND
     package static let O_NONBLOCK = Glibc.O_NONBLOCK
     package static let O_CLOEXEC = Glibc.O_CLOEXEC
+    /// Not exported by Glibc's Swift module: `<asm-generic/fcntl.h>`.
+    package static let O_PATH: Int32 = 0o10000000
     package static let O_TMPFILE: Int32 = 0o20200000
     package static let SEEK_SET = Glibc.SEEK_SET
     package static let F_SETFL = Glibc.F_SETFL

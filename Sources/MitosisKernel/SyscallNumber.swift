@@ -49,6 +49,10 @@ public enum SyscallNumber {
     public static let ftruncate = Int(SYS_ftruncate)
     public static let inotify_init1 = Int(SYS_inotify_init1)
     public static let inotify_add_watch = Int(SYS_inotify_add_watch)
+    public static let inotify_rm_watch = Int(SYS_inotify_rm_watch)
+    public static let shmat = Int(SYS_shmat)
+    public static let shmdt = Int(SYS_shmdt)
+    public static let seccomp = Int(SYS_seccomp)
     public static let ioctl = Int(SYS_ioctl)
     public static let pause = Int(SYS_pause)
 }

@@ -30,6 +30,17 @@ public struct RestoreRecord: Codable, Sendable, Equatable {
     public var timerfds: [TimerfdRestoreState]?
     /// The content of every memfd and deleted file the process holds open.
     public var fileContents: [FileContents]?
+    /// The path of every inotify watch (nil in images taken before watches were captured).
+    public var inotifyWatches: [InotifyWatchPath]?
+    /// The SysV shared memory segments the process has attached, as `/proc/sysvipc/shm` listed
+    /// them (nil in images taken before segments were captured). Their content is in the image
+    /// as the memory of the attaching mappings.
+    public var sysvSharedMemory: [SysVSharedMemory]?
+    /// The seccomp mode and filters its threads run under (nil: none, or an image taken before
+    /// they were recorded). Threads under different filters are refused (`seccompDiffers`).
+    public var seccomp: SeccompState?
+    /// A thread whose seccomp state differs from the main thread's, if any.
+    public var seccompDiffers: Int32?
     /// POSIX timers of the process (`/proc/PID/timers` entries): images without `processState`
     /// that count any are refused.
     public var posixTimers: Int

@@ -12,6 +12,13 @@ struct RestorePlan: Sendable {
     var hostTids: [Int32: Int32] = [:]
     /// Restored inside a new pid namespace (`--pidns`).
     var newPidNamespace = false
+    /// SysV segments whose content comes from the image (see `SharedMemorySegments`).
+    var sharedMemoryFilled: Set<Int32> = []
+
+    /// The SysV segment id of the mapping at `start` (its maps inode).
+    func segmentId(at start: UInt64) -> Int32? {
+        manifest.process?.maps.first { $0.start == start && $0.kind == .sysvSharedMemory }.map { Int32(truncatingIfNeeded: $0.inode) }
+    }
 
     /// The id this process uses for the image's thread `tid` (ptrace, /proc, injection).
     func host(_ tid: Int32) -> Int32 { hostTids[tid] ?? tid }
@@ -46,9 +53,21 @@ struct RestorePlan: Sendable {
             refusals.append(RestoreRefusal("executable", "\(record.executable) does not exist here"))
         }
         refusals += processStateProblems(manifest, record)
+        if let tid = record.seccompDiffers {
+            refusals.append(RestoreRefusal("thread \(tid)", "it runs under other seccomp filters than the main thread: not restorable yet"))
+        }
         let deleted = Set(manifest.process?.maps.filter(\.deleted).map(\.start) ?? [])
+        let segments = Dictionary((manifest.process?.maps ?? []).filter { $0.kind == .sysvSharedMemory }
+            .map { ($0.start, Int32(truncatingIfNeeded: $0.inode)) }, uniquingKeysWith: { a, _ in a })
+        let liveSegments = segments.isEmpty ? [] : (try? Kernel.sharedMemorySegments()) ?? []
         for mapping in manifest.mappings {
-            if let reason = mappingProblem(mapping, deleted: deleted.contains(mapping.start)) {
+            var problem = mappingProblem(mapping, deleted: deleted.contains(mapping.start))
+            if MemoryMapping.Kind(rawValue: mapping.kind) == .sysvSharedMemory {
+                let shmid = segments[mapping.start] ?? -1
+                problem = SharedMemorySegments.problem(record.sysvSharedMemory?.first { $0.shmid == shmid }, shmid: shmid,
+                                                       mapping: mapping, live: liveSegments)
+            }
+            if let reason = problem {
                 refusals.append(RestoreRefusal("mapping 0x\(String(mapping.start, radix: 16))-0x\(String(mapping.end, radix: 16)) \(mapping.path ?? "[anonymous]")", reason))
             }
         }
@@ -152,7 +171,7 @@ struct RestorePlan: Sendable {
             if !fileExists(path) { return "\(path) does not exist here" }
             return nil
         case .sysvSharedMemory:
-            return "SysV shared memory is not restorable yet"
+            return nil  // SharedMemorySegments.problem
         default:
             return "\(mapping.kind) mappings are not restorable"
         }
@@ -184,7 +203,14 @@ struct RestorePlan: Sendable {
         case .signalfd:
             return descriptor.signalfd == nil ? "the kernel did not report its signal mask" : nil
         case .inotify:
-            return "inotify watches name inodes, not paths; restoring them is not supported yet"
+            let found = Set((record.inotifyWatches ?? []).filter { $0.fd == descriptor.fd }.map(\.wd))
+            for watch in descriptor.inotify ?? [] where !found.contains(watch.wd) {
+                return "watch \(watch.wd) (inode \(watch.inode) on \(watch.device)): the checkpoint found no path for it"
+            }
+            for watch in (record.inotifyWatches ?? []) where watch.fd == descriptor.fd && !fileExists(watch.path) {
+                return "watch \(watch.wd): \(watch.path) does not exist here"
+            }
+            return nil
         case .characterDevice:
             guard let path = descriptor.path, statelessDevices.contains(path) else {
                 return "character device \(descriptor.path ?? descriptor.target) may hold state; only \(statelessDevices.sorted().joined(separator: ", ")) are restored"

@@ -112,8 +112,12 @@ public struct Restorer: Sendable {
             throw RestoreError.failed(step: "creating the husk with pid \(pid)", detail: "\(error)")
         }
         let huskReady = clock.now
+        var segments: SharedMemorySegments?
         do {
+            segments = try SharedMemorySegments.prepare(record.sysvSharedMemory ?? [])
+            plan.sharedMemoryFilled = segments?.filled ?? []
             var (phases, notes) = try await tracer.buildRestoredProcess(plan, chain: chain, verify: verify)
+            notes += segments?.markRemoved() ?? []
             phases["husk"] = Self.milliseconds(huskReady - started)
             // The init may now reap and end once the restored process does.
             try? namespace?.control.close()
@@ -123,6 +127,7 @@ public struct Restorer: Sendable {
                                  phases: phases, notes: notes)
         } catch {
             await tracer.killHusk()
+            segments?.removeCreated()
             if let namespace {
                 try? namespace.control.close()
                 Kernel.reap(namespace.initPid)

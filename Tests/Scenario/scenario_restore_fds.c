@@ -15,6 +15,17 @@
 //          1234 sealed against shrinking and growing; 35 LOG.deleted, deleted while open, at offset 3.
 // shared  40 LOG.data open read-write at offset 5; 41 a dup of it (one open file description,
 //          close-on-exec on 41 only); 42 LOG.data opened again at offset 9.
+// watch 50 an inotify (non-blocking, close-on-exec) with watch 1 on the directory LOG.watchdir
+//          (IN_CREATE|IN_DELETE), watch 2 removed again, and watch 3 on the file LOG.watched
+//          (IN_MODIFY|IN_EXCL_UNLINK): the numbers keep a gap, as a long-running process's would.
+// sysv  (no descriptor) two SysV shared memory segments: a private one of 3 pages, patterned,
+//          attached read-write and marked for removal (IPC_RMID while attached, the usual way to
+//          have it go with the process); and one of 2 pages under the key 0x4d540000 + pid, patterned,
+//          attached read-only. The check verifies ids, attach addresses, modes and contents, and
+//          that the first is still shared (a write through a second attach shows in the first).
+// seccomp  (no descriptor) no_new_privs and two seccomp filters: the first (installed with
+//          SECCOMP_FILTER_FLAG_LOG) fails getpriority with EACCES, the second kills the process on
+//          getitimer — a call Mitosis injects while it checkpoints, so a dump must not let it through.
 //
 // fd 3 is LOG (O_APPEND). Command `detach` answers READY, points fds 0-2 at /dev/null and from
 // then on answers only SIGUSR1: each makes the process verify every descriptor from the inside
@@ -35,7 +46,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/inotify.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/resource.h>
+#include <sys/shm.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/timerfd.h>
@@ -200,6 +218,58 @@ static int setup_shared(const char *log) {
     return 0;
 }
 
+static char watch_dir[300], watched_file[300];
+
+static int setup_watch(const char *log) {
+    snprintf(watch_dir, sizeof watch_dir, "%s.watchdir", log);
+    snprintf(watched_file, sizeof watched_file, "%s.watched", log);
+    int file = open(watched_file, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (file < 0 || close(file) || mkdir(watch_dir, 0700)) return -1;
+    if (place(inotify_init1(IN_NONBLOCK | IN_CLOEXEC), 50)) return -1;
+    if (inotify_add_watch(50, watch_dir, IN_CREATE | IN_DELETE) != 1) return -1;
+    if (inotify_add_watch(50, log, IN_MODIFY) != 2 || inotify_rm_watch(50, 2)) return -1;
+    if (inotify_add_watch(50, watched_file, IN_MODIFY | IN_EXCL_UNLINK) != 3) return -1;
+    char events[4096];
+    while (read(50, events, sizeof events) > 0) {}  // the IN_IGNORED of watch 2
+    return 0;
+}
+
+static int segment_private = -1, segment_keyed = -1;
+static unsigned char *attached_private, *attached_keyed;
+
+static unsigned char segment_byte(int segment, int i) { return (unsigned char)(i * 13 + segment * 101 + 5); }
+
+static int setup_sysv(void) {
+    segment_private = shmget(IPC_PRIVATE, 3 * 4096, IPC_CREAT | 0600);
+    segment_keyed = shmget(0x4d540000 + getpid(), 2 * 4096, IPC_CREAT | IPC_EXCL | 0640);
+    if (segment_private < 0 || segment_keyed < 0) return -1;
+    attached_private = shmat(segment_private, NULL, 0);
+    unsigned char *writable = shmat(segment_keyed, NULL, 0);
+    if (attached_private == (void *)-1 || writable == (void *)-1) return -1;
+    for (int i = 0; i < 3 * 4096; i++) attached_private[i] = segment_byte(0, i);
+    for (int i = 0; i < 2 * 4096; i++) writable[i] = segment_byte(1, i);
+    if (shmdt(writable) || shmctl(segment_private, IPC_RMID, NULL)) return -1;
+    attached_keyed = shmat(segment_keyed, NULL, SHM_RDONLY);
+    return attached_keyed == (void *)-1 ? -1 : 0;
+}
+
+static int install_filter(int nr, unsigned int action, unsigned int flags) {
+    struct sock_filter program[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, nr, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, action),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog filter = { sizeof program / sizeof program[0], program };
+    return syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &filter);
+}
+
+static int setup_seccomp(void) {
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)) return -1;
+    if (install_filter(SYS_getpriority, SECCOMP_RET_ERRNO | EACCES, SECCOMP_FILTER_FLAG_LOG)) return -1;
+    return install_filter(SYS_getitimer, SECCOMP_RET_KILL_PROCESS, 0);
+}
+
 #define FAIL(...) do { snprintf(problem, size, __VA_ARGS__); return -1; } while (0)
 
 static int same_name(int fd) {
@@ -330,6 +400,89 @@ static int check_files(char *problem, size_t size) {
     return 0;
 }
 
+// Makes one event of each watch happen and reads exactly those back, by watch number.
+static int check_watch(char *problem, size_t size) {
+    if (fcntl(50, F_GETFD) != FD_CLOEXEC || !(fcntl(50, F_GETFL) & O_NONBLOCK)) FAIL("flags of inotify 50");
+    char probe[320];
+    snprintf(probe, sizeof probe, "%s/probe-%d", watch_dir, checks);
+    int fd = open(probe, O_WRONLY | O_CREAT, 0600);
+    if (fd < 0 || write(fd, "x", 1) != 1 || close(fd) || unlink(probe)) FAIL("probe file");
+    fd = open(watched_file, O_WRONLY | O_APPEND);
+    if (fd < 0 || write(fd, "y", 1) != 1 || close(fd)) FAIL("watched file");
+    char buffer[4096] __attribute__((aligned(8)));
+    ssize_t length = read(50, buffer, sizeof buffer);
+    if (length <= 0) FAIL("inotify 50 read no event");
+    int created = 0, deleted = 0, modified = 0;
+    for (char *at = buffer; at < buffer + length;) {
+        struct inotify_event *event = (struct inotify_event *)at;
+        if (event->wd == 1 && (event->mask & IN_CREATE) && event->len && strncmp(event->name, "probe-", 6) == 0) created++;
+        else if (event->wd == 1 && (event->mask & IN_DELETE)) deleted++;
+        else if (event->wd == 3 && (event->mask & IN_MODIFY)) modified++;
+        else FAIL("inotify 50: unexpected event wd %d mask %x", event->wd, event->mask);
+        at += sizeof *event + event->len;
+    }
+    if (created != 1 || deleted != 1 || modified != 1) FAIL("inotify 50: %d created, %d deleted, %d modified", created, deleted, modified);
+    return 0;
+}
+
+// The maps line of the attach at `address`: its permissions and the segment id (its inode).
+static int attach_of(void *address, char perms[5], long *id) {
+    FILE *maps = fopen("/proc/self/maps", "r");
+    if (!maps) return -1;
+    char line[512];
+    int found = -1;
+    while (fgets(line, sizeof line, maps)) {
+        unsigned long start;
+        if (sscanf(line, "%lx-%*x %4s %*s %*s %ld", &start, perms, id) == 3 && start == (unsigned long)address) { found = 0; break; }
+    }
+    fclose(maps);
+    return found;
+}
+
+static int check_sysv(char *problem, size_t size) {
+    char perms[5] = "";
+    long id = -1;
+    if (attach_of(attached_private, perms, &id) || strcmp(perms, "rw-s") || id != segment_private)
+        FAIL("private segment attach: %s id %ld (wanted %d)", perms, id, segment_private);
+    if (attach_of(attached_keyed, perms, &id) || strcmp(perms, "r--s") || id != segment_keyed)
+        FAIL("keyed segment attach: %s id %ld (wanted %d)", perms, id, segment_keyed);
+    for (int i = 0; i < 3 * 4096; i++) if (attached_private[i] != segment_byte(0, i)) FAIL("private segment byte %d", i);
+    for (int i = 0; i < 2 * 4096; i++) if (attached_keyed[i] != segment_byte(1, i)) FAIL("keyed segment byte %d", i);
+    struct shmid_ds state;
+    if (shmctl(segment_private, IPC_STAT, &state) || !(state.shm_perm.mode & SHM_DEST) || (state.shm_perm.mode & 0777) != 0600
+        || state.shm_segsz != 3 * 4096)
+        FAIL("private segment: mode %o size %zu", state.shm_perm.mode, state.shm_segsz);
+    if (shmctl(segment_keyed, IPC_STAT, &state) || (state.shm_perm.mode & SHM_DEST) || (state.shm_perm.mode & 0777) != 0640
+        || state.shm_segsz != 2 * 4096 || state.shm_perm.__key != 0x4d540000 + getpid())
+        FAIL("keyed segment: mode %o size %zu", state.shm_perm.mode, state.shm_segsz);
+    // Shared, not a private copy: a write through a second attach shows through the first.
+    unsigned char *second = shmat(segment_private, NULL, 0);
+    if (second == (void *)-1) FAIL("second attach of the private segment");
+    second[100] ^= 0xff;
+    int shared = attached_private[100] == (unsigned char)(segment_byte(0, 100) ^ 0xff);
+    second[100] ^= 0xff;
+    shmdt(second);
+    if (!shared) FAIL("the private segment's attach is not shared memory");
+    return 0;
+}
+
+static int check_seccomp(char *problem, size_t size) {
+    FILE *status = fopen("/proc/self/status", "r");
+    if (!status) FAIL("status");
+    char line[256];
+    int mode = -1, filters = -1, nnp = -1;
+    while (fgets(line, sizeof line, status)) {
+        sscanf(line, "Seccomp: %d", &mode);
+        sscanf(line, "Seccomp_filters: %d", &filters);
+        sscanf(line, "NoNewPrivs: %d", &nnp);
+    }
+    fclose(status);
+    if (mode != 2 || filters != 2 || nnp != 1) FAIL("seccomp mode %d with %d filters, no_new_privs %d", mode, filters, nnp);
+    errno = 0;
+    if (syscall(SYS_getpriority, PRIO_PROCESS, 0) != -1 || errno != EACCES) FAIL("getpriority was not refused with EACCES");
+    return 0;
+}
+
 static int check_shared(char *problem, size_t size) {
     if (lseek(40, 0, SEEK_CUR) != 5 || lseek(41, 0, SEEK_CUR) != 5 || lseek(42, 0, SEEK_CUR) != 9) FAIL("offsets of fds 40-42");
     if (fcntl(40, F_GETFD) != 0 || fcntl(41, F_GETFD) != FD_CLOEXEC || fcntl(42, F_GETFD) != 0) FAIL("close-on-exec of fds 40-42");
@@ -345,6 +498,9 @@ static int fds_check(char *problem, size_t size) {
     if (has("files") && check_files(problem, size)) return -1;
     if (has("inet") && check_inet(problem, size)) return -1;
     if (has("unix") && check_unix(problem, size)) return -1;
+    if (has("watch") && check_watch(problem, size)) return -1;
+    if (has("sysv") && check_sysv(problem, size)) return -1;
+    if (has("seccomp") && check_seccomp(problem, size)) return -1;
     return 0;
 }
 
@@ -372,6 +528,9 @@ static int fds_setup(int argc, char **argv) {
     if (has("unix") && setup_unix(argv[0])) return -1;
     if (has("shared") && setup_shared(argv[0])) return -1;
     if (has("files") && setup_files(argv[0])) return -1;
+    if (has("watch") && setup_watch(argv[0])) return -1;
+    if (has("sysv") && setup_sysv()) return -1;
+    if (has("seccomp") && setup_seccomp()) return -1;
     return 0;
 }
 

@@ -62,6 +62,15 @@ enum RestoreCapture {
         record.sharedDescriptions = try SharedDescriptionCapture.capture(pid: pid, descriptors: descriptors)
         record.fileContents = try FileContentCapture.capture(pid: pid, descriptors: descriptors, shared: record.sharedDescriptions ?? [])
         record.timerfds = try FileContentCapture.timerfds(pid: pid, descriptors: descriptors)
+        record.inotifyWatches = try InotifyCapture.capture(pid: pid, descriptors: descriptors)
+        var seccomp: [SeccompState?] = []
+        for tid in tids { seccomp.append(try await tracer.seccomp(of: tid, pid: pid)) }
+        record.seccomp = seccomp.first ?? nil
+        record.seccompDiffers = zip(tids, seccomp).first { $0.1 != record.seccomp }?.0
+        let attached = Set(maps.filter { $0.kind == .sysvSharedMemory }.map { Int32(truncatingIfNeeded: $0.inode) })
+        if !attached.isEmpty {
+            record.sysvSharedMemory = try Kernel.sharedMemorySegments().filter { attached.contains($0.shmid) }
+        }
         record.processState = try await ProcessStateCapture.capture(tracer, target: target, tids: tids)
         return record
     }

@@ -34,15 +34,15 @@ extension TcpRepair {
         // Before repair mode, which overrides SO_REUSEADDR while on.
         let socketOptions = try step("reading socket options") { () throws(Errno) in
             TcpConnection.SocketOptions(
-                noDelay: try getInt(fd, MITOSIS_SOL_TCP, MITOSIS_TCP_NODELAY) != 0,
-                cork: try getInt(fd, MITOSIS_SOL_TCP, MITOSIS_TCP_CORK) != 0,
-                keepAlive: try getInt(fd, SOL_SOCKET, SO_KEEPALIVE) != 0,
-                keepIdle: try getInt(fd, MITOSIS_SOL_TCP, MITOSIS_TCP_KEEPIDLE),
-                keepInterval: try getInt(fd, MITOSIS_SOL_TCP, MITOSIS_TCP_KEEPINTVL),
-                keepCount: try getInt(fd, MITOSIS_SOL_TCP, MITOSIS_TCP_KEEPCNT),
-                reuseAddress: try getInt(fd, SOL_SOCKET, SO_REUSEADDR) != 0,
-                sendBuffer: try getInt(fd, SOL_SOCKET, SO_SNDBUF),
-                receiveBuffer: try getInt(fd, SOL_SOCKET, SO_RCVBUF))
+                noDelay: try Kernel.socketOption(fd, level: MITOSIS_SOL_TCP, name: MITOSIS_TCP_NODELAY) != 0,
+                cork: try Kernel.socketOption(fd, level: MITOSIS_SOL_TCP, name: MITOSIS_TCP_CORK) != 0,
+                keepAlive: try Kernel.socketOption(fd, level: SOL_SOCKET, name: SO_KEEPALIVE) != 0,
+                keepIdle: try Kernel.socketOption(fd, level: MITOSIS_SOL_TCP, name: MITOSIS_TCP_KEEPIDLE),
+                keepInterval: try Kernel.socketOption(fd, level: MITOSIS_SOL_TCP, name: MITOSIS_TCP_KEEPINTVL),
+                keepCount: try Kernel.socketOption(fd, level: MITOSIS_SOL_TCP, name: MITOSIS_TCP_KEEPCNT),
+                reuseAddress: try Kernel.socketOption(fd, level: SOL_SOCKET, name: SO_REUSEADDR) != 0,
+                sendBuffer: try Kernel.socketOption(fd, level: SOL_SOCKET, name: SO_SNDBUF),
+                receiveBuffer: try Kernel.socketOption(fd, level: SOL_SOCKET, name: SO_RCVBUF))
         }
         let flags = try step("reading the file's flags") { () throws(Errno) in try statusFlags(fd) }
         let (family, local) = try step("reading the local address") { () throws(Errno) in try endpoint(fd, peer: false) }
@@ -63,7 +63,7 @@ extension TcpRepair {
     /// resets SO_REUSEADDR when repair mode ends, so the application's setting is put back.
     package static func leaveRepair(_ fd: FileDescriptor, reuseAddress: Bool) throws(Errno) {
         try setRepair(fd, .offWithoutProbe)
-        try setInt(fd, SOL_SOCKET, SO_REUSEADDR, reuseAddress ? 1 : 0)
+        try Kernel.setSocketOption(fd, level: SOL_SOCKET, name: SO_REUSEADDR, value: reuseAddress ? 1 : 0)
     }
 
     private static func readRepaired(_ fd: FileDescriptor, family: InetFamily, local: SocketEndpoint, remote: SocketEndpoint,
@@ -74,7 +74,7 @@ extension TcpRepair {
                           detail: "the connection is \(SocketState.name(info.state, connectionOriented: true)), only ESTABLISHED connections are captured")
         }
         let lengths = try step("reading the queues' lengths") { () throws(Errno) in try queueLengths(fd) }
-        let mss = try step("reading the MSS clamp") { () throws(Errno) in UInt32(bitPattern: try getInt(fd, MITOSIS_SOL_TCP, MITOSIS_TCP_MAXSEG)) }
+        let mss = try step("reading the MSS clamp") { () throws(Errno) in UInt32(bitPattern: try Kernel.socketOption(fd, level: MITOSIS_SOL_TCP, name: MITOSIS_TCP_MAXSEG)) }
         let scaled = info.options & MITOSIS_TCPI_OPT_WSCALE != 0
         let timestamps = info.options & MITOSIS_TCPI_OPT_TIMESTAMPS != 0
         let options = TcpConnection.Options(maxSegmentSize: mss, sendWindowScale: scaled ? info.sendWindowScale : nil,
@@ -114,8 +114,8 @@ extension TcpRepair {
         // variants pass the system maxima; the kernel doubles what it is given).
         try step("sizing the buffers") { () throws(Errno) in
             let o = connection.socketOptions
-            try setInt(fd, SOL_SOCKET, SO_SNDBUFFORCE, max(o.sendBuffer / 2, Int32(queued.count)))
-            try setInt(fd, SOL_SOCKET, SO_RCVBUFFORCE, max(o.receiveBuffer / 2, Int32(received.count)))
+            try Kernel.setSocketOption(fd, level: SOL_SOCKET, name: SO_SNDBUFFORCE, value: max(o.sendBuffer / 2, Int32(queued.count)))
+            try Kernel.setSocketOption(fd, level: SOL_SOCKET, name: SO_RCVBUFFORCE, value: max(o.receiveBuffer / 2, Int32(received.count)))
         }
         try step("entering repair mode") { () throws(Errno) in try setRepair(fd, .on) }
         try step("setting the sequence numbers") { () throws(Errno) in
@@ -155,13 +155,13 @@ extension TcpRepair {
         }
         try step("setting socket options") { () throws(Errno) in
             let o = connection.socketOptions
-            try setInt(fd, MITOSIS_SOL_TCP, MITOSIS_TCP_NODELAY, o.noDelay ? 1 : 0)
-            try setInt(fd, MITOSIS_SOL_TCP, MITOSIS_TCP_CORK, o.cork ? 1 : 0)
-            try setInt(fd, SOL_SOCKET, SO_KEEPALIVE, o.keepAlive ? 1 : 0)
+            try Kernel.setSocketOption(fd, level: MITOSIS_SOL_TCP, name: MITOSIS_TCP_NODELAY, value: o.noDelay ? 1 : 0)
+            try Kernel.setSocketOption(fd, level: MITOSIS_SOL_TCP, name: MITOSIS_TCP_CORK, value: o.cork ? 1 : 0)
+            try Kernel.setSocketOption(fd, level: SOL_SOCKET, name: SO_KEEPALIVE, value: o.keepAlive ? 1 : 0)
             // 0 is the kernel's way of saying "the system default" only when read; never set it.
-            if o.keepIdle > 0 { try setInt(fd, MITOSIS_SOL_TCP, MITOSIS_TCP_KEEPIDLE, o.keepIdle) }
-            if o.keepInterval > 0 { try setInt(fd, MITOSIS_SOL_TCP, MITOSIS_TCP_KEEPINTVL, o.keepInterval) }
-            if o.keepCount > 0 { try setInt(fd, MITOSIS_SOL_TCP, MITOSIS_TCP_KEEPCNT, o.keepCount) }
+            if o.keepIdle > 0 { try Kernel.setSocketOption(fd, level: MITOSIS_SOL_TCP, name: MITOSIS_TCP_KEEPIDLE, value: o.keepIdle) }
+            if o.keepInterval > 0 { try Kernel.setSocketOption(fd, level: MITOSIS_SOL_TCP, name: MITOSIS_TCP_KEEPINTVL, value: o.keepInterval) }
+            if o.keepCount > 0 { try Kernel.setSocketOption(fd, level: MITOSIS_SOL_TCP, name: MITOSIS_TCP_KEEPCNT, value: o.keepCount) }
             try selectQueue(fd, .none)
         }
     }
@@ -172,7 +172,7 @@ extension TcpRepair {
     package static func finish(_ fd: FileDescriptor, _ connection: TcpConnection) throws(Failure) {
         try step("leaving repair mode") { () throws(Errno) in try setRepair(fd, .off) }
         try step("setting SO_REUSEADDR and O_NONBLOCK") { () throws(Errno) in
-            try setInt(fd, SOL_SOCKET, SO_REUSEADDR, connection.socketOptions.reuseAddress ? 1 : 0)
+            try Kernel.setSocketOption(fd, level: SOL_SOCKET, name: SO_REUSEADDR, value: connection.socketOptions.reuseAddress ? 1 : 0)
             let flags = try statusFlags(fd)
             try setStatusFlags(fd, connection.nonBlocking ? flags | O_NONBLOCK : flags & ~O_NONBLOCK)
         }

@@ -28,24 +28,24 @@ package enum TcpRepair {
     /// Enters or leaves repair mode. Entering needs the socket ESTABLISHED or CLOSED.
     /// The corresponding call is `setsockopt(SOL_TCP, TCP_REPAIR)`.
     package static func setRepair(_ fd: FileDescriptor, _ mode: Mode) throws(Errno) {
-        try setInt(fd, MITOSIS_SOL_TCP, MITOSIS_TCP_REPAIR, mode.rawValue)
+        try Kernel.setSocketOption(fd, level: MITOSIS_SOL_TCP, name: MITOSIS_TCP_REPAIR, value: mode.rawValue)
     }
 
     /// Chooses the queue later calls act on. The corresponding call is `setsockopt(TCP_REPAIR_QUEUE)`.
     package static func selectQueue(_ fd: FileDescriptor, _ queue: Queue) throws(Errno) {
-        try setInt(fd, MITOSIS_SOL_TCP, MITOSIS_TCP_REPAIR_QUEUE, queue.rawValue)
+        try Kernel.setSocketOption(fd, level: MITOSIS_SOL_TCP, name: MITOSIS_TCP_REPAIR_QUEUE, value: queue.rawValue)
     }
 
     /// The selected queue's sequence number: the send queue's `write_seq` or the receive queue's
     /// `rcv_nxt`. The corresponding call is `getsockopt(TCP_QUEUE_SEQ)`.
     package static func queueSequence(_ fd: FileDescriptor) throws(Errno) -> UInt32 {
-        UInt32(bitPattern: try getInt(fd, MITOSIS_SOL_TCP, MITOSIS_TCP_QUEUE_SEQ))
+        UInt32(bitPattern: try Kernel.socketOption(fd, level: MITOSIS_SOL_TCP, name: MITOSIS_TCP_QUEUE_SEQ))
     }
 
     /// Sets the selected queue's initial sequence number (only on a socket not yet connected).
     /// The corresponding call is `setsockopt(TCP_QUEUE_SEQ)`.
     package static func setQueueSequence(_ fd: FileDescriptor, _ sequence: UInt32) throws(Errno) {
-        try setInt(fd, MITOSIS_SOL_TCP, MITOSIS_TCP_QUEUE_SEQ, Int32(bitPattern: sequence))
+        try Kernel.setSocketOption(fd, level: MITOSIS_SOL_TCP, name: MITOSIS_TCP_QUEUE_SEQ, value: Int32(bitPattern: sequence))
     }
 
     /// The queues' lengths: unread bytes (`SIOCINQ`), unacknowledged plus unsent bytes
@@ -101,8 +101,8 @@ package enum TcpRepair {
     /// Whether `fd` is an IPv4 or IPv6 TCP socket in the ESTABLISHED state.
     /// The corresponding calls are `getsockopt(SO_DOMAIN, SO_PROTOCOL, TCP_INFO)`.
     package static func isEstablished(_ fd: FileDescriptor) -> Bool {
-        guard let domain = try? getInt(fd, SOL_SOCKET, SO_DOMAIN), domain == AF_INET || domain == AF_INET6,
-              let proto = try? getInt(fd, SOL_SOCKET, SO_PROTOCOL), proto == Int32(IPPROTO_TCP) else { return false }
+        guard let domain = try? Kernel.socketOption(fd, level: SOL_SOCKET, name: SO_DOMAIN), domain == AF_INET || domain == AF_INET6,
+              let proto = try? Kernel.socketOption(fd, level: SOL_SOCKET, name: SO_PROTOCOL), proto == Int32(IPPROTO_TCP) else { return false }
         return (try? info(fd).state) == 1
     }
 
@@ -140,53 +140,21 @@ package enum TcpRepair {
 
     /// The timestamp clock. The corresponding call is `getsockopt(TCP_TIMESTAMP)`.
     package static func timestamp(_ fd: FileDescriptor) throws(Errno) -> UInt32 {
-        UInt32(bitPattern: try getInt(fd, MITOSIS_SOL_TCP, MITOSIS_TCP_TIMESTAMP))
+        UInt32(bitPattern: try Kernel.socketOption(fd, level: MITOSIS_SOL_TCP, name: MITOSIS_TCP_TIMESTAMP))
     }
 
     /// Sets the timestamp clock's offset so it continues from `value`.
     /// The corresponding call is `setsockopt(TCP_TIMESTAMP)`.
     package static func setTimestamp(_ fd: FileDescriptor, _ value: UInt32) throws(Errno) {
-        try setInt(fd, MITOSIS_SOL_TCP, MITOSIS_TCP_TIMESTAMP, Int32(bitPattern: value))
+        try Kernel.setSocketOption(fd, level: MITOSIS_SOL_TCP, name: MITOSIS_TCP_TIMESTAMP, value: Int32(bitPattern: value))
     }
 
-    /// An integer socket option. The corresponding call is `getsockopt`.
-    package static func getInt(_ fd: FileDescriptor, _ level: Int32, _ name: Int32) throws(Errno) -> Int32 {
-        var value: Int32 = 0
-        var length = socklen_t(4)
-        try Kernel.check { getsockopt(fd.rawValue, level, name, &value, &length) }
-        return value
-    }
-
-    /// Sets an integer socket option. The corresponding call is `setsockopt`.
-    package static func setInt(_ fd: FileDescriptor, _ level: Int32, _ name: Int32, _ value: Int32) throws(Errno) {
-        var copy = value
-        try Kernel.check { setsockopt(fd.rawValue, level, name, &copy, 4) }
-    }
-
-    /// The socket's own address (`getsockname`) or its peer's (`getpeername`).
+    /// The connection's own address (`getsockname`) or its peer's (`getpeername`), with the family
+    /// the repair calls need (an IPv6 socket's text always contains a colon).
     package static func endpoint(_ fd: FileDescriptor, peer: Bool) throws(Errno) -> (family: InetFamily, endpoint: SocketEndpoint) {
-        var storage = sockaddr_storage()
-        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        try Kernel.check {
-            withUnsafeMutablePointer(to: &storage) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { peer ? getpeername(fd.rawValue, $0, &length) : getsockname(fd.rawValue, $0, &length) }
-            }
-        }
-        var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
-        switch Int32(storage.ss_family) {
-        case AF_INET:
-            let address = withUnsafeBytes(of: storage) { $0.load(as: sockaddr_in.self) }
-            var raw = address.sin_addr
-            inet_ntop(AF_INET, &raw, &text, socklen_t(text.count))
-            return (.ipv4, SocketEndpoint(address: String(cString: text), port: UInt16(bigEndian: address.sin_port)))
-        case AF_INET6:
-            let address = withUnsafeBytes(of: storage) { $0.load(as: sockaddr_in6.self) }
-            var raw = address.sin6_addr
-            inet_ntop(AF_INET6, &raw, &text, socklen_t(text.count))
-            return (.ipv6, SocketEndpoint(address: String(cString: text), port: UInt16(bigEndian: address.sin6_port)))
-        default:
-            throw .addressFamilyNotSupported
-        }
+        guard let address = try Kernel.socketAddress(fd, peer: peer) else { throw .socketNotConnected }
+        guard let text = address.address, let port = address.port else { throw .addressFamilyNotSupported }
+        return (text.contains(":") ? .ipv6 : .ipv4, SocketEndpoint(address: text, port: port))
     }
 
     /// Binds (`connect: false`) or connects the socket to `endpoint`. In repair mode `connect`

@@ -17,3 +17,19 @@ public struct InotifyWatch: Equatable, Hashable, Sendable, Codable {
         self.ignoredMask = ignoredMask
     }
 }
+
+/// What a restore needs of one inotify watch: the watch names an inode, and a new watch can only
+/// be added by path, so the path is found at the checkpoint (through the watch's file handle).
+public struct InotifyWatchPath: Codable, Sendable, Equatable {
+    /// The inotify descriptor holding the watch.
+    public var fd: Int32
+    public var wd: Int32
+    /// The watched file or directory, as the process saw it at the checkpoint.
+    public var path: String
+
+    public init(fd: Int32, wd: Int32, path: String) {
+        self.fd = fd
+        self.wd = wd
+        self.path = path
+    }
+}

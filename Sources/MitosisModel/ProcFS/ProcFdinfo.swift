@@ -157,6 +157,19 @@ package struct ProcFields {
 
     package func hex(_ key: Substring) -> UInt64? { values[key].flatMap { UInt64($0, radix: 16) } }
     package func decimal(_ key: Substring) -> UInt64? { values[key].flatMap { UInt64($0) } }
+    /// A value of hex digit pairs (`f_handle:a1b2…`) as bytes; nil when absent or malformed.
+    package func bytes(_ key: Substring) -> [UInt8]? {
+        guard let value = values[key], value.count % 2 == 0 else { return nil }
+        var bytes: [UInt8] = []
+        var index = value.startIndex
+        while index < value.endIndex {
+            let next = value.index(index, offsetBy: 2)
+            guard let byte = UInt8(value[index..<next], radix: 16) else { return nil }
+            bytes.append(byte)
+            index = next
+        }
+        return bytes
+    }
 }
 
 extension Substring {

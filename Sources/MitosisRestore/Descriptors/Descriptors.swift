@@ -68,6 +68,8 @@ extension Tracer {
             case .memfd:
                 guard let contents = contents[descriptor.fd] else { throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "no content") }
                 fd = try createMemfd(descriptor, contents, area: area)
+            case .inotify:
+                fd = try createInotify(descriptor, paths: (plan.record.inotifyWatches ?? []).filter { $0.fd == descriptor.fd }, area: area)
             case .file where descriptor.deleted:
                 guard let contents = contents[descriptor.fd] else { throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "no content") }
                 fd = try createDeletedFile(descriptor, contents, area: area)

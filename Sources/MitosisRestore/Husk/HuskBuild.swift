@@ -61,6 +61,7 @@ extension Tracer {
         defer { for pending in connections { try? pending.copy.close() } }
         try restoreDescriptors(plan, area: area, connections: &connections)
         try restoreLimits(plan)
+        try restoreSeccomp(plan)
         try createThreads(&plan, area: area)
         try restoreThreadState(plan, area: area)
         notes += try restoreProcessAttributes(plan)

@@ -27,8 +27,12 @@ extension Tracer {
             let protection = (perms[0] == UInt8(ascii: "r") ? Linux.PROT_READ : 0) | (perms[1] == UInt8(ascii: "w") ? Linux.PROT_WRITE : 0)
                 | (perms[2] == UInt8(ascii: "x") ? Linux.PROT_EXEC : 0)
             let shared = perms[3] == UInt8(ascii: "s")
-            let held = mapping.pages.filter { $0.state == .stored || $0.state == .inherited }
-            let mapProtection = held.isEmpty ? protection : protection | Linux.PROT_WRITE
+            let segment = mapping.kind == MemoryMapping.Kind.sysvSharedMemory.rawValue ? plan.segmentId(at: mapping.start) : nil
+            // A SysV segment other processes have attached keeps their content, not the image's.
+            let held = segment.map { !plan.sharedMemoryFilled.contains($0) } == true ? []
+                : mapping.pages.filter { $0.state == .stored || $0.state == .inherited }
+            // shmat maps read-write; the recorded protection is set afterwards.
+            let mapProtection = held.isEmpty && segment == nil ? protection : protection | Linux.PROT_WRITE | (segment == nil ? 0 : Linux.PROT_READ)
             let flags = vmFlags[mapping.start] ?? []
             var mapFlags = (shared ? Linux.MAP_SHARED : Linux.MAP_PRIVATE) | 0x100000 /* MAP_FIXED_NOREPLACE */
             if flags.contains("gd") || mapping.kind == MemoryMapping.Kind.stack.rawValue { mapFlags |= Linux.MAP_GROWSDOWN }
@@ -40,6 +44,9 @@ extension Tracer {
                 let mapped = Result { try huskCall("mapping \(name)", SyscallNumber.mmap, [mapping.start, length, UInt64(mapProtection), UInt64(mapFlags), fd, mapping.offset]) }
                 try huskCall("closing \(path)", SyscallNumber.close, [fd])
                 address = try mapped.get()
+            } else if let segment {
+                address = try huskCall("attaching SysV segment \(segment) at \(name)", SyscallNumber.shmat,
+                                       [UInt64(segment), mapping.start, protection & Linux.PROT_EXEC != 0 ? Kernel.attachExecutable : 0])
             } else {
                 address = try huskCall("mapping \(name)", SyscallNumber.mmap,
                                        [mapping.start, length, UInt64(mapProtection), UInt64(mapFlags | Linux.MAP_ANONYMOUS), UInt64.max, 0])

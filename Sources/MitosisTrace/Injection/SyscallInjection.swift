@@ -26,6 +26,8 @@ extension Tracer {
         precondition(arguments.count <= 6, "a system call takes at most six arguments")
         let thread = try lendingThread(tid)
         let site = try injectionSite(for: thread)
+        let suspended = try suspendSeccomp(of: thread)
+        defer { if suspended { try? Ptrace.setOptions(thread.tid, seizeOptions) } }
         let saved: GeneralRegisters
         do { saved = try Ptrace.generalRegisters(thread.tid) } catch {
             throw threadError(error, thread, "reading registers of")
@@ -66,6 +68,28 @@ extension Tracer {
         }
         InjectionPauseHook.reached(.registersRestored, tid: thread.tid)
         return result
+    }
+
+    /// Suspends the seccomp filters of `thread` for one injected call, if it has any; returns
+    /// whether it did. A filter sees the calls Mitosis injects as the process's own, and one
+    /// that kills on a call the process never makes (systemd's `SystemCallFilter=`) would kill
+    /// the process for Mitosis's `getitimer`. Suspending needs CAP_SYS_ADMIN: without it the
+    /// call is not made at all.
+    private func suspendSeccomp(of thread: SeizedThread) throws(MitosisError) -> Bool {
+        guard seizeOptions & Ptrace.suspendSeccompOption == 0 else { return false }
+        let filtered: Bool
+        if let known = seccompFiltered[thread.tid] {
+            filtered = known
+        } else {
+            let status = try? Kernel.readFile("/proc/\(thread.pid)/task/\(thread.tid)/status")
+            filtered = status.map { ProcStatus(parsing: String(decoding: $0, as: UTF8.self))["Seccomp"] != "0" } ?? true
+            seccompFiltered[thread.tid] = filtered
+        }
+        guard filtered else { return false }
+        do throws(Errno) { try Ptrace.setOptions(thread.tid, seizeOptions | Ptrace.suspendSeccompOption) } catch {
+            throw .system(operation: "suspending the seccomp filters of thread \(thread.tid) of process \(thread.pid) for an injected call (needs CAP_SYS_ADMIN)", errno: error)
+        }
+        return true
     }
 
     /// Runs a system call in the target like `injectSyscall`, and throws the `Errno` it failed

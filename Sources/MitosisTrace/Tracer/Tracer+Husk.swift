@@ -40,7 +40,16 @@ extension Tracer {
 
     private func seizeHusk(_ husk: Int32) throws {
         do throws(Errno) {
-            try Ptrace.seize(husk, options: Ptrace.killOnExitOption | Ptrace.traceCloneOption | Ptrace.traceSystemCallsOption)
+            // Seccomp suspended for as long as the husk is traced: filters restored into it must
+            // not see the calls that finish the restore (without CAP_SYS_ADMIN, none are restored).
+            let options = Ptrace.killOnExitOption | Ptrace.traceCloneOption | Ptrace.traceSystemCallsOption
+            do throws(Errno) {
+                try Ptrace.seize(husk, options: options | Ptrace.suspendSeccompOption)
+                seizeOptions = options | Ptrace.suspendSeccompOption
+            } catch .notPermitted {
+                try Ptrace.seize(husk, options: options)
+                seizeOptions = options
+            }
             // The husk may still be setting itself up: let it run until it waits in pause().
             for _ in 0..<1000 {
                 try Ptrace.interrupt(husk)

@@ -42,6 +42,10 @@ public actor Tracer {
     package var inSignalDeliveryStop: Set<Int32> = []
     /// Where each process runs injected system calls, found once (see `Injection/`).
     var injectionSites: [Int32: InjectionSite] = [:]
+    /// The ptrace options every thread is seized with (a husk's include more).
+    package internal(set) var seizeOptions = Ptrace.traceSystemCallsOption
+    /// Threads known to run under seccomp filters, which injected calls must not meet.
+    var seccompFiltered: [Int32: Bool] = [:]
 
     /// How long one thread may take to reach its stop while seizing.
     private let stopTimeout: Duration
@@ -184,7 +188,7 @@ public actor Tracer {
     /// Seizes one thread and asks it to stop. Returns false if it exited first.
     private func seizeAndInterrupt(pid process: Int32, tid: Int32) throws(MitosisError) -> Bool {
         do {
-            try Ptrace.seize(tid, options: Ptrace.traceSystemCallsOption)
+            try Ptrace.seize(tid, options: seizeOptions)
             try Ptrace.interrupt(tid)
             return true
         } catch .noSuchProcess {

@@ -183,13 +183,77 @@ struct RestoredDescriptorScenario {
         #expect(try await scenario.check(3) == "CHECK n=3 PASS")
     }
 
-    @Test func everyKindTogetherComesBack() async throws {
-        let scenario = try await RestoredDescriptorScenario(kinds: "inet,unix,files,shared")
+    @Test func inotifyWatchesComeBackWithTheirNumbers() async throws {
+        let scenario = try await RestoredDescriptorScenario(kinds: "watch")
         defer { scenario.remove() }
         let differences = try scenario.descriptorDifferences()
         #expect(differences == [], "\(differences)")
-        #expect(scenario.manifest.descriptors?.count == 25)
+        #expect(scenario.manifest.restore?.inotifyWatches == [.init(fd: 50, wd: 1, path: scenario.log + ".watchdir"),
+                                                              .init(fd: 50, wd: 3, path: scenario.log + ".watched")])
+        let watches = try scenario.fdinfo(50).split(separator: "\n").filter { $0.hasPrefix("inotify ") }.sorted()
+        #expect(watches.count == 2 && watches[0].hasPrefix("inotify wd:1 ") && watches[1].hasPrefix("inotify wd:3 "), "\(watches)")
+        #expect(watches[0].contains(" mask:300 ") && watches[1].contains(" mask:4000002 "), "\(watches)")
+        let second = try await scenario.check(2)
+        #expect(second == "CHECK n=2 PASS")
+        #expect(try await scenario.check(3) == "CHECK n=3 PASS")
+    }
+
+    @Test func everyKindTogetherComesBack() async throws {
+        let scenario = try await RestoredDescriptorScenario(kinds: "inet,unix,files,shared,watch")
+        defer { scenario.remove() }
+        let differences = try scenario.descriptorDifferences()
+        #expect(differences == [], "\(differences)")
+        #expect(scenario.manifest.descriptors?.count == 26)
         #expect(try await scenario.check(2) == "CHECK n=2 PASS")
+    }
+
+    /// Segments outlive processes: the private one (marked for removal) went with the original,
+    /// and is created again with its id; the keyed one stayed, unattached, and is attached again
+    /// with the image's content.
+    @Test func sysvSharedMemoryComesBackWithItsIdsAndContent() async throws {
+        var keyed: Int32 = -1
+        defer { if keyed >= 0 { shmctl(keyed, IPC_RMID, nil) } }
+        let scenario = try await RestoredDescriptorScenario(kinds: "sysv") { _ in }
+        defer { scenario.remove() }
+        let segments = try #require(scenario.manifest.restore?.sysvSharedMemory).sorted { $0.size < $1.size }
+        keyed = segments.first?.shmid ?? -1
+        #expect(segments.map(\.size) == [2 * 4096, 3 * 4096] && segments.map(\.key) == [0x4d54_0000 + scenario.pid, 0])
+        #expect(segments.map { $0.perms & 0o1777 } == [0o640, 0o1600])
+        let live = try Kernel.sharedMemorySegments().filter { segment in segments.contains { $0.shmid == segment.shmid } }
+        #expect(live.map(\.attachCount).sorted() == [1, 1], "\(live)")
+        #expect(try await scenario.check(2) == "CHECK n=2 PASS")
+        #expect(try await scenario.check(3) == "CHECK n=3 PASS")
+        // The private one goes with the restored process, as it went with the original.
+        endRestored(scenario.pid)
+        let left = try Kernel.sharedMemorySegments().filter { segment in segments.contains { $0.shmid == segment.shmid } }
+        #expect(left.map(\.shmid) == [keyed] && left.first?.attachCount == 0, "\(left)")
+    }
+
+    /// The scenario's second filter kills it on `getitimer`, which the checkpoint injects: the
+    /// dump must suspend the filters for its calls, and the restore must put both back.
+    @Test func seccompFiltersComeBack() async throws {
+        let scenario = try await RestoredDescriptorScenario(kinds: "seccomp")
+        defer { scenario.remove() }
+        let state = try #require(scenario.manifest.restore?.seccomp)
+        #expect(state.mode == 2 && state.filters.map(\.program.count) == [4, 4] && state.filters.map(\.flags) == [2, 0], "\(state.filters.map(\.flags))")
+        #expect(scenario.manifest.restore?.seccompDiffers == nil)
+        let status = ProcStatus(parsing: String(decoding: try Kernel.readFile("/proc/\(scenario.pid)/status"), as: UTF8.self))
+        #expect(status["Seccomp"] == "2" && status["Seccomp_filters"] == "2" && status["NoNewPrivs"] == "1")
+        #expect(try await scenario.check(2) == "CHECK n=2 PASS")
+    }
+
+    @Test func anInotifyWatchWhoseFileIsGoneIsRefusedByName() async throws {
+        var log = ""
+        do {
+            _ = try await RestoredDescriptorScenario(kinds: "watch") { path in
+                log = path
+                unlink(path + ".watched")
+            }
+            Issue.record("restored a watch on a file that is gone")
+        } catch let failure as RestoreFailure {
+            let refusal = RestoreRefusal("fd 50 (anon_inode:inotify)", "watch 3: \(log).watched does not exist here")
+            #expect(failure.description == "refused: \([refusal])")
+        }
     }
 
     @Test func aUnixSocketPathSomeoneListensOnStopsTheRestore() async throws {

@@ -105,7 +105,7 @@ struct TcpRestoreTests {
         // Repair mode left as if never entered: the kernel resets SO_REUSEADDR, Mitosis puts it back.
         let pidfd = try Kernel.pidfdOpen(server.pid)
         let socket = try Kernel.pidfdGetfd(pidfd, 4)
-        #expect(try TcpRepair.getInt(socket, SOL_SOCKET, SO_REUSEADDR) == 1)
+        #expect(try Kernel.socketOption(socket, level: SOL_SOCKET, name: SO_REUSEADDR) == 1)
         try socket.close()
         try pidfd.close()
         try client.send("send x")

@@ -112,7 +112,7 @@ struct TcpRepairTests {
         try? adopterPidfd.close()
         try TcpRepair.restore(socket, connection)
         try TcpRepair.finish(socket, connection)
-        #expect(try TcpRepair.getInt(socket, SOL_SOCKET, SO_REUSEADDR) == 1 && TcpRepair.getInt(socket, SOL_SOCKET, SO_KEEPALIVE) == 1)
+        #expect(try Kernel.socketOption(socket, level: SOL_SOCKET, name: SO_REUSEADDR) == 1 && Kernel.socketOption(socket, level: SOL_SOCKET, name: SO_KEEPALIVE) == 1)
         try socket.close()
         let unlocked = ContinuousClock.now
         lock.release()
