@@ -271,7 +271,7 @@ public actor CheckpointSession {
             // Copy while the target runs, as long as the set left to copy shrinks.
             var left = Int.max
             var lastMap: ProcessPageMap?
-            run.mark("setup", clock)
+            run.mark("start", clock)  // starts the clock of `phases`: nothing before is timed
             while run.rounds < options.maxPrecopyRounds {
                 let (map, dirty) = try await observe(run)
                 lastMap = map
