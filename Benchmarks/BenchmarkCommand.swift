@@ -15,6 +15,7 @@ struct BenchmarkCommand: AsyncParsableCommand {
             GraphBenchmark.self,
             CheckpointBenchmark.self,
             RestoreBenchmark.self,
+            LiveRedisBenchmark.self,
             IssueTableBenchmark.self,
             ReplicateBenchmark.self,
         ]

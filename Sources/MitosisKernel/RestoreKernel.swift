@@ -6,10 +6,13 @@ import SystemPackage
 extension Kernel {
     /// Creates a husk with exactly `pid`: a child that does nothing but wait, for a restore to
     /// fill (see `mitosis_husk_spawn`). Call it from the thread that will trace the husk: the
-    /// husk dies when that thread exits. `EEXIST`: the pid is taken; `EINVAL`: above `pid_max`.
+    /// husk dies when that thread exits. `EEXIST`: the pid is taken; `EINVAL`: above `pid_max`;
+    /// `HuskPlacement.Failure`: a namespace step of `placement` failed. Returns the offsets of
+    /// its time namespace, if it has one of its own.
     /// The corresponding system call is `clone3` with `set_tid`.
-    package static func spawnHusk(pid: Int32) throws(Errno) -> Int32 {
-        try check { mitosis_husk_spawn(pid) }
+    package static func spawnHusk(pid: Int32, placement: HuskPlacement = HuskPlacement()) throws -> (husk: Int32, offsets: TimeNamespaceOffsets?) {
+        let (husk, offsets) = try spawn(placement) { () throws(Errno) in try check { mitosis_husk_spawn(pid) } }
+        return (husk, offsets)
     }
 
     /// Creates a husk with pid `pid` inside a new pid namespace, the child of a small init
@@ -17,10 +20,11 @@ extension Kernel {
     /// husk's and the init's pids as this process sees them and the init's control pipe: closing
     /// it lets the init reap what is left and exit when its last child does.
     /// The corresponding system calls are `unshare(CLONE_NEWPID)`, `clone3` with `set_tid`, `setns`.
-    package static func spawnHuskInNewPidNamespace(pid: Int32) throws(Errno) -> (husk: Int32, initPid: Int32, control: FileDescriptor) {
+    package static func spawnHuskInNewPidNamespace(pid: Int32, placement: HuskPlacement = HuskPlacement()) throws
+        -> (husk: Int32, initPid: Int32, control: FileDescriptor, offsets: TimeNamespaceOffsets?) {
         var initPid: Int32 = 0, control: Int32 = -1
-        let husk = try check { mitosis_husk_spawn_pidns(pid, &initPid, &control) }
-        return (husk, initPid, FileDescriptor(rawValue: control))
+        let (husk, offsets) = try spawn(placement) { () throws(Errno) in try check { mitosis_husk_spawn_pidns(pid, &initPid, &control) } }
+        return (husk, initPid, FileDescriptor(rawValue: control), offsets)
     }
 
     /// The robust futex list head of thread `tid` and its length.

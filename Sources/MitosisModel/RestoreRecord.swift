@@ -53,6 +53,8 @@ public struct RestoreRecord: Codable, Sendable, Equatable {
     /// Timers, credentials' companions, per-thread scheduling and signal stacks (nil in images
     /// taken before they were recorded).
     public var processState: ProcessState?
+    /// The process's clocks at the freeze (nil in images taken before they were recorded).
+    public var clocks: Clocks?
 
     public init(bounds: MemoryBounds, auxv: [UInt64], executable: String, vdso: VdsoIdentity,
                 signalActions: [SignalAction], threads: [ThreadRestoreState], mappingFlags: [MappingFlags], posixTimers: Int) {

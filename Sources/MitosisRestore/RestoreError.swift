@@ -24,6 +24,8 @@ public enum RestoreError: MitosisFailure, Equatable {
     case pidOutOfRange(Int32)
     /// A step of the restore failed; the half-built process was killed.
     case failed(step: String, detail: String)
+    /// The network namespace to restore into (`--netns`) does not exist, or is not one.
+    case noNetworkNamespace(String, detail: String)
 
     public var description: String {
         switch self {
@@ -34,6 +36,7 @@ public enum RestoreError: MitosisFailure, Equatable {
             return "pid \(pid) is taken by \(holder); end it first, or restore into a new pid namespace (--pidns)"
         case .pidOutOfRange(let pid): return "pid \(pid) is above this system's kernel.pid_max"
         case .failed(let step, let detail): return "restore failed while \(step): \(detail); the half-built process was killed"
+        case .noNetworkNamespace(let name, let detail): return "network namespace \(name) does not exist: \(detail); nothing was restored"
         }
     }
 }

@@ -12,6 +12,8 @@ struct RestorePlan: Sendable {
     var hostTids: [Int32: Int32] = [:]
     /// Restored inside a new pid namespace (`--pidns`).
     var newPidNamespace = false
+    /// Restored inside a time namespace of its own whose clocks continue from the checkpoint's.
+    var timeNamespace = false
     /// SysV segments whose content comes from the image (see `SharedMemorySegments`).
     var sharedMemoryFilled: Set<Int32> = []
 
@@ -28,17 +30,19 @@ struct RestorePlan: Sendable {
 
     /// Every reason this image cannot be restored on this host now; empty when it can.
     static func refusals(_ manifest: CheckpointManifest) -> [RestoreRefusal] {
+        let pid = manifest.pid
+        let leaderExited = RestoreRefusal("thread \(pid)", "the main thread had exited; restoring a process without it is not supported")
         guard manifest.formatVersion >= 2, let record = manifest.restore else {
+            // A checkpoint records no restore state for a process whose main thread exited
+            // (nothing can be injected into it): that, not the format, is the reason.
+            if manifest.formatVersion >= 2 && !manifest.threads.contains(where: { $0.tid == pid }) { return [leaderExited] }
             return [RestoreRefusal("image", "format version \(manifest.formatVersion) records no restore state (signal handlers, mm bounds, vDSO…); checkpoint the process again with this mitosis")]
         }
         var refusals: [RestoreRefusal] = []
-        let pid = manifest.pid
         if manifest.pageSize != CheckpointHeader.systemPageSize {
             refusals.append(RestoreRefusal("image", "page size \(manifest.pageSize), this system's is \(CheckpointHeader.systemPageSize)"))
         }
-        if !manifest.threads.contains(where: { $0.tid == pid }) {
-            refusals.append(RestoreRefusal("thread \(pid)", "the main thread had exited; restoring a process without it is not supported"))
-        }
+        if !manifest.threads.contains(where: { $0.tid == pid }) { refusals.append(leaderExited) }
         if Set(manifest.threads.map(\.tid)) != Set(record.threads.map(\.tid)) {
             refusals.append(RestoreRefusal("image", "thread states and restore records name different threads"))
         }
@@ -53,6 +57,7 @@ struct RestorePlan: Sendable {
             refusals.append(RestoreRefusal("executable", "\(record.executable) does not exist here"))
         }
         refusals += processStateProblems(manifest, record)
+        if let problem = record.clocks?.problem { refusals.append(RestoreRefusal("clocks", problem)) }
         if let tid = record.seccompDiffers {
             refusals.append(RestoreRefusal("thread \(tid)", "it runs under other seccomp filters than the main thread: not restorable yet"))
         }
@@ -167,7 +172,12 @@ struct RestorePlan: Sendable {
             return nil
         case .file:
             guard let path = mapping.path else { return "a file mapping without a path" }
-            if deleted { return "maps a deleted file; restoring deleted files is not supported yet" }
+            // Only the pages a process wrote are in the image; a memfd's or a deleted file's
+            // other pages (and a memfd's size) are nowhere to map them from.
+            if path.hasPrefix("/memfd:") {
+                return "maps \(path.dropFirst()); memfd mappings are not restorable yet (memfd descriptors are)"
+            }
+            if deleted { return "maps a deleted file: the image holds only the pages the process wrote, not the file; not restorable yet" }
             if !fileExists(path) { return "\(path) does not exist here" }
             return nil
         case .sysvSharedMemory:

@@ -21,6 +21,10 @@ public struct RestoreResult: Codable, Sendable, Equatable {
     /// vDSO), `memory` (mapping and filling), `state` (signals, mm, descriptors, threads),
     /// `resume` (rseq, registers, detach).
     public var phases: [String: Double]
+    /// The network namespace it was restored into (`--netns`), as given; nil: Mitosis's own.
+    public var networkNamespace: String?
+    /// Its time namespace, when it got one (`--timens`); nil: it reads this host's clocks.
+    public var timeNamespace: RestoredTimeNamespace?
     /// What was restored otherwise than recorded, and why (a process group that no longer
     /// exists, a parent-death signal not armed…); empty when everything is as recorded.
     public var notes: [String] = []
@@ -41,6 +45,13 @@ public struct Restorer: Sendable {
     /// process runs (`NetworkLock`): without it, a peer's packet meeting no socket is answered
     /// with a reset. The lock `dump --kill` left is lifted either way.
     public var networkLock = true
+    /// The network namespace to restore into, a second "host": a name (`/run/netns/NAME`, as
+    /// `ip netns add` makes) or the path of any network namespace file. The husk joins it before
+    /// any socket exists, and the network lock is taken there. Nil: Mitosis's own.
+    public var networkNamespace: String?
+    /// When the process gets a time namespace whose `CLOCK_MONOTONIC` and `CLOCK_BOOTTIME`
+    /// continue from the checkpoint's (see `TimeNamespaceChoice`, Docs/restore.md).
+    public var timeNamespace = TimeNamespaceChoice.auto
 
     /// Opens the chain of `image` (every ancestor, checked by id).
     public init(image: CheckpointImage) throws(ImageError) {
@@ -76,14 +87,25 @@ public struct Restorer: Sendable {
         var plan = RestorePlan(manifest: manifest, record: record)
         plan.newPidNamespace = inNewPidNamespace
         let pid = manifest.pid
+        // Where the husk is born, checked before anything exists.
+        let networkNamespace = try networkNamespace.map { given throws(RestoreError) in
+            (given, HuskPlacementPlan.networkNamespacePath(given), try HuskPlacementPlan.openNetworkNamespace(given))
+        }
+        defer { networkNamespace.map { Kernel.closeDescriptor($0.2) } }
+        let (clocks, monotonicJump) = try HuskPlacementPlan.clocks(record, choice: timeNamespace)
+        plan.timeNamespace = clocks != nil
+        let placement = HuskPlacement(networkNamespace: networkNamespace?.2, clocks: clocks.map { ($0.monotonic, $0.boottime) })
         // The restore's own lock first, then the one the dump left: never a moment unlocked.
+        // Both in the namespace the connections are restored in (on another host the held lock
+        // stays with the host it was taken on).
         let connections = (record.connections ?? []).map { ($0.connection.family, $0.connection.local, $0.connection.remote) }
         let networkLock = self.networkLock
+        let lockNamespace = networkNamespace?.1
         let lock: NetworkLock?
         do {
             lock = try await Blocking.run("mitosis-network-lock") { () throws -> NetworkLock? in
-                let lock = networkLock && !connections.isEmpty ? try NetworkLock(connections) : nil
-                if let held = record.networkLockTable { try NetworkLock.remove(held) }
+                let lock = networkLock && !connections.isEmpty ? try NetworkLock(connections, namespacePath: lockNamespace) : nil
+                if let held = record.networkLockTable { try NetworkLock.remove(held, namespacePath: lockNamespace) }
                 return lock
             }
         } catch {
@@ -94,18 +116,22 @@ public struct Restorer: Sendable {
         defer { lock?.release() }
         let tracer: Tracer
         var namespace: (initPid: Int32, control: FileDescriptor)?
+        var offsets: TimeNamespaceOffsets?
         do {
             if inNewPidNamespace {
-                let spawned = try await Tracer.spawnHuskInNewPidNamespace(pid: pid)
+                let spawned = try await Tracer.spawnHuskInNewPidNamespace(pid: pid, placement: placement)
                 tracer = spawned.tracer
                 namespace = (spawned.initPid, spawned.control)
+                offsets = spawned.offsets
             } else {
-                tracer = try await Tracer.spawnHusk(pid: pid)
+                (tracer, offsets) = try await Tracer.spawnHusk(pid: pid, placement: placement)
             }
         } catch Errno.fileExists {
             throw RestoreError.pidTaken(pid, holder: Self.describeHolder(pid))
         } catch Errno.invalidArgument {
             throw RestoreError.pidOutOfRange(pid)
+        } catch let error as HuskPlacement.Failure {
+            throw RestoreError.failed(step: "creating the husk with pid \(pid)", detail: "\(error)")
         } catch let error as Errno {
             throw RestoreError.failed(step: "creating the husk with pid \(pid) (clone3 with set_tid)", detail: "\(error)")
         } catch {
@@ -124,7 +150,13 @@ public struct Restorer: Sendable {
             return RestoreResult(pid: pid, threads: manifest.threads.count, descriptors: manifest.descriptors?.count ?? 0,
                                  restoreMilliseconds: Self.milliseconds(clock.now - started),
                                  hostPid: namespace == nil ? nil : tracer.pid, namespaceInitPid: namespace?.initPid,
-                                 phases: phases, notes: notes)
+                                 phases: phases, networkNamespace: networkNamespace?.0,
+                                 timeNamespace: offsets.map {
+                                     RestoredTimeNamespace(monotonicOffset: $0.monotonic, boottimeOffset: $0.boottime,
+                                                           monotonicJumpSeconds: Double(monotonicJump.components.seconds)
+                                                               + Double(monotonicJump.components.attoseconds) / 1e18)
+                                 },
+                                 notes: notes)
         } catch {
             await tracer.killHusk()
             segments?.removeCreated()

@@ -36,26 +36,30 @@ struct ProtectCommand: AsyncParsableCommand {
             """)
 
     @Argument(help: "The process id.") var pid: String
-    @Option(help: "The standby, HOST:PORT.") var standby: Endpoint
+    @Option(help: "A standby, HOST:PORT (repeatable: every epoch goes to each standby connected).") var standby: [Endpoint]
     @Option(help: "Milliseconds between epochs.") var interval: Int = 50
     @Option(help: "This primary's term (from the failover layer); a standby that saw a newer one refuses it.") var term: UInt64 = 1
     @Option(help: "A directory whose regular files are part of every epoch (repeatable).") var data: [String] = []
     @Option(help: "Stop after this many acknowledged epochs.") var epochs: Int?
     @Option(help: "Serve Prometheus metrics (GET /metrics) on ADDR:PORT.") var metrics: Endpoint?
+    @Option(help: "Dirty tracking: uffd-wp, soft-dirty or hash (default: the best this kernel has).") var tracking: String?
     @Flag(help: "Copy the process even if it asked not to be dumped.") var force = false
 
     func validate() throws {
         guard interval >= 1 else { throw ValidationError("--interval must be at least 1 ms") }
         guard term >= 1 else { throw ValidationError("--term must be at least 1") }
-        guard standby.port > 0 else { throw ValidationError("--standby needs a port") }
+        guard !standby.isEmpty else { throw ValidationError("give at least one --standby HOST:PORT") }
+        guard standby.allSatisfy({ $0.port > 0 }) else { throw ValidationError("--standby needs a port") }
         for directory in data where !directory.hasPrefix("/") { throw ValidationError("--data \(directory): give an absolute path") }
+        if let tracking, TrackingStrategy(rawValue: tracking) == nil { throw ValidationError("--tracking: uffd-wp, soft-dirty or hash") }
     }
 
     func run() async throws {
         let pid = targetPID(pid, forTracing: true)
         do {
-            var options = ProtectOptions(host: standby.host, port: standby.port)
+            var options = ProtectOptions(standbys: standby.map { StandbyEndpoint(host: $0.host, port: $0.port) })
             options.checkpoint.copyNonDumpable = force
+            options.checkpoint.strategy = tracking.flatMap(TrackingStrategy.init(rawValue:))
             options.interval = .milliseconds(interval)
             options.term = Term(term)
             options.dataDirectories = data
@@ -113,6 +117,7 @@ struct StandbyCommand: AsyncParsableCommand {
     @Option(help: "The address to listen on, ADDR:PORT.") var listen: Endpoint
     @Option(help: "The standby directory (created, mode 0700, if missing).") var images: String
     @Option(help: "Fold the chain into a full base once it holds this many images (0: never).") var compactEvery: Int = 64
+    @Option(help: "Refuse primaries of terms older than this one from the start (the failover layer's leader term).") var term: UInt64 = 0
     @Option(help: "Serve Prometheus metrics (GET /metrics) on ADDR:PORT.") var metrics: Endpoint?
 
     func validate() throws {
@@ -123,6 +128,7 @@ struct StandbyCommand: AsyncParsableCommand {
         do {
             var options = StandbyOptions(host: listen.host, port: listen.port, directory: images)
             options.compactEvery = compactEvery
+            options.minimumTerm = Term(term)
             let logger = Logger(label: "mitosis.standby")
             let endpoint = metrics.map { MetricsEndpoint.bootstrap($0, logger: logger) }
             let standby = try await Standby(options: options, logger: logger)

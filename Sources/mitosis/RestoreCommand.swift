@@ -20,11 +20,17 @@ struct RestoreCommand: AsyncParsableCommand {
     @Flag(help: "Print the result as JSON.") var json = false
     @Flag(help: "Do not lock the image's TCP connections while their sockets are rebuilt (a peer's packet may meet no socket and be answered with a reset).")
     var noNetworkLock = false
+    @Option(help: "Restore into this network namespace, a second host: a name (/run/netns/NAME, as `ip netns add` makes) or the path of a network namespace file.")
+    var netns: String?
+    @Option(help: "Give the process a time namespace whose monotonic and boot clocks continue from the checkpoint's: auto (when this host's clocks differ from the image's by more than 1 s beyond the time that passed), on, off.")
+    var timens: TimeNamespaceChoice = .auto
 
     func run() async throws {
         do {
             var restorer = try Restorer(image: CheckpointImage.open(image))
             restorer.networkLock = !noNetworkLock
+            restorer.networkNamespace = netns
+            restorer.timeNamespace = timens
             if check {
                 let refusals = restorer.refusals()
                 if json {
@@ -41,10 +47,16 @@ struct RestoreCommand: AsyncParsableCommand {
             let result = try await restorer.restore(inNewPidNamespace: pidns)
             if json {
                 print(try JSONOutput.string(JSONResult(pid: result.pid, hostPid: result.hostPid, threads: result.threads, descriptors: result.descriptors,
-                                                       restoreMs: result.restoreMilliseconds, phasesMs: result.phases, notes: result.notes)))
+                                                       restoreMs: result.restoreMilliseconds, phasesMs: result.phases,
+                                                       networkNamespace: result.networkNamespace, timeNamespace: result.timeNamespace,
+                                                       notes: result.notes)))
             } else {
                 let host = result.hostPid.map { " (pid \($0) on this host, in a new pid namespace)" } ?? ""
                 print("restored process \(result.pid)\(host) (\(result.threads) threads, \(result.descriptors) descriptors) from \(image) in \(String(format: "%.1f", result.restoreMilliseconds)) ms")
+                if let namespace = result.networkNamespace { print("  in network namespace \(namespace)") }
+                if let time = result.timeNamespace {
+                    print("  in a time namespace of its own: its clocks continue from the checkpoint's (monotonic offset \(Self.seconds(time.monotonicOffset)) s, boottime offset \(Self.seconds(time.boottimeOffset)) s; without it the monotonic clock would have jumped \(String(format: "%.3f", time.monotonicJumpSeconds)) s)")
+                }
                 for note in result.notes { print("  note: \(note)") }
             }
         } catch let exit as ExitCode {
@@ -52,6 +64,11 @@ struct RestoreCommand: AsyncParsableCommand {
         } catch {
             fail(error)
         }
+    }
+
+    /// A time offset in seconds, to the microsecond.
+    static func seconds(_ value: TimeSpec) -> String {
+        String(format: "%.6f", Double(value.seconds) + Double(value.nanoseconds) / 1e9)
     }
 
     struct CheckReport: Codable {
@@ -69,6 +86,10 @@ struct RestoreCommand: AsyncParsableCommand {
         var restoreMs: Double
         /// Milliseconds per phase (see `RestoreResult.phases`).
         var phasesMs: [String: Double]
+        var networkNamespace: String?
+        var timeNamespace: RestoredTimeNamespace?
         var notes: [String]
     }
 }
+
+extension TimeNamespaceChoice: ExpressibleByArgument {}

@@ -9,7 +9,9 @@
 #include <unistd.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <pthread.h>
 
 static scenario *scenarios;
@@ -50,23 +52,32 @@ void scenario_raise_fd_limit(int count) {
     if (setrlimit(RLIMIT_NOFILE, &limit) != 0) scenario_fail("setrlimit");
 }
 
+/// Where READY lines go: stdout, or after `commands PATH` the connection being served.
+static int reply_fd = 1;
+
 static void ready(void) {
-    printf("READY%s\n", report_line);
-    fflush(stdout);
+    if (reply_fd == 1) {
+        printf("READY%s\n", report_line);
+        fflush(stdout);
+    } else {
+        dprintf(reply_fd, "READY%s\n", report_line);
+    }
     report_length = 0;
     report_line[0] = 0;
 }
 
 static scenario *current;
 
-static void *command_loop(void *arg) {
-    (void)arg;
-    char *line = NULL;
-    size_t capacity = 0;
+/// Answers the commands read from `input` until it ends. Returns the path of `commands PATH`
+/// when that command came (the caller serves it), else NULL.
+static char *answer(FILE *input) {
+    static char *line;
+    static size_t capacity;
     ssize_t length;
-    while ((length = getline(&line, &capacity, stdin)) > 0) {
+    while ((length = getline(&line, &capacity, input)) > 0) {
         if (line[length - 1] == '\n') line[length - 1] = 0;
         if (strcmp(line, "ping") == 0) { ready(); continue; }
+        if (strncmp(line, "commands ", 9) == 0 && reply_fd == 1) return line + 9;
         if (strcmp(line, "check") == 0 && current->check) {
             char problem[256] = "";
             int intact = current->check(problem, sizeof problem) == 0;
@@ -78,6 +89,36 @@ static void *command_loop(void *arg) {
         if (!current->step || current->step(line) != 0) scenario_fail("step '%s' failed", line);
         ready();
     }
+    return NULL;
+}
+
+/// `commands PATH`: the commands come from connections to a unix socket listening at PATH, one
+/// connection at a time, and fds 0–2 point at /dev/null: the process holds nothing of the test
+/// that started it, so that it can be checkpointed, killed, restored and asked (`check`) again.
+static void serve(const char *path) {
+    struct sockaddr_un address = { .sun_family = AF_UNIX };
+    if (strlen(path) >= sizeof address.sun_path) scenario_fail("serve: path too long");
+    strcpy(address.sun_path, path);
+    int listener = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (listener < 0 || bind(listener, (struct sockaddr *)&address, sizeof address) != 0 || listen(listener, 4) != 0)
+        scenario_fail("commands %s", path);
+    scenario_detach_standard_streams();
+    for (;;) {
+        int connection = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
+        if (connection < 0) continue;
+        FILE *input = fdopen(connection, "r");
+        if (!input) { close(connection); continue; }
+        reply_fd = connection;
+        answer(input);
+        reply_fd = -1;
+        fclose(input);
+    }
+}
+
+static void *command_loop(void *arg) {
+    (void)arg;
+    char *path = answer(stdin);
+    if (path) serve(path);
     exit(0);  // stdin closed: the test is over
 }
 

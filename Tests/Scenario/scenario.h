@@ -5,7 +5,10 @@
 // read from stdin is passed to the scenario's `step` (which may report new facts) and answered
 // with another `READY …` line. The command `check` runs the scenario's self-check and answers
 // `READY check=PASS` or `READY check=FAIL:<first-problem>`. EOF on stdin — the test ended or died — exits the process, so
-// no scenario outlives its test.
+// no scenario outlives its test. The command `commands PATH` answers `READY detached=1`, points
+// fds 0–2 at /dev/null and from then on takes commands from connections to a unix socket
+// listening at PATH (one at a time): the process holds nothing of the test, so that it can be
+// checkpointed, killed, restored and asked again; it then ends only when killed.
 #ifndef MITOSIS_SCENARIO_H
 #define MITOSIS_SCENARIO_H
 #include <stddef.h>

@@ -548,4 +548,4 @@ static int fds_step(const char *command) {
         if (now.tv_sec - start.tv_sec > lifetime) _exit(0);
     }
 }
-SCENARIO(restorefds, fds_setup, fds_step)
+SCENARIO_CHECKED(restorefds, fds_setup, fds_step, fds_check)

@@ -423,7 +423,7 @@ public actor CheckpointSession {
     /// checkpoint (starting it takes milliseconds, through `nsenter`); a checkpoint that moves the
     /// process gets a lock of its own, which it keeps after the session (`hold`).
     private func networkLock() -> NetworkLock? {
-        let path = "/proc/\(pid)/ns/net"
+        let path = "/proc/\(Kernel.procEntry(pid))/ns/net"
         guard !options.moveConnections else { return try? NetworkLock(namespacePath: path) }
         let namespace = try? target.readLink("ns/net")
         if let kept = keptLock, kept.lock.isUsable, kept.namespace == namespace { return kept.lock }

@@ -49,7 +49,7 @@ final class ConnectionCapture: @unchecked Sendable {
                     let local = try TcpRepair.endpoint(copy, peer: false), remote = try TcpRepair.endpoint(copy, peer: true)
                     ends.append((local.family, local.endpoint, remote.endpoint))
                 }
-                if lock == nil { lock = try NetworkLock(namespacePath: "/proc/\(target.pid)/ns/net") }
+                if lock == nil { lock = try NetworkLock(namespacePath: "/proc/\(Kernel.procEntry(target.pid))/ns/net") }
                 try lock?.lock(ends)
             }
             for (inode, copy) in copies {

@@ -31,14 +31,15 @@ enum RestoreCapture {
         // Signal dispositions (32 bytes each) and clear_child_tid words (8 each) in one page.
         let page = Int(PagemapFile.pageSize)
         let scratch = try await tracer.injectMmap(length: page)
-        let asked: Result<([RestoreRecord.SignalAction], [UInt64]), any Error>
+        let asked: Result<([RestoreRecord.SignalAction], [UInt64], RestoreRecord.Clocks), any Error>
         do {
-            asked = .success(try await askTarget(tracer, target: target, tids: tids, scratch: scratch))
+            let (actions, clearChildTids) = try await askTarget(tracer, target: target, tids: tids, scratch: scratch)
+            asked = .success((actions, clearChildTids, try await askClocks(tracer, pid: pid, scratch: scratch)))
         } catch {
             asked = .failure(error)
         }
         try await tracer.injectMunmap(address: scratch, length: page)
-        let (actions, clearChildTids) = try asked.get()
+        let (actions, clearChildTids, clocks) = try asked.get()
 
         var threads: [RestoreRecord.ThreadRestoreState] = []
         for (index, tid) in tids.enumerated() {
@@ -58,6 +59,7 @@ enum RestoreCapture {
                              threads: threads, mappingFlags: [],
                              posixTimers: timers)
         record.pipes = pipes
+        record.clocks = clocks
         record.sockets = try SocketCapture.capture(pid: pid, descriptors: descriptors)
         record.sharedDescriptions = try SharedDescriptionCapture.capture(pid: pid, descriptors: descriptors)
         record.fileContents = try FileContentCapture.capture(pid: pid, descriptors: descriptors, shared: record.sharedDescriptions ?? [])
@@ -103,6 +105,21 @@ enum RestoreCapture {
                 : RestoreRecord.SignalAction(handler: ignored & (1 << UInt64(index)) != 0 ? 1 : 0, flags: 0, restorer: 0, mask: 0)
         }
         return (actions, Array(words[256...]))
+    }
+
+    /// The process's `CLOCK_MONOTONIC` and `CLOCK_BOOTTIME` as it reads them (injected
+    /// `clock_gettime`: inside its time namespace, whatever Mitosis's is), and the real time.
+    private static func askClocks(_ tracer: Tracer, pid: Int32, scratch: UInt64) async throws -> RestoreRecord.Clocks {
+        _ = try await tracer.performSyscall(SyscallNumber.clock_gettime, [UInt64(ClockID.monotonic), scratch])
+        _ = try await tracer.performSyscall(SyscallNumber.clock_gettime, [UInt64(ClockID.boottime), scratch + 16])
+        let realtime = try Kernel.clockNow(ClockID.realtime)
+        var words = [Int64](repeating: 0, count: 4)
+        let count = try words.withUnsafeMutableBytes { buffer throws(Errno) in
+            try Kernel.readMemory(pid: pid, address: scratch, into: buffer)
+        }
+        guard count == 32 else { throw MitosisError.system(operation: "reading the clocks of \(pid)", errno: .ioError) }
+        return RestoreRecord.Clocks(monotonic: TimeSpec(seconds: words[0], nanoseconds: words[1]),
+                                    boottime: TimeSpec(seconds: words[2], nanoseconds: words[3]), realtime: realtime)
     }
 
     /// The vDSO's and its data pages' places, and a hash of the vDSO's code.

@@ -13,6 +13,9 @@ public struct StandbyOptions: Sendable {
     public var directory: String
     /// Fold the chain into a new full base once it holds this many images (0: never).
     public var compactEvery: Int = 64
+    /// Refuse primaries of older terms than this one from the start (the failover daemon's
+    /// leader term, given before the new primary's first frame arrives); recorded in `TERM`.
+    public var minimumTerm = Term(0)
 
     public init(host: String, port: Int, directory: String) {
         self.host = host
@@ -47,7 +50,7 @@ public final class Standby: Service, Sendable {
         self.logger = logger
         let directory = StandbyDirectory(options.directory)
         store = try await Blocking.run("mitosis-standby-open") {
-            try StandbyStore(directory: directory, compactEvery: options.compactEvery, logger: logger)
+            try StandbyStore(directory: directory, compactEvery: options.compactEvery, minimumTerm: options.minimumTerm, logger: logger)
         }
     }
 

@@ -57,7 +57,7 @@ actor StandbyStore {
 
     /// Opens (creating it if needed) and locks the standby directory, removes work left by a
     /// previous run, and finds the newest committed epoch. Blocking: call it off the pool.
-    init(directory: StandbyDirectory, compactEvery: Int, logger: Logger) throws {
+    init(directory: StandbyDirectory, compactEvery: Int, minimumTerm: Term = Term(0), logger: Logger) throws {
         self.directory = directory
         self.compactEvery = compactEvery
         self.logger = logger
@@ -85,7 +85,15 @@ actor StandbyStore {
         try? Kernel.truncate(lock, to: 0)
         try? Kernel.writeAll(lock, Array("\(Kernel.currentProcessID())\n".utf8), at: 0)
         self.lock = lock
-        term = directory.readTerm()
+        let recorded = directory.readTerm()
+        if minimumTerm > recorded {
+            do { try directory.writeTerm(minimumTerm) } catch {
+                try? lock.close()
+                throw ReplicationError.standbyDirectory(directory.path, "cannot record term \(minimumTerm): \(error)")
+            }
+            logger.info("standby: term \(minimumTerm) (was \(recorded)), from the failover layer")
+        }
+        term = max(recorded, minimumTerm)
         let scan = directory.scan()
         for line in scan.skipped { logger.warning("standby: passing over \(line)") }
         for name in scan.leftovers {

@@ -61,7 +61,7 @@ extension Tracer {
                 fd = state.isUnix ? try createUnixSocket(descriptor, state, area: area) : try createInetSocket(descriptor, state, area: area)
             case .timerfd:
                 guard let timer = timers[descriptor.fd] else { throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "no timer state") }
-                fd = try createTimerfd(descriptor, timer)
+                fd = try createTimerfd(descriptor, timer, inTimeNamespace: plan.timeNamespace)
             case .signalfd:
                 guard let state = descriptor.signalfd else { throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "no signal mask") }
                 fd = try createSignalfd(descriptor, state, area: area)

@@ -24,9 +24,14 @@ extension Tracer {
             try huskCall("unregistering the husk's rseq", SyscallNumber.rseq,
                          [rseq.rseq_abi_pointer, UInt64(rseq.rseq_abi_size), 1 /* RSEQ_FLAG_UNREGISTER */, UInt64(rseq.signature)])
         }
-        for mapping in own where mapping.kind != .vsyscall && !(mapping.start >= area.start && mapping.end <= area.end) {
-            try huskCall("unmapping the husk's \(mapping.path ?? "anonymous memory") at 0x\(String(mapping.start, radix: 16))",
-                         SyscallNumber.munmap, [mapping.start, mapping.length])
+        // Two calls, below and above the work area (munmap passes over holes), rather than one
+        // per inherited mapping: a Swift process has hundreds, and each injection is a round trip.
+        let inherited = own.filter { $0.kind != .vsyscall && !($0.start >= area.start && $0.end <= area.end) }
+        if let low = inherited.map(\.start).min(), let high = inherited.map(\.end).max() {
+            for (start, end) in [(low, area.start), (area.end, high)] where start < end {
+                try huskCall("unmapping what the husk inherited at 0x\(String(start, radix: 16))-0x\(String(end, radix: 16))",
+                             SyscallNumber.munmap, [start, end - start])
+            }
         }
         let vdso = plan.record.vdso
         try huskCall("mapping the vDSO at 0x\(String(vdso.vvar.start, radix: 16))",

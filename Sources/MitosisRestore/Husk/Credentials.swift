@@ -19,6 +19,10 @@ extension Tracer {
         let sets = identity.capabilities.map { caps in
             [caps.effective, caps.permitted, caps.inheritable, caps.bounding, caps.ambient].map { UInt64($0, radix: 16) ?? 0 }
         }
+        // Every thread was cloned from the husk's main thread, which holds Mitosis's credentials:
+        // when those are the image's already (root restoring a process of root), setting them
+        // again in every thread would only cost round trips.
+        if try huskHoldsCredentials(identity, state: state) { return try restoreDumpable(state) }
         let lastCapability = (try? Kernel.readFile("/proc/sys/kernel/cap_last_cap"))
             .flatMap { Int(String(decoding: $0, as: UTF8.self).split(whereSeparator: \.isWhitespace).first ?? "") } ?? 40
         for thread in plan.manifest.threads.map(\.tid) {
@@ -60,8 +64,26 @@ extension Tracer {
                 try call("setting no_new_privs", SyscallNumber.prctl, [PrctlOption.setNoNewPrivileges, 1, 0, 0, 0])
             }
         }
+        try restoreDumpable(state)
+    }
+
+    private func restoreDumpable(_ state: RestoreRecord.ProcessState?) throws {
         if let dumpable = state?.dumpable, dumpable == 0 || dumpable == 1 {
             try huskCall("setting the dumpable flag to \(dumpable)", SyscallNumber.prctl, [PrctlOption.setDumpable, UInt64(dumpable), 0, 0, 0])
         }
+    }
+
+    /// Whether the husk's main thread holds exactly the image's uids, gids, groups,
+    /// capability sets, no_new_privs and securebits.
+    private func huskHoldsCredentials(_ identity: ProcessIdentity, state: RestoreRecord.ProcessState?) throws -> Bool {
+        guard let text = try? Kernel.readFile("/proc/\(pid)/status") else { return false }
+        let status = ProcStatus(parsing: String(decoding: text, as: UTF8.self))
+        guard identity.capabilities != nil, status.capabilities == identity.capabilities,
+              status.credentials("Uid") == identity.uid, status.credentials("Gid") == identity.gid,
+              status.groups.sorted() == identity.groups.sorted(),
+              (status["NoNewPrivs"] == "1") == (state?.noNewPrivileges == true)
+        else { return false }
+        let securebits = try huskCall("reading the husk's securebits", SyscallNumber.prctl, [27 /* PR_GET_SECUREBITS */, 0, 0, 0, 0])
+        return securebits == UInt64(state?.securebits ?? 0)
     }
 }

@@ -21,6 +21,7 @@ extension Tracer {
         // (refused by seccomp or sysctl) every page goes through process_vm_writev.
         let uffd = try? fillUserfaultfd()
         defer { uffd?.close() }
+        var openFile: (path: String, flags: Int32, fd: UInt64)?
         for mapping in restored {
             let name = "0x\(String(mapping.start, radix: 16)) \(mapping.path ?? "[anonymous]")"
             let perms = Array(mapping.perms.utf8)
@@ -40,10 +41,16 @@ extension Tracer {
             var address: UInt64
             if mapping.kind == MemoryMapping.Kind.file.rawValue, let path = mapping.path {
                 let open = (shared && protection & Linux.PROT_WRITE != 0 ? Linux.O_RDWR : Linux.O_RDONLY) | Linux.O_CLOEXEC
-                let fd = try huskCall("opening \(path)", SyscallNumber.openat, [UInt64(bitPattern: -100), try huskText(path, area: area), UInt64(open), 0])
-                let mapped = Result { try huskCall("mapping \(name)", SyscallNumber.mmap, [mapping.start, length, UInt64(mapProtection), UInt64(mapFlags), fd, mapping.offset]) }
-                try huskCall("closing \(path)", SyscallNumber.close, [fd])
-                address = try mapped.get()
+                // A file's mappings follow one another: it is opened once for all of them.
+                if let file = openFile, file.path != path || file.flags != open {
+                    openFile = nil
+                    try huskCall("closing \(file.path)", SyscallNumber.close, [file.fd])
+                }
+                if openFile == nil {
+                    let fd = try huskCall("opening \(path)", SyscallNumber.openat, [UInt64(bitPattern: -100), try huskText(path, area: area), UInt64(open), 0])
+                    openFile = (path, open, fd)
+                }
+                address = try huskCall("mapping \(name)", SyscallNumber.mmap, [mapping.start, length, UInt64(mapProtection), UInt64(mapFlags), openFile!.fd, mapping.offset])
             } else if let segment {
                 address = try huskCall("attaching SysV segment \(segment) at \(name)", SyscallNumber.shmat,
                                        [UInt64(segment), mapping.start, protection & Linux.PROT_EXEC != 0 ? Kernel.attachExecutable : 0])
@@ -77,6 +84,7 @@ extension Tracer {
                              [0x5356_4d41 /* PR_SET_VMA */, 0 /* PR_SET_VMA_ANON_NAME */, mapping.start, length, try huskText(label, area: area)])
             }
         }
+        if let file = openFile { try huskCall("closing \(file.path)", SyscallNumber.close, [file.fd]) }
     }
 
     /// A userfaultfd of the husk's address space, held only by Mitosis (the husk's descriptor is
@@ -113,7 +121,7 @@ extension Tracer {
 
 /// The page runs of a restore, read and checked on a thread of their own up to `depth` runs
 /// ahead of the writes (one after the other, reading and checking left the writes waiting and
-/// the other way round), each image's data file opened once, into `depth` buffers reused for
+/// the other way round), each image's data file opened once, into up to `depth` buffers reused for
 /// every run: reading costs no fresh memory of Mitosis's own per run.
 final class PageSource: @unchecked Sendable {  // mutable state guarded by `condition`
     /// One run to read: image `image` (index in the chain) holds it.
@@ -134,10 +142,10 @@ final class PageSource: @unchecked Sendable {  // mutable state guarded by `cond
     private var current: (load: Load, buffer: UnsafeMutableRawBufferPointer)?
 
     /// Starts reading `loads` in order (the order the writes ask for them).
-    init(chain: CheckpointChain, loads: [Load], depth: Int = 3) {
+    init(chain: CheckpointChain, loads: [Load], depth: Int = 16) {
         self.chain = chain
         self.loads = loads
-        buffers = (0..<depth).map { _ in
+        buffers = (0..<max(1, min(depth, loads.count))).map { _ in
             UnsafeMutableRawBufferPointer.allocate(byteCount: ImageFormat.maxRunPages * Int(WorkArea.page), alignment: Int(WorkArea.page))
         }
         free = buffers
@@ -199,7 +207,13 @@ final class PageSource: @unchecked Sendable {  // mutable state guarded by `cond
         }
         for (index, load) in loads.enumerated() {
             condition.lock()
-            while free.isEmpty && !stopping { condition.wait() }
+            // Once every buffer is taken, the next read waits for half of them (or all that is
+            // left to read) to be written out: one wake-up per batch of runs, not one per run
+            // (under load a wake-up costs more than writing a run).
+            if free.isEmpty {
+                let batch = min(max(1, buffers.count / 2), loads.count - index)
+                while free.count < batch && !stopping { condition.wait() }
+            }
             guard !stopping else { condition.unlock(); return }
             let buffer = free.removeLast()
             condition.unlock()

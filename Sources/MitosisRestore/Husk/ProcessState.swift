@@ -20,7 +20,11 @@ extension Tracer {
         }
         let actions = record.signalActions.flatMap { [$0.handler, $0.flags, $0.restorer, $0.mask] }
         try actions.withUnsafeBytes { try huskWrite("passing signal actions", area.scratch + WorkArea.sigactions, $0) }
+        // The husk reset every disposition to SIG_DFL with nothing else set (`husk_main`):
+        // only the others are injected.
         for signal in 1...min(64, record.signalActions.count) where signal != Linux.SIGKILL && signal != Linux.SIGSTOP {
+            let action = record.signalActions[signal - 1]
+            if action.handler == 0 && action.flags == 0 && action.restorer == 0 && action.mask == 0 { continue }
             try huskCall("setting the action of signal \(signal)", SyscallNumber.rt_sigaction,
                          [UInt64(signal), area.scratch + WorkArea.sigactions + UInt64(signal - 1) * 32, 0, 8])
         }

@@ -10,19 +10,23 @@ extension Tracer {
     /// Creates the husk on the tracer's own thread (the husk dies with that thread until it is
     /// told otherwise) and holds it stopped in its `pause()`. Throws the `Errno` of `clone3`
     /// (`EEXIST`: the pid is taken) or a `MitosisError`.
-    package static func spawnHusk(pid: Int32) async throws -> Tracer {
+    /// `placement` puts it in another network namespace and a time namespace of its own
+    /// (`Kernel.spawn(_:_:)`); the offsets of that time namespace are returned.
+    package static func spawnHusk(pid: Int32, placement: HuskPlacement = HuskPlacement()) async throws
+        -> (tracer: Tracer, offsets: TimeNamespaceOffsets?) {
         let tracer = Tracer(pid: pid, stopTimeout: .seconds(5))
-        try await tracer.startHusk()
-        return tracer
+        let offsets = try await tracer.startHusk(placement)
+        return (tracer, offsets)
     }
 
     /// Creates the husk with `pid` inside a new pid namespace (as `spawnHusk`, but the pid can be
     /// taken here): the tracer's `pid` is the husk's pid as this process sees it. Also returns
     /// the namespace's init and its control pipe (`Kernel.spawnHuskInNewPidNamespace`).
-    package static func spawnHuskInNewPidNamespace(pid: Int32) async throws -> (tracer: Tracer, initPid: Int32, control: FileDescriptor) {
+    package static func spawnHuskInNewPidNamespace(pid: Int32, placement: HuskPlacement = HuskPlacement()) async throws
+        -> (tracer: Tracer, initPid: Int32, control: FileDescriptor, offsets: TimeNamespaceOffsets?) {
         let executor = DedicatedThreadExecutor(name: "mitosis-husk-\(pid)")
         // The namespace's init must be created by the thread that will trace the husk.
-        let spawned = try await OnThread(executor).run { () throws(Errno) in try Kernel.spawnHuskInNewPidNamespace(pid: pid) }
+        let spawned = try await OnThread(executor).run { () throws in try Kernel.spawnHuskInNewPidNamespace(pid: pid, placement: placement) }
         let tracer = Tracer(pid: spawned.husk, stopTimeout: .seconds(5), executor: executor)
         do {
             try await tracer.seizeHusk(spawned.husk)
@@ -31,11 +35,13 @@ extension Tracer {
             Kernel.reap(spawned.initPid)
             throw error
         }
-        return (tracer, spawned.initPid, spawned.control)
+        return (tracer, spawned.initPid, spawned.control, spawned.offsets)
     }
 
-    private func startHusk() throws {
-        try seizeHusk(try Kernel.spawnHusk(pid: pid))
+    private func startHusk(_ placement: HuskPlacement) throws -> TimeNamespaceOffsets? {
+        let spawned = try Kernel.spawnHusk(pid: pid, placement: placement)
+        try seizeHusk(spawned.husk)
+        return spawned.offsets
     }
 
     private func seizeHusk(_ husk: Int32) throws {
@@ -112,5 +118,5 @@ private actor OnThread {
 
     init(_ executor: DedicatedThreadExecutor) { self.executor = executor }
 
-    func run<T: Sendable>(_ body: @Sendable () throws(Errno) -> T) throws(Errno) -> T { try body() }
+    func run<T: Sendable>(_ body: @Sendable () throws -> T) throws -> T { try body() }
 }

@@ -32,7 +32,26 @@ final class RedisClient {
         guard result == 0 else { throw ProtocolError(description: "connect to 127.0.0.1:\(port): errno \(errno)") }
     }
 
-    deinit { close(fd) }
+    /// A client on a socket connected already (made in another network namespace, say).
+    init(connected fd: Int32) { self.fd = fd }
+
+    /// The socket, to read its state (`TCP_INFO`, addresses) from outside the protocol.
+    var socketDescriptor: Int32 { fd }
+
+    /// Closes the connection with a reset (`SO_LINGER` 0): the socket is gone at once, as when
+    /// the client's host dies. Any later call fails.
+    func abort() throws {
+        var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+        guard setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size)) == 0 else {
+            throw ProtocolError(description: "SO_LINGER: errno \(errno)")
+        }
+        close(fd)
+        aborted = true
+    }
+
+    private var aborted = false
+
+    deinit { if !aborted { close(fd) } }
 
     /// Sends every command at once, then reads one reply per command.
     func pipeline(_ commands: [[String]]) throws -> [Reply] {

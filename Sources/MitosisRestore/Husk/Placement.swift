@@ -1,0 +1,76 @@
+import MitosisImage
+import MitosisKernel
+import MitosisModel
+import SystemPackage
+
+/// When a restored process gets a time namespace of its own (`Restorer.timeNamespace`).
+public enum TimeNamespaceChoice: String, Sendable, Codable, CaseIterable {
+    /// When its clocks would otherwise jump: `CLOCK_MONOTONIC` or `CLOCK_BOOTTIME` here differs
+    /// from the image's by more than `TimeNamespaceChoice.tolerance` beyond the real time that passed
+    /// (another host, another boot, a process that had a time namespace already).
+    case auto
+    /// Always (an image that records no clocks is then refused).
+    case on
+    /// Never: the process reads this host's clocks.
+    case off
+
+    /// How far the clocks may be off the real time that passed before `auto` turns the namespace
+    /// on: well above what NTP's slewing moves, well below a jump a timer would notice.
+    public static let tolerance: Duration = .seconds(1)
+}
+
+/// A restored process's time namespace: the offsets its clocks read from this kernel's, and why.
+public struct RestoredTimeNamespace: Codable, Sendable, Equatable {
+    public var monotonicOffset: TimeSpec
+    public var boottimeOffset: TimeSpec
+    /// How far the process's `CLOCK_MONOTONIC` would have jumped without it, beyond the real
+    /// time that passed between the checkpoint and the restore (seconds).
+    public var monotonicJumpSeconds: Double
+}
+
+/// Where the husk is born: the network namespace (`--netns`) and the time namespace (`--timens`).
+struct HuskPlacementPlan {
+    /// The network namespace's path, as given or `/run/netns/NAME`.
+    var networkNamespacePath: String?
+    /// The clocks the process's time namespace continues from; nil: none of its own.
+    var clocks: RestoreRecord.Clocks?
+    var monotonicJump: Duration = .zero
+
+    /// `/run/netns/NAME` for a name (what `ip netns add NAME` creates), the path itself otherwise.
+    static func networkNamespacePath(_ given: String) -> String {
+        given.contains("/") ? given : "/run/netns/" + given
+    }
+
+    /// Opens the network namespace and checks that it is one: before anything is created.
+    static func openNetworkNamespace(_ given: String) throws(RestoreError) -> FileDescriptor {
+        let path = networkNamespacePath(given)
+        let namespace: FileDescriptor
+        do { namespace = try Kernel.openReadOnly(path) } catch {
+            throw RestoreError.noNetworkNamespace(given, detail: given.contains("/") ? "\(path): \(error)" : "no \(path) (ip netns add \(given) makes one)")
+        }
+        guard (try? Kernel.namespaceType(namespace)) == Kernel.networkNamespaceType else {
+            Kernel.closeDescriptor(namespace)
+            throw RestoreError.noNetworkNamespace(given, detail: "\(path) is not a network namespace file")
+        }
+        return namespace
+    }
+
+    /// Whether the process gets a time namespace: see `TimeNamespaceChoice`. The jump is how
+    /// far its monotonic clock would move here beyond the real time since the checkpoint.
+    static func clocks(_ record: RestoreRecord, choice: TimeNamespaceChoice) throws(RestoreError) -> (RestoreRecord.Clocks?, Duration) {
+        guard choice != .off else { return (nil, .zero) }
+        guard let clocks = record.clocks else {
+            if choice == .on { throw RestoreError.failed(step: "placing the process in a time namespace", detail: "the image records no clocks (taken before they were recorded)") }
+            return (nil, .zero)
+        }
+        guard let now = try? (Kernel.clockNow(ClockID.realtime), Kernel.clockNow(ClockID.monotonic), Kernel.clockNow(ClockID.boottime)) else {
+            return (choice == .on ? clocks : nil, .zero)
+        }
+        let elapsed = now.0.totalNanoseconds - clocks.realtime.totalNanoseconds
+        let monotonicJump = now.1.totalNanoseconds - clocks.monotonic.totalNanoseconds - elapsed
+        let boottimeJump = now.2.totalNanoseconds - clocks.boottime.totalNanoseconds - elapsed
+        let tolerance = TimeNamespaceChoice.tolerance.components.seconds * 1_000_000_000
+        let jumps = choice == .on || abs(monotonicJump) > tolerance || abs(boottimeJump) > tolerance
+        return (jumps ? clocks : nil, .nanoseconds(monotonicJump))
+    }
+}
