@@ -15,6 +15,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // The only C the library needs: variadic calls (ptrace, syscall), function-like macros,
@@ -79,6 +81,8 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
+                // Records the status figures; the CLI picks the backend (Prometheus).
+                .product(name: "CoreMetrics", package: "swift-metrics"),
             ]
         ),
         // Failover on etcd: an etcd v3 client (JSON gateway over HTTP/1.1 on swift-nio), the
@@ -111,6 +115,10 @@ let package = Package(
                 "MitosisCluster",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                // `--metrics ADDR:PORT`: the Prometheus text format over a small HTTP/1.1 server.
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
         // The bundled demo target that `mitosis demo` starts and inspects.

@@ -18,6 +18,7 @@ struct BenchmarkCommand: AsyncParsableCommand {
             NginxRestoreBenchmark.self,
             LiveRedisBenchmark.self,
             IssueTableBenchmark.self,
+            ReplicateBenchmark.self,
         ]
     )
 }

@@ -97,6 +97,24 @@ package final class NetworkLock: @unchecked Sendable {
     private var connections: [(family: InetFamily, local: SocketEndpoint, remote: SocketEndpoint)]?
     private let timeout: Duration
 
+    /// Whether `nft` still runs for this lock (a failed command ends it).
+    package var isUsable: Bool { !released }
+
+    /// Lifts the lock but keeps `nft` running, its table empty again, for the next `lock`: a
+    /// session that captures connections at every checkpoint (replication, 20 a second) starts
+    /// `nft` once rather than once per checkpoint. Nothing locked: nothing to do. Blocks on
+    /// `nft`; on failure `nft` is ended (its exit deletes the table).
+    package func unlock() throws {
+        guard connections != nil, !released else { return }
+        do {
+            try run("delete table inet \(table)\nadd table inet \(table) { flags owner; }", then: "list table inet \(table)")
+            connections = nil
+        } catch {
+            release()
+            throw error
+        }
+    }
+
     /// Sends `command` to `nft`, then `listing`, and waits until `nft` has printed the listing:
     /// it runs commands in order, so `command` is then in force. The listing is a chain, not the
     /// whole table: printing the sets' elements takes far longer than adding them (2,000

@@ -75,6 +75,12 @@ public struct Restorer: Sendable {
         RestorePlan.preparationProblems(manifest)
     }
 
+    /// The same reasons from a manifest alone, without opening its chain (which `init` reads
+    /// whole): a standby checks its newest epoch this way after commits.
+    public static func refusals(of manifest: CheckpointManifest) -> [RestoreRefusal] {
+        RestorePlan.refusals(manifest)
+    }
+
     /// Restores the process. `verify`, if given, runs once the process is complete but before
     /// any of its threads runs (its memory can be read with `process_vm_readv`; it gets the
     /// pid this host sees); throwing from it aborts the restore and kills the process.

@@ -41,6 +41,7 @@ struct ProtectCommand: AsyncParsableCommand {
     @Option(help: "This primary's term (from the failover layer); a standby that saw a newer one refuses it.") var term: UInt64 = 1
     @Option(help: "A directory whose regular files are part of every epoch (repeatable).") var data: [String] = []
     @Option(help: "Stop after this many acknowledged epochs.") var epochs: Int?
+    @Option(help: "Serve Prometheus metrics (GET /metrics) on ADDR:PORT.") var metrics: Endpoint?
     @Option(help: "Dirty tracking: uffd-wp, soft-dirty or hash (default: the best this kernel has).") var tracking: String?
     @Flag(help: "Copy the process even if it asked not to be dumped.") var force = false
 
@@ -64,25 +65,37 @@ struct ProtectCommand: AsyncParsableCommand {
             options.dataDirectories = data
             options.epochLimit = epochs
             let logger = Logger(label: "mitosis.protect")
+            // Before the session: swift-metrics binds each metric to the backend of its creation.
+            let endpoint = metrics.map { MetricsEndpoint.bootstrap($0, logger: logger) }
             let session = ReplicationSession(pid: pid, options: options, logger: logger)
             let clock = ContinuousClock()
+            let started = clock.now
             let previous = Previous<ReplicationStatistics>()
             let status = StatusReporter(logger: logger) { [interval = options.interval] in
                 let now = session.statistics
                 let (before, elapsed) = previous.swap(now, clock.now)
                 return StatusReporter.protectLine(now, previous: before, interval: interval, elapsed: elapsed)
             }
-            let group = ServiceGroup(configuration: .init(services: [
+            var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
                 .init(service: session, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),
                 .init(service: status),
-            ], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            ]
+            if let endpoint { services.append(.init(service: endpoint, failureTerminationBehavior: .gracefullyShutdownGroup)) }
+            let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             try await group.run()
             let final = session.statistics
             let p50 = ReplicationStatistics.percentile(final.freezeMilliseconds, 50) ?? 0
             let p99 = ReplicationStatistics.percentile(final.freezeMilliseconds, 99) ?? 0
+            let lag50 = ReplicationStatistics.percentile(final.lagMilliseconds, 50) ?? 0
             let lag99 = ReplicationStatistics.percentile(final.lagMilliseconds, 99) ?? 0
-            print(String(format: "protected process %d: %d epochs acknowledged (%d full), newest %@; freeze p50 %.2f ms p99 %.2f ms; lag p99 %.1f ms; %.1f MB sent",
-                         pid, final.epochs, final.fullEpochs, final.acknowledged?.epoch.description ?? "none", p50, p99, lag99, Double(final.bytesSent) / 1e6))
+            let seconds = milliseconds(clock.now - started) / 1000
+            print(String(format: "protected process %d: %d epochs acknowledged (%d full), newest %@, %.1f epochs/s; freeze p50 %.2f ms p99 %.2f ms; lag p50 %.1f ms p99 %.1f ms (%.1f epochs); %.1f MB sent, %.2f MB/s",
+                         pid, final.epochs, final.fullEpochs, final.acknowledged?.epoch.description ?? "none", Double(final.epochs) / max(0.001, seconds),
+                         p50, p99, lag50, lag99, lag99 / Double(interval), Double(final.bytesSent) / 1e6, Double(final.bytesSent) / 1e6 / max(0.001, seconds)))
+            if !final.phases.epochs.isEmpty {
+                print("epoch phases, mean/p99 ms: " + final.phases.summary(EpochPhases.primaryNames))
+                print("checkpoint phases, mean/p99 ms: " + final.phases.summary(EpochPhases.checkpointNames))
+            }
         } catch {
             fail(error)
         }
@@ -109,6 +122,7 @@ struct StandbyCommand: AsyncParsableCommand {
     @Flag(help: "Keep a warm clone: a frozen husk of the process, updated with every committed epoch.") var warm = false
     @Flag(help: "With --warm: prepare the husk in a new pid namespace (its pid may be taken here).") var pidns = false
     @Option(help: "Refuse primaries of terms older than this one from the start (the failover layer's leader term).") var term: UInt64 = 0
+    @Option(help: "Serve Prometheus metrics (GET /metrics) on ADDR:PORT.") var metrics: Endpoint?
 
     func validate() throws {
         guard compactEvery >= 0 else { throw ValidationError("--compact-every must not be negative") }
@@ -122,6 +136,7 @@ struct StandbyCommand: AsyncParsableCommand {
             options.warm = warm ? WarmOptions(pidNamespace: pidns) : nil
             options.minimumTerm = Term(term)
             let logger = Logger(label: "mitosis.standby")
+            let endpoint = metrics.map { MetricsEndpoint.bootstrap($0, logger: logger) }
             let standby = try await Standby(options: options, logger: logger)
             let clock = ContinuousClock()
             let previous = Previous<StandbyStatistics>()
@@ -130,11 +145,18 @@ struct StandbyCommand: AsyncParsableCommand {
                 let (before, elapsed) = previous.swap(now.statistics, clock.now)
                 return StatusReporter.standbyLine(now, previous: before, elapsed: elapsed)
             }
-            let group = ServiceGroup(configuration: .init(services: [
+            var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
                 .init(service: standby, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),
                 .init(service: status),
-            ], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            ]
+            if let endpoint { services.append(.init(service: endpoint, failureTerminationBehavior: .gracefullyShutdownGroup)) }
+            let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             try await group.run()
+            let final = await standby.status().statistics
+            let commit99 = ReplicationStatistics.percentile(final.commitMilliseconds, 99) ?? 0
+            print(String(format: "standby served %d epochs (newest %@), %.1f MB; receive+commit p99 %.1f ms", final.epochsCommitted,
+                         final.committed?.epoch.description ?? "none", Double(final.bytesCommitted) / 1e6, commit99))
+            if !final.phases.epochs.isEmpty { print("epoch phases, mean/p99 ms: " + final.phases.summary(EpochPhases.standbyNames)) }
         } catch {
             fail(error)
         }
@@ -173,6 +195,10 @@ struct PromoteCommand: AsyncParsableCommand {
             fail(error)
         }
     }
+}
+
+func milliseconds(_ duration: Duration) -> Double {
+    Double(duration.components.seconds) * 1000 + Double(duration.components.attoseconds) / 1e15
 }
 
 /// The previous sample of a status line, to compute rates.

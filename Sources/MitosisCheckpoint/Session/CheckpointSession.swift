@@ -65,6 +65,11 @@ public enum CheckpointParent: Sendable {
     /// An image taken earlier (by another run, with no tracking since): pages whose bytes equal
     /// what that image's chain holds are inherited, the others stored.
     case image(CheckpointImage, path: String)
+    /// An earlier checkpoint of this session (`id`, `sequence`), at `path`: the pages written
+    /// since it are those tracked since the previous checkpoint plus `changedSince`, the pages
+    /// the checkpoints after it stored. Replication resynchronises a standby that lost its
+    /// newest epochs this way, without a full checkpoint.
+    case earlier(id: String, sequence: Int, path: String, changedSince: PageSet)
 }
 
 /// A page map updated from an older one: `stable` covers the mappings carried over.
@@ -99,6 +104,12 @@ public struct CheckpointResult: Sendable {
     public var pagesCopied: Int
     /// Pages copied while the target was frozen.
     public var pagesCopiedFrozen: Int
+    /// Where the checkpoint's time went, in milliseconds: `precopy` (rounds while the target
+    /// runs), `lock` (preparing the network lock), `seize` (freezing), `frozen map`, `frozen
+    /// copy`, `frozen threads+fds`, `frozen restore state`, `frozen connections`, `thaw`, `unlock`
+    /// (lifting the network lock), `inspect` (what is read after the thaw), `write` (pages to
+    /// the sink). The sink's `finish` is not included.
+    public var phases: [String: Double] = [:]
     public var stats: CheckpointStats { manifest.stats }
 }
 
@@ -130,6 +141,9 @@ public actor CheckpointSession {
     private var stopped = false
     /// Connections of the last checkpoint, still locked, for `killTarget` to close silently.
     private var movedConnections: ConnectionCapture?
+    /// The network lock reused by every checkpoint of the session, with the network namespace
+    /// (`net:[…]`) it locks in.
+    private var keptLock: (lock: NetworkLock, namespace: String?)?
     /// The identities of the files behind `clean_file` pages, by offset, length and path: a file
     /// is hashed again only when its status changes.
     private var fileIdentities: [String: MappedFileIdentity] = [:]
@@ -182,6 +196,8 @@ public actor CheckpointSession {
         // Not killed after all: the target gets its connections back.
         movedConnections?.resume()
         movedConnections = nil
+        keptLock?.lock.release()
+        keptLock = nil
         tracker.stop()
         sharedHashes?.stop()
         pageMaps.close()
@@ -228,6 +244,9 @@ public actor CheckpointSession {
             guard let previous else { throw CheckpointError.noPreviousCheckpoint }
             header = CheckpointHeader(kind: .incremental, parent: ParentLink(path: path, id: previous.id),
                                       sequence: previous.sequence + 1, pid: pid)
+        case .earlier(let id, let sequence, let path, _):
+            // With no checkpoint taken yet nothing is inheritable: every page is stored.
+            header = CheckpointHeader(kind: .incremental, parent: ParentLink(path: path, id: id), sequence: sequence + 1, pid: pid)
         case .image(let image, let path):
             guard image.manifest.pid == pid else {
                 throw CheckpointError.parentOfOtherProcess(parent: image.manifest.pid, target: pid)
@@ -245,10 +264,16 @@ public actor CheckpointSession {
         // A full checkpoint into a sink that takes early pages streams its first round there.
         let early = parent == nil ? sink as? EarlyPageSink : nil
         do {
-            if case .previous = parent { run.inheritable = previousValid }
+            switch parent {
+            case .previous: run.inheritable = previousValid
+            // Current in the newest checkpoint and stored by none after `id`: inherited from it.
+            case .earlier(_, _, _, let changed): run.inheritable = previousValid.subtracting(changed)
+            default: break
+            }
             // Copy while the target runs, as long as the set left to copy shrinks.
             var left = Int.max
             var lastMap: ProcessPageMap?
+            run.mark("start", clock)  // starts the clock of `phases`: nothing before is timed
             while run.rounds < options.maxPrecopyRounds {
                 let (map, dirty) = try await observe(run)
                 lastMap = map
@@ -270,11 +295,14 @@ public actor CheckpointSession {
             }
             // `nft` for the network lock started now rather than during the freeze, when the
             // process holds sockets (only established TCP connections will be locked).
-            let preparedLock = options.recordRestoreState && options.networkLock && holdsSockets() ? try? NetworkLock(namespacePath: "/proc/\(Kernel.procEntry(pid))/ns/net") : nil
+            run.mark("precopy", clock)
+            let preparedLock = options.recordRestoreState && options.networkLock && holdsSockets() ? networkLock() : nil
+            run.mark("lock", clock)
             // Freeze, copy what was written since, thaw.
             var frozenAt: ContinuousClock.Instant?
             let (final, threads, descriptors, captured) = try await withFrozenProcess(pid) { tracer in
                 frozenAt = clock.now
+                run.mark("seize", clock)
                 defer { run.frozen += clock.now - frozenAt! }
                 // The pid is seized by number: make sure it still names the process this session
                 // tracks (not one that took its pid after it exited).
@@ -291,13 +319,16 @@ public actor CheckpointSession {
                     map = try readPageMap(run)
                     run.invalidate(try collectWrites(map))
                 }
+                run.mark("frozen map", clock)
                 let toCopy = map.data.subtracting(run.inheritable).subtracting(run.staged).subtracting(run.early)
                 let copied = try copy(toCopy, run, tolerant: false)
                 run.copiedFrozen = copied.pageCount()
                 run.staged = run.staged.union(copied)
+                run.mark("frozen copy", clock)
                 options.whileFrozen?()
                 let threads = try await tracer.threadStates()
                 let descriptors = try ProcessReader.descriptors(target)
+                run.mark("frozen threads+fds", clock)
                 // Without a restore record the image still serves as a memory checkpoint; a
                 // restore refuses it.
                 var restore: RestoreRecord?
@@ -309,10 +340,11 @@ public actor CheckpointSession {
                         logger.warning("checkpoint of \(pid) is not restorable: \(error)")
                     }
                 }
+                run.mark("frozen restore state", clock)
                 if restore != nil {
                     do {
                         let connections = try ConnectionCapture(target: target, descriptors: descriptors, lockNetwork: options.networkLock,
-                                                                prepared: preparedLock)
+                                                                prepared: preparedLock, keepsLock: !options.moveConnections)
                         restore?.connections = connections.connections
                         if options.moveConnections && !connections.connections.isEmpty {
                             restore?.networkLockTable = connections.reserveHold(pid: pid)
@@ -325,12 +357,15 @@ public actor CheckpointSession {
                         restore = nil
                     }
                 }
+                run.mark("frozen connections", clock)
                 return (map, threads, descriptors, restore)
             }
+            run.mark("thaw", clock)
             if !options.moveConnections {
                 moved?.resume()
                 moved = nil
             }
+            run.mark("unlock", clock)
             // Read after the thaw, so that it costs no freeze time (smaps walks every page table):
             // identity, limits and mapping flags change rarely. Mappings, descriptors and threads
             // above are the frozen ones.
@@ -347,6 +382,7 @@ public actor CheckpointSession {
                 }
             }
 
+            run.mark("inspect", clock)
             // Store what the checkpoint holds, describe the rest.
             let stored = run.staged.union(run.early).intersection(final.data)
             let inherited = run.inheritable.intersection(final.data).subtracting(stored)
@@ -387,12 +423,13 @@ public actor CheckpointSession {
             manifest.descriptors = descriptors
             manifest.process = process
             manifest.restore = restore
+            run.mark("write", clock)
             let committed = try sink.finish(manifest)
             movedConnections = moved
             previousValid = stored.union(inherited)
             previous = (committed.id, committed.sequence)
             return CheckpointResult(manifest: committed, precopyRounds: run.rounds, pagesCopied: run.copied,
-                                    pagesCopiedFrozen: run.copiedFrozen)
+                                    pagesCopiedFrozen: run.copiedFrozen, phases: run.phases)
         } catch {
             moved?.resume()
             // The pages written since the previous checkpoint were collected (and the tracker
@@ -402,6 +439,19 @@ public actor CheckpointSession {
             sink.abort(reason: "\(failure)")
             throw failure
         }
+    }
+
+    /// The network lock's `nft`, started once per session and namespace rather than at every
+    /// checkpoint (starting it takes milliseconds, through `nsenter`); a checkpoint that moves the
+    /// process gets a lock of its own, which it keeps after the session (`hold`).
+    private func networkLock() -> NetworkLock? {
+        let path = "/proc/\(Kernel.procEntry(pid))/ns/net"
+        guard !options.moveConnections else { return try? NetworkLock(namespacePath: path) }
+        let namespace = try? target.readLink("ns/net")
+        if let kept = keptLock, kept.lock.isUsable, kept.namespace == namespace { return kept.lock }
+        keptLock?.lock.release()
+        keptLock = (try? NetworkLock(namespacePath: path)).map { ($0, namespace) }
+        return keptLock?.lock
     }
 
     /// Whether any descriptor of the target is a socket (`socket:[N]`).
@@ -429,6 +479,18 @@ public actor CheckpointSession {
         /// Every page the tracker reported written during this run: should the checkpoint fail,
         /// they are no longer current in the previous one (the tracker will not report them again).
         package var dirtied = PageSet()
+        /// Milliseconds per phase (`CheckpointResult.phases`), and when the last one ended.
+        package var phases: [String: Double] = [:]
+        private var lastMark: ContinuousClock.Instant?
+
+        package func mark(_ phase: String, _ clock: ContinuousClock) {
+            let now = clock.now
+            if let lastMark {
+                let (seconds, attoseconds) = (now - lastMark).components
+                phases[phase, default: 0] += Double(seconds) * 1000 + Double(attoseconds) / 1e15
+            }
+            lastMark = now
+        }
 
         package func invalidate(_ dirty: PageSet) {
             inheritable = inheritable.subtracting(dirty)

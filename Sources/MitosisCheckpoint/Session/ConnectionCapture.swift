@@ -25,13 +25,17 @@ final class ConnectionCapture: @unchecked Sendable {
     /// Copies of the captured sockets, with what was read from each.
     private var repaired: [(copy: FileDescriptor, connection: TcpConnection)] = []
     private var lock: NetworkLock?
+    /// The lock is the session's, reused at every checkpoint: lifting it keeps its `nft`.
+    private let keepsLock: Bool
 
     /// Captures every established TCP connection among `descriptors` (each socket once, however
     /// many descriptors refer to it); locks them first unless `lockNetwork` is false, with
-    /// `prepared` when given (`nft` started before the freeze), which is released when unused.
+    /// `prepared` when given (`nft` started before the freeze), which is released when unused —
+    /// or, with `keepsLock`, only unlocked, for the caller to use again.
     /// On failure, everything taken so far is given back.
-    init(target: TargetProcess, descriptors: [OpenDescriptor], lockNetwork: Bool, prepared: NetworkLock? = nil) throws {
+    init(target: TargetProcess, descriptors: [OpenDescriptor], lockNetwork: Bool, prepared: NetworkLock? = nil, keepsLock: Bool = false) throws {
         lock = prepared
+        self.keepsLock = keepsLock && prepared != nil
         var copies: [(inode: UInt64, copy: FileDescriptor)] = []
         do {
             for descriptor in descriptors where descriptor.kind == .socket && !copies.contains(where: { $0.inode == descriptor.inode }) {
@@ -70,7 +74,7 @@ final class ConnectionCapture: @unchecked Sendable {
         repaired = []
         if let held, held.created { try? NetworkLock.remove(held.table, namespacePath: held.namespacePath) }
         held = nil
-        lock?.release()
+        if keepsLock { try? lock?.unlock() } else { lock?.release() }
         lock = nil
     }
 

@@ -33,9 +33,16 @@ final class DataFiles: @unchecked Sendable {
         var mode: UInt32
         var blocks: [UInt64]
         var modified: Int64
+        var device: UInt64 = 0
+        var inode: UInt64 = 0
     }
 
-    init(directories: [String]) { self.directories = directories }
+    /// The directories are taken in canonical form (`realpath`), as the kernel names the files
+    /// the process holds open: `/tmp//d` or a symbolic link would otherwise ship a file twice,
+    /// once under each name.
+    init(directories: [String]) {
+        self.directories = directories.map { (try? Kernel.canonicalPath($0)) ?? $0 }
+    }
 
     var isEmpty: Bool { directories.isEmpty && lock.withLock { shipped.isEmpty } }
 
@@ -49,8 +56,11 @@ final class DataFiles: @unchecked Sendable {
     }
 
     /// The changes of this epoch. `full` ships every file whole (a new base);
-    /// `openForWriting` are the files the process held open for writing at the freeze.
-    func deltas(full: Bool, openForWriting: [String]) throws -> [(FileDelta, [UInt8])] {
+    /// `openForWriting` are the files the process held open for writing at the freeze, and
+    /// `appendOnly` those of them it held open only with `O_APPEND`: of such a file (same inode,
+    /// not shrunk) only the blocks from the old end on are read — redis's AOF grows by MBs a
+    /// second, and hashing all of it at every epoch made epochs grow with the file.
+    func deltas(full: Bool, openForWriting: [String], appendOnly: Set<String> = []) throws -> [(FileDelta, [UInt8])] {
         let (known, sizes) = lock.withLock { (full ? [:] : shipped, frozenSizes) }
         var next: [String: Shipped] = [:]
         var result: [(FileDelta, [UInt8])] = []
@@ -72,6 +82,11 @@ final class DataFiles: @unchecked Sendable {
             }
             var blocks: [UInt64] = []
             var offset: UInt64 = 0
+            if let old = known[path], appendOnly.contains(path), old.inode == st.inode, old.device == st.device, size >= old.size {
+                let kept = Int(old.size / UInt64(Self.blockSize))
+                blocks = Array(old.blocks.prefix(kept))
+                offset = UInt64(kept) * UInt64(Self.blockSize)
+            }
             var changed: [(offset: UInt64, bytes: [UInt8])] = []
             while offset < size {
                 let count = Int(min(UInt64(Self.blockSize), size - offset))
@@ -118,7 +133,7 @@ final class DataFiles: @unchecked Sendable {
                 // Shrunk, or only mode or time changed: the size and mode travel in the record.
                 result.append((FileDelta(path: path, kind: .block, offset: size, size: size, mode: mode), []))
             }
-            next[path] = Shipped(size: size, mode: mode, blocks: blocks, modified: modified)
+            next[path] = Shipped(size: size, mode: mode, blocks: blocks, modified: modified, device: st.device, inode: st.inode)
         }
         for path in known.keys where next[path] == nil && !result.contains(where: { $0.0.path == path }) {
             result.append((FileDelta(path: path, kind: .removed, offset: 0, size: 0, mode: 0), []))
@@ -140,6 +155,18 @@ final class DataFiles: @unchecked Sendable {
         lock.withLock { pending = nil }
     }
 
+    /// What the standby holds once it commits the epoch in flight (or holds now, with none).
+    var pendingState: [String: Shipped] { lock.withLock { pending ?? shipped } }
+
+    /// The standby holds `state` (an earlier epoch's, from the history): the next epoch's
+    /// deltas are computed against it.
+    func restore(_ state: [String: Shipped]) {
+        lock.withLock {
+            shipped = state
+            pending = nil
+        }
+    }
+
     /// Regular files directly in the configured directories, and the files already shipped.
     private func candidates(known: [String]) -> [String] {
         var paths = known
@@ -154,9 +181,19 @@ final class DataFiles: @unchecked Sendable {
 
     /// Regular files a manifest's descriptors hold open for writing.
     static func openForWriting(_ manifest: CheckpointManifest) -> [String] {
+        writers(manifest).map(\.path)
+    }
+
+    /// Of those, the ones every writing descriptor holds with `O_APPEND`.
+    static func appendOnly(_ manifest: CheckpointManifest) -> Set<String> {
+        let writers = writers(manifest)
+        return Set(writers.filter { writer in writers.allSatisfy { $0.path != writer.path || $0.append } }.map(\.path))
+    }
+
+    private static func writers(_ manifest: CheckpointManifest) -> [(path: String, append: Bool)] {
         (manifest.descriptors ?? []).compactMap { descriptor in
             guard descriptor.kind == .file, descriptor.flags & 3 != 0, !descriptor.deleted, let path = descriptor.path, path.hasPrefix("/") else { return nil }
-            return path
+            return (path, descriptor.flags & UInt32(Linux.O_APPEND) != 0)
         }
     }
 }

@@ -46,6 +46,10 @@ public struct ProtectOptions: Sendable {
     public var checkpoint = CheckpointOptions()
     /// Stop after this many acknowledged epochs (nil: until cancelled or the process exits).
     public var epochLimit: Int?
+    /// How many of the last epochs sent are remembered (their page ranges and data-file hashes,
+    /// kilobytes each), so that standbys that reconnect at one of them are resynchronised with
+    /// the pages changed since rather than a full base (`EpochHistory`). 0: a full base always.
+    public var historyEpochs = 64
 
     public init(host: String, port: Int) {
         standbys = [StandbyEndpoint(host: host, port: port)]
@@ -72,6 +76,8 @@ public struct ReplicationStatistics: Sendable, Equatable {
     /// from the start of its checkpoint until the standby acknowledged it (the lag).
     public var freezeMilliseconds: [Double] = []
     public var lagMilliseconds: [Double] = []
+    /// Where the time of the recent epochs went (`EpochPhases.primaryNames`, `checkpointNames`).
+    public var phases = PhaseHistory()
 
     mutating func record(freeze: Double, lag: Double) {
         freezeMilliseconds.append(freeze)
@@ -107,6 +113,7 @@ public final class ReplicationSession: Service, Sendable {
     private let logger: Logger
     private let box = NIOLockedValueBox(ReplicationStatistics())
     private let board = LinkBoard()
+    private let metrics = ProtectMetrics()
 
     public init(pid: Int32, options: ProtectOptions, logger: Logger = Logger(label: "mitosis.protect")) {
         self.pid = pid
@@ -205,6 +212,7 @@ public final class ReplicationSession: Service, Sendable {
         let clock = ContinuousClock()
         /// The newest epoch acknowledged (by at least one standby): what an incremental epoch builds on.
         var base: CommittedEpoch?
+        var history = EpochHistory(capacity: options.historyEpochs)
         var nextEpoch = Epoch(1)
         /// The connected standbys and the newest epoch each holds.
         var active: [String: (connection: PrimaryConnection, committed: CommittedEpoch?)] = [:]
@@ -220,6 +228,7 @@ public final class ReplicationSession: Service, Sendable {
         func publish() {
             let names = active.keys.sorted()
             box.withLockedValue { $0.connected = !names.isEmpty; $0.connectedStandbys = names }
+            metrics.connected.record(names.count)
         }
         defer { for name in active.keys { active[name]?.connection.close() } }
         while !Task.isCancelled {
@@ -242,9 +251,13 @@ public final class ReplicationSession: Service, Sendable {
                 }
                 if let committed = state.committed, committed.epoch >= nextEpoch { nextEpoch = committed.epoch.next }
                 let continues = base != nil && state.committed == base
-                logger.info("protect: connected to \(name), standby at epoch \(state.committed?.epoch.description ?? "none"); sending \(continues ? "the changes since epoch \(base!.epoch)" : "a full base")")
+                let plan = continues ? "the changes since epoch \(base!.epoch)"
+                    : state.committed.flatMap { history.entry($0) }.map { "the changes since epoch \($0.epoch.epoch) (resynchronising from the history, \(history.count(after: $0.epoch)) epoch(s) sent since)" }
+                    ?? "a full base"
+                logger.info("protect: connected to \(name), standby at epoch \(state.committed?.epoch.description ?? "none"); sending \(plan)")
                 active[name] = (connection, state.committed)
                 box.withLockedValue { $0.reconnects += 1; $0.lastError = nil }
+                metrics.reconnects.increment()
             }
             publish()
             if let limit = options.epochLimit, statistics.epochs >= limit { return }
@@ -258,15 +271,43 @@ public final class ReplicationSession: Service, Sendable {
             let epoch = nextEpoch
             // One checkpoint for every standby: incremental when all of them hold the base.
             let parent = base.flatMap { base in active.values.allSatisfy { $0.committed == base } ? base : nil }
-            let full = parent == nil
-            let sink = ReplicationSink(targets: active.map { ($0.key, $0.value.connection) }, term: options.term, epoch: epoch, parent: parent?.epoch ?? .none,
+            // Otherwise, every standby at one epoch still in the history: the pages changed since
+            // it, and its data files as the standbys hold them.
+            var resync: EpochHistory.Entry?
+            if let parent, let entry = history.entry(parent) {
+                // What the standbys hold of the data files is the base's (a failed resync may have
+                // left the files' state at an older epoch).
+                files.restore(entry.files)
+            } else if parent == nil, let first = active.values.first?.committed, active.values.allSatisfy({ $0.committed == first }),
+               let entry = history.entry(first) {
+                resync = entry
+                files.restore(entry.files)
+            }
+            let full = parent == nil && resync == nil
+            let sink = ReplicationSink(targets: active.map { ($0.key, $0.value.connection) }, term: options.term, epoch: epoch,
+                                       parent: parent?.epoch ?? resync?.epoch.epoch ?? .none,
                                        acknowledgementTimeout: options.acknowledgementTimeout) { [shipOpenFiles = options.shipOpenFiles] manifest in
                 // In the sink's finish, after the thaw, up to the sizes read at the freeze.
-                try files.deltas(full: full, openForWriting: shipOpenFiles ? DataFiles.openForWriting(manifest) : [])
+                try files.deltas(full: full, openForWriting: shipOpenFiles ? DataFiles.openForWriting(manifest) : [],
+                                 appendOnly: shipOpenFiles ? DataFiles.appendOnly(manifest) : [])
+            }
+            let checkpointParent: CheckpointParent? = if let resync {
+                .earlier(id: resync.epoch.imageID, sequence: resync.sequence, path: "../" + resync.epoch.epoch.directoryName,
+                         changedSince: history.changed(after: resync.epoch))
+            } else {
+                parent.map { .previous(path: "../" + $0.epoch.directoryName) }
             }
             let result: CheckpointResult
             do {
-                result = try await session.checkpoint(to: sink, parent: parent.map { .previous(path: "../" + $0.epoch.directoryName) })
+                do {
+                    result = try await session.checkpoint(to: sink, parent: checkpointParent)
+                } catch {
+                    // Sent whole, the epoch may be committed on a standby even though it failed here.
+                    if let sent = sink.sentManifest {
+                        history.append(epoch: CommittedEpoch(epoch: epoch, imageID: sent.id), manifest: sent, files: files.pendingState)
+                    }
+                    throw error
+                }
             } catch let error as MitosisError where error.goneProcess != nil {
                 files.failed()
                 logger.info("protect: process \(pid) exited; protection ends")
@@ -290,9 +331,11 @@ public final class ReplicationSession: Service, Sendable {
                 for name in Array(active.keys) { drop(name, "epoch \(epoch) failed") }
                 publish()
                 box.withLockedValue { $0.lastError = message }
+                metrics.failures.increment()
                 try await Task.sleep(for: options.reconnectDelay)
                 continue
             }
+            history.append(epoch: CommittedEpoch(epoch: epoch, imageID: result.manifest.id), manifest: result.manifest, files: files.pendingState)
             files.acknowledged()
             let acknowledged = CommittedEpoch(epoch: epoch, imageID: result.manifest.id)
             for (name, failure) in sink.failed { drop(name, "epoch \(epoch): \(failure)") }
@@ -309,7 +352,12 @@ public final class ReplicationSession: Service, Sendable {
                 if full { $0.fullEpochs += 1 }
                 $0.bytesSent += sink.bytesSent
                 $0.record(freeze: freeze, lag: lag)
+                var phases = sink.phases
+                phases["freeze"] = freeze
+                phases.values.merge(result.phases) { first, _ in first }
+                $0.phases.append(phases)
             }
+            metrics.acknowledged(epoch: epoch, full: full, bytes: sink.bytesSent, freeze: freeze, lag: lag, interval: milliseconds(options.interval))
             logger.debug("protect: epoch \(epoch) acknowledged by \(sink.acknowledgedBy.sorted().joined(separator: ", ")): frozen \(freeze) ms, lag \(lag) ms, \(sink.bytesSent) bytes")
         }
     }

@@ -33,6 +33,14 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
     private var header: CheckpointHeader?
     private var closed = false
     private(set) var bytesSent: UInt64 = 0
+    /// When each phase of the epoch ended (`EpochPhases`).
+    private let clock = ContinuousClock()
+    private var began: ContinuousClock.Instant?
+    private var captured: ContinuousClock.Instant?
+    private(set) var phases = EpochPhases()
+    /// The manifest, once sent whole: a standby may have committed the epoch even when its
+    /// acknowledgement never arrives (`EpochHistory`).
+    private(set) var sentManifest: CheckpointManifest?
 
     init(targets: [(name: String, connection: PrimaryConnection)], term: Term, epoch: Epoch, parent: Epoch, acknowledgementTimeout: Duration,
          files: @escaping @Sendable (CheckpointManifest) throws -> [(FileDelta, [UInt8])]) {
@@ -74,6 +82,7 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
         try lock.withLock {
             guard builder == nil, !closed else { throw ImageError.sinkState("begin called twice") }
             try checkHeader(header)
+            began = clock.now
             self.header = header
             builder = PageRunBuilder(pageSize: header.pageSize)
             try send(.imageBegin, MessageCoding.encode(header))
@@ -84,6 +93,7 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
         try lock.withLock {
             guard var builder, !closed else { throw ImageError.sinkState("pages before begin or after the end") }
             try validateRun(address: address, count: bytes.count, pageSize: builder.pageSize)
+            if captured == nil { captured = clock.now }
             try builder.add(address: address, bytes) { _ throws(ImageError) in }
             self.builder = builder
             let chunk = ImageFormat.maxRunPages * builder.pageSize
@@ -107,6 +117,8 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
             // it was taken, say) is no epoch: committed, it would be the newest and unpromotable.
             guard manifest.restore != nil else { throw ReplicationError.notRestorable("epoch \(epoch): the checkpoint recorded no restore state") }
             closed = true
+            let finishing = clock.now
+            if captured == nil { captured = finishing }
             let (index, runs, data) = try builder.finish()
             let stored = builder.complete(manifest, runs: runs, index: FileDigest(size: UInt64(index.count), xxh64: Checksum.xxh64(index)), data: data)
             for (delta, bytes) in try files(stored) {
@@ -116,6 +128,8 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
                 try send(.fileDelta, payload)
             }
             try send(.imageFinish, MessageCoding.encode(stored))
+            sentManifest = stored
+            let sent = clock.now
             // Every standby has the whole epoch; their commits run side by side while the
             // acknowledgements are collected one after the other.
             for index in targets.indices where targets[index].failure == nil {
@@ -132,6 +146,12 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
                 } catch {
                     targets[index].failure = error
                 }
+            }
+            if let began, let captured {
+                let acknowledged = clock.now
+                phases = EpochPhases(["capture": milliseconds(captured - began), "send": milliseconds(finishing - captured),
+                                      "files": milliseconds(sent - finishing), "acknowledgement": milliseconds(acknowledged - sent),
+                                      "total": milliseconds(acknowledged - began)])
             }
             // A standby that has seen a newer term means another primary: the whole session stops.
             if let refusal = targets.lazy.compactMap({ $0.failure as? ReplicationError }).first(where: \.isNewerPrimary) { throw refusal }
