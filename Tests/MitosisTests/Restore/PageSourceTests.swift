@@ -30,8 +30,10 @@ import Testing
         #expect(written.map(\.0) == [base, base + 0x1000, base + 0x2000, base + 0x3000, base + 0x8000], "one piece per image switch")
         for (address, bytes) in written {
             let offset = Int(address - base)
-            #expect(bytes == Array(expected[offset..<(offset + bytes.count)]), "page 0x\(String(address, radix: 16))")
-            #expect(bytes == (try chain.read(address: address, length: bytes.count)))
+            // Compared apart: a failing `#expect(a == b)` would print every byte.
+            let asExpected = bytes == Array(expected[offset..<(offset + bytes.count)])
+            let asRead = bytes == (try chain.read(address: address, length: bytes.count))
+            #expect(asExpected && asRead, "page 0x\(String(address, radix: 16)): as the chain reads it \(asRead), as written \(asExpected)")
         }
         #expect(written.reduce(0) { $0 + $1.1.count } == 5 * Synthetic.page)
     }
