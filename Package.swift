@@ -82,12 +82,13 @@ let package = Package(
             ]
         ),
         // Failover on etcd: an etcd v3 client (JSON gateway over HTTP/1.1 on swift-nio), the
-        // election and fencing state machine, the cluster daemon. Opt-in like Stacks: a client
-        // that does not fail over links no swift-nio (Docs/cluster.md).
+        // election and fencing state machine, the cluster daemon, which drives replication
+        // (`HotReplica`). Opt-in like Stacks: a client that does not fail over links no swift-nio
+        // (Docs/cluster.md).
         .target(
             name: "MitosisCluster",
             dependencies: [
-                "MitosisKernel", "MitosisModel",
+                "MitosisKernel", "MitosisModel", "MitosisImage", "MitosisRestore", "MitosisReplication",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

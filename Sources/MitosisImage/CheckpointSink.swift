@@ -21,6 +21,28 @@ public protocol CheckpointSink: AnyObject, Sendable {
     func abort(reason: String)
 }
 
+/// A sink that takes the pages of a checkpoint's first copy round before the checkpoint knows
+/// which of them are final, so that they are written while the next ones are copied, from a few
+/// reused buffers — instead of being held until the freeze in memory the kernel must first zero
+/// (over half of a 1 GiB dump's CPU time). Once the target is thawed the checkpoint hands over its
+/// final pages in order: `keepEarly` for the early pages still current, `writePages` for the rest.
+/// The image is byte for byte the one `writePages` alone would give for that same sequence:
+/// pages still in place are neither written nor hashed again, and from the first page that
+/// differs on, the early bytes are read back from the sink and rehashed (moved where needed).
+package protocol EarlyPageSink: CheckpointSink {
+    /// Stores `bytes` (whole pages at `address`, above every earlier early page) ahead of time.
+    /// The bytes are read until `waitEarly` of the returned mark returns. Only before the first
+    /// `keepEarly` or `writePages`.
+    func writeEarly(at address: UInt64, _ bytes: UnsafeRawBufferPointer) throws -> UInt64
+    /// Waits until the early bytes handed over up to `mark` are no longer read.
+    func waitEarly(_ mark: UInt64) throws
+    /// Stores, as `writePages` would, the `length` bytes at `address` with the bytes handed to
+    /// `writeEarly` for them. The final pages must come in the early pages' order, early pages
+    /// left out or replaced, new pages after them (early bytes are never read from a place
+    /// already rewritten; a sequence that would need it is refused).
+    func keepEarly(at address: UInt64, length: Int) throws
+}
+
 extension CheckpointSink {
     /// Stores the pages at `address` whose contents are `bytes` (whole pages).
     public func writePages(at address: UInt64, _ bytes: [UInt8]) throws {

@@ -27,6 +27,9 @@ final class DataFileWriter: @unchecked Sendable {
     private let condition = NSCondition()
     private var queue: [(buffer: UnsafeRawBufferPointer, offset: UInt64)] = []
     private var busy = false
+    /// Pieces handed to the thread, and those it is done with (written or failed).
+    private var submitted: UInt64 = 0
+    private var completed: UInt64 = 0
     private var failure: Errno?
     private var stopping = false
     private var directIO: Bool
@@ -64,6 +67,16 @@ final class DataFileWriter: @unchecked Sendable {
         }
     }
 
+    /// Writes `piece` (whole pages) after the pieces before it, on the caller's thread, and
+    /// returns once it is written: no hand-over to the writing thread and back, whose wake-ups
+    /// cost more than the write itself on a busy machine.
+    func writeNow(_ piece: UnsafeRawBufferPointer) throws(Errno) {
+        guard piece.count > 0 else { return }
+        try flushGathered()
+        try writeOut(piece, at: size)
+        size += UInt64(piece.count)
+    }
+
     /// Waits until every piece handed over is written; throws the first failure.
     func drain() throws(Errno) {
         condition.lock()
@@ -76,6 +89,28 @@ final class DataFileWriter: @unchecked Sendable {
     func finish() throws(Errno) {
         try flushGathered()
     }
+
+    /// A mark for `wait(for:)`: the pieces handed over so far (gathered ones are copied, so
+    /// the caller's memory of those is free already).
+    var mark: UInt64 { condition.withLock { submitted } }
+
+    /// Waits until the pieces handed over before `mark` are written; throws the first failure.
+    func wait(for mark: UInt64) throws(Errno) {
+        condition.lock()
+        defer { condition.unlock() }
+        while completed < mark { condition.wait() }
+        if let failure { throw failure }
+    }
+
+    /// Writes what is gathered, waits for every write, and makes `offset` the place of the next
+    /// piece: pieces already in the file are kept (or overwritten) rather than written again.
+    func seek(to offset: UInt64) throws(Errno) {
+        try flushGathered()
+        size = offset
+    }
+
+    /// The file offset of the next piece handed over.
+    var offset: UInt64 { size + UInt64(gathered) }
 
     /// Lets the writing thread end once its queue is empty.
     func close() {
@@ -97,6 +132,7 @@ final class DataFileWriter: @unchecked Sendable {
     private func submit(_ buffer: UnsafeRawBufferPointer) {
         condition.withLock {
             queue.append((buffer, size))
+            submitted += 1
             condition.broadcast()
         }
         size += UInt64(buffer.count)
@@ -117,6 +153,7 @@ final class DataFileWriter: @unchecked Sendable {
             }
             condition.lock()
             busy = false
+            completed += 1
             if failure == nil { failure = error }
             condition.broadcast()
         }

@@ -11,7 +11,7 @@ import MitosisModel
 /// `INCOMPLETE` marker; on any failure (a full disk included) the sink aborts: it frees the page
 /// data, records the reason in the marker and leaves the sibling for inspection. Existing images
 /// are never touched, so the chain they form stays valid.
-public final class DirectorySink: CheckpointSink, @unchecked Sendable {
+public final class DirectorySink: EarlyPageSink, @unchecked Sendable {
     /// The image directory this sink creates.
     public let path: String
     private let parentPath: String
@@ -102,6 +102,26 @@ public final class DirectorySink: CheckpointSink, @unchecked Sendable {
                 try validateRun(address: address, count: bytes.count, pageSize: writer.header.pageSize)
                 try writer.append(address: address, bytes)
             }
+        }
+    }
+
+    package func writeEarly(at address: UInt64, _ bytes: UnsafeRawBufferPointer) throws -> UInt64 {
+        try lock.withLock {
+            let writer = try openWriter()
+            return try failing(writer, recoverable: false) { () throws(ImageError) in try writer.writeEarly(address: address, bytes) }
+        }
+    }
+
+    package func waitEarly(_ mark: UInt64) throws {
+        // Not under the lock: the checkpoint copies the next pieces meanwhile, on its thread.
+        let writer = try lock.withLock { () throws(ImageError) in try openWriter() }
+        try writer.waitEarly(mark)
+    }
+
+    package func keepEarly(at address: UInt64, length: Int) throws {
+        try lock.withLock {
+            let writer = try openWriter()
+            try failing(writer, recoverable: false) { () throws(ImageError) in try writer.keepEarly(address: address, length: length) }
         }
     }
 
@@ -210,7 +230,8 @@ private final class Writer {
             opened.append(marker)
             let note = Array("in progress: written by pid \(getpid()) since \(header.created), never finished\n".utf8)
             try Kernel.writeAll(marker, note)
-            let data = try Self.create(ImageFormat.dataName, in: directory)
+            // Readable too: early pages are read back when the final ones differ from them.
+            let data = try Self.create(ImageFormat.dataName, in: directory, readable: true)
             opened.append(data)
             try Kernel.sync(directory)
             pages = try DataFileWriter(data)
@@ -222,8 +243,8 @@ private final class Writer {
         }
     }
 
-    private static func create(_ file: String, in directory: FileDescriptor) throws(Errno) -> FileDescriptor {
-        let fd = try Kernel.openAt(directory, file, options: [.writeOnly, .create, .exclusive, .noFollow], mode: 0o600)
+    private static func create(_ file: String, in directory: FileDescriptor, readable: Bool = false) throws(Errno) -> FileDescriptor {
+        let fd = try Kernel.openAt(directory, file, options: [readable ? .readWrite : .writeOnly, .create, .exclusive, .noFollow], mode: 0o600)
         do {
             try Kernel.changeMode(fd, 0o600)
         } catch {
@@ -248,6 +269,10 @@ private final class Writer {
     /// this returns.
     package func append(address: UInt64, _ bytes: UnsafeRawBufferPointer) throws(ImageError) {
         let pages = self.pages
+        // Pages handed over now go after the early ones still matching.
+        if !early.isEmpty, case .matching(let piece, let within) = replay ?? .matching(piece: 0, within: 0), piece < early.count {
+            try diverge(at: piece, within: within)
+        }
         do throws(ImageError) {
             try builder.add(address: address, bytes) { piece throws(ImageError) in
                 try Self.io(path, "write \(ImageFormat.dataName)") { () throws(Errno) in try pages.write(piece) }
@@ -259,12 +284,158 @@ private final class Writer {
         try Self.io(path, "write \(ImageFormat.dataName)") { () throws(Errno) in try pages.drain() }
     }
 
+    // MARK: Early pages
+
+    /// A piece handed over by `writeEarly`: where it went in the data file, and the run builder
+    /// as it was before it, to go back to should the final pages differ from there on.
+    private struct EarlyPiece {
+        var address: UInt64
+        var length: UInt64
+        var offset: UInt64
+        var before: PageRunBuilder
+        var end: UInt64 { address + length }
+    }
+    private var early: [EarlyPiece] = []
+    /// How the final pages compare with the early ones; nil until the first final page.
+    private var replay: Replay?
+    private enum Replay {
+        /// The same so far: the next final page is expected `within` bytes into `early[piece]`.
+        case matching(piece: Int, within: UInt64)
+        /// The builder went back to where they first differed: early bytes are read back.
+        case rebuilding
+    }
+    /// Where early bytes are read back into (page-aligned, for direct I/O).
+    private var readBackBuffer: UnsafeMutableRawBufferPointer?
+    private static let readBackSize = 1 << 20
+
+    package func writeEarly(address: UInt64, _ bytes: UnsafeRawBufferPointer) throws(ImageError) -> UInt64 {
+        guard replay == nil else { throw .sinkState("early pages after the final ones") }
+        try validateRun(address: address, count: bytes.count, pageSize: header.pageSize)
+        if let last = early.last, address < last.end {
+            throw .sinkState("early pages at 0x\(String(address, radix: 16)) below earlier ones")
+        }
+        let pages = self.pages
+        let piece = EarlyPiece(address: address, length: UInt64(bytes.count), offset: builder.dataSize, before: builder)
+        // The builder would hand the bytes over run by run, in order: one write of them all is
+        // the same data.
+        try Self.io(path, "write \(ImageFormat.dataName)") { () throws(Errno) in try pages.writeNow(bytes) }
+        try builder.add(address: address, bytes) { _ throws(ImageError) in }
+        early.append(piece)
+        return pages.mark
+    }
+
+    package func waitEarly(_ mark: UInt64) throws(ImageError) {
+        let pages = self.pages
+        try Self.io(path, "write \(ImageFormat.dataName)") { () throws(Errno) in try pages.wait(for: mark) }
+    }
+
+    package func keepEarly(address: UInt64, length: Int) throws(ImageError) {
+        try validateRun(address: address, count: length, pageSize: header.pageSize)
+        var at = address, remaining = UInt64(length)
+        if case .matching(var piece, var within) = replay ?? .matching(piece: 0, within: 0) {
+            while remaining > 0, piece < early.count, early[piece].address + within == at {
+                let take = min(remaining, early[piece].length - within)
+                (within, at, remaining) = (within + take, at + take, remaining - take)
+                if within == early[piece].length { (piece, within) = (piece + 1, 0) }
+            }
+            replay = .matching(piece: piece, within: within)
+            guard remaining > 0 else { return }
+            if piece < early.count { try diverge(at: piece, within: within) } else { replay = .rebuilding }
+        }
+        // Rebuilding: from the early pieces holding [at, at + remaining).
+        while remaining > 0 {
+            var low = 0, high = early.count
+            while low < high {
+                let middle = (low + high) / 2
+                if early[middle].end <= at { low = middle + 1 } else { high = middle }
+            }
+            guard low < early.count, early[low].address <= at else {
+                throw .sinkState("pages at 0x\(String(at, radix: 16)) were not handed over early")
+            }
+            let piece = early[low]
+            let take = min(remaining, piece.end - at)
+            try readBack(address: at, length: take, from: piece.offset + (at - piece.address))
+            (at, remaining) = (at + take, remaining - take)
+        }
+    }
+
+    /// The final pages differ from the early ones `within` bytes into `early[piece]`: the builder
+    /// goes back to before that piece and rehashes the bytes of it that are still current.
+    private func diverge(at piece: Int, within: UInt64) throws(ImageError) {
+        let pages = self.pages
+        try Self.io(path, "write \(ImageFormat.dataName)") { () throws(Errno) in try pages.finish() }
+        let start = early[piece]
+        builder = start.before
+        try Self.io(path, "write \(ImageFormat.dataName)") { () throws(Errno) in try pages.seek(to: start.offset) }
+        replay = .rebuilding
+        if within > 0 { try readBack(address: start.address, length: within, from: start.offset) }
+    }
+
+    /// Adds the early bytes of `address..<address + length`, which are at `offset` in the data
+    /// file, as if handed over now: read back, hashed, and written where they now belong (not
+    /// written when that is where they are).
+    private func readBack(address: UInt64, length: UInt64, from offset: UInt64) throws(ImageError) {
+        let pages = self.pages
+        let data = self.data
+        let buffer: UnsafeMutableRawBufferPointer
+        if let known = readBackBuffer {
+            buffer = known
+        } else {
+            let base = try Self.io(path, "read back \(ImageFormat.dataName)") { () throws(Errno) in try Kernel.mapAnonymous(length: Self.readBackSize) }
+            buffer = UnsafeMutableRawBufferPointer(start: base, count: Self.readBackSize)
+            readBackBuffer = buffer
+        }
+        var done: UInt64 = 0
+        while done < length {
+            let count = Int(min(UInt64(buffer.count), length - done))
+            var source = offset + done
+            // Bytes still to be read must not have been overwritten by then.
+            guard source >= builder.dataSize else {
+                throw .sinkState("early pages at 0x\(String(address + done, radix: 16)) come after pages written over them")
+            }
+            let chunk = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count])
+            let read = try Self.io(path, "read back \(ImageFormat.dataName)") { () throws(Errno) in
+                try Kernel.readAt(data, offset: source, into: chunk)
+            }
+            guard read == count else { throw .io(path, operation: "read back \(ImageFormat.dataName)", errno: .ioError) }
+            try builder.add(address: address + done, UnsafeRawBufferPointer(chunk)) { piece throws(ImageError) in
+                try Self.io(path, "write \(ImageFormat.dataName)") { () throws(Errno) in
+                    if pages.offset == source {
+                        try pages.seek(to: source + UInt64(piece.count))
+                    } else {
+                        try pages.write(piece)
+                    }
+                }
+                source += UInt64(piece.count)
+            }
+            // The buffer is reused: its bytes must be written first.
+            try Self.io(path, "write \(ImageFormat.dataName)") { () throws(Errno) in try pages.finish() }
+            done += UInt64(count)
+        }
+    }
+
+    /// Before commit: the early pages the final ones left out at the end are dropped.
+    private func settleEarly() throws(ImageError) {
+        guard let last = early.last else { return }
+        if case .matching(let piece, let within) = replay ?? .matching(piece: 0, within: 0), piece < early.count {
+            try diverge(at: piece, within: within)
+        }
+        let pages = self.pages
+        try Self.io(path, "write \(ImageFormat.dataName)") { () throws(Errno) in try pages.finish() }
+        if last.offset + last.length > builder.dataSize {
+            let size = builder.dataSize
+            let data = self.data
+            try Self.io(path, "truncate \(ImageFormat.dataName)") { () throws(Errno) in try Kernel.truncate(data, to: Int(size)) }
+        }
+    }
+
     // MARK: Commit
 
     package func commit(_ draft: CheckpointManifest) throws(ImageError) -> CheckpointManifest {
         guard draft.header == header else {
             throw .sinkState("the manifest's identity (id, kind, parent, sequence, pid, created, page size) differs from the header's")
         }
+        try settleEarly()
         let (index, runs, dataDigest) = try builder.finish()
         let pages = self.pages
         try Self.io(path, "write \(ImageFormat.dataName)") { () throws(Errno) in try pages.finish() }
@@ -336,6 +507,7 @@ private final class Writer {
         closed = true
         try? pages.drain()
         pages.close()
+        if let readBackBuffer { Kernel.unmap(readBackBuffer.baseAddress!, length: readBackBuffer.count) }
         for fd in [data, marker, directory, parent] { try? fd.close() }
     }
 

@@ -21,6 +21,8 @@ public enum ReplicationError: MitosisFailure, Equatable {
     case damagedFileLog(String, String)
     /// A promotion step failed.
     case promotion(String)
+    /// A checkpoint that cannot be restored: never sent as an epoch.
+    case notRestorable(String)
 
     public var description: String {
         switch self {
@@ -33,6 +35,7 @@ public enum ReplicationError: MitosisFailure, Equatable {
         case .standbyStillRunning(let why): why
         case .damagedFileLog(let path, let why): "\(path): \(why)"
         case .promotion(let why): why
+        case .notRestorable(let why): why
         }
     }
 }

@@ -124,6 +124,20 @@ struct RestorePlan: Sendable {
         return refusals
     }
 
+    /// What keeps an image from being prepared ahead (`Restorer.preparationRefusals`).
+    static func preparationProblems(_ manifest: CheckpointManifest) -> [RestoreRefusal] {
+        manifest.mappings.compactMap { mapping in
+            let subject = "mapping 0x\(String(mapping.start, radix: 16))-0x\(String(mapping.end, radix: 16)) \(mapping.path ?? "")"
+            if mapping.kind == MemoryMapping.Kind.file.rawValue && mapping.isShared && mapping.protection & Linux.PROT_WRITE != 0 {
+                return RestoreRefusal(subject, "a shared writable file mapping: filling it ahead of the restore would write the file")
+            }
+            if mapping.kind == MemoryMapping.Kind.sysvSharedMemory.rawValue {
+                return RestoreRefusal(subject, "SysV shared memory: preparing it would create or fill a segment others can see")
+            }
+            return nil
+        }
+    }
+
     /// Why a socket cannot be restored, or nil; each family's rules live with its restore.
     private static func socketProblem(_ descriptor: OpenDescriptor, manifest: CheckpointManifest, record: RestoreRecord) -> String? {
         guard let state = record.sockets?.first(where: { $0.inode == descriptor.inode }) else {

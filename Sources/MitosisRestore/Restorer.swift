@@ -35,9 +35,10 @@ public struct RestoreResult: Codable, Sendable, Equatable {
 ///
 /// A husk — an empty process with the image's pid, created by `clone3(set_tid)` and traced with
 /// `PTRACE_O_EXITKILL` — is filled entirely by system calls injected into it: its address space
-/// emptied, the vDSO placed, every mapping created and filled, signal dispositions, mm bounds,
-/// descriptors and threads set, registers put back. Then it is detached and runs on. A restore
-/// that fails at any step kills its husk: no process is left behind.
+/// emptied, the vDSO placed, every mapping created and filled (`prepare`), then signal
+/// dispositions, mm bounds, descriptors and threads set, registers put back (`finish`). Then it
+/// is detached and runs on. A restore that fails at any step kills its husk: no process is left
+/// behind.
 public struct Restorer: Sendable {
     public let image: CheckpointImage
     public let chain: CheckpointChain
@@ -67,13 +68,34 @@ public struct Restorer: Sendable {
         RestorePlan.refusals(manifest)
     }
 
+    /// Why the image cannot be prepared ahead of its restore (a warm clone): filling a shared
+    /// writable file mapping writes its file, and SysV segments would be created, something
+    /// outside the husk would see.
+    public func preparationRefusals() -> [RestoreRefusal] {
+        RestorePlan.preparationProblems(manifest)
+    }
+
     /// Restores the process. `verify`, if given, runs once the process is complete but before
     /// any of its threads runs (its memory can be read with `process_vm_readv`; it gets the
     /// pid this host sees); throwing from it aborts the restore and kills the process.
     ///
     /// With `inNewPidNamespace`, the process is restored inside a new pid namespace, under a
     /// small init that is pid 1 there (so its pid may be taken here); see Docs/restore.md.
+    /// The same as `prepare` then `PreparedProcess.finish`.
     public func restore(inNewPidNamespace: Bool = false, verify: (@Sendable (Int32) throws -> Void)? = nil) async throws -> RestoreResult {
+        let clock = ContinuousClock()
+        let started = clock.now
+        let prepared = try await prepare(inNewPidNamespace: inNewPidNamespace)
+        var result = try await prepared.finish(verify: verify)
+        result.restoreMilliseconds = Self.milliseconds(clock.now - started)
+        return result
+    }
+
+    /// Restores the process up to its address space only (phases 1–2, Husk/HuskBuild.swift):
+    /// a husk with the image's pid holding its memory, frozen under ptrace, with nothing visible
+    /// outside it (no descriptor, socket, thread or file write). `PreparedProcess.update` brings
+    /// it to a newer image of the same process, `finish` completes the restore.
+    public func prepare(inNewPidNamespace: Bool = false) async throws -> PreparedProcess {
         let clock = ContinuousClock()
         let started = clock.now
         let refusals = self.refusals()
@@ -89,25 +111,6 @@ public struct Restorer: Sendable {
         let (clocks, monotonicJump) = try HuskPlacementPlan.clocks(record, choice: timeNamespace)
         plan.timeNamespace = clocks != nil
         let placement = HuskPlacement(networkNamespace: networkNamespace?.2, clocks: clocks.map { ($0.monotonic, $0.boottime) })
-        // The restore's own lock first, then the one the dump left: never a moment unlocked.
-        // Both in the namespace the connections are restored in (on another host the held lock
-        // stays with the host it was taken on).
-        let connections = (record.connections ?? []).map { ($0.connection.family, $0.connection.local, $0.connection.remote) }
-        let networkLock = self.networkLock
-        let lockNamespace = networkNamespace?.1
-        let lock: NetworkLock?
-        do {
-            lock = try await Blocking.run("mitosis-network-lock") { () throws -> NetworkLock? in
-                let lock = networkLock && !connections.isEmpty ? try NetworkLock(connections, namespacePath: lockNamespace) : nil
-                if let held = record.networkLockTable { try NetworkLock.remove(held, namespacePath: lockNamespace) }
-                return lock
-            }
-        } catch {
-            throw RestoreError.failed(step: "locking the network for \(connections.count) TCP connection(s)", detail: "\(error)")
-        }
-        // Lifted once the process runs, or has been killed: a client of a failed restore then
-        // sees a reset, not a connection hanging for ever.
-        defer { lock?.release() }
         let tracer: Tracer
         var namespace: (initPid: Int32, control: FileDescriptor)?
         var offsets: TimeNamespaceOffsets?
@@ -136,21 +139,23 @@ public struct Restorer: Sendable {
         do {
             segments = try SharedMemorySegments.prepare(record.sysvSharedMemory ?? [])
             plan.sharedMemoryFilled = segments?.filled ?? []
-            var (phases, notes) = try await tracer.buildRestoredProcess(plan, chain: chain, verify: verify)
-            notes += segments?.markRemoved() ?? []
+            var (area, phases) = try await tracer.prepareHusk(plan, chain: chain)
             phases["husk"] = Self.milliseconds(huskReady - started)
-            // The init may now reap and end once the restored process does.
-            try? namespace?.control.close()
-            return RestoreResult(pid: pid, threads: manifest.threads.count, descriptors: manifest.descriptors?.count ?? 0,
-                                 restoreMilliseconds: Self.milliseconds(clock.now - started),
-                                 hostPid: namespace == nil ? nil : tracer.pid, namespaceInitPid: namespace?.initPid,
-                                 phases: phases, networkNamespace: networkNamespace?.0,
-                                 timeNamespace: offsets.map {
-                                     RestoredTimeNamespace(monotonicOffset: $0.monotonic, boottimeOffset: $0.boottime,
-                                                           monotonicJumpSeconds: Double(monotonicJump.components.seconds)
-                                                               + Double(monotonicJump.components.attoseconds) / 1e18)
-                                 },
-                                 notes: notes)
+            // nft started now, in the namespace the connections are restored in, for `finish`
+            // (a later image of a warm clone may have connections where this one has none: its
+            // finish starts nft then).
+            let lockNamespace = networkNamespace?.1
+            let hasConnections = !(record.connections ?? []).isEmpty
+            let readyLock = networkLock && hasConnections
+                ? try? await Blocking.run("mitosis-network-lock") { try NetworkLock(namespacePath: lockNamespace) } : nil
+            let time = offsets.map {
+                RestoredTimeNamespace(monotonicOffset: $0.monotonic, boottimeOffset: $0.boottime,
+                                      monotonicJumpSeconds: Double(monotonicJump.components.seconds)
+                                          + Double(monotonicJump.components.attoseconds) / 1e18)
+            }
+            return PreparedProcess(image: image, tracer: tracer, area: area, plan: plan, namespace: namespace,
+                                   placement: .init(networkNamespace: networkNamespace?.0, lockNamespace: lockNamespace, time: time),
+                                   segments: segments, networkLock: networkLock, readyLock: readyLock, phases: phases)
         } catch {
             await tracer.killHusk()
             segments?.removeCreated()

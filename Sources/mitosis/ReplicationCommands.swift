@@ -36,25 +36,29 @@ struct ProtectCommand: AsyncParsableCommand {
             """)
 
     @Argument(help: "The process id.") var pid: String
-    @Option(help: "The standby, HOST:PORT.") var standby: Endpoint
+    @Option(help: "A standby, HOST:PORT (repeatable: every epoch goes to each standby connected).") var standby: [Endpoint]
     @Option(help: "Milliseconds between epochs.") var interval: Int = 50
     @Option(help: "This primary's term (from the failover layer); a standby that saw a newer one refuses it.") var term: UInt64 = 1
     @Option(help: "A directory whose regular files are part of every epoch (repeatable).") var data: [String] = []
     @Option(help: "Stop after this many acknowledged epochs.") var epochs: Int?
+    @Option(help: "Dirty tracking: uffd-wp, soft-dirty or hash (default: the best this kernel has).") var tracking: String?
     @Flag(help: "Copy the process even if it asked not to be dumped.") var force = false
 
     func validate() throws {
         guard interval >= 1 else { throw ValidationError("--interval must be at least 1 ms") }
         guard term >= 1 else { throw ValidationError("--term must be at least 1") }
-        guard standby.port > 0 else { throw ValidationError("--standby needs a port") }
+        guard !standby.isEmpty else { throw ValidationError("give at least one --standby HOST:PORT") }
+        guard standby.allSatisfy({ $0.port > 0 }) else { throw ValidationError("--standby needs a port") }
         for directory in data where !directory.hasPrefix("/") { throw ValidationError("--data \(directory): give an absolute path") }
+        if let tracking, TrackingStrategy(rawValue: tracking) == nil { throw ValidationError("--tracking: uffd-wp, soft-dirty or hash") }
     }
 
     func run() async throws {
         let pid = targetPID(pid, forTracing: true)
         do {
-            var options = ProtectOptions(host: standby.host, port: standby.port)
+            var options = ProtectOptions(standbys: standby.map { StandbyEndpoint(host: $0.host, port: $0.port) })
             options.checkpoint.copyNonDumpable = force
+            options.checkpoint.strategy = tracking.flatMap(TrackingStrategy.init(rawValue:))
             options.interval = .milliseconds(interval)
             options.term = Term(term)
             options.dataDirectories = data
@@ -93,22 +97,30 @@ struct StandbyCommand: AsyncParsableCommand {
         discussion: """
             Every frame is checked (lengths, checksums, term, parent chain); an epoch is committed \
             (synced and renamed into place) before it is acknowledged; the chain is folded into a \
-            new full base every --compact-every epochs. Runs until SIGINT or SIGTERM, or until \
-            `mitosis promote DIR` takes the directory. See Docs/replication.md.
+            new full base every --compact-every epochs. With --warm, a husk of the process is kept \
+            restored up to its address space (nothing visible outside it) and every committed epoch \
+            applied to it, so that promotion only finishes it. Runs until SIGINT or SIGTERM, or \
+            until `mitosis promote DIR` promotes it. See Docs/replication.md.
             """)
 
     @Option(help: "The address to listen on, ADDR:PORT.") var listen: Endpoint
     @Option(help: "The standby directory (created, mode 0700, if missing).") var images: String
     @Option(help: "Fold the chain into a full base once it holds this many images (0: never).") var compactEvery: Int = 64
+    @Flag(help: "Keep a warm clone: a frozen husk of the process, updated with every committed epoch.") var warm = false
+    @Flag(help: "With --warm: prepare the husk in a new pid namespace (its pid may be taken here).") var pidns = false
+    @Option(help: "Refuse primaries of terms older than this one from the start (the failover layer's leader term).") var term: UInt64 = 0
 
     func validate() throws {
         guard compactEvery >= 0 else { throw ValidationError("--compact-every must not be negative") }
+        guard warm || !pidns else { throw ValidationError("--pidns goes with --warm") }
     }
 
     func run() async throws {
         do {
             var options = StandbyOptions(host: listen.host, port: listen.port, directory: images)
             options.compactEvery = compactEvery
+            options.warm = warm ? WarmOptions(pidNamespace: pidns) : nil
+            options.minimumTerm = Term(term)
             let logger = Logger(label: "mitosis.standby")
             let standby = try await Standby(options: options, logger: logger)
             let clock = ContinuousClock()
@@ -133,11 +145,13 @@ struct StandbyCommand: AsyncParsableCommand {
 struct PromoteCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "promote",
-        abstract: "Stop the standby serving DIR and restore the process from its newest committed epoch.",
+        abstract: "Bring the process to life on this standby from its newest committed epoch.",
         discussion: """
-            The directory is fenced first (DIR/PROMOTED: no standby serves it again), its standby \
-            stopped, the epoch's data files written to their paths, then the process restored with \
-            its pid (a cold restore, Docs/restore.md). Prints which epoch, how old, how long.
+            The directory is fenced first (DIR/PROMOTED: no standby serves it again). The standby \
+            serving it, reached through DIR/control, stops accepting epochs, writes the epoch's data \
+            files to their paths and finishes its warm clone (or restores the epoch cold when it \
+            keeps none); without a standby, the process is restored cold with its pid \
+            (Docs/restore.md). Prints which epoch, how old, how long, warm or cold.
             """)
 
     @Argument(help: "The standby directory.") var directory: String
@@ -149,9 +163,11 @@ struct PromoteCommand: AsyncParsableCommand {
             if json {
                 print(try JSONOutput.string(result))
             } else {
-                print(String(format: "promoted epoch %@ (image %@, taken %@, %.0f ms before the promotion) as process %d in %.1f ms: standby stopped in %.1f ms, %d data file(s) in %.1f ms, restore %.1f ms",
-                             result.epoch.description, result.imageID, result.created, result.ageMilliseconds, result.pid, result.totalMilliseconds,
-                             result.stopStandbyMilliseconds, result.dataFiles, result.dataFilesMilliseconds, result.restoreMilliseconds))
+                let here = result.hostPid.map { " (pid \($0) here, in a new pid namespace)" } ?? ""
+                let how = result.warm ? "from the warm clone" : "cold (\(result.coldReason ?? "no warm clone"))"
+                print(String(format: "promoted epoch %@ (image %@, taken %@, %.0f ms before the promotion) as process %d%@ %@ in %.1f ms: standby stopped in %.1f ms, %d data file(s) in %.1f ms, %@ %.1f ms",
+                             result.epoch.description, result.imageID, result.created, result.ageMilliseconds, result.pid, here, how, result.totalMilliseconds,
+                             result.stopStandbyMilliseconds, result.dataFiles, result.dataFilesMilliseconds, result.warm ? "finish" : "restore", result.restoreMilliseconds))
             }
         } catch {
             fail(error)

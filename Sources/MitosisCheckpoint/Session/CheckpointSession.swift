@@ -242,6 +242,8 @@ public actor CheckpointSession {
         movedConnections = nil
         var moved: ConnectionCapture?
         let run = Run()
+        // A full checkpoint into a sink that takes early pages streams its first round there.
+        let early = parent == nil ? sink as? EarlyPageSink : nil
         do {
             if case .previous = parent { run.inheritable = previousValid }
             // Copy while the target runs, as long as the set left to copy shrinks.
@@ -251,12 +253,17 @@ public actor CheckpointSession {
                 let (map, dirty) = try await observe(run)
                 lastMap = map
                 run.invalidate(dirty)
-                var toCopy = map.data.subtracting(run.inheritable).subtracting(run.staged)
+                var toCopy = map.data.subtracting(run.inheritable).subtracting(run.staged).subtracting(run.early)
                 if let parentImage, run.rounds == 0 {
                     toCopy = try adoptUnchanged(toCopy, from: parentImage, held: parentStored, run)
                 }
                 let count = toCopy.pageCount()
-                run.staged = run.staged.union(try copy(toCopy, run, tolerant: true))
+                if let early, run.rounds == 0 {
+                    run.early = try stream(toCopy, run, into: early)
+                    run.earlyAll = run.early
+                } else {
+                    run.staged = run.staged.union(try copy(toCopy, run, tolerant: true))
+                }
                 run.rounds += 1
                 if count <= options.freezeThresholdPages || count >= left { break }
                 left = count
@@ -284,7 +291,7 @@ public actor CheckpointSession {
                     map = try readPageMap(run)
                     run.invalidate(try collectWrites(map))
                 }
-                let toCopy = map.data.subtracting(run.inheritable).subtracting(run.staged)
+                let toCopy = map.data.subtracting(run.inheritable).subtracting(run.staged).subtracting(run.early)
                 let copied = try copy(toCopy, run, tolerant: false)
                 run.copiedFrozen = copied.pageCount()
                 run.staged = run.staged.union(copied)
@@ -341,15 +348,30 @@ public actor CheckpointSession {
             }
 
             // Store what the checkpoint holds, describe the rest.
-            let stored = run.staged.intersection(final.data)
+            let stored = run.staged.union(run.early).intersection(final.data)
             let inherited = run.inheritable.intersection(final.data).subtracting(stored)
             var written: UInt64 = 0
             let toWrite = stored.byteCount
-            for range in stored.ranges {
-                for piece in try run.staging.pieces(of: range) {
-                    try sink.writePages(at: piece.address, UnsafeRawBufferPointer(piece.buffer))
-                    written += UInt64(piece.buffer.count)
-                    options.progress?(CheckpointProgress(phase: .writing, done: written, total: toWrite))
+            // The streamed pages first, in the order they were streamed (those still current
+            // kept where they are), then the others.
+            let streamedFirst = stored.intersection(run.earlyAll)
+            for range in streamedFirst.ranges + stored.subtracting(run.earlyAll).ranges {
+                var cursor = range.start
+                let kept = run.early.clamped(start: range.start, end: range.end).ranges
+                for next in kept + [PageSet.Range(start: range.end, end: range.end)] {
+                    if next.start > cursor {
+                        for staged in try run.staging.pieces(of: PageSet.Range(start: cursor, end: next.start)) {
+                            try sink.writePages(at: staged.address, UnsafeRawBufferPointer(staged.buffer))
+                            written += UInt64(staged.buffer.count)
+                            options.progress?(CheckpointProgress(phase: .writing, done: written, total: toWrite))
+                        }
+                    }
+                    if next.end > next.start, let early {
+                        try early.keepEarly(at: next.start, length: Int(next.end - next.start))
+                        written += next.end - next.start
+                        options.progress?(CheckpointProgress(phase: .writing, done: written, total: toWrite))
+                    }
+                    cursor = next.end
                 }
             }
             var stats = CheckpointStats()
@@ -395,6 +417,10 @@ public actor CheckpointSession {
         package var inheritable = PageSet()
         /// Pages copied into `staging` and not written since.
         package var staged = PageSet()
+        /// Pages streamed to the sink in the first round (`earlyAll`), and those of them not
+        /// written since (`early`).
+        package var early = PageSet()
+        package var earlyAll = PageSet()
         package var rounds = 0
         package var copied = 0
         package var copiedFrozen = 0
@@ -407,6 +433,7 @@ public actor CheckpointSession {
         package func invalidate(_ dirty: PageSet) {
             inheritable = inheritable.subtracting(dirty)
             staged = staged.subtracting(dirty)
+            early = early.subtracting(dirty)
             dirtied = dirtied.union(dirty)
         }
     }
@@ -494,18 +521,95 @@ public actor CheckpointSession {
         if !tolerant, let failure = failures.values.first { throw failure }
         var copied = PageSet()
         for (index, piece) in pieces.enumerated() where failures[index] == nil {
-            tracker.recordCopied(at: piece.address, UnsafeRawBufferPointer(piece.buffer))
-            if let sharedHashes, !sharedPages.isEmpty {
-                for range in sharedPages.clamped(start: piece.address, end: piece.address + UInt64(piece.buffer.count)).ranges {
-                    let offset = Int(range.start - piece.address)
-                    sharedHashes.recordCopied(at: range.start, UnsafeRawBufferPointer(rebasing: piece.buffer[offset..<offset + Int(range.end - range.start)]))
-                }
-            }
+            recordCopied(at: piece.address, UnsafeRawBufferPointer(piece.buffer))
             copied.insert(start: piece.address, end: piece.address + UInt64(piece.buffer.count))
         }
         run.copied += copied.pageCount()
         return copied
     }
+
+    /// Tells the trackers that compare contents what a copy of `bytes` at `address` holds.
+    private func recordCopied(at address: UInt64, _ bytes: UnsafeRawBufferPointer) {
+        tracker.recordCopied(at: address, bytes)
+        guard let sharedHashes, !sharedPages.isEmpty else { return }
+        for range in sharedPages.clamped(start: address, end: address + UInt64(bytes.count)).ranges {
+            let offset = Int(range.start - address)
+            sharedHashes.recordCopied(at: range.start, UnsafeRawBufferPointer(rebasing: bytes[offset..<offset + Int(range.end - range.start)]))
+        }
+    }
+
+    /// The first round of a full checkpoint, streamed to `sink` rather than staged: `pages` are
+    /// copied into a few reused buffers, each handed to the sink while the next are filled. The
+    /// staging area would need fresh memory for every page, which the kernel zeroes first — over
+    /// half of a 1 GiB dump's CPU time. Pages written after their copy are copied again into
+    /// the staging area by the later rounds or the freeze, and the sink replaces them (see
+    /// `EarlyPageSink`). Returns what was streamed; pieces unmapped meanwhile are skipped.
+    private func stream(_ pages: PageSet, _ run: Run, into sink: EarlyPageSink) throws -> PageSet {
+        let chunk = UInt64(StagingArea.chunkSize)
+        let slotSize = Self.streamSlotSize, slots = Self.streamSlots
+        var pieces: [PageSet.Range] = []
+        for range in pages.ranges {
+            var address = range.start
+            while address < range.end {
+                let end = min(range.end, (address / chunk + 1) * chunk)
+                pieces.append(PageSet.Range(start: address, end: end))
+                address = end
+            }
+        }
+        guard !pieces.isEmpty else { return PageSet() }
+        let ring = try Kernel.mapAnonymous(length: slots * slotSize)
+        var marks = [UInt64](repeating: 0, count: slots)
+        // The sink reads the buffers until its writes end: wait for them on every path.
+        defer {
+            try? sink.waitEarly(marks.max()!)
+            Kernel.unmap(ring, length: slots * slotSize)
+        }
+        var streamed = PageSet()
+        var done: UInt64 = 0
+        var slot = 0
+        var next = 0
+        while next < pieces.count {
+            try sink.waitEarly(marks[slot])
+            var batch: [(address: UInt64, buffer: UnsafeMutableRawBufferPointer)] = []
+            var used = 0
+            while next < pieces.count, used + Int(pieces[next].end - pieces[next].start) <= slotSize {
+                let length = Int(pieces[next].end - pieces[next].start)
+                batch.append((pieces[next].start, UnsafeMutableRawBufferPointer(start: ring + slot * slotSize + used, count: length)))
+                used += length
+                next += 1
+            }
+            let failures: [Int: MitosisError]
+            do {
+                failures = try memory.read(batch)
+            } catch {
+                throw MitosisError.targetExited(pid)
+            }
+            // Pieces read, joined where their addresses run on (they are adjacent in the buffer).
+            var joined: [(address: UInt64, buffer: UnsafeMutableRawBufferPointer)] = []
+            for (index, piece) in batch.enumerated() where failures[index] == nil {
+                recordCopied(at: piece.address, UnsafeRawBufferPointer(piece.buffer))
+                if let last = joined.last, last.address + UInt64(last.buffer.count) == piece.address,
+                   last.buffer.baseAddress! + last.buffer.count == piece.buffer.baseAddress! {
+                    joined[joined.count - 1].buffer = UnsafeMutableRawBufferPointer(start: last.buffer.baseAddress, count: last.buffer.count + piece.buffer.count)
+                } else {
+                    joined.append(piece)
+                }
+            }
+            for piece in joined {
+                marks[slot] = try sink.writeEarly(at: piece.address, UnsafeRawBufferPointer(piece.buffer))
+                streamed.insert(start: piece.address, end: piece.address + UInt64(piece.buffer.count))
+            }
+            done += UInt64(used)
+            options.progress?(CheckpointProgress(phase: .copying, done: done, total: pages.byteCount))
+            slot = (slot + 1) % slots
+        }
+        run.copied += streamed.pageCount()
+        return streamed
+    }
+
+    /// `stream`'s buffers: four of four staging chunks each, each filled with one system call.
+    private static let streamSlots = 4
+    private static let streamSlotSize = 4 * StagingArea.chunkSize
 
     /// First round over an image from elsewhere: copies `pages`, then keeps as inheritable (and
     /// drops from the copy) every page whose bytes equal the parent chain's. Returns what is left

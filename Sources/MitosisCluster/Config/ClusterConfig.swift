@@ -11,6 +11,8 @@ import MitosisModel
 ///   "replicationAddress": "10.231.0.1:7100",
 ///   "start": ["/usr/bin/redis-server", "/etc/redis/redis.conf"],
 ///   "address": { "cidr": "10.231.0.100/24", "device": "eth0" },
+///   "replication": { "directory": "/var/lib/mitosis/web", "data": ["/var/lib/web"],
+///                    "intervalMilliseconds": 50, "acknowledgementTimeoutMilliseconds": 2000 },
 ///   "timings": { "leaseTTLSeconds": 1, "keepaliveMilliseconds": 200,
 ///                "requestTimeoutMilliseconds": 150, "fenceMarginMilliseconds": 200 }
 /// }
@@ -23,9 +25,12 @@ public struct ClusterConfig: Sendable, Equatable {
     public var node: String
     public var etcd: [EtcdEndpoint]
     public var replicationAddress: String
-    /// The service's command, started at promotion (cold standby until replication plugs in).
+    /// The service's command: started at promotion by a cold standby (no `replication`), or
+    /// once, to start a fresh cluster, by a hot one.
     public var start: [String]
     public var address: HostAddress?
+    /// Hot standby (`HotReplica`): the service's state is replicated and promoted.
+    public var replication: ReplicationSettings?
     public var timings: ElectionTimings
 
     public static let maximumBytes = 64 << 10
@@ -47,7 +52,7 @@ public struct ClusterConfig: Sendable, Equatable {
         guard let object = try? JSONSerialization.jsonObject(with: Data(bytes)), let top = object as? [String: Any] else {
             throw ConfigError("not a JSON object")
         }
-        try onlyKeys(top, ["service", "node", "etcd", "replicationAddress", "start", "address", "timings"], in: "the configuration")
+        try onlyKeys(top, ["service", "node", "etcd", "replicationAddress", "start", "address", "replication", "timings"], in: "the configuration")
         let service = try string(top, "service", max: 63)
         guard MemberRecord.isValidNodeName(service) else { throw ConfigError("service: 1-63 characters of a-z 0-9 - _ . expected") }
         let node = try string(top, "node", max: 63)
@@ -76,6 +81,26 @@ public struct ClusterConfig: Sendable, Equatable {
             }
             address = HostAddress(cidr: cidr, device: device)
         }
+        var replication: ReplicationSettings?
+        if let value = top["replication"] {
+            guard let fields = value as? [String: Any] else { throw ConfigError("replication: an object expected") }
+            try onlyKeys(fields, ["directory", "data", "intervalMilliseconds", "acknowledgementTimeoutMilliseconds"], in: "replication")
+            let directory = try string(fields, "directory", max: 4096)
+            guard isAbsolutePath(directory) else { throw ConfigError("replication.directory: an absolute path expected") }
+            var settings = ReplicationSettings(directory: directory)
+            if let data = fields["data"] {
+                guard let list = data as? [Any], list.count <= 64 else { throw ConfigError("replication.data: a list of at most 64 absolute paths expected") }
+                settings.dataDirectories = try list.map { item in
+                    guard let path = item as? String, isAbsolutePath(path) else { throw ConfigError("replication.data: absolute paths expected") }
+                    return path
+                }
+            }
+            if fields["intervalMilliseconds"] != nil { settings.interval = .milliseconds(try integer(fields, "intervalMilliseconds", 1...60_000, in: "replication")) }
+            if fields["acknowledgementTimeoutMilliseconds"] != nil {
+                settings.acknowledgementTimeout = .milliseconds(try integer(fields, "acknowledgementTimeoutMilliseconds", 1...600_000, in: "replication"))
+            }
+            replication = settings
+        }
         var timings = ElectionTimings()
         if let value = top["timings"] {
             guard let fields = value as? [String: Any] else { throw ConfigError("timings: an object expected") }
@@ -87,7 +112,7 @@ public struct ClusterConfig: Sendable, Equatable {
         }
         if let problem = timings.problem { throw ConfigError("timings: \(problem)") }
         return ClusterConfig(service: service, node: node, etcd: etcd, replicationAddress: replicationAddress, start: start,
-                             address: address, timings: timings)
+                             address: address, replication: replication, timings: timings)
     }
 
     private static func onlyKeys(_ object: [String: Any], _ allowed: Set<String>, in place: String) throws {
@@ -102,11 +127,15 @@ public struct ClusterConfig: Sendable, Equatable {
         return value
     }
 
-    private static func integer(_ object: [String: Any], _ key: String, _ range: ClosedRange<Int>) throws -> Int {
+    private static func isAbsolutePath(_ path: String) -> Bool {
+        path.hasPrefix("/") && path.utf8.count <= 4096 && !path.contains("\0") && !path.split(separator: "/").contains("..")
+    }
+
+    private static func integer(_ object: [String: Any], _ key: String, _ range: ClosedRange<Int>, in place: String = "timings") throws -> Int {
         // JSONSerialization gives NSNumber for numbers and for booleans: accept whole numbers only.
         guard let number = object[key] as? NSNumber, String(cString: number.objCType) != "c",
               let value = Int(exactly: number.doubleValue), range.contains(value) else {
-            throw ConfigError("timings.\(key): a whole number in \(range.lowerBound)...\(range.upperBound) expected")
+            throw ConfigError("\(place).\(key): a whole number in \(range.lowerBound)...\(range.upperBound) expected")
         }
         return value
     }

@@ -300,16 +300,9 @@ public actor ClusterNode {
         election.won(term: term)
         record(.tookLeaderKey(term: term, afterAbsence: absence))
         logger.notice("took the leader key: term \(term)\(absence.map { ", \($0.clusterText) after the key was seen absent" } ?? "")")
-        do {
-            try await replica.promote(term: term)
-        } catch {
-            logger.error("promotion failed at term \(term): \(error); giving the key up, not ready until restarted")
-            promotionFailure = "promotion failed: \(error)"
-            await abdicate(term: term, reason: "promotion failed: \(error)")
-            return
-        }
-        guard election.role == .primary(term: term) else { return }
-        record(.promoted(term: term))
+        // The address first: a restored service rebuilds its TCP connections on it (a connect
+        // in repair mode from an address the host does not hold finds no route). Clients
+        // meanwhile get a refusal here rather than silence from the dead host.
         if let address {
             do {
                 try await address.take()
@@ -327,6 +320,20 @@ public actor ClusterNode {
             await address?.release()
             return
         }
+        do {
+            try await replica.promote(term: term)
+        } catch {
+            logger.error("promotion failed at term \(term): \(error); giving the key up, not ready until restarted")
+            promotionFailure = "promotion failed: \(error)"
+            await abdicate(term: term, reason: "promotion failed: \(error)")
+            return
+        }
+        guard election.role == .primary(term: term) else {
+            // Fenced while the service was coming to life: the fence found nothing to stop yet.
+            await replica.fence()
+            return
+        }
+        record(.promoted(term: term))
         logger.notice("primary at term \(term)")
         await protect(term: term, view: view)
         await publish(record(for: await replica.state()))

@@ -40,8 +40,10 @@ public final class CommandReplica: ReplicaControl, @unchecked Sendable {
     public func promote(term: Int64) async throws {
         let command = self.command
         let started = try Self.spawner.sync {
+            // Descriptors 0–2 only: the daemon's sockets and epolls are none of the service's
+            // business (and an inherited epoll watching them would make it unrestorable).
             try ChildProcess(executable: "/usr/bin/setpriv", arguments: ["--pdeathsig", "KILL", "--"] + command,
-                             stdin: .null, stdout: .inherit, stderr: .inherit)
+                             stdin: .null, stdout: .inherit, stderr: .inherit, onlyStandardStreams: true)
         }
         lock.withLock {
             child = started
@@ -75,11 +77,14 @@ public enum ClusterError: MitosisFailure, Equatable {
     case serviceExited(command: String, status: Int32)
     /// The service address could not be added.
     case address(cidr: String, device: String, reason: String)
+    /// The replica cannot promote or protect (nothing to promote, no service running).
+    case promotion(String)
 
     public var description: String {
         switch self {
         case .serviceExited(let command, let status): "the service exited at once (status \(status)): \(command.prefix(200))"
         case .address(let cidr, let device, let reason): "ip addr replace \(cidr) dev \(device) failed: \(reason)"
+        case .promotion(let why): why
         }
     }
 }

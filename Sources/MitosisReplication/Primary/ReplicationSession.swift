@@ -7,13 +7,29 @@ import MitosisModel
 import NIOConcurrencyHelpers
 import ServiceLifecycle
 
-/// How a process is protected.
-public struct ProtectOptions: Sendable {
-    /// The standby's address.
+/// A standby's replication address.
+public struct StandbyEndpoint: Sendable, Equatable, Hashable, CustomStringConvertible {
     public var host: String
     public var port: Int
+
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+}
+
+/// How a process is protected.
+public struct ProtectOptions: Sendable {
+    /// The standbys: every epoch goes to each one connected (Docs/replication.md, "Several
+    /// standbys").
+    public var standbys: [StandbyEndpoint]
+    /// The first standby's address.
+    public var host: String { standbys.first?.host ?? "" }
+    public var port: Int { standbys.first?.port ?? 0 }
     /// Time between the starts of two epochs (an epoch waits for the previous one's
-    /// acknowledgement, so a slow standby makes epochs longer).
+    /// acknowledgements, so a slow standby makes epochs longer).
     public var interval: Duration = .milliseconds(50)
     /// This primary's term (the failover layer's leader revision); a standby that has seen a
     /// newer one refuses it, and protection stops.
@@ -23,7 +39,8 @@ public struct ProtectOptions: Sendable {
     public var dataDirectories: [String] = []
     /// Ship the files the process holds open for writing.
     public var shipOpenFiles = true
-    /// How long to wait for an acknowledgement, and between connection attempts.
+    /// How long to wait for a standby's acknowledgement (a standby that takes longer is left
+    /// out and resynchronised), and between connection attempts.
     public var acknowledgementTimeout: Duration = .seconds(60)
     public var reconnectDelay: Duration = .milliseconds(500)
     public var checkpoint = CheckpointOptions()
@@ -31,8 +48,11 @@ public struct ProtectOptions: Sendable {
     public var epochLimit: Int?
 
     public init(host: String, port: Int) {
-        self.host = host
-        self.port = port
+        standbys = [StandbyEndpoint(host: host, port: port)]
+    }
+
+    public init(standbys: [StandbyEndpoint]) {
+        self.standbys = standbys
     }
 }
 
@@ -43,7 +63,9 @@ public struct ReplicationStatistics: Sendable, Equatable {
     public var epochs = 0
     public var fullEpochs = 0
     public var bytesSent: UInt64 = 0
+    /// Whether at least one standby is connected, and which ones are.
     public var connected = false
+    public var connectedStandbys: [String] = []
     public var reconnects = 0
     public var lastError: String?
     /// Per epoch, most recent last (bounded): how long the process was frozen, and how long
@@ -70,18 +92,21 @@ public struct ReplicationStatistics: Sendable, Equatable {
 }
 
 /// The primary side of replication, as a service: tracks the process's writes, takes an epoch
-/// every interval and streams it to the standby, one epoch in flight (Docs/replication.md).
+/// every interval and streams it to every connected standby, one epoch in flight
+/// (Docs/replication.md).
 ///
-/// The next freeze waits for the previous epoch's acknowledgement while dirty tracking goes on
-/// accumulating. A standby that cannot be reached or fails never harms the process: protection
-/// reconnects, and resumes with the pages changed since the standby's newest committed epoch
-/// when that is the epoch this session last had acknowledged, with a full base otherwise.
+/// The next freeze waits for the previous epoch's acknowledgement by every connected standby
+/// while dirty tracking goes on accumulating. A standby that cannot be reached or fails never
+/// harms the process, nor the other standbys: it is left out, reconnected in the background,
+/// and resumes with the pages changed since its newest committed epoch when that is the epoch
+/// this session last had acknowledged, with a full base (for every standby) otherwise.
 /// Returns when the process exits, or throws when a standby has seen a newer term.
 public final class ReplicationSession: Service, Sendable {
     public let pid: Int32
     public let options: ProtectOptions
     private let logger: Logger
     private let box = NIOLockedValueBox(ReplicationStatistics())
+    private let board = LinkBoard()
 
     public init(pid: Int32, options: ProtectOptions, logger: Logger = Logger(label: "mitosis.protect")) {
         self.pid = pid
@@ -98,125 +123,255 @@ public final class ReplicationSession: Service, Sendable {
         return parsed.state != "Z" && parsed.state != "X"
     }
 
+    /// Changes the set of standbys while the session runs: new ones are connected (and get a
+    /// full base), removed ones are disconnected before the next epoch.
+    public func setStandbys(_ standbys: [StandbyEndpoint]) {
+        board.wanted = standbys
+    }
+
     public func run() async throws {
         let files = DataFiles(directories: options.dataDirectories)
         var checkpointOptions = options.checkpoint
         checkpointOptions.whileFrozen = { files.freeze() }
         let session = try await CheckpointSession(pid: pid, options: checkpointOptions)
+        if board.wanted == nil { board.wanted = options.standbys }
         do {
             try await cancelWhenGracefulShutdown { try await self.protect(session, files) }
         } catch {
+            board.closeAll()
             await session.stop()
             if error is CancellationError { return }
             throw error
         }
+        board.closeAll()
         await session.stop()
+    }
+
+    /// Keeps one standby connected: whenever the epoch loop holds no connection to it, connects
+    /// and hands the connection over. A standby that says another primary exists ends the
+    /// session (`board.fatal`). An unstructured task: a connection attempt blocked in the kernel
+    /// (up to its timeouts) never holds up the end of the session.
+    private func connect(_ endpoint: StandbyEndpoint) async {
+        do { try await connecting(endpoint) } catch let error as ReplicationError where error.isNewerPrimary {
+            board.fatal = error
+        } catch {}
+    }
+
+    private func connecting(_ endpoint: StandbyEndpoint) async throws {
+        let name = endpoint.description
+        var lastFailure = ""
+        while !Task.isCancelled {
+            if board.needsConnection(name) {
+                do {
+                    let base = board.base
+                    let (connection, state) = try await Blocking.run("mitosis-protect-connect") { [options, pid] in
+                        let connection = try PrimaryConnection.connect(host: endpoint.host, port: endpoint.port, timeout: .seconds(2))
+                        do {
+                            let hello = Hello(pid: pid, node: ProcessInfo.processInfo.hostName, pageSize: CheckpointHeader.systemPageSize,
+                                              formatVersion: CheckpointManifest.currentFormatVersion, deltaBase: base)
+                            try connection.send(ReplicationFrame(.hello, term: options.term, payload: MessageCoding.encode(hello)))
+                            let answer = try connection.receive(timeout: .seconds(10))
+                            switch answer.type {
+                            case .state: return (connection, try MessageCoding.decode(StandbyState.self, answer.payload))
+                            case .refuse: throw ReplicationError.refused((try? MessageCoding.decode(Refusal.self, answer.payload)) ?? Refusal(.malformed, "undecodable"))
+                            default: throw ReplicationError.protocolViolation("expected the standby's state, got \(answer.type)")
+                            }
+                        } catch {
+                            connection.close()
+                            throw error
+                        }
+                    }
+                    if state.term > options.term {
+                        connection.close()
+                        throw ReplicationError.newerTerm(standby: state.term, ours: options.term)
+                    }
+                    lastFailure = ""
+                    board.offer(name, connection, state)
+                } catch let error as ReplicationError where error.isNewerPrimary {
+                    throw error
+                } catch {
+                    if Task.isCancelled { return }
+                    let message = "\(error)"
+                    if message != lastFailure { logger.warning("protect: standby \(name) unreachable, retrying: \(message)") }
+                    lastFailure = message
+                    box.withLockedValue { $0.lastError = message }
+                }
+            }
+            try await Task.sleep(for: options.reconnectDelay)
+        }
     }
 
     private func protect(_ session: CheckpointSession, _ files: DataFiles) async throws {
         let clock = ContinuousClock()
+        /// The newest epoch acknowledged (by at least one standby): what an incremental epoch builds on.
         var base: CommittedEpoch?
         var nextEpoch = Epoch(1)
-        var lastFailure = ""
+        /// The connected standbys and the newest epoch each holds.
+        var active: [String: (connection: PrimaryConnection, committed: CommittedEpoch?)] = [:]
+        var nextStart = clock.now
+        var connectors: [StandbyEndpoint: Task<Void, Never>] = [:]
+        defer { for task in connectors.values { task.cancel() } }
+        func drop(_ name: String, _ why: String) {
+            active[name]?.connection.close()
+            active[name] = nil
+            board.dropped(name)
+            logger.warning("protect: standby \(name) left out, reconnecting: \(why)")
+        }
+        func publish() {
+            let names = active.keys.sorted()
+            box.withLockedValue { $0.connected = !names.isEmpty; $0.connectedStandbys = names }
+        }
+        defer { for name in active.keys { active[name]?.connection.close() } }
         while !Task.isCancelled {
-            let connection: PrimaryConnection
-            let state: StandbyState
-            do {
-                (connection, state) = try await Blocking.run("mitosis-protect-connect") { [options, pid, base] in
-                    let connection = try PrimaryConnection.connect(host: options.host, port: options.port, timeout: .seconds(5))
-                    do {
-                        let hello = Hello(pid: pid, node: ProcessInfo.processInfo.hostName, pageSize: CheckpointHeader.systemPageSize,
-                                          formatVersion: CheckpointManifest.currentFormatVersion, deltaBase: base)
-                        try connection.send(ReplicationFrame(.hello, term: options.term, payload: MessageCoding.encode(hello)))
-                        let answer = try connection.receive(timeout: .seconds(10))
-                        switch answer.type {
-                        case .state: return (connection, try MessageCoding.decode(StandbyState.self, answer.payload))
-                        case .refuse: throw ReplicationError.refused((try? MessageCoding.decode(Refusal.self, answer.payload)) ?? Refusal(.malformed, "undecodable"))
-                        default: throw ReplicationError.protocolViolation("expected the standby's state, got \(answer.type)")
-                        }
-                    } catch {
-                        connection.close()
-                        throw error
-                    }
+            if let fatal = board.fatal { throw fatal }
+            let wanted = Set(board.wanted ?? [])
+            for endpoint in wanted where connectors[endpoint] == nil {
+                connectors[endpoint] = Task { await self.connect(endpoint) }
+            }
+            for (endpoint, task) in connectors where !wanted.contains(endpoint) {
+                task.cancel()
+                connectors[endpoint] = nil
+                if active[endpoint.description] != nil { drop(endpoint.description, "no longer a standby") }
+                board.dropped(endpoint.description)
+            }
+            for (name, connection, state) in board.takeOffered() {
+                guard wanted.contains(where: { $0.description == name }) else {
+                    connection.close()
+                    board.dropped(name)
+                    continue
                 }
-            } catch let ReplicationError.refused(refusal) where refusal.code == .olderTerm || refusal.code == .promoted {
-                throw ReplicationError.refused(refusal)
-            } catch {
-                let message = "\(error)"
-                if message != lastFailure { logger.warning("protect: standby \(options.host):\(options.port) unreachable, retrying: \(message)") }
-                lastFailure = message
-                box.withLockedValue { $0.connected = false; $0.lastError = message }
-                try await Task.sleep(for: options.reconnectDelay)
+                if let committed = state.committed, committed.epoch >= nextEpoch { nextEpoch = committed.epoch.next }
+                let continues = base != nil && state.committed == base
+                logger.info("protect: connected to \(name), standby at epoch \(state.committed?.epoch.description ?? "none"); sending \(continues ? "the changes since epoch \(base!.epoch)" : "a full base")")
+                active[name] = (connection, state.committed)
+                box.withLockedValue { $0.reconnects += 1; $0.lastError = nil }
+            }
+            publish()
+            if let limit = options.epochLimit, statistics.epochs >= limit { return }
+            guard !active.isEmpty else {
+                try await Task.sleep(for: .milliseconds(20))
                 continue
             }
-            lastFailure = ""
-            if state.term > options.term {
-                connection.close()
-                throw ReplicationError.newerTerm(standby: state.term, ours: options.term)
+            try await Task.sleep(until: nextStart, clock: clock)
+            let started = clock.now
+            nextStart = started + options.interval
+            let epoch = nextEpoch
+            // One checkpoint for every standby: incremental when all of them hold the base.
+            let parent = base.flatMap { base in active.values.allSatisfy { $0.committed == base } ? base : nil }
+            let full = parent == nil
+            let sink = ReplicationSink(targets: active.map { ($0.key, $0.value.connection) }, term: options.term, epoch: epoch, parent: parent?.epoch ?? .none,
+                                       acknowledgementTimeout: options.acknowledgementTimeout) { [shipOpenFiles = options.shipOpenFiles] manifest in
+                // In the sink's finish, after the thaw, up to the sizes read at the freeze.
+                try files.deltas(full: full, openForWriting: shipOpenFiles ? DataFiles.openForWriting(manifest) : [])
             }
-            if let committed = state.committed, committed.epoch >= nextEpoch { nextEpoch = committed.epoch.next }
-            var parent = (base != nil && state.committed == base) ? base : nil
-            logger.info("protect: connected to \(options.host):\(options.port), standby at epoch \(state.committed?.epoch.description ?? "none"); sending \(parent == nil ? "a full base" : "the changes since epoch \(parent!.epoch)")")
-            box.withLockedValue { $0.connected = true; $0.reconnects += 1; $0.lastError = nil }
-            var nextStart = clock.now
+            let result: CheckpointResult
             do {
-                while !Task.isCancelled {
-                    if let limit = options.epochLimit, statistics.epochs >= limit { connection.close(); return }
-                    try await Task.sleep(until: nextStart, clock: clock)
-                    let started = clock.now
-                    nextStart = started + options.interval
-                    let epoch = nextEpoch
-                    let full = parent == nil
-                    let sink = ReplicationSink(connection: connection, term: options.term, epoch: epoch, parent: parent?.epoch ?? .none,
-                                               acknowledgementTimeout: options.acknowledgementTimeout) { [shipOpenFiles = options.shipOpenFiles] manifest in
-                        // In the sink's finish, after the thaw, up to the sizes read at the freeze.
-                        try files.deltas(full: full, openForWriting: shipOpenFiles ? DataFiles.openForWriting(manifest) : [])
-                    }
-                    let result: CheckpointResult
-                    do {
-                        result = try await session.checkpoint(to: sink, parent: parent.map { .previous(path: "../" + $0.epoch.directoryName) })
-                    } catch {
-                        files.failed()
-                        throw error
-                    }
-                    files.acknowledged()
-                    let acknowledged = CommittedEpoch(epoch: epoch, imageID: result.manifest.id)
-                    base = acknowledged
-                    parent = acknowledged
-                    nextEpoch = epoch.next
-                    let lag = milliseconds(clock.now - started)
-                    let freeze = Double(result.stats.frozenNanoseconds) / 1e6
-                    box.withLockedValue {
-                        $0.acknowledged = acknowledged
-                        $0.epochs += 1
-                        if full { $0.fullEpochs += 1 }
-                        $0.bytesSent += sink.bytesSent
-                        $0.record(freeze: freeze, lag: lag)
-                    }
-                    logger.debug("protect: epoch \(epoch) acknowledged: frozen \(freeze) ms, lag \(lag) ms, \(sink.bytesSent) bytes")
-                }
+                result = try await session.checkpoint(to: sink, parent: parent.map { .previous(path: "../" + $0.epoch.directoryName) })
             } catch let error as MitosisError where error.goneProcess != nil {
-                connection.close()
+                files.failed()
                 logger.info("protect: process \(pid) exited; protection ends")
                 return
-            } catch let ReplicationError.refused(refusal) where refusal.code == .olderTerm || refusal.code == .promoted {
-                connection.close()
-                throw ReplicationError.refused(refusal)
+            } catch let error as ReplicationError where error.isNewerPrimary {
+                files.failed()
+                throw error
             } catch is CancellationError {
-                connection.close()
+                files.failed()
                 return
             } catch {
-                connection.close()
+                files.failed()
                 if Task.isCancelled { return }
                 if !Self.isAlive(pid) {
                     logger.info("protect: process \(pid) exited; protection ends")
                     return
                 }
                 let message = "\(error)"
-                logger.warning("protect: epoch \(nextEpoch) failed, the process runs on; reconnecting: \(message)")
-                box.withLockedValue { $0.connected = false; $0.lastError = message }
+                logger.warning("protect: epoch \(epoch) failed, the process runs on; reconnecting: \(message)")
+                for (name, failure) in sink.failed { drop(name, "\(failure)") }
+                for name in Array(active.keys) { drop(name, "epoch \(epoch) failed") }
+                publish()
+                box.withLockedValue { $0.lastError = message }
                 try await Task.sleep(for: options.reconnectDelay)
+                continue
             }
+            files.acknowledged()
+            let acknowledged = CommittedEpoch(epoch: epoch, imageID: result.manifest.id)
+            for (name, failure) in sink.failed { drop(name, "epoch \(epoch): \(failure)") }
+            for name in sink.acknowledgedBy { active[name]?.committed = acknowledged }
+            publish()
+            base = acknowledged
+            board.base = acknowledged
+            nextEpoch = epoch.next
+            let lag = milliseconds(clock.now - started)
+            let freeze = Double(result.stats.frozenNanoseconds) / 1e6
+            box.withLockedValue {
+                $0.acknowledged = acknowledged
+                $0.epochs += 1
+                if full { $0.fullEpochs += 1 }
+                $0.bytesSent += sink.bytesSent
+                $0.record(freeze: freeze, lag: lag)
+            }
+            logger.debug("protect: epoch \(epoch) acknowledged by \(sink.acknowledgedBy.sorted().joined(separator: ", ")): frozen \(freeze) ms, lag \(lag) ms, \(sink.bytesSent) bytes")
         }
+    }
+}
+
+/// What the connectors and the epoch loop share: connections made and not yet taken, which
+/// standbys the loop holds, and the newest acknowledged epoch (for the hello).
+private final class LinkBoard: Sendable {
+    private struct State {
+        var offered: [(String, PrimaryConnection, StandbyState)] = []
+        var held: Set<String> = []
+        var base: CommittedEpoch?
+        var wanted: [StandbyEndpoint]?
+        var fatal: ReplicationError?
+        var closed = false
+    }
+
+    private let state = NIOLockedValueBox(State())
+
+    var base: CommittedEpoch? {
+        get { state.withLockedValue { $0.base } }
+        set { state.withLockedValue { $0.base = newValue } }
+    }
+
+    var wanted: [StandbyEndpoint]? {
+        get { state.withLockedValue { $0.wanted } }
+        set { state.withLockedValue { $0.wanted = newValue } }
+    }
+
+    var fatal: ReplicationError? {
+        get { state.withLockedValue { $0.fatal } }
+        set { state.withLockedValue { $0.fatal = newValue } }
+    }
+
+    func needsConnection(_ name: String) -> Bool { state.withLockedValue { !$0.closed && !$0.held.contains(name) } }
+
+    func offer(_ name: String, _ connection: PrimaryConnection, _ standby: StandbyState) {
+        let accepted = state.withLockedValue { state -> Bool in
+            guard !state.closed, !state.held.contains(name) else { return false }
+            state.held.insert(name)
+            state.offered.append((name, connection, standby))
+            return true
+        }
+        if !accepted { connection.close() }
+    }
+
+    func takeOffered() -> [(String, PrimaryConnection, StandbyState)] {
+        state.withLockedValue { state in
+            defer { state.offered = [] }
+            return state.offered
+        }
+    }
+
+    func dropped(_ name: String) { state.withLockedValue { _ = $0.held.remove(name) } }
+
+    /// The session ends: connections offered and never taken are closed.
+    func closeAll() {
+        let left = state.withLockedValue { state in
+            state.closed = true
+            defer { state.offered = [] }
+            return state.offered
+        }
+        for (_, connection, _) in left { connection.close() }
     }
 }

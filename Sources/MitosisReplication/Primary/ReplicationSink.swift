@@ -1,14 +1,26 @@
 import Foundation
 import MitosisImage
 
-/// A checkpoint sink that sends one epoch to the standby: `imageBegin`, `imagePages`…, the
-/// epoch's data-file changes, `imageFinish`, then waits for the standby's acknowledgement. A
-/// checkpoint therefore completes only once its epoch is durable on the standby; a refusal or
-/// a lost connection fails it (and `CheckpointSession` keeps the dirty pages for the next one).
+/// A checkpoint sink that sends one epoch to every connected standby: `imageBegin`,
+/// `imagePages`…, the epoch's data-file changes, `imageFinish`, then waits for each standby's
+/// acknowledgement. A checkpoint therefore completes only once its epoch is durable on the
+/// standbys that stayed; a refusal of an older term fails it, and so does losing every standby
+/// (`CheckpointSession` then keeps the dirty pages for the next one).
 ///
-/// Runs on the checkpoint session's own thread, which it may block on the network.
+/// A standby that fails mid-epoch (lost connection, no acknowledgement in time, a refusal of
+/// another kind) is left out of the rest of the epoch and named in `failed`: the others go on.
+///
+/// Runs on the checkpoint session's own thread, which it may block on the network: frames go
+/// to the standbys one after the other, so the slowest standby paces the epoch.
 final class ReplicationSink: CheckpointSink, @unchecked Sendable {
-    private let connection: PrimaryConnection
+    /// One standby's connection, as this epoch sees it.
+    struct Target {
+        let name: String
+        let connection: PrimaryConnection
+        var failure: (any Error)?
+        var acknowledged = false
+    }
+
     private let term: Term
     private let epoch: Epoch
     private let parent: Epoch
@@ -16,14 +28,15 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
     /// Data-file changes to send before the finish (computed at the freeze).
     private let files: @Sendable (CheckpointManifest) throws -> [(FileDelta, [UInt8])]
     private let lock = NSLock()
+    private var targets: [Target]
     private var builder: PageRunBuilder?
     private var header: CheckpointHeader?
     private var closed = false
     private(set) var bytesSent: UInt64 = 0
 
-    init(connection: PrimaryConnection, term: Term, epoch: Epoch, parent: Epoch, acknowledgementTimeout: Duration,
+    init(targets: [(name: String, connection: PrimaryConnection)], term: Term, epoch: Epoch, parent: Epoch, acknowledgementTimeout: Duration,
          files: @escaping @Sendable (CheckpointManifest) throws -> [(FileDelta, [UInt8])]) {
-        self.connection = connection
+        self.targets = targets.map { Target(name: $0.name, connection: $0.connection) }
         self.term = term
         self.epoch = epoch
         self.parent = parent
@@ -31,13 +44,30 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
         self.files = files
     }
 
+    /// The standbys that acknowledged the epoch, and those that failed during it (with why).
+    var acknowledgedBy: [String] { lock.withLock { targets.filter(\.acknowledged).map(\.name) } }
+    var failed: [(name: String, error: any Error)] {
+        lock.withLock { targets.compactMap { target in target.failure.map { (target.name, $0) } } }
+    }
+
     private func frame(_ type: FrameType, _ payload: [UInt8]) -> ReplicationFrame {
         ReplicationFrame(type, term: term, epoch: epoch, parent: parent, payload: payload)
     }
 
+    /// Sends to every standby still in the epoch; throws only when none is left.
     private func send(_ type: FrameType, _ payload: [UInt8]) throws {
-        try connection.send(frame(type, payload))
+        let frame = frame(type, payload)
+        for index in targets.indices where targets[index].failure == nil {
+            do { try targets[index].connection.send(frame) } catch { targets[index].failure = error }
+        }
+        try requireOne()
         bytesSent += UInt64(payload.count + ReplicationFrame.headerSize)
+    }
+
+    private func requireOne() throws {
+        guard !targets.contains(where: { $0.failure == nil }) else { return }
+        if let refusal = targets.lazy.compactMap({ $0.failure as? ReplicationError }).first(where: \.isNewerPrimary) { throw refusal }
+        throw targets.first?.failure ?? ReplicationError.connection("no standby to send epoch \(epoch) to")
     }
 
     func begin(_ header: CheckpointHeader) throws {
@@ -73,6 +103,9 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
         try lock.withLock {
             guard var builder, let header, !closed else { throw ImageError.sinkState("finish before begin or after the end") }
             guard manifest.header == header else { throw ImageError.sinkState("the manifest's identity differs from the header's") }
+            // A checkpoint that could not record what a restore needs (the process exited while
+            // it was taken, say) is no epoch: committed, it would be the newest and unpromotable.
+            guard manifest.restore != nil else { throw ReplicationError.notRestorable("epoch \(epoch): the checkpoint recorded no restore state") }
             closed = true
             let (index, runs, data) = try builder.finish()
             let stored = builder.complete(manifest, runs: runs, index: FileDigest(size: UInt64(index.count), xxh64: Checksum.xxh64(index)), data: data)
@@ -83,15 +116,27 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
                 try send(.fileDelta, payload)
             }
             try send(.imageFinish, MessageCoding.encode(stored))
-            let answer = try connection.receive(timeout: acknowledgementTimeout)
-            switch answer.type {
-            case .ack where answer.epoch == epoch && answer.payload == Array(stored.id.utf8):
-                return stored
-            case .refuse:
-                throw ReplicationError.refused((try? MessageCoding.decode(Refusal.self, answer.payload)) ?? Refusal(.malformed, "an undecodable refusal"))
-            default:
-                throw ReplicationError.protocolViolation("expected the acknowledgement of epoch \(epoch), got \(answer.type) of epoch \(answer.epoch)")
+            // Every standby has the whole epoch; their commits run side by side while the
+            // acknowledgements are collected one after the other.
+            for index in targets.indices where targets[index].failure == nil {
+                do {
+                    let answer = try targets[index].connection.receive(timeout: acknowledgementTimeout)
+                    switch answer.type {
+                    case .ack where answer.epoch == epoch && answer.payload == Array(stored.id.utf8):
+                        targets[index].acknowledged = true
+                    case .refuse:
+                        throw ReplicationError.refused((try? MessageCoding.decode(Refusal.self, answer.payload)) ?? Refusal(.malformed, "an undecodable refusal"))
+                    default:
+                        throw ReplicationError.protocolViolation("expected the acknowledgement of epoch \(epoch), got \(answer.type) of epoch \(answer.epoch)")
+                    }
+                } catch {
+                    targets[index].failure = error
+                }
             }
+            // A standby that has seen a newer term means another primary: the whole session stops.
+            if let refusal = targets.lazy.compactMap({ $0.failure as? ReplicationError }).first(where: \.isNewerPrimary) { throw refusal }
+            try requireOne()
+            return stored
         }
     }
 
@@ -99,7 +144,17 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
         lock.withLock {
             guard !closed else { return }
             closed = true
-            if builder != nil { try? send(.imageAbort, Array(reason.utf8.prefix(4096))) }
+            guard builder != nil else { return }
+            for target in targets where target.failure == nil { try? target.connection.send(frame(.imageAbort, Array(reason.utf8.prefix(4096)))) }
         }
+    }
+}
+
+extension ReplicationError {
+    /// A standby refused because another primary exists (an older term, or its directory was promoted).
+    var isNewerPrimary: Bool {
+        if case .refused(let refusal) = self { return refusal.code == .olderTerm || refusal.code == .promoted }
+        if case .newerTerm = self { return true }
+        return false
     }
 }

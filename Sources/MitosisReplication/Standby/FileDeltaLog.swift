@@ -121,32 +121,36 @@ enum FileDeltaLog {
     /// in order to an in-memory picture of each file (path → content, nil when removed).
     static func materialize(_ chain: CheckpointChain) throws -> [String: MaterializedFile] {
         var files: [String: MaterializedFile] = [:]
-        for image in chain.images.reversed() {
-            for (delta, bytes) in try read(imageDirectory: image.path) {
-                files[delta.path] = apply(delta, bytes, to: files[delta.path])
-            }
-        }
+        for image in chain.images.reversed() { try apply(imageDirectory: image.path, to: &files) }
         return files
     }
 
-    /// `file` after `delta`: removed, replaced, or changed at an offset and cut to its size.
-    static func apply(_ delta: FileDelta, _ bytes: [UInt8], to file: MaterializedFile?) -> MaterializedFile {
-        if delta.kind == .removed { return MaterializedFile(content: [], mode: 0, removed: true) }
-        var content: [UInt8] = []
-        if delta.kind != .whole, let file, !file.removed { content = file.content }
+    /// Applies the records of one image's `files.log` to `files` (a picture as of its parent).
+    static func apply(imageDirectory: String, to files: inout [String: MaterializedFile]) throws {
+        for (delta, bytes) in try read(imageDirectory: imageDirectory) { apply(delta, bytes, to: &files[delta.path]) }
+    }
+
+    /// `file` after `delta`: removed, replaced, or changed at an offset and cut to its size. In
+    /// place: an append to a large file costs the bytes appended.
+    static func apply(_ delta: FileDelta, _ bytes: [UInt8], to file: inout MaterializedFile?) {
+        if delta.kind == .removed {
+            file = MaterializedFile(content: [], mode: 0, removed: true)
+            return
+        }
+        if delta.kind == .whole || file == nil || file!.removed { file = MaterializedFile(content: [], mode: delta.mode, removed: false) }
+        file!.mode = delta.mode
         let offset = Int(delta.offset)
         let end = offset + bytes.count
-        if content.count < end { content.append(contentsOf: repeatElement(UInt8(0), count: end - content.count)) }
-        content.replaceSubrange(offset..<end, with: bytes)
+        if file!.content.count < end { file!.content.append(contentsOf: repeatElement(UInt8(0), count: end - file!.content.count)) }
+        file!.content.replaceSubrange(offset..<end, with: bytes)
         let size = Int(delta.size)
-        if content.count > size { content.removeLast(content.count - size) }
-        if content.count < size { content.append(contentsOf: repeatElement(UInt8(0), count: size - content.count)) }
-        return MaterializedFile(content: content, mode: delta.mode, removed: false)
+        if file!.content.count > size { file!.content.removeLast(file!.content.count - size) }
+        if file!.content.count < size { file!.content.append(contentsOf: repeatElement(UInt8(0), count: size - file!.content.count)) }
     }
 }
 
 /// A data file as of an epoch (or its removal).
-struct MaterializedFile {
+struct MaterializedFile: Sendable {
     var content: [UInt8]
     var mode: UInt32
     var removed: Bool

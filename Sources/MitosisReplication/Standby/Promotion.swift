@@ -11,56 +11,134 @@ public struct PromotionResult: Codable, Sendable, Equatable {
     public var imageID: String
     public var image: String
     /// When the epoch's checkpoint started on the primary (ISO 8601), and how long before the
-    /// promotion that was.
+    /// end of the promotion that was.
     public var created: String
     public var ageMilliseconds: Double
     public var pid: Int32
     public var dataFiles: Int
-    /// Taking the directory from its standby, writing the data files, the restore, all of it.
+    /// Taking the directory from its standby, writing the data files, the restore (for a warm
+    /// clone: finishing it), all of it.
     public var stopStandbyMilliseconds: Double
     public var dataFilesMilliseconds: Double
     public var restoreMilliseconds: Double
     public var totalMilliseconds: Double
+    /// Finished from the standby's warm clone; otherwise a cold restore, and `coldReason` says why.
+    public var warm = false
+    public var coldReason: String?
+    /// The process's pid on this host when it runs in a new pid namespace (`pid` is its pid there).
+    public var hostPid: Int32?
+    /// The restore's own phases (`RestoreResult.phases`: a warm clone's finish has `state` and `resume` only).
+    public var phases: [String: Double] = [:]
 }
 
-/// Brings the protected process to life on the standby from the newest committed epoch (a cold
-/// restore, Docs/restore.md).
+/// Brings the protected process to life on the standby from the newest committed epoch: by
+/// finishing the standby's warm clone when it holds that epoch, by a cold restore otherwise
+/// (Docs/replication.md, "Promotion").
 ///
 /// First the directory is fenced (`PROMOTED`: no standby serves it again, so there is never a
-/// second process from it), its standby stopped (SIGTERM, then SIGKILL) and its lock taken, so
-/// that no epoch commits after the one chosen. Then the epoch's data files are written to their
-/// paths and the process restored. A failure leaves the fence: promoting twice would make two
-/// primaries; remove `PROMOTED` by hand to serve the directory again.
+/// second process from it). Then the standby serving it — in this process, or reached through
+/// its control socket `DIR/control` — stops accepting epochs and promotes its process itself (a
+/// tracer cannot hand its tracee over). Without one, the standby holding the lock is stopped
+/// (SIGTERM, then SIGKILL: its warm clone dies with it) and the process restored cold. The
+/// epoch's data files are written to their paths before the process is finished. A failure
+/// leaves the fence: promoting twice would make two primaries; remove `PROMOTED` by hand to
+/// serve the directory again.
 public enum Promotion {
     public static func promote(directory path: String, standbyTimeout: Duration = .seconds(10),
                                logger: Logger = Logger(label: "mitosis.promote")) async throws -> PromotionResult {
         let clock = ContinuousClock(), started = clock.now
         let directory = StandbyDirectory(path)
         guard (try? Kernel.status(directory.epochsPath))?.type == .directory else { throw ReplicationError.nothingCommitted(path) }
-        // Fence and stop on a thread of their own: they wait on a lock.
-        let lock = try await Blocking.run("mitosis-promote") { try fenceAndLock(directory, timeout: standbyTimeout, logger: logger) }
+        try await Blocking.run("mitosis-promote-fence") { try fence(directory) }
+        if let standby = StandbyControl.standby(serving: path) { return try await standby.promote() }
+        // The standby answers once the process runs (or it failed): a warm clone that fails is
+        // restored cold by the standby itself. No answer in time: nothing more is tried, since
+        // the standby may still bring the process to life.
+        if let reply = try await StandbyControl.request(directory, "promote", timeout: .seconds(300)) {
+            guard var result = reply.result else {
+                throw ReplicationError.promotion("the standby of \(path) did not promote: \(reply.error ?? "no reason given")")
+            }
+            result.totalMilliseconds = milliseconds(clock.now - started)
+            return result
+        }
+        // Stop and lock on a thread of their own: they wait on a lock.
+        let lock = try await Blocking.run("mitosis-promote") { try stopStandbyAndLock(directory, timeout: standbyTimeout, logger: logger) }
         defer { try? lock.close() }
-        let stopped = clock.now
         let scan = directory.scan()
         for line in scan.skipped { logger.warning("promote: passing over \(line)") }
         guard let newest = scan.newest else { throw ReplicationError.nothingCommitted(path) }
-        let restorer = try Restorer(image: newest.image)
-        let chain = restorer.chain
-        // Files first: the restore opens them by path (and refuses what is missing).
-        let written = try await Blocking.run("mitosis-promote-files") { try installDataFiles(chain) }
-        let filesDone = clock.now
-        let result = try await restorer.restore()
-        let finished = clock.now
-        let created = newest.image.manifest.created
-        let age = (try? Date(created, strategy: .iso8601)).map { Date().timeIntervalSince($0) * 1000 } ?? -1
-        return PromotionResult(epoch: newest.epoch, imageID: newest.image.manifest.id, image: newest.image.path, created: created,
-                               ageMilliseconds: age, pid: result.pid, dataFiles: written,
-                               stopStandbyMilliseconds: milliseconds(stopped - started), dataFilesMilliseconds: milliseconds(filesDone - stopped),
-                               restoreMilliseconds: result.restoreMilliseconds, totalMilliseconds: milliseconds(finished - started))
+        return try await restore(epoch: newest.epoch, image: newest.image, husk: nil, files: nil, reason: "no standby serves \(path)",
+                                 inNewPidNamespace: false, started: started, stopped: clock.now, logger: logger)
     }
 
-    /// Creates the fence, stops the standby holding the lock, and takes the lock.
-    static func fenceAndLock(_ directory: StandbyDirectory, timeout: Duration, logger: Logger) throws -> FileDescriptor {
+    /// The promotion a standby runs on its own directory, once fenced: no epoch commits after
+    /// this, then its warm clone is finished (or the process restored cold).
+    static func promote(servedBy standby: Standby) async throws -> PromotionResult {
+        let clock = ContinuousClock(), started = clock.now
+        let directory = standby.store.directory
+        guard directory.isPromoted else { throw ReplicationError.promotion("\(directory.path) is not fenced: promote through Promotion.promote") }
+        await standby.store.close()
+        let stopped = clock.now
+        standby.logger.info("standby: promoting; no epoch is accepted any more")
+        guard let committed = await standby.store.committed else { throw ReplicationError.nothingCommitted(directory.path) }
+        let path = directory.imagePath(committed.epoch)
+        var taken: (husk: PreparedProcess?, files: DataFilePicture?, reason: String?) = (nil, nil, "the standby keeps no warm clone (--warm)")
+        if let warm = standby.warm { taken = await warm.take(at: committed.epoch, path: path) }
+        let image: CheckpointImage
+        do {
+            image = try await Blocking.run("mitosis-promote-open") { try CheckpointImage.open(path) }
+        } catch {
+            await taken.husk?.discard()
+            throw error
+        }
+        return try await restore(epoch: committed.epoch, image: image, husk: taken.husk, files: taken.files, reason: taken.reason,
+                                 inNewPidNamespace: standby.options.warm?.pidNamespace ?? false, started: started, stopped: stopped,
+                                 logger: standby.logger)
+    }
+
+    /// Writes the data files of the epoch (from the warm clone's picture, or replayed from the
+    /// chain), then finishes `husk` (which holds that epoch) or, without one or when that fails,
+    /// restores the epoch cold.
+    private static func restore(epoch: Epoch, image: CheckpointImage, husk: PreparedProcess?, files: DataFilePicture?, reason: String?,
+                                inNewPidNamespace: Bool, started: ContinuousClock.Instant, stopped: ContinuousClock.Instant,
+                                logger: Logger) async throws -> PromotionResult {
+        let clock = ContinuousClock()
+        let written: Int
+        do {
+            // Files first: the restore opens them by path (and refuses what is missing).
+            written = try await Blocking.run("mitosis-promote-files") {
+                try installDataFiles(files?.files ?? FileDeltaLog.materialize(try image.chain()))
+            }
+        } catch {
+            await husk?.discard()
+            throw error
+        }
+        let filesDone = clock.now
+        var reason = reason
+        var result: RestoreResult?
+        if let husk {
+            do {
+                result = try await husk.finish()
+            } catch {
+                reason = "finishing the warm clone failed: \(error)"
+                logger.warning("promote: \(reason!); restoring cold")
+            }
+        }
+        let warm = result != nil
+        if result == nil { result = try await Restorer(image: image).restore(inNewPidNamespace: inNewPidNamespace) }
+        let restored = result!
+        let finished = clock.now
+        let created = image.manifest.created
+        let age = (try? Date(created, strategy: .iso8601)).map { Date().timeIntervalSince($0) * 1000 } ?? -1
+        return PromotionResult(epoch: epoch, imageID: image.manifest.id, image: image.path, created: created,
+                               ageMilliseconds: age, pid: restored.pid, dataFiles: written,
+                               stopStandbyMilliseconds: milliseconds(stopped - started), dataFilesMilliseconds: milliseconds(filesDone - stopped),
+                               restoreMilliseconds: restored.restoreMilliseconds, totalMilliseconds: milliseconds(finished - started),
+                               warm: warm, coldReason: warm ? nil : reason, hostPid: restored.hostPid, phases: restored.phases)
+    }
+
+    /// Creates the fence `PROMOTED` exclusively and syncs it: a second promotion fails here.
+    static func fence(_ directory: StandbyDirectory) throws {
         do {
             let fence = try Kernel.openAt(nil, directory.fencePath, options: [.writeOnly, .create, .exclusive, .noFollow], mode: 0o600)
             try? Kernel.writeAll(fence, Array("promoted by pid \(Kernel.currentProcessID()) at \(Date())\n".utf8))
@@ -75,6 +153,10 @@ public enum Promotion {
         } catch {
             throw ReplicationError.promotion("cannot fence \(directory.path): \(error)")
         }
+    }
+
+    /// Stops the standby holding the lock (its warm clone dies with it), and takes the lock.
+    static func stopStandbyAndLock(_ directory: StandbyDirectory, timeout: Duration, logger: Logger) throws -> FileDescriptor {
         let lock: FileDescriptor
         do {
             lock = try Kernel.openAt(nil, directory.lockPath, options: [.readWrite, .create, .noFollow], mode: 0o600)
@@ -104,11 +186,11 @@ public enum Promotion {
         }
     }
 
-    /// Writes every data file of the chain's newest epoch to its path (a temporary file beside
-    /// it, synced, renamed over it), removes those removed. Returns how many were written.
-    static func installDataFiles(_ chain: CheckpointChain) throws -> Int {
+    /// Writes every data file of an epoch to its path (a temporary file beside it, synced,
+    /// renamed over it), removes those removed. Returns how many were written.
+    static func installDataFiles(_ files: [String: MaterializedFile]) throws -> Int {
         var written = 0
-        for (path, file) in try FileDeltaLog.materialize(chain).sorted(by: { $0.key < $1.key }) {
+        for (path, file) in files.sorted(by: { $0.key < $1.key }) {
             guard !file.removed else {
                 try? Kernel.unlinkAt(nil, path)
                 continue

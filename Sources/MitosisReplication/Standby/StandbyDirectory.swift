@@ -8,6 +8,7 @@ import SystemPackage
 ///     DIR/lock            held (flock) by the standby serving DIR, or by `promote`; holds its pid
 ///     DIR/TERM            the newest term seen, written durably before it is acted on
 ///     DIR/PROMOTED        the fence: once there, no standby serves DIR again
+///     DIR/control         the serving standby's control socket (promote, status)
 ///     DIR/epochs/000000000042/   one committed image per epoch (chain: ../000000000041 …)
 ///     DIR/epochs/.…      work in progress (partial images, compaction): removed at start
 ///
@@ -18,6 +19,8 @@ public struct StandbyDirectory: Sendable {
     public var lockPath: String { path + "/lock" }
     public var termPath: String { path + "/TERM" }
     public var fencePath: String { path + "/PROMOTED" }
+    /// The standby's control socket (`StandbyControl`).
+    public var controlPath: String { path + "/control" }
 
     public init(_ path: String) {
         var trimmed = path

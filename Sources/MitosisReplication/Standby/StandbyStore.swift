@@ -28,6 +28,9 @@ actor StandbyStore {
     private let lock: FileDescriptor
     private(set) var term: Term
     private(set) var committed: CommittedEpoch?
+    /// The newest committed image as opened to check it (for the warm clone); nil once a
+    /// compaction has replaced its files.
+    private(set) var committedImage: CheckpointImage?
     /// The committed image's sequence in its chain, and the chain's length.
     private var committedSequence = 0
     private var chainLength = 0
@@ -56,7 +59,7 @@ actor StandbyStore {
 
     /// Opens (creating it if needed) and locks the standby directory, removes work left by a
     /// previous run, and finds the newest committed epoch. Blocking: call it off the pool.
-    init(directory: StandbyDirectory, compactEvery: Int, logger: Logger) throws {
+    init(directory: StandbyDirectory, compactEvery: Int, minimumTerm: Term = Term(0), logger: Logger) throws {
         self.directory = directory
         self.compactEvery = compactEvery
         self.logger = logger
@@ -84,7 +87,15 @@ actor StandbyStore {
         try? Kernel.truncate(lock, to: 0)
         try? Kernel.writeAll(lock, Array("\(Kernel.currentProcessID())\n".utf8), at: 0)
         self.lock = lock
-        term = directory.readTerm()
+        let recorded = directory.readTerm()
+        if minimumTerm > recorded {
+            do { try directory.writeTerm(minimumTerm) } catch {
+                try? lock.close()
+                throw ReplicationError.standbyDirectory(directory.path, "cannot record term \(minimumTerm): \(error)")
+            }
+            logger.info("standby: term \(minimumTerm) (was \(recorded)), from the failover layer")
+        }
+        term = max(recorded, minimumTerm)
         let scan = directory.scan()
         for line in scan.skipped { logger.warning("standby: passing over \(line)") }
         for name in scan.leftovers {
@@ -286,6 +297,7 @@ actor StandbyStore {
             throw ProtocolViolation("epoch \(frame.epoch) discarded: \(problems[0])")
         }
         committed = CommittedEpoch(epoch: frame.epoch, imageID: stored.id)
+        committedImage = image
         committedSequence = stored.sequence
         chainLength = stored.kind == .full ? 1 : chainLength + 1
         // The restore check opens the whole chain: once a second is enough for a status.
@@ -301,9 +313,10 @@ actor StandbyStore {
     /// Folds the chain into a new full base when it has grown to `compactEvery` images. Runs
     /// after the acknowledgement has gone out, before the next frame is read.
     func compactIfDue() {
-        guard compactEvery > 0, chainLength >= compactEvery, inFlight == nil, let committed else { return }
+        guard compactEvery > 0, chainLength >= compactEvery, inFlight == nil, !closed, let committed else { return }
         let clock = ContinuousClock(), started = clock.now
         do {
+            committedImage = nil
             try Compaction.compact(directory, epoch: committed.epoch)
             committedSequence = 0
             chainLength = 1

@@ -7,7 +7,7 @@ import MitosisTrace
 /// instruction (injected calls run there while the vDSO moves) and scratch pages for the
 /// structures and paths system calls read. Placed where neither the husk nor the image has
 /// anything; unmapped before the restored process runs.
-struct WorkArea {
+struct WorkArea: Sendable {
     static let scratchPages = 4
     let start: UInt64
     var gadget: UInt64 { start }
@@ -29,31 +29,56 @@ struct WorkArea {
     static let text: UInt64 = 4096           // a path or the group list, up to 3 pages
 }
 
-/// Phases of building the restored process inside a husk. All of it runs on the tracer's
-/// thread (this is an extension of the `Tracer` actor), so ptrace requests and injected calls
-/// need no hop between calls.
+/// Milliseconds per named phase, measured one after the other.
+struct PhaseClock {
+    private let clock = ContinuousClock()
+    private var mark: ContinuousClock.Instant
+    private(set) var timings: [String: Double] = [:]
+
+    init() { mark = clock.now }
+
+    mutating func end(_ name: String) {
+        let now = clock.now
+        let (seconds, attoseconds) = (now - mark).components
+        timings[name] = Double(seconds) * 1000 + Double(attoseconds) / 1e15
+        mark = now
+    }
+}
+
+/// Phases of building the restored process inside a husk, in two halves that can be called
+/// apart (a warm clone runs the first after an epoch is committed and the second at its
+/// promotion). All of it runs on the tracer's thread (this is an extension of the `Tracer`
+/// actor), so ptrace requests and injected calls need no hop between calls.
+///
+/// **The line between the halves** is what anything outside the husk could notice. The first
+/// half only changes the husk's own address space: mappings created and filled, files opened
+/// read-only to map them and closed again (a shared writable file mapping would write its file:
+/// `RestorePlan.warmProblems` keeps those out of warm clones). The second half does everything
+/// else — working directory, signal actions, mm bounds, every descriptor (files opened, sockets
+/// created, bound, listening, TCP connections rebuilt), limits, threads, timers, credentials,
+/// queued signals, registers — and lets the process run.
 extension Tracer {
-    /// Builds the image's process in the husk this tracer holds, runs `verify` with the process
-    /// complete but not yet resumed, then lets it run and detaches. Returns phase timings and
-    /// notes on what was restored otherwise than recorded.
-    func buildRestoredProcess(_ plan: RestorePlan, chain: CheckpointChain,
-                              verify: (@Sendable (Int32) throws -> Void)?) throws -> (phases: [String: Double], notes: [String]) {
-        var timings: [String: Double] = [:]
+    /// Phases 1–2: an empty address space with the image's vDSO, then every mapping created
+    /// and filled (`empty`, `memory`).
+    func prepareHusk(_ plan: RestorePlan, chain: CheckpointChain) throws -> (area: WorkArea, phases: [String: Double]) {
+        var clock = PhaseClock()
+        let area = try prepareEmptyAddressSpace(plan)
+        clock.end("empty")
+        try mapMemory(plan, images: chain.images, area: area)
+        clock.end("memory")
+        return (area, clock.timings)
+    }
+
+    /// Phases 3–6 on a prepared husk: process state, descriptors, threads, credentials,
+    /// signals; `verify` with the process complete but not yet resumed; then the registers, and
+    /// the process runs, detached (`state`, `resume`). Returns phase timings and notes on what was
+    /// restored otherwise than recorded.
+    func finishHusk(_ plan: RestorePlan, area: WorkArea,
+                    verify: (@Sendable (Int32) throws -> Void)?) throws -> (phases: [String: Double], notes: [String]) {
+        var clock = PhaseClock()
         var notes: [String] = []
-        let clock = ContinuousClock()
-        var mark = clock.now
-        func phase(_ name: String) {
-            let now = clock.now
-            let (seconds, attoseconds) = (now - mark).components
-            timings[name] = Double(seconds) * 1000 + Double(attoseconds) / 1e15
-            mark = now
-        }
         var plan = plan
         plan.hostTids[plan.manifest.pid] = pid
-        let area = try prepareEmptyAddressSpace(plan)
-        phase("empty")
-        try mapMemory(plan, chain: chain, area: area)
-        phase("memory")
         try restoreProcessState(plan, area: area)
         // Copies of rebuilt TCP sockets, in repair mode until the end; let go of on every path
         // (on failure the husk dies and, with the last copy closed, its sockets close silently).
@@ -70,14 +95,14 @@ extension Tracer {
         try restoreCredentials(plan, area: area)
         try queueSignals(plan, area: area)
         try removeWorkArea(area, plan: plan)
-        phase("state")
+        clock.end("state")
         if let verify {
             do { try verify(pid) } catch { throw StepFailure(step: "verifying before resuming", detail: "\(error)") }
         }
         // Repair mode off last, once the process is complete: its connections start talking.
         try finishConnections(connections)
         try resumeThreads(plan)
-        phase("resume")
-        return (timings, notes)
+        clock.end("resume")
+        return (clock.timings, notes)
     }
 }

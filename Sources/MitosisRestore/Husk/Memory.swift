@@ -9,12 +9,12 @@ import SystemPackage
 extension Tracer {
     /// Maps every mapping of the image at its address with its protections, flags and file,
     /// then writes the pages the image holds (clean file pages come from the file, untouched
-    /// pages stay zero).
-    func mapMemory(_ plan: RestorePlan, chain: CheckpointChain, area: WorkArea) throws {
-        let vmFlags = Dictionary(plan.record.mappingFlags.map { ($0.start, Set($0.vmFlags)) }, uniquingKeysWith: { a, _ in a })
+    /// pages stay zero). `images` is the image's chain, newest first.
+    func mapMemory(_ plan: RestorePlan, images: [CheckpointImage], area: WorkArea) throws {
+        let vmFlags = Self.vmFlags(plan.record)
         let restored = plan.manifest.mappings.filter { !RestorePlan.isKernelProvided($0) }
-        let stored = restored.flatMap { $0.pages.filter { $0.state == .stored || $0.state == .inherited } }
-        let pages = PageSource(chain: chain, loads: PageSource.loads(of: stored, chain: chain))
+        let stored = restored.flatMap(\.heldRanges)
+        let pages = PageSource(images: images, loads: PageSource.loads(of: stored, images: images))
         defer { pages.close() }
         // Private anonymous memory is filled with UFFDIO_COPY (page allocation and copy in one
         // step) through a userfaultfd the husk creates and keeps no descriptor of; without one
@@ -62,30 +62,68 @@ extension Tracer {
                 throw StepFailure(step: "mapping \(name)", detail: "the kernel placed it at 0x\(String(address, radix: 16))")
             }
             // Registration is refused for what UFFDIO_COPY cannot fill (shared, file-backed).
-            let copier = shared || held.isEmpty || mapping.kind == MemoryMapping.Kind.file.rawValue ? nil
+            let copier = mapping.isShared || held.isEmpty || mapping.kind == MemoryMapping.Kind.file.rawValue ? nil
                 : uffd.flatMap { (try? $0.registerMissing(start: mapping.start, end: mapping.end)) != nil ? $0 : nil }
-            for range in held { try fill(range, pages: pages, copier: copier, name: name) }
+            for range in held { try fill(range, pages: pages, copier: copier, name: mapping.name) }
             if let copier {
                 // Nothing of the userfaultfd may stay on the mapping once the process runs.
                 do { try copier.unregister(start: mapping.start, end: mapping.end) } catch {
-                    throw StepFailure(step: "unregistering \(name) from the fill userfaultfd", detail: "\(error)")
+                    throw StepFailure(step: "unregistering \(mapping.name) from the fill userfaultfd", detail: "\(error)")
                 }
             }
-            if mapProtection != protection {
-                try huskCall("protecting \(name)", SyscallNumber.mprotect, [mapping.start, length, UInt64(protection)])
-            }
-            // madvise advice kept in VmFlags: don't fork, wipe on fork, don't dump, huge pages or not.
-            for (flag, advice) in [("dc", 10), ("wf", 18), ("dd", 16), ("hg", 14), ("nh", 15)] where flags.contains(flag) {
-                try huskCall("advising \(name) (\(flag))", SyscallNumber.madvise, [mapping.start, length, UInt64(advice)])
-            }
-            if let path = mapping.path, path.hasPrefix("[anon:"), path.hasSuffix("]") {
-                let label = String(path.dropFirst(6).dropLast())
-                try huskCall("naming \(name)", SyscallNumber.prctl,
-                             [0x5356_4d41 /* PR_SET_VMA */, 0 /* PR_SET_VMA_ANON_NAME */, mapping.start, length, try huskText(label, area: area)])
-            }
+            try completeMapping(mapping, flags: flags, wasWritable: mapProtection != protection, area: area)
         }
         if let file = openFile { try huskCall("closing \(file.path)", SyscallNumber.close, [file.fd]) }
     }
+
+    /// The `VmFlags` the image recorded, by mapping start.
+    static func vmFlags(_ record: RestoreRecord) -> [UInt64: Set<String>] {
+        Dictionary(record.mappingFlags.map { ($0.start, Set($0.vmFlags)) }, uniquingKeysWith: { a, _ in a })
+    }
+
+    /// Creates `mapping` at its address with its flags and file, writable (for its pages to be
+    /// written) when `writable`; `completeMapping` gives it its own protection afterwards.
+    func createMapping(_ mapping: CheckpointMapping, flags: Set<String>, writable: Bool, area: WorkArea) throws {
+        let protection = mapping.protection
+        let mapProtection = writable ? protection | Linux.PROT_WRITE : protection
+        var mapFlags = (mapping.isShared ? Linux.MAP_SHARED : Linux.MAP_PRIVATE) | 0x100000 /* MAP_FIXED_NOREPLACE */
+        if flags.contains("gd") || mapping.kind == MemoryMapping.Kind.stack.rawValue { mapFlags |= Linux.MAP_GROWSDOWN }
+        let length = mapping.end - mapping.start
+        let address: UInt64
+        if mapping.kind == MemoryMapping.Kind.file.rawValue, let path = mapping.path {
+            let open = (mapping.isShared && protection & Linux.PROT_WRITE != 0 ? Linux.O_RDWR : Linux.O_RDONLY) | Linux.O_CLOEXEC
+            let fd = try huskCall("opening \(path)", SyscallNumber.openat, [UInt64(bitPattern: -100), try huskText(path, area: area), UInt64(open), 0])
+            let mapped = Result { try huskCall("mapping \(mapping.name)", SyscallNumber.mmap, [mapping.start, length, UInt64(mapProtection), UInt64(mapFlags), fd, mapping.offset]) }
+            try huskCall("closing \(path)", SyscallNumber.close, [fd])
+            address = try mapped.get()
+        } else {
+            address = try huskCall("mapping \(mapping.name)", SyscallNumber.mmap,
+                                   [mapping.start, length, UInt64(mapProtection), UInt64(mapFlags | Linux.MAP_ANONYMOUS), UInt64.max, 0])
+        }
+        guard address == mapping.start else {
+            throw StepFailure(step: "mapping \(mapping.name)", detail: "the kernel placed it at 0x\(String(address, radix: 16))")
+        }
+    }
+
+    /// After its pages are written: the mapping's own protection, its madvise advice and its name.
+    func completeMapping(_ mapping: CheckpointMapping, flags: Set<String>, wasWritable: Bool, area: WorkArea) throws {
+        let length = mapping.end - mapping.start
+        if wasWritable && mapping.protection & Linux.PROT_WRITE == 0 {
+            try huskCall("protecting \(mapping.name)", SyscallNumber.mprotect, [mapping.start, length, UInt64(mapping.protection)])
+        }
+        // madvise advice kept in VmFlags: don't fork, wipe on fork, don't dump, huge pages or not.
+        for (flag, advice) in Self.adviceFlags where flags.contains(flag) {
+            try huskCall("advising \(mapping.name) (\(flag))", SyscallNumber.madvise, [mapping.start, length, UInt64(advice)])
+        }
+        if let path = mapping.path, path.hasPrefix("[anon:"), path.hasSuffix("]") {
+            let label = String(path.dropFirst(6).dropLast())
+            try huskCall("naming \(mapping.name)", SyscallNumber.prctl,
+                         [0x5356_4d41 /* PR_SET_VMA */, 0 /* PR_SET_VMA_ANON_NAME */, mapping.start, length, try huskText(label, area: area)])
+        }
+    }
+
+    /// `VmFlags` letters and the madvise advice that sets them.
+    static let adviceFlags: [(String, Int)] = [("dc", 10), ("wf", 18), ("dd", 16), ("hg", 14), ("nh", 15)]
 
     /// A userfaultfd of the husk's address space, held only by Mitosis (the husk's descriptor is
     /// closed at once), ready for missing-mode registration and UFFDIO_COPY.
@@ -126,7 +164,7 @@ final class PageSource: @unchecked Sendable {  // mutable state guarded by `cond
         var end: UInt64
     }
 
-    private let chain: CheckpointChain
+    private let images: [CheckpointImage]
     private let loads: [Load]
     private let condition = NSCondition()
     private var free: [UnsafeMutableRawBufferPointer]
@@ -138,8 +176,8 @@ final class PageSource: @unchecked Sendable {  // mutable state guarded by `cond
     private var current: (load: Load, buffer: UnsafeMutableRawBufferPointer)?
 
     /// Starts reading `loads` in order (the order the writes ask for them).
-    init(chain: CheckpointChain, loads: [Load], depth: Int = 16) {
-        self.chain = chain
+    init(images: [CheckpointImage], loads: [Load], depth: Int = 16) {
+        self.images = images
         self.loads = loads
         buffers = (0..<max(1, min(depth, loads.count))).map { _ in
             UnsafeMutableRawBufferPointer.allocate(byteCount: ImageFormat.maxRunPages * Int(WorkArea.page), alignment: Int(WorkArea.page))
@@ -152,11 +190,11 @@ final class PageSource: @unchecked Sendable {  // mutable state guarded by `cond
 
     /// The loads of `ranges` in the order `fill` writes them: for each address the newest image
     /// holding it. Stops where no image holds an address (the write there names it).
-    static func loads(of ranges: [PageRange], chain: CheckpointChain) -> [Load] {
+    static func loads(of ranges: [PageRange], images: [CheckpointImage]) -> [Load] {
         var loads: [Load] = []
         for range in ranges {
             var at = range.start
-            while at < range.end, let load = holder(of: at, chain: chain) {
+            while at < range.end, let load = holder(of: at, images: images) {
                 if loads.last != load { loads.append(load) }
                 at = min(load.end, range.end)
             }
@@ -169,10 +207,10 @@ final class PageSource: @unchecked Sendable {  // mutable state guarded by `cond
     /// an older image's run may span pages a newer image stored again (a page written in
     /// checkpoint 2, then inherited by 3 next to pages of the full checkpoint 1), which must come
     /// from the newer image, as `CheckpointChain.read` takes them.
-    private static func holder(of address: UInt64, chain: CheckpointChain) -> Load? {
-        for (index, image) in chain.images.enumerated() {
+    private static func holder(of address: UInt64, images: [CheckpointImage]) -> Load? {
+        for (index, image) in images.enumerated() {
             guard let run = image.run(containing: address) else { continue }
-            let end = chain.images[..<index].reduce(run.end) { end, newer in min(end, newer.firstRun(after: address)?.address ?? end) }
+            let end = images[..<index].reduce(run.end) { end, newer in min(end, newer.firstRun(after: address)?.address ?? end) }
             return Load(image: index, run: run, end: end)
         }
         return nil
@@ -195,7 +233,7 @@ final class PageSource: @unchecked Sendable {  // mutable state guarded by `cond
     /// newest (`Load.end`), and its checked bytes (valid until the next call).
     private func run(containing address: UInt64, state: PageState) throws -> (PageRun, UInt64, UnsafeRawBufferPointer) {
         let at = "0x\(String(address, radix: 16))"
-        guard let load = Self.holder(of: address, chain: chain) else {
+        guard let load = Self.holder(of: address, images: images) else {
             throw StepFailure(step: "reading the image's pages at \(at)", detail: "recorded as \(state.rawValue) but no image in the chain holds it")
         }
         condition.lock()
@@ -237,7 +275,7 @@ final class PageSource: @unchecked Sendable {  // mutable state guarded by `cond
             condition.unlock()
             let result: Result<UnsafeMutableRawBufferPointer, StepFailure>
             do {
-                let image = chain.images[load.image]
+                let image = images[load.image]
                 if data[load.image] == nil { data[load.image] = try image.openPageData() }
                 try image.read(load.run, from: data[load.image]!, into: buffer)
                 result = .success(buffer)
@@ -263,4 +301,19 @@ final class PageSource: @unchecked Sendable {  // mutable state guarded by `cond
     }
 
     deinit { for buffer in buffers { buffer.deallocate() } }
+}
+
+extension CheckpointMapping {
+    /// The page ranges whose bytes an image of the chain holds.
+    var heldRanges: [PageRange] { pages.filter { $0.state == .stored || $0.state == .inherited } }
+    var isShared: Bool { perms.utf8.dropFirst(3).first == UInt8(ascii: "s") }
+    /// `PROT_*` of its permission letters.
+    var protection: Int32 {
+        let perms = Array(perms.utf8)
+        guard perms.count >= 3 else { return 0 }
+        return (perms[0] == UInt8(ascii: "r") ? Linux.PROT_READ : 0) | (perms[1] == UInt8(ascii: "w") ? Linux.PROT_WRITE : 0)
+            | (perms[2] == UInt8(ascii: "x") ? Linux.PROT_EXEC : 0)
+    }
+    /// How steps name it: `0x7f… /path` or `0x7f… [anonymous]`.
+    var name: String { "0x\(String(start, radix: 16)) \(path ?? "[anonymous]")" }
 }

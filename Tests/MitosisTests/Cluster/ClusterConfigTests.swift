@@ -9,6 +9,7 @@ struct ClusterConfigTests {
     {"service": "web", "node": "a", "etcd": ["http://10.231.0.1:2379", "10.231.0.2:2379"],
      "replicationAddress": "10.231.0.1:7100", "start": ["/usr/bin/redis-server", "--port", "6379"],
      "address": {"cidr": "10.231.0.100/24", "device": "eth0"},
+     "replication": {"directory": "/var/lib/mitosis/web", "data": ["/var/lib/web"], "intervalMilliseconds": 100},
      "timings": {"leaseTTLSeconds": 2, "keepaliveMilliseconds": 400}}
     """
 
@@ -21,6 +22,10 @@ struct ClusterConfigTests {
         #expect(config.address == HostAddress(cidr: "10.231.0.100/24", device: "eth0"))
         #expect(config.timings.leaseTTL == .seconds(2) && config.timings.keepaliveInterval == .milliseconds(400))
         #expect(config.timings.requestTimeout == ElectionTimings().requestTimeout)
+        var replication = ReplicationSettings(directory: "/var/lib/mitosis/web")
+        replication.dataDirectories = ["/var/lib/web"]
+        replication.interval = .milliseconds(100)
+        #expect(config.replication == replication)
     }
 
     /// Each edit of the valid file and the words its one error must contain.
@@ -42,6 +47,9 @@ struct ClusterConfigTests {
         ("\"keepaliveMilliseconds\": 400", "\"keepaliveMilliseconds\": 900", "must fit in the lease TTL"),
         ("\"keepaliveMilliseconds\": 400", "\"keepaliveMiliseconds\": 400", "unknown key"),
         ("\"service\": \"web\",", "\"service\": \"web\", \"extra\": 1,", "unknown key"),
+        ("\"/var/lib/mitosis/web\"", "\"mitosis/web\"", "replication.directory"),
+        ("[\"/var/lib/web\"]", "[\"/var/lib/../etc\"]", "replication.data"),
+        ("\"intervalMilliseconds\": 100", "\"intervalMilliseconds\": 0", "replication.intervalMilliseconds"),
     ]
 
     @Test("each broken field gives one error naming it", arguments: 0..<brokenCases.count)

@@ -8,7 +8,7 @@ import Testing
     /// The bytes a restore writes for every stored or inherited page of the newest image.
     static func restoredBytes(_ chain: CheckpointChain) throws -> [(UInt64, [UInt8])] {
         let ranges = chain.newest.manifest.mappings.flatMap(\.pages).filter { $0.state == .stored || $0.state == .inherited }
-        let source = PageSource(chain: chain, loads: PageSource.loads(of: ranges, chain: chain), depth: 2)
+        let source = PageSource(images: chain.images, loads: PageSource.loads(of: ranges, images: chain.images), depth: 2)
         defer { source.close() }
         var written: [(UInt64, [UInt8])] = []
         for range in ranges {

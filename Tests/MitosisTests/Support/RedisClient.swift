@@ -18,18 +18,18 @@ final class RedisClient {
     private var buffer: [UInt8] = []
     private var position = 0
 
-    init(port: UInt16) throws {
+    init(host: String = "127.0.0.1", port: UInt16) throws {
         fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw ProtocolError(description: "socket: errno \(errno)") }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = port.bigEndian
-        address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+        guard inet_pton(AF_INET, host, &address.sin_addr) == 1 else { throw ProtocolError(description: "not an IPv4 address: \(host)") }
         let result = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
         // No close here: a class whose properties are all set runs deinit when init throws.
-        guard result == 0 else { throw ProtocolError(description: "connect to 127.0.0.1:\(port): errno \(errno)") }
+        guard result == 0 else { throw ProtocolError(description: "connect to \(host):\(port): errno \(errno)") }
     }
 
     /// A client on a socket connected already (made in another network namespace, say).

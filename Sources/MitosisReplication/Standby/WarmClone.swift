@@ -1,0 +1,189 @@
+import Foundation
+import Logging
+import MitosisImage
+import MitosisKernel
+import MitosisRestore
+
+/// How a standby keeps a warm clone.
+public struct WarmOptions: Sendable {
+    /// Prepare the husk inside a new pid namespace, where the process's pid is free even when
+    /// it is taken on this host (two "hosts" sharing one kernel, as in the tests). Promotion then
+    /// brings the process to life there (Docs/restore.md, `--pidns`).
+    public var pidNamespace = false
+    /// After a failed preparation (the pid taken, an image not restorable), the next try waits
+    /// for a commit at least this much later.
+    public var retryInterval: Duration = .seconds(5)
+
+    public init(pidNamespace: Bool = false) {
+        self.pidNamespace = pidNamespace
+    }
+}
+
+/// What the warm clone holds now.
+public struct WarmStatus: Codable, Sendable, Equatable {
+    /// The epoch whose memory the husk holds; nil when there is no husk.
+    public var epoch: Epoch?
+    /// The process's pid, and the husk's pid on this host (they differ in a new pid namespace).
+    public var pid: Int32?
+    public var hostPid: Int32?
+    /// Why there is no husk, when there is none.
+    public var reason: String?
+    /// Husks built (the first and every rebuild) and epochs applied so far.
+    public var builds = 0
+    public var updates = 0
+}
+
+/// The standby's warm clone (Docs/replication.md, "Warm clone"): once an epoch is committed, a
+/// husk of the process prepared from it (`Restorer.prepare`: the address space only, nothing
+/// visible outside), then every later committed epoch applied to it (`PreparedProcess.update`),
+/// so that promotion only has to finish the restore. An epoch the husk cannot take is logged and
+/// the husk rebuilt from the chain.
+///
+/// The husk is traced by its tracer's thread with `PTRACE_O_EXITKILL`: if the standby dies, the
+/// kernel kills it, so a warm clone never outlives its standby. Operations run one at a time, in
+/// the order they were asked for (an actor alone would interleave them at each `await`).
+actor WarmClone {
+    private let options: WarmOptions
+    private let logger: Logger
+    private var prepared: PreparedProcess?
+    private var applied: Epoch?
+    /// The data files as of `applied` (nil: promotion reads them from the chain).
+    private var files: DataFilePicture?
+    private var status = WarmStatus(reason: "no epoch committed yet")
+    private var lastFailure: (reason: String, at: ContinuousClock.Instant)?
+    private var busy = false
+    /// Promoted or stopped: later commits build nothing.
+    private var closed = false
+    private var waiting: [CheckedContinuation<Void, Never>] = []
+
+    init(options: WarmOptions, logger: Logger) {
+        self.options = options
+        self.logger = logger
+    }
+
+    func currentStatus() -> WarmStatus { status }
+
+    /// `epoch` was committed (its image `image`, or read from `path` when nil): the husk is
+    /// brought to it, or built from it. Older epochs than the husk's are ignored.
+    func committed(_ epoch: Epoch, image: CheckpointImage?, path: String) async {
+        await serialized {
+            guard !closed, applied.map({ epoch > $0 }) ?? true else { return }
+            await bring(to: epoch, image: image, path: path)
+        }
+    }
+
+    /// Hands the husk over for promotion, holding `epoch` (applied now if it is not yet), or
+    /// nil with the reason there is none (a husk is not built at this point: that would be a
+    /// cold restore by another name). Afterwards the warm clone holds nothing and builds nothing.
+    func take(at epoch: Epoch, path: String) async -> (husk: PreparedProcess?, files: DataFilePicture?, reason: String?) {
+        await serialized {
+            closed = true
+            if prepared != nil && applied != epoch { await bring(to: epoch, image: nil, path: path) }
+            guard let husk = prepared, applied == epoch else {
+                return (nil, nil, status.reason ?? "the warm clone does not hold epoch \(epoch)")
+            }
+            defer { (prepared, applied, files) = (nil, nil, nil) }
+            status = WarmStatus(reason: "promoted", builds: status.builds, updates: status.updates)
+            return (husk, files, nil)
+        }
+    }
+
+    /// Kills the husk, if any (the standby stops).
+    func discard() async {
+        await serialized {
+            closed = true
+            await prepared?.discard()
+            prepared = nil
+            applied = nil
+            files = nil
+            status.epoch = nil
+            status.reason = "the standby stopped"
+        }
+    }
+
+    // MARK: -
+
+    private func bring(to epoch: Epoch, image given: CheckpointImage?, path: String) async {
+        let image: CheckpointImage
+        do {
+            image = try await Blocking.run("mitosis-warm-open") { try given ?? CheckpointImage.open(path) }
+        } catch {
+            failed("epoch \(epoch) does not open: \(error)")
+            return
+        }
+        if let husk = prepared {
+            do {
+                let report = try await husk.update(to: image)
+                applied = epoch
+                if let picture = files {
+                    do { try await Blocking.run("mitosis-warm-files") { try picture.apply(imageDirectory: image.path) } } catch {
+                        files = nil
+                        logger.warning("warm clone: the data files of epoch \(epoch) do not apply (\(error)); promotion will read them from the chain")
+                    }
+                }
+                status.epoch = epoch
+                status.updates += 1
+                logger.debug("warm clone: epoch \(epoch) applied in \(String(format: "%.2f", report.milliseconds)) ms: \(report.pagesWritten) pages written, \(report.pagesDiscarded) discarded, mappings +\(report.mappingsCreated) -\(report.mappingsRemoved) ~\(report.mappingsChanged)")
+                return
+            } catch {
+                // The update killed the husk: build a new one from the chain (not at promotion).
+                prepared = nil
+                applied = nil
+                guard !closed else {
+                    failed("epoch \(epoch) could not be applied to the husk: \(error)")
+                    return
+                }
+                logger.warning("warm clone: epoch \(epoch) cannot be applied to the husk (\(error)); rebuilding it from the chain")
+            }
+        } else if let last = lastFailure, ContinuousClock.now - last.at < options.retryInterval {
+            return
+        }
+        let clock = ContinuousClock(), started = clock.now
+        do {
+            let restorer = try Restorer(image: image)
+            if let refusal = restorer.preparationRefusals().first { throw RestoreError.refused(image: image.path, [refusal]) }
+            let husk = try await restorer.prepare(inNewPidNamespace: options.pidNamespace)
+            prepared = husk
+            applied = epoch
+            files = try? await Blocking.run("mitosis-warm-files") { [chain = restorer.chain] in DataFilePicture(try FileDeltaLog.materialize(chain)) }
+            lastFailure = nil
+            status = WarmStatus(epoch: epoch, pid: husk.pid, hostPid: husk.hostPid, reason: nil,
+                                builds: status.builds + 1, updates: status.updates)
+            let here = husk.hostPid == husk.pid ? "" : " (pid \(husk.hostPid) here, in a new pid namespace)"
+            logger.info("warm clone: husk of process \(husk.pid)\(here) prepared from epoch \(epoch) in \(clock.now - started)")
+        } catch {
+            failed("\(error)")
+        }
+    }
+
+    private func failed(_ reason: String) {
+        status.epoch = nil
+        status.pid = nil
+        status.hostPid = nil
+        status.reason = reason
+        if lastFailure?.reason != reason { logger.warning("warm clone: none (\(reason)); promotion would restore cold") }
+        lastFailure = (reason, ContinuousClock.now)
+    }
+
+    /// Runs `body` once every operation asked for before it has ended.
+    private func serialized<T: Sendable>(_ body: () async -> T) async -> T {
+        while busy { await withCheckedContinuation { waiting.append($0) } }
+        busy = true
+        defer {
+            busy = false
+            if !waiting.isEmpty { waiting.removeFirst().resume() }
+        }
+        return await body()
+    }
+}
+
+/// The data files as of the epoch a warm clone holds, kept up to date epoch by epoch so that
+/// promotion does not replay the chain's logs. A class: each epoch's changes are applied in place
+/// (an append costs its bytes), and only while the warm clone runs one operation at a time.
+final class DataFilePicture: @unchecked Sendable {
+    private(set) var files: [String: MaterializedFile]
+
+    init(_ files: [String: MaterializedFile]) { self.files = files }
+
+    func apply(imageDirectory: String) throws { try FileDeltaLog.apply(imageDirectory: imageDirectory, to: &files) }
+}
