@@ -318,6 +318,16 @@ public final class CheckpointImage: Sendable {
         return low < runs.count && runs[low].address <= address ? runs[low] : nil
     }
 
+    /// The first run of this image starting above `address`, if any.
+    public func firstRun(after address: UInt64) -> PageRun? {
+        var low = 0, high = runs.count
+        while low < high {
+            let mid = (low + high) / 2
+            if runs[mid].address <= address { low = mid + 1 } else { high = mid }
+        }
+        return low < runs.count ? runs[low] : nil
+    }
+
     /// A run's bytes, checked against its checksum.
     package func bytes(of run: PageRun) throws(ImageError) -> [UInt8] {
         let data = try openPageData()

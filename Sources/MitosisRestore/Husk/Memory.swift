@@ -149,15 +149,10 @@ extension Tracer {
         return uffd
     }
 
-    /// Writes the pages of `range` from the chain: each comes from the newest image whose index
-    /// holds it (as `CheckpointChain.read` decides), one checked run at a time, written with
-    /// UFFDIO_COPY through `copier` (its mapping registered) or else with process_vm_writev.
+    /// Writes the pages of `range` from the chain (`PageSource.pieces`) with UFFDIO_COPY through
+    /// `copier` (its mapping registered) or else with process_vm_writev.
     func fill(_ range: PageRange, pages: PageSource, copier: Userfaultfd?, name: String) throws {
-        var at = range.start
-        while at < range.end {
-            let (run, bytes) = try pages.run(containing: at, state: range.state)
-            let end = min(run.end, range.end)
-            let slice = UnsafeRawBufferPointer(rebasing: bytes[Int(at - run.address)..<Int(end - run.address)])
+        try pages.pieces(of: range) { at, slice in
             if let copier {
                 do { try copier.copy(to: at, from: slice) } catch {
                     throw StepFailure(step: "writing pages of \(name)", detail: "UFFDIO_COPY: \(error)")
@@ -165,7 +160,6 @@ extension Tracer {
             } else {
                 try huskWrite("writing pages of \(name)", at, slice)
             }
-            at = end
         }
     }
 }
@@ -175,10 +169,12 @@ extension Tracer {
 /// the other way round), each image's data file opened once, into up to `depth` buffers reused for
 /// every run: reading costs no fresh memory of Mitosis's own per run.
 final class PageSource: @unchecked Sendable {  // mutable state guarded by `condition`
-    /// One run to read: image `image` (index in the chain) holds it.
+    /// One run to read: image `image` (index in the chain) holds it. Its pages below `end` are
+    /// the newest the chain has; from `end` on a newer image holds pages of the run's range.
     struct Load: Equatable {
         var image: Int
         var run: PageRun
+        var end: UInt64
     }
 
     private let images: [CheckpointImage]
@@ -213,20 +209,42 @@ final class PageSource: @unchecked Sendable {  // mutable state guarded by `cond
             var at = range.start
             while at < range.end, let load = holder(of: at, images: images) {
                 if loads.last != load { loads.append(load) }
-                at = min(load.run.end, range.end)
+                at = min(load.end, range.end)
             }
             if at < range.end { break }
         }
         return loads
     }
 
+    /// The newest image holding `address`, its run, and where that run stops being the newest:
+    /// an older image's run may span pages a newer image stored again (a page written in
+    /// checkpoint 2, then inherited by 3 next to pages of the full checkpoint 1), which must come
+    /// from the newer image, as `CheckpointChain.read` takes them.
     private static func holder(of address: UInt64, images: [CheckpointImage]) -> Load? {
-        images.enumerated().lazy.compactMap { image in image.element.run(containing: address).map { Load(image: image.offset, run: $0) } }.first
+        for (index, image) in images.enumerated() {
+            guard let run = image.run(containing: address) else { continue }
+            let end = images[..<index].reduce(run.end) { end, newer in min(end, newer.firstRun(after: address)?.address ?? end) }
+            return Load(image: index, run: run, end: end)
+        }
+        return nil
     }
 
-    /// The run holding `address` in the newest image that has it, and its checked bytes (valid
-    /// until the next call).
-    func run(containing address: UInt64, state: PageState) throws -> (PageRun, UnsafeRawBufferPointer) {
+    /// Hands `body` the bytes of `range`, piece by piece in address order: each page from the
+    /// newest image whose index holds it (as `CheckpointChain.read` decides), one checked run
+    /// (or the part of it no newer image overrides) at a time.
+    func pieces(of range: PageRange, _ body: (UInt64, UnsafeRawBufferPointer) throws -> Void) throws {
+        var at = range.start
+        while at < range.end {
+            let (run, valid, bytes) = try run(containing: at, state: range.state)
+            let end = min(valid, range.end)
+            try body(at, UnsafeRawBufferPointer(rebasing: bytes[Int(at - run.address)..<Int(end - run.address)]))
+            at = end
+        }
+    }
+
+    /// The run holding `address` in the newest image that has it, where its pages stop being the
+    /// newest (`Load.end`), and its checked bytes (valid until the next call).
+    private func run(containing address: UInt64, state: PageState) throws -> (PageRun, UInt64, UnsafeRawBufferPointer) {
         let at = "0x\(String(address, radix: 16))"
         guard let load = Self.holder(of: address, images: images) else {
             throw StepFailure(step: "reading the image's pages at \(at)", detail: "recorded as \(state.rawValue) but no image in the chain holds it")
@@ -243,7 +261,7 @@ final class PageSource: @unchecked Sendable {  // mutable state guarded by `cond
             next += 1
             current = (load, try result.get())
         }
-        return (load.run, UnsafeRawBufferPointer(rebasing: current!.buffer[..<Int(load.run.length)]))
+        return (load.run, load.end, UnsafeRawBufferPointer(rebasing: current!.buffer[..<Int(load.run.length)]))
     }
 
     /// Runs on the read-ahead thread: reads each load into a free buffer, stops at the first failure.
