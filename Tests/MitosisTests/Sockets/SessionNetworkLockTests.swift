@@ -15,7 +15,7 @@ import Testing
     }
 
     @Test(.enabled(if: FileManager.default.fileExists(atPath: NetworkLock.nftPath), "needs nft (Debian package nftables, scripts/setup)"),
-          .disabled("under investigation: the client was not answered within 20 s after the first checkpoint in its one run (redis clients are served through 65 epochs with the kept lock in mitosis-bench replicate)"))
+          .disabled("the test's own client exchange times out after the first checkpoint, with a fresh lock per checkpoint too (so not the kept lock): the exchange is to be fixed; redis clients are served through 65 epochs with the kept lock in mitosis-bench replicate"))
     func oneLockServesEveryCheckpointOfASession() async throws {
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
