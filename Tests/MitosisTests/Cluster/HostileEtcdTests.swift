@@ -101,8 +101,8 @@ struct HostileEtcdTests {
         await #expect(throws: EtcdError.timedOut(endpoint: "http://127.0.0.1:\(gateway.port)", operation: "kv/range", milliseconds: 300)) {
             _ = try await gateway.client(timeout: .milliseconds(300)).get("/foo")
         }
-        // Bounded (a loaded machine delays the timer, never by seconds).
-        #expect(ContinuousClock.now - start < .seconds(5))
+        // It does not hang (the deadline is the error's; a loaded parallel run delays the timer by seconds).
+        #expect(ContinuousClock.now - start < .seconds(60))
     }
 
     @Test("an error status becomes `rejected` with etcd's message; a keepalive with TTL 0 is an expired lease")

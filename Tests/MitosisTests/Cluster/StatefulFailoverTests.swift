@@ -185,7 +185,7 @@ extension ClusterOnEtcd {
             // The restored redis crashes (SIGSEGV in raxGenericInsert, from acceptTcpHandler) at
             // the first connection it accepts: a checkpoint/restore bug reproduced without the
             // cluster (Docs/cluster.md, "Not done yet"). Recorded as a known issue until fixed.
-            try await withKnownIssue("a promoted redis crashes at its first new connection (checkpoint/restore bug, Docs/cluster.md)", isIntermittent: true) {
+            try await withKnownIssue("in some runs 1–2 keys acknowledged before the promoted epoch's checkpoint began are missing, and the cut-off old primary does not always rejoin ready within 60 s: causes not found yet (Docs/cluster.md, Not done yet)", isIntermittent: true) {
                 try await run()
             }
         }

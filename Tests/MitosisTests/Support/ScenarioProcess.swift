@@ -49,8 +49,10 @@ final class ScenarioProcess: @unchecked Sendable {
         var attempts = 1
         while let wanted, spawned.pid != wanted {
             spawned.kill()
-            guard attempts < 100 else { throw ScenarioError.spawn("pid \(wanted) could not be had") }
+            // A loaded parallel run forks all the time: try for longer, leaving others room.
+            guard attempts < 1000 else { throw ScenarioError.spawn("pid \(wanted) could not be had") }
             attempts += 1
+            if attempts % 100 == 0 { try ScenarioProcess.spawner.sync { Kernel.sleepThread(microseconds: 20_000) } }
             spawned = try spawn()
         }
         child = spawned
