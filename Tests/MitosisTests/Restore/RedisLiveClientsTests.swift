@@ -116,7 +116,7 @@ import Testing
             for moment in ["lock", "husk"] {
                 let attempt = try ToolRun.start(ToolRun.mitosis, ["restore", images, "--netns", hosts.hosts[host]])
                 for _ in 0..<5000 {
-                    if moment == "husk" ? FileManager.default.fileExists(atPath: "/proc/\(pid)")
+                    if moment == "husk" ? Self.restoredProcessExists(pid, hosts: hosts, host: host)
                         : try await hosts.tables(host).contains(where: { $0.contains("mitosis-lock") }) { break }
                     try await Task.sleep(for: .milliseconds(1))
                 }
@@ -210,6 +210,15 @@ import Testing
         return fd
     }
 
+    /// Whether a process with `pid` lives in the network namespace of `host`, where the restore
+    /// creates its husk. Elsewhere, a process with that pid is another test's: a parallel run
+    /// reuses the freed pid of the killed redis.
+    static func restoredProcessExists(_ pid: Int32, hosts: BridgedHosts, host: Int) -> Bool {
+        guard let namespace = try? Kernel.status("/run/netns/" + hosts.hosts[host]),
+              let link = try? Kernel.readLink("/proc/\(pid)/ns/net") else { return false }
+        return link == "net:[\(namespace.inode)]"
+    }
+
     static func localPort(_ fd: Int32) -> UInt16 {
         var address = sockaddr_in()
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
@@ -237,7 +246,7 @@ import Testing
     static func awaitGone(_ pid: Int32, hosts: BridgedHosts, host: Int) async throws {
         for _ in 0..<600 {
             let tables = try await hosts.tables(host)
-            if !FileManager.default.fileExists(atPath: "/proc/\(pid)"), !tables.contains(where: { $0.contains("mitosis-lock") }) { return }
+            if !restoredProcessExists(pid, hosts: hosts, host: host), !tables.contains(where: { $0.contains("mitosis-lock") }) { return }
             try await Task.sleep(for: .milliseconds(50))
         }
         throw RestoreFailure(description: "a killed restore left process \(pid) or a lock: \(try await hosts.tables(host))")

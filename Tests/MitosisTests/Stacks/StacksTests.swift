@@ -95,7 +95,15 @@ struct StacksTests {
         try FileManager.default.copyItem(atPath: original, toPath: stripped)
         try await Self.run("/usr/bin/strip", ["--strip-all", stripped])
         let symbols = try await Self.symbols(of: original, dynamic: false)
-        let child = try ScenarioProcess("stacks", executable: stripped)
+        // Another test's fork may still hold the just-written file open (until its exec):
+        // exec then fails with ETXTBSY for a moment.
+        var spawned: ScenarioProcess?
+        for attempt in 1...50 where spawned == nil {
+            do { spawned = try ScenarioProcess("stacks", executable: stripped) } catch where "\(error)".contains("Text file busy") && attempt < 50 {
+                try await Task.sleep(for: .milliseconds(100))
+            }
+        }
+        let child = try #require(spawned)
         defer { child.stop() }
         let stacks = try await ProcessStacks.capture(pid: child.pid)
         let alpha = try #require(stacks.threads.first { $0.tid == Int32(try child.intFact("alpha")) })
