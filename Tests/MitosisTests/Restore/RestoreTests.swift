@@ -51,7 +51,7 @@ struct CheckpointedScenario {
     }
 
     /// Waits for line `CHECK n=N …` in the log and returns it.
-    static func awaitCheck(_ number: Int, in log: String, timeout: Duration = .seconds(10)) async throws -> String {
+    static func awaitCheck(_ number: Int, in log: String, timeout: Duration = .seconds(30)) async throws -> String {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
             let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
