@@ -42,10 +42,11 @@ struct InjectionKillTests {
     func catchableSignalsHeld() async throws {
         var runs: [(target: ScenarioProcess, what: String)] = []
         defer { runs.forEach { $0.target.stop() } }
-        // Paused 300 ms with borrowed registers (steps 3 and 8), or after the call, before they
-        // are restored (5 and 10); one at a time, so that the signal surely comes early in the pause.
-        for (signal, mode, step) in [(SIGTERM, "sleep", "3:300"), (SIGINT, "busy", "5:300"),
-                                     (SIGHUP, "futex", "8:300"), (SIGPIPE, "busy", "10:300")] {
+        // Paused 1 s with borrowed registers (steps 3 and 8), or after the call, before they
+        // are restored (5 and 10); one at a time, so that the signal surely comes early in the
+        // pause (seeing the pause can take a few hundred ms on a loaded machine).
+        for (signal, mode, step) in [(SIGTERM, "sleep", "3:1000"), (SIGINT, "busy", "5:1000"),
+                                     (SIGHUP, "futex", "8:1000"), (SIGPIPE, "busy", "10:1000")] {
             let target = try ScenarioProcess("victim", [mode])
             let what = "\(mode) \(step) signal \(signal)"
             runs.append((target, what))
