@@ -15,7 +15,10 @@ struct NetworkHosts: Sendable {
     static let ip = "/usr/sbin/ip"
 
     init() async throws {
-        let tag = String(UUID().uuidString.prefix(6)).lowercased()
+        // The creating pid is in the name, so that the next run removes what a killed test
+        // process left (its defer never ran).
+        await Self.sweep()
+        let tag = String(getpid(), radix: 36) + "x" + String(UUID().uuidString.prefix(3)).lowercased()
         a = "mrep-\(tag)-a"
         b = "mrep-\(tag)-b"
         let subnet = "10.\(Int.random(in: 100...250)).\(Int.random(in: 1...250))"
@@ -56,6 +59,16 @@ struct NetworkHosts: Sendable {
         if let veth { _ = try? await ToolRun(ip, ["link", "del", veth]) }
         _ = try? await ToolRun(ip, ["netns", "del", a])
         _ = try? await ToolRun(ip, ["netns", "del", b])
+    }
+
+    /// Removes the namespaces of test processes that no longer run (`mrep-PIDxRND-a|b`).
+    static func sweep() async {
+        for name in (try? Kernel.listDirectory("/run/netns")) ?? [] where name.hasPrefix("mrep-") {
+            let tag = name.dropFirst(5).split(separator: "-").first ?? ""
+            guard let creator = tag.split(separator: "x").first.flatMap({ Int32($0, radix: 36) }),
+                  creator != getpid(), kill(creator, 0) != 0, errno == ESRCH else { continue }
+            _ = try? await ToolRun(ip, ["netns", "del", name])
+        }
     }
 
     /// Whether a namespace of that name still exists.
