@@ -40,36 +40,24 @@ struct DemoCommand: AsyncParsableCommand {
     /// unread bytes, an epoll), kills it with SIGKILL, restores it, and asks it to check itself.
     private func showRestore(scenario: String) async throws {
         heading("restore: a process killed with SIGKILL, brought back from its checkpoint")
-        guard FileManager.default.isExecutableFile(atPath: scenario) else {
-            print("skipped: \(scenario) not found (swift build builds it)\n")
-            return
+        try await withSelfCheckingProcess(scenario, "restore") { original, directory, log in
+            let image = directory + "/image"
+            let result = try await withCheckpointSession(pid: original.pid) { session in
+                try await session.checkpoint(to: DirectorySink(directory: image))
+            }
+            print(CheckpointSummary(result, path: image).text)
+            original.kill()
+            print("killed    \(original.pid) with SIGKILL")
+            let restored = try await Restorer(image: CheckpointImage.open(image)).restore()
+            defer {
+                kill(restored.pid, SIGKILL)
+                var status: Int32 = 0
+                waitpid(restored.pid, &status, 0)
+            }
+            print("restored process \(restored.pid) (\(restored.threads) threads, \(restored.descriptors) descriptors) from \(image) in \(String(format: "%.1f", restored.restoreMilliseconds)) ms")
+            kill(restored.pid, SIGUSR1)
+            print("restored  \(restored.pid): \(try await checkLine(2, in: log))\n")
         }
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("mitosis-demo-restore-\(UUID().uuidString)").path
-        try DirectorySink.createDirectories(directory)
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let log = directory + "/self-check.log"
-        let original = try LaunchedTarget(executable: scenario, arguments: ["restore", log, "16", "2", "60"])
-        defer { original.kill() }
-        try original.send("detach")
-        _ = original.readLine()
-        kill(original.pid, SIGUSR1)
-        print("original  \(original.pid): \(try await checkLine(1, in: log))")
-        let image = directory + "/image"
-        let result = try await withCheckpointSession(pid: original.pid) { session in
-            try await session.checkpoint(to: DirectorySink(directory: image))
-        }
-        print(CheckpointSummary(result, path: image).text)
-        original.kill()
-        print("killed    \(original.pid) with SIGKILL")
-        let restored = try await Restorer(image: CheckpointImage.open(image)).restore()
-        defer {
-            kill(restored.pid, SIGKILL)
-            var status: Int32 = 0
-            waitpid(restored.pid, &status, 0)
-        }
-        print("restored process \(restored.pid) (\(restored.threads) threads, \(restored.descriptors) descriptors) from \(image) in \(String(format: "%.1f", restored.restoreMilliseconds)) ms")
-        kill(restored.pid, SIGUSR1)
-        print("restored  \(restored.pid): \(try await checkLine(2, in: log))\n")
     }
 
     /// Protects the same self-checking process onto a standby with a warm clone (in this
@@ -77,11 +65,60 @@ struct DemoCommand: AsyncParsableCommand {
     /// pid), kills the original and promotes the clone, which checks itself.
     private func showStandby(scenario: String) async throws {
         heading("hot standby: a process protected onto a standby, killed, and promoted there")
+        try await withSelfCheckingProcess(scenario, "standby") { original, directory, log in
+            var quiet = Logger(label: "mitosis.demo")
+            quiet.logLevel = .error
+            // A port of loopback that this run is unlikely to share with anything else.
+            let port = 47_000 + Int(getpid() % 2000)
+            var standbyOptions = StandbyOptions(host: "127.0.0.1", port: port, directory: directory + "/standby")
+            standbyOptions.warm = WarmOptions(pidNamespace: true)
+            let standby = try await Standby(options: standbyOptions, logger: quiet)
+            let serving = Task { try await standby.run() }
+            defer { serving.cancel() }
+            var protectOptions = ProtectOptions(host: "127.0.0.1", port: port)
+            protectOptions.interval = .milliseconds(50)
+            let session = ReplicationSession(pid: original.pid, options: protectOptions, logger: quiet)
+            let protecting = Task { try await session.run() }
+            defer { protecting.cancel() }
+
+            // Until the warm clone holds a dozen epochs.
+            var status = await standby.status()
+            for _ in 0..<600 where (status.warm?.epoch?.rawValue ?? 0) < 12 {
+                try await Task.sleep(for: .milliseconds(50))
+                status = await standby.status()
+            }
+            guard let held = status.warm?.epoch, let husk = status.warm?.hostPid else {
+                throw ValidationError("the standby built no warm clone: \(status.warm?.reason ?? status.reasons.joined(separator: "; "))")
+            }
+            let sent = session.statistics
+            print("protected \(original.pid) every 50 ms: \(sent.epochs) epochs acknowledged, freeze p50 \(Self.format(ReplicationStatistics.percentile(sent.freezeMilliseconds, 50))) ms")
+            print("standby   epoch \(status.statistics.committed?.epoch.description ?? "none") committed; warm clone: pid \(husk) here (\(original.pid) in its pid namespace), frozen, holds epoch \(held)")
+            // The protect session traces the process: it sees the death and detaches; only then
+            // can the original be reaped (`kill()` waits for that, off the cooperative pool).
+            kill(original.pid, SIGKILL)
+            print("killed    \(original.pid) with SIGKILL")
+            _ = try? await protecting.value
+            try await Blocking.run("mitosis-demo-reap") { original.kill() }
+            let result = try await Promotion.promote(directory: standbyOptions.directory)
+            let promoted = result.hostPid ?? result.pid
+            defer { kill(promoted, SIGKILL) }
+            print(PromoteCommand.line(result))
+            kill(promoted, SIGUSR1)
+            print("promoted  \(promoted): \(try await checkLine(2, in: log))\n")
+        }
+    }
+
+    private static func format(_ value: Double?) -> String { value.map { String(format: "%.1f", $0) } ?? "-" }
+
+    /// Runs `body` with a self-checking process (the restore scenario of the test suite) that
+    /// has answered its first check, in a scratch directory removed afterwards.
+    private func withSelfCheckingProcess(_ scenario: String, _ name: String,
+                                         _ body: (LaunchedTarget, _ directory: String, _ log: String) async throws -> Void) async throws {
         guard FileManager.default.isExecutableFile(atPath: scenario) else {
             print("skipped: \(scenario) not found (swift build builds it)\n")
             return
         }
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("mitosis-demo-standby-\(UUID().uuidString)").path
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("mitosis-demo-\(name)-\(UUID().uuidString)").path
         try DirectorySink.createDirectories(directory)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let log = directory + "/self-check.log"
@@ -91,49 +128,8 @@ struct DemoCommand: AsyncParsableCommand {
         _ = original.readLine()
         kill(original.pid, SIGUSR1)
         print("original  \(original.pid): \(try await checkLine(1, in: log))")
-
-        var quiet = Logger(label: "mitosis.demo")
-        quiet.logLevel = .error
-        // A port of loopback that this run is unlikely to share with anything else.
-        let port = 47_000 + Int(getpid() % 2000)
-        var standbyOptions = StandbyOptions(host: "127.0.0.1", port: port, directory: directory + "/standby")
-        standbyOptions.warm = WarmOptions(pidNamespace: true)
-        let standby = try await Standby(options: standbyOptions, logger: quiet)
-        let serving = Task { try await standby.run() }
-        defer { serving.cancel() }
-        var protectOptions = ProtectOptions(host: "127.0.0.1", port: port)
-        protectOptions.interval = .milliseconds(50)
-        let session = ReplicationSession(pid: original.pid, options: protectOptions, logger: quiet)
-        let protecting = Task { try await session.run() }
-        defer { protecting.cancel() }
-
-        // Until the warm clone holds a dozen epochs.
-        var status = await standby.status()
-        for _ in 0..<600 where (status.warm?.epoch?.rawValue ?? 0) < 12 {
-            try await Task.sleep(for: .milliseconds(50))
-            status = await standby.status()
-        }
-        guard let held = status.warm?.epoch, let husk = status.warm?.hostPid else {
-            throw ValidationError("the standby built no warm clone: \(status.warm?.reason ?? status.reasons.joined(separator: "; "))")
-        }
-        let sent = session.statistics
-        print("protected \(original.pid) every 50 ms: \(sent.epochs) epochs acknowledged, freeze p50 \(Self.format(ReplicationStatistics.percentile(sent.freezeMilliseconds, 50))) ms")
-        print("standby   epoch \(status.statistics.committed?.epoch.description ?? "none") committed; warm clone: pid \(husk) here (\(original.pid) in its pid namespace), frozen, holds epoch \(held)")
-        // The protect session traces the process: it sees the death and detaches; only then
-        // can the original be reaped (`kill()` waits for that, off the cooperative pool).
-        kill(original.pid, SIGKILL)
-        print("killed    \(original.pid) with SIGKILL")
-        _ = try? await protecting.value
-        try await Blocking.run("mitosis-demo-reap") { original.kill() }
-        let result = try await Promotion.promote(directory: standbyOptions.directory)
-        let promoted = result.hostPid ?? result.pid
-        defer { kill(promoted, SIGKILL) }
-        print(PromoteCommand.line(result))
-        kill(promoted, SIGUSR1)
-        print("promoted  \(promoted): \(try await checkLine(2, in: log))\n")
+        try await body(original, directory, log)
     }
-
-    private static func format(_ value: Double?) -> String { value.map { String(format: "%.1f", $0) } ?? "-" }
 
     /// The `n`th self-check line the restore scenario appends to its log (within 10 s).
     private func checkLine(_ n: Int, in log: String) async throws -> String {
