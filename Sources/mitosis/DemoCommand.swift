@@ -68,8 +68,7 @@ struct DemoCommand: AsyncParsableCommand {
         try await withSelfCheckingProcess(scenario, "standby") { original, directory, log in
             var quiet = Logger(label: "mitosis.demo")
             quiet.logLevel = .error
-            // A port of loopback that this run is unlikely to share with anything else.
-            let port = 47_000 + Int(getpid() % 2000)
+            let port = Int(try Kernel.freeLoopbackPort())
             var standbyOptions = StandbyOptions(host: "127.0.0.1", port: port, directory: directory + "/standby")
             standbyOptions.warm = WarmOptions(pidNamespace: true)
             let standby = try await Standby(options: standbyOptions, logger: quiet)
