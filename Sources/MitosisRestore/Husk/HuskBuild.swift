@@ -131,15 +131,16 @@ extension Tracer {
     }
 
     /// Runs `verify` on the complete process, takes its connections out of repair mode, puts
-    /// its registers back and lets it run (`resume`).
-    func finishProcess(_ built: inout BuiltProcess, verify: (@Sendable (Int32) throws -> Void)?) throws {
+    /// its registers back and lets it run (`resume`); with `thaw` false it stays held, ready,
+    /// for the caller to `thaw()`.
+    func finishProcess(_ built: inout BuiltProcess, verify: (@Sendable (Int32) throws -> Void)?, thaw: Bool = true) throws {
         var clock = PhaseClock()
         if let verify {
             do { try verify(pid) } catch { throw StepFailure(step: "verifying before resuming", detail: "\(error)") }
         }
         // Repair mode off last, once the process is complete: its connections start talking.
         try finishConnections(built.connections)
-        try resumeThreads(built.plan)
+        try resumeThreads(built.plan, thaw: thaw)
         clock.end("resume")
         built.timings.merge(clock.timings, uniquingKeysWith: { _, b in b })
     }
