@@ -91,6 +91,54 @@ extension TreeRestoreTests {
         #expect(try await Self.awaitGone([hostParent, hostA, hostB]) == [])
     }
 
+    @Test("mitosis restore --pidns --timens on of a tree: every member in the one time namespace the root was born in, its clocks continuing from the root's checkpoint, every member PASS")
+    func treeInATimeNamespaceOfItsOwn() async throws {
+        let scratch = try ScratchDirectory()
+        defer { scratch.remove() }
+        let tree = try Tree(scratch: scratch)
+        defer { tree.scenario.stop() }
+        let (parent, a, b) = (tree.parent, tree.a, tree.b)
+        let image = scratch.path + "/image"
+        let dump = try await ToolRun(ToolRun.mitosis, ["dump", String(parent), "--tree", "--images", image, "--kill"])
+        #expect(dump.status == 0, "\(dump.standardError)")
+        tree.scenario.stop()
+        #expect(try await Self.awaitGone([parent, a, b]) == [])
+        let run = try await ToolRun(ToolRun.mitosis, ["restore", image, "--pidns", "--timens", "on", "--json"])
+        #expect(run.status == 0, "\(run.standardError)")
+        let result = try JSONOutput.decoder().decode(TreeRestoreResult.self, from: Data(run.standardOutput.utf8))
+        let hosts = Dictionary(uniqueKeysWithValues: result.members.map { ($0.pid, $0.hostPid ?? -1) })
+        defer { for host in hosts.values where host > 0 { kill(host, SIGKILL) } }
+        #expect(result.members.map(\.pid) == TreeImage.open(image).manifest.members.map(\.pid))
+        let time = try #require(result.members.first?.timeNamespace)
+        #expect(result.members.allSatisfy { $0.timeNamespace == time })
+        // One time namespace, not this process's, with the offsets the restore reported.
+        let own = try Kernel.readLink("/proc/self/ns/time")
+        let namespaces = Set(try hosts.values.map { try Kernel.readLink("/proc/\($0)/ns/time") })
+        #expect(namespaces.count == 1 && namespaces.first != own, "\(namespaces)")
+        let offsets = try #require(TimeNamespaceOffsets(parsing: String(decoding: try Kernel.readFile("/proc/\(hosts[parent]!)/timens_offsets"), as: UTF8.self)))
+        #expect(offsets.monotonic == time.monotonicOffset && offsets.boottime == time.boottimeOffset)
+        // Its monotonic clock continues from the root's checkpoint (time stood still while it was down).
+        let clocks = try #require(TreeImage.open(image).members.first?.manifest.restore?.clocks)
+        let mine = try Kernel.childTimeNamespaceOffsets()
+        let theirs = try Kernel.clockNow(ClockID.monotonic).totalNanoseconds - mine.monotonic.totalNanoseconds + offsets.monotonic.totalNanoseconds
+        let sinceCheckpoint = Double(theirs - clocks.monotonic.totalNanoseconds) / 1e9
+        #expect((0..<30).contains(sinceCheckpoint), "its clock reads \(sinceCheckpoint) s past the checkpoint's")
+        func check(_ pid: Int32, _ number: Int) async throws -> String {
+            kill(hosts[pid]!, SIGUSR1)
+            return try await tree.awaitLine(prefix: "CHECK ", containing: "pid=\(pid) n=\(number) ")
+        }
+        #expect(try await check(a, 1) == "CHECK role=a pid=\(a) n=1 PASS shared=1")
+        #expect(try await check(b, 1) == "CHECK role=b pid=\(b) n=1 PASS shared=2")
+        #expect(try await check(parent, 1) == "CHECK role=parent pid=\(parent) n=1 PASS shared=3")
+        for host in hosts.values { kill(host, SIGKILL) }
+        #expect(try await Self.awaitGone(Array(hosts.values)) == [])
+        let deadline = ContinuousClock.now + .seconds(5)
+        while RestorePidNamespaceTests.namespaceInits().contains(where: { $0 == result.members.first?.namespaceInitPid }), ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(!RestorePidNamespaceTests.namespaceInits().contains { $0 == result.members.first?.namespaceInitPid })
+    }
+
     @Test("kill -9 of mitosis restore of a tree (same host, and --pidns) at 14 moments: never a member, husk or init left")
     func killingMitosisRestoreOfATreeLeavesNothing() async throws {
         let scratch = try ScratchDirectory()
@@ -128,6 +176,7 @@ extension TreeRestoreTests {
             #expect(RestorePidNamespaceTests.namespaceInits() == [], "after a kill at \(delay) ms an init is left")
         }
         #expect(interrupted > 0, "at least one kill landed mid-restore (\(completed) restores finished first)")
+        print("kill -9 of a tree restore: \(interrupted) kills landed mid-restore, \(completed) restores finished first")
         // And the image still restores whole.
         let restored = try await ToolRun(ToolRun.mitosis, ["restore", image])
         #expect(restored.status == 0, "\(restored.standardError)")
