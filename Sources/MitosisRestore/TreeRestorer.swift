@@ -159,7 +159,9 @@ public struct TreeRestorer: Sendable {
         let placement = try RestorePlacement(networkNamespace: networkNamespace, record: rootRecord, timeNamespace: timeNamespace)
         defer { placement.close() }
         let lockNamespace = placement.networkNamespace?.path
-        // The restore's own lock first, then the ones the dump left: never a moment unlocked.
+        // The restore's own lock now; the ones the dump left are lifted only once every member
+        // is ready to run (or the restore failed): a restore killed before keeps them, as one
+        // process's does, and the connections stay locked for the next.
         let records = manifests.compactMap(\.restore)
         let connections = records.flatMap { ($0.connections ?? []).map { ($0.connection.family, $0.connection.local, $0.connection.remote) } }
         let held = records.compactMap(\.networkLockTable)
@@ -167,14 +169,15 @@ public struct TreeRestorer: Sendable {
         let lock: NetworkLock?
         do {
             lock = try await Blocking.run("mitosis-network-lock") { () throws -> NetworkLock? in
-                let lock = networkLock && !connections.isEmpty ? try NetworkLock(connections, namespacePath: lockNamespace) : nil
-                for table in held { try NetworkLock.remove(table, namespacePath: lockNamespace) }
-                return lock
+                networkLock && !connections.isEmpty ? try NetworkLock(connections, namespacePath: lockNamespace) : nil
             }
         } catch {
             throw RestoreError.failed(step: "locking the network for \(connections.count) TCP connection(s)", detail: "\(error)")
         }
         defer { lock?.release() }
+        @Sendable func liftHeldLocks() throws {
+            for table in held { try NetworkLock.remove(table, namespacePath: lockNamespace) }
+        }
 
         let pool: DescriptionPool
         do { pool = try DescriptionPool(forNewPidNamespace: inNewPidNamespace) } catch {
@@ -227,10 +230,11 @@ public struct TreeRestorer: Sendable {
                     do { try verify(hosts[member.pid]!) } catch { throw StepFailure(step: "the check failed", detail: "\(error)") }
                 }
             }
-            // Every member made ready (registers, connections) while all are held; then all are
-            // let go in one go, children first (a parent that runs finds its children complete):
-            // a Mitosis killed before this point leaves no member, one killed within it at most
-            // the microseconds of the detaches.
+            // Every member made ready (registers) while all are held; then all are let go in one
+            // go, children first (a parent that runs finds its children complete), their
+            // connections out of repair mode just before: a Mitosis killed before this point
+            // leaves no member and no connection reset, one killed within it at most the
+            // members already let go.
             for member in members.reversed() {
                 step = "resuming process \(member.pid)"
                 var process = built[member.pid]!
@@ -238,7 +242,12 @@ public struct TreeRestorer: Sendable {
                 built[member.pid] = process
                 notes += process.notes.map { "process \(member.pid): \($0)" }
             }
-            for member in members.reversed() { await tracers[member.pid]!.thaw() }
+            step = "lifting the network lock the dump left"
+            try await Blocking.run("mitosis-network-lock") { try liftHeldLocks() }
+            for member in members.reversed() {
+                step = "letting process \(member.pid) go"
+                try await tracers[member.pid]!.releaseProcess(built[member.pid]!)
+            }
             // The init may now reap and end once the restored processes have.
             root.releaseNamespace()
             let time = placement.timeNamespace(root.offsets)
@@ -262,6 +271,8 @@ public struct TreeRestorer: Sendable {
                 }
             }
             root.endNamespace()
+            // Its clients then see a reset rather than a connection hanging for ever.
+            try? await Blocking.run("mitosis-network-lock") { try liftHeldLocks() }
             if let failure = error as? RestoreError { throw failure }
             if let failure = error as? StepFailure { throw RestoreError.failed(step: "\(step): \(failure.step)", detail: failure.detail) }
             throw RestoreError.failed(step: step, detail: "\(error)")

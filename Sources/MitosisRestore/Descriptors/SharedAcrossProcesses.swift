@@ -88,7 +88,7 @@ extension Tracer {
         let pidfd: UInt64
         if let own = pool.ownPidfd {
             let path = "/proc/\(Kernel.currentProcessID())/fd/\(own.rawValue)"
-            pidfd = try huskCall(step + ": opening Mitosis's pidfd at \(path)", SyscallNumber.openat,
+            pidfd = try huskCall(step + ": opening Mitosis's pidfd at \(path) (a pidfd opened again through /proc needs pidfs, Linux 6.9+)", SyscallNumber.openat,
                                  [UInt64(bitPattern: -100), try huskText(path, area: area), UInt64(Linux.O_RDONLY | Linux.O_CLOEXEC), 0])
         } else {
             pidfd = try huskCall(step + ": pidfd_open", SyscallNumber.pidfd_open, [UInt64(Kernel.currentProcessID()), 0])
