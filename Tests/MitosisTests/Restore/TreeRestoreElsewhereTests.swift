@@ -103,7 +103,8 @@ extension TreeRestoreTests {
         #expect(dump.status == 0, "\(dump.standardError)")
         tree.scenario.stop()
         #expect(try await Self.awaitGone([parent, a, b]) == [])
-        let run = try await ToolRun(ToolRun.mitosis, ["restore", image, "--pidns", "--timens", "on", "--json"])
+        let tag = "MITOSIS_TEST_RUN=\(UInt64.random(in: 1...UInt64.max))"
+        let run = try await ToolRun(ToolRun.mitosis, ["restore", image, "--pidns", "--timens", "on", "--json"], prefix: ["/usr/bin/env", tag])
         #expect(run.status == 0, "\(run.standardError)")
         let result = try JSONOutput.decoder().decode(TreeRestoreResult.self, from: Data(run.standardOutput.utf8))
         let hosts = Dictionary(uniqueKeysWithValues: result.members.map { ($0.pid, $0.hostPid ?? -1) })
@@ -130,13 +131,14 @@ extension TreeRestoreTests {
         #expect(try await check(a, 1) == "CHECK role=a pid=\(a) n=1 PASS shared=1")
         #expect(try await check(b, 1) == "CHECK role=b pid=\(b) n=1 PASS shared=2")
         #expect(try await check(parent, 1) == "CHECK role=parent pid=\(parent) n=1 PASS shared=3")
+        #expect(RestorePidNamespaceTests.namespaceInits(tagged: tag) == [try #require(result.members.first?.namespaceInitPid)])
         for host in hosts.values { kill(host, SIGKILL) }
         #expect(try await Self.awaitGone(Array(hosts.values)) == [])
         let deadline = ContinuousClock.now + .seconds(5)
-        while RestorePidNamespaceTests.namespaceInits().contains(where: { $0 == result.members.first?.namespaceInitPid }), ContinuousClock.now < deadline {
+        while !RestorePidNamespaceTests.namespaceInits(tagged: tag).isEmpty, ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(20))
         }
-        #expect(!RestorePidNamespaceTests.namespaceInits().contains { $0 == result.members.first?.namespaceInitPid })
+        #expect(RestorePidNamespaceTests.namespaceInits(tagged: tag) == [])
     }
 
     @Test("kill -9 of mitosis restore of a tree (same host, and --pidns) at 14 moments: never a member, husk or init left")
@@ -152,12 +154,13 @@ extension TreeRestoreTests {
         tree.scenario.stop()
         #expect(try await Self.awaitGone(pids) == [])
         var completed = 0, interrupted = 0
+        // Other tests restore into pid namespaces at the same time: this test's inits are told
+        // from theirs by a variable in the environment they inherit from the CLI.
+        let tag = "MITOSIS_TEST_RUN=\(UInt64.random(in: 1...UInt64.max))"
         for (delay, pidns) in [(0, false), (10, false), (40, false), (100, false), (200, false), (350, false), (600, false), (1000, false),
                                (20, true), (100, true), (250, true), (500, true), (800, true), (1200, true)] {
-            let run = try ToolRun.start(ToolRun.mitosis, ["restore", image] + (pidns ? ["--pidns"] : []))
+            let run = try ToolRun.start(ToolRun.mitosis, ["restore", image] + (pidns ? ["--pidns"] : []), prefix: ["/usr/bin/env", tag])
             try await Task.sleep(for: .milliseconds(delay + 30))  // the CLI takes some 30 ms to start
-            // This restore's init, if it made one yet (other work on this host may run restores too).
-            let inits = RestorePidNamespaceTests.namespaceInits().filter { Self.stat($0)?.ppid == run.pid }
             run.signal(SIGKILL)
             let exit = ChildProcess.exitCode(of: try await Blocking.run { run.wait() })
             try await Task.sleep(for: .milliseconds(100))
@@ -171,7 +174,7 @@ extension TreeRestoreTests {
                 interrupted += 1
             }
             let deadline = ContinuousClock.now + .seconds(5)
-            func initsLeft() -> [Int32] { inits.filter { Self.stat($0).map { $0.state != "Z" } ?? false } }
+            func initsLeft() -> [Int32] { RestorePidNamespaceTests.namespaceInits(tagged: tag) }
             while !(Self.members(pids, pidns: pidns).isEmpty && initsLeft().isEmpty), ContinuousClock.now < deadline {
                 try await Task.sleep(for: .milliseconds(10))
             }
