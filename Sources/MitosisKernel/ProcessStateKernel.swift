@@ -9,6 +9,8 @@ extension SyscallNumber {
     package static let setitimer = Int(SYS_setitimer)
     package static let setpgid = Int(SYS_setpgid)
     package static let setsid = Int(SYS_setsid)
+    package static let getpgid = Int(SYS_getpgid)
+    package static let getsid = Int(SYS_getsid)
     /// Process trees: a restored parent reaps a child husk that failed; a child takes an open
     /// file description another process holds.
     package static let wait4 = Int(SYS_wait4)

@@ -120,36 +120,11 @@ public struct Restorer: Sendable {
         plan.newPidNamespace = inNewPidNamespace
         let pid = manifest.pid
         // Where the husk is born, checked before anything exists.
-        let networkNamespace = try networkNamespace.map { given throws(RestoreError) in
-            (given, HuskPlacementPlan.networkNamespacePath(given), try HuskPlacementPlan.openNetworkNamespace(given))
-        }
-        defer { networkNamespace.map { Kernel.closeDescriptor($0.2) } }
-        let (clocks, monotonicJump) = try HuskPlacementPlan.clocks(record, choice: timeNamespace)
-        plan.timeNamespace = clocks != nil
-        let placement = HuskPlacement(networkNamespace: networkNamespace?.2, clocks: clocks.map { ($0.monotonic, $0.boottime) })
-        let tracer: Tracer
-        var namespace: (initPid: Int32, control: FileDescriptor)?
-        var offsets: TimeNamespaceOffsets?
-        do {
-            if inNewPidNamespace {
-                let spawned = try await Tracer.spawnHuskInNewPidNamespace(pid: pid, placement: placement)
-                tracer = spawned.tracer
-                namespace = (spawned.initPid, spawned.control)
-                offsets = spawned.offsets
-            } else {
-                (tracer, offsets) = try await Tracer.spawnHusk(pid: pid, placement: placement)
-            }
-        } catch Errno.fileExists {
-            throw RestoreError.pidTaken(pid, holder: Self.describeHolder(pid))
-        } catch Errno.invalidArgument {
-            throw RestoreError.pidOutOfRange(pid)
-        } catch let error as HuskPlacement.Failure {
-            throw RestoreError.failed(step: "creating the husk with pid \(pid)", detail: "\(error)")
-        } catch let error as Errno {
-            throw RestoreError.failed(step: "creating the husk with pid \(pid) (clone3 with set_tid)", detail: "\(error)")
-        } catch {
-            throw RestoreError.failed(step: "creating the husk with pid \(pid)", detail: "\(error)")
-        }
+        let placement = try RestorePlacement(networkNamespace: networkNamespace, record: record, timeNamespace: timeNamespace)
+        defer { placement.close() }
+        plan.timeNamespace = placement.clocks != nil
+        let husk = try await placement.spawnHusk(pid: pid, inNewPidNamespace: inNewPidNamespace)
+        let (tracer, namespace, offsets) = (husk.tracer, husk.namespace, husk.offsets)
         let huskReady = clock.now
         var segments: SharedMemorySegments?
         do {
@@ -160,25 +135,18 @@ public struct Restorer: Sendable {
             // nft started now, in the namespace the connections are restored in, for `finish`
             // (a later image of a warm clone may have connections where this one has none: its
             // finish starts nft then).
-            let lockNamespace = networkNamespace?.1
+            let lockNamespace = placement.networkNamespace?.path
             let hasConnections = !(record.connections ?? []).isEmpty
             let readyLock = networkLock && hasConnections
                 ? try? await Blocking.run("mitosis-network-lock") { try NetworkLock(namespacePath: lockNamespace) } : nil
-            let time = offsets.map {
-                RestoredTimeNamespace(monotonicOffset: $0.monotonic, boottimeOffset: $0.boottime,
-                                      monotonicJumpSeconds: Double(monotonicJump.components.seconds)
-                                          + Double(monotonicJump.components.attoseconds) / 1e18)
-            }
+            let time = placement.timeNamespace(offsets)
             return PreparedProcess(image: image, tracer: tracer, area: area, plan: plan, namespace: namespace,
-                                   placement: .init(networkNamespace: networkNamespace?.0, lockNamespace: lockNamespace, time: time),
+                                   placement: .init(networkNamespace: placement.networkNamespace?.given, lockNamespace: lockNamespace, time: time),
                                    segments: segments, networkLock: networkLock, readyLock: readyLock, phases: phases)
         } catch {
             await tracer.killHusk()
             segments?.removeCreated()
-            if let namespace {
-                try? namespace.control.close()
-                Kernel.reap(namespace.initPid)
-            }
+            husk.endNamespace()
             if let failure = error as? StepFailure { throw RestoreError.failed(step: failure.step, detail: failure.detail) }
             throw RestoreError.failed(step: "restoring", detail: "\(error)")
         }

@@ -25,6 +25,12 @@ public struct TreeRestorer: Sendable {
     public let image: TreeImage
     public let chains: [CheckpointChain]
     public var networkLock = true
+    /// The network namespace to restore the tree into (`Restorer.networkNamespace`): the root's
+    /// husk is born there, and every other member inside its parent, so there too.
+    public var networkNamespace: String?
+    /// When the tree gets a time namespace of its own (`Restorer.timeNamespace`), decided on the
+    /// root's clocks: every member is born in it.
+    public var timeNamespace = TimeNamespaceChoice.auto
 
     public init(image: TreeImage) throws(ImageError) {
         self.image = image
@@ -72,7 +78,8 @@ public struct TreeRestorer: Sendable {
     }
 
     /// What member `index` takes from earlier members and creates for later ones.
-    func links(_ index: Int, pool: DescriptionPool) -> TreeLinks {
+    /// `hosts`: each member's pid as this process sees it (another inside a new pid namespace).
+    func links(_ index: Int, pool: DescriptionPool, hosts: [Int32: Int32] = [:]) -> TreeLinks {
         let manifests = image.members.map(\.manifest)
         let me = manifests[index]
         var links = TreeLinks(pool: pool)
@@ -128,7 +135,7 @@ public struct TreeRestorer: Sendable {
             if shared.owner == me.pid { links.exports.insert(TreeLinks.fileKey(shared.owner, shared.ownerFd)) }
         }
         for shared in manifest.sharedMemory where shared.pid == me.pid {
-            if let owner = ownerMapping(shared) { links.sharedMemory[shared.start] = (shared.owner, owner.start, owner.end) }
+            if let owner = ownerMapping(shared) { links.sharedMemory[shared.start] = (hosts[shared.owner] ?? shared.owner, owner.start, owner.end) }
         }
         return links
     }
@@ -137,16 +144,24 @@ public struct TreeRestorer: Sendable {
         manifest.descriptors?.contains { $0.inode == inode } == true
     }
 
-    /// Restores the tree. `verify`, if given, runs for each member (its pid) once every member
-    /// is complete but before any runs; throwing from it kills the whole tree.
-    public func restore(verify: (@Sendable (Int32) throws -> Void)? = nil) async throws -> TreeRestoreResult {
+    /// Restores the tree. `verify`, if given, runs for each member (its pid as this host sees
+    /// it) once every member is complete but before any runs; throwing from it kills the whole
+    /// tree. With `inNewPidNamespace` the tree is restored inside a new pid namespace, the
+    /// root a child of its init (`Restorer.restore`): every member has its pid there.
+    public func restore(inNewPidNamespace: Bool = false, verify: (@Sendable (Int32) throws -> Void)? = nil) async throws -> TreeRestoreResult {
         let clock = ContinuousClock()
         let started = clock.now
         let refusals = self.refusals()
-        guard refusals.isEmpty else { throw RestoreError.refused(image: image.path, refusals) }
+        guard refusals.isEmpty, let rootRecord = image.members.first?.manifest.restore else { throw RestoreError.refused(image: image.path, refusals) }
         let members = manifest.members
         let manifests = image.members.map(\.manifest)
-        // The restore's own lock first, then the ones the dump left: never a moment unlocked.
+        // Where the root's husk is born, checked before anything exists; the others are born in it.
+        let placement = try RestorePlacement(networkNamespace: networkNamespace, record: rootRecord, timeNamespace: timeNamespace)
+        defer { placement.close() }
+        let lockNamespace = placement.networkNamespace?.path
+        // The restore's own lock now; the ones the dump left are lifted only once every member
+        // is ready to run (or the restore failed): a restore killed before keeps them, as one
+        // process's does, and the connections stay locked for the next.
         let records = manifests.compactMap(\.restore)
         let connections = records.flatMap { ($0.connections ?? []).map { ($0.connection.family, $0.connection.local, $0.connection.remote) } }
         let held = records.compactMap(\.networkLockTable)
@@ -154,30 +169,29 @@ public struct TreeRestorer: Sendable {
         let lock: NetworkLock?
         do {
             lock = try await Blocking.run("mitosis-network-lock") { () throws -> NetworkLock? in
-                let lock = networkLock && !connections.isEmpty ? try NetworkLock(connections) : nil
-                for table in held { try NetworkLock.remove(table) }
-                return lock
+                networkLock && !connections.isEmpty ? try NetworkLock(connections, namespacePath: lockNamespace) : nil
             }
         } catch {
             throw RestoreError.failed(step: "locking the network for \(connections.count) TCP connection(s)", detail: "\(error)")
         }
         defer { lock?.release() }
+        @Sendable func liftHeldLocks() throws {
+            for table in held { try NetworkLock.remove(table, namespacePath: lockNamespace) }
+        }
 
-        let pool = DescriptionPool()
+        let pool: DescriptionPool
+        do { pool = try DescriptionPool(forNewPidNamespace: inNewPidNamespace) } catch {
+            throw RestoreError.failed(step: "opening a pidfd of this process for the husks", detail: "\(error)")
+        }
         defer { pool.close() }
-        var tracers: [Int32: Tracer] = [:]
+        let root = try await placement.spawnHusk(pid: manifest.root, inNewPidNamespace: inNewPidNamespace)
+        var tracers: [Int32: Tracer] = [manifest.root: root.tracer]
         var built: [Int32: BuiltProcess] = [:]
         defer { for process in built.values { for pending in process.connections { try? pending.copy.close() } } }
         var notes: [String] = []
         var results: [RestoreResult] = []
         var step = "creating the husk of process \(manifest.root)"
         do {
-            do {
-                tracers[manifest.root] = try await Tracer.spawnHusk(pid: manifest.root).tracer
-            } catch Errno.fileExists {
-                throw RestoreError.pidTaken(manifest.root, holder: Restorer.describeHolder(manifest.root))
-            }
-            let huskReady = clock.now
             // Top-down: a member's session first, then its children, born into it.
             for member in members {
                 guard let tracer = tracers[member.pid] else { throw StepFailure(step: step, detail: "process \(member.pid) has no husk") }
@@ -198,11 +212,13 @@ public struct TreeRestorer: Sendable {
                 notes += try await tracers[member.pid]!.restoreGroup(member, inTree: pids.contains(member.processGroup))
             }
             let husks = Restorer.milliseconds(clock.now - started)
-            _ = huskReady
+            let hosts = tracers.mapValues(\.pid)
             for (index, member) in members.enumerated() {
                 step = "restoring process \(member.pid)"
                 var plan = RestorePlan(manifest: manifests[index], record: manifests[index].restore!)
-                plan.tree = links(index, pool: pool)
+                plan.newPidNamespace = inNewPidNamespace
+                plan.timeNamespace = placement.clocks != nil
+                plan.tree = links(index, pool: pool, hosts: hosts)
                 var process = try await tracers[member.pid]!.buildProcess(plan, chain: chains[index])
                 process.timings["husk"] = index == 0 ? husks : 0
                 built[member.pid] = process
@@ -211,21 +227,38 @@ public struct TreeRestorer: Sendable {
             if let verify {
                 for member in members {
                     step = "verifying process \(member.pid) before resuming"
-                    do { try verify(member.pid) } catch { throw StepFailure(step: "the check failed", detail: "\(error)") }
+                    do { try verify(hosts[member.pid]!) } catch { throw StepFailure(step: "the check failed", detail: "\(error)") }
                 }
             }
-            // Children first: a parent that runs finds its children complete.
+            // Every member made ready (registers) while all are held; then all are let go in one
+            // go, children first (a parent that runs finds its children complete), their
+            // connections out of repair mode just before: a Mitosis killed before this point
+            // leaves no member and no connection reset, one killed within it at most the
+            // members already let go.
             for member in members.reversed() {
                 step = "resuming process \(member.pid)"
                 var process = built[member.pid]!
-                try await tracers[member.pid]!.finishProcess(&process, verify: nil)
+                try await tracers[member.pid]!.finishProcess(&process, verify: nil, thaw: false)
                 built[member.pid] = process
                 notes += process.notes.map { "process \(member.pid): \($0)" }
             }
+            step = "lifting the network lock the dump left"
+            try await Blocking.run("mitosis-network-lock") { try liftHeldLocks() }
+            for member in members.reversed() {
+                step = "letting process \(member.pid) go"
+                try await tracers[member.pid]!.releaseProcess(built[member.pid]!)
+            }
+            // The init may now reap and end once the restored processes have.
+            root.releaseNamespace()
+            let time = placement.timeNamespace(root.offsets)
             for (index, member) in members.enumerated() {
                 let process = built[member.pid]!
                 results.append(RestoreResult(pid: member.pid, threads: manifests[index].threads.count, descriptors: manifests[index].descriptors?.count ?? 0,
-                                             restoreMilliseconds: Restorer.milliseconds(clock.now - started), phases: process.timings, notes: process.notes))
+                                             restoreMilliseconds: Restorer.milliseconds(clock.now - started),
+                                             hostPid: inNewPidNamespace ? hosts[member.pid] : nil,
+                                             namespaceInitPid: member.pid == manifest.root ? root.namespace?.initPid : nil,
+                                             phases: process.timings, networkNamespace: placement.networkNamespace?.given,
+                                             timeNamespace: time, notes: process.notes))
             }
         } catch {
             // Deepest first, each reaped by its parent's husk; the root last, reaped here.
@@ -234,9 +267,12 @@ public struct TreeRestorer: Sendable {
                 if member.pid == manifest.root {
                     await tracer.killHusk()
                 } else if let parent = tracers[member.parent] {
-                    await tracer.killChildHusk(parent: parent)
+                    await tracer.killChildHusk(parent: parent, pidInParent: member.pid)
                 }
             }
+            root.endNamespace()
+            // Its clients then see a reset rather than a connection hanging for ever.
+            try? await Blocking.run("mitosis-network-lock") { try liftHeldLocks() }
             if let failure = error as? RestoreError { throw failure }
             if let failure = error as? StepFailure { throw RestoreError.failed(step: "\(step): \(failure.step)", detail: failure.detail) }
             throw RestoreError.failed(step: step, detail: "\(error)")

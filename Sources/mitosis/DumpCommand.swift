@@ -29,7 +29,7 @@ struct DumpCommand: AsyncParsableCommand {
 
     @Argument(help: "The process id.") var pid: String
     @Option(help: "The image directory to create (must not exist; its parent is created, mode 0700, if missing).") var images: String
-    @Option(help: "An earlier image of the same process to build an incremental checkpoint on.") var parent: String?
+    @Option(help: "An earlier image of the same process to build an incremental checkpoint on (with --tree, an earlier tree image of the same tree).") var parent: String?
     @Option(help: "Dirty tracking: \(TrackOption.allCases.map(\.rawValue).joined(separator: ", ")).") var track: TrackOption = .auto
     @Flag(help: "Kill the process once the image is committed.") var kill = false
     @Flag(help: "Checkpoint the process and all its descendants into one tree image (restored as a tree).") var tree = false
@@ -44,7 +44,7 @@ struct DumpCommand: AsyncParsableCommand {
     func run() async throws {
         let pid = targetPID(pid, forTracing: true)
         do {
-            let base: CheckpointParent? = try parent.map { path in
+            let base: CheckpointParent? = tree ? nil : try parent.map { path in
                 .image(try CheckpointImage.open(path), path: relativePath(from: images, to: path))
             }
             let container = try DirectorySink.container(of: images)
@@ -55,8 +55,8 @@ struct DumpCommand: AsyncParsableCommand {
             options.moveConnections = kill
             options.copyNonDumpable = force
             if tree {
-                guard parent == nil else { throw ValidationError("--tree takes no --parent: tree images are full checkpoints") }
-                let result = try await TreeCheckpoint.dump(root: pid, to: images, options: options, kill: kill)
+                let base = try parent.map { path in (image: try TreeImage.open(path), path: relativePath(from: images, to: path)) }
+                let result = try await TreeCheckpoint.dump(root: pid, to: images, options: options, kill: kill, parent: base)
                 if json {
                     print(try JSONOutput.string(result.members.map { CheckpointSummary($0, path: images + "/\($0.manifest.pid)") }))
                 } else {

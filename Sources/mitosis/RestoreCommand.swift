@@ -57,10 +57,7 @@ struct RestoreCommand: AsyncParsableCommand {
             } else {
                 let host = result.hostPid.map { " (pid \($0) on this host, in a new pid namespace)" } ?? ""
                 print("restored process \(result.pid)\(host) (\(result.threads) threads, \(result.descriptors) descriptors) from \(image) in \(String(format: "%.1f", result.restoreMilliseconds)) ms")
-                if let namespace = result.networkNamespace { print("  in network namespace \(namespace)") }
-                if let time = result.timeNamespace {
-                    print("  in a time namespace of its own: its clocks continue from the checkpoint's (monotonic offset \(Self.seconds(time.monotonicOffset)) s, boottime offset \(Self.seconds(time.boottimeOffset)) s; without it the monotonic clock would have jumped \(String(format: "%.3f", time.monotonicJumpSeconds)) s)")
-                }
+                for line in Self.placementLines(result) { print(line) }
                 for note in result.notes { print("  note: \(note)") }
             }
         } catch let exit as ExitCode {
@@ -88,19 +85,31 @@ struct RestoreCommand: AsyncParsableCommand {
             if !refusals.isEmpty { throw ExitCode(1) }
             return
         }
-        if pidns || netns != nil || timens == .on {
-            throw ValidationError("--pidns, --netns and --timens on are not supported for process trees yet")
-        }
-        let result = try await restorer.restore()
+        restorer.networkNamespace = netns
+        restorer.timeNamespace = timens
+        let result = try await restorer.restore(inNewPidNamespace: pidns)
         if json {
             print(try JSONOutput.string(result))
         } else {
-            print("restored process tree of \(result.root) (\(result.members.count) processes: \(members)) from \(image) in \(String(format: "%.1f", result.restoreMilliseconds)) ms")
+            let space = pidns ? ", in a new pid namespace" : ""
+            print("restored process tree of \(result.root) (\(result.members.count) processes: \(members)\(space)) from \(image) in \(String(format: "%.1f", result.restoreMilliseconds)) ms")
             for (member, restored) in zip(restorer.manifest.members, result.members) {
-                print("  process \(restored.pid) (parent \(member.parent), session \(member.session), group \(member.processGroup)): \(restored.threads) threads, \(restored.descriptors) descriptors")
+                let host = restored.hostPid.map { ", pid \($0) on this host" } ?? ""
+                print("  process \(restored.pid) (parent \(member.parent), session \(member.session), group \(member.processGroup)\(host)): \(restored.threads) threads, \(restored.descriptors) descriptors")
             }
+            for line in result.members.first.map(Self.placementLines) ?? [] { print(line) }
             for note in result.notes { print("  note: \(note)") }
         }
+    }
+
+    /// Where a restored process lives, when not simply here: its network and time namespaces.
+    static func placementLines(_ result: RestoreResult) -> [String] {
+        var lines: [String] = []
+        if let namespace = result.networkNamespace { lines.append("  in network namespace \(namespace)") }
+        if let time = result.timeNamespace {
+            lines.append("  in a time namespace of its own: its clocks continue from the checkpoint's (monotonic offset \(seconds(time.monotonicOffset)) s, boottime offset \(seconds(time.boottimeOffset)) s; without it the monotonic clock would have jumped \(String(format: "%.3f", time.monotonicJumpSeconds)) s)")
+        }
+        return lines
     }
 
     /// A time offset in seconds, to the microsecond.

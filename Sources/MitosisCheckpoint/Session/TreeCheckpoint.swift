@@ -20,7 +20,12 @@ public enum TreeCheckpoint {
 
     /// Checkpoints the tree of `root` into the new tree image `path`. `afterMember` runs after
     /// each member's checkpoint (tests use it to change the tree mid-dump).
+    ///
+    /// With `parent`, an earlier tree image of the same tree (`path`: where it is, relative to the
+    /// new one), each member that has an image there gets an incremental checkpoint over it (pages
+    /// whose bytes equal that image's chain are inherited); a member that is new gets a full one.
     public static func dump(root: Int32, to path: String, options: CheckpointOptions = CheckpointOptions(), kill: Bool = false,
+                            parent: (image: TreeImage, path: String)? = nil,
                             afterMember: (@Sendable (Int32) async -> Void)? = nil) async throws -> Result {
         let pids = Kernel.processTree(root: root)  // parents before their children
         guard pids.first == root else { throw MitosisError.noSuchProcess(root) }
@@ -36,8 +41,12 @@ public enum TreeCheckpoint {
                     throw memberFailure(error, root: root, pid: pid)
                 }
                 sessions.append(session)
+                // A member's image sits one level inside its tree image, as in the parent's.
+                let base = parent.flatMap { parent in
+                    parent.image.members.first { $0.manifest.pid == pid }.map { CheckpointParent.image($0, path: "../\(parent.path)/\(pid)") }
+                }
                 do {
-                    results.append(try await session.checkpoint(to: DirectorySink(directory: writer.memberPath(pid))))
+                    results.append(try await session.checkpoint(to: DirectorySink(directory: writer.memberPath(pid)), parent: base))
                 } catch {
                     throw memberFailure(error, root: root, pid: pid)
                 }
@@ -68,7 +77,10 @@ public enum TreeCheckpoint {
             if kill {
                 // The root first: a parent that outlived its children could react to their deaths
                 // (a server master respawning workers).
-                for session in sessions { try await session.killTarget() }
+                for session in sessions {
+                    // A member that exited since its checkpoint is as the kill would leave it.
+                    do { try await session.killTarget() } catch MitosisError.targetExited {}
+                }
             } else {
                 for session in sessions { await session.stop() }
             }

@@ -42,7 +42,7 @@ extension Tracer {
                 continue
             }
             if let key = imported[descriptor.fd], let links {
-                let taken = try importDescription(key, for: descriptor.fd, pool: links.pool)
+                let taken = try importDescription(key, for: descriptor.fd, pool: links.pool, area: area)
                 let cloexec = UInt64(descriptor.flags & UInt32(Linux.O_CLOEXEC))
                 if taken != UInt64(descriptor.fd) {
                     try huskCall("moving fd \(taken) to \(descriptor.fd)", SyscallNumber.dup3, [taken, UInt64(descriptor.fd), cloexec])

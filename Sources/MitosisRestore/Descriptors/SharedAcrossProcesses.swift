@@ -42,9 +42,20 @@ struct TreeLinks: Sendable {
 /// Open file descriptions created in one husk for another, held by Mitosis in between
 /// (`pidfd_getfd` from the creator; the taker gets it by an injected `pidfd_getfd` of Mitosis's
 /// copy). Used from the tree's one tracer thread; closed once the tree is restored or killed.
+///
+/// Inside a new pid namespace Mitosis has no pid a husk could `pidfd_open`: the husk opens
+/// instead Mitosis's own pidfd through this host's `/proc/MITOSIS/fd/N` (the husk shares
+/// Mitosis's mount namespace, whose `/proc` shows this host's pids), which pidfs (Linux 6.9+)
+/// lets open as a pidfd again.
 final class DescriptionPool: @unchecked Sendable {
     private var held: [String: FileDescriptor] = [:]
     private let lock = NSLock()
+    /// Mitosis's own pidfd, for husks in a new pid namespace; nil outside one.
+    let ownPidfd: FileDescriptor?
+
+    init(forNewPidNamespace: Bool = false) throws {
+        ownPidfd = forNewPidNamespace ? try Kernel.pidfdOpen(Kernel.currentProcessID()) : nil
+    }
 
     /// Keeps a copy of descriptor `fd` of process `pid` under `key`.
     func take(_ key: String, from pid: Int32, fd: Int32) throws {
@@ -64,16 +75,24 @@ final class DescriptionPool: @unchecked Sendable {
             for fd in held.values { try? fd.close() }
             held.removeAll()
         }
+        try? ownPidfd?.close()
     }
 }
 
 extension Tracer {
     /// Takes the description `key` from Mitosis's pool into the husk: injected `pidfd_open` of
     /// Mitosis and `pidfd_getfd` of its copy. Returns the husk's new descriptor.
-    func importDescription(_ key: String, for fd: Int32, pool: DescriptionPool) throws -> UInt64 {
+    func importDescription(_ key: String, for fd: Int32, pool: DescriptionPool, area: WorkArea) throws -> UInt64 {
         let step = "taking fd \(fd) (\(key)) from the member that created it"
         guard let local = pool.descriptor(key) else { throw StepFailure(step: step, detail: "no member created it") }
-        let pidfd = try huskCall(step + ": pidfd_open", SyscallNumber.pidfd_open, [UInt64(Kernel.currentProcessID()), 0])
+        let pidfd: UInt64
+        if let own = pool.ownPidfd {
+            let path = "/proc/\(Kernel.currentProcessID())/fd/\(own.rawValue)"
+            pidfd = try huskCall(step + ": opening Mitosis's pidfd at \(path) (a pidfd opened again through /proc needs pidfs, Linux 6.9+)", SyscallNumber.openat,
+                                 [UInt64(bitPattern: -100), try huskText(path, area: area), UInt64(Linux.O_RDONLY | Linux.O_CLOEXEC), 0])
+        } else {
+            pidfd = try huskCall(step + ": pidfd_open", SyscallNumber.pidfd_open, [UInt64(Kernel.currentProcessID()), 0])
+        }
         let taken = Result { try huskCall(step + ": pidfd_getfd", SyscallNumber.pidfd_getfd, [pidfd, UInt64(local.rawValue), 0]) }
         try huskCall(step + ": close", SyscallNumber.close, [pidfd])
         return try taken.get()

@@ -131,16 +131,29 @@ extension Tracer {
     }
 
     /// Runs `verify` on the complete process, takes its connections out of repair mode, puts
-    /// its registers back and lets it run (`resume`).
-    func finishProcess(_ built: inout BuiltProcess, verify: (@Sendable (Int32) throws -> Void)?) throws {
+    /// its registers back and lets it run (`resume`); with `thaw` false its registers are put
+    /// back but it stays held with its connections in repair mode, ready for `releaseProcess`.
+    func finishProcess(_ built: inout BuiltProcess, verify: (@Sendable (Int32) throws -> Void)?, thaw: Bool = true) throws {
         var clock = PhaseClock()
         if let verify {
             do { try verify(pid) } catch { throw StepFailure(step: "verifying before resuming", detail: "\(error)") }
         }
-        // Repair mode off last, once the process is complete: its connections start talking.
-        try finishConnections(built.connections)
-        try resumeThreads(built.plan)
+        if thaw {
+            // Repair mode off last, once the process is complete: its connections start talking.
+            try finishConnections(built.connections)
+            try resumeThreads(built.plan)
+        } else {
+            try resumeThreads(built.plan, thaw: false)
+        }
         clock.end("resume")
         built.timings.merge(clock.timings, uniquingKeysWith: { _, b in b })
+    }
+
+    /// Lets a process `finishProcess(thaw: false)` made ready go: its connections out of repair
+    /// mode, then the thaw. A tree does this for every member at the end, so that a member's
+    /// connections do not start talking while a Mitosis killed could still take it down.
+    func releaseProcess(_ built: BuiltProcess) throws {
+        try finishConnections(built.connections)
+        thaw()
     }
 }

@@ -1,6 +1,7 @@
 import MitosisImage
 import MitosisKernel
 import MitosisModel
+import MitosisTrace
 import SystemPackage
 
 /// When a restored process gets a time namespace of its own (`Restorer.timeNamespace`).
@@ -72,5 +73,85 @@ struct HuskPlacementPlan {
         let tolerance = TimeNamespaceChoice.tolerance.components.seconds * 1_000_000_000
         let jumps = choice == .on || abs(monotonicJump) > tolerance || abs(boottimeJump) > tolerance
         return (jumps ? clocks : nil, .nanoseconds(monotonicJump))
+    }
+}
+
+/// Where a restore puts its first husk, decided and checked before anything exists: the network
+/// namespace (opened, and checked to be one) and the clocks of a time namespace of its own. One
+/// process and a tree's root go through it alike (a tree's other members are born inside their
+/// parents, in the same namespaces).
+struct RestorePlacement {
+    /// The network namespace as given (a name or a path), its path for `nft`, its open file.
+    let networkNamespace: (given: String, path: String, file: FileDescriptor)?
+    /// The clocks the process's time namespace continues from; nil: none of its own.
+    let clocks: RestoreRecord.Clocks?
+    let monotonicJump: Duration
+
+    init(networkNamespace given: String?, record: RestoreRecord, timeNamespace choice: TimeNamespaceChoice) throws(RestoreError) {
+        let file = try given.map { given throws(RestoreError) in try HuskPlacementPlan.openNetworkNamespace(given) }
+        networkNamespace = given.map { ($0, HuskPlacementPlan.networkNamespacePath($0), file!) }
+        do {
+            (clocks, monotonicJump) = try HuskPlacementPlan.clocks(record, choice: choice)
+        } catch {
+            file.map { Kernel.closeDescriptor($0) }
+            throw error
+        }
+    }
+
+    var husk: HuskPlacement { HuskPlacement(networkNamespace: networkNamespace?.file, clocks: clocks.map { ($0.monotonic, $0.boottime) }) }
+
+    /// Closes the network namespace file (the husk, once born, holds its namespace itself).
+    func close() { networkNamespace.map { Kernel.closeDescriptor($0.file) } }
+
+    /// What the restore reports of the husk's time namespace, from the offsets it was born with.
+    func timeNamespace(_ offsets: TimeNamespaceOffsets?) -> RestoredTimeNamespace? {
+        offsets.map {
+            RestoredTimeNamespace(monotonicOffset: $0.monotonic, boottimeOffset: $0.boottime,
+                                  monotonicJumpSeconds: Double(monotonicJump.components.seconds)
+                                      + Double(monotonicJump.components.attoseconds) / 1e18)
+        }
+    }
+
+    /// Creates the husk with `pid` where this placement says, inside a new pid namespace under
+    /// its init when asked: each failure one `RestoreError` (a taken pid names its holder).
+    func spawnHusk(pid: Int32, inNewPidNamespace: Bool) async throws(RestoreError) -> PlacedHusk {
+        let placement = husk
+        do {
+            if inNewPidNamespace {
+                let spawned = try await Tracer.spawnHuskInNewPidNamespace(pid: pid, placement: placement)
+                return PlacedHusk(tracer: spawned.tracer, namespace: (spawned.initPid, spawned.control), offsets: spawned.offsets)
+            }
+            let (tracer, offsets) = try await Tracer.spawnHusk(pid: pid, placement: placement)
+            return PlacedHusk(tracer: tracer, namespace: nil, offsets: offsets)
+        } catch Errno.fileExists {
+            throw RestoreError.pidTaken(pid, holder: Restorer.describeHolder(pid))
+        } catch Errno.invalidArgument {
+            throw RestoreError.pidOutOfRange(pid)
+        } catch let error as HuskPlacement.Failure {
+            throw RestoreError.failed(step: "creating the husk with pid \(pid)", detail: "\(error)")
+        } catch let error as Errno {
+            throw RestoreError.failed(step: "creating the husk with pid \(pid) (clone3 with set_tid)", detail: "\(error)")
+        } catch {
+            throw RestoreError.failed(step: "creating the husk with pid \(pid)", detail: "\(error)")
+        }
+    }
+}
+
+/// A restore's first husk, and the init of its new pid namespace when it has one.
+struct PlacedHusk {
+    let tracer: Tracer
+    /// The init (pid 1 there, this process's child) and its control pipe: closing the pipe lets
+    /// the init reap what is left and end with its last child.
+    let namespace: (initPid: Int32, control: FileDescriptor)?
+    let offsets: TimeNamespaceOffsets?
+
+    /// Lets the namespace's init go: it ends once the restored processes have.
+    func releaseNamespace() { try? namespace?.control.close() }
+
+    /// For a restore that failed: the init, told to end, is reaped (the husks are killed first).
+    func endNamespace() {
+        guard let namespace else { return }
+        try? namespace.control.close()
+        Kernel.reap(namespace.initPid)
     }
 }

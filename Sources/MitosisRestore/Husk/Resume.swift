@@ -7,8 +7,9 @@ import SystemPackage
 /// Phase 6: registers, pending signals, and the thaw.
 extension Tracer {
     /// Registers each thread's rseq area again, puts back registers (with interrupted system
-    /// calls set to restart), extended state and signal mask, and detaches.
-    func resumeThreads(_ plan: RestorePlan) throws {
+    /// calls set to restart), extended state and signal mask, and detaches (unless `thaw` is
+    /// false: a tree detaches all its members together, once each is ready).
+    func resumeThreads(_ plan: RestorePlan, thaw: Bool = true) throws {
         for state in plan.manifest.threads {
             if let rseq = state.rseq {
                 try huskCall("registering rseq of thread \(state.tid)", SyscallNumber.rseq,
@@ -30,7 +31,7 @@ extension Tracer {
         // Images without queued signals (`queueSignals`) name only which signals were pending:
         // each is sent again once, without its siginfo. They wait, blocked or not, for the thaw.
         if plan.record.processState == nil { try resendPendingSignals(plan) }
-        thaw()
+        if thaw { self.thaw() }
     }
 
     func resendPendingSignals(_ plan: RestorePlan) throws {

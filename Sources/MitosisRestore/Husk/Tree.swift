@@ -19,7 +19,7 @@ extension Tracer {
     /// Joins the member's process group: its own (`setpgid(0, 0)`), another member's, or one
     /// outside the tree if it still exists in this session. Returns a note when it could not.
     func restoreGroup(_ member: TreeManifest.Member, inTree: Bool) throws -> [String] {
-        let mine = try? Kernel.processGroupAndSession(pid)
+        let mine = ownGroupAndSession()
         var notes: [String] = []
         if mine?.group != member.processGroup {
             if member.processGroup == member.pid {
@@ -32,9 +32,16 @@ extension Tracer {
                 }
             }
         }
-        if let session = try? Kernel.processGroupAndSession(pid).session, session != member.session {
+        if let session = ownGroupAndSession()?.session, session != member.session {
             notes.append("process \(member.pid): session \(member.session) is not the restorer's; it is in session \(session)")
         }
         return notes
+    }
+
+    /// The husk's process group and session as it sees them (`getpgid`, `getsid` injected):
+    /// inside a new pid namespace they are the namespace's ids, as the image's are.
+    private func ownGroupAndSession() -> (group: Int32, session: Int32)? {
+        guard let group = try? performSyscall(SyscallNumber.getpgid, [0]), let session = try? performSyscall(SyscallNumber.getsid, [0]) else { return nil }
+        return (Int32(truncatingIfNeeded: group), Int32(truncatingIfNeeded: session))
     }
 }

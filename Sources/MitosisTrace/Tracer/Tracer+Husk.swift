@@ -143,30 +143,47 @@ extension Tracer {
         seizeOptions |= Ptrace.traceForkOption
         try Ptrace.setOptions(pid, seizeOptions)
         let created = Int32(truncatingIfNeeded: try performSyscall(SyscallNumber.clone3, [page, UInt64(CloneArguments.size)]))
+        // Inside a new pid namespace `clone3` answers the child's pid there; ptrace and /proc here
+        // need the one this process sees.
+        var host = created
         do throws(Errno) {
             guard created == child else { throw Errno.invalidArgument }
+            host = try hostPid(ofChild: child)
             while true {
-                guard let event = try Ptrace.wait(child) else { continue }
+                guard let event = try Ptrace.wait(host) else { continue }
                 if case .eventStop = event { break }
                 if case .signalStop = event { break }
                 throw Errno.noSuchProcess
             }
         } catch {
-            _ = try? Kernel.sendSignal(pid: created, Linux.SIGKILL)
+            _ = try? Kernel.sendSignal(pid: host, Linux.SIGKILL)
             throw MitosisError.system(operation: "holding the new husk \(child)", errno: error)
         }
-        return Tracer(pid: child, stopTimeout: .seconds(5), executor: executor, ownsExecutor: false,
-                      threads: [SeizedThread(pid: child, tid: child, groupStopSignal: nil)], seizeOptions: seizeOptions)
+        return Tracer(pid: host, stopTimeout: .seconds(5), executor: executor, ownsExecutor: false,
+                      threads: [SeizedThread(pid: host, tid: host, groupStopSignal: nil)], seizeOptions: seizeOptions)
+    }
+
+    /// The pid this process sees for the husk's child whose pid in the husk's own pid namespace
+    /// is `child` (the last `NSpid` of its status): the same pid outside a new namespace.
+    private func hostPid(ofChild child: Int32) throws(Errno) -> Int32 {
+        let listed = (try? Kernel.readFile("/proc/\(pid)/task/\(pid)/children")).map { String(decoding: $0, as: UTF8.self) } ?? ""
+        for candidate in listed.split(separator: " ").compactMap({ Int32($0) }) {
+            guard let status = try? Kernel.readFile("/proc/\(candidate)/status") else { continue }
+            let ids = ProcStatus(parsing: String(decoding: status, as: UTF8.self))["NSpid"]?.split(separator: "\t")
+            if ids?.last.flatMap({ Int32($0) }) == child { return candidate }
+        }
+        throw Errno.noSuchProcess
     }
 
     /// Kills this husk, a child of another husk (`parent`, still held): the tracer collects its
     /// end, then the parent reaps it by an injected `wait4` so that no zombie is left for init.
-    package func killChildHusk(parent: Tracer) async {
+    /// `pidInParent` is its pid as the parent sees it (another than `pid` in a new pid namespace).
+    package func killChildHusk(parent: Tracer, pidInParent: Int32) async {
         _ = try? Kernel.sendSignal(pid: pid, Linux.SIGKILL)
         for thread in threads where thread.tid != pid { Kernel.reap(thread.tid) }
         Kernel.reap(pid)
         threads.removeAll()
         thaw()
-        _ = try? await parent.injectSyscall(SyscallNumber.wait4, [UInt64(pid), 0, 0x4000_0001 /* __WALL | WNOHANG */, 0])
+        _ = try? await parent.injectSyscall(SyscallNumber.wait4, [UInt64(pidInParent), 0, 0x4000_0001 /* __WALL | WNOHANG */, 0])
     }
 }

@@ -16,14 +16,17 @@ struct NginxRestoreTests {
     /// A running nginx of the test: its directory, configuration and port.
     struct Server {
         let directory: String
+        /// The address it listens on (loopback, or a test host's service address).
+        let address: String
         let port: UInt16
         var configuration: String { directory + "/nginx.conf" }
         var pidFile: String { directory + "/nginx.pid" }
         var errorLog: String { directory + "/logs/error.log" }
         let body: [UInt8]
 
-        init(directory: String) throws {
+        init(directory: String, address: String = "127.0.0.1") throws {
             self.directory = directory
+            self.address = address
             port = try Kernel.freeLoopbackPort()
             // The workers run as nobody: the files they serve must be readable by everyone.
             try FileManager.default.createDirectory(atPath: directory + "/html", withIntermediateDirectories: true)
@@ -48,7 +51,7 @@ struct NginxRestoreTests {
                     uwsgi_temp_path \(directory)/uwsgi;
                     scgi_temp_path \(directory)/scgi;
                     server {
-                        listen 127.0.0.1:\(port);
+                        listen \(address):\(port);
                         root \(directory)/html;
                     }
                 }
@@ -65,30 +68,33 @@ struct NginxRestoreTests {
 
         /// `count` GET requests, one connection each (on a thread of their own): how many were
         /// answered 200 with exactly the file's bytes, and the first other answer.
-        func requests(_ count: Int) async throws -> (good: Int, firstBad: String?) {
-            let port = self.port, body = self.body
-            return try await Blocking.run("nginx-client") {
+        /// `from`: a test host (network namespace) the client runs in; nil: this process's own.
+        func requests(_ count: Int, from host: String? = nil) async throws -> (good: Int, firstBad: String?) {
+            let address = self.address, port = self.port, body = self.body
+            @Sendable func run() -> (good: Int, firstBad: String?) {
                 var good = 0
                 var firstBad: String?
                 for _ in 0..<count {
-                    let answer = Self.get(port: port)
+                    let answer = Self.get(address: address, port: port)
                     if answer.status == 200 && answer.body == body { good += 1 } else if firstBad == nil {
                         firstBad = "status \(answer.status), \(answer.body.count) bytes\(answer.error.map { ", \($0)" } ?? "")"
                     }
                 }
                 return (good, firstBad)
             }
+            guard let host else { return try await Blocking.run("nginx-client") { run() } }
+            return try await Blocking.run("nginx-client") { try Kernel.inNetworkNamespace(named: host) { run() } }
         }
 
         /// One `GET /` over HTTP/1.0 (the server closes the connection after the answer).
-        static func get(port: UInt16) -> (status: Int, body: [UInt8], error: String?) {
+        static func get(address: String = "127.0.0.1", port: UInt16) -> (status: Int, body: [UInt8], error: String?) {
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
             guard fd >= 0 else { return (0, [], "socket: \(errno)") }
             defer { close(fd) }
             var timeout = timeval(tv_sec: 5, tv_usec: 0)
             setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-            var address = sockaddr_in(sin_family: sa_family_t(AF_INET), sin_port: port.bigEndian, sin_addr: in_addr(s_addr: inet_addr("127.0.0.1")), sin_zero: (0, 0, 0, 0, 0, 0, 0, 0))
-            let connected = withUnsafePointer(to: &address) { pointer in
+            var socketAddress = sockaddr_in(sin_family: sa_family_t(AF_INET), sin_port: port.bigEndian, sin_addr: in_addr(s_addr: inet_addr(address)), sin_zero: (0, 0, 0, 0, 0, 0, 0, 0))
+            let connected = withUnsafePointer(to: &socketAddress) { pointer in
                 pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
             }
             guard connected else { return (0, [], "connect: \(errno)") }
