@@ -65,6 +65,14 @@ public final class CommandReplica: ReplicaControl, @unchecked Sendable {
         try? Kernel.sendSignal(pid: child.pid, Linux.SIGSTOP)
     }
 
+    public func resume(term: Int64) async throws {
+        guard let child = lock.withLock({ () -> ChildProcess? in self.term = max(self.term, term); return self.child }), child.isRunning else {
+            throw ClusterError.promotion("no fenced service to resume")
+        }
+        try Kernel.sendSignal(pid: child.pid, Linux.SIGCONT)
+        logger.info("service resumed: pid \(child.pid)")
+    }
+
     public func discard() async {
         guard let child = lock.withLock({ () -> ChildProcess? in defer { self.child = nil }; return self.child }) else { return }
         _ = try? await Blocking.run("mitosis-cluster-reap") { child.kill() }

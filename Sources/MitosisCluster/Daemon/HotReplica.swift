@@ -194,6 +194,15 @@ public final class HotReplica: ReplicaControl, @unchecked Sendable {
         session?.task.cancel()
     }
 
+    public func resume(term: Int64) async throws {
+        guard let pid = lock.withLock({ () -> Int32? in self.term = max(self.term, term); return service?.pid }) else {
+            throw ClusterError.promotion("no fenced service to resume")
+        }
+        // The session of the old term was cancelled at the fence; `protect` starts one at `term`.
+        try Kernel.sendSignal(pid: pid, Linux.SIGCONT)
+        logger.notice("fenced service resumed: pid \(pid), term \(term)")
+    }
+
     public func discard() async {
         await endService()
         await stopStandby()
