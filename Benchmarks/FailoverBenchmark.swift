@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Glibc
 import MitosisCluster
 import MitosisClusterTestbed
 
@@ -56,6 +57,7 @@ struct FailoverBenchmark: AsyncParsableCommand {
             print("redis-server (MALLOC_CONF purging off) protected by `mitosis cluster` on 3 hosts (netns on a bridge), etcd 3 members (heartbeat 50 ms, election 500 ms)")
             print("lease TTL \(timings.leaseTTL.clusterText), keepalive \(timings.keepaliveInterval.clusterText), fence margin \(timings.fenceMargin.clusterText); an epoch every \(interval) ms; writer: one SET at a time, \(pause) ms apart, from the client namespace through \(ClusterTestbed.serviceAddress)")
             print("detection floor: the key goes between TTL − keepalive (\((timings.leaseTTL - timings.keepaliveInterval).clusterText)) and TTL + etcd's 500 ms expiry scan (\((timings.leaseTTL + .milliseconds(500)).clusterText)) after the primary's last renewal")
+            fflush(nil)
             let writer = AcknowledgedWriter(group: try bed.group(in: bed.clientNamespace))
             let writing = Task { await writer.run(pause: .milliseconds(pause)) }
             defer { writer.stop() }
@@ -67,9 +69,11 @@ struct FailoverBenchmark: AsyncParsableCommand {
                 let mode: Failure = failure == .both ? (index % 2 == 0 ? .kill : .cut) : failure
                 let trial = try await runTrial(index, mode: mode, bed: bed, daemons: daemons, etcd: etcd, writer: writer, lostBefore: &lostBefore)
                 print(trial.line)
+                fflush(nil)  // a trial takes seconds: show it as it ends
                 results.append(trial)
-                guard trial.rejoined != nil else {
-                    print("trial \(index + 1): the old primary did not rejoin as a ready standby within \(rejoinLimit) s; stopping (logs in \(bed.directory))")
+                guard trial.rejoined != nil, trial.promotion != nil else {
+                    let kept = Self.keepLogs(bed)
+                    print("trial \(index + 1): \(trial.promotion == nil ? "the winner's log shows no promotion" : "the old primary did not rejoin as a ready standby within \(rejoinLimit) s"); stopping (logs kept in \(kept))")
                     break
                 }
             }
@@ -174,7 +178,10 @@ struct FailoverBenchmark: AsyncParsableCommand {
                 created = ClusterLogHandler.parse(rest[taken.upperBound...].prefix { $0 != "," })
             }
         }
-        let acks = writer.acknowledged.filter { $0.at < failedAt && !lostBefore.contains($0.key) }
+        // The writes of the old primary's term: every one acknowledged before the new primary's
+        // first. A reply the old primary sent just before the failure can reach the client just
+        // after it; such a write is this trial's to account for (after the epoch), not the next one's.
+        let acks = writer.acknowledged.filter { $0.instant < back.instant && !lostBefore.contains($0.key) }
         let owed = created.map { c in acks.filter { $0.at < c }.map(\.key) } ?? []
         let after = created.map { c in acks.filter { $0.at >= c }.map(\.key) } ?? acks.map(\.key)
         let client = try bed.group(in: bed.clientNamespace)
@@ -186,8 +193,11 @@ struct FailoverBenchmark: AsyncParsableCommand {
         // The old host comes back and rejoins as a ready standby.
         let returned = ContinuousClock.now
         if mode == .kill { try daemons.start(host) } else { try await bed.setLink(host, up: true) }
+        // Ready again means an epoch of the new term: a restarted daemon first publishes the
+        // epochs it kept, and empties them once it follows the new primary.
         let rejoined = try await Self.waitForStatus(etcd, within: .seconds(rejoinLimit)) { status in
-            Self.healthy(status) && status.leader == winner && status.members.first { $0.node == old }?.role == "standby"
+            guard Self.healthy(status), status.leader == winner, let member = status.members.first(where: { $0.node == old }) else { return false }
+            return member.role == "standby" && member.following == winner && member.term == status.term
         }
         return Trial(index: index, mode: mode, old: old, winner: winner, epoch: epoch,
                      detection: span(failedAt, deletedAt), election: span(deletedAt, took), address: span(took, addressed),
@@ -214,6 +224,16 @@ struct FailoverBenchmark: AsyncParsableCommand {
         let owed = results.reduce(0) { $0 + $1.owed }, missing = results.reduce(0) { $0 + $1.owedMissing.count }
         let after = results.reduce(0) { $0 + $1.after }, lost = results.reduce(0) { $0 + $1.afterLost }
         print("state: \(owed - missing) of \(owed) writes acknowledged before the promoted epochs present (\(missing) missing); \(lost) of \(after) acknowledged after them lost; \(writer.acknowledged.count) writes acknowledged in all, \(writer.failed) failed or unanswered")
+    }
+
+    /// The daemons' and etcd's logs, copied out of the testbed's directory (removed at the end).
+    static func keepLogs(_ bed: ClusterTestbed) -> String {
+        let kept = NSTemporaryDirectory() + "mitosis-bench-failover-logs-" + bed.tag
+        try? FileManager.default.createDirectory(atPath: kept, withIntermediateDirectories: true)
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: bed.directory)) ?? [] where name.hasSuffix(".log") {
+            try? FileManager.default.copyItem(atPath: bed.directory + "/" + name, toPath: kept + "/" + name)
+        }
+        return kept
     }
 
     static func healthy(_ status: ClusterStatus) -> Bool {

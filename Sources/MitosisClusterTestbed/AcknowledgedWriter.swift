@@ -68,7 +68,21 @@ package final class AcknowledgedWriter: @unchecked Sendable {
     }
 
     /// Which of `keys` the service does not hold: one pipelined `EXISTS` per key, in batches.
+    /// Asked again for up to 10 s when the service address refuses or fails: the service may
+    /// be moving once more (a promotion that failed hands the key to the next standby).
     package static func missing(_ keys: [Int], group: any EventLoopGroup) async throws -> [Int] {
+        let deadline = ContinuousClock.now + .seconds(10)
+        while true {
+            do {
+                return try await missingOnce(keys, group: group)
+            } catch {
+                if ContinuousClock.now > deadline { throw error }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+        }
+    }
+
+    private static func missingOnce(_ keys: [Int], group: any EventLoopGroup) async throws -> [Int] {
         let channel = try await ClientBootstrap(group: group).connectTimeout(.seconds(2))
             .connect(host: ClusterTestbed.serviceAddress, port: 6379) { channel in
                 channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }
@@ -81,17 +95,15 @@ package final class AcknowledgedWriter: @unchecked Sendable {
                 var command = ""
                 for key in batch { command += "*2\r\n$6\r\nEXISTS\r\n$\("k\(key)".utf8.count)\r\nk\(key)\r\n" }
                 try await outbound.write(ByteBuffer(string: command))
+                // One line per key. "\r\n" is one Character in Swift: count and split the bytes.
                 var bytes: [UInt8] = []
-                var lines: [Substring] = []
-                while lines.count < batch.count {
+                while bytes.count(where: { $0 == UInt8(ascii: "\n") }) < batch.count {
                     guard let chunk = try await replies.next() else { throw TestbedError("redis closed the connection") }
                     bytes += chunk.readableBytesView
-                    // "\r\n" is one Character in Swift: split the bytes.
-                    lines = String(decoding: bytes, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: true)
-                    if bytes.last != UInt8(ascii: "\n") { lines.removeLast() }
                 }
+                let lines = bytes.split(separator: UInt8(ascii: "\n")).map { String(decoding: $0, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) }
                 for (key, line) in zip(batch, lines) {
-                    switch line.trimmingCharacters(in: .whitespacesAndNewlines) {
+                    switch line {
                     case ":1": continue
                     case ":0": absent.append(key)
                     default: throw TestbedError("EXISTS answered \(line.prefix(80))")

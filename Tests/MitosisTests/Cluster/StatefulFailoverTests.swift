@@ -32,10 +32,15 @@ extension ClusterOnEtcd {
 
         @Test("redis with its state: the primary's host killed, then cut off; the client finds every key acknowledged before the promoted epoch; the old primary rejoins and becomes ready")
         func stateCarryingFailover() async throws {
-            // The restored redis crashes (SIGSEGV in raxGenericInsert, from acceptTcpHandler) at
-            // the first connection it accepts: a checkpoint/restore bug reproduced without the
-            // cluster (Docs/cluster.md, "Not done yet"). Recorded as a known issue until fixed.
-            try await withKnownIssue("in some runs 1–2 keys acknowledged before the promoted epoch's checkpoint began are missing, and the cut-off old primary does not always rejoin ready within 60 s: causes not found yet (Docs/cluster.md, Not done yet)", isIntermittent: true) {
+            // The keys "acknowledged before the promoted epoch and missing" were the test's
+            // bookkeeping: a reply the old primary sent just before the failure reached the client
+            // just after it, and the next failover counted that write (lost, after its epoch) as
+            // owed. Fixed (the old term's writes end at the new primary's first acknowledgement).
+            // Still seen: the promotion on a host where a discarded service left orphaned TCP
+            // sockets fails with EADDRNOTAVAIL while rebuilding a connection with the same four
+            // addresses and ports (the next standby then takes over), and the service address
+            // refusing while that happens (Docs/cluster.md, "Not done yet").
+            try await withKnownIssue("the promotion on a host whose discarded service left orphaned TCP sockets can fail (EADDRNOTAVAIL rebuilding a connection with the same 4-tuple), and the cut-off old primary has not always rejoined ready within 60 s (Docs/cluster.md, Not done yet)", isIntermittent: true) {
                 try await run()
             }
         }
@@ -96,7 +101,10 @@ extension ClusterOnEtcd {
                     // Every key acknowledged before the promoted epoch's checkpoint started is there,
                     // except the ones an earlier failover lost (acknowledged after its epoch: no
                     // output commit yet), which no later epoch can hold.
-                    let acks = writer.acknowledged.filter { $0.at < failedAt && !lost.contains($0.key) }
+                    // The old term's writes: every one acknowledged before the new primary's first
+                    // (a reply the old primary sent just before the failure can arrive just after it).
+                    let back = try #require(writer.acknowledged.first { $0.at > failedAt.addingTimeInterval(0.05) })
+                    let acks = writer.acknowledged.filter { $0.instant < back.instant && !lost.contains($0.key) }
                     let owed = acks.filter { $0.at < promoted.created }
                     let later = acks.filter { $0.at >= promoted.created }.map(\.key)
                     let missing = Set(try await AcknowledgedWriter.missing(owed.map(\.key), group: client))
