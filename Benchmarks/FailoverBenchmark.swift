@@ -71,9 +71,9 @@ struct FailoverBenchmark: AsyncParsableCommand {
                 print(trial.line)
                 fflush(nil)  // a trial takes seconds: show it as it ends
                 results.append(trial)
-                guard trial.rejoined != nil, trial.promotion != nil else {
+                guard trial.goOn, trial.promotion != nil else {
                     let kept = Self.keepLogs(bed)
-                    print("trial \(index + 1): \(trial.promotion == nil ? "the winner's log shows no promotion" : "the old primary did not rejoin as a ready standby within \(rejoinLimit) s"); stopping (logs kept in \(kept))")
+                    print("trial \(index + 1): \(trial.promotion == nil ? "the winner's log shows no promotion" : "no standby of the new term was ready"); stopping (logs kept in \(kept))")
                     break
                 }
             }
@@ -99,13 +99,15 @@ struct FailoverBenchmark: AsyncParsableCommand {
         var after: Int
         var afterLost: Int
         var rejoined: Duration?
+        /// A ready standby of the new term for the next trial (when not all three are ready).
+        var goOn = true
 
         var line: String {
             func ms(_ d: Duration?) -> String { d.map { "\($0.clusterText)" } ?? "?" }
             var text = "trial \(index + 1) (\(mode.rawValue)) \(old) → \(winner) from epoch \(epoch): detection \(ms(detection)), election \(ms(election)), address \(ms(address)), promotion \(ms(promotion)); client outage \(outage.clusterText)"
             text += "; \(owed - owedMissing.count)/\(owed) acknowledged before the epoch present, \(afterLost) of \(after) acknowledged after it lost"
             if !owedMissing.isEmpty { text += " (MISSING before the epoch: \(owedMissing.prefix(10)))" }
-            text += "; rejoined ready after \(ms(rejoined))"
+            text += rejoined.map { "; rejoined ready after \($0.clusterText)" } ?? "; NOT all three ready within the limit\(goOn ? " (went on: a standby of the new term is ready)" : "")"
             return text
         }
     }
@@ -130,14 +132,18 @@ struct FailoverBenchmark: AsyncParsableCommand {
         let failedAt = Date()
         let failed = ContinuousClock.now
         if mode == .kill { daemons.kill(host) } else { try await bed.setLink(host, up: false) }
+        // The old primary may still answer until the failure took effect: the `ip` that cuts the
+        // link takes tens of ms to start here, and the kernel ends a pid namespace's processes
+        // one by one. Acknowledgements before this instant may be the old primary's.
+        let effective = max(ContinuousClock.now, failed + .milliseconds(50))
 
         // The client sees the service again: a write acknowledged after the failure by another node.
         var back: AcknowledgedWriter.Ack?
         var winner: String?
         while ContinuousClock.now - failed < .seconds(60) {
-            if let last = writer.acknowledged.last, last.instant > failed + .milliseconds(50),
+            if let last = writer.acknowledged.last, last.instant > effective,
                let status = try? await ClusterStatus.read(etcd: etcd, service: HotDaemons.service), let leader = status.leader, leader != old {
-                back = writer.acknowledged.first { $0.instant > failed + .milliseconds(50) }
+                back = writer.acknowledged.first { $0.instant > effective }
                 winner = leader
                 break
             }
@@ -199,11 +205,16 @@ struct FailoverBenchmark: AsyncParsableCommand {
             guard Self.healthy(status), status.leader == winner, let member = status.members.first(where: { $0.node == old }) else { return false }
             return member.role == "standby" && member.following == winner && member.term == status.term
         }
+        // Not all three ready at once: go on if one standby of the new term is ready (the next
+        // trial needs one), and say so.
+        let goOn = rejoined != nil ? true : try await Self.waitForStatus(etcd, within: .seconds(30)) { status in
+            status.leader == winner && status.members.contains { $0.node != winner && $0.ready && $0.epoch > 0 && $0.term == status.term }
+        } != nil
         return Trial(index: index, mode: mode, old: old, winner: winner, epoch: epoch,
                      detection: span(failedAt, deletedAt), election: span(deletedAt, took), address: span(took, addressed),
                      promotion: span(addressed, serving), outage: back.instant - failed,
                      owed: owed.count, owedMissing: owedMissing, after: after.count, afterLost: afterMissing.count,
-                     rejoined: rejoined == nil ? nil : ContinuousClock.now - returned)
+                     rejoined: rejoined == nil ? nil : ContinuousClock.now - returned, goOn: goOn)
     }
 
     static func summary(_ results: [Trial], writer: AcknowledgedWriter) {

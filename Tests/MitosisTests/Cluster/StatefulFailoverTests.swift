@@ -79,11 +79,14 @@ extension ClusterOnEtcd {
                     let failed = ContinuousClock.now
                     let failedAt = Date()
                     if trial == "killed" { daemons.kill(host) } else { try await bed.setLink(host, up: false) }
+                    // Until the failure took effect (the cutting `ip` takes tens of ms to run), an
+                    // acknowledgement may still be the old primary's.
+                    let effective = max(Date(), failedAt.addingTimeInterval(0.05))
 
                     // The client sees the service again: a write acknowledged after the failure.
                     var answered: Duration?
                     while ContinuousClock.now - failed < .seconds(30) {
-                        if let last = writer.acknowledged.last, last.at > failedAt.addingTimeInterval(0.05),
+                        if let last = writer.acknowledged.last, last.at > effective,
                            let status = try? await ClusterStatus.read(etcd: etcd, service: HotDaemons.service), let leader = status.leader, leader != old {
                             answered = ContinuousClock.now - failed
                             break
@@ -103,7 +106,7 @@ extension ClusterOnEtcd {
                     // output commit yet), which no later epoch can hold.
                     // The old term's writes: every one acknowledged before the new primary's first
                     // (a reply the old primary sent just before the failure can arrive just after it).
-                    let back = try #require(writer.acknowledged.first { $0.at > failedAt.addingTimeInterval(0.05) })
+                    let back = try #require(writer.acknowledged.first { $0.at > effective })
                     let acks = writer.acknowledged.filter { $0.instant < back.instant && !lost.contains($0.key) }
                     let owed = acks.filter { $0.at < promoted.created }
                     let later = acks.filter { $0.at >= promoted.created }.map(\.key)
