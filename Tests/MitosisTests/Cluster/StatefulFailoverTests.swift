@@ -78,10 +78,20 @@ extension ClusterOnEtcd {
                     #expect(acksBefore > 0, "\(trial): the writer had no acknowledgement before the failure")
                     let failed = ContinuousClock.now
                     let failedAt = Date()
-                    if trial == "killed" { daemons.kill(host) } else { try await bed.setLink(host, up: false) }
-                    // Until the failure took effect (the cutting `ip` takes tens of ms to run), an
-                    // acknowledgement may still be the old primary's.
-                    let effective = max(Date(), failedAt.addingTimeInterval(0.05))
+                    if trial == "killed" {
+                        daemons.kill(host)
+                        // Killed once only etcd is left there (a pid namespace's processes end one by one).
+                        let limit = ContinuousClock.now + .seconds(10)
+                        while ContinuousClock.now < limit,
+                              let pids = try? await ToolRun("/usr/bin/ip", ["netns", "pids", bed.hostNamespace(host)]),
+                              pids.standardOutput.split(separator: "\n").count > 1 {
+                            try await Task.sleep(for: .milliseconds(5))
+                        }
+                    } else {
+                        try await bed.setLink(host, up: false)
+                    }
+                    // Until the failure took effect, an acknowledgement may still be the old primary's.
+                    let effective = Date()
 
                     // The client sees the service again: a write acknowledged after the failure.
                     var answered: Duration?
