@@ -40,7 +40,10 @@ extension ClusterOnEtcd {
             // sockets fails with EADDRNOTAVAIL while rebuilding a connection with the same four
             // addresses and ports (the next standby then takes over), and the service address
             // refusing while that happens (Docs/cluster.md, "Not done yet").
-            try await withKnownIssue("the promotion on a host whose discarded service left orphaned TCP sockets can fail (EADDRNOTAVAIL rebuilding a connection with the same 4-tuple), and the cut-off old primary has not always rejoined ready within 60 s (Docs/cluster.md, Not done yet)", isIntermittent: true) {
+            // After the merge of main (15:08): both standbys' promotions of an epoch of a restored
+            // redis failed with "restore failed while binding the TCP socket of fd 9 to
+            // 10.231.0.100:6379: Address already in use", so no ready standby was left.
+            try await withKnownIssue("promotions of an epoch of a restored redis can fail (EADDRINUSE binding a TCP socket to the service address, leaving no ready standby), and the cut-off old primary has not always rejoined ready within 60 s (Docs/cluster.md, Not done yet)", isIntermittent: true) {
                 try await run()
             }
         }
