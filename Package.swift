@@ -100,6 +100,17 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        // Three "hosts" and a client as network namespaces on a bridge, a real 3-member etcd
+        // cluster, cluster daemons with hot standby and a redis writer that records every
+        // acknowledgement: shared by the cluster tests and `mitosis-bench failover`.
+        .target(
+            name: "MitosisClusterTestbed",
+            dependencies: [
+                "MitosisKernel", "MitosisCluster",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
         // The public API in one import. Stacks stay out so that a client that only inspects or
         // checkpoints does not link libunwind: import MitosisStacks for call stacks.
         .target(
@@ -135,14 +146,15 @@ let package = Package(
         // Benchmarks stay out of the test suite: `swift run -c release mitosis-bench --help`.
         .executableTarget(
             name: "mitosis-bench",
-            dependencies: ["Mitosis", "MitosisKernel", "MitosisStacks", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["Mitosis", "MitosisKernel", "MitosisStacks", "MitosisCluster", "MitosisClusterTestbed", "MitosisImage",
+                           "MitosisReplication", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Benchmarks"
         ),
         // Mutational fuzzer of the image reader: `scripts/fuzz-images --seconds N` (Docs/reliability.md).
         .executableTarget(name: "mitosis-image-fuzz", dependencies: ["Mitosis"], path: "Tests/ImageFuzz"),
         .testTarget(
             name: "MitosisTests",
-            dependencies: ["Mitosis", "MitosisKernel", "MitosisRestore", "MitosisStacks", "MitosisCluster", "MitosisReplication", "mitosis-scenario", "mitosis", "mitosis-demo-target", "mitosis-inspect-example", "mitosis-scenario-cpp", "mitosis-scenario-swift",
+            dependencies: ["Mitosis", "MitosisKernel", "MitosisRestore", "MitosisStacks", "MitosisCluster", "MitosisClusterTestbed", "MitosisReplication", "mitosis-scenario", "mitosis", "mitosis-demo-target", "mitosis-inspect-example", "mitosis-scenario-cpp", "mitosis-scenario-swift",
                            "mitosis-image-fuzz"],
             exclude: ["Image/Corpus"]
         ),

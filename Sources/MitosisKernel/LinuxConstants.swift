@@ -37,6 +37,7 @@ package enum Linux {
     // signals
     package static let SIGKILL = Glibc.SIGKILL
     package static let SIGSTOP = Glibc.SIGSTOP
+    package static let SIGCONT = Glibc.SIGCONT
     package static let SIGCHLD = Glibc.SIGCHLD
     package static let SIGTERM = Glibc.SIGTERM
     package static let SIGTRAP = Glibc.SIGTRAP

@@ -9,7 +9,7 @@ import ServiceLifecycle
 public enum ClusterDaemon {
     public static func run(config: ClusterConfig, logLevel: Logger.Level = .info) async throws {
         LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
+            var handler = ClusterLogHandler(label: label)
             handler.logLevel = logLevel
             return handler
         }

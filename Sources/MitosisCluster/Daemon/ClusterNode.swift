@@ -46,6 +46,9 @@ public actor ClusterNode {
     /// Why this node's last promotion failed: it stays out of elections until restarted, so a
     /// misconfigured service does not take the key again and again ahead of healthy standbys.
     private var promotionFailure: String?
+    /// The term at which this node's service was fenced, while the service is still held,
+    /// stopped: the node may resume it if it wins the key again before another node holds it.
+    private var frozenTerm: Int64?
 
     public init(service: String, node: String, replicationAddress: String, timings: ElectionTimings,
                 etcd: EtcdClient, replica: any ReplicaControl, address: (any AddressControl)?, logger: Logger) {
@@ -69,6 +72,9 @@ public actor ClusterNode {
     /// standby takes over at once instead of after the TTL.
     public func run() async {
         logger.info("starting: service \(keys.service), lease TTL \(timings.leaseTTL.clusterText), keepalive every \(timings.keepaliveInterval.clusterText), request timeout \(timings.requestTimeout.clusterText), fence margin \(timings.fenceMargin.clusterText)")
+        // A node starts as a follower: an address left on this host by a run that was killed
+        // (its processes died, the host's kernel did not) would answer ARP beside the primary's.
+        await address?.release()
         while lease == 0 && !Task.isCancelled {
             if !(await takeLease()) { try? await Task.sleep(for: timings.keepaliveInterval) }
         }
@@ -167,24 +173,47 @@ public actor ClusterNode {
         guard case .fenced(let term) = election.role else { return }
         await replica.fence()
         await address?.release()
+        frozenTerm = term
         record(.fenced(term: term, reason: reason))
         logger.error("FENCED (term \(term)): \(reason); service stopped, address dropped")
     }
 
-    /// A fenced node comes back as a follower: new lease, old service discarded.
-    private func rejoin() async {
+    /// A fenced node comes back as a follower with a new lease, once etcd answers. If another
+    /// node holds the leader key, the frozen service is discarded (a full resync follows).
+    /// Otherwise the node keeps it and publishes itself as a fenced member, ready: it holds the
+    /// newest state of its term, and resumes it if it wins the key (the way Patroni lets a
+    /// demoted leader with the most recent WAL win the race again). `keepService: false` (a
+    /// failed promotion or address) always discards.
+    private func rejoin(keepService: Bool = true) async {
         guard case .fenced = election.role else { return }
         let old = lease
         do {
-            if old != 0 { try await etcd.revoke(old) }
             let granted = try await etcd.grant(ttlSeconds: Int64(timings.leaseTTL.components.seconds))
-            await replica.discard()
+            var keep = keepService && frozenTerm != nil
+            if keep, let holder = try await readView().leader, !(holder.node == node && holder.lease == old) {
+                keep = false
+            }
             lease = granted.id
             published = nil
             protecting = nil
             election.rejoined(sentAt: granted.sentAt, ttlSeconds: granted.ttlSeconds)
+            if keep {
+                // Published before the old lease goes (and with it the leader key, if still
+                // ours): whoever then sees the key absent sees this record too, and defers.
+                await publish(record(for: await replica.state()))
+            } else {
+                frozenTerm = nil
+                await replica.discard()
+            }
+            if old != 0 {
+                do { try await etcd.revoke(old) } catch { logger.warning("revoking the old lease \(old) failed (it expires on its own): \(error)") }
+            }
             record(.rejoined(lease: granted.id))
-            logger.info("rejoined as a follower with lease \(granted.id) (old service discarded)")
+            if keep {
+                logger.notice("rejoined with lease \(granted.id); nobody else holds the leader key: the service fenced at term \(frozenTerm ?? 0) is kept, stopped, and resumed if this node wins the key again")
+            } else {
+                logger.info("rejoined as a follower with lease \(granted.id) (old service discarded)")
+            }
         } catch {
             noteEtcdFailure("rejoin", error)
         }
@@ -253,6 +282,11 @@ public actor ClusterNode {
             lastWait = nil
         case .follow(let leader):
             lastWait = nil
+            if let frozen = frozenTerm {
+                frozenTerm = nil
+                await replica.discard()
+                logger.info("\(leader.node) leads at term \(leader.term): the service fenced at term \(frozen) is discarded (a full resync follows)")
+            }
             logger.info("following \(leader.node) at term \(leader.term)")
             record(.following(leader: leader.node, term: leader.term))
             do { try await replica.follow(leader: leader.node, term: leader.term) } catch {
@@ -321,7 +355,15 @@ public actor ClusterNode {
             return
         }
         do {
-            try await replica.promote(term: term)
+            if let frozen = frozenTerm {
+                // This node's own service, stopped at its fence and never answering since: the
+                // newest state there is. The address was dropped at the fence and is taken again above.
+                frozenTerm = nil
+                try await replica.resume(term: term)
+                logger.notice("resumed the service fenced at term \(frozen)")
+            } else {
+                try await replica.promote(term: term)
+            }
         } catch {
             logger.error("promotion failed at term \(term): \(error); giving the key up, not ready until restarted")
             promotionFailure = "promotion failed: \(error)"
@@ -343,7 +385,7 @@ public actor ClusterNode {
     private func abdicate(term: Int64, reason: String) async {
         await fence(reason: reason)
         _ = try? await etcd.txn(compare: [.lease(key: keys.leader, equals: lease)], success: [.delete(key: keys.leader)])
-        await rejoin()
+        await rejoin(keepService: false)
     }
 
     private func protect(term: Int64, view: ClusterView) async {
@@ -364,15 +406,24 @@ public actor ClusterNode {
     private func record(for state: ReplicaState) -> MemberRecord {
         let role: MemberRecord.Role
         var term = state.term
+        var ready = state.ready && promotionFailure == nil
+        var reason = promotionFailure ?? state.reason
         switch election.role {
         case .primary(let held):
             role = .primary
             term = max(term, held)
-        case .follower: role = .standby
-        case .fenced: role = .fenced
+        case .follower:
+            role = frozenTerm == nil ? .standby : .fenced
+            if let frozenTerm {
+                term = max(term, frozenTerm)
+                reason = "fenced at term \(frozenTerm), service kept stopped: resumed if this node wins the key again"
+            }
+        case .fenced:
+            role = .fenced
+            ready = false
         }
-        return MemberRecord(node: node, role: role, term: term, epoch: state.epoch, ready: state.ready && role != .fenced && promotionFailure == nil,
-                            reason: (promotionFailure ?? state.reason).map { String($0.prefix(200)) }, replicationAddress: replicationAddress,
+        return MemberRecord(node: node, role: role, term: term, epoch: state.epoch, ready: ready,
+                            reason: reason.map { String($0.prefix(200)) }, replicationAddress: replicationAddress,
                             following: election.following?.node)
     }
 

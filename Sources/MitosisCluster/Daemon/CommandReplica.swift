@@ -65,6 +65,14 @@ public final class CommandReplica: ReplicaControl, @unchecked Sendable {
         try? Kernel.sendSignal(pid: child.pid, Linux.SIGSTOP)
     }
 
+    public func resume(term: Int64) async throws {
+        guard let child = lock.withLock({ () -> ChildProcess? in self.term = max(self.term, term); return self.child }), child.isRunning else {
+            throw ClusterError.promotion("no fenced service to resume")
+        }
+        try Kernel.sendSignal(pid: child.pid, Linux.SIGCONT)
+        logger.info("service resumed: pid \(child.pid)")
+    }
+
     public func discard() async {
         guard let child = lock.withLock({ () -> ChildProcess? in defer { self.child = nil }; return self.child }) else { return }
         _ = try? await Blocking.run("mitosis-cluster-reap") { child.kill() }
@@ -106,6 +114,14 @@ public struct HostAddress: AddressControl, Equatable {
     public func take() async throws {
         let run = try await Self.run("/usr/bin/ip", ["addr", "replace", cidr, "dev", device])
         guard run.status == 0 else { throw ClusterError.address(cidr: cidr, device: device, reason: run.error) }
+        // Orphaned TCP sockets of an earlier service on this host (discarded, or killed with
+        // its host's processes) still hold their addresses and ports: closing ones retransmit
+        // their FIN for minutes, unanswered once the address was dropped. A restore rebuilds the
+        // connections with the same four addresses and ports, and its connect fails with
+        // EADDRNOTAVAIL on such a socket (seen in `mitosis-bench failover`). Only sockets no
+        // process owns any more are in these states; a resumed service's own stay.
+        _ = try? await Self.run("/usr/bin/ss", ["-K", "-t", "-n", "state", "fin-wait-1", "state", "fin-wait-2", "state", "closing",
+                                                "state", "last-ack", "state", "time-wait", "src", address])
         // Unsolicited ARP: neighbours replace the old host's MAC at once. arping waits a
         // second for replies that never come, so it is not waited for (reaped in the background).
         let arping = try ChildProcess(executable: "/usr/bin/arping", arguments: ["-U", "-c", "1", "-I", device, address],

@@ -194,6 +194,15 @@ public final class HotReplica: ReplicaControl, @unchecked Sendable {
         session?.task.cancel()
     }
 
+    public func resume(term: Int64) async throws {
+        guard let pid = lock.withLock({ () -> Int32? in self.term = max(self.term, term); return service?.pid }) else {
+            throw ClusterError.promotion("no fenced service to resume")
+        }
+        // The session of the old term was cancelled at the fence; `protect` starts one at `term`.
+        try Kernel.sendSignal(pid: pid, Linux.SIGCONT)
+        logger.notice("fenced service resumed: pid \(pid), term \(term)")
+    }
+
     public func discard() async {
         await endService()
         await stopStandby()
@@ -216,9 +225,14 @@ public final class HotReplica: ReplicaControl, @unchecked Sendable {
         // lives as long as the daemon, so the service dies with a killed daemon.
         let started = try Self.spawner.sync {
             // Descriptors 0–2 only: the daemon's sockets and epolls are none of the service's
-            // business (and an inherited epoll watching them would make it unrestorable).
+            // business (and an inherited epoll watching them would make it unrestorable). Those
+            // three are /dev/null, not the daemon's log: a file the service holds open for
+            // writing is part of every epoch, and a promotion writes it back over its path, so
+            // the daemon's own log would be replaced under it on the new primary's host (seen
+            // in `mitosis-bench failover`: the winner's log ended at the epoch's copy). The
+            // service logs through its own configuration (redis: `--logfile`).
             try ChildProcess(executable: "/usr/bin/setpriv", arguments: ["--pdeathsig", "KILL", "--"] + command,
-                             stdin: .null, stdout: .inherit, stderr: .inherit, onlyStandardStreams: true)
+                             stdin: .null, stdout: .null, stderr: .null, onlyStandardStreams: true)
         }
         // A command that dies at once (bad arguments, port taken) is a failed promotion.
         try await Task.sleep(for: .milliseconds(50))

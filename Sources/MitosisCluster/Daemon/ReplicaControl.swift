@@ -17,6 +17,10 @@ public protocol ReplicaControl: Sendable {
     func protect(term: Int64, standbys: [MemberRecord]) async throws
     /// Stop the service now (SIGSTOP or freeze: nothing it says reaches a client any more).
     func fence() async
+    /// Bring the fenced service back (SIGCONT): this node took the leader key again at `term`
+    /// with the newest state, which is the frozen service itself (Docs/cluster.md, "A fenced
+    /// primary may come back"). `protect` follows.
+    func resume(term: Int64) async throws
     /// Discard the fenced service for good: this node rejoins as a standby (full resync).
     func discard() async
 }

@@ -107,6 +107,11 @@ public struct Election: Sendable, Equatable {
     /// lapsed for a moment, on a loaded host or just after etcd regained quorum) is still
     /// deferred to for one lease TTL, time for it to take a new lease and publish again.
     private var recentStandbys: [String: SeenMember] = [:]
+    /// When this node last decided on a view, and until when it may not campaign: a node that
+    /// read no view for longer than a lease TTL forgot who was ahead of it (`recentStandbys`),
+    /// and members whose leases lapsed meanwhile need one TTL to publish again.
+    private var lastView: ContinuousClock.Instant?
+    public private(set) var settlingUntil: ContinuousClock.Instant?
 
     private struct SeenMember: Sendable, Equatable {
         let record: MemberRecord
@@ -164,6 +169,8 @@ public struct Election: Sendable, Equatable {
 
     /// What to do given `view` (a fresh read of the service's keys) and this node's own record `me`.
     public mutating func decide(view: ClusterView, me: MemberRecord, now: ContinuousClock.Instant) -> Decision {
+        if let lastView, now - lastView > timings.leaseTTL { settlingUntil = now + timings.leaseTTL }
+        lastView = now
         switch role {
         case .fenced:
             return .none
@@ -177,7 +184,7 @@ public struct Election: Sendable, Equatable {
             return .none
         case .follower:
             for member in view.members where member.node != node {
-                if member.ready && member.role == .standby {
+                if member.ready && member.role != .primary {
                     recentStandbys[member.node] = SeenMember(record: member, at: now)
                 } else {
                     recentStandbys[member.node] = nil
@@ -208,6 +215,9 @@ public struct Election: Sendable, Equatable {
                 // its record vanishes (its lease expired) or says not ready (its promotion failed).
                 let ahead = candidates[0]
                 return .wait(until: nil, reason: "\(ahead.node) is ahead (term \(ahead.term) epoch \(ahead.epoch), this node \(me.term)/\(me.epoch)); \(rank) place(s) behind")
+            }
+            if let settlingUntil, now < settlingUntil {
+                return .wait(until: settlingUntil, reason: "the service's keys were out of reach for more than a lease TTL: waiting one TTL (until \((settlingUntil - now).clusterText) from now) for members whose leases lapsed meanwhile to publish again")
             }
             let live = Set(view.members.map(\.node))
             let vanished = recentStandbys.values.filter { !live.contains($0.record.node) && MemberRecord.precedes($0.record, me) }

@@ -12,7 +12,9 @@ public struct MemberRecord: Sendable, Equatable, Codable {
         case primary
         /// Follows the primary (receives its epochs).
         case standby
-        /// Stopped its service at its lease deadline; waits to rejoin as a standby.
+        /// Stopped its service at its lease deadline. Not ready while it cannot reach etcd; once
+        /// it can and no other node holds the key, ready: it holds the frozen service and may
+        /// resume it if it wins the key again (Docs/cluster.md).
         case fenced
     }
 
@@ -80,6 +82,9 @@ public struct MemberRecord: Sendable, Equatable, Codable {
     public static func precedes(_ a: MemberRecord, _ b: MemberRecord) -> Bool {
         if a.term != b.term { return a.term > b.term }
         if a.epoch != b.epoch { return a.epoch > b.epoch }
+        // At the same epoch, a fenced primary's frozen service holds that epoch and every write
+        // it acknowledged after it: it goes first.
+        if (a.role == .fenced) != (b.role == .fenced) { return a.role == .fenced }
         return a.node < b.node
     }
 }

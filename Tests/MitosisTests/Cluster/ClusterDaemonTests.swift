@@ -1,5 +1,6 @@
 import Foundation
 import MitosisCluster
+import MitosisClusterTestbed
 import NIOCore
 import NIOPosix
 import Testing
@@ -182,6 +183,12 @@ extension ClusterOnEtcd {
                 }
                 let old = try #require(primary, "no primary answered")
                 let host = daemons.names.firstIndex(of: old)!
+                // A bounded write load from the client through the service address, the whole time:
+                // one SET at a time, as the observer asks who answers.
+                let writer = AcknowledgedWriter(group: client)
+                let writing = Task { await writer.run(pause: .milliseconds(5)) }
+                defer { writer.stop() }
+                try await Task.sleep(for: .milliseconds(500))
                 // The primary's host loses the other hosts (etcd and standbys), not the client.
                 let others = (0..<3).filter { $0 != host }
                 for other in others { try await ClusterTestbed.ip(["-n", bed.hostNamespace(host), "route", "add", "blackhole", "\(bed.hostAddress(other))/32"]) }
@@ -193,6 +200,11 @@ extension ClusterOnEtcd {
                     try await Task.sleep(for: .milliseconds(5))
                 }
                 for other in others { try await ClusterTestbed.ip(["-n", bed.hostNamespace(host), "route", "del", "blackhole", "\(bed.hostAddress(other))/32"]) }
+                writer.stop()
+                await writing.value
+                let writes = writer.acknowledged
+                #expect(writes.contains { $0.instant < cut } && writes.contains { $0.instant > cut + .seconds(1) },
+                        "the write load did not run through the partition: \(writes.count) writes acknowledged")
                 if ProcessInfo.processInfo.environment["MITOSIS_CLUSTER_LOG"] != nil {
                     try await Task.sleep(for: .seconds(2))  // the old primary rejoins
                     for host in 0..<3 { print("--- daemon \(daemons.names[host]):\n\(daemons.log(host))") }
@@ -208,7 +220,7 @@ extension ClusterOnEtcd {
                 }
                 #expect(!answers.contains { $0.0 > firstNew && $0.1 == old }, "the old primary answered again")
                 let ms = { (d: Duration) in d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000 }
-                print("cluster partition: old primary's last answer \(lastOld.map { "\(ms($0 - cut)) ms" } ?? "none") after the cut, new primary's first \(ms(firstNew - cut)) ms after")
+                print("cluster partition: old primary's last answer \(lastOld.map { "\(ms($0 - cut)) ms" } ?? "none") after the cut, new primary's first \(ms(firstNew - cut)) ms after; under load: \(writes.count) writes acknowledged (\(writes.filter { $0.instant > cut }.count) after the cut), \(writer.failed) failed or unanswered")
             }
         }
 

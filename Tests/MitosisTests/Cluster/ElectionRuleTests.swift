@@ -45,6 +45,40 @@ struct ElectionRuleTests {
         #expect(electionE.decide(view: ClusterView(revision: 9, leader: nil, members: [b, e]), me: e, now: start) != .campaign)
     }
 
+    @Test("at the same term and epoch, a fenced primary that kept its stopped service goes before the standbys")
+    func fencedPrimaryFirst() {
+        var fenced = MemberRecord(node: "c", role: .fenced, term: 4, epoch: 20, ready: true, replicationAddress: "c:7100")
+        let b = member("b", term: 4, epoch: 20)
+        #expect(MemberRecord.precedes(fenced, b) && !MemberRecord.precedes(b, fenced))
+        var electionB = Election(node: "b", timings: timings)
+        guard case .wait(nil, let reason) = electionB.decide(view: ClusterView(revision: 9, leader: nil, members: [fenced, b]), me: b, now: start) else {
+            Issue.record("b did not defer to the fenced primary")
+            return
+        }
+        #expect(reason.contains("c is ahead"))
+        // A newer epoch (or term) elsewhere still wins: the fenced service is older.
+        fenced.epoch = 19
+        #expect(MemberRecord.precedes(b, fenced))
+    }
+
+    @Test("a node that read no view for more than a lease TTL waits one TTL before it campaigns")
+    func settlesAfterAnOutage() {
+        var election = Election(node: "c", timings: timings)
+        let c = member("c", epoch: 10)
+        let leader = LeaderKey(node: "a", term: 1, lease: 9)
+        _ = election.decide(view: ClusterView(revision: 5, leader: leader, members: [c]), me: c, now: start)
+        // 4 s without a view (etcd without quorum), then the key is gone and b's record too
+        // (its lease lapsed meanwhile): c waits one TTL for b to publish again.
+        let back = start + .seconds(4)
+        guard case .wait(let until, _) = election.decide(view: ClusterView(revision: 9, leader: nil, members: [c]), me: c, now: back) else {
+            Issue.record("c campaigned at once after the outage")
+            return
+        }
+        #expect(until == back + timings.leaseTTL)
+        #expect(election.decide(view: ClusterView(revision: 9, leader: nil, members: [c]), me: c, now: back + .milliseconds(500)) != .campaign)
+        #expect(election.decide(view: ClusterView(revision: 9, leader: nil, members: [c]), me: c, now: back + timings.leaseTTL) == .campaign)
+    }
+
     @Test("a member that is not ready never campaigns")
     func notReady() {
         var election = Election(node: "c", timings: timings)
@@ -119,6 +153,9 @@ struct ElectionRuleTests {
             return
         }
         // b gone for more than a TTL: c campaigns. a, the old primary, was never waited for.
+        // (c reads the keys meanwhile, as every keepalive interval: a gap of more than a TTL
+        // between two views would make it settle first, `settlesAfterAnOutage`.)
+        _ = election.decide(view: alone, me: c, now: start + .milliseconds(1200))
         #expect(election.decide(view: alone, me: c, now: start + .milliseconds(1700)) == .campaign)
         var onlyPrimaryAhead = Election(node: "c", timings: timings)
         _ = onlyPrimaryAhead.decide(view: ClusterView(revision: 3, leader: LeaderKey(node: "a", term: 1, lease: 1), members: [primary, c]), me: c, now: start)

@@ -1,5 +1,6 @@
 import Foundation
 import MitosisCluster
+import MitosisClusterTestbed
 import Testing
 
 /// The etcd client against a real 3-member etcd cluster in network namespaces.

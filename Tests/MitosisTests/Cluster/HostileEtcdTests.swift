@@ -1,5 +1,6 @@
 import Foundation
 import MitosisCluster
+import MitosisClusterTestbed
 import NIOCore
 import NIOPosix
 import Testing

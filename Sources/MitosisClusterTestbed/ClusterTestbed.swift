@@ -1,8 +1,7 @@
 import Foundation
-import Testing
 import MitosisCluster
 import NIOPosix
-@testable import MitosisKernel
+import MitosisKernel
 
 /// Three "hosts" and a "client" as network namespaces on a bridge, and a real 3-member etcd
 /// cluster, one member per host namespace.
@@ -12,24 +11,24 @@ import NIOPosix
 /// address. `withClusterTestbed` removes everything (processes, namespaces with their links,
 /// the temporary directory) on every path, failure included; a testbed left by a killed test
 /// process is swept by the next one (names carry the creating pid).
-final class ClusterTestbed: @unchecked Sendable {
-    static let subnet = "10.231.0"
+package final class ClusterTestbed: @unchecked Sendable {
+    package static let subnet = "10.231.0"
     /// The service address that moves between hosts.
-    static let serviceAddress = "10.231.0.100"
+    package static let serviceAddress = "10.231.0.100"
 
-    let tag: String
-    let directory: String
-    var switchNamespace: String { "\(tag)-sw" }
-    var clientNamespace: String { "\(tag)-c" }
-    func hostNamespace(_ host: Int) -> String { "\(tag)-h\(host)" }
+    package let tag: String
+    package let directory: String
+    package var switchNamespace: String { "\(tag)-sw" }
+    package var clientNamespace: String { "\(tag)-c" }
+    package func hostNamespace(_ host: Int) -> String { "\(tag)-h\(host)" }
     /// The host's end of its link, on the bridge (down = host cut off).
-    func bridgePort(_ host: Int) -> String { "\(tag)h\(host)" }
-    func hostAddress(_ host: Int) -> String { "\(Self.subnet).\(host + 1)" }
-    var clientAddress: String { "\(Self.subnet).200" }
-    func etcdEndpoint(_ host: Int) -> EtcdEndpoint { EtcdEndpoint(host: hostAddress(host), port: 2379) }
-    var etcdEndpoints: [EtcdEndpoint] { (0..<3).map(etcdEndpoint) }
+    package func bridgePort(_ host: Int) -> String { "\(tag)h\(host)" }
+    package func hostAddress(_ host: Int) -> String { "\(Self.subnet).\(host + 1)" }
+    package var clientAddress: String { "\(Self.subnet).200" }
+    package func etcdEndpoint(_ host: Int) -> EtcdEndpoint { EtcdEndpoint(host: hostAddress(host), port: 2379) }
+    package var etcdEndpoints: [EtcdEndpoint] { (0..<3).map(etcdEndpoint) }
 
-    private(set) var etcd: [ChildProcess?] = [nil, nil, nil]
+    package private(set) var etcd: [ChildProcess?] = [nil, nil, nil]
     private var namespaces: [String] = []
     /// Event loop groups whose threads live in a namespace, one per namespace asked.
     private var groups: [String: MultiThreadedEventLoopGroup] = [:]
@@ -43,7 +42,7 @@ final class ClusterTestbed: @unchecked Sendable {
     }
 
     /// Builds the namespaces and links and starts etcd on the three hosts.
-    static func make(heartbeatMilliseconds: Int = 50, electionMilliseconds: Int = 500) async throws -> ClusterTestbed {
+    package static func make(heartbeatMilliseconds: Int = 50, electionMilliseconds: Int = 500) async throws -> ClusterTestbed {
         await sweepStale()
         let bed = ClusterTestbed()
         do {
@@ -67,14 +66,14 @@ final class ClusterTestbed: @unchecked Sendable {
     }
 
     /// A client of the etcd cluster whose connections start in `namespace` (the client's by default).
-    func etcdClient(endpoints: [EtcdEndpoint]? = nil, in namespace: String? = nil,
+    package func etcdClient(endpoints: [EtcdEndpoint]? = nil, in namespace: String? = nil,
                     timeout: Duration = .milliseconds(300)) throws -> EtcdClient {
         EtcdClient(endpoints: endpoints ?? etcdEndpoints, group: try group(in: namespace ?? clientNamespace), requestTimeout: timeout)
     }
 
     /// An event loop group whose threads were started inside `namespace`: the sockets its
     /// channels open belong to that namespace (NIO opens a client socket on its event loop).
-    func group(in namespace: String) throws -> MultiThreadedEventLoopGroup {
+    package func group(in namespace: String) throws -> MultiThreadedEventLoopGroup {
         try lock.withLock {
             if let group = groups[namespace] { return group }
             let group = try Kernel.inNetworkNamespace(named: namespace) { MultiThreadedEventLoopGroup(numberOfThreads: 1) }
@@ -84,23 +83,23 @@ final class ClusterTestbed: @unchecked Sendable {
     }
 
     /// Cuts `host` off the bridge (or reconnects it): a partition of that host from everyone.
-    func setLink(_ host: Int, up: Bool) async throws {
+    package func setLink(_ host: Int, up: Bool) async throws {
         try await Self.ip(["-n", switchNamespace, "link", "set", bridgePort(host), up ? "up" : "down"])
     }
 
     /// Stops or restarts host `host`'s etcd member (SIGKILL, then a start on the same data).
-    func killEtcd(_ host: Int) {
+    package func killEtcd(_ host: Int) {
         etcd[host]?.kill()
         etcd[host] = nil
     }
 
     /// Runs `command` inside `namespace` to completion.
     @discardableResult
-    func run(in namespace: String, _ command: [String]) async throws -> ToolRun {
-        try await ToolRun("/usr/bin/ip", ["netns", "exec", namespace] + command)
+    package func run(in namespace: String, _ command: [String]) async throws -> CommandResult {
+        try await CommandResult.run("/usr/bin/ip", ["netns", "exec", namespace] + command)
     }
 
-    func teardown() async {
+    package func teardown() async {
         for host in 0..<3 { killEtcd(host) }
         let loops = lock.withLock {
             defer { groups = [:] }
@@ -128,7 +127,7 @@ final class ClusterTestbed: @unchecked Sendable {
         try await Self.ip(["-n", namespace, "link", "set", "eth0", "up"])
     }
 
-    func startEtcd(_ host: Int, heartbeat: Int = 50, election: Int = 500) throws {
+    package func startEtcd(_ host: Int, heartbeat: Int = 50, election: Int = 500) throws {
         let cluster = (0..<3).map { "h\($0)=http://\(hostAddress($0)):2380" }.joined(separator: ",")
         let address = hostAddress(host)
         let log = "\(directory)/etcd-h\(host).log"
@@ -147,7 +146,7 @@ final class ClusterTestbed: @unchecked Sendable {
     }
 
     /// Waits until a linearizable read succeeds (a leader is elected and has quorum).
-    func waitForQuorum(through given: EtcdClient? = nil, timeout: Duration = .seconds(20)) async throws {
+    package func waitForQuorum(through given: EtcdClient? = nil, timeout: Duration = .seconds(20)) async throws {
         let client = try given ?? etcdClient()
         let deadline = ContinuousClock.now + timeout
         var lastError: any Error = EtcdError.noEndpoint
@@ -165,26 +164,26 @@ final class ClusterTestbed: @unchecked Sendable {
 
     // MARK: Cleaning
 
-    static func ip(_ arguments: [String]) async throws {
-        let run = try await ToolRun("/usr/bin/ip", arguments)
+    package static func ip(_ arguments: [String]) async throws {
+        let run = try await CommandResult.run("/usr/bin/ip", arguments)
         guard run.status == 0 else { throw TestbedError("ip \(arguments.joined(separator: " ")): \(run.standardError)") }
     }
 
     /// Kills what runs in each namespace, then deletes it (its links go with it).
     private static func removeNamespaces(_ names: [String]) async {
         for name in names {
-            if let pids = try? await ToolRun("/usr/bin/ip", ["netns", "pids", name]) {
+            if let pids = try? await CommandResult.run("/usr/bin/ip", ["netns", "pids", name]) {
                 for pid in pids.standardOutput.split(separator: "\n").compactMap({ Int32($0) }) {
                     try? Kernel.sendSignal(pid: pid, 9)
                 }
             }
-            _ = try? await ToolRun("/usr/bin/ip", ["netns", "del", name])
+            _ = try? await CommandResult.run("/usr/bin/ip", ["netns", "del", name])
         }
     }
 
     /// Removes testbeds whose creating test process is gone.
     private static func sweepStale() async {
-        guard let list = try? await ToolRun("/usr/bin/ip", ["netns", "list"]) else { return }
+        guard let list = try? await CommandResult.run("/usr/bin/ip", ["netns", "list"]) else { return }
         let stale = list.standardOutput.split(separator: "\n").compactMap { line -> String? in
             let name = String(line.split(separator: " ").first ?? "")
             guard name.hasPrefix("mct"), let pid = Int32(name.dropFirst(3).prefix { $0.isNumber }),
@@ -197,15 +196,8 @@ final class ClusterTestbed: @unchecked Sendable {
     }
 }
 
-/// Every suite that starts an etcd cluster, one test at a time: three etcd members per testbed
-/// are enough load for a 2-core machine, and the failover tests measure timings.
-@Suite("Cluster on a real etcd", .serialized,
-       .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/etcd") && FileManager.default.isExecutableFile(atPath: "/usr/bin/etcdctl"),
-                "etcd-server and etcd-client are not installed (scripts/setup installs them)"))
-enum ClusterOnEtcd {}
-
 /// Runs `body` with a fresh testbed and removes it afterwards, whatever happens.
-func withClusterTestbed<T>(_ body: (ClusterTestbed) async throws -> T) async throws -> T {
+package func withClusterTestbed<T>(_ body: (ClusterTestbed) async throws -> T) async throws -> T {
     let bed = try await ClusterTestbed.make()
     do {
         let result = try await body(bed)
@@ -217,9 +209,27 @@ func withClusterTestbed<T>(_ body: (ClusterTestbed) async throws -> T) async thr
     }
 }
 
-struct TestbedError: Error, CustomStringConvertible {
-    let description: String
-    init(_ description: String) { self.description = description }
+package struct TestbedError: Error, CustomStringConvertible {
+    package let description: String
+    package init(_ description: String) { self.description = description }
+}
+
+/// One run of a tool to completion, its output collected on a thread of its own.
+package struct CommandResult: Sendable {
+    /// The exit code, or 128 + the signal that killed the tool.
+    package let status: Int32
+    package let standardOutput: String
+    package let standardError: String
+
+    package static func run(_ executable: String, _ arguments: [String]) async throws -> CommandResult {
+        let child = try ChildProcess(executable: executable, arguments: arguments, stdin: .null, stdout: .pipe, stderr: .pipe)
+        return try await Blocking.run("testbed-tool") {
+            let (output, errorOutput) = child.readToEnd()
+            let status = child.wait()
+            return CommandResult(status: ChildProcess.exitCode(of: status), standardOutput: String(decoding: output, as: UTF8.self),
+                                 standardError: String(decoding: errorOutput, as: UTF8.self))
+        }
+    }
 }
 
 private final class Counter: @unchecked Sendable {
