@@ -54,7 +54,7 @@ struct FailoverBenchmark: AsyncParsableCommand {
                 throw ValidationError("the cluster never became healthy (3 ready members with epochs); logs in \(bed.directory)")
             }
             let timings = ElectionTimings()
-            print("redis-server (MALLOC_CONF purging off) protected by `mitosis cluster` on 3 hosts (netns on a bridge), etcd 3 members (heartbeat 50 ms, election 500 ms)")
+            print("redis-server protected by `mitosis cluster` on 3 hosts (netns on a bridge), etcd 3 members (heartbeat 50 ms, election 500 ms)")
             print("lease TTL \(timings.leaseTTL.clusterText), keepalive \(timings.keepaliveInterval.clusterText), fence margin \(timings.fenceMargin.clusterText); an epoch every \(interval) ms; writer: one SET at a time, \(pause) ms apart, from the client namespace through \(ClusterTestbed.serviceAddress)")
             print("detection floor: the key goes between TTL − keepalive (\((timings.leaseTTL - timings.keepaliveInterval).clusterText)) and TTL + etcd's 500 ms expiry scan (\((timings.leaseTTL + .milliseconds(500)).clusterText)) after the primary's last renewal")
             fflush(nil)

@@ -34,9 +34,7 @@ package final class HotDaemons: @unchecked Sendable {
                 "service": Self.service, "node": names[host],
                 "etcd": bed.etcdEndpoints.map(\.description),
                 "replicationAddress": "\(bed.hostAddress(host)):7100",
-                // jemalloc's purging is off: incremental epochs of a process that purges freed
-                // pages come back corrupt (Docs/cluster.md, "Not done yet"; a checkpoint-layer bug).
-                "start": ["/usr/bin/env", "MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1", "/usr/bin/redis-server", "--port", "6379", "--bind", "0.0.0.0", "--protected-mode", "no",
+                "start": ["/usr/bin/redis-server", "--port", "6379", "--bind", "0.0.0.0", "--protected-mode", "no",
                           "--save", "", "--appendonly", "no", "--dir", directory, "--logfile", "\(directory)/redis.log"],
                 "address": ["cidr": "\(ClusterTestbed.serviceAddress)/24", "device": "eth0"],
                 "replication": ["directory": standbyDirectory(host), "intervalMilliseconds": intervalMilliseconds],
