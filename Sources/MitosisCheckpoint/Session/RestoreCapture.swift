@@ -60,11 +60,16 @@ enum RestoreCapture {
                              posixTimers: timers)
         record.pipes = pipes
         record.clocks = clocks
-        record.sockets = try SocketCapture.capture(pid: pid, descriptors: descriptors)
+        var received: [SocketCapture.Received] = []
+        defer { for item in received { for right in item.rights { try? right.close() } } }
+        record.sockets = try SocketCapture.capture(pid: pid, descriptors: descriptors, received: &received)
         record.sharedDescriptions = try SharedDescriptionCapture.capture(pid: pid, descriptors: descriptors)
         record.fileContents = try FileContentCapture.capture(pid: pid, descriptors: descriptors, shared: record.sharedDescriptions ?? [])
         record.timerfds = try FileContentCapture.timerfds(pid: pid, descriptors: descriptors)
         record.inotifyWatches = try InotifyCapture.capture(pid: pid, descriptors: descriptors)
+        let inFlight = received
+        received = []
+        try InFlightCapture.capture(pid: pid, descriptors: descriptors, received: inFlight, record: &record)
         var seccomp: [SeccompState?] = []
         for tid in tids { seccomp.append(try await tracer.seccomp(of: tid, pid: pid)) }
         record.seccomp = seccomp.first ?? nil

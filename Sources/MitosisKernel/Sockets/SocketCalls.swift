@@ -99,32 +99,6 @@ extension Kernel {
         // For a listener the kernel reports the accept queue's limit in tcpi_sacked.
         return (info.tcpi_state, info.tcpi_sacked)
     }
-
-    /// The data waiting in a socket's receive queue, left in place: one element per datagram, or
-    /// one for a byte stream. Peeks from offset 0 with `SO_PEEK_OFF` and puts the socket's own
-    /// peek offset back. Nil when it holds more than `limit` bytes. Zero-length datagrams end the walk.
-    /// The corresponding system call is `recv(MSG_PEEK)`.
-    package static func peekQueue(_ fd: FileDescriptor, stream: Bool, limit: Int) throws(Errno) -> [Data]? {
-        let saved = try socketOption(fd, level: SOL_SOCKET, name: SO_PEEK_OFF)
-        try setSocketOption(fd, level: SOL_SOCKET, name: SO_PEEK_OFF, value: 0)
-        defer { try? setSocketOption(fd, level: SOL_SOCKET, name: SO_PEEK_OFF, value: saved) }
-        var parts: [Data] = []
-        var total = 0
-        var buffer = [UInt8](repeating: 0, count: 256 << 10)
-        while true {
-            let count = buffer.withUnsafeMutableBytes { recv(fd.rawValue, $0.baseAddress, $0.count, Int32(MSG_PEEK | MSG_DONTWAIT)) }
-            if count < 0 {
-                if errno == EINTR { continue }
-                if errno == EAGAIN { break }
-                throw Errno(rawValue: errno)
-            }
-            if count == 0 { break }
-            total += count
-            guard total <= limit else { return nil }
-            if stream, !parts.isEmpty { parts[0].append(contentsOf: buffer[..<count]) } else { parts.append(Data(buffer[..<count])) }
-        }
-        return parts
-    }
 }
 
 /// One integer socket option a restore reads and sets again.

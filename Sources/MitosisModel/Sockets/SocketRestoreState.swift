@@ -27,9 +27,14 @@ public struct SocketRestoreState: Codable, Sendable, Equatable {
     public var options: [SocketOption]
     /// Unix only: the inode of the peer socket (sock_diag), nil for none.
     public var peerInode: UInt64?
-    /// Unix only: the data waiting to be read, one element per datagram (stream: one element);
-    /// nil for a listener, or when the queue held more than the capture keeps.
+    /// Unix only: the data waiting to be read, one element per datagram (zero-length ones
+    /// included); for a byte stream, one element per run of bytes that came with the same
+    /// credentials, cut where a message carried descriptors (they arrive with the read that ends
+    /// there); nil for a listener, or when the queue held more than the capture keeps.
     public var queued: [Data]?
+    /// Unix only: what came with each element of `queued`, in the same order (nil in images taken
+    /// before ancillary data was kept: then only the bytes are sent again).
+    public var ancillary: [QueuedAncillary]?
 
     public init(inode: UInt64, domain: Int32, type: Int32, protocol: Int32, local: SocketAddress?, peer: SocketAddress?,
                 listening: Bool, backlog: UInt32?, tcpState: UInt8?, options: [SocketOption],
@@ -57,6 +62,35 @@ public struct SocketRestoreState: Codable, Sendable, Equatable {
         case 5: "seqpacket"
         default: "type \(type)"
         }
+    }
+}
+
+/// What one queued unix message carries besides its bytes.
+public struct QueuedAncillary: Codable, Sendable, Equatable {
+    /// Descriptors in flight (`SCM_RIGHTS`), in order, by number: a descriptor the process holds
+    /// when the message carries that same open file description, otherwise one of
+    /// `RestoreRecord.inFlight` (numbered above every descriptor of the process).
+    public var rights: [Int32]?
+    /// `SCM_CREDENTIALS` as the receiver reads them with `SO_PASSCRED`; pid 0 (uid and gid the
+    /// overflow ids) when the sender attached none (neither end had `SO_PASSCRED` then).
+    public var credentials: UnixCredentials?
+
+    public init(rights: [Int32]? = nil, credentials: UnixCredentials? = nil) {
+        self.rights = rights
+        self.credentials = credentials
+    }
+}
+
+/// `struct ucred`: a sender's process id, user id and group id.
+public struct UnixCredentials: Codable, Sendable, Equatable {
+    public var pid: Int32
+    public var uid: UInt32
+    public var gid: UInt32
+
+    public init(pid: Int32, uid: UInt32, gid: UInt32) {
+        self.pid = pid
+        self.uid = uid
+        self.gid = gid
     }
 }
 

@@ -10,7 +10,10 @@ extension Tracer {
     /// takes the lowest free number, never above the one wanted, and is then moved there.
     /// Established connections are left in repair mode, in `connections`, for `finishConnections`.
     func restoreDescriptors(_ plan: RestorePlan, area: WorkArea, connections: inout [PendingConnection]) throws {
-        let descriptors = (plan.manifest.descriptors ?? []).sorted(by: { $0.fd < $1.fd })
+        // Descriptors in flight are made like the rest, at their numbers above the process's,
+        // carried by the messages sent again, and closed.
+        let inFlight = plan.record.inFlight ?? []
+        let descriptors = ((plan.manifest.descriptors ?? []) + inFlight).sorted(by: { $0.fd < $1.fd })
         let sockets = Dictionary((plan.record.sockets ?? []).map { ($0.inode, $0) }, uniquingKeysWith: { a, _ in a })
         // Objects with two ends first (pipes, socketpairs), both ends parked above every number
         // wanted, so that no temporary descriptor sits on a number another descriptor needs.
@@ -22,8 +25,12 @@ extension Tracer {
         let created = descriptors.filter { imported[$0.fd] == nil }
         let pipes = (plan.record.pipes ?? []).filter { pipe in created.contains { $0.kind == .pipe && $0.inode == pipe.inode } }
         let parked = try createPipes(created + (links?.foreign ?? []).filter { $0.kind == .pipe }, contents: pipes, next: &next, area: area)
-        let parkedPairs = try createSocketPairs(created, peers: links?.foreign ?? [], states: sockets.merging(links?.foreignSockets ?? [:], uniquingKeysWith: { a, _ in a }),
-                                                next: &next, area: area)
+        let pairStates = sockets.merging(links?.foreignSockets ?? [:], uniquingKeysWith: { a, _ in a })
+        let parkedPairs = try createSocketPairs(created, peers: links?.foreign ?? [], states: pairStates, next: &next, area: area)
+        // Connections made through a named listener of the process are made again the same way,
+        // once every other descriptor (the listener too) exists: they are left out of the loop.
+        let namedConnections = Self.namedConnections(created, states: sockets)
+        let deferred = Set(namedConnections.flatMap { [$0.client.inode, $0.server.inode] })
         // A descriptor sharing its open file description with a lower one is a dup of it: the
         // pairs kcmp found at the checkpoint, and every further descriptor of one socket (a
         // socket has a single open file description).
@@ -36,6 +43,7 @@ extension Tracer {
         let contents = Dictionary((plan.record.fileContents ?? []).map { ($0.fd, $0) }, uniquingKeysWith: { a, _ in a })
         for descriptor in descriptors {
             let fd: UInt64
+            if descriptor.kind == .socket, deferred.contains(descriptor.inode) { continue }
             if let first = sameAs[descriptor.fd], first < descriptor.fd {
                 try huskCall("duplicating fd \(first) as fd \(descriptor.fd)", SyscallNumber.dup3,
                              [UInt64(first), UInt64(descriptor.fd), UInt64(descriptor.flags & UInt32(Linux.O_CLOEXEC))])
@@ -100,7 +108,17 @@ extension Tracer {
                 try huskCall("closing fd \(fd)", SyscallNumber.close, [fd])
             }
         }
+        var connected = parkedPairs
+        for connection in namedConnections {
+            let placed = try connectThroughListener(connection, descriptors: descriptors, area: area)
+            connected[connection.client.inode] = placed.client
+            connected[connection.server.inode] = placed.server
+        }
+        try refillUnixQueues(created, peers: links?.foreign ?? [], states: pairStates, parked: connected, imagePid: plan.manifest.pid)
         if let links { try exportDescriptions(links, descriptors: descriptors, parkedPipes: parked, parkedPairs: parkedPairs) }
+        for descriptor in inFlight {
+            try huskCall("closing the descriptor in flight \(descriptor.fd)", SyscallNumber.close, [UInt64(descriptor.fd)])
+        }
         for end in Array(parked.values) + Array(parkedPairs.values) {
             try huskCall("closing the parked end \(end)", SyscallNumber.close, [end])
         }
