@@ -163,6 +163,7 @@ struct RestorePlan: Sendable {
             return "the image does not hold the socket's state (taken before sockets were captured)"
         }
         if state.isInet { return inetSocketProblem(state) }
+        if state.isPacket { return packetSocketProblem(state) }
         if state.isUnix {
             let held = Dictionary((record.sockets ?? []).filter { socket in descriptors.contains { $0.inode == socket.inode } }
                 .map { ($0.inode, $0) }, uniquingKeysWith: { a, _ in a }).merging(tree?.sockets ?? [:], uniquingKeysWith: { a, _ in a })

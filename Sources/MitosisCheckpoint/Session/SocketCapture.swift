@@ -36,6 +36,7 @@ enum SocketCapture {
             defer { try? copy.close() }
             let kind = try Kernel.socketKind(copy)
             let tcp = kind.domain != Linux.AF_UNIX && kind.type == Linux.SOCK_STREAM
+            let packet = kind.domain == 17  // AF_PACKET: its binding is `packet`
             var options: [SocketOption] = []
             for option in RestorableSocketOption.all where option.applies(domain: kind.domain, tcp: tcp) {
                 guard let value = try? Kernel.socketOption(copy, level: option.level, name: option.name) else { continue }
@@ -43,13 +44,15 @@ enum SocketCapture {
             }
             var state = SocketRestoreState(
                 inode: descriptor.inode, domain: kind.domain, type: kind.type, protocol: kind.protocol,
-                local: try Kernel.socketAddress(copy, peer: false), peer: try Kernel.socketAddress(copy, peer: true),
+                local: packet ? nil : try Kernel.socketAddress(copy, peer: false),
+                peer: packet ? nil : try Kernel.socketAddress(copy, peer: true),  // a packet socket has no peer (EOPNOTSUPP)
                 listening: kind.listening, backlog: nil, tcpState: nil, options: options)
             if tcp {
                 let info = try Kernel.tcpState(copy)
                 state.tcpState = info.state
                 if kind.listening { state.backlog = info.backlog }
             }
+            if packet { state.packet = try Kernel.packetBinding(copy) }
             if kind.domain == Linux.AF_UNIX {
                 if unixTable == nil {
                     let table = try SockDiag(networkNamespaceOf: Kernel.procEntry(namespaceOf ?? pid)).table()

@@ -129,6 +129,15 @@ package struct RestorableSocketOption: Sendable {
         .init(level: Int32(IPPROTO_TCP), name: Int32(TCP_KEEPCNT), label: "TCP_KEEPCNT", domain: nil, tcpOnly: true),
         .init(level: Int32(IPPROTO_TCP), name: Int32(TCP_DEFER_ACCEPT), label: "TCP_DEFER_ACCEPT", domain: nil, tcpOnly: true),
         .init(level: Int32(IPPROTO_TCP), name: 23 /* TCP_FASTOPEN */, label: "TCP_FASTOPEN", domain: nil, tcpOnly: true),
+        // Packet sockets (SOL_PACKET 263): the ring's frame layout, and what each frame reports.
+        .init(level: 263, name: 10, label: "PACKET_VERSION", domain: AF_PACKET, tcpOnly: false),
+        .init(level: 263, name: 8, label: "PACKET_AUXDATA", domain: AF_PACKET, tcpOnly: false),
+        .init(level: 263, name: 9, label: "PACKET_ORIGDEV", domain: AF_PACKET, tcpOnly: false),
+        .init(level: 263, name: 12, label: "PACKET_RESERVE", domain: AF_PACKET, tcpOnly: false),
+        .init(level: 263, name: 14, label: "PACKET_LOSS", domain: AF_PACKET, tcpOnly: false),
+        .init(level: 263, name: 17, label: "PACKET_TIMESTAMP", domain: AF_PACKET, tcpOnly: false),
+        .init(level: 263, name: 20, label: "PACKET_QDISC_BYPASS", domain: AF_PACKET, tcpOnly: false),
+        .init(level: 263, name: 23, label: "PACKET_IGNORE_OUTGOING", domain: AF_PACKET, tcpOnly: false),
     ]
 
     package func applies(domain socketDomain: Int32, tcp: Bool) -> Bool {

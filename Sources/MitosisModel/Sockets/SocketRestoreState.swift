@@ -35,6 +35,8 @@ public struct SocketRestoreState: Codable, Sendable, Equatable {
     /// Unix only: what came with each element of `queued`, in the same order (nil in images taken
     /// before ancillary data was kept: then only the bytes are sent again).
     public var ancillary: [QueuedAncillary]?
+    /// Packet (`AF_PACKET`) only: its binding, and what a restore refuses.
+    public var packet: PacketBinding?
 
     public init(inode: UInt64, domain: Int32, type: Int32, protocol: Int32, local: SocketAddress?, peer: SocketAddress?,
                 listening: Bool, backlog: UInt32?, tcpState: UInt8?, options: [SocketOption],
@@ -55,6 +57,7 @@ public struct SocketRestoreState: Codable, Sendable, Equatable {
 
     public var isInet: Bool { domain == 2 || domain == 10 }
     public var isUnix: Bool { domain == 1 }
+    public var isPacket: Bool { domain == 17 }
     public var typeName: String {
         switch type {
         case 1: isInet ? "TCP" : "stream"
@@ -78,6 +81,30 @@ public struct QueuedAncillary: Codable, Sendable, Equatable {
     public init(rights: [Int32]? = nil, credentials: UnixCredentials? = nil) {
         self.rights = rights
         self.credentials = credentials
+    }
+}
+
+/// What an `AF_PACKET` socket is bound to (`getsockname`'s `sockaddr_ll`), and what no simple
+/// restore brings back.
+public struct PacketBinding: Codable, Sendable, Equatable {
+    /// The bound interface's index (0: every interface) and name (nil when unbound), as the
+    /// socket's network namespace knows them. A restore binds by name: another host numbers
+    /// its interfaces otherwise.
+    public var interfaceIndex: Int32
+    public var interface: String?
+    /// The bound Ethernet protocol, in network byte order as `sll_protocol` holds it.
+    public var protocolNumber: UInt16
+    /// A receive or transmit ring is set up (`PACKET_RX_RING`/`PACKET_TX_RING`).
+    public var ring: Bool
+    /// `PACKET_FANOUT`: group id, type and flags; 0 when in no group.
+    public var fanout: UInt32
+
+    public init(interfaceIndex: Int32, interface: String?, protocolNumber: UInt16, ring: Bool, fanout: UInt32) {
+        self.interfaceIndex = interfaceIndex
+        self.interface = interface
+        self.protocolNumber = protocolNumber
+        self.ring = ring
+        self.fanout = fanout
     }
 }
 

@@ -84,7 +84,8 @@ extension Tracer {
                     break
                 }
                 guard let state = sockets[descriptor.inode] else { throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "no socket state") }
-                fd = state.isUnix ? try createUnixSocket(descriptor, state, area: area) : try createInetSocket(descriptor, state, area: area)
+                fd = state.isUnix ? try createUnixSocket(descriptor, state, area: area)
+                    : state.isPacket ? try createPacketSocket(descriptor, state, area: area) : try createInetSocket(descriptor, state, area: area)
             case .timerfd:
                 guard let timer = timers[descriptor.fd] else { throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "no timer state") }
                 fd = try createTimerfd(descriptor, timer, inTimeNamespace: plan.timeNamespace)
