@@ -241,6 +241,10 @@ struct RestorePlan: Sendable {
             guard let path = descriptor.path else { return "no path" }
             if !fileExists(path) { return "\(path) does not exist here" }
             return nil
+        case .fifo:
+            guard let path = descriptor.path else { return "no path" }
+            guard let status = try? Kernel.status(path), status.type == .fifo else { return "no FIFO at \(path) here" }
+            return nil
         case .timerfd:
             guard record.timerfds?.contains(where: { $0.fd == descriptor.fd }) == true else { return "the image does not hold the timer's state" }
             return nil

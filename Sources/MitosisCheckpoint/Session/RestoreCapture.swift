@@ -51,7 +51,12 @@ enum RestoreCapture {
             String(decoding: bytes, as: UTF8.self).split(separator: "\n").filter { $0.hasPrefix("ID:") }.count
         } ?? 0
         var pipes: [RestoreRecord.PipeContents] = []
-        for descriptor in descriptors where descriptor.kind == .pipe && !pipes.contains(where: { $0.inode == descriptor.inode }) {
+        // A FIFO's bytes are read through a reader opened on it, only when the process holds
+        // a read end itself: a reader coming and going where there was none would be seen by
+        // writers outside (an open for writing waiting for one would return).
+        let fifoReaders = descriptors.filter { $0.kind == .fifo && $0.flags & 3 != 1 }
+        for descriptor in descriptors where (descriptor.kind == .pipe || fifoReaders.contains(descriptor))
+            && !pipes.contains(where: { $0.inode == descriptor.inode }) {
             let (bytes, capacity) = try Kernel.peekPipe(pid: pid, fd: descriptor.fd)
             pipes.append(RestoreRecord.PipeContents(inode: descriptor.inode, capacity: capacity, bytes: Data(bytes)))
         }

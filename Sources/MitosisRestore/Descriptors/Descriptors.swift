@@ -25,6 +25,7 @@ extension Tracer {
         let created = descriptors.filter { imported[$0.fd] == nil }
         let pipes = (plan.record.pipes ?? []).filter { pipe in created.contains { $0.kind == .pipe && $0.inode == pipe.inode } }
         let parked = try createPipes(created + (links?.foreign ?? []).filter { $0.kind == .pipe }, contents: pipes, next: &next, area: area)
+        let keepers = try openFifoKeepers(created, next: &next, area: area)
         let pairStates = sockets.merging(links?.foreignSockets ?? [:], uniquingKeysWith: { a, _ in a })
         let parkedPairs = try createSocketPairs(created, peers: links?.foreign ?? [], states: pairStates, next: &next, area: area)
         // Connections made through a named listener of the process are made again the same way,
@@ -95,6 +96,8 @@ extension Tracer {
             case .memfd:
                 guard let contents = contents[descriptor.fd] else { throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "no content") }
                 fd = try createMemfd(descriptor, contents, area: area)
+            case .fifo:
+                fd = try openFifo(descriptor, area: area)
             case .inotify:
                 fd = try createInotify(descriptor, paths: (plan.record.inotifyWatches ?? []).filter { $0.fd == descriptor.fd }, area: area)
             case .file where descriptor.deleted:
@@ -115,12 +118,13 @@ extension Tracer {
             connected[connection.client.inode] = placed.client
             connected[connection.server.inode] = placed.server
         }
+        try refillFifos(created, contents: plan.record.pipes ?? [], keepers: keepers)
         try refillUnixQueues(created, peers: links?.foreign ?? [], states: pairStates, parked: connected, imagePid: plan.manifest.pid)
         if let links { try exportDescriptions(links, descriptors: descriptors, parkedPipes: parked, parkedPairs: parkedPairs) }
         for descriptor in inFlight {
             try huskCall("closing the descriptor in flight \(descriptor.fd)", SyscallNumber.close, [UInt64(descriptor.fd)])
         }
-        for end in Array(parked.values) + Array(parkedPairs.values) {
+        for end in Array(parked.values) + Array(parkedPairs.values) + Array(keepers.values) {
             try huskCall("closing the parked end \(end)", SyscallNumber.close, [end])
         }
         // Watches last, once every watched descriptor exists, and by injection: the kernel keys

@@ -37,6 +37,7 @@ import Testing
         Case(name: "restorefds", arguments: ["LOG", "120", "inet,unix,files,shared"]),
         Case(name: "unixinflight", arguments: ["LOG"]),
         Case(name: "unixnamed", arguments: ["LOG"]),
+        Case(name: "fifo", arguments: ["LOG"]),
         Case(name: "memory", refusals: [
             .mapping(fact: "file", pages: 16, reason: "maps a deleted file: the image holds only the pages the process wrote, not the file; not restorable yet"),
         ]),
