@@ -38,33 +38,53 @@ extension Kernel {
             try? setSocketOption(fd, level: SOL_SOCKET, name: SO_PEEK_OFF, value: savedOffset)
         }
         var messages: [PeekedUnixMessage] = []
-        var kept = true
-        defer { if !kept { for message in messages { for right in message.rights { try? right.close() } } } }
+        var complete = false
+        defer { if !complete { for message in messages { for right in message.rights { try? right.close() } } } }
+        // A stream peek that runs out of buffer before a message carrying descriptors still
+        // brings them (the kernel looks past the end for them): the buffer holds the whole
+        // queue (`SIOCINQ`). A datagram's full length comes back with `MSG_TRUNC`: the buffer
+        // grows for a longer one.
+        let queued = try queuedBytes(fd)
+        if stream, queued > limit { return nil }
+        var buffer = [UInt8](repeating: 0, count: stream ? queued + 1 : 64 << 10)
         var total = 0
-        var buffer = [UInt8](repeating: 0, count: limit + 1)
         while true {
             try setSocketOption(fd, level: SOL_SOCKET, name: SO_PEEK_OFF, value: messages.isEmpty ? -1 : Int32(total))
-            let (count, peeked) = try peek(fd, into: &buffer, size: buffer.count)
-            guard let peeked else { break }
-            var message = peeked
+            let (count, peeked) = try peek(fd, into: &buffer, size: buffer.count, truncation: !stream)
+            guard var message = peeked else { break }
             if count > limit - total {
                 for right in message.rights { try? right.close() }
-                kept = false
                 return nil
+            }
+            if count >= buffer.count {
+                // A datagram longer than the buffer: peeked again whole.
+                for right in message.rights { try? right.close() }
+                buffer = [UInt8](repeating: 0, count: count + 1)
+                continue
             }
             message.bytes = Data(buffer[..<count])
             messages.append(message)
             total += count
         }
+        complete = true
         return messages
+    }
+
+    /// The bytes queued (a datagram socket: its first datagram's). The corresponding call is `ioctl(SIOCINQ)`.
+    private static func queuedBytes(_ fd: FileDescriptor) throws(Errno) -> Int {
+        var count: Int32 = 0
+        try check { ioctl(fd.rawValue, UInt(MITOSIS_SIOCINQ), &count) }
+        return Int(count)
     }
 
     /// One peek at the socket's current peek offset: the byte count and what came, or nil at
     /// the end of the queue (`EAGAIN`, or no message: an end of stream gives 0 bytes and no
     /// credentials, a zero-length datagram gives credentials).
-    private static func peek(_ fd: FileDescriptor, into buffer: inout [UInt8], size: Int) throws(Errno) -> (Int, PeekedUnixMessage?) {
+    private static func peek(_ fd: FileDescriptor, into buffer: inout [UInt8], size: Int, truncation: Bool) throws(Errno) -> (Int, PeekedUnixMessage?) {
         var ancillary = mitosis_unix_ancillary()
-        let count = buffer.withUnsafeMutableBytes { mitosis_unix_peek(fd.rawValue, $0.baseAddress, size, 0, &ancillary) }
+        let count = buffer.withUnsafeMutableBytes {
+            mitosis_unix_peek(fd.rawValue, $0.baseAddress, size, truncation ? Int32(MSG_TRUNC) : 0, &ancillary)
+        }
         let rights = withUnsafeBytes(of: ancillary.rights) { raw in
             (0..<Int(ancillary.rights_count)).map { FileDescriptor(rawValue: raw.load(fromByteOffset: $0 * 4, as: Int32.self)) }
         }
