@@ -12,4 +12,5 @@
 #include "mitosis_restore.h"
 #include "mitosis_tcp.h"
 #include "mitosis_unix.h"
+#include "mitosis_fditer.h"
 #endif
