@@ -21,6 +21,12 @@ package enum Kernel {
     /// This process's id. The corresponding C function is `getpid`.
     package static func currentProcessID() -> Int32 { getpid() }
 
+    /// Whether a process (or thread) with this id exists in this pid namespace.
+    /// The corresponding system call is `kill(pid, 0)`.
+    package static func processExists(_ pid: Int32) -> Bool {
+        pid > 0 && (Glibc.kill(pid, 0) == 0 || errno == EPERM)
+    }
+
     /// Runs a call that reports failure as -1 + errno, retrying on EINTR.
     @discardableResult
     package static func check<T: BinaryInteger>(_ call: () -> T) throws(Errno) -> T {

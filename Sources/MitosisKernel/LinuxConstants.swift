@@ -48,6 +48,7 @@ package enum Linux {
     package static let AF_INET6 = Int32(Glibc.AF_INET6)
     package static let SOCK_STREAM = Int32(Glibc.SOCK_STREAM.rawValue)
     package static let SOCK_DGRAM = Int32(Glibc.SOCK_DGRAM.rawValue)
+    package static let SOCK_RAW = Int32(Glibc.SOCK_RAW.rawValue)
     package static let SOCK_SEQPACKET = Int32(Glibc.SOCK_SEQPACKET.rawValue)
     package static let SOL_SOCKET = Glibc.SOL_SOCKET
     package static let SO_REUSEADDR = Glibc.SO_REUSEADDR

@@ -38,6 +38,7 @@ public enum SyscallNumber {
     public static let bind = Int(SYS_bind)
     public static let listen = Int(SYS_listen)
     public static let connect = Int(SYS_connect)
+    public static let accept4 = Int(SYS_accept4)
     public static let setsockopt = Int(SYS_setsockopt)
     public static let getsockopt = Int(SYS_getsockopt)
     public static let sendmsg = Int(SYS_sendmsg)

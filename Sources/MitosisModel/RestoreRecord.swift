@@ -23,6 +23,12 @@ public struct RestoreRecord: Codable, Sendable, Equatable {
     public var pipes: [PipeContents]?
     /// Every socket the process holds, by inode (nil in images taken before sockets were captured).
     public var sockets: [SocketRestoreState]?
+    /// Descriptors in flight: carried by messages queued on the process's unix sockets
+    /// (`SCM_RIGHTS`) and held by no descriptor of the process. Each is numbered above every
+    /// descriptor the process holds; its state is recorded under that number like any other's
+    /// (`pipes`, `sockets`, `fileContents`, `timerfds`…). Restore creates them at those numbers,
+    /// sends the messages again carrying them, and closes them.
+    public var inFlight: [OpenDescriptor]?
     /// Descriptors that share an open file description (offset, flags) with a lower-numbered
     /// one, found by `kcmp(KCMP_FILE)`: restored as a `dup` of it.
     public var sharedDescriptions: [SharedDescription]?

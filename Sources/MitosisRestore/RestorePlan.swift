@@ -79,32 +79,47 @@ struct RestorePlan: Sendable {
                 refusals.append(RestoreRefusal("mapping 0x\(String(mapping.start, radix: 16))-0x\(String(mapping.end, radix: 16)) \(mapping.path ?? "[anonymous]")", reason))
             }
         }
-        let pipes = Dictionary(grouping: (manifest.descriptors ?? []).filter { $0.kind == .pipe }, by: \.inode)
-        for descriptor in manifest.descriptors ?? [] {
+        // Descriptors in flight (carried by queued unix messages) are restored like the rest;
+        // their subject names them as in flight (their numbers are the image's own).
+        let inFlight = record.inFlight ?? []
+        let all = (manifest.descriptors ?? []) + inFlight
+        let flying = Set(inFlight.map(\.fd))
+        func subject(_ descriptor: OpenDescriptor) -> String {
+            flying.contains(descriptor.fd) ? "a descriptor in flight (\(descriptor.target))" : "fd \(descriptor.fd) (\(descriptor.target))"
+        }
+        if let lowest = flying.min(), lowest <= (manifest.descriptors ?? []).map(\.fd).max() ?? -1 {
+            refusals.append(RestoreRefusal("image", "descriptors in flight numbered from \(lowest), not above every descriptor of the process"))
+        }
+        let pipes = Dictionary(grouping: all.filter { $0.kind == .pipe }, by: \.inode)
+        for descriptor in all {
+            if flying.contains(descriptor.fd), descriptor.kind == .epoll {
+                refusals.append(RestoreRefusal(subject(descriptor), "an epoll in flight: its watches name descriptors of the process that sent it; not restorable"))
+                continue
+            }
             if descriptor.kind == .pipe {
                 let ends = Set(pipes[descriptor.inode, default: []].map { $0.flags & 3 }).union(tree?.pipeEnds[descriptor.inode] ?? [])
                 if ends != [0, 1] {
-                    refusals.append(RestoreRefusal("fd \(descriptor.fd) (\(descriptor.target))", "the pipe's other end is outside the process; restoring it is not supported"))
+                    refusals.append(RestoreRefusal(subject(descriptor), "the pipe's other end is outside the process; restoring it is not supported"))
                 } else if let contents = (record.pipes ?? []).first(where: { $0.inode == descriptor.inode }) ?? tree?.pipeContents[descriptor.inode] {
                     // More bytes than the pipe holds would block the refill for ever.
                     if contents.bytes.count > contents.capacity || contents.capacity <= 0 {
-                        refusals.append(RestoreRefusal("fd \(descriptor.fd) (\(descriptor.target))", "\(contents.bytes.count) unread bytes recorded for a pipe of \(contents.capacity)"))
+                        refusals.append(RestoreRefusal(subject(descriptor), "\(contents.bytes.count) unread bytes recorded for a pipe of \(contents.capacity)"))
                     }
                 } else {
-                    refusals.append(RestoreRefusal("fd \(descriptor.fd) (\(descriptor.target))", "the image does not hold the pipe's contents"))
+                    refusals.append(RestoreRefusal(subject(descriptor), "the image does not hold the pipe's contents"))
                 }
                 continue
             }
             if descriptor.kind == .epoll {
                 // The kernel keys a watch by (file, fd number): each must still name its file.
                 for watch in descriptor.epoll ?? [] {
-                    let target = manifest.descriptors?.first { $0.fd == watch.fd }
+                    let target = all.first { $0.fd == watch.fd }
                     if target == nil || (watch.inode != nil && target?.inode != watch.inode) {
-                        refusals.append(RestoreRefusal("fd \(descriptor.fd) (\(descriptor.target))", "it watches fd \(watch.fd), which no longer refers to the file it registered"))
+                        refusals.append(RestoreRefusal(subject(descriptor), "it watches fd \(watch.fd), which no longer refers to the file it registered"))
                     }
                 }
                 if descriptor.epoll == nil {
-                    refusals.append(RestoreRefusal("fd \(descriptor.fd) (\(descriptor.target))", "the kernel did not report its watches"))
+                    refusals.append(RestoreRefusal(subject(descriptor), "the kernel did not report its watches"))
                 }
                 continue
             }
@@ -112,17 +127,17 @@ struct RestorePlan: Sendable {
                 // An established TCP connection, captured in repair mode; an image is hostile input.
                 let problems = captured.connection.problems()
                 if !problems.isEmpty {
-                    refusals.append(RestoreRefusal("fd \(descriptor.fd) (\(descriptor.target))", problems.joined(separator: "; ")))
+                    refusals.append(RestoreRefusal(subject(descriptor), problems.joined(separator: "; ")))
                 }
                 continue
             }
             if descriptor.kind == .socket {
-                if let reason = socketProblem(descriptor, manifest: manifest, record: record, tree: tree) {
-                    refusals.append(RestoreRefusal("fd \(descriptor.fd) (\(descriptor.target))", reason))
+                if let reason = socketProblem(descriptor, held: all, record: record, tree: tree, imagePid: pid) {
+                    refusals.append(RestoreRefusal(subject(descriptor), reason))
                 }
                 continue
             }
-            if let reason = descriptorProblem(descriptor, record: record) { refusals.append(RestoreRefusal("fd \(descriptor.fd) (\(descriptor.target))", reason)) }
+            if let reason = descriptorProblem(descriptor, record: record) { refusals.append(RestoreRefusal(subject(descriptor), reason)) }
         }
         return refusals
     }
@@ -142,16 +157,17 @@ struct RestorePlan: Sendable {
     }
 
     /// Why a socket cannot be restored, or nil; each family's rules live with its restore.
-    private static func socketProblem(_ descriptor: OpenDescriptor, manifest: CheckpointManifest, record: RestoreRecord,
-                                      tree: TreeHoldings?) -> String? {
+    private static func socketProblem(_ descriptor: OpenDescriptor, held descriptors: [OpenDescriptor], record: RestoreRecord,
+                                      tree: TreeHoldings?, imagePid: Int32) -> String? {
         guard let state = record.sockets?.first(where: { $0.inode == descriptor.inode }) else {
             return "the image does not hold the socket's state (taken before sockets were captured)"
         }
         if state.isInet { return inetSocketProblem(state) }
+        if state.isPacket { return packetSocketProblem(state) }
         if state.isUnix {
-            let held = Dictionary((record.sockets ?? []).filter { socket in manifest.descriptors?.contains { $0.inode == socket.inode } == true }
+            let held = Dictionary((record.sockets ?? []).filter { socket in descriptors.contains { $0.inode == socket.inode } }
                 .map { ($0.inode, $0) }, uniquingKeysWith: { a, _ in a }).merging(tree?.sockets ?? [:], uniquingKeysWith: { a, _ in a })
-            return unixSocketProblem(state, held: held)
+            return unixSocketProblem(state, held: held) ?? queuedAncillaryProblem(state, numbers: Set(descriptors.map(\.fd)), imagePid: imagePid)
         }
         return "sockets of address family \(state.domain) are not restorable"
     }
@@ -224,6 +240,10 @@ struct RestorePlan: Sendable {
         case .file, .directory:
             guard let path = descriptor.path else { return "no path" }
             if !fileExists(path) { return "\(path) does not exist here" }
+            return nil
+        case .fifo:
+            guard let path = descriptor.path else { return "no path" }
+            guard let status = try? Kernel.status(path), status.type == .fifo else { return "no FIFO at \(path) here" }
             return nil
         case .timerfd:
             guard record.timerfds?.contains(where: { $0.fd == descriptor.fd }) == true else { return "the image does not hold the timer's state" }

@@ -11,5 +11,6 @@
 #include "mitosis_threads.h"
 #include "mitosis_restore.h"
 #include "mitosis_tcp.h"
+#include "mitosis_unix.h"
 #include "mitosis_fditer.h"
 #endif

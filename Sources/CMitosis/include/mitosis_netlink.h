@@ -3,6 +3,7 @@
 #ifndef MITOSIS_NETLINK_H
 #define MITOSIS_NETLINK_H
 #include <stdint.h>
+#include <netpacket/packet.h>  // sockaddr_ll, for binding packet sockets
 #include <stddef.h>
 
 static const int MITOSIS_NETLINK_SOCK_DIAG = 4;

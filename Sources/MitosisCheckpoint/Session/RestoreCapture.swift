@@ -51,7 +51,12 @@ enum RestoreCapture {
             String(decoding: bytes, as: UTF8.self).split(separator: "\n").filter { $0.hasPrefix("ID:") }.count
         } ?? 0
         var pipes: [RestoreRecord.PipeContents] = []
-        for descriptor in descriptors where descriptor.kind == .pipe && !pipes.contains(where: { $0.inode == descriptor.inode }) {
+        // A FIFO's bytes are read through a reader opened on it, only when the process holds
+        // a read end itself: a reader coming and going where there was none would be seen by
+        // writers outside (an open for writing waiting for one would return).
+        let fifoReaders = descriptors.filter { $0.kind == .fifo && $0.flags & 3 != 1 }
+        for descriptor in descriptors where (descriptor.kind == .pipe || fifoReaders.contains(descriptor))
+            && !pipes.contains(where: { $0.inode == descriptor.inode }) {
             let (bytes, capacity) = try Kernel.peekPipe(pid: pid, fd: descriptor.fd)
             pipes.append(RestoreRecord.PipeContents(inode: descriptor.inode, capacity: capacity, bytes: Data(bytes)))
         }
@@ -60,11 +65,16 @@ enum RestoreCapture {
                              posixTimers: timers)
         record.pipes = pipes
         record.clocks = clocks
-        record.sockets = try SocketCapture.capture(pid: pid, descriptors: descriptors)
+        var received: [SocketCapture.Received] = []
+        defer { for item in received { for right in item.rights { try? right.close() } } }
+        record.sockets = try SocketCapture.capture(pid: pid, descriptors: descriptors, received: &received)
         record.sharedDescriptions = try SharedDescriptionCapture.capture(pid: pid, descriptors: descriptors)
         record.fileContents = try FileContentCapture.capture(pid: pid, descriptors: descriptors, shared: record.sharedDescriptions ?? [])
         record.timerfds = try FileContentCapture.timerfds(pid: pid, descriptors: descriptors)
         record.inotifyWatches = try InotifyCapture.capture(pid: pid, descriptors: descriptors)
+        let inFlight = received
+        received = []
+        try InFlightCapture.capture(pid: pid, descriptors: descriptors, received: inFlight, record: &record)
         var seccomp: [SeccompState?] = []
         for tid in tids { seccomp.append(try await tracer.seccomp(of: tid, pid: pid)) }
         record.seccomp = seccomp.first ?? nil

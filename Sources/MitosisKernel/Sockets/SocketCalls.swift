@@ -99,32 +99,6 @@ extension Kernel {
         // For a listener the kernel reports the accept queue's limit in tcpi_sacked.
         return (info.tcpi_state, info.tcpi_sacked)
     }
-
-    /// The data waiting in a socket's receive queue, left in place: one element per datagram, or
-    /// one for a byte stream. Peeks from offset 0 with `SO_PEEK_OFF` and puts the socket's own
-    /// peek offset back. Nil when it holds more than `limit` bytes. Zero-length datagrams end the walk.
-    /// The corresponding system call is `recv(MSG_PEEK)`.
-    package static func peekQueue(_ fd: FileDescriptor, stream: Bool, limit: Int) throws(Errno) -> [Data]? {
-        let saved = try socketOption(fd, level: SOL_SOCKET, name: SO_PEEK_OFF)
-        try setSocketOption(fd, level: SOL_SOCKET, name: SO_PEEK_OFF, value: 0)
-        defer { try? setSocketOption(fd, level: SOL_SOCKET, name: SO_PEEK_OFF, value: saved) }
-        var parts: [Data] = []
-        var total = 0
-        var buffer = [UInt8](repeating: 0, count: 256 << 10)
-        while true {
-            let count = buffer.withUnsafeMutableBytes { recv(fd.rawValue, $0.baseAddress, $0.count, Int32(MSG_PEEK | MSG_DONTWAIT)) }
-            if count < 0 {
-                if errno == EINTR { continue }
-                if errno == EAGAIN { break }
-                throw Errno(rawValue: errno)
-            }
-            if count == 0 { break }
-            total += count
-            guard total <= limit else { return nil }
-            if stream, !parts.isEmpty { parts[0].append(contentsOf: buffer[..<count]) } else { parts.append(Data(buffer[..<count])) }
-        }
-        return parts
-    }
 }
 
 /// One integer socket option a restore reads and sets again.
@@ -155,6 +129,15 @@ package struct RestorableSocketOption: Sendable {
         .init(level: Int32(IPPROTO_TCP), name: Int32(TCP_KEEPCNT), label: "TCP_KEEPCNT", domain: nil, tcpOnly: true),
         .init(level: Int32(IPPROTO_TCP), name: Int32(TCP_DEFER_ACCEPT), label: "TCP_DEFER_ACCEPT", domain: nil, tcpOnly: true),
         .init(level: Int32(IPPROTO_TCP), name: 23 /* TCP_FASTOPEN */, label: "TCP_FASTOPEN", domain: nil, tcpOnly: true),
+        // Packet sockets (SOL_PACKET 263): the ring's frame layout, and what each frame reports.
+        .init(level: 263, name: 10, label: "PACKET_VERSION", domain: AF_PACKET, tcpOnly: false),
+        .init(level: 263, name: 8, label: "PACKET_AUXDATA", domain: AF_PACKET, tcpOnly: false),
+        .init(level: 263, name: 9, label: "PACKET_ORIGDEV", domain: AF_PACKET, tcpOnly: false),
+        .init(level: 263, name: 12, label: "PACKET_RESERVE", domain: AF_PACKET, tcpOnly: false),
+        .init(level: 263, name: 14, label: "PACKET_LOSS", domain: AF_PACKET, tcpOnly: false),
+        .init(level: 263, name: 17, label: "PACKET_TIMESTAMP", domain: AF_PACKET, tcpOnly: false),
+        .init(level: 263, name: 20, label: "PACKET_QDISC_BYPASS", domain: AF_PACKET, tcpOnly: false),
+        .init(level: 263, name: 23, label: "PACKET_IGNORE_OUTGOING", domain: AF_PACKET, tcpOnly: false),
     ]
 
     package func applies(domain socketDomain: Int32, tcp: Bool) -> Bool {

@@ -27,9 +27,16 @@ public struct SocketRestoreState: Codable, Sendable, Equatable {
     public var options: [SocketOption]
     /// Unix only: the inode of the peer socket (sock_diag), nil for none.
     public var peerInode: UInt64?
-    /// Unix only: the data waiting to be read, one element per datagram (stream: one element);
-    /// nil for a listener, or when the queue held more than the capture keeps.
+    /// Unix only: the data waiting to be read, one element per datagram (zero-length ones
+    /// included); for a byte stream, one element per run of bytes that came with the same
+    /// credentials, cut where a message carried descriptors (they arrive with the read that ends
+    /// there); nil for a listener, or when the queue held more than the capture keeps.
     public var queued: [Data]?
+    /// Unix only: what came with each element of `queued`, in the same order (nil in images taken
+    /// before ancillary data was kept: then only the bytes are sent again).
+    public var ancillary: [QueuedAncillary]?
+    /// Packet (`AF_PACKET`) only: its binding, and what a restore refuses.
+    public var packet: PacketBinding?
 
     public init(inode: UInt64, domain: Int32, type: Int32, protocol: Int32, local: SocketAddress?, peer: SocketAddress?,
                 listening: Bool, backlog: UInt32?, tcpState: UInt8?, options: [SocketOption],
@@ -50,6 +57,7 @@ public struct SocketRestoreState: Codable, Sendable, Equatable {
 
     public var isInet: Bool { domain == 2 || domain == 10 }
     public var isUnix: Bool { domain == 1 }
+    public var isPacket: Bool { domain == 17 }
     public var typeName: String {
         switch type {
         case 1: isInet ? "TCP" : "stream"
@@ -57,6 +65,59 @@ public struct SocketRestoreState: Codable, Sendable, Equatable {
         case 5: "seqpacket"
         default: "type \(type)"
         }
+    }
+}
+
+/// What one queued unix message carries besides its bytes.
+public struct QueuedAncillary: Codable, Sendable, Equatable {
+    /// Descriptors in flight (`SCM_RIGHTS`), in order, by number: a descriptor the process holds
+    /// when the message carries that same open file description, otherwise one of
+    /// `RestoreRecord.inFlight` (numbered above every descriptor of the process).
+    public var rights: [Int32]?
+    /// `SCM_CREDENTIALS` as the receiver reads them with `SO_PASSCRED`; pid 0 (uid and gid the
+    /// overflow ids) when the sender attached none (neither end had `SO_PASSCRED` then).
+    public var credentials: UnixCredentials?
+
+    public init(rights: [Int32]? = nil, credentials: UnixCredentials? = nil) {
+        self.rights = rights
+        self.credentials = credentials
+    }
+}
+
+/// What an `AF_PACKET` socket is bound to (`getsockname`'s `sockaddr_ll`), and what no simple
+/// restore brings back.
+public struct PacketBinding: Codable, Sendable, Equatable {
+    /// The bound interface's index (0: every interface) and name (nil when unbound), as the
+    /// socket's network namespace knows them. A restore binds by name: another host numbers
+    /// its interfaces otherwise.
+    public var interfaceIndex: Int32
+    public var interface: String?
+    /// The bound Ethernet protocol, in network byte order as `sll_protocol` holds it.
+    public var protocolNumber: UInt16
+    /// A receive or transmit ring is set up (`PACKET_RX_RING`/`PACKET_TX_RING`).
+    public var ring: Bool
+    /// `PACKET_FANOUT`: group id, type and flags; 0 when in no group.
+    public var fanout: UInt32
+
+    public init(interfaceIndex: Int32, interface: String?, protocolNumber: UInt16, ring: Bool, fanout: UInt32) {
+        self.interfaceIndex = interfaceIndex
+        self.interface = interface
+        self.protocolNumber = protocolNumber
+        self.ring = ring
+        self.fanout = fanout
+    }
+}
+
+/// `struct ucred`: a sender's process id, user id and group id.
+public struct UnixCredentials: Codable, Sendable, Equatable {
+    public var pid: Int32
+    public var uid: UInt32
+    public var gid: UInt32
+
+    public init(pid: Int32, uid: UInt32, gid: UInt32) {
+        self.pid = pid
+        self.uid = uid
+        self.gid = gid
     }
 }
 

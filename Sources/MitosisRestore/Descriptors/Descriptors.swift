@@ -10,7 +10,10 @@ extension Tracer {
     /// takes the lowest free number, never above the one wanted, and is then moved there.
     /// Established connections are left in repair mode, in `connections`, for `finishConnections`.
     func restoreDescriptors(_ plan: RestorePlan, area: WorkArea, connections: inout [PendingConnection]) throws {
-        let descriptors = (plan.manifest.descriptors ?? []).sorted(by: { $0.fd < $1.fd })
+        // Descriptors in flight are made like the rest, at their numbers above the process's,
+        // carried by the messages sent again, and closed.
+        let inFlight = plan.record.inFlight ?? []
+        let descriptors = ((plan.manifest.descriptors ?? []) + inFlight).sorted(by: { $0.fd < $1.fd })
         let sockets = Dictionary((plan.record.sockets ?? []).map { ($0.inode, $0) }, uniquingKeysWith: { a, _ in a })
         // Objects with two ends first (pipes, socketpairs), both ends parked above every number
         // wanted, so that no temporary descriptor sits on a number another descriptor needs.
@@ -22,8 +25,13 @@ extension Tracer {
         let created = descriptors.filter { imported[$0.fd] == nil }
         let pipes = (plan.record.pipes ?? []).filter { pipe in created.contains { $0.kind == .pipe && $0.inode == pipe.inode } }
         let parked = try createPipes(created + (links?.foreign ?? []).filter { $0.kind == .pipe }, contents: pipes, next: &next, area: area)
-        let parkedPairs = try createSocketPairs(created, peers: links?.foreign ?? [], states: sockets.merging(links?.foreignSockets ?? [:], uniquingKeysWith: { a, _ in a }),
-                                                next: &next, area: area)
+        let keepers = try openFifoKeepers(created, next: &next, area: area)
+        let pairStates = sockets.merging(links?.foreignSockets ?? [:], uniquingKeysWith: { a, _ in a })
+        let parkedPairs = try createSocketPairs(created, peers: links?.foreign ?? [], states: pairStates, next: &next, area: area)
+        // Connections made through a named listener of the process are made again the same way,
+        // once every other descriptor (the listener too) exists: they are left out of the loop.
+        let namedConnections = Self.namedConnections(created, states: sockets)
+        let deferred = Set(namedConnections.flatMap { [$0.client.inode, $0.server.inode] })
         // A descriptor sharing its open file description with a lower one is a dup of it: the
         // pairs kcmp found at the checkpoint, and every further descriptor of one socket (a
         // socket has a single open file description).
@@ -36,6 +44,7 @@ extension Tracer {
         let contents = Dictionary((plan.record.fileContents ?? []).map { ($0.fd, $0) }, uniquingKeysWith: { a, _ in a })
         for descriptor in descriptors {
             let fd: UInt64
+            if descriptor.kind == .socket, deferred.contains(descriptor.inode) { continue }
             if let first = sameAs[descriptor.fd], first < descriptor.fd {
                 try huskCall("duplicating fd \(first) as fd \(descriptor.fd)", SyscallNumber.dup3,
                              [UInt64(first), UInt64(descriptor.fd), UInt64(descriptor.flags & UInt32(Linux.O_CLOEXEC))])
@@ -76,7 +85,8 @@ extension Tracer {
                     break
                 }
                 guard let state = sockets[descriptor.inode] else { throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "no socket state") }
-                fd = state.isUnix ? try createUnixSocket(descriptor, state, area: area) : try createInetSocket(descriptor, state, area: area)
+                fd = state.isUnix ? try createUnixSocket(descriptor, state, area: area)
+                    : state.isPacket ? try createPacketSocket(descriptor, state, area: area) : try createInetSocket(descriptor, state, area: area)
             case .timerfd:
                 guard let timer = timers[descriptor.fd] else { throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "no timer state") }
                 fd = try createTimerfd(descriptor, timer, inTimeNamespace: plan.timeNamespace)
@@ -86,6 +96,8 @@ extension Tracer {
             case .memfd:
                 guard let contents = contents[descriptor.fd] else { throw StepFailure(step: "restoring fd \(descriptor.fd)", detail: "no content") }
                 fd = try createMemfd(descriptor, contents, area: area)
+            case .fifo:
+                fd = try openFifo(descriptor, area: area)
             case .inotify:
                 fd = try createInotify(descriptor, paths: (plan.record.inotifyWatches ?? []).filter { $0.fd == descriptor.fd }, area: area)
             case .file where descriptor.deleted:
@@ -100,8 +112,19 @@ extension Tracer {
                 try huskCall("closing fd \(fd)", SyscallNumber.close, [fd])
             }
         }
+        var connected = parkedPairs
+        for connection in namedConnections {
+            let placed = try connectThroughListener(connection, descriptors: descriptors, area: area)
+            connected[connection.client.inode] = placed.client
+            connected[connection.server.inode] = placed.server
+        }
+        try refillFifos(created, contents: plan.record.pipes ?? [], keepers: keepers)
+        try refillUnixQueues(created, peers: links?.foreign ?? [], states: pairStates, parked: connected, imagePid: plan.manifest.pid)
         if let links { try exportDescriptions(links, descriptors: descriptors, parkedPipes: parked, parkedPairs: parkedPairs) }
-        for end in Array(parked.values) + Array(parkedPairs.values) {
+        for descriptor in inFlight {
+            try huskCall("closing the descriptor in flight \(descriptor.fd)", SyscallNumber.close, [UInt64(descriptor.fd)])
+        }
+        for end in Array(parked.values) + Array(parkedPairs.values) + Array(keepers.values) {
             try huskCall("closing the parked end \(end)", SyscallNumber.close, [end])
         }
         // Watches last, once every watched descriptor exists, and by injection: the kernel keys

@@ -10,15 +10,16 @@ import SystemPackage
 /// is removed), and unconnected sockets, named or not.
 extension Tracer {
     /// Creates every socketpair the process holds, parks both ends at `next` and up (like pipes),
-    /// gives each end its options and `O_NONBLOCK`, and refills each end's queue by sending its
-    /// bytes from a copy of the other end. Returns the parked slot of each end, by inode.
+    /// gives each end its options and `O_NONBLOCK`. Returns the parked slot of each end, by
+    /// inode; their queues are refilled once every descriptor exists (`refillUnixQueues`: a
+    /// message may carry any of them).
     /// `peers`: descriptors of other members of a tree, where the far end of a pair may be.
     func createSocketPairs(_ descriptors: [OpenDescriptor], peers: [OpenDescriptor] = [], states: [UInt64: SocketRestoreState],
                            next: inout UInt64, area: WorkArea) throws -> [UInt64: UInt64] {
         var parked: [UInt64: UInt64] = [:]
         for descriptor in descriptors where descriptor.kind == .socket && parked[descriptor.inode] == nil {
             guard let state = states[descriptor.inode], state.isUnix, let peerInode = state.peerInode,
-                  let peer = states[peerInode], let peerDescriptor = descriptors.first(where: { $0.inode == peerInode }) ?? peers.first(where: { $0.inode == peerInode })
+                  let peer = states[peerInode], state.local == nil, peer.local == nil, let peerDescriptor = descriptors.first(where: { $0.inode == peerInode }) ?? peers.first(where: { $0.inode == peerInode })
             else { continue }
             let step = "creating the \(state.typeName) socketpair of fds \(descriptor.fd) and \(peerDescriptor.fd)"
             try huskCall(step, SyscallNumber.socketpair, [UInt64(state.domain), UInt64(state.type), 0, area.scratch + WorkArea.text])
@@ -34,16 +35,8 @@ extension Tracer {
                 try huskCall(step, SyscallNumber.close, [UInt64(fd)])
                 parked[end.inode] = slot
             }
-            for (end, endState, other) in [(descriptor, state, peerDescriptor), (peerDescriptor, peer, descriptor)] {
-                let slot = parked[end.inode]!
-                try setOptions(slot, endState, name: "the unix socket of fd \(end.fd)")
-                // Bytes waiting at this end were sent by the other: send them again from there.
-                let datagrams = endState.queued ?? []
-                if !datagrams.isEmpty {
-                    try withCopy(of: parked[other.inode]!, step: "refilling the queue of fd \(end.fd)") { copy throws(Errno) in
-                        for datagram in datagrams { try Kernel.writeAll(copy, Array(datagram)) }
-                    }
-                }
+            for (end, endState) in [(descriptor, state), (peerDescriptor, peer)] {
+                try setOptions(parked[end.inode]!, endState, name: "the unix socket of fd \(end.fd)")
             }
             for end in [descriptor, peerDescriptor] where end.flags & UInt32(Linux.O_NONBLOCK) != 0 {
                 try huskCall("making fd \(end.fd) non-blocking", SyscallNumber.fcntl,
@@ -51,6 +44,121 @@ extension Tracer {
             }
         }
         return parked
+    }
+
+    /// Sends the messages queued at each end of each socketpair again, from a copy of the other
+    /// end, in order, each with the descriptors it carried (the restored ones: by then every
+    /// descriptor, in flight or not, exists at its number) and the credentials the receiver read.
+    /// Credentials are given explicitly (Mitosis may give any, as root); the process's own pid is
+    /// the husk's as Mitosis sees it (another one with `--pidns`). A message that came with none
+    /// (pid 0) is sent with `SO_PASSCRED` off at both ends for the moment, so that the kernel
+    /// attaches none either. Images without ancillary data get their bytes only, as before.
+    func refillUnixQueues(_ descriptors: [OpenDescriptor], peers: [OpenDescriptor], states: [UInt64: SocketRestoreState],
+                          parked: [UInt64: UInt64], imagePid: Int32) throws {
+        var done: Set<UInt64> = []
+        for descriptor in descriptors + peers where descriptor.kind == .socket && parked[descriptor.inode] != nil && !done.contains(descriptor.inode) {
+            done.insert(descriptor.inode)
+            guard let state = states[descriptor.inode], let peerInode = state.peerInode, let sender = parked[peerInode] else { continue }
+            let messages = state.queued ?? []
+            guard !messages.isEmpty else { continue }
+            let step = "refilling the queue of fd \(descriptor.fd)"
+            do {
+                let pidfd = try Kernel.pidfdOpen(pid)
+                defer { try? pidfd.close() }
+                let from = try Kernel.pidfdGetfd(pidfd, Int32(sender))
+                defer { try? from.close() }
+                let to = try Kernel.pidfdGetfd(pidfd, Int32(parked[descriptor.inode]!))
+                defer { try? to.close() }
+                for (index, bytes) in messages.enumerated() {
+                    let ancillary = state.ancillary?[index]
+                    var rights: [FileDescriptor] = []
+                    defer { for right in rights { try? right.close() } }
+                    for number in ancillary?.rights ?? [] { rights.append(try Kernel.pidfdGetfd(pidfd, number)) }
+                    var credentials = ancillary?.credentials
+                    if credentials?.pid == imagePid { credentials?.pid = pid }
+                    guard let given = credentials, given.pid == 0 else {
+                        try Kernel.sendMessage(from, bytes, rights: rights, credentials: credentials,
+                                               rightsOnLastByte: state.type == Linux.SOCK_STREAM)
+                        continue
+                    }
+                    // None attached: the kernel attaches the sender's own unless neither end asks.
+                    let saved = (try Kernel.socketOption(from, level: Linux.SOL_SOCKET, name: Linux.SO_PASSCRED),
+                                 try Kernel.socketOption(to, level: Linux.SOL_SOCKET, name: Linux.SO_PASSCRED))
+                    try Kernel.setSocketOption(from, level: Linux.SOL_SOCKET, name: Linux.SO_PASSCRED, value: 0)
+                    try Kernel.setSocketOption(to, level: Linux.SOL_SOCKET, name: Linux.SO_PASSCRED, value: 0)
+                    defer {
+                        try? Kernel.setSocketOption(from, level: Linux.SOL_SOCKET, name: Linux.SO_PASSCRED, value: saved.0)
+                        try? Kernel.setSocketOption(to, level: Linux.SOL_SOCKET, name: Linux.SO_PASSCRED, value: saved.1)
+                    }
+                    try Kernel.sendMessage(from, bytes, rights: rights, credentials: nil, rightsOnLastByte: state.type == Linux.SOCK_STREAM)
+                }
+            } catch {
+                throw StepFailure(step: step, detail: "\(error)")
+            }
+        }
+    }
+
+    /// Two connected unix stream sockets of the process, the client connected through a named
+    /// listener the process also holds, and the end that listener accepted.
+    struct NamedConnection {
+        var client: OpenDescriptor
+        var clientState: SocketRestoreState
+        var server: OpenDescriptor
+        var serverState: SocketRestoreState
+        var listener: OpenDescriptor
+    }
+
+    /// The connections among `descriptors` made through a listener among them: the client's
+    /// peer name is the listener's name, the accepted end's own name is it too.
+    static func namedConnections(_ descriptors: [OpenDescriptor], states: [UInt64: SocketRestoreState]) -> [NamedConnection] {
+        var found: [NamedConnection] = []
+        for client in descriptors where client.kind == .socket {
+            guard let clientState = states[client.inode], clientState.isUnix, !clientState.listening,
+                  let name = clientState.peer, let peerInode = clientState.peerInode,
+                  let serverState = states[peerInode], serverState.peerInode == client.inode, serverState.local == name,
+                  let server = descriptors.first(where: { $0.inode == peerInode }),
+                  let listener = descriptors.first(where: { candidate in
+                      states[candidate.inode].map { $0.isUnix && $0.listening && $0.local == name && $0.type == clientState.type } ?? false }),
+                  !found.contains(where: { $0.client.inode == client.inode })
+            else { continue }
+            found.append(NamedConnection(client: client, clientState: clientState, server: server, serverState: serverState, listener: listener))
+        }
+        return found
+    }
+
+    /// Makes a named connection again as the process made it: a socket created (and bound, if
+    /// the client had a name), connected to the listener's name by an injected `connect`, and
+    /// the other end taken by an injected `accept4` on the restored listener (whose queue is
+    /// empty: a restored listener's pending connections are not kept). Both ends are moved to
+    /// their numbers; returns them.
+    func connectThroughListener(_ connection: NamedConnection, descriptors: [OpenDescriptor], area: WorkArea) throws -> (client: UInt64, server: UInt64) {
+        let clientFd = try createUnixSocket(connection.client, connection.clientState, area: area)
+        try connectOrBind(clientFd, to: connection.clientState.peer!, connection.clientState,
+                          name: "the unix \(connection.clientState.typeName) socket of fd \(connection.client.fd)", call: SyscallNumber.connect, area: area)
+        let flags = UInt64(connection.server.flags & UInt32(Linux.O_NONBLOCK | Linux.O_CLOEXEC))
+        let serverFd = try huskCall("accepting the connection of fd \(connection.client.fd) on the listener of fd \(connection.listener.fd)",
+                                    SyscallNumber.accept4, [UInt64(connection.listener.fd), 0, 0, flags])
+        try setOptions(serverFd, connection.serverState, name: "the unix socket of fd \(connection.server.fd)")
+        var placed: (client: UInt64, server: UInt64) = (clientFd, serverFd)
+        for (end, fd) in [(connection.client, clientFd), (connection.server, serverFd)] {
+            let cloexec = UInt64(end.flags & UInt32(Linux.O_CLOEXEC))
+            var current = fd
+            if current != UInt64(end.fd) {
+                try huskCall("moving fd \(current) to \(end.fd)", SyscallNumber.dup3, [current, UInt64(end.fd), cloexec])
+                try huskCall("closing fd \(current)", SyscallNumber.close, [current])
+                if end.inode == connection.client.inode, placed.server == UInt64(end.fd) {
+                    throw StepFailure(step: "placing fd \(end.fd)", detail: "its number was taken by the accepted socket")
+                }
+                current = UInt64(end.fd)
+            }
+            if end.inode == connection.client.inode { placed.client = current } else { placed.server = current }
+            // Further descriptors of the same socket are dups of this one.
+            for other in descriptors where other.inode == end.inode && other.fd != end.fd {
+                try huskCall("duplicating fd \(end.fd) as fd \(other.fd)", SyscallNumber.dup3,
+                             [current, UInt64(other.fd), UInt64(other.flags & UInt32(Linux.O_CLOEXEC))])
+            }
+        }
+        return placed
     }
 
     /// A unix socket without a peer: created, given its options, bound to its name (a stale
@@ -107,8 +215,39 @@ extension RestorePlan {
         guard let peer = held[peerInode] else {
             return "its peer socket:[\(peerInode)] is outside the process; restoring it needs that process too"
         }
-        guard peer.peerInode == state.inode, state.local == nil, peer.local == nil else {
-            return "connected to a named socket (socket:[\(peerInode)]); only socketpairs are restored yet"
+        guard peer.peerInode == state.inode else {
+            return "its peer socket:[\(peerInode)] is connected elsewhere"
+        }
+        if state.local == nil && peer.local == nil { return nil }  // a socketpair
+        // A connection through a named listener the process holds (either end).
+        let (client, server) = state.peer != nil && peer.local == state.peer ? (state, peer) : (peer, state)
+        guard state.type == Linux.SOCK_STREAM || state.type == Linux.SOCK_SEQPACKET, let name = client.peer, server.local == name,
+              held.values.contains(where: { $0.listening && $0.local == name && $0.type == state.type }) else {
+            return "connected to the named socket \(peer.local?.description ?? state.peer?.description ?? "?") (socket:[\(peerInode)]) through a listener the process does not hold; only socketpairs and connections through the process's own listeners are restored"
+        }
+        return nil
+    }
+
+    /// Why the ancillary data recorded with a unix socket's queue cannot be sent again, or nil:
+    /// it must match the queue message for message (an image is hostile input), name only
+    /// descriptors the image holds, at most 253 per message (`SCM_MAX_FD`), and credentials of
+    /// a process that exists here (the kernel accepts only a live pid in `SCM_CREDENTIALS`):
+    /// the process itself, or one still running.
+    static func queuedAncillaryProblem(_ state: SocketRestoreState, numbers: Set<Int32>, imagePid: Int32) -> String? {
+        guard let ancillary = state.ancillary else { return nil }
+        guard ancillary.count == (state.queued ?? []).count else {
+            return "\(ancillary.count) ancillary records for \((state.queued ?? []).count) queued messages"
+        }
+        for (index, entry) in ancillary.enumerated() {
+            let rights = entry.rights ?? []
+            if rights.count > 253 { return "queued message \(index) carries \(rights.count) descriptors, more than a message can (253)" }
+            if let missing = rights.first(where: { !numbers.contains($0) }) {
+                return "queued message \(index) carries fd \(missing), which the image does not hold"
+            }
+            guard let credentials = entry.credentials, credentials.pid != 0, credentials.pid != imagePid else { continue }
+            if credentials.pid < 0 || !Kernel.processExists(credentials.pid) {
+                return "queued message \(index) carries the credentials of process \(credentials.pid), which does not exist here (the kernel sends only a live process's)"
+            }
         }
         return nil
     }

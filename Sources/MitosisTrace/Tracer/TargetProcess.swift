@@ -36,6 +36,17 @@ public struct TargetProcess: Sendable {
         if stat.state == "Z" || stat.state == "X" { throw .zombie(pid) }
     }
 
+    /// Mitosis itself, for reading what it holds on a target's behalf (the descriptors in flight
+    /// a peek of the target's unix queues installed here).
+    package static func mitosis() throws(MitosisError) -> TargetProcess {
+        let pid = Kernel.currentProcessID()
+        do { return TargetProcess(directory: try ProcessDirectory(pid: pid)) } catch { throw .noSuchProcess(pid) }
+    }
+
+    private init(directory: ProcessDirectory) {
+        process = directory
+    }
+
     /// Throws unless the process this value was opened for still runs: `.targetExited` once it
     /// has exited, `.pidReused` when its pid now names another process.
     public func requireAlive() throws(MitosisError) {

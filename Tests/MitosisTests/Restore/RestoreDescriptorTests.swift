@@ -351,9 +351,42 @@ struct RestoreSocketRefusalTests {
         #expect(RestorePlan.unixSocketProblem(inside, held: [7: inside, 8: other]) == nil)
         other.local = SocketAddress(path: Data("/run/x.sock".utf8))
         #expect(RestorePlan.unixSocketProblem(inside, held: [7: inside, 8: other])
-                == "connected to a named socket (socket:[8]); only socketpairs are restored yet")
+                == "connected to the named socket /run/x.sock (socket:[8]) through a listener the process does not hold; only socketpairs and connections through the process's own listeners are restored")
+        // A client of the process's own listener, and the end the listener accepted.
+        var client = inside
+        client.peer = other.local
+        var listener = other
+        listener.inode = 9
+        listener.peerInode = nil
+        listener.listening = true
+        #expect(RestorePlan.unixSocketProblem(client, held: [7: client, 8: other]) != nil)
+        #expect(RestorePlan.unixSocketProblem(client, held: [7: client, 8: other, 9: listener]) == nil)
+        #expect(RestorePlan.unixSocketProblem(other, held: [7: client, 8: other, 9: listener]) == nil)
         var big = inside
         big.queued = nil
         #expect(RestorePlan.unixSocketProblem(big, held: [7: big]) == "its queue held more than 4194304 bytes, which the checkpoint does not keep")
+    }
+
+    /// The ancillary data of a queue is hostile input like the rest of an image.
+    @Test func queuedAncillaryDataThatDoesNotAddUpIsRefusedByName() {
+        var state = SocketRestoreState(inode: 7, domain: 1, type: 2, protocol: 0, local: nil, peer: nil, listening: false, backlog: nil,
+                                       tcpState: nil, options: [], peerInode: 8, queued: [Data("a".utf8), Data()])
+        let me = UnixCredentials(pid: 4000, uid: 0, gid: 0)
+        state.ancillary = [QueuedAncillary(rights: [3], credentials: me), QueuedAncillary(credentials: UnixCredentials(pid: 0, uid: 65534, gid: 65534))]
+        #expect(RestorePlan.queuedAncillaryProblem(state, numbers: [3, 7], imagePid: 4000) == nil)
+        #expect(RestorePlan.queuedAncillaryProblem(state, numbers: [7], imagePid: 4000) == "queued message 0 carries fd 3, which the image does not hold")
+        state.ancillary?[0].rights = Array(repeating: 3, count: 254)
+        #expect(RestorePlan.queuedAncillaryProblem(state, numbers: [3], imagePid: 4000) == "queued message 0 carries 254 descriptors, more than a message can (253)")
+        state.ancillary?[0].rights = nil
+        // A sender that is gone: the kernel takes only a live pid in SCM_CREDENTIALS.
+        var gone: Int32 = 4_000_000
+        while Kernel.processExists(gone) { gone += 1 }
+        state.ancillary?[1].credentials = UnixCredentials(pid: gone, uid: 0, gid: 0)
+        #expect(RestorePlan.queuedAncillaryProblem(state, numbers: [], imagePid: 4000)
+                == "queued message 1 carries the credentials of process \(gone), which does not exist here (the kernel sends only a live process's)")
+        state.ancillary?[1].credentials = UnixCredentials(pid: getpid(), uid: 0, gid: 0)
+        #expect(RestorePlan.queuedAncillaryProblem(state, numbers: [], imagePid: 4000) == nil)
+        state.ancillary = [QueuedAncillary()]
+        #expect(RestorePlan.queuedAncillaryProblem(state, numbers: [], imagePid: 4000) == "1 ancillary records for 2 queued messages")
     }
 }

@@ -35,6 +35,9 @@ import Testing
     static let cases: [Case] = [
         Case(name: "acceptance", arguments: ["LOG", "8", "2", "120"]),
         Case(name: "restorefds", arguments: ["LOG", "120", "inet,unix,files,shared"]),
+        Case(name: "unixinflight", arguments: ["LOG"]),
+        Case(name: "unixnamed", arguments: ["LOG"]),
+        Case(name: "fifo", arguments: ["LOG"]),
         Case(name: "memory", refusals: [
             .mapping(fact: "file", pages: 16, reason: "maps a deleted file: the image holds only the pages the process wrote, not the file; not restorable yet"),
         ]),
