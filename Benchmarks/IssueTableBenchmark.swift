@@ -6,7 +6,8 @@ import MitosisKernel
 /// Every row of issue 15's table in one run, each beside its peer: the graph of a process with
 /// ~10,000 descriptors beside `lsof -p` + `ss -anpe`, `inspect` beside `lsof -p`, the pages an
 /// incremental checkpoint stores beside the shared-memory pages written, and `mitosis dump` of a
-/// 1 GiB process beside CRIU's `dump --leave-running` (when a criu ≥ 4.0 is found) and beside
+/// 1 GiB process beside CRIU's `dump --leave-running` (when a criu ≥ 4.0 is found; alone, and with
+/// its images fsynced: the same durability as Mitosis's) and beside
 /// `dd` copying the same bytes from `/proc/PID/mem` to a file and fsyncing it (a floor: no format,
 /// no consistency). Contenders are interleaved, run after run; medians are reported.
 struct IssueTableBenchmark: AsyncParsableCommand {
