@@ -6,7 +6,8 @@ import MitosisKernel
 /// Every row of issue 15's table in one run, each beside its peer: the graph of a process with
 /// ~10,000 descriptors beside `lsof -p` + `ss -anpe`, `inspect` beside `lsof -p`, the pages an
 /// incremental checkpoint stores beside the shared-memory pages written, and `mitosis dump` of a
-/// 1 GiB process beside CRIU's `dump --leave-running` (when a criu ≥ 4.0 is found) and beside
+/// 1 GiB process beside CRIU's `dump --leave-running` (when a criu ≥ 4.0 is found; alone, and with
+/// its images fsynced: the same durability as Mitosis's) and beside
 /// `dd` copying the same bytes from `/proc/PID/mem` to a file and fsyncing it (a floor: no format,
 /// no consistency). Contenders are interleaved, run after run; medians are reported.
 struct IssueTableBenchmark: AsyncParsableCommand {
@@ -121,6 +122,11 @@ struct IssueTableBenchmark: AsyncParsableCommand {
 
     // MARK: Full dump
 
+    /// `mitosis dump` (durable: its image is fsynced and renamed into place before it returns)
+    /// beside CRIU's `dump --leave-running`, which returns with its images in the page cache: once
+    /// as CRIU users see it, and once followed by `sync` of its image files (fsync of each: the
+    /// same durability as Mitosis's), timed together. Freeze times beside: Mitosis's from its
+    /// manifest, CRIU's from its own `stats-dump` (`frozen_time`).
     func dump() throws -> [String] {
         let target = try ScenarioTarget(["churn", "\(mib)", "0", "0"])
         defer { target.stop() }
@@ -131,7 +137,7 @@ struct IssueTableBenchmark: AsyncParsableCommand {
         let mitosis = siblingExecutable("mitosis")
         let criu = Self.criu()
         var samples = Samples()
-        var frozen: [Double] = []
+        var frozen: [Double] = [], criuFrozen: [Double] = []
         for run in 0..<runs {
             let images = directory + "/mitosis-\(run)"
             let (wall, output) = try Self.timed(mitosis, ["dump", String(target.pid), "--images", images, "--json"])
@@ -148,31 +154,72 @@ struct IssueTableBenchmark: AsyncParsableCommand {
             if case .found(let path, _) = criu {
                 let criuImages = directory + "/criu-\(run)"
                 try FileManager.default.createDirectory(atPath: criuImages, withIntermediateDirectories: false)
-                samples.add("criu", wall: try Self.timed(path, ["dump", "-t", String(target.pid), "--leave-running", "--shell-job", "-D", criuImages]).0)
+                let dumped = try Self.timed(path, ["dump", "-t", String(target.pid), "--leave-running", "--shell-job", "-D", criuImages]).0
+                // Its images made durable as Mitosis's are: each file and the directory fsynced
+                // (`sync FILE…` fsyncs each one it is given).
+                let files = ((try? FileManager.default.contentsOfDirectory(atPath: criuImages)) ?? []).sorted().map { criuImages + "/" + $0 }
+                let synced = try Self.timed("/bin/sync", files + [criuImages]).0
+                samples.add("criu", wall: dumped)
+                samples.add("criu + sync", wall: dumped + synced)
+                if let microseconds = Self.criuFrozenMicroseconds(criuImages + "/stats-dump") { criuFrozen.append(Double(microseconds) / 1e3) }
                 try? FileManager.default.removeItem(atPath: criuImages)
-                // CRIU returns with its images still in the page cache (it does not fsync): their
-                // writeback must not fall into the next contender's time. Not timed.
-                _ = try? Self.timed("/bin/sync", [])
             }
         }
         print("dump target: \(mib) MiB written once (churn \(mib) 0 0), images in \(scratch)")
-        for name in ["mitosis dump", "dd", "criu"] where samples.wall[name] != nil { print("  " + samples.line(name)) }
+        for name in ["mitosis dump", "dd", "criu", "criu + sync"] where samples.wall[name] != nil { print("  " + samples.line(name)) }
         let ours = samples.median("mitosis dump"), floor = samples.median("dd")
-        let frozenMedian = frozen.isEmpty ? Double.nan : frozen.sorted()[frozen.count / 2]
-        print(String(format: "  mitosis frozen median %.1f ms", frozenMedian))
+        let median = { (values: [Double]) in values.isEmpty ? Double.nan : values.sorted()[values.count / 2] }
+        let frozenMedian = median(frozen)
+        print(String(format: "  mitosis frozen median %.1f ms; criu frozen (its stats-dump frozen_time) median %.1f ms", frozenMedian, median(criuFrozen)))
         var rows = [String(format: "| `mitosis dump` of %d MiB (frozen %.1f ms) | %.0f ms | `dd` /proc/PID/mem → file + fsync %.0f ms (a floor, not a goal) | %.2f× | — | — |",
                            mib, frozenMedian, ours, floor, floor / ours)]
         switch criu {
         case .found(let path, let version):
-            let peer = samples.median("criu")
-            // CRIU's target stays frozen from its seizure to the end of the dump.
-            rows.append(String(format: "| `mitosis dump` of %d MiB (frozen %.1f ms: %.0f× shorter than CRIU's, frozen for its whole dump) | %.0f ms | CRIU %@ (%@) `dump --leave-running` %.0f ms | %.2f× | ≥ 1× | %@ |",
-                               mib, frozenMedian, peer / frozenMedian, ours, version, path, peer, peer / ours, peer >= ours ? "yes" : "no"))
+            let frozenRatio = median(criuFrozen) / frozenMedian
+            for (peerName, durability) in [("criu + sync", "+ `sync` of its image files (durable, as Mitosis's)"), ("criu", "(its images left in the page cache)")] {
+                let peer = samples.median(peerName)
+                rows.append(String(format: "| `mitosis dump` of %d MiB, durable (frozen %.1f ms) | %.0f ms | CRIU %@ `dump --leave-running` %@ %.0f ms (frozen %.0f ms: %.0f× Mitosis's) | %.2f× | ≥ 1× | %@ |",
+                                   mib, frozenMedian, ours, version, durability, peer, median(criuFrozen), frozenRatio, peer / ours,
+                                   peer >= ours ? "yes" : String(format: "no (%.0f %% of the goal)", 100 * peer / ours)))
+            }
+            print("  CRIU: \(path)")
         case .missing(let why):
             print("  CRIU column skipped: \(why)")
             rows.append("| `mitosis dump` of \(mib) MiB | \(String(format: "%.0f", ours)) ms | CRIU: skipped, \(why) | — | ≥ 1× | not measured |")
         }
         return rows
+    }
+
+    /// `frozen_time` (µs) of CRIU's `stats-dump` image: two magic words, a u32 length, then a
+    /// protobuf `stats_entry` whose field 1 is the `dump_stats_entry` (field 2: frozen_time).
+    static func criuFrozenMicroseconds(_ path: String) -> UInt64? {
+        guard let bytes = FileManager.default.contents(atPath: path).map(Array.init), bytes.count > 12 else { return nil }
+        var index = 12
+        func varint() -> UInt64? {
+            var value: UInt64 = 0, shift: UInt64 = 0
+            while index < bytes.count, shift < 64 {
+                let byte = bytes[index]
+                index += 1
+                value |= UInt64(byte & 0x7F) << shift
+                if byte & 0x80 == 0 { return value }
+                shift += 7
+            }
+            return nil
+        }
+        guard varint() == (1 << 3 | 2), let length = varint() else { return nil }
+        let end = min(bytes.count, index + Int(length))
+        while index < end, let key = varint() {
+            switch key & 7 {
+            case 0:
+                guard let value = varint() else { return nil }
+                if key >> 3 == 2 { return value }
+            case 2:
+                guard let skip = varint() else { return nil }
+                index += Int(skip)
+            default: return nil
+            }
+        }
+        return nil
     }
 
     enum CRIU { case found(String, String), missing(String) }

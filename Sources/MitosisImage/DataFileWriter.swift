@@ -12,7 +12,9 @@ import MitosisKernel
 /// system that refuses direct I/O, when the file is set up or at a write, gets buffered writes.
 ///
 /// A piece handed to `write` is read until `drain` returns: the sink drains before its
-/// `writePages` returns, so a caller's bytes are never used after its call.
+/// `writePages` returns, so a caller's bytes are never used after its call. A full checkpoint's
+/// first round goes through `writeEarly` instead: asynchronous direct I/O from the caller's own
+/// thread, the device writing one buffer while the caller fills and hashes the next.
 final class DataFileWriter: @unchecked Sendable {
     static let alignment = 4096
     /// Pieces this large are written from the caller's memory; smaller ones are gathered.
@@ -27,9 +29,6 @@ final class DataFileWriter: @unchecked Sendable {
     private let condition = NSCondition()
     private var queue: [(buffer: UnsafeRawBufferPointer, offset: UInt64)] = []
     private var busy = false
-    /// Pieces handed to the thread, and those it is done with (written or failed).
-    private var submitted: UInt64 = 0
-    private var completed: UInt64 = 0
     private var failure: Errno?
     private var stopping = false
     private var directIO: Bool
@@ -67,18 +66,85 @@ final class DataFileWriter: @unchecked Sendable {
         }
     }
 
-    /// Writes `piece` (whole pages) after the pieces before it, on the caller's thread, and
-    /// returns once it is written: no hand-over to the writing thread and back, whose wake-ups
-    /// cost more than the write itself on a busy machine.
-    func writeNow(_ piece: UnsafeRawBufferPointer) throws(Errno) {
-        guard piece.count > 0 else { return }
-        try flushGathered()
-        try writeOut(piece, at: size)
+    /// Starts writing `piece` (whole pages, page-aligned) after the pieces before it and returns
+    /// at once where the kernel offers asynchronous direct I/O (`AsyncWrites`), so that the caller
+    /// copies and hashes the next piece while the device takes this one, on the caller's own
+    /// thread: a hand-over to the writing thread and back cost more than the write itself on a
+    /// busy machine. The piece is read until `waitEarly` of the returned mark returns. Elsewhere
+    /// the piece is written before this returns.
+    func writeEarly(_ piece: UnsafeRawBufferPointer) throws(Errno) -> UInt64 {
+        guard piece.count > 0 else { return earlySubmitted }
+        if gathered > 0 { try flushGathered() }
+        let offset = size
         size += UInt64(piece.count)
+        earlySubmitted += 1
+        if let early = try earlyWrites(covering: size) {
+            if early.pending == early.depth { try reapEarly(minimum: 1) }
+            try early.submit(fd, piece, at: offset, tag: earlySubmitted)
+            earlyPieces[earlySubmitted] = (piece, offset)
+        } else {
+            try writeOut(piece, at: offset)
+        }
+        return earlySubmitted
     }
+
+    /// Waits until the early pieces handed over up to `mark` are written; throws the first failure.
+    func waitEarly(_ mark: UInt64) throws(Errno) {
+        while let lowest = earlyPieces.keys.min(), lowest <= mark { try reapEarly(minimum: 1) }
+        if let earlyFailure { throw earlyFailure }
+    }
+
+    /// The AIO context for early pieces, with the file's size at least `end` (a write inside the
+    /// file's size does not wait in `io_submit`); nil where writes are buffered or AIO is missing.
+    private func earlyWrites(covering end: UInt64) throws(Errno) -> AsyncWrites? {
+        guard condition.withLock({ directIO }) else { return nil }
+        if earlyAIO == nil, !earlyAIOFailed {
+            earlyAIO = try? AsyncWrites(depth: Self.earlyDepth)
+            earlyAIOFailed = earlyAIO == nil
+        }
+        guard let early = earlyAIO else { return nil }
+        if end > extended {
+            // In large steps; the sink cuts the file to its final length at commit.
+            extended = max(end, extended + Self.extendStep)
+            try Kernel.truncate(fd, to: Int(extended))
+        }
+        return early
+    }
+
+    /// Reaps finished early writes; a piece refused (direct I/O refused, or written short) is
+    /// written again here, synchronously. A failure is kept for `waitEarly` to throw once every
+    /// write in flight is reaped.
+    private func reapEarly(minimum: Int) throws(Errno) {
+        guard let early = earlyAIO else { return }
+        for done in try early.reap(minimum: minimum) {
+            guard let (piece, offset) = earlyPieces.removeValue(forKey: done.tag) else { continue }
+            do throws(Errno) {
+                switch done.result {
+                case .success(let count) where count == piece.count: break
+                case .success(let count): try writeOut(UnsafeRawBufferPointer(rebasing: piece[count...]), at: offset + UInt64(count))
+                case .failure(.invalidArgument): try writeOut(piece, at: offset)
+                case .failure(let error): throw error
+                }
+            } catch {
+                earlyFailure = earlyFailure ?? error
+            }
+        }
+    }
+
+    /// Early writes in flight at most (four stream buffers of a few pieces each, usually).
+    private static let earlyDepth = 64
+    private static let extendStep: UInt64 = 256 << 20
+    private var earlyAIO: AsyncWrites?
+    private var earlyAIOFailed = false
+    private var earlySubmitted: UInt64 = 0
+    private var earlyPieces: [UInt64: (UnsafeRawBufferPointer, UInt64)] = [:]
+    private var earlyFailure: Errno?
+    /// The size the file was extended to ahead of early writes (0: never).
+    private(set) var extended: UInt64 = 0
 
     /// Waits until every piece handed over is written; throws the first failure.
     func drain() throws(Errno) {
+        try waitEarly(.max)
         condition.lock()
         defer { condition.unlock() }
         while !queue.isEmpty || busy { condition.wait() }
@@ -88,18 +154,6 @@ final class DataFileWriter: @unchecked Sendable {
     /// Writes what is gathered and waits for every write.
     func finish() throws(Errno) {
         try flushGathered()
-    }
-
-    /// A mark for `wait(for:)`: the pieces handed over so far (gathered ones are copied, so
-    /// the caller's memory of those is free already).
-    var mark: UInt64 { condition.withLock { submitted } }
-
-    /// Waits until the pieces handed over before `mark` are written; throws the first failure.
-    func wait(for mark: UInt64) throws(Errno) {
-        condition.lock()
-        defer { condition.unlock() }
-        while completed < mark { condition.wait() }
-        if let failure { throw failure }
     }
 
     /// Writes what is gathered, waits for every write, and makes `offset` the place of the next
@@ -132,7 +186,6 @@ final class DataFileWriter: @unchecked Sendable {
     private func submit(_ buffer: UnsafeRawBufferPointer) {
         condition.withLock {
             queue.append((buffer, size))
-            submitted += 1
             condition.broadcast()
         }
         size += UInt64(buffer.count)
@@ -153,7 +206,6 @@ final class DataFileWriter: @unchecked Sendable {
             }
             condition.lock()
             busy = false
-            completed += 1
             if failure == nil { failure = error }
             condition.broadcast()
         }

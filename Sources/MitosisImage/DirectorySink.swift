@@ -113,9 +113,10 @@ public final class DirectorySink: EarlyPageSink, @unchecked Sendable {
     }
 
     package func waitEarly(_ mark: UInt64) throws {
-        // Not under the lock: the checkpoint copies the next pieces meanwhile, on its thread.
-        let writer = try lock.withLock { () throws(ImageError) in try openWriter() }
-        try writer.waitEarly(mark)
+        try lock.withLock {
+            let writer = try openWriter()
+            try failing(writer, recoverable: false) { () throws(ImageError) in try writer.waitEarly(mark) }
+        }
     }
 
     package func keepEarly(at address: UInt64, length: Int) throws {
@@ -317,16 +318,16 @@ private final class Writer {
         let pages = self.pages
         let piece = EarlyPiece(address: address, length: UInt64(bytes.count), offset: builder.dataSize, before: builder)
         // The builder would hand the bytes over run by run, in order: one write of them all is
-        // the same data.
-        try Self.io(path, "write \(ImageFormat.dataName)") { () throws(Errno) in try pages.writeNow(bytes) }
+        // the same data. Hashed while the device writes them.
+        let mark = try Self.io(path, "write \(ImageFormat.dataName)") { () throws(Errno) in try pages.writeEarly(bytes) }
         try builder.add(address: address, bytes) { _ throws(ImageError) in }
         early.append(piece)
-        return pages.mark
+        return mark
     }
 
     package func waitEarly(_ mark: UInt64) throws(ImageError) {
         let pages = self.pages
-        try Self.io(path, "write \(ImageFormat.dataName)") { () throws(Errno) in try pages.wait(for: mark) }
+        try Self.io(path, "write \(ImageFormat.dataName)") { () throws(Errno) in try pages.waitEarly(mark) }
     }
 
     package func keepEarly(address: UInt64, length: Int) throws(ImageError) {
@@ -422,7 +423,8 @@ private final class Writer {
         }
         let pages = self.pages
         try Self.io(path, "write \(ImageFormat.dataName)") { () throws(Errno) in try pages.finish() }
-        if last.offset + last.length > builder.dataSize {
+        // Early pages left out at the end, or the file extended ahead of the early writes.
+        if last.offset + last.length > builder.dataSize || pages.extended > builder.dataSize {
             let size = builder.dataSize
             let data = self.data
             try Self.io(path, "truncate \(ImageFormat.dataName)") { () throws(Errno) in try Kernel.truncate(data, to: Int(size)) }
