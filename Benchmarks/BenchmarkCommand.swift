@@ -19,6 +19,7 @@ struct BenchmarkCommand: AsyncParsableCommand {
             LiveRedisBenchmark.self,
             IssueTableBenchmark.self,
             ReplicateBenchmark.self,
+            PromoteBenchmark.self,
         ]
     )
 }
