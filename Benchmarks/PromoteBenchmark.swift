@@ -93,7 +93,8 @@ struct PromoteBenchmark: AsyncParsableCommand {
         defer { redis.kill() }
         try await Self.awaitPing(a, hosts.addressA, alive: { redis.isRunning })
         let load = try ChildProcess(executable: a[0], arguments: Array(a.dropFirst()) + [
-            "/usr/bin/redis-benchmark", "-h", hosts.addressA, "-p", "6379", "-t", "set,incr", "-c", "4", "-P", "1",
+            // Over loopback: connections to A's address could not be rebuilt on B, which lacks it.
+            "/usr/bin/redis-benchmark", "-h", "127.0.0.1", "-p", "6379", "-t", "set,incr", "-c", "4", "-P", "1",
             "-r", "10000", "-d", "64", "-n", "100000000", "-l", "-q",
         ], stdin: .null, stdout: .null, stderr: .null)
         defer { load.kill() }
@@ -142,9 +143,11 @@ struct PromoteBenchmark: AsyncParsableCommand {
     }
 
     static func promote(_ command: [String]) throws -> [String: Any] {
-        let output = try ToolOutput.capture(command[0], Array(command.dropFirst()))
-        guard let json = try? JSONSerialization.jsonObject(with: output) as? [String: Any] else {
-            throw ValidationError("\(command.joined(separator: " ")) failed: \(String(decoding: output, as: UTF8.self))")
+        let child = try ChildProcess(executable: command[0], arguments: Array(command.dropFirst()), stdin: .null, stdout: .pipe, stderr: .pipe)
+        let (output, errors) = child.readToEnd()
+        child.wait()
+        guard let json = try? JSONSerialization.jsonObject(with: Data(output)) as? [String: Any] else {
+            throw ValidationError("\(command.joined(separator: " ")) failed: \(String(decoding: output + errors, as: UTF8.self))")
         }
         return json
     }

@@ -168,7 +168,7 @@ final class DataFileCopies: @unchecked Sendable {
     /// The cross-device case: a temporary file beside `path`, synced, renamed over it.
     private func writeWhole(_ source: FileDescriptor, length: UInt64, mode: UInt32, to path: String) throws {
         let content = try Kernel.readAt(source, offset: 0, count: Int(length))
-        try Promotion.installDataFiles([path: MaterializedFile(content: content, mode: mode, removed: false)])
+        _ = try Promotion.installDataFiles([path: MaterializedFile(content: content, mode: mode, removed: false)])
     }
 
     private func close() {

@@ -180,7 +180,9 @@ extension ReplicationTests {
     /// (SIGSTOP) at five random moments; once two more epochs are committed, the standby's newest
     /// epoch equals redis's memory byte for byte (and so does the husk), and the data files of that
     /// epoch (replayed from the chain's logs, and the warm clone's copies) equal redis's files,
-    /// the AOF at its size then. Protect and redis run on between the pauses.
+    /// the AOF at its size then. Protect is stopped for each comparison (a freeze of the next
+    /// epoch would change redis's memory while it is read: injected calls borrow it and put it
+    /// back) and started again afterwards: a full base, which the husk takes too.
     @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: redisServer), "needs Debian's redis-server (scripts/setup installs it)"))
     func redisUnderLoadEqualsItsWarmStandbyByteForByteAtFiveRandomPauses() async throws {
         try await withHosts { hosts in
@@ -195,8 +197,11 @@ extension ReplicationTests {
                                               "--compact-every", "0", "--warm", "--pidns"],
                                              in: hosts.prefix(hosts.b), log: scratch.path + "/standby.log")
             try await standby.awaitLog("listening on")
-            let protect = try ServiceProcess(["protect", "\(pid)", "--standby", "\(hosts.addressB):\(Self.port)", "--interval", "50",
-                                              "--data", data + "/appendonlydir"], in: hosts.prefix(hosts.a), log: scratch.path + "/protect.log")
+            func startProtect(_ name: String) throws -> ServiceProcess {
+                try ServiceProcess(["protect", "\(pid)", "--standby", "\(hosts.addressB):\(Self.port)", "--interval", "50",
+                                    "--data", data + "/appendonlydir"], in: hosts.prefix(hosts.a), log: scratch.path + "/\(name).log")
+            }
+            var protect = try startProtect("protect")
             _ = try await Self.awaitWarm(images, atLeast: 3)
             let acknowledgements = Acknowledgements()
             let writer = Self.writeLoad(hosts, images: images, acknowledgements)
@@ -207,9 +212,13 @@ extension ReplicationTests {
                 var waited = 0
                 while !Self.isStopped(pid) && waited < 100 { try await Task.sleep(for: .milliseconds(20)); waited += 1 }
                 let paused = Self.newestEpochNumber(images)
-                let epoch = try await StandbyImages.awaitEpoch(images, atLeast: paused + 2, timeout: .seconds(60))
-                let warm = try await Self.awaitWarm(images, atLeast: epoch.rawValue)
+                _ = try await StandbyImages.awaitEpoch(images, atLeast: paused + 2, timeout: .seconds(60))
+                let ended = standby.connectionsEnded
+                #expect(await protect.stop(SIGTERM) == 0, "\(protect.text.suffix(1000))")
+                let deadline = ContinuousClock.now + .seconds(20)
+                while standby.connectionsEnded == ended && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
                 let newest = try #require(StandbyImages.newest(images))
+                let warm = try await Self.awaitWarm(images, atLeast: newest.epoch.rawValue)
                 #expect(Self.isStopped(pid), "pause \(pause): redis stopped")
                 // Memory: the epoch, the paused redis and the husk hold the same bytes.
                 let memory = try StandbyImages.differingPages(newest.image, pid: pid)
@@ -231,6 +240,8 @@ extension ReplicationTests {
                 #expect(Self.isStopped(pid), "pause \(pause): still stopped after the comparisons")
                 compared.append("epoch \(newest.epoch): \(memory.compared) pages, AOF \(aof.value.content.count) bytes")
                 kill(pid, SIGCONT)
+                protect = try startProtect("protect\(pause + 1)")
+                _ = try await Self.awaitWarm(images, atLeast: newest.epoch.rawValue + 2)
             }
             acknowledgements.stop()
             await writer.value
