@@ -187,6 +187,8 @@ extension ReplicationTests {
                 let check = try await CheckpointedScenario.awaitCheck(checks, in: log, timeout: .seconds(30))
                 #expect(check.contains(" PASS "), "on host A: \(check)")
             }
+            // An epoch captured after the last check on A: the process promoted has made it.
+            _ = try await StandbyImages.awaitEpoch(images, atLeast: Self.newestEpochNumber(images) + 2, timeout: .seconds(60))
             let epochs = Self.newestEpochNumber(images)
             #expect(epochs > 10, "\(epochs) epochs in \(seconds) s")
             let ended = standby.connectionsEnded
