@@ -20,6 +20,7 @@ struct BenchmarkCommand: AsyncParsableCommand {
             IssueTableBenchmark.self,
             ReplicateBenchmark.self,
             FailoverBenchmark.self,
+            PromoteBenchmark.self,
         ]
     )
 }

@@ -60,6 +60,20 @@ extension Kernel {
         try check { fsync(fd.rawValue) }
     }
 
+    /// Flushes a file's data, and only the metadata needed to read it back (its size), to
+    /// storage. The corresponding system call is `fdatasync`.
+    package static func dataSync(_ fd: FileDescriptor) throws(Errno) {
+        try check { fdatasync(fd.rawValue) }
+    }
+
+    /// Starts writing a file's dirty pages to storage without waiting for them: a later
+    /// `dataSync` then waits for little. The corresponding system call is `sync_file_range`
+    /// with `SYNC_FILE_RANGE_WRITE` over the whole file.
+    package static func startWriteback(_ fd: FileDescriptor) throws(Errno) {
+        // Glibc declares it only under _GNU_SOURCE: the system call itself (x86_64: 277).
+        try check { mitosis_syscall6(277 /* sync_file_range */, Int(fd.rawValue), 0, 0, 2 /* SYNC_FILE_RANGE_WRITE */, 0, 0) }
+    }
+
     /// Turns direct I/O on or off for an open file: writes then go from the caller's memory to
     /// the device, bypassing the page cache, and buffers, lengths and file offsets must be aligned
     /// to the file system's block size. Fails (EINVAL) where the file system has no direct I/O.

@@ -94,6 +94,7 @@ public actor PreparedProcess {
             let refusals = RestorePlan.refusals(manifest)
             guard refusals.isEmpty, let record = manifest.restore else { throw RestoreError.refused(image: image.path, refusals) }
             try await Blocking.run("mitosis-prepared-check") { [self] in try checkMappedFiles() }
+            let checked = clock.now
             var plan = RestorePlan(manifest: manifest, record: record)
             plan.newPidNamespace = basePlan.newPidNamespace
             plan.timeNamespace = basePlan.timeNamespace
@@ -123,7 +124,10 @@ public actor PreparedProcess {
             // Lifted once the process runs, or has been killed: a client of a failed restore then
             // sees a reset, not a connection hanging for ever.
             defer { lock?.release() }
+            let locked = clock.now
             var (phases, notes) = try await tracer.finishHusk(plan, area: area, verify: verify)
+            phases["check"] = Restorer.milliseconds(checked - started)
+            phases["lock"] = Restorer.milliseconds(locked - checked)
             notes += segments?.markRemoved() ?? []
             state = .gone
             // The init may now reap and end once the restored process does.

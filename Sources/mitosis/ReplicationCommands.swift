@@ -196,9 +196,10 @@ struct PromoteCommand: AsyncParsableCommand {
     static func line(_ result: PromotionResult) -> String {
         let here = result.hostPid.map { " (pid \($0) here, in a new pid namespace)" } ?? ""
         let how = result.warm ? "from the warm clone" : "cold (\(result.coldReason ?? "no warm clone"))"
-        return String(format: "promoted epoch %@ (image %@, taken %@, %.0f ms before the promotion) as process %d%@ %@ in %.1f ms: standby stopped in %.1f ms, %d data file(s) in %.1f ms, %@ %.1f ms",
+        return String(format: "promoted epoch %@ (image %@, taken %@, %.0f ms before the promotion) as process %d%@ %@ in %.1f ms: fence %.1f ms, standby stopped in %.1f ms, %d data file(s) in %.1f ms, %@ %.1f ms; durable %.1f ms later",
                       result.epoch.description, result.imageID, result.created, result.ageMilliseconds, result.pid, here, how, result.totalMilliseconds,
-                      result.stopStandbyMilliseconds, result.dataFiles, result.dataFilesMilliseconds, result.warm ? "finish" : "restore", result.restoreMilliseconds)
+                      result.steps["fence"] ?? 0, result.stopStandbyMilliseconds, result.dataFiles, result.dataFilesMilliseconds,
+                      result.warm ? "finish" : "restore", result.restoreMilliseconds, result.steps["sync"] ?? 0)
     }
 }
 

@@ -29,6 +29,10 @@ public struct PromotionResult: Codable, Sendable, Equatable {
     public var hostPid: Int32?
     /// The restore's own phases (`RestoreResult.phases`: a warm clone's finish has `state` and `resume` only).
     public var phases: [String: Double] = [:]
+    /// Milliseconds of each step of the promotion, in order: `fence`, the control socket's round
+    /// trip (`control`), `stop` (no epoch accepted any more), `take` (the warm clone handed over),
+    /// `open` (the epoch's image, cold only), `files`, then `finish` (warm) or `restore` (cold).
+    public var steps: [String: Double] = [:]
 }
 
 /// Brings the protected process to life on the standby from the newest committed epoch: by
@@ -49,18 +53,46 @@ public enum Promotion {
         let clock = ContinuousClock(), started = clock.now
         let directory = StandbyDirectory(path)
         guard (try? Kernel.status(directory.epochsPath))?.type == .directory else { throw ReplicationError.nothingCommitted(path) }
-        try await Blocking.run("mitosis-promote-fence") { try fence(directory) }
+        let fence = try await Blocking.run("mitosis-promote-fence") { try createFence(directory) }
+        let fenced = clock.now
+        // Synced while the process is brought to life, awaited before answering: its exclusive
+        // creation is what stops a second promotion; its durability only matters across a crash
+        // of this host, which the promoted process would not survive either.
+        let fenceSync = Task { try await Blocking.run("mitosis-promote-fence") { try syncFence(fence, directory) } }
+        var result: PromotionResult
+        do {
+            result = try await promoteFenced(directory, standbyTimeout: standbyTimeout, logger: logger)
+        } catch {
+            _ = try? await fenceSync.value
+            throw error
+        }
+        let answered = clock.now
+        do { try await fenceSync.value } catch { logger.warning("promote: syncing the fence \(directory.fencePath) failed: \(error)") }
+        // The standby's figures run from its own start; the rest was the fence and the socket.
+        let sync = result.steps["sync"] ?? 0
+        let running = milliseconds(answered - started) - sync
+        result.steps["fence"] = milliseconds(fenced - started)
+        result.steps["control"] = max(0, running - result.totalMilliseconds - milliseconds(fenced - started))
+        result.steps["sync"] = max(sync, milliseconds(clock.now - started) - running)
+        result.totalMilliseconds = running
+        return result
+    }
+
+    /// `promote` once the directory is fenced: by the standby serving it (in this process or
+    /// through its control socket), or cold after stopping whoever holds its lock.
+    private static func promoteFenced(_ directory: StandbyDirectory, standbyTimeout: Duration, logger: Logger) async throws -> PromotionResult {
+        let path = directory.path
         if let standby = StandbyControl.standby(serving: path) { return try await standby.promote() }
         // The standby answers once the process runs (or it failed): a warm clone that fails is
         // restored cold by the standby itself. No answer in time: nothing more is tried, since
         // the standby may still bring the process to life.
         if let reply = try await StandbyControl.request(directory, "promote", timeout: .seconds(300)) {
-            guard var result = reply.result else {
+            guard let result = reply.result else {
                 throw ReplicationError.promotion("the standby of \(path) did not promote: \(reply.error ?? "no reason given")")
             }
-            result.totalMilliseconds = milliseconds(clock.now - started)
             return result
         }
+        let clock = ContinuousClock(), started = clock.now
         // Stop and lock on a thread of their own: they wait on a lock.
         let lock = try await Blocking.run("mitosis-promote") { try stopStandbyAndLock(directory, timeout: standbyTimeout, logger: logger) }
         defer { try? lock.close() }
@@ -68,7 +100,7 @@ public enum Promotion {
         for line in scan.skipped { logger.warning("promote: passing over \(line)") }
         guard let newest = scan.newest else { throw ReplicationError.nothingCommitted(path) }
         return try await restore(epoch: newest.epoch, image: newest.image, husk: nil, files: nil, reason: "no standby serves \(path)",
-                                 inNewPidNamespace: false, started: started, stopped: clock.now, logger: logger)
+                                 inNewPidNamespace: false, started: started, steps: ["stop": milliseconds(clock.now - started)], logger: logger)
     }
 
     /// The promotion a standby runs on its own directory, once fenced: no epoch commits after
@@ -82,38 +114,51 @@ public enum Promotion {
         standby.logger.info("standby: promoting; no epoch is accepted any more")
         guard let committed = await standby.store.committed else { throw ReplicationError.nothingCommitted(directory.path) }
         let path = directory.imagePath(committed.epoch)
-        var taken: (husk: PreparedProcess?, files: DataFilePicture?, reason: String?) = (nil, nil, "the standby keeps no warm clone (--warm)")
+        var taken: (husk: PreparedProcess?, files: DataFileCopies?, reason: String?) = (nil, nil, "the standby keeps no warm clone (--warm)")
         if let warm = standby.warm { taken = await warm.take(at: committed.epoch, path: path) }
+        var steps = ["stop": milliseconds(stopped - started), "take": milliseconds(clock.now - stopped)]
         let image: CheckpointImage
-        do {
-            image = try await Blocking.run("mitosis-promote-open") { try CheckpointImage.open(path) }
-        } catch {
-            await taken.husk?.discard()
-            throw error
+        if let husk = taken.husk {
+            image = await husk.image  // the epoch the husk holds, opened when it was applied
+        } else {
+            let opening = clock.now
+            do {
+                image = try await Blocking.run("mitosis-promote-open") { try CheckpointImage.open(path) }
+            } catch {
+                if let files = taken.files { _ = try? await Blocking.run("mitosis-promote-files") { files.discard() } }
+                throw error
+            }
+            steps["open"] = milliseconds(clock.now - opening)
         }
         return try await restore(epoch: committed.epoch, image: image, husk: taken.husk, files: taken.files, reason: taken.reason,
-                                 inNewPidNamespace: standby.options.warm?.pidNamespace ?? false, started: started, stopped: stopped,
+                                 inNewPidNamespace: standby.options.warm?.pidNamespace ?? false, started: started, steps: steps,
                                  logger: standby.logger)
     }
 
-    /// Writes the data files of the epoch (from the warm clone's picture, or replayed from the
-    /// chain), then finishes `husk` (which holds that epoch) or, without one or when that fails,
-    /// restores the epoch cold.
-    private static func restore(epoch: Epoch, image: CheckpointImage, husk: PreparedProcess?, files: DataFilePicture?, reason: String?,
-                                inNewPidNamespace: Bool, started: ContinuousClock.Instant, stopped: ContinuousClock.Instant,
+    /// Puts the data files of the epoch in place (the warm clone's copies renamed into place, or
+    /// replayed from the chain and written), then finishes `husk` (which holds that epoch) or,
+    /// without one or when that fails, restores the epoch cold.
+    private static func restore(epoch: Epoch, image: CheckpointImage, husk: PreparedProcess?, files: DataFileCopies?, reason: String?,
+                                inNewPidNamespace: Bool, started: ContinuousClock.Instant, steps: [String: Double],
                                 logger: Logger) async throws -> PromotionResult {
-        let clock = ContinuousClock()
+        let clock = ContinuousClock(), filesStarted = clock.now
+        var steps = steps
         let written: Int
         do {
             // Files first: the restore opens them by path (and refuses what is missing).
             written = try await Blocking.run("mitosis-promote-files") {
-                try installDataFiles(files?.files ?? FileDeltaLog.materialize(try image.chain()))
+                if let files { return try files.install() }
+                return try installDataFiles(FileDeltaLog.materialize(try image.chain()))
             }
         } catch {
             await husk?.discard()
+            if let files { _ = try? await Blocking.run("mitosis-promote-files") { files.discard() } }
             throw error
         }
         let filesDone = clock.now
+        steps["files"] = milliseconds(filesDone - filesStarted)
+        // The copies' data and the renames made durable while the process is finished.
+        let durable = files.map { files in Task { try await Blocking.run("mitosis-promote-sync") { try files.sync() } } }
         var reason = reason
         var result: RestoreResult?
         if let husk {
@@ -125,34 +170,49 @@ public enum Promotion {
             }
         }
         let warm = result != nil
-        if result == nil { result = try await Restorer(image: image).restore(inNewPidNamespace: inNewPidNamespace) }
+        if result == nil {
+            do { result = try await Restorer(image: image).restore(inNewPidNamespace: inNewPidNamespace) } catch {
+                _ = try? await durable?.value
+                throw error
+            }
+        }
         let restored = result!
         let finished = clock.now
+        steps[warm ? "finish" : "restore"] = milliseconds(finished - filesDone)
+        if let durable {
+            do { try await durable.value } catch { logger.warning("promote: syncing the data files failed: \(error)") }
+            steps["sync"] = milliseconds(clock.now - finished)
+        }
         let created = image.manifest.created
         let age = (try? Date(created, strategy: .iso8601)).map { Date().timeIntervalSince($0) * 1000 } ?? -1
         return PromotionResult(epoch: epoch, imageID: image.manifest.id, image: image.path, created: created,
                                ageMilliseconds: age, pid: restored.pid, dataFiles: written,
-                               stopStandbyMilliseconds: milliseconds(stopped - started), dataFilesMilliseconds: milliseconds(filesDone - stopped),
+                               stopStandbyMilliseconds: steps["stop"] ?? 0, dataFilesMilliseconds: steps["files"] ?? 0,
                                restoreMilliseconds: restored.restoreMilliseconds, totalMilliseconds: milliseconds(finished - started),
-                               warm: warm, coldReason: warm ? nil : reason, hostPid: restored.hostPid, phases: restored.phases)
+                               warm: warm, coldReason: warm ? nil : reason, hostPid: restored.hostPid, phases: restored.phases, steps: steps)
     }
 
-    /// Creates the fence `PROMOTED` exclusively and syncs it: a second promotion fails here.
-    static func fence(_ directory: StandbyDirectory) throws {
+    /// Creates the fence `PROMOTED` exclusively: a second promotion fails here. Returns it open,
+    /// for `syncFence`.
+    static func createFence(_ directory: StandbyDirectory) throws -> FileDescriptor {
         do {
             let fence = try Kernel.openAt(nil, directory.fencePath, options: [.writeOnly, .create, .exclusive, .noFollow], mode: 0o600)
             try? Kernel.writeAll(fence, Array("promoted by pid \(Kernel.currentProcessID()) at \(Date())\n".utf8))
-            try? Kernel.sync(fence)
-            try? fence.close()
-            if let parent = try? Kernel.openDirectory(directory.path) {
-                try? Kernel.sync(parent)
-                try? parent.close()
-            }
+            return fence
         } catch .fileExists {
             throw ReplicationError.promotion("\(directory.path) was already promoted (\(directory.fencePath) exists)")
         } catch {
             throw ReplicationError.promotion("cannot fence \(directory.path): \(error)")
         }
+    }
+
+    /// Makes the fence durable (the file, then its directory) and closes it.
+    static func syncFence(_ fence: FileDescriptor, _ directory: StandbyDirectory) throws {
+        defer { try? fence.close() }
+        try Kernel.sync(fence)
+        let parent = try Kernel.openDirectory(directory.path)
+        defer { try? parent.close() }
+        try Kernel.sync(parent)
     }
 
     /// Stops the standby holding the lock (its warm clone dies with it), and takes the lock.

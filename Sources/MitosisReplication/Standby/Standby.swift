@@ -59,7 +59,7 @@ public final class Standby: Service, Sendable {
         store = try await Blocking.run("mitosis-standby-open") {
             try StandbyStore(directory: directory, compactEvery: options.compactEvery, minimumTerm: options.minimumTerm, logger: logger)
         }
-        warm = options.warm.map { WarmClone(options: $0, logger: logger) }
+        warm = options.warm.map { WarmClone(options: $0, filesDirectory: directory.warmFilesPath, logger: logger) }
     }
 
     public func status() async -> StandbyStatus {

@@ -11,6 +11,7 @@ import SystemPackage
 ///     DIR/control         the serving standby's control socket (promote, status)
 ///     DIR/epochs/000000000042/   one committed image per epoch (chain: ../000000000041 …)
 ///     DIR/epochs/.…      work in progress (partial images, compaction): removed at start
+///     DIR/warm-files/    the warm clone's copies of the data files (`DataFileCopies`), rebuilt with its husk
 ///
 /// Everything else under DIR is left alone.
 public struct StandbyDirectory: Sendable {
@@ -21,6 +22,8 @@ public struct StandbyDirectory: Sendable {
     public var fencePath: String { path + "/PROMOTED" }
     /// The standby's control socket (`StandbyControl`).
     public var controlPath: String { path + "/control" }
+    /// The warm clone's copies of the data files, as of the epoch its husk holds.
+    var warmFilesPath: String { path + "/warm-files" }
 
     public init(_ path: String) {
         var trimmed = path

@@ -45,10 +45,12 @@ public struct WarmStatus: Codable, Sendable, Equatable {
 actor WarmClone {
     private let options: WarmOptions
     private let logger: Logger
+    /// Where the data files' copies live (`DataFileCopies`).
+    private let filesDirectory: String
     private var prepared: PreparedProcess?
     private var applied: Epoch?
     /// The data files as of `applied` (nil: promotion reads them from the chain).
-    private var files: DataFilePicture?
+    private var files: DataFileCopies?
     private var status = WarmStatus(reason: "no epoch committed yet")
     private var lastFailure: (reason: String, at: ContinuousClock.Instant)?
     private var busy = false
@@ -56,8 +58,9 @@ actor WarmClone {
     private var closed = false
     private var waiting: [CheckedContinuation<Void, Never>] = []
 
-    init(options: WarmOptions, logger: Logger) {
+    init(options: WarmOptions, filesDirectory: String, logger: Logger) {
         self.options = options
+        self.filesDirectory = filesDirectory
         self.logger = logger
     }
 
@@ -75,7 +78,7 @@ actor WarmClone {
     /// Hands the husk over for promotion, holding `epoch` (applied now if it is not yet), or
     /// nil with the reason there is none (a husk is not built at this point: that would be a
     /// cold restore by another name). Afterwards the warm clone holds nothing and builds nothing.
-    func take(at epoch: Epoch, path: String) async -> (husk: PreparedProcess?, files: DataFilePicture?, reason: String?) {
+    func take(at epoch: Epoch, path: String) async -> (husk: PreparedProcess?, files: DataFileCopies?, reason: String?) {
         await serialized {
             closed = true
             if prepared != nil && applied != epoch { await bring(to: epoch, image: nil, path: path) }
@@ -95,7 +98,7 @@ actor WarmClone {
             await prepared?.discard()
             prepared = nil
             applied = nil
-            files = nil
+            await discardFiles()
             status.epoch = nil
             status.reason = "the standby stopped"
         }
@@ -115,9 +118,9 @@ actor WarmClone {
             do {
                 let report = try await husk.update(to: image)
                 applied = epoch
-                if let picture = files {
-                    do { try await Blocking.run("mitosis-warm-files") { try picture.apply(imageDirectory: image.path) } } catch {
-                        files = nil
+                if let copies = files {
+                    do { try await Blocking.run("mitosis-warm-files") { try copies.apply(imageDirectory: image.path) } } catch {
+                        await discardFiles()
                         logger.warning("warm clone: the data files of epoch \(epoch) do not apply (\(error)); promotion will read them from the chain")
                     }
                 }
@@ -129,6 +132,7 @@ actor WarmClone {
                 // The update killed the husk: build a new one from the chain (not at promotion).
                 prepared = nil
                 applied = nil
+                await discardFiles()
                 guard !closed else {
                     failed("epoch \(epoch) could not be applied to the husk: \(error)")
                     return
@@ -145,7 +149,13 @@ actor WarmClone {
             let husk = try await restorer.prepare(inNewPidNamespace: options.pidNamespace)
             prepared = husk
             applied = epoch
-            files = try? await Blocking.run("mitosis-warm-files") { [chain = restorer.chain] in DataFilePicture(try FileDeltaLog.materialize(chain)) }
+            do {
+                files = try await Blocking.run("mitosis-warm-files") { [chain = restorer.chain, filesDirectory] in
+                    try DataFileCopies(directory: filesDirectory, files: try FileDeltaLog.materialize(chain))
+                }
+            } catch {
+                logger.warning("warm clone: no copies of the data files (\(error)); promotion will read them from the chain")
+            }
             lastFailure = nil
             status = WarmStatus(epoch: epoch, pid: husk.pid, hostPid: husk.hostPid, reason: nil,
                                 builds: status.builds + 1, updates: status.updates)
@@ -175,15 +185,10 @@ actor WarmClone {
         }
         return await body()
     }
-}
 
-/// The data files as of the epoch a warm clone holds, kept up to date epoch by epoch so that
-/// promotion does not replay the chain's logs. A class: each epoch's changes are applied in place
-/// (an append costs its bytes), and only while the warm clone runs one operation at a time.
-final class DataFilePicture: @unchecked Sendable {
-    private(set) var files: [String: MaterializedFile]
-
-    init(_ files: [String: MaterializedFile]) { self.files = files }
-
-    func apply(imageDirectory: String) throws { try FileDeltaLog.apply(imageDirectory: imageDirectory, to: &files) }
+    private func discardFiles() async {
+        guard let copies = files else { return }
+        files = nil
+        _ = try? await Blocking.run("mitosis-warm-files") { copies.discard() }
+    }
 }

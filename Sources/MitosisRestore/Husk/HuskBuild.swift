@@ -102,32 +102,37 @@ extension Tracer {
     }
 
     /// Phases 3–5 on a prepared husk: process state, descriptors, limits, seccomp, threads,
-    /// timers, credentials, queued signals (`state`).
+    /// timers, credentials, queued signals (`state`; its parts `state.process`,
+    /// `state.descriptors`, `state.threads`, `state.rest`).
     func buildState(_ plan: RestorePlan, area: WorkArea) throws -> BuiltProcess {
-        var clock = PhaseClock()
+        var clock = PhaseClock(), parts = PhaseClock()
         var notes: [String] = []
         var plan = plan
         plan.hostTids[plan.manifest.pid] = pid
         try restoreProcessState(plan, area: area)
+        parts.end("state.process")
         var connections: [PendingConnection] = []
         do {
             try restoreDescriptors(plan, area: area, connections: &connections)
             try restoreLimits(plan)
             try restoreSeccomp(plan)
+            parts.end("state.descriptors")
             try createThreads(&plan, area: area)
             try restoreThreadState(plan, area: area)
+            parts.end("state.threads")
             notes += try restoreProcessAttributes(plan)
             try restoreTimers(plan, area: area)
             // Last of what needs privilege: the process may run as another user, with fewer capabilities.
             try restoreCredentials(plan, area: area)
             try queueSignals(plan, area: area)
             try removeWorkArea(area, plan: plan)
+            parts.end("state.rest")
         } catch {
             for pending in connections { try? pending.copy.close() }
             throw error
         }
         clock.end("state")
-        return BuiltProcess(plan: plan, timings: clock.timings, notes: notes, connections: connections)
+        return BuiltProcess(plan: plan, timings: clock.timings.merging(parts.timings) { a, _ in a }, notes: notes, connections: connections)
     }
 
     /// Runs `verify` on the complete process, takes its connections out of repair mode, puts

@@ -50,28 +50,26 @@ extension ReplicationTests {
         }
     }
 
-    func redisAcceptance() async throws {
-        try await withHosts { hosts in
-            let scratch = try ScratchDirectory()
-            defer { scratch.remove() }
-            let images = scratch.path + "/standby", data = scratch.path + "/redis"
-            try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
-            let config = """
-                port 6379
-                bind 0.0.0.0
-                protected-mode no
-                appendonly yes
-                appendfsync everysec
-                dir \(data)
-                daemonize no
-                save ""
-                logfile \(scratch.path)/redis.log
-                """
-            try config.write(toFile: scratch.path + "/redis.conf", atomically: true, encoding: .utf8)
-            let redis = try ChildProcess(executable: NetworkHosts.ip, arguments: ["netns", "exec", hosts.a, Self.redisServer, scratch.path + "/redis.conf"],
-                                         stdin: .null, stdout: .null, stderr: .null, onlyStandardStreams: true)
-            defer { redis.kill() }
-            let pid = redis.pid
+    /// Starts redis-server (appendonly yes, its data in `scratch/redis`) in host A and waits
+    /// until it answers.
+    func startRedis(_ hosts: NetworkHosts, _ scratch: ScratchDirectory) async throws -> (redis: ChildProcess, data: String) {
+        let data = scratch.path + "/redis"
+        try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
+        let config = """
+            port 6379
+            bind 0.0.0.0
+            protected-mode no
+            appendonly yes
+            appendfsync everysec
+            dir \(data)
+            daemonize no
+            save ""
+            logfile \(scratch.path)/redis.log
+            """
+        try config.write(toFile: scratch.path + "/redis.conf", atomically: true, encoding: .utf8)
+        let redis = try ChildProcess(executable: NetworkHosts.ip, arguments: ["netns", "exec", hosts.a, Self.redisServer, scratch.path + "/redis.conf"],
+                                     stdin: .null, stdout: .null, stderr: .null, onlyStandardStreams: true)
+        do {
             try await Self.inHost(hosts.a) {
                 for _ in 0..<1000 {
                     if let client = try? RedisClient(port: 6379), (try? client.call("PING")) == .simple("PONG") { return }
@@ -79,26 +77,46 @@ extension ReplicationTests {
                 }
                 throw HarnessError("redis did not answer in host A")
             }
+        } catch {
+            redis.kill()
+            throw error
+        }
+        return (redis, data)
+    }
+
+    /// A bounded write load from a client in host A: one SET at a time, about 2,000 a second,
+    /// each acknowledgement recorded with the newest epoch committed just after it.
+    static func writeLoad(_ hosts: NetworkHosts, images: String, _ acknowledgements: Acknowledgements) -> Task<Void, Never> {
+        Task {
+            try? await Self.inHost(hosts.a) {
+                let client = try RedisClient(port: 6379)
+                var key = 0
+                while !acknowledgements.stopped && key < 1_000_000 {
+                    guard try client.call("SET", "key:\(key)", "value:\(key)") == .simple("OK") else { break }
+                    acknowledgements.record(key, Self.newestEpochNumber(images))
+                    key += 1
+                    if key % 20 == 0 { usleep(10_000) }
+                }
+            }
+        }
+    }
+
+    func redisAcceptance() async throws {
+        try await withHosts { hosts in
+            let scratch = try ScratchDirectory()
+            defer { scratch.remove() }
+            let images = scratch.path + "/standby"
+            let (redis, data) = try await startRedis(hosts, scratch)
+            defer { redis.kill() }
+            let pid = redis.pid
             let standby = try warmStandby(hosts, scratch, images: images, name: "standby")
             try await standby.awaitLog("listening on")
             let protect = try ServiceProcess(["protect", "\(pid)", "--standby", "\(hosts.addressB):\(Self.port)", "--interval", "50",
                                               "--data", data + "/appendonlydir"], in: hosts.prefix(hosts.a), log: scratch.path + "/protect.log")
             _ = try await Self.awaitWarm(images, atLeast: 3)
 
-            // A bounded write load from a client in host A: one SET at a time, about 2,000 a second.
             let acknowledgements = Acknowledgements()
-            let writer = Task {
-                try? await Self.inHost(hosts.a) {
-                    let client = try RedisClient(port: 6379)
-                    var key = 0
-                    while !acknowledgements.stopped && key < 1_000_000 {
-                        guard try client.call("SET", "key:\(key)", "value:\(key)") == .simple("OK") else { break }
-                        acknowledgements.record(key, Self.newestEpochNumber(images))
-                        key += 1
-                        if key % 20 == 0 { usleep(10_000) }
-                    }
-                }
-            }
+            let writer = Self.writeLoad(hosts, images: images, acknowledgements)
             try await Task.sleep(for: .seconds(4))
             // Epochs go on under the load (a loaded parallel run may take seconds for one).
             let before = Self.newestEpochNumber(images)
@@ -153,6 +171,87 @@ extension ReplicationTests {
             let verdict = try await ToolRun(Self.redisCheckAOF, [data + "/appendonlydir/appendonly.aof.manifest"])
             #expect(verdict.status == 0 && verdict.standardOutput.contains("All AOF files and manifest are valid"), "\(verdict.standardOutput)")
             #expect(await standby.stop(SIGTERM, timeout: .seconds(10)) == 0)
+        }
+    }
+}
+
+extension ReplicationTests {
+    /// Issue 13's first acceptance check, on a warm standby: redis under the write load is paused
+    /// (SIGSTOP) at five random moments; once two more epochs are committed, the standby's newest
+    /// epoch equals redis's memory byte for byte (and so does the husk), and the data files of that
+    /// epoch (replayed from the chain's logs, and the warm clone's copies) equal redis's files,
+    /// the AOF at its size then. Protect is stopped for each comparison (a freeze of the next
+    /// epoch would change redis's memory while it is read: injected calls borrow it and put it
+    /// back) and started again afterwards: a full base, which the husk takes too.
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: redisServer), "needs Debian's redis-server (scripts/setup installs it)"))
+    func redisUnderLoadEqualsItsWarmStandbyByteForByteAtFiveRandomPauses() async throws {
+        try await withHosts { hosts in
+            let scratch = try ScratchDirectory()
+            defer { scratch.remove() }
+            let images = scratch.path + "/standby"
+            let (redis, data) = try await startRedis(hosts, scratch)
+            defer { redis.kill() }
+            let pid = redis.pid
+            // No compaction: an image being compared stays in place while protect goes on.
+            let standby = try ServiceProcess(["standby", "--listen", "\(hosts.addressB):\(Self.port)", "--images", images,
+                                              "--compact-every", "0", "--warm", "--pidns"],
+                                             in: hosts.prefix(hosts.b), log: scratch.path + "/standby.log")
+            try await standby.awaitLog("listening on")
+            func startProtect(_ name: String) throws -> ServiceProcess {
+                try ServiceProcess(["protect", "\(pid)", "--standby", "\(hosts.addressB):\(Self.port)", "--interval", "50",
+                                    "--data", data + "/appendonlydir"], in: hosts.prefix(hosts.a), log: scratch.path + "/\(name).log")
+            }
+            var protect = try startProtect("protect")
+            _ = try await Self.awaitWarm(images, atLeast: 3)
+            let acknowledgements = Acknowledgements()
+            let writer = Self.writeLoad(hosts, images: images, acknowledgements)
+            var compared: [String] = []
+            for pause in 1...5 {
+                try await Task.sleep(for: .milliseconds(Int.random(in: 300...2000)))
+                kill(pid, SIGSTOP)
+                var waited = 0
+                while !Self.isStopped(pid) && waited < 100 { try await Task.sleep(for: .milliseconds(20)); waited += 1 }
+                let paused = Self.newestEpochNumber(images)
+                _ = try await StandbyImages.awaitEpoch(images, atLeast: paused + 2, timeout: .seconds(60))
+                let ended = standby.connectionsEnded
+                #expect(await protect.stop(SIGTERM) == 0, "\(protect.text.suffix(1000))")
+                let deadline = ContinuousClock.now + .seconds(20)
+                while standby.connectionsEnded == ended && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+                let newest = try #require(StandbyImages.newest(images))
+                let warm = try await Self.awaitWarm(images, atLeast: newest.epoch.rawValue)
+                #expect(Self.isStopped(pid), "pause \(pause): redis stopped")
+                // Memory: the epoch, the paused redis and the husk hold the same bytes.
+                let memory = try StandbyImages.differingPages(newest.image, pid: pid)
+                #expect(memory.compared > 500 && memory.pages.isEmpty,
+                        "pause \(pause), epoch \(newest.epoch): \(memory.compared) pages compared, differing \(memory.pages.prefix(4).map { "0x" + String($0, radix: 16) })")
+                let husk = try StandbyImages.differingPages(newest.image, pid: try #require(warm.hostPid))
+                #expect(husk.pages.isEmpty, "pause \(pause): husk pages differing \(husk.pages.prefix(4))")
+                // Files: the epoch's data files are redis's files now, the AOF at its size.
+                let files = try FileDeltaLog.materialize(newest.image.chain()).filter { !$0.value.removed }
+                let aof = try #require(files.first { $0.key.hasSuffix(".incr.aof") }, "the AOF is a data file: \(files.keys.sorted())")
+                for (path, file) in files {
+                    let live = try Kernel.readFile(path, limit: 1 << 30)
+                    #expect(live == file.content, "pause \(pause), epoch \(newest.epoch): \(path): standby \(file.content.count) bytes, redis \(live.count)")
+                }
+                // The warm clone's copies (what promotion renames into place) hold the same contents.
+                let copies = try Kernel.listDirectory(images + "/warm-files").map { try Kernel.readFile(images + "/warm-files/" + $0, limit: 1 << 30) }
+                let order = { (a: [UInt8], b: [UInt8]) in a.count != b.count ? a.count < b.count : a.lexicographicallyPrecedes(b) }
+                #expect(copies.sorted(by: order) == files.values.map(\.content).sorted(by: order), "pause \(pause): the warm clone's data file copies")
+                #expect(Self.isStopped(pid), "pause \(pause): still stopped after the comparisons")
+                compared.append("epoch \(newest.epoch): \(memory.compared) pages, AOF \(aof.value.content.count) bytes")
+                kill(pid, SIGCONT)
+                protect = try startProtect("protect\(pause + 1)")
+                _ = try await Self.awaitWarm(images, atLeast: newest.epoch.rawValue + 2)
+            }
+            acknowledgements.stop()
+            await writer.value
+            #expect(acknowledgements.all.count > 1000, "\(acknowledgements.all.count) SETs acknowledged")
+            print("redis at five pauses: " + compared.joined(separator: "; "))
+            #expect(await protect.stop(SIGTERM) == 0)
+            #expect(await standby.stop(SIGTERM, timeout: .seconds(10)) == 0)
+            #expect(try TargetHealth.tracer(of: pid) == 0)
+            let pong = try await Self.inHost(hosts.a) { try RedisClient(port: 6379).call("PING") }
+            #expect(pong == .simple("PONG"))
         }
     }
 }

@@ -160,6 +160,61 @@ extension ReplicationTests {
         }
     }
 
+    /// Issue 13's last acceptance check: the self-checking multi-threaded `restore` scenario
+    /// protected onto a warm standby for a while, passing its self-check on host A every few
+    /// seconds; then it and protect are killed with SIGKILL, promoted in B, and its self-check
+    /// passes there. The issue asks for a minute: `MITOSIS_PROTECT_SECONDS=60` runs that; the
+    /// suite runs 20 s.
+    @Test func aProcessProtectedForAWhileIsPromotedFromItsWarmCloneAndPassesItsSelfCheck() async throws {
+        let seconds = Int(ProcessInfo.processInfo.environment["MITOSIS_PROTECT_SECONDS"] ?? "") ?? 20
+        try await withHosts { hosts in
+            let scratch = try ScratchDirectory()
+            defer { scratch.remove() }
+            let images = scratch.path + "/standby"
+            let (child, log) = try await startScenario(hosts, scratch, mib: 16)
+            defer { child.stop() }
+            let pid = child.pid
+            let standby = try warmStandby(hosts, scratch, images: images, name: "standby")
+            try await standby.awaitLog("listening on")
+            let protect = try protect(pid, hosts, scratch, interval: 50, name: "protect")
+            _ = try await Self.awaitWarm(images, atLeast: 2)
+            let clock = ContinuousClock(), started = clock.now
+            var checks = 1
+            while clock.now - started < .seconds(seconds) {
+                try await Task.sleep(for: .seconds(min(5, seconds)))
+                checks += 1
+                kill(pid, SIGUSR1)
+                let check = try await CheckpointedScenario.awaitCheck(checks, in: log, timeout: .seconds(30))
+                #expect(check.contains(" PASS "), "on host A: \(check)")
+            }
+            // An epoch captured after the last check on A: the process promoted has made it.
+            _ = try await StandbyImages.awaitEpoch(images, atLeast: Self.newestEpochNumber(images) + 2, timeout: .seconds(60))
+            let epochs = Self.newestEpochNumber(images)
+            #expect(epochs > 10, "\(epochs) epochs in \(seconds) s")
+            let ended = standby.connectionsEnded
+            await protect.stop(SIGKILL)
+            kill(pid, SIGKILL)
+            child.stop()
+            let deadline = ContinuousClock.now + .seconds(20)
+            while standby.connectionsEnded == ended && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+            let committed = try #require(StandbyImages.newest(images)).epoch
+            let promote = try await ToolRun(ToolRun.mitosis, ["promote", images], prefix: hosts.prefix(hosts.b))
+            #expect(promote.status == 0, "\(promote.standardError)")
+            let out = promote.standardOutput
+            let words = out.split(separator: " ")
+            let husk = words.firstIndex(of: "(pid").flatMap { Int32(words[$0 + 1]) } ?? -1
+            defer { if husk > 0 { kill(husk, SIGKILL) } }
+            #expect(out.hasPrefix("promoted epoch \(committed.rawValue) ") && out.contains(" as process \(pid) (pid \(husk) here") && out.contains(" from the warm clone in "),
+                    "\(out)")
+            #expect(await standby.stop(SIGTERM, timeout: .seconds(10)) == 0)
+            #expect(try Kernel.readLink("/proc/\(husk)/ns/net") == (try await hosts.namespaceLink(hosts.b)))
+            kill(husk, SIGUSR1)
+            let check = try await CheckpointedScenario.awaitCheck(checks + 1, in: log, timeout: .seconds(30))
+            #expect(check.contains(" PASS ") && CheckpointedScenario.value("handled", in: check) == "\(checks + 1)", "on host B: \(check)")
+            print("protected \(seconds) s (\(epochs) epochs, \(checks) self-checks on A), promoted: \(out)")
+        }
+    }
+
     @Test func aStandbyKilledWithAWarmCloneLeavesNoHuskAndResumesWhenRestarted() async throws {
         try await withHosts { hosts in
             let scratch = try ScratchDirectory()
