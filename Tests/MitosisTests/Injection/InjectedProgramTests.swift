@@ -3,6 +3,11 @@ import Testing
 @testable import MitosisKernel
 @testable import MitosisTrace
 
+extension Tracer {
+    /// A frozen thread's blocked-signal mask (asked from the tracer's thread, as ptrace requires).
+    func signalMask(_ tid: Int32) throws -> UInt64 { try Ptrace.signalMask(tid) }
+}
+
 @Suite("Injected programs")
 struct InjectedProgramTests {
     @Test("a program runs its calls in order in the chosen thread; registers, signal masks and the target are as before; the cost per call is printed")
@@ -16,7 +21,7 @@ struct InjectedProgramTests {
             var registers: [Int32: [UInt8]] = [:], masks: [Int32: UInt64] = [:]
             for tid in await tracer.threads(of: child.pid) {
                 registers[tid] = try await tracer.registerBytes(tid)
-                masks[tid] = try Ptrace.signalMask(tid)
+                masks[tid] = try await tracer.signalMask(tid)
             }
             let calls = [InjectedCall(SyscallNumber.getpid), InjectedCall(SyscallNumber.gettid), InjectedCall(SyscallNumber.close, [999])]
             let many = Array(repeating: InjectedCall(SyscallNumber.getpid), count: 50)
@@ -34,7 +39,7 @@ struct InjectedProgramTests {
             try await tracer.injectMunmap(address: area, length: length)
             for tid in await tracer.threads(of: child.pid) {
                 #expect(try await tracer.registerBytes(tid) == registers[tid], "registers of thread \(tid)")
-                #expect(try Ptrace.signalMask(tid) == masks[tid], "signal mask of thread \(tid)")
+                #expect(try await tracer.signalMask(tid) == masks[tid], "signal mask of thread \(tid)")
             }
         }
         await #expect(try TargetHealth.runsFreely(child.pid))
