@@ -20,6 +20,7 @@ struct IssueTableBenchmark: AsyncParsableCommand {
     @Option(help: "Where dumps are written (a scratch directory is made inside it and removed).") var scratch = "/var/tmp"
     @Flag(help: "Skip the 1 GiB dump row.") var noDump = false
     @Flag(help: "Only the 1 GiB dump row.") var onlyDump = false
+    @Flag(help: "Also count the instructions of graph, inspect, lsof and ss under valgrind's callgrind (slow).") var callgrind = false
 
     func run() async throws {
         let started = Date()
@@ -45,15 +46,30 @@ struct IssueTableBenchmark: AsyncParsableCommand {
         let fds = try ProcessReader.descriptors(TargetProcess(pid: target.pid)).count
         let mitosis = siblingExecutable("mitosis")
         var samples = Samples()
+        // The same binary reading /proc one descriptor at a time (the BPF iterator turned off):
+        // what graph and inspect cost before the iterator, in the same run.
+        let procPath = ["/usr/bin/env", "MITOSIS_DESCRIPTOR_ITERATOR=0", mitosis]
         for _ in 0..<runs {
             samples.add("graph", try TimedRun.run(mitosis, ["graph", pid, "--format", "json"]))
             samples.add("lsof", try TimedRun.run("/usr/bin/lsof", ["-n", "-P", "-p", pid]))
             samples.add("ss", try TimedRun.run("/usr/bin/ss", ["-anpe"]))
             samples.add("inspect", try TimedRun.run(mitosis, ["inspect", pid]))
             samples.add("inspect --json", try TimedRun.run(mitosis, ["inspect", pid, "--json"]))
+            samples.add("graph (/proc path)", try TimedRun.run(procPath[0], Array(procPath.dropFirst()) + ["graph", pid, "--format", "json"]))
+            samples.add("inspect --json (/proc path)", try TimedRun.run(procPath[0], Array(procPath.dropFirst()) + ["inspect", pid, "--json"]))
         }
         print("graph/inspect target: graphload, \(fds) descriptors")
-        for name in ["graph", "lsof", "ss", "inspect", "inspect --json"] { print("  " + samples.line(name)) }
+        for name in ["graph", "lsof", "ss", "inspect", "inspect --json", "graph (/proc path)", "inspect --json (/proc path)"] {
+            print("  " + samples.line(name))
+        }
+        if callgrind {
+            // Instructions executed in user space, the same on a busy machine and an idle one.
+            let counts = try [("mitosis graph --format json", mitosis, ["graph", pid, "--format", "json"]),
+                              ("mitosis inspect --json", mitosis, ["inspect", pid, "--json"]),
+                              ("lsof -p", "/usr/bin/lsof", ["-n", "-P", "-p", pid]), ("ss -anpe", "/usr/bin/ss", ["-anpe"])]
+                .map { ($0.0, try TimedRun.instructions($0.1, $0.2)) }
+            print("  callgrind instructions: " + counts.map { "\($0.0) \($0.1.map(String.init) ?? "n/a")" }.joined(separator: ", "))
+        }
         func ms(_ name: String, cpu: Bool = false) -> Double { samples.median(name, cpu: cpu) }
         func row(_ work: String, _ ours: String, _ peerName: String, _ peers: [String]) -> String {
             let wall = peers.map { ms($0) }.reduce(0, +) / ms(ours)
@@ -64,8 +80,10 @@ struct IssueTableBenchmark: AsyncParsableCommand {
         }
         return [
             row("graph --format json, \(fds) fds", "graph", "lsof -p + ss -anpe", ["lsof", "ss"]),
+            row("graph --format json, /proc path (before)", "graph (/proc path)", "lsof -p + ss -anpe", ["lsof", "ss"]),
             row("inspect (text)", "inspect", "lsof -p", ["lsof"]),
             row("inspect --json", "inspect --json", "lsof -p", ["lsof"]),
+            row("inspect --json, /proc path (before)", "inspect --json (/proc path)", "lsof -p", ["lsof"]),
         ]
     }
 

@@ -333,7 +333,7 @@ struct RedisServer {
 
     static func start(in directory: String, keys: Int) async throws -> RedisServer {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let port = try freePort()
+        let port = try Kernel.freeLoopbackPort()
         try """
             port \(port)
             bind 127.0.0.1
@@ -362,22 +362,6 @@ struct RedisServer {
             throw error
         }
         return redis
-    }
-
-    /// A free loopback port: bound once with port 0, then released for redis.
-    static func freePort() throws -> UInt16 {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        try withUnsafeMutablePointer(to: &address) { pointer in
-            try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                guard bind(fd, $0, length) == 0, getsockname(fd, $0, &length) == 0 else { throw ValidationError("no free port") }
-            }
-        }
-        return UInt16(bigEndian: address.sin_port)
     }
 
     func load(keys: Int) throws {

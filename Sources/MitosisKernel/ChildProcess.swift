@@ -96,8 +96,25 @@ package final class ChildProcess: @unchecked Sendable {
     }
 
     /// Writes all of `bytes` to the child's stdin. The corresponding system call is `write`.
+    ///
+    /// A child that has exited makes this throw `EPIPE`, never raise SIGPIPE (which would end this
+    /// process): a pipe has no `MSG_NOSIGNAL`, so SIGPIPE is blocked on this thread for the write
+    /// and, when the write raised it, taken off the thread's pending set again.
     package func write(_ bytes: [UInt8]) throws(Errno) {
         guard let input else { throw .badFileDescriptor }
+        var pipeSignal = sigset_t(), previousMask = sigset_t(), pending = sigset_t()
+        sigemptyset(&pipeSignal)
+        sigaddset(&pipeSignal, SIGPIPE)
+        pthread_sigmask(SIG_BLOCK, &pipeSignal, &previousMask)
+        sigpending(&pending)
+        let alreadyPending = sigismember(&pending, SIGPIPE) == 1
+        defer {
+            if !alreadyPending {
+                var none = timespec(tv_sec: 0, tv_nsec: 0)
+                while sigtimedwait(&pipeSignal, nil, &none) == -1 && errno == EINTR {}
+            }
+            pthread_sigmask(SIG_SETMASK, &previousMask, nil)
+        }
         var offset = 0
         while offset < bytes.count {
             let n = try Kernel.check { bytes[offset...].withUnsafeBytes { Glibc.write(input, $0.baseAddress, $0.count) } }

@@ -185,15 +185,20 @@ struct PromoteCommand: AsyncParsableCommand {
             if json {
                 print(try JSONOutput.string(result))
             } else {
-                let here = result.hostPid.map { " (pid \($0) here, in a new pid namespace)" } ?? ""
-                let how = result.warm ? "from the warm clone" : "cold (\(result.coldReason ?? "no warm clone"))"
-                print(String(format: "promoted epoch %@ (image %@, taken %@, %.0f ms before the promotion) as process %d%@ %@ in %.1f ms: standby stopped in %.1f ms, %d data file(s) in %.1f ms, %@ %.1f ms",
-                             result.epoch.description, result.imageID, result.created, result.ageMilliseconds, result.pid, here, how, result.totalMilliseconds,
-                             result.stopStandbyMilliseconds, result.dataFiles, result.dataFilesMilliseconds, result.warm ? "finish" : "restore", result.restoreMilliseconds))
+                print(Self.line(result))
             }
         } catch {
             fail(error)
         }
+    }
+
+    /// Which epoch, how old, warm or cold, and where the time went, on one line.
+    static func line(_ result: PromotionResult) -> String {
+        let here = result.hostPid.map { " (pid \($0) here, in a new pid namespace)" } ?? ""
+        let how = result.warm ? "from the warm clone" : "cold (\(result.coldReason ?? "no warm clone"))"
+        return String(format: "promoted epoch %@ (image %@, taken %@, %.0f ms before the promotion) as process %d%@ %@ in %.1f ms: standby stopped in %.1f ms, %d data file(s) in %.1f ms, %@ %.1f ms",
+                      result.epoch.description, result.imageID, result.created, result.ageMilliseconds, result.pid, here, how, result.totalMilliseconds,
+                      result.stopStandbyMilliseconds, result.dataFiles, result.dataFilesMilliseconds, result.warm ? "finish" : "restore", result.restoreMilliseconds)
     }
 }
 

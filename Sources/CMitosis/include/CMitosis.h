@@ -11,4 +11,5 @@
 #include "mitosis_threads.h"
 #include "mitosis_restore.h"
 #include "mitosis_tcp.h"
+#include "mitosis_fditer.h"
 #endif

@@ -72,28 +72,6 @@ public enum CheckpointParent: Sendable {
     case earlier(id: String, sequence: Int, path: String, changedSince: PageSet)
 }
 
-/// A page map updated from an older one: `stable` covers the mappings carried over.
-package struct RefreshedPageMap {
-    package var map: ProcessPageMap
-    package var stable: PageSet
-
-    /// The map once `dirty` is known: a page written in a carried-over mapping is data (or, if it
-    /// was discarded after, reads as zeros — which copying it records just as well).
-    package func adding(_ dirty: PageSet) -> ProcessPageMap {
-        var result = map
-        let written = dirty.intersection(stable)
-        guard !written.isEmpty else { return result }
-        result.mappings = result.mappings.map { entry in
-            guard stable.contains(entry.mapping.start) else { return entry }
-            var updated = entry
-            updated.data = entry.data.union(written.clamped(start: entry.mapping.start, end: entry.mapping.end))
-            return updated
-        }
-        result.data = result.data.union(written)
-        return result
-    }
-}
-
 /// A checkpoint taken, with what it cost.
 public struct CheckpointResult: Sendable {
     /// The manifest as the sink stored it.
@@ -272,11 +250,9 @@ public actor CheckpointSession {
             }
             // Copy while the target runs, as long as the set left to copy shrinks.
             var left = Int.max
-            var lastMap: ProcessPageMap?
             run.mark("start", clock)  // starts the clock of `phases`: nothing before is timed
             while run.rounds < options.maxPrecopyRounds {
                 let (map, dirty) = try await observe(run)
-                lastMap = map
                 run.invalidate(dirty)
                 var toCopy = map.data.subtracting(run.inheritable).subtracting(run.staged).subtracting(run.early)
                 if let parentImage, run.rounds == 0 {
@@ -307,18 +283,12 @@ public actor CheckpointSession {
                 // The pid is seized by number: make sure it still names the process this session
                 // tracks (not one that took its pid after it exited).
                 try target.requireAlive()
-                let map: ProcessPageMap
-                if tracker.collectReportsDiscards, let lastMap {
-                    // Reading the page map of a large process takes milliseconds: update the last
-                    // one instead, with the pages written (or discarded) since.
-                    let provisional = try refreshPageMap(lastMap, run)
-                    let dirty = try collectWrites(provisional.map)
-                    run.invalidate(dirty)
-                    map = provisional.adding(dirty)
-                } else {
-                    map = try readPageMap(run)
-                    run.invalidate(try collectWrites(map))
-                }
+                // The page map is read afresh: one carried over from the last copy round misses
+                // pages given back since (an allocator's `MADV_DONTNEED` of whole page tables is
+                // not reported written by uffd-wp on 6.18; PurgedMemoryTests), and they would
+                // keep their bytes of before in the image instead of reading as zeros.
+                let map = try readPageMap(run)
+                run.invalidate(try collectWrites(map))
                 run.mark("frozen map", clock)
                 let toCopy = map.data.subtracting(run.inheritable).subtracting(run.staged).subtracting(run.early)
                 let copied = try copy(toCopy, run, tolerant: false)
@@ -514,35 +484,6 @@ public actor CheckpointSession {
         guard let sharedHashes else { return dirty }
         sharedPages = map.sharedData
         return dirty.subtracting(map.sharedMemory).union(try sharedHashes.changed(in: sharedPages))
-    }
-
-    /// The page map of now, from `previous` read while the target ran: mappings unchanged since
-    /// keep their data pages (to which `adding` adds the pages collected since), the others are
-    /// classified afresh.
-    private func refreshPageMap(_ previous: ProcessPageMap, _ run: Run) throws -> RefreshedPageMap {
-        let known = Dictionary(previous.mappings.map { ($0.mapping.start, $0) }, uniquingKeysWith: { first, _ in first })
-        var unchanged: [MemoryMapping] = [], changed: [MemoryMapping] = []
-        for mapping in try ProcessReader.mappings(target, detailed: false) where ProcessPageMap.isCheckpointed(mapping) {
-            // Shared memory is classified afresh: a page the target only read in since (another
-            // process wrote it) is data that no write of the target's reports.
-            if known[mapping.start]?.mapping == mapping && !ProcessPageMap.isSharedMemory(mapping) {
-                unchanged.append(mapping)
-            } else {
-                changed.append(mapping)
-            }
-        }
-        let fresh = try pageMaps.read(changed)
-        run.pagesScanned += fresh.pagesScanned
-        var map = ProcessPageMap(mappings: [], data: PageSet(), pagesScanned: fresh.pagesScanned)
-        var stable = PageSet()
-        for mapping in unchanged {
-            map.mappings.append(known[mapping.start]!)
-            stable.insert(start: mapping.start, end: mapping.end)
-        }
-        map.mappings += fresh.mappings
-        map.mappings.sort { $0.mapping.start < $1.mapping.start }
-        map.data = PageSet(map.mappings.flatMap(\.data.ranges))
-        return RefreshedPageMap(map: map, stable: stable)
     }
 
     /// The page map and the pages written since the last look, with the target frozen for the

@@ -24,9 +24,6 @@ public protocol DirtyTracker: AnyObject, Sendable {
     /// True when `collect` is exact only while the target is frozen (reading and re-arming are
     /// two steps, and a write between them would be lost).
     var collectRequiresFreeze: Bool { get }
-    /// True when `collect` also reports every page discarded since (`MADV_DONTNEED`), so that a page
-    /// map read earlier plus the pages collected gives the page map of now.
-    var collectReportsDiscards: Bool { get }
     /// Arms tracking for the mappings of `pageMap`.
     func start(_ pageMap: ProcessPageMap) async throws
     /// The pages written since the last call, re-arming tracking for them.
@@ -38,6 +35,5 @@ public protocol DirtyTracker: AnyObject, Sendable {
 }
 
 extension DirtyTracker {
-    public var collectReportsDiscards: Bool { false }
     public func recordCopied(at address: UInt64, _ bytes: UnsafeRawBufferPointer) {}
 }

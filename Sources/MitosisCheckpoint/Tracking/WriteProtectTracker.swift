@@ -21,8 +21,6 @@ import MitosisTrace
 public final class WriteProtectTracker: DirtyTracker, @unchecked Sendable {
     public var strategy: TrackingStrategy { .userfaultfdWriteProtect }
     public var collectRequiresFreeze: Bool { false }
-    /// A discard unmaps a protected page, which the scan reports as written.
-    public var collectReportsDiscards: Bool { true }
     public let pid: Int32
     private let pagemap: PagemapFile
     private var userfaultfd: Userfaultfd?

@@ -17,6 +17,9 @@ public struct GraphOptions: Sendable {
     /// When a pipe end or a socket peer is not in the graph, scan the other processes' descriptors
     /// to name its holder (and to tell a closed pipe end from one held outside).
     public var resolveOutsideHolders = true
+    /// Read descriptors with the kernel's task/file iterator where it is available (tests turn it
+    /// off to compare with the /proc and kcmp path).
+    package var descriptorIterator = true
 
     public init(includeDescendants: Bool = false, includeMappings: Bool = true, includeThreads: Bool = true) {
         self.includeDescendants = includeDescendants
@@ -32,15 +35,20 @@ package struct ProcessResources: Sendable {
     package var namespaces: [NamespaceInfo]
     package var mappings: [MemoryMapping]
     package var descriptors: [OpenDescriptor]
+    /// The open file description of each descriptor (its kernel address), index for index, when
+    /// the kernel's iterator read them; nil when /proc did (kcmp then tells which are shared).
+    package var openFiles: [UInt64]? = nil
 
     package var pid: Int32 { identity.pid }
 
-    package static func read(_ target: TargetProcess, mappings: Bool) throws(MitosisError) -> ProcessResources {
-        ProcessResources(
-            identity: try ProcessReader.identity(target), threads: try ProcessReader.threads(target),
-            namespaces: try ProcessReader.namespaces(target),
-            mappings: mappings ? try ProcessReader.mappings(target, detailed: false) : [],
-            descriptors: try ProcessReader.descriptors(target))
+    package static func read(_ target: TargetProcess, mappings: Bool, descriptorIterator: Bool = true) throws(MitosisError) -> ProcessResources {
+        let identity = try ProcessReader.identity(target), threads = try ProcessReader.threads(target)
+        let namespaces = try ProcessReader.namespaces(target)
+        let mappings = mappings ? try ProcessReader.mappings(target, detailed: false) : []
+        let (descriptors, openFiles) = descriptorIterator
+            ? try ProcessReader.descriptorsAndOpenFiles(target) : (try ProcessReader.descriptorsFromProc(target), nil)
+        return ProcessResources(identity: identity, threads: threads, namespaces: namespaces, mappings: mappings,
+                                descriptors: descriptors, openFiles: openFiles)
     }
 
     package var networkNamespace: UInt64? { namespaces.first { $0.type == "net" }?.inode }
@@ -57,7 +65,7 @@ public enum GraphBuilder {
         for member in pids {
             do {
                 processes.append(try ProcessResources.read(member == pid ? root : TargetProcess(pid: member),
-                                                           mappings: options.includeMappings))
+                                                           mappings: options.includeMappings, descriptorIterator: options.descriptorIterator))
             } catch where member != pid && error.goneProcess == member {
                 continue  // a descendant that has exited (reaped or not)
             }
@@ -227,10 +235,13 @@ package struct GraphAssembly {
         // open file description. A socket or an eventfd has exactly one description.
         var buckets: [String: [FDKey]] = [:]
         var byKey: [FDKey: OpenDescriptor] = [:]
+        // With every process read by the kernel's iterator, open file descriptions are known by address.
+        var openFileOf: [FDKey: UInt64]? = processes.allSatisfy { $0.openFiles != nil } ? [:] : nil
         for process in processes {
-            for descriptor in process.descriptors {
+            for (index, descriptor) in process.descriptors.enumerated() {
                 let key = FDKey(pid: process.pid, fd: descriptor.fd)
                 byKey[key] = descriptor
+                if let openFiles = process.openFiles { openFileOf?[key] = openFiles[index] }
                 let identity: String
                 if descriptor.kind == .socket {
                     identity = "socket:\(descriptor.inode)"
@@ -243,7 +254,7 @@ package struct GraphAssembly {
             }
         }
         for bucket in buckets.values {
-            let groups = descriptorsIdentity(bucket, byKey)
+            let groups = descriptorsIdentity(bucket, byKey, openFileOf)
             for group in groups {
                 let holders = group.map { bucket[$0] }.sorted { ($0.pid, $0.fd) < ($1.pid, $1.fd) }
                 let first = holders[0]
@@ -267,10 +278,22 @@ package struct GraphAssembly {
     }
 
     /// Groups a bucket of descriptors into open file descriptions (indices into `bucket`).
-    private func descriptorsIdentity(_ bucket: [FDKey], _ byKey: [FDKey: OpenDescriptor]) -> [[Int]] {
+    private func descriptorsIdentity(_ bucket: [FDKey], _ byKey: [FDKey: OpenDescriptor], _ openFileOf: [FDKey: UInt64]?) -> [[Int]] {
         let kind = byKey[bucket[0]]!.kind
         if kind == .socket || byKey[bucket[0]]!.eventfd?.id != nil { return [Array(bucket.indices)] }
-        return Self.groupByKcmp(bucket, .file)
+        guard let openFileOf else { return Self.groupByKcmp(bucket, .file) }
+        // The groups kcmp would form, ordered by their first member (the order does not reach the graph).
+        var groups: [[Int]] = [], groupOf: [UInt64: Int] = [:]
+        for (index, key) in bucket.enumerated() {
+            let address = openFileOf[key]!
+            if let group = groupOf[address] {
+                groups[group].append(index)
+            } else {
+                groupOf[address] = groups.count
+                groups.append([index])
+            }
+        }
+        return groups
     }
 
     /// Groups (pid, index) pairs that name the same kernel object of `kind`: sorted by the

@@ -99,6 +99,19 @@ public enum ProcessReader {
     /// Every open descriptor of `pid`, ascending by number. Descriptors closed while they are
     /// read are left out; if the process itself is gone, `.noSuchProcess`.
     public static func descriptors(_ target: TargetProcess) throws(MitosisError) -> [OpenDescriptor] {
+        try descriptorsAndOpenFiles(target).descriptors
+    }
+
+    /// Every open descriptor and, when the kernel's iterator read them, the open file
+    /// description of each (its kernel address, index for index): descriptors with equal
+    /// addresses share one, as `kcmp(KCMP_FILE)` would say.
+    package static func descriptorsAndOpenFiles(_ target: TargetProcess) throws(MitosisError) -> (descriptors: [OpenDescriptor], openFiles: [UInt64]?) {
+        if let all = try descriptorsInOnePass(target) { return all }
+        return (try descriptorsFromProc(target), nil)
+    }
+
+    /// Every descriptor from `/proc/PID/fd` and `fdinfo`, one at a time.
+    package static func descriptorsFromProc(_ target: TargetProcess) throws(MitosisError) -> [OpenDescriptor] {
         let numbers = try target.list("fd").compactMap { Int32($0) }.sorted()
         let directories = try DescriptorDirectories(target)
         defer { directories.close() }
@@ -148,6 +161,62 @@ public enum ProcessReader {
             try? links.close()
             try? infos.close()
         }
+    }
+
+    /// Every descriptor from the kernel's task/file iterator (`DescriptorIterator`): one pass
+    /// instead of a lookup, open and read per descriptor. Descriptors whose fdinfo carries state
+    /// of their kind (eventfd counter, epoll watches…), whose link the kernel could not print, or
+    /// on a filesystem whose `stat` may differ from its inode's numbers are read from /proc as
+    /// before. nil when the iterator is unavailable, or found no descriptor (a thread caught
+    /// exiting: /proc tells).
+    package static func descriptorsInOnePass(_ target: TargetProcess) throws(MitosisError) -> (descriptors: [OpenDescriptor], openFiles: [UInt64])? {
+        guard let records = DescriptorIterator.records(tid: target.process.entry), !records.isEmpty else { return nil }
+        var directories: DescriptorDirectories?
+        defer { directories?.close() }
+        var result: [OpenDescriptor] = [], openFiles: [UInt64] = []
+        result.reserveCapacity(records.count)
+        openFiles.reserveCapacity(records.count)
+        for record in records {
+            if let fromRecord = Self.descriptor(record) {
+                result.append(fromRecord)
+            } else {
+                if directories == nil { directories = try DescriptorDirectories(target) }
+                guard let fromProc = try Self.descriptor(target, fd: record.fd, in: directories!) else { continue }
+                result.append(fromProc)
+            }
+            openFiles.append(record.openFile)
+        }
+        // The thread whose table was read belonged to the target throughout: it is still alive.
+        try target.requireAlive()
+        return (result, openFiles)
+    }
+
+    /// Filesystems whose `stat` reports the inode's own number and its superblock's device
+    /// (`generic_fillattr`), so the iterator's numbers are what /proc's `stat` would give: ext4,
+    /// tmpfs/shmem, ramfs, devpts, proc, sysfs, cgroup2, mqueue, nsfs and the pseudo filesystems of
+    /// pipes, sockets, anonymous inodes and pidfds. Others (overlayfs, btrfs, FUSE, NFS…) are stat'ed.
+    private static let plainStatFileSystems: Set<UInt64> = [
+        0xEF53, 0x0102_1994, 0x8584_58F6, 0x1CD1, 0x9FA0, 0x6265_6572, 0x6367_7270, 0x1980_0202, 0x6E73_6673,
+        0x5049_5045, 0x534F_434B, 0x0904_1934, 0x5049_4446,
+    ]
+
+    /// One descriptor from its iterator record alone; nil when /proc must be read for it.
+    package static func descriptor(_ record: DescriptorIterator.Record) -> OpenDescriptor? {
+        guard let target = record.target, plainStatFileSystems.contains(record.fileSystemMagic) else { return nil }
+        let fileType = record.mode & 0o170000
+        let special = fileType == 0o020000 || fileType == 0o060000 ? record.specialDevice : nil
+        var kind = ProcFdTarget.classify(target, mode: record.mode, specialDevice: special)
+        switch kind.kind {
+        case .eventfd, .epoll, .signalfd, .timerfd, .inotify, .fanotify, .pidfd: return nil  // state only fdinfo prints
+        default: break
+        }
+        if kind.kind == .file, record.device.major == 0, record.fileSystemMagic == UInt64(Kernel.messageQueueFileSystem) {
+            kind.kind = .messageQueue
+        }
+        return OpenDescriptor(
+            fd: record.fd, kind: kind.kind, target: target, path: kind.path, anonInodeName: kind.anonInodeName,
+            inode: record.inode, device: record.device, specialDevice: special, position: record.position,
+            flags: record.flags, mountId: record.mountId, deleted: kind.deleted)
     }
 
     private static func descriptor(_ process: TargetProcess, fd: Int32, in directories: DescriptorDirectories) throws(MitosisError) -> OpenDescriptor? {

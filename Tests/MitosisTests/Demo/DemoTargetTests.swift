@@ -88,3 +88,28 @@ struct DemoTargetTests {
         #expect(!FileManager.default.fileExists(atPath: path))
     }
 }
+
+/// `mitosis demo`, what the README's first command runs: every part answers, both brought-back
+/// processes pass their self-check, and nothing is left running.
+@Suite("mitosis demo")
+struct DemoCommandTests {
+    @Test("restores a killed process and promotes a warm standby, each passing its self-check, leaving no process")
+    func demoRunsEveryPart() async throws {
+        let run = try await ToolRun(ToolRun.mitosis, ["demo"])
+        #expect(run.status == 0, "\(run.standardError)")
+        let lines = run.standardOutput.split(separator: "\n").map(String.init)
+        for heading in ["== inspect", "== graph", "== stacks", "== checkpoints", "== restore", "== hot standby"] {
+            #expect(lines.contains { $0.hasPrefix(heading) }, "no part \(heading)")
+        }
+        let restored = try #require(lines.first { $0.hasPrefix("restored  ") }, "\(run.standardOutput.suffix(2000))")
+        #expect(restored.contains(": CHECK n=2 PASS "), "\(restored)")
+        let promoted = try #require(lines.first { $0.hasPrefix("promoted  ") }, "\(run.standardOutput.suffix(2000))")
+        #expect(promoted.contains(": CHECK n=2 PASS "), "\(promoted)")
+        #expect(lines.contains { $0.hasPrefix("promoted epoch ") && $0.contains(" from the warm clone in ") }, "\(run.standardOutput.suffix(1500))")
+        // The promoted process (in its pid namespace) and the namespace's init are gone with the demo.
+        let hostPid = try #require(Int32(promoted.dropFirst("promoted  ".count).prefix { $0 != ":" }))
+        let deadline = ContinuousClock.now + .seconds(5)
+        while FileManager.default.fileExists(atPath: "/proc/\(hostPid)"), ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        #expect(!FileManager.default.fileExists(atPath: "/proc/\(hostPid)"))
+    }
+}

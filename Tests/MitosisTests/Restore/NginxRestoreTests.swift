@@ -24,7 +24,7 @@ struct NginxRestoreTests {
 
         init(directory: String) throws {
             self.directory = directory
-            port = try Self.freePort()
+            port = try Kernel.freeLoopbackPort()
             // The workers run as nobody: the files they serve must be readable by everyone.
             try FileManager.default.createDirectory(atPath: directory + "/html", withIntermediateDirectories: true)
             try FileManager.default.createDirectory(atPath: directory + "/logs", withIntermediateDirectories: true)
@@ -54,19 +54,6 @@ struct NginxRestoreTests {
                 }
                 """
             try configuration.write(toFile: directory + "/nginx.conf", atomically: true, encoding: .utf8)
-        }
-
-        /// A loopback port nobody listens on now.
-        static func freePort() throws -> UInt16 {
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            defer { close(fd) }
-            var address = sockaddr_in(sin_family: sa_family_t(AF_INET), sin_port: 0, sin_addr: in_addr(s_addr: inet_addr("127.0.0.1")), sin_zero: (0, 0, 0, 0, 0, 0, 0, 0))
-            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-            let bound = withUnsafeMutablePointer(to: &address) { pointer in
-                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
-            }
-            guard bound else { throw RestoreFailure(description: "no free port") }
-            return UInt16(bigEndian: address.sin_port)
         }
 
         func master() throws -> Int32 {

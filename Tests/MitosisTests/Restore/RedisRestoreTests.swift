@@ -16,22 +16,6 @@ import Testing
     static let server = "/usr/bin/redis-server"
     static let checkAOF = "/usr/bin/redis-check-aof"
 
-    /// A free loopback port: bound once with port 0, then released for redis.
-    static func freePort() throws -> UInt16 {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        try withUnsafeMutablePointer(to: &address) { pointer in
-            try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                guard bind(fd, $0, length) == 0, getsockname(fd, $0, &length) == 0 else { throw RestoreFailure(description: "no free port") }
-            }
-        }
-        return UInt16(bigEndian: address.sin_port)
-    }
-
     /// Waits until redis holds no socket but its listener: clients that closed are closed on its side too.
     static func awaitNoClients(_ pid: Int32) async throws {
         for _ in 0..<2000 {  // up to 20 s: a loaded machine delays redis's own close
@@ -58,7 +42,7 @@ import Testing
     func redisComesBackWithItsKeyspaceAndShutsDownCleanly() async throws {
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
-        let port = try Self.freePort()
+        let port = try Kernel.freeLoopbackPort()
         let config = """
             port \(port)
             bind 127.0.0.1
@@ -173,7 +157,7 @@ import Testing
     func redisRestoredFromAnIncrementalChainAnswers() async throws {
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
-        let port = try Self.freePort()
+        let port = try Kernel.freeLoopbackPort()
         let config = """
             port \(port)
             bind 127.0.0.1

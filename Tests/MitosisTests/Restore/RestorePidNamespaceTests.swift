@@ -61,8 +61,11 @@ import Testing
         defer { scenario.remove() }
         let pid = scenario.child.pid  // taken: every restore goes into a new namespace
         var completed = 0, interrupted = 0
+        // Other tests restore into pid namespaces at the same time: this test's inits are told
+        // from theirs by a variable in the environment they inherit from the CLI.
+        let tag = "MITOSIS_TEST_RUN=\(UInt64.random(in: 1...UInt64.max))"
         for delay in [0, 2, 5, 10, 20, 40, 70, 110, 160, 250] {
-            let run = try ToolRun.start(ToolRun.mitosis, ["restore", "--pidns", scenario.image])
+            let run = try ToolRun.start(ToolRun.mitosis, ["restore", "--pidns", scenario.image], prefix: ["/usr/bin/env", tag])
             try await Task.sleep(for: .milliseconds(delay + 30))  // the CLI takes some 30 ms to start
             run.signal(SIGKILL)
             let status = ChildProcess.exitCode(of: try await Blocking.run { run.wait() })
@@ -71,17 +74,18 @@ import Testing
             let restored = Self.processes(withNamespacePid: pid)
             if status != 128 + SIGKILL || !restored.isEmpty && restored.allSatisfy({ (try? TargetHealth.tracer(of: $0)) == 0 }) {
                 completed += 1
+                if !restored.isEmpty { #expect(!Self.namespaceInits(tagged: tag).isEmpty, "the restore's init carries the tag") }
                 for host in restored { kill(host, SIGKILL) }
             } else {
                 interrupted += 1
             }
             // No husk (EXITKILL) and no init (it exits with its last child) is left.
             let deadline = ContinuousClock.now + .seconds(5)
-            while !(Self.processes(withNamespacePid: pid).isEmpty && Self.namespaceInits().isEmpty), ContinuousClock.now < deadline {
+            while !(Self.processes(withNamespacePid: pid).isEmpty && Self.namespaceInits(tagged: tag).isEmpty), ContinuousClock.now < deadline {
                 try await Task.sleep(for: .milliseconds(10))
             }
             #expect(Self.processes(withNamespacePid: pid).isEmpty, "after a kill at \(delay) ms a process with pid \(pid) inside a namespace is left")
-            #expect(Self.namespaceInits().isEmpty, "after a kill at \(delay) ms an init is left: \(Self.namespaceInits())")
+            #expect(Self.namespaceInits(tagged: tag).isEmpty, "after a kill at \(delay) ms an init is left: \(Self.namespaceInits(tagged: tag))")
         }
         #expect(interrupted > 0, "at least one kill landed mid-restore (\(completed) restores finished first)")
         #expect(scenario.child.isAlive, "the original was not touched")
@@ -97,10 +101,12 @@ import Testing
         }
     }
 
-    /// Live namespace inits of restores (named `mitosis-pidns`).
-    static func namespaceInits() -> [Int32] {
+    /// Live namespace inits of restores (named `mitosis-pidns`) whose environment holds `tag`.
+    static func namespaceInits(tagged tag: String) -> [Int32] {
         ((try? Kernel.listDirectory("/proc")) ?? []).compactMap { Int32($0) }.filter { host in
-            guard let comm = try? Kernel.readFile("/proc/\(host)/comm"), String(decoding: comm, as: UTF8.self) == "mitosis-pidns\n" else { return false }
+            guard let comm = try? Kernel.readFile("/proc/\(host)/comm"), String(decoding: comm, as: UTF8.self) == "mitosis-pidns\n",
+                  let environment = try? Kernel.readFile("/proc/\(host)/environ"),
+                  environment.split(separator: 0).contains(where: { $0.elementsEqual(tag.utf8) }) else { return false }
             let stat = (try? Kernel.readFile("/proc/\(host)/stat")).flatMap { ProcStat(parsing: String(decoding: $0, as: UTF8.self)) }
             return stat?.state != "Z"
         }

@@ -1,0 +1,94 @@
+import Foundation
+import Glibc
+import Testing
+@testable import MitosisInspect
+@testable import MitosisKernel
+@testable import MitosisModel
+import MitosisTrace
+
+/// The kernel's task/file iterator (`DescriptorIterator`) and `/proc` must describe every
+/// descriptor identically: `ProcessReader.descriptors` takes the iterator where it can and falls
+/// back to /proc, and nothing above it may tell which ran.
+@Suite("Descriptors in one pass (BPF task/file iterator) against /proc")
+struct DescriptorIteratorTests {
+    /// Root with kernel BTF: where the iterator must work (kernel ≥ 6.1).
+    static let expected = getuid() == 0 && FileManager.default.fileExists(atPath: "/sys/kernel/btf/vmlinux")
+
+    @Test("the iterator loads where root has kernel BTF", .enabled(if: expected, "needs root and /sys/kernel/btf/vmlinux"))
+    func loads() {
+        let reason = DescriptorIterator.unavailableReason(tid: getpid())
+        #expect(reason == nil, "\(reason ?? "")")
+    }
+
+    @Test("both paths give the same descriptors", .enabled(if: expected, "needs root and /sys/kernel/btf/vmlinux"),
+          arguments: [("fds", []), ("sockets", []), ("epoll", []), ("pairs", []), ("threads", []), ("tcp", []),
+                      ("leaderless", []), ("graphload", ["300"])] as [(String, [String])])
+    func samePaths(scenario: String, arguments: [String]) throws {
+        let child = try ScenarioProcess(scenario, arguments)
+        defer { child.stop() }
+        let target = try TargetProcess(pid: child.pid)
+        let fromProc = try ProcessReader.descriptorsFromProc(target)
+        let inOnePass = try #require(try ProcessReader.descriptorsInOnePass(target)).descriptors
+        #expect(inOnePass.map(\.fd) == fromProc.map(\.fd))
+        for (fast, slow) in zip(inOnePass.map(Self.timeless), fromProc.map(Self.timeless)) where fast != slow {
+            Issue.record("\(scenario) fd \(slow.fd):\n iterator \(fast)\n /proc    \(slow)")
+        }
+        // Most came from the iterator's records alone, not from the /proc fallback inside it.
+        let records = try #require(DescriptorIterator.records(tid: target.process.entry))
+        let alone = records.filter { ProcessReader.descriptor($0) != nil }
+        #expect(alone.count * 2 >= records.count, "\(alone.count) of \(records.count) from the records alone")
+    }
+
+    /// A running timer's time left changes between two reads: not compared.
+    static func timeless(_ descriptor: OpenDescriptor) -> OpenDescriptor {
+        var descriptor = descriptor
+        if var timer = descriptor.timerfd {
+            timer.value = TimeSpec(seconds: 0, nanoseconds: 0)
+            descriptor.state = .timerfd(timer)
+        }
+        return descriptor
+    }
+
+    @Test("graphs from the iterator (open files by address) and from /proc (kcmp) are the same bytes",
+          .enabled(if: expected, "needs root and /sys/kernel/btf/vmlinux"), arguments: ["fds", "pairs", "sockets", "tree", "graphload"])
+    func sameGraphs(scenario: String) throws {
+        let child = try ScenarioProcess(scenario, scenario == "graphload" ? ["300"] : [])
+        defer { child.stop() }
+        var options = GraphOptions(includeDescendants: true)
+        let fast = try JSONOutput.string(GraphBuilder.graph(of: child.pid, options: options))
+        options.descriptorIterator = false
+        let slow = try JSONOutput.string(GraphBuilder.graph(of: child.pid, options: options))
+        #expect(fast == slow)
+    }
+
+    @Test("the records' numbers are what stat and fdinfo say", .enabled(if: expected, "needs root and /sys/kernel/btf/vmlinux"))
+    func recordFields() throws {
+        let child = try ScenarioProcess("fds")
+        defer { child.stop() }
+        let records = try #require(DescriptorIterator.records(tid: child.pid))
+        #expect(records.map(\.fd) == records.map(\.fd).sorted())
+        for record in records {
+            let info = try #require(ProcFdinfo(parsing: String(decoding: try Kernel.readFile("/proc/\(child.pid)/fdinfo/\(record.fd)"), as: UTF8.self)))
+            #expect(record.flags == info.flags && record.position == info.position && record.mountId == info.mountId
+                    && record.inode == info.inode, "fd \(record.fd)")
+            #expect(record.target == (try Kernel.readLink("/proc/\(child.pid)/fd/\(record.fd)")), "fd \(record.fd)")
+        }
+    }
+
+    @Test("hostile BTF: truncated, wrong magic, garbage — nil, no crash")
+    func hostileBTF() throws {
+        #expect(KernelBTF([]) == nil)
+        #expect(KernelBTF([UInt8](repeating: 0xff, count: 64)) == nil)
+        var header: [UInt8] = [0x9f, 0xeb, 1, 0, 24, 0, 0, 0, 0, 0, 0, 0, 100, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        #expect(KernelBTF(header) == nil)  // type section beyond the bytes
+        header[12] = 0
+        let empty = try #require(KernelBTF(header))
+        #expect(empty.functionID("bpf_iter_task_file") == nil && empty.member("file", "f_pos") == nil)
+        if let vmlinux = try? Kernel.readFile("/sys/kernel/btf/vmlinux", limit: 256 << 20) {
+            let btf = try #require(KernelBTF(vmlinux))
+            #expect(btf.functionID("bpf_iter_task_file") != nil)
+            #expect(btf.member("file", "f_pos")?.size == 8 && btf.member("file", "no_such_member") == nil)
+            for cut in [25, 1000, vmlinux.count / 2, vmlinux.count - 1] { #expect(KernelBTF(Array(vmlinux.prefix(cut))) == nil) }
+        }
+    }
+}
