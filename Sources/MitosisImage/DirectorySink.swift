@@ -23,6 +23,9 @@ public final class DirectorySink: EarlyPageSink, @unchecked Sendable {
         case idle
         case open(Writer)
         case closed(String)
+        /// Aborted by this error: later calls (a wait for writes already in flight, say) throw
+        /// it again, so the caller sees why (a full disk), not that the sink is closed.
+        case failed(ImageError)
     }
 
     /// A sink that will create the image directory `path` (which must not exist yet).
@@ -148,6 +151,7 @@ public final class DirectorySink: EarlyPageSink, @unchecked Sendable {
         switch state {
         case .idle: throw .sinkState("pages or finish before begin")
         case .closed(let how): throw .sinkState("the checkpoint was already \(how)")
+        case .failed(let error): throw error
         case .open(let writer): return writer
         }
     }
@@ -160,7 +164,7 @@ public final class DirectorySink: EarlyPageSink, @unchecked Sendable {
         } catch {
             if recoverable, case .invalidPages = error {} else {
                 writer.abort(reason: error.description)
-                state = .closed("aborted")
+                state = .failed(error)
             }
             throw error
         }
