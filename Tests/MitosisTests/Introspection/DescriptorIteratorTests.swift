@@ -26,6 +26,11 @@ struct DescriptorIteratorTests {
     func samePaths(scenario: String, arguments: [String]) throws {
         let child = try ScenarioProcess(scenario, arguments)
         defer { child.stop() }
+        if scenario == "leaderless" {
+            // Its main thread exits on `leader`: the iterator must then read through a live thread.
+            try child.send("leader")
+            #expect(try child.fact("leader_state") == "Z")
+        }
         let target = try TargetProcess(pid: child.pid)
         let fromProc = try ProcessReader.descriptorsFromProc(target)
         let inOnePass = try #require(try ProcessReader.descriptorsInOnePass(target)).descriptors
