@@ -105,6 +105,24 @@ package enum Ptrace {
         case killed(signal: Int32)
     }
 
+    /// Collects the exit of a tracee that died while traced (a SIGKILL during a freeze), so that
+    /// the kernel releases it: until its tracer has waited for it, its parent's `wait` does not
+    /// see it (a zombie the parent — a shell, systemd — cannot reap while the tracer thread
+    /// lives). Gives up after `milliseconds` if the thread is still there: it was not dead.
+    /// The corresponding C function is `waitpid` with `__WALL | WNOHANG`, polled.
+    package static func releaseDead(_ tid: Int32, milliseconds: Int = 200) {
+        for _ in 0..<max(1, milliseconds) {
+            do {
+                switch try wait(tid, nonBlocking: true) {
+                case .exited?, .killed?: return
+                default: usleep(1000)
+                }
+            } catch {
+                return  // ECHILD: nothing of it left to collect
+            }
+        }
+    }
+
     /// Waits for the next state change of one tracee (never `-1`: that would steal other
     /// tracers' events). The corresponding C function is `waitpid` with `__WALL`.
     package static func wait(_ tid: Int32, nonBlocking: Bool = false) throws(Errno) -> Event? {

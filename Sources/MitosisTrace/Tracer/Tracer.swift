@@ -105,8 +105,10 @@ public actor Tracer {
             do {
                 try Ptrace.detach(thread.tid, signal: signal)
             } catch {
-                // ESRCH: the thread died while frozen (only SIGKILL can do that); nothing to undo.
+                // ESRCH: the thread died while frozen (only SIGKILL can do that). Its exit is
+                // collected, or its parent could not reap it while this tracer's thread lives.
                 logger.debug("detach \(thread.tid): \(error)")
+                Ptrace.releaseDead(thread.tid)
             }
             for info in pending where (try? Kernel.threadQueueSignal(pid: thread.pid, tid: thread.tid, info: info)) == nil {
                 try? Kernel.threadKill(pid: thread.pid, tid: thread.tid, signal: info.number)

@@ -43,7 +43,8 @@ struct ImageEnvironmentTests {
         #expect(try Synthetic.bytes(partial + "/pages.data").isEmpty, "the page data is freed")
         #expect(!FileManager.default.fileExists(atPath: disk.path + "/1"))
         #expect(CheckpointImage.verifyChain(disk.path + "/0").isEmpty)
-        #expect(throws: ImageError.sinkState("the checkpoint was already aborted")) { try sink.writePages(at: 0, Synthetic.pattern(1)) }
+        // Later calls are told why the checkpoint ended.
+        #expect(throws: ImageError.noSpace(disk.path + "/1")) { try sink.writePages(at: 0, Synthetic.pattern(1)) }
         // With the space freed, the next attempt succeeds.
         try FileManager.default.removeItem(atPath: partial)
         try Synthetic.write(disk.path + "/1", kind: .incremental, parent: ("../0", parent),
