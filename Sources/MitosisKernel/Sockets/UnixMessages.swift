@@ -48,7 +48,13 @@ extension Kernel {
         if stream, queued > limit { return nil }
         var buffer = [UInt8](repeating: 0, count: stream ? queued + 1 : 64 << 10)
         var total = 0
+        // Bounded: a peer outside the frozen process may keep writing (a buffer that must grow
+        // again and again), and a peek that does not advance would return the same message
+        // forever; either way the queue is not kept (nil) rather than the freeze never ending.
+        var peeks = 0
         while true {
+            peeks += 1
+            if peeks > 4096 { return nil }
             try setSocketOption(fd, level: SOL_SOCKET, name: SO_PEEK_OFF, value: messages.isEmpty ? -1 : Int32(total))
             let (count, peeked) = try peek(fd, into: &buffer, size: buffer.count, truncation: !stream)
             guard var message = peeked else { break }
