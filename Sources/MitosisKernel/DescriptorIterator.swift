@@ -82,6 +82,13 @@ package enum DescriptorIterator {
         if let setting = getenv("MITOSIS_DESCRIPTOR_ITERATOR"), String(cString: setting) == "0" {
             return .failure(Unavailable(text: "turned off by MITOSIS_DESCRIPTOR_ITERATOR=0"))
         }
+        // Compared with /proc on 6.18 only (DescriptorIteratorTests): older kernels read /proc
+        // until the kernel matrix has compared the two there.
+        let release = (try? Kernel.readFile("/proc/sys/kernel/osrelease")).map { String(decoding: $0, as: UTF8.self) } ?? ""
+        let version = release.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
+        guard version.count == 2, (version[0], version[1]) >= (6, 18) else {
+            return .failure(Unavailable(text: "kernel \(release.trimmingCharacters(in: .whitespacesAndNewlines)): the iterator is verified from 6.18 on; /proc is read"))
+        }
         guard let bytes = try? Kernel.readFile("/sys/kernel/btf/vmlinux", limit: 256 << 20) else {
             return .failure(Unavailable(text: "no kernel BTF at /sys/kernel/btf/vmlinux"))
         }
