@@ -302,19 +302,22 @@ public actor CheckpointSession {
                 // Without a restore record the image still serves as a memory checkpoint; a
                 // restore refuses it.
                 var restore: RestoreRecord?
+                // The connections first: their lock holds from here, so that the sockets' states
+                // read next agree with what was captured (ConnectionCapture).
+                var connections: ConnectionCapture?
                 if options.recordRestoreState {
+                    do {
+                        connections = try ConnectionCapture(target: target, descriptors: descriptors, lockNetwork: options.networkLock,
+                                                            prepared: preparedLock, keepsLock: !options.moveConnections)
+                    } catch {
+                        logger.warning("checkpoint of \(pid) is not restorable: its TCP connections could not be captured: \(error)")
+                    }
+                }
+                run.mark("frozen connections", clock)
+                if let connections {
                     do {
                         restore = try await RestoreCapture.capture(tracer, target: target, maps: try ProcessReader.mappings(target, detailed: false),
                                                                    descriptors: descriptors)
-                    } catch {
-                        logger.warning("checkpoint of \(pid) is not restorable: \(error)")
-                    }
-                }
-                run.mark("frozen restore state", clock)
-                if restore != nil {
-                    do {
-                        let connections = try ConnectionCapture(target: target, descriptors: descriptors, lockNetwork: options.networkLock,
-                                                                prepared: preparedLock, keepsLock: !options.moveConnections)
                         restore?.connections = connections.connections
                         if options.moveConnections && !connections.connections.isEmpty {
                             restore?.networkLockTable = connections.reserveHold(pid: pid)
@@ -323,11 +326,11 @@ public actor CheckpointSession {
                         // `nft` takes milliseconds) unless the process is to be killed.
                         moved = connections
                     } catch {
-                        logger.warning("checkpoint of \(pid) is not restorable: its TCP connections could not be captured: \(error)")
-                        restore = nil
+                        logger.warning("checkpoint of \(pid) is not restorable: \(error)")
+                        connections.resume()
                     }
                 }
-                run.mark("frozen connections", clock)
+                run.mark("frozen restore state", clock)
                 return (map, threads, descriptors, restore)
             }
             run.mark("thaw", clock)

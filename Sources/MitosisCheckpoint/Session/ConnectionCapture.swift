@@ -4,11 +4,14 @@ import MitosisModel
 import MitosisTrace
 import SystemPackage
 
-/// The established TCP connections of a frozen process, captured with TCP repair through
-/// `pidfd_getfd` copies of its sockets (the same sockets: nothing is injected).
+/// The TCP connections of a frozen process (ESTABLISHED and CLOSE-WAIT), captured with TCP
+/// repair through `pidfd_getfd` copies of its sockets (the same sockets: nothing is injected).
 ///
 /// The network lock comes first: a frozen process's kernel still receives for it, and a segment
-/// arriving between two reads would tear the state. Then each connection goes into repair mode,
+/// arriving between two reads would tear the state. It also comes before the other sockets'
+/// states are read (`SocketCapture`), so that both agree on each socket's state: a client that
+/// hangs up during the freeze (its FIN, or its reset) changed a connection's state between the
+/// two reads, and the image then named an ESTABLISHED socket without its repair state. Then each connection goes into repair mode,
 /// is read, and leaves repair mode without a window probe, before the thaw: a process in repair
 /// mode would see `EPERM` from its reads. What follows depends on the checkpoint:
 /// - the process runs on (`resume`): the lock is lifted; the peers saw a pause of the freeze's
@@ -37,28 +40,34 @@ final class ConnectionCapture: @unchecked Sendable {
         lock = prepared
         self.keepsLock = keepsLock && prepared != nil
         var copies: [(inode: UInt64, copy: FileDescriptor)] = []
+        var closed: [FileDescriptor] = []
         do {
             for descriptor in descriptors where descriptor.kind == .socket && !copies.contains(where: { $0.inode == descriptor.inode }) {
                 let copy = try Kernel.pidfdGetfd(target.process.pidfd, descriptor.fd)
-                if TcpRepair.isEstablished(copy) { copies.append((descriptor.inode, copy)) } else { try? copy.close() }
+                if TcpRepair.isCapturable(copy) { copies.append((descriptor.inode, copy)) } else { try? copy.close() }
             }
             guard !copies.isEmpty else { resume(); return }
             if lockNetwork {
                 var ends: [(family: InetFamily, local: SocketEndpoint, remote: SocketEndpoint)] = []
                 for (_, copy) in copies {
-                    let local = try TcpRepair.endpoint(copy, peer: false), remote = try TcpRepair.endpoint(copy, peer: true)
+                    // A connection reset since its state was read has no peer any more: it is
+                    // left out (the capture below skips it).
+                    guard let local = try? TcpRepair.endpoint(copy, peer: false), let remote = try? TcpRepair.endpoint(copy, peer: true) else { continue }
                     ends.append((local.family, local.endpoint, remote.endpoint))
                 }
                 if lock == nil { lock = try NetworkLock(namespacePath: "/proc/\(Kernel.procEntry(target.pid))/ns/net") }
                 try lock?.lock(ends)
             }
             for (inode, copy) in copies {
+                // A reset that arrived before the lock took hold closed the connection: nothing
+                // to capture, and the socket's state, read after this (`SocketCapture`), says CLOSE.
+                guard TcpRepair.isCapturable(copy) else { try? copy.close(); closed.append(copy); continue }
                 let connection = try TcpRepair.capture(copy, stayInRepair: false)
                 repaired.append((copy, connection))
                 connections.append(CapturedConnection(inode: inode, connection: connection))
             }
         } catch {
-            for (_, copy) in copies where !repaired.contains(where: { $0.copy == copy }) { try? copy.close() }
+            for (_, copy) in copies where !repaired.contains(where: { $0.copy == copy }) && !closed.contains(copy) { try? copy.close() }
             resume()
             throw error
         }

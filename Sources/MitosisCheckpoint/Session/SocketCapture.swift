@@ -51,6 +51,7 @@ enum SocketCapture {
                 let info = try Kernel.tcpState(copy)
                 state.tcpState = info.state
                 if kind.listening { state.backlog = info.backlog }
+                if info.state == 7, !kind.listening, state.peer == nil { state.endedPeer = try Kernel.formerPeer(copy, domain: kind.domain) }
             }
             if packet { state.packet = try Kernel.packetBinding(copy) }
             if kind.domain == Linux.AF_UNIX {

@@ -38,6 +38,21 @@ extension Kernel {
         return withUnsafeBytes(of: &storage) { decodeAddress(UnsafeRawBufferPointer(rebasing: $0[..<Int(length)])) }
     }
 
+    /// The peer of an inet socket that was connected, even once its connection has ended
+    /// (`getpeername` answers `ENOTCONN` in CLOSE; `SO_PEERNAME` asks the same without that
+    /// check); nil for a socket that never had one. `domain` is `AF_INET` or `AF_INET6`. The corresponding call is
+    /// `getsockopt(SO_PEERNAME)`.
+    package static func formerPeer(_ fd: FileDescriptor, domain: Int32) throws(Errno) -> SocketAddress? {
+        var storage = sockaddr_storage()
+        // The kernel refuses (EINVAL) a buffer longer than the family's address.
+        var length = socklen_t(domain == AF_INET6 ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size)
+        if getsockopt(fd.rawValue, SOL_SOCKET, SO_PEERNAME, &storage, &length) != 0 {
+            if errno == ENOTCONN { return nil }
+            throw Errno(rawValue: errno)
+        }
+        return withUnsafeBytes(of: &storage) { decodeAddress(UnsafeRawBufferPointer(rebasing: $0[..<Int(length)])) }
+    }
+
     /// A `sockaddr_in`, `sockaddr_in6` or `sockaddr_un` decoded; nil for an unbound address.
     package static func decodeAddress(_ bytes: UnsafeRawBufferPointer) -> SocketAddress? {
         guard bytes.count >= 2 else { return nil }

@@ -24,7 +24,10 @@ extension TcpRepair {
         do { return try body() } catch { throw Failure(step: name, detail: "\(error)") }
     }
 
-    /// Captures the established connection of socket `fd` (a `pidfd_getfd` copy is enough).
+    /// Captures the connection of socket `fd`, ESTABLISHED or CLOSE-WAIT (a `pidfd_getfd` copy
+    /// is enough). In CLOSE-WAIT the receive sequence counts the peer's FIN and the queue length
+    /// (`SIOCINQ`) does not: the restore puts the bytes just below it, so the rebuilt socket
+    /// acknowledges the FIN as the original did (`peerClosed`).
     /// Its owner must be frozen, or it could read or write between the steps.
     ///
     /// The socket is left in repair mode when `stayInRepair` (the connection is being taken
@@ -47,10 +50,12 @@ extension TcpRepair {
         let flags = try step("reading the file's flags") { () throws(Errno) in try statusFlags(fd) }
         let (family, local) = try step("reading the local address") { () throws(Errno) in try endpoint(fd, peer: false) }
         let (_, remote) = try step("reading the peer's address") { () throws(Errno) in try endpoint(fd, peer: true) }
+        let peerClosed = try step("reading the receiving side's shutdown") { () throws(Errno) in try receiveShut(fd) }
         try step("entering repair mode") { () throws(Errno) in try setRepair(fd, .on) }
         do {
-            let connection = try readRepaired(fd, family: family, local: local, remote: remote,
+            var connection = try readRepaired(fd, family: family, local: local, remote: remote,
                                               socketOptions: socketOptions, nonBlocking: flags & O_NONBLOCK != 0)
+            connection.peerClosed = peerClosed ? true : nil
             if !stayInRepair { try step("leaving repair mode") { () throws(Errno) in try leaveRepair(fd, reuseAddress: socketOptions.reuseAddress) } }
             return connection
         } catch {
@@ -69,9 +74,9 @@ extension TcpRepair {
     private static func readRepaired(_ fd: FileDescriptor, family: InetFamily, local: SocketEndpoint, remote: SocketEndpoint,
                                      socketOptions: TcpConnection.SocketOptions, nonBlocking: Bool) throws(Failure) -> TcpConnection {
         let info = try step("reading TCP_INFO") { () throws(Errno) in try TcpRepair.info(fd) }
-        guard info.state == 1 else {
+        guard capturedStates.contains(info.state) else {
             throw Failure(step: "capturing \(local) → \(remote)",
-                          detail: "the connection is \(SocketState.name(info.state, connectionOriented: true)), only ESTABLISHED connections are captured")
+                          detail: "the connection is \(SocketState.name(info.state, connectionOriented: true)), only ESTABLISHED and CLOSE-WAIT connections are captured")
         }
         let lengths = try step("reading the queues' lengths") { () throws(Errno) in try queueLengths(fd) }
         let mss = try step("reading the MSS clamp") { () throws(Errno) in UInt32(bitPattern: try Kernel.socketOption(fd, level: MITOSIS_SOL_TCP, name: MITOSIS_TCP_MAXSEG)) }
@@ -171,6 +176,9 @@ extension TcpRepair {
     /// and the file's O_NONBLOCK.
     package static func finish(_ fd: FileDescriptor, _ connection: TcpConnection) throws(Failure) {
         try step("leaving repair mode") { () throws(Errno) in try setRepair(fd, .off) }
+        if connection.peerClosed == true {
+            try step("shutting the receiving side (the peer had closed)") { () throws(Errno) in try shutReceive(fd) }
+        }
         try step("setting SO_REUSEADDR and O_NONBLOCK") { () throws(Errno) in
             try Kernel.setSocketOption(fd, level: SOL_SOCKET, name: SO_REUSEADDR, value: connection.socketOptions.reuseAddress ? 1 : 0)
             let flags = try statusFlags(fd)

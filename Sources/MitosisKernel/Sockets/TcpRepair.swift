@@ -25,7 +25,7 @@ package enum TcpRepair {
         case on = 1, off = 0, offWithoutProbe = -1
     }
 
-    /// Enters or leaves repair mode. Entering needs the socket ESTABLISHED or CLOSED.
+    /// Enters or leaves repair mode (any state but LISTEN).
     /// The corresponding call is `setsockopt(SOL_TCP, TCP_REPAIR)`.
     package static func setRepair(_ fd: FileDescriptor, _ mode: Mode) throws(Errno) {
         try Kernel.setSocketOption(fd, level: MITOSIS_SOL_TCP, name: MITOSIS_TCP_REPAIR, value: mode.rawValue)
@@ -98,12 +98,35 @@ package enum TcpRepair {
         return (head.state, head.options, head.wscales & 0xf, head.wscales >> 4)
     }
 
-    /// Whether `fd` is an IPv4 or IPv6 TCP socket in the ESTABLISHED state.
-    /// The corresponding calls are `getsockopt(SO_DOMAIN, SO_PROTOCOL, TCP_INFO)`.
-    package static func isEstablished(_ fd: FileDescriptor) -> Bool {
+    /// The TCP states whose connection is captured: ESTABLISHED (1) and CLOSE-WAIT (8), where
+    /// the peer has closed and the application has not yet. A server sees CLOSE-WAIT whenever
+    /// a client hangs up while the server is frozen, which a checkpoint's freeze itself causes
+    /// (a client that times out on the frozen server closes its connection).
+    package static let capturedStates: Set<UInt8> = [1, 8]
+
+    /// Whether `fd` is an IPv4 or IPv6 TCP socket in a state whose connection is captured
+    /// (`capturedStates`). The corresponding calls are `getsockopt(SO_DOMAIN, SO_PROTOCOL, TCP_INFO)`.
+    package static func isCapturable(_ fd: FileDescriptor) -> Bool {
         guard let domain = try? Kernel.socketOption(fd, level: SOL_SOCKET, name: SO_DOMAIN), domain == AF_INET || domain == AF_INET6,
-              let proto = try? Kernel.socketOption(fd, level: SOL_SOCKET, name: SO_PROTOCOL), proto == Int32(IPPROTO_TCP) else { return false }
-        return (try? info(fd).state) == 1
+              let proto = try? Kernel.socketOption(fd, level: SOL_SOCKET, name: SO_PROTOCOL), proto == Int32(IPPROTO_TCP),
+              let state = try? info(fd).state else { return false }
+        return capturedStates.contains(state)
+    }
+
+    /// Whether the socket's receiving side is shut: the peer's FIN arrived, or the application
+    /// called `shutdown(SHUT_RD)` (then reads give end of file once the queue is read).
+    /// The corresponding call is `poll(POLLRDHUP)` with no wait.
+    package static func receiveShut(_ fd: FileDescriptor) throws(Errno) -> Bool {
+        let rdhup: Int16 = 0x2000  // POLLRDHUP (a _GNU_SOURCE name Swift's Glibc leaves out)
+        var entry = pollfd(fd: fd.rawValue, events: rdhup, revents: 0)
+        _ = try Kernel.check { poll(&entry, 1, 0) }
+        return entry.revents & rdhup != 0
+    }
+
+    /// Shuts the receiving side (`shutdown(SHUT_RD)`): no packet is sent, reads give end of file
+    /// once the queue is read, as after the peer's FIN. The corresponding call is `shutdown`.
+    package static func shutReceive(_ fd: FileDescriptor) throws(Errno) {
+        _ = try Kernel.check { shutdown(fd.rawValue, Int32(SHUT_RD)) }
     }
 
     /// The window state. The corresponding call is `getsockopt(TCP_REPAIR_WINDOW)`.

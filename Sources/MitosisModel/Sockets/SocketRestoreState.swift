@@ -23,6 +23,12 @@ public struct SocketRestoreState: Codable, Sendable, Equatable {
     public var backlog: UInt32?
     /// TCP only: `TCP_INFO.tcpi_state` (1 ESTABLISHED, 7 CLOSE, 10 LISTEN…).
     public var tcpState: UInt8?
+    /// TCP in CLOSE only: the peer its connection had (`SO_PEERNAME`) when the connection has
+    /// ended (reset by the peer, or refused) and the application has not closed it yet. The
+    /// kernel gave its port back when it closed, so it is restored as a new socket, not bound:
+    /// binding it to `local` would collide with the listener that accepted it (EADDRINUSE).
+    /// nil for a socket that was never connected, and in older images.
+    public var endedPeer: SocketAddress?
     /// Integer options, as `getsockopt` returned them.
     public var options: [SocketOption]
     /// Unix only: the inode of the peer socket (sock_diag), nil for none.

@@ -34,10 +34,17 @@ public struct TcpConnection: Codable, Sendable, Equatable {
     public var socketOptions: SocketOptions
     /// `O_NONBLOCK` of the open file.
     public var nonBlocking: Bool
+    /// The peer has closed its side (its FIN received: CLOSE-WAIT), or the application shut its
+    /// receiving side: reads give end of file once `receiveQueue` is read. The restore rebuilds
+    /// the connection ESTABLISHED with the FIN acknowledged (`receiveSequence` counts it) and
+    /// shuts its receiving side, which is all the application can tell of CLOSE-WAIT. nil (older
+    /// images) is false.
+    public var peerClosed: Bool?
 
     public init(family: InetFamily, local: SocketEndpoint, remote: SocketEndpoint, sendSequence: UInt32, receiveSequence: UInt32,
                 sendQueue: Data, unsentCount: UInt32, receiveQueue: Data, options: Options, timestamp: UInt32?,
-                window: Window?, socketOptions: SocketOptions, nonBlocking: Bool) {
+                window: Window?, socketOptions: SocketOptions, nonBlocking: Bool, peerClosed: Bool? = nil) {
+        self.peerClosed = peerClosed
         self.family = family
         self.local = local
         self.remote = remote

@@ -13,7 +13,10 @@ extension Tracer {
         let name = "the \(state.typeName) socket of fd \(descriptor.fd)"
         let fd = try createSocket(descriptor, state, name: name)
         try setOptions(fd, state, name: name)
-        if let local = state.local { try connectOrBind(fd, to: local, state, name: name, call: SyscallNumber.bind, area: area) }
+        // A connection that ended has given its port back: not bound (RestorePlan).
+        if let local = state.local, state.endedPeer == nil {
+            try connectOrBind(fd, to: local, state, name: name, call: SyscallNumber.bind, area: area)
+        }
         if state.listening {
             try huskCall("listening on \(name) (backlog \(state.backlog ?? 0))", SyscallNumber.listen, [fd, UInt64(state.backlog ?? 0)])
         }
@@ -91,9 +94,11 @@ extension RestorePlan {
         case Linux.SOCK_STREAM:
             let tcpState = state.tcpState.map { SocketState.name($0, connectionOriented: true) } ?? "unknown"
             if state.listening, state.tcpState == 10 { return nil }
+            // Never connected (bound or not), or a connection that ended (`endedPeer`): a new
+            // socket in CLOSE; the application's next read or write fails, as it would have.
             if !state.listening, state.tcpState == 7, state.peer == nil { return nil }
             let between = [state.local, state.peer].map { $0?.description ?? "*" }.joined(separator: " → ")
-            return "a TCP connection \(between) (\(tcpState)) whose repair state the image does not hold (only ESTABLISHED connections are captured, by images of this version)"
+            return "a TCP connection \(between) (\(tcpState)) whose repair state the image does not hold (only ESTABLISHED and CLOSE-WAIT connections are captured, by images of this version)"
         default:
             return nil
         }

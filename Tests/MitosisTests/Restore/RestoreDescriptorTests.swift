@@ -318,7 +318,7 @@ struct RestoreSocketRefusalTests {
                                        peer: SocketAddress(address: "127.0.0.1", port: 40000), listening: false, backlog: nil,
                                        tcpState: 1, options: [])
         #expect(RestorePlan.inetSocketProblem(state)
-                == "a TCP connection 127.0.0.1:6379 → 127.0.0.1:40000 (ESTABLISHED) whose repair state the image does not hold (only ESTABLISHED connections are captured, by images of this version)")
+                == "a TCP connection 127.0.0.1:6379 → 127.0.0.1:40000 (ESTABLISHED) whose repair state the image does not hold (only ESTABLISHED and CLOSE-WAIT connections are captured, by images of this version)")
         var unknown = state
         unknown.tcpState = 10
         unknown.listening = true

@@ -51,6 +51,13 @@ final class RedisClient {
 
     private var aborted = false
 
+    /// Closes the connection the ordinary way (a FIN): the server's socket goes to CLOSE-WAIT
+    /// until the server closes it. Any later call fails.
+    func hangUp() {
+        close(fd)
+        aborted = true
+    }
+
     deinit { if !aborted { close(fd) } }
 
     /// Sends every command at once, then reads one reply per command.
