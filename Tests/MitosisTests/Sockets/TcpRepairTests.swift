@@ -150,6 +150,46 @@ struct TcpRepairTests {
         #expect(client.facts["error"] == String(ECONNRESET))
     }
 
+    @Test("a connection in CLOSE-WAIT moves with its unread bytes and its end of file, twice")
+    func closeWaitMoves() async throws {
+        // A connection on loopback in this process: the client writes, then hangs up (a FIN),
+        // so the server's socket is in CLOSE-WAIT with 3 unread bytes.
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        defer { close(listener) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let asSockaddr = { (body: (UnsafeMutablePointer<sockaddr>) -> Int32) -> Int32 in
+            withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1, body) }
+        }
+        #expect(asSockaddr { bind(listener, $0, length) } == 0 && Glibc.listen(listener, 1) == 0 && asSockaddr { getsockname(listener, $0, &length) } == 0)
+        let client = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        #expect(asSockaddr { Glibc.connect(client, $0, length) } == 0)
+        let accepted = accept(listener, nil, nil)
+        #expect(accepted >= 0 && write(client, "abc", 3) == 3)
+        close(client)
+        try await Task.sleep(for: .milliseconds(50))
+        var server = FileDescriptor(rawValue: accepted)
+        #expect(try TcpRepair.info(server).state == 8 && TcpRepair.isCapturable(server))
+
+        for generation in 1...2 {
+            let connection = try TcpRepair.capture(server, stayInRepair: true)
+            #expect(connection.peerClosed == true && connection.receiveQueue == Data("abc".utf8), "generation \(generation)")
+            try server.close()  // in repair mode: silently
+            let rebuilt = FileDescriptor(rawValue: socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0))
+            try TcpRepair.restore(rebuilt, connection)
+            try TcpRepair.finish(rebuilt, connection)
+            // ESTABLISHED with its receiving side shut: what the application sees of CLOSE-WAIT.
+            #expect(try TcpRepair.info(rebuilt).state == 1 && TcpRepair.receiveShut(rebuilt) && TcpRepair.isCapturable(rebuilt))
+            server = rebuilt
+        }
+        var bytes = [UInt8](repeating: 0, count: 8)
+        #expect(read(server.rawValue, &bytes, 8) == 3 && bytes.prefix(3) == [97, 98, 99])
+        #expect(read(server.rawValue, &bytes, 8) == 0, "end of file once the bytes are read")
+        try server.close()
+    }
+
     @Test("a socket that is not a connection is refused with the step that failed, and keeps working")
     func notAConnection() async throws {
         let server = try ScenarioProcess("repairserver", ["ipv4", "0"])
