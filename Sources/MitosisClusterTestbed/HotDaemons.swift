@@ -1,4 +1,5 @@
 import Foundation
+import MitosisCluster
 import MitosisKernel
 
 /// Cluster daemons with hot standby (`HotReplica`), each host's daemon the init of a pid
@@ -10,10 +11,34 @@ package final class HotDaemons: @unchecked Sendable {
     package static let service = "redis"
     /// The `mitosis` binary the daemons run.
     package let executable: String
-    /// Each start of a host gets its own pid range (`ns_last_pid`), so that the service's pid,
-    /// taken in the range of the host that first started it, is free on every other host. The
-    /// first range is used once: the service's pid lives there for good.
+    /// Where each start of a host begins its pids (`ns_last_pid`). The first start (host a,
+    /// alone until it holds the leader key: `startAll`) begins at 1000 and starts the service,
+    /// whose pid lives there for good; every later start begins at 3000 or above and, a host
+    /// using a few thousand pids at most in its life, never wraps around `pid_max` (32768 here)
+    /// to reach it. Later starts may share a range: each start is a new pid namespace.
+    ///
+    /// Earlier, every start had a range of its own out of five that came round again: when the
+    /// first leader was not host a, the service's pid was in a range that the sixth restart
+    /// used again, and that host's standby took the pid (*"pid 11016 is taken by process 11016
+    /// (mitosis standby …)"*): after about ten trials of `mitosis-bench failover`, every run.
     private let ranges = RangeCounter()
+
+    /// The range of start number `start`.
+    static func range(_ start: Int) -> Int { start == 0 ? 1000 : 3000 + 3000 * ((start - 1) % 9) }
+
+    /// Starts the three hosts: host a first, alone until it holds the leader key (so that it
+    /// starts the service, whose pid is then below every later range), then b and c.
+    package func startAll(within limit: Duration = .seconds(60)) async throws {
+        try start(0)
+        let etcd = try bed.etcdClient()
+        let deadline = ContinuousClock.now + limit
+        while (try? await ClusterStatus.read(etcd: etcd, service: Self.service))?.leader != names[0] {
+            guard ContinuousClock.now < deadline else { throw TestbedError("host a did not take the leader key within \(limit)") }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        try start(1)
+        try start(2)
+    }
 
     package init(_ bed: ClusterTestbed, executable: String) {
         self.bed = bed
@@ -46,8 +71,7 @@ package final class HotDaemons: @unchecked Sendable {
     /// Starts the host's daemon as pid 1 of a new pid namespace (`unshare --kill-child`: killing
     /// `unshare` kills the namespace, and with it every process of the host but etcd).
     package func start(_ host: Int) throws {
-        let start = ranges.next()
-        let range = start == 0 ? 1000 : 1000 + 5000 * (1 + (start - 1) % 5)
+        let range = Self.range(ranges.next())
         let log = "\(bed.directory)/hot-\(names[host]).log"
         let command = ["/usr/bin/ip", "netns", "exec", bed.hostNamespace(host),
                        "/usr/bin/unshare", "--pid", "--fork", "--kill-child", "--mount-proc",

@@ -302,22 +302,29 @@ public actor CheckpointSession {
                 // Without a restore record the image still serves as a memory checkpoint; a
                 // restore refuses it.
                 var restore: RestoreRecord?
-                // The connections first: their lock holds from here, so that the sockets' states
-                // read next agree with what was captured (ConnectionCapture).
-                var connections: ConnectionCapture?
                 if options.recordRestoreState {
-                    do {
-                        connections = try ConnectionCapture(target: target, descriptors: descriptors, lockNetwork: options.networkLock,
-                                                            prepared: preparedLock, keepsLock: !options.moveConnections)
-                    } catch {
-                        logger.warning("checkpoint of \(pid) is not restorable: its TCP connections could not be captured: \(error)")
-                    }
-                }
-                run.mark("frozen connections", clock)
-                if let connections {
                     do {
                         restore = try await RestoreCapture.capture(tracer, target: target, maps: try ProcessReader.mappings(target, detailed: false),
                                                                    descriptors: descriptors)
+                    } catch {
+                        logger.warning("checkpoint of \(pid) is not restorable: \(error)")
+                    }
+                }
+                run.mark("frozen restore state", clock)
+                // The connections last, so that the network lock (which drops the clients'
+                // packets: TCP resends them only after its retransmission timeout) holds for the
+                // least time. A connection's state may have changed since the sockets' states
+                // were read: a client that hangs up during the freeze, which the freeze itself
+                // causes (a client with a timeout gives up). So every TCP socket not captured is
+                // read again, under the lock: the image then agrees with what was captured.
+                if restore != nil {
+                    do {
+                        let connections = try ConnectionCapture(target: target, descriptors: descriptors, lockNetwork: options.networkLock,
+                                                                prepared: preparedLock, keepsLock: !options.moveConnections)
+                        do { try SocketCapture.reread(uncaptured: connections.connections, in: &restore!, pid: pid, descriptors: descriptors) } catch {
+                            connections.resume()
+                            throw error
+                        }
                         restore?.connections = connections.connections
                         if options.moveConnections && !connections.connections.isEmpty {
                             restore?.networkLockTable = connections.reserveHold(pid: pid)
@@ -326,11 +333,11 @@ public actor CheckpointSession {
                         // `nft` takes milliseconds) unless the process is to be killed.
                         moved = connections
                     } catch {
-                        logger.warning("checkpoint of \(pid) is not restorable: \(error)")
-                        connections.resume()
+                        logger.warning("checkpoint of \(pid) is not restorable: its TCP connections could not be captured: \(error)")
+                        restore = nil
                     }
                 }
-                run.mark("frozen restore state", clock)
+                run.mark("frozen connections", clock)
                 return (map, threads, descriptors, restore)
             }
             run.mark("thaw", clock)

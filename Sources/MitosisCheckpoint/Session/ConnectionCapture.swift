@@ -8,10 +8,11 @@ import SystemPackage
 /// repair through `pidfd_getfd` copies of its sockets (the same sockets: nothing is injected).
 ///
 /// The network lock comes first: a frozen process's kernel still receives for it, and a segment
-/// arriving between two reads would tear the state. It also comes before the other sockets'
-/// states are read (`SocketCapture`), so that both agree on each socket's state: a client that
-/// hangs up during the freeze (its FIN, or its reset) changed a connection's state between the
-/// two reads, and the image then named an ESTABLISHED socket without its repair state. Then each connection goes into repair mode,
+/// arriving between two reads would tear the state. The sockets' states were read before it
+/// (`SocketCapture`): the session reads the sockets not captured again afterwards
+/// (`SocketCapture.reread`), because a client that hangs up during the freeze (its FIN, or its
+/// reset) changes its connection's state in between, and the image then named an ESTABLISHED
+/// socket without its repair state. Then each connection goes into repair mode,
 /// is read, and leaves repair mode without a window probe, before the thaw: a process in repair
 /// mode would see `EPERM` from its reads. What follows depends on the checkpoint:
 /// - the process runs on (`resume`): the lock is lifted; the peers saw a pause of the freeze's

@@ -77,4 +77,18 @@ enum SocketCapture {
         }
         return states
     }
+
+    /// Reads again, once the connections were captured under the network lock, the TCP
+    /// sockets of `record` that are neither listening nor among `uncaptured`'s connections: a
+    /// client that hung up between the two reads changed its connection's state (ESTABLISHED to
+    /// CLOSE-WAIT or CLOSE), and the record must say what the capture saw.
+    static func reread(uncaptured captured: [CapturedConnection], in record: inout RestoreRecord, pid: Int32,
+                       descriptors: [OpenDescriptor]) throws {
+        let capturedInodes = Set(captured.map(\.inode))
+        let stale = Set((record.sockets ?? []).filter { $0.isInet && $0.type == Linux.SOCK_STREAM && !$0.listening && !capturedInodes.contains($0.inode) }.map(\.inode))
+        guard !stale.isEmpty else { return }
+        var received: [Received] = []  // inet sockets carry no descriptors
+        let fresh = try capture(pid: pid, descriptors: descriptors.filter { stale.contains($0.inode) }, received: &received)
+        record.sockets = record.sockets?.map { old in fresh.first { $0.inode == old.inode } ?? old }
+    }
 }

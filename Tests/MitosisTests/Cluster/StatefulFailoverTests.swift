@@ -42,8 +42,13 @@ extension ClusterOnEtcd {
             // refusing while that happens (Docs/cluster.md, "Not done yet").
             // After the merge of main (15:08): both standbys' promotions of an epoch of a restored
             // redis failed with "restore failed while binding the TCP socket of fd 9 to
-            // 10.231.0.100:6379: Address already in use", so no ready standby was left.
-            try await withKnownIssue("promotions of an epoch of a restored redis can fail (EADDRINUSE binding a TCP socket to the service address, leaving no ready standby), and the cut-off old primary has not always rejoined ready within 60 s (Docs/cluster.md, Not done yet)", isIntermittent: true) {
+            // 10.231.0.100:6379: Address already in use". Fixed: that socket was a client
+            // connection reset during the freeze, recorded as a socket bound to the service
+            // address (RedisRepeatedRestoreTests, Docs/restore.md "Connections that ended").
+            // The cut-off old primary not ready within 60 s was seen once and not since; its
+            // likely causes (epochs made unrestorable by connections in CLOSE-WAIT, a pid range
+            // used again by a restarted host) are fixed, but one run does not prove it.
+            try await withKnownIssue("the cut-off old primary has not always rejoined ready within 60 s (Docs/cluster.md, Not done yet)", isIntermittent: true) {
                 try await run()
             }
         }
@@ -53,7 +58,7 @@ extension ClusterOnEtcd {
                 let daemons = HotDaemons(bed, executable: ToolRun.mitosis)
                 defer { daemons.killAll() }
                 try await daemons.prepare()
-                for host in 0..<3 { try daemons.start(host) }
+                try await daemons.startAll()
                 let etcd = try bed.etcdClient()
                 let client = try bed.group(in: bed.clientNamespace)
                 func dump() -> String { (0..<3).map { "--- \(daemons.names[$0]):\n\(daemons.log($0).suffix(40000))" }.joined(separator: "\n") }
