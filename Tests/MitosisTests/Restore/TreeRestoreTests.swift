@@ -21,12 +21,12 @@ struct TreeRestoreTests {
         let a: Int32
         let b: Int32
 
-        init(scratch: ScratchDirectory) throws {
+        init(scratch: ScratchDirectory) async throws {
             log = scratch.path + "/tree.log"
-            scenario = try ScenarioProcess("proctree", [log, "120"])
+            scenario = try await ScenarioProcess("proctree", [log, "120"])
             a = Int32(try scenario.intFact("a"))
             b = Int32(try scenario.intFact("b"))
-            try scenario.send("detach")
+            try await scenario.send("detach")
         }
 
         /// Sends SIGUSR1 to `pid` (to `hosts[pid]`, the pid this host sees, when the tree runs in
@@ -113,7 +113,7 @@ struct TreeRestoreTests {
     func dumpKillRestore() async throws {
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
-        let tree = try Tree(scratch: scratch)
+        let tree = try await Tree(scratch: scratch)
         defer { tree.scenario.stop() }
         let (parent, a, b) = (tree.parent, tree.a, tree.b)
         #expect(try await tree.checkBeforeDump() == tree.passedBeforeDump)
@@ -188,7 +188,7 @@ struct TreeRestoreTests {
     func memberExitsMidDump() async throws {
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
-        let tree = try Tree(scratch: scratch)
+        let tree = try await Tree(scratch: scratch)
         defer { tree.scenario.stop() }
         let (parent, a, b) = (tree.parent, tree.a, tree.b)
         let image = scratch.path + "/image"
@@ -216,7 +216,7 @@ struct TreeRestoreTests {
     func failingRestoreLeavesNothing() async throws {
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
-        let tree = try Tree(scratch: scratch)
+        let tree = try await Tree(scratch: scratch)
         defer { tree.scenario.stop() }
         let (parent, a, b) = (tree.parent, tree.a, tree.b)
         let image = scratch.path + "/image"
