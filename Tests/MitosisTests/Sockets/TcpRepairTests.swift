@@ -166,7 +166,11 @@ struct TcpRepairTests {
         #expect(asSockaddr { bind(listener, $0, length) } == 0 && Glibc.listen(listener, 1) == 0 && asSockaddr { getsockname(listener, $0, &length) } == 0)
         let client = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         #expect(asSockaddr { Glibc.connect(client, $0, length) } == 0)
+        // Close-on-exec at once (Swift's Glibc has no accept4): a child another test spawns
+        // must not hold the socket, or its close in repair mode would leave the connection in
+        // place, and the rebuilt one could not take its addresses (EADDRNOTAVAIL, seen once).
         let accepted = accept(listener, nil, nil)
+        _ = fcntl(accepted, F_SETFD, FD_CLOEXEC)
         #expect(accepted >= 0 && write(client, "abc", 3) == 3)
         close(client)
         try await Task.sleep(for: .milliseconds(50))
