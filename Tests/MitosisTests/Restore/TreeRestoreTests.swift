@@ -21,9 +21,10 @@ struct TreeRestoreTests {
         let a: Int32
         let b: Int32
 
-        init(scratch: ScratchDirectory) throws {
+        /// `prefix`: run it inside a test host (`NetworkHosts.prefix`).
+        init(scratch: ScratchDirectory, prefix: [String] = []) throws {
             log = scratch.path + "/tree.log"
-            scenario = try ScenarioProcess("proctree", [log, "120"])
+            scenario = try ScenarioProcess("proctree", [log, "120"], prefix: prefix)
             a = Int32(try scenario.intFact("a"))
             b = Int32(try scenario.intFact("b"))
             try scenario.send("detach")
