@@ -74,8 +74,12 @@ public enum TreeCheckpoint {
     }
 
     /// Throws `treeChanged` unless the tree of `root` is made of `pids`, naming who exited or appeared.
+    /// A member that has exited but is not reaped yet (a zombie) counts as gone.
     package static func requireUnchanged(root: Int32, pids: [Int32]) throws {
-        let now = Kernel.processTree(root: root)
+        let now = Kernel.processTree(root: root).filter { pid in
+            guard let text = try? Kernel.readFile("/proc/\(pid)/stat"), let stat = ProcStat(parsing: String(decoding: text, as: UTF8.self)) else { return false }
+            return stat.state != "Z" && stat.state != "X"
+        }
         guard Set(now) != Set(pids) else { return }
         let gone = Set(pids).subtracting(now).sorted(), new = Set(now).subtracting(pids).sorted()
         throw CheckpointError.treeChanged(root: root, (gone.isEmpty ? "" : "process(es) \(gone.map(String.init).joined(separator: ", ")) exited")

@@ -63,6 +63,9 @@ package final class TreeSession: Sendable {
                 await freeze.fail(error)
                 group.cancelAll()
                 while (try? await group.next()) != nil {}
+                // A member that exited mid-checkpoint fails it in many ways (its restore record
+                // cut short, say): the cause is the tree's change, said as such.
+                try TreeCheckpoint.requireUnchanged(root: root, pids: members)
                 throw error
             }
             return results.map { $0! }

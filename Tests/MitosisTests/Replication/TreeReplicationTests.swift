@@ -94,7 +94,6 @@ import Testing
             #expect(promote.standardOutput.hasPrefix("promoted epoch \(committed.rawValue) "), "\(promote.standardOutput)")
             #expect(promote.standardOutput.contains(" as tree of 3 process(es) \(parent), ") && promote.standardOutput.contains(" root process \(parent) cold (a process tree: no warm clone is kept of one)"),
                     "\(promote.standardOutput)")
-            print(promote.standardOutput)
             #expect(await standby.stop(SIGTERM, timeout: .seconds(5)) == 0)
             #expect(FileManager.default.fileExists(atPath: images + "/PROMOTED"))
             // Same pids, parentage, sessions and groups, in host B, untraced.
