@@ -534,10 +534,10 @@ actor StandbyStore {
         return (refusals.isEmpty, refusals.map(\.description))
     }
 
-    /// A tree epoch: every member's manifest (as for one process), named by member.
+    /// A tree epoch: the tree's check (what members hold of each other's pipes and memory counts).
     static func readiness(of tree: TreeImage) -> (ready: Bool, reasons: [String]) {
-        let reasons = tree.members.flatMap { member in Restorer.refusals(of: member.manifest).map { "process \(member.manifest.pid): \($0)" } }
-        return (reasons.isEmpty, reasons)
+        let refusals = TreeRestorer.refusals(of: tree)
+        return (refusals.isEmpty, refusals.map(\.description))
     }
 }
 

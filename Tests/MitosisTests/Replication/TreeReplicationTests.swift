@@ -65,6 +65,8 @@ import Testing
             _ = try await StandbyImages.awaitEpoch(images, atLeast: 6)
             #expect(protect.text.contains("protect: tree of \(parent): 3 process(es) \(parent), "), "\(protect.text.suffix(2000))")
             #expect(protect.text.contains("sending a full base"))
+            // The tree's restore check (pipes between members, the lone pipe, shared memory) passes.
+            try await standby.awaitLog("committed (term 1)  ready")
             // Each epoch is one tree image; after the first, every member's image is incremental
             // over the same member's image in the epoch before, and stores a few pages at most.
             let held = try #require(Self.newestTree(images))
