@@ -1,6 +1,8 @@
 import Foundation
 import Glibc
+import Logging
 import Testing
+@testable import MitosisCheckpoint
 @testable import MitosisImage
 @testable import MitosisKernel
 @testable import MitosisModel
@@ -164,5 +166,86 @@ import Testing
             #expect(try await tree.check(a, number: 1) == "CHECK role=a pid=\(a) n=1 FAIL:pipe-write-\(EPIPE) shared=2")
             await standby.stop(SIGTERM)
         }
+    }
+
+    @Test("a standby holding a tree epoch refuses tree epochs of other members or parents, and member images over other images; hostile tree frames are dropped")
+    func theStandbyRefusesATreeEpochOfAnotherTree() async throws {
+        let scratch = try ScratchDirectory()
+        defer { scratch.remove() }
+        let tree = try Tree(scratch: scratch)
+        defer { tree.scenario.stop() }
+        let (parent, a, b) = (tree.parent, tree.a, tree.b)
+        // A real tree image as the committed epoch 1 of a standby directory.
+        let directory = StandbyDirectory(scratch.path + "/standby")
+        let dumped = try await TreeCheckpoint.dump(root: parent, to: directory.imagePath(Epoch(1)))
+        let store = try await Blocking.run { try StandbyStore(directory: directory, compactEvery: 0, logger: Logger(label: "test")) }
+        #expect(await store.committed == CommittedEpoch(epoch: Epoch(1), imageID: dumped.manifest.id))
+        #expect(await store.committedTree?.manifest.members.count == 3)
+        func json<T: Encodable>(_ value: T) -> [UInt8] { Array(try! JSONOutput.encoder(pretty: false).encode(value)) }
+        func connect(tree: Bool) async throws -> Int {
+            let token = await store.connect()
+            let hello = Hello(pid: parent, node: "test", pageSize: CheckpointHeader.systemPageSize, formatVersion: CheckpointManifest.currentFormatVersion,
+                              deltaBase: nil, tree: tree)
+            guard case .send(let state) = await store.receive(ReplicationFrame(.hello, term: Term(1), payload: json(hello)), connection: token),
+                  state.type == .state else { throw HarnessError("no state") }
+            return token
+        }
+        func refusal(_ reply: StoreReply) -> Refusal? {
+            guard case .refuse(let frame, _) = reply else { return nil }
+            return try? MessageCoding.decode(Refusal.self, frame.payload)
+        }
+        func dropped(_ reply: StoreReply) -> String? {
+            guard case .drop(let why) = reply else { return nil }
+            return why
+        }
+        let members = dumped.manifest.members.map { TreeEpochMembers.Member(pid: $0.pid, parent: $0.parent) }
+        func begin(_ members: [TreeEpochMembers.Member], epoch: UInt64 = 2, parent over: UInt64 = 1) -> ReplicationFrame {
+            ReplicationFrame(.treeBegin, term: Term(1), epoch: Epoch(epoch), parent: Epoch(over), payload: json(TreeEpochMembers(root: parent, members: members)))
+        }
+
+        // B gone: another member set.
+        var token = try await connect(tree: true)
+        var reply = await store.receive(begin(members.filter { $0.pid != b }), connection: token)
+        #expect(refusal(reply)?.code == .parentMismatch)
+        #expect(refusal(reply)?.reason.contains("the tree changed, a full tree epoch is needed") == true, "\(String(describing: refusal(reply)))")
+        // B now A's child: other parents.
+        token = try await connect(tree: true)
+        reply = await store.receive(begin(members.map { $0.pid == b ? .init(pid: b, parent: a) : $0 }), connection: token)
+        #expect(refusal(reply)?.code == .parentMismatch)
+        // The same tree: accepted; a member image over an image the standby does not hold: refused.
+        token = try await connect(tree: true)
+        #expect(await store.receive(begin(members), connection: token) == StoreReply.none)
+        let header = CheckpointHeader(kind: .incremental, parent: ParentLink(path: "../x", id: "not-this-one"), sequence: 1, pid: a)
+        reply = await store.receive(ReplicationFrame(.imageBegin, term: Term(1), epoch: Epoch(2), parent: Epoch(1), payload: json(header)), connection: token)
+        #expect(refusal(reply)?.code == .parentMismatch)
+        // A member that is not one: dropped.
+        token = try await connect(tree: true)
+        #expect(await store.receive(begin(members), connection: token) == StoreReply.none)
+        let stranger = CheckpointHeader(kind: .incremental, parent: ParentLink(path: "../x", id: "x"), sequence: 1, pid: 999_999)
+        reply = await store.receive(ReplicationFrame(.imageBegin, term: Term(1), epoch: Epoch(2), parent: Epoch(1), payload: json(stranger)), connection: token)
+        #expect(dropped(reply)?.contains("not a member still expected") == true)
+        // A tree manifest naming images that never came: dropped.
+        token = try await connect(tree: true)
+        #expect(await store.receive(begin(members), connection: token) == StoreReply.none)
+        reply = await store.receive(ReplicationFrame(.treeFinish, term: Term(1), epoch: Epoch(2), parent: Epoch(1), payload: json(dumped.manifest)), connection: token)
+        #expect(dropped(reply)?.contains("was not received") == true, "\(reply)")
+        // Tree frames from a primary protecting one process, and a lone image from one protecting a tree.
+        token = try await connect(tree: false)
+        #expect(dropped(await store.receive(begin(members), connection: token))?.contains("protects one process") == true)
+        token = try await connect(tree: true)
+        let lone = CheckpointHeader(kind: .full, sequence: 0, pid: parent)
+        #expect(dropped(await store.receive(ReplicationFrame(.imageBegin, term: Term(1), epoch: Epoch(2), payload: json(lone)), connection: token))?
+            .contains("outside a tree epoch") == true)
+        // A tree frame that says protocol version 1.
+        var old = begin(members).bytes
+        old[4] = 1
+        #expect(throws: ProtocolViolation("a treeBegin frame in protocol version 1")) {
+            try ReplicationFrameDecoder.decode(old, accepting: Set(FrameType.allCases))
+        }
+        // Nothing was committed, nothing left behind.
+        await store.close()
+        #expect(await store.committed?.epoch == Epoch(1))
+        #expect(StandbyImages.hiddenEntries(directory.path).isEmpty)
+        #expect(try Kernel.listDirectory(directory.epochsPath) == [Epoch(1).directoryName])
     }
 }
