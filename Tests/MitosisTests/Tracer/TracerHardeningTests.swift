@@ -155,21 +155,26 @@ struct TracerHardeningTests {
 
     @Test("a thread that cannot stop (waiting for a vfork child) fails the freeze in time, untraced after")
     func stopTimeout() async throws {
-        // The vfork child sleeps far longer than the freeze may take, even on a loaded machine.
-        let child = try ScenarioProcess("vfork-wait", ["15000"])
+        // The vfork child waits until the test ends it: however loaded the machine, the freeze
+        // meets a thread that cannot stop.
+        let child = try ScenarioProcess("vfork-wait")
         defer { child.stop() }
         let tid = Int32(try child.intFact("vforker_tid"))
+        let started = ContinuousClock.now
         await #expect(throws: MitosisError.stopTimedOut(child.pid, tid: tid, after: .milliseconds(300))) {
             try await Tracer.freeze(pid: child.pid, stopTimeout: .milliseconds(300))
         }
-        // It gave up without waiting for the vfork child: that child is still there (a check on
-        // the kernel's state, not on a clock, so a loaded machine cannot fail it).
+        // About the stop timeout; the bound is loose for a loaded parallel run.
+        let took = ContinuousClock.now - started
+        #expect(took < .seconds(10), "the freeze gave up after \(took)")
+        // The vforker was still waiting for its child (it could not have stopped otherwise).
         let children = try String(contentsOfFile: "/proc/\(child.pid)/task/\(tid)/children", encoding: .utf8)
-        #expect(!children.split(separator: " ").isEmpty, "gave up without waiting for the vfork child")
-        // Released at once: nothing traced, the other threads running; the vforker resumes when its child exits.
+        #expect(!children.split(separator: " ").isEmpty, "the vfork child is gone")
+        // Released: nothing traced, the other threads running; the vforker resumes when its child exits.
         #expect(try await eventually { try TargetHealth.tracer(of: child.pid) == 0 && TargetHealth.tracer(of: tid) == 0 })
         await #expect(try TargetHealth.runsFreely(child.pid))
         try child.send("ping")
+        try child.send("end-vfork")
         #expect(try await eventually(within: .seconds(25)) { try TargetHealth.threadStates(of: child.pid)[tid] == "S" })
         let frozen = try await withFrozenProcess(child.pid) { await $0.threads(of: child.pid) }
         #expect(frozen.contains(tid))
