@@ -19,8 +19,9 @@ final class TreeEpochs: @unchecked Sendable {  // used by the epoch loop only, o
     /// Nil while the tree changed faster than its tracking could start: the next epoch tries again.
     private var session: TreeSession?
     /// True once the session's last epoch was acknowledged: its tracking holds exactly the pages
-    /// written since, so the next epoch can build on it. A failed send makes the next one full
-    /// (every member's checkpoint went through, so none of them tracks from the acknowledged epoch).
+    /// written since, so the next epoch can build on it. An epoch that fails, in its capture or
+    /// its send, makes the next one full (members whose checkpoint went through no longer track
+    /// from the acknowledged epoch).
     private var continues = false
 
     init(root: Int32, options: CheckpointOptions, logger: Logger) async throws {
@@ -57,6 +58,9 @@ final class TreeEpochs: @unchecked Sendable {  // used by the epoch loop only, o
         let sinks = members.map { _ in ReplicationSink.member(term: term, epoch: epoch, parent: parent?.epoch ?? .none) }
         let parents: [CheckpointParent?] = members.map { pid in parent.map { .previous(path: "../../\($0.epoch.directoryName)/\(pid)") } }
         let clock = ContinuousClock(), started = clock.now
+        // Members whose checkpoint went through track from it, whatever happens to the others:
+        // until this epoch is acknowledged, the next one is full.
+        continues = false
         let taken: TreeSession.Result
         do {
             taken = try await session.checkpoint(sinks: sinks, parents: parents)
@@ -66,7 +70,6 @@ final class TreeEpochs: @unchecked Sendable {  // used by the epoch loop only, o
         }
         let captured = clock.now - started
         let described = TreeEpochMembers(root: root, members: taken.manifest.members.map { .init(pid: $0.pid, parent: $0.parent) })
-        continues = false
         try await Blocking.run("mitosis-protect-tree") { [sinks] in
             try sink.sendTree(members: described, images: sinks.map { $0.buffered ?? [] }, manifest: taken.manifest, captured: captured)
         }

@@ -113,7 +113,7 @@ actor WarmClone {
             await prepared?.discard()
             (prepared, applied) = (nil, nil)
             await discardFiles()
-            failed("epoch \(epoch) is a tree epoch: no warm clone is kept of a process tree")
+            failed("a tree epoch: no warm clone is kept of a process tree")
             return
         }
         let image: CheckpointImage
