@@ -26,9 +26,9 @@ final class InterferingSink: CheckpointSink, @unchecked Sendable {
 /// The `memory` scenario, settled, and a scratch directory for one test: both gone once `body`
 /// returns or throws.
 private func withSettledMemory(_ body: (ScenarioProcess, ScratchDirectory) async throws -> Void) async throws {
-    let child = try ScenarioProcess("memory")
+    let child = try await ScenarioProcess("memory")
     defer { child.stop() }
-    try child.settle()
+    try await child.settle()
     let scratch = try ScratchDirectory()
     defer { scratch.remove() }
     try await body(child, scratch)
@@ -145,23 +145,23 @@ private func withSettledMemory(_ body: (ScenarioProcess, ScratchDirectory) async
             #expect(try TargetHealth.tracer(of: child.pid) == 0)
             #expect(try CheckpointImage.open(scratch.path + "/1").verify().isEmpty)
             kill(child.pid, SIGCONT)
-            try child.send("ping")
+            try await child.send("ping")
             #expect(try TargetHealth(pid: child.pid) == before)
         }
     }
 
     @Test func dumpWithParentStoresOnlyWhatChanged() async throws {
-        let child = try ScenarioProcess("memory")
+        let child = try await ScenarioProcess("memory")
         defer { child.stop() }
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
         let anon = UInt64(try child.fact("anon").dropFirst(2), radix: 16)!
-        try child.settle()
+        try await child.settle()
         let before = try TargetHealth(pid: child.pid)
         let first = try await ToolRun(ToolRun.mitosis, ["dump", "\(child.pid)", "--images", scratch.path + "/full"])
         #expect(first.status == 0, "\(first.standardError)")
         #expect(first.standardOutput.hasPrefix("full checkpoint 0 of process \(child.pid)"))
-        try child.send("write anon 5 1,2")
+        try await child.send("write anon 5 1,2")
         let second = try await ToolRun(ToolRun.mitosis, ["dump", "\(child.pid)", "--images", scratch.path + "/next",
                                                    "--parent", scratch.path + "/full", "--track", "hash", "--json"])
         #expect(second.status == 0, "\(second.standardError)")
@@ -235,7 +235,7 @@ extension UffdWriteProtectTrackingTests {
             await #expect(try TargetHealth.runsFreely(child.pid))
             #expect(try ChainScenario.writeProtectedPages(pid: child.pid, manifest: manifest) == 0)
             #expect(try TargetHealth(pid: child.pid) == before)
-            try child.send("write anon 3 0")
+            try await child.send("write anon 3 0")
         }
     }
 }

@@ -10,7 +10,7 @@ import Testing
 @Suite struct StreamedDumpTests {
     @Test func pagesWrittenAfterTheirCopyHoldTheirBytesOfTheFreeze() async throws {
         // 64 MiB, a tenth of it rewritten every millisecond, a different tenth each time.
-        let child = try ScenarioProcess("churn", ["64", "10", "1"])
+        let child = try await ScenarioProcess("churn", ["64", "10", "1"])
         defer { child.stop() }
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
@@ -39,7 +39,7 @@ import Testing
     }
 
     @Test func aQuietTargetIsStoredAsStreamed() async throws {
-        let child = try ScenarioProcess("churn", ["16", "0", "0"])
+        let child = try await ScenarioProcess("churn", ["16", "0", "0"])
         defer { child.stop() }
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }

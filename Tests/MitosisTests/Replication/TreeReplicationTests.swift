@@ -55,7 +55,7 @@ import Testing
             let scratch = try ScratchDirectory()
             defer { scratch.remove() }
             let images = scratch.path + "/standby"
-            let tree = try Tree(scratch: scratch, prefix: hosts.prefix(hosts.a))
+            let tree = try await Tree(scratch: scratch, prefix: hosts.prefix(hosts.a))
             defer { tree.scenario.stop() }
             let (parent, a, b) = (tree.parent, tree.a, tree.b)
             #expect(try await tree.checkBeforeDump() == tree.passedBeforeDump)
@@ -124,7 +124,7 @@ import Testing
             let scratch = try ScratchDirectory()
             defer { scratch.remove() }
             let images = scratch.path + "/standby"
-            let tree = try Tree(scratch: scratch, prefix: hosts.prefix(hosts.a))
+            let tree = try await Tree(scratch: scratch, prefix: hosts.prefix(hosts.a))
             defer { tree.scenario.stop() }
             let (parent, a, b) = (tree.parent, tree.a, tree.b)
             let standby = try standby(hosts, scratch, images: images)
@@ -172,7 +172,7 @@ import Testing
     func theStandbyRefusesATreeEpochOfAnotherTree() async throws {
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
-        let tree = try Tree(scratch: scratch)
+        let tree = try await Tree(scratch: scratch)
         defer { tree.scenario.stop() }
         let (parent, a, b) = (tree.parent, tree.a, tree.b)
         // A real tree image as the committed epoch 1 of a standby directory.

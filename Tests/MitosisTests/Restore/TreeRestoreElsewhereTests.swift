@@ -20,7 +20,7 @@ extension TreeRestoreTests {
     func restoredInsideANewPidNamespace() async throws {
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
-        let tree = try Tree(scratch: scratch)
+        let tree = try await Tree(scratch: scratch)
         defer { tree.scenario.stop() }
         let (parent, a, b) = (tree.parent, tree.a, tree.b)
         #expect(try await tree.checkBeforeDump() == tree.passedBeforeDump)
@@ -82,7 +82,7 @@ extension TreeRestoreTests {
     func treeInATimeNamespaceOfItsOwn() async throws {
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
-        let tree = try Tree(scratch: scratch)
+        let tree = try await Tree(scratch: scratch)
         defer { tree.scenario.stop() }
         let (parent, a, b) = (tree.parent, tree.a, tree.b)
         let image = scratch.path + "/image"
@@ -125,7 +125,7 @@ extension TreeRestoreTests {
     func killingMitosisRestoreOfATreeLeavesNothing() async throws {
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
-        let tree = try Tree(scratch: scratch)
+        let tree = try await Tree(scratch: scratch)
         defer { tree.scenario.stop() }
         let pids = [tree.parent, tree.a, tree.b]
         let image = scratch.path + "/image"
@@ -174,7 +174,7 @@ extension TreeRestoreTests {
     func incrementalTreeImage() async throws {
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
-        let tree = try Tree(scratch: scratch)
+        let tree = try await Tree(scratch: scratch)
         defer { tree.scenario.stop() }
         let (parent, a, b) = (tree.parent, tree.a, tree.b)
         #expect(try await tree.check(a, number: 1) == "CHECK role=a pid=\(a) n=1 PASS shared=1")
@@ -218,7 +218,7 @@ extension TreeRestoreTests {
     func treeImageMissingAMember() async throws {
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
-        let tree = try Tree(scratch: scratch)
+        let tree = try await Tree(scratch: scratch)
         defer { tree.scenario.stop() }
         let (parent, a, b) = (tree.parent, tree.a, tree.b)
         let image = scratch.path + "/image"

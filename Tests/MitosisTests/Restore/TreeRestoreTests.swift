@@ -22,12 +22,12 @@ struct TreeRestoreTests {
         let b: Int32
 
         /// `prefix`: run it inside a test host (`NetworkHosts.prefix`).
-        init(scratch: ScratchDirectory, prefix: [String] = []) throws {
+        init(scratch: ScratchDirectory, prefix: [String] = []) async throws {
             log = scratch.path + "/tree.log"
-            scenario = try ScenarioProcess("proctree", [log, "120"], prefix: prefix)
+            scenario = try await ScenarioProcess("proctree", [log, "120"], prefix: prefix)
             a = Int32(try scenario.intFact("a"))
             b = Int32(try scenario.intFact("b"))
-            try scenario.send("detach")
+            try await scenario.send("detach")
         }
 
         /// Sends SIGUSR1 to `pid` (to `hosts[pid]`, the pid this host sees, when the tree runs in
@@ -114,7 +114,7 @@ struct TreeRestoreTests {
     func dumpKillRestore() async throws {
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
-        let tree = try Tree(scratch: scratch)
+        let tree = try await Tree(scratch: scratch)
         defer { tree.scenario.stop() }
         let (parent, a, b) = (tree.parent, tree.a, tree.b)
         #expect(try await tree.checkBeforeDump() == tree.passedBeforeDump)
@@ -189,7 +189,7 @@ struct TreeRestoreTests {
     func memberExitsMidDump() async throws {
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
-        let tree = try Tree(scratch: scratch)
+        let tree = try await Tree(scratch: scratch)
         defer { tree.scenario.stop() }
         let (parent, a, b) = (tree.parent, tree.a, tree.b)
         let image = scratch.path + "/image"
@@ -217,7 +217,7 @@ struct TreeRestoreTests {
     func failingRestoreLeavesNothing() async throws {
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
-        let tree = try Tree(scratch: scratch)
+        let tree = try await Tree(scratch: scratch)
         defer { tree.scenario.stop() }
         let (parent, a, b) = (tree.parent, tree.a, tree.b)
         let image = scratch.path + "/image"
