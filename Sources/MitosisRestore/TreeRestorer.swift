@@ -42,29 +42,33 @@ public struct TreeRestorer: Sendable {
     public var manifest: TreeManifest { image.manifest }
 
     /// Every reason the tree cannot be restored here, each naming its process.
-    public func refusals() -> [RestoreRefusal] {
-        let holdings = self.holdings
+    public func refusals() -> [RestoreRefusal] { Self.refusals(of: image) }
+
+    /// As `refusals()`, from the tree image alone (no chain opened): what a standby's readiness
+    /// check runs after every committed tree epoch.
+    public static func refusals(of image: TreeImage) -> [RestoreRefusal] {
+        let holdings = holdings(of: image)
         var refusals: [RestoreRefusal] = []
         for member in image.members {
             refusals += RestorePlan.refusals(member.manifest, tree: holdings).map {
                 RestoreRefusal("process \(member.manifest.pid), \($0.subject)", $0.reason)
             }
         }
-        for shared in manifest.sharedMemory where ownerMapping(shared) == nil {
+        for shared in image.manifest.sharedMemory where ownerMapping(shared, in: image) == nil {
             refusals.append(RestoreRefusal("process \(shared.pid), mapping 0x\(String(shared.start, radix: 16))",
                                            "shared with process \(shared.owner), whose image has no mapping at 0x\(String(shared.ownerStart, radix: 16))"))
         }
         return refusals
     }
 
-    private var holdings: TreeHoldings {
+    private static func holdings(of image: TreeImage) -> TreeHoldings {
         var holdings = TreeHoldings()
         for member in image.members {
             for descriptor in member.manifest.descriptors ?? [] where descriptor.kind == .pipe {
                 holdings.pipeEnds[descriptor.inode, default: []].insert(descriptor.flags & 3)
             }
             for pipe in member.manifest.restore?.pipes ?? [] where holdings.pipeContents[pipe.inode] == nil { holdings.pipeContents[pipe.inode] = pipe }
-            for inode in manifest.lonePipes ?? [] { holdings.pipeEnds[inode] = [0, 1] }
+            for inode in image.manifest.lonePipes ?? [] { holdings.pipeEnds[inode] = [0, 1] }
             for socket in member.manifest.restore?.sockets ?? []
             where member.manifest.descriptors?.contains(where: { $0.inode == socket.inode }) == true {
                 holdings.sockets[socket.inode] = socket
@@ -73,7 +77,7 @@ public struct TreeRestorer: Sendable {
         return holdings
     }
 
-    private func ownerMapping(_ shared: TreeManifest.SharedMemory) -> CheckpointMapping? {
+    private static func ownerMapping(_ shared: TreeManifest.SharedMemory, in image: TreeImage) -> CheckpointMapping? {
         image.members.first { $0.manifest.pid == shared.owner }?.manifest.mappings.first { $0.start == shared.ownerStart }
     }
 
@@ -135,7 +139,7 @@ public struct TreeRestorer: Sendable {
             if shared.owner == me.pid { links.exports.insert(TreeLinks.fileKey(shared.owner, shared.ownerFd)) }
         }
         for shared in manifest.sharedMemory where shared.pid == me.pid {
-            if let owner = ownerMapping(shared) { links.sharedMemory[shared.start] = (hosts[shared.owner] ?? shared.owner, owner.start, owner.end) }
+            if let owner = Self.ownerMapping(shared, in: image) { links.sharedMemory[shared.start] = (hosts[shared.owner] ?? shared.owner, owner.start, owner.end) }
         }
         return links
     }

@@ -44,8 +44,10 @@ struct ProtectCommand: AsyncParsableCommand {
     @Option(help: "Serve Prometheus metrics (GET /metrics) on ADDR:PORT.") var metrics: Endpoint?
     @Option(help: "Dirty tracking: uffd-wp, soft-dirty or hash (default: the best this kernel has).") var tracking: String?
     @Flag(help: "Copy the process even if it asked not to be dumped.") var force = false
+    @Flag(help: "Protect the process and all its descendants as one tree: every member frozen together at each epoch, committed whole; promote restores the tree (cold).") var tree = false
 
     func validate() throws {
+        if tree, !data.isEmpty { throw ValidationError("--data is not supported with --tree yet (Docs/replication.md, \"Process trees\")") }
         guard interval >= 1 else { throw ValidationError("--interval must be at least 1 ms") }
         guard term >= 1 else { throw ValidationError("--term must be at least 1") }
         guard !standby.isEmpty else { throw ValidationError("give at least one --standby HOST:PORT") }
@@ -64,6 +66,7 @@ struct ProtectCommand: AsyncParsableCommand {
             options.term = Term(term)
             options.dataDirectories = data
             options.epochLimit = epochs
+            options.tree = tree
             let logger = Logger(label: "mitosis.protect")
             // Before the session: swift-metrics binds each metric to the backend of its creation.
             let endpoint = metrics.map { MetricsEndpoint.bootstrap($0, logger: logger) }
@@ -94,7 +97,9 @@ struct ProtectCommand: AsyncParsableCommand {
                          p50, p99, lag50, lag99, lag99 / Double(interval), Double(final.bytesSent) / 1e6, Double(final.bytesSent) / 1e6 / max(0.001, seconds)))
             if !final.phases.epochs.isEmpty {
                 print("epoch phases, mean/p99 ms: " + final.phases.summary(EpochPhases.primaryNames))
-                print("checkpoint phases, mean/p99 ms: " + final.phases.summary(EpochPhases.checkpointNames))
+                // A tree's epochs have no one checkpoint's phases (its members' run side by side).
+                let checkpoint = final.phases.summary(EpochPhases.checkpointNames)
+                if !checkpoint.isEmpty { print("checkpoint phases, mean/p99 ms: " + checkpoint) }
             }
         } catch {
             fail(error)
@@ -196,8 +201,9 @@ struct PromoteCommand: AsyncParsableCommand {
     static func line(_ result: PromotionResult) -> String {
         let here = result.hostPid.map { " (pid \($0) here, in a new pid namespace)" } ?? ""
         let how = result.warm ? "from the warm clone" : "cold (\(result.coldReason ?? "no warm clone"))"
-        return String(format: "promoted epoch %@ (image %@, taken %@, %.0f ms before the promotion) as process %d%@ %@ in %.1f ms: fence %.1f ms, standby stopped in %.1f ms, %d data file(s) in %.1f ms, %@ %.1f ms; durable %.1f ms later",
-                      result.epoch.description, result.imageID, result.created, result.ageMilliseconds, result.pid, here, how, result.totalMilliseconds,
+        let tree = result.members.map { " tree of \($0.count) process(es) \($0.map(String.init).joined(separator: ", ")), root" } ?? ""
+        return String(format: "promoted epoch %@ (image %@, taken %@, %.0f ms before the promotion) as%@ process %d%@ %@ in %.1f ms: fence %.1f ms, standby stopped in %.1f ms, %d data file(s) in %.1f ms, %@ %.1f ms; durable %.1f ms later",
+                      result.epoch.description, result.imageID, result.created, result.ageMilliseconds, tree, result.pid, here, how, result.totalMilliseconds,
                       result.steps["fence"] ?? 0, result.stopStandbyMilliseconds, result.dataFiles, result.dataFilesMilliseconds,
                       result.warm ? "finish" : "restore", result.restoreMilliseconds, result.steps["sync"] ?? 0)
     }

@@ -208,6 +208,13 @@ public actor CheckpointSession {
     /// Takes a checkpoint into `sink`: full when `parent` is nil, else incremental over it.
     /// On failure the sink is aborted (its image marked incomplete) and the target is left as it was.
     public func checkpoint(to sink: CheckpointSink, parent: CheckpointParent? = nil) async throws -> CheckpointResult {
+        try await checkpoint(to: sink, parent: parent, freeze: nil)
+    }
+
+    /// As `checkpoint(to:parent:)`; with `freeze`, the target is frozen together with the other
+    /// members of its tree (`TreeFreeze`) instead of on its own, so that every member's image is
+    /// of one instant.
+    package func checkpoint(to sink: CheckpointSink, parent: CheckpointParent?, freeze: TreeFreeze?) async throws -> CheckpointResult {
         guard !stopped else { throw CheckpointError.sessionStopped }
         try target.requireAlive()
         let clock = ContinuousClock()
@@ -276,7 +283,7 @@ public actor CheckpointSession {
             run.mark("lock", clock)
             // Freeze, copy what was written since, thaw.
             var frozenAt: ContinuousClock.Instant?
-            let (final, threads, descriptors, captured) = try await withFrozenProcess(pid) { tracer in
+            let (final, threads, descriptors, captured) = try await TreeFreeze.frozen(pid, by: freeze) { tracer in
                 frozenAt = clock.now
                 run.mark("seize", clock)
                 defer { run.frozen += clock.now - frozenAt! }

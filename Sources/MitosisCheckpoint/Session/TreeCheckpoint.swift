@@ -52,27 +52,8 @@ public enum TreeCheckpoint {
                 }
                 await afterMember?(pid)
             }
-            let now = Kernel.processTree(root: root)
-            if Set(now) != Set(pids) {
-                let gone = Set(pids).subtracting(now).sorted(), new = Set(now).subtracting(pids).sorted()
-                throw CheckpointError.treeChanged(root: root, (gone.isEmpty ? "" : "process(es) \(gone.map(String.init).joined(separator: ", ")) exited")
-                    + (gone.isEmpty || new.isEmpty ? "" : "; ") + (new.isEmpty ? "" : "process(es) \(new.map(String.init).joined(separator: ", ")) appeared"))
-            }
-            var members: [TreeManifest.Member] = []
-            for result in results {
-                let manifest = result.manifest
-                guard let identity = manifest.process?.identity else {
-                    throw CheckpointError.treeChanged(root: root, "process \(manifest.pid) could not be read for its parentage")
-                }
-                members.append(TreeManifest.Member(pid: manifest.pid, parent: identity.ppid, session: identity.session,
-                                                   processGroup: identity.processGroup, image: String(manifest.pid), imageId: manifest.id))
-            }
-            for member in members.dropFirst() where !pids.contains(member.parent) {
-                throw CheckpointError.treeChanged(root: root, "process \(member.pid) was reparented to \(member.parent)")
-            }
-            let manifests = results.map(\.manifest)
-            let tree = TreeManifest(root: root, members: members, sharedFiles: sharedFiles(manifests),
-                                    sharedMemory: sharedMemory(manifests), lonePipes: lonePipes(manifests))
+            try requireUnchanged(root: root, pids: pids)
+            let tree = try manifest(root: root, members: results.map(\.manifest))
             try writer.commit(tree)
             if kill {
                 // The root first: a parent that outlived its children could react to their deaths
@@ -92,10 +73,43 @@ public enum TreeCheckpoint {
         }
     }
 
+    /// Throws `treeChanged` unless the tree of `root` is made of `pids`, naming who exited or appeared.
+    /// A member that has exited but is not reaped yet (a zombie) counts as gone.
+    package static func requireUnchanged(root: Int32, pids: [Int32]) throws {
+        let now = Kernel.processTree(root: root).filter { pid in
+            guard let text = try? Kernel.readFile("/proc/\(pid)/stat"), let stat = ProcStat(parsing: String(decoding: text, as: UTF8.self)) else { return false }
+            return stat.state != "Z" && stat.state != "X"
+        }
+        guard Set(now) != Set(pids) else { return }
+        let gone = Set(pids).subtracting(now).sorted(), new = Set(now).subtracting(pids).sorted()
+        throw CheckpointError.treeChanged(root: root, (gone.isEmpty ? "" : "process(es) \(gone.map(String.init).joined(separator: ", ")) exited")
+            + (gone.isEmpty || new.isEmpty ? "" : "; ") + (new.isEmpty ? "" : "process(es) \(new.map(String.init).joined(separator: ", ")) appeared"))
+    }
+
+    /// The tree manifest of the members' checkpoints (top-down, the root first): parentage,
+    /// sessions and groups from each member's process model, and what they share.
+    package static func manifest(root: Int32, members manifests: [CheckpointManifest]) throws -> TreeManifest {
+        var members: [TreeManifest.Member] = []
+        for manifest in manifests {
+            guard let identity = manifest.process?.identity else {
+                throw CheckpointError.treeChanged(root: root, "process \(manifest.pid) could not be read for its parentage")
+            }
+            members.append(TreeManifest.Member(pid: manifest.pid, parent: identity.ppid, session: identity.session,
+                                               processGroup: identity.processGroup, image: String(manifest.pid), imageId: manifest.id))
+        }
+        let pids = Set(manifests.map(\.pid))
+        for member in members.dropFirst() where !pids.contains(member.parent) {
+            throw CheckpointError.treeChanged(root: root, "process \(member.pid) was reparented to \(member.parent)")
+        }
+        return TreeManifest(root: root, members: members, sharedFiles: sharedFiles(manifests),
+                            sharedMemory: sharedMemory(manifests), lonePipes: lonePipes(manifests))
+    }
+
     /// A member that exited is a changed tree: say so, naming it.
-    private static func memberFailure(_ error: any Error, root: Int32, pid: Int32) -> any Error {
+    package static func memberFailure(_ error: any Error, root: Int32, pid: Int32) -> any Error {
         if case .targetExited = error as? MitosisError { return CheckpointError.treeChanged(root: root, "process \(pid) exited") }
         if case .noSuchProcess = error as? MitosisError { return CheckpointError.treeChanged(root: root, "process \(pid) exited") }
+        if case .zombie = error as? MitosisError { return CheckpointError.treeChanged(root: root, "process \(pid) exited") }
         return error
     }
 

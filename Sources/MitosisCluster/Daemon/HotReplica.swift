@@ -315,7 +315,8 @@ public final class HotReplica: ReplicaControl, @unchecked Sendable {
             guard let found = scan.newest else {
                 return Readiness(epoch: newest, ready: false, reason: scan.skipped.first ?? "no committed epoch opens", checked: .now)
             }
-            let refusals = (try? Restorer(image: found.image).refusals().map(\.description)) ?? ["the image does not open"]
+            let refusals = scan.tree.map { TreeRestorer.refusals(of: $0).map(\.description) }
+                ?? (try? Restorer(image: found.image).refusals().map(\.description)) ?? ["the image does not open"]
             return Readiness(epoch: newest, ready: refusals.isEmpty, reason: refusals.first.map { "epoch \(found.epoch) cannot be restored here: \($0)" }, checked: .now)
         }) ?? Readiness(epoch: newest, ready: false, reason: "the readiness check failed", checked: .now)
         lock.withLock { readiness = checked }

@@ -50,6 +50,10 @@ public struct ProtectOptions: Sendable {
     /// kilobytes each), so that standbys that reconnect at one of them are resynchronised with
     /// the pages changed since rather than a full base (`EpochHistory`). 0: a full base always.
     public var historyEpochs = 64
+    /// Protect the process and every process below it as one tree (`protect --tree`): each
+    /// epoch freezes all members together and is committed whole on the standby
+    /// (Docs/replication.md, "Process trees"). Data files are not shipped for trees.
+    public var tree = false
 
     public init(host: String, port: Int) {
         standbys = [StandbyEndpoint(host: host, port: port)]
@@ -136,22 +140,40 @@ public final class ReplicationSession: Service, Sendable {
         board.wanted = standbys
     }
 
+    /// What the epochs are taken of: one process, or a tree.
+    private enum Source {
+        case process(CheckpointSession)
+        case tree(TreeEpochs)
+
+        func stop() async {
+            switch self {
+            case .process(let session): await session.stop()
+            case .tree(let tree): await tree.stop()
+            }
+        }
+    }
+
     public func run() async throws {
-        let files = DataFiles(directories: options.dataDirectories)
+        let files = DataFiles(directories: options.tree ? [] : options.dataDirectories)
         var checkpointOptions = options.checkpoint
-        checkpointOptions.whileFrozen = { files.freeze() }
-        let session = try await CheckpointSession(pid: pid, options: checkpointOptions)
+        let source: Source
+        if options.tree {
+            source = .tree(try await TreeEpochs(root: pid, options: checkpointOptions, logger: logger))
+        } else {
+            checkpointOptions.whileFrozen = { files.freeze() }
+            source = .process(try await CheckpointSession(pid: pid, options: checkpointOptions))
+        }
         if board.wanted == nil { board.wanted = options.standbys }
         do {
-            try await cancelWhenGracefulShutdown { try await self.protect(session, files) }
+            try await cancelWhenGracefulShutdown { try await self.protect(source, files) }
         } catch {
             board.closeAll()
-            await session.stop()
+            await source.stop()
             if error is CancellationError { return }
             throw error
         }
         board.closeAll()
-        await session.stop()
+        await source.stop()
     }
 
     /// Keeps one standby connected: whenever the epoch loop holds no connection to it, connects
@@ -175,7 +197,7 @@ public final class ReplicationSession: Service, Sendable {
                         let connection = try PrimaryConnection.connect(host: endpoint.host, port: endpoint.port, timeout: .seconds(2))
                         do {
                             let hello = Hello(pid: pid, node: ProcessInfo.processInfo.hostName, pageSize: CheckpointHeader.systemPageSize,
-                                              formatVersion: CheckpointManifest.currentFormatVersion, deltaBase: base)
+                                              formatVersion: CheckpointManifest.currentFormatVersion, deltaBase: base, tree: options.tree)
                             try connection.send(ReplicationFrame(.hello, term: options.term, payload: MessageCoding.encode(hello)))
                             let answer = try connection.receive(timeout: .seconds(10))
                             switch answer.type {
@@ -208,7 +230,7 @@ public final class ReplicationSession: Service, Sendable {
         }
     }
 
-    private func protect(_ session: CheckpointSession, _ files: DataFiles) async throws {
+    private func protect(_ source: Source, _ files: DataFiles) async throws {
         let clock = ContinuousClock()
         /// The newest epoch acknowledged (by at least one standby): what an incremental epoch builds on.
         var base: CommittedEpoch?
@@ -283,9 +305,13 @@ public final class ReplicationSession: Service, Sendable {
                 resync = entry
                 files.restore(entry.files)
             }
-            let full = parent == nil && resync == nil
+            // A tree's history is not kept: only its last acknowledged epoch is built on.
+            var treeParent: CommittedEpoch?
+            if case .tree(let tree) = source { treeParent = tree.parent(over: parent) }
+            let full = if case .tree = source { treeParent == nil } else { parent == nil && resync == nil }
+            let sinkParent = if case .tree = source { treeParent?.epoch ?? .none } else { parent?.epoch ?? resync?.epoch.epoch ?? .none }
             let sink = ReplicationSink(targets: active.map { ($0.key, $0.value.connection) }, term: options.term, epoch: epoch,
-                                       parent: parent?.epoch ?? resync?.epoch.epoch ?? .none,
+                                       parent: sinkParent,
                                        acknowledgementTimeout: options.acknowledgementTimeout) { [shipOpenFiles = options.shipOpenFiles] manifest in
                 // In the sink's finish, after the thaw, up to the sizes read at the freeze.
                 try files.deltas(full: full, openForWriting: shipOpenFiles ? DataFiles.openForWriting(manifest) : [],
@@ -297,10 +323,18 @@ public final class ReplicationSession: Service, Sendable {
             } else {
                 parent.map { .previous(path: "../" + $0.epoch.directoryName) }
             }
-            let result: CheckpointResult
+            var result: CheckpointResult?
+            var treeEpoch: TreeEpochs.Outcome?
             do {
                 do {
-                    result = try await session.checkpoint(to: sink, parent: checkpointParent)
+                    switch source {
+                    case .process(let session):
+                        result = try await session.checkpoint(to: sink, parent: checkpointParent)
+                    case .tree(let tree):
+                        // Nil: the tree changed and nothing was sent; the next epoch is a full one.
+                        guard let outcome = try await tree.epoch(sink: sink, term: options.term, epoch: epoch, parent: treeParent) else { continue }
+                        treeEpoch = outcome
+                    }
                 } catch {
                     // Sent whole, the epoch may be committed on a standby even though it failed here.
                     if let sent = sink.sentManifest {
@@ -335,9 +369,9 @@ public final class ReplicationSession: Service, Sendable {
                 try await Task.sleep(for: options.reconnectDelay)
                 continue
             }
-            history.append(epoch: CommittedEpoch(epoch: epoch, imageID: result.manifest.id), manifest: result.manifest, files: files.pendingState)
+            let acknowledged = CommittedEpoch(epoch: epoch, imageID: result?.manifest.id ?? treeEpoch?.manifest.id ?? "")
+            if let result { history.append(epoch: acknowledged, manifest: result.manifest, files: files.pendingState) }
             files.acknowledged()
-            let acknowledged = CommittedEpoch(epoch: epoch, imageID: result.manifest.id)
             for (name, failure) in sink.failed { drop(name, "epoch \(epoch): \(failure)") }
             for name in sink.acknowledgedBy { active[name]?.committed = acknowledged }
             publish()
@@ -345,7 +379,7 @@ public final class ReplicationSession: Service, Sendable {
             board.base = acknowledged
             nextEpoch = epoch.next
             let lag = milliseconds(clock.now - started)
-            let freeze = Double(result.stats.frozenNanoseconds) / 1e6
+            let freeze = result.map { Double($0.stats.frozenNanoseconds) / 1e6 } ?? treeEpoch?.frozenMilliseconds ?? 0
             box.withLockedValue {
                 $0.acknowledged = acknowledged
                 $0.epochs += 1
@@ -354,7 +388,7 @@ public final class ReplicationSession: Service, Sendable {
                 $0.record(freeze: freeze, lag: lag)
                 var phases = sink.phases
                 phases["freeze"] = freeze
-                phases.values.merge(result.phases) { first, _ in first }
+                phases.values.merge(result?.phases ?? [:]) { first, _ in first }
                 $0.phases.append(phases)
             }
             metrics.acknowledged(epoch: epoch, full: full, bytes: sink.bytesSent, freeze: freeze, lag: lag, interval: milliseconds(options.interval))

@@ -29,6 +29,9 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
     private let files: @Sendable (CheckpointManifest) throws -> [(FileDelta, [UInt8])]
     private let lock = NSLock()
     private var targets: [Target]
+    /// A tree member's sink keeps its frames here instead of sending them: the tree epoch is
+    /// sent whole once every member's checkpoint is done (`sendTree`).
+    private(set) var buffered: [ReplicationFrame]?
     private var builder: PageRunBuilder?
     private var header: CheckpointHeader?
     private var closed = false
@@ -52,6 +55,14 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
         self.files = files
     }
 
+    /// A sink for one member of a tree epoch: its frames are kept, not sent, and its finish
+    /// waits for nothing.
+    static func member(term: Term, epoch: Epoch, parent: Epoch) -> ReplicationSink {
+        let sink = ReplicationSink(targets: [], term: term, epoch: epoch, parent: parent, acknowledgementTimeout: .zero) { _ in [] }
+        sink.buffered = []
+        return sink
+    }
+
     /// The standbys that acknowledged the epoch, and those that failed during it (with why).
     var acknowledgedBy: [String] { lock.withLock { targets.filter(\.acknowledged).map(\.name) } }
     var failed: [(name: String, error: any Error)] {
@@ -64,7 +75,16 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
 
     /// Sends to every standby still in the epoch; throws only when none is left.
     private func send(_ type: FrameType, _ payload: [UInt8]) throws {
-        let frame = frame(type, payload)
+        try send(frame(type, payload))
+    }
+
+    private func send(_ frame: ReplicationFrame) throws {
+        let payload = frame.payload
+        if buffered != nil {
+            buffered!.append(frame)
+            bytesSent += UInt64(payload.count + ReplicationFrame.headerSize)
+            return
+        }
         for index in targets.indices where targets[index].failure == nil {
             do { try targets[index].connection.send(frame) } catch { targets[index].failure = error }
         }
@@ -129,35 +149,65 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
             }
             try send(.imageFinish, MessageCoding.encode(stored))
             sentManifest = stored
+            if buffered != nil { return stored }
             let sent = clock.now
-            // Every standby has the whole epoch; their commits run side by side while the
-            // acknowledgements are collected one after the other.
-            for index in targets.indices where targets[index].failure == nil {
-                do {
-                    let answer = try targets[index].connection.receive(timeout: acknowledgementTimeout)
-                    switch answer.type {
-                    case .ack where answer.epoch == epoch && answer.payload == Array(stored.id.utf8):
-                        targets[index].acknowledged = true
-                    case .refuse:
-                        throw ReplicationError.refused((try? MessageCoding.decode(Refusal.self, answer.payload)) ?? Refusal(.malformed, "an undecodable refusal"))
-                    default:
-                        throw ReplicationError.protocolViolation("expected the acknowledgement of epoch \(epoch), got \(answer.type) of epoch \(answer.epoch)")
-                    }
-                } catch {
-                    targets[index].failure = error
-                }
-            }
+            try collectAcknowledgements(of: stored.id)
             if let began, let captured {
                 let acknowledged = clock.now
                 phases = EpochPhases(["capture": milliseconds(captured - began), "send": milliseconds(finishing - captured),
                                       "files": milliseconds(sent - finishing), "acknowledgement": milliseconds(acknowledged - sent),
                                       "total": milliseconds(acknowledged - began)])
             }
-            // A standby that has seen a newer term means another primary: the whole session stops.
-            if let refusal = targets.lazy.compactMap({ $0.failure as? ReplicationError }).first(where: \.isNewerPrimary) { throw refusal }
-            try requireOne()
             return stored
         }
+    }
+
+    /// Sends a whole tree epoch — `treeBegin`, each member's frames (kept by its `member` sink),
+    /// `treeFinish` with the tree's manifest — and waits for every standby's acknowledgement of
+    /// the manifest's id. `captured`: how long the members' checkpoints took.
+    func sendTree(members: TreeEpochMembers, images: [[ReplicationFrame]], manifest: TreeManifest, captured: Duration) throws {
+        try lock.withLock {
+            guard !closed, buffered == nil else { throw ImageError.sinkState("a tree epoch sent twice") }
+            closed = true
+            let sending = clock.now
+            try send(.treeBegin, MessageCoding.encode(members))
+            for frames in images {
+                for frame in frames {
+                    guard frame.epoch == epoch, frame.parent == parent else { throw ImageError.sinkState("a member frame of another epoch") }
+                    try send(frame)
+                }
+            }
+            try send(.treeFinish, MessageCoding.encode(manifest))
+            let sent = clock.now
+            try collectAcknowledgements(of: manifest.id)
+            let acknowledged = clock.now
+            phases = EpochPhases(["capture": milliseconds(captured), "send": milliseconds(sent - sending),
+                                  "acknowledgement": milliseconds(acknowledged - sent),
+                                  "total": milliseconds(captured + (acknowledged - sending))])
+        }
+    }
+
+    /// Every standby has the whole epoch; their commits run side by side while the
+    /// acknowledgements (of the image or tree manifest `id`) are collected one after the other.
+    private func collectAcknowledgements(of id: String) throws {
+        for index in targets.indices where targets[index].failure == nil {
+            do {
+                let answer = try targets[index].connection.receive(timeout: acknowledgementTimeout)
+                switch answer.type {
+                case .ack where answer.epoch == epoch && answer.payload == Array(id.utf8):
+                    targets[index].acknowledged = true
+                case .refuse:
+                    throw ReplicationError.refused((try? MessageCoding.decode(Refusal.self, answer.payload)) ?? Refusal(.malformed, "an undecodable refusal"))
+                default:
+                    throw ReplicationError.protocolViolation("expected the acknowledgement of epoch \(epoch), got \(answer.type) of epoch \(answer.epoch)")
+                }
+            } catch {
+                targets[index].failure = error
+            }
+        }
+        // A standby that has seen a newer term means another primary: the whole session stops.
+        if let refusal = targets.lazy.compactMap({ $0.failure as? ReplicationError }).first(where: \.isNewerPrimary) { throw refusal }
+        try requireOne()
     }
 
     func abort(reason: String) {

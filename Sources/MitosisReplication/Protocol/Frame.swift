@@ -50,6 +50,15 @@ public enum FrameType: UInt16, Sendable, CaseIterable {
     case ack = 8
     /// Standby → primary: `Refusal` (JSON); the standby then closes the connection.
     case refuse = 9
+    /// Primary → standby (protocol version 2): a tree epoch begins: `TreeEpochMembers` (JSON).
+    /// Each member's image follows (`imageBegin` … `imageFinish`, not acknowledged on their own).
+    case treeBegin = 10
+    /// Primary → standby (protocol version 2): the tree epoch's `TreeManifest` (JSON); the standby
+    /// commits the whole tree epoch and acknowledges it (payload of the `ack`: the manifest's id).
+    case treeFinish = 11
+
+    /// The protocol version that introduced the type.
+    var since: UInt16 { self == .treeBegin || self == .treeFinish ? 2 : 1 }
 }
 
 /// One frame of the replication protocol. Every field is checked before it is used: see
@@ -71,7 +80,9 @@ public struct ReplicationFrame: Sendable, Equatable {
 
     /// `MTRP`.
     public static let magic: UInt32 = 0x5052_544D
-    public static let version: UInt16 = 1
+    /// 2 added the tree frames; a version 1 peer's frames are read as they were.
+    public static let version: UInt16 = 2
+    public static let readableVersions: ClosedRange<UInt16> = 1...2
     /// magic 4, version 2, type 2, term 8, epoch 8, parent 8, payload length 4, reserved 4, checksum 8.
     public static let headerSize = 48
 
@@ -81,8 +92,8 @@ public struct ReplicationFrame: Sendable, Equatable {
     public static func maxPayload(_ type: FrameType) -> Int {
         switch type {
         case .imagePages, .fileDelta: 64 << 20 + 8 + 4096
-        case .imageBegin, .imageFinish: 64 << 20
-        case .hello, .state, .ack, .refuse, .imageAbort: 64 << 10
+        case .imageBegin, .imageFinish, .treeFinish: 64 << 20
+        case .hello, .state, .ack, .refuse, .imageAbort, .treeBegin: 64 << 10
         }
     }
 
@@ -161,9 +172,10 @@ public struct ReplicationFrameDecoder: ByteToMessageDecoder {
             throw ProtocolViolation("not a replication frame (bad magic)")
         }
         let version = buffer.getInteger(at: at + 4, endianness: .little, as: UInt16.self)!
-        guard version == ReplicationFrame.version else { throw ProtocolViolation("unsupported protocol version \(version)") }
+        guard ReplicationFrame.readableVersions.contains(version) else { throw ProtocolViolation("unsupported protocol version \(version)") }
         let rawType = buffer.getInteger(at: at + 6, endianness: .little, as: UInt16.self)!
         guard let type = FrameType(rawValue: rawType) else { throw ProtocolViolation("unknown frame type \(rawType)") }
+        guard version >= type.since else { throw ProtocolViolation("a \(type) frame in protocol version \(version)") }
         guard accepted.contains(type) else { throw ProtocolViolation("a \(type) frame is not expected from this peer") }
         let length = Int(buffer.getInteger(at: at + 32, endianness: .little, as: UInt32.self)!)
         guard buffer.getInteger(at: at + 36, endianness: .little, as: UInt32.self) == 0 else {

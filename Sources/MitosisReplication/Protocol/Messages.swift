@@ -13,13 +13,38 @@ public struct Hello: Codable, Sendable, Equatable {
     /// The newest epoch this primary's tracking can send a delta from (its last acknowledged
     /// epoch and image id), or nil: then only a full base can follow.
     public var deltaBase: CommittedEpoch?
+    /// Whether the epochs are tree epochs of the process tree under `pid` (`protect --tree`).
+    public var tree: Bool?
 
-    public init(pid: Int32, node: String, pageSize: Int, formatVersion: Int, deltaBase: CommittedEpoch?) {
+    public init(pid: Int32, node: String, pageSize: Int, formatVersion: Int, deltaBase: CommittedEpoch?, tree: Bool = false) {
+        self.tree = tree ? true : nil
         self.pid = pid
         self.node = node
         self.pageSize = pageSize
         self.formatVersion = formatVersion
         self.deltaBase = deltaBase
+    }
+}
+
+/// The members of a tree epoch (payload of `treeBegin`), top-down, the root first: what the
+/// standby checks an incremental tree epoch against (the same members, the same parents, as the
+/// tree epoch it builds on), and the images it expects before `treeFinish`.
+public struct TreeEpochMembers: Codable, Sendable, Equatable {
+    public struct Member: Codable, Sendable, Equatable {
+        public var pid: Int32
+        public var parent: Int32
+        public init(pid: Int32, parent: Int32) {
+            self.pid = pid
+            self.parent = parent
+        }
+    }
+
+    public var root: Int32
+    public var members: [Member]
+
+    public init(root: Int32, members: [Member]) {
+        self.root = root
+        self.members = members
     }
 }
 

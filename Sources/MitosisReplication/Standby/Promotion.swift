@@ -33,6 +33,8 @@ public struct PromotionResult: Codable, Sendable, Equatable {
     /// trip (`control`), `stop` (no epoch accepted any more), `take` (the warm clone handed over),
     /// `open` (the epoch's image, cold only), `files`, then `finish` (warm) or `restore` (cold).
     public var steps: [String: Double] = [:]
+    /// A tree epoch (`protect --tree`): every member restored, top-down (`pid` is the root).
+    public var members: [Int32]?
 }
 
 /// Brings the protected process to life on the standby from the newest committed epoch: by
@@ -99,6 +101,10 @@ public enum Promotion {
         let scan = directory.scan()
         for line in scan.skipped { logger.warning("promote: passing over \(line)") }
         guard let newest = scan.newest else { throw ReplicationError.nothingCommitted(path) }
+        if let tree = scan.tree {
+            return try await restoreTree(epoch: newest.epoch, tree: tree, reason: "no standby serves \(path)", inNewPidNamespace: false,
+                                         started: started, steps: ["stop": milliseconds(clock.now - started)])
+        }
         return try await restore(epoch: newest.epoch, image: newest.image, husk: nil, files: nil, reason: "no standby serves \(path)",
                                  inNewPidNamespace: false, started: started, steps: ["stop": milliseconds(clock.now - started)], logger: logger)
     }
@@ -114,6 +120,12 @@ public enum Promotion {
         standby.logger.info("standby: promoting; no epoch is accepted any more")
         guard let committed = await standby.store.committed else { throw ReplicationError.nothingCommitted(directory.path) }
         let path = directory.imagePath(committed.epoch)
+        if let tree = await standby.store.committedTree {
+            await standby.warm?.discard()
+            return try await restoreTree(epoch: committed.epoch, tree: tree, reason: "a process tree: no warm clone is kept of one",
+                                         inNewPidNamespace: standby.options.warm?.pidNamespace ?? false, started: started,
+                                         steps: ["stop": milliseconds(stopped - started)])
+        }
         var taken: (husk: PreparedProcess?, files: DataFileCopies?, reason: String?) = (nil, nil, "the standby keeps no warm clone (--warm)")
         if let warm = standby.warm { taken = await warm.take(at: committed.epoch, path: path) }
         var steps = ["stop": milliseconds(stopped - started), "take": milliseconds(clock.now - stopped)]
@@ -190,6 +202,26 @@ public enum Promotion {
                                stopStandbyMilliseconds: steps["stop"] ?? 0, dataFilesMilliseconds: steps["files"] ?? 0,
                                restoreMilliseconds: restored.restoreMilliseconds, totalMilliseconds: milliseconds(finished - started),
                                warm: warm, coldReason: warm ? nil : reason, hostPid: restored.hostPid, phases: restored.phases, steps: steps)
+    }
+
+    /// Restores a tree epoch cold (`TreeRestorer`: every member with its pid and parentage).
+    /// Trees carry no data files.
+    private static func restoreTree(epoch: Epoch, tree: TreeImage, reason: String, inNewPidNamespace: Bool,
+                                    started: ContinuousClock.Instant, steps: [String: Double]) async throws -> PromotionResult {
+        let clock = ContinuousClock(), restoring = clock.now
+        let restored = try await TreeRestorer(image: tree).restore(inNewPidNamespace: inNewPidNamespace)
+        let finished = clock.now
+        var steps = steps
+        steps["restore"] = milliseconds(finished - restoring)
+        // When the epoch's capture began: the root's checkpoint start.
+        let created = tree.members[0].manifest.created
+        let age = (try? Date(created, strategy: .iso8601)).map { Date().timeIntervalSince($0) * 1000 } ?? -1
+        let root = restored.members[0]
+        return PromotionResult(epoch: epoch, imageID: tree.manifest.id, image: tree.path, created: created, ageMilliseconds: age,
+                               pid: restored.root, dataFiles: 0, stopStandbyMilliseconds: steps["stop"] ?? 0, dataFilesMilliseconds: 0,
+                               restoreMilliseconds: restored.restoreMilliseconds, totalMilliseconds: milliseconds(finished - started),
+                               warm: false, coldReason: reason, hostPid: root.hostPid, phases: root.phases, steps: steps,
+                               members: restored.members.map(\.pid))
     }
 
     /// Creates the fence `PROMOTED` exclusively: a second promotion fails here. Returns it open,

@@ -81,7 +81,7 @@ public final class Standby: Service, Sendable {
 
     /// Serves until cancelled or shut down gracefully; then abandons the epoch in flight.
     public func run() async throws {
-        let decoderTypes: Set<FrameType> = [.hello, .imageBegin, .imagePages, .fileDelta, .imageFinish, .imageAbort]
+        let decoderTypes: Set<FrameType> = [.hello, .imageBegin, .imagePages, .fileDelta, .imageFinish, .imageAbort, .treeBegin, .treeFinish]
         let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             // A primary that stops sending still gets the answers to what it sent.

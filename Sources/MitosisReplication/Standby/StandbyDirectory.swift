@@ -68,7 +68,9 @@ public struct StandbyDirectory: Sendable {
     /// beside it: hidden work files, epochs older than the chain's base (left by a compaction
     /// cut short), and epochs newer than it that do not open.
     public struct Scan: Sendable {
+        /// For a tree epoch (`protect --tree`), `image` is its root's image and `tree` the tree.
         public var newest: (epoch: Epoch, image: CheckpointImage)?
+        public var tree: TreeImage?
         public var chainLength: Int
         /// Entries of `epochs/` that are not part of the newest chain.
         public var leftovers: [String]
@@ -77,7 +79,7 @@ public struct StandbyDirectory: Sendable {
     }
 
     public func scan() -> Scan {
-        var result = Scan(newest: nil, chainLength: 0, leftovers: [], skipped: [])
+        var result = Scan(newest: nil, tree: nil, chainLength: 0, leftovers: [], skipped: [])
         let names = (try? Kernel.listDirectory(epochsPath)) ?? []
         var epochs: [(Epoch, String)] = []
         for name in names {
@@ -93,7 +95,18 @@ public struct StandbyDirectory: Sendable {
                 continue
             }
             do {
-                let image = try CheckpointImage.open(epochsPath + "/" + name)
+                let path = epochsPath + "/" + name
+                if TreeImage.isTree(path) {
+                    // Every member's chain runs through the same tree epochs (epochs/N/PID).
+                    let tree = try TreeImage.open(path)
+                    let chains = try tree.members.map { try $0.chain().images }
+                    result.newest = (epoch, tree.members[0])
+                    result.tree = tree
+                    result.chainLength = chains[0].count
+                    chain = Set(chains[0].map { ($0.path.split(separator: "/").dropLast().last).map(String.init) ?? "" })
+                    continue
+                }
+                let image = try CheckpointImage.open(path)
                 let images = try image.chain().images
                 result.newest = (epoch, image)
                 result.chainLength = images.count

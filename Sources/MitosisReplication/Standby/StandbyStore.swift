@@ -31,6 +31,9 @@ actor StandbyStore {
     /// The newest committed image as opened to check it (for the warm clone); nil once a
     /// compaction has replaced its files.
     private(set) var committedImage: CheckpointImage?
+    /// The newest committed epoch's tree image when it is a tree epoch (`protect --tree`);
+    /// `committedImage` is nil then.
+    private(set) var committedTree: TreeImage?
     /// The committed image's sequence in its chain, and the chain's length.
     private var committedSequence = 0
     private var chainLength = 0
@@ -41,6 +44,8 @@ actor StandbyStore {
     /// The connection's term and primary, once its hello came.
     private var peer: (term: Term, hello: Hello)?
     private var inFlight: InFlight?
+    /// The tree epoch in flight: `inFlight` is then the member image being received, if any.
+    private var treeInFlight: TreeInFlight?
     private var closed = false
     private let metrics = StandbyMetrics()
 
@@ -51,6 +56,17 @@ actor StandbyStore {
         var stored: CheckpointHeader
         var sink: DirectorySink
         var files: FileDeltaWriter?
+        var bytes: UInt64 = 0
+        var started = ContinuousClock.now
+    }
+
+    private struct TreeInFlight {
+        var epoch: Epoch
+        var parent: Epoch
+        var members: TreeEpochMembers
+        var writer: TreeImageWriter
+        /// The members' images committed inside the tree's partial directory, as stored.
+        var finished: [Int32: CheckpointManifest] = [:]
         var bytes: UInt64 = 0
         var started = ContinuousClock.now
     }
@@ -103,7 +119,12 @@ actor StandbyStore {
             logger.info("standby: removing \(name), not part of the newest committed chain")
             directory.remove(name)
         }
-        if let newest = scan.newest {
+        if let tree = scan.tree, let newest = scan.newest {
+            committed = CommittedEpoch(epoch: newest.epoch, imageID: tree.manifest.id)
+            committedTree = tree
+            chainLength = scan.chainLength
+            readiness = Self.readiness(of: tree)
+        } else if let newest = scan.newest {
             committed = CommittedEpoch(epoch: newest.epoch, imageID: newest.image.manifest.id)
             committedSequence = newest.image.manifest.sequence
             chainLength = scan.chainLength
@@ -160,6 +181,8 @@ actor StandbyStore {
             case .imagePages: return try pages(frame)
             case .fileDelta: return try fileDelta(frame)
             case .imageFinish: return try finish(frame)
+            case .treeBegin: return try treeBegin(frame)
+            case .treeFinish: return try treeFinish(frame)
             case .imageAbort:
                 guard let inFlight, inFlight.epoch == frame.epoch else { return violation("abort of epoch \(frame.epoch), which is not in flight") }
                 abandon("the primary aborted it: \(String(decoding: frame.payload.prefix(200), as: UTF8.self))")
@@ -203,6 +226,8 @@ actor StandbyStore {
 
     private func begin(_ frame: ReplicationFrame) throws -> StoreReply {
         guard inFlight == nil else { throw ProtocolViolation("epoch \(frame.epoch) begins while epoch \(inFlight!.epoch) is in flight") }
+        if treeInFlight != nil { return try beginMember(frame) }
+        guard peer!.hello.tree != true else { throw ProtocolViolation("epoch \(frame.epoch): an image outside a tree epoch from a primary protecting a tree") }
         guard frame.epoch > (committed?.epoch ?? .none) else {
             throw ProtocolViolation("epoch \(frame.epoch) is not after the committed epoch \(committed?.epoch ?? .none)")
         }
@@ -215,7 +240,7 @@ actor StandbyStore {
             guard header.kind == .full, header.parent == nil else { throw ProtocolViolation("epoch \(frame.epoch) has no parent epoch but is not a full checkpoint") }
             stored.sequence = 0
         } else {
-            guard let committed, frame.parent == committed.epoch else {
+            guard let committed, frame.parent == committed.epoch, committedTree == nil else {
                 throw Refused(.parentMismatch, "epoch \(frame.epoch) builds on epoch \(frame.parent); the newest committed is \(committed?.epoch.description ?? "none")")
             }
             guard header.kind == .incremental, header.parent?.id == committed.imageID else {
@@ -233,6 +258,105 @@ actor StandbyStore {
         }
         inFlight = InFlight(epoch: frame.epoch, parent: frame.parent, sent: header, stored: stored, sink: sink)
         return .none
+    }
+
+    /// A member's image of the tree epoch in flight: written inside the tree's partial
+    /// directory, its parent the same member's image in the tree epoch it builds on.
+    private func beginMember(_ frame: ReplicationFrame) throws -> StoreReply {
+        let tree = treeInFlight!
+        guard frame.epoch == tree.epoch, frame.parent == tree.parent else {
+            throw ProtocolViolation("an image of epoch \(frame.epoch) over \(frame.parent) inside tree epoch \(tree.epoch) over \(tree.parent)")
+        }
+        let header = try MessageCoding.decode(CheckpointHeader.self, frame.payload)
+        guard tree.members.members.contains(where: { $0.pid == header.pid }), tree.finished[header.pid] == nil, header.pageSize == peer!.hello.pageSize else {
+            throw ProtocolViolation("tree epoch \(frame.epoch): an image of process \(header.pid), not a member still expected")
+        }
+        var stored = header
+        if tree.parent == .none {
+            guard header.kind == .full, header.parent == nil else { throw ProtocolViolation("tree epoch \(frame.epoch) has no parent epoch but member \(header.pid)'s image is not full") }
+            stored.sequence = 0
+        } else {
+            let base = committedTree!.members.first { $0.manifest.pid == header.pid }!
+            guard header.kind == .incremental, header.parent?.id == base.manifest.id else {
+                throw Refused(.parentMismatch, "tree epoch \(frame.epoch): member \(header.pid) builds on image \(header.parent?.id ?? "none"); epoch \(tree.parent) holds image \(base.manifest.id)")
+            }
+            stored.parent = ParentLink(path: "../../\(tree.parent.directoryName)/\(header.pid)", id: base.manifest.id)
+            stored.sequence = base.manifest.sequence + 1
+        }
+        let sink = DirectorySink(directory: tree.writer.memberPath(header.pid))
+        do { try sink.begin(stored) } catch { throw Refused(.storage, "tree epoch \(frame.epoch), member \(header.pid): \(error)") }
+        inFlight = InFlight(epoch: frame.epoch, parent: frame.parent, sent: header, stored: stored, sink: sink)
+        return .none
+    }
+
+    /// A tree epoch begins: incremental only over the committed tree epoch with the same
+    /// members and parents (a tree that changed comes as a full tree epoch).
+    private func treeBegin(_ frame: ReplicationFrame) throws -> StoreReply {
+        guard inFlight == nil, treeInFlight == nil else { throw ProtocolViolation("tree epoch \(frame.epoch) begins while an epoch is in flight") }
+        guard peer!.hello.tree == true else { throw ProtocolViolation("a tree epoch from a primary that protects one process") }
+        guard frame.epoch > (committed?.epoch ?? .none) else {
+            throw ProtocolViolation("tree epoch \(frame.epoch) is not after the committed epoch \(committed?.epoch ?? .none)")
+        }
+        let members = try MessageCoding.decode(TreeEpochMembers.self, frame.payload)
+        let pids = members.members.map(\.pid)
+        guard members.root == peer!.hello.pid, pids.first == members.root, Set(pids).count == pids.count, pids.allSatisfy({ $0 > 0 }), pids.count <= 4096 else {
+            throw ProtocolViolation("tree epoch \(frame.epoch): members \(pids.prefix(16)) do not make a tree under \(peer!.hello.pid)")
+        }
+        if frame.parent != .none {
+            guard let committed, frame.parent == committed.epoch, let base = committedTree else {
+                throw Refused(.parentMismatch, "tree epoch \(frame.epoch) builds on epoch \(frame.parent); the newest committed is \(committed.map { "\($0.epoch)" } ?? "none")\(committed != nil && committedTree == nil ? ", not a tree epoch" : "")")
+            }
+            let held = base.manifest.members.dropFirst().map { TreeEpochMembers.Member(pid: $0.pid, parent: $0.parent) }
+            guard base.manifest.root == members.root, held == Array(members.members.dropFirst()) else {
+                throw Refused(.parentMismatch, "tree epoch \(frame.epoch): members \(pids.map(String.init).joined(separator: ",")), epoch \(frame.parent) holds \(base.manifest.members.map { String($0.pid) }.joined(separator: ",")) (or other parents): the tree changed, a full tree epoch is needed")
+            }
+        }
+        let writer: TreeImageWriter
+        do { writer = try TreeImageWriter(path: directory.imagePath(frame.epoch)) } catch {
+            if case .alreadyExists = error { directory.remove(frame.epoch.directoryName) }
+            throw Refused(.storage, "tree epoch \(frame.epoch): \(error)")
+        }
+        treeInFlight = TreeInFlight(epoch: frame.epoch, parent: frame.parent, members: members, writer: writer)
+        return .none
+    }
+
+    /// The tree epoch's manifest: every member's image received and as the manifest names it;
+    /// then `tree.json` written and the tree epoch renamed into place, read back, acknowledged.
+    private func treeFinish(_ frame: ReplicationFrame) throws -> StoreReply {
+        guard inFlight == nil, let tree = treeInFlight, tree.epoch == frame.epoch, tree.parent == frame.parent else {
+            throw ProtocolViolation("a treeFinish frame of epoch \(frame.epoch) over \(frame.parent), which is not in flight")
+        }
+        let clock = ContinuousClock(), received = clock.now
+        let manifest = try MessageCoding.decode(TreeManifest.self, frame.payload)
+        if let problem = manifest.problems().first { throw ProtocolViolation("tree epoch \(frame.epoch): \(problem)") }
+        guard manifest.root == tree.members.root,
+              manifest.members.map({ TreeEpochMembers.Member(pid: $0.pid, parent: $0.parent) }) == tree.members.members else {
+            throw ProtocolViolation("tree epoch \(frame.epoch): the manifest's members differ from those the epoch began with")
+        }
+        for member in manifest.members where tree.finished[member.pid]?.id != member.imageId {
+            throw ProtocolViolation("tree epoch \(frame.epoch): member \(member.pid)'s image \(member.imageId) was not received")
+        }
+        guard !directory.isPromoted else { throw Refused(.promoted, "\(directory.path) was promoted: epoch \(frame.epoch) is not committed") }
+        do { try tree.writer.commit(manifest) } catch { throw Refused(.storage, "tree epoch \(frame.epoch): \(error)") }
+        treeInFlight = nil
+        let synced = clock.now
+        let image: TreeImage
+        do { image = try TreeImage.open(directory.imagePath(frame.epoch)) } catch {
+            directory.remove(frame.epoch.directoryName)
+            throw ProtocolViolation("tree epoch \(frame.epoch) discarded: \(error)")
+        }
+        let verified = clock.now
+        committed = CommittedEpoch(epoch: frame.epoch, imageID: manifest.id)
+        committedImage = nil
+        committedTree = image
+        chainLength = tree.parent == .none ? 1 : chainLength + 1
+        if let checked = readinessChecked, ContinuousClock.now - checked < .seconds(1) {} else {
+            readiness = Self.readiness(of: image)
+            readinessChecked = ContinuousClock.now
+        }
+        recordCommit(frame.epoch, bytes: tree.bytes, started: tree.started, phases: ["receive": milliseconds(received - tree.started), "commit": milliseconds(synced - received),
+                                                                                      "verify": milliseconds(verified - synced), "readiness": milliseconds(clock.now - verified)])
+        return .send(ReplicationFrame(.ack, term: term, epoch: frame.epoch, parent: frame.parent, payload: Array(manifest.id.utf8)))
     }
 
     private func current(_ frame: ReplicationFrame) throws -> InFlight {
@@ -258,6 +382,7 @@ actor StandbyStore {
 
     private func fileDelta(_ frame: ReplicationFrame) throws -> StoreReply {
         let epoch = try current(frame)
+        guard treeInFlight == nil else { throw ProtocolViolation("tree epoch \(frame.epoch): data files are not replicated with trees") }
         guard let partial = epoch.sink.partialPath else { throw Refused(.storage, "epoch \(frame.epoch) has no directory") }
         var writer = epoch.files ?? FileDeltaWriter(imageDirectory: partial)
         try writer.add(frame.payload)
@@ -269,9 +394,40 @@ actor StandbyStore {
     private func finish(_ frame: ReplicationFrame) throws -> StoreReply {
         let epoch = try current(frame)
         let clock = ContinuousClock(), received = clock.now
+        if treeInFlight != nil {
+            // A member of the tree epoch: committed inside the tree's partial directory only.
+            let path = treeInFlight!.writer.memberPath(epoch.stored.pid)
+            let (stored, _, _) = try finishImage(frame, epoch, path: path)
+            treeInFlight!.finished[stored.pid] = stored
+            treeInFlight!.bytes += epoch.bytes
+            return .none
+        }
+        guard !directory.isPromoted else { throw Refused(.promoted, "\(directory.path) was promoted: epoch \(frame.epoch) is not committed") }
+        let (stored, image, synced) = try finishImage(frame, epoch, path: directory.imagePath(frame.epoch))
+        let verified = clock.now
+        committed = CommittedEpoch(epoch: frame.epoch, imageID: stored.id)
+        committedImage = image
+        committedTree = nil
+        committedSequence = stored.sequence
+        chainLength = stored.kind == .full ? 1 : chainLength + 1
+        // The restore check opens the whole chain: once a second is enough for a status.
+        if let checked = readinessChecked, ContinuousClock.now - checked < .seconds(1) {} else {
+            readiness = Self.readiness(of: image)
+            readinessChecked = ContinuousClock.now
+        }
+        recordCommit(frame.epoch, bytes: epoch.bytes, started: epoch.started,
+                     phases: ["receive": milliseconds(received - epoch.started), "commit": milliseconds(synced - received),
+                              "verify": milliseconds(verified - synced), "readiness": milliseconds(clock.now - verified)])
+        let ack = ReplicationFrame(.ack, term: term, epoch: frame.epoch, parent: frame.parent, payload: Array(stored.id.utf8))
+        return .send(ack)
+    }
+
+    /// Commits the image in flight at `path` from its manifest frame, and checks it: the pages
+    /// that arrived are those the primary stored, and the image reads back sound; otherwise
+    /// it is removed before anyone relies on it.
+    private func finishImage(_ frame: ReplicationFrame, _ epoch: InFlight, path: String) throws -> (CheckpointManifest, CheckpointImage, synced: ContinuousClock.Instant) {
         let sent = try MessageCoding.decode(CheckpointManifest.self, frame.payload)
         guard sent.header == epoch.sent else { throw ProtocolViolation("epoch \(frame.epoch): the manifest's identity differs from its header's") }
-        guard !directory.isPromoted else { throw Refused(.promoted, "\(directory.path) was promoted: epoch \(frame.epoch) is not committed") }
         var manifest = sent
         manifest.sequence = epoch.stored.sequence
         manifest.parent = epoch.stored.parent
@@ -283,10 +439,7 @@ actor StandbyStore {
             throw Refused(.storage, "epoch \(frame.epoch): \(error)")
         }
         inFlight = nil
-        let synced = clock.now
-        // The pages that arrived are the pages the primary stored, and the image reads back
-        // sound: otherwise the epoch is removed before anyone relies on it.
-        let path = directory.imagePath(frame.epoch)
+        let synced = ContinuousClock.now
         var problems: [String] = []
         if stored.pageIndex != sent.pageIndex || stored.files != sent.files {
             problems.append("the pages received differ from what the primary stored")
@@ -304,36 +457,30 @@ actor StandbyStore {
             problems.append("\(error)")
         }
         if !problems.isEmpty {
-            directory.remove(frame.epoch.directoryName)
-            throw ProtocolViolation("epoch \(frame.epoch) discarded: \(problems[0])")
+            try? FileManager.default.removeItem(atPath: path)
+            throw ProtocolViolation("epoch \(frame.epoch)\(treeInFlight == nil ? "" : ", member \(stored.pid),") discarded: \(problems[0])")
         }
-        let verified = clock.now
-        committed = CommittedEpoch(epoch: frame.epoch, imageID: stored.id)
-        committedImage = image
-        committedSequence = stored.sequence
-        chainLength = stored.kind == .full ? 1 : chainLength + 1
-        // The restore check opens the whole chain: once a second is enough for a status.
-        if let checked = readinessChecked, ContinuousClock.now - checked < .seconds(1) {} else {
-            readiness = Self.readiness(of: image!)
-            readinessChecked = ContinuousClock.now
-        }
-        statistics.record(epoch: committed!, bytes: epoch.bytes, duration: ContinuousClock.now - epoch.started)
-        statistics.phases.append(EpochPhases(["receive": milliseconds(received - epoch.started), "commit": milliseconds(synced - received),
-                                              "verify": milliseconds(verified - synced), "readiness": milliseconds(clock.now - verified),
-                                              "total": milliseconds(clock.now - epoch.started)]))
-        metrics.epoch.record(Int64(clamping: frame.epoch.rawValue))
+        return (stored, image!, synced)
+    }
+
+    /// An epoch (or tree epoch) committed: statistics and metrics.
+    private func recordCommit(_ epoch: Epoch, bytes: UInt64, started: ContinuousClock.Instant, phases: [String: Double]) {
+        statistics.record(epoch: committed!, bytes: bytes, duration: ContinuousClock.now - started)
+        var phases = phases
+        phases["total"] = milliseconds(ContinuousClock.now - started)
+        statistics.phases.append(EpochPhases(phases))
+        metrics.epoch.record(Int64(clamping: epoch.rawValue))
         metrics.epochs.increment()
-        metrics.bytes.increment(by: Int64(clamping: epoch.bytes))
-        metrics.commit.recordNanoseconds(Int64(milliseconds(ContinuousClock.now - epoch.started) * 1e6))
+        metrics.bytes.increment(by: Int64(clamping: bytes))
+        metrics.commit.recordNanoseconds(Int64(milliseconds(ContinuousClock.now - started) * 1e6))
         metrics.ready.record(readiness.ready ? 1 : 0)
-        let ack = ReplicationFrame(.ack, term: term, epoch: frame.epoch, parent: frame.parent, payload: Array(stored.id.utf8))
-        return .send(ack)
     }
 
     /// Folds the chain into a new full base when it has grown to `compactEvery` images. Runs
     /// after the acknowledgement has gone out, before the next frame is read.
     func compactIfDue() {
-        guard compactEvery > 0, chainLength >= compactEvery, inFlight == nil, !closed, let committed else { return }
+        // Tree epochs are not compacted (Docs/replication.md, "Process trees").
+        guard compactEvery > 0, chainLength >= compactEvery, inFlight == nil, treeInFlight == nil, committedTree == nil, !closed, let committed else { return }
         let clock = ContinuousClock(), started = clock.now
         do {
             committedImage = nil
@@ -352,14 +499,20 @@ actor StandbyStore {
 
     /// Ends the epoch in flight, if any: its partial directory is removed, nothing committed.
     private func abandon(_ reason: String) {
-        guard let epoch = inFlight else { return }
-        inFlight = nil
-        let partial = epoch.sink.partialPath
-        epoch.sink.abort(reason: reason)
-        if let partial { try? FileManager.default.removeItem(atPath: partial) }
+        let tree = treeInFlight, single = inFlight?.epoch
+        treeInFlight = nil
+        if let epoch = inFlight {
+            inFlight = nil
+            let partial = epoch.sink.partialPath
+            epoch.sink.abort(reason: reason)
+            if let partial { try? FileManager.default.removeItem(atPath: partial) }
+        } else if tree == nil {
+            return
+        }
+        tree?.writer.abort()
         statistics.abandoned += 1
         metrics.abandoned.increment()
-        logger.info("standby: epoch \(epoch.epoch) abandoned, nothing committed: \(reason)")
+        logger.info("standby: \(tree == nil ? "epoch" : "tree epoch") \(tree?.epoch ?? single ?? .none) abandoned, nothing committed: \(reason)")
     }
 
     private func violation(_ reason: String) -> StoreReply {
@@ -378,6 +531,12 @@ actor StandbyStore {
     /// checked at every commit (parent by id, the new image read back).
     static func readiness(of image: CheckpointImage) -> (ready: Bool, reasons: [String]) {
         let refusals = Restorer.refusals(of: image.manifest)
+        return (refusals.isEmpty, refusals.map(\.description))
+    }
+
+    /// A tree epoch: the tree's check (what members hold of each other's pipes and memory counts).
+    static func readiness(of tree: TreeImage) -> (ready: Bool, reasons: [String]) {
+        let refusals = TreeRestorer.refusals(of: tree)
         return (refusals.isEmpty, refusals.map(\.description))
     }
 }

@@ -107,6 +107,15 @@ actor WarmClone {
     // MARK: -
 
     private func bring(to epoch: Epoch, image given: CheckpointImage?, path: String) async {
+        if given == nil, TreeImage.isTree(path) {
+            // Not done yet (Docs/replication.md, "Process trees"): a husk of an earlier
+            // single-process epoch holds nothing promotable any more.
+            await prepared?.discard()
+            (prepared, applied) = (nil, nil)
+            await discardFiles()
+            failed("a tree epoch: no warm clone is kept of a process tree")
+            return
+        }
         let image: CheckpointImage
         do {
             image = try await Blocking.run("mitosis-warm-open") { try given ?? CheckpointImage.open(path) }

@@ -21,9 +21,10 @@ struct TreeRestoreTests {
         let a: Int32
         let b: Int32
 
-        init(scratch: ScratchDirectory) async throws {
+        /// `prefix`: run it inside a test host (`NetworkHosts.prefix`).
+        init(scratch: ScratchDirectory, prefix: [String] = []) async throws {
             log = scratch.path + "/tree.log"
-            scenario = try await ScenarioProcess("proctree", [log, "120"])
+            scenario = try await ScenarioProcess("proctree", [log, "120"], prefix: prefix)
             a = Int32(try scenario.intFact("a"))
             b = Int32(try scenario.intFact("b"))
             try await scenario.send("detach")
