@@ -436,6 +436,8 @@ package struct JSONBytes {
     /// snake_case of keys, for values that write themselves.
     let keys: KeyCache
     var bytes: [UInt8] = []
+    /// The entries of the graph node or edge being written, its storage reused from one to the next.
+    var graphEntries: [(key: String, value: GraphValue)] = []
 
     init(pretty: Bool, keys: KeyCache) {
         self.pretty = pretty
@@ -503,7 +505,9 @@ package struct JSONBytes {
         case .object(let object):
             openContainer(UInt8(ascii: "{"))
             var first = true
-            for (key, value) in Self.sorted(object.entries) {
+            // Sorted in place: the tree is written once.
+            Self.sortEntries(&object.entries)
+            for (key, value) in object.entries {
                 startEntry(&first, key: key, depth: depth)
                 write(value, depth: depth + 1)
             }
@@ -513,13 +517,6 @@ package struct JSONBytes {
     }
 
     /// Sorted by the keys' UTF-8 bytes; of a key encoded twice, the last value (a dictionary's `set`).
-    static func sorted(_ entries: [(key: String, value: JSONNode)]) -> [(key: String, value: JSONNode)] {
-        var entries = entries
-        sortEntries(&entries)
-        return entries
-    }
-
-    /// `sorted`, in place, for entries of any value.
     static func sortEntries<Value>(_ entries: inout [(key: String, value: Value)]) {
         if entries.count < 2 { return }
         if entries.count > 32 {
@@ -541,14 +538,14 @@ package struct JSONBytes {
         entries.removeLast(entries.count - kept)
     }
 
-    /// Stable, so equal keys keep their order; objects have a few keys.
+    /// Stable, so equal keys keep their order; objects have a few keys, mostly added in order
+    /// already (then it only compares neighbours).
     private static func insertionSort<Value>(_ entries: inout [(key: String, value: Value)]) {
         for index in 1..<entries.count {
             var position = index
-            while position > 0, precedes(entries[index].key, entries[position - 1].key) { position -= 1 }
-            if position != index {
-                let entry = entries.remove(at: index)
-                entries.insert(entry, at: position)
+            while position > 0, precedes(entries[position].key, entries[position - 1].key) {
+                entries.swapAt(position, position - 1)
+                position -= 1
             }
         }
     }

@@ -212,9 +212,17 @@ extension GraphValue {
 }
 
 extension JSONBytes {
-    /// A node's or an edge's object: `entries` (its fixed keys, then its attributes, as its
-    /// `encode(to:)` encodes them) written as an object node would be.
-    mutating func writeGraphObject(_ entries: inout [(key: String, value: GraphValue)], depth: Int) {
+    /// A node's or an edge's object: `fixed` entries then `attributes` (as its `encode(to:)`
+    /// encodes them), written as an object node would be.
+    mutating func writeGraphObject(_ fixed: (key: String, value: GraphValue)..., attributes: GraphAttributes, depth: Int) {
+        var entries: [(key: String, value: GraphValue)] = []
+        swap(&entries, &graphEntries)
+        defer {
+            entries.removeAll(keepingCapacity: true)
+            swap(&entries, &graphEntries)
+        }
+        entries.append(contentsOf: fixed)
+        for (key, value) in attributes { entries.append((keys.snakeCase(key), value)) }
         JSONBytes.sortEntries(&entries)
         openContainer(UInt8(ascii: "{"))
         var first = true
@@ -231,12 +239,7 @@ extension GraphNode: JSONNodeConvertible, JSONStreamable {
 
     /// As `encode(to:)`: `id`, `kind`, then the attributes beside them.
     package func writeJSON(to output: inout JSONBytes, depth: Int) {
-        var entries: [(key: String, value: GraphValue)] = []
-        entries.reserveCapacity(attributes.count + 2)
-        entries.append(("id", .string(id)))
-        entries.append(("kind", .string(kind.rawValue)))
-        for (key, value) in attributes { entries.append((output.keys.snakeCase(key), value)) }
-        output.writeGraphObject(&entries, depth: depth)
+        output.writeGraphObject(("id", .string(id)), ("kind", .string(kind.rawValue)), attributes: attributes, depth: depth)
     }
 }
 
@@ -245,13 +248,8 @@ extension GraphEdge: JSONNodeConvertible, JSONStreamable {
 
     /// As `encode(to:)`: `from`, `to`, `kind`, then the attributes beside them.
     package func writeJSON(to output: inout JSONBytes, depth: Int) {
-        var entries: [(key: String, value: GraphValue)] = []
-        entries.reserveCapacity(attributes.count + 3)
-        entries.append(("from", .string(from)))
-        entries.append(("to", .string(to)))
-        entries.append(("kind", .string(kind.rawValue)))
-        for (key, value) in attributes { entries.append((output.keys.snakeCase(key), value)) }
-        output.writeGraphObject(&entries, depth: depth)
+        output.writeGraphObject(("from", .string(from)), ("to", .string(to)), ("kind", .string(kind.rawValue)),
+                                attributes: attributes, depth: depth)
     }
 }
 
