@@ -91,7 +91,10 @@ struct DescriptorIteratorTests {
 
     @Test("an eventfd's record carries fdinfo's counter, id and semaphore flag", .enabled(if: usable, Comment(rawValue: unusable ?? "")))
     func eventfdRecords() throws {
-        let plain = eventfd(3, 0), semaphore = eventfd(7, Int32(EFD_SEMAPHORE))
+        // eventfd(2) from libc (Swift's Glibc module leaves out <sys/eventfd.h>); 1 is EFD_SEMAPHORE.
+        typealias MakeEventfd = @convention(c) (UInt32, Int32) -> Int32
+        let eventfd = unsafeBitCast(try #require(dlsym(dlopen(nil, RTLD_NOW), "eventfd")), to: MakeEventfd.self)
+        let plain = eventfd(3, 0), semaphore = eventfd(7, 1)
         defer {
             close(plain)
             close(semaphore)
