@@ -156,7 +156,7 @@ let package = Package(
             name: "MitosisTests",
             dependencies: ["Mitosis", "MitosisKernel", "MitosisRestore", "MitosisStacks", "MitosisCluster", "MitosisClusterTestbed", "MitosisReplication", "mitosis-scenario", "mitosis", "mitosis-demo-target", "mitosis-inspect-example", "mitosis-scenario-cpp", "mitosis-scenario-swift",
                            "mitosis-image-fuzz"],
-            exclude: ["Image/Corpus"]
+            exclude: ["Image/Corpus", "Golden/descriptors.json", "Golden/synthetic.json"]
         ),
     ]
 )

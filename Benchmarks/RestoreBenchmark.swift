@@ -160,7 +160,7 @@ struct RestoreBenchmark: AsyncParsableCommand {
                 do {
                     try theirs.putBack(criuFiles)
                     criuTimes.append(try await side.restore { _ in
-                        let keys = try? await theirs.keys()
+                        let keys = try? theirs.keys()
                         return keys == redisKeys ? "restored server holds its \(redisKeys) keys" : "restored server: DBSIZE \(keys.map(String.init) ?? "unanswered")"
                     })
                     criuCheck = side.lastCheck

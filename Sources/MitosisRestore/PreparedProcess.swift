@@ -123,9 +123,14 @@ public actor PreparedProcess {
             }
             // Lifted once the process runs, or has been killed: a client of a failed restore then
             // sees a reset, not a connection hanging for ever.
-            defer { lock?.release() }
             let locked = clock.now
-            var (phases, notes) = try await tracer.finishHusk(plan, area: area, verify: verify)
+            let finished: (phases: [String: Double], notes: [String])
+            do { finished = try await tracer.finishHusk(plan, area: area, verify: verify) } catch {
+                await lock?.lift()
+                throw error
+            }
+            await lock?.lift()
+            var (phases, notes) = finished
             phases["check"] = Restorer.milliseconds(checked - started)
             phases["lock"] = Restorer.milliseconds(locked - checked)
             notes += segments?.markRemoved() ?? []
@@ -159,7 +164,7 @@ public actor PreparedProcess {
 
     private func kill() async {
         state = .gone
-        readyLock?.release()
+        await readyLock?.lift()
         readyLock = nil
         await tracer.killHusk()
         segments?.removeCreated()

@@ -81,6 +81,14 @@ public struct Restorer: Sendable {
         RestorePlan.refusals(manifest)
     }
 
+    /// Waits until the `nft` processes of the network locks restores lifted have ended (at most
+    /// `timeout`). A restore returns as soon as its lock's rules are out of force; the lock's
+    /// emptied table goes with its `nft` a little later. A program that exits after restoring
+    /// calls this first, so that no table outlives it.
+    public static func awaitLiftedLocks(timeout: Duration = .seconds(5)) async {
+        try? await Blocking.run("mitosis-network-unlock") { NetworkLock.awaitEnds(timeout: timeout) }
+    }
+
     /// Restores the process. `verify`, if given, runs once the process is complete but before
     /// any of its threads runs (its memory can be read with `process_vm_readv`; it gets the
     /// pid this host sees); throwing from it aborts the restore and kills the process.

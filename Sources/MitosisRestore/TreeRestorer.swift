@@ -153,7 +153,6 @@ public struct TreeRestorer: Sendable {
         let started = clock.now
         let refusals = self.refusals()
         guard refusals.isEmpty, let rootRecord = image.members.first?.manifest.restore else { throw RestoreError.refused(image: image.path, refusals) }
-        let members = manifest.members
         let manifests = image.members.map(\.manifest)
         // Where the root's husk is born, checked before anything exists; the others are born in it.
         let placement = try RestorePlacement(networkNamespace: networkNamespace, record: rootRecord, timeNamespace: timeNamespace)
@@ -174,7 +173,24 @@ public struct TreeRestorer: Sendable {
         } catch {
             throw RestoreError.failed(step: "locking the network for \(connections.count) TCP connection(s)", detail: "\(error)")
         }
-        defer { lock?.release() }
+        // Lifted when the tree runs, or has been killed; nft's exit is waited for off the pool.
+        do {
+            let result = try await restoreMembers(placement: placement, lockNamespace: lockNamespace, held: held,
+                                                  inNewPidNamespace: inNewPidNamespace, verify: verify, clock: clock, started: started)
+            await lock?.lift()
+            return result
+        } catch {
+            await lock?.lift()
+            throw error
+        }
+    }
+
+    /// The husks made, built and let go, under the restore's network lock.
+    private func restoreMembers(placement: RestorePlacement, lockNamespace: String?, held: [String], inNewPidNamespace: Bool,
+                                verify: (@Sendable (Int32) throws -> Void)?, clock: ContinuousClock,
+                                started: ContinuousClock.Instant) async throws -> TreeRestoreResult {
+        let members = manifest.members
+        let manifests = image.members.map(\.manifest)
         @Sendable func liftHeldLocks() throws {
             for table in held { try NetworkLock.remove(table, namespacePath: lockNamespace) }
         }

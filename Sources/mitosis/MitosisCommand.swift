@@ -38,7 +38,9 @@ struct MitosisCommand: AsyncParsableCommand {
             } else {
                 try command.run()
             }
+            await Restorer.awaitLiftedLocks()
         } catch {
+            await Restorer.awaitLiftedLocks()
             if let pid = negativePID(in: arguments) { fail(MitosisError.invalidPID(pid)) }
             exit(withError: error)
         }

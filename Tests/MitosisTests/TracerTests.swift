@@ -6,7 +6,7 @@ import Testing
 struct TracerTests {
     @Test("freezes every thread, then leaves the target running as before")
     func freezeAndThaw() async throws {
-        let child = try ScenarioProcess("threads", ["5"])
+        let child = try await ScenarioProcess("threads", ["5"])
         defer { child.stop() }
         let before = try TargetHealth(pid: child.pid)
         let tids = try await withFrozenProcess(child.pid) { tracer in
@@ -20,12 +20,12 @@ struct TracerTests {
         #expect(Set(tids) == Set(try TargetHealth.threadStates(of: child.pid).keys))
         await #expect(try TargetHealth.runsFreely(child.pid))
         #expect(try TargetHealth(pid: child.pid) == before)
-        try child.send("ping")  // still answers: it runs
+        try await child.send("ping")  // still answers: it runs
     }
 
     @Test("a job-control-stopped target stays stopped after thaw")
     func stoppedStaysStopped() async throws {
-        let child = try ScenarioProcess("idle")
+        let child = try await ScenarioProcess("idle")
         defer { child.stop() }
         kill(child.pid, SIGSTOP)
         for _ in 0..<100 where try TargetHealth.threadStates(of: child.pid)[child.pid] != "T" { try await Task.sleep(for: .microseconds(5_000)) }

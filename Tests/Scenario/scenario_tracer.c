@@ -248,9 +248,10 @@ static int tree_setup(int argc, char **argv) {
 }
 SCENARIO(tree, tree_setup, NULL)
 
-// MARK: vfork-wait MS — a thread stuck waiting for a vfork child that sleeps MS milliseconds.
+// MARK: vfork-wait — a thread stuck waiting for a vfork child that waits, in turn, for the
+// command `end-vfork` (a byte on a pipe): how long it is stuck is the test's to say, not a clock's.
 
-static long vfork_child_ms;
+static int vfork_release[2];
 static volatile pid_t vforker_tid;
 
 static void *vforker_main(void *arg) {
@@ -259,8 +260,8 @@ static void *vforker_main(void *arg) {
     pid_t child = vfork();
     if (child == 0) {
         // Shares the parent's memory: only raw system calls until _exit.
-        struct timespec t = { vfork_child_ms / 1000, (vfork_child_ms % 1000) * 1000000L };
-        syscall(SYS_nanosleep, &t, NULL);
+        char byte;
+        while (syscall(SYS_read, vfork_release[0], &byte, 1) < 0) {}
         _exit(0);
     }
     if (child > 0) waitpid(child, NULL, 0);
@@ -269,16 +270,22 @@ static void *vforker_main(void *arg) {
 }
 
 static int vfork_wait_setup(int argc, char **argv) {
-    vfork_child_ms = argc > 0 ? atol(argv[0]) : 1000;
+    (void)argc; (void)argv;
+    if (pipe(vfork_release) != 0) return -1;
     pthread_t thread;
     if (pthread_create(&thread, NULL, vforker_main, NULL) != 0) return -1;
     while (!vforker_tid) sleep_ms(1);
-    sleep_ms(20);  // let it reach the vfork wait
+    sleep_ms(20);  // let it reach the vfork wait (the test checks it did)
     scenario_report("vforker_tid", "%d", vforker_tid);
     return 0;
 }
+
+static int vfork_wait_step(const char *command) {
+    if (strcmp(command, "end-vfork") != 0) return -1;
+    return write(vfork_release[1], "x", 1) == 1 ? 0 : -1;
+}
 // Registered by hand: the SCENARIO macro cannot spell a name with a hyphen.
-static scenario scenario_vfork_wait = { "vfork-wait", vfork_wait_setup, NULL, 0 };
+static scenario scenario_vfork_wait = { "vfork-wait", vfork_wait_setup, vfork_wait_step, 0 };
 __attribute__((constructor)) static void register_vfork_wait(void) { scenario_register(&scenario_vfork_wait); }
 
 // MARK: leaderless — the main thread has exited (pthread_exit) while a worker and the command

@@ -49,14 +49,13 @@ extension Kernel {
         var buffer = [UInt8](repeating: 0, count: stream ? queued + 1 : 64 << 10)
         var total = 0
         // Bounded: a peer outside the frozen process may keep writing (a buffer that must grow
-        // again and again), and a peek that does not advance would return the same message
-        // forever; either way the queue is not kept (nil) rather than the freeze never ending.
+        // again and again); the queue is then not kept (nil) rather than the freeze never ending.
         var peeks = 0
         while true {
             peeks += 1
             if peeks > 4096 { return nil }
             try setSocketOption(fd, level: SOL_SOCKET, name: SO_PEEK_OFF, value: messages.isEmpty ? -1 : Int32(total))
-            let (count, peeked) = try peek(fd, into: &buffer, size: buffer.count, truncation: !stream)
+            let (count, peeked) = try peek(fd, into: &buffer, size: buffer.count, stream: stream)
             guard var message = peeked else { break }
             if count > limit - total {
                 for right in message.rights { try? right.close() }
@@ -84,12 +83,13 @@ extension Kernel {
     }
 
     /// One peek at the socket's current peek offset: the byte count and what came, or nil at
-    /// the end of the queue (`EAGAIN`, or no message: an end of stream gives 0 bytes and no
-    /// credentials, a zero-length datagram gives credentials).
-    private static func peek(_ fd: FileDescriptor, into buffer: inout [UInt8], size: Int, truncation: Bool) throws(Errno) -> (Int, PeekedUnixMessage?) {
+    /// the end of the queue (`EAGAIN`, or no message: a datagram socket's end gives 0 bytes and
+    /// no credentials, a zero-length datagram gives credentials; a stream's end gives 0 bytes).
+    /// A datagram's full length is asked for (`MSG_TRUNC`).
+    private static func peek(_ fd: FileDescriptor, into buffer: inout [UInt8], size: Int, stream: Bool) throws(Errno) -> (Int, PeekedUnixMessage?) {
         var ancillary = mitosis_unix_ancillary()
         let count = buffer.withUnsafeMutableBytes {
-            mitosis_unix_peek(fd.rawValue, $0.baseAddress, size, truncation ? Int32(MSG_TRUNC) : 0, &ancillary)
+            mitosis_unix_peek(fd.rawValue, $0.baseAddress, size, stream ? 0 : Int32(MSG_TRUNC), &ancillary)
         }
         let rights = withUnsafeBytes(of: ancillary.rights) { raw in
             (0..<Int(ancillary.rights_count)).map { FileDescriptor(rawValue: raw.load(fromByteOffset: $0 * 4, as: Int32.self)) }
@@ -101,7 +101,10 @@ extension Kernel {
             for right in rights { try? right.close() }
             throw .tooManyOpenFiles
         }
-        if count == 0 && ancillary.has_credentials == 0 && rights.isEmpty { return (0, nil) }
+        // A byte stream has no zero-length messages: 0 is its end, and a stream whose peer has
+        // closed answers 0 *with* credentials (SO_PASSCRED: the kernel attaches empty ones),
+        // which a walk taking it for a message would peek again for ever.
+        if count == 0 && (stream || ancillary.has_credentials == 0) && rights.isEmpty { return (0, nil) }
         let credentials = ancillary.has_credentials != 0
             ? UnixCredentials(pid: ancillary.pid, uid: ancillary.uid, gid: ancillary.gid) : nil
         return (count, PeekedUnixMessage(bytes: Data(), rights: rights, credentials: credentials))

@@ -49,7 +49,7 @@ struct LayeringTests {
 
     @Test("the inspect-only client inspects a real process")
     func inspectOnlyClientWorks() async throws {
-        let child = try ScenarioProcess("fds")
+        let child = try await ScenarioProcess("fds")
         defer { child.stop() }
         let run = try await ToolRun(ScenarioProcess.executable("mitosis-inspect-example"), [String(child.pid)])
         #expect(run.status == 0)

@@ -194,9 +194,12 @@ extension ClusterOnEtcd {
                 for other in others { try await ClusterTestbed.ip(["-n", bed.hostNamespace(host), "route", "add", "blackhole", "\(bed.hostAddress(other))/32"]) }
                 let cut = ContinuousClock.now
                 var answers: [(ContinuousClock.Instant, String)] = []
-                while ContinuousClock.now - cut < .seconds(6) {
+                while ContinuousClock.now - cut < .seconds(10) {
                     if let who = await Self.ask(client) { answers.append((.now, who)) }
-                    if answers.filter({ $0.1 != old }).count >= 20 { break }  // the new primary answered 20 times
+                    // The new primary answered 20 times and the writer (which may have been in a
+                    // connect timeout when it took over) had a write acknowledged there too.
+                    if answers.filter({ $0.1 != old }).count >= 20,
+                       writer.acknowledged.contains(where: { $0.instant > cut + .seconds(1) }) { break }
                     try await Task.sleep(for: .milliseconds(5))
                 }
                 for other in others { try await ClusterTestbed.ip(["-n", bed.hostNamespace(host), "route", "del", "blackhole", "\(bed.hostAddress(other))/32"]) }

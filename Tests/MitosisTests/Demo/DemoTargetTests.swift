@@ -6,14 +6,14 @@ import Testing
 
 @Suite("Demo target")
 struct DemoTargetTests {
-    private func start() throws -> ScenarioProcess {
+    private func start() async throws -> ScenarioProcess {
         // The demo ignores its arguments; ScenarioProcess passes a name first.
-        try ScenarioProcess("demo", executable: ScenarioProcess.executable("mitosis-demo-target"))
+        try await ScenarioProcess("demo", executable: ScenarioProcess.executable("mitosis-demo-target"))
     }
 
     @Test("holds the descriptors, threads and memory it reports")
     func holdsWhatItReports() async throws {
-        let demo = try start()
+        let demo = try await start()
         defer { demo.stop() }
         let pid = demo.pid
         let path = try demo.fact("file")
@@ -64,7 +64,7 @@ struct DemoTargetTests {
 
     @Test("freezes and thaws like any target")
     func freezes() async throws {
-        let demo = try start()
+        let demo = try await start()
         defer { demo.stop() }
         let before = try TargetHealth(pid: demo.pid)
         let count = try await withFrozenProcess(demo.pid) { await $0.threads.count }

@@ -135,16 +135,16 @@ struct JSONWriterTests {
     }
 
     @Test("inspect models of real scenario processes encode as with Foundation", arguments: ["fds", "sockets", "epoll", "pairs", "threads"])
-    func inspectModels(scenario: String) throws {
-        let child = try ScenarioProcess(scenario)
+    func inspectModels(scenario: String) async throws {
+        let child = try await ScenarioProcess(scenario)
         defer { child.stop() }
         let model = try Introspector.inspect(pid: child.pid)
         try Self.expectSameBytes(model, "\(scenario)")
     }
 
     @Test("graphs of real scenario processes encode as with Foundation", arguments: ["fds", "sockets", "epoll", "pairs", "tree"])
-    func graphs(scenario: String) throws {
-        let child = try ScenarioProcess(scenario)
+    func graphs(scenario: String) async throws {
+        let child = try await ScenarioProcess(scenario)
         defer { child.stop() }
         let graph = try GraphBuilder.graph(of: child.pid, options: GraphOptions(includeDescendants: true))
         try Self.expectSameBytes(graph, "\(scenario)")
@@ -155,7 +155,7 @@ struct JSONWriterTests {
     /// `mitosis` prints is what `JSONEncoder` would have printed for the same model.
     @Test("mitosis inspect --json and graph --format json print what Foundation would")
     func command() async throws {
-        let child = try ScenarioProcess("fds")
+        let child = try await ScenarioProcess("fds")
         defer { child.stop() }
         try await child.waitUntilBlocked()
         let inspect = try await ToolRun(ToolRun.mitosis, ["inspect", String(child.pid), "--json"])

@@ -25,8 +25,8 @@ struct GraphBuilderTests {
     }
 
     @Test("a parent and child sharing a pipe, a socketpair and an eventfd description")
-    func pairs() throws {
-        let child = try ScenarioProcess("pairs")
+    func pairs() async throws {
+        let child = try await ScenarioProcess("pairs")
         defer { child.stop() }
         let (p, c) = (child.pid, Int32(try child.intFact("child")))
         let pipe = try child.intFact("pipe_inode")
@@ -79,13 +79,13 @@ struct GraphBuilderTests {
     }
 
     @Test("a TCP server and client in one tree, and a client outside it")
-    func tcp() throws {
-        let server = try ScenarioProcess("tcp")
+    func tcp() async throws {
+        let server = try await ScenarioProcess("tcp")
         defer { server.stop() }
         let (p, c) = (server.pid, Int32(try server.intFact("child")))
         let port = try server.fact("port"), clientPort = try server.fact("client_port")
         let (listen, accepted) = (try server.intFact("listen_inode"), try server.intFact("server_inode"))
-        let outside = try ScenarioProcess("tcpclient", [port])
+        let outside = try await ScenarioProcess("tcpclient", [port])
         defer { outside.stop() }
 
         // The outside connection waits in the listener's queue: no descriptor holds it yet.
@@ -102,7 +102,7 @@ struct GraphBuilderTests {
         ])
         #expect(graph.nodes(of: .socket).filter(\.isExternal).isEmpty)
 
-        try server.send("accept")
+        try await server.send("accept")
         let fd = try server.intFact("fd"), inode = try server.intFact("inode")
         let outsideInode = try outside.intFact("inode"), outsidePort = try outside.intFact("local_port")
         graph = try GraphBuilder.graph(of: p, options: Self.options)
@@ -124,7 +124,7 @@ struct GraphBuilderTests {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let fifo = directory + "/fifo"
         #expect(mkfifo(fifo, 0o600) == 0)
-        let target = try ScenarioProcess("ties", [fifo])
+        let target = try await ScenarioProcess("ties", [fifo])
         defer { target.stop() }
         let p = target.pid
         func socket(_ fd: Int) throws -> String { "socket:\(try target.intFact("inode\(fd)"))" }
@@ -150,10 +150,10 @@ struct GraphBuilderTests {
         #expect(external == [packet: packetReason])
 
         // A holder outside the tree: the FIFO's write end, the UDP peer of fd 6, an attachment.
-        let holder = try ScenarioProcess("tie-holder", [fifo, String(shared)])
+        let holder = try await ScenarioProcess("tie-holder", [fifo, String(shared)])
         defer { holder.stop() }
         let (holderPort, holderInode) = (try holder.intFact("udp_port"), try holder.intFact("udp_inode"))
-        try target.send("connect \(holderPort)")
+        try await target.send("connect \(holderPort)")
         graph = try GraphBuilder.graph(of: p, options: options)
         let name = "process \(holder.pid) (mitosis-scenari)"
         external = externals(graph)
@@ -179,8 +179,8 @@ struct GraphBuilderTests {
     }
 
     @Test("an epoll watching a socket and an eventfd")
-    func epoll() throws {
-        let child = try ScenarioProcess("epoll")
+    func epoll() async throws {
+        let child = try await ScenarioProcess("epoll")
         defer { child.stop() }
         let p = child.pid
         let (socket, peer) = (try child.intFact("socket"), try child.intFact("peer"))
@@ -207,8 +207,8 @@ struct GraphBuilderTests {
     }
 
     @Test("a target in its own network namespace: its sockets are still found")
-    func networkNamespace() throws {
-        let child = try ScenarioProcess("netns", ["7778"])
+    func networkNamespace() async throws {
+        let child = try await ScenarioProcess("netns", ["7778"])
         defer { child.stop() }
         let p = child.pid
         let (listen, client, server) = (try child.intFact("listen_inode"), try child.intFact("client_inode"), try child.intFact("server_inode"))

@@ -6,18 +6,18 @@ import Testing
 struct GraphWatchTests {
     @Test("streams the whole graph first, then exactly what a new connection adds")
     func streamsChanges() async throws {
-        let server = try ScenarioProcess("tcp")
+        let server = try await ScenarioProcess("tcp")
         defer { server.stop() }
         let p = server.pid
         let listener = try server.intFact("listen_inode")
-        let outside = try ScenarioProcess("tcpclient", [try server.fact("port")])
+        let outside = try await ScenarioProcess("tcpclient", [try server.fact("port")])
         defer { outside.stop() }
         let options = GraphOptions(includeDescendants: true, includeMappings: false)
         var changes = ResourceGraph.changes(of: p, options: options, interval: .milliseconds(20)).makeAsyncIterator()
         let first = try #require(try await changes.next())
         let snapshot = try GraphBuilder.graph(of: p, options: options)
         #expect(first.removedNodes.isEmpty && first.addedNodes.map(\.id) == snapshot.nodes.map(\.id))
-        try server.send("accept")
+        try await server.send("accept")
         let fd = try server.intFact("fd"), inode = try server.intFact("inode")
         // Skip snapshots in which nothing but queue counters moved.
         var added: [String] = []
@@ -40,7 +40,7 @@ struct GraphWatchTests {
 
     @Test("a frozen snapshot equals the live one and leaves the target running")
     func frozenSnapshot() async throws {
-        let child = try ScenarioProcess("pairs")
+        let child = try await ScenarioProcess("pairs")
         defer { child.stop() }
         let before = try TargetHealth(pid: child.pid)
         let options = GraphOptions(includeDescendants: true, includeMappings: false)

@@ -16,7 +16,7 @@ struct RealChain {
     var newest: String { paths[paths.count - 1] }
 
     static func take(count: Int = 3) async throws -> RealChain {
-        let child = try ScenarioProcess("idle")
+        let child = try await ScenarioProcess("idle")
         defer { child.stop() }
         let root = try TempDirectory()
         let session = try await CheckpointSession(pid: child.pid)
@@ -291,7 +291,7 @@ struct HostileImageTests {
 
     @Test("a chain longer than the open-file limit verifies and reads")
     func longChain() async throws {
-        let child = try ScenarioProcess("idle")
+        let child = try await ScenarioProcess("idle")
         defer { child.stop() }
         let root = try TempDirectory()
         let track = try await ToolRun(ToolRun.mitosis, ["track", String(child.pid), "--images", root.sub("c"), "--count", "70", "--interval", "0", "--json"])
@@ -411,7 +411,7 @@ struct HostileImageTests {
 
     @Test("bad --images paths get one mitosis line, no Foundation error")
     func imagePaths() async throws {
-        let child = try ScenarioProcess("idle")
+        let child = try await ScenarioProcess("idle")
         defer { child.stop() }
         let root = try TempDirectory()
         try Synthetic.overwrite(root.sub("file"), [1])
@@ -433,7 +433,7 @@ struct HostileImageTests {
 
     @Test("containers are created 0700 under umask 000")
     func containerMode() async throws {
-        let child = try ScenarioProcess("idle")
+        let child = try await ScenarioProcess("idle")
         defer { child.stop() }
         let root = try TempDirectory()
         let umask000 = ["/bin/sh", "-c", "umask 000 && exec \"$0\" \"$@\"", ToolRun.mitosis]
@@ -450,7 +450,7 @@ struct HostileImageTests {
           .enabled(if: getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv"),
                    "needs root (to drop to nobody) and util-linux setpriv"))
     func refusedTrack() async throws {
-        let child = try ScenarioProcess("idle")
+        let child = try await ScenarioProcess("idle")
         defer { child.stop() }
         let directory = "/tmp/mitosis-refused-\(UUID().uuidString)"
         defer { try? FileManager.default.removeItem(atPath: directory) }

@@ -54,7 +54,7 @@ struct ImageEnvironmentTests {
 
     @Test("the manifest carries the live process model and frozen thread states unchanged")
     func processModel() async throws {
-        let child = try ScenarioProcess("threads", ["2"])
+        let child = try await ScenarioProcess("threads", ["2"])
         defer { child.stop() }
         let model = try Introspector.inspect(pid: child.pid)
         let threads = try await withFrozenProcess(child.pid) { tracer in try await tracer.threadStates() }

@@ -7,7 +7,7 @@ import Testing
 struct InjectionCostTests {
     @Test("1,000 injected getpid calls return the target's pid; the cost per call is printed")
     func thousandGetpid() async throws {
-        let child = try ScenarioProcess("inject")
+        let child = try await ScenarioProcess("inject")
         defer { child.stop() }
         let clock = ContinuousClock()
         let elapsed = try await withFrozenProcess(child.pid) { tracer async throws in

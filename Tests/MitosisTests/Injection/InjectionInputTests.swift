@@ -17,19 +17,19 @@ struct InjectionInputTests {
                       ["--sample", "10", "--duration", "1e300"], ["--sample", "nan"], ["--max-frames", "1000000000"],
                       ["--max-frames", "100000000000"], ["--max-frames", "9223372036854775807"], ["--max-frames", "0"]])
     func stacksBounds(options: [String]) async throws {
-        let child = try ScenarioProcess("idle")
+        let child = try await ScenarioProcess("idle")
         defer { child.stop() }
         let run = try await ToolRun(ToolRun.mitosis, ["stacks", "\(child.pid)"] + options)
         #expect(run.status != 0)
         #expect(run.standardError.contains("must be"), "\(run.standardError)")
         #expect(run.standardError.split(separator: "\n").count <= 3, "\(run.standardError)")  // usage hint included
         await #expect(try TargetHealth.runsFreely(child.pid))
-        try child.send("ping")
+        try await child.send("ping")
     }
 
     @Test("the library caps frames and refuses a sampling rate or duration out of range")
     func libraryBounds() async throws {
-        let child = try ScenarioProcess("idle")
+        let child = try await ScenarioProcess("idle")
         defer { child.stop() }
         let stacks = try await ProcessStacks.capture(pid: child.pid, maxFrames: Int.max)
         #expect(stacks.threads.count == 1)
@@ -48,7 +48,7 @@ struct InjectionInputTests {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         // Run as root, and as an unprivileged user (where /proc ownership tells, without a freeze).
         let asNobody = ["--reuid=65534", "--regid=65534", "--clear-groups", ScenarioProcess.executable("mitosis-scenario"), "undumpable"]
-        for child in [try ScenarioProcess("undumpable"), try ScenarioProcess(asNobody[0], Array(asNobody.dropFirst()), executable: "/usr/bin/setpriv")] {
+        for child in [try await ScenarioProcess("undumpable"), try await ScenarioProcess(asNobody[0], Array(asNobody.dropFirst()), executable: "/usr/bin/setpriv")] {
             defer { child.stop() }
             let before = try TargetHealth(pid: child.pid)
             for command in ["dump", "track"] {
@@ -63,10 +63,10 @@ struct InjectionInputTests {
             let forced = try await ToolRun(ToolRun.mitosis, ["dump", "\(child.pid)", "--images", image, "--force"])
             #expect(forced.status == 0, "\(forced.standardError)")
             #expect(FileManager.default.fileExists(atPath: image + "/manifest.json"))
-            try child.send("ping")
+            try await child.send("ping")
         }
         // A dumpable process is dumped as before.
-        let plain = try ScenarioProcess("idle")
+        let plain = try await ScenarioProcess("idle")
         defer { plain.stop() }
         let dumped = try await ToolRun(ToolRun.mitosis, ["dump", "\(plain.pid)", "--images", directory + "/plain"])
         #expect(dumped.status == 0, "\(dumped.standardError)")
@@ -74,7 +74,7 @@ struct InjectionInputTests {
 
     @Test("a library checkpoint session refuses a non-dumpable process unless told to copy it")
     func librarySessionRefusesNonDumpable() async throws {
-        let child = try ScenarioProcess("undumpable")
+        let child = try await ScenarioProcess("undumpable")
         defer { child.stop() }
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
@@ -90,6 +90,6 @@ struct InjectionInputTests {
             try await session.checkpoint(to: DirectorySink(directory: scratch.path + "/forced"))
         }
         #expect(result.manifest.pid == child.pid)
-        try child.send("ping")
+        try await child.send("ping")
     }
 }

@@ -26,7 +26,7 @@ struct InjectionKillTests {
             var runs: [(target: ScenarioProcess, what: String)] = []
             defer { runs.forEach { $0.target.stop() } }
             for (mode, step) in batch {  // one at a time: on 2 cores, parallel starts gain nothing
-                let target = try ScenarioProcess("victim", [mode])
+                let target = try await ScenarioProcess("victim", [mode])
                 let tool = try PausingTool(target: target.pid, pause: "\(step)")
                 runs.append((target, "\(mode) step \(step)"))
                 let line = try await tool.awaitPause()
@@ -47,7 +47,7 @@ struct InjectionKillTests {
         // pause (seeing the pause can take a few hundred ms on a loaded machine).
         for (signal, mode, step) in [(SIGTERM, "sleep", "3:1000"), (SIGINT, "busy", "5:1000"),
                                      (SIGHUP, "futex", "8:1000"), (SIGPIPE, "busy", "10:1000")] {
-            let target = try ScenarioProcess("victim", [mode])
+            let target = try await ScenarioProcess("victim", [mode])
             let what = "\(mode) \(step) signal \(signal)"
             runs.append((target, what))
             let tool = try PausingTool(target: target.pid, pause: step)
@@ -67,7 +67,7 @@ struct InjectionKillTests {
         var runs: [(ScenarioProcess, String)] = []
         defer { runs.forEach { $0.0.stop() } }
         for (index, mode) in ["sleep", "busy", "read", "futex", "sleep", "busy"].enumerated() {
-            let target = try ScenarioProcess("victim", [mode])
+            let target = try await ScenarioProcess("victim", [mode])
             let tool = try PausingTool(target: target.pid, pause: nil, force: false)
             let delay = Int.random(in: 0...350)
             try await Task.sleep(for: .milliseconds(delay))
@@ -80,7 +80,7 @@ struct InjectionKillTests {
 
     /// The steps one `mitosis dump` goes through, from the hook's report-only mode.
     static func injectionSteps() async throws -> [String] {
-        let target = try ScenarioProcess("victim", ["sleep"])
+        let target = try await ScenarioProcess("victim", ["sleep"])
         defer { target.stop() }
         let images = FileManager.default.temporaryDirectory.appendingPathComponent("mitosis-kill-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: images) }
@@ -94,11 +94,9 @@ struct InjectionKillTests {
         #expect(target.isAlive, "\(what): target died")
         guard target.isAlive else { return }
         let free = try await TargetHealth.runsFreely(target.pid)
-        // The self-check (up to 5 s) blocks on the scenario's pipe: off the cooperative pool.
-        let check = try await Blocking.run("victim-check") {
-            try target.send("check")
-            return try target.fact("check")
-        }
+        // The self-check takes up to 5 s; its wait is off the cooperative pool (ScenarioProcess).
+        try await target.send("check")
+        let check = try target.fact("check")
         #expect(free, "\(what): target traced or stopped")
         #expect(check == "PASS", "\(what): \(check)")
     }

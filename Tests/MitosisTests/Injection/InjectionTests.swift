@@ -19,7 +19,7 @@ struct InjectionTests {
     /// Freezes the `inject` scenario, runs `body`, and checks that every thread's registers are
     /// exactly as before and that the child ends running, untraced, with the same fds and maps.
     private func withInjectTarget(_ body: (Tracer, ScenarioProcess) async throws -> Void) async throws {
-        let child = try ScenarioProcess("inject")
+        let child = try await ScenarioProcess("inject")
         defer { child.stop() }
         let before = try TargetHealth(pid: child.pid)
         try await withFrozenProcess(child.pid) { tracer async throws in
@@ -32,13 +32,13 @@ struct InjectionTests {
         }
         await #expect(try TargetHealth.runsFreely(child.pid))
         #expect(try TargetHealth(pid: child.pid) == before)
-        try child.send("ping")  // the main thread, blocked in read(), still answers
-        try child.send("feed")  // the reader thread, blocked in read(), still reads
+        try await child.send("ping")  // the main thread, blocked in read(), still answers
+        try await child.send("feed")  // the reader thread, blocked in read(), still reads
         #expect(try child.intFact("reader_bytes") == 1)
-        try child.send("rounds")
+        try await child.send("rounds")
         let rounds = try child.intFact("sleeper_rounds")
         try await Task.sleep(for: .microseconds(30_000))
-        try child.send("rounds")  // the sleeper thread, in nanosleep(), still loops
+        try await child.send("rounds")  // the sleeper thread, in nanosleep(), still loops
         #expect(try child.intFact("sleeper_rounds") > rounds)
     }
 
@@ -82,7 +82,7 @@ struct InjectionTests {
         }
         #expect(pipeRead == 3)
         // The bytes wait in the pipe for the target itself to read.
-        let child = try ScenarioProcess("inject")
+        let child = try await ScenarioProcess("inject")
         defer { child.stop() }
         try await withFrozenProcess(child.pid) { tracer async throws in
             let buffer = try await tracer.injectMmap(length: 4096)
@@ -90,7 +90,7 @@ struct InjectionTests {
             _ = try await tracer.performSyscall(SyscallNumber.write, [UInt64(try child.intFact("pipe_write")), buffer, 8])
             try await tracer.injectMunmap(address: buffer, length: 4096)
         }
-        try child.send("drain")
+        try await child.send("drain")
         #expect(try child.fact("data") == "6d69746f7369730a")
     }
 
@@ -127,7 +127,7 @@ struct InjectionTests {
 
     @Test("signals dequeued during an injected call are delivered at thaw, none eaten")
     func signalsDeferredToThaw() async throws {
-        let child = try ScenarioProcess("signals")
+        let child = try await ScenarioProcess("signals")
         defer { child.stop() }
         try await withFrozenProcess(child.pid) { tracer async throws in
             kill(child.pid, SIGUSR1)
@@ -136,14 +136,14 @@ struct InjectionTests {
             #expect(try await tracer.injectSyscall(SyscallNumber.getpid, []) == Int64(child.pid))
         }
         await #expect(try TargetHealth.runsFreely(child.pid))
-        try child.send("count")
+        try await child.send("count")
         #expect(try child.fact("usr1") == "1")
         #expect(try child.fact("usr2") == "1")
     }
 
     @Test("signals queued with a value during injected calls arrive at thaw with that value")
     func queuedSignalsKeepTheirValue() async throws {
-        let child = try ScenarioProcess("signals")
+        let child = try await ScenarioProcess("signals")
         defer { child.stop() }
         try await withFrozenProcess(child.pid) { tracer async throws in
             sigqueue(child.pid, SIGUSR1, sigval(sival_int: 7))
@@ -152,7 +152,7 @@ struct InjectionTests {
             #expect(try await tracer.injectSyscall(SyscallNumber.getpid, []) == Int64(child.pid))
         }
         await #expect(try TargetHealth.runsFreely(child.pid))
-        try child.send("count")
+        try await child.send("count")
         #expect(try child.fact("usr1") == "1" && child.fact("usr2") == "1")
         #expect(try child.fact("usr1_value") == "7")
         #expect(try child.fact("usr2_value") == "42")
@@ -160,7 +160,7 @@ struct InjectionTests {
 
     @Test("injecting into a job-control-stopped target leaves it stopped")
     func stoppedTarget() async throws {
-        let child = try ScenarioProcess("inject")
+        let child = try await ScenarioProcess("inject")
         defer { child.stop() }
         kill(child.pid, SIGSTOP)
         for _ in 0..<100 where try TargetHealth.threadStates(of: child.pid)[child.pid] != "T" { try await Task.sleep(for: .microseconds(5_000)) }
@@ -171,6 +171,6 @@ struct InjectionTests {
         #expect(try TargetHealth.threadStates(of: child.pid).values.allSatisfy { $0 == "T" })
         #expect(try TargetHealth.tracer(of: child.pid) == 0)
         kill(child.pid, SIGCONT)
-        try child.send("ping")
+        try await child.send("ping")
     }
 }

@@ -31,12 +31,12 @@ struct DescriptorIteratorTests {
     @Test("both paths give the same descriptors", .enabled(if: usable, Comment(rawValue: unusable ?? "")),
           arguments: [("fds", []), ("sockets", []), ("epoll", []), ("pairs", []), ("threads", []), ("tcp", []),
                       ("leaderless", []), ("graphload", ["300"])] as [(String, [String])])
-    func samePaths(scenario: String, arguments: [String]) throws {
-        let child = try ScenarioProcess(scenario, arguments)
+    func samePaths(scenario: String, arguments: [String]) async throws {
+        let child = try await ScenarioProcess(scenario, arguments)
         defer { child.stop() }
         if scenario == "leaderless" {
             // Its main thread exits on `leader`: the iterator must then read through a live thread.
-            try child.send("leader")
+            try await child.send("leader")
             #expect(try child.fact("leader_state") == "Z")
         }
         let target = try TargetProcess(pid: child.pid)
@@ -64,8 +64,8 @@ struct DescriptorIteratorTests {
 
     @Test("graphs from the iterator (open files by address) and from /proc (kcmp) are the same bytes",
           .enabled(if: usable, Comment(rawValue: unusable ?? "")), arguments: ["fds", "pairs", "sockets", "tree", "graphload"])
-    func sameGraphs(scenario: String) throws {
-        let child = try ScenarioProcess(scenario, scenario == "graphload" ? ["300"] : [])
+    func sameGraphs(scenario: String) async throws {
+        let child = try await ScenarioProcess(scenario, scenario == "graphload" ? ["300"] : [])
         defer { child.stop() }
         var options = GraphOptions(includeDescendants: true)
         options.descriptorIterator = .any
@@ -76,8 +76,8 @@ struct DescriptorIteratorTests {
     }
 
     @Test("the records' numbers are what stat and fdinfo say", .enabled(if: usable, Comment(rawValue: unusable ?? "")))
-    func recordFields() throws {
-        let child = try ScenarioProcess("fds")
+    func recordFields() async throws {
+        let child = try await ScenarioProcess("fds")
         defer { child.stop() }
         let records = try #require(DescriptorIterator.records(tid: child.pid, kernels: .any))
         #expect(records.map(\.fd) == records.map(\.fd).sorted())

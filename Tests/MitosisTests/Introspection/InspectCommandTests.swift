@@ -19,7 +19,7 @@ struct InspectCommandTests {
 
     @Test("--json: the documented keys and types, and every exact fact of the fds scenario")
     func json() async throws {
-        let child = try ScenarioProcess("fds")
+        let child = try await ScenarioProcess("fds")
         defer { child.stop() }
         try await child.waitUntilBlocked()
         let before = try TargetHealth(pid: child.pid)
@@ -70,7 +70,7 @@ struct InspectCommandTests {
 
     @Test("text output: summary, threads, maps and fds tables")
     func text() async throws {
-        let child = try ScenarioProcess("fds")
+        let child = try await ScenarioProcess("fds")
         defer { child.stop() }
         try await child.waitUntilBlocked()
         let run = try await Self.mitosis(["inspect", String(child.pid)])
@@ -91,7 +91,7 @@ struct InspectCommandTests {
 
     @Test("bad targets: one line on stderr, exit code 1", arguments: ["0", "-5", "abc", "nonexistent", "zombie", "kthread"])
     func badInput(_ argument: String) async throws {
-        let child = try ScenarioProcess("zombie")
+        let child = try await ScenarioProcess("zombie")
         defer { child.stop() }
         let missing = try ProcessReaderTests.unusedPID()
         let (pid, message): (String, String)

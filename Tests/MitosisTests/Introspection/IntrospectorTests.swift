@@ -173,7 +173,7 @@ extension ScenarioProcess {
 struct IntrospectorTests {
     @Test("reads every descriptor, mapping and IPC object of the fds scenario exactly, harmlessly")
     func fdsScenario() async throws {
-        let child = try ScenarioProcess("fds")
+        let child = try await ScenarioProcess("fds")
         defer { child.stop() }
         try await child.waitUntilBlocked()
         let before = try TargetHealth(pid: child.pid)
@@ -183,12 +183,12 @@ struct IntrospectorTests {
         #expect(model.maps.count == before.maps.split(separator: "\n").count)
         await #expect(try TargetHealth.runsFreely(child.pid))
         #expect(try TargetHealth(pid: child.pid) == before)
-        try child.send("ping")
+        try await child.send("ping")
     }
 
     @Test("lists every thread with its tid, name and state")
     func threads() async throws {
-        let child = try ScenarioProcess("threads", ["4"])
+        let child = try await ScenarioProcess("threads", ["4"])
         defer { child.stop() }
         try await child.waitUntilBlocked()
         let states = try TargetHealth.threadStates(of: child.pid)
@@ -202,9 +202,9 @@ struct IntrospectorTests {
 
     @Test("a process in another IPC namespace: SysV objects are reported as not visible",
           .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/unshare"), "needs util-linux unshare"))
-    func otherIPCNamespace() throws {
+    func otherIPCNamespace() async throws {
         // unshare execs the scenario in place: same pid, new IPC namespace.
-        let child = try ScenarioProcess("--ipc", [ScenarioProcess.executable("mitosis-scenario"), "idle"],
+        let child = try await ScenarioProcess("--ipc", [ScenarioProcess.executable("mitosis-scenario"), "idle"],
                                         executable: "/usr/bin/unshare")
         defer { child.stop() }
         let model = try Introspector.inspect(pid: child.pid)
@@ -214,8 +214,8 @@ struct IntrospectorTests {
     }
 
     @Test("the model survives a JSON round trip")
-    func codable() throws {
-        let child = try ScenarioProcess("fds")
+    func codable() async throws {
+        let child = try await ScenarioProcess("fds")
         defer { child.stop() }
         let model = try Introspector.inspect(pid: child.pid)
         let decoded = try JSONOutput.decoder().decode(ProcessModel.self, from: try JSONOutput.encoder().encode(model))
@@ -223,18 +223,18 @@ struct IntrospectorTests {
     }
 
     @Test("refuses zombies, kernel threads and missing processes with typed errors")
-    func badTargets() throws {
-        let child = try ScenarioProcess("zombie")
+    func badTargets() async throws {
+        let child = try await ScenarioProcess("zombie")
         defer { child.stop() }
         let zombie = Int32(try child.intFact("zombie"))
         #expect(throws: MitosisError.zombie(zombie)) { try Introspector.inspect(pid: zombie) }
         // Read part by part through a handle, a process that exited meanwhile is gone.
-        let ending = try ScenarioProcess("idle")
+        let ending = try await ScenarioProcess("idle")
         let handle = try TargetProcess(pid: ending.pid)
         ending.stop()
         #expect(throws: MitosisError.targetExited(ending.pid)) { try ProcessReader.descriptor(handle, fd: 0) }
         #expect(throws: MitosisError.invalidPID("0")) { try Introspector.inspect(pid: 0) }
-        let exited = try ScenarioProcess("idle")
+        let exited = try await ScenarioProcess("idle")
         exited.stop()
         #expect(throws: MitosisError.noSuchProcess(exited.pid)) { try Introspector.inspect(pid: exited.pid) }
         if Self.kthreaddVisible {
@@ -253,14 +253,14 @@ struct IntrospectorTests {
 @Suite("Target handle")
 struct TargetProcessTests {
     @Test("a handle whose process exited and whose pid was taken by another says so, and reads nothing")
-    func pidReuseIsDetected() throws {
-        let original = try ScenarioProcess("idle")
+    func pidReuseIsDetected() async throws {
+        let original = try await ScenarioProcess("idle")
         let handle = try TargetProcess(pid: original.pid)
         try handle.requireAlive()
         #expect(try ProcessReader.identity(handle).pid == original.pid)
         original.stop()
         // Reuse the pid: a child of this process cloned with set_tid, as restore will do.
-        let impostor = try ScenarioProcess("idle", [], pid: original.pid)
+        let impostor = try await ScenarioProcess("idle", [], pid: original.pid)
         defer { impostor.stop() }
         #expect(impostor.pid == original.pid)
         #expect(throws: MitosisError.pidReused(original.pid)) { try handle.requireAlive() }

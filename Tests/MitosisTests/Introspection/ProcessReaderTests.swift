@@ -8,8 +8,8 @@ import Testing
 @Suite("ProcessReader")
 struct ProcessReaderTests {
     @Test("reads every mapping of a live child, with smaps detail, and leaves it untouched")
-    func mappingsOfChild() throws {
-        let child = try ScenarioProcess("idle")
+    func mappingsOfChild() async throws {
+        let child = try await ScenarioProcess("idle")
         defer { child.stop() }
         let before = try TargetHealth(pid: child.pid)
         let mappings = try ProcessReader.mappings(TargetProcess(pid: child.pid))
@@ -30,8 +30,8 @@ struct ProcessReaderTests {
     }
 
     @Test("reads the descriptors of a live child: its stdin and stdout are the harness's pipes")
-    func descriptorsOfChild() throws {
-        let child = try ScenarioProcess("idle")
+    func descriptorsOfChild() async throws {
+        let child = try await ScenarioProcess("idle")
         defer { child.stop() }
         let before = try TargetHealth(pid: child.pid)
         let descriptors = try ProcessReader.descriptors(TargetProcess(pid: child.pid))
@@ -49,8 +49,8 @@ struct ProcessReaderTests {
     }
 
     @Test("a descriptor replaced while it is read is never a mix of two open files")
-    func churn() throws {
-        let child = try ScenarioProcess("fdchurn")
+    func churn() async throws {
+        let child = try await ScenarioProcess("fdchurn")
         defer { child.stop() }
         let inodeA = UInt64(try child.intFact("a_ino")), inodeB = UInt64(try child.intFact("b_ino"))
         var seen: [UInt64: Int] = [:]

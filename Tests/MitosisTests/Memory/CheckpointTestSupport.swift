@@ -62,14 +62,14 @@ enum MemorySnapshot {
 /// the chain reads back as the child's memory at its checkpoint, byte for byte.
 enum ChainScenario {
     static func run(_ strategy: TrackingStrategy?) async throws {
-        let child = try ScenarioProcess("memory")
+        let child = try await ScenarioProcess("memory")
         defer { child.stop() }
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
         let page = UInt64(try child.intFact("page_size"))
         func region(_ name: String) throws -> UInt64 { UInt64(try child.fact(name).dropFirst(2), radix: 16)! }
         let anon = try region("anon"), shared = try region("shared"), file = try region("file"), heap = try region("heap")
-        try child.send("spare 8")
+        try await child.send("spare 8")
         let spare = try region("spare")
         let before = try TargetHealth(pid: child.pid)
 
@@ -96,10 +96,10 @@ enum ChainScenario {
         #expect(CheckpointSession.pages(of: full.manifest, in: .neverTouched).clamped(start: anon, end: anon + 64 * page)
                 == PageSet([.init(start: anon + 48 * page, end: anon + 64 * page)]))
 
-        try child.send("write anon 2 3,7,8,50")
-        try child.send("write shared 2 1")
-        try child.send("write file 2 2,9")
-        try child.send("write heap 2 5")
+        try await child.send("write anon 2 3,7,8,50")
+        try await child.send("write shared 2 1")
+        try await child.send("write file 2 2,9")
+        try await child.send("write heap 2 5")
         let incremental = try await session.checkpoint(to: DirectorySink(directory: scratch.path + "/2"),
                                                        parent: .previous(path: "../1"))
         #expect(incremental.manifest.kind == .incremental)
@@ -127,10 +127,10 @@ enum ChainScenario {
         // the other recorded as never touched (it reads as zeros again). The new mapping lies
         // right below the untouched spare one: Linux 6.12 keeps those two VMAs apart while
         // tracking with uffd-wp and merges them when it stops (TargetHealth.joinedMappings).
-        try child.send("map 5")
+        try await child.send("map 5")
         let fresh = try region("new")
         #expect(fresh == spare - 5 * page)
-        try child.send("discard 10")
+        try await child.send("discard 10")
         let third = try await session.checkpoint(to: DirectorySink(directory: scratch.path + "/3"),
                                                  parent: .previous(path: "../2"))
         let snapshot3 = try MemorySnapshot.take(pid: child.pid, manifest: third.manifest)
@@ -175,7 +175,7 @@ extension ScenarioProcess {
     /// Waits until the child has read one command: its first read allocates stdio buffers on its
     /// heap, which would otherwise race with a page map or a snapshot taken right after READY.
     /// (It resets `facts`: read them first.)
-    func settle() throws {
-        try send("ping")
+    func settle() async throws {
+        try await send("ping")
     }
 }

@@ -15,15 +15,15 @@ import Testing
         return try reader.read(ProcessReader.mappings(TargetProcess(pid: child.pid), detailed: false))
     }
 
-    func check(_ method: PageMapReader.Method) throws {
-        let child = try ScenarioProcess("memory")
+    func check(_ method: PageMapReader.Method) async throws {
+        let child = try await ScenarioProcess("memory")
         defer { child.stop() }
         let page = UInt64(try child.intFact("page_size"))
         let anon = UInt64(try child.fact("anon").dropFirst(2), radix: 16)!
         let shared = UInt64(try child.fact("shared").dropFirst(2), radix: 16)!
         let file = UInt64(try child.fact("file").dropFirst(2), radix: 16)!
         let heap = UInt64(try child.fact("heap").dropFirst(2), radix: 16)!
-        try child.settle()
+        try await child.settle()
         let before = try TargetHealth(pid: child.pid)
         let map = try pageMap(child, method)
 
@@ -49,16 +49,16 @@ import Testing
         #expect(try TargetHealth(pid: child.pid) == before)
     }
 
-    @Test func entriesClassifyEveryKindOfMemory() throws { try check(.entries) }
+    @Test func entriesClassifyEveryKindOfMemory() async throws { try await check(.entries) }
 
     @Test(.enabled(if: scanAvailable, "this kernel has no PAGEMAP_SCAN (Linux 6.7+)"))
-    func scanClassifiesEveryKindOfMemory() throws { try check(.scan) }
+    func scanClassifiesEveryKindOfMemory() async throws { try await check(.scan) }
 
     @Test(.enabled(if: scanAvailable, "this kernel has no PAGEMAP_SCAN (Linux 6.7+)"))
-    func scanAndEntriesAgree() throws {
-        let child = try ScenarioProcess("memory")
+    func scanAndEntriesAgree() async throws {
+        let child = try await ScenarioProcess("memory")
         defer { child.stop() }
-        try child.settle()
+        try await child.settle()
         let scan = try pageMap(child, .scan)
         let entries = try pageMap(child, .entries)
         #expect(scan.mappings.map(\.mapping) == entries.mappings.map(\.mapping))

@@ -11,7 +11,7 @@ import Testing
 @Suite struct SharedMemoryTrackingTests {
     @Test(arguments: TrackingStrategy.allCases.filter(\.isSupported))
     func incrementalStoresExactlyTheWrittenSharedPages(_ strategy: TrackingStrategy) async throws {
-        let child = try ScenarioProcess("sharedmem", ["256"])
+        let child = try await ScenarioProcess("sharedmem", ["256"])
         defer { child.stop() }
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
@@ -29,13 +29,13 @@ import Testing
             let full = try await session.checkpoint(to: DirectorySink(directory: scratch.path + "/1"))
             #expect(CheckpointSession.pages(of: full.manifest, in: .stored).intersection(regions) == regions)
 
-            try child.send("write shared 2 3,100,101,200")
-            try child.send("forkwrite shared 3 7,255")
-            try child.send("write memfd 2 1,5")
-            try child.send("pwrite memfd 3 9")
-            try child.send("forkwrite memfd 4 63")
-            try child.send("write sysv 2 2")
-            try child.send("forkwrite sysv 3 4")
+            try await child.send("write shared 2 3,100,101,200")
+            try await child.send("forkwrite shared 3 7,255")
+            try await child.send("write memfd 2 1,5")
+            try await child.send("pwrite memfd 3 9")
+            try await child.send("forkwrite memfd 4 63")
+            try await child.send("write sysv 2 2")
+            try await child.send("forkwrite sysv 3 4")
             let written = pages(shared, [3, 7, 100, 101, 200, 255]).union(pages(memfd, [1, 5, 9, 63])).union(pages(sysv, [2, 4]))
             let incremental = try await session.checkpoint(to: DirectorySink(directory: scratch.path + "/2"),
                                                            parent: .previous(path: "../1"))
@@ -55,7 +55,7 @@ import Testing
             try MemorySnapshot.expectChain(at: scratch.path + "/2", equals: snapshot)
             try MemorySnapshot.expectChain(at: scratch.path + "/3", equals: snapshot)
             #expect(try CheckpointImage.open(scratch.path + "/2").verify().isEmpty)
-            try child.send("check")
+            try await child.send("check")
             #expect(try child.fact("check") == "PASS")
         }
         #expect(try TargetHealth.userfaultfdRegistered(child.pid) == [])
@@ -75,7 +75,7 @@ import Testing
 
     @Test(arguments: TrackingStrategy.allCases.filter(\.isSupported))
     func writesCollectedByAFailedCheckpointAreStoredByTheNext(_ strategy: TrackingStrategy) async throws {
-        let child = try ScenarioProcess("memory")
+        let child = try await ScenarioProcess("memory")
         defer { child.stop() }
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
@@ -83,7 +83,7 @@ import Testing
         let anon = UInt64(try child.fact("anon").dropFirst(2), radix: 16)!
         try await withCheckpointSession(pid: child.pid, options: CheckpointOptions(strategy: strategy)) { session in
             _ = try await session.checkpoint(to: DirectorySink(directory: scratch.path + "/1"))
-            try child.send("write anon 2 3")
+            try await child.send("write anon 2 3")
             await #expect(throws: ImageError.self) {
                 try await session.checkpoint(to: RefusingSink(), parent: .previous(path: "../1"))
             }

@@ -29,9 +29,9 @@ import Testing
         defer { scratch.remove() }
         do {
             let log = scratch.path + "/scenario.log"
-            let child = try ScenarioProcess("restore", [log, "4", "1", "120"], prefix: hosts.prefix(hosts.a))
+            let child = try await ScenarioProcess("restore", [log, "4", "1", "120"], prefix: hosts.prefix(hosts.a))
             defer { child.stop() }
-            try child.send("detach")
+            try await child.send("detach")
             let standby = try ServiceProcess(["standby", "--listen", "\(hosts.addressB):7400", "--images", scratch.path + "/standby",
                                               "--metrics", "\(hosts.addressB):9465"], in: hosts.prefix(hosts.b), log: scratch.path + "/standby.log")
             try await standby.awaitLog("serving http://")

@@ -30,8 +30,8 @@ import Testing
     /// Starts the `restore` scenario in host A, detached, after its first self-check.
     func startScenario(_ hosts: NetworkHosts, _ scratch: ScratchDirectory, mib: Int) async throws -> (ScenarioProcess, String) {
         let log = scratch.path + "/scenario.log"
-        let child = try ScenarioProcess("restore", [log, "\(mib)", "2", "120"], prefix: hosts.prefix(hosts.a))
-        try child.send("detach")
+        let child = try await ScenarioProcess("restore", [log, "\(mib)", "2", "120"], prefix: hosts.prefix(hosts.a))
+        try await child.send("detach")
         kill(child.pid, SIGUSR1)
         _ = try await CheckpointedScenario.awaitCheck(1, in: log)
         return (child, log)

@@ -12,15 +12,15 @@ import Testing
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
         let log = scratch.path + "/scenario.log"
-        let child = try ScenarioProcess("fifo", [log])
+        let child = try await ScenarioProcess("fifo", [log])
         defer { child.stop() }
-        try child.send("check")
+        try await child.send("check")
         #expect(try child.fact("check") == "PASS")
         let image = scratch.path + "/image"
         let dump = try await ToolRun(ToolRun.mitosis, ["dump", String(child.pid), "--images", image])
         #expect(dump.status == 0, "\(dump.standardError)")
         // The dump left the bytes unread (the check reads them with tee).
-        try child.send("check")
+        try await child.send("check")
         #expect(try child.fact("check") == "PASS")
         let manifest = try CheckpointImage.open(image).manifest
         let ends = (manifest.descriptors ?? []).filter { $0.kind == .fifo }

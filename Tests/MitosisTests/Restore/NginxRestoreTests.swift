@@ -35,7 +35,7 @@ struct NginxRestoreTests {
             chmod(directory + "/html", 0o755)
             var generator = SystemRandomNumberGenerator()
             body = (0..<65_536).map { _ in UInt8.random(in: 32...126, using: &generator) }
-            FileManager.default.createFile(atPath: directory + "/html/index.html", contents: Data(body), attributes: [.posixPermissions: 0o644])
+            _ = FileManager.default.createFile(atPath: directory + "/html/index.html", contents: Data(body), attributes: [.posixPermissions: 0o644])
             let configuration = """
                 daemon on;
                 master_process on;

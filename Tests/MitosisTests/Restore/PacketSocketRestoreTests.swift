@@ -58,17 +58,17 @@ import Testing
             if let restored { kill(restored, SIGKILL) }
             scratch.remove()
         }
-        let child = try ScenarioProcess("packetsock", [a.path, "pk0", "pk1", "plain"])
+        let child = try await ScenarioProcess("packetsock", [a.path, "pk0", "pk1", "plain"])
         defer { child.stop() }
         let pid = child.pid
         let indexA = try await a.index("pk0"), indexB = try await b.index("pk0")
         #expect(try child.intFact("ifindex") == indexA)
         #expect(indexA != indexB)
-        try child.send("check")
+        try await child.send("check")
         #expect(try child.fact("check") == "PASS")
         let socket = "/tmp/mitosis-pk-\(UUID().uuidString.prefix(8)).sock"
         defer { unlink(socket) }
-        try child.send("commands \(socket)")
+        try await child.send("commands \(socket)")
         #expect(try await ScenarioRestoreTests.ask(socket, "check") == "READY check=PASS")
         let image = scratch.path + "/image"
         let dump = try await ToolRun(ToolRun.mitosis, ["dump", String(pid), "--images", image, "--kill"])
@@ -107,15 +107,15 @@ import Testing
     func refused(_ a: Host, _ mode: String, _ reason: String) async throws {
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
-        let child = try ScenarioProcess("packetsock", [a.path, "pk0", "pk1", mode])
+        let child = try await ScenarioProcess("packetsock", [a.path, "pk0", "pk1", mode])
         defer { child.stop() }
-        try child.send("check")
+        try await child.send("check")
         #expect(try child.fact("check") == "PASS")
         let image = scratch.path + "/image"
         let dump = try await ToolRun(ToolRun.mitosis, ["dump", String(child.pid), "--images", image])
         #expect(dump.status == 0, "\(dump.standardError)")
         // The dump changed nothing: the ring and the group are still there, the check passes.
-        try child.send("check")
+        try await child.send("check")
         #expect(try child.fact("check") == "PASS")
         let manifest = try CheckpointImage.open(image).manifest
         let target = try #require(manifest.descriptors?.first { $0.fd == 22 }?.target)

@@ -19,14 +19,14 @@ import Testing
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
         let log = scratch.path + "/acceptance.log"
-        let child = try ScenarioProcess("acceptance", [log, "64", "4", "120", "\(Self.uid)"])
+        let child = try await ScenarioProcess("acceptance", [log, "64", "4", "120", "\(Self.uid)"])
         defer { child.stop() }
         let pid = child.pid
         let worker0 = Int32(try child.intFact("worker0")), worker1 = Int32(try child.intFact("worker1"))
         try await Task.sleep(for: .milliseconds(200))
-        try child.send("check")
+        try await child.send("check")
         #expect(try child.fact("check") == "PASS")
-        try child.send("detach")
+        try await child.send("detach")
         // Checks are 100 ms or more apart: each asks whether every timer (the slowest fires
         // every 50 ms) fired since the previous one.
         try await Task.sleep(for: .milliseconds(150))
@@ -143,10 +143,10 @@ import Testing
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
         let log = scratch.path + "/acceptance.log"
-        let child = try ScenarioProcess("acceptance", [log, "4", "2", "120"])
+        let child = try await ScenarioProcess("acceptance", [log, "4", "2", "120"])
         defer { child.stop() }
         let pid = child.pid
-        try child.send("detach")
+        try await child.send("detach")
         let image = scratch.path + "/image"
         let session = try await CheckpointSession(pid: pid)
         do { _ = try await session.checkpoint(to: DirectorySink(directory: image)) } catch {

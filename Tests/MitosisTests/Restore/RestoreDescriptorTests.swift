@@ -31,10 +31,10 @@ struct RestoredDescriptorScenario {
     private init(kinds: String, scratch: ScratchDirectory, beforeRestore: ((String) throws -> Void)?) async throws {
         self.scratch = scratch
         log = scratch.path + "/fds.log"
-        let child = try ScenarioProcess("restorefds", [log, "120", kinds])
+        let child = try await ScenarioProcess("restorefds", [log, "120", kinds])
         defer { child.stop() }
         pid = child.pid
-        try child.send("detach")
+        try await child.send("detach")
         kill(pid, SIGUSR1)
         let first = try await CheckpointedScenario.awaitCheck(1, in: log)
         guard first == "CHECK n=1 PASS" else { throw RestoreFailure(description: "before the checkpoint: \(first)") }
@@ -286,9 +286,9 @@ struct RestoredDescriptorScenario {
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
         let log = scratch.path + "/fds.log"
-        let child = try ScenarioProcess("restorefds", [log, "120", "inet,unix,files,shared"])
+        let child = try await ScenarioProcess("restorefds", [log, "120", "inet,unix,files,shared"])
         defer { child.stop() }
-        try child.send("detach")
+        try await child.send("detach")
         kill(child.pid, SIGUSR1)
         #expect(try await CheckpointedScenario.awaitCheck(1, in: log) == "CHECK n=1 PASS")
         let before = try TargetHealth(pid: child.pid)

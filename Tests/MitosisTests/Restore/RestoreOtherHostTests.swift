@@ -35,13 +35,13 @@ import Testing
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
         let log = scratch.path + "/acceptance.log"
-        let child = try ScenarioProcess("acceptance", [log, "32", "4", "120", "\(RestoreAcceptanceTests.uid)"])
+        let child = try await ScenarioProcess("acceptance", [log, "32", "4", "120", "\(RestoreAcceptanceTests.uid)"])
         defer { child.stop() }
         let pid = child.pid
         try await Task.sleep(for: .milliseconds(200))
-        try child.send("check")
+        try await child.send("check")
         #expect(try child.fact("check") == "PASS")
-        try child.send("detach")
+        try await child.send("detach")
         try await Task.sleep(for: .milliseconds(150))
         kill(pid, SIGUSR1)
         #expect(try await CheckpointedScenario.awaitCheck(2, in: log).contains(" PASS "))

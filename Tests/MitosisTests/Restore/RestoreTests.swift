@@ -22,8 +22,8 @@ struct CheckpointedScenario {
         scratch = try ScratchDirectory()
         log = scratch.path + "/scenario.log"
         image = scratch.path + (incremental ? "/next" : "/image")
-        child = try ScenarioProcess("restore", [log, "\(mib)", "\(workers)", "120"])
-        try child.send("detach")
+        child = try await ScenarioProcess("restore", [log, "\(mib)", "\(workers)", "120"])
+        try await child.send("detach")
         kill(child.pid, SIGUSR1)
         _ = try await Self.awaitCheck(1, in: log)
         let session = try await CheckpointSession(pid: child.pid)
@@ -216,7 +216,7 @@ struct RestoreFailure: Error, CustomStringConvertible {
         let scenario = try await CheckpointedScenario(mib: 1, workers: 1)
         defer { scenario.remove() }
         // A process with its harness pipes (fds 0 and 1) is refused by name.
-        let piped = try ScenarioProcess("idle")
+        let piped = try await ScenarioProcess("idle")
         defer { piped.stop() }
         let pipedImage = scenario.scratch.path + "/piped"
         let dump = try await ToolRun(ToolRun.mitosis, ["dump", "\(piped.pid)", "--images", pipedImage])

@@ -54,7 +54,7 @@ import Testing
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
         let arguments = scenario.arguments.map { $0 == "LOG" ? scratch.path + "/scenario.log" : $0 }
-        let child = try ScenarioProcess(scenario.name, arguments)
+        let child = try await ScenarioProcess(scenario.name, arguments)
         defer { child.stop() }
         let pid = child.pid
         var facts: [String: String] = [:]
@@ -62,13 +62,13 @@ import Testing
         // The acceptance scenario's check asks that each of its timers (every 50 ms at the
         // slowest) fired since the previous check.
         try await Task.sleep(for: .milliseconds(150))
-        try child.send("check")
+        try await child.send("check")
         #expect(try child.fact("check") == "PASS")
         try await Task.sleep(for: .milliseconds(150))
         // A short path: sun_path holds 108 bytes.
         let socket = "/tmp/mitosis-sc-\(UUID().uuidString.prefix(8)).sock"
         defer { unlink(socket) }
-        try child.send("commands \(socket)")
+        try await child.send("commands \(socket)")
         #expect(try await Self.ask(socket, "check") == "READY check=PASS")
 
         let image = scratch.path + "/image"

@@ -38,22 +38,22 @@ struct TcpRestoreTests {
     func dumpKillRestore(family: InetFamily) async throws {
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
-        let server = try ScenarioProcess("repairserver", [family.rawValue, "0"])
+        let server = try await ScenarioProcess("repairserver", [family.rawValue, "0"])
         defer { server.stop() }
-        let client = try ScenarioProcess("repairclient", [String(server.pid), family.rawValue, try server.fact("port")])
+        let client = try await ScenarioProcess("repairclient", [String(server.pid), family.rawValue, try server.fact("port")])
         defer { client.stop() }
-        try server.send("accept")
-        try client.send("send 0")
-        try server.send("serve 1")
-        try client.send("expect 0 0")
+        try await server.send("accept")
+        try await client.send("send 0")
+        try await server.send("serve 1")
+        try await client.send("expect 0 0")
         #expect(client.facts["expect"] == "PASS")
         // Bytes the client does not read yet, then the server serves on its own: the answers to
         // `a` and `b` queue up behind them.
-        try server.send("blast 300000")
+        try await server.send("blast 300000")
         let blasted = try server.intFact("blasted")
-        try server.send("detach")
-        try client.send("send a")
-        try client.send("send b")
+        try await server.send("detach")
+        try await client.send("send a")
+        try await client.send("send b")
         try await Task.sleep(for: .milliseconds(100))
 
         let image = scratch.path + "/image"
@@ -66,25 +66,25 @@ struct TcpRestoreTests {
         server.stop()  // reaps the killed original: its pid is free again
         // Killed in repair mode: no FIN, no RST; the held lock is the only table left.
         #expect(try await Self.tables(in: client.pid) == ["table inet \(held)"])
-        try client.send("drain")
+        try await client.send("drain")
         #expect(client.facts["eof"] == "0" && client.facts["error"] == "0")
         // What the client's window let through before the dump arrived; the rest is queued in the
         // image, the answers to `a` and `b` last.
         let atClient = try client.intFact("received")
         #expect(captured.connection.sendQueue.count + atClient == blasted + "ANS a\nANS b\n".count)
         #expect(captured.connection.sendQueue.suffix(12) == Data("ANS a\nANS b\n".utf8))
-        try client.send("send c")  // dropped by the lock, retransmitted after the restore
+        try await client.send("send c")  // dropped by the lock, retransmitted after the restore
 
         let restore = try await Self.mitosis(in: client.pid, ["restore", image])
         #expect(restore.status == 0, "\(restore.standardError)")
         defer { kill(server.pid, SIGKILL) }  // the restored process, once the test is over
         #expect(try await Self.tables(in: client.pid) == [])
-        try client.send("expect \(blasted) a,b,c")
+        try await client.send("expect \(blasted) a,b,c")
         #expect(client.facts["expect"] == "PASS", "\(client.facts)")
         print("tcp restore \(family): \(restore.standardOutput.trimmingCharacters(in: .newlines)); answers complete \(client.facts["waited_ms"] ?? "?") ms after the restore returned")
         // Still answering afterwards.
-        try client.send("send d")
-        try client.send("expect 0 d")
+        try await client.send("send d")
+        try await client.send("expect 0 d")
         #expect(client.facts["expect"] == "PASS", "\(client.facts)")
     }
 
@@ -92,12 +92,12 @@ struct TcpRestoreTests {
     func dumpKeepsConnection() async throws {
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
-        let server = try ScenarioProcess("repairserver", ["ipv4", "0"])
+        let server = try await ScenarioProcess("repairserver", ["ipv4", "0"])
         defer { server.stop() }
-        let client = try ScenarioProcess("repairclient", [String(server.pid), "ipv4", try server.fact("port")])
+        let client = try await ScenarioProcess("repairclient", [String(server.pid), "ipv4", try server.fact("port")])
         defer { client.stop() }
-        try server.send("accept")
-        try server.send("detach")
+        try await server.send("accept")
+        try await server.send("detach")
         let dump = try await Self.mitosis(in: client.pid, ["dump", String(server.pid), "--images", scratch.path + "/image"])
         #expect(dump.status == 0, "\(dump.standardError)")
         #expect(try CheckpointImage.open(scratch.path + "/image").manifest.restore?.connections?.count == 1)
@@ -108,18 +108,18 @@ struct TcpRestoreTests {
         #expect(try Kernel.socketOption(socket, level: SOL_SOCKET, name: SO_REUSEADDR) == 1)
         try socket.close()
         try pidfd.close()
-        try client.send("send x")
-        try client.send("expect 0 x")
+        try await client.send("send x")
+        try await client.send("expect 0 x")
         #expect(client.facts["expect"] == "PASS", "\(client.facts)")
     }
 
     /// A server with one connection, killed by `dump --kill` into `image`, its pid still held by
     /// its zombie (the test has not reaped it) unless `reap`.
     static func movedServer(image: String, reap: Bool) async throws -> (server: ScenarioProcess, client: ScenarioProcess, held: String) {
-        let server = try ScenarioProcess("repairserver", ["ipv4", "0"])
-        let client = try ScenarioProcess("repairclient", [String(server.pid), "ipv4", try server.fact("port")])
-        try server.send("accept")
-        try server.send("detach")
+        let server = try await ScenarioProcess("repairserver", ["ipv4", "0"])
+        let client = try await ScenarioProcess("repairclient", [String(server.pid), "ipv4", try server.fact("port")])
+        try await server.send("accept")
+        try await server.send("detach")
         let dump = try await mitosis(in: client.pid, ["dump", String(server.pid), "--images", image, "--kill"])
         guard dump.status == 0, let held = try CheckpointImage.open(image).manifest.restore?.networkLockTable else {
             throw ScenarioError.protocolError("dump failed: \(dump.standardError)")
@@ -138,9 +138,9 @@ struct TcpRestoreTests {
         #expect(restore.status == 1)
         #expect(restore.standardError.hasPrefix("mitosis: pid \(server.pid) is taken by process \(server.pid)"), "\(restore.standardError)")
         #expect(try await Self.tables(in: client.pid) == [])
-        try client.send("send x")
+        try await client.send("send x")
         try await Task.sleep(for: .milliseconds(100))
-        try client.send("drain")
+        try await client.send("drain")
         #expect(client.facts["error"] == String(ECONNRESET))
     }
 
@@ -179,12 +179,12 @@ struct TcpRestoreTests {
     func killedDump(after milliseconds: Int) async throws {
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
-        let server = try ScenarioProcess("repairserver", ["ipv4", "0"])
+        let server = try await ScenarioProcess("repairserver", ["ipv4", "0"])
         defer { server.stop() }
-        let client = try ScenarioProcess("repairclient", [String(server.pid), "ipv4", try server.fact("port")])
+        let client = try await ScenarioProcess("repairclient", [String(server.pid), "ipv4", try server.fact("port")])
         defer { client.stop() }
-        try server.send("accept")
-        try server.send("detach")
+        try await server.send("accept")
+        try await server.send("detach")
         let dump = try ToolRun.start(Self.nsenter, ["--net=/proc/\(client.pid)/ns/net", ToolRun.mitosis, "dump", String(server.pid),
                                                     "--images", scratch.path + "/image", "--kill"])
         try await Task.sleep(for: .milliseconds(milliseconds))
@@ -197,20 +197,20 @@ struct TcpRestoreTests {
         if alive {
             // Never got to the kill: untraced, its connection free and answering.
             #expect(tables.isEmpty)
-            try client.send("send x")
-            try client.send("expect 0 x")
+            try await client.send("send x")
+            try await client.send("expect 0 x")
             #expect(client.facts["expect"] == "PASS", "\(client.facts)")
         } else if let table = tables.first?.split(separator: " ").last {
             // Killed by the dump: the held lock waits for a restore, and the client sees nothing.
             #expect(tables.count == 1 && table.hasPrefix("mitosis-hold-"), "\(tables)")
-            try client.send("drain")
+            try await client.send("drain")
             #expect(client.facts["eof"] == "0" && client.facts["error"] == "0")
             try NetworkLock.remove(String(table), namespacePath: "/proc/\(client.pid)/ns/net")
         } else {
             // Killed between the kill and the held lock: nothing locked, the client sees a reset.
-            try client.send("send x")
+            try await client.send("send x")
             try await Task.sleep(for: .milliseconds(100))
-            try client.send("drain")
+            try await client.send("drain")
             #expect(client.facts["error"] == String(ECONNRESET))
         }
     }

@@ -20,18 +20,12 @@ extension TreeRestoreTests {
     func restoredInsideANewPidNamespace() async throws {
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
-        let tree = try Tree(scratch: scratch)
+        let tree = try await Tree(scratch: scratch)
         defer { tree.scenario.stop() }
         let (parent, a, b) = (tree.parent, tree.a, tree.b)
-        #expect(try await tree.check(a, number: 1) == "CHECK role=a pid=\(a) n=1 PASS shared=1")
-        #expect(try await tree.check(b, number: 1) == "CHECK role=b pid=\(b) n=1 PASS shared=2")
-        #expect(try await tree.check(parent, number: 1) == "CHECK role=parent pid=\(parent) n=1 PASS shared=3")
-        #expect(try await tree.check(a, number: 2) == "CHECK role=a pid=\(a) n=2 PASS shared=4")  // a ping left for B
+        #expect(try await tree.checkBeforeDump() == tree.passedBeforeDump)
         let image = scratch.path + "/image"
-        let dump = try await ToolRun(ToolRun.mitosis, ["dump", String(parent), "--tree", "--images", image, "--kill"])
-        #expect(dump.status == 0, "\(dump.standardError)")
-        tree.scenario.stop()
-        #expect(try await Self.awaitGone([parent, a, b]) == [])
+        try await tree.dumpKilled(to: image)
 
         let restorer = try TreeRestorer(image: TreeImage.open(image))
         let chains = Dictionary(uniqueKeysWithValues: zip(restorer.manifest.members.map(\.pid), restorer.chains))
@@ -71,14 +65,7 @@ extension TreeRestoreTests {
         #expect(try Self.sharedInode(hostA) == inode && Self.sharedInode(hostB) == inode)
 
         // Each checks itself (its log line names its pid inside): pipe, shared counter, listener.
-        func check(_ pid: Int32, _ number: Int) async throws -> String {
-            kill(hosts[pid]!, SIGUSR1)
-            return try await tree.awaitLine(prefix: "CHECK ", containing: "pid=\(pid) n=\(number) ")
-        }
-        #expect(try await check(b, 2) == "CHECK role=b pid=\(b) n=2 PASS shared=5")
-        #expect(try await check(a, 3) == "CHECK role=a pid=\(a) n=3 PASS shared=6")
-        #expect(try await check(b, 3) == "CHECK role=b pid=\(b) n=3 PASS shared=7")
-        #expect(try await check(parent, 2) == "CHECK role=parent pid=\(parent) n=2 PASS shared=8")
+        #expect(try await tree.checkAfterRestore(hosts: hosts) == tree.passedAfterRestore)
         kill(hostB, SIGUSR2)
         #expect(try await tree.awaitLine(prefix: "REAPED ", containing: "pid=\(b) ") == "REAPED pid=\(b) status=7")
         // The init ends once the last member has.
@@ -95,14 +82,11 @@ extension TreeRestoreTests {
     func treeInATimeNamespaceOfItsOwn() async throws {
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
-        let tree = try Tree(scratch: scratch)
+        let tree = try await Tree(scratch: scratch)
         defer { tree.scenario.stop() }
         let (parent, a, b) = (tree.parent, tree.a, tree.b)
         let image = scratch.path + "/image"
-        let dump = try await ToolRun(ToolRun.mitosis, ["dump", String(parent), "--tree", "--images", image, "--kill"])
-        #expect(dump.status == 0, "\(dump.standardError)")
-        tree.scenario.stop()
-        #expect(try await Self.awaitGone([parent, a, b]) == [])
+        try await tree.dumpKilled(to: image)
         let tag = "MITOSIS_TEST_RUN=\(UInt64.random(in: 1...UInt64.max))"
         let run = try await ToolRun(ToolRun.mitosis, ["restore", image, "--pidns", "--timens", "on", "--json"], prefix: ["/usr/bin/env", tag])
         #expect(run.status == 0, "\(run.standardError)")
@@ -124,13 +108,9 @@ extension TreeRestoreTests {
         let theirs = try Kernel.clockNow(ClockID.monotonic).totalNanoseconds - mine.monotonic.totalNanoseconds + offsets.monotonic.totalNanoseconds
         let sinceCheckpoint = Double(theirs - clocks.monotonic.totalNanoseconds) / 1e9
         #expect((0..<30).contains(sinceCheckpoint), "its clock reads \(sinceCheckpoint) s past the checkpoint's")
-        func check(_ pid: Int32, _ number: Int) async throws -> String {
-            kill(hosts[pid]!, SIGUSR1)
-            return try await tree.awaitLine(prefix: "CHECK ", containing: "pid=\(pid) n=\(number) ")
-        }
-        #expect(try await check(a, 1) == "CHECK role=a pid=\(a) n=1 PASS shared=1")
-        #expect(try await check(b, 1) == "CHECK role=b pid=\(b) n=1 PASS shared=2")
-        #expect(try await check(parent, 1) == "CHECK role=parent pid=\(parent) n=1 PASS shared=3")
+        #expect(try await tree.check(a, number: 1, hosts: hosts) == "CHECK role=a pid=\(a) n=1 PASS shared=1")
+        #expect(try await tree.check(b, number: 1, hosts: hosts) == "CHECK role=b pid=\(b) n=1 PASS shared=2")
+        #expect(try await tree.check(parent, number: 1, hosts: hosts) == "CHECK role=parent pid=\(parent) n=1 PASS shared=3")
         #expect(RestorePidNamespaceTests.namespaceInits(tagged: tag) == [try #require(result.members.first?.namespaceInitPid)])
         for host in hosts.values { kill(host, SIGKILL) }
         #expect(try await Self.awaitGone(Array(hosts.values)) == [])
@@ -145,7 +125,7 @@ extension TreeRestoreTests {
     func killingMitosisRestoreOfATreeLeavesNothing() async throws {
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
-        let tree = try Tree(scratch: scratch)
+        let tree = try await Tree(scratch: scratch)
         defer { tree.scenario.stop() }
         let pids = [tree.parent, tree.a, tree.b]
         let image = scratch.path + "/image"
@@ -194,7 +174,7 @@ extension TreeRestoreTests {
     func incrementalTreeImage() async throws {
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
-        let tree = try Tree(scratch: scratch)
+        let tree = try await Tree(scratch: scratch)
         defer { tree.scenario.stop() }
         let (parent, a, b) = (tree.parent, tree.a, tree.b)
         #expect(try await tree.check(a, number: 1) == "CHECK role=a pid=\(a) n=1 PASS shared=1")
@@ -231,24 +211,18 @@ extension TreeRestoreTests {
             endRestored(parent)
         }
         #expect(result.members.count == 3)
-        #expect(try await tree.check(b, number: 2) == "CHECK role=b pid=\(b) n=2 PASS shared=5")
-        #expect(try await tree.check(a, number: 3) == "CHECK role=a pid=\(a) n=3 PASS shared=6")
-        #expect(try await tree.check(b, number: 3) == "CHECK role=b pid=\(b) n=3 PASS shared=7")
-        #expect(try await tree.check(parent, number: 2) == "CHECK role=parent pid=\(parent) n=2 PASS shared=8")
+        #expect(try await tree.checkAfterRestore() == tree.passedAfterRestore)
     }
 
     @Test("a tree image missing a member's image (as a member that died mid-dump would leave it, were it written): one line, nothing restored")
     func treeImageMissingAMember() async throws {
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
-        let tree = try Tree(scratch: scratch)
+        let tree = try await Tree(scratch: scratch)
         defer { tree.scenario.stop() }
         let (parent, a, b) = (tree.parent, tree.a, tree.b)
         let image = scratch.path + "/image"
-        let dump = try await ToolRun(ToolRun.mitosis, ["dump", String(parent), "--tree", "--images", image, "--kill"])
-        #expect(dump.status == 0, "\(dump.standardError)")
-        tree.scenario.stop()
-        #expect(try await Self.awaitGone([parent, a, b]) == [])
+        try await tree.dumpKilled(to: image)
         try FileManager.default.removeItem(atPath: image + "/\(b)")
         for arguments in [["restore", "--check", image], ["restore", image], ["restore", "--pidns", image]] {
             let run = try await ToolRun(ToolRun.mitosis, arguments)

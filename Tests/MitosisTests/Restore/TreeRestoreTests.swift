@@ -21,18 +21,55 @@ struct TreeRestoreTests {
         let a: Int32
         let b: Int32
 
-        init(scratch: ScratchDirectory) throws {
+        init(scratch: ScratchDirectory) async throws {
             log = scratch.path + "/tree.log"
-            scenario = try ScenarioProcess("proctree", [log, "120"])
+            scenario = try await ScenarioProcess("proctree", [log, "120"])
             a = Int32(try scenario.intFact("a"))
             b = Int32(try scenario.intFact("b"))
-            try scenario.send("detach")
+            try await scenario.send("detach")
         }
 
-        /// Sends SIGUSR1 to `pid` and returns the CHECK line it appends.
-        func check(_ pid: Int32, number: Int) async throws -> String {
-            kill(pid, SIGUSR1)
+        /// Sends SIGUSR1 to `pid` (to `hosts[pid]`, the pid this host sees, when the tree runs in
+        /// a pid namespace of its own) and returns the CHECK line it appends.
+        func check(_ pid: Int32, number: Int, hosts: [Int32: Int32]? = nil) async throws -> String {
+            let target = hosts.map { $0[pid] ?? 0 } ?? pid
+            guard target > 0 else { throw ScenarioError.protocolError("no pid on this host for member \(pid)") }
+            kill(target, SIGUSR1)
             return try await awaitLine(prefix: "CHECK ", containing: "pid=\(pid) n=\(number) ")
+        }
+
+        /// Each member checks itself once, then A again: a ping left unread in the pipe for B,
+        /// which a restored B must find. Compared with `passedBeforeDump`.
+        func checkBeforeDump() async throws -> [String] {
+            [try await check(a, number: 1), try await check(b, number: 1), try await check(parent, number: 1), try await check(a, number: 2)]
+        }
+
+        var passedBeforeDump: [String] {
+            ["CHECK role=a pid=\(a) n=1 PASS shared=1", "CHECK role=b pid=\(b) n=1 PASS shared=2",
+             "CHECK role=parent pid=\(parent) n=1 PASS shared=3", "CHECK role=a pid=\(a) n=2 PASS shared=4"]
+        }
+
+        /// After `checkBeforeDump`, a dump and a restore: B reads A's ping, then each member checks
+        /// pipe, shared counter and listener again. `hosts` maps pids inside a pid namespace to
+        /// this host's. Compared with `passedAfterRestore`.
+        func checkAfterRestore(hosts: [Int32: Int32]? = nil) async throws -> [String] {
+            [try await check(b, number: 2, hosts: hosts), try await check(a, number: 3, hosts: hosts),
+             try await check(b, number: 3, hosts: hosts), try await check(parent, number: 2, hosts: hosts)]
+        }
+
+        var passedAfterRestore: [String] {
+            ["CHECK role=b pid=\(b) n=2 PASS shared=5", "CHECK role=a pid=\(a) n=3 PASS shared=6",
+             "CHECK role=b pid=\(b) n=3 PASS shared=7", "CHECK role=parent pid=\(parent) n=2 PASS shared=8"]
+        }
+
+        /// `mitosis dump --tree --kill` into `image`; returns once every member is gone.
+        @discardableResult
+        func dumpKilled(to image: String, sourceLocation: SourceLocation = #_sourceLocation) async throws -> ToolRun {
+            let dump = try await ToolRun(ToolRun.mitosis, ["dump", String(parent), "--tree", "--images", image, "--kill"])
+            #expect(dump.status == 0, "\(dump.standardError)", sourceLocation: sourceLocation)
+            scenario.stop()  // reaps the killed parent; init reaps the orphaned children
+            #expect(try await TreeRestoreTests.awaitGone([parent, a, b]) == [], sourceLocation: sourceLocation)
+            return dump
         }
 
         func awaitLine(prefix: String, containing: String, timeout: Duration = .seconds(10)) async throws -> String {
@@ -76,21 +113,14 @@ struct TreeRestoreTests {
     func dumpKillRestore() async throws {
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
-        let tree = try Tree(scratch: scratch)
+        let tree = try await Tree(scratch: scratch)
         defer { tree.scenario.stop() }
         let (parent, a, b) = (tree.parent, tree.a, tree.b)
-        #expect(try await tree.check(a, number: 1) == "CHECK role=a pid=\(a) n=1 PASS shared=1")
-        #expect(try await tree.check(b, number: 1) == "CHECK role=b pid=\(b) n=1 PASS shared=2")
-        #expect(try await tree.check(parent, number: 1) == "CHECK role=parent pid=\(parent) n=1 PASS shared=3")
-        // A ping left unread in the pipe for the restored B.
-        #expect(try await tree.check(a, number: 2) == "CHECK role=a pid=\(a) n=2 PASS shared=4")
+        #expect(try await tree.checkBeforeDump() == tree.passedBeforeDump)
 
         let image = scratch.path + "/image"
-        let dump = try await ToolRun(ToolRun.mitosis, ["dump", String(parent), "--tree", "--images", image, "--kill"])
-        #expect(dump.status == 0, "\(dump.standardError)")
+        let dump = try await tree.dumpKilled(to: image)
         #expect(dump.standardOutput.hasPrefix("tree of process \(parent): 3 processes in \(image), killed"), "\(dump.standardOutput)")
-        tree.scenario.stop()  // reaps the killed parent; init reaps the orphaned children
-        #expect(try await Self.awaitGone([parent, a, b]) == [])
 
         let opened = try TreeImage.open(image)
         let members = opened.manifest.members
@@ -147,10 +177,7 @@ struct TreeRestoreTests {
         #expect(!(try String(contentsOfFile: tree.log, encoding: .utf8)).contains("EXIT"))
         // B reads the ping queued before the dump; A writes one more, which B reads: the pipe
         // joins them; the shared counter counts on across all three.
-        #expect(try await tree.check(b, number: 2) == "CHECK role=b pid=\(b) n=2 PASS shared=5")
-        #expect(try await tree.check(a, number: 3) == "CHECK role=a pid=\(a) n=3 PASS shared=6")
-        #expect(try await tree.check(b, number: 3) == "CHECK role=b pid=\(b) n=3 PASS shared=7")
-        #expect(try await tree.check(parent, number: 2) == "CHECK role=parent pid=\(parent) n=2 PASS shared=8")
+        #expect(try await tree.checkAfterRestore() == tree.passedAfterRestore)
         // The restored parent reaps the restored child that exits.
         kill(b, SIGUSR2)
         #expect(try await tree.awaitLine(prefix: "REAPED ", containing: "pid=\(b) ") == "REAPED pid=\(b) status=7")
@@ -161,7 +188,7 @@ struct TreeRestoreTests {
     func memberExitsMidDump() async throws {
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
-        let tree = try Tree(scratch: scratch)
+        let tree = try await Tree(scratch: scratch)
         defer { tree.scenario.stop() }
         let (parent, a, b) = (tree.parent, tree.a, tree.b)
         let image = scratch.path + "/image"
@@ -189,7 +216,7 @@ struct TreeRestoreTests {
     func failingRestoreLeavesNothing() async throws {
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
-        let tree = try Tree(scratch: scratch)
+        let tree = try await Tree(scratch: scratch)
         defer { tree.scenario.stop() }
         let (parent, a, b) = (tree.parent, tree.a, tree.b)
         let image = scratch.path + "/image"

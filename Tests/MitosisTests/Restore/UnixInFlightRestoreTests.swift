@@ -26,12 +26,12 @@ import Testing
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
         let log = scratch.path + "/scenario.log"
-        let child = try ScenarioProcess("unixinflight", [log])
+        let child = try await ScenarioProcess("unixinflight", [log])
         defer { child.stop() }
         let pid = child.pid
         let inode = UInt64(try child.fact("inode"))!
         // The check peeks every message: the head's zero-length datagram is marked peeked.
-        try child.send("check")
+        try await child.send("check")
         #expect(try child.fact("check") == "PASS")
         let before = try Self.descriptorTable(pid)
         #expect(try Self.inFlightCount(pid, fd: 21) == "4")
@@ -42,7 +42,7 @@ import Testing
         #expect(try Self.descriptorTable(pid) == before)
         #expect(try Self.inFlightCount(pid, fd: 21) == "4")
         #expect(try Self.inFlightCount(pid, fd: 23) == "1")
-        try child.send("check")
+        try await child.send("check")
         #expect(try child.fact("check") == "PASS")
         #expect(try TargetHealth.tracer(of: pid) == 0)
 
@@ -84,12 +84,12 @@ import Testing
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
         let log = scratch.path + "/scenario.log"
-        let child = try ScenarioProcess("unixinflight", [log])
+        let child = try await ScenarioProcess("unixinflight", [log])
         defer { child.stop() }
         let pid = child.pid
         let socket = "/tmp/mitosis-uf-\(UUID().uuidString.prefix(8)).sock"
         defer { unlink(socket) }
-        try child.send("commands \(socket)")
+        try await child.send("commands \(socket)")
         #expect(try await ScenarioRestoreTests.ask(socket, "check") == "READY check=PASS")
         let before = try Self.descriptorTable(pid)
         let image = scratch.path + "/image"

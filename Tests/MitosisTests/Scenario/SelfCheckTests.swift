@@ -11,14 +11,14 @@ import Testing
 struct SelfCheckTests {
     @Test("the memory scenario passes its self-check, still after a full checkpoint, and fails on one changed byte")
     func memorySelfCheck() async throws {
-        let child = try ScenarioProcess("memory")
+        let child = try await ScenarioProcess("memory")
         defer { child.stop() }
         let anon = UInt64(try child.fact("anon").dropFirst(2), radix: 16)!
-        try child.send("check")
+        try await child.send("check")
         #expect(try child.fact("check") == "PASS")
-        try child.send("write anon 7 3,5")
-        try child.send("discard 6")
-        try child.send("check")
+        try await child.send("write anon 7 3,5")
+        try await child.send("discard 6")
+        try await child.send("check")
         #expect(try child.fact("check") == "PASS")
 
         let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("mitosis-selfcheck-\(UUID())")
@@ -26,7 +26,7 @@ struct SelfCheckTests {
         let session = try await CheckpointSession(pid: child.pid)
         _ = try await session.checkpoint(to: DirectorySink(directory: scratch.path))
         await session.stop()
-        try child.send("check")
+        try await child.send("check")
         #expect(try child.fact("check") == "PASS")
 
         // Page 5 of `anon` holds generation 7 now; byte 9 of it gets one bit flipped.
@@ -36,7 +36,7 @@ struct SelfCheckTests {
         let expected = byte[0]
         byte[0] ^= 1
         _ = try byte.withUnsafeBytes { try Kernel.writeMemory(pid: child.pid, address: address, from: $0) }
-        try child.send("check")
+        try await child.send("check")
         #expect(try child.fact("check") == "FAIL:anon_page_5_byte_9_is_\(expected ^ 1)_not_\(expected)")
     }
 }

@@ -18,12 +18,12 @@ import Testing
     func oneLockServesEveryCheckpointOfASession() async throws {
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
-        let server = try ScenarioProcess("repairserver", ["ipv4", "0"])
+        let server = try await ScenarioProcess("repairserver", ["ipv4", "0"])
         defer { server.stop() }
-        let client = try ScenarioProcess("repairclient", [String(server.pid), "ipv4", try server.fact("port")])
+        let client = try await ScenarioProcess("repairclient", [String(server.pid), "ipv4", try server.fact("port")])
         defer { client.stop() }
-        try server.send("accept")
-        try server.send("detach")
+        try await server.send("accept")
+        try await server.send("detach")
 
         let session = try await CheckpointSession(pid: server.pid)
         var tables: [[String]] = []
@@ -36,8 +36,8 @@ import Testing
                 tables.append(try await Self.lockTables(in: client.pid))
                 // Unlocked between checkpoints: the client is answered (`expect` forgets what it
                 // compared, so each exchange expects its own answer only).
-                try client.send("send \(index)")
-                try client.send("expect 0 \(index)")
+                try await client.send("send \(index)")
+                try await client.send("expect 0 \(index)")
                 #expect(client.facts["expect"] == "PASS", "answered after checkpoint \(index)")
             }
         } catch {
@@ -54,8 +54,8 @@ import Testing
             left = try await Self.lockTables(in: client.pid)
         }
         #expect(left.isEmpty, "\(left)")
-        try client.send("send 9")
-        try client.send("expect 0 9")
+        try await client.send("send 9")
+        try await client.send("expect 0 9")
         #expect(client.facts["expect"] == "PASS")
     }
 }

@@ -7,8 +7,8 @@ import Testing
 @Suite("SockDiag")
 struct SockDiagTests {
     @Test("reports TCP, UDP, UNIX, netlink and packet sockets with their exact state")
-    func everyFamily() throws {
-        let child = try ScenarioProcess("sockets")
+    func everyFamily() async throws {
+        let child = try await ScenarioProcess("sockets")
         defer { child.stop() }
         defer { unlink(child.facts["dgram_path"] ?? "") }
         let before = try TargetHealth(pid: child.pid)
@@ -67,8 +67,8 @@ struct SockDiagTests {
     }
 
     @Test("finds the sockets of a target in its own network namespace without moving the tool")
-    func otherNamespace() throws {
-        let child = try ScenarioProcess("netns", ["7777"])
+    func otherNamespace() async throws {
+        let child = try await ScenarioProcess("netns", ["7777"])
         defer { child.stop() }
         #expect(!SockDiag.sharesNetworkNamespace(with: child.pid))
         let ownNamespace = try Kernel.readLink("/proc/self/ns/net")

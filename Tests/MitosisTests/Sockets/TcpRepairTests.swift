@@ -32,21 +32,21 @@ struct TcpRepairTests {
           arguments: [InetFamily.ipv4, .ipv6])
     func connectionMoves(family: InetFamily) async throws {
         let loopback = family == .ipv4 ? "127.0.0.1" : "::1"
-        let server = try ScenarioProcess("repairserver", [family.rawValue, "0"])
+        let server = try await ScenarioProcess("repairserver", [family.rawValue, "0"])
         defer { server.stop() }
         let port = try server.fact("port")
-        let client = try ScenarioProcess("repairclient", [String(server.pid), family.rawValue, port])
+        let client = try await ScenarioProcess("repairclient", [String(server.pid), family.rawValue, port])
         defer { client.stop() }
         let clientPort = UInt16(try client.intFact("port"))
-        try server.send("accept")
+        try await server.send("accept")
 
         // An exchange, then two requests the server does not read yet.
-        try client.send("send 0")
-        try server.send("serve 1")
-        try client.send("expect 0 0")
+        try await client.send("send 0")
+        try await server.send("serve 1")
+        try await client.send("expect 0 0")
         #expect(client.facts["expect"] == "PASS")
-        try client.send("send a")
-        try client.send("send b")
+        try await client.send("send a")
+        try await client.send("send b")
         try await Task.sleep(for: .milliseconds(50))
 
         let local = SocketEndpoint(address: loopback, port: UInt16(port)!)
@@ -57,7 +57,7 @@ struct TcpRepairTests {
         // never acknowledged, the rest never sent (a drop at the output hook leaves it unsent).
         let nft = ["--net=\(namespace)", NetworkLock.nftPath]
         #expect(try await ToolRun("/usr/bin/nsenter", nft + ["add table inet mitosis-test-acks { chain input { type filter hook input priority raw; tcp sport \(clientPort) drop; }; }"]).status == 0)
-        try server.send("blast 100000")
+        try await server.send("blast 100000")
         try await Task.sleep(for: .milliseconds(50))
         let lock = try await Blocking.run { try NetworkLock(namespacePath: namespace) }
         defer { lock.release() }
@@ -66,7 +66,7 @@ struct TcpRepairTests {
         let lockTime = ContinuousClock.now - locking
         #expect(try await Self.tables(in: client.pid).contains("table inet \(lock.table)"))
         #expect(try await ToolRun("/usr/bin/nsenter", nft + ["delete table inet mitosis-test-acks"]).status == 0)
-        try server.send("blast 300000")
+        try await server.send("blast 300000")
         let blasted = try server.intFact("blasted")
         #expect(blasted > 0)
 
@@ -93,7 +93,7 @@ struct TcpRepairTests {
         server.stop()
         try original.close()
         try await Task.sleep(for: .milliseconds(100))
-        try client.send("drain")
+        try await client.send("drain")
         // The client holds what reached it (its acknowledgments were lost), and sees no end, no reset.
         #expect(client.facts["eof"] == "0" && client.facts["error"] == "0")
         let atClient = try client.intFact("received")
@@ -101,11 +101,11 @@ struct TcpRepairTests {
         let alone = try await Self.established(in: client.pid)
         #expect(alone.count == 1 && alone.first?.hasSuffix("\(remote) \(local)") == true, "\(alone)")
         // A request written while the connection has no server: dropped by the lock, retransmitted later.
-        try client.send("send c")
+        try await client.send("send c")
         #expect(client.facts["sent"] == "6")
 
         // A new process's fresh socket becomes the connection.
-        let adopter = try ScenarioProcess("repairadopt", [String(client.pid), family.rawValue])
+        let adopter = try await ScenarioProcess("repairadopt", [String(client.pid), family.rawValue])
         defer { adopter.stop() }
         let adopterPidfd = try Kernel.pidfdOpen(adopter.pid)
         let socket = try Kernel.pidfdGetfd(adopterPidfd, 3)
@@ -118,9 +118,9 @@ struct TcpRepairTests {
         lock.release()
         #expect(try await !Self.tables(in: client.pid).contains("mitosis"))
 
-        try adopter.send("serve 3")
+        try await adopter.send("serve 3")
         #expect(adopter.facts["served"] == "ok")
-        try client.send("expect \(blasted) a,b,c")
+        try await client.send("expect \(blasted) a,b,c")
         #expect(client.facts["expect"] == "PASS", "\(client.facts)")
         print("tcp repair \(family): \(blasted) bytes queued (\(sentCount) sent and unacknowledged, \(connection.unsentCount) unsent, \(atClient) of them already at the client), locked in \(lockTime) (nft already started), answers complete \(ContinuousClock.now - unlocked) after the unlock (client waited \(client.facts["waited_ms"] ?? "?") ms)")
         let pair = try await Self.established(in: client.pid)
@@ -130,11 +130,11 @@ struct TcpRepairTests {
     @Test("without the network lock, the client's next request is answered with a reset",
           arguments: [InetFamily.ipv4])
     func withoutLock(family: InetFamily) async throws {
-        let server = try ScenarioProcess("repairserver", [family.rawValue, "0"])
+        let server = try await ScenarioProcess("repairserver", [family.rawValue, "0"])
         defer { server.stop() }
-        let client = try ScenarioProcess("repairclient", [String(server.pid), family.rawValue, try server.fact("port")])
+        let client = try await ScenarioProcess("repairclient", [String(server.pid), family.rawValue, try server.fact("port")])
         defer { client.stop() }
-        try server.send("accept")
+        try await server.send("accept")
         let pidfd = try Kernel.pidfdOpen(server.pid)
         let original = try Kernel.pidfdGetfd(pidfd, 4)
         try? pidfd.close()
@@ -142,17 +142,17 @@ struct TcpRepairTests {
         server.stop()
         try original.close()
         try await Task.sleep(for: .milliseconds(100))
-        try client.send("drain")
+        try await client.send("drain")
         #expect(client.facts["eof"] == "0" && client.facts["error"] == "0")  // closing in repair mode sent nothing
-        try client.send("send c")
+        try await client.send("send c")
         try await Task.sleep(for: .milliseconds(100))
-        try client.send("drain")
+        try await client.send("drain")
         #expect(client.facts["error"] == String(ECONNRESET))
     }
 
     @Test("a socket that is not a connection is refused with the step that failed, and keeps working")
     func notAConnection() async throws {
-        let server = try ScenarioProcess("repairserver", ["ipv4", "0"])
+        let server = try await ScenarioProcess("repairserver", ["ipv4", "0"])
         defer { server.stop() }
         let pidfd = try Kernel.pidfdOpen(server.pid)
         let listener = try Kernel.pidfdGetfd(pidfd, 3)
@@ -163,9 +163,9 @@ struct TcpRepairTests {
         }
         // The kernel refuses repair mode on a listener: nothing was changed.
         #expect(throws: Errno.notPermitted) { try TcpRepair.setRepair(listener, .on) }
-        let client = try ScenarioProcess("repairclient", [String(server.pid), "ipv4", try server.fact("port")])
+        let client = try await ScenarioProcess("repairclient", [String(server.pid), "ipv4", try server.fact("port")])
         defer { client.stop() }
-        try server.send("accept")
+        try await server.send("accept")
         #expect(try server.intFact("fd") == 4)
     }
 

@@ -17,7 +17,7 @@ struct StacksTests {
 
     @Test("unwinds three threads of a C program to their exact call chains, and leaves it running")
     func cChains() async throws {
-        let child = try ScenarioProcess("stacks")
+        let child = try await ScenarioProcess("stacks")
         defer { child.stop() }
         let before = try TargetHealth(pid: child.pid)
         let stacks = try await ProcessStacks.capture(pid: child.pid)
@@ -41,12 +41,12 @@ struct StacksTests {
         #expect(stacks.threads.count == 4)
         await #expect(try TargetHealth.runsFreely(child.pid))
         #expect(try TargetHealth(pid: child.pid) == before)
-        try child.send("ping")
+        try await child.send("ping")
     }
 
     @Test("a frozen tracer's stacks() gives the same frames as a capture")
     func tracerStacks() async throws {
-        let child = try ScenarioProcess("stacks")
+        let child = try await ScenarioProcess("stacks")
         defer { child.stop() }
         let frozen = try await withFrozenProcess(child.pid) { tracer in try await tracer.stacks() }
         let captured = try await ProcessStacks.capture(pid: child.pid)
@@ -58,7 +58,7 @@ struct StacksTests {
 
     @Test("demangles C++ names: namespaces, templates, parameter types")
     func cplusplus() async throws {
-        let child = try ScenarioProcess("cpp", executable: ScenarioProcess.executable("mitosis-scenario-cpp"))
+        let child = try await ScenarioProcess("cpp", executable: ScenarioProcess.executable("mitosis-scenario-cpp"))
         defer { child.stop() }
         let stacks = try await ProcessStacks.capture(pid: child.pid)
         let thread = try #require(stacks.threads.first { $0.tid == Int32(try child.intFact("tid")) })
@@ -67,12 +67,12 @@ struct StacksTests {
             "mitosis_scenario::first(int)", "run(void*)",
         ])
         await #expect(try TargetHealth.runsFreely(child.pid))
-        try child.send("ping")
+        try await child.send("ping")
     }
 
     @Test("demangles Swift names")
     func swift() async throws {
-        let child = try ScenarioProcess("swift", executable: ScenarioProcess.executable("mitosis-scenario-swift"))
+        let child = try await ScenarioProcess("swift", executable: ScenarioProcess.executable("mitosis-scenario-swift"))
         defer { child.stop() }
         let stacks = try await ProcessStacks.capture(pid: child.pid)
         let thread = try #require(stacks.threads.first { $0.tid == Int32(try child.intFact("tid")) })
@@ -83,7 +83,7 @@ struct StacksTests {
             "mitosis_scenario_swift.threadMain(Swift.Optional<Swift.UnsafeMutableRawPointer>) -> Swift.Optional<Swift.UnsafeMutableRawPointer>",
         ])
         await #expect(try TargetHealth.runsFreely(child.pid))
-        try child.send("ping")
+        try await child.send("ping")
     }
 
     @Test("a stripped PIE executable: frames with no symbol give the module and its ELF address")
@@ -99,7 +99,7 @@ struct StacksTests {
         // exec then fails with ETXTBSY for a moment.
         var spawned: ScenarioProcess?
         for attempt in 1...50 where spawned == nil {
-            do { spawned = try ScenarioProcess("stacks", executable: stripped) } catch where "\(error)".contains("Text file busy") && attempt < 50 {
+            do { spawned = try await ScenarioProcess("stacks", executable: stripped) } catch where "\(error)".contains("Text file busy") && attempt < 50 {
                 try await Task.sleep(for: .milliseconds(100))
             }
         }
@@ -125,7 +125,7 @@ struct StacksTests {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let copy = directory + "/scenario-deleted"
         try FileManager.default.copyItem(atPath: ScenarioProcess.executable("mitosis-scenario"), toPath: copy)
-        let child = try ScenarioProcess("stacks", executable: copy)
+        let child = try await ScenarioProcess("stacks", executable: copy)
         defer { child.stop() }
         try FileManager.default.removeItem(atPath: copy)
         let stacks = try await ProcessStacks.capture(pid: child.pid)
@@ -146,7 +146,7 @@ struct StacksTests {
                                      sources + "/main.c", sources + "/scenario_stacks.c"])
         #expect(try await Self.run("/usr/bin/readelf", ["-h", binary]).contains("EXEC (Executable file)"))
         let symbols = try await Self.symbols(of: binary, dynamic: true)
-        let child = try ScenarioProcess("stacks", executable: binary)
+        let child = try await ScenarioProcess("stacks", executable: binary)
         defer { child.stop() }
         let stacks = try await ProcessStacks.capture(pid: child.pid)
         let beta = try #require(stacks.threads.first { $0.tid == Int32(try child.intFact("beta")) })
@@ -164,7 +164,7 @@ struct StacksTests {
 
     @Test("corrupt stacks: a self-referencing frame and a wild stack pointer end the walk, nothing hangs")
     func corruptStacks() async throws {
-        let child = try ScenarioProcess("stacks_corrupt")
+        let child = try await ScenarioProcess("stacks_corrupt")
         defer { child.stop() }
         let before = try TargetHealth(pid: child.pid)
         let stacks = try await ProcessStacks.capture(pid: child.pid)
@@ -178,12 +178,12 @@ struct StacksTests {
         #expect(wild.truncated != nil)
         await #expect(try TargetHealth.runsFreely(child.pid))
         #expect(try TargetHealth(pid: child.pid) == before)
-        try child.send("ping")
+        try await child.send("ping")
     }
 
     @Test("a thread running in the vDSO unwinds through the vDSO's own unwind table")
     func vdsoFrames() async throws {
-        let child = try ScenarioProcess("stacks_busy")
+        let child = try await ScenarioProcess("stacks_busy")
         defer { child.stop() }
         let spin = Int32(try child.intFact("spin"))
         var insideVDSO = 0
@@ -207,7 +207,7 @@ struct StacksTests {
 
     @Test("the frame limit bounds every walk")
     func frameLimit() async throws {
-        let child = try ScenarioProcess("stacks")
+        let child = try await ScenarioProcess("stacks")
         defer { child.stop() }
         let stacks = try await ProcessStacks.capture(pid: child.pid, maxFrames: 2)
         #expect(stacks.threads.allSatisfy { $0.frames.count == 2 && $0.truncated == "max_frames" })
@@ -215,7 +215,7 @@ struct StacksTests {
 
     @Test("JSON has the documented shape")
     func json() async throws {
-        let child = try ScenarioProcess("stacks")
+        let child = try await ScenarioProcess("stacks")
         defer { child.stop() }
         let stacks = try await ProcessStacks.capture(pid: child.pid)
         let object = try JSONSerialization.jsonObject(with: try JSONOutput.encoder().encode(stacks)) as? [String: Any]
@@ -230,7 +230,7 @@ struct StacksTests {
 
     @Test("sampling counts every thread's stack once per sample, as folded stacks")
     func sampling() async throws {
-        let child = try ScenarioProcess("stacks")
+        let child = try await ScenarioProcess("stacks")
         defer { child.stop() }
         let profile = try await StackSampler.run(pid: child.pid, hertz: 100, duration: .milliseconds(100))
         #expect(profile.samples == 10 && profile.stopTimes.count == 10)
@@ -239,12 +239,12 @@ struct StacksTests {
         let alpha = try #require(lines.first { $0.hasPrefix("alpha;") })
         #expect(alpha.hasSuffix(";run_alpha;alpha_one;alpha_two;alpha_three;pause 10"))
         await #expect(try TargetHealth.runsFreely(child.pid))
-        try child.send("ping")
+        try await child.send("ping")
     }
 
     @Test("sampling a process that exits keeps the samples taken so far")
     func samplingOutlivesTarget() async throws {
-        let child = try ScenarioProcess("stacks")
+        let child = try await ScenarioProcess("stacks")
         defer { child.stop() }
         let killer = Task {
             try await Task.sleep(for: .milliseconds(300))
@@ -258,7 +258,7 @@ struct StacksTests {
 
     @Test("mitosis stacks: the listing, --json, and --sample … --folded")
     func command() async throws {
-        let child = try ScenarioProcess("stacks")
+        let child = try await ScenarioProcess("stacks")
         defer { child.stop() }
         let alpha = try child.intFact("alpha")
         let listing = try await ToolRun(ToolRun.mitosis, ["stacks", "\(child.pid)"])
@@ -275,7 +275,7 @@ struct StacksTests {
         let refused = try await ToolRun(ToolRun.mitosis, ["stacks", "999999999"])
         #expect(refused.status == 1 && refused.standardError.hasPrefix("mitosis: "))
         await #expect(try TargetHealth.runsFreely(child.pid))
-        try child.send("ping")
+        try await child.send("ping")
     }
 
     // MARK: Helpers

@@ -8,7 +8,7 @@ import Testing
 struct ThreadStateTests {
     @Test("reads registers, signal state, rseq, scheduling and the blocked call of each thread")
     func knownThreads() async throws {
-        let child = try ScenarioProcess("stacks")
+        let child = try await ScenarioProcess("stacks")
         defer { child.stop() }
         let before = try TargetHealth(pid: child.pid)
         let alpha = Int32(try child.intFact("alpha")), beta = Int32(try child.intFact("beta"))
@@ -48,12 +48,12 @@ struct ThreadStateTests {
         #expect(try JSONOutput.decoder().decode(ThreadState.self, from: json) == a)
         await #expect(try TargetHealth.runsFreely(child.pid))
         #expect(try TargetHealth(pid: child.pid) == before)
-        try child.send("ping")
+        try await child.send("ping")
     }
 
     @Test("reads the alternate signal stack by running sigaltstack in the thread, leaving no trace")
     func alternateSignalStack() async throws {
-        let child = try ScenarioProcess("stacks")
+        let child = try await ScenarioProcess("stacks")
         defer { child.stop() }
         let before = try TargetHealth(pid: child.pid)
         let alpha = Int32(try child.intFact("alpha")), beta = Int32(try child.intFact("beta"))
@@ -71,12 +71,12 @@ struct ThreadStateTests {
         #expect(withoutStack == plain)
         await #expect(try TargetHealth.runsFreely(child.pid))
         #expect(try TargetHealth(pid: child.pid) == before)
-        try child.send("ping")
+        try await child.send("ping")
     }
 
     @Test("threads not frozen by the tracer are refused")
     func refusesUnfrozen() async throws {
-        let child = try ScenarioProcess("idle")
+        let child = try await ScenarioProcess("idle")
         defer { child.stop() }
         await #expect(throws: MitosisError.self) {
             try await withFrozenProcess(child.pid) { tracer in try await tracer.threadState(getpid()) }

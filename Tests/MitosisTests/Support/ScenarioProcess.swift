@@ -34,39 +34,45 @@ final class ScenarioProcess: @unchecked Sendable {
     /// - Parameter pid: a pid the child must have (free, below `pid_max`): set through
     ///   `/proc/sys/kernel/ns_last_pid`, retried while other tests' children take it first.
     /// - Parameter prefix: a command that execs the scenario (`ip netns exec HOST`), keeping its pid.
+    ///
+    /// Async, as every wait of a test is: a test that blocked a thread of the cooperative pool
+    /// (two threads on this machine) while its child answered held up every other test of the
+    /// parallel run, by tens of seconds on a loaded one.
     init(_ name: String, _ arguments: [String] = [], executable: String = ScenarioProcess.executable("mitosis-scenario"),
-         pid wanted: Int32? = nil, prefix: [String] = []) throws {
+         pid wanted: Int32? = nil, prefix: [String] = []) async throws {
         // The child dies with the thread that spawned it (PR_SET_PDEATHSIG follows the forking
         // thread), and the thread pool retires idle threads: spawn from one thread that lives on.
-        func spawn() throws -> ChildProcess {
+        @Sendable func spawn() throws -> ChildProcess {
             try ScenarioProcess.spawner.sync { () throws -> ChildProcess in
                 if let wanted { try String(wanted - 1).write(toFile: "/proc/sys/kernel/ns_last_pid", atomically: false, encoding: .utf8) }
                 let command = prefix + [executable, name] + arguments
                 return try ChildProcess(executable: command[0], arguments: Array(command.dropFirst()))
             }
         }
-        var spawned = try spawn()
-        var attempts = 1
-        while let wanted, spawned.pid != wanted {
-            spawned.kill()
-            // A loaded parallel run forks all the time: try for longer, leaving others room.
-            guard attempts < 1000 else { throw ScenarioError.spawn("pid \(wanted) could not be had") }
-            attempts += 1
-            if attempts % 100 == 0 { try ScenarioProcess.spawner.sync { Kernel.sleepThread(microseconds: 20_000) } }
-            spawned = try spawn()
+        child = try await Blocking.run("scenario-spawn") { () throws -> ChildProcess in
+            var spawned = try spawn()
+            var attempts = 1
+            while let wanted, spawned.pid != wanted {
+                spawned.kill()
+                // A loaded parallel run forks all the time: try for longer, leaving others room.
+                guard attempts < 1000 else { throw ScenarioError.spawn("pid \(wanted) could not be had") }
+                attempts += 1
+                if attempts % 100 == 0 { Kernel.sleepThread(microseconds: 20_000) }
+                spawned = try spawn()
+            }
+            return spawned
         }
-        child = spawned
         pid = child.pid
         commandFD = child.input!
         reportFD = child.output!
-        do { try awaitReady() } catch { stop(); throw error }
+        do { try await awaitReady() } catch { stop(); throw error }
     }
 
     /// Sends one command line and waits for the scenario's next READY line.
-    func send(_ command: String) throws {
+    func send(_ command: String) async throws {
         let line = Array((command + "\n").utf8)
         guard write(commandFD, line, line.count) == line.count else { throw ScenarioError.protocolError("write failed") }
-        try awaitReady()
+        try await awaitReady()
     }
 
     func fact(_ key: String) throws -> String {
@@ -79,7 +85,7 @@ final class ScenarioProcess: @unchecked Sendable {
         return value
     }
 
-    private func awaitReady(timeoutSeconds: Int = 20) throws {
+    private func awaitReady(timeoutSeconds: Int = 20) async throws {
         let deadline = Date().addingTimeInterval(Double(timeoutSeconds))
         while true {
             if let newline = buffered.firstIndex(of: UInt8(ascii: "\n")) {
@@ -98,8 +104,12 @@ final class ScenarioProcess: @unchecked Sendable {
             }
             let remaining = Int(deadline.timeIntervalSinceNow * 1000)
             guard remaining > 0 else { throw ScenarioError.protocolError("timed out waiting for READY") }
-            var poller = pollfd(fd: reportFD, events: Int16(POLLIN), revents: 0)
-            if poll(&poller, 1, Int32(remaining)) <= 0 { continue }
+            let fd = reportFD
+            let readable = try await Blocking.run("scenario-wait") { () -> Bool in
+                var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                return poll(&poller, 1, Int32(remaining)) > 0
+            }
+            if !readable { continue }
             var chunk = [UInt8](repeating: 0, count: 4096)
             let n = read(reportFD, &chunk, chunk.count)
             if n <= 0 { throw ScenarioError.protocolError("scenario exited before READY") }

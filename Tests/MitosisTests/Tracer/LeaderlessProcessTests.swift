@@ -15,13 +15,13 @@ import Testing
 struct LeaderlessProcessTests {
     /// The `leaderless` scenario, its main thread confirmed a zombie, its live threads and the
     /// facts it reported at start (its pages and pipe).
-    private func leaderless() throws -> (child: ScenarioProcess, live: [Int32], pages: UInt64, pageCount: Int, pipe: [Int32]) {
-        let child = try ScenarioProcess("leaderless")
+    private func leaderless() async throws -> (child: ScenarioProcess, live: [Int32], pages: UInt64, pageCount: Int, pipe: [Int32]) {
+        let child = try await ScenarioProcess("leaderless")
         let worker = Int32(try child.intFact("worker_tid"))
         let pages = UInt64(try child.fact("pages").dropFirst(2), radix: 16)!
         let pageCount = try child.intFact("page_count")
         let pipe = [Int32(try child.intFact("pipe_read")), Int32(try child.intFact("pipe_write"))]
-        try child.send("leader")
+        try await child.send("leader")
         #expect(try child.fact("leader_state") == "Z")
         let states = try TargetHealth.threadStates(of: child.pid)
         #expect(states[child.pid] == "Z")
@@ -34,7 +34,7 @@ struct LeaderlessProcessTests {
 
     @Test("inspect reads its memory, descriptors and threads, and lists the main thread as exited")
     func inspect() async throws {
-        let (child, live, pages, pageCount, pipe) = try leaderless()
+        let (child, live, pages, pageCount, pipe) = try await leaderless()
         defer { child.stop() }
         #expect(Kernel.procEntry(child.pid) == live[0])
         let model = try Introspector.inspect(pid: child.pid)
@@ -52,13 +52,13 @@ struct LeaderlessProcessTests {
         #expect(cli.status == 0, "\(cli.standardError)")
         let threads = try #require(try JSONSerialization.jsonObject(with: Data(cli.standardOutput.utf8)) as? [String: Any])["threads"] as? [[String: Any]]
         #expect(threads?.first?["tid"] as? Int == Int(child.pid) && threads?.first?["state"] as? String == "Z")
-        try child.send("check")
+        try await child.send("check")
         #expect(try child.fact("check") == "PASS")
     }
 
     @Test("freeze holds every live thread and leaves the exited main thread alone; stacks walk each")
     func freezeAndStacks() async throws {
-        let (child, live, _, _, _) = try leaderless()
+        let (child, live, _, _, _) = try await leaderless()
         defer { child.stop() }
         let held = try await withFrozenProcess(child.pid) { tracer async throws in
             let states = try TargetHealth.threadStates(of: child.pid)
@@ -81,14 +81,14 @@ struct LeaderlessProcessTests {
         #expect(cli.status == 0, "\(cli.standardError)")
         #expect(cli.standardOutput.contains("leaderless_worker"))
         await #expect(try TargetHealth.runsFreely(child.pid))
-        try child.send("check")
+        try await child.send("check")
         #expect(try child.fact("check") == "PASS")
     }
 
     @Test("dump and track checkpoint it byte-exactly and record the main thread as exited",
           arguments: ["uffd-wp", "hash"])
     func checkpoint(tracking: String) async throws {
-        let (child, live, pages, pageCount, _) = try leaderless()
+        let (child, live, pages, pageCount, _) = try await leaderless()
         defer { child.stop() }
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
@@ -111,29 +111,29 @@ struct LeaderlessProcessTests {
         }
         await #expect(try TargetHealth.runsFreely(child.pid))
         #expect(try TargetHealth(pid: live[0]) == before)
-        try child.send("check")
+        try await child.send("check")
         #expect(try child.fact("check") == "PASS")
     }
 
     @Test("when the thread it reads through exits, a long-lived handle reads through another")
-    func threadExitsDuringSession() throws {
-        let (child, live, pages, _, _) = try leaderless()
+    func threadExitsDuringSession() async throws {
+        let (child, live, pages, _, _) = try await leaderless()
         defer { child.stop() }
         #expect(live.count == 2)
         let target = try TargetProcess(pid: child.pid)
         #expect(target.process.entry == live[0])
-        try child.send("end-worker")
+        try await child.send("end-worker")
         #expect(try TargetHealth.threadStates(of: child.pid).keys.sorted() == [child.pid, live[1]])
         #expect(try ProcessReader.mappings(target).contains { $0.start <= pages && pages < $0.end })
         #expect(target.process.entry == live[1])
         try target.requireAlive()
-        try child.send("check")
+        try await child.send("check")
         #expect(try child.fact("check") == "PASS")
     }
 
     @Test("a process whose every thread has exited is still refused as a zombie")
-    func zombieRefused() throws {
-        let child = try ScenarioProcess("zombie")
+    func zombieRefused() async throws {
+        let child = try await ScenarioProcess("zombie")
         defer { child.stop() }
         let zombie = Int32(try child.intFact("zombie"))
         #expect(Kernel.procEntry(zombie) == zombie)
