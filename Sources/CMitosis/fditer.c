@@ -23,7 +23,10 @@
 static long bpf(int command, union bpf_attr *attr) { return syscall(SYS_bpf, command, attr, sizeof(*attr)); }
 
 int mitosis_fd_iterator_open(const struct mitosis_fd_offsets *o, int tid, char *log, uint32_t log_size) {
-    enum { header = sizeof(struct mitosis_fd_record), path_max = 4096 };
+    enum { header = sizeof(struct mitosis_fd_record), path_max = 4096, anon_inode_magic = 0x09041934 };
+    int eventfd = o->file_private_data >= 0 && o->eventfd_count >= 0 && o->eventfd_id >= 0 && o->eventfd_flags >= 0;
+    // Without the offsets the eventfd block is never run, but the verifier still checks its loads.
+    int32_t private_data = eventfd ? o->file_private_data : o->file_pos;
     union bpf_attr attr;
     memset(&attr, 0, sizeof(attr));
     // One scratch record + path per CPU: the BPF stack (512 bytes) cannot hold a path.
@@ -62,6 +65,23 @@ int mitosis_fd_iterator_open(const struct mitosis_fd_offsets *o, int tid, char *
         LOAD(BPF_DW, 3, 7, o->file_path + o->path_mnt), ALU_IMM(BPF_ADD, 3, o->mount_id - o->mount_mnt),
         MOV(1, 9), ALU_IMM(BPF_ADD, 1, offsetof(struct mitosis_fd_record, mount_id)), MOV_IMM(2, 4),
         CALL(BPF_FUNC_probe_read_kernel),
+        // An eventfd's state (fdinfo's eventfd-count, -id, -semaphore), read from private_data
+        // for files on the anonymous-inode filesystem; left at id -1 without the BTF offsets.
+        STORE_IMM(BPF_DW, 9, offsetof(struct mitosis_fd_record, eventfd_count), 0),
+        STORE_IMM(BPF_W, 9, offsetof(struct mitosis_fd_record, eventfd_id), -1),
+        STORE_IMM(BPF_W, 9, offsetof(struct mitosis_fd_record, eventfd_flags), 0),
+        LOAD(BPF_DW, 1, 9, offsetof(struct mitosis_fd_record, magic)),
+        JUMP_IMM(BPF_JNE, 1, eventfd ? anon_inode_magic : 0, 20),
+        LOAD(BPF_DW, 3, 7, private_data), ALU_IMM(BPF_ADD, 3, o->eventfd_count),
+        MOV(1, 9), ALU_IMM(BPF_ADD, 1, offsetof(struct mitosis_fd_record, eventfd_count)), MOV_IMM(2, 8),
+        CALL(BPF_FUNC_probe_read_kernel),
+        LOAD(BPF_DW, 3, 7, private_data), ALU_IMM(BPF_ADD, 3, o->eventfd_flags),
+        MOV(1, 9), ALU_IMM(BPF_ADD, 1, offsetof(struct mitosis_fd_record, eventfd_flags)), MOV_IMM(2, 4),
+        CALL(BPF_FUNC_probe_read_kernel),
+        LOAD(BPF_DW, 3, 7, private_data), ALU_IMM(BPF_ADD, 3, o->eventfd_id),
+        MOV(1, 9), ALU_IMM(BPF_ADD, 1, offsetof(struct mitosis_fd_record, eventfd_id)), MOV_IMM(2, 4),
+        CALL(BPF_FUNC_probe_read_kernel),
+        JUMP_IMM(BPF_JEQ, 0, 0, 1), STORE_IMM(BPF_W, 9, offsetof(struct mitosis_fd_record, eventfd_id), -1),
         // close_on_exec: bit fd of task->files->fdt->close_on_exec, as fdinfo adds it to flags.
         STORE_IMM(BPF_DW, 10, -16, 0),
         LOAD(BPF_DW, 1, 6, o->ctx_task), JUMP_IMM(BPF_JEQ, 1, 0, TO_END),

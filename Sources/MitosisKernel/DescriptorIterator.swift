@@ -32,12 +32,34 @@ package enum DescriptorIterator {
         /// The link text, as `readlink /proc/PID/fd/N` gives it; nil when the kernel could not
         /// print it (longer than 4 KiB).
         package var target: String?
+        /// For a file on the anonymous-inode filesystem, its `private_data` read as an eventfd's
+        /// (counter, id, flags): meaningful only when `target` is `anon_inode:[eventfd]`; nil
+        /// when not read (another filesystem, or the BTF lacks `eventfd_ctx`).
+        package var eventfd: Eventfd?
+    }
+
+    /// An eventfd's state as the iterator read it from `struct eventfd_ctx`.
+    package struct Eventfd: Sendable, Equatable {
+        package var counter: UInt64
+        package var id: Int32
+        /// `EFD_SEMAPHORE` and the other flags eventfd2 was given.
+        package var flags: UInt32
+        /// What fdinfo's `eventfd-semaphore:` says.
+        package var semaphore: Bool { flags & 1 != 0 }  // EFD_SEMAPHORE
+    }
+
+    /// Which kernels the iterator is used on.
+    package enum Kernels: Sendable {
+        /// Those where it was compared with /proc (6.18 on): what Mitosis uses.
+        case verified
+        /// Any where it loads (6.1 on): for the tests that compare it with /proc there (the kernel matrix).
+        case any
     }
 
     /// The records of every descriptor in thread `tid`'s file table, ascending by fd; nil when
     /// the iterator is unavailable here (not root, no BTF, an older kernel) or fails.
-    package static func records(tid: Int32) -> [Record]? {
-        guard case .success(var copy) = Self.offsets else { return nil }
+    package static func records(tid: Int32, kernels: Kernels = .verified) -> [Record]? {
+        guard case .success(var copy) = offsets(kernels) else { return nil }
         let iterator = mitosis_fd_iterator_open(&copy, tid, nil, 0)
         guard iterator >= 0 else { return nil }
         defer { close(iterator) }
@@ -58,8 +80,8 @@ package enum DescriptorIterator {
     }
 
     /// Why the iterator cannot be used here, or nil when it can: for a test that must say why it skipped.
-    package static func unavailableReason(tid: Int32) -> String? {
-        switch Self.offsets {
+    package static func unavailableReason(tid: Int32, kernels: Kernels = .verified) -> String? {
+        switch offsets(kernels) {
         case .failure(let reason): return reason.text
         case .success(var copy):
             var log = [CChar](repeating: 0, count: 1 << 16)
@@ -75,6 +97,23 @@ package enum DescriptorIterator {
 
     package struct Unavailable: Error, Sendable { var text: String }
 
+    private static func offsets(_ kernels: Kernels) -> Result<mitosis_fd_offsets, Unavailable> {
+        if kernels == .verified, let reason = unverifiedKernel { return .failure(Unavailable(text: reason)) }
+        return offsets
+    }
+
+    /// Why the running kernel is not one where the iterator was compared with /proc
+    /// (DescriptorIteratorTests on 6.18; the kernel matrix runs them on 6.1 and 6.12 with
+    /// `.any`), or nil: there /proc is read.
+    private static let unverifiedKernel: String? = {
+        let release = (try? Kernel.readFile("/proc/sys/kernel/osrelease")).map { String(decoding: $0, as: UTF8.self) } ?? ""
+        let version = release.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
+        guard version.count == 2, (version[0], version[1]) >= (6, 18) else {
+            return "kernel \(release.trimmingCharacters(in: .whitespacesAndNewlines)): the iterator is verified from 6.18 on; /proc is read"
+        }
+        return nil
+    }()
+
     /// The offsets of the running kernel's structs, found once per process in its BTF.
     /// `MITOSIS_DESCRIPTOR_ITERATOR=0` in the environment turns the iterator off (/proc is read
     /// instead): to compare the two paths, or to step around a kernel that misbehaves.
@@ -82,14 +121,7 @@ package enum DescriptorIterator {
         if let setting = getenv("MITOSIS_DESCRIPTOR_ITERATOR"), String(cString: setting) == "0" {
             return .failure(Unavailable(text: "turned off by MITOSIS_DESCRIPTOR_ITERATOR=0"))
         }
-        // Compared with /proc on 6.18 only (DescriptorIteratorTests): older kernels read /proc
-        // until the kernel matrix has compared the two there.
-        let release = (try? Kernel.readFile("/proc/sys/kernel/osrelease")).map { String(decoding: $0, as: UTF8.self) } ?? ""
-        let version = release.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
-        guard version.count == 2, (version[0], version[1]) >= (6, 18) else {
-            return .failure(Unavailable(text: "kernel \(release.trimmingCharacters(in: .whitespacesAndNewlines)): the iterator is verified from 6.18 on; /proc is read"))
-        }
-        guard let bytes = try? Kernel.readFile("/sys/kernel/btf/vmlinux", limit: 256 << 20) else {
+        guard let bytes = try? Kernel.readSizedFile("/sys/kernel/btf/vmlinux", limit: 256 << 20) else {
             return .failure(Unavailable(text: "no kernel BTF at /sys/kernel/btf/vmlinux"))
         }
         guard let btf = KernelBTF(bytes) else { return .failure(Unavailable(text: "unreadable kernel BTF")) }
@@ -116,11 +148,16 @@ package enum DescriptorIterator {
               let taskFiles = offset("task_struct", "files", size: 8), let filesFdt = offset("files_struct", "fdt", size: 8),
               let closeOnExec = offset("fdtable", "close_on_exec", size: 8)
         else { return nil }
+        // Optional: without them eventfds are read from /proc.
+        let privateData = offset("file", "private_data", size: 8), eventfdCount = offset("eventfd_ctx", "count", size: 8)
+        let eventfdID = offset("eventfd_ctx", "id", size: 4), eventfdFlags = offset("eventfd_ctx", "flags", size: 4)
         return mitosis_fd_offsets(
             iter_function: function, ctx_meta: ctxMeta, ctx_task: ctxTask, ctx_fd: ctxFd, ctx_file: ctxFile, meta_seq: metaSeq,
             file_flags: fileFlags, file_pos: filePos, file_inode: fileInode, file_path: filePath, path_mnt: pathMnt,
             inode_ino: inodeIno, inode_mode: inodeMode, inode_rdev: inodeRdev, inode_sb: inodeSb, sb_dev: sbDev, sb_magic: sbMagic,
-            mount_mnt: mountMnt, mount_id: mountId, task_files: taskFiles, files_fdt: filesFdt, fdt_close_on_exec: closeOnExec)
+            mount_mnt: mountMnt, mount_id: mountId, task_files: taskFiles, files_fdt: filesFdt, fdt_close_on_exec: closeOnExec,
+            file_private_data: privateData ?? -1, eventfd_count: eventfdCount ?? -1, eventfd_id: eventfdID ?? -1,
+            eventfd_flags: eventfdFlags ?? -1)
     }
 
     /// Records as `mitosis_fd_record` lays them out, each followed by its path. A truncated
@@ -142,7 +179,9 @@ package enum DescriptorIterator {
                     fd: Int32(bitPattern: record.fd), flags: record.flags | (record.close_on_exec != 0 ? UInt32(O_CLOEXEC) : 0),
                     position: record.position, inode: record.inode, mode: record.mode,
                     device: DeviceNumber(kernel: UInt64(record.device)), specialDevice: DeviceNumber(kernel: UInt64(record.special_device)),
-                    fileSystemMagic: record.magic, openFile: record.file, mountId: Int(record.mount_id), target: target))
+                    fileSystemMagic: record.magic, openFile: record.file, mountId: Int(record.mount_id), target: target,
+                    eventfd: record.eventfd_id >= 0
+                        ? Eventfd(counter: record.eventfd_count, id: record.eventfd_id, flags: record.eventfd_flags) : nil))
                 at += header + pathBytes
             }
         }

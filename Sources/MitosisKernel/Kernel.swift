@@ -141,6 +141,34 @@ package enum Kernel {
         return bytes
     }
 
+    /// Reads the whole file at `path` whose `stat` tells its size (a regular file, a sysfs binary
+    /// attribute such as the kernel's BTF), into an array of that size: no growing and copying
+    /// for a file of megabytes. Up to `limit` bytes; the calls are `open`, `fstat` and `read`.
+    package static func readSizedFile(_ path: String, limit: Int) throws(Errno) -> [UInt8] {
+        let fd = try check { open(path, O_RDONLY | O_CLOEXEC) }
+        defer { close(fd) }
+        var status = stat()
+        _ = try check { fstat(fd, &status) }
+        guard status.st_size > 0 else { return try readFileAt(nil, path, limit: limit) }  // size unknown
+        let size = min(Int(status.st_size), limit)
+        var failure: Errno?
+        let bytes = [UInt8](unsafeUninitializedCapacity: size) { buffer, count in
+            count = 0
+            while count < size {
+                let n = read(fd, buffer.baseAddress! + count, size - count)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    failure = Errno(rawValue: errno)
+                    return
+                }
+                if n == 0 { break }
+                count += n
+            }
+        }
+        if let failure { throw failure }
+        return bytes
+    }
+
     /// Writes `text` to an existing file in one `write` (a `/proc/sys` setting takes it so).
     /// The corresponding system calls are `open` and `write`.
     package static func writeFile(_ path: String, _ text: String) throws(Errno) {

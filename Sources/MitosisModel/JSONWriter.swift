@@ -22,7 +22,7 @@ package struct JSONWriter {
     package func encode<T: Encodable>(_ value: T) throws -> [UInt8] {
         let keys = KeyCache()
         let node = try JSONTreeEncoder.wrap(value, keys: keys, codingPath: [])
-        var output = JSONBytes(pretty: pretty)
+        var output = JSONBytes(pretty: pretty, keys: keys)
         output.bytes.reserveCapacity(1 << 16)
         output.write(node, depth: 0)
         return output.bytes
@@ -43,6 +43,8 @@ package enum JSONNode {
     case string(String)
     case array(JSONArrayBox)
     case object(JSONObjectBox)
+    /// A value that writes itself (`JSONStreamable`), with no tree in between.
+    case custom(any JSONStreamable)
 }
 
 package final class JSONArrayBox {
@@ -72,6 +74,8 @@ package final class KeyCache {
     }
 
     package func snakeCase(_ key: String) -> String {
+        // Already snake_case (ASCII, no capital): what the conversion returns, without a lookup.
+        if key.utf8.allSatisfy({ $0 < 0x80 && !Self.isUpper($0) }) { return key }
         if let known = converted[key] { return known }
         let result = Self.convertToSnakeCase(key)
         converted[key] = result
@@ -118,7 +122,7 @@ package final class KeyCache {
         return unicodeSnakeCase(key)
     }
 
-    private static func isUpper(_ byte: UInt8) -> Bool { byte >= 0x41 && byte <= 0x5A }
+    static func isUpper(_ byte: UInt8) -> Bool { byte >= 0x41 && byte <= 0x5A }
     private static func isLower(_ byte: UInt8) -> Bool { byte >= 0x61 && byte <= 0x7A }
 
     /// The same algorithm over Unicode scalars (uppercase: categories Lu and Lt).
@@ -159,6 +163,30 @@ package final class KeyCache {
 /// `encode(to:)` gives: the golden tests compare both.
 package protocol JSONNodeConvertible {
     func jsonNode(keys: KeyCache) throws -> JSONNode
+}
+
+/// A value that writes its own JSON straight into the output, without building nodes first: the
+/// graph's nodes and edges (tens of thousands of small objects). What it writes must be what
+/// its `encode(to:)` gives through `JSONWriter`, byte for byte (the golden tests compare both
+/// with Foundation).
+package protocol JSONStreamable {
+    func writeJSON(to output: inout JSONBytes, depth: Int)
+}
+
+/// An array of streamable values, written as `JSONBytes` writes an array node.
+package struct JSONStreamedArray<Element: JSONStreamable>: JSONStreamable {
+    package let elements: [Element]
+    package init(_ elements: [Element]) { self.elements = elements }
+
+    package func writeJSON(to output: inout JSONBytes, depth: Int) {
+        output.openContainer(UInt8(ascii: "["))
+        var first = true
+        for element in elements {
+            output.startElement(&first, depth: depth)
+            element.writeJSON(to: &output, depth: depth + 1)
+        }
+        output.closeContainer(UInt8(ascii: "]"), depth: depth)
+    }
 }
 
 extension JSONObjectBox {
@@ -403,69 +431,94 @@ final class JSONTreeEncoder: Encoder {
 // MARK: - Writing
 
 /// The output buffer and Foundation's layout rules.
-struct JSONBytes {
+package struct JSONBytes {
     let pretty: Bool
+    /// snake_case of keys, for values that write themselves.
+    let keys: KeyCache
     var bytes: [UInt8] = []
+    /// The entries of the graph node or edge being written, its storage reused from one to the next.
+    var graphEntries: [(key: String, value: GraphValue)] = []
 
-    init(pretty: Bool) { self.pretty = pretty }
+    init(pretty: Bool, keys: KeyCache) {
+        self.pretty = pretty
+        self.keys = keys
+    }
+
+    /// `[` or `{`, and a newline when pretty.
+    mutating func openContainer(_ bracket: UInt8) {
+        bytes.append(bracket)
+        if pretty { bytes.append(UInt8(ascii: "\n")) }
+    }
+
+    /// Before each element of a container: the comma after the one before, the indentation.
+    mutating func startElement(_ first: inout Bool, depth: Int) {
+        if first { first = false } else {
+            bytes.append(UInt8(ascii: ","))
+            if pretty { bytes.append(UInt8(ascii: "\n")) }
+        }
+        if pretty { indent(depth + 1) }
+    }
+
+    /// Before each entry of an object: as `startElement`, then the key and its separator.
+    mutating func startEntry(_ first: inout Bool, key: String, depth: Int) {
+        startElement(&first, depth: depth)
+        writeString(key)
+        if pretty { append(" : ") } else { bytes.append(UInt8(ascii: ":")) }
+    }
+
+    /// `]` or `}` on a line of its own when pretty.
+    mutating func closeContainer(_ bracket: UInt8, depth: Int) {
+        if pretty {
+            bytes.append(UInt8(ascii: "\n"))
+            indent(depth)
+        }
+        bytes.append(bracket)
+    }
+
+    mutating func writeInt(_ value: Int64) {
+        if value < 0 {
+            bytes.append(UInt8(ascii: "-"))
+            writeDigits(value.magnitude)
+        } else {
+            writeDigits(UInt64(value))
+        }
+    }
+
+    mutating func writeBool(_ value: Bool) { value ? append("true") : append("false") }
 
     mutating func write(_ node: JSONNode, depth: Int) {
         switch node {
         case .null: append("null")
-        case .bool(let value): value ? append("true") : append("false")
-        case .int(let value):
-            if value < 0 {
-                bytes.append(UInt8(ascii: "-"))
-                writeDigits(value.magnitude)
-            } else {
-                writeDigits(UInt64(value))
-            }
+        case .bool(let value): writeBool(value)
+        case .int(let value): writeInt(value)
         case .uint(let value): writeDigits(value)
         case .number(let text): append(text)
         case .string(let text): writeString(text)
         case .array(let array):
-            bytes.append(UInt8(ascii: "["))
-            if pretty { bytes.append(UInt8(ascii: "\n")) }
+            openContainer(UInt8(ascii: "["))
             var first = true
             for element in array.elements {
-                if first { first = false } else {
-                    bytes.append(UInt8(ascii: ","))
-                    if pretty { bytes.append(UInt8(ascii: "\n")) }
-                }
-                if pretty { indent(depth + 1) }
+                startElement(&first, depth: depth)
                 write(element, depth: depth + 1)
             }
-            if pretty {
-                bytes.append(UInt8(ascii: "\n"))
-                indent(depth)
-            }
-            bytes.append(UInt8(ascii: "]"))
+            closeContainer(UInt8(ascii: "]"), depth: depth)
         case .object(let object):
-            bytes.append(UInt8(ascii: "{"))
-            if pretty { bytes.append(UInt8(ascii: "\n")) }
+            openContainer(UInt8(ascii: "{"))
             var first = true
-            for (key, value) in Self.sorted(object.entries) {
-                if first { first = false } else {
-                    bytes.append(UInt8(ascii: ","))
-                    if pretty { bytes.append(UInt8(ascii: "\n")) }
-                }
-                if pretty { indent(depth + 1) }
-                writeString(key)
-                if pretty { append(" : ") } else { bytes.append(UInt8(ascii: ":")) }
+            // Sorted in place: the tree is written once.
+            Self.sortEntries(&object.entries)
+            for (key, value) in object.entries {
+                startEntry(&first, key: key, depth: depth)
                 write(value, depth: depth + 1)
             }
-            if pretty {
-                bytes.append(UInt8(ascii: "\n"))
-                indent(depth)
-            }
-            bytes.append(UInt8(ascii: "}"))
+            closeContainer(UInt8(ascii: "}"), depth: depth)
+        case .custom(let value): value.writeJSON(to: &self, depth: depth)
         }
     }
 
     /// Sorted by the keys' UTF-8 bytes; of a key encoded twice, the last value (a dictionary's `set`).
-    static func sorted(_ entries: [(key: String, value: JSONNode)]) -> [(key: String, value: JSONNode)] {
-        if entries.count < 2 { return entries }
-        var entries = entries
+    static func sortEntries<Value>(_ entries: inout [(key: String, value: Value)]) {
+        if entries.count < 2 { return }
         if entries.count > 32 {
             entries = entries.enumerated().sorted { a, b in
                 a.element.key == b.element.key ? a.offset < b.offset : precedes(a.element.key, b.element.key)
@@ -483,22 +536,21 @@ struct JSONBytes {
             }
         }
         entries.removeLast(entries.count - kept)
-        return entries
     }
 
-    /// Stable, so equal keys keep their order; objects have a few keys.
-    private static func insertionSort(_ entries: inout [(key: String, value: JSONNode)]) {
+    /// Stable, so equal keys keep their order; objects have a few keys, mostly added in order
+    /// already (then it only compares neighbours).
+    private static func insertionSort<Value>(_ entries: inout [(key: String, value: Value)]) {
         for index in 1..<entries.count {
             var position = index
-            while position > 0, precedes(entries[index].key, entries[position - 1].key) { position -= 1 }
-            if position != index {
-                let entry = entries.remove(at: index)
-                entries.insert(entry, at: position)
+            while position > 0, precedes(entries[position].key, entries[position - 1].key) {
+                entries.swapAt(position, position - 1)
+                position -= 1
             }
         }
     }
 
-    private static func precedes(_ a: String, _ b: String) -> Bool {
+    static func precedes(_ a: String, _ b: String) -> Bool {
         var a = a, b = b
         return a.withUTF8 { x in
             b.withUTF8 { y in
@@ -512,23 +564,23 @@ struct JSONBytes {
         }
     }
 
-    private mutating func indent(_ level: Int) {
+    mutating func indent(_ level: Int) {
         for _ in 0..<level {
             bytes.append(UInt8(ascii: " "))
             bytes.append(UInt8(ascii: " "))
         }
     }
 
-    private mutating func append(_ text: StaticString) {
+    mutating func append(_ text: StaticString) {
         text.withUTF8Buffer { bytes.append(contentsOf: $0) }
     }
 
-    private mutating func append(_ text: String) {
+    mutating func append(_ text: String) {
         var text = text
         text.withUTF8 { bytes.append(contentsOf: $0) }
     }
 
-    private mutating func writeDigits(_ value: UInt64) {
+    mutating func writeDigits(_ value: UInt64) {
         if value < 10 {
             bytes.append(UInt8(ascii: "0") + UInt8(value))
             return
@@ -547,7 +599,7 @@ struct JSONBytes {
     }
 
     /// Quoted, with Foundation's escapes (slashes left alone).
-    private mutating func writeString(_ text: String) {
+    mutating func writeString(_ text: String) {
         bytes.append(UInt8(ascii: "\""))
         var text = text
         text.withUTF8 { utf8 in

@@ -192,27 +192,73 @@ extension GraphValue: JSONNodeConvertible {
     }
 }
 
-extension GraphNode: JSONNodeConvertible {
-    /// As `encode(to:)`: `id`, `kind`, then the attributes beside them.
-    package func jsonNode(keys: KeyCache) throws -> JSONNode {
-        let object = JSONObjectBox()
-        object.entries.reserveCapacity(attributes.count + 2)
-        object.add("id", .string(id), keys: keys)
-        object.add("kind", .string(kind.rawValue), keys: keys)
-        for (key, value) in attributes { object.add(key, try value.jsonNode(keys: keys), keys: keys) }
-        return .object(object)
+extension GraphValue {
+    /// What `jsonNode` gives, written.
+    func writeJSON(to output: inout JSONBytes, depth: Int) {
+        switch self {
+        case .string(let value): output.writeString(value)
+        case .int(let value): output.writeInt(value)
+        case .bool(let value): output.writeBool(value)
+        case .strings(let values):
+            output.openContainer(UInt8(ascii: "["))
+            var first = true
+            for value in values {
+                output.startElement(&first, depth: depth)
+                output.writeString(value)
+            }
+            output.closeContainer(UInt8(ascii: "]"), depth: depth)
+        }
     }
 }
 
-extension GraphEdge: JSONNodeConvertible {
+extension JSONBytes {
+    /// A node's or an edge's object: `fixed` entries then `attributes` (as its `encode(to:)`
+    /// encodes them), written as an object node would be.
+    mutating func writeGraphObject(_ fixed: (key: String, value: GraphValue)..., attributes: GraphAttributes, depth: Int) {
+        var entries: [(key: String, value: GraphValue)] = []
+        swap(&entries, &graphEntries)
+        defer {
+            entries.removeAll(keepingCapacity: true)
+            swap(&entries, &graphEntries)
+        }
+        entries.append(contentsOf: fixed)
+        for (key, value) in attributes { entries.append((keys.snakeCase(key), value)) }
+        JSONBytes.sortEntries(&entries)
+        openContainer(UInt8(ascii: "{"))
+        var first = true
+        for entry in entries {
+            startEntry(&first, key: entry.key, depth: depth)
+            entry.value.writeJSON(to: &self, depth: depth + 1)
+        }
+        closeContainer(UInt8(ascii: "}"), depth: depth)
+    }
+}
+
+extension GraphNode: JSONNodeConvertible, JSONStreamable {
+    package func jsonNode(keys: KeyCache) throws -> JSONNode { .custom(self) }
+
+    /// As `encode(to:)`: `id`, `kind`, then the attributes beside them.
+    package func writeJSON(to output: inout JSONBytes, depth: Int) {
+        output.writeGraphObject(("id", .string(id)), ("kind", .string(kind.rawValue)), attributes: attributes, depth: depth)
+    }
+}
+
+extension GraphEdge: JSONNodeConvertible, JSONStreamable {
+    package func jsonNode(keys: KeyCache) throws -> JSONNode { .custom(self) }
+
     /// As `encode(to:)`: `from`, `to`, `kind`, then the attributes beside them.
+    package func writeJSON(to output: inout JSONBytes, depth: Int) {
+        output.writeGraphObject(("from", .string(from)), ("to", .string(to)), ("kind", .string(kind.rawValue)),
+                                attributes: attributes, depth: depth)
+    }
+}
+
+extension ResourceGraph: JSONNodeConvertible {
+    /// As the synthesized `encode(to:)`: `nodes` and `edges`, each element writing itself.
     package func jsonNode(keys: KeyCache) throws -> JSONNode {
         let object = JSONObjectBox()
-        object.entries.reserveCapacity(attributes.count + 3)
-        object.add("from", .string(from), keys: keys)
-        object.add("to", .string(to), keys: keys)
-        object.add("kind", .string(kind.rawValue), keys: keys)
-        for (key, value) in attributes { object.add(key, try value.jsonNode(keys: keys), keys: keys) }
+        object.add("nodes", .custom(JSONStreamedArray(nodes)), keys: keys)
+        object.add("edges", .custom(JSONStreamedArray(edges)), keys: keys)
         return .object(object)
     }
 }

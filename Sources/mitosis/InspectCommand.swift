@@ -129,8 +129,10 @@ struct InspectReport {
         guard let columns = rows.first?.count else { return }
         let widths = (0..<columns).map { column in rows.map { $0[column].count }.max() ?? 0 }
         for row in rows {
+            // Padded in Swift: Foundation's `padding(toLength:)` bridged every cell through NSString
+            // (a quarter of `inspect`'s time with 10,000 descriptors).
             let cells = row.enumerated().map { index, cell in
-                index == columns - 1 ? cell : cell.padding(toLength: widths[index], withPad: " ", startingAt: 0)
+                index == columns - 1 ? cell : cell + String(repeating: " ", count: max(0, widths[index] - cell.count))
             }
             out += "  " + cells.joined(separator: "  ") + "\n"
         }

@@ -17,6 +17,9 @@ struct mitosis_fd_offsets {
     int32_t sb_dev, sb_magic;
     int32_t mount_mnt, mount_id;  // struct mount: its vfsmount and its id
     int32_t task_files, files_fdt, fdt_close_on_exec;
+    /// file.private_data and struct eventfd_ctx's count, id and flags; -1 each when the BTF lacks
+    /// one (eventfds are then read from /proc).
+    int32_t file_private_data, eventfd_count, eventfd_id, eventfd_flags;
 };
 
 /// One record the iterator writes per descriptor, followed by `path_length` bytes of its link
@@ -35,6 +38,12 @@ struct mitosis_fd_record {
     uint64_t file;           // the struct file's address: equal for descriptors sharing one open file description
     int32_t mount_id;        // real_mount(f_path.mnt)->mnt_id
     int32_t path_length;     // bytes of path after the record; ≤ 0 when d_path failed (none follow)
+    // For a file on the anonymous-inode filesystem, what private_data holds if it is an eventfd
+    // (user space trusts them only for `anon_inode:[eventfd]`): eventfd-count, eventfd-id and
+    // the flags (EFD_SEMAPHORE). eventfd_id is -1 when they were not read.
+    uint64_t eventfd_count;
+    int32_t eventfd_id;
+    uint32_t eventfd_flags;
 };
 
 /// Loads the program, attaches it to thread `tid`'s file table and returns the iterator's

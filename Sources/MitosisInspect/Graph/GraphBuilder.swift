@@ -17,9 +17,9 @@ public struct GraphOptions: Sendable {
     /// When a pipe end or a socket peer is not in the graph, scan the other processes' descriptors
     /// to name its holder (and to tell a closed pipe end from one held outside).
     public var resolveOutsideHolders = true
-    /// Read descriptors with the kernel's task/file iterator where it is available (tests turn it
-    /// off to compare with the /proc and kcmp path).
-    package var descriptorIterator = true
+    /// Read descriptors with the kernel's task/file iterator on these kernels where it is
+    /// available; nil: from /proc (tests compare the two paths).
+    package var descriptorIterator: DescriptorIterator.Kernels? = .verified
 
     public init(includeDescendants: Bool = false, includeMappings: Bool = true, includeThreads: Bool = true) {
         self.includeDescendants = includeDescendants
@@ -41,12 +41,15 @@ package struct ProcessResources: Sendable {
 
     package var pid: Int32 { identity.pid }
 
-    package static func read(_ target: TargetProcess, mappings: Bool, descriptorIterator: Bool = true) throws(MitosisError) -> ProcessResources {
+    package static func read(_ target: TargetProcess, mappings: Bool, descriptorIterator: DescriptorIterator.Kernels? = .verified) throws(MitosisError) -> ProcessResources {
         let identity = try ProcessReader.identity(target), threads = try ProcessReader.threads(target)
         let namespaces = try ProcessReader.namespaces(target)
         let mappings = mappings ? try ProcessReader.mappings(target, detailed: false) : []
-        let (descriptors, openFiles) = descriptorIterator
-            ? try ProcessReader.descriptorsAndOpenFiles(target) : (try ProcessReader.descriptorsFromProc(target), nil)
+        let (descriptors, openFiles) = if let kernels = descriptorIterator {
+            try ProcessReader.descriptorsAndOpenFiles(target, kernels: kernels)
+        } else {
+            (try ProcessReader.descriptorsFromProc(target), nil as [UInt64]?)
+        }
         return ProcessResources(identity: identity, threads: threads, namespaces: namespaces, mappings: mappings,
                                 descriptors: descriptors, openFiles: openFiles)
     }
@@ -230,62 +233,81 @@ package struct GraphAssembly {
 
     // MARK: Open file descriptions and the objects behind them
 
+    /// What a descriptor opens: descriptors of one object may share open file descriptions.
+    private enum ObjectKey: Hashable {
+        case socket(inode: UInt64)
+        case eventfd(id: Int)
+        case file(target: String, device: DeviceNumber?, inode: UInt64)
+    }
+
+    /// One descriptor of a bucket: its key and where it is in `processes`.
+    private struct Member {
+        var key: FDKey
+        var process: Int
+        var index: Int
+    }
+
+    private func descriptor(_ member: Member) -> OpenDescriptor { processes[member.process].descriptors[member.index] }
+
     private mutating func addDescriptions() {
         // Bucket descriptors by the object they open; inside a bucket, kcmp tells which share one
         // open file description. A socket or an eventfd has exactly one description.
-        var buckets: [String: [FDKey]] = [:]
-        var byKey: [FDKey: OpenDescriptor] = [:]
-        // With every process read by the kernel's iterator, open file descriptions are known by address.
-        var openFileOf: [FDKey: UInt64]? = processes.allSatisfy { $0.openFiles != nil } ? [:] : nil
-        for process in processes {
+        let total = processes.reduce(0) { $0 + $1.descriptors.count }
+        var buckets: [ObjectKey: [Member]] = [:]
+        buckets.reserveCapacity(total)
+        descriptions.reserveCapacity(total)
+        descriptionOf.reserveCapacity(total)
+        objectOf.reserveCapacity(total)
+        nodes.reserveCapacity(nodes.count + 2 * total)
+        edges.reserveCapacity(edges.count + 2 * total)
+        for (position, process) in processes.enumerated() {
             for (index, descriptor) in process.descriptors.enumerated() {
-                let key = FDKey(pid: process.pid, fd: descriptor.fd)
-                byKey[key] = descriptor
-                if let openFiles = process.openFiles { openFileOf?[key] = openFiles[index] }
-                let identity: String
+                let object: ObjectKey
                 if descriptor.kind == .socket {
-                    identity = "socket:\(descriptor.inode)"
+                    object = .socket(inode: descriptor.inode)
                 } else if let id = descriptor.eventfd?.id {
-                    identity = "eventfd:\(id)"
+                    object = .eventfd(id: id)
                 } else {
-                    identity = "\(descriptor.target)|\(descriptor.device?.description ?? "")|\(descriptor.inode)"
+                    object = .file(target: descriptor.target, device: descriptor.device, inode: descriptor.inode)
                 }
-                buckets[identity, default: []].append(key)
+                buckets[object, default: []].append(Member(key: FDKey(pid: process.pid, fd: descriptor.fd), process: position, index: index))
             }
         }
+        let processIDs = processes.map { Self.processID($0.pid) }
+        let byAddress = processes.allSatisfy { $0.openFiles != nil }
+        let accessModes = ["O_RDONLY", "O_WRONLY", "O_RDWR", "O_ACCMODE"]
         for bucket in buckets.values {
-            let groups = descriptorsIdentity(bucket, byKey, openFileOf)
-            for group in groups {
-                let holders = group.map { bucket[$0] }.sorted { ($0.pid, $0.fd) < ($1.pid, $1.fd) }
+            for group in descriptionGroups(bucket, byAddress: byAddress) {
+                let holders = group.map { bucket[$0] }.sorted { ($0.key.pid, $0.key.fd) < ($1.key.pid, $1.key.fd) }
                 let first = holders[0]
-                let descriptor = byKey[first]!
-                let id = "description:\(first.pid):\(first.fd)"
-                let accessModes = ["O_RDONLY", "O_WRONLY", "O_RDWR", "O_ACCMODE"]
+                let descriptor = descriptor(first)
+                let id = "description:\(first.key.pid):\(first.key.fd)"
                 add(id, .description, [
                     "access": .string(accessModes[Int(descriptor.flags & 3)]),
                     "flags": .strings(descriptor.flagNames.filter { $0 != "O_CLOEXEC" && !accessModes.contains($0) }),
                     "position": .int(Int64(descriptor.position)),
                 ])
-                descriptions[id] = (descriptor, holders)
+                descriptions[id] = (descriptor, holders.map(\.key))
                 for holder in holders {
-                    descriptionOf[holder] = id
-                    let cloexec = (byKey[holder]!.flags & 0o2000000) != 0
-                    link(Self.processID(holder.pid), id, .holds, ["fd": .int(Int64(holder.fd)), "cloexec": .bool(cloexec)])
+                    descriptionOf[holder.key] = id
+                    let cloexec = (self.descriptor(holder).flags & 0o2000000) != 0
+                    link(processIDs[holder.process], id, .holds, ["fd": .int(Int64(holder.key.fd)), "cloexec": .bool(cloexec)])
                 }
                 addObject(for: descriptor, description: id)
             }
         }
     }
 
-    /// Groups a bucket of descriptors into open file descriptions (indices into `bucket`).
-    private func descriptorsIdentity(_ bucket: [FDKey], _ byKey: [FDKey: OpenDescriptor], _ openFileOf: [FDKey: UInt64]?) -> [[Int]] {
-        let kind = byKey[bucket[0]]!.kind
-        if kind == .socket || byKey[bucket[0]]!.eventfd?.id != nil { return [Array(bucket.indices)] }
-        guard let openFileOf else { return Self.groupByKcmp(bucket, .file) }
+    /// Groups a bucket of descriptors into open file descriptions (indices into `bucket`): by
+    /// the open files' addresses when every process was read by the kernel's iterator, by kcmp otherwise.
+    private func descriptionGroups(_ bucket: [Member], byAddress: Bool) -> [[Int]] {
+        let first = descriptor(bucket[0])
+        if first.kind == .socket || first.eventfd?.id != nil { return [Array(bucket.indices)] }
+        guard byAddress else { return Self.groupByKcmp(bucket.map(\.key), .file) }
         // The groups kcmp would form, ordered by their first member (the order does not reach the graph).
         var groups: [[Int]] = [], groupOf: [UInt64: Int] = [:]
-        for (index, key) in bucket.enumerated() {
-            let address = openFileOf[key]!
+        for (index, member) in bucket.enumerated() {
+            let address = processes[member.process].openFiles![member.index]
             if let group = groupOf[address] {
                 groups[group].append(index)
             } else {

@@ -105,8 +105,8 @@ public enum ProcessReader {
     /// Every open descriptor and, when the kernel's iterator read them, the open file
     /// description of each (its kernel address, index for index): descriptors with equal
     /// addresses share one, as `kcmp(KCMP_FILE)` would say.
-    package static func descriptorsAndOpenFiles(_ target: TargetProcess) throws(MitosisError) -> (descriptors: [OpenDescriptor], openFiles: [UInt64]?) {
-        if let all = try descriptorsInOnePass(target) { return all }
+    package static func descriptorsAndOpenFiles(_ target: TargetProcess, kernels: DescriptorIterator.Kernels = .verified) throws(MitosisError) -> (descriptors: [OpenDescriptor], openFiles: [UInt64]?) {
+        if let all = try descriptorsInOnePass(target, kernels: kernels) { return all }
         return (try descriptorsFromProc(target), nil)
     }
 
@@ -169,19 +169,30 @@ public enum ProcessReader {
     /// on a filesystem whose `stat` may differ from its inode's numbers are read from /proc as
     /// before. nil when the iterator is unavailable, or found no descriptor (a thread caught
     /// exiting: /proc tells).
-    package static func descriptorsInOnePass(_ target: TargetProcess) throws(MitosisError) -> (descriptors: [OpenDescriptor], openFiles: [UInt64])? {
-        guard let records = DescriptorIterator.records(tid: target.process.entry), !records.isEmpty else { return nil }
+    package static func descriptorsInOnePass(_ target: TargetProcess, kernels: DescriptorIterator.Kernels = .verified) throws(MitosisError) -> (descriptors: [OpenDescriptor], openFiles: [UInt64])? {
+        guard let records = DescriptorIterator.records(tid: target.process.entry, kernels: kernels), !records.isEmpty else { return nil }
         var directories: DescriptorDirectories?
         defer { directories?.close() }
         var result: [OpenDescriptor] = [], openFiles: [UInt64] = []
         result.reserveCapacity(records.count)
         openFiles.reserveCapacity(records.count)
+        // Whether this kernel's fdinfo prints `eventfd-semaphore:`, learnt from the first eventfd
+        // read from /proc; false once a record disagreed with /proc (every eventfd is then read there).
+        var eventfds: EventfdLines = .unknown
         for record in records {
-            if let fromRecord = Self.descriptor(record) {
+            if let fromRecord = Self.descriptor(record, eventfds: eventfds) {
                 result.append(fromRecord)
             } else {
                 if directories == nil { directories = try DescriptorDirectories(target) }
                 guard let fromProc = try Self.descriptor(target, fd: record.fd, in: directories!) else { continue }
+                if eventfds == .unknown, case .eventfd(let state) = fromProc.state {
+                    // The record must say what /proc said (its counter may have moved since).
+                    let lines: EventfdLines = state.semaphore == nil ? .withoutSemaphore : .withSemaphore
+                    var recorded = Self.descriptor(record, eventfds: lines)
+                    let recordedState = recorded?.eventfd
+                    recorded?.state = recordedState.map { .eventfd(EventfdState(counter: state.counter, id: $0.id, semaphore: $0.semaphore)) }
+                    eventfds = recorded == fromProc ? lines : .fromProc
+                }
                 result.append(fromProc)
             }
             openFiles.append(record.openFile)
@@ -200,23 +211,41 @@ public enum ProcessReader {
         0x5049_5045, 0x534F_434B, 0x0904_1934, 0x5049_4446,
     ]
 
+    /// Which lines an eventfd's fdinfo has on this kernel (`eventfd-semaphore:` since 6.4), so
+    /// that an eventfd made from a record says what /proc would: unknown until one was read there.
+    package enum EventfdLines: Sendable {
+        case unknown, withSemaphore, withoutSemaphore
+        /// A record disagreed with /proc: eventfds are read from /proc.
+        case fromProc
+    }
+
     /// One descriptor from its iterator record alone; nil when /proc must be read for it.
-    package static func descriptor(_ record: DescriptorIterator.Record) -> OpenDescriptor? {
+    package static func descriptor(_ record: DescriptorIterator.Record, eventfds: EventfdLines = .unknown) -> OpenDescriptor? {
         guard let target = record.target, plainStatFileSystems.contains(record.fileSystemMagic) else { return nil }
         let fileType = record.mode & 0o170000
         let special = fileType == 0o020000 || fileType == 0o060000 ? record.specialDevice : nil
         var kind = ProcFdTarget.classify(target, mode: record.mode, specialDevice: special)
+        var state: OpenDescriptor.State?
         switch kind.kind {
-        case .eventfd, .epoll, .signalfd, .timerfd, .inotify, .fanotify, .pidfd: return nil  // state only fdinfo prints
+        case .eventfd:
+            guard let eventfd = record.eventfd else { return nil }
+            switch eventfds {
+            case .withSemaphore: state = .eventfd(EventfdState(counter: eventfd.counter, id: Int(eventfd.id), semaphore: eventfd.semaphore))
+            case .withoutSemaphore: state = .eventfd(EventfdState(counter: eventfd.counter, id: Int(eventfd.id)))
+            case .unknown, .fromProc: return nil
+            }
+        case .epoll, .signalfd, .timerfd, .inotify, .fanotify, .pidfd: return nil  // state only fdinfo prints
         default: break
         }
         if kind.kind == .file, record.device.major == 0, record.fileSystemMagic == UInt64(Kernel.messageQueueFileSystem) {
             kind.kind = .messageQueue
         }
-        return OpenDescriptor(
+        var descriptor = OpenDescriptor(
             fd: record.fd, kind: kind.kind, target: target, path: kind.path, anonInodeName: kind.anonInodeName,
             inode: record.inode, device: record.device, specialDevice: special, position: record.position,
             flags: record.flags, mountId: record.mountId, deleted: kind.deleted)
+        if let state { descriptor.state = state }
+        return descriptor
     }
 
     private static func descriptor(_ process: TargetProcess, fd: Int32, in directories: DescriptorDirectories) throws(MitosisError) -> OpenDescriptor? {

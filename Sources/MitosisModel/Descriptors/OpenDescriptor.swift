@@ -167,25 +167,26 @@ extension OpenDescriptor {
 }
 
 extension OpenDescriptor: JSONNodeConvertible {
-    /// As `encode(to:)`, key for key; the kind-specific state through the encoder.
+    /// As `encode(to:)`, key for key; the kind-specific state through the encoder. Added in
+    /// the order of their snake_case keys, so that sorting them only compares neighbours.
     package func jsonNode(keys: KeyCache) throws -> JSONNode {
         let object = JSONObjectBox()
         object.entries.reserveCapacity(14)
-        object.add("fd", .int(Int64(fd)), keys: keys)
-        object.add("kind", .string(kind.rawValue), keys: keys)
-        object.add("target", .string(target), keys: keys)
-        if let path { object.add("path", .string(path), keys: keys) }
         if let anonInodeName { object.add("anonInodeName", .string(anonInodeName), keys: keys) }
-        object.add("inode", .uint(inode), keys: keys)
+        object.add("deleted", .bool(deleted), keys: keys)
         if let device { object.add("device", device.jsonNode(keys: keys), keys: keys) }
-        if let specialDevice { object.add("specialDevice", specialDevice.jsonNode(keys: keys), keys: keys) }
-        object.add("position", .uint(position), keys: keys)
-        object.add("flags", .uint(UInt64(flags)), keys: keys)
+        object.add("fd", .int(Int64(fd)), keys: keys)
         let names = JSONArrayBox()
         names.elements = flagNames.map { .string($0) }
         object.add("flagNames", .array(names), keys: keys)
+        object.add("flags", .uint(UInt64(flags)), keys: keys)
+        object.add("inode", .uint(inode), keys: keys)
+        object.add("kind", .string(kind.rawValue), keys: keys)
         object.add("mountId", .int(Int64(mountId)), keys: keys)
-        object.add("deleted", .bool(deleted), keys: keys)
+        if let path { object.add("path", .string(path), keys: keys) }
+        object.add("position", .uint(position), keys: keys)
+        if let specialDevice { object.add("specialDevice", specialDevice.jsonNode(keys: keys), keys: keys) }
+        object.add("target", .string(target), keys: keys)
         func wrap<T: Encodable>(_ value: T, _ key: String) throws {
             object.add(key, try JSONTreeEncoder.wrap(value, keys: keys, codingPath: []), keys: keys)
         }
