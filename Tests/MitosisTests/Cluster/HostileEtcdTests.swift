@@ -44,7 +44,10 @@ private final class FakeGateway: Sendable {
             let buffer = unwrapInboundIn(data)
             guard buffer.readableBytesView.last == UInt8(ascii: "}"), !answer.isEmpty else { return }
             let done = context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: answer)))
-            if closeAfter { done.whenComplete { [context] _ in context.close(promise: nil) } }
+            if closeAfter {
+                let channel = context.channel
+                done.whenComplete { _ in channel.close(promise: nil) }
+            }
         }
         typealias OutboundOut = ByteBuffer
     }
