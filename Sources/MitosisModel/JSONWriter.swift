@@ -179,6 +179,8 @@ package struct JSONStreamedArray<Element: JSONStreamable>: JSONStreamable {
     package init(_ elements: [Element]) { self.elements = elements }
 
     package func writeJSON(to output: inout JSONBytes, depth: Int) {
+        // Room for what the graph's objects take (~150 bytes each, pretty): the buffer grows once, not by doubling.
+        output.bytes.reserveCapacity(output.bytes.count + 160 * elements.count)
         output.openContainer(UInt8(ascii: "["))
         var first = true
         for element in elements {
@@ -626,5 +628,37 @@ package struct JSONBytes {
             bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[mark..<utf8.count]))
         }
         bytes.append(UInt8(ascii: "\""))
+    }
+}
+
+/// Strings laid side by side as bytes: compared with `memcmp`, with no reference counting.
+/// nil when one is not ASCII (where `String`'s order may differ from its bytes').
+package struct ASCIIStrings {
+    private var bytes: [UInt8] = []
+    private var ranges: [Range<Int>] = []
+
+    package init?(_ strings: some Sequence<String>) {
+        for var string in strings {
+            let start = bytes.count
+            let ascii = string.withUTF8 { utf8 in
+                bytes.append(contentsOf: utf8)
+                return utf8.allSatisfy { $0 < 0x80 }
+            }
+            guard ascii else { return nil }
+            ranges.append(start..<bytes.count)
+        }
+    }
+
+    /// Whether string `a` sorts before string `b` (indices in the sequence given).
+    package func precedes(_ a: Int, _ b: Int) -> Bool {
+        let (x, y) = (ranges[a], ranges[b])
+        return bytes.withUnsafeBufferPointer { all in
+            let common = min(x.count, y.count)
+            if common > 0 {
+                let order = memcmp(all.baseAddress! + x.lowerBound, all.baseAddress! + y.lowerBound, common)
+                if order != 0 { return order < 0 }
+            }
+            return x.count < y.count
+        }
     }
 }

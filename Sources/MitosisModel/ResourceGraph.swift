@@ -11,8 +11,11 @@ public struct ResourceGraph: Equatable, Sendable, Codable {
     /// Sorts the nodes and edges; duplicate edges are kept once.
     public init(nodes: [GraphNode], edges: [GraphEdge]) {
         // Indices are sorted, not the values: moving a node or an edge costs reference counting
-        // on each of its strings, and a graph has tens of thousands of them.
-        let nodes = nodes.indices.sorted { nodes[$0].id < nodes[$1].id }.map { nodes[$0] }
+        // on each of its strings, and a graph has tens of thousands of them. ASCII ids (all that
+        // Mitosis makes) are compared as bytes laid side by side, without touching the strings.
+        let ids = ASCIIStrings(nodes.lazy.map(\.id))
+        let nodes = (ids.map { ids in nodes.indices.sorted { ids.precedes($0, $1) } } ?? nodes.indices.sorted { nodes[$0].id < nodes[$1].id })
+            .map { nodes[$0] }
         self.nodes = nodes
         // Edges compare by their ends' ranks among the sorted node ids (the same order as the ids
         // themselves) when every end is a node; by the ids otherwise.
@@ -142,8 +145,118 @@ public enum GraphValue: Hashable, Sendable, Codable, Comparable, CustomStringCon
     public static func < (lhs: GraphValue, rhs: GraphValue) -> Bool { lhs.description < rhs.description }
 }
 
-/// Attribute keys and values, encoded beside a node's or edge's fixed keys.
-public typealias GraphAttributes = [String: GraphValue]
+/// Attribute keys and values, encoded beside a node's or edge's fixed keys: a few entries kept
+/// sorted by key (UTF-8 bytes), so that a graph of tens of thousands of nodes and edges hashes
+/// no key while it is built and sorts none while it is written. Used as a `[String: GraphValue]`.
+public struct GraphAttributes: Hashable, Sendable, Codable, Sequence, ExpressibleByDictionaryLiteral, CustomStringConvertible {
+    public typealias Element = (key: String, value: GraphValue)
+
+    private struct Entry: Hashable, Sendable {
+        var key: String
+        var value: GraphValue
+    }
+
+    /// Sorted by key, each key once.
+    private var entries: [Entry] = []
+
+    public init() {}
+
+    /// A key given twice keeps its last value.
+    public init(dictionaryLiteral elements: (String, GraphValue)...) {
+        entries = elements.map { Entry(key: $0.0, value: $0.1) }
+        guard entries.count > 1 else { return }
+        // Stable, so of equal keys the last stays last; literals are short, mostly written in order.
+        for index in 1..<entries.count {
+            var position = index
+            while position > 0, JSONBytes.precedes(entries[position].key, entries[position - 1].key) {
+                entries.swapAt(position, position - 1)
+                position -= 1
+            }
+        }
+        var kept = 1
+        for index in 1..<entries.count {
+            if entries[kept - 1].key == entries[index].key { entries[kept - 1] = entries[index] } else {
+                entries[kept] = entries[index]
+                kept += 1
+            }
+        }
+        entries.removeLast(entries.count - kept)
+    }
+
+    public var count: Int { entries.count }
+    public var isEmpty: Bool { entries.isEmpty }
+    public var keys: [String] { entries.map(\.key) }
+
+    /// Where `key` is, or where it would go.
+    private func position(of key: String) -> (index: Int, found: Bool) {
+        for (index, entry) in entries.enumerated() {
+            if entry.key == key { return (index, true) }
+            if JSONBytes.precedes(key, entry.key) { return (index, false) }
+        }
+        return (entries.count, false)
+    }
+
+    public subscript(key: String) -> GraphValue? {
+        get {
+            for entry in entries where entry.key == key { return entry.value }
+            return nil
+        }
+        set {
+            let (index, found) = position(of: key)
+            switch (found, newValue) {
+            case (true, let value?): entries[index].value = value
+            case (true, nil): entries.remove(at: index)
+            case (false, let value?): entries.insert(Entry(key: key, value: value), at: index)
+            case (false, nil): break
+            }
+        }
+    }
+
+    /// As `Dictionary.merge(_:uniquingKeysWith:)`.
+    public mutating func merge(_ other: GraphAttributes, uniquingKeysWith combine: (GraphValue, GraphValue) throws -> GraphValue) rethrows {
+        // Both sorted: one pass.
+        var merged: [Entry] = []
+        merged.reserveCapacity(entries.count + other.entries.count)
+        var mine = 0, theirs = 0
+        while mine < entries.count || theirs < other.entries.count {
+            if theirs == other.entries.count || (mine < entries.count && JSONBytes.precedes(entries[mine].key, other.entries[theirs].key)) {
+                merged.append(entries[mine])
+                mine += 1
+            } else if mine == entries.count || entries[mine].key != other.entries[theirs].key {
+                merged.append(other.entries[theirs])
+                theirs += 1
+            } else {
+                merged.append(Entry(key: entries[mine].key, value: try combine(entries[mine].value, other.entries[theirs].value)))
+                mine += 1
+                theirs += 1
+            }
+        }
+        entries = merged
+    }
+
+    /// In key order.
+    public func makeIterator() -> some IteratorProtocol<Element> {
+        entries.lazy.map { (key: $0.key, value: $0.value) }.makeIterator()
+    }
+
+    public var underestimatedCount: Int { entries.count }
+
+    public var description: String { "[" + entries.map { "\($0.key): \($0.value)" }.joined(separator: ", ") + "]" }
+
+    /// Whether every key is already snake_case (ASCII, no capital): what `JSONOutput` writes unchanged.
+    var keysAreSnakeCase: Bool { entries.allSatisfy { $0.key.utf8.allSatisfy { $0 < 0x80 && !KeyCache.isUpper($0) } } }
+
+    /// Encoded as the `[String: GraphValue]` it stands for.
+    public init(from decoder: any Decoder) throws {
+        let dictionary = try decoder.singleValueContainer().decode([String: GraphValue].self)
+        for (key, value) in dictionary { self[key] = value }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(Dictionary(uniqueKeysWithValues: entries.map { ($0.key, $0.value) }))
+    }
+}
 
 /// One resource.
 public struct GraphNode: Hashable, Sendable, Codable {
@@ -215,6 +328,10 @@ extension JSONBytes {
     /// A node's or an edge's object: `fixed` entries then `attributes` (as its `encode(to:)`
     /// encodes them), written as an object node would be.
     mutating func writeGraphObject(_ fixed: (key: String, value: GraphValue)..., attributes: GraphAttributes, depth: Int) {
+        if attributes.keysAreSnakeCase {
+            writeSortedGraphObject(fixed, attributes: attributes, depth: depth)
+            return
+        }
         var entries: [(key: String, value: GraphValue)] = []
         swap(&entries, &graphEntries)
         defer {
@@ -234,10 +351,37 @@ extension JSONBytes {
     }
 }
 
+extension JSONBytes {
+    /// `writeGraphObject` when the attributes' keys are written as they are: `fixed` (sorted by
+    /// key) and the attributes (sorted already) merged, an attribute replacing a fixed entry of
+    /// its key (the last value encoded).
+    private mutating func writeSortedGraphObject(_ fixed: [(key: String, value: GraphValue)], attributes: GraphAttributes, depth: Int) {
+        openContainer(UInt8(ascii: "{"))
+        var first = true
+        var next = 0
+        for attribute in attributes {
+            while next < fixed.count, !JSONBytes.precedes(attribute.key, fixed[next].key) {
+                if fixed[next].key != attribute.key {
+                    startEntry(&first, key: fixed[next].key, depth: depth)
+                    fixed[next].value.writeJSON(to: &self, depth: depth + 1)
+                }
+                next += 1
+            }
+            startEntry(&first, key: attribute.key, depth: depth)
+            attribute.value.writeJSON(to: &self, depth: depth + 1)
+        }
+        for entry in fixed[next...] {
+            startEntry(&first, key: entry.key, depth: depth)
+            entry.value.writeJSON(to: &self, depth: depth + 1)
+        }
+        closeContainer(UInt8(ascii: "}"), depth: depth)
+    }
+}
+
 extension GraphNode: JSONNodeConvertible, JSONStreamable {
     package func jsonNode(keys: KeyCache) throws -> JSONNode { .custom(self) }
 
-    /// As `encode(to:)`: `id`, `kind`, then the attributes beside them.
+    /// As `encode(to:)`: `id`, `kind` (in key order), then the attributes beside them.
     package func writeJSON(to output: inout JSONBytes, depth: Int) {
         output.writeGraphObject(("id", .string(id)), ("kind", .string(kind.rawValue)), attributes: attributes, depth: depth)
     }
@@ -246,9 +390,9 @@ extension GraphNode: JSONNodeConvertible, JSONStreamable {
 extension GraphEdge: JSONNodeConvertible, JSONStreamable {
     package func jsonNode(keys: KeyCache) throws -> JSONNode { .custom(self) }
 
-    /// As `encode(to:)`: `from`, `to`, `kind`, then the attributes beside them.
+    /// As `encode(to:)`: `from`, `to`, `kind` (given in key order), then the attributes beside them.
     package func writeJSON(to output: inout JSONBytes, depth: Int) {
-        output.writeGraphObject(("from", .string(from)), ("to", .string(to)), ("kind", .string(kind.rawValue)),
+        output.writeGraphObject(("from", .string(from)), ("kind", .string(kind.rawValue)), ("to", .string(to)),
                                 attributes: attributes, depth: depth)
     }
 }

@@ -30,7 +30,7 @@ struct GraphCommand: AsyncParsableCommand {
             }
             switch format {
             case .text: print(graph.text(), terminator: "")
-            case .json: print(try JSONOutput.string(graph))
+            case .json: FileHandle.standardOutput.write(Data(try JSONOutput.bytes(graph) + [UInt8(ascii: "\n")]))
             case .dot: print(graph.dot(), terminator: "")
             }
         } catch {
