@@ -554,24 +554,29 @@ package struct JSONBytes {
 
     static func precedes(_ a: String, _ b: String) -> Bool {
         var a = a, b = b
-        return a.withUTF8 { x in
-            b.withUTF8 { y in
-                let common = min(x.count, y.count)
-                if common > 0 {
-                    let order = memcmp(x.baseAddress!, y.baseAddress!, common)
-                    if order != 0 { return order < 0 }
-                }
-                return x.count < y.count
-            }
+        return a.withUTF8 { x in b.withUTF8 { y in precedes(x, y) } }
+    }
+
+    static func precedes(_ x: UnsafeBufferPointer<UInt8>, _ y: UnsafeBufferPointer<UInt8>) -> Bool {
+        let common = min(x.count, y.count)
+        if common > 0 {
+            let order = memcmp(x.baseAddress!, y.baseAddress!, common)
+            if order != 0 { return order < 0 }
+        }
+        return x.count < y.count
+    }
+
+    /// Two spaces per level, copied from one line of spaces (levels of a graph: 3 per entry).
+    mutating func indent(_ level: Int) {
+        var rest = 2 * level
+        while rest > 0 {
+            let count = min(rest, JSONBytes.spaces.count)
+            bytes.append(contentsOf: JSONBytes.spaces[..<count])
+            rest -= count
         }
     }
 
-    mutating func indent(_ level: Int) {
-        for _ in 0..<level {
-            bytes.append(UInt8(ascii: " "))
-            bytes.append(UInt8(ascii: " "))
-        }
-    }
+    private static let spaces = [UInt8](repeating: UInt8(ascii: " "), count: 64)
 
     mutating func append(_ text: StaticString) {
         text.withUTF8Buffer { bytes.append(contentsOf: $0) }

@@ -151,13 +151,13 @@ public enum GraphValue: Hashable, Sendable, Codable, Comparable, CustomStringCon
 public struct GraphAttributes: Hashable, Sendable, Codable, Sequence, ExpressibleByDictionaryLiteral, CustomStringConvertible {
     public typealias Element = (key: String, value: GraphValue)
 
-    private struct Entry: Hashable, Sendable {
+    struct Entry: Hashable, Sendable {
         var key: String
         var value: GraphValue
     }
 
     /// Sorted by key, each key once.
-    private var entries: [Entry] = []
+    private(set) var entries: [Entry] = []
 
     public init() {}
 
@@ -243,9 +243,6 @@ public struct GraphAttributes: Hashable, Sendable, Codable, Sequence, Expressibl
 
     public var description: String { "[" + entries.map { "\($0.key): \($0.value)" }.joined(separator: ", ") + "]" }
 
-    /// Whether every key is already snake_case (ASCII, no capital): what `JSONOutput` writes unchanged.
-    var keysAreSnakeCase: Bool { entries.allSatisfy { $0.key.utf8.allSatisfy { $0 < 0x80 && !KeyCache.isUpper($0) } } }
-
     /// Encoded as the `[String: GraphValue]` it stands for.
     public init(from decoder: any Decoder) throws {
         let dictionary = try decoder.singleValueContainer().decode([String: GraphValue].self)
@@ -325,20 +322,21 @@ extension GraphValue {
 }
 
 extension JSONBytes {
-    /// A node's or an edge's object: `fixed` entries then `attributes` (as its `encode(to:)`
-    /// encodes them), written as an object node would be.
-    mutating func writeGraphObject(_ fixed: (key: String, value: GraphValue)..., attributes: GraphAttributes, depth: Int) {
-        if attributes.keysAreSnakeCase {
-            writeSortedGraphObject(fixed, attributes: attributes, depth: depth)
-            return
-        }
+    /// A node's or an edge's object: `fixed` entries (string values, given in key order) then
+    /// `attributes` (as its `encode(to:)` encodes them), written as an object node would be.
+    mutating func writeGraphObject(_ fixed: FixedEntries, attributes: GraphAttributes, depth: Int) {
+        // Attribute keys are snake_case and need no escape (all Mitosis makes): fixed entries and
+        // attributes, each sorted, merged as they are written. Otherwise, undone and sorted.
+        let mark = bytes.count
+        if writeMergedGraphObject(fixed, attributes: attributes, depth: depth) { return }
+        bytes.removeSubrange(mark...)
         var entries: [(key: String, value: GraphValue)] = []
         swap(&entries, &graphEntries)
         defer {
             entries.removeAll(keepingCapacity: true)
             swap(&entries, &graphEntries)
         }
-        entries.append(contentsOf: fixed)
+        for index in 0..<fixed.count { entries.append((fixed.key(index), .string(fixed.value(index)))) }
         for (key, value) in attributes { entries.append((keys.snakeCase(key), value)) }
         JSONBytes.sortEntries(&entries)
         openContainer(UInt8(ascii: "{"))
@@ -349,32 +347,87 @@ extension JSONBytes {
         }
         closeContainer(UInt8(ascii: "}"), depth: depth)
     }
-}
 
-extension JSONBytes {
-    /// `writeGraphObject` when the attributes' keys are written as they are: `fixed` (sorted by
-    /// key) and the attributes (sorted already) merged, an attribute replacing a fixed entry of
-    /// its key (the last value encoded).
-    private mutating func writeSortedGraphObject(_ fixed: [(key: String, value: GraphValue)], attributes: GraphAttributes, depth: Int) {
+    /// Up to three fixed entries of a node or an edge, in key order, without an array.
+    struct FixedEntries {
+        var keys: (StaticString, StaticString, StaticString)
+        var values: (String, String, String)
+        var count: Int
+
+        init(_ k0: StaticString, _ v0: String, _ k1: StaticString, _ v1: String) {
+            (keys, values, count) = ((k0, k1, ""), (v0, v1, ""), 2)
+        }
+
+        init(_ k0: StaticString, _ v0: String, _ k1: StaticString, _ v1: String, _ k2: StaticString, _ v2: String) {
+            (keys, values, count) = ((k0, k1, k2), (v0, v1, v2), 3)
+        }
+
+        func staticKey(_ index: Int) -> StaticString { index == 0 ? keys.0 : index == 1 ? keys.1 : keys.2 }
+        func key(_ index: Int) -> String { staticKey(index).description }
+        func value(_ index: Int) -> String { index == 0 ? values.0 : index == 1 ? values.1 : values.2 }
+    }
+
+    /// `fixed` and the attributes merged in key order, an attribute replacing a fixed entry of
+    /// its key (the last value encoded); false, part written, at a key to convert or escape.
+    private mutating func writeMergedGraphObject(_ fixed: FixedEntries, attributes: GraphAttributes, depth: Int) -> Bool {
         openContainer(UInt8(ascii: "{"))
         var first = true
         var next = 0
-        for attribute in attributes {
-            while next < fixed.count, !JSONBytes.precedes(attribute.key, fixed[next].key) {
-                if fixed[next].key != attribute.key {
-                    startEntry(&first, key: fixed[next].key, depth: depth)
-                    fixed[next].value.writeJSON(to: &self, depth: depth + 1)
+        for attribute in attributes.entries {
+            while next < fixed.count, !JSONBytes.precedes(attribute.key, fixed.staticKey(next)) {
+                if !JSONBytes.equal(attribute.key, fixed.staticKey(next)) {
+                    startElement(&first, depth: depth)
+                    writePlainKey(fixed.staticKey(next))
+                    writeString(fixed.value(next))
                 }
                 next += 1
             }
-            startEntry(&first, key: attribute.key, depth: depth)
+            startElement(&first, depth: depth)
+            guard writePlainKey(attribute.key) else { return false }
             attribute.value.writeJSON(to: &self, depth: depth + 1)
         }
-        for entry in fixed[next...] {
-            startEntry(&first, key: entry.key, depth: depth)
-            entry.value.writeJSON(to: &self, depth: depth + 1)
+        while next < fixed.count {
+            startElement(&first, depth: depth)
+            writePlainKey(fixed.staticKey(next))
+            writeString(fixed.value(next))
+            next += 1
         }
         closeContainer(UInt8(ascii: "}"), depth: depth)
+        return true
+    }
+
+    /// A key written as it is, with its separator: one in snake_case (what the key conversion
+    /// leaves alone) that needs no escape; false, nothing written, for any other.
+    @discardableResult
+    private mutating func writePlainKey(_ key: String) -> Bool {
+        var key = key
+        return key.withUTF8 { writePlainKey($0) }
+    }
+
+    @discardableResult
+    private mutating func writePlainKey(_ key: StaticString) -> Bool {
+        key.withUTF8Buffer { writePlainKey($0) }
+    }
+
+    private mutating func writePlainKey(_ utf8: UnsafeBufferPointer<UInt8>) -> Bool {
+        for byte in utf8 where byte < 0x20 || byte >= 0x80 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") || KeyCache.isUpper(byte) {
+            return false
+        }
+        bytes.append(UInt8(ascii: "\""))
+        bytes.append(contentsOf: utf8)
+        bytes.append(UInt8(ascii: "\""))
+        if pretty { append(" : ") } else { bytes.append(UInt8(ascii: ":")) }
+        return true
+    }
+
+    static func precedes(_ a: String, _ b: StaticString) -> Bool {
+        var a = a
+        return a.withUTF8 { x in b.withUTF8Buffer { y in precedes(x, y) } }
+    }
+
+    static func equal(_ a: String, _ b: StaticString) -> Bool {
+        var a = a
+        return a.withUTF8 { x in b.withUTF8Buffer { y in x.elementsEqual(y) } }
     }
 }
 
@@ -383,7 +436,7 @@ extension GraphNode: JSONNodeConvertible, JSONStreamable {
 
     /// As `encode(to:)`: `id`, `kind` (in key order), then the attributes beside them.
     package func writeJSON(to output: inout JSONBytes, depth: Int) {
-        output.writeGraphObject(("id", .string(id)), ("kind", .string(kind.rawValue)), attributes: attributes, depth: depth)
+        output.writeGraphObject(JSONBytes.FixedEntries("id", id, "kind", kind.rawValue), attributes: attributes, depth: depth)
     }
 }
 
@@ -392,8 +445,7 @@ extension GraphEdge: JSONNodeConvertible, JSONStreamable {
 
     /// As `encode(to:)`: `from`, `to`, `kind` (given in key order), then the attributes beside them.
     package func writeJSON(to output: inout JSONBytes, depth: Int) {
-        output.writeGraphObject(("from", .string(from)), ("kind", .string(kind.rawValue)), ("to", .string(to)),
-                                attributes: attributes, depth: depth)
+        output.writeGraphObject(JSONBytes.FixedEntries("from", from, "kind", kind.rawValue, "to", to), attributes: attributes, depth: depth)
     }
 }
 

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Mitosis
+import MitosisKernel
 
 /// Prints the live resource dependency graph of a process or a process tree.
 struct GraphCommand: AsyncParsableCommand {
@@ -30,7 +31,11 @@ struct GraphCommand: AsyncParsableCommand {
             }
             switch format {
             case .text: print(graph.text(), terminator: "")
-            case .json: FileHandle.standardOutput.write(Data(try JSONOutput.bytes(graph) + [UInt8(ascii: "\n")]))
+            case .json:
+                // The bytes as they are: no String of them, no copy into Data (~6 MB for 10,000 descriptors).
+                var bytes = try JSONOutput.bytes(graph)
+                bytes.append(UInt8(ascii: "\n"))
+                try Kernel.writeAll(.standardOutput, bytes)
             case .dot: print(graph.dot(), terminator: "")
             }
         } catch {
