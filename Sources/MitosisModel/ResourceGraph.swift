@@ -21,7 +21,8 @@ public struct ResourceGraph: Equatable, Sendable, Codable {
         // themselves) when every end is a node; by the ids otherwise.
         var rank: [String: Int] = [:]
         rank.reserveCapacity(nodes.count)
-        for (index, node) in nodes.enumerated() where rank[node.id] == nil { rank[node.id] = index }
+        // Backwards: of equal ids, the first is the one that stays.
+        for index in nodes.indices.reversed() { rank[nodes[index].id] = index }
         var keys: [(from: Int, to: Int, kind: EdgeKind)] = []
         keys.reserveCapacity(edges.count)
         for edge in edges {
@@ -29,7 +30,8 @@ public struct ResourceGraph: Equatable, Sendable, Codable {
             keys.append((from, to, edge.kind))
         }
         let order: [Int]
-        if keys.count == edges.count {
+        let ranked = keys.count == edges.count
+        if ranked {
             order = edges.indices.sorted { a, b in
                 let (x, y) = (keys[a], keys[b])
                 if x.from != y.from { return x.from < y.from }
@@ -42,7 +44,17 @@ public struct ResourceGraph: Equatable, Sendable, Codable {
         }
         var sorted: [GraphEdge] = []
         sorted.reserveCapacity(edges.count)
-        for index in order where sorted.last != edges[index] { sorted.append(edges[index]) }
+        for (position, index) in order.enumerated() {
+            // Edges whose ends or kinds differ differ: only neighbours with the same ones are compared.
+            if position > 0 {
+                let previous = order[position - 1]
+                if !ranked || (keys[previous].from == keys[index].from && keys[previous].to == keys[index].to
+                               && keys[previous].kind == keys[index].kind) {
+                    if sorted[sorted.count - 1] == edges[index] { continue }
+                }
+            }
+            sorted.append(edges[index])
+        }
         self.edges = sorted
     }
 

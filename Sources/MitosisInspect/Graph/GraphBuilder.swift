@@ -283,15 +283,23 @@ package struct GraphAssembly {
         let processIDs = processes.map { Self.processID($0.pid) }
         let byAddress = processes.allSatisfy { $0.openFiles != nil }
         let accessModes = ["O_RDONLY", "O_WRONLY", "O_RDWR", "O_ACCMODE"]
+        // The flags a description shows, per descriptor flags: most descriptors share a few sets.
+        var shownFlags: [UInt32: (names: [String], shown: [String])] = [:]
         for bucket in buckets.values {
             for group in descriptionGroups(bucket, byAddress: byAddress) {
                 let holders = group.map { bucket[$0] }.sorted { ($0.key.pid, $0.key.fd) < ($1.key.pid, $1.key.fd) }
                 let first = holders[0]
                 let descriptor = descriptor(first)
                 let id = "description:\(first.key.pid):\(first.key.fd)"
+                let flags: [String]
+                if let known = shownFlags[descriptor.flags], known.names == descriptor.flagNames {
+                    flags = known.shown
+                } else {
+                    flags = descriptor.flagNames.filter { $0 != "O_CLOEXEC" && !accessModes.contains($0) }
+                    shownFlags[descriptor.flags] = (descriptor.flagNames, flags)
+                }
                 add(id, .description, [
-                    "access": .string(accessModes[Int(descriptor.flags & 3)]),
-                    "flags": .strings(descriptor.flagNames.filter { $0 != "O_CLOEXEC" && !accessModes.contains($0) }),
+                    "access": .string(accessModes[Int(descriptor.flags & 3)]), "flags": .strings(flags),
                     "position": .int(Int64(descriptor.position)),
                 ])
                 for holder in holders {
@@ -308,6 +316,7 @@ package struct GraphAssembly {
     /// Groups a bucket of descriptors into open file descriptions (indices into `bucket`): by
     /// the open files' addresses when every process was read by the kernel's iterator, by kcmp otherwise.
     private func descriptionGroups(_ bucket: [Member], byAddress: Bool) -> [[Int]] {
+        if bucket.count == 1 { return [[0]] }
         let first = descriptor(bucket[0])
         if first.kind == .socket || first.eventfd?.id != nil { return [Array(bucket.indices)] }
         guard byAddress else { return Self.groupByKcmp(bucket.map(\.key), .file) }
