@@ -9,14 +9,15 @@ public struct ResourceGraph: Equatable, Sendable, Codable {
     public var edges: [GraphEdge]
 
     /// Sorts the nodes and edges; duplicate edges are kept once.
-    public init(nodes: [GraphNode], edges: [GraphEdge]) {
-        // Indices are sorted, not the values: moving a node or an edge costs reference counting
-        // on each of its strings, and a graph has tens of thousands of them. ASCII ids (all that
-        // Mitosis makes) are compared as bytes laid side by side, without touching the strings.
+    public init(nodes: consuming [GraphNode], edges: consuming [GraphEdge]) {
+        // Indices are sorted, then the values moved into place by swaps: copying a node or an
+        // edge costs reference counting on each of its strings, and a graph has tens of
+        // thousands of them. ASCII ids (all that Mitosis makes) are compared as bytes laid side
+        // by side, without touching the strings.
         let ids = ASCIIStrings(nodes.lazy.map(\.id))
-        let nodes = (ids.map { ids in nodes.indices.sorted { ids.precedes($0, $1) } } ?? nodes.indices.sorted { nodes[$0].id < nodes[$1].id })
-            .map { nodes[$0] }
-        self.nodes = nodes
+        let nodeOrder = ids.map { ids in nodes.indices.sorted { ids.precedes($0, $1) } }
+            ?? nodes.indices.sorted { nodes[$0].id < nodes[$1].id }
+        Self.permute(&nodes, nodeOrder)
         // Edges compare by their ends' ranks among the sorted node ids (the same order as the ids
         // themselves) when every end is a node; by the ids otherwise.
         var rank: [String: Int] = [:]
@@ -25,14 +26,14 @@ public struct ResourceGraph: Equatable, Sendable, Codable {
         for index in nodes.indices.reversed() { rank[nodes[index].id] = index }
         var keys: [(from: Int, to: Int, kind: EdgeKind)] = []
         keys.reserveCapacity(edges.count)
-        for edge in edges {
-            guard let from = rank[edge.from], let to = rank[edge.to] else { break }
-            keys.append((from, to, edge.kind))
+        for index in edges.indices {
+            guard let from = rank[edges[index].from], let to = rank[edges[index].to] else { break }
+            keys.append((from, to, edges[index].kind))
         }
-        let order: [Int]
         let ranked = keys.count == edges.count
+        let edgeOrder: [Int]
         if ranked {
-            order = edges.indices.sorted { a, b in
+            edgeOrder = edges.indices.sorted { a, b in
                 let (x, y) = (keys[a], keys[b])
                 if x.from != y.from { return x.from < y.from }
                 if x.to != y.to { return x.to < y.to }
@@ -40,22 +41,42 @@ public struct ResourceGraph: Equatable, Sendable, Codable {
                 return edges[a] < edges[b]
             }
         } else {
-            order = edges.indices.sorted { edges[$0] < edges[$1] }
+            edgeOrder = edges.indices.sorted { edges[$0] < edges[$1] }
         }
-        var sorted: [GraphEdge] = []
-        sorted.reserveCapacity(edges.count)
-        for (position, index) in order.enumerated() {
-            // Edges whose ends or kinds differ differ: only neighbours with the same ones are compared.
-            if position > 0 {
-                let previous = order[position - 1]
-                if !ranked || (keys[previous].from == keys[index].from && keys[previous].to == keys[index].to
-                               && keys[previous].kind == keys[index].kind) {
-                    if sorted[sorted.count - 1] == edges[index] { continue }
-                }
+        Self.permute(&edges, edgeOrder)
+        // Duplicates are neighbours now; edges whose ends or kinds differ differ, so only
+        // neighbours with the same ones are compared. Kept edges are swapped forward.
+        func sameEnds(_ a: Int, _ b: Int) -> Bool {
+            guard ranked else { return true }
+            let (x, y) = (keys[edgeOrder[a]], keys[edgeOrder[b]])
+            return x.from == y.from && x.to == y.to && x.kind == y.kind
+        }
+        var kept = 0
+        var last = -1  // the sorted position of the last edge kept
+        for index in edges.indices {
+            if last >= 0, sameEnds(last, index), edges[kept - 1] == edges[index] { continue }
+            if kept != index { edges.swapAt(kept, index) }
+            kept += 1
+            last = index
+        }
+        edges.removeLast(edges.count - kept)
+        self.nodes = nodes
+        self.edges = edges
+    }
+
+    /// Reorders `values` so that position i holds what was at `order[i]`, by swaps along each cycle.
+    private static func permute<Value>(_ values: inout [Value], _ order: [Int]) {
+        var placed = [Bool](repeating: false, count: order.count)
+        for start in order.indices where !placed[start] {
+            var current = start
+            while true {
+                placed[current] = true
+                let source = order[current]
+                if source == start { break }
+                values.swapAt(current, source)
+                current = source
             }
-            sorted.append(edges[index])
         }
-        self.edges = sorted
     }
 
     /// The node with `id`, if present.

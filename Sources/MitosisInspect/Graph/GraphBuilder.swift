@@ -85,7 +85,7 @@ public enum GraphBuilder {
             assembly.sharedMemory = ProcessReader.sharedMemorySegments(root) ?? []
         }
         assembly.build()
-        return assembly.graph
+        return assembly.takeGraph()
     }
 }
 
@@ -119,7 +119,12 @@ package struct GraphAssembly {
         self.options = options
     }
 
-    package var graph: ResourceGraph { ResourceGraph(nodes: Array(nodes.values), edges: edges) }
+    /// The graph built, with the edges moved into it rather than copied (it sorts them in place).
+    package mutating func takeGraph() -> ResourceGraph {
+        let taken = edges
+        edges = []
+        return ResourceGraph(nodes: Array(nodes.values), edges: taken)
+    }
 
     package mutating func build() {
         addProcesses()
@@ -255,6 +260,8 @@ package struct GraphAssembly {
         var index: Int
     }
 
+    /// A copy of the descriptor (its strings and arrays retained): where one field is wanted,
+    /// `processes[member.process].descriptors[member.index].field` reads it without the copy.
     private func descriptor(_ member: Member) -> OpenDescriptor { processes[member.process].descriptors[member.index] }
 
     private mutating func addDescriptions() {
@@ -304,7 +311,7 @@ package struct GraphAssembly {
                 ])
                 for holder in holders {
                     descriptionOf[holder.key] = descriptions.count
-                    let cloexec = (self.descriptor(holder).flags & 0o2000000) != 0
+                    let cloexec = (processes[holder.process].descriptors[holder.index].flags & 0o2000000) != 0
                     link(processIDs[holder.process], id, .holds, ["cloexec": .bool(cloexec), "fd": .int(Int64(holder.key.fd))])
                 }
                 let object = addObject(for: descriptor, description: id)
@@ -447,9 +454,10 @@ package struct GraphAssembly {
     private mutating func addPipes() {
         var ends: [String: (read: [String], write: [String])] = [:]
         for entry in descriptions {
-            let descriptor = descriptor(entry.holders[0])
-            guard descriptor.kind == .pipe || descriptor.kind == .fifo else { continue }
-            let access = descriptor.flags & 3
+            let first = entry.holders[0]
+            let kind = processes[first.process].descriptors[first.index].kind
+            guard kind == .pipe || kind == .fifo else { continue }
+            let access = processes[first.process].descriptors[first.index].flags & 3
             if access != 1 { ends[entry.object, default: ([], [])].read.append(entry.id) }
             if access != 0 { ends[entry.object, default: ([], [])].write.append(entry.id) }
         }
@@ -657,14 +665,20 @@ package struct GraphAssembly {
 
     private mutating func addWatches() {
         for entry in descriptions {
-            let descriptor = descriptor(entry.holders[0])
-            let owner = entry.holders[0].key.pid
-            for watch in descriptor.epoll ?? [] {
+            let first = entry.holders[0]
+            guard let state = processes[first.process].descriptors[first.index].state else { continue }
+            let owner = first.key.pid
+            let (epoll, inotify): ([EpollWatch]?, [InotifyWatch]?) = switch state {
+            case .epoll(let watches): (watches, nil)
+            case .inotify(let watches): (nil, watches)
+            default: (nil, nil)
+            }
+            for watch in epoll ?? [] {
                 if let target = descriptionOf[FDKey(pid: owner, fd: watch.fd)] {
                     link(entry.object, descriptions[target].id, .watches, ["fd": .int(Int64(watch.fd)), "events": .strings(watch.eventNames)])
                 }
             }
-            for watch in descriptor.inotify ?? [] {
+            for watch in inotify ?? [] {
                 let file = fileID(device: watch.device, inode: watch.inode)
                 add(file, .file, ["device": .string(watch.device.description), "inode": .int(Int64(watch.inode))])
                 link(entry.object, file, .watches, ["wd": .int(Int64(watch.wd))])
