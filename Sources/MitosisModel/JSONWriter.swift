@@ -176,11 +176,17 @@ package protocol JSONStreamable {
 /// An array of streamable values, written as `JSONBytes` writes an array node.
 package struct JSONStreamedArray<Element: JSONStreamable>: JSONStreamable {
     package let elements: [Element]
-    package init(_ elements: [Element]) { self.elements = elements }
+    /// How many objects of ~150 bytes (the graph's, pretty) the output should have room for
+    /// when this array starts: its own, and those written after it.
+    package let reserving: Int
+    package init(_ elements: [Element], reserving: Int? = nil) {
+        self.elements = elements
+        self.reserving = reserving ?? elements.count
+    }
 
     package func writeJSON(to output: inout JSONBytes, depth: Int) {
-        // Room for what the graph's objects take (~150 bytes each, pretty): the buffer grows once, not by doubling.
-        output.bytes.reserveCapacity(output.bytes.count + 160 * elements.count)
+        // The buffer grows once, not by doubling (each doubling copies and faults in fresh pages).
+        output.bytes.reserveCapacity(output.bytes.count + 160 * reserving)
         output.openContainer(UInt8(ascii: "["))
         var first = true
         for element in elements {

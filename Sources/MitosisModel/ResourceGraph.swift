@@ -487,7 +487,8 @@ extension ResourceGraph: JSONNodeConvertible {
     package func jsonNode(keys: KeyCache) throws -> JSONNode {
         let object = JSONObjectBox()
         object.add("nodes", .custom(JSONStreamedArray(nodes)), keys: keys)
-        object.add("edges", .custom(JSONStreamedArray(edges)), keys: keys)
+        // Written first (keys are sorted): room for the nodes too.
+        object.add("edges", .custom(JSONStreamedArray(edges, reserving: edges.count + nodes.count)), keys: keys)
         return .object(object)
     }
 }

@@ -21,6 +21,7 @@ struct GraphCommand: AsyncParsableCommand {
     @Flag(help: "Freeze the process (tree) while reading, for an atomic snapshot.") var freeze = false
 
     func run() async throws {
+        Kernel.keepFreedMemoryForReuse()
         let pid = targetPID(pid, forTracing: freeze)
         let options = GraphOptions(includeDescendants: tree, includeMappings: !noMappings, includeThreads: !noThreads)
         do {
