@@ -51,8 +51,15 @@ enum ProcessStateCapture {
         // struct itimerval: interval then value, each {tv_sec, tv_usec}.
         let intervalTimers = (0..<3).compactMap { which -> RestoreRecord.IntervalTimer? in
             let w = Array(words[(itimersAt + which * 4)..<(itimersAt + which * 4 + 4)])
-            let value = RestoreRecord.TimerValue(intervalNanoseconds: w[0] &* 1_000_000_000 &+ w[1] &* 1000,
+            var value = RestoreRecord.TimerValue(intervalNanoseconds: w[0] &* 1_000_000_000 &+ w[1] &* 1000,
                                                  valueNanoseconds: w[2] &* 1_000_000_000 &+ w[3] &* 1000)
+            // A periodic ITIMER_REAL that fired is re-armed only when its SIGALRM is taken: until
+            // then (the signal pending in a frozen process, or blocked) getitimer reports
+            // {interval, 0}, and the timer is armed all the same. It is recorded as due (1 µs,
+            // as getitimer reports a timer due but not yet fired): the restored timer fires at
+            // once into the SIGALRM the image queues and is re-armed when that is taken, as the
+            // original would have been.
+            if value.valueNanoseconds == 0 && value.intervalNanoseconds != 0 { value.valueNanoseconds = 1000 }
             return value.valueNanoseconds == 0 ? nil : RestoreRecord.IntervalTimer(which: Int32(which), value: value)
         }
         // struct itimerspec: interval then value, each {tv_sec, tv_nsec}.
