@@ -204,21 +204,25 @@ public enum Promotion {
                                warm: warm, coldReason: warm ? nil : reason, hostPid: restored.hostPid, phases: restored.phases, steps: steps)
     }
 
-    /// Restores a tree epoch cold (`TreeRestorer`: every member with its pid and parentage).
-    /// Trees carry no data files.
+    /// Puts the tree epoch's data files in place (replayed from its chain of tree epochs), then
+    /// restores it cold (`TreeRestorer`: every member with its pid and parentage).
     private static func restoreTree(epoch: Epoch, tree: TreeImage, reason: String, inNewPidNamespace: Bool,
                                     started: ContinuousClock.Instant, steps: [String: Double]) async throws -> PromotionResult {
-        let clock = ContinuousClock(), restoring = clock.now
+        let clock = ContinuousClock(), filesStarted = clock.now
+        // Files first: the restore opens them by path (and refuses what is missing).
+        let written = try await Blocking.run("mitosis-promote-files") { try installDataFiles(FileDeltaLog.materialize(tree)) }
+        let restoring = clock.now
         let restored = try await TreeRestorer(image: tree).restore(inNewPidNamespace: inNewPidNamespace)
         let finished = clock.now
         var steps = steps
+        steps["files"] = milliseconds(restoring - filesStarted)
         steps["restore"] = milliseconds(finished - restoring)
         // When the epoch's capture began: the root's checkpoint start.
         let created = tree.members[0].manifest.created
         let age = (try? Date(created, strategy: .iso8601)).map { Date().timeIntervalSince($0) * 1000 } ?? -1
         let root = restored.members[0]
         return PromotionResult(epoch: epoch, imageID: tree.manifest.id, image: tree.path, created: created, ageMilliseconds: age,
-                               pid: restored.root, dataFiles: 0, stopStandbyMilliseconds: steps["stop"] ?? 0, dataFilesMilliseconds: 0,
+                               pid: restored.root, dataFiles: written, stopStandbyMilliseconds: steps["stop"] ?? 0, dataFilesMilliseconds: steps["files"] ?? 0,
                                restoreMilliseconds: restored.restoreMilliseconds, totalMilliseconds: milliseconds(finished - started),
                                warm: false, coldReason: reason, hostPid: root.hostPid, phases: root.phases, steps: steps,
                                members: restored.members.map(\.pid))
