@@ -103,8 +103,7 @@ import Testing
             for pid in [parent, a, b] { kill(pid, SIGKILL) }
             tree.scenario.stop()
             #expect(try await TreeRestoreTests.awaitGone([parent, a, b]) == [])
-            let deadline = ContinuousClock.now + .seconds(20)
-            while standby.connectionsEnded == ended && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+            await standby.awaitConnectionEnded(since: ended)
             let committed = try #require(Self.newestTree(images)).epoch
             // Host A's files are lost: the data directory emptied, the members' shared log (open
             // for writing: shipped with every tree epoch) cut to nothing.
