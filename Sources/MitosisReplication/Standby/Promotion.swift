@@ -102,8 +102,8 @@ public enum Promotion {
         for line in scan.skipped { logger.warning("promote: passing over \(line)") }
         guard let newest = scan.newest else { throw ReplicationError.nothingCommitted(path) }
         if let tree = scan.tree {
-            return try await restoreTree(epoch: newest.epoch, tree: tree, reason: "no standby serves \(path)", inNewPidNamespace: false,
-                                         started: started, steps: ["stop": milliseconds(clock.now - started)])
+            return try await restoreTree(epoch: newest.epoch, tree: tree, husk: nil, files: nil, reason: "no standby serves \(path)",
+                                         inNewPidNamespace: false, started: started, steps: ["stop": milliseconds(clock.now - started)], logger: logger)
         }
         return try await restore(epoch: newest.epoch, image: newest.image, husk: nil, files: nil, reason: "no standby serves \(path)",
                                  inNewPidNamespace: false, started: started, steps: ["stop": milliseconds(clock.now - started)], logger: logger)
@@ -120,17 +120,20 @@ public enum Promotion {
         standby.logger.info("standby: promoting; no epoch is accepted any more")
         guard let committed = await standby.store.committed else { throw ReplicationError.nothingCommitted(directory.path) }
         let path = directory.imagePath(committed.epoch)
-        if let tree = await standby.store.committedTree {
-            await standby.warm?.discard()
-            return try await restoreTree(epoch: committed.epoch, tree: tree, reason: "a process tree: no warm clone is kept of one",
-                                         inNewPidNamespace: standby.options.warm?.pidNamespace ?? false, started: started,
-                                         steps: ["stop": milliseconds(stopped - started)])
-        }
-        var taken: (husk: PreparedProcess?, files: DataFileCopies?, reason: String?) = (nil, nil, "the standby keeps no warm clone (--warm)")
+        var taken: (husk: WarmHusk?, files: DataFileCopies?, reason: String?) = (nil, nil, "the standby keeps no warm clone (--warm)")
         if let warm = standby.warm { taken = await warm.take(at: committed.epoch, path: path) }
         var steps = ["stop": milliseconds(stopped - started), "take": milliseconds(clock.now - stopped)]
+        if let tree = await standby.store.committedTree {
+            var (husk, held) = (PreparedTree?.none, tree)
+            if case .tree(let prepared) = taken.husk { (husk, held) = (prepared, await prepared.image) }
+            return try await restoreTree(epoch: committed.epoch, tree: held, husk: husk, files: taken.files,
+                                         reason: taken.reason, inNewPidNamespace: standby.options.warm?.pidNamespace ?? false, started: started,
+                                         steps: steps, logger: standby.logger)
+        }
+        var husk: PreparedProcess?
+        if case .process(let prepared) = taken.husk { husk = prepared }
         let image: CheckpointImage
-        if let husk = taken.husk {
+        if let husk {
             image = await husk.image  // the epoch the husk holds, opened when it was applied
         } else {
             let opening = clock.now
@@ -142,7 +145,7 @@ public enum Promotion {
             }
             steps["open"] = milliseconds(clock.now - opening)
         }
-        return try await restore(epoch: committed.epoch, image: image, husk: taken.husk, files: taken.files, reason: taken.reason,
+        return try await restore(epoch: committed.epoch, image: image, husk: husk, files: taken.files, reason: taken.reason,
                                  inNewPidNamespace: standby.options.warm?.pidNamespace ?? false, started: started, steps: steps,
                                  logger: standby.logger)
     }
@@ -204,28 +207,61 @@ public enum Promotion {
                                warm: warm, coldReason: warm ? nil : reason, hostPid: restored.hostPid, phases: restored.phases, steps: steps)
     }
 
-    /// Puts the tree epoch's data files in place (replayed from its chain of tree epochs), then
-    /// restores it cold (`TreeRestorer`: every member with its pid and parentage).
-    private static func restoreTree(epoch: Epoch, tree: TreeImage, reason: String, inNewPidNamespace: Bool,
-                                    started: ContinuousClock.Instant, steps: [String: Double]) async throws -> PromotionResult {
+    /// `restore` for a tree epoch: its data files put in place (the warm clone's copies, or
+    /// replayed from its chain of tree epochs), then the prepared tree finished or, without one
+    /// or when that fails, the tree restored cold (`TreeRestorer`).
+    private static func restoreTree(epoch: Epoch, tree: TreeImage, husk: PreparedTree?, files: DataFileCopies?, reason: String?,
+                                    inNewPidNamespace: Bool, started: ContinuousClock.Instant, steps: [String: Double],
+                                    logger: Logger) async throws -> PromotionResult {
         let clock = ContinuousClock(), filesStarted = clock.now
-        // Files first: the restore opens them by path (and refuses what is missing).
-        let written = try await Blocking.run("mitosis-promote-files") { try installDataFiles(FileDeltaLog.materialize(tree)) }
-        let restoring = clock.now
-        let restored = try await TreeRestorer(image: tree).restore(inNewPidNamespace: inNewPidNamespace)
-        let finished = clock.now
         var steps = steps
-        steps["files"] = milliseconds(restoring - filesStarted)
-        steps["restore"] = milliseconds(finished - restoring)
+        let written: Int
+        do {
+            // Files first: the restore opens them by path (and refuses what is missing).
+            written = try await Blocking.run("mitosis-promote-files") {
+                if let files { return try files.install() }
+                return try installDataFiles(FileDeltaLog.materialize(tree))
+            }
+        } catch {
+            await husk?.discard()
+            if let files { _ = try? await Blocking.run("mitosis-promote-files") { files.discard() } }
+            throw error
+        }
+        let filesDone = clock.now
+        steps["files"] = milliseconds(filesDone - filesStarted)
+        let durable = files.map { files in Task { try await Blocking.run("mitosis-promote-sync") { try files.sync() } } }
+        var reason = reason
+        var restored: TreeRestoreResult?
+        if let husk {
+            do {
+                restored = try await husk.finish()
+            } catch {
+                reason = "finishing the warm clone failed: \(error)"
+                logger.warning("promote: \(reason!); restoring cold")
+            }
+        }
+        let warm = restored != nil
+        if restored == nil {
+            do { restored = try await TreeRestorer(image: tree).restore(inNewPidNamespace: inNewPidNamespace) } catch {
+                _ = try? await durable?.value
+                throw error
+            }
+        }
+        let finished = clock.now
+        steps[warm ? "finish" : "restore"] = milliseconds(finished - filesDone)
+        if let durable {
+            do { try await durable.value } catch { logger.warning("promote: syncing the data files failed: \(error)") }
+            steps["sync"] = milliseconds(clock.now - finished)
+        }
         // When the epoch's capture began: the root's checkpoint start.
         let created = tree.members[0].manifest.created
         let age = (try? Date(created, strategy: .iso8601)).map { Date().timeIntervalSince($0) * 1000 } ?? -1
-        let root = restored.members[0]
+        let root = restored!.members[0]
         return PromotionResult(epoch: epoch, imageID: tree.manifest.id, image: tree.path, created: created, ageMilliseconds: age,
-                               pid: restored.root, dataFiles: written, stopStandbyMilliseconds: steps["stop"] ?? 0, dataFilesMilliseconds: steps["files"] ?? 0,
-                               restoreMilliseconds: restored.restoreMilliseconds, totalMilliseconds: milliseconds(finished - started),
-                               warm: false, coldReason: reason, hostPid: root.hostPid, phases: root.phases, steps: steps,
-                               members: restored.members.map(\.pid))
+                               pid: restored!.root, dataFiles: written, stopStandbyMilliseconds: steps["stop"] ?? 0,
+                               dataFilesMilliseconds: steps["files"] ?? 0, restoreMilliseconds: restored!.restoreMilliseconds,
+                               totalMilliseconds: milliseconds(finished - started), warm: warm, coldReason: warm ? nil : reason,
+                               hostPid: root.hostPid, phases: root.phases, steps: steps, members: restored!.members.map(\.pid))
     }
 
     /// Creates the fence `PROMOTED` exclusively: a second promotion fails here. Returns it open,

@@ -141,6 +141,64 @@ import Testing
         }
     }
 
+    @Test("a warm standby of a tree keeps every member's husk, in a new pid namespace, up to date; killed, promoted from the warm clone: same pids inside, parentage, every member PASS")
+    func aWarmTreeIsPromotedFromItsHusks() async throws {
+        try await withHosts { hosts in
+            let scratch = try ScratchDirectory()
+            defer { scratch.remove() }
+            let images = scratch.path + "/standby"
+            let tree = try await Tree(scratch: scratch, prefix: hosts.prefix(hosts.a))
+            defer { tree.scenario.stop() }
+            let (parent, a, b) = (tree.parent, tree.a, tree.b)
+            #expect(try await tree.checkBeforeDump() == tree.passedBeforeDump)
+            // The tree's pids are taken here (one kernel for both hosts): the husks get them in a
+            // pid namespace of their own.
+            let standby = try ServiceProcess(["standby", "--listen", "\(hosts.addressB):\(Self.port)", "--images", images, "--warm", "--pidns"],
+                                             in: hosts.prefix(hosts.b), log: scratch.path + "/standby.log")
+            defer { standby.child.kill() }
+            try await standby.awaitLog("listening on")
+            let protect = try protect(parent, hosts, scratch)
+            defer { protect.child.kill() }
+            _ = try await StandbyImages.awaitEpoch(images, atLeast: 4)
+            let warm = try await ReplicationTests.awaitWarm(images, atLeast: 6)
+            #expect(standby.text.contains("warm clone: husk of tree of 3 process(es), root process \(parent) (pid "), "\(standby.text.suffix(2000))")
+            #expect(warm.builds == 1 && warm.updates >= 1, "\(warm)")
+            // Three husks below the root's, each with its member's pid inside, traced by the
+            // standby and stopped.
+            let huskRoot = try #require(warm.hostPid)
+            let husks = Kernel.processTree(root: huskRoot)
+            #expect(husks.count == 3 && husks.allSatisfy { $0 != parent && $0 != a && $0 != b }, "\(husks)")
+            #expect(Set(husks.compactMap { TreeRestoreTests.innerID($0, "NSpid") }) == [parent, a, b])
+            for husk in husks {
+                let held = try #require(ReplicationTests.stateAndTracer(husk))
+                #expect(held.state == "t" && ReplicationTests.threadIDs(standby.pid).contains(held.tracer), "\(held)")
+            }
+            // The primary host fails.
+            let ended = standby.connectionsEnded
+            await protect.stop(SIGKILL)
+            for pid in [parent, a, b] { kill(pid, SIGKILL) }
+            tree.scenario.stop()
+            #expect(try await TreeRestoreTests.awaitGone([parent, a, b]) == [])
+            await standby.awaitConnectionEnded(since: ended)
+            let committed = try #require(Self.newestTree(images)).epoch
+            let promote = try await ToolRun(ToolRun.mitosis, ["promote", images], prefix: hosts.prefix(hosts.b))
+            defer { for husk in husks { kill(husk, SIGKILL) } }
+            #expect(promote.status == 0, "\(promote.standardError)")
+            #expect(promote.standardOutput.hasPrefix("promoted epoch \(committed.rawValue) "), "\(promote.standardOutput)")
+            #expect(promote.standardOutput.contains(" root process \(parent) (pid \(huskRoot) here, in a new pid namespace) from the warm clone in "),
+                    "\(promote.standardOutput)")
+            // The husks are the tree now: untraced, running, parentage as recorded.
+            let hostPids = Dictionary(uniqueKeysWithValues: husks.compactMap { host in TreeRestoreTests.innerID(host, "NSpid").map { ($0, host) } })
+            for host in husks { #expect(TreeRestoreTests.status(host, "TracerPid") == "0") }
+            #expect(TreeRestoreTests.stat(hostPids[a]!)?.ppid == huskRoot && TreeRestoreTests.stat(hostPids[b]!)?.ppid == huskRoot)
+            #expect(try await tree.checkAfterRestore(hosts: hostPids) == tree.passedAfterRestore)
+            #expect(await standby.stop(SIGTERM, timeout: .seconds(5)) == 0)
+            for husk in husks { kill(husk, SIGKILL) }
+            #expect(try await TreeRestoreTests.awaitGone(husks) == [])
+            #expect(!(try await Self.tables(hosts, hosts.b)).contains("mitosis"))
+        }
+    }
+
     @Test("a member exiting mid-protect: one line naming it, a full tree epoch of the members left, every member running untraced")
     func aMemberExitingMidProtectGivesAFullTreeEpoch() async throws {
         try await withHosts { hosts in
