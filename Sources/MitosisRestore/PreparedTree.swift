@@ -29,10 +29,9 @@ public actor PreparedTree {
     /// Each member's pid as this host sees it (the same unless in a new pid namespace).
     public nonisolated let hostPids: [Int32: Int32]
     /// Whether the husks still exist (not finished, discarded or failed).
-    public var isAlive: Bool { state == .ready }
+    public var isAlive: Bool { state.phase == .ready }
 
-    private enum State { case ready, busy, gone }
-    private var state = State.ready
+    private var state = PreparedState()
     private var members: [Member]
     private let networkLock: Bool
     private let husk: PlacedHusk
@@ -63,7 +62,7 @@ public actor PreparedTree {
     /// (`PreparedProcess.update`). A tree that changed, or a failure, kills the tree: the
     /// caller prepares a new one from the newer epoch.
     public func update(to newer: TreeImage) async throws -> [HuskUpdate] {
-        try begin("update")
+        try state.begin("update", of: "the prepared tree")
         do {
             let step = "applying \(newer.path) to the prepared tree"
             guard newer.manifest.members.map({ [$0.pid, $0.parent] }) == members.map({ [$0.pid, $0.parent] }) else {
@@ -83,11 +82,11 @@ public actor PreparedTree {
                 reports.append(try await member.tracer.updateHusk(from: image.members[index].manifest, to: newer.members[index], area: member.area))
             }
             image = newer
-            state = .ready
+            state.phase = .ready
             return reports
         } catch {
             await kill()
-            throw Self.restoreError(error)
+            throw RestoreError.from(error)
         }
     }
 
@@ -96,7 +95,7 @@ public actor PreparedTree {
     /// runs for each member once all are complete, before any runs; then every member is let
     /// go, children first, under the restore's network lock.
     public func finish(verify: (@Sendable (Int32) throws -> Void)? = nil) async throws -> TreeRestoreResult {
-        try begin("finish")
+        try state.begin("finish", of: "the prepared tree")
         let clock = ContinuousClock()
         let started = clock.now
         let manifests = image.members.map(\.manifest)
@@ -168,7 +167,7 @@ public actor PreparedTree {
             throw RestoreError.failed(step: step, detail: "\(error)")
         }
         await lock?.lift()
-        state = .gone
+        state.phase = .gone
         pool.close()
         // The init may now reap and end once the restored processes have.
         husk.releaseNamespace()
@@ -186,20 +185,12 @@ public actor PreparedTree {
 
     /// Kills every husk (and the namespace's init): nothing of the tree is left.
     public func discard() async {
-        guard state == .ready else { return }
+        guard state.phase == .ready else { return }
         await kill()
     }
 
-    private func begin(_ call: String) throws {
-        switch state {
-        case .ready: state = .busy
-        case .busy: throw RestoreError.failed(step: call, detail: "another call on the prepared tree is running")
-        case .gone: throw RestoreError.failed(step: call, detail: "the prepared tree no longer exists")
-        }
-    }
-
     private func kill() async {
-        state = .gone
+        state.phase = .gone
         let tracers = Dictionary(uniqueKeysWithValues: members.map { ($0.pid, $0.tracer) })
         await Self.kill(members: image.manifest.members, root: root, tracers: tracers, husk: husk)
         pool.close()
@@ -219,9 +210,4 @@ public actor PreparedTree {
         husk.endNamespace()
     }
 
-    private static func restoreError(_ error: any Error) -> any Error {
-        if let failure = error as? StepFailure { return RestoreError.failed(step: failure.step, detail: failure.detail) }
-        if error is RestoreError { return error }
-        return RestoreError.failed(step: "restoring", detail: "\(error)")
-    }
 }

@@ -114,7 +114,7 @@ import Testing
             defer { for pid in [b, a, parent] { kill(pid, SIGKILL) } }
             #expect(promote.status == 0, "\(promote.standardError)")
             #expect(promote.standardOutput.hasPrefix("promoted epoch \(committed.rawValue) "), "\(promote.standardOutput)")
-            #expect(promote.standardOutput.contains(" as tree of 3 process(es) \(parent), ") && promote.standardOutput.contains(" root process \(parent) cold (a process tree: no warm clone is kept of one)"),
+            #expect(promote.standardOutput.contains(" as tree of 3 process(es) \(parent), ") && promote.standardOutput.contains(" root process \(parent) cold (the standby keeps no warm clone (--warm))"),
                     "\(promote.standardOutput)")
             #expect(promote.standardOutput.contains(", 3 data file(s) in "), "\(promote.standardOutput)")
             #expect(try Data(contentsOf: URL(fileURLWithPath: data + "/state.txt")) == Data("one\ntwo\n".utf8))
