@@ -577,7 +577,8 @@ public actor CheckpointSession {
             }
         }
         guard !pieces.isEmpty else { return PageSet() }
-        let ring = try Kernel.mapAnonymous(length: slots * slotSize)
+        // On huge pages: fewer faults at first use, and fewer pages for each direct write to pin.
+        let ring = try Kernel.mapAnonymousHuge(length: slots * slotSize)
         var marks = [UInt64](repeating: 0, count: slots)
         // The sink reads the buffers until its writes end: wait for them on every path.
         defer {

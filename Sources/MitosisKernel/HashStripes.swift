@@ -1,0 +1,26 @@
+import CMitosis
+
+/// XXH64's bulk loop in C (`mitosis_xxh64_stripes`): AVX-512 where the CPU has it, which Swift
+/// code compiled for baseline x86-64 cannot use. `Checksum` (MitosisImage) keeps the rest of the
+/// hash; this only feeds whole 32-byte stripes to its lanes.
+package enum HashStripes {
+    /// Feeds the whole 32-byte stripes of `bytes` (`bytes.count / 32` of them) to the four lanes
+    /// of `a` and, when given, of `b`: the same bytes hashed twice, loaded once.
+    package static func feed(_ a: inout (UInt64, UInt64, UInt64, UInt64), _ b: inout (UInt64, UInt64, UInt64, UInt64)?,
+                             _ bytes: UnsafeRawBufferPointer) {
+        guard let base = bytes.baseAddress, bytes.count >= 32 else { return }
+        let stripes = bytes.count / 32
+        withUnsafeMutableBytes(of: &a) { first in
+            let lanesA = first.baseAddress!.assumingMemoryBound(to: UInt64.self)
+            if var second = b {
+                withUnsafeMutableBytes(of: &second) { mitosis_xxh64_stripes(lanesA, $0.baseAddress!.assumingMemoryBound(to: UInt64.self), base, stripes) }
+                b = second
+            } else {
+                mitosis_xxh64_stripes(lanesA, nil, base, stripes)
+            }
+        }
+    }
+
+    /// Whether `feed` runs on AVX-512 here.
+    package static var vectorized: Bool { mitosis_xxh64_vectorized() != 0 }
+}
