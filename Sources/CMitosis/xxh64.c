@@ -11,7 +11,8 @@
 static inline uint64_t rotl(uint64_t value, int bits) { return (value << bits) | (value >> (64 - bits)); }
 static inline uint64_t round1(uint64_t acc, uint64_t lane) { return rotl(acc + lane * PRIME2, 31) * PRIME1; }
 
-static void stripes_scalar(uint64_t a[4], uint64_t *b, const unsigned char *p, size_t stripes) {
+void mitosis_xxh64_stripes_portable(uint64_t a[4], uint64_t *b, const void *bytes, size_t stripes) {
+    const unsigned char *p = bytes;
     uint64_t a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
     uint64_t b0 = b ? b[0] : 0, b1 = b ? b[1] : 0, b2 = b ? b[2] : 0, b3 = b ? b[3] : 0;
     for (size_t i = 0; i < stripes; i++, p += 32) {
@@ -76,12 +77,12 @@ int mitosis_xxh64_vectorized(void) {
 
 void mitosis_xxh64_stripes(uint64_t a[4], uint64_t *b, const void *bytes, size_t stripes) {
     if (mitosis_xxh64_vectorized()) stripes_avx512(a, b, bytes, stripes);
-    else stripes_scalar(a, b, bytes, stripes);
+    else mitosis_xxh64_stripes_portable(a, b, bytes, stripes);
 }
 #else
 int mitosis_xxh64_vectorized(void) { return 0; }
 
 void mitosis_xxh64_stripes(uint64_t a[4], uint64_t *b, const void *bytes, size_t stripes) {
-    stripes_scalar(a, b, bytes, stripes);
+    mitosis_xxh64_stripes_portable(a, b, bytes, stripes);
 }
 #endif

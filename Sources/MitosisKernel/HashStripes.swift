@@ -5,18 +5,20 @@ import CMitosis
 /// hash; this only feeds whole 32-byte stripes to its lanes.
 package enum HashStripes {
     /// Feeds the whole 32-byte stripes of `bytes` (`bytes.count / 32` of them) to the four lanes
-    /// of `a` and, when given, of `b`: the same bytes hashed twice, loaded once.
+    /// of `a` and, when given, of `b`: the same bytes hashed twice, loaded once. `portable` takes
+    /// the loop CPUs without AVX-512 run (for tests).
     package static func feed(_ a: inout (UInt64, UInt64, UInt64, UInt64), _ b: inout (UInt64, UInt64, UInt64, UInt64)?,
-                             _ bytes: UnsafeRawBufferPointer) {
+                             _ bytes: UnsafeRawBufferPointer, portable: Bool = false) {
+        let loop = portable ? mitosis_xxh64_stripes_portable : mitosis_xxh64_stripes
         guard let base = bytes.baseAddress, bytes.count >= 32 else { return }
         let stripes = bytes.count / 32
         withUnsafeMutableBytes(of: &a) { first in
             let lanesA = first.baseAddress!.assumingMemoryBound(to: UInt64.self)
             if var second = b {
-                withUnsafeMutableBytes(of: &second) { mitosis_xxh64_stripes(lanesA, $0.baseAddress!.assumingMemoryBound(to: UInt64.self), base, stripes) }
+                withUnsafeMutableBytes(of: &second) { loop(lanesA, $0.baseAddress!.assumingMemoryBound(to: UInt64.self), base, stripes) }
                 b = second
             } else {
-                mitosis_xxh64_stripes(lanesA, nil, base, stripes)
+                loop(lanesA, nil, base, stripes)
             }
         }
     }

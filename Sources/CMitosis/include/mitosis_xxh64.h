@@ -10,6 +10,9 @@
 // file's), loaded once.
 void mitosis_xxh64_stripes(uint64_t a[4], uint64_t *b, const void *bytes, size_t stripes);
 
+// The same without AVX-512 (what CPUs without it run; for tests on CPUs with it).
+void mitosis_xxh64_stripes_portable(uint64_t a[4], uint64_t *b, const void *bytes, size_t stripes);
+
 // Whether `mitosis_xxh64_stripes` uses AVX-512 on this CPU (for benchmarks and tests).
 int mitosis_xxh64_vectorized(void);
 #endif

@@ -152,6 +152,8 @@ public actor CheckpointSession {
         memory = try MemoryReader(pid: pid)
         tracker = try strategy.makeTracker(pid: pid)
         sharedHashes = strategy == .hash ? nil : try HashTracker(pid: pid)
+        // The freeze reads the descriptors, with the BPF iterator where it is used.
+        DescriptorIterator.prepare()
         do {
             let map = try pageMaps.read(ProcessReader.mappings(target, detailed: false))
             try await tracker.start(map)
