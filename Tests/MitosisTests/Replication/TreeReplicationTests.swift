@@ -141,7 +141,7 @@ import Testing
         }
     }
 
-    @Test("a warm standby of a tree keeps every member's husk, in a new pid namespace, up to date; killed, promoted from the warm clone: same pids inside, parentage, every member PASS")
+    @Test("a warm standby of a tree keeps every member's husk, in a new pid namespace, up to date, its chain compacted; killed, promoted from the warm clone: same pids inside, parentage, every member PASS")
     func aWarmTreeIsPromotedFromItsHusks() async throws {
         try await withHosts { hosts in
             let scratch = try ScratchDirectory()
@@ -153,16 +153,23 @@ import Testing
             #expect(try await tree.checkBeforeDump() == tree.passedBeforeDump)
             // The tree's pids are taken here (one kernel for both hosts): the husks get them in a
             // pid namespace of their own.
-            let standby = try ServiceProcess(["standby", "--listen", "\(hosts.addressB):\(Self.port)", "--images", images, "--warm", "--pidns"],
+            let standby = try ServiceProcess(["standby", "--listen", "\(hosts.addressB):\(Self.port)", "--images", images, "--warm", "--pidns",
+                                              "--compact-every", "4"],
                                              in: hosts.prefix(hosts.b), log: scratch.path + "/standby.log")
             defer { standby.child.kill() }
             try await standby.awaitLog("listening on")
             let protect = try protect(parent, hosts, scratch)
             defer { protect.child.kill() }
             _ = try await StandbyImages.awaitEpoch(images, atLeast: 4)
-            let warm = try await ReplicationTests.awaitWarm(images, atLeast: 6)
+            // Tree epochs are compacted too: the root's chain folded into a full tree epoch of the
+            // same members and image ids, which later tree epochs build on.
+            try await standby.awaitLog("standby: compacted the chain into a full base at epoch ", timeout: .seconds(60))
+            let compacted = try #require(Self.newestTree(images))
+            let lengths = try compacted.tree.members.map { try $0.chain().images.count }
+            #expect(lengths.allSatisfy { $0 < Int(compacted.epoch.rawValue) }, "epoch \(compacted.epoch): chains of \(lengths) images")
+            let warm = try await ReplicationTests.awaitWarm(images, atLeast: compacted.epoch.rawValue + 1)
             #expect(standby.text.contains("warm clone: husk of tree of 3 process(es), root process \(parent) (pid "), "\(standby.text.suffix(2000))")
-            #expect(warm.builds == 1 && warm.updates >= 1, "\(warm)")
+            #expect(warm.builds == 1 && warm.updates >= 2, "\(warm)")
             // Three husks below the root's, each with its member's pid inside, traced by the
             // standby and stopped.
             let huskRoot = try #require(warm.hostPid)
