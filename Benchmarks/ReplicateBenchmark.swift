@@ -17,7 +17,8 @@ struct ReplicateBenchmark: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "replicate",
                                                     abstract: "redis under write load protected onto a standby in another network namespace.")
 
-    @Option(help: "Seconds of protection measured (the issue's acceptance run: 300).") var seconds = 30
+    @Option(help: "How long protection is measured: seconds, or with a unit (90s, 5m). The issue's acceptance run is 5m.",
+            transform: ReplicateBenchmark.parseDuration) var duration = 30
     @Option(help: "Seconds of redis alone, measured before and after protection.") var baseline = 10
     @Option(help: "Milliseconds between epochs.") var interval = 50
     @Option(help: "redis-benchmark clients (the load: each waits for its answer before the next command).") var clients = 4
@@ -69,7 +70,7 @@ struct ReplicateBenchmark: AsyncParsableCommand {
                                             "--interval", "\(interval)", "--data", directory + "/redis/appendonlydir"], log: protectLog)
         defer { protect.kill() }
         try await Self.awaitLog(standbyLog, "committed", standby, timeout: .seconds(60))
-        let during = try await Self.throughput(cli, seconds: seconds)
+        let during = try await Self.throughput(cli, seconds: duration)
         protect.signal(SIGTERM)
         try await Self.awaitExit(protect)
         standby.signal(SIGTERM)
@@ -97,7 +98,16 @@ struct ReplicateBenchmark: AsyncParsableCommand {
         let alone = (before + after) / 2
         print(String(format: "redis commands/s: alone %.0f (before %.0f, after %.0f), protected %.0f: %.3f× (%.1f %% overhead)",
                      alone, before, after, during, during / alone, (1 - during / alone) * 100))
-        print(String(format: "goals: freeze p99 ≤ 20 ms, lag p99 ≤ 2 epochs (%d ms), %.0f epochs/s", 2 * interval, 1000 / Double(interval)))
+        print(String(format: "goals: freeze p99 ≤ 20 ms, lag p99 ≤ 2 epochs (%d ms), %.0f epochs/s; ", 2 * interval, 1000 / Double(interval))
+              + "measured over \(duration) s, machine load average \(Self.loadAverage()) (1, 5, 15 min) at the end")
+    }
+
+    /// `300`, `300s`, `5m`: seconds.
+    static func parseDuration(_ text: String) throws -> Int {
+        let units: [(String, Int)] = [("s", 1), ("m", 60), ("h", 3600)]
+        let (digits, scale) = units.first { text.hasSuffix($0.0) }.map { (String(text.dropLast()), $0.1) } ?? (text, 1)
+        guard let value = Int(digits), value > 0 else { throw ValidationError("--duration \(text): seconds, or a number with s, m or h") }
+        return value * scale
     }
 
     /// Commands per second redis processed over `seconds` (`total_commands_processed`).
@@ -115,6 +125,12 @@ struct ReplicateBenchmark: AsyncParsableCommand {
         try await Task.sleep(for: .seconds(seconds))
         let (last, end) = (try processed(), clock.now)
         return (last - first) / (Double((end - start).components.seconds) + Double((end - start).components.attoseconds) / 1e18)
+    }
+
+    /// `/proc/loadavg`'s first three fields: the machine's load, for reading the figures.
+    static func loadAverage() -> String {
+        let text = (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8)) ?? ""
+        return text.split(separator: " ").prefix(3).joined(separator: " ")
     }
 
     static func output(_ command: [String]) throws -> String {

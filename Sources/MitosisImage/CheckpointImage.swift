@@ -141,8 +141,9 @@ public final class CheckpointImage: Sendable {
             throw .parentMissing(path, parent: link.path)
         }
         guard parent.manifest.id == link.id else { throw .parentMismatch(path, expected: link.id, found: parent.manifest.id) }
-        // An incremental manifest's sequence is at least 1 (checked at open): no overflow.
-        guard parent.manifest.sequence == manifest.sequence - 1 else {
+        // Below the child's, not necessarily just below: a standby's compaction turns an image in
+        // the middle of a chain into a full base (sequence 0) under the images that follow it.
+        guard parent.manifest.sequence < manifest.sequence else {
             throw .malformed(path, file: ImageFormat.manifestName,
                              detail: "sequence \(manifest.sequence) does not follow its parent's \(parent.manifest.sequence)")
         }

@@ -56,6 +56,7 @@ public enum SyscallNumber {
     public static let seccomp = Int(SYS_seccomp)
     public static let ioctl = Int(SYS_ioctl)
     public static let pause = Int(SYS_pause)
+    public static let tgkill = Int(SYS_tgkill)
 }
 
 /// Flag values for the arguments of injected calls (`Tracer.injectMmap`,
@@ -63,6 +64,8 @@ public enum SyscallNumber {
 public enum SyscallFlags {
     /// `PROT_READ | PROT_WRITE`.
     public static let readWriteProtection = PROT_READ | PROT_WRITE
+    /// `PROT_READ | PROT_WRITE | PROT_EXEC`: a scratch area that holds an injected program.
+    public static let readWriteExecuteProtection = PROT_READ | PROT_WRITE | PROT_EXEC
     /// `MAP_PRIVATE | MAP_ANONYMOUS`.
     public static let privateAnonymousMapping = MAP_PRIVATE | MAP_ANONYMOUS
     /// `O_CLOEXEC | O_NONBLOCK`.

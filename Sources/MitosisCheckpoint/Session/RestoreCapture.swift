@@ -9,16 +9,22 @@ import SystemPackage
 /// (`RestoreRecord`), while the process is frozen.
 ///
 /// Most of it comes from /proc and ptrace. The handlers of caught signals, each thread's
-/// clear_child_tid and the current break are known only to the process itself: they are asked by
-/// injected system calls (`rt_sigaction(sig, NULL, scratch)`, `prctl(PR_GET_TID_ADDRESS, scratch)`, `brk(0)`)
-/// writing into a scratch page mapped for the purpose and unmapped before the thaw.
+/// clear_child_tid, the current break, the clocks as the process reads them and what
+/// `ProcessStateCapture` asks are known only to the process itself: they are asked by injected
+/// system calls (`rt_sigaction(sig, NULL, scratch)`, `prctl(PR_GET_TID_ADDRESS, scratch)`,
+/// `brk(0)`, …) writing into one scratch mapping made for the purpose and unmapped before the
+/// thaw; one injected program per thread runs them (one stop per thread, not two per call).
 enum RestoreCapture {
     static func capture(_ tracer: Tracer, target: TargetProcess, maps: [MemoryMapping], descriptors: [OpenDescriptor]) async throws -> RestoreRecord {
         let pid = target.pid
         // Before any injection: injecting places a stub in the vDSO's padding until the thaw.
         let vdso = try vdsoIdentity(pid: pid, maps: maps)
-        let brk = try await tracer.performSyscall(SyscallNumber.brk, [0])
-        guard let bounds = RestoreRecord.MemoryBounds(procStat: try target.text("stat"), brk: brk) else {
+        guard let timerEntries = ProcTimers.parse((try? target.text("timers")) ?? "") else {
+            throw MitosisError.unsupported(feature: "restore", detail: "/proc/\(pid)/timers could not be parsed")
+        }
+        let tids = await tracer.threads(of: pid)
+        let answers = try await ask(tracer, target: target, tids: tids, timers: timerEntries)
+        guard let bounds = RestoreRecord.MemoryBounds(procStat: try target.text("stat"), brk: answers.brk) else {
             throw MitosisError.system(operation: "parsing /proc/\(pid)/stat", errno: .invalidArgument)
         }
         let auxvBytes = try target.bytes("auxv")
@@ -26,30 +32,13 @@ enum RestoreCapture {
             auxvBytes[offset..<offset + 8].reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
         }
         let executable = try target.readLink("exe")
-        let tids = await tracer.threads(of: pid)
-
-        // Signal dispositions (32 bytes each) and clear_child_tid words (8 each) in one page.
-        let page = Int(PagemapFile.pageSize)
-        let scratch = try await tracer.injectMmap(length: page)
-        let asked: Result<([RestoreRecord.SignalAction], [UInt64], RestoreRecord.Clocks), any Error>
-        do {
-            let (actions, clearChildTids) = try await askTarget(tracer, target: target, tids: tids, scratch: scratch)
-            asked = .success((actions, clearChildTids, try await askClocks(tracer, pid: pid, scratch: scratch)))
-        } catch {
-            asked = .failure(error)
-        }
-        try await tracer.injectMunmap(address: scratch, length: page)
-        let (actions, clearChildTids, clocks) = try asked.get()
 
         var threads: [RestoreRecord.ThreadRestoreState] = []
         for (index, tid) in tids.enumerated() {
             let robust = try Kernel.robustList(tid)
-            threads.append(RestoreRecord.ThreadRestoreState(tid: tid, clearChildTid: clearChildTids[index],
+            threads.append(RestoreRecord.ThreadRestoreState(tid: tid, clearChildTid: answers.clearChildTids[index],
                                                             robustList: robust.head, robustListLength: robust.length))
         }
-        let timers = (try? target.bytes("timers")).map { bytes in
-            String(decoding: bytes, as: UTF8.self).split(separator: "\n").filter { $0.hasPrefix("ID:") }.count
-        } ?? 0
         var pipes: [RestoreRecord.PipeContents] = []
         // A FIFO's bytes are read through a reader opened on it, only when the process holds
         // a read end itself: a reader coming and going where there was none would be seen by
@@ -60,11 +49,11 @@ enum RestoreCapture {
             let (bytes, capacity) = try Kernel.peekPipe(pid: pid, fd: descriptor.fd)
             pipes.append(RestoreRecord.PipeContents(inode: descriptor.inode, capacity: capacity, bytes: Data(bytes)))
         }
-        var record = RestoreRecord(bounds: bounds, auxv: auxv, executable: executable, vdso: vdso, signalActions: actions,
+        var record = RestoreRecord(bounds: bounds, auxv: auxv, executable: executable, vdso: vdso, signalActions: answers.actions,
                              threads: threads, mappingFlags: [],
-                             posixTimers: timers)
+                             posixTimers: timerEntries.count)
         record.pipes = pipes
-        record.clocks = clocks
+        record.clocks = answers.clocks
         var received: [SocketCapture.Received] = []
         defer { for item in received { for right in item.rights { try? right.close() } } }
         record.sockets = try SocketCapture.capture(pid: pid, descriptors: descriptors, received: &received)
@@ -83,53 +72,126 @@ enum RestoreCapture {
         if !attached.isEmpty {
             record.sysvSharedMemory = try Kernel.sharedMemorySegments().filter { attached.contains($0.shmid) }
         }
-        record.processState = try await ProcessStateCapture.capture(tracer, target: target, tids: tids)
+        record.processState = try await ProcessStateCapture.capture(tracer, target: target, tids: tids, timers: timerEntries,
+                                                                    answers: answers.processState)
         return record
     }
 
-    /// Runs the asking calls into `scratch` and reads their answers.
-    private static func askTarget(_ tracer: Tracer, target: TargetProcess, tids: [Int32],
-                                  scratch: UInt64) async throws -> ([RestoreRecord.SignalAction], [UInt64]) {
+    /// What only the process itself can tell, asked by injected calls.
+    struct Answers {
+        var brk: UInt64
+        var actions: [RestoreRecord.SignalAction]
+        var clearChildTids: [UInt64]
+        var clocks: RestoreRecord.Clocks
+        var processState: ProcessStateCapture.Answers
+    }
+
+    /// Asks every question in one scratch mapping: one injected program per thread (its calls
+    /// run with one stop, `Tracer.runProgram`) where the thread can run one, else one injected
+    /// call at a time. Answers that are memory go to the scratch mapping's data area:
+    ///
+    ///     0                signal dispositions (64 × 32 bytes: handler, flags, restorer, mask)
+    ///     2048             clear_child_tid words (8 bytes per thread)
+    ///     +8·threads       CLOCK_MONOTONIC, CLOCK_BOOTTIME (16 bytes each)
+    ///     +32              3 itimervals (32 bytes each)
+    ///     +96              per thread: stack_t (24 bytes) and the parent-death signal (8)
+    ///     +32·threads      per POSIX timer: an itimerspec (32 bytes)
+    private static func ask(_ tracer: Tracer, target: TargetProcess, tids: [Int32], timers: [ProcTimers.Entry]) async throws -> Answers {
         let pid = target.pid
         // Only handled signals (and Linux.SIGCHLD, whose SA_NOCLDSTOP/SA_NOCLDWAIT matter even at
         // SIG_DFL) need asking; /proc tells the default and ignored ones apart.
         let status = ProcStatus(parsing: try target.text("status"))
         let caught = status["SigCgt"].flatMap { UInt64($0, radix: 16) } ?? UInt64.max
         let ignored = status["SigIgn"].flatMap { UInt64($0, radix: 16) } ?? 0
-        for signal in 1...64 where caught & (1 << UInt64(signal - 1)) != 0 || signal == Linux.SIGCHLD {
-            _ = try await tracer.performSyscall(SyscallNumber.rt_sigaction, [UInt64(signal), 0, scratch + UInt64(signal - 1) * 32, 8])
+        let signals = (1...64).filter { caught & (1 << UInt64($0 - 1)) != 0 || $0 == Linux.SIGCHLD }
+        let main = tids.contains(pid) ? pid : (tids.first ?? pid)
+
+        let tidsAt = 2048, clocksAt = tidsAt + 8 * tids.count, itimersAt = clocksAt + 32, threadsAt = itimersAt + 96
+        let timersAt = threadsAt + 32 * tids.count, dataLength = timersAt + 32 * timers.count
+        let mainCalls = 1 + signals.count + 2 + 3 + timers.count + 3 + 4
+        let programLength = Tracer.programAreaSize(calls: mainCalls)
+        let page = Int(PagemapFile.pageSize)
+        let length = (programLength + dataLength + page - 1) / page * page
+        // Executable for the program; a kernel (or policy) that refuses that gets the calls one by one.
+        var program = true
+        let scratch: UInt64
+        do {
+            scratch = try await tracer.injectMmap(length: length, protection: SyscallFlags.readWriteExecuteProtection)
+        } catch is Errno {
+            program = false
+            scratch = try await tracer.injectMmap(length: length)
         }
+        let data = scratch + UInt64(programLength)
+        var calls: [(tid: Int32, call: InjectedCall)] = [(main, InjectedCall(SyscallNumber.brk, [0]))]
+        for signal in signals {
+            calls.append((main, InjectedCall(SyscallNumber.rt_sigaction, [UInt64(signal), 0, data + UInt64(signal - 1) * 32, 8])))
+        }
+        calls.append((main, InjectedCall(SyscallNumber.clock_gettime, [UInt64(ClockID.monotonic), data + UInt64(clocksAt)])))
+        calls.append((main, InjectedCall(SyscallNumber.clock_gettime, [UInt64(ClockID.boottime), data + UInt64(clocksAt + 16)])))
+        let processCalls = calls.count
+        calls += ProcessStateCapture.calls(main: main, tids: tids, timers: timers, data: data,
+                                           itimersAt: itimersAt, threadsAt: threadsAt, timersAt: timersAt)
+        let tidAddressCalls = calls.count
         for (index, tid) in tids.enumerated() {
-            _ = try await tracer.performSyscall(SyscallNumber.prctl, [40 /* PR_GET_TID_ADDRESS */, scratch + 2048 + UInt64(index) * 8], in: tid)
+            calls.append((tid, InjectedCall(SyscallNumber.prctl, [40 /* PR_GET_TID_ADDRESS */, data + UInt64(tidsAt + index * 8)])))
         }
-        var words = [UInt64](repeating: 0, count: 256 + tids.count)
-        let wanted = words.count * 8
-        let count = try words.withUnsafeMutableBytes { buffer throws(Errno) in
-            try Kernel.readMemory(pid: pid, address: scratch, into: buffer)
+        let asked: Result<([UInt64], [UInt64], TimeSpec), any Error>
+        do {
+            let results = try await perform(tracer, calls, program: program ? scratch : nil)
+            let realtime = try Kernel.clockNow(ClockID.realtime)
+            var words = [UInt64](repeating: 0, count: dataLength / 8)
+            let count = try words.withUnsafeMutableBytes { buffer throws(Errno) in
+                try Kernel.readMemory(pid: pid, address: data, into: buffer)
+            }
+            guard count == dataLength else { throw MitosisError.system(operation: "reading the scratch mapping of \(pid)", errno: .ioError) }
+            asked = .success((results, words, realtime))
+        } catch {
+            asked = .failure(error)
         }
-        guard count == wanted else { throw MitosisError.system(operation: "reading the scratch page of \(pid)", errno: .ioError) }
+        try await tracer.injectMunmap(address: scratch, length: length)
+        let (results, words, realtime) = try asked.get()
         let actions = (0..<64).map { index in
-            let asked = caught & (1 << UInt64(index)) != 0 || index + 1 == Linux.SIGCHLD
-            return asked ? RestoreRecord.SignalAction(handler: words[index * 4], flags: words[index * 4 + 1],
-                                                      restorer: words[index * 4 + 2], mask: words[index * 4 + 3])
+            let wasAsked = caught & (1 << UInt64(index)) != 0 || index + 1 == Linux.SIGCHLD
+            return wasAsked ? RestoreRecord.SignalAction(handler: words[index * 4], flags: words[index * 4 + 1],
+                                                         restorer: words[index * 4 + 2], mask: words[index * 4 + 3])
                 : RestoreRecord.SignalAction(handler: ignored & (1 << UInt64(index)) != 0 ? 1 : 0, flags: 0, restorer: 0, mask: 0)
         }
-        return (actions, Array(words[256...]))
+        let clock = clocksAt / 8
+        let clocks = RestoreRecord.Clocks(monotonic: TimeSpec(seconds: Int64(bitPattern: words[clock]), nanoseconds: Int64(bitPattern: words[clock + 1])),
+                                          boottime: TimeSpec(seconds: Int64(bitPattern: words[clock + 2]), nanoseconds: Int64(bitPattern: words[clock + 3])),
+                                          realtime: realtime)
+        let state = ProcessStateCapture.Answers(results: Array(results[processCalls..<tidAddressCalls]), words: words,
+                                                itimersAt: itimersAt, threadsAt: threadsAt, timersAt: timersAt)
+        return Answers(brk: results[0], actions: actions, clearChildTids: Array(words[(tidsAt / 8)..<(tidsAt / 8 + tids.count)]),
+                       clocks: clocks, processState: state)
     }
 
-    /// The process's `CLOCK_MONOTONIC` and `CLOCK_BOOTTIME` as it reads them (injected
-    /// `clock_gettime`: inside its time namespace, whatever Mitosis's is), and the real time.
-    private static func askClocks(_ tracer: Tracer, pid: Int32, scratch: UInt64) async throws -> RestoreRecord.Clocks {
-        _ = try await tracer.performSyscall(SyscallNumber.clock_gettime, [UInt64(ClockID.monotonic), scratch])
-        _ = try await tracer.performSyscall(SyscallNumber.clock_gettime, [UInt64(ClockID.boottime), scratch + 16])
-        let realtime = try Kernel.clockNow(ClockID.realtime)
-        var words = [Int64](repeating: 0, count: 4)
-        let count = try words.withUnsafeMutableBytes { buffer throws(Errno) in
-            try Kernel.readMemory(pid: pid, address: scratch, into: buffer)
+    /// Runs `calls`, each in its thread: one injected program per thread (in the order the
+    /// threads first appear) at `program` where the thread can run one, else one call at a time.
+    /// Returns the results in order; a call that failed throws its `Errno`.
+    static func perform(_ tracer: Tracer, _ calls: [(tid: Int32, call: InjectedCall)], program: UInt64?) async throws -> [UInt64] {
+        var order: [Int32] = []
+        var groups: [Int32: [Int]] = [:]
+        for (index, entry) in calls.enumerated() {
+            if groups[entry.tid] == nil { order.append(entry.tid) }
+            groups[entry.tid, default: []].append(index)
         }
-        guard count == 32 else { throw MitosisError.system(operation: "reading the clocks of \(pid)", errno: .ioError) }
-        return RestoreRecord.Clocks(monotonic: TimeSpec(seconds: words[0], nanoseconds: words[1]),
-                                    boottime: TimeSpec(seconds: words[2], nanoseconds: words[3]), realtime: realtime)
+        var results = [UInt64](repeating: 0, count: calls.count)
+        for tid in order {
+            let indices = groups[tid]!
+            var raw: [Int64]?
+            if let program { raw = try await tracer.runProgram(indices.map { calls[$0].call }, in: tid, area: program) }
+            if raw == nil {
+                var one: [Int64] = []
+                for index in indices { one.append(try await tracer.injectSyscall(calls[index].call.number, calls[index].call.arguments, in: tid)) }
+                raw = one
+            }
+            for (index, result) in zip(indices, raw!) {
+                if result < 0 && result >= -4095 { throw Errno(rawValue: Int32(-result)) }
+                results[index] = UInt64(bitPattern: result)
+            }
+        }
+        return results
     }
 
     /// The vDSO's and its data pages' places, and a hash of the vDSO's code.

@@ -4,6 +4,7 @@ import MitosisImage
 import MitosisKernel
 import MitosisModel
 import MitosisRestore
+import NIOConcurrencyHelpers
 import SystemPackage
 
 /// What the standby does with a frame: nothing more, answer it, or end the connection (after
@@ -37,6 +38,9 @@ actor StandbyStore {
     /// The committed image's sequence in its chain, and the chain's length.
     private var committedSequence = 0
     private var chainLength = 0
+    /// Counts the full bases (of one process or of a tree) committed: a compaction of an older
+    /// chain is not swapped in.
+    private var generation = 0
     private(set) var readiness: (ready: Bool, reasons: [String]) = (false, ["no epoch received yet"])
     private var readinessChecked: ContinuousClock.Instant?
     private(set) var statistics = StandbyStatistics()
@@ -48,6 +52,16 @@ actor StandbyStore {
     private var treeInFlight: TreeInFlight?
     private var closed = false
     private let metrics = StandbyMetrics()
+    /// The compaction writing its base in the background (`Compaction`), and whether it should stop.
+    private let background = NIOLockedValueBox(BackgroundCompaction.idle)
+    private let stopping = NIOLockedValueBox(false)
+
+    private enum BackgroundCompaction {
+        case idle
+        case writing(Epoch, generation: Int, started: ContinuousClock.Instant)
+        case written(Compaction.Base, generation: Int, started: ContinuousClock.Instant)
+        case failed(Epoch, String)
+    }
 
     private struct InFlight {
         var epoch: Epoch
@@ -67,6 +81,9 @@ actor StandbyStore {
         var writer: TreeImageWriter
         /// The members' images committed inside the tree's partial directory, as stored.
         var finished: [Int32: CheckpointManifest] = [:]
+        /// The tree's data-file changes (`files.log` of the tree directory), sent after the
+        /// members' images.
+        var files: FileDeltaWriter?
         var bytes: UInt64 = 0
         var started = ContinuousClock.now
     }
@@ -161,6 +178,7 @@ actor StandbyStore {
     func close() {
         abandon("the standby is stopping")
         closed = true
+        stopping.withLockedValue { $0 = true }
     }
 
     func receive(_ frame: ReplicationFrame, connection token: Int) -> StoreReply {
@@ -337,6 +355,7 @@ actor StandbyStore {
             throw ProtocolViolation("tree epoch \(frame.epoch): member \(member.pid)'s image \(member.imageId) was not received")
         }
         guard !directory.isPromoted else { throw Refused(.promoted, "\(directory.path) was promoted: epoch \(frame.epoch) is not committed") }
+        if var files = tree.files { try files.seal() }
         do { try tree.writer.commit(manifest) } catch { throw Refused(.storage, "tree epoch \(frame.epoch): \(error)") }
         treeInFlight = nil
         let synced = clock.now
@@ -350,6 +369,7 @@ actor StandbyStore {
         committedImage = nil
         committedTree = image
         chainLength = tree.parent == .none ? 1 : chainLength + 1
+        if tree.parent == .none { generation += 1 }  // a base compacted before is not the newest any more
         if let checked = readinessChecked, ContinuousClock.now - checked < .seconds(1) {} else {
             readiness = Self.readiness(of: image)
             readinessChecked = ContinuousClock.now
@@ -381,8 +401,19 @@ actor StandbyStore {
     }
 
     private func fileDelta(_ frame: ReplicationFrame) throws -> StoreReply {
+        if let tree = treeInFlight {
+            // A tree's data files belong to the tree epoch, not to a member's image: they come
+            // once every member's image is in, before the tree's manifest.
+            guard inFlight == nil, tree.epoch == frame.epoch, tree.parent == frame.parent else {
+                throw ProtocolViolation("tree epoch \(frame.epoch): a data-file change inside a member's image or of another epoch")
+            }
+            var writer = tree.files ?? FileDeltaWriter(imageDirectory: tree.writer.partialPath)
+            try writer.add(frame.payload)
+            treeInFlight?.files = writer
+            treeInFlight?.bytes += UInt64(frame.payload.count)
+            return .none
+        }
         let epoch = try current(frame)
-        guard treeInFlight == nil else { throw ProtocolViolation("tree epoch \(frame.epoch): data files are not replicated with trees") }
         guard let partial = epoch.sink.partialPath else { throw Refused(.storage, "epoch \(frame.epoch) has no directory") }
         var writer = epoch.files ?? FileDeltaWriter(imageDirectory: partial)
         try writer.add(frame.payload)
@@ -410,6 +441,7 @@ actor StandbyStore {
         committedTree = nil
         committedSequence = stored.sequence
         chainLength = stored.kind == .full ? 1 : chainLength + 1
+        if stored.kind == .full { generation += 1 }
         // The restore check opens the whole chain: once a second is enough for a status.
         if let checked = readinessChecked, ContinuousClock.now - checked < .seconds(1) {} else {
             readiness = Self.readiness(of: image)
@@ -476,22 +508,68 @@ actor StandbyStore {
         metrics.ready.record(readiness.ready ? 1 : 0)
     }
 
-    /// Folds the chain into a new full base when it has grown to `compactEvery` images. Runs
-    /// after the acknowledgement has gone out, before the next frame is read.
+    /// Folds the chain into a new full base once it has grown to `compactEvery` images, without
+    /// holding up the epochs: the base is written in the background (`Compaction.writeBase`),
+    /// and swapped in here, after an acknowledgement, once it is written. Called after each
+    /// acknowledgement has gone out (and after the warm clone took the epoch, so that nothing
+    /// reads the chain while it is swapped).
     func compactIfDue() {
-        // Tree epochs are not compacted (Docs/replication.md, "Process trees").
-        guard compactEvery > 0, chainLength >= compactEvery, inFlight == nil, treeInFlight == nil, committedTree == nil, !closed, let committed else { return }
-        let clock = ContinuousClock(), started = clock.now
-        do {
-            committedImage = nil
-            try Compaction.compact(directory, epoch: committed.epoch)
-            committedSequence = 0
-            chainLength = 1
-            statistics.compactions += 1
-            metrics.compactions.increment()
-            logger.info("standby: compacted the chain into a full base at epoch \(committed.epoch) in \(clock.now - started)")
-        } catch {
-            logger.warning("standby: compaction at epoch \(committed.epoch) failed, the chain stays as it was: \(error)")
+        guard compactEvery > 0, inFlight == nil, treeInFlight == nil, !closed, let committed else { return }
+        let clock = ContinuousClock()
+        switch background.withLockedValue({ $0 }) {
+        case .writing:
+            return
+        case .failed(let epoch, let why):
+            background.withLockedValue { $0 = .idle }
+            logger.warning("standby: compaction at epoch \(epoch) failed, the chain stays as it was: \(why)")
+            return
+        case .written(let base, let baseGeneration, let started):
+            background.withLockedValue { $0 = .idle }
+            guard baseGeneration == generation else {
+                // A full base was committed since: the chain compacted is not the newest any more.
+                directory.remove(base.hidden)
+                return
+            }
+            do {
+                try Compaction.swap(directory, base)
+                chainLength = max(1, chainLength - base.replaced.count)
+                statistics.compactions += 1
+                metrics.compactions.increment()
+                logger.info("standby: compacted the chain into a full base at epoch \(base.epoch) in \(clock.now - started) (in the background); the chain holds \(chainLength) image(s)")
+            } catch {
+                logger.warning("standby: compaction at epoch \(base.epoch) failed, the chain stays as it was: \(error)")
+                return
+            }
+            if base.epoch == committed.epoch {
+                committedImage = nil
+                // The tree image held names the replaced members' images: the base's now.
+                if committedTree != nil {
+                    do { committedTree = try TreeImage.open(directory.imagePath(committed.epoch)) } catch {
+                        logger.warning("standby: the compacted tree epoch \(base.epoch) does not open: \(error)")
+                    }
+                }
+            }
+            return
+        case .idle:
+            break
+        }
+        guard chainLength >= compactEvery else { return }
+        let epoch = committed.epoch, directory = self.directory
+        let started = clock.now
+        // A duplicate of the lock's descriptor: the directory stays locked until the base is
+        // written or abandoned, even if this store is gone by then.
+        guard let lock = try? lock.duplicate() else { return }
+        background.withLockedValue { [generation] in $0 = .writing(epoch, generation: generation, started: started) }
+        Task.detached { [background, stopping, generation] in
+            defer { try? lock.close() }
+            do {
+                let base = try await Blocking.run("mitosis-standby-compact") {
+                    try Compaction.writeBase(directory, epoch: epoch) { stopping.withLockedValue { $0 } }
+                }
+                background.withLockedValue { $0 = base.map { .written($0, generation: generation, started: started) } ?? .idle }
+            } catch {
+                background.withLockedValue { $0 = .failed(epoch, "\(error)") }
+            }
         }
     }
 

@@ -15,6 +15,10 @@ enum InjectionPauseHook {
         case syscallEntry = "syscall-entry"
         case syscallExit = "syscall-exit"
         case registersRestored = "registers-restored"
+        /// An injected program (`Tracer.runProgram`): its registers and mask set, not yet resumed;
+        /// stopped at its end, its registers not yet put back.
+        case programStarted = "program-started"
+        case programEnded = "program-ended"
     }
 
     private static let settings: (step: Int, milliseconds: Int?)? = {

@@ -75,7 +75,7 @@ extension Tracer {
     /// that kills on a call the process never makes (systemd's `SystemCallFilter=`) would kill
     /// the process for Mitosis's `getitimer`. Suspending needs CAP_SYS_ADMIN: without it the
     /// call is not made at all.
-    private func suspendSeccomp(of thread: SeizedThread) throws(MitosisError) -> Bool {
+    func suspendSeccomp(of thread: SeizedThread) throws(MitosisError) -> Bool {
         guard seizeOptions & Ptrace.suspendSeccompOption == 0 else { return false }
         let filtered: Bool
         if let known = seccompFiltered[thread.tid] {
@@ -149,7 +149,7 @@ extension Tracer {
     // MARK: Mechanics
 
     /// The frozen thread that runs the call: `tid`, or the main thread of the traced process.
-    private func lendingThread(_ tid: Int32?) throws(MitosisError) -> SeizedThread {
+    func lendingThread(_ tid: Int32?) throws(MitosisError) -> SeizedThread {
         let wanted = tid ?? pid
         if let thread = threads.first(where: { $0.tid == wanted }) { return thread }
         // The main thread may be gone (it called pthread_exit): any thread of the process serves.
@@ -199,7 +199,7 @@ extension Tracer {
 
     /// The original registers as an rt_sigreturn frame on `thread`'s stack, below its red zone
     /// where a signal frame would go, with the bytes it covers kept to be put back.
-    private func writeHealingFrame(_ thread: SeizedThread, _ saved: GeneralRegisters) throws(MitosisError) -> HealingFrame {
+    func writeHealingFrame(_ thread: SeizedThread, _ saved: GeneralRegisters) throws(MitosisError) -> HealingFrame {
         do {
             var resumed = saved
             Self.foldRestart(&resumed)
@@ -239,7 +239,7 @@ extension Tracer {
     /// Where `thread`'s process runs injected calls: the self-healing stub, placed once per
     /// process in its vDSO; without a vDSO with room for it, a bare `syscall` instruction (the
     /// one the thread is stopped just after), and no self-healing.
-    private func injectionSite(for thread: SeizedThread) throws(MitosisError) -> InjectionSite {
+    func injectionSite(for thread: SeizedThread) throws(MitosisError) -> InjectionSite {
         if let known = injectionSites[thread.pid] { return known }
         var site: InjectionSite?
         if let slot = Self.vdsoStubSlot(of: thread.pid), let memory = try? ProcessMemoryFile(pid: thread.pid, writable: true) {
@@ -333,7 +333,7 @@ extension Tracer {
         inSignalDeliveryStop.remove(tid)
     }
 
-    private func threadError(_ error: Errno, _ thread: SeizedThread, _ what: String) -> MitosisError {
+    func threadError(_ error: Errno, _ thread: SeizedThread, _ what: String) -> MitosisError {
         if error == .noSuchProcess {  // only SIGKILL ends a frozen thread, and with it the process
             forget(thread.tid)
             return .targetExited(thread.pid)
@@ -352,7 +352,7 @@ struct InjectionSite: Sendable {
 }
 
 /// The rt_sigreturn frame on a lending thread's stack, and the bytes it covered.
-private struct HealingFrame {
+struct HealingFrame {
     let address: UInt64
     let original: [UInt8]
 

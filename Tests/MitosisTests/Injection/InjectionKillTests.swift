@@ -38,6 +38,30 @@ struct InjectionKillTests {
         }
     }
 
+    @Test("SIGKILL while an injected program runs (the restore record's questions) leaves every target alive and well")
+    func killDuringAProgram() async throws {
+        let steps = try await Self.injectionSteps(restoreState: true)
+        // The first program: started (its calls not yet run), and ended (run, registers not yet back).
+        let chosen = ["program-started", "program-ended"].compactMap { name in
+            steps.firstIndex { $0.contains(" \(name) ") }.map { $0 + 1 }
+        }
+        #expect(chosen.count == 2, "\(steps)")
+        var runs: [(target: ScenarioProcess, what: String)] = []
+        defer { runs.forEach { $0.target.stop() } }
+        for mode in ["sleep", "busy", "read", "futex"] {
+            for step in chosen {
+                let target = try await ScenarioProcess("victim", [mode])
+                let tool = try PausingTool(target: target.pid, pause: "\(step)", restoreState: true)
+                runs.append((target, "\(mode) step \(step)"))
+                let line = try await tool.awaitPause()
+                try await tool.end(SIGKILL)
+                #expect(line?.contains("program-") == true, "\(mode) step \(step): \(line ?? "mitosis never paused")")
+            }
+        }
+        try await Task.sleep(for: .seconds(2))
+        for run in runs { try await Self.expectHealthy(run.target, run.what) }
+    }
+
     @Test("SIGTERM, SIGINT, SIGHUP and SIGPIPE wait until the registers are back, then end Mitosis")
     func catchableSignalsHeld() async throws {
         var runs: [(target: ScenarioProcess, what: String)] = []
@@ -79,12 +103,12 @@ struct InjectionKillTests {
     }
 
     /// The steps one `mitosis dump` goes through, from the hook's report-only mode.
-    static func injectionSteps() async throws -> [String] {
+    static func injectionSteps(restoreState: Bool = false) async throws -> [String] {
         let target = try await ScenarioProcess("victim", ["sleep"])
         defer { target.stop() }
         let images = FileManager.default.temporaryDirectory.appendingPathComponent("mitosis-kill-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: images) }
-        let run = try await ToolRun(ToolRun.mitosis, ["dump", "\(target.pid)", "--images", images, "--force", "--no-restore-state"],
+        let run = try await ToolRun(ToolRun.mitosis, ["dump", "\(target.pid)", "--images", images, "--force"] + (restoreState ? [] : ["--no-restore-state"]),
                                     prefix: ["/usr/bin/env", "MITOSIS_TEST_INJECTION_PAUSE=0"])
         #expect(run.status == 0, "\(run.standardError)")
         return run.standardError.split(separator: "\n").filter { $0.contains("injection step") }.map(String.init)
@@ -111,11 +135,11 @@ final class PausingTool: @unchecked Sendable {
 
     /// `force`: skip the dumpable check, whose own injection (prctl) would add steps; the restore
     /// state (whose injections would too) is never recorded here.
-    init(target: Int32, pause: String?, force: Bool = true) throws {
+    init(target: Int32, pause: String?, force: Bool = true, restoreState: Bool = false) throws {
         images = FileManager.default.temporaryDirectory.appendingPathComponent("mitosis-kill-\(UUID().uuidString)").path
         let environment = pause.map { ["MITOSIS_TEST_INJECTION_PAUSE=\($0)"] } ?? []
         let command = ["/usr/bin/env"] + environment + [ToolRun.mitosis, "dump", String(target), "--images", images]
-            + (force ? ["--force"] : []) + ["--no-restore-state"]
+            + (force ? ["--force"] : []) + (restoreState ? [] : ["--no-restore-state"])
         child = try ChildProcess(executable: "/bin/sh", arguments: ["-c", "exec \"$@\" 2>&1", "sh"] + command,
                                  stdin: .null, stdout: .pipe, stderr: .inherit)
     }
