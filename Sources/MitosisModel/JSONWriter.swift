@@ -176,9 +176,17 @@ package protocol JSONStreamable {
 /// An array of streamable values, written as `JSONBytes` writes an array node.
 package struct JSONStreamedArray<Element: JSONStreamable>: JSONStreamable {
     package let elements: [Element]
-    package init(_ elements: [Element]) { self.elements = elements }
+    /// How many objects of ~150 bytes (the graph's, pretty) the output should have room for
+    /// when this array starts: its own, and those written after it.
+    package let reserving: Int
+    package init(_ elements: [Element], reserving: Int? = nil) {
+        self.elements = elements
+        self.reserving = reserving ?? elements.count
+    }
 
     package func writeJSON(to output: inout JSONBytes, depth: Int) {
+        // The buffer grows once, not by doubling (each doubling copies and faults in fresh pages).
+        output.bytes.reserveCapacity(output.bytes.count + 160 * reserving)
         output.openContainer(UInt8(ascii: "["))
         var first = true
         for element in elements {
@@ -552,24 +560,29 @@ package struct JSONBytes {
 
     static func precedes(_ a: String, _ b: String) -> Bool {
         var a = a, b = b
-        return a.withUTF8 { x in
-            b.withUTF8 { y in
-                let common = min(x.count, y.count)
-                if common > 0 {
-                    let order = memcmp(x.baseAddress!, y.baseAddress!, common)
-                    if order != 0 { return order < 0 }
-                }
-                return x.count < y.count
-            }
+        return a.withUTF8 { x in b.withUTF8 { y in precedes(x, y) } }
+    }
+
+    static func precedes(_ x: UnsafeBufferPointer<UInt8>, _ y: UnsafeBufferPointer<UInt8>) -> Bool {
+        let common = min(x.count, y.count)
+        if common > 0 {
+            let order = memcmp(x.baseAddress!, y.baseAddress!, common)
+            if order != 0 { return order < 0 }
+        }
+        return x.count < y.count
+    }
+
+    /// Two spaces per level, copied from one line of spaces (levels of a graph: 3 per entry).
+    mutating func indent(_ level: Int) {
+        var rest = 2 * level
+        while rest > 0 {
+            let count = min(rest, JSONBytes.spaces.count)
+            bytes.append(contentsOf: JSONBytes.spaces[..<count])
+            rest -= count
         }
     }
 
-    mutating func indent(_ level: Int) {
-        for _ in 0..<level {
-            bytes.append(UInt8(ascii: " "))
-            bytes.append(UInt8(ascii: " "))
-        }
-    }
+    private static let spaces = [UInt8](repeating: UInt8(ascii: " "), count: 64)
 
     mutating func append(_ text: StaticString) {
         text.withUTF8Buffer { bytes.append(contentsOf: $0) }
@@ -626,5 +639,37 @@ package struct JSONBytes {
             bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[mark..<utf8.count]))
         }
         bytes.append(UInt8(ascii: "\""))
+    }
+}
+
+/// Strings laid side by side as bytes: compared with `memcmp`, with no reference counting.
+/// nil when one is not ASCII (where `String`'s order may differ from its bytes').
+package struct ASCIIStrings {
+    private var bytes: [UInt8] = []
+    private var ranges: [Range<Int>] = []
+
+    package init?(_ strings: some Sequence<String>) {
+        for var string in strings {
+            let start = bytes.count
+            let ascii = string.withUTF8 { utf8 in
+                bytes.append(contentsOf: utf8)
+                return utf8.allSatisfy { $0 < 0x80 }
+            }
+            guard ascii else { return nil }
+            ranges.append(start..<bytes.count)
+        }
+    }
+
+    /// Whether string `a` sorts before string `b` (indices in the sequence given).
+    package func precedes(_ a: Int, _ b: Int) -> Bool {
+        let (x, y) = (ranges[a], ranges[b])
+        return bytes.withUnsafeBufferPointer { all in
+            let common = min(x.count, y.count)
+            if common > 0 {
+                let order = memcmp(all.baseAddress! + x.lowerBound, all.baseAddress! + y.lowerBound, common)
+                if order != 0 { return order < 0 }
+            }
+            return x.count < y.count
+        }
     }
 }

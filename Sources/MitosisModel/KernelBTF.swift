@@ -13,6 +13,9 @@ public struct KernelBTF: Sendable {
     private var kinds: [UInt8] = [0]
     private var names: [UInt32] = [0]
     private var records: [Int] = [0]
+    /// The ids of the structs: what `member` looks names up among (a few thousand of the
+    /// ~150,000 types, looked up a few dozen times per program load).
+    private var structures: [Int] = []
 
     private enum Kind: UInt8 {
         case integer = 1, pointer, array, structure, union, enumeration, forward, typedef, volatile, constant, restrict
@@ -37,6 +40,7 @@ public struct KernelBTF: Sendable {
         while at < typesEnd {
             guard let name = u32(at), let info = u32(at + 4), let kind = Kind(rawValue: UInt8((info >> 24) & 0x1f)) else { return nil }
             let count = Int(info & 0xffff)
+            if kind == .structure { structures.append(kinds.count) }
             kinds.append(kind.rawValue)
             names.append(name)
             records.append(at)
@@ -85,6 +89,7 @@ public struct KernelBTF: Sendable {
 
     private func typeID(named name: String, kind: Kind) -> Int? {
         let wanted = Array(name.utf8)
+        if kind == .structure { return structures.first { nameEquals(names[$0], wanted) } }
         return kinds.indices.first { kinds[$0] == kind.rawValue && nameEquals(names[$0], wanted) }
     }
 

@@ -8,6 +8,7 @@
 #include <linux/userfaultfd.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#include <malloc.h>  // mallopt: Kernel.keepFreedMemoryForReuse
 
 // --- PAGEMAP_SCAN (Linux 6.7+, <linux/fs.h>) ---
 #ifndef PAGEMAP_SCAN

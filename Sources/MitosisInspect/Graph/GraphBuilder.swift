@@ -85,7 +85,7 @@ public enum GraphBuilder {
             assembly.sharedMemory = ProcessReader.sharedMemorySegments(root) ?? []
         }
         assembly.build()
-        return assembly.graph
+        return assembly.takeGraph()
     }
 }
 
@@ -100,12 +100,11 @@ package struct GraphAssembly {
     private(set) var nodes: [String: GraphNode] = [:]
     /// Appended freely; sorted and deduplicated once, when the graph is made.
     private(set) var edges: [GraphEdge] = []
-    /// (pid, fd) → description id.
-    private var descriptionOf: [FDKey: String] = [:]
-    /// description id → the descriptor it was first seen as, and its holders.
-    private var descriptions: [String: (descriptor: OpenDescriptor, holders: [FDKey])] = [:]
-    /// description id → object id.
-    private var objectOf: [String: String] = [:]
+    /// (pid, fd) → its description in `descriptions`.
+    private var descriptionOf: [FDKey: Int] = [:]
+    /// Each open file description: its node, the first of its holders (by pid and fd) and the
+    /// object behind it.
+    private var descriptions: [Description] = []
     /// How many mappings of the graph's address spaces attach each SysV segment (by shmid).
     private var attachments: [Int32: UInt64] = [:]
     /// Links (`pipe:[N]`, `socket:[N]`, a FIFO's path) that ends and peers outside the graph are looked up by.
@@ -120,7 +119,12 @@ package struct GraphAssembly {
         self.options = options
     }
 
-    package var graph: ResourceGraph { ResourceGraph(nodes: Array(nodes.values), edges: edges) }
+    /// The graph built, with the edges moved into it rather than copied (it sorts them in place).
+    package mutating func takeGraph() -> ResourceGraph {
+        let taken = edges
+        edges = []
+        return ResourceGraph(nodes: Array(nodes.values), edges: taken)
+    }
 
     package mutating func build() {
         addProcesses()
@@ -240,6 +244,15 @@ package struct GraphAssembly {
         case file(target: String, device: DeviceNumber?, inode: UInt64)
     }
 
+    /// One open file description of the graph.
+    private struct Description {
+        var id: String
+        /// The node of the object behind it.
+        var object: String
+        /// Its holders sorted by (pid, fd): the first is the descriptor it is described by.
+        var holders: [Member]
+    }
+
     /// One descriptor of a bucket: its key and where it is in `processes`.
     private struct Member {
         var key: FDKey
@@ -247,6 +260,8 @@ package struct GraphAssembly {
         var index: Int
     }
 
+    /// A copy of the descriptor (its strings and arrays retained): where one field is wanted,
+    /// `processes[member.process].descriptors[member.index].field` reads it without the copy.
     private func descriptor(_ member: Member) -> OpenDescriptor { processes[member.process].descriptors[member.index] }
 
     private mutating func addDescriptions() {
@@ -257,7 +272,6 @@ package struct GraphAssembly {
         buckets.reserveCapacity(total)
         descriptions.reserveCapacity(total)
         descriptionOf.reserveCapacity(total)
-        objectOf.reserveCapacity(total)
         nodes.reserveCapacity(nodes.count + 2 * total)
         edges.reserveCapacity(edges.count + 2 * total)
         for (position, process) in processes.enumerated() {
@@ -276,24 +290,32 @@ package struct GraphAssembly {
         let processIDs = processes.map { Self.processID($0.pid) }
         let byAddress = processes.allSatisfy { $0.openFiles != nil }
         let accessModes = ["O_RDONLY", "O_WRONLY", "O_RDWR", "O_ACCMODE"]
+        // The flags a description shows, per descriptor flags: most descriptors share a few sets.
+        var shownFlags: [UInt32: (names: [String], shown: [String])] = [:]
         for bucket in buckets.values {
             for group in descriptionGroups(bucket, byAddress: byAddress) {
                 let holders = group.map { bucket[$0] }.sorted { ($0.key.pid, $0.key.fd) < ($1.key.pid, $1.key.fd) }
                 let first = holders[0]
                 let descriptor = descriptor(first)
                 let id = "description:\(first.key.pid):\(first.key.fd)"
+                let flags: [String]
+                if let known = shownFlags[descriptor.flags], known.names == descriptor.flagNames {
+                    flags = known.shown
+                } else {
+                    flags = descriptor.flagNames.filter { $0 != "O_CLOEXEC" && !accessModes.contains($0) }
+                    shownFlags[descriptor.flags] = (descriptor.flagNames, flags)
+                }
                 add(id, .description, [
-                    "access": .string(accessModes[Int(descriptor.flags & 3)]),
-                    "flags": .strings(descriptor.flagNames.filter { $0 != "O_CLOEXEC" && !accessModes.contains($0) }),
+                    "access": .string(accessModes[Int(descriptor.flags & 3)]), "flags": .strings(flags),
                     "position": .int(Int64(descriptor.position)),
                 ])
-                descriptions[id] = (descriptor, holders.map(\.key))
                 for holder in holders {
-                    descriptionOf[holder.key] = id
-                    let cloexec = (self.descriptor(holder).flags & 0o2000000) != 0
-                    link(processIDs[holder.process], id, .holds, ["fd": .int(Int64(holder.key.fd)), "cloexec": .bool(cloexec)])
+                    descriptionOf[holder.key] = descriptions.count
+                    let cloexec = (processes[holder.process].descriptors[holder.index].flags & 0o2000000) != 0
+                    link(processIDs[holder.process], id, .holds, ["cloexec": .bool(cloexec), "fd": .int(Int64(holder.key.fd))])
                 }
-                addObject(for: descriptor, description: id)
+                let object = addObject(for: descriptor, description: id)
+                descriptions.append(Description(id: id, object: object, holders: holders))
             }
         }
     }
@@ -301,6 +323,7 @@ package struct GraphAssembly {
     /// Groups a bucket of descriptors into open file descriptions (indices into `bucket`): by
     /// the open files' addresses when every process was read by the kernel's iterator, by kcmp otherwise.
     private func descriptionGroups(_ bucket: [Member], byAddress: Bool) -> [[Int]] {
+        if bucket.count == 1 { return [[0]] }
         let first = descriptor(bucket[0])
         if first.kind == .socket || first.eventfd?.id != nil { return [Array(bucket.indices)] }
         guard byAddress else { return Self.groupByKcmp(bucket.map(\.key), .file) }
@@ -358,8 +381,8 @@ package struct GraphAssembly {
         }
     }
 
-    /// The object behind one description, its node and the `refers-to` edge.
-    private mutating func addObject(for descriptor: OpenDescriptor, description: String) {
+    /// The object behind one description, its node and the `refers-to` edge; its node's id.
+    private mutating func addObject(for descriptor: OpenDescriptor, description: String) -> String {
         let suffix = description.dropFirst("description:".count)
         let id: String
         switch descriptor.kind {
@@ -415,8 +438,8 @@ package struct GraphAssembly {
                 markVolatile(id, device: device, path: descriptor.path)
             }
         }
-        objectOf[description] = id
         link(description, id, .refersTo)
+        return id
     }
 
     /// Marks a file external when it lives on a memory-backed mount a standby would not see.
@@ -430,11 +453,13 @@ package struct GraphAssembly {
 
     private mutating func addPipes() {
         var ends: [String: (read: [String], write: [String])] = [:]
-        for (id, entry) in descriptions where entry.descriptor.kind == .pipe || entry.descriptor.kind == .fifo {
-            guard let object = objectOf[id] else { continue }
-            let access = entry.descriptor.flags & 3
-            if access != 1 { ends[object, default: ([], [])].read.append(id) }
-            if access != 0 { ends[object, default: ([], [])].write.append(id) }
+        for entry in descriptions {
+            let first = entry.holders[0]
+            let kind = processes[first.process].descriptors[first.index].kind
+            guard kind == .pipe || kind == .fifo else { continue }
+            let access = processes[first.process].descriptors[first.index].flags & 3
+            if access != 1 { ends[entry.object, default: ([], [])].read.append(entry.id) }
+            if access != 0 { ends[entry.object, default: ([], [])].write.append(entry.id) }
         }
         for (object, pair) in ends {
             for writer in pair.write { for reader in pair.read where reader != writer { link(writer, reader, .connectedTo) } }
@@ -464,38 +489,68 @@ package struct GraphAssembly {
 
     // MARK: Sockets
 
+    /// Where a socket is in its namespace's `SocketTable`.
+    private enum SocketPlace {
+        case inet(Int), unix(Int), netlink(Int), packet(Int)
+    }
+
+    /// A TCP connection's two ends, as its peer is looked up by.
+    private struct Ends: Hashable {
+        var local: SocketEndpoint
+        var remote: SocketEndpoint
+    }
+
     private mutating func addSockets() {
-        var namespaceOf: [String: UInt64] = [:]
+        // Each socket the graph holds, with its network namespace (the last holder's), by inode.
+        var namespaceOf: [UInt64: UInt64] = [:]
         for process in processes {
-            for descriptor in process.descriptors where descriptor.kind == .socket {
-                namespaceOf["socket:\(descriptor.inode)"] = process.networkNamespace
+            guard let namespace = process.networkNamespace else {
+                for descriptor in process.descriptors where descriptor.kind == .socket { namespaceOf[descriptor.inode] = nil }
+                continue
             }
+            for descriptor in process.descriptors where descriptor.kind == .socket { namespaceOf[descriptor.inode] = namespace }
         }
-        var indexes: [UInt64: (byInode: [UInt64: SocketInfo], byEnds: [String: InetSocket])] = [:]
+        // Each namespace's sockets indexed by inode, and its TCP sockets by their ends: places in
+        // the table, not copies of the sockets.
+        var indexes: [UInt64: (byInode: [UInt64: SocketPlace], byEnds: [Ends: Int])] = [:]
         for (namespace, table) in sockets {
-            var byEnds: [String: InetSocket] = [:]
-            for socket in table.inet where socket.protocol == .tcp { byEnds["\(socket.local)|\(socket.remote)"] = socket }
-            indexes[namespace] = (table.byInode(), byEnds)
+            var byInode: [UInt64: SocketPlace] = [:], byEnds: [Ends: Int] = [:]
+            byInode.reserveCapacity(table.inet.count + table.unix.count + table.netlink.count + table.packet.count)
+            // As `SocketTable.byInode`: inode 0 belongs to no descriptor; a later family wins.
+            for (index, socket) in table.inet.enumerated() {
+                if socket.inode != 0 { byInode[socket.inode] = .inet(index) }
+                if socket.protocol == .tcp { byEnds[Ends(local: socket.local, remote: socket.remote)] = index }
+            }
+            for (index, socket) in table.unix.enumerated() where socket.inode != 0 { byInode[socket.inode] = .unix(index) }
+            for (index, socket) in table.netlink.enumerated() where socket.inode != 0 { byInode[socket.inode] = .netlink(index) }
+            for (index, socket) in table.packet.enumerated() where socket.inode != 0 { byInode[socket.inode] = .packet(index) }
+            indexes[namespace] = (byInode, byEnds)
         }
-        for (id, namespace) in namespaceOf.sorted(by: { $0.key < $1.key }) {
-            guard let index = indexes[namespace], let inode = nodes[id]?["inode"].flatMap({ if case .int(let i) = $0 { UInt64(i) } else { nil } }),
-                  let socket = index.byInode[inode]
+        // In inode order: what each socket adds (edges, reasons of its own node) does not depend on the order.
+        for (inode, namespace) in namespaceOf.sorted(by: { $0.key < $1.key }) {
+            let id = "socket:\(inode)"
+            guard let index = indexes[namespace], let place = index.byInode[inode], let table = sockets[namespace],
+                  nodes[id]?["inode"] == .int(Int64(truncatingIfNeeded: inode))
             else { continue }
-            switch socket {
-            case .inet(let inet):
+            switch place {
+            case .inet(let at):
+                let inet = table.inet[at]
                 describeInet(id, inet)
-                if inet.protocol == .udp, inet.state == "ESTABLISHED" { connectUDP(id, inet, table: sockets[namespace]!) }
+                if inet.protocol == .udp, inet.state == "ESTABLISHED" { connectUDP(id, inet, table: table) }
                 guard inet.protocol == .tcp, inet.state != "LISTEN", inet.state != "CLOSE" else { continue }
-                connectTCP(id, inet, index.byEnds, namespace: namespace)
-            case .unix(let unix):
+                connectTCP(id, inet, index.byEnds, table: table)
+            case .unix(let at):
+                let unix = table.unix[at]
                 describeUnix(id, unix)
-                connectUnix(id, unix, index.byInode, table: sockets[namespace]!)
-            case .netlink(let netlink):
+                connectUnix(id, unix, index.byInode, table: table)
+            case .netlink(let at):
+                let netlink = table.netlink[at]
                 nodes[id]?.attributes.merge([
                     "protocol": .string("netlink"), "netlink_protocol": .string(netlink.protocol),
                     "port_id": .int(Int64(netlink.portID)), "state": .string(netlink.state),
                 ]) { $1 }
-            case .packet(let packet):
+            case .packet(let at):
+                let packet = table.packet[at]
                 var attributes: GraphAttributes = [
                     "protocol": .string("packet"), "type": .string(packet.type),
                     "ethernet_protocol": .int(Int64(packet.ethernetProtocol)),
@@ -510,16 +565,17 @@ package struct GraphAssembly {
 
     private mutating func describeInet(_ id: String, _ socket: InetSocket) {
         nodes[id]?.attributes.merge([
-            "protocol": .string(socket.protocol.rawValue), "family": .string(socket.family.rawValue), "state": .string(socket.state),
-            "local": .string(socket.local.description), "remote": .string(socket.remote.description),
-            "recv_q": .int(Int64(socket.receiveQueue)), "send_q": .int(Int64(socket.sendQueue)), "uid": .int(Int64(socket.uid)),
+            "family": .string(socket.family.rawValue), "local": .string(socket.local.description),
+            "protocol": .string(socket.protocol.rawValue), "recv_q": .int(Int64(socket.receiveQueue)),
+            "remote": .string(socket.remote.description), "send_q": .int(Int64(socket.sendQueue)), "state": .string(socket.state),
+            "uid": .int(Int64(socket.uid)),
         ]) { $1 }
     }
 
     private mutating func describeUnix(_ id: String, _ socket: UnixSocket) {
         var attributes: GraphAttributes = [
-            "protocol": .string("unix"), "type": .string(socket.type), "state": .string(socket.state),
-            "shutdown": .string(socket.shutdown.rawValue),
+            "protocol": .string("unix"), "shutdown": .string(socket.shutdown.rawValue), "state": .string(socket.state),
+            "type": .string(socket.type),
         ]
         if let name = socket.name { attributes["name"] = .string(name); attributes["abstract"] = .bool(socket.abstract) }
         if let peer = socket.peerInode { attributes["peer"] = .int(Int64(peer)) }
@@ -534,11 +590,12 @@ package struct GraphAssembly {
         link(min(a, b), max(a, b), .connectedTo, attributes)
     }
 
-    private mutating func connectTCP(_ id: String, _ socket: InetSocket, _ byEnds: [String: InetSocket], namespace: UInt64) {
-        guard let peer = byEnds["\(socket.remote)|\(socket.local)"] else {
+    private mutating func connectTCP(_ id: String, _ socket: InetSocket, _ byEnds: [Ends: Int], table: SocketTable) {
+        guard let peerAt = byEnds[Ends(local: socket.remote, remote: socket.local)] else {
             markExternal(id, "TCP peer \(socket.remote) is outside this network namespace")
             return
         }
+        let peer = table.inet[peerAt]
         if peer.inode != 0 {
             let peerID = "socket:\(peer.inode)"
             if nodes[peerID] != nil { connect(id, peerID) }
@@ -550,7 +607,7 @@ package struct GraphAssembly {
             return
         }
         // The peer is a connection a listener has not accept()ed yet.
-        let listener = sockets[namespace]?.inet.first {
+        let listener = table.inet.first {
             $0.protocol == .tcp && $0.state == "LISTEN" && $0.local.port == peer.local.port
                 && ($0.local.address == peer.local.address || $0.local.address == "0.0.0.0" || $0.local.address == "::")
         }
@@ -580,13 +637,13 @@ package struct GraphAssembly {
         }))
     }
 
-    private mutating func connectUnix(_ id: String, _ socket: UnixSocket, _ byInode: [UInt64: SocketInfo], table: SocketTable) {
+    private mutating func connectUnix(_ id: String, _ socket: UnixSocket, _ byInode: [UInt64: SocketPlace], table: SocketTable) {
         guard let peer = socket.peerInode else { return }
         if peer != 0 {
             let peerID = "socket:\(peer)"
             if nodes[peerID] != nil { connect(id, peerID); return }
             let name: String
-            if case .unix(let other) = byInode[peer], let bound = other.name { name = " \(bound)" } else { name = "" }
+            if case .unix(let at) = byInode[peer], let bound = table.unix[at].name { name = " \(bound)" } else { name = "" }
             wanted["socket:[\(peer)]", default: []].append((id, { holder in
                 "UNIX peer socket:[\(peer)]\(name) is held by \(holder ?? "no process"), outside the graph"
             }))
@@ -607,18 +664,24 @@ package struct GraphAssembly {
     // MARK: epoll and inotify
 
     private mutating func addWatches() {
-        for (id, entry) in descriptions {
-            guard let object = objectOf[id] else { continue }
-            let owner = entry.holders[0].pid
-            for watch in entry.descriptor.epoll ?? [] {
+        for entry in descriptions {
+            let first = entry.holders[0]
+            guard let state = processes[first.process].descriptors[first.index].state else { continue }
+            let owner = first.key.pid
+            let (epoll, inotify): ([EpollWatch]?, [InotifyWatch]?) = switch state {
+            case .epoll(let watches): (watches, nil)
+            case .inotify(let watches): (nil, watches)
+            default: (nil, nil)
+            }
+            for watch in epoll ?? [] {
                 if let target = descriptionOf[FDKey(pid: owner, fd: watch.fd)] {
-                    link(object, target, .watches, ["fd": .int(Int64(watch.fd)), "events": .strings(watch.eventNames)])
+                    link(entry.object, descriptions[target].id, .watches, ["fd": .int(Int64(watch.fd)), "events": .strings(watch.eventNames)])
                 }
             }
-            for watch in entry.descriptor.inotify ?? [] {
+            for watch in inotify ?? [] {
                 let file = fileID(device: watch.device, inode: watch.inode)
                 add(file, .file, ["device": .string(watch.device.description), "inode": .int(Int64(watch.inode))])
-                link(object, file, .watches, ["wd": .int(Int64(watch.wd))])
+                link(entry.object, file, .watches, ["wd": .int(Int64(watch.wd))])
             }
         }
     }
@@ -628,10 +691,10 @@ package struct GraphAssembly {
     private mutating func addSharing() {
         struct Pair: Hashable { var first: Int32; var second: Int32 }
         var shared: [Pair: [String]] = [:]  // lowest holder → each other holder: descriptions
-        for (id, entry) in descriptions {
-            let pids = Set(entry.holders.map(\.pid)).sorted()
+        for entry in descriptions where entry.holders.count > 1 {
+            let pids = Set(entry.holders.map(\.key.pid)).sorted()
             guard pids.count > 1 else { continue }
-            for other in pids.dropFirst() { shared[Pair(first: pids[0], second: other), default: []].append(id) }
+            for other in pids.dropFirst() { shared[Pair(first: pids[0], second: other), default: []].append(entry.id) }
         }
         for (pair, ids) in shared {
             link(Self.processID(pair.first), Self.processID(pair.second), .shares,

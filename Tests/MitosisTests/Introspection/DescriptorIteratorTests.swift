@@ -8,21 +8,21 @@ import MitosisTrace
 
 /// The kernel's task/file iterator (`DescriptorIterator`) and `/proc` must describe every
 /// descriptor identically: `ProcessReader.descriptors` takes the iterator where it can and falls
-/// back to /proc, and nothing above it may tell which ran. Mitosis uses the iterator from 6.18
-/// on; these tests run it on any kernel where it loads (`.any`), so that the kernel matrix
-/// compares it with /proc on 6.1 and 6.12 too, and skip, saying why, where it does not.
+/// back to /proc, and nothing above it may tell which ran. Mitosis uses the iterator from 6.1
+/// on (the kernel matrix found it equal to /proc on 6.1, 6.12 and 6.18); these tests run it on
+/// any kernel where it loads (`.any`), and skip, saying why, where it does not.
 @Suite("Descriptors in one pass (BPF task/file iterator) against /proc")
 struct DescriptorIteratorTests {
     /// Root with kernel BTF on a kernel where Mitosis uses the iterator: there it must load.
     static let expected = getuid() == 0 && FileManager.default.fileExists(atPath: "/sys/kernel/btf/vmlinux")
-        && kernelVersion.count == 2 && !kernelVersion.lexicographicallyPrecedes([6, 18])
+        && kernelVersion.count == 2 && !kernelVersion.lexicographicallyPrecedes([6, 1])
     static let kernelVersion = ((try? String(contentsOfFile: "/proc/sys/kernel/osrelease", encoding: .utf8)) ?? "")
         .split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
     /// Why the iterator cannot run here at all (not root, no BTF, the kernel refuses it), or nil.
     static let unusable: String? = getuid() != 0 ? "needs root" : DescriptorIterator.unavailableReason(tid: getpid(), kernels: .any)
     static let usable = unusable == nil
 
-    @Test("the iterator loads where root has kernel BTF, from 6.18 on", .enabled(if: expected, "needs root, /sys/kernel/btf/vmlinux and kernel ≥ 6.18"))
+    @Test("the iterator loads where root has kernel BTF, from 6.1 on", .enabled(if: expected, "needs root, /sys/kernel/btf/vmlinux and kernel ≥ 6.1"))
     func loads() {
         let reason = DescriptorIterator.unavailableReason(tid: getpid())
         #expect(reason == nil, "\(reason ?? "")")
