@@ -125,6 +125,9 @@ public actor CheckpointSession {
     /// The identities of the files behind `clean_file` pages, by offset, length and path: a file
     /// is hashed again only when its status changes.
     private var fileIdentities: [String: MappedFileIdentity] = [:]
+    /// The mapping flags of the last smaps read, with the mappings (from `maps`) they were
+    /// read for and when (`mappingFlags(for:)`).
+    private var smapsFlags: (maps: [MemoryMapping], flags: [RestoreRecord.MappingFlags], read: ContinuousClock.Instant)?
     private let logger = Logger(label: "mitosis.checkpoint")
     /// The session's own thread: copying GiBs of memory and writing images must not tie up a
     /// thread of Swift's cooperative pool (Docs/architecture.md, "Concurrency").
@@ -355,14 +358,16 @@ public actor CheckpointSession {
             run.mark("unlock", clock)
             // Read after the thaw, so that it costs no freeze time (smaps walks every page table):
             // identity, limits and mapping flags change rarely. Mappings, descriptors and threads
-            // above are the frozen ones.
+            // above are the frozen ones. The model's mappings come from `maps` (no smaps sizes:
+            // the flags a restore needs are in the record, and every epoch's manifest is encoded
+            // and decoded on both sides of a replication).
             var process: ProcessModel?
             var restore = captured
             if restore != nil {
                 do {
-                    let model = try Introspector.inspect(target, detailedMemory: true)
+                    let model = try Introspector.inspect(target, detailedMemory: false)
                     process = model
-                    restore?.mappingFlags = model.maps.map { .init(start: $0.start, vmFlags: $0.vmFlags ?? []) }
+                    restore?.mappingFlags = try mappingFlags(for: model.maps)
                 } catch {
                     logger.warning("checkpoint of \(pid) is not restorable: \(error)")
                     restore = nil
@@ -426,6 +431,19 @@ public actor CheckpointSession {
             sink.abort(reason: "\(failure)")
             throw failure
         }
+    }
+
+    /// The `VmFlags` of every mapping in `maps` (read from `maps`, after the thaw), for the
+    /// restore record. They are only in smaps, whose read walks every page table (the largest
+    /// part of an epoch's work after the thaw, for redis): it is read again only when the
+    /// mappings changed since the last read, or a second after it — flags changed by an
+    /// `madvise` over a whole mapping leave `maps` as it was, so the reuse is bounded in time.
+    private func mappingFlags(for maps: [MemoryMapping]) throws -> [RestoreRecord.MappingFlags] {
+        let now = ContinuousClock.now
+        if let cached = smapsFlags, cached.maps == maps, now - cached.read < .seconds(1) { return cached.flags }
+        let flags = try ProcessReader.mappings(target, detailed: true).map { RestoreRecord.MappingFlags(start: $0.start, vmFlags: $0.vmFlags ?? []) }
+        smapsFlags = (maps, flags, now)
+        return flags
     }
 
     /// The network lock's `nft`, started once per session and namespace rather than at every
