@@ -189,7 +189,12 @@ public final class TreeImageWriter: @unchecked Sendable {  // used by one task a
     /// Where member `pid`'s image is written (with a `DirectorySink`).
     public func memberPath(_ pid: Int32) -> String { partial + "/\(pid)" }
 
-    /// Writes `tree.json`, syncs, and renames the directory to `path`.
+    /// The partial directory, where files of the tree's own (a standby's `files.log`) are
+    /// written before `commit`.
+    public var partialPath: String { partial }
+
+    /// Writes `tree.json`, syncs it and the directory, renames the directory to `path` and
+    /// syncs its parent: once this returns, the tree image survives a crash whole.
     public func commit(_ manifest: TreeManifest) throws(ImageError) {
         let file = partial + "/" + TreeManifest.fileName
         do {
@@ -199,8 +204,14 @@ public final class TreeImageWriter: @unchecked Sendable {  // used by one task a
             defer { try? fd.close() }
             try bytes.withUnsafeBytes { buffer in try Kernel.writeAll(fd, buffer) }
             try Kernel.sync(fd)
+            let directory = try Kernel.openDirectory(partial)
+            defer { try? directory.close() }
+            try Kernel.sync(directory)
             try Kernel.renameNoReplace(nil, partial, path)
             done = true
+            let parent = try Kernel.openDirectory(try DirectorySink.container(of: path))
+            defer { try? parent.close() }
+            try Kernel.sync(parent)
         } catch let error as Errno {
             throw .io(path, operation: "commit the tree image", errno: error)
         } catch {

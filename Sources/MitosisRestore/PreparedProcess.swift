@@ -23,10 +23,9 @@ public actor PreparedProcess {
     /// The image whose memory the husk holds.
     public private(set) var image: CheckpointImage
     /// Whether the husk still exists (not finished, discarded or failed).
-    public var isAlive: Bool { state == .ready }
+    public var isAlive: Bool { state.phase == .ready }
 
-    private enum State { case ready, busy, gone }
-    private var state = State.ready
+    private var state = PreparedState()
     private let tracer: Tracer
     private let area: WorkArea
     /// The first image's plan: what the husk was placed in, for the plans of later images.
@@ -70,15 +69,15 @@ public actor PreparedProcess {
     /// hold the current one's pages where `newer` inherits them). On failure the husk is killed
     /// and the error says why: the caller prepares a new one from the chain.
     public func update(to newer: CheckpointImage) async throws -> HuskUpdate {
-        try begin("update")
+        try state.begin("update", of: "the prepared process")
         do {
             let report = try await tracer.updateHusk(from: image.manifest, to: newer, area: area)
             image = newer
-            state = .ready
+            state.phase = .ready
             return report
         } catch {
             await kill()
-            throw Self.restoreError(error)
+            throw RestoreError.from(error)
         }
     }
 
@@ -86,7 +85,7 @@ public actor PreparedProcess {
     /// threads, timers, credentials, signals, registers; `verify` runs before the process
     /// resumes (see `Restorer.restore`). The process then runs, detached.
     public func finish(verify: (@Sendable (Int32) throws -> Void)? = nil) async throws -> RestoreResult {
-        try begin("finish")
+        try state.begin("finish", of: "the prepared process")
         let clock = ContinuousClock()
         let started = clock.now
         let manifest = image.manifest
@@ -134,7 +133,7 @@ public actor PreparedProcess {
             phases["check"] = Restorer.milliseconds(checked - started)
             phases["lock"] = Restorer.milliseconds(locked - checked)
             notes += segments?.markRemoved() ?? []
-            state = .gone
+            state.phase = .gone
             // The init may now reap and end once the restored process does.
             try? control?.close()
             return RestoreResult(pid: pid, threads: manifest.threads.count, descriptors: manifest.descriptors?.count ?? 0,
@@ -144,26 +143,18 @@ public actor PreparedProcess {
                                  timeNamespace: placement.time, notes: notes)
         } catch {
             await kill()
-            throw Self.restoreError(error)
+            throw RestoreError.from(error)
         }
     }
 
     /// Kills the husk (and its namespace's init): nothing of it is left.
     public func discard() async {
-        guard state == .ready else { return }
+        guard state.phase == .ready else { return }
         await kill()
     }
 
-    private func begin(_ call: String) throws {
-        switch state {
-        case .ready: state = .busy
-        case .busy: throw RestoreError.failed(step: call, detail: "another call on the prepared process is running")
-        case .gone: throw RestoreError.failed(step: call, detail: "the prepared process no longer exists")
-        }
-    }
-
     private func kill() async {
-        state = .gone
+        state.phase = .gone
         await readyLock?.lift()
         readyLock = nil
         await tracer.killHusk()
@@ -190,9 +181,4 @@ public actor PreparedProcess {
         }
     }
 
-    private static func restoreError(_ error: any Error) -> any Error {
-        if let failure = error as? StepFailure { return RestoreError.failed(step: failure.step, detail: failure.detail) }
-        if error is RestoreError { return error }
-        return RestoreError.failed(step: "restoring", detail: "\(error)")
-    }
 }

@@ -46,3 +46,28 @@ struct StepFailure: Error {
     var step: String
     var detail: String
 }
+
+extension RestoreError {
+    /// `error` as a restore reports it: a husk's failed step becomes `failed`, any other error
+    /// a failure of `restoring`.
+    static func from(_ error: any Error) -> any Error {
+        if let failure = error as? StepFailure { return RestoreError.failed(step: failure.step, detail: failure.detail) }
+        if error is RestoreError { return error }
+        return RestoreError.failed(step: "restoring", detail: "\(error)")
+    }
+}
+
+/// A prepared husk's life (`PreparedProcess`, `PreparedTree`): one call at a time, none once
+/// it is gone (finished, discarded, or killed by a failure).
+struct PreparedState {
+    enum Phase { case ready, busy, gone }
+    var phase = Phase.ready
+
+    mutating func begin(_ call: String, of what: String) throws {
+        switch phase {
+        case .ready: phase = .busy
+        case .busy: throw RestoreError.failed(step: call, detail: "another call on \(what) is running")
+        case .gone: throw RestoreError.failed(step: call, detail: "\(what) no longer exists")
+        }
+    }
+}

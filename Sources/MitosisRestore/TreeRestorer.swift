@@ -84,6 +84,12 @@ public struct TreeRestorer: Sendable {
     /// What member `index` takes from earlier members and creates for later ones.
     /// `hosts`: each member's pid as this process sees it (another inside a new pid namespace).
     func links(_ index: Int, pool: DescriptionPool, hosts: [Int32: Int32] = [:]) -> TreeLinks {
+        Self.links(of: image, index, pool: pool, hosts: hosts)
+    }
+
+    /// `links` of a tree image (a prepared tree's, at each update).
+    static func links(of image: TreeImage, _ index: Int, pool: DescriptionPool, hosts: [Int32: Int32]) -> TreeLinks {
+        let manifest = image.manifest
         let manifests = image.members.map(\.manifest)
         let me = manifests[index]
         var links = TreeLinks(pool: pool)
@@ -144,72 +150,67 @@ public struct TreeRestorer: Sendable {
         return links
     }
 
-    private func holdersContain(_ manifest: CheckpointManifest, _ inode: UInt64) -> Bool {
+    private static func holdersContain(_ manifest: CheckpointManifest, _ inode: UInt64) -> Bool {
         manifest.descriptors?.contains { $0.inode == inode } == true
+    }
+
+    /// Why the tree cannot be prepared ahead of its restore (a warm clone), each naming its
+    /// process: what `Restorer.preparationRefusals` says of each member.
+    public func preparationRefusals() -> [RestoreRefusal] {
+        image.members.flatMap { member in
+            RestorePlan.preparationProblems(member.manifest).map { RestoreRefusal("process \(member.manifest.pid), \($0.subject)", $0.reason) }
+        }
     }
 
     /// Restores the tree. `verify`, if given, runs for each member (its pid as this host sees
     /// it) once every member is complete but before any runs; throwing from it kills the whole
     /// tree. With `inNewPidNamespace` the tree is restored inside a new pid namespace, the
     /// root a child of its init (`Restorer.restore`): every member has its pid there.
+    /// The same as `prepare` then `PreparedTree.finish`.
     public func restore(inNewPidNamespace: Bool = false, verify: (@Sendable (Int32) throws -> Void)? = nil) async throws -> TreeRestoreResult {
+        let clock = ContinuousClock()
+        let started = clock.now
+        let prepared: PreparedTree
+        do {
+            prepared = try await prepare(inNewPidNamespace: inNewPidNamespace)
+        } catch {
+            // A restore that fails lifts the locks the dump left: the clients then see a reset
+            // rather than a connection hanging for ever (`finish` does so for its own failures).
+            let held = image.members.compactMap(\.manifest.restore?.networkLockTable)
+            let namespace = networkNamespace.map(HuskPlacementPlan.networkNamespacePath)
+            try? await Blocking.run("mitosis-network-lock") { for table in held { try NetworkLock.remove(table, namespacePath: namespace) } }
+            throw error
+        }
+        var result = try await prepared.finish(verify: verify)
+        result.restoreMilliseconds = Restorer.milliseconds(clock.now - started)
+        return result
+    }
+
+    /// Restores the tree up to its members' address spaces (phases 0–2): every husk created
+    /// top-down with its pid, session and group, each holding its member's memory (anonymous
+    /// shared memory one object mapped by all), frozen under ptrace, with nothing visible
+    /// outside (no descriptor, socket, thread or file write). `PreparedTree.update` brings it to
+    /// a newer tree epoch of the same members, `finish` completes the restore.
+    public func prepare(inNewPidNamespace: Bool = false) async throws -> PreparedTree {
         let clock = ContinuousClock()
         let started = clock.now
         let refusals = self.refusals()
         guard refusals.isEmpty, let rootRecord = image.members.first?.manifest.restore else { throw RestoreError.refused(image: image.path, refusals) }
+        let members = manifest.members
         let manifests = image.members.map(\.manifest)
         // Where the root's husk is born, checked before anything exists; the others are born in it.
         let placement = try RestorePlacement(networkNamespace: networkNamespace, record: rootRecord, timeNamespace: timeNamespace)
         defer { placement.close() }
-        let lockNamespace = placement.networkNamespace?.path
-        // The restore's own lock now; the ones the dump left are lifted only once every member
-        // is ready to run (or the restore failed): a restore killed before keeps them, as one
-        // process's does, and the connections stay locked for the next.
-        let records = manifests.compactMap(\.restore)
-        let connections = records.flatMap { ($0.connections ?? []).map { ($0.connection.family, $0.connection.local, $0.connection.remote) } }
-        let held = records.compactMap(\.networkLockTable)
-        let networkLock = self.networkLock
-        let lock: NetworkLock?
-        do {
-            lock = try await Blocking.run("mitosis-network-lock") { () throws -> NetworkLock? in
-                networkLock && !connections.isEmpty ? try NetworkLock(connections, namespacePath: lockNamespace) : nil
-            }
-        } catch {
-            throw RestoreError.failed(step: "locking the network for \(connections.count) TCP connection(s)", detail: "\(error)")
-        }
-        // Lifted when the tree runs, or has been killed; nft's exit is waited for off the pool.
-        do {
-            let result = try await restoreMembers(placement: placement, lockNamespace: lockNamespace, held: held,
-                                                  inNewPidNamespace: inNewPidNamespace, verify: verify, clock: clock, started: started)
-            await lock?.lift()
-            return result
-        } catch {
-            await lock?.lift()
-            throw error
-        }
-    }
-
-    /// The husks made, built and let go, under the restore's network lock.
-    private func restoreMembers(placement: RestorePlacement, lockNamespace: String?, held: [String], inNewPidNamespace: Bool,
-                                verify: (@Sendable (Int32) throws -> Void)?, clock: ContinuousClock,
-                                started: ContinuousClock.Instant) async throws -> TreeRestoreResult {
-        let members = manifest.members
-        let manifests = image.members.map(\.manifest)
-        @Sendable func liftHeldLocks() throws {
-            for table in held { try NetworkLock.remove(table, namespacePath: lockNamespace) }
-        }
-
         let pool: DescriptionPool
         do { pool = try DescriptionPool(forNewPidNamespace: inNewPidNamespace) } catch {
             throw RestoreError.failed(step: "opening a pidfd of this process for the husks", detail: "\(error)")
         }
-        defer { pool.close() }
-        let root = try await placement.spawnHusk(pid: manifest.root, inNewPidNamespace: inNewPidNamespace)
+        let root: PlacedHusk
+        do { root = try await placement.spawnHusk(pid: manifest.root, inNewPidNamespace: inNewPidNamespace) } catch {
+            pool.close()
+            throw error
+        }
         var tracers: [Int32: Tracer] = [manifest.root: root.tracer]
-        var built: [Int32: BuiltProcess] = [:]
-        defer { for process in built.values { for pending in process.connections { try? pending.copy.close() } } }
-        var notes: [String] = []
-        var results: [RestoreResult] = []
         var step = "creating the husk of process \(manifest.root)"
         do {
             // Top-down: a member's session first, then its children, born into it.
@@ -227,76 +228,34 @@ public struct TreeRestorer: Sendable {
             }
             step = "restoring process groups"
             let pids = Set(members.map(\.pid))
+            var notes: [String] = []
             // Group leaders first, then the members joining them.
             for member in members.sorted(by: { ($0.processGroup == $0.pid ? 0 : 1) < ($1.processGroup == $1.pid ? 0 : 1) }) {
                 notes += try await tracers[member.pid]!.restoreGroup(member, inTree: pids.contains(member.processGroup))
             }
             let husks = Restorer.milliseconds(clock.now - started)
             let hosts = tracers.mapValues(\.pid)
+            var prepared: [PreparedTree.Member] = []
             for (index, member) in members.enumerated() {
-                step = "restoring process \(member.pid)"
+                step = "restoring the memory of process \(member.pid)"
                 var plan = RestorePlan(manifest: manifests[index], record: manifests[index].restore!)
                 plan.newPidNamespace = inNewPidNamespace
                 plan.timeNamespace = placement.clocks != nil
                 plan.tree = links(index, pool: pool, hosts: hosts)
-                var process = try await tracers[member.pid]!.buildProcess(plan, chain: chains[index])
-                process.timings["husk"] = index == 0 ? husks : 0
-                built[member.pid] = process
+                var (area, phases) = try await tracers[member.pid]!.prepareHusk(plan, chain: chains[index])
+                phases["husk"] = index == 0 ? husks : 0
+                prepared.append(PreparedTree.Member(pid: member.pid, parent: member.parent, tracer: tracers[member.pid]!, area: area, phases: phases))
             }
-            // Every member verified before any runs: a failed check leaves none running.
-            if let verify {
-                for member in members {
-                    step = "verifying process \(member.pid) before resuming"
-                    do { try verify(hosts[member.pid]!) } catch { throw StepFailure(step: "the check failed", detail: "\(error)") }
-                }
-            }
-            // Every member made ready (registers) while all are held; then all are let go in one
-            // go, children first (a parent that runs finds its children complete), their
-            // connections out of repair mode just before: a Mitosis killed before this point
-            // leaves no member and no connection reset, one killed within it at most the
-            // members already let go.
-            for member in members.reversed() {
-                step = "resuming process \(member.pid)"
-                var process = built[member.pid]!
-                try await tracers[member.pid]!.finishProcess(&process, verify: nil, thaw: false)
-                built[member.pid] = process
-                notes += process.notes.map { "process \(member.pid): \($0)" }
-            }
-            step = "lifting the network lock the dump left"
-            try await Blocking.run("mitosis-network-lock") { try liftHeldLocks() }
-            for member in members.reversed() {
-                step = "letting process \(member.pid) go"
-                try await tracers[member.pid]!.releaseProcess(built[member.pid]!)
-            }
-            // The init may now reap and end once the restored processes have.
-            root.releaseNamespace()
-            let time = placement.timeNamespace(root.offsets)
-            for (index, member) in members.enumerated() {
-                let process = built[member.pid]!
-                results.append(RestoreResult(pid: member.pid, threads: manifests[index].threads.count, descriptors: manifests[index].descriptors?.count ?? 0,
-                                             restoreMilliseconds: Restorer.milliseconds(clock.now - started),
-                                             hostPid: inNewPidNamespace ? hosts[member.pid] : nil,
-                                             namespaceInitPid: member.pid == manifest.root ? root.namespace?.initPid : nil,
-                                             phases: process.timings, networkNamespace: placement.networkNamespace?.given,
-                                             timeNamespace: time, notes: process.notes))
-            }
+            return PreparedTree(image: image, members: prepared, root: root, pool: pool, networkLock: networkLock, inNewPidNamespace: inNewPidNamespace,
+                                placement: .init(networkNamespace: placement.networkNamespace?.given, lockNamespace: placement.networkNamespace?.path,
+                                                 time: placement.timeNamespace(root.offsets)),
+                                timeNamespace: placement.clocks != nil, notes: notes)
         } catch {
-            // Deepest first, each reaped by its parent's husk; the root last, reaped here.
-            for member in members.reversed() {
-                guard let tracer = tracers[member.pid] else { continue }
-                if member.pid == manifest.root {
-                    await tracer.killHusk()
-                } else if let parent = tracers[member.parent] {
-                    await tracer.killChildHusk(parent: parent, pidInParent: member.pid)
-                }
-            }
-            root.endNamespace()
-            // Its clients then see a reset rather than a connection hanging for ever.
-            try? await Blocking.run("mitosis-network-lock") { try liftHeldLocks() }
+            await PreparedTree.kill(members: members, root: manifest.root, tracers: tracers, husk: root)
+            pool.close()
             if let failure = error as? RestoreError { throw failure }
             if let failure = error as? StepFailure { throw RestoreError.failed(step: "\(step): \(failure.step)", detail: failure.detail) }
             throw RestoreError.failed(step: step, detail: "\(error)")
         }
-        return TreeRestoreResult(root: manifest.root, members: results, restoreMilliseconds: Restorer.milliseconds(clock.now - started), notes: notes)
     }
 }

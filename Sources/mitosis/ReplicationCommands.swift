@@ -47,7 +47,6 @@ struct ProtectCommand: AsyncParsableCommand {
     @Flag(help: "Protect the process and all its descendants as one tree: every member frozen together at each epoch, committed whole; promote restores the tree (cold).") var tree = false
 
     func validate() throws {
-        if tree, !data.isEmpty { throw ValidationError("--data is not supported with --tree yet (Docs/replication.md, \"Process trees\")") }
         guard interval >= 1 else { throw ValidationError("--interval must be at least 1 ms") }
         guard term >= 1 else { throw ValidationError("--term must be at least 1") }
         guard !standby.isEmpty else { throw ValidationError("give at least one --standby HOST:PORT") }

@@ -4,9 +4,9 @@ import MitosisKernel
 import MitosisModel
 import SystemPackage
 
-/// The data files of a protected process, shipped with each epoch (Docs/replication.md, "Data
-/// files"): regular files in the configured directories and regular files the process holds
-/// open for writing.
+/// The data files of a protected process (or tree), shipped with each epoch (Docs/replication.md,
+/// "Data files"): regular files in the configured directories and regular files the process (a
+/// member of the tree) holds open for writing.
 ///
 /// Sizes are read while the process is frozen (`freeze`), contents after the thaw up to those
 /// sizes: appended bytes are exact. Bytes rewritten in place between the thaw and the read
@@ -60,7 +60,7 @@ final class DataFiles: @unchecked Sendable {
     /// `appendOnly` those of them it held open only with `O_APPEND`: of such a file (same inode,
     /// not shrunk) only the blocks from the old end on are read — redis's AOF grows by MBs a
     /// second, and hashing all of it at every epoch made epochs grow with the file.
-    func deltas(full: Bool, openForWriting: [String], appendOnly: Set<String> = []) throws -> [(FileDelta, [UInt8])] {
+    private func deltas(full: Bool, openForWriting: [String], appendOnly: Set<String>) throws -> [(FileDelta, [UInt8])] {
         let (known, sizes) = lock.withLock { (full ? [:] : shipped, frozenSizes) }
         var next: [String: Shipped] = [:]
         var result: [(FileDelta, [UInt8])] = []
@@ -179,17 +179,17 @@ final class DataFiles: @unchecked Sendable {
         return paths
     }
 
-    /// Regular files a manifest's descriptors hold open for writing.
-    static func openForWriting(_ manifest: CheckpointManifest) -> [String] {
-        writers(manifest).map(\.path)
+    /// The changes of this epoch of the processes of `manifests` (one, or a tree's members):
+    /// with `shipOpenFiles`, the regular files their descriptors hold open for writing are
+    /// shipped too, and those every writing descriptor (of any member) holds with `O_APPEND`
+    /// are read from their old end.
+    func deltas(full: Bool, of manifests: [CheckpointManifest], shipOpenFiles: Bool) throws -> [(FileDelta, [UInt8])] {
+        let writers = shipOpenFiles ? manifests.flatMap(Self.writers) : []
+        let appendOnly = writers.filter { writer in writers.allSatisfy { $0.path != writer.path || $0.append } }.map(\.path)
+        return try deltas(full: full, openForWriting: writers.map(\.path), appendOnly: Set(appendOnly))
     }
 
-    /// Of those, the ones every writing descriptor holds with `O_APPEND`.
-    static func appendOnly(_ manifest: CheckpointManifest) -> Set<String> {
-        let writers = writers(manifest)
-        return Set(writers.filter { writer in writers.allSatisfy { $0.path != writer.path || $0.append } }.map(\.path))
-    }
-
+    /// Regular files a manifest's descriptors hold open for writing, and whether with `O_APPEND`.
     private static func writers(_ manifest: CheckpointManifest) -> [(path: String, append: Bool)] {
         (manifest.descriptors ?? []).compactMap { descriptor in
             guard descriptor.kind == .file, descriptor.flags & 3 != 0, !descriptor.deleted, let path = descriptor.path, path.hasPrefix("/") else { return nil }

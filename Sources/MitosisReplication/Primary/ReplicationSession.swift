@@ -52,7 +52,7 @@ public struct ProtectOptions: Sendable {
     public var historyEpochs = 64
     /// Protect the process and every process below it as one tree (`protect --tree`): each
     /// epoch freezes all members together and is committed whole on the standby
-    /// (Docs/replication.md, "Process trees"). Data files are not shipped for trees.
+    /// (Docs/replication.md, "Process trees"). The data files of every member are shipped with the tree epoch.
     public var tree = false
 
     public init(host: String, port: Int) {
@@ -154,14 +154,15 @@ public final class ReplicationSession: Service, Sendable {
     }
 
     public func run() async throws {
-        let files = DataFiles(directories: options.tree ? [] : options.dataDirectories)
+        let files = DataFiles(directories: options.dataDirectories)
         let unacknowledged = Unacknowledged(files: files)
         var checkpointOptions = options.checkpoint
+        // A tree's members are frozen together: each one's frozen part reads the sizes again.
+        checkpointOptions.whileFrozen = { files.freeze() }
         let source: Source
         if options.tree {
             source = .tree(try await TreeEpochs(root: pid, options: checkpointOptions, logger: logger))
         } else {
-            checkpointOptions.whileFrozen = { files.freeze() }
             checkpointOptions.beforeFreeze = { [unacknowledged] in try unacknowledged.settle() }
             source = .process(try await CheckpointSession(pid: pid, options: checkpointOptions))
         }
@@ -402,8 +403,7 @@ public final class ReplicationSession: Service, Sendable {
                                        parent: sinkParent, acknowledgementTimeout: options.acknowledgementTimeout,
                                        deferred: !isTree) { [shipOpenFiles = options.shipOpenFiles] manifest in
                 // In the sink's finish, after the thaw, up to the sizes read at the freeze.
-                try files.deltas(full: full, openForWriting: shipOpenFiles ? DataFiles.openForWriting(manifest) : [],
-                                 appendOnly: shipOpenFiles ? DataFiles.appendOnly(manifest) : [])
+                try files.deltas(full: full, of: [manifest], shipOpenFiles: shipOpenFiles)
             }
             let checkpointParent: CheckpointParent? = if let resync {
                 .earlier(id: resync.epoch.imageID, sequence: resync.sequence, path: "../" + resync.epoch.epoch.directoryName,
@@ -421,7 +421,9 @@ public final class ReplicationSession: Service, Sendable {
                         result = try await session.checkpoint(to: sink, parent: checkpointParent)
                     case .tree(let tree):
                         // Nil: the tree changed and nothing was sent; the next epoch is a full one.
-                        guard let outcome = try await tree.epoch(sink: sink, term: options.term, epoch: epoch, parent: treeParent) else { continue }
+                        guard let outcome = try await tree.epoch(sink: sink, term: options.term, epoch: epoch, parent: treeParent, files: { [shipOpenFiles = options.shipOpenFiles] manifests in
+                            try files.deltas(full: full, of: manifests, shipOpenFiles: shipOpenFiles)
+                        }) else { continue }
                         treeEpoch = outcome
                     }
                 } catch {

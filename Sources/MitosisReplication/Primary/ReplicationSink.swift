@@ -3,9 +3,9 @@ import MitosisImage
 
 /// A checkpoint sink that sends one epoch to every connected standby: `imageBegin`,
 /// `imagePages`…, the epoch's data-file changes, `imageFinish`, then waits for each standby's
-/// acknowledgement. A checkpoint therefore completes only once its epoch is durable on the
-/// standbys that stayed; a refusal of an older term fails it, and so does losing every standby
-/// (`CheckpointSession` then keeps the dirty pages for the next one).
+/// acknowledgement (in `finish`, or later in `settle` when deferred). A refusal of an older term
+/// fails the epoch, and so does losing every standby (`CheckpointSession` then keeps the dirty
+/// pages for the next one).
 ///
 /// A standby that fails mid-epoch (lost connection, no acknowledgement in time, a refusal of
 /// another kind) is left out of the rest of the epoch and named in `failed`: the others go on.
@@ -158,12 +158,7 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
             if captured == nil { captured = finishing }
             let (index, runs, data) = try builder.finish()
             let stored = builder.complete(manifest, runs: runs, index: FileDigest(size: UInt64(index.count), xxh64: Checksum.xxh64(index)), data: data)
-            for (delta, bytes) in try files(stored) {
-                var payload: [UInt8] = MessageCoding.encode(delta)
-                payload.append(0)
-                payload.append(contentsOf: bytes)
-                try send(.fileDelta, payload)
-            }
+            try send(files: try files(stored))
             try send(.imageFinish, MessageCoding.encode(stored))
             sentManifest = stored
             if buffered != nil { return stored }
@@ -214,10 +209,22 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
         }
     }
 
+    /// One `fileDelta` frame per change: the `FileDelta` JSON, a NUL, the bytes.
+    private func send(files: [(FileDelta, [UInt8])]) throws {
+        for (delta, bytes) in files {
+            var payload: [UInt8] = MessageCoding.encode(delta)
+            payload.append(0)
+            payload.append(contentsOf: bytes)
+            try send(.fileDelta, payload)
+        }
+    }
+
     /// Sends a whole tree epoch — `treeBegin`, each member's frames (kept by its `member` sink),
-    /// `treeFinish` with the tree's manifest — and waits for every standby's acknowledgement of
-    /// the manifest's id. `captured`: how long the members' checkpoints took.
-    func sendTree(members: TreeEpochMembers, images: [[ReplicationFrame]], manifest: TreeManifest, captured: Duration) throws {
+    /// the tree's data-file changes, `treeFinish` with the tree's manifest — and waits for every
+    /// standby's acknowledgement of the manifest's id. `captured`: how long the members'
+    /// checkpoints took.
+    func sendTree(members: TreeEpochMembers, images: [[ReplicationFrame]], files: [(FileDelta, [UInt8])], manifest: TreeManifest,
+                  captured: Duration) throws {
         try lock.withLock {
             guard !closed, buffered == nil else { throw ImageError.sinkState("a tree epoch sent twice") }
             closed = true
@@ -229,6 +236,7 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
                     try send(frame)
                 }
             }
+            try send(files: files)
             try send(.treeFinish, MessageCoding.encode(manifest))
             let sent = clock.now
             sentAt = sent

@@ -52,7 +52,9 @@ final class TreeEpochs: @unchecked Sendable {  // used by the epoch loop only, o
     /// Takes one tree epoch over `parent` (from `parent(over:)`; nil: full) and sends it
     /// through `sink` (made for this epoch and parent). Nil when the tree changed while it was
     /// taken: nothing was sent, and the tree's tracking starts again over the tree as it is now.
-    func epoch(sink: ReplicationSink, term: Term, epoch: Epoch, parent: CommittedEpoch?) async throws -> Outcome? {
+    /// `files` gives the epoch's data-file changes from the members' manifests, after the thaw.
+    func epoch(sink: ReplicationSink, term: Term, epoch: Epoch, parent: CommittedEpoch?,
+               files: @escaping @Sendable ([CheckpointManifest]) throws -> [(FileDelta, [UInt8])]) async throws -> Outcome? {
         guard let session = try await currentSession() else { return nil }
         let members = session.members
         let sinks = members.map { _ in ReplicationSink.member(term: term, epoch: epoch, parent: parent?.epoch ?? .none) }
@@ -70,8 +72,10 @@ final class TreeEpochs: @unchecked Sendable {  // used by the epoch loop only, o
         }
         let captured = clock.now - started
         let described = TreeEpochMembers(root: root, members: taken.manifest.members.map { .init(pid: $0.pid, parent: $0.parent) })
+        let manifests = taken.members.map(\.manifest)
         try await Blocking.run("mitosis-protect-tree") { [sinks] in
-            try sink.sendTree(members: described, images: sinks.map { $0.buffered ?? [] }, manifest: taken.manifest, captured: captured)
+            try sink.sendTree(members: described, images: sinks.map { $0.buffered ?? [] }, files: try files(manifests),
+                              manifest: taken.manifest, captured: captured)
         }
         continues = true
         return Outcome(manifest: taken.manifest, frozenMilliseconds: milliseconds(taken.frozen))

@@ -125,6 +125,17 @@ enum FileDeltaLog {
         return files
     }
 
+    /// The data files as of a tree epoch: the records of each tree epoch its chain goes through
+    /// (`files.log` beside the members' images), from its full tree epoch up. The root's chain
+    /// names those epochs: every member's image builds on the same member's in the epoch before.
+    static func materialize(_ tree: TreeImage) throws -> [String: MaterializedFile] {
+        var files: [String: MaterializedFile] = [:]
+        for image in try tree.members[0].chain().images.reversed() {
+            try apply(imageDirectory: (image.path as NSString).deletingLastPathComponent, to: &files)
+        }
+        return files
+    }
+
     /// Applies the records of one image's `files.log` to `files` (a picture as of its parent).
     static func apply(imageDirectory: String, to files: inout [String: MaterializedFile]) throws {
         for (delta, bytes) in try read(imageDirectory: imageDirectory) { apply(delta, bytes, to: &files[delta.path]) }

@@ -102,8 +102,8 @@ public enum Promotion {
         for line in scan.skipped { logger.warning("promote: passing over \(line)") }
         guard let newest = scan.newest else { throw ReplicationError.nothingCommitted(path) }
         if let tree = scan.tree {
-            return try await restoreTree(epoch: newest.epoch, tree: tree, reason: "no standby serves \(path)", inNewPidNamespace: false,
-                                         started: started, steps: ["stop": milliseconds(clock.now - started)])
+            return try await restoreTree(epoch: newest.epoch, tree: tree, husk: nil, files: nil, reason: "no standby serves \(path)",
+                                         inNewPidNamespace: false, started: started, steps: ["stop": milliseconds(clock.now - started)], logger: logger)
         }
         return try await restore(epoch: newest.epoch, image: newest.image, husk: nil, files: nil, reason: "no standby serves \(path)",
                                  inNewPidNamespace: false, started: started, steps: ["stop": milliseconds(clock.now - started)], logger: logger)
@@ -120,17 +120,20 @@ public enum Promotion {
         standby.logger.info("standby: promoting; no epoch is accepted any more")
         guard let committed = await standby.store.committed else { throw ReplicationError.nothingCommitted(directory.path) }
         let path = directory.imagePath(committed.epoch)
-        if let tree = await standby.store.committedTree {
-            await standby.warm?.discard()
-            return try await restoreTree(epoch: committed.epoch, tree: tree, reason: "a process tree: no warm clone is kept of one",
-                                         inNewPidNamespace: standby.options.warm?.pidNamespace ?? false, started: started,
-                                         steps: ["stop": milliseconds(stopped - started)])
-        }
-        var taken: (husk: PreparedProcess?, files: DataFileCopies?, reason: String?) = (nil, nil, "the standby keeps no warm clone (--warm)")
+        var taken: (husk: WarmHusk?, files: DataFileCopies?, reason: String?) = (nil, nil, "the standby keeps no warm clone (--warm)")
         if let warm = standby.warm { taken = await warm.take(at: committed.epoch, path: path) }
         var steps = ["stop": milliseconds(stopped - started), "take": milliseconds(clock.now - stopped)]
+        if let tree = await standby.store.committedTree {
+            var (husk, held) = (PreparedTree?.none, tree)
+            if case .tree(let prepared) = taken.husk { (husk, held) = (prepared, await prepared.image) }
+            return try await restoreTree(epoch: committed.epoch, tree: held, husk: husk, files: taken.files,
+                                         reason: taken.reason, inNewPidNamespace: standby.options.warm?.pidNamespace ?? false, started: started,
+                                         steps: steps, logger: standby.logger)
+        }
+        var husk: PreparedProcess?
+        if case .process(let prepared) = taken.husk { husk = prepared }
         let image: CheckpointImage
-        if let husk = taken.husk {
+        if let husk {
             image = await husk.image  // the epoch the husk holds, opened when it was applied
         } else {
             let opening = clock.now
@@ -142,17 +145,57 @@ public enum Promotion {
             }
             steps["open"] = milliseconds(clock.now - opening)
         }
-        return try await restore(epoch: committed.epoch, image: image, husk: taken.husk, files: taken.files, reason: taken.reason,
+        return try await restore(epoch: committed.epoch, image: image, husk: husk, files: taken.files, reason: taken.reason,
                                  inNewPidNamespace: standby.options.warm?.pidNamespace ?? false, started: started, steps: steps,
                                  logger: standby.logger)
     }
 
-    /// Puts the data files of the epoch in place (the warm clone's copies renamed into place, or
-    /// replayed from the chain and written), then finishes `husk` (which holds that epoch) or,
-    /// without one or when that fails, restores the epoch cold.
+    /// Brings one process back: `revive` with its warm husk or a cold `Restorer`.
     private static func restore(epoch: Epoch, image: CheckpointImage, husk: PreparedProcess?, files: DataFileCopies?, reason: String?,
                                 inNewPidNamespace: Bool, started: ContinuousClock.Instant, steps: [String: Double],
                                 logger: Logger) async throws -> PromotionResult {
+        let revived = try await revive(files: files, materialize: { try FileDeltaLog.materialize(try image.chain()) },
+                                       finish: husk.map { husk in { try await husk.finish() } }, discard: { await husk?.discard() },
+                                       cold: { try await Restorer(image: image).restore(inNewPidNamespace: inNewPidNamespace) },
+                                       reason: reason, steps: steps, logger: logger)
+        let restored = revived.result
+        let created = image.manifest.created
+        return PromotionResult(epoch: epoch, imageID: image.manifest.id, image: image.path, created: created,
+                               ageMilliseconds: age(created), pid: restored.pid, dataFiles: revived.written,
+                               stopStandbyMilliseconds: revived.steps["stop"] ?? 0, dataFilesMilliseconds: revived.steps["files"] ?? 0,
+                               restoreMilliseconds: restored.restoreMilliseconds, totalMilliseconds: milliseconds(revived.finished - started),
+                               warm: revived.warm, coldReason: revived.reason, hostPid: restored.hostPid, phases: restored.phases, steps: revived.steps)
+    }
+
+    /// Brings a tree back: `revive` with its prepared tree or a cold `TreeRestorer`; its data
+    /// files replayed from its chain of tree epochs when there are no copies.
+    private static func restoreTree(epoch: Epoch, tree: TreeImage, husk: PreparedTree?, files: DataFileCopies?, reason: String?,
+                                    inNewPidNamespace: Bool, started: ContinuousClock.Instant, steps: [String: Double],
+                                    logger: Logger) async throws -> PromotionResult {
+        let revived = try await revive(files: files, materialize: { try FileDeltaLog.materialize(tree) },
+                                       finish: husk.map { husk in { try await husk.finish() } }, discard: { await husk?.discard() },
+                                       cold: { try await TreeRestorer(image: tree).restore(inNewPidNamespace: inNewPidNamespace) },
+                                       reason: reason, steps: steps, logger: logger)
+        let restored = revived.result, root = restored.members[0]
+        // When the epoch's capture began: the root's checkpoint start.
+        let created = tree.members[0].manifest.created
+        return PromotionResult(epoch: epoch, imageID: tree.manifest.id, image: tree.path, created: created, ageMilliseconds: age(created),
+                               pid: restored.root, dataFiles: revived.written, stopStandbyMilliseconds: revived.steps["stop"] ?? 0,
+                               dataFilesMilliseconds: revived.steps["files"] ?? 0, restoreMilliseconds: restored.restoreMilliseconds,
+                               totalMilliseconds: milliseconds(revived.finished - started), warm: revived.warm, coldReason: revived.reason,
+                               hostPid: root.hostPid, phases: root.phases, steps: revived.steps, members: restored.members.map(\.pid))
+    }
+
+    /// Puts the data files of the epoch in place (the warm clone's copies renamed into place, or
+    /// `materialize`d from the chain and written), then runs `finish` (the warm clone, which
+    /// holds that epoch) or, without one or when that fails, `cold`. Returns the restore, the
+    /// files written, whether it was warm (else why not), the steps with `files`, `finish` or
+    /// `restore` and `sync` added, and when the process ran.
+    private static func revive<Restored: Sendable>(
+        files: DataFileCopies?, materialize: @escaping @Sendable () throws -> [String: MaterializedFile],
+        finish: (() async throws -> Restored)?, discard: () async -> Void, cold: () async throws -> Restored,
+        reason: String?, steps: [String: Double], logger: Logger
+    ) async throws -> (result: Restored, written: Int, warm: Bool, reason: String?, steps: [String: Double], finished: ContinuousClock.Instant) {
         let clock = ContinuousClock(), filesStarted = clock.now
         var steps = steps
         let written: Int
@@ -160,10 +203,10 @@ public enum Promotion {
             // Files first: the restore opens them by path (and refuses what is missing).
             written = try await Blocking.run("mitosis-promote-files") {
                 if let files { return try files.install() }
-                return try installDataFiles(FileDeltaLog.materialize(try image.chain()))
+                return try installDataFiles(materialize())
             }
         } catch {
-            await husk?.discard()
+            await discard()
             if let files { _ = try? await Blocking.run("mitosis-promote-files") { files.discard() } }
             throw error
         }
@@ -172,10 +215,10 @@ public enum Promotion {
         // The copies' data and the renames made durable while the process is finished.
         let durable = files.map { files in Task { try await Blocking.run("mitosis-promote-sync") { try files.sync() } } }
         var reason = reason
-        var result: RestoreResult?
-        if let husk {
+        var result: Restored?
+        if let finish {
             do {
-                result = try await husk.finish()
+                result = try await finish()
             } catch {
                 reason = "finishing the warm clone failed: \(error)"
                 logger.warning("promote: \(reason!); restoring cold")
@@ -183,45 +226,23 @@ public enum Promotion {
         }
         let warm = result != nil
         if result == nil {
-            do { result = try await Restorer(image: image).restore(inNewPidNamespace: inNewPidNamespace) } catch {
+            do { result = try await cold() } catch {
                 _ = try? await durable?.value
                 throw error
             }
         }
-        let restored = result!
         let finished = clock.now
         steps[warm ? "finish" : "restore"] = milliseconds(finished - filesDone)
         if let durable {
             do { try await durable.value } catch { logger.warning("promote: syncing the data files failed: \(error)") }
             steps["sync"] = milliseconds(clock.now - finished)
         }
-        let created = image.manifest.created
-        let age = (try? Date(created, strategy: .iso8601)).map { Date().timeIntervalSince($0) * 1000 } ?? -1
-        return PromotionResult(epoch: epoch, imageID: image.manifest.id, image: image.path, created: created,
-                               ageMilliseconds: age, pid: restored.pid, dataFiles: written,
-                               stopStandbyMilliseconds: steps["stop"] ?? 0, dataFilesMilliseconds: steps["files"] ?? 0,
-                               restoreMilliseconds: restored.restoreMilliseconds, totalMilliseconds: milliseconds(finished - started),
-                               warm: warm, coldReason: warm ? nil : reason, hostPid: restored.hostPid, phases: restored.phases, steps: steps)
+        return (result!, written, warm, warm ? nil : reason, steps, finished)
     }
 
-    /// Restores a tree epoch cold (`TreeRestorer`: every member with its pid and parentage).
-    /// Trees carry no data files.
-    private static func restoreTree(epoch: Epoch, tree: TreeImage, reason: String, inNewPidNamespace: Bool,
-                                    started: ContinuousClock.Instant, steps: [String: Double]) async throws -> PromotionResult {
-        let clock = ContinuousClock(), restoring = clock.now
-        let restored = try await TreeRestorer(image: tree).restore(inNewPidNamespace: inNewPidNamespace)
-        let finished = clock.now
-        var steps = steps
-        steps["restore"] = milliseconds(finished - restoring)
-        // When the epoch's capture began: the root's checkpoint start.
-        let created = tree.members[0].manifest.created
-        let age = (try? Date(created, strategy: .iso8601)).map { Date().timeIntervalSince($0) * 1000 } ?? -1
-        let root = restored.members[0]
-        return PromotionResult(epoch: epoch, imageID: tree.manifest.id, image: tree.path, created: created, ageMilliseconds: age,
-                               pid: restored.root, dataFiles: 0, stopStandbyMilliseconds: steps["stop"] ?? 0, dataFilesMilliseconds: 0,
-                               restoreMilliseconds: restored.restoreMilliseconds, totalMilliseconds: milliseconds(finished - started),
-                               warm: false, coldReason: reason, hostPid: root.hostPid, phases: root.phases, steps: steps,
-                               members: restored.members.map(\.pid))
+    /// Milliseconds since `created` (ISO 8601), or -1 when it does not parse.
+    private static func age(_ created: String) -> Double {
+        (try? Date(created, strategy: .iso8601)).map { Date().timeIntervalSince($0) * 1000 } ?? -1
     }
 
     /// Creates the fence `PROMOTED` exclusively: a second promotion fails here. Returns it open,

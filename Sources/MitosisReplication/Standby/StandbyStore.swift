@@ -81,6 +81,9 @@ actor StandbyStore {
         var writer: TreeImageWriter
         /// The members' images committed inside the tree's partial directory, as stored.
         var finished: [Int32: CheckpointManifest] = [:]
+        /// The tree's data-file changes (`files.log` of the tree directory), sent after the
+        /// members' images.
+        var files: FileDeltaWriter?
         var bytes: UInt64 = 0
         var started = ContinuousClock.now
     }
@@ -352,6 +355,7 @@ actor StandbyStore {
             throw ProtocolViolation("tree epoch \(frame.epoch): member \(member.pid)'s image \(member.imageId) was not received")
         }
         guard !directory.isPromoted else { throw Refused(.promoted, "\(directory.path) was promoted: epoch \(frame.epoch) is not committed") }
+        if var files = tree.files { try files.seal() }
         do { try tree.writer.commit(manifest) } catch { throw Refused(.storage, "tree epoch \(frame.epoch): \(error)") }
         treeInFlight = nil
         let synced = clock.now
@@ -397,8 +401,19 @@ actor StandbyStore {
     }
 
     private func fileDelta(_ frame: ReplicationFrame) throws -> StoreReply {
+        if let tree = treeInFlight {
+            // A tree's data files belong to the tree epoch, not to a member's image: they come
+            // once every member's image is in, before the tree's manifest.
+            guard inFlight == nil, tree.epoch == frame.epoch, tree.parent == frame.parent else {
+                throw ProtocolViolation("tree epoch \(frame.epoch): a data-file change inside a member's image or of another epoch")
+            }
+            var writer = tree.files ?? FileDeltaWriter(imageDirectory: tree.writer.partialPath)
+            try writer.add(frame.payload)
+            treeInFlight?.files = writer
+            treeInFlight?.bytes += UInt64(frame.payload.count)
+            return .none
+        }
         let epoch = try current(frame)
-        guard treeInFlight == nil else { throw ProtocolViolation("tree epoch \(frame.epoch): data files are not replicated with trees") }
         guard let partial = epoch.sink.partialPath else { throw Refused(.storage, "epoch \(frame.epoch) has no directory") }
         var writer = epoch.files ?? FileDeltaWriter(imageDirectory: partial)
         try writer.add(frame.payload)

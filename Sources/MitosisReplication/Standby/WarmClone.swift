@@ -19,6 +19,34 @@ public struct WarmOptions: Sendable {
     }
 }
 
+/// The husk a warm clone keeps: of one process, or of a process tree (`protect --tree`).
+enum WarmHusk: Sendable {
+    case process(PreparedProcess)
+    case tree(PreparedTree)
+
+    /// The process's pid (a tree's root's), inside its pid namespace, and as this host sees it.
+    var pid: Int32 {
+        switch self {
+        case .process(let husk): husk.pid
+        case .tree(let husk): husk.root
+        }
+    }
+
+    var hostPid: Int32 {
+        switch self {
+        case .process(let husk): husk.hostPid
+        case .tree(let husk): husk.rootHostPid
+        }
+    }
+
+    func discard() async {
+        switch self {
+        case .process(let husk): await husk.discard()
+        case .tree(let husk): await husk.discard()
+        }
+    }
+}
+
 /// What the warm clone holds now.
 public struct WarmStatus: Codable, Sendable, Equatable {
     /// The epoch whose memory the husk holds; nil when there is no husk.
@@ -37,7 +65,8 @@ public struct WarmStatus: Codable, Sendable, Equatable {
 /// husk of the process prepared from it (`Restorer.prepare`: the address space only, nothing
 /// visible outside), then every later committed epoch applied to it (`PreparedProcess.update`),
 /// so that promotion only has to finish the restore. An epoch the husk cannot take is logged and
-/// the husk rebuilt from the chain.
+/// the husk rebuilt from the chain. A tree epoch gets a prepared tree (`TreeRestorer.prepare`,
+/// `PreparedTree.update`) the same way.
 ///
 /// The husk is traced by its tracer's thread with `PTRACE_O_EXITKILL`: if the standby dies, the
 /// kernel kills it, so a warm clone never outlives its standby. Operations run one at a time, in
@@ -47,7 +76,7 @@ actor WarmClone {
     private let logger: Logger
     /// Where the data files' copies live (`DataFileCopies`).
     private let filesDirectory: String
-    private var prepared: PreparedProcess?
+    private var prepared: WarmHusk?
     private var applied: Epoch?
     /// The data files as of `applied` (nil: promotion reads them from the chain).
     private var files: DataFileCopies?
@@ -78,7 +107,7 @@ actor WarmClone {
     /// Hands the husk over for promotion, holding `epoch` (applied now if it is not yet), or
     /// nil with the reason there is none (a husk is not built at this point: that would be a
     /// cold restore by another name). Afterwards the warm clone holds nothing and builds nothing.
-    func take(at epoch: Epoch, path: String) async -> (husk: PreparedProcess?, files: DataFileCopies?, reason: String?) {
+    func take(at epoch: Epoch, path: String) async -> (husk: WarmHusk?, files: DataFileCopies?, reason: String?) {
         await serialized {
             closed = true
             if prepared != nil && applied != epoch { await bring(to: epoch, image: nil, path: path) }
@@ -108,14 +137,10 @@ actor WarmClone {
 
     private func bring(to epoch: Epoch, image given: CheckpointImage?, path: String) async {
         if given == nil, TreeImage.isTree(path) {
-            // Not done yet (Docs/replication.md, "Process trees"): a husk of an earlier
-            // single-process epoch holds nothing promotable any more.
-            await prepared?.discard()
-            (prepared, applied) = (nil, nil)
-            await discardFiles()
-            failed("a tree epoch: no warm clone is kept of a process tree")
+            await bringTree(to: epoch, path: path)
             return
         }
+        if case .tree = prepared { await dropHusk() }
         let image: CheckpointImage
         do {
             image = try await Blocking.run("mitosis-warm-open") { try given ?? CheckpointImage.open(path) }
@@ -123,30 +148,14 @@ actor WarmClone {
             failed("epoch \(epoch) does not open: \(error)")
             return
         }
-        if let husk = prepared {
+        if case .process(let husk) = prepared {
             do {
                 let report = try await husk.update(to: image)
-                applied = epoch
-                if let copies = files {
-                    do { try await Blocking.run("mitosis-warm-files") { try copies.apply(imageDirectory: image.path) } } catch {
-                        await discardFiles()
-                        logger.warning("warm clone: the data files of epoch \(epoch) do not apply (\(error)); promotion will read them from the chain")
-                    }
-                }
-                status.epoch = epoch
-                status.updates += 1
+                await recordApplied(epoch, imageDirectory: image.path)
                 logger.debug("warm clone: epoch \(epoch) applied in \(String(format: "%.2f", report.milliseconds)) ms: \(report.pagesWritten) pages written, \(report.pagesDiscarded) discarded, mappings +\(report.mappingsCreated) -\(report.mappingsRemoved) ~\(report.mappingsChanged)")
                 return
             } catch {
-                // The update killed the husk: build a new one from the chain (not at promotion).
-                prepared = nil
-                applied = nil
-                await discardFiles()
-                guard !closed else {
-                    failed("epoch \(epoch) could not be applied to the husk: \(error)")
-                    return
-                }
-                logger.warning("warm clone: epoch \(epoch) cannot be applied to the husk (\(error)); rebuilding it from the chain")
+                guard await rebuildAfter(epoch, error) else { return }
             }
         } else if let last = lastFailure, ContinuousClock.now - last.at < options.retryInterval {
             return
@@ -156,23 +165,97 @@ actor WarmClone {
             let restorer = try Restorer(image: image)
             if let refusal = restorer.preparationRefusals().first { throw RestoreError.refused(image: image.path, [refusal]) }
             let husk = try await restorer.prepare(inNewPidNamespace: options.pidNamespace)
-            prepared = husk
-            applied = epoch
-            do {
-                files = try await Blocking.run("mitosis-warm-files") { [chain = restorer.chain, filesDirectory] in
-                    try DataFileCopies(directory: filesDirectory, files: try FileDeltaLog.materialize(chain))
-                }
-            } catch {
-                logger.warning("warm clone: no copies of the data files (\(error)); promotion will read them from the chain")
-            }
-            lastFailure = nil
-            status = WarmStatus(epoch: epoch, pid: husk.pid, hostPid: husk.hostPid, reason: nil,
-                                builds: status.builds + 1, updates: status.updates)
-            let here = husk.hostPid == husk.pid ? "" : " (pid \(husk.hostPid) here, in a new pid namespace)"
-            logger.info("warm clone: husk of process \(husk.pid)\(here) prepared from epoch \(epoch) in \(clock.now - started)")
+            await built(.process(husk), epoch: epoch, files: { [chain = restorer.chain] in try FileDeltaLog.materialize(chain) }, took: clock.now - started)
         } catch {
             failed("\(error)")
         }
+    }
+
+    /// `bring` for a tree epoch: the prepared tree updated to it, or prepared from it.
+    private func bringTree(to epoch: Epoch, path: String) async {
+        if case .process = prepared { await dropHusk() }
+        let tree: TreeImage
+        do {
+            tree = try await Blocking.run("mitosis-warm-open") { try TreeImage.open(path) }
+        } catch {
+            failed("tree epoch \(epoch) does not open: \(error)")
+            return
+        }
+        if case .tree(let husk) = prepared {
+            do {
+                let reports = try await husk.update(to: tree)
+                await recordApplied(epoch, imageDirectory: tree.path)
+                logger.debug("warm clone: tree epoch \(epoch) applied in \(String(format: "%.2f", reports.map(\.milliseconds).reduce(0, +))) ms: \(reports.map(\.pagesWritten).reduce(0, +)) pages written")
+                return
+            } catch {
+                guard await rebuildAfter(epoch, error) else { return }
+            }
+        } else if let last = lastFailure, ContinuousClock.now - last.at < options.retryInterval {
+            return
+        }
+        let clock = ContinuousClock(), started = clock.now
+        do {
+            let restorer = try TreeRestorer(image: tree)
+            if let refusal = restorer.preparationRefusals().first { throw RestoreError.refused(image: tree.path, [refusal]) }
+            let husk = try await restorer.prepare(inNewPidNamespace: options.pidNamespace)
+            await built(.tree(husk), epoch: epoch, files: { try FileDeltaLog.materialize(tree) }, took: clock.now - started)
+        } catch {
+            failed("\(error)")
+        }
+    }
+
+    /// The husk took `epoch`; so do the data files' copies (`imageDirectory` holds its `files.log`).
+    private func recordApplied(_ epoch: Epoch, imageDirectory: String) async {
+        applied = epoch
+        if let copies = files {
+            do { try await Blocking.run("mitosis-warm-files") { try copies.apply(imageDirectory: imageDirectory) } } catch {
+                await discardFiles()
+                logger.warning("warm clone: the data files of epoch \(epoch) do not apply (\(error)); promotion will read them from the chain")
+            }
+        }
+        status.epoch = epoch
+        status.updates += 1
+    }
+
+    /// An update failed and killed the husk: true when a new one is to be built from the
+    /// epoch (not at promotion).
+    private func rebuildAfter(_ epoch: Epoch, _ error: any Error) async -> Bool {
+        prepared = nil
+        applied = nil
+        await discardFiles()
+        guard !closed else {
+            failed("epoch \(epoch) could not be applied to the husk: \(error)")
+            return false
+        }
+        logger.warning("warm clone: epoch \(epoch) cannot be applied to the husk (\(error)); rebuilding it from the chain")
+        return true
+    }
+
+    /// A husk was prepared from `epoch`: it is kept, with copies of the data files as of the
+    /// epoch (`files`).
+    private func built(_ husk: WarmHusk, epoch: Epoch, files materialize: @escaping @Sendable () throws -> [String: MaterializedFile],
+                       took: Duration) async {
+        prepared = husk
+        applied = epoch
+        do {
+            files = try await Blocking.run("mitosis-warm-files") { [filesDirectory] in
+                try DataFileCopies(directory: filesDirectory, files: try materialize())
+            }
+        } catch {
+            logger.warning("warm clone: no copies of the data files (\(error)); promotion will read them from the chain")
+        }
+        lastFailure = nil
+        status = WarmStatus(epoch: epoch, pid: husk.pid, hostPid: husk.hostPid, reason: nil, builds: status.builds + 1, updates: status.updates)
+        let here = husk.hostPid == husk.pid ? "" : " (pid \(husk.hostPid) here, in a new pid namespace)"
+        let what = if case .tree(let tree) = husk { "tree of \(tree.hostPids.count) process(es), root process \(husk.pid)" } else { "process \(husk.pid)" }
+        logger.info("warm clone: husk of \(what)\(here) prepared from epoch \(epoch) in \(took)")
+    }
+
+    /// Kills the husk of another kind than the epoch's, with its data files' copies.
+    private func dropHusk() async {
+        await prepared?.discard()
+        (prepared, applied) = (nil, nil)
+        await discardFiles()
     }
 
     private func failed(_ reason: String) {

@@ -135,8 +135,7 @@ extension ReplicationTests {
             _ = try await Blocking.run("redis-reap") { redis.wait() }
             acknowledgements.stop()
             await writer.value
-            let deadline = ContinuousClock.now + .seconds(20)
-            while standby.connectionsEnded == ended && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+            await standby.awaitConnectionEnded(since: ended)
             let last = try #require(StandbyImages.newest(images))
             let promote = try await ToolRun(ToolRun.mitosis, ["promote", images], prefix: hosts.prefix(hosts.b))
             #expect(promote.status == 0, "\(promote.standardError)\n\(standby.text.suffix(3000))")
@@ -215,8 +214,7 @@ extension ReplicationTests {
                 _ = try await StandbyImages.awaitEpoch(images, atLeast: paused + 2, timeout: .seconds(60))
                 let ended = standby.connectionsEnded
                 #expect(await protect.stop(SIGTERM) == 0, "\(protect.text.suffix(1000))")
-                let deadline = ContinuousClock.now + .seconds(20)
-                while standby.connectionsEnded == ended && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+                await standby.awaitConnectionEnded(since: ended)
                 let newest = try #require(StandbyImages.newest(images))
                 let warm = try await Self.awaitWarm(images, atLeast: newest.epoch.rawValue)
                 #expect(Self.isStopped(pid), "pause \(pause): redis stopped")

@@ -21,6 +21,14 @@ final class ServiceProcess: @unchecked Sendable {
     var pid: Int32 { child.pid }
     /// How many connections a standby has seen end (its log says so once each).
     var connectionsEnded: Int { text.components(separatedBy: " disconnected").count + text.components(separatedBy: " connection ended").count - 2 }
+
+    /// Waits (20 s at most) until a connection ended after the `ended` seen before: a standby
+    /// whose primary died has then committed or abandoned the epoch in flight, so its newest
+    /// epoch is final.
+    func awaitConnectionEnded(since ended: Int) async {
+        let deadline = ContinuousClock.now + .seconds(20)
+        while connectionsEnded == ended && ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(20)) }
+    }
     var text: String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
 
     /// Waits until the log holds a line containing `needle`.

@@ -69,8 +69,7 @@ import Testing
         let ended = standby.connectionsEnded
         #expect(await protect.stop(SIGTERM) == 0, "\(protect.text.suffix(1000))")
         // The standby is done with the connection (and any compaction after its last epoch).
-        let deadline = ContinuousClock.now + .seconds(20)
-        while standby.connectionsEnded == ended && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        await standby.awaitConnectionEnded(since: ended)
         let newest = try #require(StandbyImages.newest(images))
         #expect(CheckpointImage.verifyChain(newest.image.path).isEmpty)
         #expect(Self.isStopped(pid), "still stopped before the comparison")
@@ -109,8 +108,7 @@ import Testing
             child.stop()
             // The standby may still be committing the epoch in flight: read its newest once it
             // has seen the connection end.
-            let deadline = ContinuousClock.now + .seconds(20)
-            while standby.connectionsEnded == ended && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+            await standby.awaitConnectionEnded(since: ended)
             let committed = try #require(StandbyImages.newest(images)).epoch
             let promote = try await ToolRun(ToolRun.mitosis, ["promote", images], prefix: hosts.prefix(hosts.b))
             #expect(promote.status == 0, "\(promote.standardError)")

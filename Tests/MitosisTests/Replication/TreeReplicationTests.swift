@@ -27,8 +27,8 @@ import Testing
         #expect(!NetworkHosts.exists(hosts.a) && !NetworkHosts.exists(hosts.b))
     }
 
-    func protect(_ pid: Int32, _ hosts: NetworkHosts, _ scratch: ScratchDirectory) throws -> ServiceProcess {
-        try ServiceProcess(["protect", "\(pid)", "--tree", "--standby", "\(hosts.addressB):\(Self.port)", "--interval", "50"],
+    func protect(_ pid: Int32, _ hosts: NetworkHosts, _ scratch: ScratchDirectory, data: [String] = []) throws -> ServiceProcess {
+        try ServiceProcess(["protect", "\(pid)", "--tree", "--standby", "\(hosts.addressB):\(Self.port)", "--interval", "50"] + data.flatMap { ["--data", $0] },
                            in: hosts.prefix(hosts.a), log: scratch.path + "/protect.log")
     }
 
@@ -49,7 +49,7 @@ import Testing
         try await ToolRun("/usr/sbin/nft", ["list", "tables"], prefix: hosts.prefix(host)).standardOutput
     }
 
-    @Test("protect --tree: every epoch the whole tree, incremental per member; killed, promoted in B: same pids and parentage, every member PASS")
+    @Test("protect --tree --data: every epoch the whole tree, incremental per member, with its data files; killed, its files lost, promoted in B: the files as at the epoch, same pids and parentage, every member PASS")
     func aProtectedTreeIsPromotedWhole() async throws {
         try await withHosts { hosts in
             let scratch = try ScratchDirectory()
@@ -59,12 +59,26 @@ import Testing
             defer { tree.scenario.stop() }
             let (parent, a, b) = (tree.parent, tree.a, tree.b)
             #expect(try await tree.checkBeforeDump() == tree.passedBeforeDump)
+            // A data directory: one file grows, one is added (two 64 KiB blocks and a part), one removed.
+            let data = scratch.path + "/data"
+            try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
+            try Data("one\n".utf8).write(to: URL(fileURLWithPath: data + "/state.txt"))
+            try Data("gone\n".utf8).write(to: URL(fileURLWithPath: data + "/gone.txt"))
+            let added = Data((0..<150_000).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 9) })
             let standby = try standby(hosts, scratch, images: images)
             defer { standby.child.kill() }
             try await standby.awaitLog("listening on")
-            let protect = try protect(parent, hosts, scratch)
+            let protect = try protect(parent, hosts, scratch, data: [data])
             defer { protect.child.kill() }
-            _ = try await StandbyImages.awaitEpoch(images, atLeast: 6)
+            let changedAt = try await StandbyImages.awaitEpoch(images, atLeast: 3)
+            let state = try FileHandle(forWritingTo: URL(fileURLWithPath: data + "/state.txt"))
+            try state.seekToEnd()
+            try state.write(contentsOf: Data("two\n".utf8))
+            try state.close()
+            try added.write(to: URL(fileURLWithPath: data + "/added.bin"))
+            try FileManager.default.removeItem(atPath: data + "/gone.txt")
+            // Two epochs later, an epoch frozen after the changes is committed.
+            _ = try await StandbyImages.awaitEpoch(images, atLeast: max(6, changedAt.rawValue + 2))
             #expect(protect.text.contains("protect: tree of \(parent): 3 process(es) \(parent), "), "\(protect.text.suffix(2000))")
             #expect(protect.text.contains("sending a full base"))
             // The tree's restore check (pipes between members, the lone pipe, shared memory) passes.
@@ -89,15 +103,24 @@ import Testing
             for pid in [parent, a, b] { kill(pid, SIGKILL) }
             tree.scenario.stop()
             #expect(try await TreeRestoreTests.awaitGone([parent, a, b]) == [])
-            let deadline = ContinuousClock.now + .seconds(20)
-            while standby.connectionsEnded == ended && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+            await standby.awaitConnectionEnded(since: ended)
             let committed = try #require(Self.newestTree(images)).epoch
+            // Host A's files are lost: the data directory emptied, the members' shared log (open
+            // for writing: shipped with every tree epoch) cut to nothing.
+            let log = try Data(contentsOf: URL(fileURLWithPath: tree.log))
+            for name in try FileManager.default.contentsOfDirectory(atPath: data) { try FileManager.default.removeItem(atPath: data + "/" + name) }
+            try Data().write(to: URL(fileURLWithPath: tree.log))
             let promote = try await ToolRun(ToolRun.mitosis, ["promote", images], prefix: hosts.prefix(hosts.b))
             defer { for pid in [b, a, parent] { kill(pid, SIGKILL) } }
             #expect(promote.status == 0, "\(promote.standardError)")
             #expect(promote.standardOutput.hasPrefix("promoted epoch \(committed.rawValue) "), "\(promote.standardOutput)")
-            #expect(promote.standardOutput.contains(" as tree of 3 process(es) \(parent), ") && promote.standardOutput.contains(" root process \(parent) cold (a process tree: no warm clone is kept of one)"),
+            #expect(promote.standardOutput.contains(" as tree of 3 process(es) \(parent), ") && promote.standardOutput.contains(" root process \(parent) cold (the standby keeps no warm clone (--warm))"),
                     "\(promote.standardOutput)")
+            #expect(promote.standardOutput.contains(", 3 data file(s) in "), "\(promote.standardOutput)")
+            #expect(try Data(contentsOf: URL(fileURLWithPath: data + "/state.txt")) == Data("one\ntwo\n".utf8))
+            #expect(try Data(contentsOf: URL(fileURLWithPath: data + "/added.bin")) == added)
+            #expect(!FileManager.default.fileExists(atPath: data + "/gone.txt"))
+            #expect(try Data(contentsOf: URL(fileURLWithPath: tree.log)) == log)
             #expect(await standby.stop(SIGTERM, timeout: .seconds(5)) == 0)
             #expect(FileManager.default.fileExists(atPath: images + "/PROMOTED"))
             // Same pids, parentage, sessions and groups, in host B, untraced.
@@ -114,6 +137,64 @@ import Testing
             for pid in [b, a, parent] { kill(pid, SIGKILL) }
             #expect(try await TreeRestoreTests.awaitGone([parent, a, b]) == [])
             #expect(!(try await Self.tables(hosts, hosts.a)).contains("mitosis"))
+            #expect(!(try await Self.tables(hosts, hosts.b)).contains("mitosis"))
+        }
+    }
+
+    @Test("a warm standby of a tree keeps every member's husk, in a new pid namespace, up to date; killed, promoted from the warm clone: same pids inside, parentage, every member PASS")
+    func aWarmTreeIsPromotedFromItsHusks() async throws {
+        try await withHosts { hosts in
+            let scratch = try ScratchDirectory()
+            defer { scratch.remove() }
+            let images = scratch.path + "/standby"
+            let tree = try await Tree(scratch: scratch, prefix: hosts.prefix(hosts.a))
+            defer { tree.scenario.stop() }
+            let (parent, a, b) = (tree.parent, tree.a, tree.b)
+            #expect(try await tree.checkBeforeDump() == tree.passedBeforeDump)
+            // The tree's pids are taken here (one kernel for both hosts): the husks get them in a
+            // pid namespace of their own.
+            let standby = try ServiceProcess(["standby", "--listen", "\(hosts.addressB):\(Self.port)", "--images", images, "--warm", "--pidns"],
+                                             in: hosts.prefix(hosts.b), log: scratch.path + "/standby.log")
+            defer { standby.child.kill() }
+            try await standby.awaitLog("listening on")
+            let protect = try protect(parent, hosts, scratch)
+            defer { protect.child.kill() }
+            _ = try await StandbyImages.awaitEpoch(images, atLeast: 4)
+            let warm = try await ReplicationTests.awaitWarm(images, atLeast: 6)
+            #expect(standby.text.contains("warm clone: husk of tree of 3 process(es), root process \(parent) (pid "), "\(standby.text.suffix(2000))")
+            #expect(warm.builds == 1 && warm.updates >= 1, "\(warm)")
+            // Three husks below the root's, each with its member's pid inside, traced by the
+            // standby and stopped.
+            let huskRoot = try #require(warm.hostPid)
+            let husks = Kernel.processTree(root: huskRoot)
+            #expect(husks.count == 3 && husks.allSatisfy { $0 != parent && $0 != a && $0 != b }, "\(husks)")
+            #expect(Set(husks.compactMap { TreeRestoreTests.innerID($0, "NSpid") }) == [parent, a, b])
+            for husk in husks {
+                let held = try #require(ReplicationTests.stateAndTracer(husk))
+                #expect(held.state == "t" && ReplicationTests.threadIDs(standby.pid).contains(held.tracer), "\(held)")
+            }
+            // The primary host fails.
+            let ended = standby.connectionsEnded
+            await protect.stop(SIGKILL)
+            for pid in [parent, a, b] { kill(pid, SIGKILL) }
+            tree.scenario.stop()
+            #expect(try await TreeRestoreTests.awaitGone([parent, a, b]) == [])
+            await standby.awaitConnectionEnded(since: ended)
+            let committed = try #require(Self.newestTree(images)).epoch
+            let promote = try await ToolRun(ToolRun.mitosis, ["promote", images], prefix: hosts.prefix(hosts.b))
+            defer { for husk in husks { kill(husk, SIGKILL) } }
+            #expect(promote.status == 0, "\(promote.standardError)")
+            #expect(promote.standardOutput.hasPrefix("promoted epoch \(committed.rawValue) "), "\(promote.standardOutput)")
+            #expect(promote.standardOutput.contains(" root process \(parent) (pid \(huskRoot) here, in a new pid namespace) from the warm clone in "),
+                    "\(promote.standardOutput)")
+            // The husks are the tree now: untraced, running, parentage as recorded.
+            let hostPids = Dictionary(uniqueKeysWithValues: husks.compactMap { host in TreeRestoreTests.innerID(host, "NSpid").map { ($0, host) } })
+            for host in husks { #expect(TreeRestoreTests.status(host, "TracerPid") == "0") }
+            #expect(TreeRestoreTests.stat(hostPids[a]!)?.ppid == huskRoot && TreeRestoreTests.stat(hostPids[b]!)?.ppid == huskRoot)
+            #expect(try await tree.checkAfterRestore(hosts: hostPids) == tree.passedAfterRestore)
+            #expect(await standby.stop(SIGTERM, timeout: .seconds(5)) == 0)
+            for husk in husks { kill(husk, SIGKILL) }
+            #expect(try await TreeRestoreTests.awaitGone(husks) == [])
             #expect(!(try await Self.tables(hosts, hosts.b)).contains("mitosis"))
         }
     }
@@ -224,6 +305,19 @@ import Testing
         let stranger = CheckpointHeader(kind: .incremental, parent: ParentLink(path: "../x", id: "x"), sequence: 1, pid: 999_999)
         reply = await store.receive(ReplicationFrame(.imageBegin, term: Term(1), epoch: Epoch(2), parent: Epoch(1), payload: json(stranger)), connection: token)
         #expect(dropped(reply)?.contains("not a member still expected") == true)
+        // A data-file change of another epoch, and one inside a member's image: dropped.
+        func fileDelta(epoch: UInt64, parent over: UInt64 = 1) -> ReplicationFrame {
+            ReplicationFrame(.fileDelta, term: Term(1), epoch: Epoch(epoch), parent: Epoch(over),
+                             payload: json(FileDelta(path: "/tmp/x", kind: .whole, offset: 0, size: 1, mode: 0o600)) + [0, 65])
+        }
+        token = try await connect(tree: true)
+        #expect(await store.receive(begin(members), connection: token) == StoreReply.none)
+        #expect(dropped(await store.receive(fileDelta(epoch: 3), connection: token))?.contains("a data-file change inside a member's image or of another epoch") == true)
+        token = try await connect(tree: true)
+        #expect(await store.receive(begin(members, parent: 0), connection: token) == StoreReply.none)
+        let full = CheckpointHeader(kind: .full, sequence: 0, pid: parent)
+        #expect(await store.receive(ReplicationFrame(.imageBegin, term: Term(1), epoch: Epoch(2), parent: .none, payload: json(full)), connection: token) == StoreReply.none)
+        #expect(dropped(await store.receive(fileDelta(epoch: 2, parent: 0), connection: token))?.contains("a data-file change inside a member's image or of another epoch") == true)
         // A tree manifest naming images that never came: dropped.
         token = try await connect(tree: true)
         #expect(await store.receive(begin(members), connection: token) == StoreReply.none)

@@ -107,8 +107,7 @@ extension ReplicationTests {
             _ = try await StandbyImages.awaitEpoch(images, atLeast: paused + 2)
             let ended = standby.connectionsEnded
             #expect(await protect.stop(SIGTERM) == 0, "\(protect.text.suffix(1000))")
-            let deadline = ContinuousClock.now + .seconds(20)
-            while standby.connectionsEnded == ended && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+            await standby.awaitConnectionEnded(since: ended)
             let newest = try #require(StandbyImages.newest(images))
             warm = try await Self.awaitWarm(images, atLeast: newest.epoch.rawValue)
             #expect(warm.epoch == newest.epoch && warm.hostPid == husk, "\(warm)")
@@ -134,8 +133,7 @@ extension ReplicationTests {
             await protect.stop(SIGKILL)
             kill(pid, SIGKILL)
             child.stop()
-            let deadline2 = ContinuousClock.now + .seconds(20)
-            while standby.connectionsEnded == ended2 && ContinuousClock.now < deadline2 { try await Task.sleep(for: .milliseconds(20)) }
+            await standby.awaitConnectionEnded(since: ended2)
             let committed = try #require(StandbyImages.newest(images)).epoch
             let promote = try await ToolRun(ToolRun.mitosis, ["promote", images], prefix: hosts.prefix(hosts.b))
             #expect(promote.status == 0, "\(promote.standardError)")
@@ -195,8 +193,7 @@ extension ReplicationTests {
             await protect.stop(SIGKILL)
             kill(pid, SIGKILL)
             child.stop()
-            let deadline = ContinuousClock.now + .seconds(20)
-            while standby.connectionsEnded == ended && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+            await standby.awaitConnectionEnded(since: ended)
             let committed = try #require(StandbyImages.newest(images)).epoch
             let promote = try await ToolRun(ToolRun.mitosis, ["promote", images], prefix: hosts.prefix(hosts.b))
             #expect(promote.status == 0, "\(promote.standardError)")

@@ -246,8 +246,10 @@ struct StacksTests {
     func samplingOutlivesTarget() async throws {
         let child = try await ScenarioProcess("stacks")
         defer { child.stop() }
+        // Killed after a second: at 50 Hz, samples of every thread were taken by then even on a
+        // loaded machine (after 300 ms, one sample interrupted by the kill was all some runs had).
         let killer = Task {
-            try await Task.sleep(for: .milliseconds(300))
+            try await Task.sleep(for: .seconds(1))
             child.stop()
         }
         let profile = try await StackSampler.run(pid: child.pid, hertz: 50, duration: .seconds(3))

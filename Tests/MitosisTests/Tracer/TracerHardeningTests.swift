@@ -203,7 +203,9 @@ struct TracerHardeningTests {
             #expect(threads.count == 3)
         } catch let error as MitosisError {
             #expect(error == .stopCollectedElsewhere(pid, tid: pid))
-            #expect(clock.now - start < .seconds(5))
+            // Not a hang until some timeout: milliseconds on a quiet machine; 6.5 s was seen
+            // at load 10 (the freeze's set-up waits for a core like everything else).
+            #expect(clock.now - start < .seconds(20))
         }
         #expect(try await eventually { try await TargetHealth.runsFreely(pid) })
         // Foundation still reaps it once it exits.
