@@ -36,6 +36,9 @@ package protocol EarlyPageSink: CheckpointSink {
     func writeEarly(at address: UInt64, _ bytes: UnsafeRawBufferPointer) throws -> UInt64
     /// Waits until the early bytes handed over up to `mark` are no longer read.
     func waitEarly(_ mark: UInt64) throws
+    /// No more early pages: waits until their bytes are no longer read, and releases what
+    /// writing them needed while the checkpoint goes on.
+    func endEarly() throws
     /// Stores, as `writePages` would, the `length` bytes at `address` with the bytes handed to
     /// `writeEarly` for them. The final pages must come in the early pages' order, early pages
     /// left out or replaced, new pages after them (early bytes are never read from a place

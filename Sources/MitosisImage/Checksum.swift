@@ -1,3 +1,5 @@
+import MitosisKernel
+
 /// The one content hash of Mitosis: XXH64 (Yann Collet's xxHash, 64-bit variant), implemented
 /// from its published specification. Checkpoint images use it for every integrity checksum, and
 /// content-hash dirty tracking uses it to tell whether a page changed.
@@ -35,7 +37,8 @@ public struct Checksum: Sendable {
     // MARK: Streaming
 
     private let seed: UInt64
-    private var v1: UInt64, v2: UInt64, v3: UInt64, v4: UInt64
+    /// The four lanes (v1 to v4 of the specification).
+    private var lanes: (UInt64, UInt64, UInt64, UInt64)
     /// Bytes not yet consumed by a 32-byte stripe.
     private var tail: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
     private var tailCount = 0
@@ -44,10 +47,7 @@ public struct Checksum: Sendable {
     /// A hasher fed piece by piece (`update`), giving the same value as hashing the concatenation.
     public init(seed: UInt64 = 0) {
         self.seed = seed
-        v1 = seed &+ Self.prime1 &+ Self.prime2
-        v2 = seed &+ Self.prime2
-        v3 = seed
-        v4 = seed &- Self.prime1
+        lanes = (seed &+ Self.prime1 &+ Self.prime2, seed &+ Self.prime2, seed, seed &- Self.prime1)
     }
 
     @inline(__always)
@@ -65,38 +65,60 @@ public struct Checksum: Sendable {
         (acc ^ round(0, value)) &* prime1 &+ prime4
     }
 
-    @inline(__always)
-    private mutating func stripe(_ p: UnsafeRawBufferPointer, at offset: Int) {
-        v1 = Self.round(v1, UInt64(littleEndian: p.loadUnaligned(fromByteOffset: offset, as: UInt64.self)))
-        v2 = Self.round(v2, UInt64(littleEndian: p.loadUnaligned(fromByteOffset: offset + 8, as: UInt64.self)))
-        v3 = Self.round(v3, UInt64(littleEndian: p.loadUnaligned(fromByteOffset: offset + 16, as: UInt64.self)))
-        v4 = Self.round(v4, UInt64(littleEndian: p.loadUnaligned(fromByteOffset: offset + 24, as: UInt64.self)))
-    }
-
     /// Feeds more bytes.
     public mutating func update(_ bytes: UnsafeRawBufferPointer) {
+        var none: Checksum?
+        Self.update(&self, &none, bytes)
+    }
+
+    /// Feeds the same bytes to `a` and `b` in one pass over them (a page run's checksum and the
+    /// whole data file's, in `PageRunBuilder`): each stripe is loaded once, and where the CPU has
+    /// AVX-512 both hashes' eight lanes take one multiply (`HashStripes`).
+    package static func update(_ a: inout Checksum, _ b: inout Checksum, _ bytes: UnsafeRawBufferPointer) {
+        // Both at a stripe boundary (pages, always, in the builder): one pass. Otherwise each alone.
+        guard a.tailCount == 0, b.tailCount == 0 else {
+            a.update(bytes)
+            b.update(bytes)
+            return
+        }
+        var second: Checksum? = b
+        update(&a, &second, bytes)
+        b = second!
+    }
+
+    /// `a.update(bytes)`, and `b.update(bytes)` in the same pass when `b` is given and, like `a`,
+    /// at a stripe boundary (the caller checks).
+    private static func update(_ a: inout Checksum, _ b: inout Checksum?, _ bytes: UnsafeRawBufferPointer) {
         guard bytes.count > 0 else { return }
-        total &+= UInt64(bytes.count)
+        a.total &+= UInt64(bytes.count)
+        b?.total &+= UInt64(bytes.count)
         var offset = 0
-        if tailCount > 0 {
-            let take = min(32 - tailCount, bytes.count)
-            let count = tailCount
-            withUnsafeMutableBytes(of: &tail) { $0.baseAddress!.advanced(by: count).copyMemory(from: bytes.baseAddress!, byteCount: take) }
-            tailCount += take
+        if a.tailCount > 0 {
+            let take = min(32 - a.tailCount, bytes.count)
+            let count = a.tailCount
+            withUnsafeMutableBytes(of: &a.tail) { $0.baseAddress!.advanced(by: count).copyMemory(from: bytes.baseAddress!, byteCount: take) }
+            a.tailCount += take
             offset = take
-            guard tailCount == 32 else { return }
-            var full = tail
-            withUnsafeBytes(of: &full) { stripe($0, at: 0) }
-            tailCount = 0
+            guard a.tailCount == 32 else { return }
+            var full = a.tail
+            var none: (UInt64, UInt64, UInt64, UInt64)?
+            withUnsafeBytes(of: &full) { HashStripes.feed(&a.lanes, &none, $0) }
+            a.tailCount = 0
         }
-        while bytes.count - offset >= 32 {
-            stripe(bytes, at: offset)
-            offset += 32
-        }
+        let stripes = (bytes.count - offset) / 32 * 32
+        var lanesB = b?.lanes
+        HashStripes.feed(&a.lanes, &lanesB, UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + stripes)]))
+        if let lanesB { b!.lanes = lanesB }
+        offset += stripes
         let rest = bytes.count - offset
         if rest > 0 {
-            withUnsafeMutableBytes(of: &tail) { $0.baseAddress!.copyMemory(from: bytes.baseAddress! + offset, byteCount: rest) }
-            tailCount = rest
+            let tailBytes = UnsafeRawBufferPointer(rebasing: bytes[offset...])
+            withUnsafeMutableBytes(of: &a.tail) { $0.baseAddress!.copyMemory(from: tailBytes.baseAddress!, byteCount: rest) }
+            a.tailCount = rest
+            if b != nil {
+                withUnsafeMutableBytes(of: &b!.tail) { $0.baseAddress!.copyMemory(from: tailBytes.baseAddress!, byteCount: rest) }
+                b!.tailCount = rest
+            }
         }
     }
 
@@ -111,6 +133,7 @@ public struct Checksum: Sendable {
     public func finalize() -> UInt64 {
         var acc: UInt64
         if total >= 32 {
+            let (v1, v2, v3, v4) = lanes
             acc = Self.rotate(v1, 1) &+ Self.rotate(v2, 7) &+ Self.rotate(v3, 12) &+ Self.rotate(v4, 18)
             acc = Self.merge(acc, v1)
             acc = Self.merge(acc, v2)

@@ -94,6 +94,14 @@ final class DataFileWriter: @unchecked Sendable {
         if let earlyFailure { throw earlyFailure }
     }
 
+    /// No more early pieces: waits for their writes and lets the AIO context go (freed while the
+    /// checkpoint goes on, see `AsyncWrites`). Later pieces are written as `write`'s are.
+    func endEarly() throws(Errno) {
+        try waitEarly(.max)
+        earlyAIO = nil
+        earlyAIOFailed = true
+    }
+
     /// The AIO context for early pieces, with the file's size at least `end` (a write inside the
     /// file's size does not wait in `io_submit`); nil where writes are buffered or AIO is missing.
     private func earlyWrites(covering end: UInt64) throws(Errno) -> AsyncWrites? {

@@ -122,6 +122,13 @@ public final class DirectorySink: EarlyPageSink, @unchecked Sendable {
         }
     }
 
+    package func endEarly() throws {
+        try lock.withLock {
+            let writer = try openWriter()
+            try failing(writer, recoverable: false) { () throws(ImageError) in try writer.endEarly() }
+        }
+    }
+
     package func keepEarly(at address: UInt64, length: Int) throws {
         try lock.withLock {
             let writer = try openWriter()
@@ -332,6 +339,11 @@ private final class Writer {
     package func waitEarly(_ mark: UInt64) throws(ImageError) {
         let pages = self.pages
         try Self.io(path, "write \(ImageFormat.dataName)") { () throws(Errno) in try pages.waitEarly(mark) }
+    }
+
+    package func endEarly() throws(ImageError) {
+        let pages = self.pages
+        try Self.io(path, "write \(ImageFormat.dataName)") { () throws(Errno) in try pages.endEarly() }
     }
 
     package func keepEarly(address: UInt64, length: Int) throws(ImageError) {

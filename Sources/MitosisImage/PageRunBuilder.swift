@@ -1,6 +1,6 @@
 /// Turns the pages a sink receives into the runs of `pages.index` and the bytes of `pages.data`:
 /// contiguous pages written one after another join one run (up to `ImageFormat.maxRunPages`),
-/// every run and the whole data file are hashed as they pass. Sinks that write the same pages
+/// every run and the whole data file are hashed as they pass (both in one pass). Sinks that write the same pages
 /// therefore produce byte-identical images.
 package struct PageRunBuilder {
     package let pageSize: Int
@@ -26,9 +26,9 @@ package struct PageRunBuilder {
             let piece = UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + count)])
             // Emitted first: a sink that writes on another thread writes while this hashes.
             try emit(piece)
-            current!.hasher.update(piece)
+            // The run's checksum and the data file's digest in one pass over the bytes.
+            Checksum.update(&current!.hasher, &dataHasher, piece)
             current!.run.length += UInt64(count)
-            dataHasher.update(piece)
             dataSize += UInt64(count)
             offset += count
         }

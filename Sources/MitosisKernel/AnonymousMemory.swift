@@ -11,6 +11,16 @@ extension Kernel {
         return address
     }
 
+    /// `mapAnonymous`, asking for transparent huge pages (`MADV_HUGEPAGE`; this kernel's default
+    /// is `madvise`): for buffers that stream gigabytes, whose 4 KiB pages would each be faulted
+    /// in, and pinned again by every direct-I/O write and `process_vm_readv` from them. Where
+    /// huge pages are off the advice is refused and the memory is as `mapAnonymous`'s.
+    package static func mapAnonymousHuge(length: Int) throws(Errno) -> UnsafeMutableRawPointer {
+        let address = try mapAnonymous(length: length)
+        _ = madvise(address, length, MADV_HUGEPAGE)
+        return address
+    }
+
     /// Unmaps memory mapped by `mapAnonymous`. The corresponding system call is `munmap`.
     package static func unmap(_ address: UnsafeMutableRawPointer, length: Int) {
         _ = munmap(address, length)

@@ -1,4 +1,5 @@
 import CMitosis
+import Foundation
 import Glibc
 import SystemPackage
 
@@ -28,10 +29,15 @@ package final class AsyncWrites {
         self.context = context
     }
 
-    /// Waits for every write still in flight (their buffers may be freed after), then frees the context.
+    /// Waits for every write still in flight (their buffers may be freed after), then frees the
+    /// context on a thread of its own: `io_destroy` waits for an RCU grace period (44-51 ms at the
+    /// end of a 1 GiB dump, measured with `strace -T`), and nothing needs to wait for it.
     deinit {
         while pending > 0, (try? reap(minimum: pending)) != nil {}
-        _ = mitosis_syscall6(207 /* io_destroy */, Int(bitPattern: context), 0, 0, 0, 0, 0)
+        let context = Int(bitPattern: context)
+        let thread = Thread { _ = mitosis_syscall6(207 /* io_destroy */, context, 0, 0, 0, 0, 0) }
+        thread.name = "mitosis-io-destroy"
+        thread.start()
     }
 
     /// Starts writing `buffer` at `offset` of `fd`; `tag` comes back with its completion. At most

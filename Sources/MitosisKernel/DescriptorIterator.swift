@@ -1,4 +1,5 @@
 import CMitosis
+import Foundation
 import Glibc
 import MitosisModel
 import SystemPackage
@@ -77,6 +78,15 @@ package enum DescriptorIterator {
             bytes.append(contentsOf: chunk[0..<count])
         }
         return parse(bytes)
+    }
+
+    /// Finds the running kernel's offsets now, on a thread of its own: parsing its 5 MiB of BTF
+    /// takes tens of milliseconds, once per process, and a checkpoint's first `records` is in
+    /// its freeze (which then waits only for what is left of it).
+    package static func prepare() {
+        let thread = Thread { _ = offsets }
+        thread.name = "mitosis-btf"
+        thread.start()
     }
 
     /// Why the iterator cannot be used here, or nil when it can: for a test that must say why it skipped.

@@ -65,6 +65,8 @@ struct DumpCommand: AsyncParsableCommand {
                 }
                 return
             }
+            // One checkpoint: tracking ends at its thaw, while the image is written.
+            options.lastCheckpoint = true
             let progress = ProgressLine("mitosis dump")
             options.progress = { progress.update($0) }
             let session = try await CheckpointSession(pid: pid, options: options)

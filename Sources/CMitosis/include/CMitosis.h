@@ -13,4 +13,5 @@
 #include "mitosis_tcp.h"
 #include "mitosis_unix.h"
 #include "mitosis_fditer.h"
+#include "mitosis_xxh64.h"
 #endif

@@ -43,6 +43,11 @@ public struct CheckpointOptions: Sendable {
     /// Told how far each checkpoint has come (on the session's thread; keep it quick): for a
     /// progress display.
     public var progress: (@Sendable (CheckpointProgress) -> Void)?
+    /// The session takes no checkpoint after the next one (`mitosis dump`): tracking ends at its
+    /// thaw, on a thread of its own while the image is written, rather than at `stop`, after
+    /// the commit. Lifting uffd-wp from a 1 GiB mapping (`UFFDIO_UNREGISTER`) takes ~100 ms,
+    /// which then overlaps the image's fsyncs. Later checkpoints are refused.
+    public var lastCheckpoint = false
 
     public init(strategy: TrackingStrategy? = nil, pageMapMethod: PageMapReader.Method? = nil) {
         self.strategy = strategy
@@ -123,6 +128,8 @@ public actor CheckpointSession {
     private var previousValid = PageSet()
     private var previous: (id: String, sequence: Int)?
     private var stopped = false
+    /// Tracking ended after a `lastCheckpoint`: no checkpoint may follow.
+    private var trackingEnded = false
     /// Connections of the last checkpoint, still locked, for `killTarget` to close silently.
     private var movedConnections: ConnectionCapture?
     /// The network lock reused by every checkpoint of the session, with the network namespace
@@ -154,6 +161,8 @@ public actor CheckpointSession {
         memory = try MemoryReader(pid: pid)
         tracker = try strategy.makeTracker(pid: pid)
         sharedHashes = strategy == .hash ? nil : try HashTracker(pid: pid)
+        // The freeze reads the descriptors, with the BPF iterator where it is used.
+        DescriptorIterator.prepare()
         do {
             let map = try pageMaps.read(ProcessReader.mappings(target, detailed: false))
             try await tracker.start(map)
@@ -224,7 +233,7 @@ public actor CheckpointSession {
     /// members of its tree (`TreeFreeze`) instead of on its own, so that every member's image is
     /// of one instant.
     package func checkpoint(to sink: CheckpointSink, parent: CheckpointParent?, freeze: TreeFreeze?) async throws -> CheckpointResult {
-        guard !stopped else { throw CheckpointError.sessionStopped }
+        guard !stopped, !trackingEnded else { throw CheckpointError.sessionStopped }
         try target.requireAlive()
         let clock = ContinuousClock()
         let started = clock.now
@@ -254,6 +263,8 @@ public actor CheckpointSession {
         movedConnections?.resume()
         movedConnections = nil
         var moved: ConnectionCapture?
+        /// `options.lastCheckpoint`'s tracker stop, awaited before this returns or throws.
+        var untracking: Task<Void, Never>?
         let run = Run()
         // A full checkpoint into a sink that takes early pages streams its first round there.
         let early = parent == nil ? sink as? EarlyPageSink : nil
@@ -369,6 +380,11 @@ public actor CheckpointSession {
                 return (map, threads, descriptors, restore)
             }
             run.mark("thaw", clock)
+            if options.lastCheckpoint {
+                trackingEnded = true
+                let tracker = self.tracker
+                untracking = Task.detached { try? await Blocking.run("mitosis-untrack") { tracker.stop() } }
+            }
             if !options.moveConnections {
                 moved?.resume()
                 moved = nil
@@ -435,12 +451,14 @@ public actor CheckpointSession {
             manifest.restore = restore
             run.mark("write", clock)
             let committed = try sink.finish(manifest)
+            await untracking?.value
             movedConnections = moved
             previousValid = stored.union(inherited)
             previous = (committed.id, committed.sequence)
             return CheckpointResult(manifest: committed, precopyRounds: run.rounds, pagesCopied: run.copied,
                                     pagesCopiedFrozen: run.copiedFrozen, phases: run.phases)
         } catch {
+            await untracking?.value
             moved?.resume()
             // The pages written since the previous checkpoint were collected (and the tracker
             // re-armed) by this failed run: the next incremental must not inherit them.
@@ -613,7 +631,8 @@ public actor CheckpointSession {
             }
         }
         guard !pieces.isEmpty else { return PageSet() }
-        let ring = try Kernel.mapAnonymous(length: slots * slotSize)
+        // On huge pages: fewer faults at first use, and fewer pages for each direct write to pin.
+        let ring = try Kernel.mapAnonymousHuge(length: slots * slotSize)
         var marks = [UInt64](repeating: 0, count: slots)
         // The sink reads the buffers until its writes end: wait for them on every path.
         defer {
@@ -659,6 +678,7 @@ public actor CheckpointSession {
             options.progress?(CheckpointProgress(phase: .copying, done: done, total: pages.byteCount))
             slot = (slot + 1) % slots
         }
+        try sink.endEarly()
         run.copied += streamed.pageCount()
         return streamed
     }

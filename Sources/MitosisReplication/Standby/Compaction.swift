@@ -3,8 +3,8 @@ import MitosisImage
 import MitosisKernel
 import SystemPackage
 
-/// Folds a chain of incremental epochs into one full base, so that a promotion reads at most
-/// about `compactEvery` images.
+/// Folds a chain of incremental epochs (or of tree epochs) into one full base, so that a
+/// promotion reads at most about `compactEvery` images.
 ///
 /// Two steps, so that the long one never holds up an acknowledgement. `writeBase` runs in the
 /// background while epochs go on being committed: it writes the base of epoch N beside the chain
@@ -31,16 +31,55 @@ enum Compaction {
 
     /// Writes the full base of `epoch` as a hidden image; nil when its chain is one image
     /// already. `stopping` is asked between page runs: true abandons the work (nothing left).
+    /// A tree epoch gets a hidden tree image: each member's chain folded into a full image of
+    /// the same id, the tree's data files folded into one `files.log`, the same `tree.json`.
     static func writeBase(_ directory: StandbyDirectory, epoch: Epoch, stopping: () -> Bool) throws -> Base? {
         let name = epoch.directoryName
-        let newest = try CheckpointImage.open(directory.imagePath(epoch))
+        let hidden = "." + name + ".compact"
+        let path = directory.imagePath(epoch)
+        if TreeImage.isTree(path) {
+            let tree = try TreeImage.open(path)
+            let chains = try tree.members.map { try $0.chain() }
+            guard chains[0].images.count > 1 else { return nil }
+            directory.remove(hidden)
+            let writer = try TreeImageWriter(path: directory.epochsPath + "/" + hidden)
+            do {
+                for (member, chain) in zip(tree.members, chains) {
+                    try writeFull(member, chain: chain, to: writer.memberPath(member.manifest.pid), stopping: stopping)
+                }
+                try writeFiles(try FileDeltaLog.materialize(tree), into: writer.partialPath)
+                if stopping() { throw Stopped() }
+                try writer.commit(tree.manifest)
+            } catch {
+                writer.abort()
+                directory.remove(hidden)
+                throw error
+            }
+            // The tree epochs the base replaces: those the root's chain went through.
+            return Base(epoch: epoch, hidden: hidden, replaced: chains[0].images.dropFirst().map { image in
+                image.path.split(separator: "/").dropLast().last.map(String.init) ?? ""
+            })
+        }
+        let newest = try CheckpointImage.open(path)
         let chain = try newest.chain()
         guard chain.images.count > 1 else { return nil }
-        let hidden = "." + name + ".compact"
         directory.remove(hidden)
+        do {
+            try writeFull(newest, chain: chain, to: directory.epochsPath + "/" + hidden, stopping: stopping)
+        } catch {
+            directory.remove(hidden)
+            throw error
+        }
+        return Base(epoch: epoch, hidden: hidden,
+                    replaced: chain.images.dropFirst().map { $0.path.split(separator: "/").last.map(String.init) ?? "" })
+    }
+
+    /// Writes `newest` as a full image at `path`: its manifest, every page its chain holds, and
+    /// (for one process's epoch) its data files folded from the chain's logs.
+    private static func writeFull(_ newest: CheckpointImage, chain: CheckpointChain, to path: String, stopping: () -> Bool) throws {
         var header = CheckpointHeader(id: newest.manifest.id, kind: .full, sequence: 0, pid: newest.manifest.pid, pageSize: newest.manifest.pageSize)
         header.created = newest.manifest.created
-        let sink = DirectorySink(directory: directory.epochsPath + "/" + hidden)
+        let sink = DirectorySink(directory: path)
         try sink.begin(header)
         do {
             var manifest = newest.manifest
@@ -74,29 +113,31 @@ enum Compaction {
                 }
                 manifest.mappings[index].pages = merged
             }
-            if let partial = sink.partialPath {
-                var writer = FileDeltaWriter(imageDirectory: partial)
-                for (path, file) in try FileDeltaLog.materialize(chain).sorted(by: { $0.key < $1.key }) {
-                    var delta = FileDelta(path: path, kind: .removed, offset: 0, size: 0, mode: 0)
-                    if !file.removed { delta = FileDelta(path: path, kind: .whole, offset: 0, size: UInt64(file.content.count), mode: file.mode) }
-                    var payload: [UInt8] = MessageCoding.encode(delta)
-                    payload.append(0)
-                    if !file.removed { payload.append(contentsOf: file.content) }
-                    try writer.add(payload)
-                }
-                try writer.seal()
-            }
+            // (A tree member's chain holds none: its tree epochs do.)
+            if let partial = sink.partialPath { try writeFiles(try FileDeltaLog.materialize(chain), into: partial) }
             if stopping() { throw Stopped() }
             try sink.finish(manifest)
         } catch {
             let partial = sink.partialPath
             sink.abort(reason: "compaction failed: \(error)")
             if let partial { try? FileManager.default.removeItem(atPath: partial) }
-            directory.remove(hidden)
             throw error
         }
-        return Base(epoch: epoch, hidden: hidden,
-                    replaced: chain.images.dropFirst().map { $0.path.split(separator: "/").last.map(String.init) ?? "" })
+    }
+
+    /// The data files as whole files (or removals) in a new `files.log` in `directory`.
+    private static func writeFiles(_ files: [String: MaterializedFile], into directory: String) throws {
+        guard !files.isEmpty else { return }
+        var writer = FileDeltaWriter(imageDirectory: directory)
+        for (path, file) in files.sorted(by: { $0.key < $1.key }) {
+            var delta = FileDelta(path: path, kind: .removed, offset: 0, size: 0, mode: 0)
+            if !file.removed { delta = FileDelta(path: path, kind: .whole, offset: 0, size: UInt64(file.content.count), mode: file.mode) }
+            var payload: [UInt8] = MessageCoding.encode(delta)
+            payload.append(0)
+            if !file.removed { payload.append(contentsOf: file.content) }
+            try writer.add(payload)
+        }
+        try writer.seal()
     }
 
     /// Puts `base` in the place of its epoch's image and removes the chain it replaces.

@@ -38,8 +38,8 @@ actor StandbyStore {
     /// The committed image's sequence in its chain, and the chain's length.
     private var committedSequence = 0
     private var chainLength = 0
-    /// Counts the full bases and tree epochs committed: a compaction of an older chain is not
-    /// swapped in.
+    /// Counts the full bases (of one process or of a tree) committed: a compaction of an older
+    /// chain is not swapped in.
     private var generation = 0
     private(set) var readiness: (ready: Bool, reasons: [String]) = (false, ["no epoch received yet"])
     private var readinessChecked: ContinuousClock.Instant?
@@ -369,7 +369,7 @@ actor StandbyStore {
         committedImage = nil
         committedTree = image
         chainLength = tree.parent == .none ? 1 : chainLength + 1
-        generation += 1  // a base compacted in the background is not the newest any more
+        if tree.parent == .none { generation += 1 }  // a base compacted before is not the newest any more
         if let checked = readinessChecked, ContinuousClock.now - checked < .seconds(1) {} else {
             readiness = Self.readiness(of: image)
             readinessChecked = ContinuousClock.now
@@ -515,7 +515,6 @@ actor StandbyStore {
     /// acknowledgement has gone out (and after the warm clone took the epoch, so that nothing
     /// reads the chain while it is swapped).
     func compactIfDue() {
-        // Tree epochs are not compacted (Docs/replication.md, "Process trees").
         guard compactEvery > 0, inFlight == nil, treeInFlight == nil, !closed, let committed else { return }
         let clock = ContinuousClock()
         switch background.withLockedValue({ $0 }) {
@@ -534,19 +533,28 @@ actor StandbyStore {
             }
             do {
                 try Compaction.swap(directory, base)
-                if base.epoch == committed.epoch { committedImage = nil }
                 chainLength = max(1, chainLength - base.replaced.count)
                 statistics.compactions += 1
                 metrics.compactions.increment()
                 logger.info("standby: compacted the chain into a full base at epoch \(base.epoch) in \(clock.now - started) (in the background); the chain holds \(chainLength) image(s)")
             } catch {
                 logger.warning("standby: compaction at epoch \(base.epoch) failed, the chain stays as it was: \(error)")
+                return
+            }
+            if base.epoch == committed.epoch {
+                committedImage = nil
+                // The tree image held names the replaced members' images: the base's now.
+                if committedTree != nil {
+                    do { committedTree = try TreeImage.open(directory.imagePath(committed.epoch)) } catch {
+                        logger.warning("standby: the compacted tree epoch \(base.epoch) does not open: \(error)")
+                    }
+                }
             }
             return
         case .idle:
             break
         }
-        guard chainLength >= compactEvery, committedTree == nil else { return }
+        guard chainLength >= compactEvery else { return }
         let epoch = committed.epoch, directory = self.directory
         let started = clock.now
         // A duplicate of the lock's descriptor: the directory stays locked until the base is

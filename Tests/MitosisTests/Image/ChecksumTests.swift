@@ -1,4 +1,5 @@
 import Testing
+import MitosisKernel
 @testable import MitosisImage
 
 @Suite("Checksum")
@@ -35,6 +36,41 @@ struct ChecksumTests {
         var bytewise = Checksum()
         for byte in bytes { bytewise.update([byte]) }
         #expect(bytewise.finalize() == 0x5F23_5FA0_33F1_A3FB)
+    }
+
+    /// `PageRunBuilder` hashes a run's bytes and the data file's in one pass (`Checksum.update(_:_:_:)`).
+    @Test("two hashes fed in one pass give each one's value, at a stripe boundary or not")
+    func twoInOnePass() {
+        let bytes = (0..<1000).map { UInt8(($0 * 7 + 3) % 256) }
+        // Both at a boundary (the one-pass loop), then `b` mid-stripe (each alone).
+        for lead in [0, 64, 5] {
+            var a = Checksum(), b = Checksum()
+            b.update(bytes[..<lead])
+            bytes.withUnsafeBytes { Checksum.update(&a, &b, $0) }
+            #expect(a.finalize() == 0x5F23_5FA0_33F1_A3FB, "lead \(lead)")
+            #expect(b.finalize() == Checksum.xxh64(bytes[..<lead] + bytes), "lead \(lead)")
+        }
+        var seeded = Checksum(seed: 9), plain = Checksum()
+        bytes.withUnsafeBytes { Checksum.update(&seeded, &plain, $0) }
+        #expect(seeded.finalize() == Checksum.xxh64(bytes, seed: 9))
+        #expect(plain.finalize() == 0x5F23_5FA0_33F1_A3FB)
+    }
+
+    /// The AVX-512 loop (where this CPU has it) and the portable one agree lane for lane, alone
+    /// and two at once, over 64 KiB of every byte value.
+    @Test("the AVX-512 and the portable stripe loops agree")
+    func vectorAndPortable() {
+        let bytes = (0..<65536).map { UInt8(truncatingIfNeeded: $0 &* 2_654_435_761 >> 7) }
+        bytes.withUnsafeBytes { raw in
+            for two in [false, true] {
+                var fastA: (UInt64, UInt64, UInt64, UInt64) = (1, 2, 3, 4), slowA = fastA
+                var fastB: (UInt64, UInt64, UInt64, UInt64)? = two ? (5, 6, 7, 8) : nil, slowB = fastB
+                HashStripes.feed(&fastA, &fastB, raw)
+                HashStripes.feed(&slowA, &slowB, raw, portable: true)
+                #expect(fastA == slowA, "two: \(two), vectorized: \(HashStripes.vectorized)")
+                #expect(fastB.map { [$0.0, $0.1, $0.2, $0.3] } == slowB.map { [$0.0, $0.1, $0.2, $0.3] })
+            }
+        }
     }
 
     @Test("a seed changes the value; hex is 16 digits")

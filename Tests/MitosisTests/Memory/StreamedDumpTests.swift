@@ -38,6 +38,48 @@ import Testing
         #expect(image.verify().isEmpty)
     }
 
+    /// `mitosis dump`'s one checkpoint (`lastCheckpoint`): tracking is lifted at the thaw, on a
+    /// thread of its own while the image is written, and gone from the target by the time the
+    /// checkpoint returns; the image is still the memory of the freeze, and the session takes
+    /// no second checkpoint.
+    @Test(.enabled(if: TrackingStrategy.userfaultfdWriteProtect.isSupported, "\(TrackingStrategy.userfaultfdWriteProtect.unsupportedReason)"))
+    func aLastCheckpointLiftsTrackingBeforeItReturns() async throws {
+        let child = try await ScenarioProcess("churn", ["16", "10", "1"])
+        defer { child.stop() }
+        let scratch = try ScratchDirectory()
+        defer { scratch.remove() }
+        let area = UInt64(try child.fact("churn").dropFirst(2), radix: 16)!
+        let length = 16 << 20
+        let pid = child.pid
+        let frozen = LockedBox<[UInt8]>([])
+        let registeredWhileFrozen = LockedBox<[String]>([])
+        var options = CheckpointOptions(strategy: .userfaultfdWriteProtect)
+        options.lastCheckpoint = true
+        options.whileFrozen = {
+            registeredWhileFrozen.value = (try? TargetHealth.userfaultfdRegistered(pid)) ?? []
+            guard let memory = try? ProcessMemoryFile(pid: pid) else { return }
+            defer { memory.close() }
+            var bytes = [UInt8](repeating: 0, count: length)
+            let read = (try? bytes.withUnsafeMutableBytes { try memory.read(at: area, into: $0) }) ?? 0
+            if read == length { frozen.value = bytes }
+        }
+        let registeredAfter = try await withCheckpointSession(pid: pid, options: options) { session in
+            _ = try await session.checkpoint(to: DirectorySink(directory: scratch.path + "/1"))
+            let registered = try TargetHealth.userfaultfdRegistered(pid)
+            await #expect(throws: CheckpointError.sessionStopped) {
+                try await session.checkpoint(to: DirectorySink(directory: scratch.path + "/2"))
+            }
+            return registered
+        }
+        #expect(!registeredWhileFrozen.value.isEmpty, "tracked with uffd-wp until the thaw")
+        #expect(registeredAfter.isEmpty, "still registered: \(registeredAfter)")
+        let image = try CheckpointImage.open(scratch.path + "/1")
+        #expect(frozen.value.count == length)
+        #expect(try image.chain().read(address: area, length: length) == frozen.value)
+        #expect(image.verify().isEmpty)
+        #expect(!FileManager.default.fileExists(atPath: scratch.path + "/2"))
+    }
+
     @Test func aQuietTargetIsStoredAsStreamed() async throws {
         let child = try await ScenarioProcess("churn", ["16", "0", "0"])
         defer { child.stop() }

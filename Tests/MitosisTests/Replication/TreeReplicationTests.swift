@@ -37,6 +37,31 @@ import Testing
                            in: hosts.prefix(hosts.b), log: scratch.path + "/standby.log")
     }
 
+    /// Hosts A and B, a scratch directory (the standby's images in `standby` there), and the
+    /// tree started in host A with each member checked once.
+    func withCheckedTree(_ body: (NetworkHosts, ScratchDirectory, String, Tree) async throws -> Void) async throws {
+        try await withHosts { hosts in
+            let scratch = try ScratchDirectory()
+            defer { scratch.remove() }
+            let tree = try await Tree(scratch: scratch, prefix: hosts.prefix(hosts.a))
+            defer { tree.scenario.stop() }
+            #expect(try await tree.checkBeforeDump() == tree.passedBeforeDump)
+            try await body(hosts, scratch, scratch.path + "/standby", tree)
+        }
+    }
+
+    /// The primary host fails: protect and every member killed with SIGKILL. Returns the
+    /// standby's newest committed epoch once it has seen the connection end (final then).
+    static func failPrimary(_ tree: Tree, protect: ServiceProcess, standby: ServiceProcess, images: String) async throws -> Epoch {
+        let ended = standby.connectionsEnded
+        await protect.stop(SIGKILL)
+        for pid in [tree.parent, tree.a, tree.b] { kill(pid, SIGKILL) }
+        tree.scenario.stop()
+        #expect(try await TreeRestoreTests.awaitGone([tree.parent, tree.a, tree.b]) == [])
+        await standby.awaitConnectionEnded(since: ended)
+        return try #require(newestTree(images)).epoch
+    }
+
     /// The newest committed tree epoch of a standby directory.
     static func newestTree(_ images: String) -> (epoch: Epoch, tree: TreeImage)? {
         let scan = StandbyDirectory(images).scan()
@@ -51,14 +76,8 @@ import Testing
 
     @Test("protect --tree --data: every epoch the whole tree, incremental per member, with its data files; killed, its files lost, promoted in B: the files as at the epoch, same pids and parentage, every member PASS")
     func aProtectedTreeIsPromotedWhole() async throws {
-        try await withHosts { hosts in
-            let scratch = try ScratchDirectory()
-            defer { scratch.remove() }
-            let images = scratch.path + "/standby"
-            let tree = try await Tree(scratch: scratch, prefix: hosts.prefix(hosts.a))
-            defer { tree.scenario.stop() }
+        try await withCheckedTree { hosts, scratch, images, tree in
             let (parent, a, b) = (tree.parent, tree.a, tree.b)
-            #expect(try await tree.checkBeforeDump() == tree.passedBeforeDump)
             // A data directory: one file grows, one is added (two 64 KiB blocks and a part), one removed.
             let data = scratch.path + "/data"
             try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
@@ -98,13 +117,7 @@ import Testing
                 #expect(try member.chain().images.count == Int(held.epoch.rawValue))
             }
             // The primary host fails: protect and the whole tree killed.
-            let ended = standby.connectionsEnded
-            await protect.stop(SIGKILL)
-            for pid in [parent, a, b] { kill(pid, SIGKILL) }
-            tree.scenario.stop()
-            #expect(try await TreeRestoreTests.awaitGone([parent, a, b]) == [])
-            await standby.awaitConnectionEnded(since: ended)
-            let committed = try #require(Self.newestTree(images)).epoch
+            let committed = try await Self.failPrimary(tree, protect: protect, standby: standby, images: images)
             // Host A's files are lost: the data directory emptied, the members' shared log (open
             // for writing: shipped with every tree epoch) cut to nothing.
             let log = try Data(contentsOf: URL(fileURLWithPath: tree.log))
@@ -141,28 +154,29 @@ import Testing
         }
     }
 
-    @Test("a warm standby of a tree keeps every member's husk, in a new pid namespace, up to date; killed, promoted from the warm clone: same pids inside, parentage, every member PASS")
+    @Test("a warm standby of a tree keeps every member's husk, in a new pid namespace, up to date, its chain compacted; killed, promoted from the warm clone: same pids inside, parentage, every member PASS")
     func aWarmTreeIsPromotedFromItsHusks() async throws {
-        try await withHosts { hosts in
-            let scratch = try ScratchDirectory()
-            defer { scratch.remove() }
-            let images = scratch.path + "/standby"
-            let tree = try await Tree(scratch: scratch, prefix: hosts.prefix(hosts.a))
-            defer { tree.scenario.stop() }
+        try await withCheckedTree { hosts, scratch, images, tree in
             let (parent, a, b) = (tree.parent, tree.a, tree.b)
-            #expect(try await tree.checkBeforeDump() == tree.passedBeforeDump)
             // The tree's pids are taken here (one kernel for both hosts): the husks get them in a
             // pid namespace of their own.
-            let standby = try ServiceProcess(["standby", "--listen", "\(hosts.addressB):\(Self.port)", "--images", images, "--warm", "--pidns"],
+            let standby = try ServiceProcess(["standby", "--listen", "\(hosts.addressB):\(Self.port)", "--images", images, "--warm", "--pidns",
+                                              "--compact-every", "4"],
                                              in: hosts.prefix(hosts.b), log: scratch.path + "/standby.log")
             defer { standby.child.kill() }
             try await standby.awaitLog("listening on")
             let protect = try protect(parent, hosts, scratch)
             defer { protect.child.kill() }
             _ = try await StandbyImages.awaitEpoch(images, atLeast: 4)
-            let warm = try await ReplicationTests.awaitWarm(images, atLeast: 6)
+            // Tree epochs are compacted too: the root's chain folded into a full tree epoch of the
+            // same members and image ids, which later tree epochs build on.
+            try await standby.awaitLog("standby: compacted the chain into a full base at epoch ", timeout: .seconds(60))
+            let compacted = try #require(Self.newestTree(images))
+            let lengths = try compacted.tree.members.map { try $0.chain().images.count }
+            #expect(lengths.allSatisfy { $0 < Int(compacted.epoch.rawValue) }, "epoch \(compacted.epoch): chains of \(lengths) images")
+            let warm = try await ReplicationTests.awaitWarm(images, atLeast: compacted.epoch.rawValue + 1)
             #expect(standby.text.contains("warm clone: husk of tree of 3 process(es), root process \(parent) (pid "), "\(standby.text.suffix(2000))")
-            #expect(warm.builds == 1 && warm.updates >= 1, "\(warm)")
+            #expect(warm.builds == 1 && warm.updates >= 2, "\(warm)")
             // Three husks below the root's, each with its member's pid inside, traced by the
             // standby and stopped.
             let huskRoot = try #require(warm.hostPid)
@@ -174,13 +188,7 @@ import Testing
                 #expect(held.state == "t" && ReplicationTests.threadIDs(standby.pid).contains(held.tracer), "\(held)")
             }
             // The primary host fails.
-            let ended = standby.connectionsEnded
-            await protect.stop(SIGKILL)
-            for pid in [parent, a, b] { kill(pid, SIGKILL) }
-            tree.scenario.stop()
-            #expect(try await TreeRestoreTests.awaitGone([parent, a, b]) == [])
-            await standby.awaitConnectionEnded(since: ended)
-            let committed = try #require(Self.newestTree(images)).epoch
+            let committed = try await Self.failPrimary(tree, protect: protect, standby: standby, images: images)
             let promote = try await ToolRun(ToolRun.mitosis, ["promote", images], prefix: hosts.prefix(hosts.b))
             defer { for husk in husks { kill(husk, SIGKILL) } }
             #expect(promote.status == 0, "\(promote.standardError)")
