@@ -94,10 +94,11 @@ public struct CheckpointResult: Sendable {
     /// Pages copied while the target was frozen.
     public var pagesCopiedFrozen: Int
     /// Where the checkpoint's time went, in milliseconds: `precopy` (rounds while the target
-    /// runs), `before freeze` (`CheckpointOptions.beforeFreeze`, when it waited), `lock` (preparing the network lock), `seize` (freezing), `frozen map`, `frozen
-    /// copy`, `frozen threads+fds`, `frozen restore state`, `frozen connections`, `thaw`, `unlock`
-    /// (lifting the network lock), `inspect` (what is read after the thaw), `write` (pages to
-    /// the sink). The sink's `finish` is not included.
+    /// runs), `before freeze` (`CheckpointOptions.beforeFreeze`, when it waited), `lock`
+    /// (preparing the network lock), `seize` (freezing), `frozen map`, `frozen copy`, `frozen
+    /// threads+fds`, `frozen restore state`, `frozen connections`, `thaw`, `unlock` (lifting the
+    /// network lock), `inspect` (what is read after the thaw), `write` (pages to the sink). The
+    /// sink's `finish` is not included.
     public var phases: [String: Double] = [:]
     public var stats: CheckpointStats { manifest.stats }
 }
