@@ -37,6 +37,14 @@ public final class CheckpointImage: Sendable {
 
     /// Opens and checks the image at `path` (everything but the page data's full checksum).
     public static func open(_ path: String) throws(ImageError) -> CheckpointImage {
+        try open(path, written: nil)
+    }
+
+    /// As `open(_:)`, for an image this process has just committed with `DirectorySink`, which
+    /// returned `written`: the manifest file is read and checked against the commit record's
+    /// digest like any other, but not decoded again — it is the encoding of `written` (a
+    /// standby commits an epoch every 50 ms; decoding its JSON again was most of the check).
+    package static func open(_ path: String, written: CheckpointManifest?) throws(ImageError) -> CheckpointImage {
         let directory: FileDescriptor
         do {
             directory = try Kernel.openAt(nil, path, options: [.readOnly, .directory, .nonBlocking])
@@ -94,7 +102,7 @@ public final class CheckpointImage: Sendable {
                 throw .truncated(path, file: file, detail: "\(size) bytes, the commit record says \(expected)")
             }
         }
-        let manifest = try readManifest(files[ImageFormat.manifestName]!, digest: commit.files[ImageFormat.manifestName]!, image: path)
+        let manifest = try readManifest(files[ImageFormat.manifestName]!, digest: commit.files[ImageFormat.manifestName]!, image: path, written: written)
         guard manifest.id == commit.id else {
             throw ImageError.malformed(path, file: ImageFormat.manifestName, detail: "id \(manifest.id) differs from the commit record's \(commit.id)")
         }
@@ -434,13 +442,14 @@ public final class CheckpointImage: Sendable {
 
     private struct VersionProbe: Decodable { var formatVersion: Int? }
 
-    private static func readManifest(_ fd: FileDescriptor, digest: FileDigest, image: String) throws(ImageError) -> CheckpointManifest {
+    private static func readManifest(_ fd: FileDescriptor, digest: FileDigest, image: String, written: CheckpointManifest?) throws(ImageError) -> CheckpointManifest {
         let file = ImageFormat.manifestName
         guard digest.size <= ImageFormat.maxManifestBytes else {
             throw .malformed(image, file: file, detail: "\(digest.size) bytes, more than \(ImageFormat.maxManifestBytes) allowed")
         }
         let bytes = try readAll(fd, size: digest.size, file: file, image: image)
         guard Checksum.hex(Checksum.xxh64(bytes)) == digest.xxh64 else { throw .checksumMismatch(image, file: file, entry: nil) }
+        if let written { return written }
         let decoder = JSONOutput.decoder()
         let probe: VersionProbe
         do {

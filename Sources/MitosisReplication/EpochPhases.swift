@@ -4,8 +4,10 @@
 /// On the primary, from the start of the epoch's checkpoint: `capture` (pre-copy rounds, the
 /// freeze, the thaw and what is read after it), of which `freeze` is the frozen part; `send`
 /// (the pages handed to TCP); `files` (data-file changes read and sent, the page index built);
-/// `acknowledgement` (from the `imageFinish` frame to the standby's `ack`: its commit plus a
-/// round trip); `total` (checkpoint start to acknowledgement, the lag).
+/// `acknowledgement` (from the `imageFinish` frame to the standby's `ack` read: its commit plus
+/// a round trip, and, as the ack is read right before the next epoch's freeze, that epoch's
+/// first pre-copy); `total` (checkpoint start to acknowledgement, the lag). The next epoch's
+/// `before freeze` is the part of that wait its pre-copy did not cover.
 ///
 /// On the standby: `receive` (first frame to `imageFinish`), `commit` (files synced, directory
 /// renamed into place), `verify` (the committed image read back and checked), `readiness` (the
@@ -22,7 +24,7 @@ public struct EpochPhases: Sendable, Equatable {
 
     public static let primaryNames = ["capture", "freeze", "send", "files", "acknowledgement", "total"]
     /// The checkpoint's own phases within `capture` and `send` (`CheckpointResult.phases`).
-    public static let checkpointNames = ["precopy", "lock", "seize", "frozen map", "frozen copy", "frozen threads+fds",
+    public static let checkpointNames = ["precopy", "before freeze", "lock", "seize", "frozen map", "frozen copy", "frozen threads+fds",
                                          "frozen restore state", "frozen connections", "thaw", "unlock", "inspect", "write"]
     public static let standbyNames = ["receive", "commit", "verify", "readiness", "total"]
 }

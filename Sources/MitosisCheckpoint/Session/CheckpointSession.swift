@@ -30,6 +30,12 @@ public struct CheckpointOptions: Sendable {
     /// Runs while the target is frozen, after its memory is copied: what else must be read at
     /// the same instant (replication reads the sizes of the data files there). Keep it short.
     public var whileFrozen: (@Sendable () -> Void)?
+    /// Runs after the pre-copy, right before the freeze, on the session's thread (it may
+    /// block): replication waits there for the previous epoch's acknowledgement, so that the
+    /// next epoch's pre-copy overlaps the standby's commit while no freeze comes before it.
+    /// Returns whether it waited (the pre-copy then runs again: pages were written meanwhile);
+    /// throwing fails the checkpoint, the target left as it was.
+    public var beforeFreeze: (@Sendable () throws -> Bool)?
     /// Copy a process that asked not to be dumped (`prctl(PR_SET_DUMPABLE, 0)`, or changed
     /// credentials): its memory may hold secrets it meant to keep out of dumps. Without it the
     /// session refuses such a process with `MitosisError.notDumpable`.
@@ -88,10 +94,11 @@ public struct CheckpointResult: Sendable {
     /// Pages copied while the target was frozen.
     public var pagesCopiedFrozen: Int
     /// Where the checkpoint's time went, in milliseconds: `precopy` (rounds while the target
-    /// runs), `lock` (preparing the network lock), `seize` (freezing), `frozen map`, `frozen
-    /// copy`, `frozen threads+fds`, `frozen restore state`, `frozen connections`, `thaw`, `unlock`
-    /// (lifting the network lock), `inspect` (what is read after the thaw), `write` (pages to
-    /// the sink). The sink's `finish` is not included.
+    /// runs), `before freeze` (`CheckpointOptions.beforeFreeze`, when it waited), `lock`
+    /// (preparing the network lock), `seize` (freezing), `frozen map`, `frozen copy`, `frozen
+    /// threads+fds`, `frozen restore state`, `frozen connections`, `thaw`, `unlock` (lifting the
+    /// network lock), `inspect` (what is read after the thaw), `write` (pages to the sink). The
+    /// sink's `finish` is not included.
     public var phases: [String: Double] = [:]
     public var stats: CheckpointStats { manifest.stats }
 }
@@ -132,6 +139,9 @@ public actor CheckpointSession {
     /// The identities of the files behind `clean_file` pages, by offset, length and path: a file
     /// is hashed again only when its status changes.
     private var fileIdentities: [String: MappedFileIdentity] = [:]
+    /// The mapping flags of the last smaps read, with the mappings (from `maps`) they were
+    /// read for and when (`mappingFlags(for:)`).
+    private var smapsFlags: (maps: [MemoryMapping], flags: [RestoreRecord.MappingFlags], read: ContinuousClock.Instant)?
     private let logger = Logger(label: "mitosis.checkpoint")
     /// The session's own thread: copying GiBs of memory and writing images must not tie up a
     /// thread of Swift's cooperative pool (Docs/architecture.md, "Concurrency").
@@ -267,29 +277,41 @@ public actor CheckpointSession {
             default: break
             }
             // Copy while the target runs, as long as the set left to copy shrinks.
-            var left = Int.max
             run.mark("start", clock)  // starts the clock of `phases`: nothing before is timed
-            while run.rounds < options.maxPrecopyRounds {
-                let (map, dirty) = try await observe(run)
-                run.invalidate(dirty)
-                var toCopy = map.data.subtracting(run.inheritable).subtracting(run.staged).subtracting(run.early)
-                if let parentImage, run.rounds == 0 {
-                    toCopy = try adoptUnchanged(toCopy, from: parentImage, held: parentStored, run)
+            var rounds = options.maxPrecopyRounds
+            var waitBefore = options.beforeFreeze
+            while true {
+                var left = Int.max
+                let first = run.rounds
+                while run.rounds - first < rounds {
+                    let (map, dirty) = try await observe(run)
+                    run.invalidate(dirty)
+                    var toCopy = map.data.subtracting(run.inheritable).subtracting(run.staged).subtracting(run.early)
+                    if let parentImage, run.rounds == 0 {
+                        toCopy = try adoptUnchanged(toCopy, from: parentImage, held: parentStored, run)
+                    }
+                    let count = toCopy.pageCount()
+                    if let early, run.rounds == 0 {
+                        run.early = try stream(toCopy, run, into: early)
+                        run.earlyAll = run.early
+                    } else {
+                        run.staged = run.staged.union(try copy(toCopy, run, tolerant: true))
+                    }
+                    run.rounds += 1
+                    if count <= options.freezeThresholdPages || count >= left { break }
+                    left = count
                 }
-                let count = toCopy.pageCount()
-                if let early, run.rounds == 0 {
-                    run.early = try stream(toCopy, run, into: early)
-                    run.earlyAll = run.early
-                } else {
-                    run.staged = run.staged.union(try copy(toCopy, run, tolerant: true))
-                }
-                run.rounds += 1
-                if count <= options.freezeThresholdPages || count >= left { break }
-                left = count
+                run.mark("precopy", clock)
+                // Whatever the caller waits for before the freeze; pages written meanwhile are
+                // copied in a few more rounds.
+                guard let beforeFreeze = waitBefore else { break }
+                waitBefore = nil
+                guard try beforeFreeze() else { break }
+                run.mark("before freeze", clock)
+                rounds = max(1, options.maxPrecopyRounds / 2)
             }
             // `nft` for the network lock started now rather than during the freeze, when the
             // process holds sockets (only established TCP connections will be locked).
-            run.mark("precopy", clock)
             let preparedLock = options.recordRestoreState && options.networkLock && holdsSockets() ? networkLock() : nil
             run.mark("lock", clock)
             // Freeze, copy what was written since, thaw.
@@ -371,14 +393,16 @@ public actor CheckpointSession {
             run.mark("unlock", clock)
             // Read after the thaw, so that it costs no freeze time (smaps walks every page table):
             // identity, limits and mapping flags change rarely. Mappings, descriptors and threads
-            // above are the frozen ones.
+            // above are the frozen ones. The model's mappings come from `maps` (no smaps sizes:
+            // the flags a restore needs are in the record, and every epoch's manifest is encoded
+            // and decoded on both sides of a replication).
             var process: ProcessModel?
             var restore = captured
             if restore != nil {
                 do {
-                    let model = try Introspector.inspect(target, detailedMemory: true)
+                    let model = try Introspector.inspect(target, detailedMemory: false)
                     process = model
-                    restore?.mappingFlags = model.maps.map { .init(start: $0.start, vmFlags: $0.vmFlags ?? []) }
+                    restore?.mappingFlags = try mappingFlags(for: model.maps)
                 } catch {
                     logger.warning("checkpoint of \(pid) is not restorable: \(error)")
                     restore = nil
@@ -444,6 +468,19 @@ public actor CheckpointSession {
             sink.abort(reason: "\(failure)")
             throw failure
         }
+    }
+
+    /// The `VmFlags` of every mapping in `maps` (read from `maps`, after the thaw), for the
+    /// restore record. They are only in smaps, whose read walks every page table (the largest
+    /// part of an epoch's work after the thaw, for redis): it is read again only when the
+    /// mappings changed since the last read, or a second after it — flags changed by an
+    /// `madvise` over a whole mapping leave `maps` as it was, so the reuse is bounded in time.
+    private func mappingFlags(for maps: [MemoryMapping]) throws -> [RestoreRecord.MappingFlags] {
+        let now = ContinuousClock.now
+        if let cached = smapsFlags, cached.maps == maps, now - cached.read < .seconds(1) { return cached.flags }
+        let flags = try ProcessReader.mappings(target, detailed: true).map { RestoreRecord.MappingFlags(start: $0.start, vmFlags: $0.vmFlags ?? []) }
+        smapsFlags = (maps, flags, now)
+        return flags
     }
 
     /// The network lock's `nft`, started once per session and namespace rather than at every

@@ -155,6 +155,7 @@ public final class ReplicationSession: Service, Sendable {
 
     public func run() async throws {
         let files = DataFiles(directories: options.dataDirectories)
+        let unacknowledged = Unacknowledged(files: files)
         var checkpointOptions = options.checkpoint
         // A tree's members are frozen together: each one's frozen part reads the sizes again.
         checkpointOptions.whileFrozen = { files.freeze() }
@@ -162,11 +163,12 @@ public final class ReplicationSession: Service, Sendable {
         if options.tree {
             source = .tree(try await TreeEpochs(root: pid, options: checkpointOptions, logger: logger))
         } else {
+            checkpointOptions.beforeFreeze = { [unacknowledged] in try unacknowledged.settle() }
             source = .process(try await CheckpointSession(pid: pid, options: checkpointOptions))
         }
         if board.wanted == nil { board.wanted = options.standbys }
         do {
-            try await cancelWhenGracefulShutdown { try await self.protect(source, files) }
+            try await cancelWhenGracefulShutdown { try await self.protect(source, files, unacknowledged) }
         } catch {
             board.closeAll()
             await source.stop()
@@ -231,7 +233,22 @@ public final class ReplicationSession: Service, Sendable {
         }
     }
 
-    private func protect(_ source: Source, _ files: DataFiles) async throws {
+    /// An epoch sent whole, its acknowledgements not yet taken into account (`conclude`).
+    private struct Sent {
+        let epoch: Epoch
+        let sink: ReplicationSink
+        let imageID: String
+        /// The checkpoint's manifest (nil for a tree epoch, whose history is not kept).
+        let manifest: CheckpointManifest?
+        /// The data files as the standbys hold them once they commit it.
+        let files: [String: DataFiles.Shipped]
+        let full: Bool
+        let started: ContinuousClock.Instant
+        let freeze: Double
+        let checkpointPhases: [String: Double]
+    }
+
+    private func protect(_ source: Source, _ files: DataFiles, _ unacknowledged: Unacknowledged) async throws {
         let clock = ContinuousClock()
         /// The newest epoch acknowledged (by at least one standby): what an incremental epoch builds on.
         var base: CommittedEpoch?
@@ -243,6 +260,7 @@ public final class ReplicationSession: Service, Sendable {
         var connectors: [StandbyEndpoint: Task<Void, Never>] = [:]
         defer { for task in connectors.values { task.cancel() } }
         func drop(_ name: String, _ why: String) {
+            guard active[name] != nil else { return }
             active[name]?.connection.close()
             active[name] = nil
             board.dropped(name)
@@ -254,11 +272,78 @@ public final class ReplicationSession: Service, Sendable {
             metrics.connected.record(names.count)
         }
         defer { for name in active.keys { active[name]?.connection.close() } }
+        /// The epoch sent and not yet concluded: its acknowledgements are collected before the
+        /// next freeze (by the next checkpoint's `beforeFreeze`), so that the next pre-copy
+        /// overlaps the standbys' commit (Docs/replication.md, "Where an epoch's time goes").
+        var pending: Sent?
+        /// Takes the acknowledgements of an epoch sent into account: the newest acknowledged
+        /// epoch, the history, the statistics; or, when no standby acknowledged it, every
+        /// standby is left out and reconnected (resynchronised from the history).
+        func conclude(_ sent: Sent) throws {
+            let outcome = Result { try sent.sink.settle() }
+            let acknowledged = CommittedEpoch(epoch: sent.epoch, imageID: sent.imageID)
+            // Sent whole, the epoch may be committed on a standby even when it failed here.
+            if let manifest = sent.manifest { history.append(epoch: acknowledged, manifest: manifest, files: sent.files) }
+            if case .failure(let error) = outcome {
+                if let error = error as? ReplicationError, error.isNewerPrimary { throw error }
+                logger.warning("protect: epoch \(sent.epoch) failed, the process runs on; reconnecting: \(error)")
+                for (name, failure) in sent.sink.failed { drop(name, "\(failure)") }
+                for name in Array(active.keys) { drop(name, "epoch \(sent.epoch) failed") }
+                publish()
+                box.withLockedValue { $0.lastError = "\(error)" }
+                metrics.failures.increment()
+                nextEpoch = sent.epoch
+                // The checkpoint session took the epoch as done: the next one cannot build on
+                // `base` as its previous; the standbys are resynchronised from the history.
+                base = nil
+                return
+            }
+            for (name, failure) in sent.sink.failed { drop(name, "epoch \(sent.epoch): \(failure)") }
+            for name in sent.sink.acknowledgedBy { active[name]?.committed = acknowledged }
+            publish()
+            base = acknowledged
+            board.base = acknowledged
+            let lag = milliseconds((sent.sink.acknowledgedAt ?? clock.now) - sent.started)
+            box.withLockedValue {
+                $0.acknowledged = acknowledged
+                $0.epochs += 1
+                if sent.full { $0.fullEpochs += 1 }
+                $0.bytesSent += sent.sink.bytesSent
+                $0.record(freeze: sent.freeze, lag: lag)
+                var phases = sent.sink.phases
+                phases["freeze"] = sent.freeze
+                phases.values.merge(sent.checkpointPhases) { first, _ in first }
+                $0.phases.append(phases)
+            }
+            metrics.acknowledged(epoch: sent.epoch, full: sent.full, bytes: sent.sink.bytesSent, freeze: sent.freeze, lag: lag,
+                                 interval: milliseconds(options.interval))
+            logger.debug("protect: epoch \(sent.epoch) acknowledged by \(sent.sink.acknowledgedBy.sorted().joined(separator: ", ")): frozen \(sent.freeze) ms, lag \(lag) ms, \(sent.sink.bytesSent) bytes")
+        }
+        /// Waits for the pending epoch's acknowledgements (unless the next checkpoint did) and concludes it.
+        func concludePending() async throws {
+            guard let sent = pending else { return }
+            pending = nil
+            if !sent.sink.isSettled {
+                unacknowledged.set(sent.sink)
+                _ = try? await Blocking.run("mitosis-protect-ack") { try unacknowledged.settle() }
+            }
+            unacknowledged.set(nil)
+            try conclude(sent)
+        }
         while !Task.isCancelled {
             if let fatal = board.fatal { throw fatal }
             let wanted = Set(board.wanted ?? [])
             for endpoint in wanted where connectors[endpoint] == nil {
                 connectors[endpoint] = Task { await self.connect(endpoint) }
+            }
+            let offered = board.takeOffered()
+            // The next epoch builds on the pending one only in the steady state: the same
+            // standbys, none failed while it was sent, no epoch limit reached. Otherwise its
+            // acknowledgements are awaited first, and the next epoch decided as before.
+            if let sent = pending {
+                let steady = offered.isEmpty && connectors.keys.allSatisfy(wanted.contains) && sent.sink.failed.isEmpty
+                    && Set(active.keys) == Set(sent.sink.targetNames) && options.epochLimit.map { statistics.epochs + 1 < $0 } ?? true
+                if !steady { try await concludePending() }
             }
             for (endpoint, task) in connectors where !wanted.contains(endpoint) {
                 task.cancel()
@@ -266,7 +351,7 @@ public final class ReplicationSession: Service, Sendable {
                 if active[endpoint.description] != nil { drop(endpoint.description, "no longer a standby") }
                 board.dropped(endpoint.description)
             }
-            for (name, connection, state) in board.takeOffered() {
+            for (name, connection, state) in offered {
                 guard wanted.contains(where: { $0.description == name }) else {
                     connection.close()
                     board.dropped(name)
@@ -292,8 +377,10 @@ public final class ReplicationSession: Service, Sendable {
             let started = clock.now
             nextStart = started + options.interval
             let epoch = nextEpoch
-            // One checkpoint for every standby: incremental when all of them hold the base.
-            let parent = base.flatMap { base in active.values.allSatisfy { $0.committed == base } ? base : nil }
+            // One checkpoint for every standby: incremental when all of them hold the base (or
+            // will once they acknowledge the pending epoch, which every one of them was sent).
+            let parent = pending.map { CommittedEpoch(epoch: $0.epoch, imageID: $0.imageID) }
+                ?? base.flatMap { base in active.values.allSatisfy { $0.committed == base } ? base : nil }
             // Otherwise, every standby at one epoch still in the history: the pages changed since
             // it, and its data files as the standbys hold them.
             var resync: EpochHistory.Entry?
@@ -311,9 +398,10 @@ public final class ReplicationSession: Service, Sendable {
             if case .tree(let tree) = source { treeParent = tree.parent(over: parent) }
             let full = if case .tree = source { treeParent == nil } else { parent == nil && resync == nil }
             let sinkParent = if case .tree = source { treeParent?.epoch ?? .none } else { parent?.epoch ?? resync?.epoch.epoch ?? .none }
+            let isTree = if case .tree = source { true } else { false }
             let sink = ReplicationSink(targets: active.map { ($0.key, $0.value.connection) }, term: options.term, epoch: epoch,
-                                       parent: sinkParent,
-                                       acknowledgementTimeout: options.acknowledgementTimeout) { [shipOpenFiles = options.shipOpenFiles] manifest in
+                                       parent: sinkParent, acknowledgementTimeout: options.acknowledgementTimeout,
+                                       deferred: !isTree) { [shipOpenFiles = options.shipOpenFiles] manifest in
                 // In the sink's finish, after the thaw, up to the sizes read at the freeze.
                 try files.deltas(full: full, of: [manifest], shipOpenFiles: shipOpenFiles)
             }
@@ -325,6 +413,7 @@ public final class ReplicationSession: Service, Sendable {
             }
             var result: CheckpointResult?
             var treeEpoch: TreeEpochs.Outcome?
+            unacknowledged.set(pending?.sink, next: sink)
             do {
                 do {
                     switch source {
@@ -338,6 +427,8 @@ public final class ReplicationSession: Service, Sendable {
                         treeEpoch = outcome
                     }
                 } catch {
+                    // The epoch this one built on first (its acknowledgements may be what failed).
+                    if !(error is CancellationError) { try await concludePending() }
                     // Sent whole, the epoch may be committed on a standby even though it failed here.
                     if let sent = sink.sentManifest {
                         history.append(epoch: CommittedEpoch(epoch: epoch, imageID: sent.id), manifest: sent, files: files.pendingState)
@@ -371,31 +462,58 @@ public final class ReplicationSession: Service, Sendable {
                 try await Task.sleep(for: options.reconnectDelay)
                 continue
             }
-            let acknowledged = CommittedEpoch(epoch: epoch, imageID: result?.manifest.id ?? treeEpoch?.manifest.id ?? "")
-            if let result { history.append(epoch: acknowledged, manifest: result.manifest, files: files.pendingState) }
-            files.acknowledged()
-            for (name, failure) in sink.failed { drop(name, "epoch \(epoch): \(failure)") }
-            for name in sink.acknowledgedBy { active[name]?.committed = acknowledged }
-            publish()
-            base = acknowledged
-            board.base = acknowledged
+            // The pending epoch was acknowledged before this one's freeze (`beforeFreeze`).
+            try await concludePending()
             nextEpoch = epoch.next
-            let lag = milliseconds(clock.now - started)
-            let freeze = result.map { Double($0.stats.frozenNanoseconds) / 1e6 } ?? treeEpoch?.frozenMilliseconds ?? 0
-            box.withLockedValue {
-                $0.acknowledged = acknowledged
-                $0.epochs += 1
-                if full { $0.fullEpochs += 1 }
-                $0.bytesSent += sink.bytesSent
-                $0.record(freeze: freeze, lag: lag)
-                var phases = sink.phases
-                phases["freeze"] = freeze
-                phases.values.merge(result?.phases ?? [:]) { first, _ in first }
-                $0.phases.append(phases)
+            let sent = Sent(epoch: epoch, sink: sink, imageID: result?.manifest.id ?? treeEpoch?.manifest.id ?? "", manifest: result?.manifest,
+                            files: files.pendingState, full: full, started: started,
+                            freeze: result.map { Double($0.stats.frozenNanoseconds) / 1e6 } ?? treeEpoch?.frozenMilliseconds ?? 0,
+                            checkpointPhases: result?.phases ?? [:])
+            if isTree {
+                // A tree epoch's sink collected its acknowledgements before returning.
+                files.acknowledged()
+                try conclude(sent)
+            } else {
+                pending = sent
+                unacknowledged.set(sink)
             }
-            metrics.acknowledged(epoch: epoch, full: full, bytes: sink.bytesSent, freeze: freeze, lag: lag, interval: milliseconds(options.interval))
-            logger.debug("protect: epoch \(epoch) acknowledged by \(sink.acknowledgedBy.sorted().joined(separator: ", ")): frozen \(freeze) ms, lag \(lag) ms, \(sink.bytesSent) bytes")
         }
+    }
+}
+
+/// The epoch sent and not yet acknowledged, as the next checkpoint's `beforeFreeze` sees it:
+/// its acknowledgements are collected there, right before the freeze, and its data files then
+/// become what the standbys hold (the next epoch's changes are computed against them).
+private final class Unacknowledged: Sendable {
+    private let files: DataFiles
+    private let state = NIOLockedValueBox<(sent: ReplicationSink?, next: ReplicationSink?)>((nil, nil))
+
+    init(files: DataFiles) { self.files = files }
+
+    /// `sent`: the epoch in flight (nil: none); `next`: the epoch being taken over it.
+    func set(_ sent: ReplicationSink?, next: ReplicationSink? = nil) {
+        state.withLockedValue { $0 = (sent, next) }
+    }
+
+    /// Collects the acknowledgements of the epoch in flight, once; returns whether there was
+    /// one. The standbys that failed it are left out of the next epoch; throws when none
+    /// acknowledged it (the next checkpoint then fails before its freeze).
+    func settle() throws -> Bool {
+        let (sent, next) = state.withLockedValue { state in
+            defer { state.sent = nil }
+            return state
+        }
+        guard let sent else { return false }
+        do {
+            try sent.settle()
+        } catch {
+            files.failed()
+            throw error
+        }
+        files.acknowledged()
+        let failed = Set(sent.failed.map(\.name))
+        if !failed.isEmpty { try next?.leaveOut(failed, because: "it failed the epoch this one builds on") }
+        return true
     }
 }
 

@@ -3,15 +3,22 @@ import MitosisImage
 
 /// A checkpoint sink that sends one epoch to every connected standby: `imageBegin`,
 /// `imagePages`…, the epoch's data-file changes, `imageFinish`, then waits for each standby's
-/// acknowledgement. A checkpoint therefore completes only once its epoch is durable on the
-/// standbys that stayed; a refusal of an older term fails it, and so does losing every standby
-/// (`CheckpointSession` then keeps the dirty pages for the next one).
+/// acknowledgement (in `finish`, or later in `settle` when deferred). A refusal of an older term
+/// fails the epoch, and so does losing every standby (`CheckpointSession` then keeps the dirty
+/// pages for the next one).
 ///
 /// A standby that fails mid-epoch (lost connection, no acknowledgement in time, a refusal of
 /// another kind) is left out of the rest of the epoch and named in `failed`: the others go on.
 ///
 /// Runs on the checkpoint session's own thread, which it may block on the network: frames go
 /// to the standbys one after the other, so the slowest standby paces the epoch.
+///
+/// A deferred sink (`deferred`) returns from `finish` once the epoch is sent; its
+/// acknowledgements are collected by `settle`, before the next epoch's freeze
+/// (`CheckpointOptions.beforeFreeze`): the next pre-copy overlaps the standbys' commit. The
+/// checkpoint session then counts the epoch as taken before it is acknowledged; should the
+/// acknowledgement never come, the next checkpoint fails before its freeze, and the epoch
+/// history resynchronises the standbys (`CheckpointParent.earlier`).
 final class ReplicationSink: CheckpointSink, @unchecked Sendable {
     /// One standby's connection, as this epoch sees it.
     struct Target {
@@ -25,6 +32,11 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
     private let epoch: Epoch
     private let parent: Epoch
     private let acknowledgementTimeout: Duration
+    private let deferred: Bool
+    /// The outcome of the acknowledgements, once collected (`settle`), and when.
+    private var outcome: Result<Void, any Error>?
+    private(set) var acknowledgedAt: ContinuousClock.Instant?
+    private var sentAt: ContinuousClock.Instant?
     /// Data-file changes to send before the finish (computed at the freeze).
     private let files: @Sendable (CheckpointManifest) throws -> [(FileDelta, [UInt8])]
     private let lock = NSLock()
@@ -46,12 +58,13 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
     private(set) var sentManifest: CheckpointManifest?
 
     init(targets: [(name: String, connection: PrimaryConnection)], term: Term, epoch: Epoch, parent: Epoch, acknowledgementTimeout: Duration,
-         files: @escaping @Sendable (CheckpointManifest) throws -> [(FileDelta, [UInt8])]) {
+         deferred: Bool = false, files: @escaping @Sendable (CheckpointManifest) throws -> [(FileDelta, [UInt8])]) {
         self.targets = targets.map { Target(name: $0.name, connection: $0.connection) }
         self.term = term
         self.epoch = epoch
         self.parent = parent
         self.acknowledgementTimeout = acknowledgementTimeout
+        self.deferred = deferred
         self.files = files
     }
 
@@ -63,6 +76,10 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
         return sink
     }
 
+    /// The standbys the epoch went to.
+    var targetNames: [String] { lock.withLock { targets.map(\.name) } }
+    /// Whether the acknowledgements were collected (`settle`, or a `finish` not deferred).
+    var isSettled: Bool { lock.withLock { outcome != nil } }
     /// The standbys that acknowledged the epoch, and those that failed during it (with why).
     var acknowledgedBy: [String] { lock.withLock { targets.filter(\.acknowledged).map(\.name) } }
     var failed: [(name: String, error: any Error)] {
@@ -146,14 +163,49 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
             sentManifest = stored
             if buffered != nil { return stored }
             let sent = clock.now
-            try collectAcknowledgements(of: stored.id)
+            sentAt = sent
             if let began, let captured {
-                let acknowledged = clock.now
                 phases = EpochPhases(["capture": milliseconds(captured - began), "send": milliseconds(finishing - captured),
-                                      "files": milliseconds(sent - finishing), "acknowledgement": milliseconds(acknowledged - sent),
-                                      "total": milliseconds(acknowledged - began)])
+                                      "files": milliseconds(sent - finishing)])
             }
+            if !deferred { try collect() }
             return stored
+        }
+    }
+
+    /// Collects the acknowledgements of the epoch sent whole (once; later calls give the same
+    /// outcome): throws when no standby acknowledged it.
+    func settle() throws {
+        try lock.withLock {
+            if outcome == nil {
+                guard sentAt != nil, sentManifest != nil else { throw ImageError.sinkState("acknowledgements of an epoch not sent") }
+                do { try collect() } catch {}
+            }
+            try outcome!.get()
+        }
+    }
+
+    /// Under the lock: waits for the acknowledgements, records the outcome and the phases.
+    private func collect() throws {
+        let result = Result<Void, any Error> { try collectAcknowledgements(of: sentManifest!.id) }
+        let acknowledged = clock.now
+        acknowledgedAt = acknowledged
+        outcome = result
+        if let began, let sentAt {
+            phases["acknowledgement"] = milliseconds(acknowledged - sentAt)
+            phases["total"] = milliseconds(acknowledged - began)
+        }
+        try result.get()
+    }
+
+    /// Leaves the standbys `names` out of the rest of this epoch (they failed the epoch it
+    /// builds on); throws when none is left.
+    func leaveOut(_ names: Set<String>, because reason: String) throws {
+        try lock.withLock {
+            for index in targets.indices where targets[index].failure == nil && names.contains(targets[index].name) {
+                targets[index].failure = ReplicationError.connection(reason)
+            }
+            try requireOne()
         }
     }
 
@@ -187,8 +239,11 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
             try send(files: files)
             try send(.treeFinish, MessageCoding.encode(manifest))
             let sent = clock.now
+            sentAt = sent
             try collectAcknowledgements(of: manifest.id)
             let acknowledged = clock.now
+            acknowledgedAt = acknowledged
+            outcome = .success(())
             phases = EpochPhases(["capture": milliseconds(captured), "send": milliseconds(sent - sending),
                                   "acknowledgement": milliseconds(acknowledged - sent),
                                   "total": milliseconds(captured + (acknowledged - sending))])

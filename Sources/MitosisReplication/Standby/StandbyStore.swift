@@ -478,11 +478,12 @@ actor StandbyStore {
         }
         var image: CheckpointImage?
         do {
-            // Opening checks the manifest, index and commit record against their digests. The
+            // Opening checks the manifest, index and commit record against their digests (the
+            // manifest file is the encoding of `stored`, not decoded again). The
             // page data's digests were computed from the bytes as written and equal the
             // primary's (above); reading them back from the device (tens of ms per MB under
             // direct I/O) is kept for full bases, which every later epoch builds on.
-            let opened = try CheckpointImage.open(path)
+            let opened = try CheckpointImage.open(path, written: stored)
             if stored.kind == .full { problems += opened.verify().map(\.description) }
             image = opened
         } catch {
