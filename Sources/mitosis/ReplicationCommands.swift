@@ -44,7 +44,7 @@ struct ProtectCommand: AsyncParsableCommand {
     @Option(help: "Serve Prometheus metrics (GET /metrics) on ADDR:PORT.") var metrics: Endpoint?
     @Option(help: "Dirty tracking: uffd-wp, soft-dirty or hash (default: the best this kernel has).") var tracking: String?
     @Flag(help: "Copy the process even if it asked not to be dumped.") var force = false
-    @Flag(help: "Protect the process and all its descendants as one tree: every member frozen together at each epoch, committed whole; promote restores the tree (cold).") var tree = false
+    @Flag(help: "Protect the process and all its descendants as one tree: every member frozen together at each epoch, committed whole, with the members' data files; promote restores the whole tree (from the warm clone when the standby keeps one).") var tree = false
 
     func validate() throws {
         guard interval >= 1 else { throw ValidationError("--interval must be at least 1 ms") }
