@@ -21,7 +21,8 @@ let package = Package(
     targets: [
         // The only C the library needs: variadic calls (ptrace, syscall), function-like macros,
         // kernel ABI that Debian 12's 6.1 headers lack, and struct layouts Swift must not guess.
-        .target(name: "CMitosis"),
+        // libzstd (libzstd-dev): the optional compression of page data, `dump --compress`.
+        .target(name: "CMitosis", linkerSettings: [.linkedLibrary("zstd")]),
         // libunwind-ptrace and libelf, isolated so that their link order is decided in one place.
         // libgcc_s is linked first so that it, not nongnu libunwind, provides `_Unwind_*`.
         .target(

@@ -19,15 +19,18 @@ public final class CheckpointImage: Sendable {
     public let manifest: CheckpointManifest
     /// The page index: runs sorted by address, disjoint.
     public let runs: [PageRun]
+    /// How the page data is compressed (a version 3 index); nil when stored as it is.
+    public let compression: PageCompression?
     private let commitDigests: [String: FileDigest]
     /// `st_dev` and `st_ino` of `pages.data` when the image was opened.
     private let dataFile: (device: UInt64, inode: UInt64)
 
-    private init(path: String, manifest: CheckpointManifest, runs: [PageRun], commitDigests: [String: FileDigest],
-                 dataFile: (device: UInt64, inode: UInt64)) {
+    private init(path: String, manifest: CheckpointManifest, runs: [PageRun], compression: PageCompression?,
+                 commitDigests: [String: FileDigest], dataFile: (device: UInt64, inode: UInt64)) {
         self.path = path
         self.manifest = manifest
         self.runs = runs
+        self.compression = compression
         self.commitDigests = commitDigests
         self.dataFile = dataFile
     }
@@ -112,9 +115,13 @@ public final class CheckpointImage: Sendable {
         try checkMappings(manifest, image: path)
         let dataSize = commit.files[ImageFormat.dataName]!.size
         let indexDigest = commit.files[ImageFormat.indexName]!
-        // Every entry stores at least one page, so a sound index is never larger than this.
-        let indexLimit = UInt64(ImageFormat.indexHeaderSize + ImageFormat.indexTrailerSize)
-            + (dataSize / UInt64(manifest.pageSize)) * UInt64(ImageFormat.indexEntrySize)
+        // Every entry stores at least one page (or, compressed, one byte of a frame), so a sound
+        // index is never larger than this; its version, in its header, says which.
+        let version = (try? Kernel.readAt(files[ImageFormat.indexName]!, offset: 8, count: 4)).flatMap { $0.count == 4 ? $0 : nil }
+        let compressed = version.map { $0.littleEndianUInt32(at: 0) == ImageFormat.compressedIndexVersion } ?? false
+        let indexLimit = UInt64(ImageFormat.indexHeaderSize + ImageFormat.indexTrailerSize) + (compressed
+            ? min(dataSize, ImageFormat.maxIndexBytes) * UInt64(ImageFormat.compressedIndexEntrySize)
+            : (dataSize / UInt64(manifest.pageSize)) * UInt64(ImageFormat.indexEntrySize))
         guard indexDigest.size <= indexLimit else {
             throw ImageError.malformed(path, file: ImageFormat.indexName, detail: "\(indexDigest.size) bytes is more than \(dataSize) bytes of pages need")
         }
@@ -125,13 +132,15 @@ public final class CheckpointImage: Sendable {
         guard Checksum.hex(Checksum.xxh64(indexBytes)) == indexDigest.xxh64 else {
             throw ImageError.checksumMismatch(path, file: ImageFormat.indexName, entry: nil)
         }
-        let runs = try ImageFormat.decodeIndex(indexBytes, image: path, pageSize: manifest.pageSize, dataSize: dataSize)
+        let (runs, compression) = try ImageFormat.decodeIndexAndCompression(indexBytes, image: path, pageSize: manifest.pageSize, dataSize: dataSize)
         let summary = manifest.pageIndex
         let summedBytes = summary.pages >= 0 ? UInt64(summary.pages).multipliedReportingOverflow(by: UInt64(manifest.pageSize)) : (partialValue: 0, overflow: true)
-        guard runs.count == summary.runs, dataSize == summary.bytes, !summedBytes.overflow, summedBytes.partialValue == dataSize else {
+        // Runs are at most 1 MiB each and fewer than 2^23: their sum cannot overflow.
+        let pageBytes = runs.reduce(UInt64(0)) { $0 + $1.length }
+        guard runs.count == summary.runs, dataSize == summary.bytes, !summedBytes.overflow, summedBytes.partialValue == pageBytes else {
             throw ImageError.malformed(path, file: ImageFormat.manifestName, detail: "its page index summary differs from \(ImageFormat.indexName)")
         }
-        return CheckpointImage(path: path, manifest: manifest, runs: runs, commitDigests: commit.files, dataFile: dataFile)
+        return CheckpointImage(path: path, manifest: manifest, runs: runs, compression: compression, commitDigests: commit.files, dataFile: dataFile)
     }
 
     // MARK: Chain
@@ -190,6 +199,23 @@ public final class CheckpointImage: Sendable {
         var fileHasher = Checksum()
         // The runs tile pages.data exactly (checked at open), so reading them in data order hashes the file.
         for (number, run) in runs.enumerated().sorted(by: { $0.element.dataOffset < $1.element.dataOffset }) {
+            if run.isCompressed {
+                do throws(ImageError) {
+                    let frame = try readFrame(run, number: number, from: data)
+                    fileHasher.update(frame)
+                    var bytes = [UInt8](repeating: 0, count: Int(run.length))
+                    let result: Result<Void, ImageError> = bytes.withUnsafeMutableBytes { buffer in
+                        Result { () throws(ImageError) in try decompress(frame, run, number: number, into: buffer) }
+                    }
+                    try result.get()
+                    if Checksum.xxh64(bytes) != run.checksum { problems.append(.checksumMismatch(path, file: ImageFormat.dataName, entry: number)) }
+                } catch {
+                    if case .io = error { return problems + [error] }
+                    if case .truncated = error { return problems + [error] }
+                    problems.append(error)
+                }
+                continue
+            }
             var runHasher = Checksum()
             var done: UInt64 = 0
             while done < run.length {
@@ -357,6 +383,12 @@ public final class CheckpointImage: Sendable {
         var number: Int? { runs.firstIndex(of: run) }
         guard buffer.count >= Int(run.length) else { throw .malformed(path, file: ImageFormat.dataName, detail: "entry \(number ?? -1) is larger than a run may be") }
         let target = UnsafeMutableRawBufferPointer(rebasing: buffer[..<Int(run.length)])
+        if run.isCompressed {
+            let frame = try readFrame(run, number: number, from: data)
+            try decompress(frame, run, number: number, into: target)
+            guard Checksum.xxh64(UnsafeRawBufferPointer(target)) == run.checksum else { throw .checksumMismatch(path, file: ImageFormat.dataName, entry: number) }
+            return
+        }
         let count: Int
         do {
             count = try Kernel.readAt(data, offset: run.dataOffset, into: target)
@@ -365,6 +397,29 @@ public final class CheckpointImage: Sendable {
         }
         guard count == Int(run.length) else { throw .truncated(path, file: ImageFormat.dataName, detail: "ends inside entry \(number ?? -1)") }
         guard Checksum.xxh64(UnsafeRawBufferPointer(target)) == run.checksum else { throw .checksumMismatch(path, file: ImageFormat.dataName, entry: number) }
+    }
+
+    /// A compressed run's frame as stored (at most a run's length: bounded at open).
+    private func readFrame(_ run: PageRun, number: Int?, from data: FileDescriptor) throws(ImageError) -> [UInt8] {
+        let frame: [UInt8]
+        do {
+            frame = try Kernel.readAt(data, offset: run.dataOffset, count: Int(run.storedLength))
+        } catch {
+            throw .io(path, operation: "read \(ImageFormat.dataName)", errno: error)
+        }
+        guard frame.count == Int(run.storedLength) else { throw .truncated(path, file: ImageFormat.dataName, detail: "ends inside entry \(number ?? -1)") }
+        return frame
+    }
+
+    /// Decompresses a run's frame into `target` (exactly the run's length): a damaged or hostile
+    /// frame, or one that decompresses to any other length, is one error naming the entry.
+    private func decompress(_ frame: [UInt8], _ run: PageRun, number: Int?,
+                            into target: UnsafeMutableRawBufferPointer) throws(ImageError) {
+        let written = frame.withUnsafeBytes { ZstdCompressor.decompress($0, into: target) }
+        guard written == Int(run.length) else {
+            throw .malformed(path, file: ImageFormat.dataName,
+                             detail: "entry \(number ?? -1) is not a zstd frame of \(run.length) bytes (damaged compressed data)")
+        }
     }
 
     /// Opens `pages.data` for `read(_:from:into:)`, refusing anything but the file checked when

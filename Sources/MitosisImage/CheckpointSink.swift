@@ -30,6 +30,9 @@ public protocol CheckpointSink: AnyObject, Sendable {
 /// pages still in place are neither written nor hashed again, and from the first page that
 /// differs on, the early bytes are read back from the sink and rehashed (moved where needed).
 package protocol EarlyPageSink: CheckpointSink {
+    /// Whether this sink takes early pages at all (a compressed image does not: its runs are
+    /// frames whose bytes cannot be kept in place or read back as pages).
+    var takesEarlyPages: Bool { get }
     /// Stores `bytes` (whole pages at `address`, above every earlier early page) ahead of time.
     /// The bytes are read until `waitEarly` of the returned mark returns. Only before the first
     /// `keepEarly` or `writePages`.

@@ -48,10 +48,12 @@ final class DataFileWriter: @unchecked Sendable {
     /// Whether writes currently bypass the page cache.
     var isDirect: Bool { condition.withLock { directIO } }
 
-    /// Hands over `piece` (whole pages) to be written after the pieces before it.
-    func write(_ piece: UnsafeRawBufferPointer) throws(Errno) {
+    /// Hands over `piece` (whole pages) to be written after the pieces before it. `copying`:
+    /// gathered whatever its size, so that the caller may reuse its memory at once (a compressed
+    /// image's frames, of any length, are written from one reused buffer).
+    func write(_ piece: UnsafeRawBufferPointer, copying: Bool = false) throws(Errno) {
         guard let base = piece.baseAddress, piece.count > 0 else { return }
-        if piece.count >= Self.straightMinimum, Int(bitPattern: base) % Self.alignment == 0, piece.count % Self.alignment == 0 {
+        if !copying, piece.count >= Self.straightMinimum, Int(bitPattern: base) % Self.alignment == 0, piece.count % Self.alignment == 0 {
             try flushGathered()
             submit(piece)
             return

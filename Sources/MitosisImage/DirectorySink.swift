@@ -28,10 +28,18 @@ public final class DirectorySink: EarlyPageSink, @unchecked Sendable {
         case failed(ImageError)
     }
 
-    /// A sink that will create the image directory `path` (which must not exist yet).
-    public init(directory path: String) {
+    /// How the page data is compressed; nil (the default) stores the pages as they are.
+    public let compression: PageCompression?
+
+    /// A sink that will create the image directory `path` (which must not exist yet), its page
+    /// data compressed with `compression` (Docs/image-format.md; none by default: compressing
+    /// costs CPU time and the early writes of a full checkpoint's first round).
+    public init(directory path: String, compression: PageCompression? = nil) {
         (self.path, parentPath, name) = Self.split(path)
+        self.compression = compression
     }
+
+    package var takesEarlyPages: Bool { compression == nil }
 
     /// `path` without trailing slashes, the directory that holds it, and its last component.
     private static func split(_ path: String) -> (path: String, parent: String, name: String) {
@@ -90,7 +98,7 @@ public final class DirectorySink: EarlyPageSink, @unchecked Sendable {
             guard !name.isEmpty, name != ".", name != ".." else { throw ImageError.invalidImageName(path) }
             try checkHeader(header)
             do {
-                state = .open(try Writer(header: header, parentPath: parentPath, name: name, path: path))
+                state = .open(try Writer(header: header, parentPath: parentPath, name: name, path: path, compression: compression))
             } catch {
                 state = .closed("begin failed")
                 throw error
@@ -207,12 +215,12 @@ private final class Writer {
     private var builder: PageRunBuilder
     private var closed = false
 
-    package init(header: CheckpointHeader, parentPath: String, name: String, path: String) throws(ImageError) {
+    package init(header: CheckpointHeader, parentPath: String, name: String, path: String, compression: PageCompression?) throws(ImageError) {
         self.header = header
         self.path = path
         self.name = name
         partialName = ImageFormat.partialName(for: name, id: header.id)
-        builder = PageRunBuilder(pageSize: header.pageSize)
+        builder = try PageRunBuilder(pageSize: header.pageSize, compression: compression)
         let parent = try Self.io(path, "open parent directory") { () throws(Errno) in
             try Kernel.openAt(nil, parentPath, options: [.readOnly, .directory])
         }
@@ -285,9 +293,11 @@ private final class Writer {
         if !early.isEmpty, case .matching(let piece, let within) = replay ?? .matching(piece: 0, within: 0), piece < early.count {
             try diverge(at: piece, within: within)
         }
+        // A compressed run's frame is handed over from a buffer reused for the next: copied.
+        let copying = builder.compression != nil
         do throws(ImageError) {
             try builder.add(address: address, bytes) { piece throws(ImageError) in
-                try Self.io(path, "write \(ImageFormat.dataName)") { () throws(Errno) in try pages.write(piece) }
+                try Self.io(path, "write \(ImageFormat.dataName)") { () throws(Errno) in try pages.write(piece, copying: copying) }
             }
         } catch {
             try? pages.drain()
@@ -322,6 +332,7 @@ private final class Writer {
 
     package func writeEarly(address: UInt64, _ bytes: UnsafeRawBufferPointer) throws(ImageError) -> UInt64 {
         guard replay == nil else { throw .sinkState("early pages after the final ones") }
+        guard builder.compression == nil else { throw .sinkState("a compressed image takes no early pages") }
         try validateRun(address: address, count: bytes.count, pageSize: header.pageSize)
         if let last = early.last, address < last.end {
             throw .sinkState("early pages at 0x\(String(address, radix: 16)) below earlier ones")
@@ -454,8 +465,10 @@ private final class Writer {
             throw .sinkState("the manifest's identity (id, kind, parent, sequence, pid, created, page size) differs from the header's")
         }
         try settleEarly()
-        let (index, runs, dataDigest) = try builder.finish()
         let pages = self.pages
+        let (index, runs, dataDigest) = try builder.finish { frame throws(ImageError) in
+            try Self.io(path, "write \(ImageFormat.dataName)") { () throws(Errno) in try pages.write(frame, copying: true) }
+        }
         try Self.io(path, "write \(ImageFormat.dataName)") { () throws(Errno) in try pages.finish() }
         try Self.io(path, "fsync \(ImageFormat.dataName)") { () throws(Errno) in try Kernel.sync(data) }
         let indexDigest = try writeFile(ImageFormat.indexName, index)

@@ -6,10 +6,36 @@ public struct PageRun: Equatable, Sendable {
     public var length: UInt64
     /// Where the run's bytes start in `pages.data`.
     public var dataOffset: UInt64
-    /// XXH64 of the run's bytes.
+    /// XXH64 of the run's bytes (uncompressed: what a reader hands out, see `storedLength`).
     public var checksum: UInt64
+    /// Bytes the run takes in `pages.data`: `length`, or less for a run stored as one zstd frame
+    /// in a compressed image (`PageCompression`).
+    public var storedLength: UInt64
+
+    public init(address: UInt64, length: UInt64, dataOffset: UInt64, checksum: UInt64, storedLength: UInt64? = nil) {
+        self.address = address
+        self.length = length
+        self.dataOffset = dataOffset
+        self.checksum = checksum
+        self.storedLength = storedLength ?? length
+    }
 
     public var end: UInt64 { address + length }
+    /// Whether the run's bytes in `pages.data` are a zstd frame (else the bytes themselves).
+    public var isCompressed: Bool { storedLength != length }
+}
+
+/// How the page data of an image is compressed (`mitosis dump --compress`); none by default.
+public enum PageCompression: String, Sendable, Codable, CaseIterable {
+    /// Each run a Zstandard frame at level 1, or its bytes as they are where that is no smaller.
+    case zstd
+
+    /// Its code in the header of a version 3 `pages.index`.
+    var code: UInt64 {
+        switch self {
+        case .zstd: 1
+        }
+    }
 }
 
 /// Names, sizes and byte layouts of an image directory (Docs/image-format.md).
@@ -25,6 +51,11 @@ package enum ImageFormat {
     package static let indexMagic = Array("MITOSIDX".utf8)
     package static let indexHeaderSize = 32
     package static let indexEntrySize = 32
+    /// Entries of a compressed image's index (version 3) also hold the run's stored length.
+    package static let compressedIndexEntrySize = 40
+    /// The version of `pages.index` in compressed images: older readers refuse it by name
+    /// rather than read zstd frames as pages. Uncompressed images keep version 2.
+    package static let compressedIndexVersion: UInt32 = 3
     package static let indexTrailerSize = 8
     /// Runs are split at this many pages so that reading one page verifies at most this much.
     package static let maxRunPages = 256
@@ -39,17 +70,19 @@ package enum ImageFormat {
 
     // MARK: pages.index
 
-    package static func encodeIndex(pageSize: Int, runs: [PageRun]) -> [UInt8] {
+    package static func encodeIndex(pageSize: Int, runs: [PageRun], compression: PageCompression? = nil) -> [UInt8] {
         var bytes = indexMagic
-        bytes.reserveCapacity(indexHeaderSize + runs.count * indexEntrySize + indexTrailerSize)
-        bytes.appendLittleEndian(UInt32(CheckpointManifest.currentFormatVersion))
+        let entrySize = compression == nil ? indexEntrySize : compressedIndexEntrySize
+        bytes.reserveCapacity(indexHeaderSize + runs.count * entrySize + indexTrailerSize)
+        bytes.appendLittleEndian(compression == nil ? UInt32(CheckpointManifest.currentFormatVersion) : compressedIndexVersion)
         bytes.appendLittleEndian(UInt32(pageSize))
         bytes.appendLittleEndian(UInt64(runs.count))
-        bytes.appendLittleEndian(UInt64(0))
+        bytes.appendLittleEndian(compression?.code ?? 0)
         for run in runs {
             bytes.appendLittleEndian(run.address)
             bytes.appendLittleEndian(run.length)
             bytes.appendLittleEndian(run.dataOffset)
+            if compression != nil { bytes.appendLittleEndian(run.storedLength) }
             bytes.appendLittleEndian(run.checksum)
         }
         bytes.appendLittleEndian(Checksum.xxh64(bytes))
@@ -59,13 +92,25 @@ package enum ImageFormat {
     /// Parses and checks `pages.index` against `pageSize` and the size of `pages.data`: every
     /// count, length and offset is bounded before it is used.
     package static func decodeIndex(_ bytes: [UInt8], image: String, pageSize: Int, dataSize: UInt64) throws(ImageError) -> [PageRun] {
+        try decodeIndexAndCompression(bytes, image: image, pageSize: pageSize, dataSize: dataSize).runs
+    }
+
+    /// The entry size of an index of `version` (read from its header), nil for an unknown one.
+    package static func entrySize(ofIndexVersion version: UInt32) -> Int? {
+        if version == compressedIndexVersion { return compressedIndexEntrySize }
+        return CheckpointManifest.readableFormatVersions.contains(Int(version)) ? indexEntrySize : nil
+    }
+
+    /// As `decodeIndex`, also returning how the runs are compressed (version 3 indexes).
+    package static func decodeIndexAndCompression(_ bytes: [UInt8], image: String, pageSize: Int,
+                                                  dataSize: UInt64) throws(ImageError) -> (runs: [PageRun], compression: PageCompression?) {
         let file = indexName
         guard bytes.count >= indexHeaderSize + indexTrailerSize else {
             throw .truncated(image, file: file, detail: "\(bytes.count) bytes, smaller than header and trailer")
         }
         guard Array(bytes[0..<8]) == indexMagic else { throw .malformed(image, file: file, detail: "bad magic") }
         let version = bytes.littleEndianUInt32(at: 8)
-        guard CheckpointManifest.readableFormatVersions.contains(Int(version)) else {
+        guard let entrySize = entrySize(ofIndexVersion: version) else {
             throw .unsupportedVersion(image, file: file, version: Int(version))
         }
         let body = bytes.count - indexTrailerSize
@@ -75,19 +120,30 @@ package enum ImageFormat {
         guard bytes.littleEndianUInt32(at: 12) == pageSize else {
             throw .malformed(image, file: file, detail: "page size \(bytes.littleEndianUInt32(at: 12)) differs from the manifest's \(pageSize)")
         }
-        guard bytes.littleEndianUInt64(at: 24) == 0 else { throw .malformed(image, file: file, detail: "reserved header field is not 0") }
+        let compression: PageCompression?
+        if version == compressedIndexVersion {
+            guard let known = PageCompression.allCases.first(where: { $0.code == bytes.littleEndianUInt64(at: 24) }) else {
+                throw .malformed(image, file: file, detail: "unknown compression \(bytes.littleEndianUInt64(at: 24))")
+            }
+            compression = known
+        } else {
+            guard bytes.littleEndianUInt64(at: 24) == 0 else { throw .malformed(image, file: file, detail: "reserved header field is not 0") }
+            compression = nil
+        }
         let count = bytes.littleEndianUInt64(at: 16)
         let room = UInt64(body - indexHeaderSize)
-        guard count <= room / UInt64(indexEntrySize), count * UInt64(indexEntrySize) == room else {
+        guard count <= room / UInt64(entrySize), count * UInt64(entrySize) == room else {
             throw .truncated(image, file: file, detail: "header announces \(count) entries, file holds \(room) bytes of entries")
         }
         var runs: [PageRun] = []
         runs.reserveCapacity(Int(count))
         var total: UInt64 = 0
         for index in 0..<Int(count) {
-            let at = indexHeaderSize + index * indexEntrySize
+            let at = indexHeaderSize + index * entrySize
+            let stored = compression == nil ? nil : bytes.littleEndianUInt64(at: at + 24)
             let run = PageRun(address: bytes.littleEndianUInt64(at: at), length: bytes.littleEndianUInt64(at: at + 8),
-                              dataOffset: bytes.littleEndianUInt64(at: at + 16), checksum: bytes.littleEndianUInt64(at: at + 24))
+                              dataOffset: bytes.littleEndianUInt64(at: at + 16), checksum: bytes.littleEndianUInt64(at: entrySize - 8 + at),
+                              storedLength: stored)
             let page = UInt64(pageSize)
             guard run.length > 0, run.length % page == 0, run.address % page == 0,
                   run.address <= UInt64.max - run.length
@@ -96,13 +152,17 @@ package enum ImageFormat {
             guard run.length <= UInt64(maxRunPages) * page else {
                 throw .malformed(image, file: file, detail: "entry \(index) is longer than \(maxRunPages) pages")
             }
-            guard run.dataOffset <= dataSize, run.length <= dataSize - run.dataOffset else {
+            // A frame is never longer than the run (else the bytes are stored as they are), never empty.
+            guard run.storedLength > 0, run.storedLength <= run.length else {
+                throw .malformed(image, file: file, detail: "entry \(index) stores \(run.storedLength) bytes for a run of \(run.length)")
+            }
+            guard run.dataOffset <= dataSize, run.storedLength <= dataSize - run.dataOffset else {
                 throw .malformed(image, file: file, detail: "entry \(index) points past the end of \(dataName)")
             }
             if let previous = runs.last, run.address < previous.end {
                 throw .malformed(image, file: file, detail: "entry \(index) is out of order or overlaps entry \(index - 1)")
             }
-            total += run.length
+            total += run.storedLength
             runs.append(run)
         }
         guard total == dataSize else {
@@ -110,10 +170,10 @@ package enum ImageFormat {
         }
         // Equal totals and disjoint data ranges mean every byte of pages.data belongs to exactly one run.
         let byOffset = runs.sorted { $0.dataOffset < $1.dataOffset }
-        for (a, b) in zip(byOffset, byOffset.dropFirst()) where a.dataOffset + a.length > b.dataOffset {
+        for (a, b) in zip(byOffset, byOffset.dropFirst()) where a.dataOffset + a.storedLength > b.dataOffset {
             throw .malformed(image, file: file, detail: "entries share bytes of \(dataName)")
         }
-        return runs
+        return (runs, compression)
     }
 
     // MARK: COMMIT

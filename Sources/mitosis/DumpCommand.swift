@@ -37,6 +37,8 @@ struct DumpCommand: AsyncParsableCommand {
     var force = false
     @Flag(help: "Do not record what a restore needs (no system calls injected for it); the image cannot be restored.")
     var noRestoreState = false
+    @Flag(help: "Compress the page data (zstd, one frame per run of pages): a smaller image for more CPU time; off by default.")
+    var compress = false
     @Flag(help: "Print the result as JSON.") var json = false
     @Flag(help: "Do not lock the process's TCP connections while they are captured (and, with --kill, until the restore): a peer's packet may then be answered with a reset.")
     var noNetworkLock = false
@@ -56,7 +58,8 @@ struct DumpCommand: AsyncParsableCommand {
             options.copyNonDumpable = force
             if tree {
                 let base = try parent.map { path in (image: try TreeImage.open(path), path: relativePath(from: images, to: path)) }
-                let result = try await TreeCheckpoint.dump(root: pid, to: images, options: options, kill: kill, parent: base)
+                let result = try await TreeCheckpoint.dump(root: pid, to: images, options: options, kill: kill, parent: base,
+                                                              compression: compress ? .zstd : nil)
                 if json {
                     print(try JSONOutput.string(result.members.map { CheckpointSummary($0, path: images + "/\($0.manifest.pid)") }))
                 } else {
@@ -75,7 +78,7 @@ struct DumpCommand: AsyncParsableCommand {
                 defer { progress.end() }
                 // Only once the target may be traced, so that a refused dump leaves nothing behind.
                 try DirectorySink.createDirectories(container)
-                result = try await session.checkpoint(to: DirectorySink(directory: images), parent: base)
+                result = try await session.checkpoint(to: DirectorySink(directory: images, compression: compress ? .zstd : nil), parent: base)
             } catch {
                 await session.stop()
                 throw error

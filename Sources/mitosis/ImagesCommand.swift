@@ -97,6 +97,8 @@ struct ImageReport: Encodable {
     let path: String
     /// Pages stored in this image itself, parents excluded.
     let pages: Int
+    /// How the page data is compressed; absent when it is not.
+    let compression: PageCompression?
     let manifest: CheckpointManifest
     /// Newest first; empty when the chain is broken (see `chainError`).
     let chain: [Link]
@@ -105,6 +107,7 @@ struct ImageReport: Encodable {
     init(_ image: CheckpointImage) throws {
         path = image.path
         pages = image.storedPages
+        compression = image.compression
         manifest = image.manifest
         do {
             chain = try image.chain().images.map {
@@ -126,7 +129,8 @@ struct ImageReport: Encodable {
         out += "  process     \(m.pid)" + (m.process.map { " (\($0.identity.comm))" } ?? "")
             + ", \(m.threads.count) thread state(s), \(m.mappings.count) mapping(s)\n"
         out += "  created     \(m.created)    tracking \(m.tracking)    page size \(m.pageSize)\n"
-        out += "  pages       \(pages) stored here in \(m.pageIndex.runs) run(s), \(m.pageIndex.bytes) bytes\n"
+        out += "  pages       \(pages) stored here in \(m.pageIndex.runs) run(s), \(m.pageIndex.bytes) bytes"
+            + (compression.map { " (\($0.rawValue)-compressed, \(pages * m.pageSize) bytes of pages)" } ?? "") + "\n"
         out += "  stats       frozen \(milliseconds(m.stats.frozenNanoseconds)), total \(milliseconds(m.stats.durationNanoseconds)), "
             + "\(m.stats.pagesScanned) pages scanned, \(m.stats.pagesWritten) written\n"
         if let chainError {

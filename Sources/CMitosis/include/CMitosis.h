@@ -14,4 +14,5 @@
 #include "mitosis_unix.h"
 #include "mitosis_fditer.h"
 #include "mitosis_xxh64.h"
+#include "mitosis_zstd.h"
 #endif

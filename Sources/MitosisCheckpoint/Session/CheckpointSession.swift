@@ -268,7 +268,7 @@ public actor CheckpointSession {
         var untracking: Task<Void, Never>?
         let run = Run()
         // A full checkpoint into a sink that takes early pages streams its first round there.
-        let early = parent == nil ? sink as? EarlyPageSink : nil
+        let early = parent == nil ? (sink as? EarlyPageSink).flatMap { $0.takesEarlyPages ? $0 : nil } : nil
         do {
             switch parent {
             case .previous: run.inheritable = previousValid

@@ -19,13 +19,14 @@ public enum TreeCheckpoint {
     }
 
     /// Checkpoints the tree of `root` into the new tree image `path`. `afterMember` runs after
-    /// each member's checkpoint (tests use it to change the tree mid-dump).
+    /// each member's checkpoint (tests use it to change the tree mid-dump). `compression`: how
+    /// every member's page data is compressed (`DirectorySink`).
     ///
     /// With `parent`, an earlier tree image of the same tree (`path`: where it is, relative to the
     /// new one), each member that has an image there gets an incremental checkpoint over it (pages
     /// whose bytes equal that image's chain are inherited); a member that is new gets a full one.
     public static func dump(root: Int32, to path: String, options: CheckpointOptions = CheckpointOptions(), kill: Bool = false,
-                            parent: (image: TreeImage, path: String)? = nil,
+                            parent: (image: TreeImage, path: String)? = nil, compression: PageCompression? = nil,
                             afterMember: (@Sendable (Int32) async -> Void)? = nil) async throws -> Result {
         let pids = Kernel.processTree(root: root)  // parents before their children
         guard pids.first == root else { throw MitosisError.noSuchProcess(root) }
@@ -46,7 +47,7 @@ public enum TreeCheckpoint {
                     parent.image.members.first { $0.manifest.pid == pid }.map { CheckpointParent.image($0, path: "../\(parent.path)/\(pid)") }
                 }
                 do {
-                    results.append(try await session.checkpoint(to: DirectorySink(directory: writer.memberPath(pid)), parent: base))
+                    results.append(try await session.checkpoint(to: DirectorySink(directory: writer.memberPath(pid), compression: compression), parent: base))
                 } catch {
                     throw memberFailure(error, root: root, pid: pid)
                 }

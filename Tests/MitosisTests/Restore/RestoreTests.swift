@@ -18,7 +18,8 @@ struct CheckpointedScenario {
     /// Starts the scenario with `mib` MiB of patterned memory and `workers` counting threads,
     /// has it pass one self-check, and checkpoints it into `scratch/image`. With `incremental`,
     /// it passes a second check and is checkpointed again over the first, into `scratch/next`.
-    init(mib: Int = 16, workers: Int = 2, incremental: Bool = false) async throws {
+    /// `compression`: how both images' page data is compressed.
+    init(mib: Int = 16, workers: Int = 2, incremental: Bool = false, compression: PageCompression? = nil) async throws {
         scratch = try ScratchDirectory()
         log = scratch.path + "/scenario.log"
         image = scratch.path + (incremental ? "/next" : "/image")
@@ -28,11 +29,12 @@ struct CheckpointedScenario {
         _ = try await Self.awaitCheck(1, in: log)
         let session = try await CheckpointSession(pid: child.pid)
         do {
-            var result = try await session.checkpoint(to: DirectorySink(directory: scratch.path + "/image"))
+            var result = try await session.checkpoint(to: DirectorySink(directory: scratch.path + "/image", compression: compression))
             if incremental {
                 kill(child.pid, SIGUSR1)
                 _ = try await Self.awaitCheck(2, in: log)
-                result = try await session.checkpoint(to: DirectorySink(directory: image), parent: .previous(path: "../image"))
+                result = try await session.checkpoint(to: DirectorySink(directory: image, compression: compression),
+                                                        parent: .previous(path: "../image"))
             }
             manifest = result.manifest
         } catch {
@@ -165,6 +167,29 @@ struct RestoreFailure: Error, CustomStringConvertible {
         let restorer = try Restorer(image: CheckpointImage.open(scenario.image))
         #expect(restorer.chain.images.count == 2)
         let chain = restorer.chain
+        _ = try await restorer.restore(verify: { pid in
+            let pages = try RestoreVerification.differingPages(pid: pid, chain: chain)
+            guard pages.isEmpty else { throw RestoreFailure(description: "\(pages.count) pages differ") }
+        })
+        defer { endRestored(pid) }
+        kill(pid, SIGUSR1)
+        let third = try await CheckpointedScenario.awaitCheck(3, in: scenario.log)
+        #expect(third.contains(" PASS ") && CheckpointedScenario.value("handled", in: third) == "3", "\(third)")
+    }
+
+    @Test("a compressed chain (full and incremental, zstd) restores byte-exact and passes the self-check")
+    func restoreFromACompressedChain() async throws {
+        let scenario = try await CheckpointedScenario(mib: 8, workers: 1, incremental: true, compression: .zstd)
+        defer { scenario.remove() }
+        let pid = scenario.child.pid
+        scenario.killOriginal()
+        let restorer = try Restorer(image: CheckpointImage.open(scenario.image))
+        let chain = restorer.chain
+        #expect(chain.images.count == 2 && chain.images.allSatisfy { $0.compression == .zstd })
+        // The patterned memory compresses: frames, not pages, in the full image.
+        let full = chain.images[1]
+        #expect(full.runs.contains { $0.isCompressed } && full.manifest.pageIndex.bytes < UInt64(full.storedPages * full.manifest.pageSize))
+        #expect(CheckpointImage.verifyChain(scenario.image).isEmpty)
         _ = try await restorer.restore(verify: { pid in
             let pages = try RestoreVerification.differingPages(pid: pid, chain: chain)
             guard pages.isEmpty else { throw RestoreFailure(description: "\(pages.count) pages differ") }
