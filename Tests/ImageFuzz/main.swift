@@ -10,7 +10,10 @@
 // the worker's peak RSS past 512 MiB a huge allocation, a case that leaves a descriptor open a
 // leak. Offending cases are copied to `--corpus`. Deterministic for a given `--seed-number`.
 //
-//   mitosis-image-fuzz [--seconds N] [--mutations N] [--seed-number S] [--corpus DIR] [--work DIR]
+//   mitosis-image-fuzz [--seconds N] [--mutations N] [--seed-number S] [--corpus DIR] [--work DIR] [--compressed]
+//                                        (--compressed: the seed chain's page data is zstd frames, and
+//                                        flipped frame bytes are resealed half the time so that they
+//                                        reach the decompressor behind valid file checksums)
 //   mitosis-image-fuzz --replay DIR…      runs the reader on kept cases (chains as the fuzzer wrote them)
 //   mitosis-image-fuzz --corpus-replay DIR  applies each `*.json` entry of DIR (a hostile edit, see
 //                                           `CorpusEntry`) to a fresh seed chain and checks the outcome
@@ -32,6 +35,7 @@ struct Options {
     var worker: String?
     var replay: [String] = []
     var corpusReplay: String?
+    var compressed = false
 
     init(_ arguments: [String]) {
         var rest = arguments[...]
@@ -51,6 +55,7 @@ struct Options {
             case "--worker": worker = value()
             case "--replay": replay = Array(rest); rest = []
             case "--corpus-replay": corpusReplay = value()
+            case "--compressed": compressed = true
             default: fatal("unknown argument \(argument)")
             }
         }
@@ -128,6 +133,7 @@ struct Mutator {
     let seed: [Image]
     let secret: String
     let fifo: String
+    var compressed = false
 
     var hostilePaths: [String] { [secret, fifo, "/etc/shadow", "/proc/version", "/proc/self/mem", "/dev/zero", "/dev/urandom", "/", "", "relative", "../1", "."] }
 
@@ -168,6 +174,10 @@ struct Mutator {
         }
         c.images[image][file] = bytes
         c.label = "flip \(file) of \(image)"
+        if compressed, file == "pages.data", random.below(2) == 0 {
+            reseal(&c.images[image])
+            c.label += ", resealed"
+        }
     }
 
     mutating func truncate(_ c: inout Case, _ image: Int) {
@@ -507,13 +517,13 @@ final class Worker {
 }
 
 /// Checkpoints a real child (a shell waiting on its stdin) into a three-image chain.
-func makeSeed(in directory: String) async throws -> [Image] {
+func makeSeed(in directory: String, compressed: Bool = false) async throws -> [Image] {
     let target = try LaunchedTarget(executable: "/bin/sh", arguments: ["-c", "echo READY; while read line; do :; done"])
     defer { target.stop() }
     try DirectorySink.createDirectories(directory)
     let session = try await CheckpointSession(pid: target.pid)
     for number in 1...3 {
-        _ = try await session.checkpoint(to: DirectorySink(directory: directory + "/\(number)"),
+        _ = try await session.checkpoint(to: DirectorySink(directory: directory + "/\(number)", compression: compressed ? .zstd : nil),
                                          parent: number == 1 ? nil : .previous(path: "../\(number - 1)"))
     }
     await session.stop()
@@ -536,14 +546,14 @@ func runFuzzer(_ options: Options) async throws -> Bool {
     try fileManager.createDirectory(atPath: options.work, withIntermediateDirectories: true)
     defer { try? fileManager.removeItem(atPath: options.work) }
     if let corpus = options.corpus { try fileManager.createDirectory(atPath: corpus, withIntermediateDirectories: true) }
-    let seed = try await makeSeed(in: options.work + "/seed")
+    let seed = try await makeSeed(in: options.work + "/seed", compressed: options.compressed)
     // A file no image may ever disclose, and a FIFO that would hang a careless reader.
     let marker = "MITOSIS-FUZZ-SECRET-\(options.seed)"
     let secret = options.work + "/secret"
     try Data(Array(repeating: marker, count: 200).joined().utf8).write(to: URL(fileURLWithPath: secret))
     let fifo = options.work + "/fifo"
     mkfifo(fifo, 0o600)
-    var mutator = Mutator(random: Random(state: options.seed), seed: seed, secret: secret, fifo: fifo)
+    var mutator = Mutator(random: Random(state: options.seed), seed: seed, secret: secret, fifo: fifo, compressed: options.compressed)
 
     let clock = ContinuousClock()
     let started = clock.now

@@ -407,6 +407,15 @@ struct HostileImageTests {
         #expect(run.standardOutput.contains("crashes 0, hangs 0, reads outside the image 0, other findings 0\n"))
     }
 
+    @Test("a short fuzz run of a compressed seed chain (200 mutations, damaged frames resealed) finds no crash, hang or read outside the image")
+    func shortFuzzCompressed() async throws {
+        let run = try await ToolRun("/usr/bin/timeout", ["300", ScenarioProcess.executable("mitosis-image-fuzz"), "--mutations", "200",
+                                                         "--seed-number", "11", "--compressed"])
+        #expect(run.status == 0, "\(run.standardOutput)\(run.standardError)")
+        #expect(run.standardOutput.contains("mutations 200 in "))
+        #expect(run.standardOutput.contains("crashes 0, hangs 0, reads outside the image 0, other findings 0\n"))
+    }
+
     // MARK: Messages and directories (F12, F13)
 
     @Test("bad --images paths get one mitosis line, no Foundation error")
