@@ -138,6 +138,7 @@ struct IssueTableBenchmark: AsyncParsableCommand {
         let criu = Self.criu()
         var samples = Samples()
         var frozen: [Double] = [], criuFrozen: [Double] = []
+        var sizes: [String: [UInt64]] = [:]
         for run in 0..<runs {
             let images = directory + "/mitosis-\(run)"
             let (wall, output) = try Self.timed(mitosis, ["dump", String(target.pid), "--images", images, "--json"])
@@ -146,7 +147,13 @@ struct IssueTableBenchmark: AsyncParsableCommand {
                let nanoseconds = stats["frozen_nanoseconds"] as? NSNumber {
                 frozen.append(nanoseconds.doubleValue / 1e6)
             }
+            sizes["mitosis dump", default: []].append(Self.directorySize(images))
             try? FileManager.default.removeItem(atPath: images)
+            // The same dump with its page data compressed (zstd, `--compress`).
+            let packed = directory + "/mitosis-compressed-\(run)"
+            samples.add("mitosis dump --compress", wall: try Self.timed(mitosis, ["dump", String(target.pid), "--images", packed, "--compress"]).0)
+            sizes["mitosis dump --compress", default: []].append(Self.directorySize(packed))
+            try? FileManager.default.removeItem(atPath: packed)
             let copy = directory + "/dd-\(run)"
             samples.add("dd", wall: try Self.timed("/bin/dd", ["if=/proc/\(target.pid)/mem", "of=\(copy)", "bs=2M", "count=\(mib / 2)",
                                                                "skip=\(area)", "iflag=skip_bytes", "conv=fsync", "status=none"]).0)
@@ -166,13 +173,19 @@ struct IssueTableBenchmark: AsyncParsableCommand {
             }
         }
         print("dump target: \(mib) MiB written once (churn \(mib) 0 0), images in \(scratch)")
-        for name in ["mitosis dump", "dd", "criu", "criu + sync"] where samples.wall[name] != nil { print("  " + samples.line(name)) }
+        for name in ["mitosis dump", "mitosis dump --compress", "dd", "criu", "criu + sync"] where samples.wall[name] != nil { print("  " + samples.line(name)) }
         let ours = samples.median("mitosis dump"), floor = samples.median("dd")
+        let size = { (name: String) in Double(sizes[name].map { $0.sorted()[$0.count / 2] } ?? 0) / 1048576 }
+        print(String(format: "  image size median: %.1f MiB uncompressed, %.1f MiB compressed (the target's pages: one byte value each, compression's best case)",
+                     size("mitosis dump"), size("mitosis dump --compress")))
         let median = { (values: [Double]) in values.isEmpty ? Double.nan : values.sorted()[values.count / 2] }
         let frozenMedian = median(frozen)
         print(String(format: "  mitosis frozen median %.1f ms; criu frozen (its stats-dump frozen_time) median %.1f ms", frozenMedian, median(criuFrozen)))
         var rows = [String(format: "| `mitosis dump` of %d MiB (frozen %.1f ms) | %.0f ms | `dd` /proc/PID/mem → file + fsync %.0f ms (a floor, not a goal) | %.2f× | — | — |",
-                           mib, frozenMedian, ours, floor, floor / ours)]
+                           mib, frozenMedian, ours, floor, floor / ours),
+                    String(format: "| `mitosis dump --compress` of %d MiB (zstd; one byte value per page: compression's best case) | %.0f ms, image %.1f MiB | `mitosis dump` (uncompressed) %.0f ms, image %.1f MiB | %.2f× wall, %.0f× smaller | — | — |",
+                           mib, samples.median("mitosis dump --compress"), size("mitosis dump --compress"), ours, size("mitosis dump"),
+                           ours / samples.median("mitosis dump --compress"), size("mitosis dump") / max(size("mitosis dump --compress"), 0.001))]
         switch criu {
         case .found(let path, let version):
             let frozenRatio = median(criuFrozen) / frozenMedian
@@ -188,6 +201,13 @@ struct IssueTableBenchmark: AsyncParsableCommand {
             rows.append("| `mitosis dump` of \(mib) MiB | \(String(format: "%.0f", ours)) ms | CRIU: skipped, \(why) | — | ≥ 1× | not measured |")
         }
         return rows
+    }
+
+    /// Bytes of the regular files directly in `path` (an image directory).
+    static func directorySize(_ path: String) -> UInt64 {
+        ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).reduce(0) { total, name in
+            total + (((try? FileManager.default.attributesOfItem(atPath: path + "/" + name))?[.size] as? NSNumber)?.uint64Value ?? 0)
+        }
     }
 
     /// `frozen_time` (µs) of CRIU's `stats-dump` image: two magic words, a u32 length, then a

@@ -33,9 +33,11 @@ final class DataFileWriter: @unchecked Sendable {
     private var stopping = false
     private var directIO: Bool
 
-    init(_ fd: FileDescriptor) throws(Errno) {
+    /// `direct: false` writes through the page cache (an image left unsynced: direct I/O would
+    /// wait for the device, which such an image does not promise).
+    init(_ fd: FileDescriptor, direct: Bool = true) throws(Errno) {
         self.fd = fd
-        directIO = (try? Kernel.setDirectIO(fd, true)) != nil
+        directIO = direct && (try? Kernel.setDirectIO(fd, true)) != nil
         gather = try Kernel.mapAnonymous(length: Self.gatherSize)
         // The thread holds the writer until `close` lets it end.
         let thread = Thread { self.run() }

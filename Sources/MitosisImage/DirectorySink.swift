@@ -30,13 +30,23 @@ public final class DirectorySink: EarlyPageSink, @unchecked Sendable {
 
     /// How the page data is compressed; nil (the default) stores the pages as they are.
     public let compression: PageCompression?
+    /// Whether the image is on the device when `finish` returns (the default), or may still be
+    /// in the page cache only (see `init`).
+    public let synced: Bool
 
     /// A sink that will create the image directory `path` (which must not exist yet), its page
     /// data compressed with `compression` (Docs/image-format.md; none by default: compressing
     /// costs CPU time and the early writes of a full checkpoint's first round).
-    public init(directory path: String, compression: PageCompression? = nil) {
+    ///
+    /// `synced: false` leaves the image in the page cache, as CRIU leaves its images: the page
+    /// data is written buffered rather than with direct I/O, and nothing is fsynced. The image is
+    /// committed by the same rename, so no reader sees a partial one while the machine runs, but
+    /// a crash of the machine may lose it or leave its files damaged (a reader then refuses them
+    /// by their checksums). Not durable: for comparisons and throwaway images.
+    public init(directory path: String, compression: PageCompression? = nil, synced: Bool = true) {
         (self.path, parentPath, name) = Self.split(path)
         self.compression = compression
+        self.synced = synced
     }
 
     package var takesEarlyPages: Bool { compression == nil }
@@ -98,7 +108,7 @@ public final class DirectorySink: EarlyPageSink, @unchecked Sendable {
             guard !name.isEmpty, name != ".", name != ".." else { throw ImageError.invalidImageName(path) }
             try checkHeader(header)
             do {
-                state = .open(try Writer(header: header, parentPath: parentPath, name: name, path: path, compression: compression))
+                state = .open(try Writer(header: header, parentPath: parentPath, name: name, path: path, compression: compression, synced: synced))
             } catch {
                 state = .closed("begin failed")
                 throw error
@@ -214,9 +224,13 @@ private final class Writer {
     private let pages: DataFileWriter
     private var builder: PageRunBuilder
     private var closed = false
+    /// False: nothing is fsynced (`DirectorySink.init`'s `synced`).
+    private let synced: Bool
 
-    package init(header: CheckpointHeader, parentPath: String, name: String, path: String, compression: PageCompression?) throws(ImageError) {
+    package init(header: CheckpointHeader, parentPath: String, name: String, path: String, compression: PageCompression?,
+                 synced: Bool) throws(ImageError) {
         self.header = header
+        self.synced = synced
         self.path = path
         self.name = name
         partialName = ImageFormat.partialName(for: name, id: header.id)
@@ -253,8 +267,8 @@ private final class Writer {
             // Readable too: early pages are read back when the final ones differ from them.
             let data = try Self.create(ImageFormat.dataName, in: directory, readable: true)
             opened.append(data)
-            try Kernel.sync(directory)
-            pages = try DataFileWriter(data)
+            if synced { try Kernel.sync(directory) }
+            pages = try DataFileWriter(data, direct: synced)
             (self.parent, self.directory, self.marker, self.data) = (parent, directory, marker, data)
         } catch {
             for fd in opened { try? fd.close() }
@@ -470,7 +484,7 @@ private final class Writer {
             try Self.io(path, "write \(ImageFormat.dataName)") { () throws(Errno) in try pages.write(frame, copying: true) }
         }
         try Self.io(path, "write \(ImageFormat.dataName)") { () throws(Errno) in try pages.finish() }
-        try Self.io(path, "fsync \(ImageFormat.dataName)") { () throws(Errno) in try Kernel.sync(data) }
+        if synced { try Self.io(path, "fsync \(ImageFormat.dataName)") { () throws(Errno) in try Kernel.sync(data) } }
         let indexDigest = try writeFile(ImageFormat.indexName, index)
         let manifest = builder.complete(draft, runs: runs, index: indexDigest, data: dataDigest)
         let json: [UInt8]
@@ -485,27 +499,28 @@ private final class Writer {
         ])
         _ = try writeFile(ImageFormat.commitName, commit)
 
+        let synced = self.synced
         try Self.io(path, "commit") { () throws(Errno) in
             try Kernel.unlinkAt(directory, ImageFormat.incompleteName)
-            try Kernel.sync(directory)
+            if synced { try Kernel.sync(directory) }
         }
         do {
             try Kernel.renameNoReplace(parent, partialName, name)
         } catch {
             throw error == .fileExists || error == .directoryNotEmpty ? .alreadyExists(path) : Self.imageError(path, "rename", error)
         }
-        try Self.io(path, "fsync parent directory") { () throws(Errno) in try Kernel.sync(parent) }
+        if synced { try Self.io(path, "fsync parent directory") { () throws(Errno) in try Kernel.sync(parent) } }
         closeAll()
         return manifest
     }
 
     private func writeFile(_ file: String, _ bytes: [UInt8]) throws(ImageError) -> FileDigest {
-        let directory = self.directory
+        let directory = self.directory, synced = self.synced
         return try Self.io(path, "write \(file)") { () throws(Errno) in
             let fd = try Self.create(file, in: directory)
             defer { try? fd.close() }
             try Kernel.writeAll(fd, bytes)
-            try Kernel.sync(fd)
+            if synced { try Kernel.sync(fd) }
             return FileDigest(size: UInt64(bytes.count), xxh64: Checksum.xxh64(bytes))
         }
     }

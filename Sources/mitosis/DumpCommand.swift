@@ -39,9 +39,15 @@ struct DumpCommand: AsyncParsableCommand {
     var noRestoreState = false
     @Flag(help: "Compress the page data (zstd, one frame per run of pages): a smaller image for more CPU time; off by default.")
     var compress = false
+    @Flag(help: "Leave the image in the page cache, as CRIU does: written buffered, never fsynced. Faster, NOT durable: a crash of the machine may lose or damage it (readers refuse a damaged image by its checksums). Not with --tree.")
+    var noSync = false
     @Flag(help: "Print the result as JSON.") var json = false
     @Flag(help: "Do not lock the process's TCP connections while they are captured (and, with --kill, until the restore): a peer's packet may then be answered with a reset.")
     var noNetworkLock = false
+
+    func validate() throws {
+        if noSync && tree { throw ValidationError("--no-sync is for one process: a tree image is always synced") }
+    }
 
     func run() async throws {
         let pid = targetPID(pid, forTracing: true)
@@ -78,7 +84,8 @@ struct DumpCommand: AsyncParsableCommand {
                 defer { progress.end() }
                 // Only once the target may be traced, so that a refused dump leaves nothing behind.
                 try DirectorySink.createDirectories(container)
-                result = try await session.checkpoint(to: DirectorySink(directory: images, compression: compress ? .zstd : nil), parent: base)
+                result = try await session.checkpoint(to: DirectorySink(directory: images, compression: compress ? .zstd : nil, synced: !noSync),
+                                                    parent: base)
             } catch {
                 await session.stop()
                 throw error

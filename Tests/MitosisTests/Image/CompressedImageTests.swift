@@ -97,6 +97,19 @@ struct CompressedImageTests {
         }
     }
 
+    @Test("mitosis dump --no-sync writes an image that verifies; --no-sync with --tree is refused")
+    func noSync() async throws {
+        let child = try await ScenarioProcess("idle")
+        defer { child.stop() }
+        let root = try TempDirectory()
+        let dump = try await ToolRun(ToolRun.mitosis, ["dump", String(child.pid), "--images", root.sub("img"), "--no-sync", "--compress"])
+        #expect(dump.status == 0, "\(dump.standardError)")
+        #expect(try await ToolRun(ToolRun.mitosis, ["images", "verify", root.sub("img")]).status == 0)
+        let tree = try await ToolRun(ToolRun.mitosis, ["dump", String(child.pid), "--images", root.sub("tree"), "--no-sync", "--tree"])
+        #expect(tree.status != 0 && tree.standardError.contains("--no-sync is for one process"), "\(tree.standardError)")
+        #expect(!FileManager.default.fileExists(atPath: root.sub("tree")))
+    }
+
     @Test("a damaged frame is one error naming the entry, from read and from verify, at every byte")
     func damagedFrame() throws {
         let root = try TempDirectory()

@@ -116,8 +116,11 @@ struct ImageDamageTests {
         #expect(throws: ImageError.malformed(dir, file: "pages.index", detail: "entry 1 is out of order or overlaps entry 0")) { try CheckpointImage.open(dir) }
         try index { put(0, at: 64 + 16, in: &$0) }
         #expect(throws: ImageError.malformed(dir, file: "pages.index", detail: "entries share bytes of pages.data")) { try CheckpointImage.open(dir) }
+        try index { $0[8] = 4 }
+        #expect(throws: ImageError.unsupportedVersion(dir, file: "pages.index", version: 4)) { try CheckpointImage.open(dir) }
+        // Version 3 (compressed images) names its compression where version 2 has 0.
         try index { $0[8] = 3 }
-        #expect(throws: ImageError.unsupportedVersion(dir, file: "pages.index", version: 3)) { try CheckpointImage.open(dir) }
+        #expect(throws: ImageError.malformed(dir, file: "pages.index", detail: "unknown compression 0")) { try CheckpointImage.open(dir) }
         try index { _ in }
         #expect(CheckpointImage.verifyChain(dir).isEmpty)
 

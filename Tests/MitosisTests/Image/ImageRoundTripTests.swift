@@ -126,4 +126,22 @@ struct ImageRoundTripTests {
             try DirectorySink(directory: root.sub("y")).begin(CheckpointHeader(kind: .incremental, sequence: 1, pid: 1))
         }
     }
+
+    @Test("an unsynced image (buffered, no fsync) holds byte for byte the files of a synced one")
+    func unsynced() throws {
+        let root = try TempDirectory()
+        let mappings = [Synthetic.anonymous(0x10000, [.stored, .stored, nil, .stored])]
+        let pages = [(UInt64(0x10000), Synthetic.pattern(1, pages: 2)), (UInt64(0x13000), Synthetic.pattern(2))]
+        let header = CheckpointHeader(kind: .full, sequence: 0, pid: 4242, pageSize: Synthetic.page)
+        for (name, synced) in [("synced", true), ("unsynced", false)] {
+            let sink = DirectorySink(directory: root.sub(name), synced: synced)
+            try sink.begin(header)
+            for (address, bytes) in pages { try sink.writePages(at: address, bytes) }
+            try sink.finish(CheckpointManifest(header: header, tracking: "synthetic", mappings: mappings, stats: CheckpointStats()))
+        }
+        for file in ["manifest.json", "pages.index", "pages.data", "COMMIT"] {
+            #expect(try Synthetic.bytes(root.sub("synced/" + file)) == Synthetic.bytes(root.sub("unsynced/" + file)), "\(file)")
+        }
+        #expect(CheckpointImage.verifyChain(root.sub("unsynced")).isEmpty)
+    }
 }
