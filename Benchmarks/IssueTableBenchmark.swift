@@ -154,7 +154,7 @@ struct IssueTableBenchmark: AsyncParsableCommand {
             samples.add("mitosis dump --compress", wall: try Self.timed(mitosis, ["dump", String(target.pid), "--images", packed, "--compress"]).0)
             sizes["mitosis dump --compress", default: []].append(Self.directorySize(packed))
             try? FileManager.default.removeItem(atPath: packed)
-            // With CRIU's durability: buffered, no fsync (`--no-sync`), against CRIU alone.
+            // Without fsync (`--no-sync`), as CRIU, against CRIU alone.
             let unsynced = directory + "/mitosis-unsynced-\(run)"
             samples.add("mitosis dump --no-sync", wall: try Self.timed(mitosis, ["dump", String(target.pid), "--images", unsynced, "--no-sync"]).0)
             // Its writeback kept out of the next contender's time, as CRIU's is (below); not timed.
@@ -199,7 +199,7 @@ struct IssueTableBenchmark: AsyncParsableCommand {
             let unsynced = samples.median("mitosis dump --no-sync")
             for (mode, mine, peerName, durability) in [
                 ("durable", ours, "criu + sync", "+ `sync` of its image files (durable, as Mitosis's)"),
-                ("`--no-sync` (page cache, as CRIU's)", unsynced, "criu", "(its images left in the page cache: the same durability)"),
+                ("`--no-sync` (no fsync, as CRIU)", unsynced, "criu", "(no fsync either)"),
                 ("durable", ours, "criu", "(its images left in the page cache)"),
             ] {
                 let peer = samples.median(peerName)

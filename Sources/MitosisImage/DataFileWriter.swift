@@ -33,11 +33,9 @@ final class DataFileWriter: @unchecked Sendable {
     private var stopping = false
     private var directIO: Bool
 
-    /// `direct: false` writes through the page cache (an image left unsynced: direct I/O would
-    /// wait for the device, which such an image does not promise).
-    init(_ fd: FileDescriptor, direct: Bool = true) throws(Errno) {
+    init(_ fd: FileDescriptor) throws(Errno) {
         self.fd = fd
-        directIO = direct && (try? Kernel.setDirectIO(fd, true)) != nil
+        directIO = (try? Kernel.setDirectIO(fd, true)) != nil
         gather = try Kernel.mapAnonymous(length: Self.gatherSize)
         // The thread holds the writer until `close` lets it end.
         let thread = Thread { self.run() }

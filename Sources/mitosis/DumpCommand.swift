@@ -39,7 +39,7 @@ struct DumpCommand: AsyncParsableCommand {
     var noRestoreState = false
     @Flag(help: "Compress the page data (zstd, one frame per run of pages): a smaller image for more CPU time; off by default.")
     var compress = false
-    @Flag(help: "Leave the image in the page cache, as CRIU does: written buffered, never fsynced. Faster, NOT durable: a crash of the machine may lose or damage it (readers refuse a damaged image by its checksums). Not with --tree.")
+    @Flag(help: "Fsync nothing, as CRIU does: NOT durable, a crash of the machine may lose or damage the image (readers refuse a damaged image by its checksums). Not with --tree.")
     var noSync = false
     @Flag(help: "Print the result as JSON.") var json = false
     @Flag(help: "Do not lock the process's TCP connections while they are captured (and, with --kill, until the restore): a peer's packet may then be answered with a reset.")

@@ -127,7 +127,7 @@ struct ImageRoundTripTests {
         }
     }
 
-    @Test("an unsynced image (buffered, no fsync) holds byte for byte the files of a synced one")
+    @Test("an unsynced image (no fsync) holds byte for byte the files of a synced one")
     func unsynced() throws {
         let root = try TempDirectory()
         let mappings = [Synthetic.anonymous(0x10000, [.stored, .stored, nil, .stored])]
