@@ -35,9 +35,9 @@ enum Compaction {
     /// already. `stopping` is asked between page runs: true abandons the work (nothing left).
     /// A tree epoch gets a hidden tree image: each member's chain folded into a full image of
     /// the same id, the tree's data files folded into one `files.log`, the same `tree.json`.
-    /// `known`: the epoch's chain as the standby committed it (newest first, the newest whole,
-    /// the others `CheckpointImage.asAncestor()`), so that no manifest is read and decoded again;
-    /// nil (or a list that does not link up) reads the chain from the directory.
+    /// `known`: the epoch's chain as the standby committed it (newest first,
+    /// `CheckpointImage.asAncestor()`), so that only the newest manifest is read and decoded
+    /// again; nil (or a list that does not link up) reads the chain from the directory.
     static func writeBase(_ directory: StandbyDirectory, epoch: Epoch, known: [CheckpointImage]? = nil, stopping: () -> Bool) throws -> Base? {
         let name = epoch.directoryName
         let hidden = "." + name + ".compact"
@@ -65,11 +65,13 @@ enum Compaction {
                 image.path.split(separator: "/").dropLast().last.map(String.init) ?? ""
             })
         }
+        let newest = try CheckpointImage.open(path)
         let chain: CheckpointChain
-        if let known, known.first?.path == path, let linked = CheckpointChain(linking: known) {
+        if let known, known.first?.path == path, known.first?.manifest.id == newest.manifest.id,
+           let linked = CheckpointChain(linking: [newest] + known.dropFirst()) {
             chain = linked
         } else {
-            chain = try CheckpointImage.open(path).chain()
+            chain = try newest.chain()
         }
         guard chain.images.count > 1 else { return nil }
         directory.remove(hidden)

@@ -25,12 +25,15 @@ enum StoreReply: Sendable, Equatable {
 actor StandbyStore {
     nonisolated let directory: StandbyDirectory
     nonisolated let compactEvery: Int
+    /// Every epoch's manifest decoded whole (a warm clone applies each one); otherwise only
+    /// its summary, and the whole once a second for the readiness check.
+    nonisolated let decodesEveryManifest: Bool
     private let logger: Logger
     private let lock: FileDescriptor
     private(set) var term: Term
     private(set) var committed: CommittedEpoch?
-    /// The newest committed image as opened to check it (for the warm clone); nil once a
-    /// compaction has replaced its files.
+    /// The newest committed image as opened to check it (for the warm clone), when its manifest
+    /// was decoded whole; nil once a compaction has replaced its files.
     private(set) var committedImage: CheckpointImage?
     /// The newest committed epoch's tree image when it is a tree epoch (`protect --tree`);
     /// `committedImage` is nil then.
@@ -97,9 +100,10 @@ actor StandbyStore {
 
     /// Opens (creating it if needed) and locks the standby directory, removes work left by a
     /// previous run, and finds the newest committed epoch. Blocking: call it off the pool.
-    init(directory: StandbyDirectory, compactEvery: Int, minimumTerm: Term = Term(0), logger: Logger) throws {
+    init(directory: StandbyDirectory, compactEvery: Int, minimumTerm: Term = Term(0), decodesEveryManifest: Bool = true, logger: Logger) throws {
         self.directory = directory
         self.compactEvery = compactEvery
+        self.decodesEveryManifest = decodesEveryManifest
         self.logger = logger
         do {
             try DirectorySink.createDirectories(directory.epochsPath)
@@ -433,16 +437,19 @@ actor StandbyStore {
         if treeInFlight != nil {
             // A member of the tree epoch: committed inside the tree's partial directory only.
             let path = treeInFlight!.writer.memberPath(epoch.stored.pid)
-            let (stored, _, _) = try finishImage(frame, epoch, path: path)
+            let (stored, _, _) = try finishImage(frame, epoch, path: path, whole: true)
             treeInFlight!.finished[stored.pid] = stored
             treeInFlight!.bytes += epoch.bytes
             return .none
         }
         guard !directory.isPromoted else { throw Refused(.promoted, "\(directory.path) was promoted: epoch \(frame.epoch) is not committed") }
-        let (stored, image, synced) = try finishImage(frame, epoch, path: directory.imagePath(frame.epoch))
+        // The restore check reads the whole manifest: once a second is enough for a status.
+        let readinessDue = readinessChecked.map { ContinuousClock.now - $0 >= .seconds(1) } ?? true
+        let whole = readinessDue || decodesEveryManifest
+        let (stored, image, synced) = try finishImage(frame, epoch, path: directory.imagePath(frame.epoch), whole: whole)
         let verified = clock.now
         committed = CommittedEpoch(epoch: frame.epoch, imageID: stored.id)
-        committedImage = image
+        committedImage = whole ? image : nil
         committedTree = nil
         committedSequence = stored.sequence
         chainLength = stored.kind == .full ? 1 : chainLength + 1
@@ -455,8 +462,7 @@ actor StandbyStore {
         } else {
             chainImages = []
         }
-        // The restore check opens the whole chain: once a second is enough for a status.
-        if let checked = readinessChecked, ContinuousClock.now - checked < .seconds(1) {} else {
+        if readinessDue {
             readiness = Self.readiness(of: image)
             readinessChecked = ContinuousClock.now
         }
@@ -469,9 +475,15 @@ actor StandbyStore {
 
     /// Commits the image in flight at `path` from its manifest frame, and checks it: the pages
     /// that arrived are those the primary stored, and the image reads back sound; otherwise
-    /// it is removed before anyone relies on it.
-    private func finishImage(_ frame: ReplicationFrame, _ epoch: InFlight, path: String) throws -> (CheckpointManifest, CheckpointImage, synced: ContinuousClock.Instant) {
-        let sent = try MessageCoding.decode(CheckpointManifest.self, frame.payload)
+    /// it is removed before anyone relies on it. `whole`: the manifest is decoded whole;
+    /// otherwise only its summary (`ManifestRelink.summary`), and the image returned holds that.
+    private func finishImage(_ frame: ReplicationFrame, _ epoch: InFlight, path: String, whole: Bool) throws -> (CheckpointManifest, CheckpointImage, synced: ContinuousClock.Instant) {
+        let sent: CheckpointManifest
+        if whole {
+            sent = try MessageCoding.decode(CheckpointManifest.self, frame.payload)
+        } else {
+            do { sent = try ManifestRelink.summary(frame.payload) } catch { throw ProtocolViolation("undecodable CheckpointManifest payload") }
+        }
         guard sent.header == epoch.sent else { throw ProtocolViolation("epoch \(frame.epoch): the manifest's identity differs from its header's") }
         var manifest = sent
         manifest.sequence = epoch.stored.sequence
@@ -590,11 +602,7 @@ actor StandbyStore {
         }
         guard chainLength >= compactEvery else { return }
         let epoch = committed.epoch, directory = self.directory
-        let known: [CheckpointImage]? = if let newest = committedImage, chainImages.count == chainLength, chainImages.first?.epoch == epoch {
-            [newest] + chainImages.dropFirst().map(\.image)
-        } else {
-            nil
-        }
+        let known: [CheckpointImage]? = chainImages.count == chainLength && chainImages.first?.epoch == epoch ? chainImages.map(\.image) : nil
         let started = clock.now
         // A duplicate of the lock's descriptor: the directory stays locked until the base is
         // written or abandoned, even if this store is gone by then.
