@@ -23,6 +23,8 @@ enum Compaction {
         let hidden: String
         /// The names of the images the base replaces, older than `epoch`.
         let replaced: [String]
+        /// The base's manifest as written (one process's epoch), to open it without decoding it.
+        var manifest: CheckpointManifest? = nil
     }
 
     struct Stopped: Error, CustomStringConvertible {
@@ -33,7 +35,10 @@ enum Compaction {
     /// already. `stopping` is asked between page runs: true abandons the work (nothing left).
     /// A tree epoch gets a hidden tree image: each member's chain folded into a full image of
     /// the same id, the tree's data files folded into one `files.log`, the same `tree.json`.
-    static func writeBase(_ directory: StandbyDirectory, epoch: Epoch, stopping: () -> Bool) throws -> Base? {
+    /// `known`: the epoch's chain as the standby committed it (newest first,
+    /// `CheckpointImage.asAncestor()`), so that only the newest manifest is read and decoded
+    /// again; nil (or a list that does not link up) reads the chain from the directory.
+    static func writeBase(_ directory: StandbyDirectory, epoch: Epoch, known: [CheckpointImage]? = nil, stopping: () -> Bool) throws -> Base? {
         let name = epoch.directoryName
         let hidden = "." + name + ".compact"
         let path = directory.imagePath(epoch)
@@ -61,22 +66,31 @@ enum Compaction {
             })
         }
         let newest = try CheckpointImage.open(path)
-        let chain = try newest.chain()
+        let chain: CheckpointChain
+        if let known, known.first?.path == path, known.first?.manifest.id == newest.manifest.id,
+           let linked = CheckpointChain(linking: [newest] + known.dropFirst()) {
+            chain = linked
+        } else {
+            chain = try newest.chain()
+        }
         guard chain.images.count > 1 else { return nil }
         directory.remove(hidden)
+        let manifest: CheckpointManifest
         do {
-            try writeFull(newest, chain: chain, to: directory.epochsPath + "/" + hidden, stopping: stopping)
+            manifest = try writeFull(chain.newest, chain: chain, to: directory.epochsPath + "/" + hidden, stopping: stopping)
         } catch {
             directory.remove(hidden)
             throw error
         }
         return Base(epoch: epoch, hidden: hidden,
-                    replaced: chain.images.dropFirst().map { $0.path.split(separator: "/").last.map(String.init) ?? "" })
+                    replaced: chain.images.dropFirst().map { $0.path.split(separator: "/").last.map(String.init) ?? "" }, manifest: manifest)
     }
 
     /// Writes `newest` as a full image at `path`: its manifest, every page its chain holds, and
-    /// (for one process's epoch) its data files folded from the chain's logs.
-    private static func writeFull(_ newest: CheckpointImage, chain: CheckpointChain, to path: String, stopping: () -> Bool) throws {
+    /// (for one process's epoch) its data files folded from the chain's logs. Returns the
+    /// manifest written.
+    @discardableResult
+    private static func writeFull(_ newest: CheckpointImage, chain: CheckpointChain, to path: String, stopping: () -> Bool) throws -> CheckpointManifest {
         var header = CheckpointHeader(id: newest.manifest.id, kind: .full, sequence: 0, pid: newest.manifest.pid, pageSize: newest.manifest.pageSize)
         header.created = newest.manifest.created
         let sink = DirectorySink(directory: path)
@@ -116,7 +130,7 @@ enum Compaction {
             // (A tree member's chain holds none: its tree epochs do.)
             if let partial = sink.partialPath { try writeFiles(try FileDeltaLog.materialize(chain), into: partial) }
             if stopping() { throw Stopped() }
-            try sink.finish(manifest)
+            return try sink.finish(manifest)
         } catch {
             let partial = sink.partialPath
             sink.abort(reason: "compaction failed: \(error)")

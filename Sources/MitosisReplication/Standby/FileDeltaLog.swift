@@ -32,6 +32,13 @@ struct FileDeltaWriter {
         do { try Kernel.writeAll(fd!, record) } catch { throw Refused(.storage, "writing \(path): \(error)") }
     }
 
+    /// The log's descriptor, for the image's commit to sync with its own files
+    /// (`DirectorySink.finish(_:encoded:syncing:)`); the caller closes it. Nil when empty.
+    mutating func release() -> FileDescriptor? {
+        defer { fd = nil }
+        return fd
+    }
+
     /// Syncs and closes the log, before the image commits.
     mutating func seal() throws {
         guard let fd else { return }

@@ -57,7 +57,8 @@ public final class Standby: Service, Sendable {
         self.logger = logger
         let directory = StandbyDirectory(options.directory)
         store = try await Blocking.run("mitosis-standby-open") {
-            try StandbyStore(directory: directory, compactEvery: options.compactEvery, minimumTerm: options.minimumTerm, logger: logger)
+            try StandbyStore(directory: directory, compactEvery: options.compactEvery, minimumTerm: options.minimumTerm,
+                             decodesEveryManifest: options.warm != nil, logger: logger)
         }
         warm = options.warm.map { WarmClone(options: $0, filesDirectory: directory.warmFilesPath, logger: logger) }
     }

@@ -25,12 +25,15 @@ enum StoreReply: Sendable, Equatable {
 actor StandbyStore {
     nonisolated let directory: StandbyDirectory
     nonisolated let compactEvery: Int
+    /// Every epoch's manifest decoded whole (a warm clone applies each one); otherwise only
+    /// its summary, and the whole once a second for the readiness check.
+    nonisolated let decodesEveryManifest: Bool
     private let logger: Logger
     private let lock: FileDescriptor
     private(set) var term: Term
     private(set) var committed: CommittedEpoch?
-    /// The newest committed image as opened to check it (for the warm clone); nil once a
-    /// compaction has replaced its files.
+    /// The newest committed image as opened to check it (for the warm clone), when its manifest
+    /// was decoded whole; nil once a compaction has replaced its files.
     private(set) var committedImage: CheckpointImage?
     /// The newest committed epoch's tree image when it is a tree epoch (`protect --tree`);
     /// `committedImage` is nil then.
@@ -38,6 +41,10 @@ actor StandbyStore {
     /// The committed image's sequence in its chain, and the chain's length.
     private var committedSequence = 0
     private var chainLength = 0
+    /// The newest chain as committed by this store, newest first (`CheckpointImage.asAncestor()`:
+    /// no mappings), for compaction to fold without decoding every manifest again; it holds the
+    /// whole chain only when its count is `chainLength` (not after a start, nor for trees).
+    private var chainImages: [(epoch: Epoch, image: CheckpointImage)] = []
     /// Counts the full bases (of one process or of a tree) committed: a compaction of an older
     /// chain is not swapped in.
     private var generation = 0
@@ -93,9 +100,10 @@ actor StandbyStore {
 
     /// Opens (creating it if needed) and locks the standby directory, removes work left by a
     /// previous run, and finds the newest committed epoch. Blocking: call it off the pool.
-    init(directory: StandbyDirectory, compactEvery: Int, minimumTerm: Term = Term(0), logger: Logger) throws {
+    init(directory: StandbyDirectory, compactEvery: Int, minimumTerm: Term = Term(0), decodesEveryManifest: Bool = true, logger: Logger) throws {
         self.directory = directory
         self.compactEvery = compactEvery
+        self.decodesEveryManifest = decodesEveryManifest
         self.logger = logger
         do {
             try DirectorySink.createDirectories(directory.epochsPath)
@@ -368,6 +376,7 @@ actor StandbyStore {
         committed = CommittedEpoch(epoch: frame.epoch, imageID: manifest.id)
         committedImage = nil
         committedTree = image
+        chainImages = []
         chainLength = tree.parent == .none ? 1 : chainLength + 1
         if tree.parent == .none { generation += 1 }  // a base compacted before is not the newest any more
         if let checked = readinessChecked, ContinuousClock.now - checked < .seconds(1) {} else {
@@ -428,22 +437,32 @@ actor StandbyStore {
         if treeInFlight != nil {
             // A member of the tree epoch: committed inside the tree's partial directory only.
             let path = treeInFlight!.writer.memberPath(epoch.stored.pid)
-            let (stored, _, _) = try finishImage(frame, epoch, path: path)
+            let (stored, _, _) = try finishImage(frame, epoch, path: path, whole: true)
             treeInFlight!.finished[stored.pid] = stored
             treeInFlight!.bytes += epoch.bytes
             return .none
         }
         guard !directory.isPromoted else { throw Refused(.promoted, "\(directory.path) was promoted: epoch \(frame.epoch) is not committed") }
-        let (stored, image, synced) = try finishImage(frame, epoch, path: directory.imagePath(frame.epoch))
+        // The restore check reads the whole manifest: once a second is enough for a status.
+        let readinessDue = readinessChecked.map { ContinuousClock.now - $0 >= .seconds(1) } ?? true
+        let whole = readinessDue || decodesEveryManifest
+        let (stored, image, synced) = try finishImage(frame, epoch, path: directory.imagePath(frame.epoch), whole: whole)
         let verified = clock.now
         committed = CommittedEpoch(epoch: frame.epoch, imageID: stored.id)
-        committedImage = image
+        committedImage = whole ? image : nil
         committedTree = nil
         committedSequence = stored.sequence
         chainLength = stored.kind == .full ? 1 : chainLength + 1
         if stored.kind == .full { generation += 1 }
-        // The restore check opens the whole chain: once a second is enough for a status.
-        if let checked = readinessChecked, ContinuousClock.now - checked < .seconds(1) {} else {
+        if stored.kind == .full { chainImages = [] }
+        // Bounded: a chain that is not compacted (`compactEvery` 0, or compactions failing) is
+        // read from the directory when it is.
+        if compactEvery > 0, chainImages.count < 2 * compactEvery + 2 {
+            chainImages.insert((frame.epoch, image.asAncestor()), at: 0)
+        } else {
+            chainImages = []
+        }
+        if readinessDue {
             readiness = Self.readiness(of: image)
             readinessChecked = ContinuousClock.now
         }
@@ -456,26 +475,44 @@ actor StandbyStore {
 
     /// Commits the image in flight at `path` from its manifest frame, and checks it: the pages
     /// that arrived are those the primary stored, and the image reads back sound; otherwise
-    /// it is removed before anyone relies on it.
-    private func finishImage(_ frame: ReplicationFrame, _ epoch: InFlight, path: String) throws -> (CheckpointManifest, CheckpointImage, synced: ContinuousClock.Instant) {
-        let sent = try MessageCoding.decode(CheckpointManifest.self, frame.payload)
+    /// it is removed before anyone relies on it. `whole`: the manifest is decoded whole;
+    /// otherwise only its summary (`ManifestRelink.summary`), and the image returned holds that.
+    private func finishImage(_ frame: ReplicationFrame, _ epoch: InFlight, path: String, whole: Bool) throws -> (CheckpointManifest, CheckpointImage, synced: ContinuousClock.Instant) {
+        let sent: CheckpointManifest
+        if whole {
+            sent = try MessageCoding.decode(CheckpointManifest.self, frame.payload)
+        } else {
+            do { sent = try ManifestRelink.summary(frame.payload) } catch { throw ProtocolViolation("undecodable CheckpointManifest payload") }
+        }
         guard sent.header == epoch.sent else { throw ProtocolViolation("epoch \(frame.epoch): the manifest's identity differs from its header's") }
         var manifest = sent
         manifest.sequence = epoch.stored.sequence
         manifest.parent = epoch.stored.parent
-        if var files = epoch.files { try files.seal() }
+        // Written as received but for the chain link: no second encoding (`ManifestRelink`).
+        guard let encoded = ManifestRelink.relink(frame.payload, parent: manifest.parent, sequence: manifest.sequence) else {
+            throw ProtocolViolation("epoch \(frame.epoch): the manifest is not one JSON object with plain, distinct keys")
+        }
+        var files = epoch.files
+        let log = files?.release()
+        defer { try? log?.close() }
         let stored: CheckpointManifest
+        let partial = epoch.sink.partialPath
         do {
-            stored = try epoch.sink.finish(manifest)
+            // Checks, before anything is committed, that the pages received are the pages the
+            // primary stored (its page index summary and digests in the manifest); `files.log`
+            // is synced with the image's files.
+            stored = try epoch.sink.finish(manifest, encoded: encoded, syncing: log.map { [$0] } ?? [])
         } catch {
+            // (`abandon` counts the epoch; a failed sink no longer names its partial directory.)
+            if let partial { try? FileManager.default.removeItem(atPath: partial) }
+            if case ImageError.invalidPages = error {
+                throw ProtocolViolation("epoch \(frame.epoch)\(treeInFlight == nil ? "" : ", member \(sent.pid),") discarded: the pages received differ from what the primary stored")
+            }
             throw Refused(.storage, "epoch \(frame.epoch): \(error)")
         }
         inFlight = nil
         let synced = ContinuousClock.now
         var problems: [String] = []
-        if stored.pageIndex != sent.pageIndex || stored.files != sent.files {
-            problems.append("the pages received differ from what the primary stored")
-        }
         var image: CheckpointImage?
         do {
             // Opening checks the manifest, index and commit record against their digests (the
@@ -534,6 +571,15 @@ actor StandbyStore {
             do {
                 try Compaction.swap(directory, base)
                 chainLength = max(1, chainLength - base.replaced.count)
+                // The images after the base stay as they were; the base is opened from the
+                // manifest it was written with.
+                chainImages.removeAll { $0.epoch < base.epoch }
+                if let index = chainImages.firstIndex(where: { $0.epoch == base.epoch }), let manifest = base.manifest,
+                   let opened = try? CheckpointImage.open(directory.imagePath(base.epoch), written: manifest) {
+                    chainImages[index].image = opened.asAncestor()
+                } else {
+                    chainImages = []
+                }
                 statistics.compactions += 1
                 metrics.compactions.increment()
                 logger.info("standby: compacted the chain into a full base at epoch \(base.epoch) in \(clock.now - started) (in the background); the chain holds \(chainLength) image(s)")
@@ -556,6 +602,7 @@ actor StandbyStore {
         }
         guard chainLength >= compactEvery else { return }
         let epoch = committed.epoch, directory = self.directory
+        let known: [CheckpointImage]? = chainImages.count == chainLength && chainImages.first?.epoch == epoch ? chainImages.map(\.image) : nil
         let started = clock.now
         // A duplicate of the lock's descriptor: the directory stays locked until the base is
         // written or abandoned, even if this store is gone by then.
@@ -565,7 +612,7 @@ actor StandbyStore {
             defer { try? lock.close() }
             do {
                 let base = try await Blocking.run("mitosis-standby-compact") {
-                    try Compaction.writeBase(directory, epoch: epoch) { stopping.withLockedValue { $0 } }
+                    try Compaction.writeBase(directory, epoch: epoch, known: known) { stopping.withLockedValue { $0 } }
                 }
                 background.withLockedValue { $0 = base.map { .written($0, generation: generation, started: started) } ?? .idle }
             } catch {
