@@ -15,7 +15,10 @@ import SystemPackage
 /// `brk(0)`, …) writing into one scratch mapping made for the purpose and unmapped before the
 /// thaw; one injected program per thread runs them (one stop per thread, not two per call).
 enum RestoreCapture {
-    static func capture(_ tracer: Tracer, target: TargetProcess, maps: [MemoryMapping], descriptors: [OpenDescriptor]) async throws -> RestoreRecord {
+    /// The record, and how long the injected calls took (the scratch mapping made, the programs
+    /// run, the answers read, the mapping removed): the part of the freeze that is ptrace stops.
+    static func capture(_ tracer: Tracer, target: TargetProcess, maps: [MemoryMapping],
+                        descriptors: [OpenDescriptor]) async throws -> (record: RestoreRecord, injected: Duration) {
         let pid = target.pid
         // Before any injection: injecting places a stub in the vDSO's padding until the thaw.
         let vdso = try vdsoIdentity(pid: pid, maps: maps)
@@ -23,7 +26,9 @@ enum RestoreCapture {
             throw MitosisError.unsupported(feature: "restore", detail: "/proc/\(pid)/timers could not be parsed")
         }
         let tids = await tracer.threads(of: pid)
+        let asking = ContinuousClock.now
         let answers = try await ask(tracer, target: target, tids: tids, timers: timerEntries)
+        let injected = ContinuousClock.now - asking
         guard let bounds = RestoreRecord.MemoryBounds(procStat: try target.text("stat"), brk: answers.brk) else {
             throw MitosisError.system(operation: "parsing /proc/\(pid)/stat", errno: .invalidArgument)
         }
@@ -74,7 +79,7 @@ enum RestoreCapture {
         }
         record.processState = try await ProcessStateCapture.capture(tracer, target: target, tids: tids, timers: timerEntries,
                                                                     answers: answers.processState)
-        return record
+        return (record, injected)
     }
 
     /// What only the process itself can tell, asked by injected calls.
