@@ -58,9 +58,10 @@ struct MitosisCommand: AsyncParsableCommand {
 
 /// Prints one clear line for a failure and exits nonzero; never a stack trace. Every error of the
 /// library is a `MitosisFailure` and says what happened in its `summary`.
-func fail(_ error: any Error) -> Never {
+func fail(_ error: any Error, hint: String? = nil) -> Never {
     let message = (error as? any MitosisFailure)?.summary ?? "\(error)"
     FileHandle.standardError.write(Data("mitosis: \(message)\n".utf8))
+    if let hint { FileHandle.standardError.write(Data("mitosis: \(hint)\n".utf8)) }
     exit(1)
 }
 

@@ -184,6 +184,8 @@ struct PromoteCommand: AsyncParsableCommand {
     @Flag(help: "Print the result as JSON.") var json = false
 
     func run() async throws {
+        let fence = StandbyDirectory(directory)
+        let fencedBefore = fence.isPromoted
         do {
             let result = try await Promotion.promote(directory: directory)
             if json {
@@ -192,7 +194,9 @@ struct PromoteCommand: AsyncParsableCommand {
                 print(Self.line(result))
             }
         } catch {
-            fail(error)
+            // A failed promotion keeps its fence (never two primaries): say how to retry.
+            let fenced = !fencedBefore && fence.isPromoted
+            fail(error, hint: fenced ? "\(fence.path) stays fenced; once no process runs from it, remove \(fence.fencePath) to promote it again" : nil)
         }
     }
 
