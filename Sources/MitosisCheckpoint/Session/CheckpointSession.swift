@@ -360,12 +360,13 @@ public actor CheckpointSession {
                 }
                 run.mark("frozen restore state", clock)
                 run.phases["frozen injected calls"] = Self.milliseconds(injected)
-                // The connections last, so that the network lock (which drops the clients'
-                // packets: TCP resends them only after its retransmission timeout) holds for the
-                // least time. A connection's state may have changed since the sockets' states
-                // were read: a client that hangs up during the freeze, which the freeze itself
-                // causes (a client with a timeout gives up). So every TCP socket not captured is
-                // read again, under the lock: the image then agrees with what was captured.
+                // The connections last, so that the network lock, when one is taken (which drops
+                // the clients' packets: TCP resends them only after its retransmission timeout),
+                // holds for the least time. A connection's state may have changed since the
+                // sockets' states were read: a client that hangs up during the freeze, which the
+                // freeze itself causes (a client with a timeout gives up). So every TCP socket not
+                // captured is read again after the capture (`captureConnections`): the image then
+                // agrees with what was captured.
                 if restore != nil {
                     do {
                         let connections = try captureConnections(descriptors, prepared: preparedLock, record: &restore!, run)
