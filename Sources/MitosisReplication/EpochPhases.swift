@@ -25,7 +25,7 @@ public struct EpochPhases: Sendable, Equatable {
     public static let primaryNames = ["capture", "freeze", "send", "files", "acknowledgement", "total"]
     /// The checkpoint's own phases within `capture` and `send` (`CheckpointResult.phases`).
     public static let checkpointNames = ["precopy", "before freeze", "lock", "seize", "frozen map", "frozen copy", "frozen threads+fds",
-                                         "frozen restore state", "frozen connections", "thaw", "unlock", "inspect", "write"]
+                                         "frozen restore state", "frozen injected calls", "frozen connections", "thaw", "unlock", "inspect", "write"]
     public static let standbyNames = ["receive", "commit", "verify", "readiness", "total"]
 }
 

@@ -91,9 +91,9 @@ struct ProtectCommand: AsyncParsableCommand {
             let lag50 = ReplicationStatistics.percentile(final.lagMilliseconds, 50) ?? 0
             let lag99 = ReplicationStatistics.percentile(final.lagMilliseconds, 99) ?? 0
             let seconds = milliseconds(clock.now - started) / 1000
-            print(String(format: "protected process %d: %d epochs acknowledged (%d full), newest %@, %.1f epochs/s; freeze p50 %.2f ms p99 %.2f ms; lag p50 %.1f ms p99 %.1f ms (%.1f epochs); %.1f MB sent, %.2f MB/s",
+            print(String(format: "protected process %d: %d epochs acknowledged (%d full), newest %@, %.1f epochs/s; freeze p50 %.2f ms p99 %.2f ms; lag p50 %.1f ms p99 %.1f ms (%.1f epochs); %.1f MB sent, %.2f MB/s; network locked in %d",
                          pid, final.epochs, final.fullEpochs, final.acknowledged?.epoch.description ?? "none", Double(final.epochs) / max(0.001, seconds),
-                         p50, p99, lag50, lag99, lag99 / Double(interval), Double(final.bytesSent) / 1e6, Double(final.bytesSent) / 1e6 / max(0.001, seconds)))
+                         p50, p99, lag50, lag99, lag99 / Double(interval), Double(final.bytesSent) / 1e6, Double(final.bytesSent) / 1e6 / max(0.001, seconds), final.lockedEpochs))
             if !final.phases.epochs.isEmpty {
                 print("epoch phases, mean/p99 ms: " + final.phases.summary(EpochPhases.primaryNames))
                 // A tree's epochs have no one checkpoint's phases (its members' run side by side).

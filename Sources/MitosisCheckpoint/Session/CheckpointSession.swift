@@ -96,10 +96,15 @@ public struct CheckpointResult: Sendable {
     /// Where the checkpoint's time went, in milliseconds: `precopy` (rounds while the target
     /// runs), `before freeze` (`CheckpointOptions.beforeFreeze`, when it waited), `lock`
     /// (preparing the network lock), `seize` (freezing), `frozen map`, `frozen copy`, `frozen
-    /// threads+fds`, `frozen restore state`, `frozen connections`, `thaw`, `unlock` (lifting the
+    /// threads+fds`, `frozen restore state` (of which `frozen injected calls` asked the process
+    /// itself, by ptrace), `frozen connections`, `thaw`, `unlock` (lifting the
     /// network lock), `inspect` (what is read after the thaw), `write` (pages to the sink). The
     /// sink's `finish` is not included.
     public var phases: [String: Double] = [:]
+    /// The TCP connections were captured under the network lock, which drops their packets while
+    /// it holds: always when the process is moved, else only when a connection changed during
+    /// the capture without it (`CheckpointOptions.networkLock`).
+    public var connectionsLocked = false
     public var stats: CheckpointStats { manifest.stats }
 }
 
@@ -327,7 +332,8 @@ public actor CheckpointSession {
                 // pages given back since (an allocator's `MADV_DONTNEED` of whole page tables is
                 // not reported written by uffd-wp on 6.18; PurgedMemoryTests), and they would
                 // keep their bytes of before in the image instead of reading as zeros.
-                let map = try readPageMap(run)
+                let frozenMaps = try ProcessReader.mappings(target, detailed: false)
+                let map = try readPageMap(run, frozenMaps)
                 run.invalidate(try collectWrites(map))
                 run.mark("frozen map", clock)
                 let toCopy = map.data.subtracting(run.inheritable).subtracting(run.staged).subtracting(run.early)
@@ -342,29 +348,28 @@ public actor CheckpointSession {
                 // Without a restore record the image still serves as a memory checkpoint; a
                 // restore refuses it.
                 var restore: RestoreRecord?
+                var injected = Duration.zero
                 if options.recordRestoreState {
                     do {
-                        restore = try await RestoreCapture.capture(tracer, target: target, maps: try ProcessReader.mappings(target, detailed: false),
-                                                                   descriptors: descriptors)
+                        let captured = try await RestoreCapture.capture(tracer, target: target, maps: frozenMaps, descriptors: descriptors)
+                        restore = captured.record
+                        injected = captured.injected
                     } catch {
                         logger.warning("checkpoint of \(pid) is not restorable: \(error)")
                     }
                 }
                 run.mark("frozen restore state", clock)
-                // The connections last, so that the network lock (which drops the clients'
-                // packets: TCP resends them only after its retransmission timeout) holds for the
-                // least time. A connection's state may have changed since the sockets' states
-                // were read: a client that hangs up during the freeze, which the freeze itself
-                // causes (a client with a timeout gives up). So every TCP socket not captured is
-                // read again, under the lock: the image then agrees with what was captured.
+                run.phases["frozen injected calls"] = Self.milliseconds(injected)
+                // The connections last, so that the network lock, when one is taken (which drops
+                // the clients' packets: TCP resends them only after its retransmission timeout),
+                // holds for the least time. A connection's state may have changed since the
+                // sockets' states were read: a client that hangs up during the freeze, which the
+                // freeze itself causes (a client with a timeout gives up). So every TCP socket not
+                // captured is read again after the capture (`captureConnections`): the image then
+                // agrees with what was captured.
                 if restore != nil {
                     do {
-                        let connections = try ConnectionCapture(target: target, descriptors: descriptors, lockNetwork: options.networkLock,
-                                                                prepared: preparedLock, keepsLock: !options.moveConnections)
-                        do { try SocketCapture.reread(uncaptured: connections.connections, in: &restore!, pid: pid, descriptors: descriptors) } catch {
-                            connections.resume()
-                            throw error
-                        }
+                        let connections = try captureConnections(descriptors, prepared: preparedLock, record: &restore!, run)
                         restore?.connections = connections.connections
                         if options.moveConnections && !connections.connections.isEmpty {
                             restore?.networkLockTable = connections.reserveHold(pid: pid)
@@ -457,7 +462,7 @@ public actor CheckpointSession {
             previousValid = stored.union(inherited)
             previous = (committed.id, committed.sequence)
             return CheckpointResult(manifest: committed, precopyRounds: run.rounds, pagesCopied: run.copied,
-                                    pagesCopiedFrozen: run.copiedFrozen, phases: run.phases)
+                                    pagesCopiedFrozen: run.copiedFrozen, phases: run.phases, connectionsLocked: run.connectionsLocked)
         } catch {
             await untracking?.value
             moved?.resume()
@@ -481,6 +486,42 @@ public actor CheckpointSession {
         let flags = try ProcessReader.mappings(target, detailed: true).map { RestoreRecord.MappingFlags(start: $0.start, vmFlags: $0.vmFlags ?? []) }
         smapsFlags = (maps, flags, now)
         return flags
+    }
+
+    /// The TCP connections of the frozen target, with `record`'s sockets read again to agree
+    /// with them. A process that runs on is captured without the network lock, which would drop
+    /// its peers' packets (a client waiting for an answer then waits for TCP's retransmission
+    /// timeout, at every checkpoint); the capture is checked (`ConnectionCapture.unchanged(sockets:)`)
+    /// and, should a segment have come in meanwhile, taken again under the lock (`prepared`, the
+    /// session's). A process being moved (`moveConnections`) is captured under the lock, which
+    /// stays until its kill.
+    private func captureConnections(_ descriptors: [OpenDescriptor], prepared: NetworkLock?, record: inout RestoreRecord,
+                                    _ run: Run) throws -> ConnectionCapture {
+        if options.networkLock && !options.moveConnections {
+            let unlocked = try ConnectionCapture(target: target, descriptors: descriptors, lockNetwork: false)
+            do {
+                try SocketCapture.reread(uncaptured: unlocked.connections, in: &record, pid: pid, descriptors: descriptors)
+            } catch {
+                unlocked.resume()
+                throw error
+            }
+            if unlocked.unchanged(sockets: record.sockets ?? []) { return unlocked }
+            unlocked.resume()
+            logger.debug("checkpoint of \(pid): a TCP connection changed while it was captured; captured again under the network lock")
+        }
+        let connections = try ConnectionCapture(target: target, descriptors: descriptors, lockNetwork: options.networkLock,
+                                                prepared: prepared, keepsLock: !options.moveConnections)
+        run.connectionsLocked = options.networkLock && !connections.connections.isEmpty
+        do {
+            // Every TCP socket read again under the lock, when an unlocked capture came first:
+            // a socket it left out may be captured now.
+            let captured = options.moveConnections || !options.networkLock ? connections.connections : []
+            try SocketCapture.reread(uncaptured: captured, in: &record, pid: pid, descriptors: descriptors)
+        } catch {
+            connections.resume()
+            throw error
+        }
+        return connections
     }
 
     /// The network lock's `nft`, started once per session and namespace rather than at every
@@ -521,6 +562,8 @@ public actor CheckpointSession {
         /// Every page the tracker reported written during this run: should the checkpoint fail,
         /// they are no longer current in the previous one (the tracker will not report them again).
         package var dirtied = PageSet()
+        /// The TCP connections were captured under the network lock (`CheckpointResult.connectionsLocked`).
+        package var connectionsLocked = false
         /// Milliseconds per phase (`CheckpointResult.phases`), and when the last one ended.
         package var phases: [String: Double] = [:]
         private var lastMark: ContinuousClock.Instant?
@@ -542,8 +585,9 @@ public actor CheckpointSession {
         }
     }
 
-    private func readPageMap(_ run: Run) throws -> ProcessPageMap {
-        let map = try pageMaps.read(ProcessReader.mappings(target, detailed: false))
+    /// The page map of `maps`, read from `/proc/PID/maps` now unless given.
+    private func readPageMap(_ run: Run, _ maps: [MemoryMapping]? = nil) throws -> ProcessPageMap {
+        let map = try pageMaps.read(maps ?? ProcessReader.mappings(target, detailed: false))
         run.pagesScanned += map.pagesScanned
         return map
     }
@@ -760,6 +804,11 @@ public actor CheckpointSession {
     /// A vanished target is reported as such, whichever layer noticed.
     package static func translate(_ error: any Error, pid: Int32) -> any Error {
         (error as? MitosisError)?.goneProcess == pid ? MitosisError.targetExited(pid) : error
+    }
+
+    package static func milliseconds(_ duration: Duration) -> Double {
+        let (seconds, attoseconds) = duration.components
+        return Double(seconds) * 1000 + Double(attoseconds) / 1e15
     }
 
     package static func nanoseconds(_ duration: Duration) -> UInt64 {

@@ -7,8 +7,14 @@ import SystemPackage
 /// The TCP connections of a frozen process (ESTABLISHED and CLOSE-WAIT), captured with TCP
 /// repair through `pidfd_getfd` copies of its sockets (the same sockets: nothing is injected).
 ///
-/// The network lock comes first: a frozen process's kernel still receives for it, and a segment
-/// arriving between two reads would tear the state. The sockets' states were read before it
+/// The network lock comes first when the process is being moved: a frozen process's kernel
+/// still receives for it, and a segment arriving between two reads would tear the state. A
+/// process that runs on after the checkpoint is captured without it (`lockNetwork` false), and
+/// the capture is checked instead (`unchanged(sockets:)`), then taken again under the lock in the rare
+/// case a segment came in between: the lock drops every packet of the connections while it
+/// holds, and one dropped packet of a client waiting for its answer costs that client TCP's
+/// retransmission timeout (200 ms and more), at every checkpoint — replication takes 20 a
+/// second (Docs/replication.md, "The network lock"). The sockets' states were read before it
 /// (`SocketCapture`): the session reads the sockets not captured again afterwards
 /// (`SocketCapture.reread`), because a client that hangs up during the freeze (its FIN, or its
 /// reset) changes its connection's state in between, and the image then named an ESTABLISHED
@@ -86,6 +92,27 @@ final class ConnectionCapture: @unchecked Sendable {
         held = nil
         if keepsLock { try? lock?.unlock() } else { lock?.release() }
         lock = nil
+    }
+
+    /// Whether what was captured without the network lock is one instant of every TCP socket
+    /// (`sockets`, the record's, read again after the capture, `SocketCapture.reread`): each connection
+    /// captured again reads the same (its timestamp clock aside), and no socket the record calls
+    /// ESTABLISHED or CLOSE-WAIT went uncaptured. The owner is frozen, so only segments from the
+    /// network change a socket, and every one that matters moves a sequence number, a queue's
+    /// length, the window or the state forward (never back): a segment that arrived during the
+    /// first capture, or between it and this one, shows as a difference. Then the caller
+    /// captures again under the lock.
+    func unchanged(sockets: [SocketRestoreState]) -> Bool {
+        for (copy, connection) in repaired {
+            guard var again = try? TcpRepair.capture(copy, stayInRepair: false) else { return false }
+            again.timestamp = connection.timestamp  // the socket's clock, read now: it moves on
+            guard again == connection else { return false }
+        }
+        let captured = Set(connections.map(\.inode))
+        return !sockets.contains { socket in
+            socket.isInet && socket.type == Linux.SOCK_STREAM && !socket.listening && !captured.contains(socket.inode)
+                && socket.tcpState.map(TcpRepair.capturedStates.contains) == true
+        }
     }
 
     /// Names the table that will keep the lock after Mitosis exits, once the process is killed

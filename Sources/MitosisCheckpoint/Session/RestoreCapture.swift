@@ -13,9 +13,13 @@ import SystemPackage
 /// `ProcessStateCapture` asks are known only to the process itself: they are asked by injected
 /// system calls (`rt_sigaction(sig, NULL, scratch)`, `prctl(PR_GET_TID_ADDRESS, scratch)`,
 /// `brk(0)`, …) writing into one scratch mapping made for the purpose and unmapped before the
-/// thaw; one injected program per thread runs them (one stop per thread, not two per call).
+/// thaw; one injected program per thread runs them (one stop per thread, not two per call), the
+/// threads' programs side by side.
 enum RestoreCapture {
-    static func capture(_ tracer: Tracer, target: TargetProcess, maps: [MemoryMapping], descriptors: [OpenDescriptor]) async throws -> RestoreRecord {
+    /// The record, and how long the injected calls took (the scratch mapping made, the programs
+    /// run, the answers read, the mapping removed): the part of the freeze that is ptrace stops.
+    static func capture(_ tracer: Tracer, target: TargetProcess, maps: [MemoryMapping],
+                        descriptors: [OpenDescriptor]) async throws -> (record: RestoreRecord, injected: Duration) {
         let pid = target.pid
         // Before any injection: injecting places a stub in the vDSO's padding until the thaw.
         let vdso = try vdsoIdentity(pid: pid, maps: maps)
@@ -23,7 +27,9 @@ enum RestoreCapture {
             throw MitosisError.unsupported(feature: "restore", detail: "/proc/\(pid)/timers could not be parsed")
         }
         let tids = await tracer.threads(of: pid)
+        let asking = ContinuousClock.now
         let answers = try await ask(tracer, target: target, tids: tids, timers: timerEntries)
+        let injected = ContinuousClock.now - asking
         guard let bounds = RestoreRecord.MemoryBounds(procStat: try target.text("stat"), brk: answers.brk) else {
             throw MitosisError.system(operation: "parsing /proc/\(pid)/stat", errno: .invalidArgument)
         }
@@ -74,7 +80,7 @@ enum RestoreCapture {
         }
         record.processState = try await ProcessStateCapture.capture(tracer, target: target, tids: tids, timers: timerEntries,
                                                                     answers: answers.processState)
-        return record
+        return (record, injected)
     }
 
     /// What only the process itself can tell, asked by injected calls.
@@ -109,7 +115,8 @@ enum RestoreCapture {
         let tidsAt = 2048, clocksAt = tidsAt + 8 * tids.count, itimersAt = clocksAt + 32, threadsAt = itimersAt + 96
         let timersAt = threadsAt + 32 * tids.count, dataLength = timersAt + 32 * timers.count
         let mainCalls = 1 + signals.count + 2 + 3 + timers.count + 3 + 4
-        let programLength = Tracer.programAreaSize(calls: mainCalls)
+        // The main thread's program, then one of 4 calls per other thread (`perform`).
+        let programLength = Tracer.programAreaSize(calls: mainCalls) + max(0, tids.count - 1) * Tracer.programAreaSize(calls: 4)
         let page = Int(PagemapFile.pageSize)
         let length = (programLength + dataLength + page - 1) / page * page
         // Executable for the program; a kernel (or policy) that refuses that gets the calls one by one.
@@ -137,7 +144,7 @@ enum RestoreCapture {
         }
         let asked: Result<([UInt64], [UInt64], TimeSpec), any Error>
         do {
-            let results = try await perform(tracer, calls, program: program ? scratch : nil)
+            let results = try await perform(tracer, calls, program: program ? (scratch, programLength) : nil)
             let realtime = try Kernel.clockNow(ClockID.realtime)
             var words = [UInt64](repeating: 0, count: dataLength / 8)
             let count = try words.withUnsafeMutableBytes { buffer throws(Errno) in
@@ -167,26 +174,39 @@ enum RestoreCapture {
     }
 
     /// Runs `calls`, each in its thread: one injected program per thread (in the order the
-    /// threads first appear) at `program` where the thread can run one, else one call at a time.
-    /// Returns the results in order; a call that failed throws its `Errno`.
-    static func perform(_ tracer: Tracer, _ calls: [(tid: Int32, call: InjectedCall)], program: UInt64?) async throws -> [UInt64] {
+    /// threads first appear, each in its own part of `program`, all started before the first is
+    /// waited for: `Tracer.runPrograms`) where the thread can run one and its program fits, else
+    /// one call at a time. Returns the results in order; a call that failed throws its `Errno`.
+    static func perform(_ tracer: Tracer, _ calls: [(tid: Int32, call: InjectedCall)],
+                        program: (address: UInt64, length: Int)?) async throws -> [UInt64] {
         var order: [Int32] = []
         var groups: [Int32: [Int]] = [:]
         for (index, entry) in calls.enumerated() {
             if groups[entry.tid] == nil { order.append(entry.tid) }
             groups[entry.tid, default: []].append(index)
         }
+        var raw: [Int32: [Int64]] = [:]
+        if let program {
+            var programs: [(tid: Int32?, calls: [InjectedCall], area: UInt64)] = []
+            var offset = 0
+            for tid in order {
+                let group = groups[tid]!.map { calls[$0].call }
+                let size = Tracer.programAreaSize(calls: group.count)
+                guard offset + size <= program.length else { break }
+                programs.append((tid, group, program.address + UInt64(offset)))
+                offset += size
+            }
+            for (entry, results) in zip(programs, try await tracer.runPrograms(programs)) { raw[entry.tid!] = results }
+        }
         var results = [UInt64](repeating: 0, count: calls.count)
         for tid in order {
             let indices = groups[tid]!
-            var raw: [Int64]?
-            if let program { raw = try await tracer.runProgram(indices.map { calls[$0].call }, in: tid, area: program) }
-            if raw == nil {
+            if raw[tid] == nil {
                 var one: [Int64] = []
                 for index in indices { one.append(try await tracer.injectSyscall(calls[index].call.number, calls[index].call.arguments, in: tid)) }
-                raw = one
+                raw[tid] = one
             }
-            for (index, result) in zip(indices, raw!) {
+            for (index, result) in zip(indices, raw[tid]!) {
                 if result < 0 && result >= -4095 { throw Errno(rawValue: Int32(-result)) }
                 results[index] = UInt64(bitPattern: result)
             }

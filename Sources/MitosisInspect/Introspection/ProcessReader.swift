@@ -12,7 +12,7 @@ public enum ProcessReader {
     /// Every mapping of `pid`, with smaps sizes and VmFlags when `detailed` (the default);
     /// from the cheaper `/proc/PID/maps` otherwise.
     public static func mappings(_ target: TargetProcess, detailed: Bool = true) throws(MitosisError) -> [MemoryMapping] {
-        ProcMaps.parse(try target.text(detailed ? "smaps" : "maps"))
+        ProcMaps.parse(try target.bytes(detailed ? "smaps" : "maps"))
     }
 
     /// Who `pid` is: ids, command line, environment, links, credentials.

@@ -75,6 +75,10 @@ public struct ReplicationStatistics: Sendable, Equatable {
     public var connected = false
     public var connectedStandbys: [String] = []
     public var reconnects = 0
+    /// Epochs whose TCP connections were captured under the network lock, which drops the
+    /// clients' packets while it holds (`CheckpointResult.connectionsLocked`): only when a
+    /// connection changed during the capture without it.
+    public var lockedEpochs = 0
     public var lastError: String?
     /// Per epoch, most recent last (bounded): how long the process was frozen, and how long
     /// from the start of its checkpoint until the standby acknowledged it (the lag).
@@ -246,6 +250,7 @@ public final class ReplicationSession: Service, Sendable {
         let started: ContinuousClock.Instant
         let freeze: Double
         let checkpointPhases: [String: Double]
+        let connectionsLocked: Bool
     }
 
     private func protect(_ source: Source, _ files: DataFiles, _ unacknowledged: Unacknowledged) async throws {
@@ -308,6 +313,7 @@ public final class ReplicationSession: Service, Sendable {
                 $0.acknowledged = acknowledged
                 $0.epochs += 1
                 if sent.full { $0.fullEpochs += 1 }
+                if sent.connectionsLocked { $0.lockedEpochs += 1 }
                 $0.bytesSent += sent.sink.bytesSent
                 $0.record(freeze: sent.freeze, lag: lag)
                 var phases = sent.sink.phases
@@ -468,7 +474,7 @@ public final class ReplicationSession: Service, Sendable {
             let sent = Sent(epoch: epoch, sink: sink, imageID: result?.manifest.id ?? treeEpoch?.manifest.id ?? "", manifest: result?.manifest,
                             files: files.pendingState, full: full, started: started,
                             freeze: result.map { Double($0.stats.frozenNanoseconds) / 1e6 } ?? treeEpoch?.frozenMilliseconds ?? 0,
-                            checkpointPhases: result?.phases ?? [:])
+                            checkpointPhases: result?.phases ?? [:], connectionsLocked: result?.connectionsLocked ?? false)
             if isTree {
                 // A tree epoch's sink collected its acknowledgements before returning.
                 files.acknowledged()

@@ -59,11 +59,88 @@ extension Tracer {
     /// caught or pending): inject the calls one by one instead. The program's calls must not
     /// block. A signal the thread dequeues meanwhile is held back and delivered at thaw.
     public func runProgram(_ calls: [InjectedCall], in tid: Int32? = nil, area: UInt64) throws(MitosisError) -> [Int64]? {
+        try runPrograms([(tid, calls, area)])[0]
+    }
+
+    /// As `runProgram`, in several threads at once, each program in an `area` of its own: all
+    /// are written and started before the first is waited for, so that their stops overlap
+    /// rather than follow one another (each waits for its thread, then for Mitosis, to be
+    /// scheduled: a freeze asks every thread of the process). Returns each program's results,
+    /// nil for a thread that cannot run one. Should one fail, every thread started is still
+    /// waited for and given back its registers, signal mask and stack before the error is thrown.
+    public func runPrograms(_ programs: [(tid: Int32?, calls: [InjectedCall], area: UInt64)]) throws(MitosisError) -> [[Int64]?] {
+        var started: [(index: Int, program: StartedProgram)] = []
+        var failure: MitosisError?
+        try Kernel.withFatalSignalsHeld { () throws(MitosisError) -> Void in
+            for (index, program) in programs.enumerated() {
+                do throws(MitosisError) {
+                    guard let one = try startProgram(program.calls, in: program.tid, area: program.area) else { continue }
+                    started.append((index, one))
+                } catch {
+                    failure = error
+                    break
+                }
+            }
+            // Registers go back only into a stopped thread: every started program is waited for.
+            for (_, program) in started {
+                do throws(MitosisError) {
+                    try awaitProgramEnd(program)
+                    InjectionPauseHook.reached(.programEnded, tid: program.thread.tid)
+                } catch {
+                    failure = failure ?? error
+                }
+            }
+            for (_, program) in started {
+                defer {
+                    program.frame.restore(pid: program.thread.pid)
+                    if program.suspendedSeccomp { try? Ptrace.setOptions(program.thread.tid, seizeOptions) }
+                }
+                do throws(Errno) {
+                    try Ptrace.setRegisters(program.thread.tid, program.saved)
+                    try Ptrace.setSignalMask(program.thread.tid, program.mask)
+                } catch {
+                    failure = failure ?? threadError(error, program.thread, "restoring registers of")
+                }
+            }
+        }
+        if let failure { throw failure }
+        var results = [[Int64]?](repeating: nil, count: programs.count)
+        for (index, program) in started {
+            var table = [UInt64](repeating: 0, count: program.calls * Self.programEntrySize / 8)
+            do {
+                let read = try table.withUnsafeMutableBytes { buffer in try Kernel.readMemory(pid: program.thread.pid, address: program.table, into: buffer) }
+                guard read == table.count * 8 else { throw Errno.badAddress }
+            } catch {
+                throw threadError(error as? Errno ?? .ioError, program.thread, "reading the results of an injected program in")
+            }
+            results[index] = (0..<program.calls).map { Int64(bitPattern: UInt64(littleEndian: table[$0 * 8 + 7])) }
+        }
+        return results
+    }
+
+    /// A program written into its thread and resumed, with what puts the thread back.
+    struct StartedProgram {
+        let thread: SeizedThread
+        let signal: Int32
+        let saved: GeneralRegisters
+        let mask: UInt64
+        let frame: HealingFrame
+        let suspendedSeccomp: Bool
+        let area: UInt64
+        let table: UInt64
+        let calls: Int
+    }
+
+    /// Writes the program and its rt_sigreturn frame, points the thread at it with only the
+    /// ending signal unblocked, and resumes it; nil when the thread cannot run one. On failure
+    /// the thread is left as it was.
+    private func startProgram(_ calls: [InjectedCall], in tid: Int32?, area: UInt64) throws(MitosisError) -> StartedProgram? {
         let thread = try lendingThread(tid)
         let site = try injectionSite(for: thread)
         guard site.selfHealing, let signal = Self.programEndSignal(thread) else { return nil }
         let suspended = try suspendSeccomp(of: thread)
-        defer { if suspended { try? Ptrace.setOptions(thread.tid, seizeOptions) } }
+        var started = false
+        defer { if suspended && !started { try? Ptrace.setOptions(thread.tid, seizeOptions) } }
         let saved: GeneralRegisters, mask: UInt64
         do throws(Errno) {
             saved = try Ptrace.generalRegisters(thread.tid)
@@ -89,61 +166,43 @@ extension Tracer {
             throw threadError(error as? Errno ?? .ioError, thread, "writing an injected program into")
         }
         let frame = try writeHealingFrame(thread, saved)
-        defer { frame.restore(pid: thread.pid) }
         var registers = saved
         registers.origRax = UInt64.max  // not inside a system call: nothing is restarted
         registers.rip = area
         registers.rbx = table
         registers.rsp = frame.address + 8
-        let ending = table + UInt64(calls.count * Self.programEntrySize)
-        try Kernel.withFatalSignalsHeld { () throws(MitosisError) -> Void in
-            do throws(MitosisError) {
-                do throws(Errno) {
-                    try Ptrace.setSignalMask(thread.tid, ~(UInt64(1) << UInt64(signal - 1)))
-                    try Ptrace.setRegisters(thread.tid, registers)
-                } catch {
-                    throw threadError(error, thread, "setting registers of")
-                }
-                InjectionPauseHook.reached(.programStarted, tid: thread.tid)
-                try runToProgramEnd(thread, signal: signal, rip: area + Self.programSyscallEnd, entry: ending)
-                InjectionPauseHook.reached(.programEnded, tid: thread.tid)
-            } catch {
-                try? Ptrace.setRegisters(thread.tid, saved)
-                try? Ptrace.setSignalMask(thread.tid, mask)
-                throw error
-            }
-            do throws(Errno) {
-                try Ptrace.setRegisters(thread.tid, saved)
-                try Ptrace.setSignalMask(thread.tid, mask)
-            } catch {
-                throw threadError(error, thread, "restoring registers of")
-            }
-        }
-        var table64 = [UInt64](repeating: 0, count: calls.count * Self.programEntrySize / 8)
-        do {
-            let read = try table64.withUnsafeMutableBytes { buffer in try Kernel.readMemory(pid: thread.pid, address: table, into: buffer) }
-            guard read == table64.count * 8 else { throw Errno.badAddress }
+        do throws(Errno) {
+            try Ptrace.setSignalMask(thread.tid, ~(UInt64(1) << UInt64(signal - 1)))
+            try Ptrace.setRegisters(thread.tid, registers)
+            InjectionPauseHook.reached(.programStarted, tid: thread.tid)
+            inSignalDeliveryStop.remove(thread.tid)
+            try Ptrace.resume(thread.tid)
         } catch {
-            throw threadError(error as? Errno ?? .ioError, thread, "reading the results of an injected program in")
+            try? Ptrace.setRegisters(thread.tid, saved)
+            try? Ptrace.setSignalMask(thread.tid, mask)
+            frame.restore(pid: thread.pid)
+            throw threadError(error, thread, "setting registers of")
         }
-        return (0..<calls.count).map { Int64(bitPattern: UInt64(littleEndian: table64[$0 * 8 + 7])) }
+        started = true
+        return StartedProgram(thread: thread, signal: signal, saved: saved, mask: mask, frame: frame, suspendedSeccomp: suspended,
+                              area: area, table: table, calls: calls.count)
     }
 
-    /// Resumes `thread` into its program until the stop of its ending signal sent by its last
-    /// call (`%rip` after the `syscall` with `%rbx` at that entry). Another stop of that signal
-    /// (sent from outside: ignored by the process anyway) is passed over; a fault in the
-    /// program (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP) ends it with an error; other stops
-    /// are absorbed as in `injectSyscall`.
-    private func runToProgramEnd(_ thread: SeizedThread, signal: Int32, rip: UInt64, entry: UInt64) throws(MitosisError) {
-        let tid = thread.tid
+    /// Waits for a started program's ending signal sent by its last call (`%rip` after the
+    /// `syscall` with `%rbx` at that entry). Another stop of that signal (sent from outside:
+    /// ignored by the process anyway) is passed over; a fault in the program (SIGSEGV, SIGBUS,
+    /// SIGILL, SIGFPE, SIGTRAP) ends it with an error; other stops are absorbed as in
+    /// `injectSyscall`.
+    private func awaitProgramEnd(_ program: StartedProgram) throws(MitosisError) {
+        let tid = program.thread.tid
+        let rip = program.area + Self.programSyscallEnd
+        let entry = program.table + UInt64(program.calls * Self.programEntrySize)
         let faults: Set<Int32> = [4, 5, 7, 8, 11]  // SIGILL, SIGTRAP, SIGBUS, SIGFPE, SIGSEGV
         do throws(Errno) {
-            inSignalDeliveryStop.remove(tid)
-            try Ptrace.resume(tid)
             while true {
                 guard let event = try Ptrace.wait(tid) else { continue }
                 switch event {
-                case .signalStop(let number) where number == signal:
+                case .signalStop(let number) where number == program.signal:
                     let registers = try Ptrace.generalRegisters(tid)
                     if registers.rip == rip && registers.rbx == entry { return }
                 case .signalStop(let number) where faults.contains(number):
@@ -162,7 +221,7 @@ extension Tracer {
                 try Ptrace.resume(tid)
             }
         } catch {
-            throw threadError(error, thread, "running an injected program in")
+            throw threadError(error, program.thread, "running an injected program in")
         }
     }
 

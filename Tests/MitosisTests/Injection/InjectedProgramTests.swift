@@ -1,6 +1,7 @@
 import Glibc
 import Testing
 @testable import MitosisKernel
+import MitosisModel
 @testable import MitosisTrace
 
 extension Tracer {
@@ -36,6 +37,15 @@ struct InjectedProgramTests {
                 #expect(try await tracer.runProgram(many, area: area) == Array(repeating: Int64(child.pid), count: many.count))
             }
             print("injected program of 50 getpid calls: \((clock.now - start) / 1_000) per call")
+            // Programs in both threads at once, each in its own part of the area, started
+            // together. A program for a thread that is not seized fails the call, once the
+            // program started before it has ended and its thread is put back (checked below).
+            let half = UInt64(Tracer.programAreaSize(calls: calls.count))
+            let both = try await tracer.runPrograms([(child.pid, calls, area), (reader, calls, area + half)])
+            #expect(both == [[Int64(child.pid), Int64(child.pid), -Int64(EBADF)], [Int64(child.pid), Int64(reader), -Int64(EBADF)]])
+            await #expect(throws: MitosisError.self) {
+                try await tracer.runPrograms([(child.pid, calls, area), (999_999, calls, area + half)])
+            }
             try await tracer.injectMunmap(address: area, length: length)
             for tid in await tracer.threads(of: child.pid) {
                 #expect(try await tracer.registerBytes(tid) == registers[tid], "registers of thread \(tid)")

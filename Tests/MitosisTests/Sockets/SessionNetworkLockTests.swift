@@ -4,10 +4,15 @@ import Testing
 @testable import MitosisCheckpoint
 @testable import MitosisImage
 @testable import MitosisKernel
+import MitosisInspect
+import MitosisModel
+import MitosisTrace
 
 /// A checkpoint session of a process with an established connection starts `nft` once, not at
 /// every checkpoint (replication takes 20 a second): the same lock table serves every
 /// checkpoint, holds no rule between them (the client is answered), and is gone with the session.
+/// A process that runs on is captured without the lock (it would drop its clients' packets),
+/// and a connection that changes meanwhile is told.
 @Suite struct SessionNetworkLockTests {
     /// The `mitosis-lock-` tables in the namespace of `pid`.
     static func lockTables(in pid: Int32) async throws -> [String] {
@@ -33,6 +38,8 @@ import Testing
                 let result = try await session.checkpoint(to: DirectorySink(directory: scratch.path + "/\(index)"), parent: parent)
                 parent = .previous(path: "../\(index)")
                 #expect(result.manifest.restore?.connections?.count == 1, "checkpoint \(index) captured the connection")
+                // A quiet connection of a process that runs on: captured without the lock.
+                #expect(!result.connectionsLocked, "checkpoint \(index) locked the network")
                 tables.append(try await Self.lockTables(in: client.pid))
                 // Unlocked between checkpoints: the client is answered (`expect` forgets what it
                 // compared, so each exchange expects its own answer only).
@@ -57,5 +64,34 @@ import Testing
         try await client.send("send 9")
         try await client.send("expect 0 9")
         #expect(client.facts["expect"] == "PASS")
+    }
+
+    /// The check that replaces the lock: a capture taken without it reads the same when taken
+    /// again, until a segment arrives (the client's request, left unread in the server's queue).
+    @Test func anUnlockedCaptureSeesTheConnectionChange() async throws {
+        let server = try await ScenarioProcess("repairserver", ["ipv4", "0"])
+        defer { server.stop() }
+        let client = try await ScenarioProcess("repairclient", [String(server.pid), "ipv4", try server.fact("port")])
+        defer { client.stop() }
+        try await server.send("accept")
+        let target = try TargetProcess(pid: server.pid)
+        let capture = try ConnectionCapture(target: target, descriptors: try ProcessReader.descriptors(target), lockNetwork: false)
+        defer { capture.resume() }
+        #expect(capture.connections.count == 1)
+        #expect(capture.unchanged(sockets: []), "nothing came in")
+        // The socket says ESTABLISHED but was not captured: not one instant.
+        let socket = SocketRestoreState(inode: try #require(capture.connections.first).inode, domain: 2, type: Linux.SOCK_STREAM,
+                                        protocol: 6, local: nil, peer: nil, listening: false, backlog: nil, tcpState: 1, options: [])
+        #expect(capture.unchanged(sockets: [socket]), "a captured socket is no gap")
+        #expect(!capture.unchanged(sockets: [SocketRestoreState(inode: 1, domain: 2, type: Linux.SOCK_STREAM, protocol: 6, local: nil,
+                                                                  peer: nil, listening: false, backlog: nil, tcpState: 1, options: [])]))
+        try await client.send("send 1")
+        #expect(client.facts["sent"] == "6")
+        var unchanged = capture.unchanged(sockets: [])
+        for _ in 0..<50 where unchanged {
+            try await Task.sleep(for: .milliseconds(20))
+            unchanged = capture.unchanged(sockets: [])
+        }
+        #expect(!unchanged, "the request in the receive queue is a change")
     }
 }
