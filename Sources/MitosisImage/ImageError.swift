@@ -50,7 +50,9 @@ public enum ImageError: MitosisFailure, Equatable {
         switch self {
         case .notAnImage(let path): return "\(path): not a checkpoint image"
         case .unsupportedVersion(let path, let file, let version):
-            return "\(path): unsupported format version \(version) in \(file) (this mitosis reads versions \(CheckpointManifest.readableFormatVersions.lowerBound)–\(CheckpointManifest.readableFormatVersions.upperBound))"
+            // pages.index has one version more than the other files: compressed runs (3).
+            let newest = file == ImageFormat.indexName ? Int(ImageFormat.compressedIndexVersion) : CheckpointManifest.readableFormatVersions.upperBound
+            return "\(path): unsupported format version \(version) in \(file) (this mitosis reads versions \(CheckpointManifest.readableFormatVersions.lowerBound)–\(newest))"
         case .truncated(let path, let file, let detail): return "\(path): truncated file \(file) (\(detail))"
         case .checksumMismatch(let path, let file, let entry):
             return "\(path): checksum mismatch in \(file)" + (entry.map { " at entry \($0)" } ?? "")

@@ -118,6 +118,10 @@ struct ImageDamageTests {
         #expect(throws: ImageError.malformed(dir, file: "pages.index", detail: "entries share bytes of pages.data")) { try CheckpointImage.open(dir) }
         try index { $0[8] = 4 }
         #expect(throws: ImageError.unsupportedVersion(dir, file: "pages.index", version: 4)) { try CheckpointImage.open(dir) }
+        #expect(ImageError.unsupportedVersion(dir, file: "pages.index", version: 4).summary
+                == "\(dir): unsupported format version 4 in pages.index (this mitosis reads versions 1–3)")
+        #expect(ImageError.unsupportedVersion(dir, file: "manifest.json", version: 7).summary
+                == "\(dir): unsupported format version 7 in manifest.json (this mitosis reads versions 1–2)")
         // Version 3 (compressed images) names its compression where version 2 has 0.
         try index { $0[8] = 3 }
         #expect(throws: ImageError.malformed(dir, file: "pages.index", detail: "unknown compression 0")) { try CheckpointImage.open(dir) }
