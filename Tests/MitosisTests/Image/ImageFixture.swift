@@ -110,6 +110,17 @@ enum Synthetic {
 
     static func bytes(_ path: String) throws -> [UInt8] { try [UInt8](Data(contentsOf: URL(fileURLWithPath: path))) }
 
+    /// Sets the byte of `pages.index`'s header that names the compression (reserved, 0, before
+    /// version 3) to `value`, reseals the index and signs the image again: only that byte is wrong.
+    static func setIndexCompression(_ directory: String, _ value: UInt8, index original: [UInt8]? = nil) throws {
+        var index = try original ?? bytes(directory + "/pages.index")
+        index[24] = value
+        index.removeLast(8)
+        index.appendLittleEndian(Checksum.xxh64(index))
+        try overwrite(directory + "/pages.index", index)
+        try resign(directory)
+    }
+
     static func overwrite(_ path: String, _ bytes: [UInt8]) throws { try Data(bytes).write(to: URL(fileURLWithPath: path)) }
 
     /// Flips one byte of a file in place.

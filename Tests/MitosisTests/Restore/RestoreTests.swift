@@ -159,29 +159,19 @@ struct RestoreFailure: Error, CustomStringConvertible {
     @Test func restoreFromAnIncrementalImageReadsTheWholeChain() async throws {
         let scenario = try await CheckpointedScenario(mib: 8, workers: 1, incremental: true)
         defer { scenario.remove() }
-        let pid = scenario.child.pid
         #expect(scenario.manifest.kind == .incremental)
         let inherited = scenario.manifest.mappings.flatMap(\.pages).filter { $0.state == .inherited }.reduce(0) { $0 + $1.end - $1.start }
         #expect(inherited >= 8 << 20, "the patterned area is inherited from the full image")
         scenario.killOriginal()
         let restorer = try Restorer(image: CheckpointImage.open(scenario.image))
         #expect(restorer.chain.images.count == 2)
-        let chain = restorer.chain
-        _ = try await restorer.restore(verify: { pid in
-            let pages = try RestoreVerification.differingPages(pid: pid, chain: chain)
-            guard pages.isEmpty else { throw RestoreFailure(description: "\(pages.count) pages differ") }
-        })
-        defer { endRestored(pid) }
-        kill(pid, SIGUSR1)
-        let third = try await CheckpointedScenario.awaitCheck(3, in: scenario.log)
-        #expect(third.contains(" PASS ") && CheckpointedScenario.value("handled", in: third) == "3", "\(third)")
+        try await Self.restoreAndCheckThird(restorer, scenario)
     }
 
     @Test("a compressed chain (full and incremental, zstd) restores byte-exact and passes the self-check")
     func restoreFromACompressedChain() async throws {
         let scenario = try await CheckpointedScenario(mib: 8, workers: 1, incremental: true, compression: .zstd)
         defer { scenario.remove() }
-        let pid = scenario.child.pid
         scenario.killOriginal()
         let restorer = try Restorer(image: CheckpointImage.open(scenario.image))
         let chain = restorer.chain
@@ -190,6 +180,13 @@ struct RestoreFailure: Error, CustomStringConvertible {
         let full = chain.images[1]
         #expect(full.runs.contains { $0.isCompressed } && full.manifest.pageIndex.bytes < UInt64(full.storedPages * full.manifest.pageSize))
         #expect(CheckpointImage.verifyChain(scenario.image).isEmpty)
+        try await Self.restoreAndCheckThird(restorer, scenario)
+    }
+
+    /// Restores with every page compared to the chain's before the process runs, then asks the
+    /// restored scenario for its third self-check: PASS, with the three signals it was sent.
+    static func restoreAndCheckThird(_ restorer: Restorer, _ scenario: CheckpointedScenario) async throws {
+        let chain = restorer.chain, pid = scenario.child.pid
         _ = try await restorer.restore(verify: { pid in
             let pages = try RestoreVerification.differingPages(pid: pid, chain: chain)
             guard pages.isEmpty else { throw RestoreFailure(description: "\(pages.count) pages differ") }
