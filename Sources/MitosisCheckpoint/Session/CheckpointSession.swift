@@ -570,10 +570,7 @@ public actor CheckpointSession {
 
         package func mark(_ phase: String, _ clock: ContinuousClock) {
             let now = clock.now
-            if let lastMark {
-                let (seconds, attoseconds) = (now - lastMark).components
-                phases[phase, default: 0] += Double(seconds) * 1000 + Double(attoseconds) / 1e15
-            }
+            if let lastMark { phases[phase, default: 0] += CheckpointSession.milliseconds(now - lastMark) }
             lastMark = now
         }
 
