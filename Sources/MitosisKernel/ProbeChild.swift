@@ -2,9 +2,10 @@ import CMitosis
 import Glibc
 import SystemPackage
 
-/// A short-lived forked child to try kernel features on (`mitosis check`): it only waits, dies
-/// with its parent, and shares with this process one pipe (same descriptor number, same open
-/// file), a marker string and a present page (same addresses). `end()` kills and reaps it.
+/// A short-lived forked child to try kernel features on (`mitosis check`): it only waits, exits
+/// when this process dies (whichever thread forked it), and shares with this process one pipe
+/// (same descriptor number, same open file), a marker string and a present page (same
+/// addresses). `end()` kills and reaps it.
 package final class ProbeChild: @unchecked Sendable {
     private var raw = mitosis_probe_child()
     private var ended = false

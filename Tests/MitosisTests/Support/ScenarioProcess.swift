@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import CMitosis
+import SystemPackage
 @testable import MitosisKernel
 
 /// A running `mitosis-scenario` child: a real process in a known state.
@@ -42,11 +43,22 @@ final class ScenarioProcess: @unchecked Sendable {
          pid wanted: Int32? = nil, prefix: [String] = []) async throws {
         // The child dies with the thread that spawned it (PR_SET_PDEATHSIG follows the forking
         // thread), and the thread pool retires idle threads: spawn from one thread that lives on.
+        // An executable a test has just copied can be busy for a moment: a child another test
+        // forks in between holds the copy's descriptor until it execs, and exec refuses a file
+        // open for writing (ETXTBSY).
         @Sendable func spawn() throws -> ChildProcess {
-            try ScenarioProcess.spawner.sync { () throws -> ChildProcess in
-                if let wanted { try String(wanted - 1).write(toFile: "/proc/sys/kernel/ns_last_pid", atomically: false, encoding: .utf8) }
-                let command = prefix + [executable, name] + arguments
-                return try ChildProcess(executable: command[0], arguments: Array(command.dropFirst()))
+            var busy = 0
+            while true {
+                do {
+                    return try ScenarioProcess.spawner.sync { () throws -> ChildProcess in
+                        if let wanted { try String(wanted - 1).write(toFile: "/proc/sys/kernel/ns_last_pid", atomically: false, encoding: .utf8) }
+                        let command = prefix + [executable, name] + arguments
+                        return try ChildProcess(executable: command[0], arguments: Array(command.dropFirst()))
+                    }
+                } catch let error as Errno where error == .textFileBusy && busy < 100 {
+                    busy += 1
+                    Kernel.sleepThread(microseconds: 10_000)
+                }
             }
         }
         child = try await Blocking.run("scenario-spawn") { () throws -> ChildProcess in
