@@ -21,6 +21,7 @@ struct BenchmarkCommand: AsyncParsableCommand {
             ReplicateBenchmark.self,
             FailoverBenchmark.self,
             PromoteBenchmark.self,
+            ManifestBenchmark.self,
         ]
     )
 }

@@ -25,6 +25,7 @@ struct ReplicateBenchmark: AsyncParsableCommand {
     @Option(help: "Keys the load writes (redis-benchmark -r).") var keyspace = 10_000
     @Option(help: "Bytes per value (redis-benchmark -d).") var valueSize = 64
     @Option(help: "Where redis's data and the standby's images go (removed afterwards).") var scratch = NSTemporaryDirectory()
+    @Option(help: "Keep the standby's directory here (for `mitosis-bench manifest`).") var keep: String?
 
     static let ip = "/usr/sbin/ip"
 
@@ -75,6 +76,7 @@ struct ReplicateBenchmark: AsyncParsableCommand {
         try await Self.awaitExit(protect)
         standby.signal(SIGTERM)
         try await Self.awaitExit(standby)
+        if let keep { try FileManager.default.moveItem(atPath: directory + "/standby", toPath: keep) }
 
         let after = try await Self.throughput(cli, seconds: baseline)
         load.kill()

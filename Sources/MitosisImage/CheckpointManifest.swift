@@ -77,6 +77,26 @@ public struct PageRange: Codable, Sendable, Hashable {
     }
 }
 
+/// Written straight into the output by `JSONWriter`: a heap mapping has hundreds of ranges, and
+/// an epoch's changed mapping is most of what `protect` encodes of its manifest (the rest is
+/// reused, `JSONMemo`). Exactly what the synthesized `encode(to:)` gives (the manifest tests
+/// compare both with Foundation's `JSONEncoder`).
+extension PageRange: JSONNodeConvertible, JSONStreamable {
+    package func jsonNode(keys: KeyCache) throws -> JSONNode { .custom(self) }
+
+    package func writeJSON(to output: inout JSONBytes, depth: Int) {
+        var first = true
+        output.openContainer(UInt8(ascii: "{"))
+        output.startEntry(&first, key: "end", depth: depth)
+        output.writeDigits(end)
+        output.startEntry(&first, key: "start", depth: depth)
+        output.writeDigits(start)
+        output.startEntry(&first, key: "state", depth: depth)
+        output.writeString(state.rawValue)
+        output.closeContainer(UInt8(ascii: "}"), depth: depth)
+    }
+}
+
 /// One mapping of the process at checkpoint time, and where each of its pages is kept.
 public struct CheckpointMapping: Codable, Sendable, Hashable {
     public var start: UInt64

@@ -517,7 +517,7 @@ private final class Writer {
             json = encoded
         } else {
             do {
-                json = Array(try JSONOutput.encoder().encode(manifest)) + [0x0A]
+                json = try JSONOutput.bytes(manifest) + [0x0A]
             } catch {
                 throw .malformed(path, file: ImageFormat.manifestName, detail: "cannot encode: \(error)")
             }

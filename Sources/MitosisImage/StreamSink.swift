@@ -127,7 +127,7 @@ public enum CheckpointStream {
     }
 
     package static func json<T: Encodable>(_ value: T) throws(ImageError) -> [UInt8] {
-        do { return Array(try JSONOutput.encoder(pretty: false).encode(value)) } catch { throw .stream("cannot encode: \(error)") }
+        do { return try JSONOutput.bytes(value, pretty: false) } catch { throw .stream("cannot encode: \(error)") }
     }
 
     /// Reads one checkpoint stream from `fd` until its `finish` frame and writes it as the image

@@ -258,6 +258,8 @@ public final class ReplicationSession: Service, Sendable {
         /// The newest epoch acknowledged (by at least one standby): what an incremental epoch builds on.
         var base: CommittedEpoch?
         var history = EpochHistory(capacity: options.historyEpochs)
+        /// The parts of the last epochs' manifests as sent: most of a manifest repeats the one before.
+        let manifestMemo = JSONMemo()
         var nextEpoch = Epoch(1)
         /// The connected standbys and the newest epoch each holds.
         var active: [String: (connection: PrimaryConnection, committed: CommittedEpoch?)] = [:]
@@ -407,7 +409,7 @@ public final class ReplicationSession: Service, Sendable {
             let isTree = if case .tree = source { true } else { false }
             let sink = ReplicationSink(targets: active.map { ($0.key, $0.value.connection) }, term: options.term, epoch: epoch,
                                        parent: sinkParent, acknowledgementTimeout: options.acknowledgementTimeout,
-                                       deferred: !isTree) { [shipOpenFiles = options.shipOpenFiles] manifest in
+                                       deferred: !isTree, manifestMemo: isTree ? nil : manifestMemo) { [shipOpenFiles = options.shipOpenFiles] manifest in
                 // In the sink's finish, after the thaw, up to the sizes read at the freeze.
                 try files.deltas(full: full, of: [manifest], shipOpenFiles: shipOpenFiles)
             }

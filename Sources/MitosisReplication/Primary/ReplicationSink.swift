@@ -1,5 +1,6 @@
 import Foundation
 import MitosisImage
+import MitosisModel
 
 /// A checkpoint sink that sends one epoch to every connected standby: `imageBegin`,
 /// `imagePages`…, the epoch's data-file changes, `imageFinish`, then waits for each standby's
@@ -56,9 +57,13 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
     /// The manifest, once sent whole: a standby may have committed the epoch even when its
     /// acknowledgement never arrives (`EpochHistory`).
     private(set) var sentManifest: CheckpointManifest?
+    /// Kept from epoch to epoch by the session: the manifest is encoded reusing the bytes of
+    /// the parts equal to the previous epoch's (`JSONMemo`).
+    private let manifestMemo: JSONMemo?
 
     init(targets: [(name: String, connection: PrimaryConnection)], term: Term, epoch: Epoch, parent: Epoch, acknowledgementTimeout: Duration,
-         deferred: Bool = false, files: @escaping @Sendable (CheckpointManifest) throws -> [(FileDelta, [UInt8])]) {
+         deferred: Bool = false, manifestMemo: JSONMemo? = nil, files: @escaping @Sendable (CheckpointManifest) throws -> [(FileDelta, [UInt8])]) {
+        self.manifestMemo = manifestMemo
         self.targets = targets.map { Target(name: $0.name, connection: $0.connection) }
         self.term = term
         self.epoch = epoch
@@ -159,7 +164,7 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
             let (index, runs, data) = try builder.finish()
             let stored = builder.complete(manifest, runs: runs, index: FileDigest(size: UInt64(index.count), xxh64: Checksum.xxh64(index)), data: data)
             try send(files: try files(stored))
-            try send(.imageFinish, MessageCoding.encode(stored))
+            try send(.imageFinish, MessageCoding.encode(stored, memo: manifestMemo))
             sentManifest = stored
             if buffered != nil { return stored }
             let sent = clock.now

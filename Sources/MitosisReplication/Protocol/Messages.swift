@@ -141,9 +141,11 @@ public struct FileDelta: Codable, Sendable, Equatable {
 }
 
 enum MessageCoding {
-    static func encode<T: Encodable>(_ value: T) -> [UInt8] {
+    /// Compact JSON, the bytes Foundation's `JSONEncoder` writes (`JSONWriter`), reusing a
+    /// memo's parts when given one.
+    static func encode<T: Encodable>(_ value: T, memo: JSONMemo? = nil) -> [UInt8] {
         // These types always encode.
-        Array((try? JSONOutput.encoder(pretty: false).encode(value)) ?? Data())
+        (try? JSONWriter(pretty: false, memo: memo).encode(value)) ?? []
     }
 
     static func decode<T: Decodable>(_ type: T.Type, _ payload: [UInt8]) throws(ProtocolViolation) -> T {

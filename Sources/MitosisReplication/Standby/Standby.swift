@@ -150,6 +150,7 @@ public final class Standby: Service, Sendable {
                         // Before the next frame is read: the warm clone takes the epoch while its
                         // files are the ones just checked (a compaction replaces them).
                         if let warm { await warm.committed(reply.epoch, image: await store.committedImage, path: store.directory.imagePath(reply.epoch)) }
+                        await store.checkReadinessIfDue()
                         await store.compactIfDue()
                     case .refuse(let reply, let why):
                         logger.warning("standby: refused \(peer): \(why); connection closed")

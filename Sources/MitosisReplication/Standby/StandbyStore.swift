@@ -26,7 +26,8 @@ actor StandbyStore {
     nonisolated let directory: StandbyDirectory
     nonisolated let compactEvery: Int
     /// Every epoch's manifest decoded whole (a warm clone applies each one); otherwise only
-    /// its summary, and the whole once a second for the readiness check.
+    /// its summary, and the whole once a second for the readiness check, after the
+    /// acknowledgement (`checkReadinessIfDue`).
     nonisolated let decodesEveryManifest: Bool
     private let logger: Logger
     private let lock: FileDescriptor
@@ -50,6 +51,9 @@ actor StandbyStore {
     private var generation = 0
     private(set) var readiness: (ready: Bool, reasons: [String]) = (false, ["no epoch received yet"])
     private var readinessChecked: ContinuousClock.Instant?
+    /// The manifest (as received) of the epoch just committed whose readiness is still to be
+    /// checked, once its acknowledgement is out.
+    private var readinessPending: [UInt8]?
     private(set) var statistics = StandbyStatistics()
     private var connection = 0
     /// The connection's term and primary, once its hello came.
@@ -445,7 +449,7 @@ actor StandbyStore {
         guard !directory.isPromoted else { throw Refused(.promoted, "\(directory.path) was promoted: epoch \(frame.epoch) is not committed") }
         // The restore check reads the whole manifest: once a second is enough for a status.
         let readinessDue = readinessChecked.map { ContinuousClock.now - $0 >= .seconds(1) } ?? true
-        let whole = readinessDue || decodesEveryManifest
+        let whole = decodesEveryManifest
         let (stored, image, synced) = try finishImage(frame, epoch, path: directory.imagePath(frame.epoch), whole: whole)
         let verified = clock.now
         committed = CommittedEpoch(epoch: frame.epoch, imageID: stored.id)
@@ -462,8 +466,11 @@ actor StandbyStore {
         } else {
             chainImages = []
         }
+        readinessPending = nil
         if readinessDue {
-            readiness = Self.readiness(of: image)
+            // Decoding a redis manifest whole takes 10–35 ms here: without a warm clone (which
+            // needs it decoded now), it is done once the acknowledgement is out.
+            if whole { readiness = Self.readiness(of: image.manifest) } else { readinessPending = frame.payload }
             readinessChecked = ContinuousClock.now
         }
         recordCommit(frame.epoch, bytes: epoch.bytes, started: epoch.started,
@@ -656,8 +663,26 @@ actor StandbyStore {
     /// manifest, a quarter of a second per commit with 64 epochs of redis; the chain itself is
     /// checked at every commit (parent by id, the new image read back).
     static func readiness(of image: CheckpointImage) -> (ready: Bool, reasons: [String]) {
-        let refusals = Restorer.refusals(of: image.manifest)
+        readiness(of: image.manifest)
+    }
+
+    static func readiness(of manifest: CheckpointManifest) -> (ready: Bool, reasons: [String]) {
+        let refusals = Restorer.refusals(of: manifest)
         return (refusals.isEmpty, refusals.map(\.description))
+    }
+
+    /// The readiness check of the newest epoch, when it was due at its commit and left for after
+    /// its acknowledgement: its manifest decoded whole (the commit decoded only its summary).
+    /// Called once the acknowledgement is out.
+    func checkReadinessIfDue() {
+        guard let payload = readinessPending else { return }
+        readinessPending = nil
+        do {
+            readiness = Self.readiness(of: try MessageCoding.decode(CheckpointManifest.self, payload))
+        } catch {
+            readiness = (false, ["the manifest of epoch \(committed.map { "\($0.epoch)" } ?? "?") does not decode: \(error)"])
+        }
+        metrics.ready.record(readiness.ready ? 1 : 0)
     }
 
     /// A tree epoch: the tree's check (what members hold of each other's pipes and memory counts).
