@@ -449,7 +449,8 @@ actor StandbyStore {
         guard !directory.isPromoted else { throw Refused(.promoted, "\(directory.path) was promoted: epoch \(frame.epoch) is not committed") }
         // The restore check reads the whole manifest: once a second is enough for a status.
         let readinessDue = readinessChecked.map { ContinuousClock.now - $0 >= .seconds(1) } ?? true
-        let whole = decodesEveryManifest
+        // A full base is verified against its mappings (below): decoded whole, as with a warm clone.
+        let whole = decodesEveryManifest || epoch.sent.kind == .full
         let (stored, image, synced) = try finishImage(frame, epoch, path: directory.imagePath(frame.epoch), whole: whole)
         let verified = clock.now
         committed = CommittedEpoch(epoch: frame.epoch, imageID: stored.id)
