@@ -41,19 +41,19 @@ package struct JSONWriter {
 /// document that mostly repeats the one before — an epoch's manifest: of redis's 118 mappings,
 /// 6 threads and 14 descriptors, one or two change from one epoch to the next — encodes only
 /// what changed. Every value down to `depth` levels below the root (`mappings`, one mapping,
-/// one of its fields) that is `Equatable` and equal to the value the previous encoding had at
+/// one of its fields) that is `Equatable` and equal to the value an earlier encoding had at
 /// the same place is written as the bytes it was written as then. In compact JSON a value's
 /// bytes depend only on the value, so the place is only where to look.
 ///
 /// Equal means `==`, under which strings are equal when canonically equivalent (`"é"` composed
 /// or decomposed): a name that changes only to another spelling of itself keeps its old bytes.
-/// The memo is emptied every `lifetime`, which bounds how long that can last.
+/// The memo is emptied every `lifetime` (which also bounds its size), and that bounds how long
+/// it can last.
 package final class JSONMemo: @unchecked Sendable {
     package let depth: Int
     private let lifetime: Duration
     private let lock = NSLock()
-    private var previous: [String: (value: Any, bytes: [UInt8])] = [:]
-    private var current: [String: (value: Any, bytes: [UInt8])] = [:]
+    private var parts: [String: (value: Any, bytes: [UInt8])] = [:]
     private var emptied = ContinuousClock.now
     /// Parts reused and parts encoded, over the memo's life.
     package private(set) var reused = 0, encoded = 0
@@ -63,16 +63,12 @@ package final class JSONMemo: @unchecked Sendable {
         self.lifetime = lifetime
     }
 
-    /// Runs one encoding; only the parts it met are kept for the next.
+    /// Runs one encoding.
     fileprivate func encoding(_ body: () throws -> [UInt8]) rethrows -> [UInt8] {
         try lock.withLock {
             if ContinuousClock.now - emptied >= lifetime {
-                previous = [:]
+                parts = [:]
                 emptied = ContinuousClock.now
-            }
-            defer {
-                previous = current
-                current = [:]
             }
             return try body()
         }
@@ -82,16 +78,15 @@ package final class JSONMemo: @unchecked Sendable {
         codingPath.map(\.stringValue).joined(separator: "\u{1}")
     }
 
-    /// The bytes `value` was written as at `place` by the previous encoding, if it was equal.
+    /// The bytes `value` was last written as at `place`, if it was equal then.
     fileprivate func bytes(at place: String, for value: any Equatable) -> [UInt8]? {
-        guard let entry = previous[place], Self.equal(value, entry.value) else { return nil }
-        current[place] = entry
+        guard let part = parts[place], Self.equal(value, part.value) else { return nil }
         reused += 1
-        return entry.bytes
+        return part.bytes
     }
 
     fileprivate func keep(_ value: Any, bytes: [UInt8], at place: String) {
-        current[place] = (value, bytes)
+        parts[place] = (value, bytes)
         encoded += 1
     }
 

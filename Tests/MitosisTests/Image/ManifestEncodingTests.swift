@@ -115,11 +115,13 @@ struct ManifestEncodingTests {
         #expect(memo.reused == 0)
         #expect(try JSONWriter(pretty: false, memo: memo).encode(one) == Array(try JSONOutput.encoder(pretty: false).encode(one)))
         #expect(memo.reused == 2, "first and list whole (depth 1)")
-        // Same places, another type whose first two fields are equal: nothing reused.
+        // Same places, another type whose first two fields are equal: those four encoded again;
+        // only `first.b`, an equal `[String]` kept from the first encoding, is reused (the
+        // elements' fields are deeper than the memo's depth).
         let other = Document(first: Other(a: 1, b: ["x"]), list: [Other(a: 2, b: []), Other(a: 3, b: ["y", "z"])])
-        let reused = memo.reused
+        let (reused, encoded) = (memo.reused, memo.encoded)
         #expect(try JSONWriter(pretty: false, memo: memo).encode(other) == Array(try JSONOutput.encoder(pretty: false).encode(other)))
-        #expect(memo.reused == reused)
+        #expect(memo.encoded == encoded + 4 && memo.reused == reused + 1)
         // A memo past its lifetime encodes everything again.
         let expired = JSONMemo(depth: 2, lifetime: .zero)
         _ = try JSONWriter(pretty: false, memo: expired).encode(one)
