@@ -113,7 +113,7 @@ struct LiveRedisBenchmark: AsyncParsableCommand {
             let reply = try call(fd, ["GET", "key:\(index)"])
             guard reply == expected else { throw ValidationError("\(tool): client \(index) got \(reply.debugDescription) after the restore") }
         }
-        return (Samples.milliseconds(dump.wall), Samples.milliseconds(restore.wall))
+        return (dump.wall.inMilliseconds, restore.wall.inMilliseconds)
     }
 
     static func checkedRun(_ executable: String, _ arguments: [String], what: String) throws -> TimedRun {
@@ -131,7 +131,7 @@ struct LiveRedisBenchmark: AsyncParsableCommand {
             let total = json["restore_ms"] as? Double ?? 0
             print("      mitosis restore: " + String(format: "%.1f ms inside (", total)
                   + ["husk", "empty", "memory", "state", "resume"].map { String(format: "%@ %.1f", $0, phases[$0] ?? 0) }.joined(separator: ", ")
-                  + String(format: "), %.1f ms around it (process start, opening the image chain)", Samples.milliseconds(wall) - total))
+                  + String(format: "), %.1f ms around it (process start, opening the image chain)", wall.inMilliseconds - total))
         }
         return TimedRun(wall: wall, cpu: .zero)
     }

@@ -125,8 +125,8 @@ struct NginxRestoreBenchmark: AsyncParsableCommand {
         let gap = try await probe.stop()
         var good = 0
         for _ in 0..<Move.requests where try await server.get(exact: true) == 200 { good += 1 }
-        return Move(dump: Samples.milliseconds(dumped.wall), freed: Samples.milliseconds(freed), restore: Samples.milliseconds(restored.wall),
-                    answer: Samples.milliseconds(answered), gap: gap, good: good)
+        return Move(dump: dumped.wall.inMilliseconds, freed: freed.inMilliseconds, restore: restored.wall.inMilliseconds,
+                    answer: answered.inMilliseconds, gap: gap, good: good)
     }
 }
 
@@ -264,6 +264,6 @@ final class AnswerGapProbe: @unchecked Sendable {  // `lock` guards the mutable 
     func stop() async throws -> Double {
         lock.withLock { running = false }
         try await task?.value
-        return lock.withLock { Samples.milliseconds(longest) }
+        return lock.withLock { longest.inMilliseconds }
     }
 }

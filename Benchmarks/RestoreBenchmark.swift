@@ -154,7 +154,7 @@ struct RestoreBenchmark: AsyncParsableCommand {
             try await ours.expectKeys(redisKeys)
             kill(pid, SIGKILL)
             try await Self.awaitGone(pid)
-            cli.append(Samples.milliseconds(run.wall))
+            cli.append(run.wall.inMilliseconds)
 
             if let side = criuSide, let theirs, let criuFiles, criuProblem == nil {
                 do {
@@ -263,7 +263,7 @@ struct RestoreBenchmark: AsyncParsableCommand {
             lastCheck = try await check(pid)
             kill(pid, SIGKILL)
             try await RestoreBenchmark.awaitGone(pid)
-            return Samples.milliseconds(run.wall)
+            return run.wall.inMilliseconds
         }
     }
 

@@ -56,20 +56,16 @@ struct Samples {
 
     mutating func add(_ name: String, wall duration: Duration) { wall[name, default: []].append(duration) }
 
-    static func milliseconds(_ duration: Duration) -> Double {
-        Double(duration.components.seconds) * 1000 + Double(duration.components.attoseconds) / 1e15
-    }
-
     func median(_ name: String, cpu useCPU: Bool = false) -> Double {
         let sorted = ((useCPU ? cpu : wall)[name] ?? []).sorted()
-        return sorted.isEmpty ? .nan : Self.milliseconds(sorted[sorted.count / 2])
+        return sorted.isEmpty ? .nan : sorted[sorted.count / 2].inMilliseconds
     }
 
     func line(_ name: String) -> String {
         let sorted = (wall[name] ?? []).sorted()
         guard !sorted.isEmpty else { return name }
         var text = String(format: "%@ wall median %8.1f ms (min %.1f, max %.1f)", name.padding(toLength: 34, withPad: " ", startingAt: 0),
-                          median(name), Self.milliseconds(sorted[0]), Self.milliseconds(sorted[sorted.count - 1]))
+                          median(name), sorted[0].inMilliseconds, sorted[sorted.count - 1].inMilliseconds)
         if cpu[name] != nil { text += String(format: ", cpu median %7.1f ms", median(name, cpu: true)) }
         return text
     }

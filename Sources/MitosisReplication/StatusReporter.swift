@@ -37,9 +37,9 @@ public struct StatusReporter: Service {
         let p50 = ReplicationStatistics.percentile(now.freezeMilliseconds, 50).map { String(format: "%.1f", $0) } ?? "-"
         let p99 = ReplicationStatistics.percentile(now.freezeMilliseconds, 99).map { String(format: "%.1f", $0) } ?? "-"
         let lag = now.lagMilliseconds.last ?? 0
-        let intervalMs = max(1, milliseconds(interval))
+        let intervalMs = max(1, interval.inMilliseconds)
         let bytes = now.bytesSent - (previous?.bytesSent ?? 0)
-        let rate = Double(bytes) / max(0.001, milliseconds(elapsed) / 1000) / 1e6
+        let rate = Double(bytes) / max(0.001, elapsed.inMilliseconds / 1000) / 1e6
         let epoch: String = now.acknowledged?.epoch.description ?? "-"
         let lagText = String(format: "%.0f", lag)
         let lagEpochs = Int(lag / intervalMs)
@@ -51,7 +51,7 @@ public struct StatusReporter: Service {
 
     /// `epoch 42 committed  ready  1.3 MB/s  commits 40/s`
     public static func standbyLine(_ now: StandbyStatus, previous: StandbyStatistics?, elapsed: Duration) -> String {
-        let seconds = max(0.001, milliseconds(elapsed) / 1000)
+        let seconds = max(0.001, elapsed.inMilliseconds / 1000)
         let rate = Double(now.statistics.bytesCommitted - (previous?.bytesCommitted ?? 0)) / seconds / 1e6
         let commits = Double(now.statistics.epochsCommitted - (previous?.epochsCommitted ?? 0)) / seconds
         let readiness: String = now.ready ? "ready" : "not ready: " + (now.reasons.first ?? "")

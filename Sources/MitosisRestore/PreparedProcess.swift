@@ -130,14 +130,14 @@ public actor PreparedProcess {
             }
             await lock?.lift()
             var (phases, notes) = finished
-            phases["check"] = Restorer.milliseconds(checked - started)
-            phases["lock"] = Restorer.milliseconds(locked - checked)
+            phases["check"] = (checked - started).inMilliseconds
+            phases["lock"] = (locked - checked).inMilliseconds
             notes += segments?.markRemoved() ?? []
             state.phase = .gone
             // The init may now reap and end once the restored process does.
             try? control?.close()
             return RestoreResult(pid: pid, threads: manifest.threads.count, descriptors: manifest.descriptors?.count ?? 0,
-                                 restoreMilliseconds: Restorer.milliseconds(clock.now - started),
+                                 restoreMilliseconds: (clock.now - started).inMilliseconds,
                                  hostPid: basePlan.newPidNamespace ? hostPid : nil, namespaceInitPid: namespaceInitPid,
                                  phases: preparePhases.merging(phases) { _, new in new }, networkNamespace: placement.networkNamespace,
                                  timeNamespace: placement.time, notes: notes)

@@ -174,13 +174,13 @@ public actor PreparedTree {
         let results = members.enumerated().map { index, member in
             let process = built[member.pid]!
             return RestoreResult(pid: member.pid, threads: manifests[index].threads.count, descriptors: manifests[index].descriptors?.count ?? 0,
-                                 restoreMilliseconds: Restorer.milliseconds(clock.now - started),
+                                 restoreMilliseconds: (clock.now - started).inMilliseconds,
                                  hostPid: inNewPidNamespace ? member.tracer.pid : nil,
                                  namespaceInitPid: member.pid == root ? husk.namespace?.initPid : nil,
                                  phases: process.timings, networkNamespace: placement.networkNamespace,
                                  timeNamespace: placement.time, notes: process.notes)
         }
-        return TreeRestoreResult(root: root, members: results, restoreMilliseconds: Restorer.milliseconds(clock.now - started), notes: notes)
+        return TreeRestoreResult(root: root, members: results, restoreMilliseconds: (clock.now - started).inMilliseconds, notes: notes)
     }
 
     /// Kills every husk (and the namespace's init): nothing of the tree is left.

@@ -102,7 +102,7 @@ public struct Restorer: Sendable {
         do {
             let prepared = try await prepare(inNewPidNamespace: inNewPidNamespace)
             var result = try await prepared.finish(verify: verify)
-            result.restoreMilliseconds = Self.milliseconds(clock.now - started)
+            result.restoreMilliseconds = (clock.now - started).inMilliseconds
             return result
         } catch {
             // A restore that fails lifts the lock `dump --kill` left (wherever it failed): its
@@ -139,7 +139,7 @@ public struct Restorer: Sendable {
             segments = try SharedMemorySegments.prepare(record.sysvSharedMemory ?? [])
             plan.sharedMemoryFilled = segments?.filled ?? []
             var (area, phases) = try await tracer.prepareHusk(plan, chain: chain)
-            phases["husk"] = Self.milliseconds(huskReady - started)
+            phases["husk"] = (huskReady - started).inMilliseconds
             // nft started now, in the namespace the connections are restored in, for `finish`
             // (a later image of a warm clone may have connections where this one has none: its
             // finish starts nft then).
@@ -170,10 +170,5 @@ public struct Restorer: Sendable {
         let stat = (try? Kernel.readFile("/proc/\(pid)/stat")).flatMap { ProcStat(parsing: String(decoding: $0, as: UTF8.self)) }
         if stat?.state == "Z" { return "process \(pid) (\(comm), exited but not yet reaped by its parent \(stat!.ppid))" }
         return "process \(pid) (\(comm)\(cmdline.map { $0.isEmpty ? "" : ": " + $0 } ?? ""))"
-    }
-
-    static func milliseconds(_ duration: Duration) -> Double {
-        let (seconds, attoseconds) = duration.components
-        return Double(seconds) * 1000 + Double(attoseconds) / 1e15
     }
 }

@@ -182,7 +182,7 @@ public struct TreeRestorer: Sendable {
             throw error
         }
         var result = try await prepared.finish(verify: verify)
-        result.restoreMilliseconds = Restorer.milliseconds(clock.now - started)
+        result.restoreMilliseconds = (clock.now - started).inMilliseconds
         return result
     }
 
@@ -233,7 +233,7 @@ public struct TreeRestorer: Sendable {
             for member in members.sorted(by: { ($0.processGroup == $0.pid ? 0 : 1) < ($1.processGroup == $1.pid ? 0 : 1) }) {
                 notes += try await tracers[member.pid]!.restoreGroup(member, inTree: pids.contains(member.processGroup))
             }
-            let husks = Restorer.milliseconds(clock.now - started)
+            let husks = (clock.now - started).inMilliseconds
             let hosts = tracers.mapValues(\.pid)
             var prepared: [PreparedTree.Member] = []
             for (index, member) in members.enumerated() {

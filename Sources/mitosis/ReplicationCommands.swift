@@ -90,7 +90,7 @@ struct ProtectCommand: AsyncParsableCommand {
             let p99 = ReplicationStatistics.percentile(final.freezeMilliseconds, 99) ?? 0
             let lag50 = ReplicationStatistics.percentile(final.lagMilliseconds, 50) ?? 0
             let lag99 = ReplicationStatistics.percentile(final.lagMilliseconds, 99) ?? 0
-            let seconds = milliseconds(clock.now - started) / 1000
+            let seconds = (clock.now - started).inMilliseconds / 1000
             print(String(format: "protected process %d: %d epochs acknowledged (%d full), newest %@, %.1f epochs/s; freeze p50 %.2f ms p99 %.2f ms; lag p50 %.1f ms p99 %.1f ms (%.1f epochs); %.1f MB sent, %.2f MB/s; network locked in %d",
                          pid, final.epochs, final.fullEpochs, final.acknowledged?.epoch.description ?? "none", Double(final.epochs) / max(0.001, seconds),
                          p50, p99, lag50, lag99, lag99 / Double(interval), Double(final.bytesSent) / 1e6, Double(final.bytesSent) / 1e6 / max(0.001, seconds), final.lockedEpochs))
@@ -210,10 +210,6 @@ struct PromoteCommand: AsyncParsableCommand {
                       result.steps["fence"] ?? 0, result.stopStandbyMilliseconds, result.dataFiles, result.dataFilesMilliseconds,
                       result.warm ? "finish" : "restore", result.restoreMilliseconds, result.steps["sync"] ?? 0)
     }
-}
-
-func milliseconds(_ duration: Duration) -> Double {
-    Double(duration.components.seconds) * 1000 + Double(duration.components.attoseconds) / 1e15
 }
 
 /// The previous sample of a status line, to compute rates.

@@ -361,7 +361,7 @@ public actor CheckpointSession {
                     }
                 }
                 run.mark("frozen restore state", clock)
-                run.phases["frozen injected calls"] = Self.milliseconds(injected)
+                run.phases["frozen injected calls"] = injected.inMilliseconds
                 // The connections last, so that the network lock, when one is taken (which drops
                 // the clients' packets: TCP resends them only after its retransmission timeout),
                 // holds for the least time. A connection's state may have changed since the
@@ -572,7 +572,7 @@ public actor CheckpointSession {
 
         package func mark(_ phase: String, _ clock: ContinuousClock) {
             let now = clock.now
-            if let lastMark { phases[phase, default: 0] += CheckpointSession.milliseconds(now - lastMark) }
+            if let lastMark { phases[phase, default: 0] += (now - lastMark).inMilliseconds }
             lastMark = now
         }
 
@@ -810,11 +810,6 @@ public actor CheckpointSession {
     /// A vanished target is reported as such, whichever layer noticed.
     package static func translate(_ error: any Error, pid: Int32) -> any Error {
         (error as? MitosisError)?.goneProcess == pid ? MitosisError.targetExited(pid) : error
-    }
-
-    package static func milliseconds(_ duration: Duration) -> Double {
-        let (seconds, attoseconds) = duration.components
-        return Double(seconds) * 1000 + Double(attoseconds) / 1e15
     }
 
     package static func nanoseconds(_ duration: Duration) -> UInt64 {

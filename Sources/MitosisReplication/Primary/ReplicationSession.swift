@@ -308,7 +308,7 @@ public final class ReplicationSession: Service, Sendable {
             publish()
             base = acknowledged
             board.base = acknowledged
-            let lag = milliseconds((sent.sink.acknowledgedAt ?? clock.now) - sent.started)
+            let lag = ((sent.sink.acknowledgedAt ?? clock.now) - sent.started).inMilliseconds
             box.withLockedValue {
                 $0.acknowledged = acknowledged
                 $0.epochs += 1
@@ -322,7 +322,7 @@ public final class ReplicationSession: Service, Sendable {
                 $0.phases.append(phases)
             }
             metrics.acknowledged(epoch: sent.epoch, full: sent.full, bytes: sent.sink.bytesSent, freeze: sent.freeze, lag: lag,
-                                 interval: milliseconds(options.interval))
+                                 interval: options.interval.inMilliseconds)
             logger.debug("protect: epoch \(sent.epoch) acknowledged by \(sent.sink.acknowledgedBy.sorted().joined(separator: ", ")): frozen \(sent.freeze) ms, lag \(lag) ms, \(sent.sink.bytesSent) bytes")
         }
         /// Waits for the pending epoch's acknowledgements (unless the next checkpoint did) and concludes it.

@@ -196,8 +196,8 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
             let sent = clock.now
             sentAt = sent
             if let began, let captured {
-                phases = EpochPhases(["capture": milliseconds(captured - began), "send": milliseconds(finishing - captured),
-                                      "files": milliseconds(sent - finishing)])
+                phases = EpochPhases(["capture": (captured - began).inMilliseconds, "send": (finishing - captured).inMilliseconds,
+                                      "files": (sent - finishing).inMilliseconds])
             }
             if !deferred { try collect() }
             return stored
@@ -223,8 +223,8 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
         acknowledgedAt = acknowledged
         outcome = result
         if let began, let sentAt {
-            phases["acknowledgement"] = milliseconds(acknowledged - sentAt)
-            phases["total"] = milliseconds(acknowledged - began)
+            phases["acknowledgement"] = (acknowledged - sentAt).inMilliseconds
+            phases["total"] = (acknowledged - began).inMilliseconds
         }
         try result.get()
     }
@@ -277,9 +277,9 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
             let acknowledged = clock.now
             acknowledgedAt = acknowledged
             outcome = .success(())
-            phases = EpochPhases(["capture": milliseconds(captured), "send": milliseconds(sent - sending),
-                                  "acknowledgement": milliseconds(acknowledged - sent),
-                                  "total": milliseconds(captured + (acknowledged - sending))])
+            phases = EpochPhases(["capture": captured.inMilliseconds, "send": (sent - sending).inMilliseconds,
+                                  "acknowledgement": (acknowledged - sent).inMilliseconds,
+                                  "total": (captured + (acknowledged - sending)).inMilliseconds])
         }
     }
 

@@ -78,7 +78,7 @@ final class TreeEpochs: @unchecked Sendable {  // used by the epoch loop only, o
                               manifest: taken.manifest, captured: captured)
         }
         continues = true
-        return Outcome(manifest: taken.manifest, frozenMilliseconds: milliseconds(taken.frozen))
+        return Outcome(manifest: taken.manifest, frozenMilliseconds: taken.frozen.inMilliseconds)
     }
 
     /// The tree changed: tracking stops in every member (each runs on), and starts again over

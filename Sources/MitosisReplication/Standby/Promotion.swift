@@ -72,10 +72,10 @@ public enum Promotion {
         do { try await fenceSync.value } catch { logger.warning("promote: syncing the fence \(directory.fencePath) failed: \(error)") }
         // The standby's figures run from its own start; the rest was the fence and the socket.
         let sync = result.steps["sync"] ?? 0
-        let running = milliseconds(answered - started) - sync
-        result.steps["fence"] = milliseconds(fenced - started)
-        result.steps["control"] = max(0, running - result.totalMilliseconds - milliseconds(fenced - started))
-        result.steps["sync"] = max(sync, milliseconds(clock.now - started) - running)
+        let running = (answered - started).inMilliseconds - sync
+        result.steps["fence"] = (fenced - started).inMilliseconds
+        result.steps["control"] = max(0, running - result.totalMilliseconds - (fenced - started).inMilliseconds)
+        result.steps["sync"] = max(sync, (clock.now - started).inMilliseconds - running)
         result.totalMilliseconds = running
         return result
     }
@@ -103,10 +103,10 @@ public enum Promotion {
         guard let newest = scan.newest else { throw ReplicationError.nothingCommitted(path) }
         if let tree = scan.tree {
             return try await restoreTree(epoch: newest.epoch, tree: tree, husk: nil, files: nil, reason: "no standby serves \(path)",
-                                         inNewPidNamespace: false, started: started, steps: ["stop": milliseconds(clock.now - started)], logger: logger)
+                                         inNewPidNamespace: false, started: started, steps: ["stop": (clock.now - started).inMilliseconds], logger: logger)
         }
         return try await restore(epoch: newest.epoch, image: newest.image, husk: nil, files: nil, reason: "no standby serves \(path)",
-                                 inNewPidNamespace: false, started: started, steps: ["stop": milliseconds(clock.now - started)], logger: logger)
+                                 inNewPidNamespace: false, started: started, steps: ["stop": (clock.now - started).inMilliseconds], logger: logger)
     }
 
     /// The promotion a standby runs on its own directory, once fenced: no epoch commits after
@@ -122,7 +122,7 @@ public enum Promotion {
         let path = directory.imagePath(committed.epoch)
         var taken: (husk: WarmHusk?, files: DataFileCopies?, reason: String?) = (nil, nil, "the standby keeps no warm clone (--warm)")
         if let warm = standby.warm { taken = await warm.take(at: committed.epoch, path: path) }
-        var steps = ["stop": milliseconds(stopped - started), "take": milliseconds(clock.now - stopped)]
+        var steps = ["stop": (stopped - started).inMilliseconds, "take": (clock.now - stopped).inMilliseconds]
         if let tree = await standby.store.committedTree {
             var (husk, held) = (PreparedTree?.none, tree)
             if case .tree(let prepared) = taken.husk { (husk, held) = (prepared, await prepared.image) }
@@ -143,7 +143,7 @@ public enum Promotion {
                 if let files = taken.files { _ = try? await Blocking.run("mitosis-promote-files") { files.discard() } }
                 throw error
             }
-            steps["open"] = milliseconds(clock.now - opening)
+            steps["open"] = (clock.now - opening).inMilliseconds
         }
         return try await restore(epoch: committed.epoch, image: image, husk: husk, files: taken.files, reason: taken.reason,
                                  inNewPidNamespace: standby.options.warm?.pidNamespace ?? false, started: started, steps: steps,
@@ -163,7 +163,7 @@ public enum Promotion {
         return PromotionResult(epoch: epoch, imageID: image.manifest.id, image: image.path, created: created,
                                ageMilliseconds: age(created), pid: restored.pid, dataFiles: revived.written,
                                stopStandbyMilliseconds: revived.steps["stop"] ?? 0, dataFilesMilliseconds: revived.steps["files"] ?? 0,
-                               restoreMilliseconds: restored.restoreMilliseconds, totalMilliseconds: milliseconds(revived.finished - started),
+                               restoreMilliseconds: restored.restoreMilliseconds, totalMilliseconds: (revived.finished - started).inMilliseconds,
                                warm: revived.warm, coldReason: revived.reason, hostPid: restored.hostPid, phases: restored.phases, steps: revived.steps)
     }
 
@@ -182,7 +182,7 @@ public enum Promotion {
         return PromotionResult(epoch: epoch, imageID: tree.manifest.id, image: tree.path, created: created, ageMilliseconds: age(created),
                                pid: restored.root, dataFiles: revived.written, stopStandbyMilliseconds: revived.steps["stop"] ?? 0,
                                dataFilesMilliseconds: revived.steps["files"] ?? 0, restoreMilliseconds: restored.restoreMilliseconds,
-                               totalMilliseconds: milliseconds(revived.finished - started), warm: revived.warm, coldReason: revived.reason,
+                               totalMilliseconds: (revived.finished - started).inMilliseconds, warm: revived.warm, coldReason: revived.reason,
                                hostPid: root.hostPid, phases: root.phases, steps: revived.steps, members: restored.members.map(\.pid))
     }
 
@@ -211,7 +211,7 @@ public enum Promotion {
             throw error
         }
         let filesDone = clock.now
-        steps["files"] = milliseconds(filesDone - filesStarted)
+        steps["files"] = (filesDone - filesStarted).inMilliseconds
         // The copies' data and the renames made durable while the process is finished.
         let durable = files.map { files in Task { try await Blocking.run("mitosis-promote-sync") { try files.sync() } } }
         var reason = reason
@@ -232,10 +232,10 @@ public enum Promotion {
             }
         }
         let finished = clock.now
-        steps[warm ? "finish" : "restore"] = milliseconds(finished - filesDone)
+        steps[warm ? "finish" : "restore"] = (finished - filesDone).inMilliseconds
         if let durable {
             do { try await durable.value } catch { logger.warning("promote: syncing the data files failed: \(error)") }
-            steps["sync"] = milliseconds(clock.now - finished)
+            steps["sync"] = (clock.now - finished).inMilliseconds
         }
         return (result!, written, warm, warm ? nil : reason, steps, finished)
     }

@@ -383,8 +383,8 @@ actor StandbyStore {
             readiness = Self.readiness(of: image)
             readinessChecked = ContinuousClock.now
         }
-        recordCommit(frame.epoch, bytes: tree.bytes, started: tree.started, phases: ["receive": milliseconds(received - tree.started), "commit": milliseconds(synced - received),
-                                                                                      "verify": milliseconds(verified - synced), "readiness": milliseconds(clock.now - verified)])
+        recordCommit(frame.epoch, bytes: tree.bytes, started: tree.started, phases: ["receive": (received - tree.started).inMilliseconds, "commit": (synced - received).inMilliseconds,
+                                                                                      "verify": (verified - synced).inMilliseconds, "readiness": (clock.now - verified).inMilliseconds])
         return .send(ReplicationFrame(.ack, term: term, epoch: frame.epoch, parent: frame.parent, payload: Array(manifest.id.utf8)))
     }
 
@@ -467,8 +467,8 @@ actor StandbyStore {
             readinessChecked = ContinuousClock.now
         }
         recordCommit(frame.epoch, bytes: epoch.bytes, started: epoch.started,
-                     phases: ["receive": milliseconds(received - epoch.started), "commit": milliseconds(synced - received),
-                              "verify": milliseconds(verified - synced), "readiness": milliseconds(clock.now - verified)])
+                     phases: ["receive": (received - epoch.started).inMilliseconds, "commit": (synced - received).inMilliseconds,
+                              "verify": (verified - synced).inMilliseconds, "readiness": (clock.now - verified).inMilliseconds])
         let ack = ReplicationFrame(.ack, term: term, epoch: frame.epoch, parent: frame.parent, payload: Array(stored.id.utf8))
         return .send(ack)
     }
@@ -537,12 +537,12 @@ actor StandbyStore {
     private func recordCommit(_ epoch: Epoch, bytes: UInt64, started: ContinuousClock.Instant, phases: [String: Double]) {
         statistics.record(epoch: committed!, bytes: bytes, duration: ContinuousClock.now - started)
         var phases = phases
-        phases["total"] = milliseconds(ContinuousClock.now - started)
+        phases["total"] = (ContinuousClock.now - started).inMilliseconds
         statistics.phases.append(EpochPhases(phases))
         metrics.epoch.record(Int64(clamping: epoch.rawValue))
         metrics.epochs.increment()
         metrics.bytes.increment(by: Int64(clamping: bytes))
-        metrics.commit.recordNanoseconds(Int64(milliseconds(ContinuousClock.now - started) * 1e6))
+        metrics.commit.recordNanoseconds(Int64((ContinuousClock.now - started).inMilliseconds * 1e6))
         metrics.ready.record(readiness.ready ? 1 : 0)
     }
 
@@ -691,13 +691,8 @@ public struct StandbyStatistics: Sendable, Equatable {
         committed = epoch
         epochsCommitted += 1
         bytesCommitted += bytes
-        commitMilliseconds.append(milliseconds(duration))
+        commitMilliseconds.append(duration.inMilliseconds)
         if commitMilliseconds.count > 4096 { commitMilliseconds.removeFirst(1024) }
         lastCommit = ContinuousClock.now
     }
-}
-
-func milliseconds(_ duration: Duration) -> Double {
-    let (seconds, attoseconds) = duration.components
-    return Double(seconds) * 1000 + Double(attoseconds) / 1e15
 }

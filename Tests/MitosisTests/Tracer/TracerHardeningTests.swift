@@ -203,9 +203,10 @@ struct TracerHardeningTests {
             #expect(threads.count == 3)
         } catch let error as MitosisError {
             #expect(error == .stopCollectedElsewhere(pid, tid: pid))
-            // Not a hang until some timeout: milliseconds on a quiet machine; 6.5 s was seen
-            // at load 10 (the freeze's set-up waits for a core like everything else).
-            #expect(clock.now - start < .seconds(20))
+            // Not a hang until some timeout: milliseconds on a quiet machine; 6.5 s and 21.7 s
+            // were seen at load 10 beside a build (the freeze's set-up waits for a core like
+            // everything else).
+            #expect(clock.now - start < .seconds(60))
         }
         #expect(try await eventually { try await TargetHealth.runsFreely(pid) })
         // Foundation still reaps it once it exits.
