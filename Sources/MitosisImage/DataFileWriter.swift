@@ -36,14 +36,35 @@ final class DataFileWriter: @unchecked Sendable {
     init(_ fd: FileDescriptor) throws(Errno) {
         self.fd = fd
         directIO = (try? Kernel.setDirectIO(fd, true)) != nil
-        gather = try Kernel.mapAnonymous(length: Self.gatherSize)
+        gather = try Self.takeGatherBuffer()
         // The thread holds the writer until `close` lets it end.
         let thread = Thread { self.run() }
         thread.name = "mitosis-image-writer"
         thread.start()
     }
 
-    deinit { Kernel.unmap(gather, length: Self.gatherSize) }
+    deinit { Self.giveBack(gather) }
+
+    /// Gather buffers of writers gone, kept for the next ones (at most `spareLimit`): a standby
+    /// writes an image per epoch, and a fresh buffer costs a page fault per page it gathers into.
+    /// A writer is released only once its thread has written everything (`run` holds it).
+    private static let spareLock = NSLock()
+    nonisolated(unsafe) private static var spare: [UInt] = []
+    private static let spareLimit = 2
+
+    private static func takeGatherBuffer() throws(Errno) -> UnsafeMutableRawPointer {
+        if let address = spareLock.withLock({ spare.popLast() }), let buffer = UnsafeMutableRawPointer(bitPattern: address) { return buffer }
+        return try Kernel.mapAnonymous(length: gatherSize)
+    }
+
+    private static func giveBack(_ buffer: UnsafeMutableRawPointer) {
+        let kept = spareLock.withLock {
+            guard spare.count < spareLimit else { return false }
+            spare.append(UInt(bitPattern: buffer))
+            return true
+        }
+        if !kept { Kernel.unmap(buffer, length: gatherSize) }
+    }
 
     /// Whether writes currently bypass the page cache.
     var isDirect: Bool { condition.withLock { directIO } }

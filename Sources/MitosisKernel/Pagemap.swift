@@ -118,8 +118,15 @@ package struct PageRegion: Hashable, Sendable {
     /// (output vector full). Returns the matching regions in address order.
     /// The corresponding system call is `ioctl(PAGEMAP_SCAN)`.
     package func scan(_ request: ScanRequest) throws(Errno) -> [PageRegion] {
+        // The kernel fills the vector before it is read: on the stack, not a zeroed array per call
+        // (a scan runs per mapping, several times per epoch).
+        try withUnsafeTemporaryAllocation(of: page_region.self, capacity: 1024) { vector throws(Errno) in
+            try scan(request, into: vector)
+        }
+    }
+
+    private func scan(_ request: ScanRequest, into vector: UnsafeMutableBufferPointer<page_region>) throws(Errno) -> [PageRegion] {
         var regions: [PageRegion] = []
-        var vector = [page_region](repeating: page_region(), count: 1024)
         var cursor = request.start
         var remainingPages = request.maxPages
         while cursor < request.end {
@@ -135,10 +142,8 @@ package struct PageRegion: Hashable, Sendable {
             argument.category_inverted = request.inverted.rawValue
             argument.category_anyof_mask = request.anyOf.rawValue
             argument.return_mask = request.returned.rawValue
-            let count = try vector.withUnsafeMutableBufferPointer { buffer throws(Errno) in
-                argument.vec = UInt64(UInt(bitPattern: buffer.baseAddress))
-                return try Kernel.check { mitosis_pagemap_scan(descriptor.rawValue, &argument) }
-            }
+            argument.vec = UInt64(UInt(bitPattern: vector.baseAddress))
+            let count = try Kernel.check { mitosis_pagemap_scan(descriptor.rawValue, &argument) }
             for region in vector[0..<count] {
                 regions.append(PageRegion(start: region.start, end: region.end,
                                           categories: PageCategories(rawValue: region.categories)))

@@ -288,8 +288,10 @@ public actor CheckpointSession {
             while true {
                 var left = Int.max
                 let first = run.rounds
+                var lastMap: ProcessPageMap?
                 while run.rounds - first < rounds {
-                    let (map, dirty) = try await observe(run)
+                    let (map, dirty) = try await observe(run, reusing: lastMap)
+                    lastMap = map
                     run.invalidate(dirty)
                     var toCopy = map.data.subtracting(run.inheritable).subtracting(run.staged).subtracting(run.early)
                     if let parentImage, run.rounds == 0 {
@@ -582,9 +584,10 @@ public actor CheckpointSession {
         }
     }
 
-    /// The page map of `maps`, read from `/proc/PID/maps` now unless given.
-    private func readPageMap(_ run: Run, _ maps: [MemoryMapping]? = nil) throws -> ProcessPageMap {
-        let map = try pageMaps.read(maps ?? ProcessReader.mappings(target, detailed: false))
+    /// The page map of `maps`, read from `/proc/PID/maps` now unless given; the data pages of
+    /// the private mappings unchanged since `earlier` carried over from it (`PageMapReader.read(_:reusing:)`).
+    private func readPageMap(_ run: Run, _ maps: [MemoryMapping]? = nil, reusing earlier: ProcessPageMap? = nil) throws -> ProcessPageMap {
+        let map = try pageMaps.read(maps ?? ProcessReader.mappings(target, detailed: false), reusing: earlier)
         run.pagesScanned += map.pagesScanned
         return map
     }
@@ -601,9 +604,15 @@ public actor CheckpointSession {
 
     /// The page map and the pages written since the last look, with the target frozen for the
     /// moment it takes when the tracker needs it.
-    private func observe(_ run: Run) async throws -> (ProcessPageMap, PageSet) {
+    ///
+    /// `earlier`, the previous copy round's map: with uffd-wp, a later round takes the data pages
+    /// of the private mappings unchanged since from it rather than walking every page table again
+    /// (the largest part of a round for redis). What it misses — pages first written since that
+    /// scan — the freeze copies: its map is always read afresh. Written pages it holds are
+    /// found by the tracker, whose look is fresh in every round.
+    private func observe(_ run: Run, reusing earlier: ProcessPageMap? = nil) async throws -> (ProcessPageMap, PageSet) {
         guard tracker.collectRequiresFreeze else {
-            let map = try readPageMap(run)
+            let map = try readPageMap(run, reusing: strategy == .userfaultfdWriteProtect ? earlier : nil)
             return (map, try collectWrites(map))
         }
         let clock = ContinuousClock()

@@ -107,19 +107,44 @@ public struct PageMapReader: Sendable {
 
     /// Classifies every page of the checkpointed `mappings`.
     public func read(_ mappings: [MemoryMapping]) throws(MitosisError) -> ProcessPageMap {
+        try read(mappings, reusing: nil)
+    }
+
+    /// As `read(_:)`, but a mapping of `earlier` that is still there unchanged (same range,
+    /// permissions, offset, inode and kind), and is private (`reusable`), keeps its data pages from `earlier`
+    /// without a scan: the page walk of `PAGEMAP_SCAN` over every page table is most of a copy
+    /// round's work. Pages that became data since are missing from such a mapping (the caller
+    /// adds the pages its tracker reports written; the freeze reads the map afresh).
+    package func read(_ mappings: [MemoryMapping], reusing earlier: ProcessPageMap?) throws(MitosisError) -> ProcessPageMap {
         var result = ProcessPageMap(mappings: [], data: PageSet(), pagesScanned: 0)
+        var kept: [MemoryMapping: PageSet] = [:]
+        for entry in earlier?.mappings ?? [] where Self.reusable(entry.mapping) { kept[entry.mapping] = entry.data }
+        // Mappings come in address order, so their data ranges do too: one set built at the end.
+        var ranges: [PageSet.Range] = []
         for mapping in mappings where ProcessPageMap.isCheckpointed(mapping) {
             let data: PageSet
-            do {
-                data = try dataPages(of: mapping)
-            } catch {
-                throw TargetProcess.failure(error, pid: pid, reading: "/proc/\(pid)/pagemap")
+            if let known = kept[mapping] {
+                data = known
+            } else {
+                do {
+                    data = try dataPages(of: mapping)
+                } catch {
+                    throw TargetProcess.failure(error, pid: pid, reading: "/proc/\(pid)/pagemap")
+                }
+                result.pagesScanned += Int(mapping.length / PagemapFile.pageSize)
             }
             result.mappings.append(.init(mapping: mapping, data: data))
-            result.data = result.data.union(data)
-            result.pagesScanned += Int(mapping.length / PagemapFile.pageSize)
+            ranges += data.ranges
         }
+        result.data = PageSet(ranges)
         return result
+    }
+
+    /// Whether a mapping's data pages may be carried over from an earlier read (`read(_:reusing:)`):
+    /// private memory, whose writes its process's page tables show; not shared memory, which
+    /// others write out of sight.
+    package static func reusable(_ mapping: MemoryMapping) -> Bool {
+        !mapping.isShared && (mapping.kind == .anonymous || mapping.kind == .heap || mapping.kind == .stack || mapping.kind == .file)
     }
 
     package func dataPages(of mapping: MemoryMapping) throws(Errno) -> PageSet {
@@ -129,7 +154,10 @@ public struct PageMapReader: Sendable {
         case .scan:
             var request = PagemapFile.ScanRequest(start: mapping.start, end: mapping.end)
             request.anyOf = [.present, .swapped]
-            request.returned = [.present, .swapped, .file, .pfnZero]
+            // Private anonymous memory holds anonymous pages and the zero page only: asking
+            // whether a page is a file's costs the kernel a look at every page's `struct page`.
+            let anonymous = mapping.kind == .anonymous || mapping.kind == .heap || mapping.kind == .stack
+            request.returned = anonymous && !mapping.isShared ? [.present, .swapped, .pfnZero] : [.present, .swapped, .file, .pfnZero]
             var data = PageSet()
             for region in try pagemap.scan(request) where Self.isData(region.categories, fileIsData: fileIsData) {
                 if region.categories.contains(.swapped) {

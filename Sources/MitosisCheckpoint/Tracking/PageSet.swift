@@ -54,8 +54,30 @@ public struct PageSet: Equatable, Sendable, CustomStringConvertible {
         self = union(PageSet([Range(start: start, end: end)]))
     }
 
+    /// One merge of the two sorted lists (no sort): unions run several times per copy round
+    /// over thousands of ranges (a fragmented heap's data pages).
     public func union(_ other: PageSet) -> PageSet {
-        PageSet(ranges + other.ranges)
+        if other.ranges.isEmpty { return self }
+        if ranges.isEmpty { return other }
+        var result = PageSet()
+        result.ranges.reserveCapacity(ranges.count + other.ranges.count)
+        var i = 0, j = 0
+        while i < ranges.count || j < other.ranges.count {
+            let next: Range
+            if j == other.ranges.count || (i < ranges.count && ranges[i].start <= other.ranges[j].start) {
+                next = ranges[i]
+                i += 1
+            } else {
+                next = other.ranges[j]
+                j += 1
+            }
+            if let last = result.ranges.last, next.start <= last.end {
+                if next.end > last.end { result.ranges[result.ranges.count - 1].end = next.end }
+            } else {
+                result.ranges.append(next)
+            }
+        }
+        return result
     }
 
     public func intersection(_ other: PageSet) -> PageSet {

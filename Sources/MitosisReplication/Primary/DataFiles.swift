@@ -35,6 +35,10 @@ final class DataFiles: @unchecked Sendable {
         var modified: Int64
         var device: UInt64 = 0
         var inode: UInt64 = 0
+        /// The hash of the last block's bytes so far, when it is partial (`blocks.last` is its
+        /// value): growth of an append-only file is hashed from the old end on, the bytes
+        /// shipped before neither read nor hashed again.
+        var tail: Checksum?
     }
 
     /// The directories are taken in canonical form (`realpath`), as the kernel names the files
@@ -60,7 +64,7 @@ final class DataFiles: @unchecked Sendable {
     /// `appendOnly` those of them it held open only with `O_APPEND`: of such a file (same inode,
     /// not shrunk) only the blocks from the old end on are read — redis's AOF grows by MBs a
     /// second, and hashing all of it at every epoch made epochs grow with the file.
-    private func deltas(full: Bool, openForWriting: [String], appendOnly: Set<String>) throws -> [(FileDelta, [UInt8])] {
+    func deltas(full: Bool, openForWriting: [String], appendOnly: Set<String>) throws -> [(FileDelta, [UInt8])] {
         let (known, sizes) = lock.withLock { (full ? [:] : shipped, frozenSizes) }
         var next: [String: Shipped] = [:]
         var result: [(FileDelta, [UInt8])] = []
@@ -83,16 +87,32 @@ final class DataFiles: @unchecked Sendable {
             var blocks: [UInt64] = []
             var offset: UInt64 = 0
             if let old = known[path], appendOnly.contains(path), old.inode == st.inode, old.device == st.device, size >= old.size {
+                if let grown = try appended(fd, old: old, size: size) {
+                    for piece in grown.pieces {
+                        result.append((FileDelta(path: path, kind: .append, offset: piece.offset, size: size, mode: mode), piece.bytes))
+                    }
+                    if grown.pieces.isEmpty {
+                        // Only the mode or time changed: the size and mode travel in the record.
+                        result.append((FileDelta(path: path, kind: .block, offset: size, size: size, mode: mode), []))
+                    }
+                    next[path] = Shipped(size: size, mode: mode, blocks: grown.blocks, modified: modified, device: st.device,
+                                         inode: st.inode, tail: grown.tail)
+                    continue
+                }
                 let kept = Int(old.size / UInt64(Self.blockSize))
                 blocks = Array(old.blocks.prefix(kept))
                 offset = UInt64(kept) * UInt64(Self.blockSize)
             }
             var changed: [(offset: UInt64, bytes: [UInt8])] = []
+            var tail: Checksum?
             while offset < size {
                 let count = Int(min(UInt64(Self.blockSize), size - offset))
                 let bytes = try Kernel.readAt(fd, offset: offset, count: count)
                 guard bytes.count == count else { break }
-                let hash = Checksum.xxh64(bytes)
+                var hasher = Checksum()
+                hasher.update(bytes)
+                let hash = hasher.finalize()
+                tail = count < Self.blockSize ? hasher : nil
                 let index = blocks.count
                 blocks.append(hash)
                 // Unchanged: the same bytes over the same length (a partial last block that grew is changed).
@@ -133,13 +153,60 @@ final class DataFiles: @unchecked Sendable {
                 // Shrunk, or only mode or time changed: the size and mode travel in the record.
                 result.append((FileDelta(path: path, kind: .block, offset: size, size: size, mode: mode), []))
             }
-            next[path] = Shipped(size: size, mode: mode, blocks: blocks, modified: modified, device: st.device, inode: st.inode)
+            next[path] = Shipped(size: size, mode: mode, blocks: blocks, modified: modified, device: st.device, inode: st.inode,
+                                 tail: offset == size ? tail : nil)
         }
         for path in known.keys where next[path] == nil && !result.contains(where: { $0.0.path == path }) {
             result.append((FileDelta(path: path, kind: .removed, offset: 0, size: 0, mode: 0), []))
         }
         lock.withLock { pending = next }
         return result
+    }
+
+    /// The growth of an append-only file from `old.size` to `size`, read in large pieces and
+    /// shipped as appends from the exact old end; the block hashes go on from the old last
+    /// block's hash state (`Shipped.tail`). Nil when that state is unknown (the caller then
+    /// reads from the old last block's start). Of a file that turns out shorter than `size` (cut
+    /// meanwhile) what is there is shipped, as the block-by-block read does.
+    private func appended(_ fd: FileDescriptor, old: Shipped, size: UInt64) throws
+        -> (pieces: [(offset: UInt64, bytes: [UInt8])], blocks: [UInt64], tail: Checksum?)? {
+        let blockSize = UInt64(Self.blockSize)
+        var hasher: Checksum
+        var blocks = old.blocks
+        if old.size % blockSize == 0 {
+            guard blocks.count == Int(old.size / blockSize) else { return nil }
+            hasher = Checksum()
+        } else {
+            guard let tail = old.tail, blocks.count == Int(old.size / blockSize) + 1 else { return nil }
+            hasher = tail
+            blocks.removeLast()
+        }
+        var pieces: [(offset: UInt64, bytes: [UInt8])] = []
+        var offset = old.size
+        while offset < size {
+            let bytes = try Kernel.readAt(fd, offset: offset, count: Int(min(UInt64(Self.chunk), size - offset)))
+            if bytes.isEmpty { break }
+            bytes.withUnsafeBytes { bytes in
+                var at = 0
+                while at < bytes.count {
+                    // Up to the end of the block `offset + at` lies in.
+                    let room = Int(blockSize - (offset + UInt64(at)) % blockSize)
+                    let count = min(room, bytes.count - at)
+                    hasher.update(UnsafeRawBufferPointer(rebasing: bytes[at..<at + count]))
+                    at += count
+                    if count == room {
+                        blocks.append(hasher.finalize())
+                        hasher = Checksum()
+                    }
+                }
+            }
+            pieces.append((offset, bytes))
+            offset += UInt64(bytes.count)
+        }
+        let partial = offset % blockSize != 0
+        if partial { blocks.append(hasher.finalize()) }
+        // Cut meanwhile (shorter than its size at the freeze): the next epoch reads its last block again.
+        return (pieces, blocks, partial && offset == size ? hasher : nil)
     }
 
     /// The epoch in flight was acknowledged: the standby holds what it shipped.

@@ -38,11 +38,50 @@ final class PrimaryConnection: @unchecked Sendable {
 
     /// Sends `frame`, returning once the kernel took it (TCP flow control blocks here).
     func send(_ frame: ReplicationFrame) throws {
-        let buffer = Standby.buffer(frame, channel.allocator)
+        try enqueue(frame)
+        try flush()
+    }
+
+    /// Frames encoded and not yet handed to the event loop (`enqueue`), and the type of the last.
+    private var pending: ByteBuffer?
+    private var pendingType: FrameType?
+    private let pendingLock = NSLock()
+    /// Frames are handed to the event loop in batches of about this many bytes: each hand-over
+    /// is a wait for another thread (an epoch of redis is hundreds of small page runs), and
+    /// waiting for each batch keeps TCP's flow control as the bound on what is buffered.
+    static let batchBytes = 1 << 20
+
+    /// Adds `frame` to the batch being built; sends the batch once it is large enough.
+    func enqueue(_ frame: ReplicationFrame) throws {
+        try enqueue(frame.type) { frame.encode(into: &$0) }
+    }
+
+    /// Adds a frame whose payload is `payload`'s pieces (`ReplicationFrame.encode(_:term:epoch:parent:payload:into:)`).
+    func enqueue(_ type: FrameType, term: Term, epoch: Epoch, parent: Epoch, payload: [UnsafeRawBufferPointer]) throws {
+        try enqueue(type) { ReplicationFrame.encode(type, term: term, epoch: epoch, parent: parent, payload: payload, into: &$0) }
+    }
+
+    private func enqueue(_ type: FrameType, _ encode: (inout ByteBuffer) -> Void) throws {
+        let full = pendingLock.withLock {
+            if pending == nil { pending = channel.allocator.buffer(capacity: Self.batchBytes + 64 << 10) }
+            encode(&pending!)
+            pendingType = type
+            return pending!.readableBytes >= Self.batchBytes
+        }
+        if full { try flush() }
+    }
+
+    /// Sends the frames enqueued, returning once the kernel took them.
+    func flush() throws {
+        let (batch, type) = pendingLock.withLock {
+            defer { pending = nil }
+            return (pending, pendingType)
+        }
+        guard let batch else { return }
         do {
-            try channel.writeAndFlush(buffer).wait()
+            try channel.writeAndFlush(batch).wait()
         } catch {
-            throw ReplicationError.connection("sending a \(frame.type) frame failed: \(error)")
+            throw ReplicationError.connection("sending a \(type.map { "\($0)" } ?? "") frame failed: \(error)")
         }
     }
 

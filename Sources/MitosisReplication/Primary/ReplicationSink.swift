@@ -108,10 +108,40 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
             return
         }
         for index in targets.indices where targets[index].failure == nil {
-            do { try targets[index].connection.send(frame) } catch { targets[index].failure = error }
+            do { try targets[index].connection.enqueue(frame) } catch { targets[index].failure = error }
         }
         try requireOne()
         bytesSent += UInt64(payload.count + ReplicationFrame.headerSize)
+    }
+
+    /// A frame whose payload is `parts` one after the other, encoded from where they are (no
+    /// payload array: pages go from the staging memory into the send buffer) unless kept.
+    private func send(_ type: FrameType, parts: [UnsafeRawBufferPointer]) throws {
+        guard buffered == nil else {
+            var payload: [UInt8] = []
+            payload.reserveCapacity(parts.reduce(0) { $0 + $1.count })
+            for part in parts { payload.append(contentsOf: part) }
+            return try send(type, payload)
+        }
+        for index in targets.indices where targets[index].failure == nil {
+            do {
+                try targets[index].connection.enqueue(type, term: term, epoch: epoch, parent: parent, payload: parts)
+            } catch {
+                targets[index].failure = error
+            }
+        }
+        try requireOne()
+        bytesSent += UInt64(parts.reduce(0) { $0 + $1.count } + ReplicationFrame.headerSize)
+    }
+
+    /// Hands what every standby still in the epoch has enqueued to the network (frames go in
+    /// batches: `PrimaryConnection.enqueue`); throws only when none is left.
+    private func flush() throws {
+        guard buffered == nil else { return }
+        for index in targets.indices where targets[index].failure == nil {
+            do { try targets[index].connection.flush() } catch { targets[index].failure = error }
+        }
+        try requireOne()
     }
 
     private func requireOne() throws {
@@ -140,12 +170,12 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
             self.builder = builder
             let chunk = ImageFormat.maxRunPages * builder.pageSize
             for offset in stride(from: 0, to: bytes.count, by: chunk) {
-                var payload: [UInt8] = []
                 let end = min(offset + chunk, bytes.count)
-                payload.reserveCapacity(8 + end - offset)
-                payload.appendLittleEndian(address + UInt64(offset))
-                payload.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[offset..<end]))
-                try send(.imagePages, payload)
+                var at: [UInt8] = []
+                at.appendLittleEndian(address + UInt64(offset))
+                try at.withUnsafeBytes { at in
+                    try send(.imagePages, parts: [at, UnsafeRawBufferPointer(rebasing: bytes[offset..<end])])
+                }
             }
         }
     }
@@ -165,6 +195,7 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
             let stored = builder.complete(manifest, runs: runs, index: FileDigest(size: UInt64(index.count), xxh64: Checksum.xxh64(index)), data: data)
             try send(files: try files(stored))
             try send(.imageFinish, MessageCoding.encode(stored, memo: manifestMemo))
+            try flush()
             sentManifest = stored
             if buffered != nil { return stored }
             let sent = clock.now
@@ -217,10 +248,11 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
     /// One `fileDelta` frame per change: the `FileDelta` JSON, a NUL, the bytes.
     private func send(files: [(FileDelta, [UInt8])]) throws {
         for (delta, bytes) in files {
-            var payload: [UInt8] = MessageCoding.encode(delta)
-            payload.append(0)
-            payload.append(contentsOf: bytes)
-            try send(.fileDelta, payload)
+            var head: [UInt8] = MessageCoding.encode(delta)
+            head.append(0)
+            try head.withUnsafeBytes { head in
+                try bytes.withUnsafeBytes { try send(.fileDelta, parts: [head, $0]) }
+            }
         }
     }
 
@@ -243,6 +275,7 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
             }
             try send(files: files)
             try send(.treeFinish, MessageCoding.encode(manifest))
+            try flush()
             let sent = clock.now
             sentAt = sent
             try collectAcknowledgements(of: manifest.id)
@@ -283,6 +316,7 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
             guard !closed else { return }
             closed = true
             guard builder != nil else { return }
+            // `send` hands over what was enqueued before the abort too.
             for target in targets where target.failure == nil { try? target.connection.send(frame(.imageAbort, Array(reason.utf8.prefix(4096)))) }
         }
     }

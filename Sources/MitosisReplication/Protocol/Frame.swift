@@ -100,7 +100,17 @@ public struct ReplicationFrame: Sendable, Equatable {
     /// The frame as bytes: header, payload. The checksum (XXH64) covers the first 40 header
     /// bytes and the payload.
     public func encode(into buffer: inout ByteBuffer) {
-        buffer.reserveCapacity(minimumWritableBytes: Self.headerSize + payload.count)
+        payload.withUnsafeBytes { payload in
+            Self.encode(type, term: term, epoch: epoch, parent: parent, payload: [payload], into: &buffer)
+        }
+    }
+
+    /// A frame whose payload is `payload`'s pieces one after the other, encoded straight from
+    /// them: the primary's pages go from its staging memory into the send buffer with one copy.
+    static func encode(_ type: FrameType, term: Term, epoch: Epoch, parent: Epoch, payload: [UnsafeRawBufferPointer],
+                       into buffer: inout ByteBuffer) {
+        let length = payload.reduce(0) { $0 + $1.count }
+        buffer.reserveCapacity(minimumWritableBytes: Self.headerSize + length)
         var head: [UInt8] = []
         head.reserveCapacity(40)
         head.appendLittleEndian(Self.magic)
@@ -109,14 +119,14 @@ public struct ReplicationFrame: Sendable, Equatable {
         head.appendLittleEndian(term.rawValue)
         head.appendLittleEndian(epoch.rawValue)
         head.appendLittleEndian(parent.rawValue)
-        head.appendLittleEndian(UInt32(payload.count))
+        head.appendLittleEndian(UInt32(length))
         head.appendLittleEndian(UInt32(0))
         var hasher = Checksum()
         hasher.update(head)
-        hasher.update(payload)
+        for piece in payload { hasher.update(piece) }
         buffer.writeBytes(head)
         buffer.writeInteger(hasher.finalize(), endianness: .little)
-        buffer.writeBytes(payload)
+        for piece in payload { buffer.writeBytes(piece) }
     }
 
     public var bytes: [UInt8] {

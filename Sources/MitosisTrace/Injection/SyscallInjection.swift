@@ -317,7 +317,14 @@ extension Tracer {
     /// The address range of the `[vdso]` mapping in `/proc/PID/maps`.
     private static func vdsoRange(of pid: Int32) -> (UInt64, UInt64)? {
         guard let maps = try? Kernel.readFile("/proc/\(Kernel.procEntry(pid))/maps") else { return nil }
-        for line in String(decoding: maps, as: UTF8.self).split(separator: "\n") where line.hasSuffix("[vdso]") {
+        // On the bytes: every injected call looks here, and splitting `maps` into strings cost
+        // more than reading it.
+        let suffix = Array("[vdso]".utf8)
+        var lineStart = 0
+        for index in 0...maps.count where index == maps.count || maps[index] == UInt8(ascii: "\n") {
+            defer { lineStart = index + 1 }
+            guard index - lineStart > suffix.count, maps[(index - suffix.count)..<index].elementsEqual(suffix) else { continue }
+            let line = String(decoding: maps[lineStart..<index], as: UTF8.self)
             let range = line.prefix { $0 != " " }.split(separator: "-")
             if range.count == 2, let start = UInt64(range[0], radix: 16), let end = UInt64(range[1], radix: 16), start < end {
                 return (start, end)

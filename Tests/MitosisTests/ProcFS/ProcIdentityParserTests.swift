@@ -47,6 +47,10 @@ struct ProcIdentityParserTests {
         let hostile = ProcStatus(parsing: "Uid:\t1\t2\nGid:\tx\ty\tz\tw\nGroups:\t\nCapInh:\t0\n")
         #expect(hostile.credentials("Uid") == nil && hostile.credentials("Gid") == nil)
         #expect(hostile.groups == [] && hostile.capabilities == nil)
+        // Keys as written, values without the spaces and tabs around them, lines without a colon skipped.
+        let odd = ProcStatus(parsing: "\n\nno colon\n A : \t b c \t\n:empty key\nx:\ny:a:b\nSeccomp:\t0")
+        #expect(odd.fields.map(\.key) == [" A ", "", "x", "y", "Seccomp"])
+        #expect(odd.fields.map(\.value) == ["b c", "empty key", "", "a:b", "0"])
     }
 
     @Test("cmdline and environ: NUL-separated, with or without the final NUL")
