@@ -19,9 +19,9 @@ import Testing
     }
 
     @Test func appendOnlyGrowthIsShippedFromTheOldEnd() throws {
-        let directory = NSTemporaryDirectory() + "mitosis-datafiles-" + UUID().uuidString.prefix(8)
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let scratch = try ScratchDirectory()
+        defer { scratch.remove() }
+        let directory = scratch.path
         let path = directory + "/appendonly.aof"
         let block = DataFiles.blockSize
         var content = Self.bytes(block + 1000, seed: 1)
@@ -70,9 +70,9 @@ import Testing
     /// A file not known to be append-only is compared block by block: a rewrite inside an old
     /// block ships that block, never the unchanged ones.
     @Test func rewrittenBlockIsShippedAsABlock() throws {
-        let directory = NSTemporaryDirectory() + "mitosis-datafiles-" + UUID().uuidString.prefix(8)
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let scratch = try ScratchDirectory()
+        defer { scratch.remove() }
+        let directory = scratch.path
         let path = directory + "/data"
         let block = DataFiles.blockSize
         var content = Self.bytes(3 * block + 10, seed: 9)
