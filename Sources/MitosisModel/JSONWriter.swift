@@ -45,14 +45,16 @@ package struct JSONWriter {
 /// the same place is written as the bytes it was written as then. In compact JSON a value's
 /// bytes depend only on the value, so the place is only where to look.
 ///
-/// Equal means `==`, under which strings are equal when canonically equivalent (`"é"` composed
-/// or decomposed): a name that changes only to another spelling of itself keeps its old bytes.
-/// The memo is emptied every `lifetime` (which also bounds its size), and that bounds how long
-/// it can last.
+/// Equal means `==` over values whose strings are all ASCII, on both sides: Swift compares
+/// strings by canonical equivalence, under which `"K"` equals the KELVIN SIGN and `"é"`
+/// composed equals `"e\u{301}"`, so a value with a non-ASCII string is always encoded again
+/// (its bytes may differ from an equal value's). The memo is emptied every `lifetime`, which
+/// bounds its size.
 package final class JSONMemo: @unchecked Sendable {
     package let depth: Int
     private let lifetime: Duration
     private let lock = NSLock()
+    /// Only parts whose bytes are ASCII are kept: a non-ASCII string is never reused.
     private var parts: [String: (value: Any, bytes: [UInt8])] = [:]
     private var emptied = ContinuousClock.now
     /// Parts reused and parts encoded, over the memo's life.
@@ -78,16 +80,35 @@ package final class JSONMemo: @unchecked Sendable {
         codingPath.map(\.stringValue).joined(separator: "\u{1}")
     }
 
-    /// The bytes `value` was last written as at `place`, if it was equal then.
+    /// The bytes `value` was last written as at `place`, if it was equal then and its strings
+    /// are ASCII (equal is then byte for byte).
     fileprivate func bytes(at place: String, for value: any Equatable) -> [UInt8]? {
-        guard let part = parts[place], Self.equal(value, part.value) else { return nil }
+        guard let part = parts[place], Self.equal(value, part.value), Self.hasOnlyASCIIStrings(value) else { return nil }
         reused += 1
         return part.bytes
     }
 
     fileprivate func keep(_ value: Any, bytes: [UInt8], at place: String) {
-        parts[place] = (value, bytes)
         encoded += 1
+        // Compact JSON escapes no non-ASCII character: a value with one has a byte ≥ 0x80.
+        guard bytes.allSatisfy({ $0 < 0x80 }) else {
+            parts[place] = nil
+            return
+        }
+        parts[place] = (value, bytes)
+    }
+
+    /// Whether every string inside `value` (its stored properties, elements, payloads, at any
+    /// depth) is ASCII. Numbers and bytes are not walked.
+    private static func hasOnlyASCIIStrings(_ value: Any) -> Bool {
+        switch value {
+        case let text as any StringProtocol: return text.utf8.allSatisfy { $0 < 0x80 }
+        case let character as Character: return character.isASCII
+        case let scalar as Unicode.Scalar: return scalar.isASCII
+        case let url as URL: return url.absoluteString.utf8.allSatisfy { $0 < 0x80 }
+        case is any Numeric, is Bool, is Data, is [UInt8], is [UInt64], is [Int]: return true
+        default: return Mirror(reflecting: value).children.allSatisfy { hasOnlyASCIIStrings($0.value) }
+        }
     }
 
     private static func equal<E: Equatable>(_ value: E, _ other: Any) -> Bool {

@@ -122,6 +122,16 @@ struct ManifestEncodingTests {
         let (reused, encoded) = (memo.reused, memo.encoded)
         #expect(try JSONWriter(pretty: false, memo: memo).encode(other) == Array(try JSONOutput.encoder(pretty: false).encode(other)))
         #expect(memo.encoded == encoded + 4 && memo.reused == reused + 1)
+        // Strings equal under Swift's `==` (canonical equivalence) but not byte for byte: the
+        // KELVIN SIGN equals "K", the GREEK QUESTION MARK equals ";". Each encoded as itself.
+        for (spelling, equivalent) in [("K", "\u{212A}"), (";", "\u{37E}"), ("e\u{301}", "\u{E9}")] {
+            #expect(spelling == equivalent)
+            for text in [spelling, equivalent, spelling] {
+                let document = Document(first: Small(a: 1, b: [text]), list: [Small(a: 2, b: ["x", text])])
+                #expect(try JSONWriter(pretty: false, memo: memo).encode(document) == Array(try JSONOutput.encoder(pretty: false).encode(document)),
+                        "\(Array(text.unicodeScalars)) after an equal string")
+            }
+        }
         // A memo past its lifetime encodes everything again.
         let expired = JSONMemo(depth: 2, lifetime: .zero)
         _ = try JSONWriter(pretty: false, memo: expired).encode(one)
