@@ -100,7 +100,8 @@ struct ReplicateBenchmark: AsyncParsableCommand {
         let alone = (before + after) / 2
         print(String(format: "redis commands/s: alone %.0f (before %.0f, after %.0f), protected %.0f: %.3f× (%.1f %% overhead)",
                      alone, before, after, during, during / alone, (1 - during / alone) * 100))
-        print(String(format: "goals: freeze p99 ≤ 20 ms, lag p99 ≤ 2 epochs (%d ms), %.0f epochs/s; ", 2 * interval, 1000 / Double(interval))
+        print(String(format: "goals: freeze p99 ≤ 20 ms, lag p99 ≤ 2 epochs (%d ms; an epoch's lag: from its freeze to its acknowledgement, "
+                     + "its phase `total`: from its checkpoint's start), %.0f epochs/s; ", 2 * interval, 1000 / Double(interval))
               + "measured over \(duration) s, machine load average \(Self.loadAverage()) (1, 5, 15 min) at the end")
     }
 

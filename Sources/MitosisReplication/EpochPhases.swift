@@ -6,8 +6,9 @@
 /// (the pages handed to TCP); `files` (data-file changes read and sent, the page index built);
 /// `acknowledgement` (from the `imageFinish` frame to the standby's `ack` read: its commit plus
 /// a round trip, and, as the ack is read right before the next epoch's freeze, that epoch's
-/// first pre-copy); `total` (checkpoint start to acknowledgement, the lag). The next epoch's
-/// `before freeze` is the part of that wait its pre-copy did not cover.
+/// first pre-copy); `total` (checkpoint start to acknowledgement: the lag plus what came before
+/// the freeze). The next epoch's `before freeze` is the part of that wait its pre-copy did not
+/// cover.
 ///
 /// On the standby: `receive` (first frame to `imageFinish`), `commit` (files synced, directory
 /// renamed into place), `verify` (the committed image read back and checked), `readiness` (the

@@ -10,8 +10,8 @@ struct ProtectMetrics: Sendable {
     let epochs = Counter(label: "mitosis_protect_epochs_total")
     let fullEpochs = Counter(label: "mitosis_protect_full_epochs_total")
     let bytes = Counter(label: "mitosis_protect_sent_bytes_total")
-    /// Per epoch: how long the process was frozen, and from the start of its checkpoint to its
-    /// acknowledgement (histograms: `histogram_quantile` gives the p50 and p99 of the status line).
+    /// Per epoch: how long the process was frozen, and from its freeze to its acknowledgement
+    /// (histograms: `histogram_quantile` gives the p50 and p99 of the status line).
     let freeze = Timer(label: "mitosis_protect_freeze_seconds")
     let lag = Timer(label: "mitosis_protect_lag_seconds")
     /// The last epoch's lag in intervals, as the status line shows it.

@@ -105,6 +105,9 @@ public struct CheckpointResult: Sendable {
     /// it holds: always when the process is moved, else only when a connection changed during
     /// the capture without it (`CheckpointOptions.networkLock`).
     public var connectionsLocked = false
+    /// When the target was stopped: the checkpoint holds its state of this instant (a
+    /// standby's lag is counted from it).
+    public var frozenAt: ContinuousClock.Instant?
     public var stats: CheckpointStats { manifest.stats }
 }
 
@@ -464,7 +467,8 @@ public actor CheckpointSession {
             previousValid = stored.union(inherited)
             previous = (committed.id, committed.sequence)
             return CheckpointResult(manifest: committed, precopyRounds: run.rounds, pagesCopied: run.copied,
-                                    pagesCopiedFrozen: run.copiedFrozen, phases: run.phases, connectionsLocked: run.connectionsLocked)
+                                    pagesCopiedFrozen: run.copiedFrozen, phases: run.phases, connectionsLocked: run.connectionsLocked,
+                                    frozenAt: frozenAt)
         } catch {
             await untracking?.value
             moved?.resume()

@@ -81,7 +81,8 @@ public struct ReplicationStatistics: Sendable, Equatable {
     public var lockedEpochs = 0
     public var lastError: String?
     /// Per epoch, most recent last (bounded): how long the process was frozen, and how long
-    /// from the start of its checkpoint until the standby acknowledged it (the lag).
+    /// from its freeze — the instant whose state it holds — until the standby acknowledged it
+    /// (the lag: how old the standby's newest state is when it becomes the newest).
     public var freezeMilliseconds: [Double] = []
     public var lagMilliseconds: [Double] = []
     /// Where the time of the recent epochs went (`EpochPhases.primaryNames`, `checkpointNames`).
@@ -247,7 +248,8 @@ public final class ReplicationSession: Service, Sendable {
         /// The data files as the standbys hold them once they commit it.
         let files: [String: DataFiles.Shipped]
         let full: Bool
-        let started: ContinuousClock.Instant
+        /// When the process was frozen for it (the instant of its state).
+        let frozenAt: ContinuousClock.Instant
         let freeze: Double
         let checkpointPhases: [String: Double]
         let connectionsLocked: Bool
@@ -310,7 +312,7 @@ public final class ReplicationSession: Service, Sendable {
             publish()
             base = acknowledged
             board.base = acknowledged
-            let lag = ((sent.sink.acknowledgedAt ?? clock.now) - sent.started).inMilliseconds
+            let lag = ((sent.sink.acknowledgedAt ?? clock.now) - sent.frozenAt).inMilliseconds
             box.withLockedValue {
                 $0.acknowledged = acknowledged
                 $0.epochs += 1
@@ -474,7 +476,7 @@ public final class ReplicationSession: Service, Sendable {
             try await concludePending()
             nextEpoch = epoch.next
             let sent = Sent(epoch: epoch, sink: sink, imageID: result?.manifest.id ?? treeEpoch?.manifest.id ?? "", manifest: result?.manifest,
-                            files: files.pendingState, full: full, started: started,
+                            files: files.pendingState, full: full, frozenAt: result?.frozenAt ?? treeEpoch?.frozenAt ?? started,
                             freeze: result.map { Double($0.stats.frozenNanoseconds) / 1e6 } ?? treeEpoch?.frozenMilliseconds ?? 0,
                             checkpointPhases: result?.phases ?? [:], connectionsLocked: result?.connectionsLocked ?? false)
             if isTree {

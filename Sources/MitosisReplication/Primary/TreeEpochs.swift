@@ -43,6 +43,8 @@ final class TreeEpochs: @unchecked Sendable {  // used by the epoch loop only, o
     struct Outcome {
         var manifest: TreeManifest
         var frozenMilliseconds: Double
+        /// When the members were frozen (the instant of the epoch's state).
+        var frozenAt: ContinuousClock.Instant?
     }
 
     /// What the next tree epoch builds on, given the epoch every standby holds (nil: none in
@@ -78,7 +80,8 @@ final class TreeEpochs: @unchecked Sendable {  // used by the epoch loop only, o
                               manifest: taken.manifest, captured: captured)
         }
         continues = true
-        return Outcome(manifest: taken.manifest, frozenMilliseconds: taken.frozen.inMilliseconds)
+        return Outcome(manifest: taken.manifest, frozenMilliseconds: taken.frozen.inMilliseconds,
+                       frozenAt: taken.members.compactMap(\.frozenAt).min())
     }
 
     /// The tree changed: tracking stops in every member (each runs on), and starts again over

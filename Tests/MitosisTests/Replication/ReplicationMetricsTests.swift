@@ -14,6 +14,12 @@ import Testing
         return nil
     }
 
+    /// The number after `marker` that comes after `anchor` in `text`: `12.5` in `… p99 12.5 ms`.
+    static func number(after marker: String, following anchor: String, in text: String) -> Double? {
+        guard let start = text.range(of: anchor)?.upperBound, let at = text.range(of: marker, range: start..<text.endIndex)?.upperBound else { return nil }
+        return Double(text[at...].prefix { $0.isNumber || $0 == "." })
+    }
+
     static func scrape(_ hosts: NetworkHosts, _ host: String, _ url: String) async throws -> (status: Int32, body: String) {
         let run = try await ToolRun("/usr/bin/curl", ["-sS", "--max-time", "10", "-w", "\\n%{http_code}", url], prefix: hosts.prefix(host))
         return (run.status, run.standardOutput)
@@ -79,6 +85,12 @@ import Testing
 
             #expect(await protect.stop(SIGTERM) == 0, "\(protect.text.suffix(2000))")
             #expect(protect.text.contains("protected process \(child.pid): "))
+            // An epoch's lag runs from its freeze to its acknowledgement: within its `total`
+            // (from its checkpoint's start), and never shorter than its freeze.
+            let lag99 = try #require(Self.number(after: " p99 ", following: "; lag p50 ", in: protect.text))
+            let total99 = try #require(Self.number(after: "/", following: "  total ", in: protect.text))
+            let freeze99 = try #require(Self.number(after: " p99 ", following: "; freeze p50 ", in: protect.text))
+            #expect(freeze99 <= lag99 && lag99 <= total99, "\(protect.text.suffix(1500))")
             #expect(await standby.stop(SIGTERM) == 0, "\(standby.text.suffix(2000))")
             #expect(try TargetHealth.tracer(of: child.pid) == 0)
         } catch {
