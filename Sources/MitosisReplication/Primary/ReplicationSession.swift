@@ -28,8 +28,9 @@ public struct ProtectOptions: Sendable {
     /// The first standby's address.
     public var host: String { standbys.first?.host ?? "" }
     public var port: Int { standbys.first?.port ?? 0 }
-    /// Time between the starts of two epochs (an epoch waits for the previous one's
-    /// acknowledgements, so a slow standby makes epochs longer).
+    /// Time between the starts of two epochs, kept as a fixed rate (an epoch that ran long is
+    /// followed at once by the next); an epoch waits for the previous one's acknowledgements,
+    /// so a slow standby makes epochs longer.
     public var interval: Duration = .milliseconds(50)
     /// This primary's term (the failover layer's leader revision); a standby that has seen a
     /// newer one refuses it, and protection stops.
@@ -385,7 +386,10 @@ public final class ReplicationSession: Service, Sendable {
             }
             try await Task.sleep(until: nextStart, clock: clock)
             let started = clock.now
-            nextStart = started + options.interval
+            // Epochs are due at a fixed rate, one every interval: after one that ran past its
+            // interval the next starts at once, catching up at most one interval (an epoch
+            // later than that, after a reconnection say, starts the count again).
+            nextStart = (started - nextStart > options.interval ? started : nextStart) + options.interval
             let epoch = nextEpoch
             // One checkpoint for every standby: incremental when all of them hold the base (or
             // will once they acknowledge the pending epoch, which every one of them was sent).
