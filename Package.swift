@@ -152,7 +152,7 @@ let package = Package(
             path: "Benchmarks"
         ),
         // Mutational fuzzer of the image reader: `scripts/fuzz-images --seconds N` (Docs/reliability.md).
-        .executableTarget(name: "mitosis-image-fuzz", dependencies: ["Mitosis"], path: "Tests/ImageFuzz"),
+        .executableTarget(name: "mitosis-image-fuzz", dependencies: ["Mitosis", "MitosisModel"], path: "Tests/ImageFuzz"),
         .testTarget(
             name: "MitosisTests",
             dependencies: ["Mitosis", "MitosisKernel", "MitosisRestore", "MitosisStacks", "MitosisCluster", "MitosisClusterTestbed", "MitosisReplication", "mitosis-scenario", "mitosis", "mitosis-demo-target", "mitosis-inspect-example", "mitosis-scenario-cpp", "mitosis-scenario-swift",

@@ -20,6 +20,7 @@
 import Foundation
 import Glibc
 import Mitosis
+import MitosisModel
 
 // MARK: Options
 
@@ -67,16 +68,7 @@ func fatal(_ message: String) -> Never {
     exit(2)
 }
 
-/// SplitMix64: small, fast, and the same sequence everywhere for a seed.
-struct Random {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+extension SplitMix64 {
     mutating func below(_ n: Int) -> Int { n <= 1 ? 0 : Int(next() % UInt64(n)) }
     mutating func pick<T>(_ items: [T]) -> T { items[below(items.count)] }
 }
@@ -129,7 +121,7 @@ struct Case {
 }
 
 struct Mutator {
-    var random: Random
+    var random: SplitMix64
     let seed: [Image]
     let secret: String
     let fifo: String
@@ -553,7 +545,7 @@ func runFuzzer(_ options: Options) async throws -> Bool {
     try Data(Array(repeating: marker, count: 200).joined().utf8).write(to: URL(fileURLWithPath: secret))
     let fifo = options.work + "/fifo"
     mkfifo(fifo, 0o600)
-    var mutator = Mutator(random: Random(state: options.seed), seed: seed, secret: secret, fifo: fifo, compressed: options.compressed)
+    var mutator = Mutator(random: SplitMix64(seed: options.seed), seed: seed, secret: secret, fifo: fifo, compressed: options.compressed)
 
     let clock = ContinuousClock()
     let started = clock.now
@@ -734,7 +726,7 @@ extension Mutator {
         }
         if edited { reseal(&c.images[newest], manifest: root) }
         if let length = entry.sparse {
-            var random = Random(state: 0)
+            var random = SplitMix64(seed: 0)
             swap(&random, &self.random)
             sparse(&c, newest, length: length)
             swap(&random, &self.random)
@@ -760,7 +752,7 @@ func replayCorpus(_ directory: String, options: Options) async throws -> Bool {
     let secret = work + "/secret", fifo = work + "/fifo"
     try Data(Array(repeating: "MITOSIS-FUZZ-SECRET", count: 200).joined().utf8).write(to: URL(fileURLWithPath: secret))
     mkfifo(fifo, 0o600)
-    var mutator = Mutator(random: Random(state: options.seed), seed: seed, secret: secret, fifo: fifo)
+    var mutator = Mutator(random: SplitMix64(seed: options.seed), seed: seed, secret: secret, fifo: fifo)
     let names = try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.hasSuffix(".json") }.sorted()
     var failures = 0
     for name in names {

@@ -1,30 +1,20 @@
 import Testing
 @testable import MitosisCheckpoint
+import MitosisModel
 
 /// `PageSet.union` merges two sorted sets in one pass: it must give the set the sorting
 /// initializer builds from both sets' ranges, for overlapping, adjacent, nested and disjoint ranges.
 @Suite struct PageSetUnionTests {
     /// A random set of up to `count` ranges of pages 0..<512 (page size 4096), seeded.
-    static func randomSet(_ generator: inout SplitMix, count: Int) -> PageSet {
+    static func randomSet(_ generator: inout SplitMix64, count: Int) -> PageSet {
         PageSet((0..<Int(generator.next() % UInt64(count + 1))).map { _ in
             let start = generator.next() % 512, length = generator.next() % 16 + 1
             return PageSet.Range(start: start * 4096, end: (start + length) * 4096)
         })
     }
 
-    struct SplitMix {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
     @Test func unionEqualsTheSortedConstruction() {
-        var generator = SplitMix(state: 42)
+        var generator = SplitMix64(seed: 42)
         for _ in 0..<2000 {
             let a = Self.randomSet(&generator, count: 40), b = Self.randomSet(&generator, count: 40)
             let expected = PageSet(a.ranges + b.ranges)
