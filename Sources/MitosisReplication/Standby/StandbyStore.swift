@@ -635,11 +635,11 @@ actor StandbyStore {
     // MARK: Helpers
 
     /// Runs `body` on a thread of its own at the lowest priority of the normal policy (nice 19;
-    /// threads it starts, such as an image's data writer, inherit it): background work
-    /// (compaction, removals) then takes a core only when the epoch's receive and commit — and,
-    /// on a shared host, the protected process and its primary — leave one free, and is preempted
-    /// as soon as they wake. Not `SCHED_IDLE`: that starves it outright on a busy machine, and
-    /// the chain would grow without bound.
+    /// threads it starts, such as an image's data writer, inherit it): a compaction then takes a
+    /// core only when the epoch's receive and commit — and, on a shared host, the protected
+    /// process and its primary — leave one free, and is preempted as soon as they wake. Not
+    /// `SCHED_IDLE`: that starves it outright on a busy machine, and the chain would grow without
+    /// bound.
     static func runInBackground<T: Sendable>(_ name: String, _ body: @escaping @Sendable () throws -> T) async throws -> T {
         try await Blocking.run(name) {
             // At the normal priority it only competes with the epochs: nothing to fail for.
@@ -648,10 +648,12 @@ actor StandbyStore {
         }
     }
 
-    /// Removes the images `names`, none of them in the newest chain, in the background; a crash
-    /// or a stop meanwhile leaves the rest to the next start (`StandbyDirectory.scan`), so
+    /// Removes the images `names`, none of them in the newest chain, on a thread of its own; a
+    /// crash or a stop meanwhile leaves the rest to the next start (`StandbyDirectory.scan`), so
     /// nothing needs syncing. Holds a duplicate of the directory's lock until done, as the
-    /// compaction does, and stops between images once the standby stops.
+    /// compaction does, and stops between images once the standby stops. At the normal priority:
+    /// it is little CPU, and each image's `rmdir` holds `epochs/`'s lock, which the next commit's
+    /// rename needs — a thread at nice 19 waiting for a core there would hold that rename up.
     private func removeInBackground(_ names: [String]) {
         let directory = self.directory
         guard let lock = try? lock.duplicate() else {
@@ -660,7 +662,7 @@ actor StandbyStore {
         }
         Task.detached { [stopping] in
             defer { try? lock.close() }
-            _ = try? await Self.runInBackground("mitosis-standby-remove") {
+            _ = try? await Blocking.run("mitosis-standby-remove") {
                 for name in names where !stopping.withLockedValue({ $0 }) { directory.remove(name) }
             }
         }

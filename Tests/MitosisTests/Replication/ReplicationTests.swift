@@ -53,7 +53,7 @@ import Testing
         return UInt64(log[range.upperBound...].prefix { $0.isNumber }).map { Epoch($0) }
     }
 
-    @Test("a standby's background work (compaction, removals) runs at nice 19, as do the threads it starts, and leaves the caller's priority as it was")
+    @Test("a standby's background compaction runs at nice 19, as do the threads it starts, and leaves the caller's priority as it was")
     func backgroundWorkRunsAtTheLowestPriority() async throws {
         final class Observed: @unchecked Sendable { var nice: Int32? }
         let callerBefore = try Kernel.scheduling(Kernel.currentThreadID())
