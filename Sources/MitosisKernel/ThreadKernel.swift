@@ -70,6 +70,15 @@ extension Kernel {
             runtime: attributes.sched_runtime, deadline: attributes.sched_deadline, period: attributes.sched_period)
     }
 
+    /// Sets the calling thread's nice value, its priority under the normal policy (19: the
+    /// lowest, given the CPU when the others leave a core free and preempted as soon as they
+    /// wake). Per thread on Linux: the process's other threads keep theirs, and threads it starts
+    /// afterwards inherit it. The corresponding system call is
+    /// `setpriority(PRIO_PROCESS, gettid(), nice)`.
+    package static func setCurrentThreadNice(_ nice: Int32) throws(Errno) {
+        try check { setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(currentThreadID()), nice) }
+    }
+
     /// The size of the `stack_t` that `sigaltstack(2)` writes.
     package static let signalStackSize = MemoryLayout<stack_t>.size
 

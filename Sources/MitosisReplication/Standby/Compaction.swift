@@ -154,7 +154,9 @@ enum Compaction {
         try writer.seal()
     }
 
-    /// Puts `base` in the place of its epoch's image and removes the chain it replaces.
+    /// Puts `base` in the place of its epoch's image. The chain it replaces (`base.replaced`, and
+    /// the epoch's old image, now at `base.hidden`) is left for the caller to remove: nothing
+    /// reads it any more, and a crash leaves it to the next start.
     static func swap(_ directory: StandbyDirectory, _ base: Base) throws {
         let epochs = try Kernel.openDirectory(directory.epochsPath)
         defer { try? epochs.close() }
@@ -165,9 +167,5 @@ enum Compaction {
             throw error
         }
         try Kernel.sync(epochs)
-        // Removals need no sync: whatever a crash leaves of them is outside the newest chain,
-        // removed at the next start.
-        directory.remove(base.hidden)
-        for name in base.replaced { directory.remove(name) }
     }
 }

@@ -578,6 +578,9 @@ actor StandbyStore {
             }
             do {
                 try Compaction.swap(directory, base)
+                // The replaced chain is outside the newest one now: removed in the background, not
+                // before the next frame is read (unlinking 64 redis epochs takes 80–150 ms here).
+                removeInBackground([base.hidden] + base.replaced)
                 chainLength = max(1, chainLength - base.replaced.count)
                 // The images after the base stay as they were; the base is opened from the
                 // manifest it was written with.
@@ -619,7 +622,7 @@ actor StandbyStore {
         Task.detached { [background, stopping, generation] in
             defer { try? lock.close() }
             do {
-                let base = try await Blocking.run("mitosis-standby-compact") {
+                let base = try await Self.runInBackground("mitosis-standby-compact") {
                     try Compaction.writeBase(directory, epoch: epoch, known: known) { stopping.withLockedValue { $0 } }
                 }
                 background.withLockedValue { $0 = base.map { .written($0, generation: generation, started: started) } ?? .idle }
@@ -630,6 +633,40 @@ actor StandbyStore {
     }
 
     // MARK: Helpers
+
+    /// Runs `body` on a thread of its own at the lowest priority of the normal policy (nice 19;
+    /// threads it starts, such as an image's data writer, inherit it): a compaction then takes a
+    /// core only when the epoch's receive and commit — and, on a shared host, the protected
+    /// process and its primary — leave one free, and is preempted as soon as they wake. Not
+    /// `SCHED_IDLE`: that starves it outright on a busy machine, and the chain would grow without
+    /// bound.
+    static func runInBackground<T: Sendable>(_ name: String, _ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await Blocking.run(name) {
+            // At the normal priority it only competes with the epochs: nothing to fail for.
+            try? Kernel.setCurrentThreadNice(19)
+            return try body()
+        }
+    }
+
+    /// Removes the images `names`, none of them in the newest chain, on a thread of its own; a
+    /// crash or a stop meanwhile leaves the rest to the next start (`StandbyDirectory.scan`), so
+    /// nothing needs syncing. Holds a duplicate of the directory's lock until done, as the
+    /// compaction does, and stops between images once the standby stops. At the normal priority:
+    /// it is little CPU, and each image's `rmdir` holds `epochs/`'s lock, which the next commit's
+    /// rename needs — a thread at nice 19 waiting for a core there would hold that rename up.
+    private func removeInBackground(_ names: [String]) {
+        let directory = self.directory
+        guard let lock = try? lock.duplicate() else {
+            for name in names { directory.remove(name) }
+            return
+        }
+        Task.detached { [stopping] in
+            defer { try? lock.close() }
+            _ = try? await Blocking.run("mitosis-standby-remove") {
+                for name in names where !stopping.withLockedValue({ $0 }) { directory.remove(name) }
+            }
+        }
+    }
 
     /// Ends the epoch in flight, if any: its partial directory is removed, nothing committed.
     private func abandon(_ reason: String) {

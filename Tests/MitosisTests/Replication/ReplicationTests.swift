@@ -47,6 +47,34 @@ import Testing
                            in: hosts.prefix(hosts.b), log: scratch.path + "/\(name).log")
     }
 
+    /// The epoch of the first base a standby's log says it swapped in.
+    static func compactedEpoch(_ log: String) -> Epoch? {
+        guard let range = log.range(of: "compacted the chain into a full base at epoch ") else { return nil }
+        return UInt64(log[range.upperBound...].prefix { $0.isNumber }).map { Epoch($0) }
+    }
+
+    @Test("a standby's background compaction runs at nice 19, as do the threads it starts, and leaves the caller's priority as it was")
+    func backgroundWorkRunsAtTheLowestPriority() async throws {
+        final class Observed: @unchecked Sendable { var nice: Int32? }
+        let callerBefore = try Kernel.scheduling(Kernel.currentThreadID())
+        let (own, started) = try await StandbyStore.runInBackground("test-background") { () throws -> (Scheduling, Int32?) in
+            let own = try Kernel.scheduling(Kernel.currentThreadID())
+            let observed = Observed(), done = DispatchSemaphore(value: 0)
+            let thread = Thread {
+                observed.nice = try? Kernel.scheduling(Kernel.currentThreadID()).nice
+                done.signal()
+            }
+            thread.start()
+            done.wait()
+            return (own, observed.nice)
+        }
+        #expect(own.policy == 0 && own.nice == 19, "\(own)")
+        #expect(started == 19)
+        // The process's other threads keep theirs (the main thread's, this task's now).
+        #expect(try Kernel.scheduling(getpid()).nice == callerBefore.nice)
+        #expect(try Kernel.scheduling(Kernel.currentThreadID()).nice == callerBefore.nice)
+    }
+
     /// Whether the process is stopped by job control (`State: T`).
     static func isStopped(_ pid: Int32) -> Bool {
         ((try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? "").contains("State:\tT (stopped)")
@@ -93,6 +121,17 @@ import Testing
             _ = try await StandbyImages.awaitEpoch(images, atLeast: 20)
             #expect(protect.text.contains("sending a full base"))
             #expect(standby.text.contains("compacted the chain into a full base"), "\(standby.text.suffix(2000))")
+            // The chain a compaction replaced is removed in the background, while epochs go on.
+            let compacted = try #require(Self.compactedEpoch(standby.text))
+            var replacedLeft: [String] = []
+            for _ in 0..<100 {
+                replacedLeft = ((try? Kernel.listDirectory(images + "/epochs")) ?? []).filter {
+                    $0 == ".\(compacted.directoryName).compact" || ($0.count == 12 && UInt64($0).map { $0 < compacted.rawValue } == true)
+                }
+                if replacedLeft.isEmpty { break }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(replacedLeft.isEmpty, "epoch \(compacted)'s replaced chain still there: \(replacedLeft)")
             // At a pause the standby holds exactly the process's memory.
             try await expectStandbyEqualsMemory(pid, images: images, protect: protect, standby: standby)
             // A new protect resynchronises (its tracking is new: a full base), then runs on.
