@@ -132,6 +132,14 @@ struct ManifestEncodingTests {
                         "\(Array(text.unicodeScalars)) after an equal string")
             }
         }
+        // Values of a plain type (no references, so no strings), alone or in arrays, are
+        // reused without a walk of their fields.
+        struct Plain: Codable, Equatable { var a: UInt64; var b: Int32 }
+        let plain = Document(first: Plain(a: 1, b: 2), list: (0..<1000).map { Plain(a: UInt64($0), b: -1) })
+        let plainMemo = JSONMemo(depth: 2)
+        _ = try JSONWriter(pretty: false, memo: plainMemo).encode(plain)
+        #expect(try JSONWriter(pretty: false, memo: plainMemo).encode(plain) == Array(try JSONOutput.encoder(pretty: false).encode(plain)))
+        #expect(plainMemo.reused == 2)
         // A memo past its lifetime encodes everything again.
         let expired = JSONMemo(depth: 2, lifetime: .zero)
         _ = try JSONWriter(pretty: false, memo: expired).encode(one)
