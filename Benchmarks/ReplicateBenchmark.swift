@@ -87,7 +87,8 @@ struct ReplicateBenchmark: AsyncParsableCommand {
             throw ValidationError("protect printed no summary:\n\(protectText.suffix(3000))")
         }
         print("protect: " + summary)
-        for line in protectText.split(separator: "\n") where line.hasPrefix("epoch phases") || line.hasPrefix("checkpoint phases") {
+        for line in protectText.split(separator: "\n") where line.hasPrefix("epoch phases") || line.hasPrefix("checkpoint phases")
+            || line.hasPrefix("files phases") {
             print("protect " + line)
         }
         for line in standbyText.split(separator: "\n") where line.hasPrefix("standby served") || line.hasPrefix("epoch phases") {

@@ -80,10 +80,10 @@ package final class JSONMemo: @unchecked Sendable {
         codingPath.map(\.stringValue).joined(separator: "\u{1}")
     }
 
-    /// The bytes `value` was last written as at `place`, if it was equal then and its strings
-    /// are ASCII (equal is then byte for byte).
-    fileprivate func bytes(at place: String, for value: any Equatable) -> [UInt8]? {
-        guard let part = parts[place], Self.equal(value, part.value), Self.hasOnlyASCIIStrings(value) else { return nil }
+    /// The bytes `value` was last written as at `place`, if it was equal then and the strings
+    /// it encodes are ASCII (equal is then byte for byte).
+    fileprivate func bytes<T: Encodable>(at place: String, for value: any Equatable, encoding encodable: T) -> [UInt8]? {
+        guard let part = parts[place], Self.equal(value, part.value), ASCIICheck.encodesOnlyASCII(encodable) else { return nil }
         reused += 1
         return part.bytes
     }
@@ -98,23 +98,120 @@ package final class JSONMemo: @unchecked Sendable {
         parts[place] = (value, bytes)
     }
 
-    /// Whether every string inside `value` (its stored properties, elements, payloads, at any
-    /// depth) is ASCII. Numbers and bytes are not walked.
-    private static func hasOnlyASCIIStrings(_ value: Any) -> Bool {
-        switch value {
-        case let text as any StringProtocol: return text.utf8.allSatisfy { $0 < 0x80 }
-        case let character as Character: return character.isASCII
-        case let scalar as Unicode.Scalar: return scalar.isASCII
-        case let url as URL: return url.absoluteString.utf8.allSatisfy { $0 < 0x80 }
-        case is any Numeric, is Bool, is Data, is [UInt8], is [UInt64], is [Int]: return true
-        default: return Mirror(reflecting: value).children.allSatisfy { hasOnlyASCIIStrings($0.value) }
-        }
-    }
-
     private static func equal<E: Equatable>(_ value: E, _ other: Any) -> Bool {
         guard let other = other as? E else { return false }
         return value == other
     }
+}
+
+/// Whether every string a value encodes — values and keys, at any depth — is ASCII, found by
+/// encoding it into nothing but this check (`JSONMemo`: an equal value may differ byte for
+/// byte only through a non-ASCII string). Values of a plain type (no references, so no
+/// `String`) and arrays of them are not encoded at all. A walk with `Mirror` took a fifth of
+/// protect's CPU for redis's manifests.
+private final class ASCIICheck: Encoder {
+    /// Thrown to stop at the first non-ASCII string.
+    struct NonASCII: Error {}
+
+    var codingPath: [any CodingKey] { [] }
+    var userInfo: [CodingUserInfoKey: Any] { [:] }
+
+    /// A non-ASCII key seen where no error can be thrown (a nested container's).
+    private var nonASCIIKey = false
+
+    static func encodesOnlyASCII<T: Encodable>(_ value: T) -> Bool {
+        let check = ASCIICheck()
+        do {
+            try check.visit(value)
+            return !check.nonASCIIKey
+        } catch {
+            return false
+        }
+    }
+
+    /// Notes a key met by a nested container or a super encoder.
+    func note(_ key: any CodingKey) {
+        if (try? Self.check(key.stringValue)) == nil { nonASCIIKey = true }
+    }
+
+    static func check(_ text: String) throws {
+        var text = text
+        let ascii = text.withUTF8 { bytes in bytes.allSatisfy { $0 < 0x80 } }
+        if !ascii { throw NonASCII() }
+    }
+
+    func visit<T: Encodable>(_ value: T) throws {
+        if _isPOD(T.self) { return }
+        if T.self == String.self { return try Self.check(unsafeBitCast(value, to: String.self)) }
+        if let array = value as? any PlainElements, type(of: array).hasPlainElements { return }
+        try value.encode(to: self)
+    }
+
+    func container<Key: CodingKey>(keyedBy type: Key.Type) -> KeyedEncodingContainer<Key> {
+        KeyedEncodingContainer(Keyed<Key>(check: self))
+    }
+
+    func unkeyedContainer() -> any UnkeyedEncodingContainer { Unkeyed(check: self) }
+    func singleValueContainer() -> any SingleValueEncodingContainer { Unkeyed(check: self) }
+
+    private struct Keyed<Key: CodingKey>: KeyedEncodingContainerProtocol {
+        let check: ASCIICheck
+        var codingPath: [any CodingKey] { [] }
+
+        mutating func encodeNil(forKey key: Key) throws { try ASCIICheck.check(key.stringValue) }
+        mutating func encode(_ value: String, forKey key: Key) throws {
+            try ASCIICheck.check(key.stringValue)
+            try ASCIICheck.check(value)
+        }
+        mutating func encode<T: Encodable>(_ value: T, forKey key: Key) throws {
+            try ASCIICheck.check(key.stringValue)
+            try check.visit(value)
+        }
+        mutating func nestedContainer<NestedKey: CodingKey>(keyedBy keyType: NestedKey.Type, forKey key: Key) -> KeyedEncodingContainer<NestedKey> {
+            check.note(key)
+            return KeyedEncodingContainer(Keyed<NestedKey>(check: check))
+        }
+        mutating func nestedUnkeyedContainer(forKey key: Key) -> any UnkeyedEncodingContainer {
+            check.note(key)
+            return Unkeyed(check: check)
+        }
+        mutating func superEncoder() -> any Encoder { check }
+        mutating func superEncoder(forKey key: Key) -> any Encoder {
+            check.note(key)
+            return check
+        }
+    }
+
+    /// Unkeyed and single-value containers alike: each value visited.
+    private struct Unkeyed: UnkeyedEncodingContainer, SingleValueEncodingContainer {
+        let check: ASCIICheck
+        var codingPath: [any CodingKey] { [] }
+        var count = 0
+
+        mutating func encodeNil() throws {}
+        mutating func encode(_ value: String) throws {
+            count += 1
+            try ASCIICheck.check(value)
+        }
+        mutating func encode<T: Encodable>(_ value: T) throws {
+            count += 1
+            try check.visit(value)
+        }
+        mutating func nestedContainer<NestedKey: CodingKey>(keyedBy keyType: NestedKey.Type) -> KeyedEncodingContainer<NestedKey> {
+            KeyedEncodingContainer(Keyed<NestedKey>(check: check))
+        }
+        mutating func nestedUnkeyedContainer() -> any UnkeyedEncodingContainer { Unkeyed(check: check) }
+        mutating func superEncoder() -> any Encoder { check }
+    }
+}
+
+/// An array whose elements may be of a plain type (`ASCIICheck`).
+private protocol PlainElements {
+    static var hasPlainElements: Bool { get }
+}
+
+extension Array: PlainElements {
+    static var hasPlainElements: Bool { _isPOD(Element.self) }
 }
 
 /// Bytes of compact JSON written as they are (a memo's).
@@ -348,7 +445,7 @@ final class JSONTreeEncoder: Encoder {
         if T.self == Bool.self { return .bool(unsafeBitCast(value, to: Bool.self)) }
         if let memo = keys.memo, !codingPath.isEmpty, codingPath.count <= memo.depth, let equatable = value as? any Equatable {
             let place = memo.place(codingPath)
-            if let bytes = memo.bytes(at: place, for: equatable) { return .custom(JSONRawBytes(bytes: bytes)) }
+            if let bytes = memo.bytes(at: place, for: equatable, encoding: value) { return .custom(JSONRawBytes(bytes: bytes)) }
             var output = JSONBytes(pretty: false, keys: keys)
             output.write(try wrapValue(value, keys: keys, codingPath: codingPath), depth: 0)
             memo.keep(value, bytes: output.bytes, at: place)

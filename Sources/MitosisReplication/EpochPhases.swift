@@ -27,6 +27,9 @@ public struct EpochPhases: Sendable, Equatable {
     /// The checkpoint's own phases within `capture` and `send` (`CheckpointResult.phases`).
     public static let checkpointNames = ["precopy", "before freeze", "lock", "seize", "frozen map", "frozen copy", "frozen threads+fds",
                                          "frozen restore state", "frozen injected calls", "frozen connections", "thaw", "unlock", "inspect", "write"]
+    /// The parts of `files` (the sink's finish): the page index, the data files' deltas read,
+    /// the manifest encoded, the frames handed to the network.
+    public static let filesNames = ["index", "data files", "manifest", "flush"]
     public static let standbyNames = ["receive", "commit", "verify", "readiness", "total"]
 }
 

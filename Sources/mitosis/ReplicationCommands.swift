@@ -99,6 +99,8 @@ struct ProtectCommand: AsyncParsableCommand {
                 // A tree's epochs have no one checkpoint's phases (its members' run side by side).
                 let checkpoint = final.phases.summary(EpochPhases.checkpointNames)
                 if !checkpoint.isEmpty { print("checkpoint phases, mean/p99 ms: " + checkpoint) }
+                let files = final.phases.summary(EpochPhases.filesNames)
+                if !files.isEmpty { print("files phases, mean/p99 ms: " + files) }
             }
         } catch {
             fail(error)

@@ -13,7 +13,9 @@ public struct CheckpointOptions: Sendable {
     public var strategy: TrackingStrategy?
     /// How page maps are read; nil uses `PAGEMAP_SCAN` where the kernel has it.
     public var pageMapMethod: PageMapReader.Method?
-    /// At most this many copy rounds while the target runs, before the freeze.
+    /// At most this many copy rounds while the target runs, before the freeze; fewer when the
+    /// set left to copy stops shrinking, or when a round's copy took less time than its look at
+    /// the page tables (the freeze then copies what is left in about that time).
     public var maxPrecopyRounds = 8
     /// Pre-copy ends once no more than this many pages are left to copy.
     public var freezeThresholdPages = 64
@@ -293,6 +295,7 @@ public actor CheckpointSession {
                 let first = run.rounds
                 var lastMap: ProcessPageMap?
                 while run.rounds - first < rounds {
+                    let looking = clock.now
                     let (map, dirty) = try await observe(run, reusing: lastMap)
                     lastMap = map
                     run.invalidate(dirty)
@@ -301,14 +304,23 @@ public actor CheckpointSession {
                         toCopy = try adoptUnchanged(toCopy, from: parentImage, held: parentStored, run)
                     }
                     let count = toCopy.pageCount()
+                    let copying = clock.now
                     if let early, run.rounds == 0 {
                         run.early = try stream(toCopy, run, into: early)
                         run.earlyAll = run.early
                     } else {
                         run.staged = run.staged.union(try copy(toCopy, run, tolerant: true))
                     }
+                    let copied = clock.now
                     run.rounds += 1
                     if count <= options.freezeThresholdPages || count >= left { break }
+                    // Another round pays only when copying what is written meanwhile would make
+                    // the freeze longer than the round's own look at the page tables (`maps`, the
+                    // page map, the tracker's scan: milliseconds for redis, whatever it wrote):
+                    // a round whose copy took less than its look leaves the freeze a copy of
+                    // about that size. An epoch of 50 ms of writes stops after one round; a
+                    // process writing hundreds of MBs keeps going while the set shrinks.
+                    if copied - copying < copying - looking { break }
                     left = count
                 }
                 run.mark("precopy", clock)

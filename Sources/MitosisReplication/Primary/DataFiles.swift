@@ -27,6 +27,11 @@ final class DataFiles: @unchecked Sendable {
     private var pending: [String: Shipped]?
     /// Sizes read at the freeze of the epoch in flight.
     private var frozenSizes: [String: UInt64] = [:]
+    /// Where files compared block by block are read (`readPiece` bytes, kept: `deltas` runs on
+    /// the epoch loop's thread only).
+    private let readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: DataFiles.readPiece, alignment: 4096)
+    /// Bytes read at once: whole blocks.
+    static let readPiece = 16 * blockSize
 
     struct Shipped {
         var size: UInt64
@@ -47,6 +52,8 @@ final class DataFiles: @unchecked Sendable {
     init(directories: [String]) {
         self.directories = directories.map { (try? Kernel.canonicalPath($0)) ?? $0 }
     }
+
+    deinit { readBuffer.deallocate() }
 
     var isEmpty: Bool { directories.isEmpty && lock.withLock { shipped.isEmpty } }
 
@@ -105,32 +112,45 @@ final class DataFiles: @unchecked Sendable {
             }
             var changed: [(offset: UInt64, bytes: [UInt8])] = []
             var tail: Checksum?
-            while offset < size {
-                let count = Int(min(UInt64(Self.blockSize), size - offset))
-                let bytes = try Kernel.readAt(fd, offset: offset, count: count)
-                guard bytes.count == count else { break }
-                var hasher = Checksum()
-                hasher.update(bytes)
-                let hash = hasher.finalize()
-                tail = count < Self.blockSize ? hasher : nil
-                let index = blocks.count
-                blocks.append(hash)
-                // Unchanged: the same bytes over the same length (a partial last block that grew is changed).
-                var unchanged = false
-                if let old = known[path], index < old.blocks.count, old.blocks[index] == hash {
-                    let oldLength: UInt64 = min(UInt64(Self.blockSize), old.size - offset)
-                    unchanged = oldLength == UInt64(count)
-                }
-                if unchanged {
+            // Read in large pieces into one buffer kept between epochs, each block hashed where it
+            // lies and copied out only when changed: a file written without `O_APPEND` (redis's
+            // AOF after its first rewrite) is read whole at every epoch, and reading it 64 KiB at a
+            // time into fresh arrays cost a system call, an allocation and a zero fill per block.
+            var cut = false
+            while offset < size, !cut {
+                let want = Int(min(UInt64(Self.readPiece), size - offset))
+                let got = try Kernel.readAt(fd, offset: offset, into: UnsafeMutableRawBufferPointer(rebasing: readBuffer[0..<want]))
+                var at = 0
+                while at < want {
+                    let count = min(Self.blockSize, want - at)
+                    // Cut meanwhile: the blocks read whole are kept, as far as they go.
+                    guard at + count <= got else {
+                        cut = true
+                        break
+                    }
+                    let block = UnsafeRawBufferPointer(rebasing: readBuffer[at..<at + count])
+                    var hasher = Checksum()
+                    hasher.update(block)
+                    let hash = hasher.finalize()
+                    tail = count < Self.blockSize ? hasher : nil
+                    let index = blocks.count
+                    blocks.append(hash)
+                    // Unchanged: the same bytes over the same length (a partial last block that grew is changed).
+                    var unchanged = false
+                    if let old = known[path], index < old.blocks.count, old.blocks[index] == hash {
+                        let oldLength: UInt64 = min(UInt64(Self.blockSize), old.size - offset)
+                        unchanged = oldLength == UInt64(count)
+                    }
+                    if !unchanged {
+                        if let last = changed.last, last.offset + UInt64(last.bytes.count) == offset, last.bytes.count + count <= Self.chunk {
+                            changed[changed.count - 1].bytes.append(contentsOf: block)
+                        } else {
+                            changed.append((offset: offset, bytes: Array(block)))
+                        }
+                    }
                     offset += UInt64(count)
-                    continue
+                    at += count
                 }
-                if let last = changed.last, last.offset + UInt64(last.bytes.count) == offset, last.bytes.count + count <= Self.chunk {
-                    changed[changed.count - 1].bytes.append(contentsOf: bytes)
-                } else {
-                    changed.append((offset: offset, bytes: bytes))
-                }
-                offset += UInt64(count)
             }
             let whole = known[path] == nil
             let oldSize: UInt64 = known[path]?.size ?? 0

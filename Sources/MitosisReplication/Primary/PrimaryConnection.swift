@@ -45,10 +45,13 @@ final class PrimaryConnection: @unchecked Sendable {
     /// Frames encoded and not yet handed to the event loop (`enqueue`), and the type of the last.
     private var pending: ByteBuffer?
     private var pendingType: FrameType?
+    /// The last batch handed to the event loop and not yet waited for (`handOver`), with its type.
+    private var inFlight: (write: EventLoopFuture<Void>, type: FrameType?)?
     private let pendingLock = NSLock()
     /// Frames are handed to the event loop in batches of about this many bytes: each hand-over
-    /// is a wait for another thread (an epoch of redis is hundreds of small page runs), and
-    /// waiting for each batch keeps TCP's flow control as the bound on what is buffered.
+    /// is a wait for another thread (an epoch of redis is hundreds of small page runs). One
+    /// batch is in flight at most — the next is encoded while the event loop writes it — so TCP's
+    /// flow control stays the bound on what is buffered.
     static let batchBytes = 1 << 20
 
     /// Adds `frame` to the batch being built; sends the batch once it is large enough.
@@ -68,27 +71,56 @@ final class PrimaryConnection: @unchecked Sendable {
             pendingType = type
             return pending!.readableBytes >= Self.batchBytes
         }
-        if full { try flush() }
+        if full { try handOver() }
     }
 
     /// Sends the frames enqueued, returning once the kernel took them.
     func flush() throws {
+        try handOver()
+        try awaitInFlight()
+    }
+
+    /// Hands the frames enqueued to the event loop once the batch before them was written, and
+    /// returns without waiting for their write: the epoch's last frames are written while the
+    /// checkpoint thread goes on (the standby's acknowledgement comes only after them). A
+    /// failed write closes the connection, which ends every wait for an answer (`receive`).
+    func handOver() throws {
+        try awaitInFlight()
         let (batch, type) = pendingLock.withLock {
             defer { pending = nil }
             return (pending, pendingType)
         }
         guard let batch else { return }
+        let write = channel.writeAndFlush(batch)
+        let mailbox = self.mailbox
+        write.whenFailure { error in mailbox.end(Self.sendFailure(type, error)) }
+        pendingLock.withLock { inFlight = (write, type) }
+    }
+
+    /// Waits for the batch in flight, if any, to be written.
+    private func awaitInFlight() throws {
+        guard let (write, type) = pendingLock.withLock({ () -> (EventLoopFuture<Void>, FrameType?)? in
+            defer { inFlight = nil }
+            return inFlight
+        }) else { return }
         do {
-            try channel.writeAndFlush(batch).wait()
+            try write.wait()
         } catch {
-            throw ReplicationError.connection("sending a \(type.map { "\($0)" } ?? "") frame failed: \(error)")
+            throw Self.sendFailure(type, error)
         }
+    }
+
+    private static func sendFailure(_ type: FrameType?, _ error: any Error) -> ReplicationError {
+        ReplicationError.connection("sending a \(type.map { "\($0)" } ?? "") frame failed: \(error)")
     }
 
     /// The next frame from the standby, waiting at most `timeout`.
     func receive(timeout: Duration) throws -> ReplicationFrame {
         try mailbox.take(timeout: timeout)
     }
+
+    /// Whether `receive` would return (or throw) without waiting.
+    var hasAnswer: Bool { mailbox.isReady }
 
     func close() {
         channel.close(promise: nil)
@@ -114,6 +146,9 @@ final class Mailbox: @unchecked Sendable {
             condition.broadcast()
         }
     }
+
+    /// A frame, or the end, is there to take.
+    var isReady: Bool { condition.withLock { !frames.isEmpty || ended != nil } }
 
     func take(timeout: Duration) throws -> ReplicationFrame {
         let deadline = Date().addingTimeInterval(Double(timeout.components.seconds) + Double(timeout.components.attoseconds) / 1e18)

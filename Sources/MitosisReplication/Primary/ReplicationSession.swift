@@ -509,15 +509,18 @@ private final class Unacknowledged: Sendable {
         state.withLockedValue { $0 = (sent, next) }
     }
 
-    /// Collects the acknowledgements of the epoch in flight, once; returns whether there was
-    /// one. The standbys that failed it are left out of the next epoch; throws when none
-    /// acknowledged it (the next checkpoint then fails before its freeze).
+    /// Collects the acknowledgements of the epoch in flight, once; returns whether it waited
+    /// for them (the checkpoint then runs more pre-copy rounds: pages were written meanwhile;
+    /// when every answer was already in, it freezes right away). The standbys that failed it
+    /// are left out of the next epoch; throws when none acknowledged it (the next checkpoint
+    /// then fails before its freeze).
     func settle() throws -> Bool {
         let (sent, next) = state.withLockedValue { state in
             defer { state.sent = nil }
             return state
         }
         guard let sent else { return false }
+        let waited = !sent.answered
         do {
             try sent.settle()
         } catch {
@@ -527,7 +530,7 @@ private final class Unacknowledged: Sendable {
         files.acknowledged()
         let failed = Set(sent.failed.map(\.name))
         if !failed.isEmpty { try next?.leaveOut(failed, because: "it failed the epoch this one builds on") }
-        return true
+        return waited
     }
 }
 

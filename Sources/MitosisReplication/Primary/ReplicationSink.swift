@@ -135,11 +135,12 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
     }
 
     /// Hands what every standby still in the epoch has enqueued to the network (frames go in
-    /// batches: `PrimaryConnection.enqueue`); throws only when none is left.
+    /// batches: `PrimaryConnection.enqueue`), without waiting for the last batch's write (the
+    /// acknowledgement waited for next comes after it); throws only when none is left.
     private func flush() throws {
         guard buffered == nil else { return }
         for index in targets.indices where targets[index].failure == nil {
-            do { try targets[index].connection.flush() } catch { targets[index].failure = error }
+            do { try targets[index].connection.handOver() } catch { targets[index].failure = error }
         }
         try requireOne()
     }
@@ -193,8 +194,13 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
             if captured == nil { captured = finishing }
             let (index, runs, data) = try builder.finish()
             let stored = builder.complete(manifest, runs: runs, index: FileDigest(size: UInt64(index.count), xxh64: Checksum.xxh64(index)), data: data)
-            try send(files: try files(stored))
-            try send(.imageFinish, MessageCoding.encode(stored, memo: manifestMemo))
+            let indexed = clock.now
+            let deltas = try files(stored)
+            let read = clock.now
+            try send(files: deltas)
+            let encoded = MessageCoding.encode(stored, memo: manifestMemo)
+            let described = clock.now
+            try send(.imageFinish, encoded)
             try flush()
             sentManifest = stored
             if buffered != nil { return stored }
@@ -202,11 +208,19 @@ final class ReplicationSink: CheckpointSink, @unchecked Sendable {
             sentAt = sent
             if let began, let captured {
                 phases = EpochPhases(["capture": (captured - began).inMilliseconds, "send": (finishing - captured).inMilliseconds,
-                                      "files": (sent - finishing).inMilliseconds])
+                                      "files": (sent - finishing).inMilliseconds, "index": (indexed - finishing).inMilliseconds,
+                                      "data files": (read - indexed).inMilliseconds, "manifest": (described - read).inMilliseconds,
+                                      "flush": (sent - described).inMilliseconds])
             }
             if !deferred { try collect() }
             return stored
         }
+    }
+
+    /// Whether collecting the acknowledgements (`settle`) would wait for none: every standby
+    /// still in the epoch has answered, or it was collected already.
+    var answered: Bool {
+        lock.withLock { outcome != nil || targets.allSatisfy { $0.failure != nil || $0.connection.hasAnswer } }
     }
 
     /// Collects the acknowledgements of the epoch sent whole (once; later calls give the same

@@ -109,6 +109,7 @@ struct ManifestEncodingTests {
         struct Small: Codable, Equatable { var a: Int; var b: [String] }
         struct Other: Codable, Equatable { var a: Int; var b: [String]; var c = 1 }
         struct Document<T: Codable & Equatable>: Codable { var first: T; var list: [T] }
+        struct Keyed: Codable, Equatable { var map: [String: Int] }
         let memo = JSONMemo(depth: 2)
         let one = Document(first: Small(a: 1, b: ["x"]), list: [Small(a: 2, b: []), Small(a: 3, b: ["y", "z"])])
         _ = try JSONWriter(pretty: false, memo: memo).encode(one)
@@ -130,8 +131,20 @@ struct ManifestEncodingTests {
                 let document = Document(first: Small(a: 1, b: [text]), list: [Small(a: 2, b: ["x", text])])
                 #expect(try JSONWriter(pretty: false, memo: memo).encode(document) == Array(try JSONOutput.encoder(pretty: false).encode(document)),
                         "\(Array(text.unicodeScalars)) after an equal string")
+                // As a dictionary's key.
+                let keyed = Document(first: Keyed(map: [text: 1]), list: [Keyed(map: ["x": 2, text: 3])])
+                #expect(try JSONWriter(pretty: false, memo: memo).encode(keyed) == Array(try JSONOutput.encoder(pretty: false).encode(keyed)),
+                        "\(Array(text.unicodeScalars)) as a key after an equal key")
             }
         }
+        // Values of a plain type (no references, so no strings), alone or in arrays, are
+        // reused without a walk of their fields.
+        struct Plain: Codable, Equatable { var a: UInt64; var b: Int32 }
+        let plain = Document(first: Plain(a: 1, b: 2), list: (0..<1000).map { Plain(a: UInt64($0), b: -1) })
+        let plainMemo = JSONMemo(depth: 2)
+        _ = try JSONWriter(pretty: false, memo: plainMemo).encode(plain)
+        #expect(try JSONWriter(pretty: false, memo: plainMemo).encode(plain) == Array(try JSONOutput.encoder(pretty: false).encode(plain)))
+        #expect(plainMemo.reused == 2)
         // A memo past its lifetime encodes everything again.
         let expired = JSONMemo(depth: 2, lifetime: .zero)
         _ = try JSONWriter(pretty: false, memo: expired).encode(one)

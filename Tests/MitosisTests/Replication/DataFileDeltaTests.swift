@@ -92,4 +92,49 @@ import Testing
         for (delta, bytes) in deltas { FileDeltaLog.apply(delta, bytes, to: &standby) }
         #expect(standby?.content == content)
     }
+
+    /// A file written without `O_APPEND` (redis's AOF after a rewrite) is read in pieces of
+    /// several blocks: changed blocks on both sides of a piece's end, adjacent ones joined, and
+    /// growth from inside the old partial last block, each shipped exactly; the block hashes
+    /// equal those of the whole file read afresh.
+    @Test func blocksAcrossReadPiecesAreShippedExactly() throws {
+        let scratch = try ScratchDirectory()
+        defer { scratch.remove() }
+        let path = scratch.path + "/data"
+        let block = DataFiles.blockSize
+        let perPiece = DataFiles.readPiece / block
+        var content = Self.bytes((perPiece + 4) * block + 10, seed: 3)
+        #expect(FileManager.default.createFile(atPath: path, contents: Data(content)))
+        let files = DataFiles(directories: [])
+        var standby: MaterializedFile?
+        files.freeze()
+        for (delta, bytes) in try files.deltas(full: false, openForWriting: [path], appendOnly: []) { FileDeltaLog.apply(delta, bytes, to: &standby) }
+        files.acknowledged()
+        #expect(standby?.content == content)
+
+        // Blocks 2 and 3 (adjacent), the last block of the first piece and the first of the
+        // second, and growth of 2 blocks + 7 bytes past the partial last block.
+        let oldSize = content.count
+        for index in [2 * block + 1, 3 * block + 9, (perPiece - 1) * block, perPiece * block + 100] { content[index] ^= 0x5A }
+        content += Self.bytes(2 * block + 7, seed: 4)
+        try Data(content).write(to: URL(fileURLWithPath: path))
+        files.freeze()
+        let deltas = try files.deltas(full: false, openForWriting: [path], appendOnly: [])
+        #expect(deltas.map(\.0.kind) == [.block, .block, .block])
+        #expect(deltas.map(\.0.offset) == [UInt64(2 * block), UInt64((perPiece - 1) * block), UInt64((perPiece + 4) * block)])
+        #expect(deltas.map(\.1.count) == [2 * block, 2 * block, content.count - (perPiece + 4) * block])
+        #expect(deltas.allSatisfy { $0.0.size == UInt64(content.count) } && oldSize < content.count)
+        for (delta, bytes) in deltas { FileDeltaLog.apply(delta, bytes, to: &standby) }
+        files.acknowledged()
+        #expect(standby?.content == content)
+        let fresh = DataFiles(directories: [])
+        fresh.freeze()
+        _ = try fresh.deltas(full: true, openForWriting: [path], appendOnly: [])
+        #expect(files.pendingState[path]?.blocks == fresh.pendingState[path]?.blocks)
+        #expect(files.pendingState[path]?.blocks.count == (content.count + block - 1) / block)
+
+        // Unchanged: nothing shipped.
+        files.freeze()
+        #expect(try files.deltas(full: false, openForWriting: [path], appendOnly: []).isEmpty)
+    }
 }
