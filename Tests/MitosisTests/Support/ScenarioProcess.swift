@@ -51,8 +51,16 @@ final class ScenarioProcess: @unchecked Sendable {
             while true {
                 do {
                     return try ScenarioProcess.spawner.sync { () throws -> ChildProcess in
-                        if let wanted { try String(wanted - 1).write(toFile: "/proc/sys/kernel/ns_last_pid", atomically: false, encoding: .utf8) }
                         let command = prefix + [executable, name] + arguments
+                        guard let wanted else { return try ChildProcess(executable: command[0], arguments: Array(command.dropFirst())) }
+                        // The pid counter goes back to where it was right after the fork: left
+                        // at `wanted`, the parallel run's next forks would take the pids after
+                        // it — pids other tests freed with `dump --kill` and restore under the
+                        // same number (the restore then fails: "creating thread N: File exists").
+                        let counter = "/proc/sys/kernel/ns_last_pid"
+                        let last = try String(contentsOfFile: counter, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+                        try String(wanted - 1).write(toFile: counter, atomically: false, encoding: .utf8)
+                        defer { try? last.write(toFile: counter, atomically: false, encoding: .utf8) }
                         return try ChildProcess(executable: command[0], arguments: Array(command.dropFirst()))
                     }
                 } catch let error as Errno where error == .textFileBusy && busy < 100 {
