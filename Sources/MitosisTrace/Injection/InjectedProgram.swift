@@ -200,8 +200,7 @@ extension Tracer {
         let faults: Set<Int32> = [4, 5, 7, 8, 11]  // SIGILL, SIGTRAP, SIGBUS, SIGFPE, SIGSEGV
         do throws(Errno) {
             while true {
-                guard let event = try Ptrace.wait(tid) else { continue }
-                switch event {
+                switch try awaitEvent(tid, of: program.thread.pid) {
                 case .signalStop(let number) where number == program.signal:
                     let registers = try Ptrace.generalRegisters(tid)
                     if registers.rip == rip && registers.rbx == entry { return }

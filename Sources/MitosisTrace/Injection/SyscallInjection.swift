@@ -170,8 +170,7 @@ extension Tracer {
             try Ptrace.resumeToSyscall(tid)
             var entered = false
             while true {
-                guard let event = try Ptrace.wait(tid) else { continue }
-                switch event {
+                switch try awaitEvent(tid, of: thread.pid) {
                 case .syscallStop where !entered:
                     entered = true
                     InjectionPauseHook.reached(.syscallEntry, tid: tid)

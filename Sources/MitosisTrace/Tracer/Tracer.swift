@@ -276,6 +276,56 @@ public actor Tracer {
         }
     }
 
+    /// The next event of seized thread `tid` of `process`, waiting as long as it takes.
+    ///
+    /// A thread-group leader is polled (a short, growing pause, as `awaitStop`): when the process
+    /// is killed while frozen, the kernel holds the leader's exit back until every other thread
+    /// has been reaped — and those, traced, are reaped only by this tracer, so a blocking wait
+    /// for the leader would never return (`mitosis demo` hung so, its target killed during an
+    /// injected program). Once the leader is a zombie, the other threads' exits are collected,
+    /// then the leader's, and the process is gone.
+    func awaitEvent(_ tid: Int32, of process: Int32) throws(Errno) -> Ptrace.Event {
+        guard tid == process, threads.contains(where: { $0.tid != tid }) else {
+            while true { if let event = try Ptrace.wait(tid) { return event } }
+        }
+        var pause: UInt32 = 2
+        while true {
+            if let event = try Ptrace.wait(tid, nonBlocking: true) { return event }
+            if Self.hasExited(tid, of: process) {
+                reapThreads(of: process, leader: tid)
+                throw Errno.noSuchProcess
+            }
+            Kernel.sleepThread(microseconds: pause)
+            pause = min(pause * 2, 1000)
+        }
+    }
+
+    /// Collects the exits of a dying process's seized threads, the leader's last (within a
+    /// second: a thread this tracer does not know of would hold it back), so that its parent
+    /// can reap it.
+    private func reapThreads(of process: Int32, leader: Int32) {
+        for thread in threads where thread.tid != leader {
+            // An exit stop (PTRACE_O_TRACEEXIT) is resumed through; ECHILD: already collected.
+            while let event = try? Ptrace.wait(thread.tid) {
+                if case .exited = event { break }
+                if case .killed = event { break }
+                try? Ptrace.resume(thread.tid)
+            }
+        }
+        let deadline = ContinuousClock.now + .seconds(1)
+        while ContinuousClock.now < deadline {
+            let next: Ptrace.Event?
+            do { next = try Ptrace.wait(leader, nonBlocking: true) } catch { return }
+            guard let event = next else {
+                Kernel.sleepThread(microseconds: 1000)
+                continue
+            }
+            if case .exited = event { return }
+            if case .killed = event { return }
+            try? Ptrace.resume(leader)
+        }
+    }
+
     /// Whether thread `tid` of `process` has exited (state Z or X: a zombie, or being reaped).
     private static func hasExited(_ tid: Int32, of process: Int32) -> Bool {
         guard let text = try? Kernel.readFile("/proc/\(process)/task/\(tid)/stat"),

@@ -62,6 +62,31 @@ struct InjectionKillTests {
         for run in runs { try await Self.expectHealthy(run.target, run.what) }
     }
 
+    @Test("the target SIGKILLed while injected programs run on its threads: the dump ends saying so, and the target's parent reaps it")
+    func targetKilledDuringPrograms() async throws {
+        let steps = try await Self.injectionSteps(restoreState: true)
+        // The last program started before the first one ended: the other threads' programs
+        // (the main thread's first) have run, and wait at their end to be collected.
+        let firstEnd = try #require(steps.firstIndex { $0.contains(" program-ended ") }, "\(steps)")
+        let step = try #require(steps[..<firstEnd].lastIndex { $0.contains(" program-started ") }, "\(steps)") + 1
+        #expect(steps[..<firstEnd].filter { $0.contains(" program-started ") }.count >= 3, "programs on several threads: \(steps)")
+        let target = try await ScenarioProcess("victim", ["sleep"])
+        defer { target.stop() }
+        let tool = try PausingTool(target: target.pid, pause: "\(step):1000", restoreState: true)
+        let line = try await tool.awaitPause()
+        #expect(line?.contains("program-started") == true, "\(line ?? "mitosis never paused")")
+        kill(target.pid, SIGKILL)
+        // The main thread's exit waits for its other threads to be reaped, and only their tracer
+        // can: a tracer blocked on the main thread alone never returned.
+        let (ended, output) = try await tool.awaitEnd(timeout: .seconds(30))
+        #expect(ended, "mitosis still runs 30 s after its target was killed: \(output)")
+        #expect(output.contains("checkpoint of \(target.pid) is not restorable: process \(target.pid) exited while mitosis was working on it"),
+                "\(output)")
+        // Ended, the tracer lets go: the target's parent (this process) reaps it.
+        if !ended { tool.child.kill() }
+        target.stop()
+    }
+
     @Test("SIGTERM, SIGINT, SIGHUP and SIGPIPE wait until the registers are back, then end Mitosis")
     func catchableSignalsHeld() async throws {
         var runs: [(target: ScenarioProcess, what: String)] = []
@@ -153,6 +178,21 @@ final class PausingTool: @unchecked Sendable {
                 if line.contains("paused at step") { return line }
             }
             return nil
+        }
+    }
+
+    /// Whether the tool ended (its output closed) within `timeout`, and what it printed.
+    func awaitEnd(timeout: Duration) async throws -> (ended: Bool, output: String) {
+        try await Blocking.run("pausing-tool") { [child] in
+            let deadline = ContinuousClock.now + timeout
+            var lines: [String] = []
+            while ContinuousClock.now < deadline {
+                guard let line = child.readLine(timeout: deadline - ContinuousClock.now) else {
+                    return (ContinuousClock.now < deadline, lines.joined(separator: "\n"))
+                }
+                lines.append(line)
+            }
+            return (false, lines.joined(separator: "\n"))
         }
     }
 
