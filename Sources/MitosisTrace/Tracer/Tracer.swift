@@ -285,14 +285,14 @@ public actor Tracer {
     /// injected program). Once the leader is a zombie, the other threads' exits are collected,
     /// then the leader's, and the process is gone.
     func awaitEvent(_ tid: Int32, of process: Int32) throws(Errno) -> Ptrace.Event {
-        guard tid == process, threads.contains(where: { $0.tid != tid }) else {
+        guard tid == process, threads.contains(where: { $0.pid == process && $0.tid != tid }) else {
             while true { if let event = try Ptrace.wait(tid) { return event } }
         }
         var pause: UInt32 = 2
         while true {
             if let event = try Ptrace.wait(tid, nonBlocking: true) { return event }
             if Self.hasExited(tid, of: process) {
-                reapThreads(of: process, leader: tid)
+                reapThreads(of: process)
                 throw Errno.noSuchProcess
             }
             Kernel.sleepThread(microseconds: pause)
@@ -300,11 +300,12 @@ public actor Tracer {
         }
     }
 
-    /// Collects the exits of a dying process's seized threads, the leader's last (within a
-    /// second: a thread this tracer does not know of would hold it back), so that its parent
-    /// can reap it.
-    private func reapThreads(of process: Int32, leader: Int32) {
-        for thread in threads where thread.tid != leader {
+    /// Collects the exits of a dying process's seized threads, its leader's (`process`) last
+    /// (within a second: a thread this tracer does not know of would hold it back), so that its
+    /// parent can reap it. The threads of the other processes of a frozen tree are left alone.
+    private func reapThreads(of process: Int32) {
+        let leader = process
+        for thread in threads where thread.pid == process && thread.tid != leader {
             // An exit stop (PTRACE_O_TRACEEXIT) is resumed through; ECHILD: already collected.
             while let event = try? Ptrace.wait(thread.tid) {
                 if case .exited = event { break }

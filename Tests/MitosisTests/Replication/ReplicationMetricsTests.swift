@@ -85,12 +85,13 @@ import Testing
 
             #expect(await protect.stop(SIGTERM) == 0, "\(protect.text.suffix(2000))")
             #expect(protect.text.contains("protected process \(child.pid): "))
-            // An epoch's lag runs from its freeze to its acknowledgement: within its `total`
-            // (from its checkpoint's start), and never shorter than its freeze.
+            // An epoch's lag runs from its freeze to its acknowledgement: shorter than its `total`
+            // (from its checkpoint's start: the pre-copy before the freeze takes milliseconds),
+            // and never shorter than its freeze.
             let lag99 = try #require(Self.number(after: " p99 ", following: "; lag p50 ", in: protect.text))
             let total99 = try #require(Self.number(after: "/", following: "  total ", in: protect.text))
             let freeze99 = try #require(Self.number(after: " p99 ", following: "; freeze p50 ", in: protect.text))
-            #expect(freeze99 <= lag99 && lag99 <= total99, "\(protect.text.suffix(1500))")
+            #expect(freeze99 <= lag99 && lag99 < total99, "\(protect.text.suffix(1500))")
             #expect(await standby.stop(SIGTERM) == 0, "\(standby.text.suffix(2000))")
             #expect(try TargetHealth.tracer(of: child.pid) == 0)
         } catch {
