@@ -9,7 +9,7 @@
 //          22 (non-blocking) holding two datagrams; 24 a unix stream listener bound to LOG.sock
 //          (backlog 5); 25 an unnamed, unconnected datagram socket.
 // files 30 a periodic CLOCK_MONOTONIC timerfd (50 s, then every 100 s; non-blocking, close-on-
-//          exec); 31 an absolute CLOCK_MONOTONIC timerfd (deadline 60 s after setup); 32 an expired
+//          exec); 31 an absolute CLOCK_MONOTONIC timerfd (deadline 600 s after setup); 32 an expired
 //          CLOCK_REALTIME one-shot timerfd with one unread expiration; 33 a signalfd for SIGUSR2
 //          and SIGRTMIN (non-blocking); 34 a memfd "fds-memfd" of 10000 patterned bytes at offset
 //          1234 sealed against shrinking and growing; 35 LOG.deleted, deleted while open, at offset 3.
@@ -184,7 +184,7 @@ static int setup_files(const char *log) {
     struct itimerspec periodic = { .it_interval = { 100, 0 }, .it_value = { 50, 0 } };
     if (place(timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC), 30) || timerfd_settime(30, 0, &periodic, NULL)) return -1;
     clock_gettime(CLOCK_MONOTONIC, &deadline31);
-    deadline31.tv_sec += 60;
+    deadline31.tv_sec += 600;  // far past any run: the check compares what is left with it
     struct itimerspec absolute = { .it_value = deadline31 };
     if (place(timerfd_create(CLOCK_MONOTONIC, 0), 31) || timerfd_settime(31, TFD_TIMER_ABSTIME, &absolute, NULL)) return -1;
     struct itimerspec soon = { .it_value = { 0, 1 } };
