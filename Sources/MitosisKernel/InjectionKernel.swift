@@ -33,6 +33,29 @@ extension Ptrace {
     /// rt_sigreturn through the frame `sigreturnFrame` lays out (see Docs/injection.md).
     package static let selfHealingStub: [UInt8] = withUnsafeBytes(of: MITOSIS_SELF_HEALING_STUB) { Array($0) }
 
+    /// The restart-keeping stub: the injected call, then the registers put back from the block
+    /// `restartBlock` lays out, without rt_sigreturn (which would discard the restart block of
+    /// a thread the kernel resumes through restart_syscall). See `MITOSIS_RESTART_KEEPING_STUB`.
+    package static let restartKeepingStub: [UInt8] = withUnsafeBytes(of: MITOSIS_RESTART_KEEPING_STUB) { Array($0) }
+
+    /// `restart_syscall(2)`: how the kernel resumes a call that returned -ERESTART_RESTARTBLOCK.
+    package static let restartSyscallNumber: UInt64 = 219
+
+    /// The block the restart-keeping stub pops to resume thread `tid` with `registers` and its
+    /// current signal mask: the mask, r15…r8, rbp, rdi, rsi, rdx, rcx, rbx, rax, rflags and rip,
+    /// ending just below `registers.rsp`'s red zone (where `ret $128` finds rip and lands on
+    /// `registers.rsp`). Returns the bytes and their address, where the stub's `%rsp` points.
+    package static func restartBlock(_ tid: Int32, resuming registers: GeneralRegisters) throws(Errno) -> (address: UInt64, bytes: [UInt8]) {
+        let mask = try signalMask(tid)
+        let r = registers
+        let words = [mask, r.r15, r.r14, r.r13, r.r12, r.r11, r.r10, r.r9, r.r8, r.rbp,
+                     r.rdi, r.rsi, r.rdx, r.rcx, r.rbx, r.rax, r.eflags, r.rip]
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(words.count * 8)
+        for word in words { withUnsafeBytes(of: word.littleEndian) { bytes += $0 } }
+        return (r.rsp &- 128 &- UInt64(bytes.count), bytes)
+    }
+
     /// An rt_sigreturn frame that resumes thread `tid` with `registers` (restarts already folded
     /// in: rt_sigreturn restarts nothing), its current signal mask and its FPU state (XSAVE, else
     /// the legacy FXSAVE area), laid out below `stackTop` as the kernel lays out a signal frame.

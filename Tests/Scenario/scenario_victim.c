@@ -1,6 +1,8 @@
 // victim MODE — a target for killing Mitosis in the middle of a syscall injection. Its main
 // thread (the one `mitosis dump` injects into) loops in one state, checking every result:
 //   sleep: 20 ms nanosleep (relative: restarted through the kernel's restart block)
+//   nap:   1 s nanosleep, long enough for a test to stop and continue the victim first, so
+//          that Mitosis finds the sleep resumed through restart_syscall
 //   read:  read(2) of one byte from a pipe a ticker thread feeds every 10 ms
 //   futex: FUTEX_WAIT (no timeout: -ERESTARTSYS) on a word a ticker thread bumps every 10 ms
 //   busy:  floating-point and integer work in user space, never in a system call
@@ -122,12 +124,13 @@ static void victim_main_thread(void) {
     round_up();
     unsigned char expected = 0;
     for (;;) {
-        if (strcmp(mode, "sleep") == 0) {
-            struct timespec t = { 0, 20000000L };
+        if (strcmp(mode, "sleep") == 0 || strcmp(mode, "nap") == 0) {
+            long length = strcmp(mode, "nap") == 0 ? 1000000000L : 20000000L;
+            struct timespec t = { length / 1000000000L, length % 1000000000L };
             long start = now_ns();
             long r = checked_syscall(SYS_nanosleep, (long)&t, 0, 0, 0, 0, 0);
             if (r != 0) report_problem("nanosleep-returned:%ld", r);
-            else if (now_ns() - start < 20000000L) report_problem("nanosleep-returned-early:%ld", now_ns() - start);
+            else if (now_ns() - start < length) report_problem("nanosleep-returned-early:%ld", now_ns() - start);
         } else if (strcmp(mode, "read") == 0) {
             unsigned char byte;
             long r = checked_syscall(SYS_read, feed_pipe[0], (long)&byte, 1, 0, 0, 0);
@@ -148,7 +151,7 @@ static void victim_main_thread(void) {
 static int victim_setup(int argc, char **argv) {
     if (argc < 1) return -1;
     mode = argv[0];
-    if (strcmp(mode, "sleep") && strcmp(mode, "read") && strcmp(mode, "futex") && strcmp(mode, "busy")) return -1;
+    if (strcmp(mode, "sleep") && strcmp(mode, "nap") && strcmp(mode, "read") && strcmp(mode, "futex") && strcmp(mode, "busy")) return -1;
     if (pipe(feed_pipe) != 0) return -1;
     // Tests run dozens of victims beside the Mitosis processes they kill: let those run first.
     if (setpriority(PRIO_PROCESS, 0, 19) != 0) return -1;

@@ -25,26 +25,30 @@ public struct InjectedCall: Sendable, Equatable {
 /// signal is unblocked meanwhile (`PTRACE_SETSIGMASK`), so no other signal stops it half-way.
 ///
 /// It heals itself like a single injected call: the stack pointer is at the rt_sigreturn frame
-/// holding the thread's registers, FPU state and signal mask, and the program's last
-/// instruction is rt_sigreturn. Should Mitosis vanish while the program runs, the thread finishes
-/// it untraced: the signal it sends itself is ignored (not traced, nothing stops it), and
-/// rt_sigreturn puts back its registers and mask. (The scratch mapping then stays, as with any
-/// scratch mapping of an injected call.)
+/// holding the thread's registers, FPU state and signal mask, and the program ends with
+/// rt_sigreturn — or, for a thread the kernel would resume through restart_syscall, at the
+/// block the restart-keeping code pops, and the program ends with that code. Should Mitosis
+/// vanish while the program runs, the thread finishes it untraced: the signal it sends itself is
+/// ignored (not traced, nothing stops it), and its end puts back its registers and mask. (The
+/// scratch mapping then stays, as with any scratch mapping of an injected call.)
 extension Tracer {
     /// x86-64: `loop: mov (%rbx),%rax; cmp $-1,%rax; je done; mov 8(%rbx),%rdi; mov 16(%rbx),%rsi;
     /// mov 24(%rbx),%rdx; mov 32(%rbx),%r10; mov 40(%rbx),%r8; mov 48(%rbx),%r9; syscall;
-    /// mov %rax,56(%rbx); add $64,%rbx; jmp loop; done: mov $15,%eax; syscall` (rt_sigreturn).
-    static let programCode: [UInt8] = [
+    /// mov %rax,56(%rbx); add $64,%rbx; jmp loop; done:` and one of the two ends below.
+    static let programLoop: [UInt8] = [
         0x48, 0x8b, 0x03, 0x48, 0x83, 0xf8, 0xff, 0x74, 0x24,
         0x48, 0x8b, 0x7b, 0x08, 0x48, 0x8b, 0x73, 0x10, 0x48, 0x8b, 0x53, 0x18,
         0x4c, 0x8b, 0x53, 0x20, 0x4c, 0x8b, 0x43, 0x28, 0x4c, 0x8b, 0x4b, 0x30,
         0x0f, 0x05, 0x48, 0x89, 0x43, 0x38, 0x48, 0x83, 0xc3, 0x40, 0xeb, 0xd3,
-        0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05,
     ]
+    /// `mov $15,%eax; syscall`: rt_sigreturn through the frame at the stack pointer.
+    static let programSigreturnEnd: [UInt8] = [0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05]
+    /// The restart-keeping stub after its `syscall`: pops the block at the stack pointer.
+    static let programRestartKeepingEnd = Array(Ptrace.restartKeepingStub.dropFirst(2))
     /// Where `%rip` is just after the program's `syscall` instruction.
     static let programSyscallEnd: UInt64 = 35
     /// Bytes of code before the table, and per table entry (number, six arguments, result).
-    static let programCodeArea = 64
+    static let programCodeArea = 128
     static let programEntrySize = 64
 
     /// Bytes of executable, writable scratch memory a program of `calls` calls needs.
@@ -157,20 +161,22 @@ extension Tracer {
         // The ending signal to this very thread, then the end of the table.
         words += [UInt64(SyscallNumber.tgkill), UInt64(thread.pid), UInt64(thread.tid), UInt64(signal), 0, 0, 0, 0]
         words += [UInt64.max] + Array(repeating: 0, count: 7)
-        var bytes = Self.programCode + Array(repeating: 0, count: Self.programCodeArea - Self.programCode.count)
+        let frame = try writeHealingFrame(thread, saved, restartKeeping: true)
+        let code = Self.programLoop + (frame.keepsRestart ? Self.programRestartKeepingEnd : Self.programSigreturnEnd)
+        var bytes = code + Array(repeating: 0, count: Self.programCodeArea - code.count)
         for word in words { withUnsafeBytes(of: word.littleEndian) { bytes += $0 } }
         do {
             let written = try bytes.withUnsafeBytes { buffer in try Kernel.writeMemory(pid: thread.pid, address: area, from: buffer) }
             guard written == bytes.count else { throw Errno.badAddress }
         } catch {
+            frame.restore(pid: thread.pid)
             throw threadError(error as? Errno ?? .ioError, thread, "writing an injected program into")
         }
-        let frame = try writeHealingFrame(thread, saved)
         var registers = saved
         registers.origRax = UInt64.max  // not inside a system call: nothing is restarted
         registers.rip = area
         registers.rbx = table
-        registers.rsp = frame.address + 8
+        registers.rsp = frame.stackPointer
         do throws(Errno) {
             try Ptrace.setSignalMask(thread.tid, ~(UInt64(1) << UInt64(signal - 1)))
             try Ptrace.setRegisters(thread.tid, registers)

@@ -13,7 +13,11 @@ import MitosisModel
 /// (SIGKILL, crash): `rip` points at a stub placed in the padding of the target's vDSO,
 /// `syscall; mov $15, %eax; syscall`, and the stack pointer at an rt_sigreturn frame written
 /// below the thread's red zone that holds its original registers, FPU state and signal mask.
-/// A thread left untraced runs the call and then rt_sigreturn, and resumes where it was.
+/// A thread left untraced runs the call and then rt_sigreturn, and resumes where it was. A
+/// thread the kernel would resume through restart_syscall (its call returned
+/// -ERESTART_RESTARTBLOCK) gets the restart-keeping stub instead, which pops its registers and
+/// mask without rt_sigreturn: rt_sigreturn discards the restart block, and the interrupted
+/// nanosleep or timed futex wait would fail with EINTR.
 /// Catchable fatal signals sent to Mitosis meanwhile wait until the registers are back.
 /// See Docs/injection.md for what can still go wrong.
 ///
@@ -45,8 +49,9 @@ extension Tracer {
         registers.rip = site.address
         var frame: HealingFrame?
         if site.selfHealing {
-            frame = try writeHealingFrame(thread, saved)
-            registers.rsp = frame!.address + 8
+            frame = try writeHealingFrame(thread, saved, restartKeeping: site.restartKeeping != nil)
+            registers.rsp = frame!.stackPointer
+            if frame!.keepsRestart, let stub = site.restartKeeping { registers.rip = stub }
         }
         defer { frame?.restore(pid: thread.pid) }
         let result = try Kernel.withFatalSignalsHeld { () throws(MitosisError) -> Int64 in
@@ -196,13 +201,24 @@ extension Tracer {
         }
     }
 
-    /// The original registers as an rt_sigreturn frame on `thread`'s stack, below its red zone
-    /// where a signal frame would go, with the bytes it covers kept to be put back.
-    func writeHealingFrame(_ thread: SeizedThread, _ saved: GeneralRegisters) throws(MitosisError) -> HealingFrame {
+    /// The original registers on `thread`'s stack, below its red zone where a signal frame
+    /// would go, with the bytes they cover kept to be put back: as the block the restart-keeping
+    /// stub pops when the thread would resume through restart_syscall and `restartKeeping` code
+    /// is there to run, else as an rt_sigreturn frame.
+    func writeHealingFrame(_ thread: SeizedThread, _ saved: GeneralRegisters, restartKeeping: Bool) throws(MitosisError) -> HealingFrame {
         do {
             var resumed = saved
-            Self.foldRestart(&resumed)
-            let (address, bytes) = try Ptrace.sigreturnFrame(thread.tid, resuming: resumed, below: saved.rsp &- 128)
+            let keepsRestart = restartKeeping && Self.resumesThroughRestartBlock(saved)
+            let address: UInt64, bytes: [UInt8]
+            if keepsRestart {
+                // As the kernel resumes it: restart_syscall, from the same `syscall` instruction.
+                resumed.rax = Ptrace.restartSyscallNumber
+                resumed.rip &-= 2
+                (address, bytes) = try Ptrace.restartBlock(thread.tid, resuming: resumed)
+            } else {
+                Self.foldRestart(&resumed)
+                (address, bytes) = try Ptrace.sigreturnFrame(thread.tid, resuming: resumed, below: saved.rsp &- 128)
+            }
             var original = [UInt8](repeating: 0, count: bytes.count)
             let read = try original.withUnsafeMutableBytes { buffer in
                 try Kernel.readMemory(pid: thread.pid, address: address, into: buffer)
@@ -212,7 +228,7 @@ extension Tracer {
             }
             guard read == bytes.count, written == bytes.count else { throw Errno.badAddress }
             InjectionPauseHook.reached(.frameWritten, tid: thread.tid)
-            return HealingFrame(address: address, original: original)
+            return HealingFrame(address: address, original: original, keepsRestart: keepsRestart)
         } catch {
             throw threadError(error as? Errno ?? .ioError, thread, "writing the rt_sigreturn frame on the stack of")
         }
@@ -235,20 +251,33 @@ extension Tracer {
         registers.origRax = UInt64.max
     }
 
+    /// Whether the kernel resumes a thread stopped with `registers` through restart_syscall,
+    /// which needs the restart block the kernel keeps for it: the call it is in returned
+    /// -ERESTART_RESTARTBLOCK.
+    static func resumesThroughRestartBlock(_ registers: GeneralRegisters) -> Bool {
+        Int64(bitPattern: registers.origRax) >= 0 && Int64(bitPattern: registers.rax) == -516
+    }
+
     /// Where `thread`'s process runs injected calls: the self-healing stub, placed once per
     /// process in its vDSO; without a vDSO with room for it, a bare `syscall` instruction (the
     /// one the thread is stopped just after), and no self-healing.
     func injectionSite(for thread: SeizedThread) throws(MitosisError) -> InjectionSite {
         if let known = injectionSites[thread.pid] { return known }
         var site: InjectionSite?
-        if let slot = Self.vdsoStubSlot(of: thread.pid), let memory = try? ProcessMemoryFile(pid: thread.pid, writable: true) {
+        // Both stubs where the vDSO's padding has room, the restart-keeping one 16 bytes on.
+        let both = Ptrace.selfHealingStub + [UInt8](repeating: 0, count: 16 - Ptrace.selfHealingStub.count) + Ptrace.restartKeepingStub
+        func room(_ stub: [UInt8]) -> Int { (stub.count + 15) / 16 * 16 }
+        if let free = Self.vdsoFreeTail(of: thread.pid), free.length >= room(Ptrace.selfHealingStub),
+           let memory = try? ProcessMemoryFile(pid: thread.pid, writable: true) {
             defer { memory.close() }
-            let stub = Ptrace.selfHealingStub
+            let stub = free.length >= room(both) ? both : Ptrace.selfHealingStub
+            let slot = free.end - UInt64(room(stub))
             var check = [UInt8](repeating: 0, count: stub.count)
             if (try? memory.write(at: slot, stub)) != nil,
                (try? check.withUnsafeMutableBytes { buffer throws(Errno) in try memory.read(at: slot, into: buffer) }) == stub.count,
                check == stub {
-                site = InjectionSite(address: slot, selfHealing: true, stubLength: stub.count)
+                site = InjectionSite(address: slot, selfHealing: true, restartKeeping: stub.count == both.count ? slot + 16 : nil,
+                                     stubLength: stub.count)
                 InjectionPauseHook.reached(.stubPlaced, tid: thread.tid)
             }
         }
@@ -277,10 +306,10 @@ extension Tracer {
         injectionSites.removeAll()
     }
 
-    /// The last 16 bytes of the `[vdso]` mapping when they lie past everything its ELF image
-    /// holds (headers, loaded segments, section headers) and are all zero: page padding that
-    /// nothing reads or runs, where the stub can go.
-    private static func vdsoStubSlot(of pid: Int32) -> UInt64? {
+    /// The zero bytes that end the `[vdso]` mapping past everything its ELF image holds
+    /// (headers, loaded segments, section headers): page padding that nothing reads or runs,
+    /// where the stubs can go. Returns the mapping's end and how many such bytes precede it.
+    private static func vdsoFreeTail(of pid: Int32) -> (end: UInt64, length: Int)? {
         guard let (start, end) = vdsoRange(of: pid), end - start >= 4096, end - start <= 1 << 20 else { return nil }
         var image = [UInt8](repeating: 0, count: Int(end - start))
         guard (try? image.withUnsafeMutableBytes({ buffer throws(Errno) in
@@ -297,9 +326,9 @@ extension Tracer {
             let header = phoff + index * phentsize
             used = max(used, field(header + 8, 8) + field(header + 0x20, 8))
         }
-        let slot = image.count - 16
-        guard used <= slot, image[slot...].allSatisfy({ $0 == 0 }) else { return nil }
-        return start + UInt64(slot)
+        let lastUsed = image.lastIndex { $0 != 0 } ?? 0
+        let length = image.count - max(used, lastUsed + 1)
+        return length > 0 ? (end, length) : nil
     }
 
     /// The first `syscall` instruction (`0f 05`) in the vDSO's code: for when no stub can be placed.
@@ -353,14 +382,21 @@ struct InjectionSite: Sendable {
     let address: UInt64
     /// Whether `address` is the self-healing stub (which needs a frame on the stack).
     let selfHealing: Bool
+    /// The restart-keeping stub, where the vDSO had room for it beside the self-healing one.
+    var restartKeeping: UInt64? = nil
     /// The bytes placed in the vDSO, to zero at thaw (0: nothing placed).
     let stubLength: Int
 }
 
-/// The rt_sigreturn frame on a lending thread's stack, and the bytes it covered.
+/// The registers a lending thread heals itself with, on its stack, and the bytes they covered:
+/// an rt_sigreturn frame, or the block the restart-keeping code pops (`keepsRestart`).
 struct HealingFrame {
     let address: UInt64
     let original: [UInt8]
+    let keepsRestart: Bool
+
+    /// The borrowed registers' `%rsp`: the block itself, or past the rt_sigreturn frame's return address.
+    var stackPointer: UInt64 { keepsRestart ? address : address + 8 }
 
     /// Puts the covered bytes back (they lie below the red zone, where any signal frame could
     /// have overwritten them, but Mitosis leaves nothing behind).

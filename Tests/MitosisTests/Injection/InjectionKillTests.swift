@@ -62,6 +62,35 @@ struct InjectionKillTests {
         for run in runs { try await Self.expectHealthy(run.target, run.what) }
     }
 
+    @Test("SIGKILL mid-injection into a thread the kernel resumes through restart_syscall (its nanosleep stopped and continued): the sleep goes on to its end, no EINTR")
+    func killWhileResumingThroughRestartSyscall() async throws {
+        let programSteps = try await Self.injectionSteps(restoreState: true)
+        let programStarted = try #require(programSteps.firstIndex { $0.contains(" program-started ") }, "\(programSteps)") + 1
+        // The first injected call with its registers borrowed and at its exit; the first program started.
+        let cases = [("3", false), ("5", false), ("\(programStarted)", true)]
+        var runs: [(target: ScenarioProcess, what: String)] = []
+        defer { runs.forEach { $0.target.stop() } }
+        for (step, restoreState) in cases {
+            let target = try await ScenarioProcess("victim", ["nap"])
+            let what = "nap step \(step)"
+            runs.append((target, what))
+            // Stopped and continued mid-sleep, the main thread sleeps on in restart_syscall (219).
+            try await Task.sleep(for: .milliseconds(100))
+            kill(target.pid, SIGSTOP)
+            for _ in 0..<100 where try TargetHealth.threadStates(of: target.pid)[target.pid] != "T" { try await Task.sleep(for: .milliseconds(5)) }
+            kill(target.pid, SIGCONT)
+            try await Task.sleep(for: .milliseconds(20))
+            let call = try String(decoding: Kernel.readFile("/proc/\(target.pid)/syscall"), as: UTF8.self)
+            #expect(call.hasPrefix("219 "), "\(what): the main thread is not in restart_syscall: \(call)")
+            let tool = try PausingTool(target: target.pid, pause: step, restoreState: restoreState)
+            let line = try await tool.awaitPause()
+            try await tool.end(SIGKILL)
+            #expect(line != nil, "\(what): mitosis never paused")
+        }
+        try await Task.sleep(for: .seconds(2))
+        for run in runs { try await Self.expectHealthy(run.target, run.what) }
+    }
+
     @Test("the target SIGKILLed while injected programs run on its threads: the dump ends saying so, and the target's parent reaps it")
     func targetKilledDuringPrograms() async throws {
         let steps = try await Self.injectionSteps(restoreState: true)
