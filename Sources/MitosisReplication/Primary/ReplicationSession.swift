@@ -386,10 +386,12 @@ public final class ReplicationSession: Service, Sendable {
             }
             try await Task.sleep(until: nextStart, clock: clock)
             let started = clock.now
-            // Epochs are due at a fixed rate, one every interval: after one that ran past its
-            // interval the next starts at once, catching up at most one interval (an epoch
-            // later than that, after a reconnection say, starts the count again).
-            nextStart = (started - nextStart > options.interval ? started : nextStart) + options.interval
+            // Epochs are due at a fixed rate, one every interval: after epochs that ran past
+            // their interval the next ones start at once until the count has caught up, at
+            // most a second (or one interval, if longer) behind; later than that (after a
+            // reconnection, say) the count starts again.
+            let catchUp = max(options.interval, .seconds(1))
+            nextStart = (started - nextStart > catchUp ? started : nextStart) + options.interval
             let epoch = nextEpoch
             // One checkpoint for every standby: incremental when all of them hold the base (or
             // will once they acknowledge the pending epoch, which every one of them was sent).
