@@ -228,6 +228,6 @@ enum RestoreCapture {
         }
         guard count == bytes.count else { throw MitosisError.system(operation: "reading the vDSO of \(pid)", errno: .ioError) }
         return RestoreRecord.VdsoIdentity(vvar: vvar, vvarVclock: range("[vvar_vclock]"), vdso: vdso,
-                                          xxh64: Checksum.hex(Checksum.xxh64(bytes)))
+                                          xxh64: Checksum.hex(Checksum.xxh64(Tracer.vdsoAsMade(bytes))))
     }
 }

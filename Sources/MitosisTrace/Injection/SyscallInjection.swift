@@ -264,21 +264,26 @@ extension Tracer {
     func injectionSite(for thread: SeizedThread) throws(MitosisError) -> InjectionSite {
         if let known = injectionSites[thread.pid] { return known }
         var site: InjectionSite?
-        // Both stubs where the vDSO's padding has room, the restart-keeping one 16 bytes on.
-        let both = Ptrace.selfHealingStub + [UInt8](repeating: 0, count: 16 - Ptrace.selfHealingStub.count) + Ptrace.restartKeepingStub
-        func room(_ stub: [UInt8]) -> Int { (stub.count + 15) / 16 * 16 }
-        if let free = Self.vdsoFreeTail(of: thread.pid), free.length >= room(Ptrace.selfHealingStub),
-           let memory = try? ProcessMemoryFile(pid: thread.pid, writable: true) {
-            defer { memory.close() }
-            let stub = free.length >= room(both) ? both : Ptrace.selfHealingStub
-            let slot = free.end - UInt64(room(stub))
-            var check = [UInt8](repeating: 0, count: stub.count)
-            if (try? memory.write(at: slot, stub)) != nil,
-               (try? check.withUnsafeMutableBytes { buffer throws(Errno) in try memory.read(at: slot, into: buffer) }) == stub.count,
-               check == stub {
-                site = InjectionSite(address: slot, selfHealing: true, restartKeeping: stub.count == both.count ? slot + 16 : nil,
-                                     stubLength: stub.count)
+        if let tail = Self.vdsoTail(of: thread.pid) {
+            if let leftover = tail.leftover {
+                // Left by a Mitosis killed mid-injection: the same bytes, taken over as they are
+                // and left there at thaw (a thread frozen inside them may still run them).
+                let slot = tail.end - UInt64(leftover.count)
+                site = InjectionSite(address: slot, selfHealing: true,
+                                     restartKeeping: leftover == Self.stubLayouts[0] ? slot + 16 : nil, stubLength: 0)
                 InjectionPauseHook.reached(.stubPlaced, tid: thread.tid)
+            } else if let layout = Self.stubLayouts.first(where: { tail.free >= $0.count }),
+                      let memory = try? ProcessMemoryFile(pid: thread.pid, writable: true) {
+                defer { memory.close() }
+                let slot = tail.end - UInt64(layout.count)
+                var check = [UInt8](repeating: 0, count: layout.count)
+                if (try? memory.write(at: slot, layout)) != nil,
+                   (try? check.withUnsafeMutableBytes { buffer throws(Errno) in try memory.read(at: slot, into: buffer) }) == layout.count,
+                   check == layout {
+                    site = InjectionSite(address: slot, selfHealing: true,
+                                         restartKeeping: layout == Self.stubLayouts[0] ? slot + 16 : nil, stubLength: layout.count)
+                    InjectionPauseHook.reached(.stubPlaced, tid: thread.tid)
+                }
             }
         }
         if site == nil, let address = Self.vdsoSyscallInstruction(of: thread.pid) {
@@ -306,15 +311,29 @@ extension Tracer {
         injectionSites.removeAll()
     }
 
-    /// The zero bytes that end the `[vdso]` mapping past everything its ELF image holds
-    /// (headers, loaded segments, section headers): page padding that nothing reads or runs,
-    /// where the stubs can go. Returns the mapping's end and how many such bytes precede it.
-    private static func vdsoFreeTail(of pid: Int32) -> (end: UInt64, length: Int)? {
+    /// The stubs as they end the vDSO, each layout a multiple of 16 bytes: both (the
+    /// restart-keeping one 16 bytes on) where the padding has room, else the self-healing one.
+    static let stubLayouts: [[UInt8]] = {
+        func padded(_ bytes: [UInt8]) -> [UInt8] { bytes + [UInt8](repeating: 0, count: (16 - bytes.count % 16) % 16) }
+        return [padded(padded(Ptrace.selfHealingStub) + Ptrace.restartKeepingStub), padded(Ptrace.selfHealingStub)]
+    }()
+
+    /// The end of the `[vdso]` mapping and what its page padding holds there (`vdsoPadding`).
+    private static func vdsoTail(of pid: Int32) -> (end: UInt64, free: Int, leftover: [UInt8]?)? {
         guard let (start, end) = vdsoRange(of: pid), end - start >= 4096, end - start <= 1 << 20 else { return nil }
         var image = [UInt8](repeating: 0, count: Int(end - start))
         guard (try? image.withUnsafeMutableBytes({ buffer throws(Errno) in
             try Kernel.readMemory(pid: pid, address: start, into: buffer)
-        })) == image.count, image.starts(with: [0x7f, 0x45, 0x4c, 0x46]) else { return nil }
+        })) == image.count, let padding = vdsoPadding(image) else { return nil }
+        return (end, padding.free, padding.leftover)
+    }
+
+    /// What the page padding of a vDSO `image` — past everything its ELF image holds (headers,
+    /// loaded segments, section headers), which nothing reads or runs — holds at its end: how
+    /// many zero bytes end it (`free`), or, zeros before them, the stubs of a Mitosis killed
+    /// mid-injection (`leftover`, one of `stubLayouts`). Nil for an image that is not ELF.
+    static func vdsoPadding(_ image: [UInt8]) -> (free: Int, leftover: [UInt8]?)? {
+        guard image.count >= 64, image.starts(with: [0x7f, 0x45, 0x4c, 0x46]) else { return nil }
         func field(_ offset: Int, _ size: Int) -> Int {
             (0..<size).reduce(0) { $0 | Int(image[offset + $1]) << (8 * $1) }
         }
@@ -326,9 +345,21 @@ extension Tracer {
             let header = phoff + index * phentsize
             used = max(used, field(header + 8, 8) + field(header + 0x20, 8))
         }
+        guard used <= image.count else { return nil }
+        for layout in stubLayouts where image.count - used >= layout.count && image.suffix(layout.count).elementsEqual(layout)
+            && image[used..<image.count - layout.count].allSatisfy({ $0 == 0 }) {
+            return (0, layout)
+        }
         let lastUsed = image.lastIndex { $0 != 0 } ?? 0
-        let length = image.count - max(used, lastUsed + 1)
-        return length > 0 ? (end, length) : nil
+        return (image.count - max(used, lastUsed + 1), nil)
+    }
+
+    /// A vDSO `image` as the kernel made it: the stubs a Mitosis killed mid-injection left in its
+    /// padding read as the zeros they replaced (the restore record compares its vDSO's bytes
+    /// with the restoring kernel's).
+    public static func vdsoAsMade(_ image: [UInt8]) -> [UInt8] {
+        guard let leftover = vdsoPadding(image)?.leftover else { return image }
+        return image.dropLast(leftover.count) + [UInt8](repeating: 0, count: leftover.count)
     }
 
     /// The first `syscall` instruction (`0f 05`) in the vDSO's code: for when no stub can be placed.

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import Testing
 @testable import MitosisKernel
+@testable import MitosisRestore
 @testable import MitosisTrace
 
 /// Mitosis killed in the middle of a syscall injection (F1): the target must live on as if
@@ -60,6 +61,50 @@ struct InjectionKillTests {
         }
         try await Task.sleep(for: .seconds(2))
         for run in runs { try await Self.expectHealthy(run.target, run.what) }
+    }
+
+    @Test("Mitosis SIGKILLed mid-injection twice in a row: the second run heals through the stubs the first left in the vDSO, and leaves them there")
+    func killTwiceInARow() async throws {
+        var runs: [(target: ScenarioProcess, what: String)] = []
+        defer { runs.forEach { $0.target.stop() } }
+        for mode in ["sleep", "busy"] {
+            let target = try await ScenarioProcess("victim", [mode])
+            runs.append((target, "\(mode), killed twice"))
+            let vdso = try Self.vdsoTail(of: target.pid, count: 80)
+            #expect(vdso.allSatisfy { $0 == 0 }, "\(mode): the vDSO's last bytes are not free before the first run")
+            for run in 1...2 {
+                // Step 3: the first call's registers borrowed (after the stub and the frame).
+                let tool = try PausingTool(target: target.pid, pause: "3")
+                let line = try await tool.awaitPause()
+                #expect(line?.contains("registers-borrowed") == true, "\(mode) run \(run): \(line ?? "mitosis never paused")")
+                try await tool.end(SIGKILL)
+                try await Task.sleep(for: .milliseconds(500))
+                #expect(try Self.vdsoTail(of: target.pid, count: 80) == Tracer.stubLayouts[0], "\(mode) run \(run): the stubs are not in the vDSO")
+            }
+            // A dump that completes records the vDSO as the kernel made it (restorable on this
+            // kernel), and leaves the stubs it found.
+            let images = FileManager.default.temporaryDirectory.appendingPathComponent("mitosis-kill-\(UUID().uuidString)").path
+            defer { try? FileManager.default.removeItem(atPath: images) }
+            let dump = try await ToolRun(ToolRun.mitosis, ["dump", "\(target.pid)", "--images", images, "--force"])
+            #expect(dump.status == 0, "\(dump.standardError)")
+            let manifest = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: images + "/manifest.json"))) as? [String: Any]
+            let recorded = ((manifest?["restore"] as? [String: Any])?["vdso"] as? [String: Any])?["xxh64"] as? String
+            #expect(recorded == (try HostVdso.read().xxh64), "\(mode): the recorded vDSO is not this kernel's")
+            #expect(try Self.vdsoTail(of: target.pid, count: 80) == Tracer.stubLayouts[0], "\(mode): the stubs are gone after a dump")
+        }
+        try await Task.sleep(for: .seconds(2))
+        for run in runs { try await Self.expectHealthy(run.target, run.what) }
+    }
+
+    /// The last `count` bytes of `pid`'s `[vdso]` mapping.
+    static func vdsoTail(of pid: Int32, count: Int) throws -> [UInt8] {
+        let maps = try String(decoding: Kernel.readFile("/proc/\(pid)/maps"), as: UTF8.self)
+        let line = try #require(maps.split(separator: "\n").first { $0.hasSuffix("[vdso]") })
+        let end = try #require(UInt64(line.split(separator: " ")[0].split(separator: "-")[1], radix: 16))
+        var bytes = [UInt8](repeating: 0, count: count)
+        let read = try bytes.withUnsafeMutableBytes { buffer in try Kernel.readMemory(pid: pid, address: end - UInt64(count), into: buffer) }
+        #expect(read == count)
+        return bytes
     }
 
     @Test("SIGKILL mid-injection into a thread the kernel resumes through restart_syscall (its nanosleep stopped and continued): the sleep goes on to its end, no EINTR")
