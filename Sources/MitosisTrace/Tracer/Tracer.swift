@@ -181,7 +181,10 @@ public actor Tracer {
                 let deadline = ContinuousClock.now + stopTimeout
                 for tid in interrupted {
                     do {
-                        if let thread = try awaitInterruptStop(pid: process, tid: tid, deadline: deadline) { threads.append(thread) }
+                        if let thread = try awaitInterruptStop(pid: process, tid: tid, deadline: deadline) {
+                            threads.append(thread)
+                            abortRseqCriticalSection(thread)
+                        }
                     } catch {
                         failure = failure ?? error
                     }

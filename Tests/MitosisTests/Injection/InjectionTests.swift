@@ -158,6 +158,22 @@ struct InjectionTests {
         #expect(try child.fact("usr2_value") == "42")
     }
 
+    @Test("a thread frozen inside an rseq critical section and lent for an injected call resumes at the section's abort handler, its section still guarded")
+    func rseqCriticalSection() async throws {
+        let child = try await ScenarioProcess("rseq")
+        defer { child.stop() }
+        try await child.send("check")
+        #expect(try child.fact("check") == "PASS", "a signal does not abort the section even before any freeze")
+        // The injected call returned the thread to user space outside the section, where the
+        // kernel cleared the section pointer: the thread went back in unguarded, and spun on
+        // through every later signal.
+        try await withFrozenProcess(child.pid) { tracer async throws in
+            #expect(try await tracer.injectSyscall(SyscallNumber.getpid, []) == Int64(child.pid))
+        }
+        try await child.send("check")
+        #expect(try child.fact("check") == "PASS")
+    }
+
     @Test("injecting into a job-control-stopped target leaves it stopped")
     func stoppedTarget() async throws {
         let child = try await ScenarioProcess("inject")
