@@ -268,9 +268,7 @@ extension Tracer {
             if let leftover = tail.leftover {
                 // Left by a Mitosis killed mid-injection: the same bytes, taken over as they are
                 // and left there at thaw (a thread frozen inside them may still run them).
-                let slot = tail.end - UInt64(leftover.count)
-                site = InjectionSite(address: slot, selfHealing: true,
-                                     restartKeeping: leftover == Self.stubLayouts[0] ? slot + 16 : nil, stubLength: 0)
+                site = Self.stubSite(leftover, endingAt: tail.end, placed: false)
                 InjectionPauseHook.reached(.stubPlaced, tid: thread.tid)
             } else if let layout = Self.stubLayouts.first(where: { tail.free >= $0.count }),
                       let memory = try? ProcessMemoryFile(pid: thread.pid, writable: true) {
@@ -280,8 +278,7 @@ extension Tracer {
                 if (try? memory.write(at: slot, layout)) != nil,
                    (try? check.withUnsafeMutableBytes { buffer throws(Errno) in try memory.read(at: slot, into: buffer) }) == layout.count,
                    check == layout {
-                    site = InjectionSite(address: slot, selfHealing: true,
-                                         restartKeeping: layout == Self.stubLayouts[0] ? slot + 16 : nil, stubLength: layout.count)
+                    site = Self.stubSite(layout, endingAt: tail.end, placed: true)
                     InjectionPauseHook.reached(.stubPlaced, tid: thread.tid)
                 }
             }
@@ -317,6 +314,14 @@ extension Tracer {
         func padded(_ bytes: [UInt8]) -> [UInt8] { bytes + [UInt8](repeating: 0, count: (16 - bytes.count % 16) % 16) }
         return [padded(padded(Ptrace.selfHealingStub) + Ptrace.restartKeepingStub), padded(Ptrace.selfHealingStub)]
     }()
+
+    /// Where the stubs of `layout` ending the vDSO at `end` run; `placed`: written by this
+    /// tracer (zeroed at thaw), not found there.
+    private static func stubSite(_ layout: [UInt8], endingAt end: UInt64, placed: Bool) -> InjectionSite {
+        let slot = end - UInt64(layout.count)
+        return InjectionSite(address: slot, selfHealing: true, restartKeeping: layout == stubLayouts[0] ? slot + 16 : nil,
+                             stubLength: placed ? layout.count : 0)
+    }
 
     /// The end of the `[vdso]` mapping and what its page padding holds there (`vdsoPadding`).
     private static func vdsoTail(of pid: Int32) -> (end: UInt64, free: Int, leftover: [UInt8]?)? {

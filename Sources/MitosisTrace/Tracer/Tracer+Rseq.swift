@@ -13,28 +13,23 @@ extension Tracer {
     /// refuse (its version, flags or abort signature) is left alone: the kernel kills the thread
     /// for it, as it would have anyway.
     func abortRseqCriticalSection(_ thread: SeizedThread) {
-        guard let configuration = try? Ptrace.rseqConfiguration(thread.tid), configuration.rseq_abi_pointer != 0,
-              var registers = try? Ptrace.generalRegisters(thread.tid) else { return }
-        func bytes(at address: UInt64, count: Int) -> [UInt8]? {
-            var bytes = [UInt8](repeating: 0, count: count)
-            let read = try? bytes.withUnsafeMutableBytes { buffer in try Kernel.readMemory(pid: thread.pid, address: address, into: buffer) }
-            return read == count ? bytes : nil
+        guard let configuration = try? Ptrace.rseqConfiguration(thread.tid), configuration.rseq_abi_pointer != 0 else { return }
+        func read<Value: FixedWidthInteger>(_ count: Int, _: Value.Type, at address: UInt64) -> [Value]? {
+            var values = [Value](repeating: 0, count: count)
+            let read = try? values.withUnsafeMutableBytes { buffer in try Kernel.readMemory(pid: thread.pid, address: address, into: buffer) }
+            return read == count * MemoryLayout<Value>.size ? values.map(Value.init(littleEndian:)) : nil
         }
-        func words(at address: UInt64, count: Int) -> [UInt64]? {
-            bytes(at: address, count: count * 8).map { bytes in
-                (0..<count).map { index in (0..<8).reduce(UInt64(0)) { $0 | UInt64(bytes[index * 8 + $1]) << (8 * UInt64($1)) } }
-            }
-        }
-        // struct rseq: cpu_id_start, cpu_id (4 bytes each), then rseq_cs, the active section.
+        // struct rseq: cpu_id_start, cpu_id (4 bytes each), then rseq_cs, the active section
+        // (most threads have none: their registers are not read).
         let sectionPointer = configuration.rseq_abi_pointer + 8
         // struct rseq_cs: version and flags (4 bytes each), start_ip, post_commit_offset, abort_ip.
-        guard let pointer = words(at: sectionPointer, count: 1)?[0], pointer != 0,
-              let section = words(at: pointer, count: 4), section[0] == 0 else { return }
+        guard let pointer = read(1, UInt64.self, at: sectionPointer)?[0], pointer != 0,
+              let section = read(4, UInt64.self, at: pointer), section[0] == 0,
+              var registers = try? Ptrace.generalRegisters(thread.tid) else { return }
         let (start, length, abort) = (section[1], section[2], section[3])
         guard start &+ length >= start, registers.rip >= start, registers.rip - start < length,
               abort < start || abort - start >= length, abort >= 4,
-              let signature = bytes(at: abort - 4, count: 4).map({ $0.reversed().reduce(UInt32(0)) { $0 << 8 | UInt32($1) } }),
-              signature == configuration.signature else { return }
+              read(1, UInt32.self, at: abort - 4)?[0] == configuration.signature else { return }
         // The registers first: should Mitosis die between the two writes, the thread resumes at
         // the handler, outside the section, where the kernel clears the pointer itself.
         registers.rip = abort

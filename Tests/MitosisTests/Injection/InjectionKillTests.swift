@@ -28,10 +28,8 @@ struct InjectionKillTests {
             defer { runs.forEach { $0.target.stop() } }
             for (mode, step) in batch {  // one at a time: on 2 cores, parallel starts gain nothing
                 let target = try await ScenarioProcess("victim", [mode])
-                let tool = try PausingTool(target: target.pid, pause: "\(step)")
                 runs.append((target, "\(mode) step \(step)"))
-                let line = try await tool.awaitPause()
-                try await tool.end(SIGKILL)
+                let line = try await Self.killAtPause(target, "\(step)")
                 #expect(line != nil, "\(mode) step \(step): mitosis never paused")
             }
             try await Task.sleep(for: .seconds(2))
@@ -52,10 +50,8 @@ struct InjectionKillTests {
         for mode in ["sleep", "busy", "read", "futex"] {
             for step in chosen {
                 let target = try await ScenarioProcess("victim", [mode])
-                let tool = try PausingTool(target: target.pid, pause: "\(step)", restoreState: true)
                 runs.append((target, "\(mode) step \(step)"))
-                let line = try await tool.awaitPause()
-                try await tool.end(SIGKILL)
+                let line = try await Self.killAtPause(target, "\(step)", restoreState: true)
                 #expect(line?.contains("program-") == true, "\(mode) step \(step): \(line ?? "mitosis never paused")")
             }
         }
@@ -74,10 +70,8 @@ struct InjectionKillTests {
             #expect(vdso.allSatisfy { $0 == 0 }, "\(mode): the vDSO's last bytes are not free before the first run")
             for run in 1...2 {
                 // Step 3: the first call's registers borrowed (after the stub and the frame).
-                let tool = try PausingTool(target: target.pid, pause: "3")
-                let line = try await tool.awaitPause()
+                let line = try await Self.killAtPause(target, "3")
                 #expect(line?.contains("registers-borrowed") == true, "\(mode) run \(run): \(line ?? "mitosis never paused")")
-                try await tool.end(SIGKILL)
                 try await Task.sleep(for: .milliseconds(500))
                 #expect(try Self.vdsoTail(of: target.pid, count: 80) == Tracer.stubLayouts[0], "\(mode) run \(run): the stubs are not in the vDSO")
             }
@@ -94,6 +88,15 @@ struct InjectionKillTests {
         }
         try await Task.sleep(for: .seconds(2))
         for run in runs { try await Self.expectHealthy(run.target, run.what) }
+    }
+
+    /// Runs `mitosis dump` against `target` with the injection hook's pause at `pause`, SIGKILLs
+    /// it there, and returns the hook's pause line (nil: Mitosis never paused).
+    static func killAtPause(_ target: ScenarioProcess, _ pause: String, restoreState: Bool = false) async throws -> String? {
+        let tool = try PausingTool(target: target.pid, pause: pause, restoreState: restoreState)
+        let line = try await tool.awaitPause()
+        try await tool.end(SIGKILL)
+        return line
     }
 
     /// The last `count` bytes of `pid`'s `[vdso]` mapping.
@@ -127,9 +130,7 @@ struct InjectionKillTests {
             try await Task.sleep(for: .milliseconds(20))
             let call = try String(decoding: Kernel.readFile("/proc/\(target.pid)/syscall"), as: UTF8.self)
             #expect(call.hasPrefix("219 "), "\(what): the main thread is not in restart_syscall: \(call)")
-            let tool = try PausingTool(target: target.pid, pause: step, restoreState: restoreState)
-            let line = try await tool.awaitPause()
-            try await tool.end(SIGKILL)
+            let line = try await Self.killAtPause(target, step, restoreState: restoreState)
             #expect(line != nil, "\(what): mitosis never paused")
         }
         try await Task.sleep(for: .seconds(2))
