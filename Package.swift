@@ -153,9 +153,11 @@ let package = Package(
         ),
         // Mutational fuzzer of the image reader: `scripts/fuzz-images --seconds N` (Docs/reliability.md).
         .executableTarget(name: "mitosis-image-fuzz", dependencies: ["Mitosis", "MitosisModel"], path: "Tests/ImageFuzz"),
+        // The test bundle's process-wide set-up (a SIGPIPE handler), done before any test runs.
+        .target(name: "MitosisTestSupport", path: "Tests/TestSupport"),
         .testTarget(
             name: "MitosisTests",
-            dependencies: ["Mitosis", "MitosisKernel", "MitosisRestore", "MitosisStacks", "MitosisCluster", "MitosisClusterTestbed", "MitosisReplication", "mitosis-scenario", "mitosis", "mitosis-demo-target", "mitosis-inspect-example", "mitosis-scenario-cpp", "mitosis-scenario-swift",
+            dependencies: ["MitosisTestSupport", "Mitosis", "MitosisKernel", "MitosisRestore", "MitosisStacks", "MitosisCluster", "MitosisClusterTestbed", "MitosisReplication", "mitosis-scenario", "mitosis", "mitosis-demo-target", "mitosis-inspect-example", "mitosis-scenario-cpp", "mitosis-scenario-swift",
                            "mitosis-image-fuzz"],
             exclude: ["Image/Corpus", "Golden/descriptors.json", "Golden/synthetic.json"]
         ),

@@ -1,4 +1,6 @@
+import Foundation
 import Glibc
+import MitosisTestSupport
 import Testing
 @testable import MitosisKernel
 import SystemPackage
@@ -10,9 +12,14 @@ import SystemPackage
 struct ChildProcessTests {
     @Test("writing to a child that exited throws EPIPE; no SIGPIPE is raised or left pending")
     func writeToExitedChild() async throws {
+        // The test bundle catches SIGPIPE (a stray one must not end the run): none may arrive here.
+        let sigpipesBefore = mitosis_test_support_sigpipes()
+        let status = try String(decoding: Kernel.readFile("/proc/self/status"), as: UTF8.self)
+        let caught = status.split(separator: "\n").first { $0.hasPrefix("SigCgt:") }.flatMap { UInt64($0.dropFirst(7).trimmingCharacters(in: .whitespaces), radix: 16) }
+        #expect(caught.map { $0 & (1 << (UInt64(SIGPIPE) - 1)) != 0 } == true, "the test bundle does not catch SIGPIPE: \(status)")
         let child = try ChildProcess(executable: "/bin/true", arguments: [], stdin: .pipe, stdout: .null, stderr: .null)
-        let status = try await Blocking.run { child.wait() }
-        #expect(ChildProcess.exitCode(of: status) == 0)
+        let exit = try await Blocking.run { child.wait() }
+        #expect(ChildProcess.exitCode(of: exit) == 0)
         let outcome = try await Blocking.run { () -> Errno? in
             do throws(Errno) { try child.write(Array("delete table inet x\n".utf8)); return nil } catch { return error }
         }
@@ -27,6 +34,7 @@ struct ChildProcessTests {
         }
         #expect(!pending)
         #expect(!blocked)
+        #expect(mitosis_test_support_sigpipes() == sigpipesBefore)
         child.closeInput()
     }
 }
